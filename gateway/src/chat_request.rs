@@ -1,0 +1,121 @@
+//! Reading and checking a chat-completions body, with OpenAI-style errors that name the field.
+
+use providers::wire::ChatRequest;
+
+use crate::error::ApiError;
+
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+
+/// Parses `body` and checks what the API promises to check.
+pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest {
+        message: format!("We could not parse the JSON body of your request: {e}"),
+        param: None,
+    })?;
+    let obj = value.as_object().ok_or_else(|| ApiError::InvalidRequest {
+        message: "The request body must be a JSON object.".into(),
+        param: None,
+    })?;
+    // Name the required fields before serde's first-error-wins message would.
+    for field in ["model", "messages"] {
+        if !obj.contains_key(field) {
+            return Err(ApiError::invalid(format!("Missing required parameter: '{field}'."), field));
+        }
+    }
+    let req: ChatRequest = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let param = if path == "." { None } else { Some(path) };
+        ApiError::InvalidRequest { message: format!("Invalid type for '{}': {}", param.as_deref().unwrap_or("body"), e.inner()), param }
+    })?;
+    validate(&req)?;
+    Ok(req)
+}
+
+fn validate(req: &ChatRequest) -> Result<(), ApiError> {
+    if req.model.is_empty() {
+        return Err(ApiError::invalid("'model' must be a non-empty string.", "model"));
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("'messages' must contain at least one message.", "messages"));
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        if !ROLES.contains(&m.role.as_str()) {
+            return Err(ApiError::invalid(
+                format!("Invalid value for 'messages[{i}].role': {:?}. Supported values are: {}.", m.role, ROLES.join(", ")),
+                format!("messages[{i}].role"),
+            ));
+        }
+        if m.content.is_none() && m.role != "assistant" {
+            return Err(ApiError::invalid(
+                format!("Missing required parameter: 'messages[{i}].content'."),
+                format!("messages[{i}].content"),
+            ));
+        }
+    }
+    if let Some(t) = req.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::invalid(format!("Invalid 'temperature': {t}. Expected a value between 0 and 2."), "temperature"));
+        }
+    }
+    if let Some(p) = req.top_p {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ApiError::invalid(format!("Invalid 'top_p': {p}. Expected a value between 0 and 1."), "top_p"));
+        }
+    }
+    if req.n == Some(0) {
+        return Err(ApiError::invalid("Invalid 'n': 0. Expected a value of at least 1.", "n"));
+    }
+    for (field, value) in [("max_tokens", req.max_tokens), ("max_completion_tokens", req.max_completion_tokens)] {
+        if value == Some(0) {
+            return Err(ApiError::invalid(format!("Invalid '{field}': 0. Expected a value of at least 1."), field));
+        }
+    }
+    if let Some(stop) = &req.stop {
+        if stop.to_vec().len() > 4 {
+            return Err(ApiError::invalid("'stop' accepts at most 4 sequences.", "stop"));
+        }
+    }
+    if req.stream_options.is_some() && !req.is_stream() {
+        return Err(ApiError::invalid("'stream_options' is only allowed when 'stream' is true.", "stream_options"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param_of(body: &str) -> Option<String> {
+        match parse_chat_request(body.as_bytes()) {
+            Err(ApiError::InvalidRequest { param, .. }) => param,
+            other => panic!("expected a 400 for {body}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_minimal_request() {
+        let req = parse_chat_request(br#"{"model":"auto","messages":[{"role":"user","content":"Hi"}]}"#).unwrap();
+        assert_eq!(req.model, "auto");
+    }
+
+    #[test]
+    fn malformed_json_has_no_param() {
+        assert_eq!(param_of("{not json"), None);
+        assert_eq!(param_of("[1]"), None);
+    }
+
+    #[test]
+    fn each_invalid_field_is_named() {
+        assert_eq!(param_of(r#"{"model":"auto"}"#).as_deref(), Some("messages"));
+        assert_eq!(param_of(r#"{"messages":[]}"#).as_deref(), Some("model"));
+        assert_eq!(param_of(r#"{"model":"auto","messages":[]}"#).as_deref(), Some("messages"));
+        assert_eq!(param_of(r#"{"model":"auto","messages":"hi"}"#).as_deref(), Some("messages"));
+        assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#).as_deref(), Some("temperature"));
+        assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"temperature":3}"#).as_deref(), Some("temperature"));
+        assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"wizard","content":"x"}]}"#).as_deref(), Some("messages[0].role"));
+        assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user"}]}"#).as_deref(), Some("messages[0].content"));
+        assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#).as_deref(), Some("max_tokens"));
+        assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#).as_deref(), Some("max_tokens"));
+        assert_eq!(param_of(r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#).as_deref(), Some("model"));
+    }
+}

@@ -1,0 +1,258 @@
+//! `config/gateway.toml`: each crate owns its section's type; this module composes them, reads
+//! the policy file it names, and runs every static check.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use local_engine::EngineConfig;
+use providers::ProviderConfig;
+use router::Policy;
+use serde::Deserialize;
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; `SWITCHYARD_LISTEN` overrides it.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Where this gateway and its local engine run.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Largest request body accepted.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_region() -> String {
+    "local".into()
+}
+const fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: default_listen(), region: default_region(), max_body_bytes: default_max_body_bytes() }
+    }
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Policy file, relative to the working directory.
+    #[serde(default = "default_policy_file")]
+    pub file: PathBuf,
+}
+
+fn default_policy_file() -> PathBuf {
+    PathBuf::from("policies/default.toml")
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self { file: default_policy_file() }
+    }
+}
+
+/// The whole file as written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    local: Option<EngineConfig>,
+    #[serde(default)]
+    providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    policy: PolicySection,
+}
+
+/// A configuration that passed every static check.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `[server]`, with `SWITCHYARD_LISTEN` applied.
+    pub server: ServerConfig,
+    /// The address to bind.
+    pub listen: SocketAddr,
+    /// `[local]`, if the embedded engine runs.
+    pub local: Option<EngineConfig>,
+    /// `[[providers]]`.
+    pub providers: Vec<ProviderConfig>,
+    /// The policy file's path.
+    pub policy_file: PathBuf,
+    /// The parsed policy.
+    pub policy: Policy,
+}
+
+/// Everything wrong with a configuration, each naming file, line and key where known.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigErrors {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+/// Where the file's byte `offset` is, as `line`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors { problems: vec![format!("{}: cannot read: {e}", path.display())] })
+}
+
+impl GatewayConfig {
+    /// Reads and checks `path` and the policy it names. `listen_override` is `SWITCHYARD_LISTEN`.
+    pub fn load(path: &Path, listen_override: Option<&str>) -> Result<Self, ConfigErrors> {
+        let text = read(path)?;
+        let file = path.display();
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map_or(1, |s| line_of(&text, s.start));
+            ConfigErrors { problems: vec![format!("{file}:{line}: {}", e.message())] }
+        })?;
+        let mut problems = Vec::new();
+        let listen_text = listen_override.unwrap_or(&raw.server.listen).to_owned();
+        let listen = listen_text.parse::<SocketAddr>().map_err(|e| {
+            let source = if listen_override.is_some() { "SWITCHYARD_LISTEN".to_owned() } else { format!("{file}: server.listen") };
+            format!("{source}: {listen_text:?} is not a socket address: {e}")
+        });
+        if let Err(p) = &listen {
+            problems.push(p.clone());
+        }
+        if raw.server.max_body_bytes == 0 {
+            problems.push(format!("{file}: server.max_body_bytes must be positive"));
+        }
+        if let Some(local) = &raw.local {
+            problems.extend(local.problems().into_iter().map(|p| format!("{file}: {p}")));
+        }
+        for (i, p) in raw.providers.iter().enumerate() {
+            problems.extend(p.problems().into_iter().map(|m| format!("{file}: providers[{i}]: {m}")));
+            if raw.providers[..i].iter().any(|q| q.name == p.name) {
+                problems.push(format!("{file}: providers[{i}]: name {:?} is used twice", p.name));
+            }
+        }
+        let policy_text = read(&raw.policy.file).map_err(|e| {
+            let mut problems = problems.clone();
+            problems.extend(e.problems);
+            ConfigErrors { problems }
+        })?;
+        let policy_name = raw.policy.file.display().to_string();
+        let policy = match Policy::parse(&policy_text) {
+            Ok(policy) => {
+                if raw.local.is_none() {
+                    for rule in &policy.rules {
+                        let uses_local = std::iter::once(&rule.route).chain(&rule.fallback).any(|t| t.get_ref() == router::LOCAL_ALIAS);
+                        if uses_local {
+                            problems.push(format!(
+                                "{policy_name}: rule {:?} routes to \"local\" but {file} has no [local] section",
+                                rule.name
+                            ));
+                        }
+                    }
+                }
+                let is_target = |t: &str| target_exists(&raw.providers, raw.local.as_ref(), t);
+                problems.extend(
+                    policy.problems(&policy_text, &is_target).into_iter().map(|p| match p.line {
+                        Some(line) => format!("{policy_name}:{line}: {}", p.message),
+                        None => format!("{policy_name}: {}", p.message),
+                    }),
+                );
+                Some(policy)
+            }
+            Err(e) => {
+                problems.push(format!("{policy_name}:{}: {}", e.line, e.message));
+                None
+            }
+        };
+        match (problems.is_empty(), listen, policy) {
+            (true, Ok(listen), Some(policy)) => Ok(Self {
+                server: raw.server,
+                listen,
+                local: raw.local,
+                providers: raw.providers,
+                policy_file: raw.policy.file,
+                policy,
+            }),
+            _ => Err(ConfigErrors { problems }),
+        }
+    }
+}
+
+/// True when `target` names the local engine or a configured `provider/model`.
+fn target_exists(providers: &[ProviderConfig], local: Option<&EngineConfig>, target: &str) -> bool {
+    if let Some(local) = local {
+        if target == format!("local/{}", local.name) {
+            return true;
+        }
+    }
+    target.split_once('/').is_some_and(|(p, m)| providers.iter().any(|c| c.name == p && c.model(m).is_some()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("switchyard-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn policy(dir: &Path, route: &str) -> String {
+        let p = write(dir, "policy.toml", &format!("[[rule]]\nname = \"all\"\nroute = \"{route}\"\n"));
+        p.display().to_string()
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let dir = tempdir();
+        let cfg = write(&dir, "g.toml", "[server]\nlisten = \"127.0.0.1:1\"\nlissen = 3\n");
+        let err = GatewayConfig::load(&cfg, None).unwrap_err().to_string();
+        assert!(err.contains("g.toml:3:"), "{err}");
+        assert!(err.contains("lissen"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_line() {
+        let dir = tempdir();
+        let cfg = write(&dir, "g.toml", "[server]\n\nmax_body_bytes = \"big\"\n");
+        let err = GatewayConfig::load(&cfg, None).unwrap_err().to_string();
+        assert!(err.contains("g.toml:3:"), "{err}");
+    }
+
+    #[test]
+    fn listen_override_wins_and_is_checked() {
+        let dir = tempdir();
+        let p = policy(&dir, "openai/gpt-4o");
+        let text = format!(
+            "[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = [{{ name = \"gpt-4o\" }}]\n"
+        );
+        let cfg = write(&dir, "g.toml", &text);
+        let ok = GatewayConfig::load(&cfg, Some("127.0.0.1:4321")).unwrap();
+        assert_eq!(ok.listen.port(), 4321);
+        let err = GatewayConfig::load(&cfg, Some("nonsense")).unwrap_err().to_string();
+        assert!(err.contains("SWITCHYARD_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn unconfigured_policy_target_is_reported_with_policy_line() {
+        let dir = tempdir();
+        let p = policy(&dir, "acme/x");
+        let cfg = write(&dir, "g.toml", &format!("[policy]\nfile = \"{p}\"\n"));
+        let err = GatewayConfig::load(&cfg, None).unwrap_err().to_string();
+        assert!(err.contains("policy.toml:3:"), "{err}");
+        assert!(err.contains("\"acme/x\" is not configured"), "{err}");
+    }
+}

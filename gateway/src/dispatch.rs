@@ -1,0 +1,111 @@
+//! From a parsed request to a routing decision, and from a target to the provider serving it.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use providers::wire::{ChatRequest, Usage};
+use providers::{Provider, ProviderError};
+use router::{Decision, RouteInput};
+
+use crate::catalog::{Catalog, ModelChoice};
+use crate::config::GatewayConfig;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Header carrying the caller's privacy tags.
+pub const TAGS_HEADER: &str = "x-switchyard-tags";
+
+/// The caller's privacy tags: comma-separated, trimmed, lower-cased, deduplicated.
+pub fn caller_tags(headers: &HeaderMap) -> Vec<String> {
+    let mut tags: Vec<String> = headers
+        .get_all(TAGS_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
+/// Decides where `req` goes. Unknown models are 404 `model_not_found`.
+pub fn plan(state: &AppState, req: &ChatRequest, headers: &HeaderMap) -> Result<Decision, ApiError> {
+    plan_with(&state.config, &state.catalog, req, headers)
+}
+
+/// [`plan`] without a running gateway (for `switchyard explain`).
+pub fn plan_with(
+    config: &GatewayConfig,
+    catalog: &Catalog,
+    req: &ChatRequest,
+    headers: &HeaderMap,
+) -> Result<Decision, ApiError> {
+    let choice = catalog.resolve(&req.model).ok_or_else(|| ApiError::ModelNotFound { model: req.model.clone() })?;
+    let resolved = match &choice {
+        ModelChoice::Auto => None,
+        ModelChoice::Target(t) => Some(t.as_str()),
+    };
+    let mut text = String::new();
+    for m in &req.messages {
+        if let Some(t) = m.content.as_ref().and_then(providers::wire::MessageContent::text) {
+            text.push_str(&t);
+            text.push('\n');
+        }
+    }
+    let local_target = catalog.local_target().unwrap_or_default();
+    let input = RouteInput {
+        requested_model: &req.model,
+        resolved_model: resolved,
+        tenant: "default",
+        tags: caller_tags(headers),
+        pii: std::collections::BTreeMap::new(),
+        text: &text,
+        turns: req.messages.len(),
+        // About four characters a token: good enough for routing; usage reports exact counts.
+        prompt_tokens: u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX),
+        has_tools: req.tools.is_some(),
+        local_target: &local_target,
+    };
+    Ok(router::decide(&config.policy, &input))
+}
+
+/// The provider for `target` and the model name to send it.
+pub fn provider_for(state: &AppState, target: &str) -> Result<(Arc<dyn Provider>, String), ProviderError> {
+    let unavailable = || ProviderError::Unavailable { message: format!("target {target:?} is not configured") };
+    if Some(target) == state.catalog.local_target().as_deref() {
+        let local = state.local.as_ref().ok_or_else(unavailable)?;
+        return Ok((Arc::new(local.clone()), local.engine().config().name.clone()));
+    }
+    let (provider, model) = target.split_once('/').ok_or_else(unavailable)?;
+    let remote = state.remotes.get(provider).ok_or_else(unavailable)?;
+    Ok((Arc::clone(&remote.provider), model.to_owned()))
+}
+
+/// True for failures where trying the next fallback target can help.
+pub fn worth_falling_back(err: &ProviderError) -> bool {
+    match err {
+        ProviderError::Upstream { .. }
+        | ProviderError::Timeout { .. }
+        | ProviderError::RateLimited { .. }
+        | ProviderError::Unavailable { .. }
+        | ProviderError::Overloaded { .. } => true,
+        ProviderError::InvalidRequest { .. }
+        | ProviderError::ContextLengthExceeded { .. }
+        | ProviderError::Rejected { .. } => false,
+    }
+}
+
+/// What `usage` cost on `target`, in USD.
+pub fn cost_usd(state: &AppState, target: &str, usage: &Usage) -> f64 {
+    if Some(target) == state.catalog.local_target().as_deref() {
+        let per_mtok = state.config.local.as_ref().map_or(0.0, |l| l.cost_per_mtok);
+        #[allow(clippy::cast_precision_loss)]
+        return usage.total_tokens as f64 * per_mtok / 1e6;
+    }
+    target
+        .split_once('/')
+        .and_then(|(p, m)| state.remotes.get(p)?.config.model(m).map(|price| price.cost_usd(usage.prompt_tokens, usage.completion_tokens)))
+        .unwrap_or(0.0)
+}

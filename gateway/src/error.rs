@@ -1,0 +1,176 @@
+//! `ApiError`: every error a client can see, mapped once to status, OpenAI error body and log level.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use providers::wire::{ErrorBody, ErrorDetail};
+use providers::ProviderError;
+
+/// An error answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed or invalid request.
+    #[error("{message}")]
+    InvalidRequest {
+        /// For the client.
+        message: String,
+        /// The offending field.
+        param: Option<String>,
+    },
+    /// The body is larger than `max_body_bytes`.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// No such model.
+    #[error("The model `{model}` does not exist or you do not have access to it.")]
+    ModelNotFound {
+        /// As sent.
+        model: String,
+    },
+    /// No such route.
+    #[error("Invalid URL ({method} {path})")]
+    UnknownUrl {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// The route exists with other methods.
+    #[error("Method {method} is not allowed for {path}")]
+    MethodNotAllowed {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// A provider or the engine failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+impl ApiError {
+    /// Shorthand for a 400 naming a field.
+    pub fn invalid(message: impl Into<String>, param: impl Into<String>) -> Self {
+        Self::InvalidRequest { message: message.into(), param: Some(param.into()) }
+    }
+
+    /// Status, error body and `Retry-After`; the one place these are decided.
+    fn parts(&self) -> (StatusCode, ErrorDetail, Option<u64>) {
+        let detail = |kind: &str, code: Option<&str>, param: Option<String>| ErrorDetail {
+            message: self.to_string(),
+            kind: kind.to_owned(),
+            param,
+            code: code.map(str::to_owned),
+        };
+        match self {
+            Self::InvalidRequest { param, .. } => {
+                (StatusCode::BAD_REQUEST, detail("invalid_request_error", None, param.clone()), None)
+            }
+            Self::TooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, detail("invalid_request_error", Some("request_too_large"), None), None)
+            }
+            Self::ModelNotFound { .. } => (
+                StatusCode::NOT_FOUND,
+                detail("invalid_request_error", Some("model_not_found"), Some("model".into())),
+                None,
+            ),
+            Self::UnknownUrl { .. } => {
+                (StatusCode::NOT_FOUND, detail("invalid_request_error", Some("unknown_url"), None), None)
+            }
+            Self::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, detail("invalid_request_error", Some("method_not_allowed"), None), None)
+            }
+            Self::Provider(err) => provider_parts(err),
+        }
+    }
+
+    /// The body as written to the client (also used for SSE `error` events).
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error: self.parts().1 }
+    }
+}
+
+fn provider_parts(err: &ProviderError) -> (StatusCode, ErrorDetail, Option<u64>) {
+    let detail = |kind: &str, code: &str, param: Option<String>| ErrorDetail {
+        message: err.to_string(),
+        kind: kind.to_owned(),
+        param,
+        code: Some(code.to_owned()),
+    };
+    match err {
+        ProviderError::InvalidRequest { message, param } => (
+            StatusCode::BAD_REQUEST,
+            ErrorDetail { message: message.clone(), kind: "invalid_request_error".into(), param: param.clone(), code: None },
+            None,
+        ),
+        ProviderError::ContextLengthExceeded { .. } => (
+            StatusCode::BAD_REQUEST,
+            detail("invalid_request_error", "context_length_exceeded", Some("messages".into())),
+            None,
+        ),
+        ProviderError::Overloaded { retry_after_s, .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, detail("rate_limit_error", "engine_overloaded", None), Some(*retry_after_s))
+        }
+        ProviderError::RateLimited { retry_after_s, .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            detail("rate_limit_error", "rate_limit_exceeded", None),
+            Some(retry_after_s.unwrap_or(1)),
+        ),
+        ProviderError::Rejected { status, body, .. } => {
+            (StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST), body.error.clone(), None)
+        }
+        ProviderError::Upstream { .. } => (StatusCode::BAD_GATEWAY, detail("api_error", "upstream_error", None), None),
+        ProviderError::Timeout { .. } => {
+            (StatusCode::GATEWAY_TIMEOUT, detail("api_error", "upstream_timeout", None), None)
+        }
+        ProviderError::Unavailable { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, detail("api_error", "engine_unavailable", None), Some(1))
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, retry_after) = self.parts();
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %self, "request refused");
+        }
+        let mut response = (status, axum::Json(ErrorBody { error })).into_response();
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_overload_is_429_with_retry_after() {
+        let r = ApiError::from(ProviderError::Overloaded { message: "busy".into(), retry_after_s: 2 }).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(ApiError::from(ProviderError::Overloaded { message: "x".into(), retry_after_s: 1 }).body().error.code.as_deref(), Some("engine_overloaded"));
+    }
+
+    #[test]
+    fn upstream_failures_map_to_502_and_504() {
+        let e = ApiError::from(ProviderError::Upstream { provider: "p".into(), status: Some(500), message: "x".into() });
+        assert_eq!(e.into_response().status(), StatusCode::BAD_GATEWAY);
+        let e = ApiError::from(ProviderError::Timeout { provider: "p".into(), timeout_ms: 5 });
+        assert_eq!(e.body().error.code.as_deref(), Some("upstream_timeout"));
+    }
+
+    #[test]
+    fn model_not_found_names_param_model() {
+        let body = ApiError::ModelNotFound { model: "nope".into() }.body();
+        assert_eq!(body.error.code.as_deref(), Some("model_not_found"));
+        assert_eq!(body.error.param.as_deref(), Some("model"));
+        assert!(body.error.message.contains("nope"));
+    }
+}

@@ -1,0 +1,159 @@
+//! `POST /v1/chat/completions`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::stream::{self, StreamExt};
+use providers::wire::ChatRequest;
+use providers::{ChunkStream, ProviderError};
+use router::Decision;
+use tracing::{warn, Instrument};
+
+use crate::chat_request::parse_chat_request;
+use crate::dispatch::{cost_usd, plan, provider_for, worth_falling_back};
+use crate::error::ApiError;
+use crate::handlers::read_body;
+use crate::middleware::request_ctx::RequestCtx;
+use crate::state::AppState;
+
+/// Answers a chat completion, streamed or not, from the target the router picks.
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    Extension(ctx): Extension<RequestCtx>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, state.config.server.max_body_bytes).await?;
+    let req = parse_chat_request(&bytes)?;
+    let decision = plan(&state, &req, &headers)?;
+    ctx.span.record("rule", decision.rule.as_str());
+    ctx.span.record("tier", decision.tier.as_str());
+    if req.is_stream() {
+        stream_answer(&state, req, &decision, &ctx).await
+    } else {
+        complete_answer(&state, req, &decision).await
+    }
+}
+
+/// Targets to try, in order: the decision's, then its fallbacks.
+fn candidates(decision: &Decision) -> impl Iterator<Item = &str> {
+    std::iter::once(decision.target.as_str()).chain(decision.fallbacks.iter().map(String::as_str))
+}
+
+async fn complete_answer(state: &AppState, req: ChatRequest, decision: &Decision) -> Result<Response, ApiError> {
+    let mut last_error = None;
+    for target in candidates(decision) {
+        let attempt = async {
+            let (provider, model) = provider_for(state, target)?;
+            let mut upstream = req.clone();
+            upstream.model = model;
+            provider.complete(upstream).instrument(tracing::info_span!("provider.call", target)).await
+        };
+        match attempt.await {
+            Ok(response) => {
+                tracing::Span::current().record("target", target);
+                let cost = response.usage.as_ref().map_or(0.0, |u| cost_usd(state, target, u));
+                let mut http = Json(response).into_response();
+                set_route_headers(http.headers_mut(), decision, target);
+                insert(http.headers_mut(), "x-switchyard-cost-usd", &cost.to_string());
+                return Ok(http);
+            }
+            Err(err) if worth_falling_back(&err) => {
+                warn!(target, error = %err, "target failed; trying the next fallback");
+                last_error = Some(err);
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ProviderError::Unavailable { message: "no target to serve the request".into() }).into())
+}
+
+async fn stream_answer(
+    state: &AppState,
+    req: ChatRequest,
+    decision: &Decision,
+    ctx: &RequestCtx,
+) -> Result<Response, ApiError> {
+    let include_usage = req.wants_stream_usage();
+    let mut last_error = None;
+    for target in candidates(decision) {
+        let attempt = async {
+            let (provider, model) = provider_for(state, target)?;
+            let mut upstream = req.clone();
+            upstream.model = model;
+            let mut chunks = provider.stream(upstream).await?;
+            // Peek: a failure before the first chunk still gets a real status (and a fallback).
+            match chunks.next().await {
+                Some(Ok(first)) => Ok(stream::once(async move { Ok(first) }).chain(chunks).boxed()),
+                Some(Err(err)) => Err(err),
+                None => Err(ProviderError::Upstream {
+                    provider: target.to_owned(),
+                    status: None,
+                    message: "the stream ended before its first chunk".into(),
+                }),
+            }
+        };
+        match attempt.instrument(tracing::info_span!("provider.call", target)).await {
+            Ok(chunks) => {
+                ctx.span.record("target", target);
+                let events = sse_events(chunks, include_usage);
+                let mut http = Sse::new(events).into_response();
+                set_route_headers(http.headers_mut(), decision, target);
+                return Ok(http);
+            }
+            Err(err) if worth_falling_back(&err) => {
+                warn!(target, error = %err, "target failed before its first chunk; trying the next fallback");
+                last_error = Some(err);
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ProviderError::Unavailable { message: "no target to serve the request".into() }).into())
+}
+
+/// Chunks as SSE events, then `[DONE]`. The usage-only chunk is passed on only if the client
+/// asked for it; a failure mid-stream becomes an `error` object followed by `[DONE]`.
+fn sse_events(chunks: ChunkStream, include_usage: bool) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(Some(chunks), move |state| async move {
+        let mut chunks = state?;
+        loop {
+            match chunks.next().await {
+                Some(Ok(chunk)) if chunk.is_usage_only() && !include_usage => {}
+                Some(Ok(chunk)) => {
+                    let data = serde_json::to_string(&chunk).unwrap_or_default();
+                    return Some((Ok(Event::default().data(data)), Some(chunks)));
+                }
+                Some(Err(err)) => {
+                    warn!(error = %err, "stream failed after its first chunk");
+                    let body = ApiError::from(err).body();
+                    let data = serde_json::to_string(&body).unwrap_or_default();
+                    // Emit the error now; the empty stream left behind ends with `[DONE]`.
+                    return Some((Ok(Event::default().data(data)), Some(stream::empty().boxed())));
+                }
+                None => return Some((Ok(Event::default().data("[DONE]")), None)),
+            }
+        }
+    })
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+fn set_route_headers(headers: &mut HeaderMap, decision: &Decision, target: &str) {
+    insert(headers, "x-switchyard-rule", &decision.rule);
+    insert(headers, "x-switchyard-target", target);
+    // A fallback may serve from another tier than the decision's; provider names never are "local".
+    let tier = if target.starts_with("local/") { "local" } else { "remote" };
+    insert(headers, "x-switchyard-tier", tier);
+    insert(headers, "x-switchyard-complexity", &format!("{:.4}", decision.complexity));
+    insert(headers, "x-switchyard-cache", "miss");
+}

@@ -1,0 +1,49 @@
+//! The outermost layer: gives every request an id and a `request` span, and writes one log line
+//! and the `x-request-id` header when it ends.
+
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::{field::Empty, info, Instrument, Span};
+
+/// The response header carrying the request id.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Per-request facts shared with the handlers (an extension on the request).
+#[derive(Clone, Debug)]
+pub struct RequestCtx {
+    /// `req-…`, also in `x-request-id`.
+    pub request_id: String,
+    /// The `request` span; handlers record `rule`, `target`, `tier` on it.
+    pub span: Span,
+    /// When the request arrived.
+    pub started: Instant,
+}
+
+/// Inserts [`RequestCtx`], runs the request inside its span, sets `x-request-id`.
+pub async fn request_ctx(mut req: Request, next: Next) -> Response {
+    let request_id = format!("req-{}", uuid::Uuid::new_v4().simple());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
+        path = %req.uri().path(),
+        tenant = "default",
+        rule = Empty,
+        target = Empty,
+        tier = Empty,
+    );
+    let ctx = RequestCtx { request_id: request_id.clone(), span: span.clone(), started: Instant::now() };
+    req.extensions_mut().insert(ctx.clone());
+    let mut response = next.run(req).instrument(span.clone()).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    span.in_scope(|| {
+        info!(status = response.status().as_u16(), elapsed_us = ctx.started.elapsed().as_micros(), "answered");
+    });
+    response
+}

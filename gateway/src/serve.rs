@@ -1,0 +1,67 @@
+//! `switchyard serve`: bind, serve, drain on SIGTERM/SIGINT.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::config::GatewayConfig;
+use crate::state::AppState;
+
+/// How long in-flight requests may take to finish after a stop signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Serves until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish (at most
+/// [`DRAIN_DEADLINE`]) and returns.
+pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let state = AppState::build(config)?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    info!(addr = %listener.local_addr()?, "listening");
+    let app = crate::app::build(Arc::clone(&state));
+    let stopping = Arc::new(Notify::new());
+    let on_signal = {
+        let state = Arc::clone(&state);
+        let stopping = Arc::clone(&stopping);
+        async move {
+            stop_signal().await;
+            info!("stop signal received; draining in-flight requests");
+            state.draining.store(true, Relaxed);
+            stopping.notify_one();
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(on_signal);
+    tokio::select! {
+        result = server => result.context("serving")?,
+        () = async { stopping.notified().await; tokio::time::sleep(DRAIN_DEADLINE).await } => {
+            warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; closing remaining connections");
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

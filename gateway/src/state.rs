@@ -1,0 +1,75 @@
+//! `AppState`: everything the handlers share, built once at start-up.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use local_engine::EngineHandle;
+use providers::{LocalProvider, OpenAiCompatible, Provider, ProviderConfig, ProviderKind};
+
+use crate::catalog::Catalog;
+use crate::config::GatewayConfig;
+
+/// A provider and what it charges.
+pub struct Remote {
+    /// Answers requests.
+    pub provider: Arc<dyn Provider>,
+    /// Its configuration (models and prices).
+    pub config: ProviderConfig,
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    /// The checked configuration.
+    pub config: GatewayConfig,
+    /// Model names and targets.
+    pub catalog: Catalog,
+    /// The embedded engine, if configured.
+    pub local: Option<LocalProvider>,
+    /// Remote providers by name.
+    pub remotes: HashMap<String, Remote>,
+    /// Unix seconds at start-up (the `created` of `/v1/models`).
+    pub started_unix: u64,
+    /// Set on SIGTERM/SIGINT: `/readyz` answers 503.
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    /// Starts the engine (its model loads in the background) and builds the providers.
+    pub fn build(config: GatewayConfig) -> anyhow::Result<Arc<Self>> {
+        let local = match &config.local {
+            Some(engine) => Some(LocalProvider::new(EngineHandle::start(engine.clone()).context("starting the local engine")?)),
+            None => None,
+        };
+        let client = reqwest::Client::builder().build().context("building the HTTP client")?;
+        let mut remotes = HashMap::new();
+        for p in &config.providers {
+            let api_key = match &p.api_key_env {
+                // The variable's name may be logged; its value never is.
+                Some(var) => Some(std::env::var(var).with_context(|| {
+                    format!("provider {:?}: environment variable {var} (api_key_env) is not set", p.name)
+                })?),
+                None => None,
+            };
+            let provider: Arc<dyn Provider> = match p.kind {
+                ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+                    Arc::new(OpenAiCompatible::new(p, api_key, client.clone()))
+                }
+                ProviderKind::Azure | ProviderKind::Anthropic => {
+                    anyhow::bail!("provider {:?}: kind {:?} is not supported yet", p.name, p.kind)
+                }
+            };
+            remotes.insert(p.name.clone(), Remote { provider, config: p.clone() });
+        }
+        let catalog = Catalog::new(config.local.as_ref().map(|l| l.name.as_str()), &config.providers);
+        let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Ok(Arc::new(Self { config, catalog, local, remotes, started_unix, draining: AtomicBool::new(false) }))
+    }
+
+    /// True once the model is loaded (or no engine is configured) and not draining.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(std::sync::atomic::Ordering::Relaxed)
+            && self.local.as_ref().is_none_or(|l| l.engine().stats().loaded)
+    }
+}

@@ -1,0 +1,125 @@
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The `[local]` section of `config/gateway.toml`: the embedded engine.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Path of the GGUF model file, relative to the working directory.
+    pub model: PathBuf,
+    /// The model id clients see (targets are written `local/<name>`).
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Total KV cells shared by all sequences.
+    #[serde(default = "default_context")]
+    pub context: u32,
+    /// CPU threads used for decoding.
+    #[serde(default = "default_threads")]
+    pub threads: u32,
+    /// Maximum number of sequences decoded together.
+    #[serde(default = "default_parallel")]
+    pub parallel: u32,
+    /// Maximum number of requests waiting for a slot; beyond it the engine is overloaded.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Amortised cost of local tokens in USD per million tokens, for savings figures.
+    #[serde(default)]
+    pub cost_per_mtok: f64,
+}
+
+fn default_name() -> String {
+    "local-small".to_owned()
+}
+
+const fn default_context() -> u32 {
+    8192
+}
+
+fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(2, |n| u32::try_from(n.get()).unwrap_or(2))
+}
+
+const fn default_parallel() -> u32 {
+    8
+}
+
+const fn default_queue() -> usize {
+    256
+}
+
+impl EngineConfig {
+    /// A configuration with every optional field at its default.
+    pub fn with_model(model: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            name: default_name(),
+            context: default_context(),
+            threads: default_threads(),
+            parallel: default_parallel(),
+            queue: default_queue(),
+            cost_per_mtok: 0.0,
+        }
+    }
+
+    /// Static checks that need no model: returns a message per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.name.is_empty() || self.name.contains('/') {
+            problems.push(format!("local.name {:?} must be non-empty and contain no '/'", self.name));
+        }
+        if self.context < 64 {
+            problems.push(format!("local.context = {} is too small (at least 64)", self.context));
+        }
+        if self.parallel == 0 || self.parallel > 256 {
+            problems.push(format!("local.parallel = {} must be between 1 and 256", self.parallel));
+        }
+        if self.threads == 0 {
+            problems.push("local.threads must be at least 1".to_owned());
+        }
+        if self.queue == 0 {
+            problems.push("local.queue must be at least 1".to_owned());
+        }
+        if !self.cost_per_mtok.is_finite() || self.cost_per_mtok < 0.0 {
+            problems.push("local.cost_per_mtok must be a non-negative number".to_owned());
+        }
+        if !self.model.is_file() {
+            problems.push(format!(
+                "local.model {} does not exist (run `make model` to fetch the default model)",
+                self.model.display()
+            ));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_optional_fields() {
+        let cfg: EngineConfig = toml::from_str(r#"model = "m.gguf""#).unwrap();
+        assert_eq!(cfg.name, "local-small");
+        assert_eq!(cfg.context, 8192);
+        assert_eq!(cfg.parallel, 8);
+        assert_eq!(cfg.queue, 256);
+    }
+
+    #[test]
+    fn rejects_unknown_key() {
+        let err = toml::from_str::<EngineConfig>("model = \"m\"\nthreadz = 3\n").unwrap_err();
+        assert!(err.to_string().contains("threadz"), "{err}");
+    }
+
+    #[test]
+    fn reports_missing_model_and_bad_values() {
+        let mut cfg = EngineConfig::with_model("/nonexistent/model.gguf");
+        cfg.parallel = 0;
+        cfg.name = "a/b".into();
+        let problems = cfg.problems().join("\n");
+        assert!(problems.contains("does not exist"), "{problems}");
+        assert!(problems.contains("parallel"), "{problems}");
+        assert!(problems.contains("local.name"), "{problems}");
+    }
+}

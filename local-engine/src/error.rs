@@ -1,0 +1,40 @@
+/// Why the engine could not serve a request.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    /// The prompt plus the requested completion does not fit in the context.
+    #[error("This model's maximum context length is {context} tokens. However, you requested {requested} tokens ({prompt_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.")]
+    ContextLengthExceeded {
+        /// Total context (KV cells) of the engine.
+        context: u32,
+        /// Prompt plus completion tokens asked for.
+        requested: u64,
+        /// Tokens in the rendered prompt.
+        prompt_tokens: u32,
+        /// Completion tokens asked for.
+        max_tokens: u32,
+    },
+    /// The waiting queue is full.
+    #[error("the local engine is overloaded: {queue} requests are already waiting")]
+    Overloaded {
+        /// Configured queue bound.
+        queue: usize,
+    },
+    /// The engine thread has stopped or never loaded its model.
+    #[error("the local engine is unavailable: {reason}")]
+    Unavailable {
+        /// Why, for the log.
+        reason: String,
+    },
+    /// The chat template could not be rendered for these messages.
+    #[error("the chat template could not render these messages: {reason}")]
+    Template {
+        /// The template engine's message.
+        reason: String,
+    },
+    /// llama.cpp failed while decoding.
+    #[error("the local engine failed while decoding: {reason}")]
+    Decode {
+        /// llama.cpp's error.
+        reason: String,
+    },
+}

@@ -1,0 +1,21 @@
+//! The embedded local engine: one OS thread owns a llama.cpp model and context and serves
+//! generation jobs sent to it over a bounded channel.
+//!
+//! Nothing from `llama-cpp-2` leaves this crate: callers see [`EngineConfig`], [`EngineHandle`],
+//! [`GenerationRequest`], [`GenerationEvent`] and [`EngineStats`].
+
+mod config;
+mod engine;
+mod error;
+mod stats;
+mod template;
+mod text;
+mod types;
+
+pub use config::EngineConfig;
+pub use engine::EngineHandle;
+pub use error::EngineError;
+pub use stats::{EngineStats, EngineStatsSnapshot};
+pub use template::{ChatTemplate, TemplateMessage};
+pub use text::{TextAssembler, Utf8Decoder};
+pub use types::{FinishReason, GenerationEvent, GenerationRequest, GenerationStream, SamplingParams};

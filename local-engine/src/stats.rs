@@ -1,0 +1,59 @@
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// Live counters shared between the engine thread and its handles.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub(crate) loaded: AtomicBool,
+    pub(crate) queued: AtomicU64,
+    pub(crate) active: AtomicU64,
+    pub(crate) kv_cells_used: AtomicU64,
+    pub(crate) cancelled_total: AtomicU64,
+    pub(crate) finished_total: AtomicU64,
+    pub(crate) prompt_tokens_total: AtomicU64,
+    pub(crate) completion_tokens_total: AtomicU64,
+    pub(crate) prefill_us_total: AtomicU64,
+    pub(crate) decode_us_total: AtomicU64,
+}
+
+/// A copy of [`EngineStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStatsSnapshot {
+    /// The model is loaded and the engine is serving.
+    pub loaded: bool,
+    /// Requests waiting for a sequence slot.
+    pub queued: u64,
+    /// Sequences being prefilled or decoded.
+    pub active: u64,
+    /// KV cells held by active sequences.
+    pub kv_cells_used: u64,
+    /// Generations stopped because their receiver went away.
+    pub cancelled_total: u64,
+    /// Generations that ended normally (stop or length).
+    pub finished_total: u64,
+    /// Prompt tokens prefilled.
+    pub prompt_tokens_total: u64,
+    /// Completion tokens sampled.
+    pub completion_tokens_total: u64,
+    /// Wall time spent in decode calls that carried prompt tokens, microseconds.
+    pub prefill_us_total: u64,
+    /// Wall time spent in decode calls that carried only generated tokens, microseconds.
+    pub decode_us_total: u64,
+}
+
+impl EngineStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> EngineStatsSnapshot {
+        EngineStatsSnapshot {
+            loaded: self.loaded.load(Relaxed),
+            queued: self.queued.load(Relaxed),
+            active: self.active.load(Relaxed),
+            kv_cells_used: self.kv_cells_used.load(Relaxed),
+            cancelled_total: self.cancelled_total.load(Relaxed),
+            finished_total: self.finished_total.load(Relaxed),
+            prompt_tokens_total: self.prompt_tokens_total.load(Relaxed),
+            completion_tokens_total: self.completion_tokens_total.load(Relaxed),
+            prefill_us_total: self.prefill_us_total.load(Relaxed),
+            decode_us_total: self.decode_us_total.load(Relaxed),
+        }
+    }
+}

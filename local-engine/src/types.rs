@@ -1,0 +1,81 @@
+use tokio::sync::mpsc;
+
+use crate::{EngineError, TemplateMessage};
+
+/// Sampling settings for one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus sampling mass; 1.0 disables it.
+    pub top_p: f32,
+    /// Seed for the random sampler; `None` picks one.
+    pub seed: Option<u64>,
+    /// Generation stops before any of these strings; they are not returned.
+    pub stop: Vec<String>,
+    /// Most completion tokens; `None` means up to the context.
+    pub max_tokens: Option<u32>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self { temperature: 1.0, top_p: 1.0, seed: None, stop: Vec::new(), max_tokens: None }
+    }
+}
+
+/// One chat generation for the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    /// The conversation, rendered with the model's chat template.
+    pub messages: Vec<TemplateMessage>,
+    /// Tool definitions (JSON), passed to templates that render them.
+    pub tools: Option<serde_json::Value>,
+    /// How to sample.
+    pub sampling: SamplingParams,
+}
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model ended its turn or a stop string was produced.
+    Stop,
+    /// `max_tokens` (or the context) was reached.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI `finish_reason` string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// What the engine reports for a sequence, in order: `Started`, any number of `Text`, then
+/// `Finished` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// The prompt was accepted; it has this many tokens.
+    Started {
+        /// Tokens in the rendered prompt.
+        prompt_tokens: u32,
+    },
+    /// A piece of completion text: always whole UTF-8 characters, never part of a stop string.
+    Text(String),
+    /// Generation ended.
+    Finished {
+        /// Why.
+        reason: FinishReason,
+        /// Tokens in the rendered prompt.
+        prompt_tokens: u32,
+        /// Tokens generated.
+        completion_tokens: u32,
+    },
+    /// Generation failed; nothing follows.
+    Failed(EngineError),
+}
+
+/// The receiving end of one generation. Dropping it cancels the generation at the next step.
+pub type GenerationStream = mpsc::UnboundedReceiver<GenerationEvent>;

@@ -1,0 +1,150 @@
+use serde::Deserialize;
+
+/// `kind` of a `[[providers]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// OpenAI's API.
+    Openai,
+    /// Azure OpenAI.
+    Azure,
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// Any server speaking OpenAI's chat-completions API (vLLM, llama-server, Ollama…).
+    OpenaiCompatible,
+}
+
+/// A model a provider serves, with its prices.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// The model's name at the provider.
+    pub name: String,
+    /// USD per million prompt tokens.
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    /// USD per million completion tokens.
+    #[serde(default)]
+    pub output_per_mtok: f64,
+    /// USD per million cached prompt tokens.
+    pub cached_input_per_mtok: Option<f64>,
+    /// Azure deployment name (defaults to the model name).
+    pub deployment: Option<String>,
+    /// Default `max_tokens` for APIs that require one.
+    pub max_output_tokens: Option<u32>,
+}
+
+impl ModelPrice {
+    /// Cost in USD of a request with these token counts.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_per_mtok + completion_tokens as f64 * self.output_per_mtok) / 1e6
+    }
+}
+
+/// One `[[providers]]` entry of `config/gateway.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Targets are `<name>/<model>`.
+    pub name: String,
+    /// Which API it speaks.
+    pub kind: ProviderKind,
+    /// API base URL (…/v1 for OpenAI-style APIs).
+    pub base_url: Option<String>,
+    /// openai-compatible only: several base URLs, load-balanced.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// Where the provider runs (for residency rules).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// May it see unredacted privacy-tagged data?
+    #[serde(default)]
+    pub trusted: bool,
+    /// Per attempt.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Retries after the first attempt.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Azure only.
+    pub api_version: Option<String>,
+    /// Models served, with prices.
+    #[serde(default)]
+    pub models: Vec<ModelPrice>,
+}
+
+const fn default_timeout_ms() -> u64 {
+    60_000
+}
+
+const fn default_max_retries() -> u32 {
+    2
+}
+
+impl ProviderConfig {
+    /// The model entry called `name`.
+    pub fn model(&self, name: &str) -> Option<&ModelPrice> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// Static checks; one message per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let who = format!("provider {:?}", self.name);
+        if self.name.is_empty() || self.name.contains('/') || self.name == "local" || self.name == "auto" {
+            problems.push(format!("{who}: name must be non-empty, contain no '/', and not be \"local\" or \"auto\""));
+        }
+        match self.kind {
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible => {}
+            ProviderKind::Azure | ProviderKind::Anthropic => problems.push(format!(
+                "{who}: kind {:?} is not supported yet; use \"openai\" or \"openai-compatible\"",
+                self.kind
+            )),
+        }
+        if self.base_url.is_none() && self.endpoints.is_empty() {
+            problems.push(format!("{who}: base_url is required"));
+        }
+        if self.models.is_empty() {
+            problems.push(format!("{who}: models must list at least one model"));
+        }
+        if self.timeout_ms == 0 {
+            problems.push(format!("{who}: timeout_ms must be positive"));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_interface_example() {
+        let cfg: ProviderConfig = toml::from_str(
+            r#"
+name = "openai"
+kind = "openai"
+base_url = "https://example.invalid/v1"
+api_key_env = "OPENAI_API_KEY"
+region = "us-east"
+models = [{ name = "gpt-4o", input_per_mtok = 2.5, output_per_mtok = 10.0, cached_input_per_mtok = 1.25 }]
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.kind, ProviderKind::Openai);
+        assert_eq!(cfg.timeout_ms, 60_000);
+        assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+        let cost = cfg.model("gpt-4o").unwrap().cost_usd(1_000_000, 100_000);
+        assert!((cost - 3.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rejects_unknown_kind_and_key() {
+        assert!(toml::from_str::<ProviderConfig>("name=\"x\"\nkind=\"bedrock\"\n").is_err());
+        let err = toml::from_str::<ProviderConfig>("name=\"x\"\nkind=\"openai\"\nbase_urll=\"y\"\n").unwrap_err();
+        assert!(err.to_string().contains("base_urll"));
+    }
+}

@@ -1,0 +1,70 @@
+use crate::wire::ErrorBody;
+
+/// Why a provider could not answer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ProviderError {
+    /// The request cannot be served by this provider as sent.
+    #[error("{message}")]
+    InvalidRequest {
+        /// For the client.
+        message: String,
+        /// The offending field.
+        param: Option<String>,
+    },
+    /// Prompt plus completion exceed the model's context.
+    #[error("{message}")]
+    ContextLengthExceeded {
+        /// For the client, naming both numbers.
+        message: String,
+    },
+    /// The local engine's queue is full.
+    #[error("{message}")]
+    Overloaded {
+        /// For the client.
+        message: String,
+        /// Seconds to wait.
+        retry_after_s: u64,
+    },
+    /// The upstream answered 429.
+    #[error("{provider} is rate limiting requests")]
+    RateLimited {
+        /// Configured provider name.
+        provider: String,
+        /// Seconds to wait, from the upstream's `retry-after`.
+        retry_after_s: Option<u64>,
+    },
+    /// The upstream rejected the request (4xx other than 429); its error is passed on.
+    #[error("{provider} rejected the request with status {status}")]
+    Rejected {
+        /// Configured provider name.
+        provider: String,
+        /// The upstream status.
+        status: u16,
+        /// The upstream's error body.
+        body: Box<ErrorBody>,
+    },
+    /// The upstream failed (5xx, broken connection, unreadable answer).
+    #[error("{provider} failed: {message}")]
+    Upstream {
+        /// Configured provider name.
+        provider: String,
+        /// The upstream status, if one came.
+        status: Option<u16>,
+        /// What went wrong, for the log.
+        message: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("{provider} did not answer within {timeout_ms} ms")]
+    Timeout {
+        /// Configured provider name.
+        provider: String,
+        /// The configured timeout.
+        timeout_ms: u64,
+    },
+    /// The provider cannot serve at all now (engine not loaded, stopped).
+    #[error("{message}")]
+    Unavailable {
+        /// For the log and the client.
+        message: String,
+    },
+}

@@ -1,0 +1,16 @@
+//! Everything that answers a chat request: the OpenAI wire types, the [`Provider`] trait, the
+//! remote providers and the adapter over the embedded engine.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod local;
+mod openai_compatible;
+mod provider;
+pub mod wire;
+
+pub use config::{ModelPrice, ProviderConfig, ProviderKind};
+pub use error::ProviderError;
+pub use local::LocalProvider;
+pub use openai_compatible::OpenAiCompatible;
+pub use provider::{collect_stream, ChunkStream, Provider};

@@ -1,0 +1,83 @@
+//! A transparent baseline complexity score. It ranks requests by simple features; the learned
+//! scorer (a later issue) replaces it behind the same result type.
+
+/// A score in [0, 1] with the features that raised it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComplexityScore {
+    /// 0 = trivial, 1 = very hard.
+    pub score: f64,
+    /// Human-readable features that contributed, strongest first.
+    pub reasons: Vec<String>,
+}
+
+/// Words that usually mark multi-step reasoning or expert work.
+const HARD_MARKERS: &[&str] = &[
+    "prove", "proof", "derive", "theorem", "step by step", "analyze", "analyse", "architecture",
+    "optimize", "optimise", "algorithm", "complexity", "refactor", "implement", "debug",
+    "trade-off", "tradeoff", "compare and contrast", "formal", "rigorous", "integral", "equation",
+];
+
+/// Scores `text` (the conversation's user-visible text) with `turns` messages, about
+/// `prompt_tokens` tokens, and whether the request carries tool definitions.
+pub fn score_complexity(text: &str, turns: usize, prompt_tokens: u32, has_tools: bool) -> ComplexityScore {
+    let mut parts: Vec<(f64, String)> = Vec::new();
+    // Length: saturates around 1500 tokens.
+    let length = (f64::from(prompt_tokens) / 1500.0).min(1.0) * 0.3;
+    if length >= 0.05 {
+        parts.push((length, format!("long prompt (~{prompt_tokens} tokens)")));
+    }
+    if text.contains("```") || text.contains("fn ") || text.contains("def ") || text.contains("#include") {
+        parts.push((0.2, "contains code".to_owned()));
+    }
+    let math = text.chars().filter(|c| matches!(c, '=' | '∑' | '∫' | '^' | '√' | '≤' | '≥')).count();
+    if math >= 2 {
+        parts.push((0.15, "contains math".to_owned()));
+    }
+    let lower = text.to_lowercase();
+    let markers: Vec<&str> = HARD_MARKERS.iter().copied().filter(|m| lower.contains(m)).collect();
+    if !markers.is_empty() {
+        #[allow(clippy::cast_precision_loss)]
+        let weight = (markers.len() as f64 * 0.15).min(0.45);
+        parts.push((weight, format!("reasoning markers: {}", markers.join(", "))));
+    }
+    if turns > 4 {
+        parts.push((0.1, format!("multi-turn ({turns} messages)")));
+    }
+    if has_tools {
+        parts.push((0.1, "tool use".to_owned()));
+    }
+    parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let score = parts.iter().fold(0.0_f64, |acc, p| acc + p.0).clamp(0.0, 1.0);
+    ComplexityScore { score, reasons: parts.into_iter().map(|p| p.1).collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greeting_is_easy_and_has_no_reasons() {
+        let s = score_complexity("Hi", 1, 3, false);
+        assert!(s.score < 0.1, "{s:?}");
+        assert!(s.reasons.is_empty());
+    }
+
+    #[test]
+    fn proof_request_with_math_scores_higher_than_greeting() {
+        let hard = score_complexity(
+            "Prove step by step that x^2 = y^2 implies x = y or x = -y, and analyze the complexity.",
+            1,
+            40,
+            false,
+        );
+        assert!(hard.score >= 0.55, "{hard:?}");
+        assert!(hard.reasons.iter().any(|r| r.contains("reasoning markers")));
+    }
+
+    #[test]
+    fn score_stays_in_unit_interval() {
+        let text = "prove derive theorem ```code``` = = = ∫ ".repeat(200);
+        let s = score_complexity(&text, 50, 100_000, true);
+        assert!((0.0..=1.0).contains(&s.score));
+    }
+}

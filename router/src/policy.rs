@@ -1,0 +1,276 @@
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The short target name a policy may use for the embedded engine.
+pub const LOCAL_ALIAS: &str = "local";
+
+/// What to do when a request may not go where it was sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnViolation {
+    /// Serve it elsewhere (first allowed fallback, else local).
+    #[default]
+    Reroute,
+    /// Answer 403 `policy_violation`.
+    Reject,
+}
+
+/// `when.complexity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hardness {
+    /// Complexity below the threshold.
+    Easy,
+    /// Complexity at or above the threshold.
+    Hard,
+}
+
+/// `strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Route straight to the target.
+    Direct,
+    /// Answer locally first, escalate when confidence is low.
+    Cascade,
+}
+
+/// `[classifier]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Classifier {
+    /// Complexity at or above this is "hard".
+    #[serde(default = "default_threshold")]
+    pub complexity_threshold: f64,
+}
+
+const fn default_threshold() -> f64 {
+    0.55
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Self { complexity_threshold: default_threshold() }
+    }
+}
+
+/// A rule's conditions; all present conditions must hold.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// Any of these privacy tags present.
+    #[serde(default)]
+    pub privacy: Vec<String>,
+    /// Easy or hard.
+    pub complexity: Option<Hardness>,
+    /// The request's tenant is one of these.
+    #[serde(default)]
+    pub tenant: Vec<String>,
+    /// Glob over the requested model (as sent, or resolved `provider/model`).
+    pub requested_model: Option<String>,
+    /// At least this many prompt tokens (estimated).
+    pub min_prompt_tokens: Option<u32>,
+}
+
+impl When {
+    /// True when the rule has no condition at all.
+    pub fn matches_everything(&self) -> bool {
+        self.privacy.is_empty()
+            && self.complexity.is_none()
+            && self.tenant.is_empty()
+            && self.requested_model.is_none()
+            && self.min_prompt_tokens.is_none()
+    }
+}
+
+/// One `[[rule]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Shown in headers, `/v1/route`, metrics and the audit log.
+    pub name: String,
+    /// Conditions.
+    #[serde(default)]
+    pub when: When,
+    /// Target: `local` or `provider/model`.
+    pub route: Spanned<String>,
+    /// Tried in order when the route fails or is not allowed.
+    #[serde(default)]
+    pub fallback: Vec<Spanned<String>>,
+    /// Overrides the policy's `on_violation`.
+    pub on_violation: Option<OnViolation>,
+    /// Replace PII with placeholders before the request leaves.
+    #[serde(default)]
+    pub redact: bool,
+    /// How the target is used.
+    pub strategy: Option<Strategy>,
+}
+
+/// A routing policy (`policies/*.toml`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// For requests no rule matched (explicit models).
+    #[serde(default)]
+    pub on_violation: OnViolation,
+    /// Complexity settings.
+    #[serde(default)]
+    pub classifier: Classifier,
+    /// First match wins.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Rule>,
+}
+
+/// A policy file that cannot be parsed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{line}:{column}: {message}")]
+pub struct PolicyError {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+/// A policy that parses but cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    /// 1-based line of the offending value, when known.
+    pub line: Option<usize>,
+    /// What is wrong, naming rule and target.
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{line}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+impl Policy {
+    /// Parses a policy file's text. Unknown keys and wrong types are errors with a position.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            PolicyError { line, column, message: e.message().to_owned() }
+        })
+    }
+
+    /// Static checks: every target exists (`is_target` says which do; `local` always does),
+    /// the threshold is in range and the last rule matches everything. `text` is the file the
+    /// policy was parsed from, for line numbers.
+    pub fn problems(&self, text: &str, is_target: &dyn Fn(&str) -> bool) -> Vec<PolicyProblem> {
+        let mut problems = Vec::new();
+        let t = self.classifier.complexity_threshold;
+        if !(0.0..=1.0).contains(&t) {
+            problems.push(PolicyProblem {
+                line: None,
+                message: format!("classifier.complexity_threshold = {t} must be between 0 and 1"),
+            });
+        }
+        for rule in &self.rules {
+            for (field, target) in std::iter::once(("route", &rule.route))
+                .chain(rule.fallback.iter().map(|f| ("fallback", f)))
+            {
+                if target.get_ref() != LOCAL_ALIAS && !is_target(target.get_ref()) {
+                    problems.push(PolicyProblem {
+                        line: Some(line_col(text, target.span().start).0),
+                        message: format!(
+                            "rule {:?}.{field}: target {:?} is not configured",
+                            rule.name,
+                            target.get_ref()
+                        ),
+                    });
+                }
+            }
+        }
+        match self.rules.last() {
+            None => problems.push(PolicyProblem {
+                line: None,
+                message: "the policy has no [[rule]]; it must end with a rule that matches everything".into(),
+            }),
+            Some(last) if !last.when.matches_everything() => problems.push(PolicyProblem {
+                line: Some(line_col(text, last.route.span().start).0),
+                message: format!(
+                    "rule {:?} is the last rule but has conditions; a policy must end with a rule that matches everything",
+                    last.name
+                ),
+            }),
+            Some(_) => {}
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+on_violation = "reroute"
+[classifier]
+complexity_threshold = 0.5
+
+[[rule]]
+name = "hard-escalates"
+when.complexity = "hard"
+route = "openai/gpt-4o"
+fallback = ["local"]
+
+[[rule]]
+name = "default"
+route = "local"
+"#;
+
+    #[test]
+    fn parses_a_good_policy_without_problems() {
+        let p = Policy::parse(GOOD).unwrap();
+        assert_eq!(p.rules.len(), 2);
+        assert_eq!(p.rules[0].when.complexity, Some(Hardness::Hard));
+        assert!(p.problems(GOOD, &|t| t == "openai/gpt-4o").is_empty());
+    }
+
+    #[test]
+    fn rejects_unknown_key_with_its_line() {
+        let text = "[[rule]]\nname = \"x\"\nroute = \"local\"\nroot = 1\n";
+        let err = Policy::parse(text).unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
+        assert!(err.message.contains("root"), "{err}");
+    }
+
+    #[test]
+    fn reports_unconfigured_target_with_rule_and_line() {
+        let problems = Policy::parse(GOOD).unwrap().problems(GOOD, &|_| false);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, Some(9));
+        assert!(problems[0].message.contains("\"hard-escalates\".route"), "{}", problems[0]);
+        assert!(problems[0].message.contains("openai/gpt-4o"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn reports_a_last_rule_with_conditions() {
+        let text = "[[rule]]\nname = \"only-hard\"\nwhen.complexity = \"hard\"\nroute = \"local\"\n";
+        let problems = Policy::parse(text).unwrap().problems(text, &|_| true);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("matches everything"));
+    }
+
+    #[test]
+    fn reports_an_empty_policy_and_bad_threshold() {
+        let text = "[classifier]\ncomplexity_threshold = 1.5\n";
+        let problems = Policy::parse(text).unwrap().problems(text, &|_| true);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+}
