@@ -333,6 +333,8 @@ impl<'m> Scheduler<'m> {
         self.reserved_cells -= seq.reserved;
         self.free_seq_ids.push(seq.seq_id);
         self.stats.active.fetch_sub(1, Relaxed);
+        // The caller has already removed `seq` from `active`.
+        self.publish_kv_usage();
     }
 
     /// One decode: every sequence's pending token, then prompt chunks up to the step budget.

@@ -127,6 +127,11 @@ impl Gateway {
     /// Writes `config` (with `{policy}` replaced by the policy file's path) and `policy`, starts
     /// the gateway on a free port and waits for `/readyz` to answer 200.
     pub async fn start(config: &str, policy: &str) -> Self {
+        Self::start_with_env(config, policy, &[]).await
+    }
+
+    /// [`Gateway::start`] with extra environment variables (provider keys).
+    pub async fn start_with_env(config: &str, policy: &str, env: &[(&str, &str)]) -> Self {
         let dir = scratch_dir("gw");
         let policy_path = dir.join("policy.toml");
         std::fs::write(&policy_path, policy).expect("writing the policy");
@@ -135,6 +140,9 @@ impl Gateway {
         std::fs::write(&config_path, config).expect("writing the config");
         let mut cmd = Command::new(release_binary("switchyard", "SWITCHYARD_BIN"));
         cmd.arg("serve").arg("--config").arg(&config_path).env("SWITCHYARD_LISTEN", "127.0.0.1:0");
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
         let (process, addr) = spawn_and_find_addr(cmd, "addr=", Duration::from_secs(30));
         let gateway = Self { process, base: format!("http://{addr}"), dir };
         gateway.wait_ready().await;
@@ -196,5 +204,39 @@ impl FakeProvider {
             "[[providers]]\nname = \"fake\"\nkind = \"openai-compatible\"\nbase_url = {:?}\n{key}timeout_ms = 20000\nmodels = [{{ name = \"echo\", input_per_mtok = 1.0, output_per_mtok = 2.0 }}, {{ name = \"gated\" }}, {{ name = \"fail\" }}, {{ name = \"ratelimit\" }}, {{ name = \"reject\" }}, {{ name = \"drop\" }}]\n",
             self.base_v1
         )
+    }
+}
+
+/// A gateway configuration with the real model and the policy at `{policy}`; `extra` is appended.
+pub fn config_with_local(parallel: u32, context: u32, extra: &str) -> String {
+    format!("[server]\nregion = \"eu-west\"\n\n{}\n{extra}\n[policy]\nfile = \"{{policy}}\"\n", local_section(parallel, context))
+}
+
+/// A policy that sends every `auto` request to the local engine.
+pub const ALL_LOCAL_POLICY: &str = "[[rule]]\nname = \"default\"\nroute = \"local\"\n";
+
+/// Reads SSE `data:` payloads from a streaming response, one at a time.
+pub struct SseReader {
+    events: std::pin::Pin<Box<dyn futures::Stream<Item = Result<eventsource_stream::Event, String>> + Send>>,
+}
+
+impl SseReader {
+    /// Wraps a streaming response.
+    pub fn new(response: reqwest::Response) -> Self {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let events = response.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string()));
+        Self { events: Box::pin(events) }
+    }
+
+    /// The next event's data, waiting at most `limit`; `None` when the stream ended.
+    pub async fn next_data(&mut self, limit: Duration) -> Option<String> {
+        use futures::StreamExt;
+        match tokio::time::timeout(limit, self.events.next()).await {
+            Err(_) => panic!("no SSE event within {limit:?}"),
+            Ok(None) => None,
+            Ok(Some(Ok(event))) => Some(event.data),
+            Ok(Some(Err(e))) => panic!("broken SSE stream: {e}"),
+        }
     }
 }

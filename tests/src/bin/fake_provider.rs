@@ -3,7 +3,8 @@
 //! - `echo`: answers `echo: <last message>` (streamed word by word when asked), with usage.
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
 //! - `fail`: 500 with an OpenAI error body. `ratelimit`: 429 with `retry-after: 7`.
-//! - `reject`: 400 with an OpenAI error body. `drop`: one chunk, then the connection breaks.
+//! - `reject`: 400 with an OpenAI error body. `drop`: one chunk, then (after
+//!   `POST /control/release`) the connection breaks.
 //!
 //! `GET /control/requests` returns every request received (body and whether it carried auth).
 //! Prints `listening on ADDR` once bound to a free port.
@@ -78,6 +79,8 @@ async fn chat(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Jso
             }
             "drop" => {
                 let _ = tx.send(Ok(sse(&chunk(&model, &json!({"content": "partial"}), None)))).await;
+                // Held like `gated`, so the client provably has "partial" before the break.
+                let _ = tokio::time::timeout(Duration::from_secs(30), fake.release.notified()).await;
                 let _ = tx.send(Err(std::io::Error::other("connection dropped by the fake"))).await;
                 return;
             }
