@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use switchyard_e2e::{config_with_local, Gateway, SseReader, ALL_LOCAL_POLICY};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_stream_finishes_that_stream_then_exits_zero() {
     let mut gw = Gateway::start(&config_with_local(2, 4096, ""), ALL_LOCAL_POLICY).await;
     let body = json!({

@@ -1,0 +1,63 @@
+# Switchyard: `make run` serves config/gateway.toml; `make test` runs every test.
+# Both do all set-up on a fresh machine (system packages, model, Python venv, Redis).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CONFIG ?= config/gateway.toml
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+CARGO_TEST_THREADS ?= 2
+
+.PHONY: run test build model system-deps python-deps redis check bench clean
+
+## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
+system-deps:
+	@missing=""; \
+	for pkg in cmake clang libclang-dev; do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+## The default model (SmolLM2-135M-Instruct Q4_1), fetched and verified if absent.
+model:
+	bash scripts/fetch-model.sh
+
+build: system-deps
+	cargo build --release --workspace --locked
+
+run: model build
+	./target/release/switchyard serve --config $(CONFIG)
+
+check: build
+	./target/release/switchyard check --config $(CONFIG)
+
+## Python venv with the pinned official openai SDK and the schema validator.
+$(VENV)/.installed: tests/python/requirements.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+python-deps: $(VENV)/.installed
+
+## Redis on 127.0.0.1:6379, started if it does not answer.
+redis:
+	@if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then \
+	  command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; }; \
+	  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no; \
+	  for i in $$(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done; \
+	fi
+
+test: model build python-deps redis
+	cargo test --release --workspace --locked -- --test-threads=$(CARGO_TEST_THREADS)
+	$(PYTHON) -m pytest tests/python -q
+
+## Single-stream prefill/decode tok/s: the engine alone next to through the gateway.
+bench: model build
+	./target/release/bench-single-stream
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

@@ -1,0 +1,144 @@
+"""Fixtures for the Python end-to-end suite: the real switchyard binary, the real model, the
+official openai SDK, and the fake provider server (tests/src/bin/fake_provider.rs)."""
+
+import json
+import os
+import queue
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from schema import Schemas
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+BIN = Path(os.environ.get("SWITCHYARD_BIN", ROOT / "target" / "release" / "switchyard"))
+FAKE_BIN = Path(os.environ.get("FAKE_PROVIDER_BIN", ROOT / "target" / "release" / "fake-provider"))
+SPEC = ROOT.parent / "shared" / "openai-openapi" / "openapi.yaml"
+
+
+class Process:
+    """A child process whose output lines are collected; killed by pid on stop()."""
+
+    def __init__(self, args, env=None, marker=None, timeout=30.0):
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, text=True,
+        )
+        self.lines = []
+        self._found = queue.Queue()
+        self._marker = marker
+        threading.Thread(target=self._read, daemon=True).start()
+        self.value = None
+        if marker:
+            try:
+                self.value = self._found.get(timeout=timeout)
+            except queue.Empty:
+                self.stop()
+                raise RuntimeError(f"{args[0]} never printed {marker!r}:\n" + "\n".join(self.lines))
+
+    def _read(self):
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            if self._marker and self._marker in line:
+                self._found.put(line.split(self._marker, 1)[1].split()[0])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def wait_ready(base, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("gateway never became ready")
+
+
+def local_section(context=4096, parallel=4):
+    return (
+        f'[local]\nmodel = "{MODEL}"\nname = "local-small"\ncontext = {context}\n'
+        f"threads = 2\nparallel = {parallel}\nqueue = 16\n"
+    )
+
+
+ALL_LOCAL = '[[rule]]\nname = "default"\nroute = "local"\n'
+
+
+class Gateway:
+    def __init__(self, tmp_path, config, policy=ALL_LOCAL, env=None):
+        policy_path = tmp_path / "policy.toml"
+        policy_path.write_text(policy)
+        config_path = tmp_path / "gateway.toml"
+        config_path.write_text(config.replace("{policy}", str(policy_path)))
+        self.config_path = config_path
+        self.process = Process(
+            [str(BIN), "serve", "--config", str(config_path)],
+            env={"SWITCHYARD_LISTEN": "127.0.0.1:0", **(env or {})}, marker="addr=",
+        )
+        self.base = f"http://{self.process.value}"
+        self.v1 = f"{self.base}/v1"
+        wait_ready(self.base)
+
+    def stop(self):
+        self.process.stop()
+
+
+def gateway_config(extra="", context=4096, parallel=4):
+    return f'[server]\nregion = "eu-west"\n\n{local_section(context, parallel)}\n{extra}\n[policy]\nfile = "{{policy}}"\n'
+
+
+@pytest.fixture(scope="session")
+def schemas():
+    return Schemas(SPEC)
+
+
+@pytest.fixture(scope="session")
+def fake_provider():
+    p = Process([str(FAKE_BIN)], marker="listening on ", timeout=10)
+    yield f"http://{p.value}"
+    p.stop()
+
+
+def fake_provider_section(base, key_env=None):
+    key = f'api_key_env = "{key_env}"\n' if key_env else ""
+    models = ", ".join(
+        f'{{ name = "{m}", input_per_mtok = 1.0, output_per_mtok = 2.0 }}'
+        for m in ["echo", "gated", "fail", "ratelimit", "reject", "drop"]
+    )
+    return (
+        f'[[providers]]\nname = "fake"\nkind = "openai-compatible"\nbase_url = "{base}/v1"\n{key}'
+        f"timeout_ms = 20000\nmodels = [{models}]\n"
+    )
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, fake_provider):
+    """One shared gateway: the real model locally plus the fake provider as `fake`."""
+    gw = Gateway(tmp_path_factory.mktemp("gw"), gateway_config(fake_provider_section(fake_provider)))
+    yield gw
+    gw.stop()
+
+
+def sse_events(response):
+    """The data payloads of an SSE response, in order."""
+    out = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            out.append(line[len("data: "):])
+    return out
+
+
+def parse_chunks(events):
+    return [json.loads(e) for e in events if e != "[DONE]"]

@@ -1,0 +1,126 @@
+"""Every error answer: status, OpenAI error body (validated against the spec), and the SDK's
+exception class."""
+
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import Gateway, gateway_config, sse_events
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def post(gateway, body, **kw):
+    return httpx.post(f"{gateway.v1}/chat/completions", content=body if isinstance(body, (bytes, str)) else None,
+                      json=None if isinstance(body, (bytes, str)) else body, timeout=60, **kw)
+
+
+@pytest.mark.parametrize(
+    "body,status,code,param",
+    [
+        ("{not json", 400, None, None),
+        ({"model": "auto"}, 400, None, "messages"),
+        ({"model": "auto", "messages": []}, 400, None, "messages"),
+        ({"model": "auto", "messages": "hello"}, 400, None, "messages"),
+        ({"model": "auto", "messages": HI, "temperature": "hot"}, 400, None, "temperature"),
+        ({"model": "auto", "messages": HI, "max_tokens": "many"}, 400, None, "max_tokens"),
+        ({"model": "auto", "messages": [{"role": "wizard", "content": "x"}]}, 400, None, "messages[0].role"),
+        ({"model": 42, "messages": HI}, 400, None, "model"),
+        ({"model": "no-such-model", "messages": HI}, 404, "model_not_found", "model"),
+    ],
+)
+def test_bad_requests_get_openai_errors(gateway, schemas, body, status, code, param):
+    r = post(gateway, body)
+    assert r.status_code == status, r.text
+    schemas.validate("ErrorResponse", r.json())
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    assert err["code"] == code
+    assert err["param"] == param
+    assert err["message"]
+
+
+def test_sdk_raises_the_matching_exceptions(gateway):
+    client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-9", messages=HI)
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="auto", messages=[])
+    assert e.value.param == "messages"
+
+
+def test_body_over_the_limit_is_413(gateway, schemas):
+    big = b'{"model":"auto","messages":[{"role":"user","content":"' + b"a" * (4 * 1024 * 1024 + 10) + b'"}]}'
+    r = post(gateway, big, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    schemas.validate("ErrorResponse", r.json())
+    assert r.json()["error"]["code"] == "request_too_large"
+
+
+def test_wrong_method_is_405_and_unknown_path_404(gateway, schemas):
+    r = httpx.get(f"{gateway.v1}/chat/completions")
+    assert r.status_code == 405
+    schemas.validate("ErrorResponse", r.json())
+    r = httpx.post(f"{gateway.v1}/no/such/thing", json={})
+    assert r.status_code == 404
+    schemas.validate("ErrorResponse", r.json())
+
+
+def test_prompt_plus_max_tokens_beyond_context_names_both_numbers(gateway, schemas):
+    r = post(gateway, {"model": "auto", "messages": HI, "max_tokens": 5000})
+    assert r.status_code == 400
+    schemas.validate("ErrorResponse", r.json())
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded"
+    assert "4096" in err["message"]
+    prompt_tokens = httpx.post(f"{gateway.v1}/chat/completions", json={"model": "auto", "messages": HI, "max_tokens": 1}, timeout=60).json()["usage"]["prompt_tokens"]
+    assert str(prompt_tokens + 5000) in err["message"], err["message"]
+
+
+def test_long_prompt_alone_beyond_context_is_refused(gateway):
+    words = " ".join(["banana"] * 5000)
+    r = post(gateway, {"model": "auto", "messages": [{"role": "user", "content": words}]})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(
+    "model,status,code",
+    [("fake/fail", 502, "upstream_error"), ("fake/ratelimit", 429, "rate_limit_exceeded"), ("fake/reject", 400, "bad_thing")],
+)
+def test_upstream_errors_map_to_openai_errors(gateway, schemas, model, status, code):
+    r = post(gateway, {"model": model, "messages": HI})
+    assert r.status_code == status, r.text
+    schemas.validate("ErrorResponse", r.json())
+    assert r.json()["error"]["code"] == code
+    if status == 429:
+        assert r.headers["retry-after"] == "7"
+    r = post(gateway, {"model": model, "messages": HI, "stream": True})
+    assert r.status_code == status, "stream failures before the first byte get a real status"
+
+
+def test_full_queue_answers_429_engine_overloaded(tmp_path, schemas):
+    gw = Gateway(tmp_path, gateway_config(parallel=1).replace("queue = 16", "queue = 1"))
+    try:
+        long = {"model": "auto", "stream": True, "temperature": 0, "max_tokens": 400,
+                "messages": [{"role": "user", "content": "Count from 1 to 300."}]}
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", json=long, timeout=120) as running:
+            next(running.iter_lines())  # the only slot is busy
+            queued = threading.Thread(target=lambda: httpx.post(f"{gw.v1}/chat/completions", json={**long, "stream": False, "max_tokens": 1}, timeout=120))
+            queued.start()
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{gw.base}/readyz").json()["engine"]["queued"] < 1:
+                assert time.monotonic() < deadline, "second request never queued"
+                time.sleep(0.01)  # poll interval; the condition ends the wait
+            r = httpx.post(f"{gw.v1}/chat/completions", json={"model": "auto", "messages": HI}, timeout=30)
+            assert r.status_code == 429
+            schemas.validate("ErrorResponse", r.json())
+            assert r.json()["error"]["code"] == "engine_overloaded"
+            assert int(r.headers["retry-after"]) >= 1
+        queued.join(timeout=120)
+    finally:
+        gw.stop()

@@ -1,0 +1,68 @@
+"""`POST /v1/route` and the `check` / `explain` commands."""
+
+import json
+import subprocess
+
+import httpx
+
+from conftest import BIN, ROOT, gateway_config
+
+
+def test_route_answers_the_decision_shape_without_generating(gateway):
+    before = httpx.get(f"{gateway.base}/readyz").json()["engine"]["prompt_tokens_total"]
+    r = httpx.post(
+        f"{gateway.v1}/route",
+        json={"model": "auto", "messages": [{"role": "user", "content": "Hi"}]},
+        headers={"x-switchyard-tags": "Confidential, pii"},
+    )
+    assert r.status_code == 200
+    d = r.json()
+    assert set(d) == {"tier", "target", "rule", "complexity", "hard", "privacy", "redact", "fallbacks", "reasons"}
+    assert d["tier"] == "local" and d["target"] == "local/local-small" and d["rule"] == "default"
+    assert 0.0 <= d["complexity"] <= 1.0 and d["hard"] is False
+    assert d["privacy"]["tags"] == ["confidential", "pii"]
+    assert isinstance(d["reasons"], list) and d["reasons"]
+    assert httpx.get(f"{gateway.base}/readyz").json()["engine"]["prompt_tokens_total"] == before
+
+
+def test_route_rejects_bad_bodies_like_chat(gateway):
+    r = httpx.post(f"{gateway.v1}/route", json={"model": "auto", "messages": []})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+def run(*args, stdin=None):
+    return subprocess.run([str(BIN), *args], cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_check_accepts_the_default_config_and_prints_a_summary():
+    r = run("check", "--config", "config/gateway.toml")
+    assert r.returncode == 0, r.stderr
+    assert "local/local-small" in r.stdout and "rule" in r.stdout
+
+
+def test_check_names_file_line_and_key_of_an_unknown_key(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[server]\nlisten = "127.0.0.1:0"\n\n[local]\nmodel = "x.gguf"\nthreadz = 4\n')
+    r = run("check", "--config", str(cfg))
+    assert r.returncode == 1
+    assert f"{cfg}:6:" in r.stderr and "threadz" in r.stderr
+
+
+def test_check_reports_every_problem(tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[[rule]]\nname = "hard"\nwhen.complexity = "hard"\nroute = "acme/x"\n')
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(gateway_config().replace("{policy}", str(policy)).replace("parallel = 4", "parallel = 0"))
+    r = run("check", "--config", str(cfg))
+    assert r.returncode == 1
+    assert "parallel" in r.stderr
+    assert f"{policy}:4:" in r.stderr and '"acme/x" is not configured' in r.stderr
+    assert "matches everything" in r.stderr
+
+
+def test_explain_prints_the_decision_for_a_request_on_stdin():
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "Hi"}]})
+    r = run("explain", "--config", "config/gateway.toml", "-", stdin=body)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["target"] == "local/local-small" and d["rule"] == "default"
