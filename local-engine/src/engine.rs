@@ -381,8 +381,8 @@ impl<'m> Scheduler<'m> {
             error!(error = %e, "decode failed; failing every active sequence");
             let err = EngineError::Decode { reason: e.to_string() };
             for seq in std::mem::take(&mut self.active) {
-                let _ = seq.events.send(GenerationEvent::Failed(err.clone()));
                 self.release(&seq);
+                let _ = seq.events.send(GenerationEvent::Failed(err.clone()));
             }
             return;
         }
@@ -435,6 +435,9 @@ impl<'m> Scheduler<'m> {
                 None => i += 1,
                 Some(reason) => {
                     let mut seq = self.active.swap_remove(i);
+                    // Free the slot first: whoever sees `Finished` sees the engine's stats settled.
+                    self.release(&seq);
+                    self.stats.finished_total.fetch_add(1, Relaxed);
                     let tail = seq.assembler.finish();
                     if reason == FinishReason::Length && !tail.is_empty() {
                         let _ = seq.events.send(GenerationEvent::Text(tail));
@@ -444,8 +447,6 @@ impl<'m> Scheduler<'m> {
                         prompt_tokens: u32::try_from(seq.prompt.len()).unwrap_or(u32::MAX),
                         completion_tokens: seq.completion_tokens,
                     });
-                    self.stats.finished_total.fetch_add(1, Relaxed);
-                    self.release(&seq);
                 }
             }
         }

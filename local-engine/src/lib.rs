@@ -16,6 +16,6 @@ pub use config::EngineConfig;
 pub use engine::EngineHandle;
 pub use error::EngineError;
 pub use stats::{EngineStats, EngineStatsSnapshot};
-pub use template::{ChatTemplate, TemplateMessage};
+pub use template::{chat_template_of, ChatTemplate, TemplateMessage};
 pub use text::{TextAssembler, Utf8Decoder};
 pub use types::{FinishReason, GenerationEvent, GenerationRequest, GenerationStream, SamplingParams};

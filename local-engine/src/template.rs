@@ -24,6 +24,17 @@ pub struct ChatTemplate {
 
 const TEMPLATE_NAME: &str = "chat";
 
+/// Reads a GGUF file's `tokenizer.chat_template` without loading its weights.
+pub fn chat_template_of(path: &std::path::Path) -> Result<String, EngineError> {
+    let unreadable = || EngineError::Template { reason: format!("{} is not a readable GGUF file", path.display()) };
+    let gguf = llama_cpp_2::gguf::GgufContext::from_file(path).ok_or_else(unreadable)?;
+    let key = gguf.find_key("tokenizer.chat_template");
+    if key < 0 {
+        return Err(EngineError::Template { reason: format!("{} has no tokenizer.chat_template", path.display()) });
+    }
+    gguf.val_str(key).map(str::to_owned).ok_or_else(unreadable)
+}
+
 impl ChatTemplate {
     /// Compiles `source`; `bos_token` and `eos_token` are the texts templates may refer to.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, EngineError> {
@@ -67,7 +78,7 @@ mod tests {
     use super::*;
 
     /// SmolLM2-135M-Instruct's `tokenizer.chat_template`, verbatim from its GGUF.
-    pub(crate) const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    const SMOLLM2_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
     fn msg(role: &str, content: &str) -> TemplateMessage {
         TemplateMessage { role: role.into(), content: content.into() }
