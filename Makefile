@@ -8,6 +8,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 CARGO_TEST_THREADS ?= 2
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+# The end-to-end suites run these release binaries.
+export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
+export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 
 .PHONY: run test build model system-deps python-deps redis check bench clean
 
@@ -29,10 +33,10 @@ build: system-deps
 	cargo build --release --workspace --locked
 
 run: model build
-	./target/release/switchyard serve --config $(CONFIG)
+	$(SWITCHYARD_BIN) serve --config $(CONFIG)
 
 check: build
-	./target/release/switchyard check --config $(CONFIG)
+	$(SWITCHYARD_BIN) check --config $(CONFIG)
 
 ## Python venv with the pinned official openai SDK and the schema validator.
 $(VENV)/.installed: tests/python/requirements.txt
@@ -56,7 +60,7 @@ test: model build python-deps redis
 
 ## Single-stream prefill/decode tok/s: the engine alone next to through the gateway.
 bench: model build
-	./target/release/bench-single-stream
+	$(abspath $(TARGET_DIR))/release/bench-single-stream
 
 clean:
 	cargo clean

@@ -18,7 +18,7 @@ use crate::state::AppState;
 ///
 /// Bodies are read by the handlers themselves (`handlers::read_body`) so that an oversized body
 /// gets the OpenAI-style 413 rather than a plain-text one. Unknown paths answer 404
-/// `unknown_url`, known paths with another method 405, both as OpenAI error bodies.
+/// `unknown_url`, known paths with another method 405, both as `OpenAI` error bodies.
 pub fn build(state: Arc<AppState>) -> Router {
     let not_allowed = fallback::method_not_allowed;
     Router::new()

@@ -1,4 +1,4 @@
-//! `ApiError`: every error a client can see, mapped once to status, OpenAI error body and log level.
+//! `ApiError`: every error a client can see, mapped once to status, `OpenAI` error body and log level.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

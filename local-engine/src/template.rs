@@ -14,7 +14,7 @@ pub struct TemplateMessage {
 
 /// A model's Jinja chat template (`tokenizer.chat_template` in the GGUF), rendered with minijinja.
 ///
-/// llama.cpp's built-in template matcher recognises SmolLM2's template as plain ChatML and so
+/// llama.cpp's built-in template matcher recognises `SmolLM2`'s template as plain `ChatML` and so
 /// drops its default system prompt; rendering the real template keeps what the model was trained on.
 pub struct ChatTemplate {
     env: Environment<'static>,

@@ -44,7 +44,7 @@ pub enum FinishReason {
 }
 
 impl FinishReason {
-    /// The OpenAI `finish_reason` string.
+    /// The `OpenAI` `finish_reason` string.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Stop => "stop",

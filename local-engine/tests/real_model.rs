@@ -38,7 +38,7 @@ async fn generate(engine: &EngineHandle, messages: Vec<TemplateMessage>, samplin
     let mut events = engine.submit(GenerationRequest { messages, tools: None, sampling })?;
     let mut pieces = Vec::new();
     loop {
-        let event = tokio::time::timeout(Duration::from_secs(120), events.recv()).await.expect("engine answers").expect("event");
+        let event = tokio::time::timeout(Duration::from_mins(2), events.recv()).await.expect("engine answers").expect("event");
         match event {
             GenerationEvent::Started { .. } => {}
             GenerationEvent::Text(t) => pieces.push(t),

@@ -4,13 +4,13 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderKind {
-    /// OpenAI's API.
+    /// `OpenAI`'s API.
     Openai,
-    /// Azure OpenAI.
+    /// Azure `OpenAI`.
     Azure,
     /// Anthropic's Messages API.
     Anthropic,
-    /// Any server speaking OpenAI's chat-completions API (vLLM, llama-server, Ollama…).
+    /// Any server speaking `OpenAI`'s chat-completions API (vLLM, llama-server, Ollama…).
     OpenaiCompatible,
 }
 

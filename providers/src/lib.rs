@@ -1,4 +1,4 @@
-//! Everything that answers a chat request: the OpenAI wire types, the [`Provider`] trait, the
+//! Everything that answers a chat request: the `OpenAI` wire types, the [`Provider`] trait, the
 //! remote providers and the adapter over the embedded engine.
 #![forbid(unsafe_code)]
 

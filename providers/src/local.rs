@@ -76,7 +76,7 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
     Ok(GenerationRequest { messages, tools: req.tools.clone(), sampling })
 }
 
-fn engine_error(err: EngineError) -> ProviderError {
+fn engine_error(err: &EngineError) -> ProviderError {
     match err {
         EngineError::ContextLengthExceeded { .. } => ProviderError::ContextLengthExceeded { message: err.to_string() },
         EngineError::Overloaded { .. } => ProviderError::Overloaded { message: err.to_string(), retry_after_s: 1 },
@@ -144,7 +144,7 @@ fn chunks(events: GenerationStream, factory: ChunkFactory) -> ChunkStream {
                 Ok(factory.chunk(Delta::default(), Some(reason.as_str()))),
                 Ok(factory.usage(prompt_tokens, completion_tokens)),
             ],
-            GenerationEvent::Failed(err) => vec![Err(engine_error(err))],
+            GenerationEvent::Failed(err) => vec![Err(engine_error(&err))],
         };
         futures::stream::iter(out)
     });
@@ -159,11 +159,11 @@ impl Provider for LocalProvider {
 
     async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, ProviderError> {
         let generation = generation_request(&req)?;
-        let mut events = self.engine.submit(generation).map_err(engine_error)?;
+        let mut events = self.engine.submit(generation).map_err(|e| engine_error(&e))?;
         // Wait for the engine to accept the prompt, so that its errors get a real status.
         match events.recv().await {
             Some(GenerationEvent::Started { .. }) => {}
-            Some(GenerationEvent::Failed(err)) => return Err(engine_error(err)),
+            Some(GenerationEvent::Failed(err)) => return Err(engine_error(&err)),
             Some(other) => {
                 return Err(ProviderError::Unavailable { message: format!("unexpected first engine event {other:?}") })
             }

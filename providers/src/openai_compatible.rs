@@ -1,4 +1,4 @@
-//! Any API that speaks OpenAI's chat completions: OpenAI itself, vLLM, llama-server, Ollama…
+//! Any API that speaks `OpenAI`'s chat completions: `OpenAI` itself, vLLM, llama-server, Ollama…
 //! Streams are passed through unbuffered: each upstream SSE event becomes a chunk as it arrives.
 
 use std::time::Duration;
@@ -13,7 +13,7 @@ use crate::provider::{ChunkStream, Provider};
 use crate::wire::{ChatChunk, ChatRequest, ChatResponse, ErrorBody, ErrorDetail};
 use crate::{ProviderConfig, ProviderError};
 
-/// A remote provider speaking OpenAI's wire format.
+/// A remote provider speaking `OpenAI`'s wire format.
 pub struct OpenAiCompatible {
     name: String,
     url: String,

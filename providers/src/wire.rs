@@ -1,4 +1,4 @@
-//! The OpenAI chat-completions wire format. Fields Switchyard does not use are kept in `extra`
+//! The `OpenAI` chat-completions wire format. Fields Switchyard does not use are kept in `extra`
 //! and written back out, so requests are forwarded faithfully.
 
 use serde::{Deserialize, Serialize};

@@ -110,22 +110,19 @@ pub fn decide(policy: &Policy, input: &RouteInput<'_>) -> Decision {
         policy.classifier.complexity_threshold
     ));
     reasons.extend(complexity.reasons);
-    let (rule, target, fallbacks, redact, on_violation) = match matched {
-        Some(rule) => {
-            reasons.push(format!("matched rule {:?}", rule.name));
-            (
-                rule.name.clone(),
-                expand(rule.route.get_ref()),
-                rule.fallback.iter().map(|f| expand(f.get_ref())).collect(),
-                rule.redact,
-                rule.on_violation.unwrap_or(policy.on_violation),
-            )
-        }
-        None => {
-            let target = input.resolved_model.unwrap_or(input.requested_model).to_owned();
-            reasons.push(format!("explicit model {target:?} served as asked"));
-            (EXPLICIT_RULE.to_owned(), target, Vec::new(), false, policy.on_violation)
-        }
+    let (rule, target, fallbacks, redact, on_violation) = if let Some(rule) = matched {
+        reasons.push(format!("matched rule {:?}", rule.name));
+        (
+            rule.name.clone(),
+            expand(rule.route.get_ref()),
+            rule.fallback.iter().map(|f| expand(f.get_ref())).collect(),
+            rule.redact,
+            rule.on_violation.unwrap_or(policy.on_violation),
+        )
+    } else {
+        let target = input.resolved_model.unwrap_or(input.requested_model).to_owned();
+        reasons.push(format!("explicit model {target:?} served as asked"));
+        (EXPLICIT_RULE.to_owned(), target, Vec::new(), false, policy.on_violation)
     };
     let tier = if target == input.local_target { Tier::Local } else { Tier::Remote };
     Decision {

@@ -152,7 +152,7 @@ impl Gateway {
     /// Polls `/readyz` until it answers 200 (the model is loaded), at most 60 s.
     pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
         loop {
             if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await {
                 if r.status() == 200 {
@@ -233,7 +233,7 @@ impl SseReader {
     pub async fn next_data(&mut self, limit: Duration) -> Option<String> {
         use futures::StreamExt;
         match tokio::time::timeout(limit, self.events.next()).await {
-            Err(_) => panic!("no SSE event within {limit:?}"),
+            Err(elapsed) => panic!("no SSE event within {limit:?}: {elapsed}"),
             Ok(None) => None,
             Ok(Some(Ok(event))) => Some(event.data),
             Ok(Some(Err(e))) => panic!("broken SSE stream: {e}"),

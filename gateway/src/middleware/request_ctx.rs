@@ -15,8 +15,6 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Per-request facts shared with the handlers (an extension on the request).
 #[derive(Clone, Debug)]
 pub struct RequestCtx {
-    /// `req-…`, also in `x-request-id`.
-    pub request_id: String,
     /// The `request` span; handlers record `rule`, `target`, `tier` on it.
     pub span: Span,
     /// When the request arrived.
@@ -36,7 +34,7 @@ pub async fn request_ctx(mut req: Request, next: Next) -> Response {
         target = Empty,
         tier = Empty,
     );
-    let ctx = RequestCtx { request_id: request_id.clone(), span: span.clone(), started: Instant::now() };
+    let ctx = RequestCtx { span: span.clone(), started: Instant::now() };
     req.extensions_mut().insert(ctx.clone());
     let mut response = next.run(req).instrument(span.clone()).await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {

@@ -69,7 +69,7 @@ async fn gateway_sample(client: &reqwest::Client, gateway: &Gateway, prompt: &st
     let mut reader = SseReader::new(response);
     let (mut first, mut last) = (None, None);
     let mut usage = Value::Null;
-    while let Some(data) = reader.next_data(Duration::from_secs(120)).await {
+    while let Some(data) = reader.next_data(Duration::from_mins(2)).await {
         if data == "[DONE]" {
             break;
         }

@@ -2,8 +2,8 @@
 //! depends on the request's `model`:
 //! - `echo`: answers `echo: <last message>` (streamed word by word when asked), with usage.
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
-//! - `fail`: 500 with an OpenAI error body. `ratelimit`: 429 with `retry-after: 7`.
-//! - `reject`: 400 with an OpenAI error body. `drop`: one chunk, then (after
+//! - `fail`: 500 with an `OpenAI` error body. `ratelimit`: 429 with `retry-after: 7`.
+//! - `reject`: 400 with an `OpenAI` error body. `drop`: one chunk, then (after
 //!   `POST /control/release`) the connection breaks.
 //!
 //! `GET /control/requests` returns every request received (body and whether it carried auth).
