@@ -1,6 +1,7 @@
 //! `POST /v1/chat/completions`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -11,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{self, StreamExt};
 use providers::wire::ChatRequest;
-use providers::{ChunkStream, ProviderError};
+use providers::{ChunkStream, Provider, ProviderError};
 use router::Decision;
 use tracing::{warn, Instrument};
 
@@ -37,7 +38,7 @@ pub async fn chat_completions(
     if req.is_stream() {
         stream_answer(&state, req, &decision, &ctx).await
     } else {
-        complete_answer(&state, req, &decision).await
+        complete_answer(&state, req, &decision, &ctx).await
     }
 }
 
@@ -46,32 +47,52 @@ fn candidates(decision: &Decision) -> impl Iterator<Item = &str> {
     std::iter::once(decision.target.as_str()).chain(decision.fallbacks.iter().map(String::as_str))
 }
 
-async fn complete_answer(state: &AppState, req: ChatRequest, decision: &Decision) -> Result<Response, ApiError> {
+/// Tries the decision's target, then its fallbacks, until one answers. Only failures that another
+/// target could fix move on (see `worth_falling_back`); the last such failure is returned.
+async fn first_success<'d, T, F, Fut>(
+    state: &AppState,
+    req: &ChatRequest,
+    decision: &'d Decision,
+    call: F,
+) -> Result<(&'d str, T), ApiError>
+where
+    F: Fn(Arc<dyn Provider>, ChatRequest, &'d str) -> Fut,
+    Fut: Future<Output = Result<T, ProviderError>>,
+{
     let mut last_error = None;
     for target in candidates(decision) {
         let attempt = async {
             let (provider, model) = provider_for(state, target)?;
             let mut upstream = req.clone();
             upstream.model = model;
-            provider.complete(upstream).instrument(tracing::info_span!("provider.call", target)).await
+            call(provider, upstream, target).await
         };
-        match attempt.await {
-            Ok(response) => {
-                tracing::Span::current().record("target", target);
-                let cost = response.usage.as_ref().map_or(0.0, |u| cost_usd(state, target, u));
-                let mut http = Json(response).into_response();
-                set_route_headers(http.headers_mut(), decision, target);
-                insert(http.headers_mut(), "x-switchyard-cost-usd", &cost.to_string());
-                return Ok(http);
-            }
+        match attempt.instrument(tracing::info_span!("provider.call", target)).await {
+            Ok(value) => return Ok((target, value)),
             Err(err) if worth_falling_back(&err) => {
-                warn!(target, error = %err, "target failed; trying the next fallback");
+                warn!(target, error = %err, "target failed before answering; trying the next fallback");
                 last_error = Some(err);
             }
             Err(err) => return Err(err.into()),
         }
     }
     Err(last_error.unwrap_or_else(|| ProviderError::Unavailable { message: "no target to serve the request".into() }).into())
+}
+
+async fn complete_answer(
+    state: &AppState,
+    req: ChatRequest,
+    decision: &Decision,
+    ctx: &RequestCtx,
+) -> Result<Response, ApiError> {
+    let (target, response) =
+        first_success(state, &req, decision, |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
+    ctx.span.record("target", target);
+    let cost = response.usage.as_ref().map_or(0.0, |u| cost_usd(state, target, u));
+    let mut http = Json(response).into_response();
+    set_route_headers(http.headers_mut(), decision, target);
+    insert(http.headers_mut(), "x-switchyard-cost-usd", &cost.to_string());
+    Ok(http)
 }
 
 async fn stream_answer(
@@ -81,40 +102,24 @@ async fn stream_answer(
     ctx: &RequestCtx,
 ) -> Result<Response, ApiError> {
     let include_usage = req.wants_stream_usage();
-    let mut last_error = None;
-    for target in candidates(decision) {
-        let attempt = async {
-            let (provider, model) = provider_for(state, target)?;
-            let mut upstream = req.clone();
-            upstream.model = model;
-            let mut chunks = provider.stream(upstream).await?;
-            // Peek: a failure before the first chunk still gets a real status (and a fallback).
-            match chunks.next().await {
-                Some(Ok(first)) => Ok(stream::once(async move { Ok(first) }).chain(chunks).boxed()),
-                Some(Err(err)) => Err(err),
-                None => Err(ProviderError::Upstream {
-                    provider: target.to_owned(),
-                    status: None,
-                    message: "the stream ended before its first chunk".into(),
-                }),
-            }
-        };
-        match attempt.instrument(tracing::info_span!("provider.call", target)).await {
-            Ok(chunks) => {
-                ctx.span.record("target", target);
-                let events = sse_events(chunks, include_usage);
-                let mut http = Sse::new(events).into_response();
-                set_route_headers(http.headers_mut(), decision, target);
-                return Ok(http);
-            }
-            Err(err) if worth_falling_back(&err) => {
-                warn!(target, error = %err, "target failed before its first chunk; trying the next fallback");
-                last_error = Some(err);
-            }
-            Err(err) => return Err(err.into()),
+    let (target, chunks) = first_success(state, &req, decision, |provider, upstream, target| async move {
+        let mut chunks = provider.stream(upstream).await?;
+        // Peek: a failure before the first chunk still gets a real status (and a fallback).
+        match chunks.next().await {
+            Some(Ok(first)) => Ok(stream::once(async move { Ok(first) }).chain(chunks).boxed()),
+            Some(Err(err)) => Err(err),
+            None => Err(ProviderError::Upstream {
+                provider: target.to_owned(),
+                status: None,
+                message: "the stream ended before its first chunk".into(),
+            }),
         }
-    }
-    Err(last_error.unwrap_or_else(|| ProviderError::Unavailable { message: "no target to serve the request".into() }).into())
+    })
+    .await?;
+    ctx.span.record("target", target);
+    let mut http = Sse::new(sse_events(chunks, include_usage)).into_response();
+    set_route_headers(http.headers_mut(), decision, target);
+    Ok(http)
 }
 
 /// Chunks as SSE events, then `[DONE]`. The usage-only chunk is passed on only if the client
