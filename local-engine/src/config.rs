@@ -11,7 +11,7 @@ pub struct EngineConfig {
     /// The model id clients see (targets are written `local/<name>`).
     #[serde(default = "default_name")]
     pub name: String,
-    /// Total KV cells shared by all sequences.
+    /// Total KV cells; each of the `parallel` sequences gets `context / parallel` of them.
     #[serde(default = "default_context")]
     pub context: u32,
     /// CPU threads used for decoding.
@@ -26,6 +26,9 @@ pub struct EngineConfig {
     /// Amortised cost of local tokens in USD per million tokens, for savings figures.
     #[serde(default)]
     pub cost_per_mtok: f64,
+    /// Layers offloaded to the GPU (needs the `cuda` build); 0 keeps everything on the CPU.
+    #[serde(default)]
+    pub gpu_layers: u32,
 }
 
 fn default_name() -> String {
@@ -59,7 +62,14 @@ impl EngineConfig {
             parallel: default_parallel(),
             queue: default_queue(),
             cost_per_mtok: 0.0,
+            gpu_layers: 0,
         }
+    }
+
+    /// KV cells each sequence may use: every sequence has its own stream of `context / parallel`
+    /// cells, so prompt + completion of one request must fit there.
+    pub fn seq_cells(&self) -> u32 {
+        self.context / self.parallel.max(1)
     }
 
     /// Static checks that need no model: returns a message per problem.
@@ -68,8 +78,13 @@ impl EngineConfig {
         if self.name.is_empty() || self.name.contains('/') {
             problems.push(format!("local.name {:?} must be non-empty and contain no '/'", self.name));
         }
-        if self.context < 64 {
-            problems.push(format!("local.context = {} is too small (at least 64)", self.context));
+        if self.seq_cells() < 64 {
+            problems.push(format!(
+                "local.context = {} leaves {} cells per sequence with parallel = {}; each sequence needs at least 64",
+                self.context,
+                self.seq_cells(),
+                self.parallel
+            ));
         }
         if self.parallel == 0 || self.parallel > 256 {
             problems.push(format!("local.parallel = {} must be between 1 and 256", self.parallel));

@@ -7,6 +7,8 @@
 mod config;
 mod engine;
 mod error;
+mod prefix_cache;
+mod scheduler;
 mod stats;
 mod template;
 mod text;

@@ -7,6 +7,9 @@ pub struct EngineStats {
     pub(crate) queued: AtomicU64,
     pub(crate) active: AtomicU64,
     pub(crate) kv_cells_used: AtomicU64,
+    pub(crate) kv_cells_cached: AtomicU64,
+    pub(crate) prefix_hits_total: AtomicU64,
+    pub(crate) prefix_tokens_reused_total: AtomicU64,
     pub(crate) cancelled_total: AtomicU64,
     pub(crate) finished_total: AtomicU64,
     pub(crate) prompt_tokens_total: AtomicU64,
@@ -26,6 +29,12 @@ pub struct EngineStatsSnapshot {
     pub active: u64,
     /// KV cells held by active sequences.
     pub kv_cells_used: u64,
+    /// KV cells kept by finished sequences for prefix reuse (freed on demand).
+    pub kv_cells_cached: u64,
+    /// Requests that started from a cached or shared prefix.
+    pub prefix_hits_total: u64,
+    /// Prompt tokens not prefilled thanks to prefix reuse.
+    pub prefix_tokens_reused_total: u64,
     /// Generations stopped because their receiver went away.
     pub cancelled_total: u64,
     /// Generations that ended normally (stop or length).
@@ -48,6 +57,9 @@ impl EngineStats {
             queued: self.queued.load(Relaxed),
             active: self.active.load(Relaxed),
             kv_cells_used: self.kv_cells_used.load(Relaxed),
+            kv_cells_cached: self.kv_cells_cached.load(Relaxed),
+            prefix_hits_total: self.prefix_hits_total.load(Relaxed),
+            prefix_tokens_reused_total: self.prefix_tokens_reused_total.load(Relaxed),
             cancelled_total: self.cancelled_total.load(Relaxed),
             finished_total: self.finished_total.load(Relaxed),
             prompt_tokens_total: self.prompt_tokens_total.load(Relaxed),

@@ -7,7 +7,7 @@ use switchyard_e2e::{config_with_local, Gateway, SseReader, ALL_LOCAL_POLICY};
 
 #[tokio::test]
 async fn disconnect_mid_stream_cancels_the_sequence_and_frees_the_engine() {
-    let gw = Gateway::start(&config_with_local(2, 4096, ""), ALL_LOCAL_POLICY).await;
+    let gw = Gateway::start(&config_with_local(2, 8192, ""), ALL_LOCAL_POLICY).await;
     let body = json!({
         "model": "auto", "stream": true, "temperature": 0, "max_tokens": 2000,
         "messages": [{"role": "user", "content": "Count from 1 to 1000, one number per line."}]

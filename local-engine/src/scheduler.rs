@@ -1,0 +1,438 @@
+//! Continuous batching: every step decodes one batch holding each running sequence's next token
+//! and chunks of the prompts being prefilled. Requests join at the next step and leave as soon as
+//! they finish; each sequence has its own KV sequence id, sampler, stop strings and limits.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, error, warn};
+
+use crate::engine::Job;
+use crate::prefix_cache::{Plan, SlotTable, Source};
+use crate::text::TextAssembler;
+use crate::{ChatTemplate, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, SamplingParams};
+
+/// Most tokens decoded in one step (llama.cpp's `n_batch`).
+const STEP_TOKENS: usize = 512;
+/// Prompt tokens per step while other sequences are generating: bounds how long a long prompt
+/// can hold up running streams (one chunk's time, about 0.4 s on two CPU cores).
+const PREFILL_CHUNK_WHILE_DECODING: usize = 96;
+/// Shorter shared prefixes are not worth a KV copy.
+const MIN_PREFIX_REUSE: usize = 4;
+
+/// One sequence being prefilled or decoded.
+struct Sequence {
+    seq_id: i32,
+    events: UnboundedSender<GenerationEvent>,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens already in the KV cache.
+    prefilled: usize,
+    /// Generated tokens already in the KV cache, after the prompt.
+    generated: Vec<LlamaToken>,
+    /// Sampled but not yet decoded.
+    pending: Option<LlamaToken>,
+    sampler: LlamaSampler,
+    assembler: TextAssembler,
+    completion_tokens: u32,
+    max_tokens: u32,
+    /// Index of this sequence's logits in the current batch.
+    logits_at: Option<i32>,
+}
+
+impl Sequence {
+    /// Position of the next token to decode.
+    fn n_past(&self) -> i32 {
+        i32::try_from(self.prefilled + self.generated.len()).unwrap_or(i32::MAX)
+    }
+
+    /// The tokens whose KV cells this sequence holds, from position 0.
+    fn kv_tokens(&self) -> Vec<LlamaToken> {
+        let mut tokens = self.prompt[..self.prefilled].to_vec();
+        if self.prefilled == self.prompt.len() {
+            tokens.extend_from_slice(&self.generated);
+        }
+        tokens
+    }
+}
+
+/// Owns the context and decides, step by step, what to decode.
+pub(crate) struct Scheduler<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    template: ChatTemplate,
+    stats: &'m EngineStats,
+    batch: LlamaBatch<'static>,
+    active: Vec<Sequence>,
+    slots: SlotTable<LlamaToken>,
+    /// KV cells of each sequence's stream: `context / parallel`.
+    seq_cells: u32,
+}
+
+impl<'m> Scheduler<'m> {
+    pub(crate) fn new(
+        config: &'m EngineConfig,
+        backend: &LlamaBackend,
+        model: &'m LlamaModel,
+        stats: &'m EngineStats,
+    ) -> Result<Self, EngineError> {
+        let threads = i32::try_from(config.threads).unwrap_or(i32::MAX);
+        let step = u32::try_from(STEP_TOKENS).unwrap_or(u32::MAX);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(config.context))
+            .with_n_batch(step)
+            .with_n_ubatch(step)
+            .with_n_seq_max(config.parallel)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads)
+            // One KV stream per sequence: attention then runs over that sequence's cells only,
+            // so its output does not depend on what else is in the batch (byte-identical to a
+            // solo run). A unified cache interleaves sequences' cells and changes the order of
+            // floating-point sums. The cost: each sequence holds at most context / parallel cells.
+            .with_kv_unified(false);
+        let ctx = model
+            .new_context(backend, params)
+            .map_err(|e| EngineError::Unavailable { reason: format!("cannot create a context: {e}") })?;
+        let source = model
+            .chat_template(None)
+            .map_err(|e| EngineError::Template { reason: format!("the model has no chat template: {e}") })?;
+        let source = source.to_str().map_err(|e| EngineError::Template { reason: e.to_string() })?;
+        let vocab = model.vocab();
+        let piece = |t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
+        let template = ChatTemplate::new(source, &piece(vocab.bos()), &piece(vocab.eos()))?;
+        Ok(Self {
+            model,
+            ctx,
+            template,
+            stats,
+            batch: LlamaBatch::new(STEP_TOKENS, 1),
+            active: Vec::new(),
+            slots: SlotTable::new(i32::try_from(config.parallel).unwrap_or(1)),
+            seq_cells: config.seq_cells(),
+        })
+    }
+
+    /// Runs until every handle is dropped and no work is left.
+    pub(crate) fn serve(&mut self, jobs: &Receiver<Job>) {
+        loop {
+            if !self.admit(jobs) {
+                return;
+            }
+            self.drop_cancelled();
+            if self.active.is_empty() {
+                continue;
+            }
+            self.step();
+            self.publish_kv_usage();
+        }
+    }
+
+    /// Starts waiting jobs while sequence slots are free; jobs beyond that wait in the bounded
+    /// channel (the FIFO). Blocks only when idle. Returns false once the channel is closed and
+    /// nothing is left to do.
+    fn admit(&mut self, jobs: &Receiver<Job>) -> bool {
+        while self.slots.has_free() {
+            let job = match (self.active.is_empty(), jobs.try_recv()) {
+                (_, Ok(job)) => job,
+                (true, Err(TryRecvError::Empty)) => match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return false,
+                },
+                (true, Err(TryRecvError::Disconnected)) => return false,
+                (false, Err(_)) => return true,
+            };
+            self.stats.queued.fetch_sub(1, Relaxed);
+            if job.events.is_closed() {
+                self.stats.cancelled_total.fetch_add(1, Relaxed);
+                continue;
+            }
+            let (prompt, max_tokens) = match self.prepare(&job.request) {
+                Ok(prepared) => prepared,
+                Err(err) => {
+                    let _ = job.events.send(GenerationEvent::Failed(err));
+                    continue;
+                }
+            };
+            let live: Vec<(i32, Vec<LlamaToken>)> = self.active.iter().map(|s| (s.seq_id, s.kv_tokens())).collect();
+            let live: Vec<(i32, &[LlamaToken])> = live.iter().map(|(id, t)| (*id, t.as_slice())).collect();
+            if let Some(plan) = self.slots.plan(&prompt, &live, MIN_PREFIX_REUSE) {
+                self.start_sequence(job, prompt, max_tokens, &plan);
+            }
+        }
+        true
+    }
+
+    /// Renders and tokenizes the prompt and checks it against the context.
+    fn prepare(&self, request: &GenerationRequest) -> Result<(Vec<LlamaToken>, u32), EngineError> {
+        let text = self.template.render(&request.messages, request.tools.as_ref())?;
+        let vocab = self.model.vocab();
+        let bos_text = vocab.token_to_piece(vocab.bos(), true, None);
+        let add_bos = vocab.should_add_bos() && !text.as_bytes().starts_with(&bos_text);
+        let prompt = vocab.tokenize(text.as_bytes(), add_bos, true);
+        let context = self.seq_cells;
+        let prompt_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+        let too_long = |max_tokens: u32| EngineError::ContextLengthExceeded {
+            context,
+            requested: u64::from(prompt_tokens) + u64::from(max_tokens),
+            prompt_tokens,
+            max_tokens,
+        };
+        let max_tokens = match request.sampling.max_tokens {
+            Some(max) if u64::from(prompt_tokens) + u64::from(max) > u64::from(context) => {
+                return Err(too_long(max))
+            }
+            Some(max) => max,
+            None if prompt_tokens >= context => return Err(too_long(1)),
+            None => context - prompt_tokens,
+        };
+        if prompt.is_empty() {
+            return Err(EngineError::Template { reason: "the rendered prompt is empty".into() });
+        }
+        Ok((prompt, max_tokens))
+    }
+
+    /// Carries out `plan` on the KV cache and starts the sequence.
+    fn start_sequence(&mut self, job: Job, prompt: Vec<LlamaToken>, max_tokens: u32, plan: &Plan) {
+        let seq_id = plan.seq_id;
+        let reused = match plan.source {
+            Source::Fresh => {
+                self.clear_kv(seq_id, 0);
+                0
+            }
+            Source::Cached { common } => {
+                if self.clear_kv(seq_id, common) {
+                    common
+                } else {
+                    self.clear_kv(seq_id, 0);
+                    0
+                }
+            }
+            Source::CopyFrom { src, common } => {
+                // Each sequence has its own KV stream, and llama.cpp copies streams only whole:
+                // copy all of `src`, then cut what follows the shared prefix.
+                match self.ctx.copy_kv_cache_seq(src, seq_id, None, None) {
+                    Ok(()) if self.clear_kv(seq_id, common) => common,
+                    outcome => {
+                        if let Err(e) = outcome {
+                            warn!(error = %e, "could not share a prefix; prefilling it");
+                        }
+                        self.clear_kv(seq_id, 0);
+                        0
+                    }
+                }
+            }
+        };
+        self.slots.take(plan);
+        if reused > 0 {
+            self.stats.prefix_hits_total.fetch_add(1, Relaxed);
+            self.stats.prefix_tokens_reused_total.fetch_add(reused as u64, Relaxed);
+        }
+        let prompt_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+        debug!(seq_id, prompt_tokens, reused, max_tokens, "sequence admitted");
+        let _ = job.events.send(GenerationEvent::Started { prompt_tokens });
+        self.stats.active.fetch_add(1, Relaxed);
+        self.active.push(Sequence {
+            seq_id,
+            events: job.events,
+            prompt,
+            prefilled: reused,
+            generated: Vec::new(),
+            pending: None,
+            sampler: sampler_for(&job.request.sampling),
+            assembler: TextAssembler::new(&job.request.sampling.stop),
+            completion_tokens: 0,
+            max_tokens,
+            logits_at: None,
+        });
+        self.publish_kv_usage();
+    }
+
+    /// Removes `seq_id`'s cells from position `from` on; false if llama.cpp refused.
+    fn clear_kv(&mut self, seq_id: i32, from: usize) -> bool {
+        let from = if from == 0 { None } else { u32::try_from(from).ok() };
+        match self.ctx.clear_kv_cache_seq(u32::try_from(seq_id).ok(), from, None) {
+            Ok(done) => done,
+            Err(e) => {
+                warn!(error = %e, seq_id, "could not clear KV cells");
+                false
+            }
+        }
+    }
+
+    /// A sequence whose client went away stops here, before another step is spent on it.
+    fn drop_cancelled(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].events.is_closed() {
+                let seq = self.active.swap_remove(i);
+                debug!(seq_id = seq.seq_id, "sequence cancelled");
+                self.stats.cancelled_total.fetch_add(1, Relaxed);
+                self.release(&seq, false);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Frees a sequence that has left `active`. A finished one keeps its cells for prefix reuse;
+    /// a cancelled or failed one gives them back at once.
+    fn release(&mut self, seq: &Sequence, keep_cache: bool) {
+        let cached = if keep_cache {
+            seq.kv_tokens()
+        } else {
+            self.clear_kv(seq.seq_id, 0);
+            Vec::new()
+        };
+        self.slots.put_back(seq.seq_id, cached);
+        self.stats.active.fetch_sub(1, Relaxed);
+        self.publish_kv_usage();
+    }
+
+    /// One decode: every sequence's pending token, then prompt chunks up to the step budget.
+    fn step(&mut self) {
+        self.batch.clear();
+        let mut n: i32 = 0;
+        let mut prompt_tokens_in_batch = 0u64;
+        for seq in &mut self.active {
+            seq.logits_at = None;
+            if let Some(token) = seq.pending {
+                // Cannot fail: the batch holds STEP_TOKENS >= parallel tokens.
+                let _ = self.batch.add(token, seq.n_past(), &[seq.seq_id], true);
+                seq.logits_at = Some(n);
+                n += 1;
+            }
+        }
+        let decoding = usize::try_from(n).unwrap_or(0);
+        let mut budget = if decoding > 0 { PREFILL_CHUNK_WHILE_DECODING } else { STEP_TOKENS - decoding };
+        for seq in &mut self.active {
+            if budget == 0 {
+                break;
+            }
+            let remaining = seq.prompt.len() - seq.prefilled;
+            if remaining == 0 {
+                continue;
+            }
+            let take = remaining.min(budget);
+            for i in seq.prefilled..seq.prefilled + take {
+                let last = i + 1 == seq.prompt.len();
+                let pos = i32::try_from(i).unwrap_or(i32::MAX);
+                let _ = self.batch.add(seq.prompt[i], pos, &[seq.seq_id], last);
+                if last {
+                    seq.logits_at = Some(n);
+                }
+                n += 1;
+            }
+            seq.prefilled += take;
+            budget -= take;
+            prompt_tokens_in_batch += take as u64;
+        }
+        let started = Instant::now();
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            error!(error = %e, "decode failed; failing every active sequence");
+            let err = EngineError::Decode { reason: e.to_string() };
+            for seq in std::mem::take(&mut self.active) {
+                self.release(&seq, false);
+                let _ = seq.events.send(GenerationEvent::Failed(err.clone()));
+            }
+            return;
+        }
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if prompt_tokens_in_batch > 0 {
+            self.stats.prefill_us_total.fetch_add(micros, Relaxed);
+            self.stats.prompt_tokens_total.fetch_add(prompt_tokens_in_batch, Relaxed);
+        } else {
+            self.stats.decode_us_total.fetch_add(micros, Relaxed);
+        }
+        self.sample_all();
+    }
+
+    /// Samples the next token of every sequence that has logits in this batch.
+    fn sample_all(&mut self) {
+        let vocab = self.model.vocab();
+        let mut i = 0;
+        while i < self.active.len() {
+            let seq = &mut self.active[i];
+            // Tokens that were pending are now in the KV cache.
+            if let Some(decoded) = seq.pending.take() {
+                seq.generated.push(decoded);
+            }
+            let Some(at) = seq.logits_at else {
+                i += 1;
+                continue;
+            };
+            let token = seq.sampler.sample(&self.ctx, at);
+            let finish = if vocab.is_eog(token) {
+                Some(FinishReason::Stop)
+            } else {
+                seq.completion_tokens += 1;
+                self.stats.completion_tokens_total.fetch_add(1, Relaxed);
+                let out = seq.assembler.push(&vocab.token_to_piece(token, false, None));
+                if !out.text.is_empty() {
+                    let _ = seq.events.send(GenerationEvent::Text(out.text));
+                }
+                if out.stopped {
+                    Some(FinishReason::Stop)
+                } else if seq.completion_tokens >= seq.max_tokens
+                    || u32::try_from(seq.n_past()).unwrap_or(u32::MAX) + 1 >= self.seq_cells
+                {
+                    Some(FinishReason::Length)
+                } else {
+                    seq.pending = Some(token);
+                    None
+                }
+            };
+            match finish {
+                None => i += 1,
+                Some(reason) => {
+                    let mut seq = self.active.swap_remove(i);
+                    // Free the slot first: whoever sees `Finished` sees the engine's stats settled.
+                    self.release(&seq, true);
+                    self.stats.finished_total.fetch_add(1, Relaxed);
+                    let tail = seq.assembler.finish();
+                    if reason == FinishReason::Length && !tail.is_empty() {
+                        let _ = seq.events.send(GenerationEvent::Text(tail));
+                    }
+                    let _ = seq.events.send(GenerationEvent::Finished {
+                        reason,
+                        prompt_tokens: u32::try_from(seq.prompt.len()).unwrap_or(u32::MAX),
+                        completion_tokens: seq.completion_tokens,
+                    });
+                }
+            }
+        }
+    }
+
+    fn publish_kv_usage(&self) {
+        let used: i64 = self.active.iter().map(|s| i64::from(s.n_past())).sum();
+        self.stats.kv_cells_used.store(u64::try_from(used).unwrap_or(0), Relaxed);
+        self.stats.kv_cells_cached.store(u64::from(self.slots.cached_cells()), Relaxed);
+    }
+}
+
+fn sampler_for(params: &SamplingParams) -> LlamaSampler {
+    if params.temperature <= 0.0 {
+        return LlamaSampler::greedy();
+    }
+    let seed = params.seed.unwrap_or_else(|| RandomState::new().build_hasher().finish());
+    // llama.cpp seeds are 32-bit: fold the 64-bit seed so every bit matters.
+    #[allow(clippy::cast_possible_truncation)]
+    let seed = (seed ^ (seed >> 32)) as u32;
+    let mut chain = Vec::with_capacity(3);
+    if params.top_p < 1.0 {
+        chain.push(LlamaSampler::top_p(params.top_p, 1));
+    }
+    chain.push(LlamaSampler::temp(params.temperature));
+    chain.push(LlamaSampler::dist(seed));
+    LlamaSampler::chain_simple(chain)
+}
