@@ -41,6 +41,10 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
             warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; closing remaining connections");
         }
     }
+    if let Some(local) = &state.local {
+        // Before the process exits, so llama.cpp is never torn down under a running decode.
+        local.engine().shutdown();
+    }
     info!("stopped");
     Ok(())
 }

@@ -3,7 +3,8 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -17,9 +18,18 @@ use crate::{EngineConfig, EngineError, EngineStats, EngineStatsSnapshot, Generat
 /// A cheap, cloneable handle to the engine thread.
 #[derive(Clone)]
 pub struct EngineHandle {
-    jobs: SyncSender<Job>,
+    jobs: SyncSender<Message>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     stats: Arc<EngineStats>,
     config: Arc<EngineConfig>,
+}
+
+/// What the engine thread receives.
+pub(crate) enum Message {
+    /// A generation to run.
+    Generate(Job),
+    /// Finish: fail what is running or waiting, then exit the thread.
+    Stop,
 }
 
 pub(crate) struct Job {
@@ -36,18 +46,18 @@ impl EngineHandle {
         let config = Arc::new(config);
         let thread_stats = Arc::clone(&stats);
         let thread_config = Arc::clone(&config);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("local-engine".into())
             .spawn(move || run(&thread_config, &receiver, &thread_stats))
             .map_err(|e| EngineError::Unavailable { reason: format!("cannot spawn the engine thread: {e}") })?;
-        Ok(Self { jobs, stats, config })
+        Ok(Self { jobs, thread: Arc::new(Mutex::new(Some(thread))), stats, config })
     }
 
     /// Queues a generation. Events arrive on the returned stream; dropping it cancels the job.
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
         let (events, stream) = unbounded_channel();
         self.stats.queued.fetch_add(1, Relaxed);
-        match self.jobs.try_send(Job { request, events }) {
+        match self.jobs.try_send(Message::Generate(Job { request, events })) {
             Ok(()) => Ok(stream),
             Err(TrySendError::Full(_)) => {
                 self.stats.queued.fetch_sub(1, Relaxed);
@@ -63,6 +73,17 @@ impl EngineHandle {
     /// The engine's live counters.
     pub fn stats(&self) -> EngineStatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Stops the engine and waits for its thread: running and queued generations fail with
+    /// `Unavailable`, the model is freed. Call before the process exits, so that llama.cpp is not
+    /// torn down under a running decode. Later calls and submits do nothing / fail.
+    pub fn shutdown(&self) {
+        let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) else { return };
+        self.stats.stop_requested.store(true, Relaxed);
+        // Blocks only while the queue is full, which the engine drains as it stops.
+        let _ = self.jobs.send(Message::Stop);
+        let _ = thread.join();
     }
 
     /// The configuration the engine runs with.
@@ -83,7 +104,7 @@ fn backend() -> Result<&'static LlamaBackend, EngineError> {
         .map_err(|reason| EngineError::Unavailable { reason: reason.clone() })
 }
 
-fn run(config: &EngineConfig, jobs: &Receiver<Job>, stats: &EngineStats) {
+fn run(config: &EngineConfig, jobs: &Receiver<Message>, stats: &EngineStats) {
     let _span = info_span!("local_engine", model = %config.model.display()).entered();
     let loaded = backend().and_then(|backend| {
         let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
@@ -106,9 +127,9 @@ fn run(config: &EngineConfig, jobs: &Receiver<Job>, stats: &EngineStats) {
     info!("local engine stopped");
 }
 
-fn refuse_all(jobs: &Receiver<Job>, stats: &EngineStats, err: &EngineError) {
+fn refuse_all(jobs: &Receiver<Message>, stats: &EngineStats, err: &EngineError) {
     error!(error = %err, "local engine could not start");
-    while let Ok(job) = jobs.recv() {
+    while let Ok(Message::Generate(job)) = jobs.recv() {
         stats.queued.fetch_sub(1, Relaxed);
         let _ = job.events.send(GenerationEvent::Failed(err.clone()));
     }

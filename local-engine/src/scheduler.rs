@@ -19,7 +19,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, warn};
 
-use crate::engine::Job;
+use crate::engine::{Job, Message};
 use crate::prefix_cache::{Plan, SlotTable, Source};
 use crate::text::TextAssembler;
 use crate::{ChatTemplate, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, SamplingParams};
@@ -123,10 +123,11 @@ impl<'m> Scheduler<'m> {
         })
     }
 
-    /// Runs until every handle is dropped and no work is left.
-    pub(crate) fn serve(&mut self, jobs: &Receiver<Job>) {
+    /// Runs until told to stop, or every handle is dropped and no work is left.
+    pub(crate) fn serve(&mut self, jobs: &Receiver<Message>) {
         loop {
-            if !self.admit(jobs) {
+            if self.stats.stop_requested.load(Relaxed) || !self.admit(jobs) {
+                self.stop(jobs);
                 return;
             }
             self.drop_cancelled();
@@ -141,17 +142,18 @@ impl<'m> Scheduler<'m> {
     /// Starts waiting jobs while sequence slots are free; jobs beyond that wait in the bounded
     /// channel (the FIFO). Blocks only when idle. Returns false once the channel is closed and
     /// nothing is left to do.
-    fn admit(&mut self, jobs: &Receiver<Job>) -> bool {
+    fn admit(&mut self, jobs: &Receiver<Message>) -> bool {
         while self.slots.has_free() {
-            let job = match (self.active.is_empty(), jobs.try_recv()) {
-                (_, Ok(job)) => job,
+            let message = match (self.active.is_empty(), jobs.try_recv()) {
+                (_, Ok(message)) => message,
                 (true, Err(TryRecvError::Empty)) => match jobs.recv() {
-                    Ok(job) => job,
+                    Ok(message) => message,
                     Err(_) => return false,
                 },
                 (true, Err(TryRecvError::Disconnected)) => return false,
                 (false, Err(_)) => return true,
             };
+            let Message::Generate(job) = message else { return false };
             self.stats.queued.fetch_sub(1, Relaxed);
             if job.events.is_closed() {
                 self.stats.cancelled_total.fetch_add(1, Relaxed);
@@ -171,6 +173,21 @@ impl<'m> Scheduler<'m> {
             }
         }
         true
+    }
+
+    /// Fails every running and queued generation; the engine is going away.
+    fn stop(&mut self, jobs: &Receiver<Message>) {
+        let err = EngineError::Unavailable { reason: "the local engine is shutting down".into() };
+        for seq in std::mem::take(&mut self.active) {
+            self.release(&seq, false);
+            let _ = seq.events.send(GenerationEvent::Failed(err.clone()));
+        }
+        while let Ok(message) = jobs.try_recv() {
+            if let Message::Generate(job) = message {
+                self.stats.queued.fetch_sub(1, Relaxed);
+                let _ = job.events.send(GenerationEvent::Failed(err.clone()));
+            }
+        }
     }
 
     /// Renders and tokenizes the prompt and checks it against the context.

@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 #[derive(Debug, Default)]
 pub struct EngineStats {
     pub(crate) loaded: AtomicBool,
+    /// Set by `EngineHandle::shutdown`; the scheduler checks it every step.
+    pub(crate) stop_requested: AtomicBool,
     pub(crate) queued: AtomicU64,
     pub(crate) active: AtomicU64,
     pub(crate) kv_cells_used: AtomicU64,

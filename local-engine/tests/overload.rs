@@ -39,3 +39,26 @@ async fn excess_requests_get_overloaded_and_accepted_ones_finish() {
     }
     assert_eq!(engine.stats().queued, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_running_and_queued_generations_and_refuses_new_ones() {
+    let engine = engine_with(2048, 1, 4);
+    let long = || GenerationRequest {
+        messages: user("Count from 1 to 500."),
+        tools: None,
+        sampling: SamplingParams { temperature: 0.0, max_tokens: Some(1000), ..SamplingParams::default() },
+    };
+    let mut running = engine.submit(long()).unwrap();
+    assert!(matches!(running.recv().await, Some(GenerationEvent::Started { .. })));
+    let mut queued = engine.submit(long()).unwrap();
+    tokio::task::block_in_place(|| engine.shutdown());
+    let mut last = None;
+    while let Some(event) = running.recv().await {
+        last = Some(event);
+    }
+    assert!(matches!(last, Some(GenerationEvent::Failed(EngineError::Unavailable { .. }))), "{last:?}");
+    assert!(matches!(queued.recv().await, Some(GenerationEvent::Failed(EngineError::Unavailable { .. }))));
+    assert!(engine.submit(long()).is_err(), "a stopped engine refuses work");
+    let stats = engine.stats();
+    assert_eq!((stats.active, stats.queued), (0, 0), "{stats:?}");
+}
