@@ -1,7 +1,6 @@
 //! Half of sixteen concurrent streams disconnect mid-way: the rest finish with their solo
 //! answers, and the engine ends with nothing active and no KV cells held for live sequences.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -14,7 +13,7 @@ fn body(i: usize, stream: bool) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnecting_eight_of_sixteen_streams_leaves_the_others_correct() {
-    let gw = Arc::new(Gateway::start(&config_with_local(8, 16384, ""), ALL_LOCAL_POLICY).await);
+    let gw = Gateway::start(&config_with_local(8, 16384, ""), ALL_LOCAL_POLICY).await;
     let http = reqwest::Client::new();
     let url = format!("{}/chat/completions", gw.v1());
     let mut solo = Vec::new();
@@ -32,7 +31,7 @@ async fn disconnecting_eight_of_sixteen_streams_leaves_the_others_correct() {
                 let mut reader = SseReader::new(response);
                 let mut text = String::new();
                 let mut finish = None;
-                while let Some(data) = reader.next_data(Duration::from_secs(120)).await {
+                while let Some(data) = reader.next_data(Duration::from_mins(2)).await {
                     if data == "[DONE]" {
                         return Some((text, finish));
                     }
@@ -59,7 +58,7 @@ async fn disconnecting_eight_of_sixteen_streams_leaves_the_others_correct() {
             }
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
     let stats = loop {
         let stats = gw.engine_stats().await;
         if stats["active"] == 0 && stats["queued"] == 0 {
