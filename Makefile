@@ -13,7 +13,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 
-.PHONY: run test build model system-deps python-deps redis check bench clean
+.PHONY: run test build model system-deps python-deps redis check bench bench-concurrency clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -61,6 +61,15 @@ test: model build python-deps redis
 ## Single-stream prefill/decode tok/s: the engine alone next to through the gateway.
 bench: model build
 	$(abspath $(TARGET_DIR))/release/bench-single-stream
+
+## Concurrent streaming load (1/4/8/16 in flight) against the gateway and llama.cpp's llama-server.
+bench-concurrency: model build
+	bash scripts/build-llama-server.sh
+	bench/llama-server/llama-server -m models/SmolLM2-135M-Instruct.Q4_1.gguf -t 2 -np 8 -c 16384 \
+	  --host 127.0.0.1 --port 18081 >/tmp/switchyard-llama-server.log 2>&1 & pid=$$!; \
+	until curl -sf http://127.0.0.1:18081/health >/dev/null; do sleep 0.2; done; \
+	$(abspath $(TARGET_DIR))/release/bench-concurrency --other http://127.0.0.1:18081/v1; rc=$$?; \
+	kill $$pid; exit $$rc
 
 clean:
 	cargo clean

@@ -1,0 +1,126 @@
+//! Concurrent streaming load: 32 chat prompts, 64 completion tokens each, with 1, 4, 8 and 16 in
+//! flight, against the gateway and, when given, any other OpenAI-compatible server (llama.cpp's
+//! `llama-server`). Prints aggregate completion tok/s and TTFT p50/p95 per level.
+//!
+//! `bench-concurrency [--other URL]` — URL like `http://127.0.0.1:8081/v1`. Not a test.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchyard_e2e::{config_with_local, Gateway, SseReader, ALL_LOCAL_POLICY};
+
+const PROMPTS: usize = 32;
+const COMPLETION_TOKENS: u32 = 64;
+const LEVELS: [usize; 4] = [1, 4, 8, 16];
+const SUBJECTS: [&str; 32] = [
+    "a lighthouse keeper", "a lost key", "the first snow", "a busy market", "an old violin", "a desert road",
+    "a robot gardener", "a night train", "a paper boat", "a mountain village", "a clockmaker", "a summer storm",
+    "a hidden library", "a red bicycle", "a harbour at dawn", "a forgotten letter", "a city bakery", "a kite festival",
+    "a quiet forest", "a ship's cat", "a broken compass", "a winter market", "a young astronomer", "a river ferry",
+    "a chess match", "an abandoned mill", "a street musician", "a glass bottle", "a long staircase", "a fox in the snow",
+    "a school play", "a midnight picnic",
+];
+
+struct Run {
+    ttft: Duration,
+    completion_tokens: u64,
+}
+
+async fn one(client: &reqwest::Client, base: &str, i: usize) -> Run {
+    let body = json!({
+        "model": "auto", "stream": true, "temperature": 0, "max_tokens": COMPLETION_TOKENS,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": format!("Write a long, detailed story about {}.", SUBJECTS[i % SUBJECTS.len()])}]
+    });
+    let start = Instant::now();
+    let response = client.post(format!("{base}/chat/completions")).json(&body).send().await.expect("server answers");
+    assert!(response.status().is_success(), "status {}", response.status());
+    let mut reader = SseReader::new(response);
+    let mut ttft = None;
+    let mut pieces = 0u64;
+    let mut usage = None;
+    while let Some(data) = reader.next_data(Duration::from_secs(600)).await {
+        if data == "[DONE]" {
+            break;
+        }
+        let chunk: Value = serde_json::from_str(&data).expect("chunk");
+        if chunk["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()) {
+            ttft.get_or_insert_with(|| start.elapsed());
+            pieces += 1;
+        }
+        if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
+            usage = Some(n);
+        }
+    }
+    Run { ttft: ttft.unwrap_or_else(|| start.elapsed()), completion_tokens: usage.unwrap_or(pieces) }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// Runs all prompts with `level` in flight; returns (tok/s, ttft p50, ttft p95, tokens).
+async fn level(base: &str, level: usize) -> (f64, Duration, Duration, u64) {
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..level)
+        .map(|_| {
+            let (client, base, next) = (client.clone(), base.to_owned(), Arc::clone(&next));
+            tokio::spawn(async move {
+                let mut runs = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= PROMPTS {
+                        return runs;
+                    }
+                    runs.push(one(&client, &base, i).await);
+                }
+            })
+        })
+        .collect();
+    let mut runs = Vec::new();
+    for w in workers {
+        runs.extend(w.await.expect("worker"));
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let tokens: u64 = runs.iter().map(|r| r.completion_tokens).sum();
+    let mut ttfts: Vec<Duration> = runs.iter().map(|r| r.ttft).collect();
+    ttfts.sort();
+    #[allow(clippy::cast_precision_loss)]
+    let tps = tokens as f64 / wall;
+    (tps, percentile(&ttfts, 0.5), percentile(&ttfts, 0.95), tokens)
+}
+
+async fn table(name: &str, base: &str) -> Vec<f64> {
+    // Warm-up: page in the weights, fill caches.
+    one(&reqwest::Client::new(), base, 0).await;
+    let mut rates = Vec::new();
+    for c in LEVELS {
+        let (tps, p50, p95, tokens) = level(base, c).await;
+        println!("| {name:<14} | {c:>2} | {tps:>16.1} | {:>13.0} | {:>13.0} | {tokens:>6} |", p50.as_secs_f64() * 1e3, p95.as_secs_f64() * 1e3);
+        rates.push(tps);
+    }
+    rates
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let other = std::env::args().skip_while(|a| a != "--other").nth(1);
+    let gateway = Gateway::start(&config_with_local(8, 16384, ""), ALL_LOCAL_POLICY).await;
+    println!("{PROMPTS} prompts x {COMPLETION_TOKENS} completion tokens, streamed, greedy; SmolLM2-135M-Instruct Q4_1, 2 threads");
+    println!("| server         |  c | completion tok/s | TTFT p50 (ms) | TTFT p95 (ms) | tokens |");
+    println!("|----------------|----|------------------|---------------|---------------|--------|");
+    let ours = table("switchyard", &gateway.v1()).await;
+    drop(gateway);
+    if let Some(url) = other {
+        let theirs = table("llama-server", &url).await;
+        for ((c, a), b) in LEVELS.iter().zip(&ours).zip(&theirs) {
+            println!("c={c}: switchyard / llama-server = {:.2}x", a / b);
+        }
+    }
+}
