@@ -78,6 +78,8 @@ pub(crate) struct Scheduler<'m> {
     slots: SlotTable<LlamaToken>,
     /// KV cells of each sequence's stream: `context / parallel`.
     seq_cells: u32,
+    /// The stream no sequence uses, for swapping two slots.
+    scratch: i32,
 }
 
 impl<'m> Scheduler<'m> {
@@ -89,11 +91,13 @@ impl<'m> Scheduler<'m> {
     ) -> Result<Self, EngineError> {
         let threads = i32::try_from(config.threads).unwrap_or(i32::MAX);
         let step = u32::try_from(STEP_TOKENS).unwrap_or(u32::MAX);
+        // One stream per slot plus a scratch stream for swapping two slots' contents.
+        let streams = config.parallel + 1;
         let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(config.context))
+            .with_n_ctx(NonZeroU32::new(config.seq_cells().saturating_mul(streams)))
             .with_n_batch(step)
             .with_n_ubatch(step)
-            .with_n_seq_max(config.parallel)
+            .with_n_seq_max(streams)
             .with_n_threads(threads)
             .with_n_threads_batch(threads)
             // One KV stream per sequence: attention then runs over that sequence's cells only,
@@ -118,8 +122,9 @@ impl<'m> Scheduler<'m> {
             stats,
             batch: LlamaBatch::new(STEP_TOKENS, 1),
             active: Vec::new(),
-            slots: SlotTable::new(i32::try_from(config.parallel).unwrap_or(1)),
+            slots: SlotTable::new(config.parallel as usize),
             seq_cells: config.seq_cells(),
+            scratch: i32::try_from(config.parallel).unwrap_or(i32::MAX),
         })
     }
 
@@ -178,10 +183,7 @@ impl<'m> Scheduler<'m> {
     /// Fails every running and queued generation; the engine is going away.
     fn stop(&mut self, jobs: &Receiver<Message>) {
         let err = EngineError::Unavailable { reason: "the local engine is shutting down".into() };
-        for seq in std::mem::take(&mut self.active) {
-            self.release(&seq, false);
-            let _ = seq.events.send(GenerationEvent::Failed(err.clone()));
-        }
+        self.fail_all(&err);
         while let Ok(message) = jobs.try_recv() {
             if let Message::Generate(job) = message {
                 self.stats.queued.fetch_sub(1, Relaxed);
@@ -236,17 +238,14 @@ impl<'m> Scheduler<'m> {
                 }
             }
             Source::CopyFrom { src, common } => {
-                // Each sequence has its own KV stream, and llama.cpp copies streams only whole:
-                // copy all of `src`, then cut what follows the shared prefix.
-                match self.ctx.copy_kv_cache_seq(src, seq_id, None, None) {
-                    Ok(()) if self.clear_kv(seq_id, common) => common,
-                    outcome => {
-                        if let Err(e) = outcome {
-                            warn!(error = %e, "could not share a prefix; prefilling it");
-                        }
-                        self.clear_kv(seq_id, 0);
-                        0
-                    }
+                // llama.cpp copies streams only whole: copy all of `src`, then cut what follows
+                // the shared prefix.
+                self.copy_stream(src, seq_id);
+                if self.clear_kv(seq_id, common) {
+                    common
+                } else {
+                    self.clear_kv(seq_id, 0);
+                    0
                 }
             }
         };
@@ -302,23 +301,67 @@ impl<'m> Scheduler<'m> {
         }
     }
 
+    /// Copies stream `from` onto stream `to` (carried out before the next decode).
+    fn copy_stream(&mut self, from: i32, to: i32) {
+        if let Err(e) = self.ctx.copy_kv_cache_seq(from, to, None, None) {
+            warn!(error = %e, from, to, "could not copy a KV stream");
+        }
+    }
+
     /// Frees a sequence that has left `active`. A finished one keeps its cells for prefix reuse;
-    /// a cancelled or failed one gives them back at once.
+    /// a cancelled or failed one gives them back at once. If it was not in the highest running
+    /// slot, the sequence in that slot moves into its place, so running slots stay `0..n`.
     fn release(&mut self, seq: &Sequence, keep_cache: bool) {
-        let cached = if keep_cache {
-            seq.kv_tokens()
-        } else {
-            self.clear_kv(seq.seq_id, 0);
-            Vec::new()
-        };
-        self.slots.put_back(seq.seq_id, cached);
+        let slot = seq.seq_id;
+        let highest = self.active.iter().enumerate().filter(|(_, s)| s.seq_id > slot).max_by_key(|(_, s)| s.seq_id).map(|(i, _)| i);
+        let cached = if keep_cache { seq.kv_tokens() } else { Vec::new() };
+        match highest {
+            None => {
+                if !keep_cache {
+                    self.clear_kv(slot, 0);
+                }
+                self.slots.put_back(slot, cached);
+            }
+            Some(index) => {
+                let top = self.active[index].seq_id;
+                if keep_cache {
+                    // Swap the two streams through the scratch one: the freed slot `top` then
+                    // holds the finished sequence's cells, ready for reuse.
+                    self.copy_stream(slot, self.scratch);
+                    self.copy_stream(top, slot);
+                    self.copy_stream(self.scratch, top);
+                    self.slots.put_back(top, cached);
+                } else {
+                    self.copy_stream(top, slot);
+                    // `top` still holds a valid copy of the moved sequence's cells.
+                    let moved = self.active[index].kv_tokens();
+                    self.slots.put_back(top, moved);
+                }
+                self.active[index].seq_id = slot;
+            }
+        }
         self.stats.active.fetch_sub(1, Relaxed);
         self.publish_kv_usage();
     }
 
-    /// One decode: every sequence's pending token, then prompt chunks up to the step budget.
+    /// Fails every running sequence with `err`, freeing their slots (no compaction moves).
+    fn fail_all(&mut self, err: &EngineError) {
+        let mut all = std::mem::take(&mut self.active);
+        all.sort_by_key(|s| std::cmp::Reverse(s.seq_id));
+        for seq in all {
+            self.release(&seq, false);
+            let _ = seq.events.send(GenerationEvent::Failed(err.clone()));
+        }
+    }
+
+    /// One decode: each sequence's next token or prompt chunk, in slot order (llama.cpp puts
+    /// consecutive slots in one micro-batch). Prompt chunks share a per-step budget that is small
+    /// while other sequences are generating.
     fn step(&mut self) {
         self.batch.clear();
+        self.active.sort_by_key(|s| s.seq_id);
+        let decoding = self.active.iter().filter(|s| s.pending.is_some()).count();
+        let mut budget = if decoding > 0 { PREFILL_CHUNK_WHILE_DECODING } else { STEP_TOKENS };
         let mut n: i32 = 0;
         let mut prompt_tokens_in_batch = 0u64;
         for seq in &mut self.active {
@@ -328,19 +371,9 @@ impl<'m> Scheduler<'m> {
                 let _ = self.batch.add(token, seq.n_past(), &[seq.seq_id], true);
                 seq.logits_at = Some(n);
                 n += 1;
-            }
-        }
-        let decoding = usize::try_from(n).unwrap_or(0);
-        let mut budget = if decoding > 0 { PREFILL_CHUNK_WHILE_DECODING } else { STEP_TOKENS - decoding };
-        for seq in &mut self.active {
-            if budget == 0 {
-                break;
-            }
-            let remaining = seq.prompt.len() - seq.prefilled;
-            if remaining == 0 {
                 continue;
             }
-            let take = remaining.min(budget);
+            let take = (seq.prompt.len() - seq.prefilled).min(budget);
             for i in seq.prefilled..seq.prefilled + take {
                 let last = i + 1 == seq.prompt.len();
                 let pos = i32::try_from(i).unwrap_or(i32::MAX);
@@ -354,14 +387,13 @@ impl<'m> Scheduler<'m> {
             budget -= take;
             prompt_tokens_in_batch += take as u64;
         }
+        if n == 0 {
+            return;
+        }
         let started = Instant::now();
         if let Err(e) = self.ctx.decode(&mut self.batch) {
             error!(error = %e, "decode failed; failing every active sequence");
-            let err = EngineError::Decode { reason: e.to_string() };
-            for seq in std::mem::take(&mut self.active) {
-                self.release(&seq, false);
-                let _ = seq.events.send(GenerationEvent::Failed(err.clone()));
-            }
+            self.fail_all(&EngineError::Decode { reason: e.to_string() });
             return;
         }
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);

@@ -111,7 +111,8 @@ async fn table(name: &str, base: &str) -> Vec<f64> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let other = std::env::args().skip_while(|a| a != "--other").nth(1);
-    let gateway = Gateway::start(&config_with_local(8, 16384, ""), ALL_LOCAL_POLICY).await;
+    // 16 slots, so that 16 in flight decode together (1024 KV cells each).
+    let gateway = Gateway::start(&config_with_local(16, 16384, ""), ALL_LOCAL_POLICY).await;
     println!("{PROMPTS} prompts x {COMPLETION_TOKENS} completion tokens, streamed, greedy; SmolLM2-135M-Instruct Q4_1, 2 threads");
     println!("| server         |  c | completion tok/s | TTFT p50 (ms) | TTFT p95 (ms) | tokens |");
     println!("|----------------|----|------------------|---------------|---------------|--------|");
