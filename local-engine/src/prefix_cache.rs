@@ -71,9 +71,10 @@ impl<T: PartialEq + Clone> SlotTable<T> {
     }
 
     /// Plans the admission of `prompt` into the lowest free slot; `live` lists each running
-    /// sequence's slot and the tokens in its KV. Reuses at least `min_reuse` tokens or nothing.
-    /// `None` when no slot is free.
-    pub(crate) fn plan(&self, prompt: &[T], live: &[(i32, &[T])], min_reuse: usize) -> Option<Plan> {
+    /// sequence's slot and the tokens in its KV. Reuses at least `min_reuse` tokens or nothing,
+    /// and copies another slot's stream only if that reuses `min_copy_gain` more tokens than the
+    /// target slot's own cache. `None` when no slot is free.
+    pub(crate) fn plan(&self, prompt: &[T], live: &[(i32, &[T])], min_reuse: usize, min_copy_gain: usize) -> Option<Plan> {
         let target = self.lowest_free()?;
         // The last prompt token is always decoded again: its logits give the first new token.
         let limit = prompt.len().saturating_sub(1);
@@ -88,8 +89,10 @@ impl<T: PartialEq + Clone> SlotTable<T> {
             .map(|(src, tokens)| (src, common_prefix(tokens, prompt).min(limit)))
             .max_by_key(|&(src, common)| (common, std::cmp::Reverse(src)));
         let source = match others {
-            // Copying a stream costs a memcpy: worth it only for a longer prefix than our own.
-            Some((src, common)) if common > own && common >= min_reuse => Source::CopyFrom { src, common },
+            // Copying a stream costs a memcpy: worth it only for a clearly longer prefix.
+            Some((src, common)) if common >= own + min_copy_gain.max(1) && common >= min_reuse => {
+                Source::CopyFrom { src, common }
+            }
             _ if own >= min_reuse && own > 0 => Source::Cached { common: own },
             _ => Source::Fresh,
         };
@@ -134,49 +137,56 @@ mod tests {
     #[test]
     fn new_sequences_take_the_lowest_free_slot() {
         let t: SlotTable<u8> = SlotTable::new(3);
-        assert_eq!(t.plan(b"hello", &[], 1).unwrap(), Plan { seq_id: 0, source: Source::Fresh });
+        assert_eq!(t.plan(b"hello", &[], 1, 1).unwrap(), Plan { seq_id: 0, source: Source::Fresh });
         let t = table(&[None, None, Some(b""), Some(b"")]);
-        assert_eq!(t.plan(b"hello", &[], 1).unwrap().seq_id, 2);
+        assert_eq!(t.plan(b"hello", &[], 1, 1).unwrap().seq_id, 2);
     }
 
     #[test]
     fn no_free_slot_means_no_plan() {
         let t = table(&[None, None]);
-        assert!(t.plan(b"x", &[], 1).is_none());
+        assert!(t.plan(b"x", &[], 1, 1).is_none());
     }
 
     #[test]
     fn the_target_slots_own_cache_is_reused_without_a_copy() {
         let t = table(&[None, Some(b"abcdefgh"), Some(b"abcdefgh")]);
-        assert_eq!(t.plan(b"abcdefZ", &[], 1).unwrap(), Plan { seq_id: 1, source: Source::Cached { common: 6 } });
+        assert_eq!(t.plan(b"abcdefZ", &[], 1, 1).unwrap(), Plan { seq_id: 1, source: Source::Cached { common: 6 } });
         // Identical prompt: everything but the last token is reused.
-        assert_eq!(t.plan(b"abcdefgh", &[], 1).unwrap().source, Source::Cached { common: 7 });
+        assert_eq!(t.plan(b"abcdefgh", &[], 1, 1).unwrap().source, Source::Cached { common: 7 });
     }
 
     #[test]
     fn a_longer_prefix_elsewhere_is_copied_into_the_target_slot() {
         let t = table(&[None, Some(b"abXX"), Some(b"abcdefgh")]);
-        assert_eq!(t.plan(b"abcdefZ", &[], 1).unwrap(), Plan { seq_id: 1, source: Source::CopyFrom { src: 2, common: 6 } });
+        assert_eq!(t.plan(b"abcdefZ", &[], 1, 1).unwrap(), Plan { seq_id: 1, source: Source::CopyFrom { src: 2, common: 6 } });
         let live: &[u8] = b"abcdeQQ";
         let t = table(&[None, Some(b"")]);
-        assert_eq!(t.plan(b"abcdeZZ", &[(0, live)], 1).unwrap().source, Source::CopyFrom { src: 0, common: 5 });
+        assert_eq!(t.plan(b"abcdeZZ", &[(0, live)], 1, 1).unwrap().source, Source::CopyFrom { src: 0, common: 5 });
+    }
+
+    #[test]
+    fn a_copy_must_gain_enough_over_the_own_cache() {
+        let t = table(&[Some(b"abcdXX"), Some(b"abcdefgX")]);
+        assert_eq!(t.plan(b"abcdefgZ", &[], 1, 4).unwrap().source, Source::Cached { common: 4 });
+        assert_eq!(t.plan(b"abcdefgZ", &[], 1, 3).unwrap().source, Source::CopyFrom { src: 1, common: 7 });
     }
 
     #[test]
     fn short_matches_below_the_minimum_are_not_reused() {
         let t = table(&[Some(b"abXXXXXX"), Some(b"abYY")]);
-        assert_eq!(t.plan(b"abZZ", &[], 4).unwrap().source, Source::Fresh);
+        assert_eq!(t.plan(b"abZZ", &[], 4, 1).unwrap().source, Source::Fresh);
     }
 
     #[test]
     fn take_and_put_back_keep_the_cell_count_exact() {
         let mut t = SlotTable::new(1);
-        let plan = t.plan(&[1u8, 2, 3], &[], 1).unwrap();
+        let plan = t.plan(&[1u8, 2, 3], &[], 1, 1).unwrap();
         t.take(&plan);
         assert!(!t.has_free());
         t.put_back(plan.seq_id, vec![1, 2, 3, 4]);
         assert_eq!(t.cached_cells(), 4);
-        let again = t.plan(&[1u8, 2, 3, 4, 5], &[], 1).unwrap();
+        let again = t.plan(&[1u8, 2, 3, 4, 5], &[], 1, 1).unwrap();
         assert_eq!(again.source, Source::Cached { common: 4 });
         t.take(&again);
         assert_eq!(t.cached_cells(), 0, "a reused slot's cells belong to its new sequence");

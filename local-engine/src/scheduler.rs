@@ -29,8 +29,11 @@ const STEP_TOKENS: usize = 512;
 /// Prompt tokens per step while other sequences are generating: bounds how long a long prompt
 /// can hold up running streams (one chunk's time, about 0.4 s on two CPU cores).
 const PREFILL_CHUNK_WHILE_DECODING: usize = 96;
-/// Shorter shared prefixes are not worth a KV copy.
+/// Shorter shared prefixes are not worth reusing.
 const MIN_PREFIX_REUSE: usize = 4;
+/// Copying another slot's stream (a memcpy of the whole stream) must save at least this many
+/// prompt tokens over what the target slot already holds.
+const MIN_COPY_GAIN: usize = 16;
 
 /// One sequence being prefilled or decoded.
 struct Sequence {
@@ -173,7 +176,7 @@ impl<'m> Scheduler<'m> {
             };
             let live: Vec<(i32, Vec<LlamaToken>)> = self.active.iter().map(|s| (s.seq_id, s.kv_tokens())).collect();
             let live: Vec<(i32, &[LlamaToken])> = live.iter().map(|(id, t)| (*id, t.as_slice())).collect();
-            if let Some(plan) = self.slots.plan(&prompt, &live, MIN_PREFIX_REUSE) {
+            if let Some(plan) = self.slots.plan(&prompt, &live, MIN_PREFIX_REUSE, MIN_COPY_GAIN) {
                 self.start_sequence(job, prompt, max_tokens, &plan);
             }
         }
@@ -288,16 +291,12 @@ impl<'m> Scheduler<'m> {
 
     /// A sequence whose client went away stops here, before another step is spent on it.
     fn drop_cancelled(&mut self) {
-        let mut i = 0;
-        while i < self.active.len() {
-            if self.active[i].events.is_closed() {
-                let seq = self.active.swap_remove(i);
-                debug!(seq_id = seq.seq_id, "sequence cancelled");
-                self.stats.cancelled_total.fetch_add(1, Relaxed);
-                self.release(&seq, false);
-            } else {
-                i += 1;
-            }
+        let gone: Vec<(usize, ())> =
+            self.active.iter().enumerate().filter(|(_, s)| s.events.is_closed()).map(|(i, _)| (i, ())).collect();
+        for (seq, ()) in self.remove_highest_first(gone) {
+            debug!(seq_id = seq.seq_id, "sequence cancelled");
+            self.stats.cancelled_total.fetch_add(1, Relaxed);
+            self.release(&seq, false);
         }
     }
 
@@ -409,57 +408,58 @@ impl<'m> Scheduler<'m> {
     /// Samples the next token of every sequence that has logits in this batch.
     fn sample_all(&mut self) {
         let vocab = self.model.vocab();
-        let mut i = 0;
-        while i < self.active.len() {
-            let seq = &mut self.active[i];
+        let mut finished = Vec::new();
+        for (i, seq) in self.active.iter_mut().enumerate() {
             // Tokens that were pending are now in the KV cache.
             if let Some(decoded) = seq.pending.take() {
                 seq.generated.push(decoded);
             }
-            let Some(at) = seq.logits_at else {
-                i += 1;
-                continue;
-            };
+            let Some(at) = seq.logits_at else { continue };
             let token = seq.sampler.sample(&self.ctx, at);
-            let finish = if vocab.is_eog(token) {
-                Some(FinishReason::Stop)
+            if vocab.is_eog(token) {
+                finished.push((i, FinishReason::Stop));
+                continue;
+            }
+            seq.completion_tokens += 1;
+            self.stats.completion_tokens_total.fetch_add(1, Relaxed);
+            let out = seq.assembler.push(&vocab.token_to_piece(token, false, None));
+            if !out.text.is_empty() {
+                let _ = seq.events.send(GenerationEvent::Text(out.text));
+            }
+            if out.stopped {
+                finished.push((i, FinishReason::Stop));
+            } else if seq.completion_tokens >= seq.max_tokens
+                || u32::try_from(seq.n_past()).unwrap_or(u32::MAX) + 1 >= self.seq_cells
+            {
+                finished.push((i, FinishReason::Length));
             } else {
-                seq.completion_tokens += 1;
-                self.stats.completion_tokens_total.fetch_add(1, Relaxed);
-                let out = seq.assembler.push(&vocab.token_to_piece(token, false, None));
-                if !out.text.is_empty() {
-                    let _ = seq.events.send(GenerationEvent::Text(out.text));
-                }
-                if out.stopped {
-                    Some(FinishReason::Stop)
-                } else if seq.completion_tokens >= seq.max_tokens
-                    || u32::try_from(seq.n_past()).unwrap_or(u32::MAX) + 1 >= self.seq_cells
-                {
-                    Some(FinishReason::Length)
-                } else {
-                    seq.pending = Some(token);
-                    None
-                }
-            };
-            match finish {
-                None => i += 1,
-                Some(reason) => {
-                    let mut seq = self.active.swap_remove(i);
-                    // Free the slot first: whoever sees `Finished` sees the engine's stats settled.
-                    self.release(&seq, true);
-                    self.stats.finished_total.fetch_add(1, Relaxed);
-                    let tail = seq.assembler.finish();
-                    if reason == FinishReason::Length && !tail.is_empty() {
-                        let _ = seq.events.send(GenerationEvent::Text(tail));
-                    }
-                    let _ = seq.events.send(GenerationEvent::Finished {
-                        reason,
-                        prompt_tokens: u32::try_from(seq.prompt.len()).unwrap_or(u32::MAX),
-                        completion_tokens: seq.completion_tokens,
-                    });
-                }
+                seq.pending = Some(token);
             }
         }
+        for (mut seq, reason) in self.remove_highest_first(finished) {
+            // Free the slot first: whoever sees `Finished` sees the engine's stats settled.
+            self.release(&seq, true);
+            self.stats.finished_total.fetch_add(1, Relaxed);
+            let tail = seq.assembler.finish();
+            if reason == FinishReason::Length && !tail.is_empty() {
+                let _ = seq.events.send(GenerationEvent::Text(tail));
+            }
+            let _ = seq.events.send(GenerationEvent::Finished {
+                reason,
+                prompt_tokens: u32::try_from(seq.prompt.len()).unwrap_or(u32::MAX),
+                completion_tokens: seq.completion_tokens,
+            });
+        }
+    }
+
+    /// Takes the sequences at `picked` (index, tag) out of `active`, highest slot first: freeing
+    /// slots from the top down means no running sequence has to move for those that leave.
+    fn remove_highest_first<X>(&mut self, mut picked: Vec<(usize, X)>) -> Vec<(Sequence, X)> {
+        // Remove by descending index so earlier indices stay valid.
+        picked.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        let mut out: Vec<(Sequence, X)> = picked.into_iter().map(|(i, x)| (self.active.remove(i), x)).collect();
+        out.sort_by_key(|(s, _)| std::cmp::Reverse(s.seq_id));
+        out
     }
 
     fn publish_kv_usage(&self) {

@@ -65,7 +65,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Runs all prompts with `level` in flight; returns (tok/s, ttft p50, ttft p95, tokens).
 async fn level(base: &str, level: usize) -> (f64, Duration, Duration, u64) {
-    let client = reqwest::Client::new();
+    // No pooled connections: llama-server closes idle ones, and a stale one fails the request.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let workers: Vec<_> = (0..level)
@@ -98,7 +99,7 @@ async fn level(base: &str, level: usize) -> (f64, Duration, Duration, u64) {
 
 async fn table(name: &str, base: &str) -> Vec<f64> {
     // Warm-up: page in the weights, fill caches.
-    one(&reqwest::Client::new(), base, 0).await;
+    one(&reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"), base, 0).await;
     let mut rates = Vec::new();
     for c in LEVELS {
         let (tps, p50, p95, tokens) = level(base, c).await;
