@@ -2,7 +2,8 @@
 //! flight, against the gateway and, when given, any other OpenAI-compatible server (llama.cpp's
 //! `llama-server`). Prints aggregate completion tok/s and TTFT p50/p95 per level.
 //!
-//! `bench-concurrency [--other URL]` — URL like `http://127.0.0.1:8081/v1`. Not a test.
+//! `bench-concurrency [--other URL] [--levels 1,4,8,16]` — URL like `http://127.0.0.1:8081/v1`.
+//! Not a test.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,7 +42,7 @@ async fn one(client: &reqwest::Client, base: &str, i: usize) -> Run {
     let mut ttft = None;
     let mut pieces = 0u64;
     let mut usage = None;
-    while let Some(data) = reader.next_data(Duration::from_secs(600)).await {
+    while let Some(data) = reader.next_data(Duration::from_mins(10)).await {
         if data == "[DONE]" {
             break;
         }
@@ -97,11 +98,11 @@ async fn level(base: &str, level: usize) -> (f64, Duration, Duration, u64) {
     (tps, percentile(&ttfts, 0.5), percentile(&ttfts, 0.95), tokens)
 }
 
-async fn table(name: &str, base: &str) -> Vec<f64> {
+async fn table(name: &str, base: &str, levels: &[usize]) -> Vec<f64> {
     // Warm-up: page in the weights, fill caches.
     one(&reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"), base, 0).await;
     let mut rates = Vec::new();
-    for c in LEVELS {
+    for &c in levels {
         let (tps, p50, p95, tokens) = level(base, c).await;
         println!("| {name:<14} | {c:>2} | {tps:>16.1} | {:>13.0} | {:>13.0} | {tokens:>6} |", p50.as_secs_f64() * 1e3, p95.as_secs_f64() * 1e3);
         rates.push(tps);
@@ -111,17 +112,20 @@ async fn table(name: &str, base: &str) -> Vec<f64> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let other = std::env::args().skip_while(|a| a != "--other").nth(1);
+    let arg = |flag: &str| std::env::args().skip_while(|a| a != flag).nth(1);
+    let other = arg("--other");
+    let levels: Vec<usize> =
+        arg("--levels").map_or_else(|| LEVELS.to_vec(), |l| l.split(',').map(|c| c.parse().expect("--levels 1,4,8")).collect());
     // 16 slots, so that 16 in flight decode together (1024 KV cells each).
     let gateway = Gateway::start(&config_with_local(16, 16384, ""), ALL_LOCAL_POLICY).await;
     println!("{PROMPTS} prompts x {COMPLETION_TOKENS} completion tokens, streamed, greedy; SmolLM2-135M-Instruct Q4_1, 2 threads");
     println!("| server         |  c | completion tok/s | TTFT p50 (ms) | TTFT p95 (ms) | tokens |");
     println!("|----------------|----|------------------|---------------|---------------|--------|");
-    let ours = table("switchyard", &gateway.v1()).await;
+    let ours = table("switchyard", &gateway.v1(), &levels).await;
     drop(gateway);
     if let Some(url) = other {
-        let theirs = table("llama-server", &url).await;
-        for ((c, a), b) in LEVELS.iter().zip(&ours).zip(&theirs) {
+        let theirs = table("llama-server", &url, &levels).await;
+        for ((c, a), b) in levels.iter().zip(&ours).zip(&theirs) {
             println!("c={c}: switchyard / llama-server = {:.2}x", a / b);
         }
     }
