@@ -68,9 +68,9 @@ bench-concurrency: model build
 	@if curl -s http://127.0.0.1:18081/health >/dev/null; then echo "port 18081 is taken"; exit 1; fi
 	bench/llama-server/llama-server -m models/SmolLM2-135M-Instruct.Q4_1.gguf -t 2 -np 8 -c 16384 \
 	  --host 127.0.0.1 --port 18081 >/tmp/switchyard-llama-server.log 2>&1 & pid=$$!; \
-	trap "kill $$pid" EXIT; \
 	until curl -sf http://127.0.0.1:18081/health >/dev/null; do kill -0 $$pid || exit 1; sleep 0.2; done; \
-	$(abspath $(TARGET_DIR))/release/bench-concurrency --other http://127.0.0.1:18081/v1
+	rc=0; $(abspath $(TARGET_DIR))/release/bench-concurrency --other http://127.0.0.1:18081/v1 || rc=$$?; \
+	kill $$pid; exit $$rc
 
 clean:
 	cargo clean

@@ -2,6 +2,10 @@
 //! flight, against the gateway and, when given, any other OpenAI-compatible server (llama.cpp's
 //! `llama-server`). Prints aggregate completion tok/s and TTFT p50/p95 per level.
 //!
+//! Each level sends the prompts with its own "(draft N)" suffix, so no server answers a level
+//! from prompts it cached at an earlier one: shared prefixes (the chat template, the request's
+//! wording) can be reused, whole prompts cannot.
+//!
 //! `bench-concurrency [--other URL] [--levels 1,4,8,16]` — URL like `http://127.0.0.1:8081/v1`.
 //! Not a test.
 
@@ -29,11 +33,11 @@ struct Run {
     completion_tokens: u64,
 }
 
-async fn one(client: &reqwest::Client, base: &str, i: usize) -> Run {
+async fn one(client: &reqwest::Client, base: &str, i: usize, round: usize) -> Run {
     let body = json!({
         "model": "auto", "stream": true, "temperature": 0, "max_tokens": COMPLETION_TOKENS,
         "stream_options": {"include_usage": true},
-        "messages": [{"role": "user", "content": format!("Write a long, detailed story about {}.", SUBJECTS[i % SUBJECTS.len()])}]
+        "messages": [{"role": "user", "content": format!("Write a long, detailed story about {} (draft {round}).", SUBJECTS[i % SUBJECTS.len()])}]
     });
     let start = Instant::now();
     let response = client.post(format!("{base}/chat/completions")).json(&body).send().await.expect("server answers");
@@ -80,7 +84,7 @@ async fn level(base: &str, level: usize) -> (f64, Duration, Duration, u64) {
                     if i >= PROMPTS {
                         return runs;
                     }
-                    runs.push(one(&client, &base, i).await);
+                    runs.push(one(&client, &base, i, level).await);
                 }
             })
         })
@@ -100,7 +104,7 @@ async fn level(base: &str, level: usize) -> (f64, Duration, Duration, u64) {
 
 async fn table(name: &str, base: &str, levels: &[usize]) -> Vec<f64> {
     // Warm-up: page in the weights, fill caches.
-    one(&reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"), base, 0).await;
+    one(&reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"), base, 0, 0).await;
     let mut rates = Vec::new();
     for &c in levels {
         let (tps, p50, p95, tokens) = level(base, c).await;
