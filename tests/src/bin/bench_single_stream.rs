@@ -30,9 +30,11 @@ impl Sample {
     }
 }
 
-fn long_prompt() -> String {
+/// A different prompt each run (the run number comes first), so that only the chat template's
+/// system prompt can be reused from an earlier run's KV cells, on both paths alike.
+fn long_prompt(run: usize) -> String {
     let paragraph = "The river runs through the old town, past the mill, the bridge and the market square, where traders sell bread, cheese, apples and wool every morning. ";
-    format!("{}Summarise the text above in one sentence.", paragraph.repeat(12))
+    format!("Text {run}: {}Summarise the text above in one sentence.", paragraph.repeat(12))
 }
 
 const DECODE_PROMPT: &str = "Count from 1 to 200, separated by commas.";
@@ -94,7 +96,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let prompt = long_prompt();
     let mut config = EngineConfig::with_model(model_path());
     config.context = 4096;
     config.parallel = 1;
@@ -105,8 +106,8 @@ async fn main() {
     let mut engine_prefill = Vec::new();
     let mut engine_decode = Vec::new();
     let mut engine_tokens = (0, 0);
-    for _ in 0..RUNS {
-        let p = engine_sample(&engine, &prompt, 1).await;
+    for run in 0..RUNS {
+        let p = engine_sample(&engine, &long_prompt(run), 1).await;
         engine_prefill.push(p.prefill_tps());
         let d = engine_sample(&engine, DECODE_PROMPT, DECODE_TOKENS).await;
         engine_decode.push(d.decode_tps());
@@ -120,8 +121,8 @@ async fn main() {
     let mut gw_prefill = Vec::new();
     let mut gw_decode = Vec::new();
     let mut gw_tokens = (0, 0);
-    for _ in 0..RUNS {
-        let p = gateway_sample(&client, &gateway, &prompt, 1).await;
+    for run in 0..RUNS {
+        let p = gateway_sample(&client, &gateway, &long_prompt(RUNS + run), 1).await;
         gw_prefill.push(p.prefill_tps());
         let d = gateway_sample(&client, &gateway, DECODE_PROMPT, DECODE_TOKENS).await;
         gw_decode.push(d.decode_tps());
