@@ -69,7 +69,7 @@ bench-concurrency: model build
 	bench/llama-server/llama-server -m models/SmolLM2-135M-Instruct.Q4_1.gguf -t 2 -np 8 -c 16384 \
 	  --host 127.0.0.1 --port 18081 >/tmp/switchyard-llama-server.log 2>&1 & pid=$$!; \
 	until curl -sf http://127.0.0.1:18081/health >/dev/null; do kill -0 $$pid || exit 1; sleep 0.2; done; \
-	rc=0; $(abspath $(TARGET_DIR))/release/bench-concurrency --other http://127.0.0.1:18081/v1 || rc=$$?; \
+	rc=0; $(abspath $(TARGET_DIR))/release/bench-concurrency --other http://127.0.0.1:18081/v1 $(BENCH_ARGS) || rc=$$?; \
 	kill $$pid; exit $$rc
 
 clean:

@@ -29,6 +29,13 @@ pub struct EngineConfig {
     /// Layers offloaded to the GPU (needs the `cuda` build); 0 keeps everything on the CPU.
     #[serde(default)]
     pub gpu_layers: u32,
+    /// Host memory for saved prompt states (MiB); 0 turns the host prompt cache off.
+    #[serde(default = "default_prompt_cache_mib")]
+    pub prompt_cache_mib: u32,
+}
+
+const fn default_prompt_cache_mib() -> u32 {
+    256
 }
 
 fn default_name() -> String {
@@ -63,6 +70,7 @@ impl EngineConfig {
             queue: default_queue(),
             cost_per_mtok: 0.0,
             gpu_layers: 0,
+            prompt_cache_mib: default_prompt_cache_mib(),
         }
     }
 

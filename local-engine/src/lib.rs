@@ -7,6 +7,7 @@
 mod config;
 mod engine;
 mod error;
+mod host_cache;
 mod prefix_cache;
 mod scheduler;
 mod stats;

@@ -99,6 +99,11 @@ impl<T: PartialEq + Clone> SlotTable<T> {
         Some(Plan { seq_id: id(target), source })
     }
 
+    /// The tokens free slot `seq_id` still holds (`None` if it is running a sequence).
+    pub(crate) fn cached_tokens(&self, seq_id: i32) -> Option<&[T]> {
+        self.cached.get(usize::try_from(seq_id).ok()?)?.as_deref()
+    }
+
     /// Records that `plan` was carried out: its slot now runs a sequence.
     pub(crate) fn take(&mut self, plan: &Plan) {
         let slot = usize::try_from(plan.seq_id).ok().and_then(|i| self.cached.get_mut(i));

@@ -10,6 +10,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -20,6 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, warn};
 
 use crate::engine::{Job, Message};
+use crate::host_cache::HostCache;
 use crate::prefix_cache::{Plan, SlotTable, Source};
 use crate::text::TextAssembler;
 use crate::{ChatTemplate, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, SamplingParams};
@@ -34,6 +36,8 @@ const MIN_PREFIX_REUSE: usize = 4;
 /// Copying another slot's stream (a memcpy of the whole stream) must save at least this many
 /// prompt tokens over what the target slot already holds.
 const MIN_COPY_GAIN: usize = 16;
+/// Slot caches shorter than this are not worth saving to host memory.
+const MIN_HOST_SAVE: usize = 32;
 
 /// One sequence being prefilled or decoded.
 struct Sequence {
@@ -83,6 +87,11 @@ pub(crate) struct Scheduler<'m> {
     seq_cells: u32,
     /// The stream no sequence uses, for swapping two slots.
     scratch: i32,
+    /// Prompt states saved to host memory.
+    host: HostCache<LlamaToken, SeqState>,
+    /// Slots whose KV buffer has a stream copy still queued (llama.cpp carries copies out at the
+    /// start of the next decode): their buffers must not be read or written directly until then.
+    copy_pending: Vec<i32>,
 }
 
 impl<'m> Scheduler<'m> {
@@ -128,6 +137,8 @@ impl<'m> Scheduler<'m> {
             slots: SlotTable::new(config.parallel as usize),
             seq_cells: config.seq_cells(),
             scratch: i32::try_from(config.parallel).unwrap_or(i32::MAX),
+            host: HostCache::new(config.prompt_cache_mib as usize * 1024 * 1024),
+            copy_pending: Vec::new(),
         })
     }
 
@@ -227,7 +238,35 @@ impl<'m> Scheduler<'m> {
     /// Carries out `plan` on the KV cache and starts the sequence.
     fn start_sequence(&mut self, job: Job, prompt: Vec<LlamaToken>, max_tokens: u32, plan: &Plan) {
         let seq_id = plan.seq_id;
-        let reused = match plan.source {
+        let from_slots = match plan.source {
+            Source::Fresh => 0,
+            Source::Cached { common } | Source::CopyFrom { common, .. } => common,
+        };
+        // A state saved in host memory wins if it holds clearly more of the prompt, and the
+        // slot's buffer is not waiting for a queued copy (a direct write would be overtaken).
+        let limit = prompt.len().saturating_sub(1);
+        let from_host = self
+            .host
+            .best(&prompt)
+            .map(|(index, common)| (index, common.min(limit)))
+            .filter(|&(_, common)| common >= MIN_PREFIX_REUSE && common >= from_slots + MIN_COPY_GAIN)
+            .filter(|_| !self.copy_pending.contains(&seq_id));
+        let keep = match (from_host, &plan.source) {
+            (None, Source::Cached { common }) => *common,
+            _ => 0,
+        };
+        self.save_to_host(seq_id, keep);
+        let reused = if let Some((index, common)) = from_host {
+            self.restore_from_host(index, seq_id, common)
+        } else {
+            self.reuse_from_slots(seq_id, &plan.source)
+        };
+        self.admit_sequence(job, prompt, max_tokens, plan, reused);
+    }
+
+    /// Prepares slot `seq_id` from the slot table's plan; returns the prompt tokens reused.
+    fn reuse_from_slots(&mut self, seq_id: i32, source: &Source) -> usize {
+        match *source {
             Source::Fresh => {
                 self.clear_kv(seq_id, 0);
                 0
@@ -251,7 +290,12 @@ impl<'m> Scheduler<'m> {
                     0
                 }
             }
-        };
+        }
+    }
+
+    /// Takes the slot and starts the sequence with `reused` prompt tokens already in its KV.
+    fn admit_sequence(&mut self, job: Job, prompt: Vec<LlamaToken>, max_tokens: u32, plan: &Plan, reused: usize) {
+        let seq_id = plan.seq_id;
         self.slots.take(plan);
         if reused > 0 {
             self.stats.prefix_hits_total.fetch_add(1, Relaxed);
@@ -304,6 +348,47 @@ impl<'m> Scheduler<'m> {
     fn copy_stream(&mut self, from: i32, to: i32) {
         if let Err(e) = self.ctx.copy_kv_cache_seq(from, to, None, None) {
             warn!(error = %e, from, to, "could not copy a KV stream");
+        }
+        self.copy_pending.extend([from, to]);
+    }
+
+    /// Saves free slot `seq_id`'s cells to host memory before they are overwritten, keeping the
+    /// first `keep` tokens' worth in place (only what would be lost is worth saving).
+    fn save_to_host(&mut self, seq_id: i32, keep: usize) {
+        let Some(tokens) = self.slots.cached_tokens(seq_id) else { return };
+        if tokens.len() < keep + MIN_HOST_SAVE || self.copy_pending.contains(&seq_id) || self.host.covers(tokens) {
+            return;
+        }
+        let tokens = tokens.to_vec();
+        match self.ctx.state_seq_get(seq_id, LlamaStateSeqFlags::empty()) {
+            Ok(state) => {
+                let bytes = state.byte_len();
+                self.host.insert(tokens, state, bytes);
+                self.stats.host_cache_bytes.store(self.host.bytes() as u64, Relaxed);
+            }
+            Err(e) => warn!(error = %e, seq_id, "could not save a prompt state"),
+        }
+    }
+
+    /// Restores the host-cached state `index` into `seq_id` and keeps its first `common` tokens;
+    /// returns how many tokens are reused (0 if it failed and the slot was cleared).
+    fn restore_from_host(&mut self, index: usize, seq_id: i32, common: usize) -> usize {
+        let restored = match self.host.take_use(index) {
+            Some(state) => self.ctx.state_seq_set(state, seq_id).map_err(|e| e.to_string()),
+            None => Err("no such entry".to_owned()),
+        };
+        match restored {
+            Ok(()) if self.clear_kv(seq_id, common) => {
+                self.stats.host_cache_hits_total.fetch_add(1, Relaxed);
+                common
+            }
+            outcome => {
+                if let Err(e) = outcome {
+                    warn!(error = %e, seq_id, "could not restore a prompt state");
+                }
+                self.clear_kv(seq_id, 0);
+                0
+            }
         }
     }
 
@@ -395,6 +480,8 @@ impl<'m> Scheduler<'m> {
             self.fail_all(&EngineError::Decode { reason: e.to_string() });
             return;
         }
+        // The decode carried out every queued stream copy first.
+        self.copy_pending.clear();
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         if prompt_tokens_in_batch > 0 {
             self.stats.prefill_us_total.fetch_add(micros, Relaxed);

@@ -12,6 +12,8 @@ pub struct EngineStats {
     pub(crate) kv_cells_cached: AtomicU64,
     pub(crate) prefix_hits_total: AtomicU64,
     pub(crate) prefix_tokens_reused_total: AtomicU64,
+    pub(crate) host_cache_hits_total: AtomicU64,
+    pub(crate) host_cache_bytes: AtomicU64,
     pub(crate) cancelled_total: AtomicU64,
     pub(crate) finished_total: AtomicU64,
     pub(crate) prompt_tokens_total: AtomicU64,
@@ -37,6 +39,10 @@ pub struct EngineStatsSnapshot {
     pub prefix_hits_total: u64,
     /// Prompt tokens not prefilled thanks to prefix reuse.
     pub prefix_tokens_reused_total: u64,
+    /// Requests whose prefix was restored from a state saved in host memory.
+    pub host_cache_hits_total: u64,
+    /// Host memory held by saved prompt states.
+    pub host_cache_bytes: u64,
     /// Generations stopped because their receiver went away.
     pub cancelled_total: u64,
     /// Generations that ended normally (stop or length).
@@ -62,6 +68,8 @@ impl EngineStats {
             kv_cells_cached: self.kv_cells_cached.load(Relaxed),
             prefix_hits_total: self.prefix_hits_total.load(Relaxed),
             prefix_tokens_reused_total: self.prefix_tokens_reused_total.load(Relaxed),
+            host_cache_hits_total: self.host_cache_hits_total.load(Relaxed),
+            host_cache_bytes: self.host_cache_bytes.load(Relaxed),
             cancelled_total: self.cancelled_total.load(Relaxed),
             finished_total: self.finished_total.load(Relaxed),
             prompt_tokens_total: self.prompt_tokens_total.load(Relaxed),

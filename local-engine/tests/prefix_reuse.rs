@@ -51,3 +51,21 @@ async fn requests_with_a_common_system_prompt_share_it_and_keep_their_own_answer
     assert_eq!(saw.unwrap().text, saw_alone);
     assert_eq!(engine.stats().prefix_hits_total - before.prefix_hits_total, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_whose_slot_was_taken_comes_back_from_host_memory() {
+    // One slot: B overwrites A's cells, so A's second run can only come from the host cache.
+    let engine = engine_with(2048, 1, 8);
+    let a = user("Please list the planets of the solar system in order from the sun, with one fact each.");
+    let b = user("What is the tallest mountain on Earth?");
+    let first = generate(&engine, a.clone(), greedy(24)).await.unwrap();
+    generate(&engine, b, greedy(24)).await.unwrap();
+    let before = engine.stats();
+    assert!(before.host_cache_bytes > 0, "A's state was saved before B took the slot: {before:?}");
+    let again = generate(&engine, a, greedy(24)).await.unwrap();
+    let after = engine.stats();
+    assert_eq!(again.text, first.text, "restored state must give the same answer");
+    assert_eq!(after.host_cache_hits_total - before.host_cache_hits_total, 1, "{after:?}");
+    assert_eq!(after.prefix_tokens_reused_total - before.prefix_tokens_reused_total, u64::from(first.prompt_tokens) - 1);
+    assert_eq!(after.prompt_tokens_total - before.prompt_tokens_total, 1);
+}

@@ -6,7 +6,10 @@
 //! from prompts it cached at an earlier one: shared prefixes (the chat template, the request's
 //! wording) can be reused, whole prompts cannot.
 //!
-//! `bench-concurrency [--other URL] [--levels 1,4,8,16]` — URL like `http://127.0.0.1:8081/v1`.
+//! `--repeat-prompts` sends the very same prompts at every level instead (then whole-prompt caches,
+//! ours and llama-server's host-RAM one, answer later levels).
+//!
+//! `bench-concurrency [--other URL] [--levels 1,4,8,16] [--repeat-prompts]` — URL like `http://127.0.0.1:8081/v1`.
 //! Not a test.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -69,7 +72,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Runs all prompts with `level` in flight; returns (tok/s, ttft p50, ttft p95, tokens).
-async fn level(base: &str, level: usize) -> (f64, Duration, Duration, u64) {
+async fn level(base: &str, level: usize, round: usize) -> (f64, Duration, Duration, u64) {
     // No pooled connections: llama-server closes idle ones, and a stale one fails the request.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
     let next = Arc::new(AtomicUsize::new(0));
@@ -84,7 +87,7 @@ async fn level(base: &str, level: usize) -> (f64, Duration, Duration, u64) {
                     if i >= PROMPTS {
                         return runs;
                     }
-                    runs.push(one(&client, &base, i, level).await);
+                    runs.push(one(&client, &base, i, round).await);
                 }
             })
         })
@@ -102,12 +105,12 @@ async fn level(base: &str, level: usize) -> (f64, Duration, Duration, u64) {
     (tps, percentile(&ttfts, 0.5), percentile(&ttfts, 0.95), tokens)
 }
 
-async fn table(name: &str, base: &str, levels: &[usize]) -> Vec<f64> {
+async fn table(name: &str, base: &str, levels: &[usize], repeat: bool) -> Vec<f64> {
     // Warm-up: page in the weights, fill caches.
     one(&reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"), base, 0, 0).await;
     let mut rates = Vec::new();
     for &c in levels {
-        let (tps, p50, p95, tokens) = level(base, c).await;
+        let (tps, p50, p95, tokens) = level(base, c, if repeat { 0 } else { c }).await;
         println!("| {name:<14} | {c:>2} | {tps:>16.1} | {:>13.0} | {:>13.0} | {tokens:>6} |", p50.as_secs_f64() * 1e3, p95.as_secs_f64() * 1e3);
         rates.push(tps);
     }
@@ -125,10 +128,11 @@ async fn main() {
     println!("{PROMPTS} prompts x {COMPLETION_TOKENS} completion tokens, streamed, greedy; SmolLM2-135M-Instruct Q4_1, 2 threads");
     println!("| server         |  c | completion tok/s | TTFT p50 (ms) | TTFT p95 (ms) | tokens |");
     println!("|----------------|----|------------------|---------------|---------------|--------|");
-    let ours = table("switchyard", &gateway.v1(), &levels).await;
+    let repeat = std::env::args().any(|a| a == "--repeat-prompts");
+    let ours = table("switchyard", &gateway.v1(), &levels, repeat).await;
     drop(gateway);
     if let Some(url) = other {
-        let theirs = table("llama-server", &url, &levels).await;
+        let theirs = table("llama-server", &url, &levels, repeat).await;
         for ((c, a), b) in levels.iter().zip(&ours).zip(&theirs) {
             println!("c={c}: switchyard / llama-server = {:.2}x", a / b);
         }
