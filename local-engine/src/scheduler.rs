@@ -33,9 +33,11 @@ const STEP_TOKENS: usize = 512;
 const PREFILL_CHUNK_WHILE_DECODING: usize = 96;
 /// Shorter shared prefixes are not worth reusing.
 const MIN_PREFIX_REUSE: usize = 4;
-/// Copying another slot's stream (a memcpy of the whole stream) must save at least this many
-/// prompt tokens over what the target slot already holds.
-const MIN_COPY_GAIN: usize = 16;
+/// Copying another slot's stream (a memcpy of the whole stream, a few ms) must save at least
+/// this many prompt tokens over what the target slot already holds (a prompt token costs ~4 ms).
+const MIN_COPY_GAIN: usize = 4;
+/// Restoring a state from host memory copies only its cells: worth it for any real gain.
+const MIN_HOST_GAIN: usize = 2;
 /// Slot caches shorter than this are not worth saving to host memory.
 const MIN_HOST_SAVE: usize = 32;
 
@@ -249,7 +251,7 @@ impl<'m> Scheduler<'m> {
             .host
             .best(&prompt)
             .map(|(index, common)| (index, common.min(limit)))
-            .filter(|&(_, common)| common >= MIN_PREFIX_REUSE && common >= from_slots + MIN_COPY_GAIN)
+            .filter(|&(_, common)| common >= MIN_PREFIX_REUSE && common >= from_slots + MIN_HOST_GAIN)
             .filter(|_| !self.copy_pending.contains(&seq_id));
         let keep = match (from_host, &plan.source) {
             (None, Source::Cached { common }) => *common,
