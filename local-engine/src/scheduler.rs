@@ -269,30 +269,25 @@ impl<'m> Scheduler<'m> {
     /// Prepares slot `seq_id` from the slot table's plan; returns the prompt tokens reused.
     fn reuse_from_slots(&mut self, seq_id: i32, source: &Source) -> usize {
         match *source {
-            Source::Fresh => {
-                self.clear_kv(seq_id, 0);
-                0
-            }
-            Source::Cached { common } => {
-                if self.clear_kv(seq_id, common) {
-                    common
-                } else {
-                    self.clear_kv(seq_id, 0);
-                    0
-                }
-            }
+            Source::Fresh => self.keep_prefix(seq_id, 0),
+            Source::Cached { common } => self.keep_prefix(seq_id, common),
             Source::CopyFrom { src, common } => {
                 // llama.cpp copies streams only whole: copy all of `src`, then cut what follows
                 // the shared prefix.
                 self.copy_stream(src, seq_id);
-                if self.clear_kv(seq_id, common) {
-                    common
-                } else {
-                    self.clear_kv(seq_id, 0);
-                    0
-                }
+                self.keep_prefix(seq_id, common)
             }
         }
+    }
+
+    /// Keeps the first `common` positions of `seq_id`'s cells and drops the rest; if llama.cpp
+    /// refuses the partial removal, clears everything. Returns the positions kept.
+    fn keep_prefix(&mut self, seq_id: i32, common: usize) -> usize {
+        if common > 0 && self.clear_kv(seq_id, common) {
+            return common;
+        }
+        self.clear_kv(seq_id, 0);
+        0
     }
 
     /// Takes the slot and starts the sequence with `reused` prompt tokens already in its KV.
@@ -379,19 +374,14 @@ impl<'m> Scheduler<'m> {
             Some(state) => self.ctx.state_seq_set(state, seq_id).map_err(|e| e.to_string()),
             None => Err("no such entry".to_owned()),
         };
-        match restored {
-            Ok(()) if self.clear_kv(seq_id, common) => {
-                self.stats.host_cache_hits_total.fetch_add(1, Relaxed);
-                common
-            }
-            outcome => {
-                if let Err(e) = outcome {
-                    warn!(error = %e, seq_id, "could not restore a prompt state");
-                }
-                self.clear_kv(seq_id, 0);
-                0
-            }
+        if let Err(e) = &restored {
+            warn!(error = %e, seq_id, "could not restore a prompt state");
         }
+        let kept = self.keep_prefix(seq_id, if restored.is_ok() { common } else { 0 });
+        if kept > 0 {
+            self.stats.host_cache_hits_total.fetch_add(1, Relaxed);
+        }
+        kept
     }
 
     /// Frees a sequence that has left `active`. A finished one keeps its cells for prefix reuse;
