@@ -6,6 +6,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::handlers::{chat, fallback, health, models, route};
+use crate::middleware::auth::authenticate;
 use crate::middleware::request_ctx::request_ctx;
 use crate::state::AppState;
 
@@ -15,16 +16,22 @@ use crate::state::AppState;
 /// 1. `request_ctx` — creates the request id and the `request` span (fields `request_id`,
 ///    `tenant`, `rule`, `target`, `tier`), inserts the `RequestCtx` extension, sets
 ///    `x-request-id` on every answer and logs one line when the head of the answer is ready.
+/// 2. `authenticate` (on `/v1/*` routes only) — reads `Authorization: Bearer <virtual key>`,
+///    inserts the tenant (`Arc<router::TenantProfile>`) and records `tenant` on the span, or
+///    answers 401 `invalid_api_key`. Open mode (no tenant has keys): tenant `default`.
 ///
 /// Bodies are read by the handlers themselves (`handlers::read_body`) so that an oversized body
 /// gets the OpenAI-style 413 rather than a plain-text one. Unknown paths answer 404
 /// `unknown_url`, known paths with another method 405, both as `OpenAI` error bodies.
 pub fn build(state: Arc<AppState>) -> Router {
     let not_allowed = fallback::method_not_allowed;
-    Router::new()
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions).fallback(not_allowed))
         .route("/v1/route", post(route::route).fallback(not_allowed))
         .route("/v1/models", get(models::list_models).fallback(not_allowed))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authenticate));
+    Router::new()
+        .merge(api)
         .route("/healthz", get(health::healthz).fallback(not_allowed))
         .route("/readyz", get(health::readyz).fallback(not_allowed))
         .fallback(fallback::unknown_url)

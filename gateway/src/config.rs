@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use local_engine::EngineConfig;
-use providers::ProviderConfig;
-use router::Policy;
+use providers::{ProviderConfig, ProviderKind};
+use router::{Policy, Topology};
 use serde::Deserialize;
+
+use crate::tenants::TenantConfig;
 
 /// `[server]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -69,6 +71,8 @@ struct RawConfig {
     #[serde(default)]
     providers: Vec<ProviderConfig>,
     #[serde(default)]
+    tenants: Vec<TenantConfig>,
+    #[serde(default)]
     policy: PolicySection,
 }
 
@@ -87,6 +91,10 @@ pub struct GatewayConfig {
     pub policy_file: PathBuf,
     /// The parsed policy.
     pub policy: Policy,
+    /// `[[tenants]]`.
+    pub tenants: Vec<TenantConfig>,
+    /// Things `check` warns about (rules relying on the per-request privacy guard).
+    pub warnings: Vec<String>,
 }
 
 /// Everything wrong with a configuration, each naming file, line and key where known.
@@ -137,6 +145,13 @@ impl GatewayConfig {
                 problems.push(format!("{file}: providers[{i}]: name {:?} is used twice", p.name));
             }
         }
+        for (i, t) in raw.tenants.iter().enumerate() {
+            problems.extend(t.problems().into_iter().map(|m| format!("{file}: tenants[{i}]: {m}")));
+            if raw.tenants[..i].iter().any(|u| u.name == t.name) {
+                problems.push(format!("{file}: tenants[{i}]: name {:?} is used twice", t.name));
+            }
+        }
+        let topology = topology_of(&raw.server, raw.local.as_ref(), &raw.providers);
         let policy_text = read(&raw.policy.file).map_err(|e| {
             let mut problems = problems.clone();
             problems.extend(e.problems);
@@ -147,7 +162,9 @@ impl GatewayConfig {
             Ok(policy) => {
                 if raw.local.is_none() {
                     for rule in &policy.rules {
-                        let uses_local = std::iter::once(&rule.route).chain(&rule.fallback).any(|t| t.get_ref() == router::LOCAL_ALIAS);
+                        let uses_local = rule.targets().any(|(_, t)| {
+                            t.get_ref() == router::LOCAL_ALIAS || (t.get_ref() == router::FRONTIER_ALIAS && topology.expand(t.get_ref()).is_empty())
+                        });
                         if uses_local {
                             problems.push(format!(
                                 "{policy_name}: rule {:?} routes to \"local\" but {file} has no [local] section",
@@ -157,11 +174,16 @@ impl GatewayConfig {
                     }
                 }
                 let is_target = |t: &str| target_exists(&raw.providers, raw.local.as_ref(), t);
+                let profiles: Vec<router::TenantProfile> = raw.tenants.iter().map(TenantConfig::profile).collect();
                 problems.extend(
-                    policy.problems(&policy_text, &is_target).into_iter().map(|p| match p.line {
-                        Some(line) => format!("{policy_name}:{line}: {}", p.message),
-                        None => format!("{policy_name}: {}", p.message),
-                    }),
+                    policy
+                        .problems(&policy_text, &is_target)
+                        .into_iter()
+                        .chain(policy.residency_problems(&policy_text, &topology, &profiles))
+                        .map(|p| match p.line {
+                            Some(line) => format!("{policy_name}:{line}: {}", p.message),
+                            None => format!("{policy_name}: {}", p.message),
+                        }),
                 );
                 Some(policy)
             }
@@ -172,16 +194,50 @@ impl GatewayConfig {
         };
         match (problems.is_empty(), listen, policy) {
             (true, Ok(listen), Some(policy)) => Ok(Self {
+                warnings: policy.guard_warnings(&topology).into_iter().map(|w| format!("{policy_name}: {w}")).collect(),
                 server: raw.server,
                 listen,
                 local: raw.local,
                 providers: raw.providers,
                 policy_file: raw.policy.file,
                 policy,
+                tenants: raw.tenants,
             }),
             _ => Err(ConfigErrors { problems }),
         }
     }
+}
+
+impl GatewayConfig {
+    /// The router for this configuration.
+    pub fn router(&self) -> router::Router {
+        router::Router::new(self.policy.clone(), self.topology())
+    }
+
+    /// Every target with its tier, region and trust, for the router.
+    pub fn topology(&self) -> Topology {
+        topology_of(&self.server, self.local.as_ref(), &self.providers)
+    }
+}
+
+fn topology_of(server: &ServerConfig, local: Option<&EngineConfig>, providers: &[ProviderConfig]) -> Topology {
+    let mut topology = Topology::new();
+    if let Some(local) = local {
+        topology = topology.with_local(&format!("local/{}", local.name), &server.region);
+    }
+    for p in providers {
+        // Proprietary APIs are the frontier tier; self-hosted servers (openai-compatible) are not.
+        let frontier = matches!(p.kind, ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Anthropic);
+        for m in &p.models {
+            let target = format!("{}/{}", p.name, m.name);
+            topology = if frontier {
+                topology.with_frontier(&target, p.region.as_deref(), p.trusted)
+            } else {
+                topology.with_remote(&target, p.region.as_deref(), p.trusted)
+            };
+        }
+    }
+    topology
 }
 
 /// True when `target` names the local engine or a configured `provider/model`.
@@ -254,5 +310,42 @@ mod tests {
         let err = GatewayConfig::load(&cfg, None).unwrap_err().to_string();
         assert!(err.contains("policy.toml:3:"), "{err}");
         assert!(err.contains("\"acme/x\" is not configured"), "{err}");
+    }
+
+    #[test]
+    fn policy_route_outside_a_tenants_residency_is_refused_at_load() {
+        let dir = tempdir();
+        let p = policy(&dir, "openai/gpt-4o");
+        let text = format!(
+            "[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nregion = \"us-east\"\nmodels = [{{ name = \"gpt-4o\" }}]\n[[tenants]]\nname = \"acme-eu\"\nresidency = [\"eu\"]\n"
+        );
+        let cfg = write(&dir, "g.toml", &text);
+        let err = GatewayConfig::load(&cfg, None).unwrap_err().to_string();
+        assert!(err.contains("policy.toml:3:"), "{err}");
+        assert!(err.contains("\"all\".route") && err.contains("us-east") && err.contains("acme-eu"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_key_in_config_is_refused_without_echoing_it() {
+        let dir = tempdir();
+        let p = policy(&dir, "openai/gpt-4o");
+        let text = format!(
+            "[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = [{{ name = \"gpt-4o\" }}]\n[[tenants]]\nname = \"acme\"\nkeys = [\"sy-secretvalue\"]\n"
+        );
+        let cfg = write(&dir, "g.toml", &text);
+        let err = GatewayConfig::load(&cfg, None).unwrap_err().to_string();
+        assert!(err.contains("tenants[0]") && !err.contains("secretvalue"), "{err}");
+    }
+
+    #[test]
+    fn untrusted_route_without_redact_is_a_warning() {
+        let dir = tempdir();
+        let p = policy(&dir, "openai/gpt-4o");
+        let text = format!(
+            "[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = [{{ name = \"gpt-4o\" }}]\n"
+        );
+        let ok = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap();
+        assert_eq!(ok.warnings.len(), 1, "{:?}", ok.warnings);
+        assert!(ok.warnings[0].contains("privacy guard"));
     }
 }

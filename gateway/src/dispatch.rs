@@ -5,10 +5,10 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use providers::wire::{ChatRequest, Usage};
 use providers::{Provider, ProviderError};
-use router::{Decision, RouteInput};
+use router::{Decision, RouteInput, Router, TenantProfile};
 
 use crate::catalog::{Catalog, ModelChoice};
-use crate::config::GatewayConfig;
+use crate::privacy;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -30,45 +30,46 @@ pub fn caller_tags(headers: &HeaderMap) -> Vec<String> {
     tags
 }
 
-/// Decides where `req` goes. Unknown models are 404 `model_not_found`.
-pub fn plan(state: &AppState, req: &ChatRequest, headers: &HeaderMap) -> Result<Decision, ApiError> {
-    plan_with(&state.config, &state.catalog, req, headers)
+/// Decides where `req` from `tenant` goes. Unknown models are 404 `model_not_found`; a request
+/// the guard forbids comes back with `violation` set (the caller answers 403).
+pub fn plan(state: &AppState, req: &ChatRequest, headers: &HeaderMap, tenant: &TenantProfile) -> Result<Decision, ApiError> {
+    plan_with(&state.router, &state.catalog, req, headers, tenant)
 }
 
 /// [`plan`] without a running gateway (for `switchyard explain`).
 pub fn plan_with(
-    config: &GatewayConfig,
+    router: &Router,
     catalog: &Catalog,
     req: &ChatRequest,
     headers: &HeaderMap,
+    tenant: &TenantProfile,
 ) -> Result<Decision, ApiError> {
     let choice = catalog.resolve(&req.model).ok_or_else(|| ApiError::ModelNotFound { model: req.model.clone() })?;
     let resolved = match &choice {
         ModelChoice::Auto => None,
         ModelChoice::Target(t) => Some(t.as_str()),
     };
-    let mut text = String::new();
-    for m in &req.messages {
-        if let Some(t) = m.content.as_ref().and_then(providers::wire::MessageContent::text) {
-            text.push_str(&t);
-            text.push('\n');
-        }
-    }
-    let local_target = catalog.local_target().unwrap_or_default();
+    let seen = privacy::inspect(req);
+    let mut tags = caller_tags(headers);
+    tags.extend(tenant.tags.iter().cloned());
     let input = RouteInput {
         requested_model: &req.model,
         resolved_model: resolved,
-        tenant: "default",
-        tags: caller_tags(headers),
-        pii: std::collections::BTreeMap::new(),
-        text: &text,
+        tenant: &tenant.name,
+        residency: &tenant.residency,
+        tags,
+        pii: seen.pii,
+        text: &seen.text,
         turns: req.messages.len(),
         // About four characters a token: good enough for routing; usage reports exact counts.
-        prompt_tokens: u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX),
+        prompt_tokens: u32::try_from(seen.text.chars().count().div_ceil(4)).unwrap_or(u32::MAX),
         has_tools: req.tools.is_some(),
-        local_target: &local_target,
     };
-    Ok(router::decide(&config.policy, &input))
+    let decision = {
+        let _span = tracing::debug_span!("route.decide").entered();
+        router.decide(&input)
+    };
+    Ok(decision)
 }
 
 /// The provider for `target` and the model name to send it.

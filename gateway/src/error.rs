@@ -28,6 +28,21 @@ pub enum ApiError {
         /// As sent.
         model: String,
     },
+    /// Missing or unknown virtual key.
+    #[error("{}", match failure {
+        crate::tenants::AuthFailure::Missing => "You didn't provide an API key. Send your virtual key as `Authorization: Bearer <key>`.",
+        crate::tenants::AuthFailure::Unknown => "Incorrect API key provided.",
+    })]
+    InvalidApiKey {
+        /// Missing or unknown (the key itself is never kept).
+        failure: crate::tenants::AuthFailure,
+    },
+    /// The privacy or residency guard forbids every target for this request.
+    #[error("The request may not be served: {reason}")]
+    PolicyViolation {
+        /// Which rule and target, and why.
+        reason: String,
+    },
     /// No such route.
     #[error("Invalid URL ({method} {path})")]
     UnknownUrl {
@@ -75,6 +90,12 @@ impl ApiError {
                 detail("invalid_request_error", Some("model_not_found"), Some("model".into())),
                 None,
             ),
+            Self::InvalidApiKey { .. } => {
+                (StatusCode::UNAUTHORIZED, detail("invalid_request_error", Some("invalid_api_key"), None), None)
+            }
+            Self::PolicyViolation { .. } => {
+                (StatusCode::FORBIDDEN, detail("invalid_request_error", Some("policy_violation"), None), None)
+            }
             Self::UnknownUrl { .. } => {
                 (StatusCode::NOT_FOUND, detail("invalid_request_error", Some("unknown_url"), None), None)
             }

@@ -9,8 +9,10 @@ mod dispatch;
 mod error;
 mod handlers;
 mod middleware;
+mod privacy;
 mod serve;
 mod state;
+mod tenants;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -52,6 +54,27 @@ enum Command {
         /// The chat request JSON.
         #[arg(default_value = "-")]
         file: String,
+        /// Decide as this configured tenant (its residency and tags apply).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The caller's privacy tags, as in `x-switchyard-tags`.
+        #[arg(long)]
+        tags: Option<String>,
+    },
+    /// Virtual keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new virtual key once, and the hash entry to paste into the tenant's `keys`.
+    New {
+        /// The tenant the key is for.
+        #[arg(long)]
+        tenant: String,
     },
 }
 
@@ -73,7 +96,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve_command(&config),
         Command::Check { config } => return check_command(&config),
-        Command::Explain { config, file } => explain_command(&config, &file),
+        Command::Explain { config, file, tenant, tags } => explain_command(&config, &file, tenant.as_deref(), tags.as_deref()),
+        Command::Keys { command: KeysCommand::New { tenant } } => {
+            keys_new_command(&tenant);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +121,9 @@ fn check_command(path: &Path) -> ExitCode {
     match load(path) {
         Ok(config) => {
             print!("{}", summary(&config));
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -143,6 +173,16 @@ fn summary(config: &GatewayConfig) -> String {
         config.policy_file.display(),
         config.policy.classifier.complexity_threshold
     );
+    for t in &config.tenants {
+        let _ = writeln!(
+            out,
+            "tenant   {:<24} keys {}  residency [{}]  tags [{}]",
+            t.name,
+            t.keys.len(),
+            t.residency.join(", "),
+            t.tags.join(", ")
+        );
+    }
     for rule in &config.policy.rules {
         let fallback: Vec<&str> = rule.fallback.iter().map(|f| f.get_ref().as_str()).collect();
         let _ = writeln!(out, "rule     {:<24} -> {}  fallback [{}]", rule.name, rule.route.get_ref(), fallback.join(", "));
@@ -150,7 +190,13 @@ fn summary(config: &GatewayConfig) -> String {
     out
 }
 
-fn explain_command(path: &Path, file: &str) -> anyhow::Result<()> {
+fn keys_new_command(tenant: &str) {
+    let key = tenants::new_key();
+    println!("key (shown once; give it to {tenant}): {key}");
+    println!("add to [[tenants]] name = {tenant:?}:  keys = [\"{}\"]", tenants::key_hash_entry(&key));
+}
+
+fn explain_command(path: &Path, file: &str, tenant: Option<&str>, tags: Option<&str>) -> anyhow::Result<()> {
     let config = load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let mut body = Vec::new();
     if file == "-" {
@@ -160,7 +206,20 @@ fn explain_command(path: &Path, file: &str) -> anyhow::Result<()> {
     }
     let req = chat_request::parse_chat_request(&body).map_err(|e| anyhow::anyhow!("{e}"))?;
     let catalog = catalog::Catalog::new(config.local.as_ref().map(|l| l.name.as_str()), &config.providers);
-    let decision = dispatch::plan_with(&config, &catalog, &req, &axum::http::HeaderMap::new()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let profile = match tenant {
+        Some(name) => config
+            .tenants
+            .iter()
+            .find(|t| t.name == name)
+            .map(tenants::TenantConfig::profile)
+            .with_context(|| format!("no tenant {name:?} in {}", path.display()))?,
+        None => router::TenantProfile { name: tenants::DEFAULT_TENANT.to_owned(), ..router::TenantProfile::default() },
+    };
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(tags) = tags {
+        headers.insert(dispatch::TAGS_HEADER, tags.parse().context("--tags")?);
+    }
+    let decision = dispatch::plan_with(&config.router(), &catalog, &req, &headers, &profile).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", serde_json::to_string_pretty(&handlers::route::decision_json(&decision))?);
     Ok(())
 }

@@ -18,6 +18,9 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// [`DRAIN_DEADLINE`]) and returns.
 pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     let listen = config.listen;
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
     let state = AppState::build(config)?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     // Tests and scripts read this line to learn the port when listening on port 0.

@@ -10,6 +10,7 @@ use providers::{LocalProvider, OpenAiCompatible, Provider, ProviderConfig, Provi
 
 use crate::catalog::Catalog;
 use crate::config::GatewayConfig;
+use crate::tenants::Tenants;
 
 /// A provider and what it charges.
 pub struct Remote {
@@ -25,6 +26,10 @@ pub struct AppState {
     pub config: GatewayConfig,
     /// Model names and targets.
     pub catalog: Catalog,
+    /// Policy, targets and complexity scorer.
+    pub router: router::Router,
+    /// Virtual keys → tenants.
+    pub tenants: Tenants,
     /// The embedded engine, if configured.
     pub local: Option<LocalProvider>,
     /// Remote providers by name.
@@ -64,7 +69,11 @@ impl AppState {
         }
         let catalog = Catalog::new(config.local.as_ref().map(|l| l.name.as_str()), &config.providers);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Ok(Arc::new(Self { config, catalog, local, remotes, started_unix, draining: AtomicBool::new(false) }))
+        let router = config.router();
+        let tenants = Tenants::new(&config.tenants);
+        // Compile the PII patterns now rather than on the first request.
+        let _ = router::pii_scanner();
+        Ok(Arc::new(Self { config, catalog, router, tenants, local, remotes, started_unix, draining: AtomicBool::new(false) }))
     }
 
     /// True once the model is loaded (or no engine is configured) and not draining.

@@ -1,5 +1,7 @@
-//! A transparent baseline complexity score. It ranks requests by simple features; the learned
-//! scorer (a later issue) replaces it behind the same result type.
+//! Complexity scoring behind a trait: a transparent baseline here; the learned scorer (a later
+//! issue) implements the same trait.
+
+use crate::signals::Features;
 
 /// A score in [0, 1] with the features that raised it.
 #[derive(Debug, Clone, PartialEq)]
@@ -10,6 +12,13 @@ pub struct ComplexityScore {
     pub reasons: Vec<String>,
 }
 
+/// Scores how hard a request is. Implementations are pure and fast (the router's budget is
+/// microseconds).
+pub trait ComplexityScorer: Send + Sync + std::fmt::Debug {
+    /// Scores `text` (the conversation's text) with its `features` and about `prompt_tokens` tokens.
+    fn score(&self, text: &str, features: &Features, prompt_tokens: u32) -> ComplexityScore;
+}
+
 /// Words that usually mark multi-step reasoning or expert work.
 const HARD_MARKERS: &[&str] = &[
     "prove", "proof", "derive", "theorem", "step by step", "analyze", "analyse", "architecture",
@@ -17,38 +26,46 @@ const HARD_MARKERS: &[&str] = &[
     "trade-off", "tradeoff", "compare and contrast", "formal", "rigorous", "integral", "equation",
 ];
 
-/// Scores `text` (the conversation's user-visible text) with `turns` messages, about
-/// `prompt_tokens` tokens, and whether the request carries tool definitions.
+/// The baseline: length, code, math, reasoning markers, turns and tools, each adding a fixed weight.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BaselineScorer;
+
+impl ComplexityScorer for BaselineScorer {
+    fn score(&self, text: &str, features: &Features, prompt_tokens: u32) -> ComplexityScore {
+        let mut parts: Vec<(f64, String)> = Vec::new();
+        // Length: saturates around 1500 tokens.
+        let length = (f64::from(prompt_tokens) / 1500.0).min(1.0) * 0.3;
+        if length >= 0.05 {
+            parts.push((length, format!("long prompt (~{prompt_tokens} tokens)")));
+        }
+        if features.code {
+            parts.push((0.2, "contains code".to_owned()));
+        }
+        if features.math {
+            parts.push((0.15, "contains math".to_owned()));
+        }
+        let lower = text.to_lowercase();
+        let markers: Vec<&str> = HARD_MARKERS.iter().copied().filter(|m| lower.contains(m)).collect();
+        if !markers.is_empty() {
+            #[allow(clippy::cast_precision_loss)]
+            let weight = (markers.len() as f64 * 0.15).min(0.45);
+            parts.push((weight, format!("reasoning markers: {}", markers.join(", "))));
+        }
+        if features.turns > 4 {
+            parts.push((0.1, format!("multi-turn ({} messages)", features.turns)));
+        }
+        if features.tools {
+            parts.push((0.1, "tool use".to_owned()));
+        }
+        parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let score = parts.iter().fold(0.0_f64, |acc, p| acc + p.0).clamp(0.0, 1.0);
+        ComplexityScore { score, reasons: parts.into_iter().map(|p| p.1).collect() }
+    }
+}
+
+/// The baseline score of `text` (kept for callers that have no scorer at hand).
 pub fn score_complexity(text: &str, turns: usize, prompt_tokens: u32, has_tools: bool) -> ComplexityScore {
-    let mut parts: Vec<(f64, String)> = Vec::new();
-    // Length: saturates around 1500 tokens.
-    let length = (f64::from(prompt_tokens) / 1500.0).min(1.0) * 0.3;
-    if length >= 0.05 {
-        parts.push((length, format!("long prompt (~{prompt_tokens} tokens)")));
-    }
-    if text.contains("```") || text.contains("fn ") || text.contains("def ") || text.contains("#include") {
-        parts.push((0.2, "contains code".to_owned()));
-    }
-    let math = text.chars().filter(|c| matches!(c, '=' | '∑' | '∫' | '^' | '√' | '≤' | '≥')).count();
-    if math >= 2 {
-        parts.push((0.15, "contains math".to_owned()));
-    }
-    let lower = text.to_lowercase();
-    let markers: Vec<&str> = HARD_MARKERS.iter().copied().filter(|m| lower.contains(m)).collect();
-    if !markers.is_empty() {
-        #[allow(clippy::cast_precision_loss)]
-        let weight = (markers.len() as f64 * 0.15).min(0.45);
-        parts.push((weight, format!("reasoning markers: {}", markers.join(", "))));
-    }
-    if turns > 4 {
-        parts.push((0.1, format!("multi-turn ({turns} messages)")));
-    }
-    if has_tools {
-        parts.push((0.1, "tool use".to_owned()));
-    }
-    parts.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let score = parts.iter().fold(0.0_f64, |acc, p| acc + p.0).clamp(0.0, 1.0);
-    ComplexityScore { score, reasons: parts.into_iter().map(|p| p.1).collect() }
+    BaselineScorer.score(text, &crate::signals::features(text, turns, has_tools), prompt_tokens)
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@ use std::collections::BTreeMap;
 
 use wildmatch::WildMatch;
 
-use crate::complexity::score_complexity;
-use crate::{Hardness, OnViolation, Policy, Rule, LOCAL_ALIAS};
+use crate::complexity::{BaselineScorer, ComplexityScorer};
+use crate::guard::{violation, Topology};
+use crate::signals::{features, Features};
+use crate::{Hardness, OnViolation, Policy, Rule};
 
 /// Everything the router knows about one request. Built by the gateway; no I/O here.
 #[derive(Debug, Clone, Default)]
@@ -14,9 +16,12 @@ pub struct RouteInput<'a> {
     pub resolved_model: Option<&'a str>,
     /// The tenant's configured name.
     pub tenant: &'a str,
+    /// The tenant's allowed regions (empty: anywhere).
+    pub residency: &'a [String],
     /// Privacy tags: the caller's `x-switchyard-tags` and the tenant's `tags`.
     pub tags: Vec<String>,
-    /// PII kinds found and their counts (never the values).
+    /// PII kinds found and their counts (never the values); `unscannable` for content that
+    /// could not be scanned.
     pub pii: BTreeMap<String, u32>,
     /// The conversation's text, for classification.
     pub text: &'a str,
@@ -26,8 +31,6 @@ pub struct RouteInput<'a> {
     pub prompt_tokens: u32,
     /// The request defines tools.
     pub has_tools: bool,
-    /// The local engine's full target (`local/<name>`), used to expand the `local` alias.
-    pub local_target: &'a str,
 }
 
 /// Local engine or a remote provider.
@@ -71,71 +74,182 @@ pub struct Decision {
     pub complexity: f64,
     /// Complexity at or above the threshold.
     pub hard: bool,
+    /// Features of the text.
+    pub features: Features,
     /// Privacy signals.
     pub privacy: PrivacySummary,
-    /// PII is redacted before the request leaves.
+    /// PII is replaced by placeholders before the request leaves for a remote target.
     pub redact: bool,
-    /// Targets to try next, in order.
+    /// Targets to try next, in order (only targets the privacy and residency guard allows).
     pub fallbacks: Vec<String>,
     /// What led to the decision.
     pub reasons: Vec<String>,
-    /// What to do if the target is not allowed.
-    pub on_violation: OnViolation,
+    /// The guard moved the request away from the target its rule (or model) named.
+    pub rerouted: bool,
+    /// Set when the request may not be served at all (`on_violation = "reject"`, or no allowed
+    /// target is left): the gateway answers 403 `policy_violation` with this reason.
+    pub violation: Option<String>,
 }
 
 /// The rule name used when the client named a model and no rule matched it.
 pub const EXPLICIT_RULE: &str = "explicit";
 
-/// Decides where a request goes. `auto` requests go through the rules without
-/// `when.requested_model`; explicit models are served as asked unless a rule with a matching
-/// `when.requested_model` takes them.
-pub fn decide(policy: &Policy, input: &RouteInput<'_>) -> Decision {
-    let complexity = score_complexity(input.text, input.turns, input.prompt_tokens, input.has_tools);
-    let hard = complexity.score >= policy.classifier.complexity_threshold;
-    let mut tags: Vec<String> = input.tags.clone();
-    if !input.pii.is_empty() {
-        tags.push("pii".to_owned());
+/// A policy, the targets it may use and a complexity scorer: everything needed to decide.
+#[derive(Debug)]
+pub struct Router {
+    policy: Policy,
+    topology: Topology,
+    scorer: Box<dyn ComplexityScorer>,
+}
+
+impl Router {
+    /// A router with the baseline complexity scorer.
+    pub fn new(policy: Policy, topology: Topology) -> Self {
+        Self { policy, topology, scorer: Box::new(BaselineScorer) }
     }
-    tags.sort();
-    tags.dedup();
-    let privacy = PrivacySummary { tags, pii: input.pii.clone() };
-    let is_auto = input.requested_model == "auto";
-    let matched = policy.rules.iter().find(|r| rule_matches(r, input, is_auto, hard, &privacy.tags));
-    let expand = |t: &str| if t == LOCAL_ALIAS { input.local_target.to_owned() } else { t.to_owned() };
-    let mut reasons = Vec::new();
-    reasons.push(format!(
-        "complexity {:.2} {} threshold {:.2}",
-        complexity.score,
-        if hard { ">=" } else { "<" },
-        policy.classifier.complexity_threshold
-    ));
-    reasons.extend(complexity.reasons);
-    let (rule, target, fallbacks, redact, on_violation) = if let Some(rule) = matched {
-        reasons.push(format!("matched rule {:?}", rule.name));
-        (
-            rule.name.clone(),
-            expand(rule.route.get_ref()),
-            rule.fallback.iter().map(|f| expand(f.get_ref())).collect(),
-            rule.redact,
-            rule.on_violation.unwrap_or(policy.on_violation),
-        )
+
+    /// Replaces the complexity scorer.
+    #[must_use]
+    pub fn with_scorer(mut self, scorer: Box<dyn ComplexityScorer>) -> Self {
+        self.scorer = scorer;
+        self
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The targets.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Decides where a request goes. `auto` requests go through the rules without
+    /// `when.requested_model`; explicit models are served as asked unless a rule with a matching
+    /// `when.requested_model` takes them. Whatever the rules say, the privacy and residency guard
+    /// has the last word (INTERFACE.md §4).
+    pub fn decide(&self, input: &RouteInput<'_>) -> Decision {
+        let policy = &self.policy;
+        let features = features(input.text, input.turns, input.has_tools);
+        let complexity = self.scorer.score(input.text, &features, input.prompt_tokens);
+        let hard = complexity.score >= policy.classifier.complexity_threshold;
+        let mut tags: Vec<String> = input.tags.clone();
+        if !input.pii.is_empty() {
+            tags.push("pii".to_owned());
+        }
+        tags.sort();
+        tags.dedup();
+        let privacy = PrivacySummary { tags, pii: input.pii.clone() };
+        let is_auto = input.requested_model == "auto";
+        let matched = policy.rules.iter().find(|r| rule_matches(r, input, is_auto, hard, &privacy.tags));
+        let mut reasons = Vec::new();
+        reasons.push(format!(
+            "complexity {:.2} {} threshold {:.2}",
+            complexity.score,
+            if hard { ">=" } else { "<" },
+            policy.classifier.complexity_threshold
+        ));
+        reasons.extend(complexity.reasons);
+        if !privacy.tags.is_empty() {
+            reasons.push(format!("privacy tags: {}", privacy.tags.join(", ")));
+        }
+        if !privacy.pii.is_empty() {
+            let kinds: Vec<String> = privacy.pii.iter().map(|(k, n)| format!("{k}×{n}")).collect();
+            reasons.push(format!("PII found: {}", kinds.join(", ")));
+        }
+        let (rule, target, fallbacks, redact, on_violation) = if let Some(rule) = matched {
+            reasons.push(format!("matched rule {:?}{}", rule.name, describe_when(rule)));
+            // Aliases expand in place (`frontier` to several models); a target listed twice is tried once.
+            let mut chain: Vec<String> = Vec::new();
+            for t in rule.targets().flat_map(|(_, t)| self.topology.expand(t.get_ref())) {
+                if !chain.contains(&t) {
+                    chain.push(t);
+                }
+            }
+            let target = if chain.is_empty() { rule.route.get_ref().clone() } else { chain.remove(0) };
+            (rule.name.clone(), target, chain, rule.redact, rule.on_violation.unwrap_or(policy.on_violation))
+        } else {
+            let target = input.resolved_model.unwrap_or(input.requested_model).to_owned();
+            reasons.push(format!("explicit model {target:?} served as asked"));
+            (EXPLICIT_RULE.to_owned(), target, Vec::new(), false, policy.on_violation)
+        };
+        // Redaction cannot cover content that was not scanned (images, files): fail closed.
+        let redacts = redact && !input.pii.contains_key(crate::PiiKind::Unscannable.as_str());
+        let privacy_tagged = !privacy.tags.is_empty();
+        let check = |t: &str| violation(&self.topology, t, input.residency, privacy_tagged, redacts);
+        let mut allowed_fallbacks = Vec::new();
+        for fallback in fallbacks {
+            match check(&fallback) {
+                None => allowed_fallbacks.push(fallback),
+                Some(why) => reasons.push(format!("fallback dropped: {why}")),
+            }
+        }
+        let mut decision = Decision {
+            tier: Tier::Local,
+            target,
+            rule,
+            complexity: complexity.score,
+            hard,
+            features,
+            privacy,
+            redact,
+            fallbacks: allowed_fallbacks,
+            reasons,
+            rerouted: false,
+            violation: None,
+        };
+        if let Some(why) = check(&decision.target) {
+            match on_violation {
+                OnViolation::Reject => {
+                    decision.reasons.push(format!("rejected: {why}"));
+                    decision.violation = Some(why);
+                }
+                OnViolation::Reroute => {
+                    let local = self.topology.local_target().filter(|l| check(l).is_none()).map(str::to_owned);
+                    let next = if decision.fallbacks.is_empty() { local } else { Some(decision.fallbacks.remove(0)) };
+                    match next {
+                        Some(next) => {
+                            decision.reasons.push(format!("rerouted to {next:?}: {why}"));
+                            decision.target = next;
+                            decision.rerouted = true;
+                        }
+                        None => {
+                            decision.reasons.push(format!("rejected, no allowed target left: {why}"));
+                            decision.violation = Some(why);
+                        }
+                    }
+                }
+            }
+        }
+        decision.tier = self.topology.get(&decision.target).map_or(Tier::Remote, |i| i.tier);
+        decision
+    }
+}
+
+/// ` (when …)` for a rule with conditions, naming the conditions that held.
+fn describe_when(rule: &Rule) -> String {
+    let w = &rule.when;
+    let mut parts = Vec::new();
+    if !w.privacy.is_empty() {
+        parts.push(format!("privacy any of [{}]", w.privacy.join(", ")));
+    }
+    if let Some(c) = w.complexity {
+        parts.push(format!("complexity {}", if c == Hardness::Hard { "hard" } else { "easy" }));
+    }
+    if !w.tenant.is_empty() {
+        parts.push(format!("tenant in [{}]", w.tenant.join(", ")));
+    }
+    if let Some(m) = &w.requested_model {
+        parts.push(format!("requested model matches {m:?}"));
+    }
+    if let Some(n) = w.min_prompt_tokens {
+        parts.push(format!("prompt >= {n} tokens"));
+    }
+    if parts.is_empty() {
+        String::new()
     } else {
-        let target = input.resolved_model.unwrap_or(input.requested_model).to_owned();
-        reasons.push(format!("explicit model {target:?} served as asked"));
-        (EXPLICIT_RULE.to_owned(), target, Vec::new(), false, policy.on_violation)
-    };
-    let tier = if target == input.local_target { Tier::Local } else { Tier::Remote };
-    Decision {
-        tier,
-        target,
-        rule,
-        complexity: complexity.score,
-        hard,
-        privacy,
-        redact,
-        fallbacks,
-        reasons,
-        on_violation,
+        format!(" (when {})", parts.join(", "))
     }
 }
 
@@ -192,19 +306,23 @@ route = "local"
 "#;
 
     fn input<'a>(model: &'a str, text: &'a str) -> RouteInput<'a> {
-        RouteInput {
-            requested_model: model,
-            tenant: "default",
-            text,
-            turns: 1,
-            prompt_tokens: 10,
-            local_target: "local/local-small",
-            ..RouteInput::default()
-        }
+        RouteInput { requested_model: model, tenant: "default", text, turns: 1, prompt_tokens: 10, ..RouteInput::default() }
     }
 
-    fn policy() -> Policy {
-        Policy::parse(POLICY).unwrap()
+    fn topology() -> Topology {
+        Topology::new()
+            .with_local("local/local-small", "eu-west")
+            .with_remote("openai/gpt-4o", Some("us-east"), false)
+            .with_remote("openai/gpt-4o-mini", Some("us-east"), false)
+            .with_remote("anthropic/claude-sonnet", Some("eu-central"), true)
+    }
+
+    fn policy() -> Router {
+        Router::new(Policy::parse(POLICY).unwrap(), topology())
+    }
+
+    fn decide(router: &Router, input: &RouteInput<'_>) -> Decision {
+        router.decide(input)
     }
 
     const HARD_TEXT: &str = "Prove step by step that the algorithm's complexity is optimal; derive x^2 = y = z.";
@@ -274,5 +392,105 @@ route = "local"
         assert_eq!(decide(&policy(), &i).rule, "default");
         i.prompt_tokens = 1000;
         assert_eq!(decide(&policy(), &i).rule, "acme-long");
+    }
+
+    const ESCALATE_ALL: &str = r#"
+on_violation = "reroute"
+[[rule]]
+name = "reject-gpt4"
+when.requested_model = "gpt-4o"
+route = "openai/gpt-4o"
+on_violation = "reject"
+
+[[rule]]
+name = "redacting-escalation"
+when.complexity = "hard"
+route = "openai/gpt-4o"
+fallback = ["anthropic/claude-sonnet", "local"]
+redact = true
+
+[[rule]]
+name = "default"
+route = "openai/gpt-4o-mini"
+fallback = ["local"]
+"#;
+
+    fn escalate_all() -> Router {
+        Router::new(Policy::parse(ESCALATE_ALL).unwrap(), topology())
+    }
+
+    #[test]
+    fn redacting_rule_may_send_pii_to_an_untrusted_provider() {
+        let mut i = input("auto", HARD_TEXT);
+        i.pii.insert("email".into(), 1);
+        let d = escalate_all().decide(&i);
+        assert_eq!((d.target.as_str(), d.redact, d.rerouted), ("openai/gpt-4o", true, false), "{d:?}");
+    }
+
+    #[test]
+    fn non_redacting_rule_is_rerouted_away_from_an_untrusted_provider() {
+        let mut i = input("auto", "Hi");
+        i.tags = vec!["confidential".into()];
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.rule, "default");
+        assert_eq!(d.target, "local/local-small");
+        assert!(d.rerouted && d.violation.is_none(), "{d:?}");
+        assert_eq!(d.tier, Tier::Local);
+    }
+
+    #[test]
+    fn unscannable_content_cannot_be_redacted_so_it_does_not_leave() {
+        let mut i = input("auto", HARD_TEXT);
+        i.pii.insert("unscannable".into(), 1);
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.target, "anthropic/claude-sonnet", "trusted fallback first: {d:?}");
+        assert!(d.rerouted);
+    }
+
+    #[test]
+    fn residency_drops_targets_outside_it_even_with_redaction() {
+        let eu = vec!["eu".to_owned()];
+        let mut i = input("auto", HARD_TEXT);
+        i.residency = &eu;
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.target, "anthropic/claude-sonnet", "{d:?}");
+        assert_eq!(d.fallbacks, vec!["local/local-small".to_owned()]);
+        let us = vec!["us".to_owned()];
+        i.residency = &us;
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.target, "openai/gpt-4o");
+        assert!(d.fallbacks.is_empty(), "eu-central and eu-west are outside us: {d:?}");
+    }
+
+    #[test]
+    fn reject_rule_answers_with_a_violation() {
+        let mut i = input("gpt-4o", "Hi");
+        i.resolved_model = Some("openai/gpt-4o");
+        i.pii.insert("phone".into(), 1);
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.rule, "reject-gpt4");
+        assert!(d.violation.as_deref().is_some_and(|v| v.contains("not trusted")), "{d:?}");
+    }
+
+    #[test]
+    fn explicit_model_with_pii_is_rerouted_by_the_policy_default() {
+        let mut i = input("gpt-4o-mini", "Hi");
+        i.resolved_model = Some("openai/gpt-4o-mini");
+        i.pii.insert("email".into(), 1);
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.rule, EXPLICIT_RULE);
+        assert_eq!(d.target, "local/local-small");
+        assert!(d.rerouted);
+    }
+
+    #[test]
+    fn reasons_name_the_rule_conditions_and_signals() {
+        let mut i = input("auto", HARD_TEXT);
+        i.pii.insert("email".into(), 1);
+        let d = escalate_all().decide(&i);
+        let all = d.reasons.join("\n");
+        assert!(all.contains("matched rule \"redacting-escalation\" (when complexity hard)"), "{all}");
+        assert!(all.contains("PII found: email×1"), "{all}");
+        assert!(all.contains("reasoning markers"), "{all}");
     }
 }

@@ -1,15 +1,23 @@
 //! Classification and policy evaluation for Switchyard.
 //!
-//! Pure and synchronous: plain data in ([`RouteInput`], [`Policy`]), a data-only [`Decision`] out.
+//! Pure and synchronous: plain data in ([`RouteInput`], [`Policy`], [`Topology`]), a data-only [`Decision`] out.
 //! This crate never does I/O: the gateway reads files and hands their text to [`Policy::parse`].
 #![forbid(unsafe_code)]
 
 mod complexity;
 mod decide;
+mod guard;
+mod pii;
 mod policy;
+mod redact;
+mod signals;
 
-pub use complexity::{score_complexity, ComplexityScore};
-pub use decide::{decide, Decision, PrivacySummary, RouteInput, Tier};
+pub use complexity::{score_complexity, BaselineScorer, ComplexityScore, ComplexityScorer};
+pub use decide::{Decision, PrivacySummary, RouteInput, Router, Tier, EXPLICIT_RULE};
+pub use guard::{region_allowed, violation, TargetInfo, TenantProfile, Topology};
+pub use pii::{pii_counts, scan as scan_pii, scanner as pii_scanner, PiiKind, PiiScanner, PiiSpan};
+pub use redact::{Redaction, Restorer};
+pub use signals::{features, Features};
 pub use policy::{
-    Hardness, OnViolation, Policy, PolicyError, PolicyProblem, Rule, Strategy, When, LOCAL_ALIAS,
+    Hardness, OnViolation, Policy, PolicyError, PolicyProblem, Rule, Strategy, When, FRONTIER_ALIAS, LOCAL_ALIAS,
 };

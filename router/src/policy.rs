@@ -4,6 +4,10 @@ use toml::Spanned;
 /// The short target name a policy may use for the embedded engine.
 pub const LOCAL_ALIAS: &str = "local";
 
+/// The policy target meaning "the configured frontier models, in configuration order" (the
+/// local engine when none is configured).
+pub const FRONTIER_ALIAS: &str = "frontier";
+
 /// What to do when a request may not go where it was sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -106,6 +110,13 @@ pub struct Rule {
     pub strategy: Option<Strategy>,
 }
 
+impl Rule {
+    /// The route then each fallback, with the field each comes from.
+    pub fn targets(&self) -> impl Iterator<Item = (&'static str, &Spanned<String>)> {
+        std::iter::once(("route", &self.route)).chain(self.fallback.iter().map(|f| ("fallback", f)))
+    }
+}
+
 /// A routing policy (`policies/*.toml`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,10 +192,8 @@ impl Policy {
             });
         }
         for rule in &self.rules {
-            for (field, target) in std::iter::once(("route", &rule.route))
-                .chain(rule.fallback.iter().map(|f| ("fallback", f)))
-            {
-                if target.get_ref() != LOCAL_ALIAS && !is_target(target.get_ref()) {
+            for (field, target) in rule.targets() {
+                if target.get_ref() != LOCAL_ALIAS && target.get_ref() != FRONTIER_ALIAS && !is_target(target.get_ref()) {
                     problems.push(PolicyProblem {
                         line: Some(line_col(text, target.span().start).0),
                         message: format!(

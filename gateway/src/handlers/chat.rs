@@ -13,7 +13,7 @@ use axum::{Extension, Json};
 use futures::stream::{self, StreamExt};
 use providers::wire::ChatRequest;
 use providers::{ChunkStream, Provider, ProviderError};
-use router::Decision;
+use router::{Decision, Redaction, TenantProfile};
 use tracing::{warn, Instrument};
 
 use crate::chat_request::parse_chat_request;
@@ -21,20 +21,25 @@ use crate::dispatch::{cost_usd, plan, provider_for, worth_falling_back};
 use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
+use crate::privacy::{self, StreamRestorer};
 use crate::state::AppState;
 
 /// Answers a chat completion, streamed or not, from the target the router picks.
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestCtx>,
+    Extension(tenant): Extension<Arc<TenantProfile>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(body, state.config.server.max_body_bytes).await?;
     let req = parse_chat_request(&bytes)?;
-    let decision = plan(&state, &req, &headers)?;
+    let decision = plan(&state, &req, &headers, &tenant)?;
     ctx.span.record("rule", decision.rule.as_str());
     ctx.span.record("tier", decision.tier.as_str());
+    if let Some(reason) = &decision.violation {
+        return Err(ApiError::PolicyViolation { reason: format!("rule {:?}: {reason}", decision.rule) });
+    }
     if req.is_stream() {
         stream_answer(&state, req, &decision, &ctx).await
     } else {
@@ -47,14 +52,22 @@ fn candidates(decision: &Decision) -> impl Iterator<Item = &str> {
     std::iter::once(decision.target.as_str()).chain(decision.fallbacks.iter().map(String::as_str))
 }
 
+/// True when the request must be redacted before it goes to `target`: the rule redacts, PII
+/// was found, and the target is not the local engine (redaction is for what leaves the host).
+fn needs_redaction(state: &AppState, decision: &Decision, target: &str) -> bool {
+    decision.redact && !decision.privacy.pii.is_empty() && Some(target) != state.catalog.local_target().as_deref()
+}
+
 /// Tries the decision's target, then its fallbacks, until one answers. Only failures that another
-/// target could fix move on (see `worth_falling_back`); the last such failure is returned.
+/// target could fix move on (see `worth_falling_back`); the last such failure is returned. Each
+/// attempt to a remote target under a redacting rule gets a redacted copy of the request; the
+/// redaction comes back with the answer so that it can be restored.
 async fn first_success<'d, T, F, Fut>(
     state: &AppState,
     req: &ChatRequest,
     decision: &'d Decision,
     call: F,
-) -> Result<(&'d str, T), ApiError>
+) -> Result<(&'d str, T, Option<Redaction>), ApiError>
 where
     F: Fn(Arc<dyn Provider>, ChatRequest, &'d str) -> Fut,
     Fut: Future<Output = Result<T, ProviderError>>,
@@ -65,10 +78,11 @@ where
             let (provider, model) = provider_for(state, target)?;
             let mut upstream = req.clone();
             upstream.model = model;
-            call(provider, upstream, target).await
+            let redaction = needs_redaction(state, decision, target).then(|| privacy::redact(&mut upstream));
+            call(provider, upstream, target).await.map(|value| (value, redaction))
         };
         match attempt.instrument(tracing::info_span!("provider.call", target)).await {
-            Ok(value) => return Ok((target, value)),
+            Ok((value, redaction)) => return Ok((target, value, redaction)),
             Err(err) if worth_falling_back(&err) => {
                 warn!(target, error = %err, "target failed before answering; trying the next fallback");
                 last_error = Some(err);
@@ -85,9 +99,12 @@ async fn complete_answer(
     decision: &Decision,
     ctx: &RequestCtx,
 ) -> Result<Response, ApiError> {
-    let (target, response) =
+    let (target, mut response, redaction) =
         first_success(state, &req, decision, |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
     ctx.span.record("target", target);
+    if let Some(redaction) = &redaction {
+        privacy::restore_response(&mut response, redaction);
+    }
     let cost = response.usage.as_ref().map_or(0.0, |u| cost_usd(state, target, u));
     let mut http = Json(response).into_response();
     set_route_headers(http.headers_mut(), decision, target);
@@ -102,7 +119,7 @@ async fn stream_answer(
     ctx: &RequestCtx,
 ) -> Result<Response, ApiError> {
     let include_usage = req.wants_stream_usage();
-    let (target, chunks) = first_success(state, &req, decision, |provider, upstream, target| async move {
+    let (target, chunks, redaction) = first_success(state, &req, decision, |provider, upstream, target| async move {
         let mut chunks = provider.stream(upstream).await?;
         // Peek: a failure before the first chunk still gets a real status (and a fallback).
         match chunks.next().await {
@@ -117,6 +134,20 @@ async fn stream_answer(
     })
     .await?;
     ctx.span.record("target", target);
+    let chunks = match redaction {
+        Some(redaction) => {
+            let mut restorer = StreamRestorer::new(redaction);
+            chunks
+                .map(move |chunk| {
+                    chunk.map(|mut chunk| {
+                        restorer.restore(&mut chunk);
+                        chunk
+                    })
+                })
+                .boxed()
+        }
+        None => chunks,
+    };
     let mut http = Sse::new(sse_events(chunks, include_usage)).into_response();
     set_route_headers(http.headers_mut(), decision, target);
     Ok(http)
@@ -161,4 +192,7 @@ fn set_route_headers(headers: &mut HeaderMap, decision: &Decision, target: &str)
     insert(headers, "x-switchyard-tier", tier);
     insert(headers, "x-switchyard-complexity", &format!("{:.4}", decision.complexity));
     insert(headers, "x-switchyard-cache", "miss");
+    if decision.rerouted {
+        insert(headers, "x-switchyard-rerouted", "1");
+    }
 }

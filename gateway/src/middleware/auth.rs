@@ -1,0 +1,32 @@
+//! Virtual-key authentication for `/v1/*`: resolves the tenant and records it on the span.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::middleware::request_ctx::RequestCtx;
+use crate::state::AppState;
+
+/// Inserts the caller's tenant (`Arc<router::TenantProfile>`) or answers 401 `invalid_api_key`.
+pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let bearer = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match state.tenants.authenticate(bearer) {
+        Ok(tenant) => {
+            if let Some(ctx) = req.extensions().get::<RequestCtx>() {
+                ctx.span.record("tenant", tenant.name.as_str());
+            }
+            req.extensions_mut().insert(tenant);
+            next.run(req).await
+        }
+        Err(failure) => ApiError::InvalidApiKey { failure }.into_response(),
+    }
+}

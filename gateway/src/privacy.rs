@@ -1,0 +1,217 @@
+//! The request's text as the router sees it, PII found in it, and redact-and-restore around a
+//! remote call. Every string a provider would see is scanned: message text, text parts and tool
+//! call arguments; any other content part (image, audio, file) cannot be scanned and counts as
+//! `unscannable` PII (fail closed).
+
+use std::collections::{BTreeMap, HashMap};
+
+use providers::wire::{ChatChunk, ChatMessage, ChatRequest, ChatResponse, MessageContent};
+use router::{PiiKind, Redaction, Restorer};
+use serde_json::Value;
+
+/// What the router needs from a request's text.
+#[derive(Debug, Default)]
+pub struct Inspection {
+    /// All text, one piece per line, for classification.
+    pub text: String,
+    /// PII kinds and counts.
+    pub pii: BTreeMap<String, u32>,
+}
+
+/// Scans every string of `req` that would leave the gateway.
+pub fn inspect(req: &ChatRequest) -> Inspection {
+    let scanner = router::pii_scanner();
+    let mut out = Inspection::default();
+    for message in &req.messages {
+        visit_message(message, &mut |piece| match piece {
+            Piece::Text(text) => {
+                for span in scanner.scan(text) {
+                    *out.pii.entry(span.kind.as_str().to_owned()).or_insert(0) += 1;
+                }
+                out.text.push_str(text);
+                out.text.push('\n');
+            }
+            Piece::Opaque => *out.pii.entry(PiiKind::Unscannable.as_str().to_owned()).or_insert(0) += 1,
+        });
+    }
+    out
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    Opaque,
+}
+
+fn visit_message(message: &ChatMessage, visit: &mut impl FnMut(Piece<'_>)) {
+    match &message.content {
+        Some(MessageContent::Text(text)) => visit(Piece::Text(text)),
+        Some(MessageContent::Parts(parts)) => {
+            for part in parts {
+                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(text)) => visit(Piece::Text(text)),
+                    _ => visit(Piece::Opaque),
+                }
+            }
+        }
+        None => {}
+    }
+    for arguments in tool_call_arguments(&message.extra) {
+        visit(Piece::Text(arguments));
+    }
+}
+
+fn tool_call_arguments(extra: &serde_json::Map<String, Value>) -> impl Iterator<Item = &str> {
+    extra
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|call| call.pointer("/function/arguments").and_then(Value::as_str))
+}
+
+/// Replaces the PII in every scannable string of `req` with placeholders.
+pub fn redact(req: &mut ChatRequest) -> Redaction {
+    let scanner = router::pii_scanner();
+    let mut redaction = Redaction::new();
+    let mut redact_in = |text: &mut String| {
+        let spans = scanner.scan(text);
+        if !spans.is_empty() {
+            *text = redaction.redact(text, &spans);
+        }
+    };
+    for message in &mut req.messages {
+        match &mut message.content {
+            Some(MessageContent::Text(text)) => redact_in(text),
+            Some(MessageContent::Parts(parts)) => {
+                for part in parts {
+                    if let Some(Value::String(text)) = part.get_mut("text") {
+                        redact_in(text);
+                    }
+                }
+            }
+            None => {}
+        }
+        if let Some(Value::Array(calls)) = message.extra.get_mut("tool_calls") {
+            for call in calls {
+                if let Some(Value::String(arguments)) = call.pointer_mut("/function/arguments") {
+                    redact_in(arguments);
+                }
+            }
+        }
+    }
+    redaction
+}
+
+/// Puts the original values back into an answer.
+pub fn restore_response(response: &mut ChatResponse, redaction: &Redaction) {
+    if redaction.is_empty() {
+        return;
+    }
+    for choice in &mut response.choices {
+        if let Some(content) = &mut choice.message.content {
+            *content = redaction.restore(content);
+        }
+        if let Some(Value::Array(calls)) = choice.message.extra.get_mut("tool_calls") {
+            for call in calls {
+                if let Some(Value::String(arguments)) = call.pointer_mut("/function/arguments") {
+                    *arguments = redaction.restore(arguments);
+                }
+            }
+        }
+    }
+}
+
+/// Restores placeholders in a stream, one [`Restorer`] per choice; text that may be a split
+/// placeholder waits for the next chunk and is flushed with the choice's `finish_reason`.
+#[derive(Debug)]
+pub struct StreamRestorer {
+    redaction: Redaction,
+    choices: HashMap<u32, Restorer>,
+}
+
+impl StreamRestorer {
+    /// A restorer for `redaction`'s placeholders.
+    pub fn new(redaction: Redaction) -> Self {
+        Self { redaction, choices: HashMap::new() }
+    }
+
+    /// Restores `chunk` in place.
+    pub fn restore(&mut self, chunk: &mut ChatChunk) {
+        for choice in &mut chunk.choices {
+            let restorer = self.choices.entry(choice.index).or_default();
+            let mut text = choice.delta.content.as_deref().map(|c| restorer.push(&self.redaction, c));
+            if choice.finish_reason.is_some() {
+                let rest = restorer.finish();
+                if !rest.is_empty() {
+                    text.get_or_insert_with(String::new).push_str(&rest);
+                }
+            }
+            if choice.delta.content.is_some() || text.as_deref().is_some_and(|t| !t.is_empty()) {
+                choice.delta.content = text;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> ChatRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn inspects_text_parts_and_tool_arguments_and_fails_closed_on_images() {
+        let req = request(serde_json::json!({
+            "model": "auto",
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "mail a@b.io"}, {"type": "image_url", "image_url": {"url": "data:,"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{\"ssn\":\"123-45-6789\"}"}}]},
+            ]
+        }));
+        let seen = inspect(&req);
+        assert_eq!(seen.pii.get("email"), Some(&1));
+        assert_eq!(seen.pii.get("us_ssn"), Some(&1));
+        assert_eq!(seen.pii.get("unscannable"), Some(&1));
+    }
+
+    #[test]
+    fn redacts_every_string_and_restores_the_answer() {
+        let mut req = request(serde_json::json!({
+            "model": "auto",
+            "messages": [
+                {"role": "system", "content": "Customer: a@b.io"},
+                {"role": "user", "content": [{"type": "text", "text": "Write to a@b.io and call +44 20 7946 0958"}]},
+            ]
+        }));
+        let redaction = redact(&mut req);
+        let sent = serde_json::to_string(&req).unwrap();
+        assert!(!sent.contains("a@b.io") && !sent.contains("7946"), "{sent}");
+        assert!(sent.contains("<EMAIL_1>") && sent.contains("<PHONE_1>"), "{sent}");
+        let mut response: ChatResponse = serde_json::from_value(serde_json::json!({
+            "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Sent to <EMAIL_1>."}, "finish_reason": "stop"}]
+        }))
+        .unwrap();
+        restore_response(&mut response, &redaction);
+        assert_eq!(response.choices[0].message.content.as_deref(), Some("Sent to a@b.io."));
+    }
+
+    #[test]
+    fn stream_restorer_joins_placeholders_split_across_chunks() {
+        let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": "a@b.io"}]}));
+        let mut restorer = StreamRestorer::new(redact(&mut req));
+        let mut out = String::new();
+        for (piece, finish) in [("Hi <EM", None), ("AIL", None), ("_1> and <", None), ("EMA", Some("stop"))] {
+            let mut chunk: ChatChunk = serde_json::from_value(serde_json::json!({
+                "id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": finish}]
+            }))
+            .unwrap();
+            restorer.restore(&mut chunk);
+            out.push_str(chunk.choices[0].delta.content.as_deref().unwrap_or(""));
+        }
+        assert_eq!(out, "Hi a@b.io and <EMA");
+    }
+}

@@ -1,0 +1,180 @@
+//! `[[tenants]]` and virtual keys: the configuration holds only SHA-256 hashes of keys; a
+//! request's key is hashed, looked up, and the stored hash compared in constant time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use router::TenantProfile;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The tenant of requests when no tenant has keys (open mode).
+pub const DEFAULT_TENANT: &str = "default";
+
+/// One `[[tenants]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Shown in metrics, the audit log and the dashboard.
+    pub name: String,
+    /// `sha256:<64 hex digits>` of each virtual key (`switchyard keys new` prints them).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Allowed regions (`eu` allows `eu-west`); empty: anywhere.
+    #[serde(default)]
+    pub residency: Vec<String>,
+    /// Privacy tags added to every request of this tenant.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+const HASH_PREFIX: &str = "sha256:";
+
+/// `sha256:<hex>` of `key`.
+pub fn key_hash_entry(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(HASH_PREFIX.len() + 64);
+    out.push_str(HASH_PREFIX);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+fn parse_hash(entry: &str) -> Option<[u8; 32]> {
+    let hex = entry.strip_prefix(HASH_PREFIX)?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0_u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl TenantConfig {
+    /// What is wrong with this entry (never echoing a key).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.name.trim().is_empty() {
+            problems.push("tenant name must not be empty".to_owned());
+        }
+        for (i, key) in self.keys.iter().enumerate() {
+            if parse_hash(key).is_none() {
+                problems.push(format!(
+                    "tenant {:?}: keys[{i}] is not a \"sha256:<64 hex digits>\" hash (put hashes, never keys, in the configuration; `switchyard keys new` prints one)",
+                    self.name
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The router's view of this tenant.
+    pub fn profile(&self) -> TenantProfile {
+        let mut tags: Vec<String> = self.tags.iter().map(|t| t.trim().to_ascii_lowercase()).collect();
+        tags.sort();
+        tags.dedup();
+        TenantProfile { name: self.name.clone(), residency: self.residency.clone(), tags }
+    }
+}
+
+/// Why a request could not be authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// A key that matches no tenant.
+    Unknown,
+}
+
+/// Virtual keys → tenants.
+#[derive(Debug)]
+pub struct Tenants {
+    by_hash: HashMap<[u8; 32], Arc<TenantProfile>>,
+    open: Arc<TenantProfile>,
+}
+
+impl Tenants {
+    /// Builds the key table. Entries were checked by [`TenantConfig::problems`].
+    pub fn new(configs: &[TenantConfig]) -> Self {
+        let mut by_hash = HashMap::new();
+        for config in configs {
+            let profile = Arc::new(config.profile());
+            for hash in config.keys.iter().filter_map(|k| parse_hash(k)) {
+                by_hash.insert(hash, Arc::clone(&profile));
+            }
+        }
+        // In open mode, a tenant named `default` lends its residency and tags to every request.
+        let open = configs
+            .iter()
+            .find(|c| c.name == DEFAULT_TENANT)
+            .map_or_else(|| TenantProfile { name: DEFAULT_TENANT.to_owned(), ..TenantProfile::default() }, TenantConfig::profile);
+        Self { by_hash, open: Arc::new(open) }
+    }
+
+    /// True when no key is needed.
+    pub fn is_open(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// The tenant for a request's bearer token.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Arc<TenantProfile>, AuthFailure> {
+        if self.is_open() {
+            return Ok(Arc::clone(&self.open));
+        }
+        let key = bearer.ok_or(AuthFailure::Missing)?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        match self.by_hash.get_key_value(&digest) {
+            // The map found the entry by hash; the comparison itself runs in constant time.
+            Some((stored, tenant)) if bool::from(stored.ct_eq(&digest)) => Ok(Arc::clone(tenant)),
+            _ => Err(AuthFailure::Unknown),
+        }
+    }
+}
+
+/// A fresh virtual key: `sy-` and 256 random bits in hex.
+pub fn new_key() -> String {
+    format!("sy-{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(name: &str, keys: Vec<String>) -> TenantConfig {
+        TenantConfig { name: name.into(), keys, residency: vec!["eu".into()], tags: vec!["Confidential".into()] }
+    }
+
+    #[test]
+    fn open_mode_without_keys() {
+        let t = Tenants::new(&[]);
+        assert!(t.is_open());
+        assert_eq!(t.authenticate(None).unwrap().name, DEFAULT_TENANT);
+    }
+
+    #[test]
+    fn key_resolves_to_its_tenant_and_bad_keys_fail() {
+        let key = new_key();
+        let t = Tenants::new(&[tenant("acme", vec![key_hash_entry(&key)])]);
+        let acme = t.authenticate(Some(&key)).unwrap();
+        assert_eq!(acme.name, "acme");
+        assert_eq!(acme.tags, vec!["confidential".to_owned()]);
+        assert_eq!(t.authenticate(Some("sy-wrong")).unwrap_err(), AuthFailure::Unknown);
+        assert_eq!(t.authenticate(None).unwrap_err(), AuthFailure::Missing);
+    }
+
+    #[test]
+    fn malformed_hash_is_a_problem_that_does_not_echo_it() {
+        let problems = tenant("acme", vec!["sy-plaintextkey".into()]).problems();
+        assert_eq!(problems.len(), 1);
+        assert!(!problems[0].contains("plaintextkey"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn hash_entry_is_sha256_hex() {
+        assert_eq!(key_hash_entry("abc"), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

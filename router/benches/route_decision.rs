@@ -1,0 +1,95 @@
+//! Full classification and decision (PII scan, features, complexity, policy, guard) on a 2 KB
+//! prompt and on a ~200-token prompt. Criterion measures the means; a second pass times single
+//! calls and prints p50/p99/max, the figures the router's budget is stated in.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, Criterion};
+use router::{pii_counts, scan_pii, Policy, RouteInput, Router, Topology};
+
+const POLICY: &str = include_str!("../../policies/hybrid.toml");
+
+fn router() -> Router {
+    let topology = Topology::new()
+        .with_local("local/local-small", "eu-west")
+        .with_remote("openai/gpt-4o", Some("us-east"), false)
+        .with_remote("anthropic/claude-sonnet", Some("us-east"), false);
+    Router::new(Policy::parse(POLICY).expect("hybrid policy parses"), topology)
+}
+
+/// A support conversation with a few PII values, numbers that are not PII, and some code.
+fn prompt(bytes: usize) -> String {
+    let paragraphs = [
+        "Hello, I am writing about order #4839201 placed on 15.03.2024 for 1.234,56 EUR. ",
+        "Please send the invoice INV-000123 to jane.doe@example.com or call me on +44 20 7946 0958. ",
+        "Our build uses v2.13.4 of the SDK and Python 3.11.7; the ISBN 978-3-16-148410-0 is unrelated. ",
+        "Could you explain why this function is slow and how to optimize the algorithm?\n```rust\nfn sum(v: &[u64]) -> u64 { v.iter().sum() }\n```\n",
+        "Tracking code 1Z999AA10123456784, meeting at 10:30 in room 204, 25% discount applies. ",
+        "My IBAN is DE89 3704 0044 0532 0130 00 for the refund. ",
+    ];
+    let mut text = String::new();
+    let mut i = 0;
+    while text.len() < bytes {
+        text.push_str(paragraphs[i % paragraphs.len()]);
+        i += 1;
+    }
+    text.truncate(bytes);
+    while !text.is_char_boundary(text.len()) {
+        text.pop();
+    }
+    text
+}
+
+/// What the gateway does per request: scan, count, decide.
+fn classify_and_decide(router: &Router, text: &str) -> router::Decision {
+    let pii = pii_counts(&scan_pii(text));
+    let residency: Vec<String> = Vec::new();
+    let input = RouteInput {
+        requested_model: "auto",
+        resolved_model: None,
+        tenant: "default",
+        residency: &residency,
+        tags: Vec::new(),
+        pii,
+        text,
+        turns: 2,
+        prompt_tokens: u32::try_from(text.len() / 4).unwrap_or(u32::MAX),
+        has_tools: false,
+    };
+    router.decide(&input)
+}
+
+fn bench(c: &mut Criterion) {
+    let router = router();
+    for (name, text) in [("2KB", prompt(2048)), ("200tok", prompt(800))] {
+        c.bench_function(&format!("classify_and_decide/{name}"), |b| b.iter(|| classify_and_decide(&router, black_box(&text))));
+        c.bench_function(&format!("pii_scan/{name}"), |b| b.iter(|| scan_pii(black_box(&text))));
+    }
+}
+
+fn percentiles() {
+    let router = router();
+    println!("\n| prompt | calls | p50 µs | p99 µs | max µs |\n|---|---|---|---|---|");
+    for (name, text) in [("2 KB", prompt(2048)), ("200 tokens", prompt(800))] {
+        let mut times: Vec<f64> = (0..20_000)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(classify_and_decide(&router, black_box(&text)));
+                t.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let at = |q: f64| times[((times.len() as f64 - 1.0) * q) as usize];
+        println!("| {name} | {} | {:.2} | {:.2} | {:.2} |", times.len(), at(0.5), at(0.99), at(1.0));
+    }
+    println!();
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    percentiles();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,251 @@
+//! Residency and privacy: where each target runs, whether it may see privacy-tagged data, and
+//! the checks that keep a request inside its tenant's regions and away from untrusted providers.
+
+use std::collections::HashMap;
+
+use crate::decide::Tier;
+use crate::policy::{line_col, Policy, PolicyProblem, FRONTIER_ALIAS, LOCAL_ALIAS};
+
+/// What the router needs to know about one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetInfo {
+    /// Local engine or remote provider.
+    pub tier: Tier,
+    /// Where it runs; `None` when the configuration does not say (never inside a residency).
+    pub region: Option<String>,
+    /// May it see privacy-tagged data unredacted? The local engine always may.
+    pub trusted: bool,
+}
+
+/// Every configured target, by its full name (`local/<name>`, `provider/model`).
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    targets: HashMap<String, TargetInfo>,
+    local_target: Option<String>,
+    /// Frontier models in configuration order (what `frontier` expands to).
+    frontier: Vec<String>,
+}
+
+impl Topology {
+    /// An empty topology; add targets with [`Topology::with_local`] and [`Topology::with_remote`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the embedded engine, `local/<name>`, running in `region`.
+    #[must_use]
+    pub fn with_local(mut self, target: &str, region: &str) -> Self {
+        self.local_target = Some(target.to_owned());
+        self.targets.insert(
+            target.to_owned(),
+            TargetInfo { tier: Tier::Local, region: Some(region.to_owned()), trusted: true },
+        );
+        self
+    }
+
+    /// Adds a remote `provider/model`.
+    #[must_use]
+    pub fn with_remote(mut self, target: &str, region: Option<&str>, trusted: bool) -> Self {
+        self.targets
+            .insert(target.to_owned(), TargetInfo { tier: Tier::Remote, region: region.map(str::to_owned), trusted });
+        self
+    }
+
+    /// Adds a remote `provider/model` that is a frontier model (a proprietary API): a policy's
+    /// `frontier` target expands to these, in the order added.
+    #[must_use]
+    pub fn with_frontier(mut self, target: &str, region: Option<&str>, trusted: bool) -> Self {
+        self.frontier.push(target.to_owned());
+        self.with_remote(target, region, trusted)
+    }
+
+    /// The local engine's full target name.
+    pub fn local_target(&self) -> Option<&str> {
+        self.local_target.as_deref()
+    }
+
+    /// A target by full name; `local` is the engine.
+    pub fn get(&self, target: &str) -> Option<&TargetInfo> {
+        if target == LOCAL_ALIAS {
+            return self.local_target.as_ref().and_then(|t| self.targets.get(t));
+        }
+        self.targets.get(target)
+    }
+
+    /// The full names a policy target stands for: `local` is `local/<name>`; `frontier` is every
+    /// frontier model in order, or the local engine when there is none; others are themselves.
+    pub fn expand(&self, target: &str) -> Vec<String> {
+        match target {
+            LOCAL_ALIAS => self.local_target.iter().cloned().collect(),
+            FRONTIER_ALIAS if self.frontier.is_empty() => self.local_target.iter().cloned().collect(),
+            FRONTIER_ALIAS => self.frontier.clone(),
+            _ => vec![target.to_owned()],
+        }
+    }
+}
+
+/// A tenant as the router sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantProfile {
+    /// Configured name.
+    pub name: String,
+    /// Allowed regions; empty means anywhere.
+    pub residency: Vec<String>,
+    /// Privacy tags added to each of its requests.
+    pub tags: Vec<String>,
+}
+
+/// True when `region` is inside `residency`: equal to an entry, or an entry followed by `-`
+/// (`eu` allows `eu-west`). An empty residency allows every region; an unknown region is
+/// allowed only then.
+pub fn region_allowed(residency: &[String], region: Option<&str>) -> bool {
+    if residency.is_empty() {
+        return true;
+    }
+    let Some(region) = region else { return false };
+    residency
+        .iter()
+        .any(|allowed| region == allowed || region.strip_prefix(allowed.as_str()).is_some_and(|rest| rest.starts_with('-')))
+}
+
+/// Why a request may not go to a target, or `None` when it may.
+///
+/// `privacy_tagged`: the request carries a privacy tag; `redacted`: its PII will be replaced by
+/// placeholders before it leaves (which does not lift residency, and cannot cover content that
+/// was not scannable).
+pub fn violation(
+    topology: &Topology,
+    target: &str,
+    residency: &[String],
+    privacy_tagged: bool,
+    redacted: bool,
+) -> Option<String> {
+    let Some(info) = topology.get(target) else {
+        return Some(format!("target {target:?} is not configured"));
+    };
+    if !region_allowed(residency, info.region.as_deref()) {
+        return Some(format!(
+            "target {target:?} runs in region {} outside the tenant's residency [{}]",
+            info.region.as_deref().unwrap_or("(unknown)"),
+            residency.join(", ")
+        ));
+    }
+    if privacy_tagged && !info.trusted && !redacted {
+        return Some(format!("target {target:?} is not trusted with privacy-tagged data and the rule does not redact"));
+    }
+    None
+}
+
+impl Policy {
+    /// Static residency check: every route and fallback of every rule that can apply to a tenant
+    /// must run inside that tenant's residency. `text` is the policy file, for line numbers.
+    pub fn residency_problems(&self, text: &str, topology: &Topology, tenants: &[TenantProfile]) -> Vec<PolicyProblem> {
+        let mut problems = Vec::new();
+        for tenant in tenants.iter().filter(|t| !t.residency.is_empty()) {
+            for rule in self.rules.iter().filter(|r| r.when.tenant.is_empty() || r.when.tenant.contains(&tenant.name)) {
+                for (field, target) in rule.targets() {
+                    for full in topology.expand(target.get_ref()) {
+                    let Some(info) = topology.get(&full) else { continue };
+                    if !region_allowed(&tenant.residency, info.region.as_deref()) {
+                        problems.push(PolicyProblem {
+                            line: Some(line_col(text, target.span().start).0),
+                            message: format!(
+                                "rule {:?}.{field}: target {:?} runs in region {} outside tenant {:?}'s residency [{}]",
+                                rule.name,
+                                full,
+                                info.region.as_deref().unwrap_or("(unknown)"),
+                                tenant.name,
+                                tenant.residency.join(", ")
+                            ),
+                        });
+                    }
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// Rules that rely on the per-request privacy guard: they route to an untrusted provider
+    /// without `redact`, so privacy-tagged requests they match are rerouted or rejected.
+    pub fn guard_warnings(&self, topology: &Topology) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for rule in &self.rules {
+            for (field, full) in rule.targets().flat_map(|(f, t)| topology.expand(t.get_ref()).into_iter().map(move |e| (f, e))) {
+                let untrusted = topology.get(&full).is_some_and(|i| !i.trusted);
+                if untrusted && !rule.redact {
+                    warnings.push(format!(
+                        "rule {:?}.{field}: target {:?} is not trusted and the rule does not redact; privacy-tagged requests it matches are {} by the privacy guard",
+                        rule.name,
+                        full,
+                        match rule.on_violation.unwrap_or(self.on_violation) {
+                            crate::OnViolation::Reroute => "rerouted",
+                            crate::OnViolation::Reject => "rejected",
+                        }
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology() -> Topology {
+        Topology::new()
+            .with_local("local/small", "eu-west")
+            .with_remote("openai/gpt-4o", Some("us-east"), false)
+            .with_remote("azure/gpt-4o", Some("eu-west"), true)
+            .with_remote("mystery/m", None, true)
+    }
+
+    #[test]
+    fn residency_prefix_rule() {
+        let eu = vec!["eu".to_owned()];
+        assert!(region_allowed(&eu, Some("eu")));
+        assert!(region_allowed(&eu, Some("eu-west")));
+        assert!(!region_allowed(&eu, Some("europe")));
+        assert!(!region_allowed(&eu, Some("us-east")));
+        assert!(!region_allowed(&eu, None));
+        assert!(region_allowed(&[], None));
+    }
+
+    #[test]
+    fn violation_reasons() {
+        let t = topology();
+        let eu = vec!["eu".to_owned()];
+        assert!(violation(&t, "local", &eu, true, false).is_none());
+        assert!(violation(&t, "openai/gpt-4o", &eu, false, false).unwrap().contains("residency"));
+        assert!(violation(&t, "openai/gpt-4o", &[], true, false).unwrap().contains("not trusted"));
+        assert!(violation(&t, "openai/gpt-4o", &[], true, true).is_none(), "redaction lifts trust");
+        assert!(violation(&t, "openai/gpt-4o", &eu, true, true).is_some(), "but not residency");
+        assert!(violation(&t, "azure/gpt-4o", &eu, true, false).is_none());
+        assert!(violation(&t, "mystery/m", &eu, false, false).unwrap().contains("unknown"));
+    }
+
+    #[test]
+    fn static_residency_check_names_rule_target_and_tenant() {
+        let text = "[[rule]]\nname = \"acme-only\"\nwhen.tenant = [\"acme\"]\nroute = \"openai/gpt-4o\"\n\n[[rule]]\nname = \"default\"\nroute = \"local\"\nfallback = [\"azure/gpt-4o\"]\n";
+        let policy = Policy::parse(text).unwrap();
+        let tenants = vec![
+            TenantProfile { name: "acme".into(), residency: vec!["eu".into()], tags: vec![] },
+            TenantProfile { name: "globex".into(), residency: vec!["eu".into()], tags: vec![] },
+        ];
+        let problems = policy.residency_problems(text, &topology(), &tenants);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, Some(4));
+        let msg = &problems[0].message;
+        assert!(msg.contains("\"acme-only\".route") && msg.contains("openai/gpt-4o") && msg.contains("\"acme\""), "{msg}");
+    }
+
+    #[test]
+    fn warns_about_rules_relying_on_the_guard() {
+        let text = "[[rule]]\nname = \"hard\"\nroute = \"openai/gpt-4o\"\n[[rule]]\nname = \"r\"\nredact = true\nroute = \"openai/gpt-4o\"\n";
+        let warnings = Policy::parse(text).unwrap().guard_warnings(&topology());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("\"hard\".route"));
+    }
+}

@@ -1,0 +1,305 @@
+//! The PII scanner: one multi-pattern regex pass finds candidates, then each candidate must pass
+//! its kind's check digits or structural rules (see [`checks`]) and stand alone (not glued to a
+//! longer word or number). Findings carry kinds and byte spans, never copies of the values.
+
+mod checks;
+mod phone;
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use regex_automata::meta::Regex;
+use regex_automata::{Anchored, Input, PatternID};
+
+/// A kind of personal or secret data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PiiKind {
+    /// E-mail address.
+    Email,
+    /// Phone number (US, UK, DE, FR, IT, ES and international `+`/`00` forms).
+    Phone,
+    /// Payment card number (Luhn-checked, known issuer).
+    CreditCard,
+    /// IBAN (mod-97 checked, registered length).
+    Iban,
+    /// US Social Security number.
+    UsSsn,
+    /// UK National Insurance number.
+    UkNino,
+    /// French INSEE/NIR (key checked).
+    FrNir,
+    /// Italian codice fiscale (check letter verified).
+    ItCodiceFiscale,
+    /// Spanish DNI/NIF (check letter verified).
+    EsDni,
+    /// Spanish NIE (check letter verified).
+    EsNie,
+    /// IPv4 or IPv6 address.
+    IpAddress,
+    /// API keys, access keys, private-key headers, JWTs.
+    Secret,
+    /// Content that could not be scanned (images, files, audio): treated as PII (fail closed).
+    Unscannable,
+}
+
+impl PiiKind {
+    /// The name used in `/v1/route`, the audit log and placeholders (lower-case).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Phone => "phone",
+            Self::CreditCard => "credit_card",
+            Self::Iban => "iban",
+            Self::UsSsn => "us_ssn",
+            Self::UkNino => "uk_nino",
+            Self::FrNir => "fr_nir",
+            Self::ItCodiceFiscale => "it_codice_fiscale",
+            Self::EsDni => "es_dni",
+            Self::EsNie => "es_nie",
+            Self::IpAddress => "ip_address",
+            Self::Secret => "secret",
+            Self::Unscannable => "unscannable",
+        }
+    }
+}
+
+/// One finding: a kind and where it is (byte offsets into the scanned text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PiiSpan {
+    /// What was found.
+    pub kind: PiiKind,
+    /// Byte offset of the first byte.
+    pub start: usize,
+    /// Byte offset one past the last byte.
+    pub end: usize,
+}
+
+/// Kinds and counts of `spans`, for `/v1/route` and the router's privacy signal.
+pub fn pii_counts(spans: &[PiiSpan]) -> BTreeMap<String, u32> {
+    let mut counts = BTreeMap::new();
+    for s in spans {
+        *counts.entry(s.kind.as_str().to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// How a candidate's end may move.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// The regex match is the value.
+    Exact,
+    /// Digit groups: the value may end at an earlier space between groups.
+    DigitGroups,
+    /// An IBAN: exactly the registered length for its country, spaces not counted.
+    Iban,
+}
+
+/// A candidate's check: its text, and the text just before it (up to [`CONTEXT_BYTES`]).
+type Check = fn(&str, &str) -> bool;
+
+/// How much text before a candidate its check may look at (for context words).
+const CONTEXT_BYTES: usize = 40;
+
+/// A candidate pattern, its kind, its check and how its end is found.
+struct Pattern {
+    kind: PiiKind,
+    regex: &'static str,
+    check: Check,
+    shape: Shape,
+    /// Numbers glued to a letter, `#`, or a `-`/`.`/`/` run are identifiers, not PII.
+    numeric: bool,
+}
+
+const fn pat(kind: PiiKind, regex: &'static str, check: Check, shape: Shape, numeric: bool) -> Pattern {
+    Pattern { kind, regex, check, shape, numeric }
+}
+
+const fn any(_: &str, _: &str) -> bool {
+    true
+}
+
+/// In priority order: at one start position, the first pattern that matches is tried first; if
+/// its check fails, the later ones are tried there before moving on.
+static PATTERNS: &[Pattern] = &[
+    pat(PiiKind::Secret, r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY( BLOCK)?-----", any, Shape::Exact, false),
+    pat(PiiKind::Secret, r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}", any, Shape::Exact, false),
+    pat(PiiKind::Secret, r"sk-[A-Za-z0-9_-]{20,}", any, Shape::Exact, false),
+    pat(PiiKind::Secret, r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}", any, Shape::Exact, false),
+    pat(PiiKind::Secret, r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})", any, Shape::Exact, false),
+    pat(PiiKind::Email, r"[\p{L}\p{N}._%+-]+@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.[A-Za-z]{2,}", any, Shape::Exact, false),
+    pat(PiiKind::Iban, r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}", |s, _| checks::iban(s), Shape::Iban, false),
+    pat(PiiKind::ItCodiceFiscale, r"[A-Z]{6}[0-9LMNPQRSTUV]{2}[A-EHLMPR-T][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z]", |s, _| checks::it_codice_fiscale(s), Shape::Exact, false),
+    pat(PiiKind::UkNino, r"[A-Z]{2} ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]", |s, _| checks::uk_nino(s), Shape::Exact, false),
+    pat(PiiKind::EsNie, r"[XYZ]-?[0-9]{7}-?[A-Z]", |s, _| checks::es_nie(s), Shape::Exact, false),
+    pat(PiiKind::CreditCard, r"[0-9](?:[ -]?[0-9]){11,18}", |s, _| checks::payment_card(s), Shape::DigitGroups, true),
+    pat(PiiKind::FrNir, r"[12] ?[0-9]{2} ?[0-9]{2} ?(?:[0-9]{2}|2[AB]) ?[0-9]{3} ?[0-9]{3} ?[0-9]{2}", |s, _| checks::fr_nir(s), Shape::Exact, true),
+    pat(PiiKind::UsSsn, r"[0-9]{3}-[0-9]{2}-[0-9]{4}", |s, _| checks::us_ssn(s), Shape::Exact, true),
+    pat(PiiKind::EsDni, r"[0-9]{8}-?[A-Z]", |s, _| checks::es_dni(s), Shape::Exact, true),
+    pat(PiiKind::IpAddress, r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}", |s, _| checks::ipv6(s), Shape::Exact, false),
+    pat(PiiKind::IpAddress, r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}", |s, _| checks::ipv4(s), Shape::Exact, true),
+    pat(PiiKind::Phone, phone::REGEX, phone::is_phone, Shape::DigitGroups, true),
+];
+
+/// The compiled scanner. Build once ([`scanner`]) and share: scanning takes `&self`.
+pub struct PiiScanner {
+    regex: Regex,
+}
+
+impl PiiScanner {
+    fn new() -> Self {
+        let regexes: Vec<&str> = PATTERNS.iter().map(|p| p.regex).collect();
+        // The patterns are constants covered by tests; failing to compile them is a bug.
+        let regex = Regex::new_many(&regexes).expect("PII patterns compile");
+        Self { regex }
+    }
+
+    /// Every finding in `text`, in order, non-overlapping.
+    pub fn scan(&self, text: &str) -> Vec<PiiSpan> {
+        let mut found = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            let Some(m) = self.regex.search(&Input::new(text).range(at..)) else { break };
+            let start = m.start();
+            let accepted = self.accept(text, m.pattern(), start, m.end()).or_else(|| {
+                // Only lower-priority patterns can still match at this start.
+                (m.pattern().as_usize() + 1..PATTERNS.len()).find_map(|pid| {
+                    let pid = PatternID::new(pid).ok()?;
+                    let input = Input::new(text).range(start..).anchored(Anchored::Pattern(pid));
+                    let m = self.regex.search(&input)?;
+                    self.accept(text, pid, start, m.end())
+                })
+            });
+            match accepted {
+                Some(span) => {
+                    found.push(span);
+                    at = span.end;
+                }
+                // Every start inside this word fails the left-boundary test: skip the word.
+                None => at = skip_word(text, start),
+            }
+        }
+        found
+    }
+
+    /// The finding for pattern `pid` matched at `start..end`, if it passes its check.
+    fn accept(&self, text: &str, pid: PatternID, start: usize, end: usize) -> Option<PiiSpan> {
+        let p = &PATTERNS[pid.as_usize()];
+        if glued_left(text, start, p.numeric) {
+            return None;
+        }
+        let mut from = start.saturating_sub(CONTEXT_BYTES);
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        let before = &text[from..start];
+        let fits = |end: usize| !glued_right(text, end, p.numeric) && (p.check)(&text[start..end], before);
+        let end = match p.shape {
+            Shape::Exact => fits(end).then_some(end)?,
+            Shape::DigitGroups => {
+                // Longest first: the regex is greedy and may have run into a following number.
+                // A shorter end must not cut a sequence printed in short groups (`9400 9070 8372 1234 56`).
+                let mut ends = (start + 1..=end).rev().filter(|&e| e == end || (text.as_bytes()[e] == b' ' && !(ends_in_short_group(&text[start..e]) && short_group_at(text, e + 1))));
+                ends.find(|&e| text.as_bytes()[e - 1].is_ascii_digit() && fits(e))?
+            }
+            Shape::Iban => {
+                let len = checks::iban_length(text.get(start..start + 2)?)?;
+                let mut seen = 0;
+                let e = text[start..end].bytes().position(|b| {
+                    seen += usize::from(b != b' ');
+                    seen == len
+                })? + start + 1;
+                fits(e).then_some(e)?
+            }
+        };
+        Some(PiiSpan { kind: p.kind, start, end })
+    }
+}
+
+impl std::fmt::Debug for PiiScanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PiiScanner").field("patterns", &PATTERNS.len()).finish()
+    }
+}
+
+static SCANNER: LazyLock<PiiScanner> = LazyLock::new(PiiScanner::new);
+
+/// The shared scanner (compiled on first use; call once at start-up to pay that early).
+pub fn scanner() -> &'static PiiScanner {
+    &SCANNER
+}
+
+/// Scans `text` with the shared scanner.
+pub fn scan(text: &str) -> Vec<PiiSpan> {
+    SCANNER.scan(text)
+}
+
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// True when the candidate at `start` continues a word (or, for numbers, an identifier such as
+/// `ORD-2024…`, `v1.2…`, `#4839…`).
+fn glued_left(text: &str, start: usize, numeric: bool) -> bool {
+    let mut before = text[..start].chars().rev();
+    match before.next() {
+        None => false,
+        Some(c) if is_word_char(c) => true,
+        Some('#') if numeric => true,
+        // `9400 9070 8372 …`: the third or later group of a digit sequence printed in short groups.
+        Some(' ') if numeric => continues_digit_groups(text, start),
+        Some('-' | '.' | '/' | ':' | ',') if numeric => before.next().is_some_and(is_word_char),
+        Some(_) => false,
+    }
+}
+
+/// True when `text[at..]` starts with a group of 1–4 digits that ends the text or is followed by
+/// a space (another group of the same sequence).
+fn short_group_at(text: &str, at: usize) -> bool {
+    let digits = text.as_bytes()[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    (1..=4).contains(&digits) && matches!(text.as_bytes().get(at + digits), None | Some(b' ' | b'\n'))
+}
+
+/// True when the last digit group of `s` has 1–4 digits.
+fn ends_in_short_group(s: &str) -> bool {
+    (1..=4).contains(&s.bytes().rev().take_while(u8::is_ascii_digit).count())
+}
+
+/// True when `text[..start]` ends with `<digit> <1–4 digits> `.
+fn continues_digit_groups(text: &str, start: usize) -> bool {
+    let b = text.as_bytes();
+    let mut i = start - 1; // the space
+    let mut group = 0;
+    while i > 0 && b[i - 1].is_ascii_digit() {
+        i -= 1;
+        group += 1;
+    }
+    (1..=4).contains(&group) && i >= 2 && b[i - 1] == b' ' && b[i - 2].is_ascii_digit()
+}
+
+/// True when the text after `end` continues the candidate (a letter or digit, or a `-`/`.`/`/`
+/// followed by one: a longer number, a date, a version).
+fn glued_right(text: &str, end: usize, numeric: bool) -> bool {
+    let mut after = text[end..].chars();
+    match after.next() {
+        None => false,
+        Some(c) if is_word_char(c) => true,
+        Some('-' | '.' | '/' | ',' | ':') if numeric => after.next().is_some_and(|c| c.is_ascii_alphanumeric()),
+        Some('@') => true,
+        Some(_) => false,
+    }
+}
+
+/// The first byte after the word that starts at `start` (at least one character on).
+fn skip_word(text: &str, start: usize) -> usize {
+    let mut chars = text[start..].char_indices();
+    let first = chars.next().map_or(1, |(_, c)| c.len_utf8());
+    text[start..]
+        .char_indices()
+        .skip(1)
+        .find(|(_, c)| !is_word_char(*c))
+        .map_or(text.len(), |(i, _)| start + i)
+        .max(start + first)
+}
+
+#[cfg(test)]
+mod tests;

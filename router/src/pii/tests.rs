@@ -1,0 +1,93 @@
+use super::*;
+
+fn kinds(text: &str) -> Vec<(PiiKind, &str)> {
+    scan(text).into_iter().map(|s| (s.kind, &text[s.start..s.end])).collect()
+}
+
+#[test]
+fn finds_each_kind_in_running_text() {
+    let cases = [
+        ("Write to jane.doe+news@example.co.uk today.", PiiKind::Email, "jane.doe+news@example.co.uk"),
+        ("Ruf mich an: +49 30 1234567, danke", PiiKind::Phone, "+49 30 1234567"),
+        ("Card 4111 1111 1111 1111 expires soon", PiiKind::CreditCard, "4111 1111 1111 1111"),
+        ("IBAN: DE89 3704 0044 0532 0130 00 bitte", PiiKind::Iban, "DE89 3704 0044 0532 0130 00"),
+        ("SSN 123-45-6789.", PiiKind::UsSsn, "123-45-6789"),
+        ("NI number AB 12 34 56 C on file", PiiKind::UkNino, "AB 12 34 56 C"),
+        ("Codice fiscale RSSMRA85T10A562S grazie", PiiKind::ItCodiceFiscale, "RSSMRA85T10A562S"),
+        ("DNI 12345678Z.", PiiKind::EsDni, "12345678Z"),
+        ("NIE X1234567L", PiiKind::EsNie, "X1234567L"),
+        ("from 192.168.10.20 at noon", PiiKind::IpAddress, "192.168.10.20"),
+        ("host 2001:db8:85a3::8a2e:370:7334 down", PiiKind::IpAddress, "2001:db8:85a3::8a2e:370:7334"),
+        ("key sk-proj-abcdefghijklmnopqrstuvwxyz012345", PiiKind::Secret, "sk-proj-abcdefghijklmnopqrstuvwxyz012345"),
+        ("aws AKIAIOSFODNN7EXAMPLE ok", PiiKind::Secret, "AKIAIOSFODNN7EXAMPLE"),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIE", PiiKind::Secret, "-----BEGIN RSA PRIVATE KEY-----"),
+    ];
+    for (text, kind, value) in cases {
+        assert_eq!(kinds(text), vec![(kind, value)], "{text}");
+    }
+}
+
+#[test]
+fn french_nir_with_valid_key_is_found() {
+    let n: u64 = 1_841_276_451_089;
+    let text = format!("Mon numéro: {n}{:02}.", 97 - n % 97);
+    assert_eq!(kinds(&text).len(), 1, "{text}");
+    assert_eq!(kinds(&text)[0].0, PiiKind::FrNir);
+}
+
+#[test]
+fn jwt_is_a_secret() {
+    let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+    assert_eq!(kinds(&format!("Bearer {jwt}")), vec![(PiiKind::Secret, jwt)]);
+}
+
+#[test]
+fn hard_negatives_are_not_pii() {
+    for text in [
+        "Order #4839201 shipped on 15.03.2024 for 1.234,56 €.",
+        "Invoice INV-000123 dated 2024-03-15, total $1,299.00.",
+        "Upgrade to v2.13.4 or 1.0.0-rc.2; Python 3.11.7 works.",
+        "ISBN 978-3-16-148410-0 and 0-306-40615-2 are in stock.",
+        "Tracking 1Z999AA10123456784 via UPS, ORD-2024-118842.",
+        "The meeting is at 10:30 in room 204; 25% off today.",
+        "Card-like order id 1111111111111117 is not a card.",
+        "IBAN-shaped DE89 3704 0044 0532 0130 01 has a bad checksum.",
+    ] {
+        assert_eq!(kinds(text), vec![], "{text}");
+    }
+}
+
+#[test]
+fn card_followed_by_a_date_keeps_the_card_only() {
+    assert_eq!(kinds("4111 1111 1111 1111 2024-05-01"), vec![(PiiKind::CreditCard, "4111 1111 1111 1111")]);
+}
+
+#[test]
+fn several_findings_are_counted_by_kind() {
+    let text = "a@b.io, c@d.io and 123-45-6789";
+    let counts = pii_counts(&scan(text));
+    assert_eq!(counts.get("email"), Some(&2));
+    assert_eq!(counts.get("us_ssn"), Some(&1));
+}
+
+#[test]
+fn non_ascii_text_scans_without_panicking() {
+    let text = "Grüße aus Köln — ☎ +49 221 1234567 · ✉ jörg@example.de · 日本語テキスト";
+    let found = kinds(text);
+    assert!(found.contains(&(PiiKind::Phone, "+49 221 1234567")), "{found:?}");
+    assert!(found.contains(&(PiiKind::Email, "jörg@example.de")), "{found:?}");
+}
+
+
+#[test]
+fn phones_after_other_clauses_and_numbers() {
+    for (text, phone) in [
+        ("I have a problem with my account. mobile +1 (443) 593-0454 (after 5pm)", "+1 (443) 593-0454"),
+        ("with my account. Call me back on (0808)1570463. pls", "(0808)1570463"),
+        ("Tel.: +49(0)7213 01013 3724521", "+49(0)7213 01013"),
+        ("my account. -> 1-243-752-2732 Authorization", "1-243-752-2732"),
+        ("Postcode 74473 Tel: +1-366-715-3069 export", "+1-366-715-3069"),
+    ] {
+        assert!(kinds(text).contains(&(PiiKind::Phone, phone)), "{text}: {:?}", kinds(text));
+    }
+}

@@ -1,0 +1,171 @@
+//! Redact-and-restore: PII spans become typed placeholders (`<EMAIL_1>`) before a request leaves,
+//! and placeholders in the answer become the original values again — also in streams, where a
+//! placeholder may arrive split across chunks.
+
+use crate::pii::PiiSpan;
+
+/// The placeholders given out for one request and the values they stand for. The same value
+/// always gets the same placeholder, so the upstream model can still tell two people apart.
+#[derive(Debug, Clone, Default)]
+pub struct Redaction {
+    /// (placeholder, value), in order of first appearance.
+    entries: Vec<(String, String)>,
+}
+
+impl Redaction {
+    /// An empty redaction.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `text` with each of `spans` (found in `text`) replaced by its placeholder.
+    pub fn redact(&mut self, text: &str, spans: &[PiiSpan]) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for span in spans {
+            let Some(value) = text.get(span.start..span.end) else { continue };
+            out.push_str(&text[last..span.start]);
+            out.push_str(self.placeholder_for(span.kind.as_str(), value));
+            last = span.end;
+        }
+        out.push_str(&text[last..]);
+        out
+    }
+
+    fn placeholder_for(&mut self, kind: &str, value: &str) -> &str {
+        let index = match self.entries.iter().position(|(_, v)| v == value) {
+            Some(i) => i,
+            None => {
+                let prefix = format!("<{}_", kind.to_ascii_uppercase());
+                let n = self.entries.iter().filter(|(p, _)| p.starts_with(&prefix)).count() + 1;
+                self.entries.push((format!("{prefix}{n}>"), value.to_owned()));
+                self.entries.len() - 1
+            }
+        };
+        &self.entries[index].0
+    }
+
+    /// Number of distinct values replaced.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing was replaced.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// `text` with every placeholder replaced by its value.
+    pub fn restore(&self, text: &str) -> String {
+        let mut restorer = Restorer::default();
+        let mut out = restorer.push(self, text);
+        out.push_str(&restorer.finish());
+        out
+    }
+
+    /// The value behind the placeholder that `text` starts with, and the placeholder's length.
+    fn value_at(&self, text: &str) -> Option<(&str, usize)> {
+        self.entries.iter().find(|(p, _)| text.starts_with(p.as_str())).map(|(p, v)| (v.as_str(), p.len()))
+    }
+
+    /// True when `text` (starting with `<`) could still grow into a placeholder.
+    fn could_become_placeholder(&self, text: &str) -> bool {
+        self.entries.iter().any(|(p, _)| p.len() > text.len() && p.starts_with(text))
+    }
+}
+
+/// Restores placeholders in a stream of text pieces. Text that may be the start of a placeholder
+/// is held back until the next piece shows whether it is one.
+/// One restorer per text stream (per choice); the redaction is passed to each call.
+#[derive(Debug, Default)]
+pub struct Restorer {
+    pending: String,
+}
+
+impl Restorer {
+    /// Takes the next piece; returns the text that is now certain.
+    pub fn push(&mut self, redaction: &Redaction, piece: &str) -> String {
+        if redaction.is_empty() {
+            return piece.to_owned();
+        }
+        self.pending.push_str(piece);
+        let text = std::mem::take(&mut self.pending);
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(lt) = rest.find('<') {
+            out.push_str(&rest[..lt]);
+            let tail = &rest[lt..];
+            if let Some((value, len)) = redaction.value_at(tail) {
+                out.push_str(value);
+                rest = &tail[len..];
+            } else if redaction.could_become_placeholder(tail) {
+                self.pending = tail.to_owned();
+                return out;
+            } else {
+                out.push('<');
+                rest = &tail[1..];
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Ends the stream: whatever was held back is returned as it is.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pii::scan;
+
+    #[test]
+    fn same_value_same_placeholder_and_round_trip() {
+        let text = "Mail a@b.io or c@d.io; again a@b.io. Call +44 20 7946 0958.";
+        let mut r = Redaction::new();
+        let redacted = r.redact(text, &scan(text));
+        assert_eq!(redacted, "Mail <EMAIL_1> or <EMAIL_2>; again <EMAIL_1>. Call <PHONE_1>.");
+        assert_eq!(r.len(), 3);
+        assert_eq!(r.restore(&redacted), text);
+    }
+
+    #[test]
+    fn placeholders_are_numbered_across_texts() {
+        let mut r = Redaction::new();
+        let a = r.redact("x@y.io", &scan("x@y.io"));
+        let b = r.redact("z@y.io and x@y.io", &scan("z@y.io and x@y.io"));
+        assert_eq!(a, "<EMAIL_1>");
+        assert_eq!(b, "<EMAIL_2> and <EMAIL_1>");
+    }
+
+    #[test]
+    fn stream_restores_placeholders_split_at_every_position() {
+        let mut r = Redaction::new();
+        let text = "Dear <name>, reply to a@b.io < 5 min; cc c@d.io";
+        let redacted = r.redact(text, &scan(text));
+        for cut1 in 0..=redacted.len() {
+            for cut2 in cut1..=redacted.len() {
+                if !redacted.is_char_boundary(cut1) || !redacted.is_char_boundary(cut2) {
+                    continue;
+                }
+                let mut restorer = Restorer::default();
+                let mut out = restorer.push(&r, &redacted[..cut1]);
+                out.push_str(&restorer.push(&r, &redacted[cut1..cut2]));
+                out.push_str(&restorer.push(&r, &redacted[cut2..]));
+                out.push_str(&restorer.finish());
+                assert_eq!(out, text, "cuts {cut1} {cut2}");
+            }
+        }
+    }
+
+    #[test]
+    fn held_back_text_that_is_not_a_placeholder_comes_out_at_finish() {
+        let mut r = Redaction::new();
+        r.redact("a@b.io", &scan("a@b.io"));
+        let mut restorer = Restorer::default();
+        assert_eq!(restorer.push(&r, "x <EMA"), "x ");
+        assert_eq!(restorer.finish(), "<EMA");
+    }
+}
