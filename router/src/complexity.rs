@@ -19,19 +19,12 @@ pub trait ComplexityScorer: Send + Sync + std::fmt::Debug {
     fn score(&self, text: &str, features: &Features, prompt_tokens: u32) -> ComplexityScore;
 }
 
-/// Words that usually mark multi-step reasoning or expert work.
-const HARD_MARKERS: &[&str] = &[
-    "prove", "proof", "derive", "theorem", "step by step", "analyze", "analyse", "architecture",
-    "optimize", "optimise", "algorithm", "complexity", "refactor", "implement", "debug",
-    "trade-off", "tradeoff", "compare and contrast", "formal", "rigorous", "integral", "equation",
-];
-
 /// The baseline: length, code, math, reasoning markers, turns and tools, each adding a fixed weight.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BaselineScorer;
 
 impl ComplexityScorer for BaselineScorer {
-    fn score(&self, text: &str, features: &Features, prompt_tokens: u32) -> ComplexityScore {
+    fn score(&self, _text: &str, features: &Features, prompt_tokens: u32) -> ComplexityScore {
         let mut parts: Vec<(f64, String)> = Vec::new();
         // Length: saturates around 1500 tokens.
         let length = (f64::from(prompt_tokens) / 1500.0).min(1.0) * 0.3;
@@ -44,8 +37,7 @@ impl ComplexityScorer for BaselineScorer {
         if features.math {
             parts.push((0.15, "contains math".to_owned()));
         }
-        let lower = text.to_lowercase();
-        let markers: Vec<&str> = HARD_MARKERS.iter().copied().filter(|m| lower.contains(m)).collect();
+        let markers: Vec<&str> = features.reasoning_marker_words().collect();
         if !markers.is_empty() {
             #[allow(clippy::cast_precision_loss)]
             let weight = (markers.len() as f64 * 0.15).min(0.45);

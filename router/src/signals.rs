@@ -1,4 +1,29 @@
-//! Cheap features of a request's text that the complexity scorer and `reasons` use.
+//! Cheap features of a request's text that the complexity scorer and `reasons` use. One
+//! automaton pass finds code markers and reasoning markers together; math symbols are counted on
+//! bytes: this runs on every request, so it must cost a few microseconds at most.
+
+use std::sync::LazyLock;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind};
+
+/// Words that usually mark multi-step reasoning or expert work (matched case-insensitively).
+pub const REASONING_MARKERS: &[&str] = &[
+    "prove", "proof", "derive", "theorem", "step by step", "analyze", "analyse", "architecture",
+    "optimize", "optimise", "algorithm", "complexity", "refactor", "implement", "debug",
+    "trade-off", "tradeoff", "compare and contrast", "formal", "rigorous", "integral", "equation",
+];
+
+/// Marks of source code.
+const CODE_MARKERS: &[&str] = &["```", "fn ", "def ", "#include"];
+
+static MARKERS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .kind(Some(AhoCorasickKind::DFA))
+        .build(REASONING_MARKERS.iter().chain(CODE_MARKERS))
+        // A fixed list of short ASCII words always builds.
+        .expect("marker automaton builds")
+});
 
 /// Features of the conversation's text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -13,16 +38,31 @@ pub struct Features {
     pub tools: bool,
     /// Best-guess language (`en`, `de`, `fr`, `it`, `es`) or `und`.
     pub language: &'static str,
+    /// Which [`REASONING_MARKERS`] occur (bit i for marker i).
+    pub reasoning_markers: u32,
 }
 
-/// Short, frequent words that tell the five languages apart.
-const STOPWORDS: &[(&str, &[&str])] = &[
-    ("en", &["the", "and", "is", "you", "to", "of", "what", "with", "please", "how"]),
-    ("de", &["der", "die", "und", "ist", "nicht", "ich", "sie", "mit", "bitte", "wie"]),
-    ("fr", &["le", "la", "les", "et", "est", "vous", "je", "pour", "avec", "une"]),
-    ("it", &["il", "che", "di", "non", "sono", "per", "con", "una", "mi", "grazie"]),
-    ("es", &["el", "los", "que", "y", "es", "por", "con", "para", "una", "gracias"]),
-];
+impl Features {
+    /// The reasoning markers found, in list order.
+    pub fn reasoning_marker_words(&self) -> impl Iterator<Item = &'static str> + '_ {
+        REASONING_MARKERS.iter().enumerate().filter(|(i, _)| self.reasoning_markers & (1 << i) != 0).map(|(_, m)| *m)
+    }
+}
+
+/// The five languages told apart by their stopwords.
+const LANGUAGES: [&str; 5] = ["en", "de", "fr", "it", "es"];
+
+/// The language a short, frequent word marks (lower-case ASCII input).
+fn stopword_language(word: &[u8]) -> Option<usize> {
+    match word {
+        b"the" | b"and" | b"is" | b"you" | b"to" | b"of" | b"what" | b"with" | b"please" | b"how" => Some(0),
+        b"der" | b"die" | b"und" | b"ist" | b"nicht" | b"ich" | b"sie" | b"mit" | b"bitte" | b"wie" => Some(1),
+        b"le" | b"la" | b"les" | b"et" | b"est" | b"vous" | b"je" | b"pour" | b"avec" | b"une" => Some(2),
+        b"il" | b"che" | b"di" | b"non" | b"sono" | b"per" | b"mi" | b"grazie" => Some(3),
+        b"el" | b"los" | b"que" | b"y" | b"es" | b"por" | b"para" | b"gracias" => Some(4),
+        _ => None,
+    }
+}
 
 /// Only the start of the text is read for the language guess: it is enough, and keeps the
 /// cost flat for long prompts.
@@ -30,27 +70,55 @@ const LANGUAGE_WINDOW: usize = 600;
 
 /// Features of `text` (the conversation's text) with `turns` messages.
 pub fn features(text: &str, turns: usize, tools: bool) -> Features {
-    let code = text.contains("```") || text.contains("fn ") || text.contains("def ") || text.contains("#include");
-    let math = text.chars().filter(|c| matches!(c, '=' | '∑' | '∫' | '^' | '√' | '≤' | '≥')).count() >= 2;
-    Features { code, math, turns, tools, language: language(text) }
+    let mut code = false;
+    let mut reasoning_markers = 0_u32;
+    for m in MARKERS.find_iter(text) {
+        let i = m.pattern().as_usize();
+        if i < REASONING_MARKERS.len() {
+            reasoning_markers |= 1 << i;
+        } else {
+            code = true;
+        }
+    }
+    let math = math_symbols(text.as_bytes()) >= 2;
+    Features { code, math, turns, tools, language: language(text), reasoning_markers }
+}
+
+/// Counts `=`, `^`, `∑`, `∫`, `√`, `≤`, `≥` on bytes (no UTF-8 decoding: this runs on every prompt).
+fn math_symbols(bytes: &[u8]) -> usize {
+    let mut count = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'=' | b'^' => count += 1,
+            // U+2211 ∑, U+221A √, U+222B ∫ (E2 88 xx); U+2264 ≤, U+2265 ≥ (E2 89 xx).
+            0xE2 => {
+                if let [0x88, 0x91 | 0x9A | 0xAB, ..] | [0x89, 0xA4 | 0xA5, ..] = &bytes[i + 1..] {
+                    count += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    count
 }
 
 fn language(text: &str) -> &'static str {
-    let mut end = LANGUAGE_WINDOW.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut hits = [0_u32; 5];
-    for word in text[..end].split(|c: char| !c.is_alphabetic()).filter(|w| (1..=7).contains(&w.len())) {
-        for (i, (_, words)) in STOPWORDS.iter().enumerate() {
-            if words.iter().any(|s| s.eq_ignore_ascii_case(word)) {
-                hits[i] += 1;
-            }
+    let window = &text.as_bytes()[..LANGUAGE_WINDOW.min(text.len())];
+    let mut hits = [0_u32; LANGUAGES.len()];
+    let mut buffer = [0_u8; 8];
+    for raw in window.split(|b| !b.is_ascii_alphabetic()).filter(|w| (1..=8).contains(&w.len())) {
+        let word = &mut buffer[..raw.len()];
+        word.copy_from_slice(raw);
+        word.make_ascii_lowercase();
+        if let Some(i) = stopword_language(word) {
+            hits[i] += 1;
         }
     }
     let (best, &count) = hits.iter().enumerate().max_by_key(|(_, n)| **n).unwrap_or((0, &0));
     if count >= 2 {
-        STOPWORDS[best].0
+        LANGUAGES[best]
     } else {
         "und"
     }
@@ -73,5 +141,7 @@ mod tests {
         let f = features("```rust\nfn main() {}\n```", 3, true);
         assert!(f.code && f.tools && !f.math);
         assert!(features("x^2 = 4", 1, false).math);
+        assert!(features("∫ f ≤ ∑ g", 1, false).math);
+        assert!(!features("a = b", 1, false).math);
     }
 }

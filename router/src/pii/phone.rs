@@ -4,19 +4,18 @@
 use super::checks;
 
 /// `+CC` / `00CC` / `(0)` prefixes, digit groups split by spaces, dots, dashes or slashes,
-/// optional parentheses, an optional extension.
-pub const REGEX: &str = r"(?:\+|00)?(?:\([0-9]{1,5}\) ?[0-9]{1,10}|[0-9]{1,14})(?:(?:[ .\-/]{1,2}| ?\([0-9]{1,4}\) ?)[0-9]{1,12}){0,7}(?: ?(?:x|ext\.? ?)[0-9]{1,5})?";
+/// optional parentheses, an optional extension. Lengths are left to [`is_phone`]: unbounded
+/// repetitions keep the scanner's automaton small (counted ones multiply its states).
+pub const REGEX: &str = r"(?:\+|00)?(?:\([0-9]+\) ?)?[0-9]+(?:(?:[ .\-/]{1,2}| ?\([0-9]+\) ?)[0-9]+)*(?: ?(?:x|ext\.? ?)[0-9]+)?";
 
-/// Words that introduce order, invoice, tracking and reference numbers, in the six languages:
-/// a number right after one of them is an identifier, not a phone number.
-const ID_WORDS: &[&str] = &[
-    "order", "invoice", "tracking", "shipment", "parcel", "package", "reference", "ticket",
-    "account", "isbn", "postcode", "zip", "nr.", "no.", "re:", "bestell", "rechnung", "sendung", "paket",
-    "auftrag", "kunden", "commande", "facture", "suivi", "colis", "envoi", "dossier", "ordine", "fattura",
-    "spedizione", "pacco", "tracciamento", "pratica", "pedido", "factura", "envío", "envio", "paquete",
-    "seguimiento", "código postal", "postal",
+/// Word stems that introduce order, invoice, tracking and reference numbers, in the six
+/// languages: a number right after one of them is an identifier, not a phone number.
+const ID_STEMS: &[&str] = &[
+    "order", "invoice", "tracking", "shipment", "parcel", "package", "reference", "ticket", "account",
+    "isbn", "postcode", "zip", "bestell", "rechnung", "sendung", "paket", "auftrag", "kunden", "commande",
+    "facture", "suivi", "colis", "envoi", "dossier", "ordine", "fattura", "spedizione", "pacco",
+    "tracciamento", "pratica", "pedido", "factura", "envío", "envio", "paquete", "seguimiento", "postal",
 ];
-
 /// Country calling codes of the markets we target, and the NANP's `1`.
 const COUNTRY_CODES: &[&str] = &["1", "44", "49", "33", "39", "34", "41", "43", "31", "32", "351", "353", "352", "45", "46", "47", "48", "30", "36", "40", "420", "421", "358", "372", "371", "370", "386", "385", "356", "357", "359", "61", "64", "81", "82", "86", "91", "52", "55", "7", "90", "971", "972", "27"];
 
@@ -26,10 +25,14 @@ pub fn is_phone(s: &str, before: &str) -> bool {
     // The extension does not count towards the number's length.
     let number = s.find(['x', 'e']).map_or(s, |i| s[..i].trim_end());
     let digits: String = number.chars().filter(char::is_ascii_digit).collect();
-    let n = digits.len();
     let groups: Vec<&str> = number.split(|c: char| !c.is_ascii_digit()).filter(|g| !g.is_empty()).collect();
+    shaped_like_phone(number, &digits, &groups) && !introduces_id(before)
+}
+
+fn shaped_like_phone(number: &str, digits: &str, groups: &[&str]) -> bool {
+    let n = digits.len();
     // Order numbers such as `009-7135771-9608415` have several long groups; a phone at most one.
-    if groups.iter().filter(|g| g.len() >= 6).count() > 1 || introduces_id(before) {
+    if groups.iter().filter(|g| g.len() >= 6).count() > 1 {
         return false;
     }
     let international = number.starts_with('+') || number.starts_with("00");
@@ -38,7 +41,7 @@ pub fn is_phone(s: &str, before: &str) -> bool {
         let has_cc = COUNTRY_CODES.iter().any(|cc| national.starts_with(cc));
         return has_cc && (9..=15).contains(&national.len());
     }
-    if !(9..=12).contains(&n) || looks_like_date(&groups, number) || looks_like_isbn(&groups, number) {
+    if !(9..=12).contains(&n) || looks_like_date(groups, number) || looks_like_isbn(groups, number) {
         return false;
     }
     if number.starts_with('(') {
@@ -77,18 +80,37 @@ fn looks_like_isbn(groups: &[&str], s: &str) -> bool {
 
 /// True when the text before a number ends with a word that introduces an identifier.
 fn introduces_id(before: &str) -> bool {
-    // Only the words since the last digit or sentence end count: "Order 123" is an order
-    // number, but in "Postcode 74473 Tel: 0301…" or "Order arrived. Call 0301…" the word
-    // introduced something else.
-    // Abbreviations such as "Nr." and "No." do not end a clause.
-    let lower = before.to_lowercase().replace("nr.", "nr ").replace("no.", "no ");
-    let since = lower.rfind(|c: char| c.is_ascii_digit() || matches!(c, '.' | ',' | ';' | '\n' | '!' | '?' | ')' | '>'));
-    let clause = since.map_or(lower.as_str(), |i| &lower[i + 1..]).to_owned();
-    let last_clause = clause.as_str();
-    // Word starts only: "ref" must not match inside "prefer".
-    ID_WORDS.iter().any(|w| {
-        last_clause.match_indices(w).any(|(i, _)| !last_clause[..i].chars().next_back().is_some_and(char::is_alphabetic))
+    // Only the words since the last digit or clause end count: "Order 123" is an order number,
+    // but in "Postcode 74473 Tel: 0301…" or "Order arrived. Call 0301…" the word introduced
+    // something else.
+    let clause = &before[clause_start(before)..];
+    clause.split(|c: char| !c.is_alphabetic()).filter(|w| !w.is_empty()).any(|word| {
+        let after = clause[word.as_ptr() as usize - clause.as_ptr() as usize + word.len()..].chars().next();
+        ID_STEMS.iter().any(|stem| starts_with_ignore_ascii_case(word, stem))
+            || word.eq_ignore_ascii_case("nr")
+            // "No." and "Re:" but not the word "no".
+            || ((word.eq_ignore_ascii_case("no") || word.eq_ignore_ascii_case("re")) && matches!(after, Some('.' | ':')))
     })
+}
+
+/// Byte offset where the last clause of `before` starts: after its last digit or clause
+/// punctuation ("Nr." and "No." are abbreviations, not sentence ends).
+fn clause_start(before: &str) -> usize {
+    let b = before.as_bytes();
+    let mut i = b.len();
+    while i > 0 {
+        let c = b[i - 1];
+        let abbreviation = c == b'.' && i >= 3 && matches!(&[b[i - 3].to_ascii_lowercase(), b[i - 2].to_ascii_lowercase()], b"nr" | b"no");
+        if c.is_ascii_digit() || matches!(c, b',' | b';' | b'\n' | b'!' | b'?' | b')' | b'>') || (c == b'.' && !abbreviation) {
+            return i;
+        }
+        i -= 1;
+    }
+    0
+}
+
+fn starts_with_ignore_ascii_case(word: &str, stem: &str) -> bool {
+    word.len() >= stem.len() && word.as_bytes()[..stem.len()].eq_ignore_ascii_case(stem.as_bytes())
 }
 
 /// `dd.mm.yyyy`, `dd/mm/yyyy`, `yyyy-mm-dd` and the like.
