@@ -2,6 +2,7 @@
 //! request's key is hashed, looked up, and the stored hash compared in constant time.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use router::TenantProfile;
@@ -37,7 +38,7 @@ pub fn key_hash_entry(key: &str) -> String {
     let mut out = String::with_capacity(HASH_PREFIX.len() + 64);
     out.push_str(HASH_PREFIX);
     for b in digest {
-        out.push_str(&format!("{b:02x}"));
+        let _ = write!(out, "{b:02x}");
     }
     out
 }

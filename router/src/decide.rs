@@ -208,16 +208,13 @@ impl Router {
                 OnViolation::Reroute => {
                     let local = self.topology.local_target().filter(|l| check(l).is_none()).map(str::to_owned);
                     let next = if decision.fallbacks.is_empty() { local } else { Some(decision.fallbacks.remove(0)) };
-                    match next {
-                        Some(next) => {
-                            decision.reasons.push(format!("rerouted to {next:?}: {why}"));
-                            decision.target = next;
-                            decision.rerouted = true;
-                        }
-                        None => {
-                            decision.reasons.push(format!("rejected, no allowed target left: {why}"));
-                            decision.violation = Some(why);
-                        }
+                    if let Some(next) = next {
+                        decision.reasons.push(format!("rerouted to {next:?}: {why}"));
+                        decision.target = next;
+                        decision.rerouted = true;
+                    } else {
+                        decision.reasons.push(format!("rejected, no allowed target left: {why}"));
+                        decision.violation = Some(why);
                     }
                 }
             }

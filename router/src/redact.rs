@@ -33,14 +33,11 @@ impl Redaction {
     }
 
     fn placeholder_for(&mut self, kind: &str, value: &str) -> &str {
-        let index = match self.entries.iter().position(|(_, v)| v == value) {
-            Some(i) => i,
-            None => {
-                let prefix = format!("<{}_", kind.to_ascii_uppercase());
-                let n = self.entries.iter().filter(|(p, _)| p.starts_with(&prefix)).count() + 1;
-                self.entries.push((format!("{prefix}{n}>"), value.to_owned()));
-                self.entries.len() - 1
-            }
+        let index = if let Some(i) = self.entries.iter().position(|(_, v)| v == value) { i } else {
+            let prefix = format!("<{}_", kind.to_ascii_uppercase());
+            let n = self.entries.iter().filter(|(p, _)| p.starts_with(&prefix)).count() + 1;
+            self.entries.push((format!("{prefix}{n}>"), value.to_owned()));
+            self.entries.len() - 1
         };
         &self.entries[index].0
     }
@@ -99,7 +96,7 @@ impl Restorer {
                 out.push_str(value);
                 rest = &tail[len..];
             } else if redaction.could_become_placeholder(tail) {
-                self.pending = tail.to_owned();
+                tail.clone_into(&mut self.pending);
                 return out;
             } else {
                 out.push('<');

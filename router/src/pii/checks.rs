@@ -22,7 +22,7 @@ pub fn luhn(s: &str) -> bool {
             }
         })
         .sum();
-    !ds.is_empty() && sum % 10 == 0
+    !ds.is_empty() && sum.is_multiple_of(10)
 }
 
 /// A payment card number: a known issuer prefix with one of its lengths, Luhn-valid, and
@@ -53,7 +53,7 @@ pub fn payment_card(s: &str) -> bool {
 fn card_grouping(s: &str) -> bool {
     let groups: Vec<usize> = s.split([' ', '-']).map(str::len).collect();
     match groups.as_slice() {
-        [_] | [4, 6, 5] | [4, 6, 4] | [4, 4, 5] | [4, 4, 4] | [4, 4, 4, 4] | [4, 4, 4, 4, 3] => true,
+        [_] | [4, 6 | 4, 5 | 4] | [4, 4, 4, 4] | [4, 4, 4, 4, 3] => true,
         [4, 4, 4, last] => (1..=4).contains(last),
         _ => false,
     }
@@ -234,7 +234,7 @@ pub fn isbn(s: &str) -> bool {
                 .enumerate()
                 .map(|(i, &c)| u32::from(c.wrapping_sub(b'0')) * if i % 2 == 0 { 1 } else { 3 })
                 .sum();
-            sum % 10 == 0
+            sum.is_multiple_of(10)
         }
         _ => false,
     }

@@ -165,12 +165,12 @@ impl PiiScanner {
         while at < text.len() {
             let Some(m) = self.regex.search(&Input::new(text).range(at..)) else { break };
             let start = m.start();
-            let accepted = self.accept(text, m.pattern(), start, m.end()).or_else(|| {
+            let accepted = Self::accept(text, m.pattern(), start, m.end()).or_else(|| {
                 // Only lower-priority patterns can still match at this start.
                 (m.pattern().as_usize() + 1..PATTERNS.len()).find_map(|pid| {
                     let input = Input::new(text).range(start..).anchored(Anchored::Yes);
                     let m = self.each[pid].search(&input)?;
-                    self.accept(text, PatternID::new(pid).ok()?, start, m.end())
+                    Self::accept(text, PatternID::new(pid).ok()?, start, m.end())
                 })
             });
             match accepted {
@@ -186,7 +186,7 @@ impl PiiScanner {
     }
 
     /// The finding for pattern `pid` matched at `start..end`, if it passes its check.
-    fn accept(&self, text: &str, pid: PatternID, start: usize, end: usize) -> Option<PiiSpan> {
+    fn accept(text: &str, pid: PatternID, start: usize, end: usize) -> Option<PiiSpan> {
         let p = &PATTERNS[pid.as_usize()];
         if glued_left(text, start, p.numeric) {
             return None;
@@ -246,13 +246,12 @@ fn is_word_char(c: char) -> bool {
 fn glued_left(text: &str, start: usize, numeric: bool) -> bool {
     let mut before = text[..start].chars().rev();
     match before.next() {
-        None => false,
         Some(c) if is_word_char(c) => true,
         Some('#') if numeric => true,
         // `9400 9070 8372 …`: the third or later group of a digit sequence printed in short groups.
         Some(' ') if numeric => continues_digit_groups(text, start),
         Some('-' | '.' | '/' | ':' | ',') if numeric => before.next().is_some_and(is_word_char),
-        Some(_) => false,
+        _ => false,
     }
 }
 
@@ -285,11 +284,10 @@ fn continues_digit_groups(text: &str, start: usize) -> bool {
 fn glued_right(text: &str, end: usize, numeric: bool) -> bool {
     let mut after = text[end..].chars();
     match after.next() {
-        None => false,
         Some(c) if is_word_char(c) => true,
         Some('-' | '.' | '/' | ',' | ':') if numeric => after.next().is_some_and(|c| c.is_ascii_alphanumeric()),
         Some('@') => true,
-        Some(_) => false,
+        _ => false,
     }
 }
 

@@ -37,7 +37,7 @@ fn shaped_like_phone(number: &str, digits: &str, groups: &[&str]) -> bool {
     }
     let international = number.starts_with('+') || number.starts_with("00");
     if international {
-        let national = if number.starts_with('+') { &digits[..] } else { &digits[2..] };
+        let national = if number.starts_with('+') { digits } else { &digits[2..] };
         let has_cc = COUNTRY_CODES.iter().any(|cc| national.starts_with(cc));
         return has_cc && (9..=15).contains(&national.len());
     }
@@ -119,7 +119,7 @@ fn looks_like_date(groups: &[&str], s: &str) -> bool {
         return false;
     }
     let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    matches!(lens.as_slice(), [1 | 2, 1 | 2, 4] | [4, 1 | 2, 1 | 2] | [1 | 2, 1 | 2, 2])
+    matches!(lens.as_slice(), [1 | 2, 1 | 2, 4 | 2] | [4, 1 | 2, 1 | 2])
 }
 
 #[cfg(test)]
