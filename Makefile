@@ -12,8 +12,9 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # The end-to-end suites run these release binaries.
 export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
+export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model system-deps python-deps redis check bench bench-concurrency clean
+.PHONY: run test build model system-deps python-deps redis check bench bench-concurrency bench-router pii-eval clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -71,6 +72,19 @@ bench-concurrency: model build
 	until curl -sf http://127.0.0.1:18081/health >/dev/null; do kill -0 $$pid || exit 1; sleep 0.2; done; \
 	rc=0; $(abspath $(TARGET_DIR))/release/bench-concurrency --other http://127.0.0.1:18081/v1 $(BENCH_ARGS) || rc=$$?; \
 	kill $$pid; exit $$rc
+
+## Router latency: classify + decide on typical and PII-dense prompts (criterion, plus a p50/p99 table).
+bench-router:
+	cargo bench -p router --bench route_decision
+
+## PII scanner vs Microsoft Presidio on two fresh Faker corpora (6 locales, hard negatives).
+PII_SEEDS ?= 1 2
+PII_TEXTS ?= 3000
+pii-eval: build
+	[ -f .venv-pii/.installed ] || { python3 -m venv .venv-pii && .venv-pii/bin/pip install --quiet --disable-pip-version-check -r tests/pii/requirements-presidio.txt && touch .venv-pii/.installed; }
+	for seed in $(PII_SEEDS); do .venv-pii/bin/python tests/pii/generate_corpus.py --seed $$seed --texts $(PII_TEXTS) --out /tmp/switchyard-pii-$$seed.jsonl; done
+	$(PII_EVAL_BIN) $(foreach s,$(PII_SEEDS),/tmp/switchyard-pii-$(s).jsonl)
+	for seed in $(PII_SEEDS); do .venv-pii/bin/python tests/pii/presidio_eval.py --corpus /tmp/switchyard-pii-$$seed.jsonl --row-only; done
 
 clean:
 	cargo clean

@@ -111,16 +111,22 @@ def fake_provider():
     p.stop()
 
 
-def fake_provider_section(base, key_env=None):
+def fake_provider_section(base, key_env=None, name="fake", kind="openai-compatible", region=None, trusted=False):
     key = f'api_key_env = "{key_env}"\n' if key_env else ""
+    where = f'region = "{region}"\n' if region else ""
     models = ", ".join(
         f'{{ name = "{m}", input_per_mtok = 1.0, output_per_mtok = 2.0 }}'
-        for m in ["echo", "gated", "fail", "ratelimit", "reject", "drop"]
+        for m in ["echo", "shred", "gated", "fail", "ratelimit", "reject", "drop"]
     )
     return (
-        f'[[providers]]\nname = "fake"\nkind = "openai-compatible"\nbase_url = "{base}/v1"\n{key}'
-        f"timeout_ms = 20000\nmodels = [{models}]\n"
+        f'[[providers]]\nname = "{name}"\nkind = "{kind}"\nbase_url = "{base}/v1"\n{key}{where}'
+        f"trusted = {'true' if trusted else 'false'}\ntimeout_ms = 20000\nmodels = [{models}]\n"
     )
+
+
+def fake_requests(fake_provider):
+    """Every request the fake provider has received so far (bodies as sent by the gateway)."""
+    return [r["body"] for r in httpx.get(f"{fake_provider}/control/requests").json()]
 
 
 @pytest.fixture(scope="session")

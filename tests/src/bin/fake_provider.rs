@@ -1,6 +1,7 @@
 //! A stand-in for proprietary OpenAI-style APIs, speaking their exact wire format. What it does
 //! depends on the request's `model`:
 //! - `echo`: answers `echo: <last message>` (streamed word by word when asked), with usage.
+//! - `shred`: like `echo`, but streamed three characters a chunk (placeholders arrive split).
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
 //! - `fail`: 500 with an `OpenAI` error body. `ratelimit`: 429 with `retry-after: 7`.
 //! - `reject`: 400 with an `OpenAI` error body. `drop`: one chunk, then (after
@@ -83,6 +84,13 @@ async fn chat(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Jso
                 let _ = tokio::time::timeout(Duration::from_secs(30), fake.release.notified()).await;
                 let _ = tx.send(Err(std::io::Error::other("connection dropped by the fake"))).await;
                 return;
+            }
+            "shred" => {
+                let chars: Vec<char> = answer.chars().collect();
+                for piece in chars.chunks(3) {
+                    let piece: String = piece.iter().collect();
+                    let _ = tx.send(Ok(sse(&chunk(&model, &json!({"content": piece}), None)))).await;
+                }
             }
             _ => {
                 for (i, word) in answer.split(' ').enumerate() {

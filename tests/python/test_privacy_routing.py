@@ -1,0 +1,261 @@
+"""Privacy and residency end to end: redact-and-restore against a recording fake upstream (the
+provider never sees the values, the client gets them back, streams included), the per-request
+privacy guard (reroute with `x-switchyard-rerouted: 1`, or 403 `policy_violation`), tenants
+with virtual keys and residency, and the static residency check."""
+
+import hashlib
+import json
+import re
+import subprocess
+
+import httpx
+import openai
+import pytest
+
+from conftest import BIN, ROOT, Gateway, fake_provider_section, fake_requests, gateway_config, parse_chunks, sse_events
+
+EMAIL = "jane.doe@example.com"
+PHONE = "+44 20 7946 0958"
+IBAN = "DE89 3704 0044 0532 0130 00"
+SECRET_TEXT = f"Please write to {EMAIL}, call {PHONE} and refund to {IBAN}."
+
+REDACTING_POLICY = """
+on_violation = "reroute"
+
+[[rule]]
+name = "leaks-are-rejected"
+when.requested_model = "fake/fail"
+route = "fake/fail"
+on_violation = "reject"
+
+[[rule]]
+name = "stream-redacted"
+when.requested_model = "fake/shred"
+route = "fake/shred"
+redact = true
+
+[[rule]]
+name = "escalate-redacted"
+when.privacy = ["pii"]
+route = "fake/echo"
+redact = true
+
+[[rule]]
+name = "default"
+route = "fake/echo"
+"""
+
+
+@pytest.fixture(scope="module")
+def redacting(tmp_path_factory, fake_provider):
+    gw = Gateway(tmp_path_factory.mktemp("redact"), gateway_config(fake_provider_section(fake_provider)), REDACTING_POLICY)
+    yield gw
+    gw.stop()
+
+
+def sent_since(fake_provider, before):
+    return fake_requests(fake_provider)[before:]
+
+
+def assert_no_values(bodies):
+    text = json.dumps(bodies)
+    for value in (EMAIL, PHONE, IBAN, "7946"):
+        assert value not in text, f"{value!r} reached the provider: {text}"
+
+
+def test_redacted_request_never_shows_values_upstream_and_answer_is_restored(redacting, fake_provider):
+    before = len(fake_requests(fake_provider))
+    client = openai.OpenAI(base_url=redacting.v1, api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": SECRET_TEXT}])
+    answer = raw.parse().choices[0].message.content
+    assert answer == f"echo: {SECRET_TEXT}"
+    assert raw.headers["x-switchyard-rule"] == "escalate-redacted"
+    assert raw.headers["x-switchyard-target"] == "fake/echo"
+    sent = sent_since(fake_provider, before)
+    assert len(sent) == 1
+    assert_no_values(sent)
+    assert sent[0]["messages"][-1]["content"] == "Please write to <EMAIL_1>, call <PHONE_1> and refund to <IBAN_1>."
+
+
+def test_stream_restores_placeholders_split_across_chunks(redacting, fake_provider):
+    before = len(fake_requests(fake_provider))
+    with httpx.stream("POST", f"{redacting.v1}/chat/completions", timeout=30, json={
+        "model": "fake/shred", "stream": True, "messages": [{"role": "user", "content": SECRET_TEXT}],
+    }) as r:
+        assert r.status_code == 200
+        assert r.headers["x-switchyard-rule"] == "stream-redacted"
+        chunks = parse_chunks(sse_events(r))
+    pieces = [c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]]
+    assert "".join(pieces) == f"echo: {SECRET_TEXT}"
+    sent = sent_since(fake_provider, before)
+    assert_no_values(sent)
+    # The fake streams 3 characters a chunk, so `<EMAIL_1>` (9 characters) arrived split.
+    assert "<EMAIL_1>" in sent[0]["messages"][-1]["content"]
+    assert len(pieces) > 10
+
+
+def test_privacy_tagged_request_is_rerouted_locally_when_the_rule_does_not_redact(redacting, fake_provider):
+    before = len(fake_requests(fake_provider))
+    r = httpx.post(f"{redacting.v1}/chat/completions", timeout=60, headers={"x-switchyard-tags": "confidential"},
+                   json={"model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-switchyard-rule"] == "default"
+    assert r.headers["x-switchyard-target"] == "local/local-small"
+    assert r.headers["x-switchyard-rerouted"] == "1"
+    assert sent_since(fake_provider, before) == []
+
+
+def test_explicit_untrusted_model_with_pii_is_rerouted(redacting, fake_provider):
+    before = len(fake_requests(fake_provider))
+    r = httpx.post(f"{redacting.v1}/chat/completions", timeout=60,
+                   json={"model": "fake/echo", "max_tokens": 2, "messages": [{"role": "user", "content": f"mail {EMAIL}"}]})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-switchyard-rule"] == "explicit"
+    assert r.headers["x-switchyard-tier"] == "local"
+    assert r.headers["x-switchyard-rerouted"] == "1"
+    assert sent_since(fake_provider, before) == []
+
+
+def test_reject_rule_answers_403_policy_violation_without_calling_upstream(redacting, fake_provider):
+    before = len(fake_requests(fake_provider))
+    r = httpx.post(f"{redacting.v1}/chat/completions", timeout=30,
+                   json={"model": "fake/fail", "messages": [{"role": "user", "content": f"my card 4111 1111 1111 1111"}]})
+    assert r.status_code == 403
+    err = r.json()["error"]
+    assert err["code"] == "policy_violation" and "leaks-are-rejected" in err["message"]
+    assert "4111" not in r.text
+    assert sent_since(fake_provider, before) == []
+
+
+def test_route_shows_pii_kinds_and_counts_never_values(redacting):
+    r = httpx.post(f"{redacting.v1}/route", json={"model": "auto", "messages": [{"role": "user", "content": SECRET_TEXT + f" cc {EMAIL}"}]})
+    d = r.json()
+    assert d["privacy"]["pii"] == {"email": 2, "phone": 1, "iban": 1}
+    assert "pii" in d["privacy"]["tags"]
+    assert d["rule"] == "escalate-redacted" and d["redact"] is True
+    assert any("escalate-redacted" in reason for reason in d["reasons"])
+    for value in (EMAIL, "7946", "3704"):
+        assert value not in r.text
+
+
+def test_image_content_is_unscannable_and_does_not_leave_unredacted(redacting, fake_provider):
+    before = len(fake_requests(fake_provider))
+    r = httpx.post(f"{redacting.v1}/route", json={"model": "fake/echo", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]}]})
+    d = r.json()
+    assert d["privacy"]["pii"] == {"unscannable": 1}
+    assert d["target"] == "local/local-small" and d["rerouted"] is True
+    assert sent_since(fake_provider, before) == []
+
+
+# --- tenants, keys, residency ---------------------------------------------------------------
+
+def new_key(tenant):
+    out = subprocess.run([str(BIN), "keys", "new", "--tenant", tenant], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    key = re.search(r"(sy-[0-9a-f]{64})", out.stdout).group(1)
+    entry = re.search(r"(sha256:[0-9a-f]{64})", out.stdout).group(1)
+    assert entry == "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key, entry
+
+
+RESIDENCY_POLICY = """
+[[rule]]
+name = "default"
+route = "fakeeu/echo"
+fallback = ["local"]
+"""
+
+
+@pytest.fixture(scope="module")
+def tenants(tmp_path_factory, fake_provider):
+    eu_key, eu_hash = new_key("acme-eu")
+    tagged_key, tagged_hash = new_key("globex")
+    extra = (
+        fake_provider_section(fake_provider, name="fake", region="us-east")
+        + fake_provider_section(fake_provider, name="fakeeu", kind="openai", region="eu-central", trusted=True)
+        + f'[[tenants]]\nname = "acme-eu"\nkeys = ["{eu_hash}"]\nresidency = ["eu"]\n'
+        + f'[[tenants]]\nname = "globex"\nkeys = ["{tagged_hash}"]\ntags = ["confidential"]\n'
+    )
+    gw = Gateway(tmp_path_factory.mktemp("tenants"), gateway_config(extra), RESIDENCY_POLICY)
+    gw.keys = {"acme-eu": eu_key, "globex": tagged_key}
+    yield gw
+    gw.stop()
+
+
+def chat(gw, key, model="auto", content="Hi", headers=None):
+    h = {"authorization": f"Bearer {key}"} if key else {}
+    h.update(headers or {})
+    return httpx.post(f"{gw.v1}/chat/completions", timeout=60, headers=h,
+                      json={"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": content}]})
+
+
+def test_missing_or_unknown_key_is_401_and_health_needs_none(tenants):
+    for key in (None, "sy-" + "0" * 64):
+        r = chat(tenants, key)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_api_key"
+        assert "0" * 64 not in r.text
+    assert httpx.get(f"{tenants.base}/healthz").status_code == 200
+
+
+def test_tenant_key_is_served_inside_its_residency(tenants):
+    r = chat(tenants, tenants.keys["acme-eu"])
+    assert r.status_code == 200, r.text
+    assert r.headers["x-switchyard-target"] == "fakeeu/echo"
+    assert "x-switchyard-rerouted" not in r.headers
+
+
+def test_explicit_model_outside_residency_is_rerouted_even_without_pii(tenants):
+    r = chat(tenants, tenants.keys["acme-eu"], model="fake/echo")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-switchyard-target"] == "local/local-small"
+    assert r.headers["x-switchyard-rerouted"] == "1"
+    d = httpx.post(f"{tenants.v1}/route", headers={"authorization": f"Bearer {tenants.keys['acme-eu']}"},
+                   json={"model": "fake/echo", "messages": [{"role": "user", "content": "Hi"}]}).json()
+    assert any("residency" in reason for reason in d["reasons"]), d
+
+
+def test_tenant_tags_make_every_request_private(tenants):
+    trusted = chat(tenants, tenants.keys["globex"])
+    assert trusted.headers["x-switchyard-target"] == "fakeeu/echo", "a trusted provider may see tagged data"
+    untrusted = chat(tenants, tenants.keys["globex"], model="fake/echo")
+    assert untrusted.headers["x-switchyard-target"] == "local/local-small"
+    assert untrusted.headers["x-switchyard-rerouted"] == "1"
+
+
+def test_check_refuses_a_route_outside_a_tenants_residency(tmp_path, fake_provider):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[[rule]]\nname = "everything-to-us"\nroute = "fake/echo"\n')
+    cfg = tmp_path / "g.toml"
+    extra = fake_provider_section(fake_provider, region="us-east") + '[[tenants]]\nname = "acme-eu"\nresidency = ["eu"]\n'
+    cfg.write_text(gateway_config(extra).replace("{policy}", str(policy)))
+    r = subprocess.run([str(BIN), "check", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"{policy}:3:" in r.stderr
+    assert '"everything-to-us".route' in r.stderr and "us-east" in r.stderr and '"acme-eu"' in r.stderr
+    serve = subprocess.run([str(BIN), "serve", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                           env={"SWITCHYARD_LISTEN": "127.0.0.1:0", "PATH": "/usr/bin:/bin"})
+    assert serve.returncode != 0 and "everything-to-us" in serve.stderr
+
+
+def test_check_warns_about_rules_relying_on_the_guard(tmp_path, fake_provider):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[[rule]]\nname = "all-out"\nroute = "fake/echo"\n')
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(gateway_config(fake_provider_section(fake_provider)).replace("{policy}", str(policy)))
+    r = subprocess.run([str(BIN), "check", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "warning:" in r.stderr and '"all-out".route' in r.stderr and "privacy guard" in r.stderr
+
+
+def test_explain_takes_a_tenant_and_tags(tmp_path):
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": f"mail {EMAIL}"}]})
+    r = subprocess.run([str(BIN), "explain", "--config", "config/gateway.toml", "--tags", "confidential", "-"],
+                       cwd=ROOT, input=body, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["privacy"]["tags"] == ["confidential", "pii"] and d["privacy"]["pii"] == {"email": 1}
+    assert d["rule"] == "private-stays-home" and EMAIL not in r.stdout
