@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use regex_automata::meta::Regex;
+use regex_automata::nfa::thompson::WhichCaptures;
 use regex_automata::{Anchored, Input, PatternID};
 
 /// A kind of personal or secret data.
@@ -153,8 +154,16 @@ impl PiiScanner {
     fn new() -> Self {
         let regexes: Vec<&str> = PATTERNS.iter().map(|p| p.regex).collect();
         // The patterns are constants covered by tests; failing to compile them is a bug.
-        let regex = Regex::new_many(&regexes).expect("PII patterns compile");
-        let each = regexes.iter().map(|r| Regex::new(r).expect("PII patterns compile")).collect();
+        // Only the overall match is read: implicit captures keep the automata small. A larger lazy-DFA
+        // cache keeps the multi-pattern automaton from being rebuilt mid-scan.
+        let build = |patterns: &[&str]| {
+            Regex::builder()
+                .configure(Regex::config().which_captures(WhichCaptures::Implicit).hybrid_cache_capacity(8 << 20))
+                .build_many(patterns)
+                .expect("PII patterns compile")
+        };
+        let regex = build(&regexes);
+        let each = regexes.iter().map(|r| build(&[*r])).collect();
         Self { regex, each }
     }
 
@@ -165,14 +174,7 @@ impl PiiScanner {
         while at < text.len() {
             let Some(m) = self.regex.search(&Input::new(text).range(at..)) else { break };
             let start = m.start();
-            let accepted = Self::accept(text, m.pattern(), start, m.end()).or_else(|| {
-                // Only lower-priority patterns can still match at this start.
-                (m.pattern().as_usize() + 1..PATTERNS.len()).find_map(|pid| {
-                    let input = Input::new(text).range(start..).anchored(Anchored::Yes);
-                    let m = self.each[pid].search(&input)?;
-                    Self::accept(text, PatternID::new(pid).ok()?, start, m.end())
-                })
-            });
+            let accepted = Self::accept(text, m.pattern(), start, m.end()).or_else(|| self.retry(text, m.pattern(), start));
             match accepted {
                 Some(span) => {
                     found.push(span);
@@ -183,6 +185,19 @@ impl PiiScanner {
             }
         }
         found
+    }
+
+    /// After `failed` matched at `start` but did not pass, the first lower-priority pattern that
+    /// matches there and passes. A start glued to a word fails every pattern: no search then.
+    fn retry(&self, text: &str, failed: PatternID, start: usize) -> Option<PiiSpan> {
+        if glued_left(text, start, false) {
+            return None;
+        }
+        let glued_number = glued_left(text, start, true);
+        (failed.as_usize() + 1..PATTERNS.len()).filter(|&pid| !(glued_number && PATTERNS[pid].numeric)).find_map(|pid| {
+            let m = self.each[pid].search(&Input::new(text).range(start..).anchored(Anchored::Yes))?;
+            Self::accept(text, PatternID::new(pid).ok()?, start, m.end())
+        })
     }
 
     /// The finding for pattern `pid` matched at `start..end`, if it passes its check.
