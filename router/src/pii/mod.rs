@@ -132,12 +132,12 @@ static PATTERNS: &[Pattern] = &[
     pat(PiiKind::ItCodiceFiscale, r"[A-Z]{6}[0-9LMNPQRSTUV]{2}[A-EHLMPR-T][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z]", |s, _| checks::it_codice_fiscale(s), Shape::Exact, false),
     pat(PiiKind::UkNino, r"[A-Z]{2} ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]", |s, _| checks::uk_nino(s), Shape::Exact, false),
     pat(PiiKind::EsNie, r"[XYZ]-?[0-9]{7}-?[A-Z]", |s, _| checks::es_nie(s), Shape::Exact, false),
-    pat(PiiKind::CreditCard, r"[0-9](?:[ -]?[0-9]){11,}", |s, _| checks::payment_card(s), Shape::DigitGroups, true),
-    pat(PiiKind::FrNir, r"[12] ?[0-9]{2} ?[0-9]{2} ?(?:[0-9]{2}|2[AB]) ?[0-9]{3} ?[0-9]{3} ?[0-9]{2}", |s, _| checks::fr_nir(s), Shape::Exact, true),
-    pat(PiiKind::UsSsn, r"[0-9]{3}-[0-9]{2}-[0-9]{4}", |s, _| checks::us_ssn(s), Shape::Exact, true),
-    pat(PiiKind::EsDni, r"[0-9]{8}-?[A-Z]", |s, _| checks::es_dni(s), Shape::Exact, true),
+    pat(PiiKind::CreditCard, r"(?-u:\b)[0-9](?:[ -]?[0-9]){11,}", |s, _| checks::payment_card(s), Shape::DigitGroups, true),
+    pat(PiiKind::FrNir, r"(?-u:\b)[12] ?[0-9]{2} ?[0-9]{2} ?(?:[0-9]{2}|2[AB]) ?[0-9]{3} ?[0-9]{3} ?[0-9]{2}", |s, _| checks::fr_nir(s), Shape::Exact, true),
+    pat(PiiKind::UsSsn, r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}", |s, _| checks::us_ssn(s), Shape::Exact, true),
+    pat(PiiKind::EsDni, r"(?-u:\b)[0-9]{8}-?[A-Z]", |s, _| checks::es_dni(s), Shape::Exact, true),
     pat(PiiKind::IpAddress, r"[0-9A-Fa-f]*(?::[0-9A-Fa-f]*){2,}", |s, _| checks::ipv6(s), Shape::Exact, false),
-    pat(PiiKind::IpAddress, r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}", |s, _| checks::ipv4(s), Shape::Exact, true),
+    pat(PiiKind::IpAddress, r"(?-u:\b)[0-9]{1,3}(?:\.[0-9]{1,3}){3}", |s, _| checks::ipv4(s), Shape::Exact, true),
     pat(PiiKind::Phone, phone::REGEX, phone::is_phone, Shape::DigitGroups, true),
 ];
 
