@@ -58,10 +58,10 @@ impl AppState {
                 None => None,
             };
             let provider: Arc<dyn Provider> = match p.kind {
-                ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+                ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure => {
                     Arc::new(OpenAiCompatible::new(p, api_key, client.clone()))
                 }
-                ProviderKind::Azure | ProviderKind::Anthropic => {
+                ProviderKind::Anthropic => {
                     anyhow::bail!("provider {:?}: kind {:?} is not supported yet", p.name, p.kind)
                 }
             };

@@ -69,6 +69,12 @@ pub struct ProviderConfig {
     /// Retries after the first attempt.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Upper bound of the first retry's backoff; doubled for each further retry (full jitter).
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// The longest wait before a retry; an upstream `Retry-After` beyond it is not waited for.
+    #[serde(default = "default_retry_max_wait_ms")]
+    pub retry_max_wait_ms: u64,
     /// Azure only.
     pub api_version: Option<String>,
     /// Models served, with prices.
@@ -84,7 +90,24 @@ const fn default_max_retries() -> u32 {
     2
 }
 
+const fn default_retry_base_ms() -> u64 {
+    250
+}
+
+const fn default_retry_max_wait_ms() -> u64 {
+    10_000
+}
+
 impl ProviderConfig {
+    /// Retry settings.
+    pub fn retry_policy(&self) -> crate::RetryPolicy {
+        crate::RetryPolicy {
+            max_retries: self.max_retries,
+            base: std::time::Duration::from_millis(self.retry_base_ms),
+            max_wait: std::time::Duration::from_millis(self.retry_max_wait_ms),
+        }
+    }
+
     /// The model entry called `name`.
     pub fn model(&self, name: &str) -> Option<&ModelPrice> {
         self.models.iter().find(|m| m.name == name)
@@ -99,10 +122,17 @@ impl ProviderConfig {
         }
         match self.kind {
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => {}
-            ProviderKind::Azure | ProviderKind::Anthropic => problems.push(format!(
-                "{who}: kind {:?} is not supported yet; use \"openai\" or \"openai-compatible\"",
-                self.kind
+            ProviderKind::Azure => {
+                if self.api_version.is_none() {
+                    problems.push(format!("{who}: kind \"azure\" needs api_version (e.g. \"2024-10-21\")"));
+                }
+            }
+            ProviderKind::Anthropic => problems.push(format!(
+                "{who}: kind \"anthropic\" is not supported yet; use \"openai\", \"azure\" or \"openai-compatible\""
             )),
+        }
+        if self.api_version.is_some() && self.kind != ProviderKind::Azure {
+            problems.push(format!("{who}: api_version is for kind \"azure\" only"));
         }
         if self.base_url.is_none() && self.endpoints.is_empty() {
             problems.push(format!("{who}: base_url is required"));

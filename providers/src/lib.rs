@@ -7,6 +7,7 @@ mod error;
 mod local;
 mod openai_compatible;
 mod provider;
+mod retry;
 pub mod wire;
 
 pub use config::{ModelPrice, ProviderConfig, ProviderKind};
@@ -14,3 +15,4 @@ pub use error::ProviderError;
 pub use local::LocalProvider;
 pub use openai_compatible::OpenAiCompatible;
 pub use provider::{collect_stream, ChunkStream, Provider};
+pub use retry::{retryable_status, RetryPolicy};

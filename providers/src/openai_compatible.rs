@@ -1,75 +1,179 @@
-//! Any API that speaks `OpenAI`'s chat completions: `OpenAI` itself, vLLM, llama-server, Ollama…
-//! Streams are passed through unbuffered: each upstream SSE event becomes a chunk as it arrives.
+//! Every API that speaks `OpenAI`'s chat completions: `OpenAI` itself, Azure `OpenAI` (its own
+//! URL scheme and `api-key` header), and self-hosted servers (vLLM, llama-server, Ollama…).
+//! Failures before the first byte are retried (see [`crate::retry`]); streams are passed through
+//! unbuffered: each upstream SSE event becomes a chunk as it arrives.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use eventsource_stream::Eventsource;
+use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Client, Response, StatusCode};
+use tracing::warn;
 
 use crate::provider::{ChunkStream, Provider};
-use crate::wire::{ChatChunk, ChatRequest, ChatResponse, ErrorBody, ErrorDetail};
-use crate::{ProviderConfig, ProviderError};
+use crate::retry::{retryable_status, RetryPolicy};
+use crate::wire::{ChatChunk, ChatRequest, ChatResponse, ErrorBody, ErrorDetail, StreamOptions};
+use crate::{ProviderConfig, ProviderError, ProviderKind};
+
+/// How requests are addressed and authenticated.
+#[derive(Debug, Clone)]
+enum Dialect {
+    /// `{base}/chat/completions`, `Authorization: Bearer`.
+    OpenAi { url: String },
+    /// `{base}/openai/deployments/{deployment}/chat/completions?api-version=…`, `api-key`.
+    Azure { base: String, api_version: String, deployments: HashMap<String, String> },
+}
 
 /// A remote provider speaking `OpenAI`'s wire format.
 pub struct OpenAiCompatible {
     name: String,
-    url: String,
+    dialect: Dialect,
     api_key: Option<String>,
     client: Client,
     timeout_ms: u64,
+    retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for OpenAiCompatible {
     // Hand-written so the API key can never reach a log line.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiCompatible").field("name", &self.name).field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("OpenAiCompatible").field("name", &self.name).field("dialect", &self.dialect).finish_non_exhaustive()
     }
 }
+
+/// One failed attempt, and whether another may help.
+struct Failure {
+    error: ProviderError,
+    retryable: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Failure {
+    const fn fatal(error: ProviderError) -> Self {
+        Self { error, retryable: false, retry_after: None }
+    }
+}
+
+type Events = BoxStream<'static, Result<eventsource_stream::Event, String>>;
 
 impl OpenAiCompatible {
     /// Builds the provider; `api_key` is the value of the configured `api_key_env`.
     pub fn new(config: &ProviderConfig, api_key: Option<String>, client: Client) -> Self {
         let base = config.base_url.clone().or_else(|| config.endpoints.first().cloned()).unwrap_or_default();
-        Self {
-            name: config.name.clone(),
-            url: format!("{}/chat/completions", base.trim_end_matches('/')),
-            api_key,
-            client,
-            timeout_ms: config.timeout_ms,
-        }
+        let base = base.trim_end_matches('/').to_owned();
+        let dialect = if config.kind == ProviderKind::Azure {
+            Dialect::Azure {
+                base,
+                api_version: config.api_version.clone().unwrap_or_default(),
+                deployments: config
+                    .models
+                    .iter()
+                    .map(|m| (m.name.clone(), m.deployment.clone().unwrap_or_else(|| m.name.clone())))
+                    .collect(),
+            }
+        } else {
+            Dialect::OpenAi { url: format!("{base}/chat/completions") }
+        };
+        Self { name: config.name.clone(), dialect, api_key, client, timeout_ms: config.timeout_ms, retry: config.retry_policy() }
     }
 
     fn timeout(&self) -> ProviderError {
         ProviderError::Timeout { provider: self.name.clone(), timeout_ms: self.timeout_ms }
     }
 
-    fn transport(&self, err: &reqwest::Error) -> ProviderError {
-        if err.is_timeout() {
-            return self.timeout();
-        }
-        ProviderError::Upstream { provider: self.name.clone(), status: None, message: err.to_string() }
+    fn upstream(&self, status: Option<u16>, message: String) -> ProviderError {
+        ProviderError::Upstream { provider: self.name.clone(), status, message }
     }
 
-    /// Sends the request and turns any non-success status into a typed error.
-    async fn send(&self, req: &ChatRequest) -> Result<Response, ProviderError> {
-        let mut builder = self.client.post(&self.url).json(req);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key);
+    fn request(&self, req: &ChatRequest) -> reqwest::RequestBuilder {
+        match &self.dialect {
+            Dialect::OpenAi { url } => {
+                let builder = self.client.post(url).json(req);
+                match &self.api_key {
+                    Some(key) => builder.bearer_auth(key),
+                    None => builder,
+                }
+            }
+            Dialect::Azure { base, api_version, deployments } => {
+                let deployment = deployments.get(&req.model).map_or(req.model.as_str(), String::as_str);
+                // api_version is a date-like token (`2024-10-21`): nothing in it needs escaping.
+                let url = format!("{base}/openai/deployments/{deployment}/chat/completions?api-version={api_version}");
+                let builder = self.client.post(url).json(req);
+                match &self.api_key {
+                    Some(key) => builder.header("api-key", key),
+                    None => builder,
+                }
+            }
         }
-        let response = tokio::time::timeout(Duration::from_millis(self.timeout_ms), builder.send())
-            .await
-            .map_err(|_| self.timeout())?
-            .map_err(|e| self.transport(&e))?;
+    }
+
+    /// One attempt: the response once its status is known to be a success.
+    async fn send_once(&self, req: &ChatRequest) -> Result<Response, Failure> {
+        let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(req).send()).await {
+            Err(_) => return Err(Failure::fatal(self.timeout())),
+            Ok(Err(e)) if e.is_timeout() => return Err(Failure::fatal(self.timeout())),
+            // No answer at all (refused, reset, DNS): the request never reached the model.
+            Ok(Err(e)) => {
+                return Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None })
+            }
+            Ok(Ok(response)) => response,
+        };
         let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
         let retry_after_s = retry_after(response.headers());
         let body = response.bytes().await.unwrap_or_default();
-        Err(self.status_error(status, retry_after_s, &body))
+        Err(Failure {
+            error: self.status_error(status, retry_after_s, &body),
+            retryable: retryable_status(status.as_u16()),
+            retry_after: retry_after_s.map(Duration::from_secs),
+        })
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or retries run out.
+    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let mut retry = 0;
+        loop {
+            match attempt().await {
+                Ok(value) => return Ok(value),
+                Err(failure) => {
+                    let wait = (failure.retryable && retry < self.retry.max_retries)
+                        .then(|| self.retry.delay(retry, failure.retry_after))
+                        .flatten();
+                    let Some(wait) = wait else { return Err(failure.error) };
+                    warn!(provider = %self.name, retry = retry + 1, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), error = %failure.error, "retrying upstream");
+                    tokio::time::sleep(wait).await;
+                    retry += 1;
+                }
+            }
+        }
+    }
+
+    /// Opens a stream and reads its first event, so a failure before the first byte reaches
+    /// the client can still be retried.
+    async fn open_stream(&self, req: &ChatRequest) -> Result<(Option<eventsource_stream::Event>, Events), Failure> {
+        let response = self.send_once(req).await?;
+        let mut events: Events = response.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
+        let first = tokio::time::timeout(Duration::from_millis(self.timeout_ms), events.next()).await;
+        match first {
+            Err(_) => Err(Failure::fatal(self.timeout())),
+            Ok(None) => Ok((None, events)),
+            Ok(Some(Ok(event))) => Ok((Some(event), events)),
+            Ok(Some(Err(e))) => Err(Failure {
+                error: self.upstream(None, format!("stream broken before its first event: {e}")),
+                retryable: true,
+                retry_after: None,
+            }),
+        }
     }
 
     fn status_error(&self, status: StatusCode, retry_after_s: Option<u64>, body: &[u8]) -> ProviderError {
@@ -107,23 +211,29 @@ impl Provider for OpenAiCompatible {
     async fn complete(&self, mut req: ChatRequest) -> Result<ChatResponse, ProviderError> {
         req.stream = None;
         req.stream_options = None;
-        let response = self.send(&req).await?;
-        let body = tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes())
-            .await
-            .map_err(|_| self.timeout())?
-            .map_err(|e| self.transport(&e))?;
-        serde_json::from_slice(&body).map_err(|e| ProviderError::Upstream {
-            provider: self.name.clone(),
-            status: None,
-            message: format!("unreadable chat.completion: {e}"),
-        })
+        let body = self
+            .with_retries(|| async {
+                let response = self.send_once(&req).await?;
+                match tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes()).await {
+                    Err(_) => Err(Failure::fatal(self.timeout())),
+                    Ok(Err(e)) => Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None }),
+                    Ok(Ok(body)) => Ok(body),
+                }
+            })
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| self.upstream(None, format!("unreadable chat.completion: {e}")))
     }
 
     async fn stream(&self, mut req: ChatRequest) -> Result<ChunkStream, ProviderError> {
         req.stream = Some(true);
-        let response = self.send(&req).await?;
+        // Always ask for usage so the cost is exact; the gateway passes the usage chunk on only
+        // to clients that asked for it.
+        let mut options = req.stream_options.take().unwrap_or(StreamOptions { include_usage: None, extra: serde_json::Map::new() });
+        options.include_usage = Some(true);
+        req.stream_options = Some(options);
+        let (first, rest) = self.with_retries(|| self.open_stream(&req)).await?;
         let provider = self.name.clone();
-        let events = response.bytes_stream().eventsource();
+        let events = stream::iter(first.map(Ok)).chain(rest);
         let chunks = events
             .take_while(|event| futures::future::ready(!matches!(event, Ok(e) if e.data.trim() == "[DONE]")))
             .filter_map(move |event| {

@@ -111,15 +111,18 @@ def fake_provider():
     p.stop()
 
 
-def fake_provider_section(base, key_env=None, name="fake", kind="openai-compatible", region=None, trusted=False):
+def fake_provider_section(base, key_env=None, name="fake", kind="openai-compatible", region=None, trusted=False,
+                          extra_keys="", base_path="/v1"):
     key = f'api_key_env = "{key_env}"\n' if key_env else ""
     where = f'region = "{region}"\n' if region else ""
+    # Short backoff so retry tests stay fast; Retry-After from the fake still applies.
+    where += f"retry_base_ms = 5\nretry_max_wait_ms = 2000\n{extra_keys}"
     models = ", ".join(
         f'{{ name = "{m}", input_per_mtok = 1.0, output_per_mtok = 2.0 }}'
         for m in ["echo", "shred", "gated", "fail", "ratelimit", "reject", "drop"]
     )
     return (
-        f'[[providers]]\nname = "{name}"\nkind = "{kind}"\nbase_url = "{base}/v1"\n{key}{where}'
+        f'[[providers]]\nname = "{name}"\nkind = "{kind}"\nbase_url = "{base}{base_path}"\n{key}{where}'
         f"trusted = {'true' if trusted else 'false'}\ntimeout_ms = 20000\nmodels = [{models}]\n"
     )
 

@@ -7,14 +7,23 @@
 //! - `reject`: 400 with an `OpenAI` error body. `drop`: one chunk, then (after
 //!   `POST /control/release`) the connection breaks.
 //!
-//! `GET /control/requests` returns every request received (body and whether it carried auth).
+//! `POST /control/faults` queues faults (`[{"status": 500}, {"status": 429, "retry_after": "0"},
+//! {"drop": true}]`): each following chat request takes the next one instead of its answer
+//! (`drop`: headers sent, then the connection breaks before the first event).
+//!
+//! Azure's shape is served too: `POST /openai/deployments/{deployment}/chat/completions
+//! ?api-version=…` needs the `api-key` header, refuses `Authorization`, and answers as the
+//! model named by the deployment.
+//!
+//! `GET /control/requests` returns every request received (path, body, `authorization` and
+//! `api-key` header values).
 //! Prints `listening on ADDR` once bound to a free port.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +34,7 @@ use tokio::sync::Notify;
 #[derive(Default)]
 struct Fake {
     requests: Mutex<Vec<Value>>,
+    faults: Mutex<std::collections::VecDeque<Value>>,
     release: Notify,
 }
 
@@ -41,9 +51,53 @@ fn error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response 
     (status, Json(json!({"error": {"message": message, "type": kind, "param": null, "code": code}}))).into_response()
 }
 
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+async fn azure_chat(
+    State(fake): State<Arc<Fake>>,
+    Path(deployment): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    Json(mut body): Json<Value>,
+) -> Response {
+    if headers.contains_key("authorization") || !headers.contains_key("api-key") {
+        return error(StatusCode::UNAUTHORIZED, "Access denied due to missing or invalid api-key header.", "invalid_request_error", "401");
+    }
+    if !query.contains_key("api-version") {
+        return error(StatusCode::NOT_FOUND, "Resource not found (api-version missing)", "invalid_request_error", "404");
+    }
+    body["model"] = Value::String(deployment.clone());
+    answer(&fake, &format!("/openai/deployments/{deployment}/chat/completions"), &headers, body).await
+}
+
 async fn chat(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    fake.requests.lock().expect("lock").push(json!({"body": body, "authorization": authorized}));
+    answer(&fake, "/v1/chat/completions", &headers, body).await
+}
+
+async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: Value) -> Response {
+    let fake = Arc::clone(fake);
+    fake.requests.lock().expect("lock").push(json!({
+        "path": path, "body": body, "authorization": header(headers, "authorization"), "api_key": header(headers, "api-key"),
+    }));
+    let fault = fake.faults.lock().expect("lock").pop_front();
+    if let Some(fault) = fault {
+        if fault["drop"].as_bool() == Some(true) {
+            let broken = futures::stream::iter([Err::<Bytes, _>(std::io::Error::other("dropped by the fake before the first event"))]);
+            return Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(broken))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        }
+        let status = fault["status"].as_u64().and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
+        let status = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = error(status, "scripted fault", "server_error", "fault");
+        if let Some(after) = fault["retry_after"].as_str() {
+            r.headers_mut().insert("retry-after", after.parse().expect("header"));
+        }
+        return r;
+    }
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let stream = body["stream"].as_bool().unwrap_or(false);
     let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
@@ -114,6 +168,12 @@ async fn chat(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Jso
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+async fn faults(State(fake): State<Arc<Fake>>, Json(body): Json<Value>) -> StatusCode {
+    let mut queue = fake.faults.lock().expect("lock");
+    queue.extend(body["faults"].as_array().cloned().unwrap_or_default());
+    StatusCode::NO_CONTENT
+}
+
 async fn release(State(fake): State<Arc<Fake>>) -> StatusCode {
     fake.release.notify_waiters();
     StatusCode::NO_CONTENT
@@ -127,6 +187,8 @@ async fn requests(State(fake): State<Arc<Fake>>) -> Json<Value> {
 async fn main() -> std::io::Result<()> {
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
+        .route("/control/faults", post(faults))
         .route("/control/release", post(release))
         .route("/control/requests", get(requests))
         .with_state(Arc::new(Fake::default()));

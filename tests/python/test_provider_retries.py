@@ -1,0 +1,109 @@
+"""Remote-path resilience through the official SDK: retryable failures (500, 529, 429 with a short
+Retry-After, a stream dropped before its first event) are retried with backoff and the fake's log
+proves the attempt count; non-retryable ones and long Retry-After are not; usage is always asked
+for upstream; Azure's URL scheme and `api-key` header."""
+
+import httpx
+import openai
+import pytest
+
+from conftest import Gateway, fake_provider_section, fake_requests, gateway_config, parse_chunks, sse_events
+
+
+def script(fake_provider, *faults):
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": list(faults)}).raise_for_status()
+
+
+def attempts_since(fake_provider, before):
+    return len(fake_requests(fake_provider)) - before
+
+
+def ask(gateway, model="fake/echo", **extra):
+    return httpx.post(f"{gateway.v1}/chat/completions", timeout=30,
+                      json={"model": model, "messages": [{"role": "user", "content": "ping"}], **extra})
+
+
+def test_transient_failures_are_retried_until_success(gateway, fake_provider):
+    before = len(fake_requests(fake_provider))
+    script(fake_provider, {"status": 500}, {"status": 529})
+    client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+    r = client.chat.completions.create(model="fake/echo", messages=[{"role": "user", "content": "ping"}])
+    assert r.choices[0].message.content == "echo: ping"
+    assert attempts_since(fake_provider, before) == 3
+
+
+def test_retries_run_out_and_map_to_502(gateway, fake_provider):
+    before = len(fake_requests(fake_provider))
+    script(fake_provider, {"status": 503}, {"status": 502}, {"status": 500})
+    r = ask(gateway)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+    assert attempts_since(fake_provider, before) == 3, "first attempt + max_retries (2)"
+
+
+def test_429_with_short_retry_after_is_retried(gateway, fake_provider):
+    before = len(fake_requests(fake_provider))
+    script(fake_provider, {"status": 429, "retry_after": "0"})
+    r = ask(gateway)
+    assert r.status_code == 200
+    assert attempts_since(fake_provider, before) == 2
+
+
+def test_429_with_long_retry_after_goes_back_at_once_with_its_retry_after(gateway, fake_provider):
+    before = len(fake_requests(fake_provider))
+    script(fake_provider, {"status": 429, "retry_after": "60"})
+    r = ask(gateway)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert r.headers["retry-after"] == "60"
+    assert attempts_since(fake_provider, before) == 1
+
+
+def test_client_errors_are_not_retried(gateway, fake_provider):
+    before = len(fake_requests(fake_provider))
+    r = ask(gateway, model="fake/reject")
+    assert r.status_code == 400
+    assert attempts_since(fake_provider, before) == 1
+
+
+def test_stream_dropped_before_its_first_event_is_retried(gateway, fake_provider):
+    before = len(fake_requests(fake_provider))
+    script(fake_provider, {"drop": True})
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
+                      json={"model": "fake/echo", "stream": True, "messages": [{"role": "user", "content": "a b"}]}) as r:
+        assert r.status_code == 200
+        chunks = parse_chunks(sse_events(r))
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "echo: a b"
+    assert attempts_since(fake_provider, before) == 2
+
+
+def test_streams_always_ask_upstream_for_usage_but_pass_it_on_only_when_asked(gateway, fake_provider):
+    before = len(fake_requests(fake_provider))
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
+                      json={"model": "fake/echo", "stream": True, "messages": [{"role": "user", "content": "a"}]}) as r:
+        chunks = parse_chunks(sse_events(r))
+    sent = fake_requests(fake_provider)[before:]
+    assert sent[0]["stream_options"]["include_usage"] is True
+    assert all(not c.get("usage") for c in chunks)
+
+
+@pytest.fixture(scope="module")
+def azure(tmp_path_factory, fake_provider):
+    section = fake_provider_section(
+        fake_provider, key_env="AZURE_TEST_KEY", name="azure", kind="azure", base_path="",
+        extra_keys='api_version = "2024-10-21"\n',
+    ).replace('{ name = "echo",', '{ name = "gpt-4o", deployment = "echo",')
+    gw = Gateway(tmp_path_factory.mktemp("azure"), gateway_config(section),
+                 '[[rule]]\nname = "default"\nroute = "local"\n', env={"AZURE_TEST_KEY": "az-secret-value"})
+    yield gw
+    gw.stop()
+
+
+def test_azure_uses_deployment_url_api_version_and_api_key_header(azure, fake_provider):
+    before = len(fake_requests(fake_provider))
+    r = httpx.post(f"{azure.v1}/chat/completions", timeout=30,
+                   json={"model": "azure/gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "echo: hi"
+    record = httpx.get(f"{fake_provider}/control/requests").json()[before]
+    assert record["path"] == "/openai/deployments/echo/chat/completions"
+    assert record["api_key"] == "az-secret-value" and record["authorization"] is None
+    assert not any("az-secret-value" in line for line in azure.process.lines)
