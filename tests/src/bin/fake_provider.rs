@@ -69,14 +69,14 @@ async fn azure_chat(
         return error(StatusCode::NOT_FOUND, "Resource not found (api-version missing)", "invalid_request_error", "404");
     }
     body["model"] = Value::String(deployment.clone());
-    answer(&fake, &format!("/openai/deployments/{deployment}/chat/completions"), &headers, body)
+    answer(&fake, &format!("/openai/deployments/{deployment}/chat/completions"), &headers, &body)
 }
 
 async fn chat(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    answer(&fake, "/v1/chat/completions", &headers, body)
+    answer(&fake, "/v1/chat/completions", &headers, &body)
 }
 
-fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: Value) -> Response {
+fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value) -> Response {
     let fake = Arc::clone(fake);
     fake.requests.lock().expect("lock").push(json!({
         "path": path, "body": body, "authorization": header(headers, "authorization"), "api_key": header(headers, "api-key"),
