@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
-use providers::wire::{ChatRequest, Usage};
+use providers::wire::ChatRequest;
 use providers::{Provider, ProviderError};
 use router::{Decision, RouteInput, Router, TenantProfile};
 
@@ -96,17 +96,4 @@ pub fn worth_falling_back(err: &ProviderError) -> bool {
         | ProviderError::ContextLengthExceeded { .. }
         | ProviderError::Rejected { .. } => false,
     }
-}
-
-/// What `usage` cost on `target`, in USD.
-pub fn cost_usd(state: &AppState, target: &str, usage: &Usage) -> f64 {
-    if Some(target) == state.catalog.local_target().as_deref() {
-        let per_mtok = state.config.local.as_ref().map_or(0.0, |l| l.cost_per_mtok);
-        #[allow(clippy::cast_precision_loss)]
-        return usage.total_tokens as f64 * per_mtok / 1e6;
-    }
-    target
-        .split_once('/')
-        .and_then(|(p, m)| state.remotes.get(p)?.config.model(m).map(|price| price.cost_usd(usage.prompt_tokens, usage.completion_tokens)))
-        .unwrap_or(0.0)
 }

@@ -106,6 +106,11 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
     /// The body as written to the client (also used for SSE `error` events).
     pub fn body(&self) -> ErrorBody {
         ErrorBody { error: self.parts().1 }

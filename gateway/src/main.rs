@@ -1,6 +1,7 @@
 //! `switchyard`: the hybrid LLM gateway.
 #![forbid(unsafe_code)]
 
+mod accounting;
 mod app;
 mod catalog;
 mod chat_request;

@@ -6,18 +6,17 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use local_engine::EngineHandle;
-use providers::{LocalProvider, OpenAiCompatible, Provider, ProviderConfig, ProviderKind};
+use providers::{LocalProvider, OpenAiCompatible, Provider, ProviderKind};
 
 use crate::catalog::Catalog;
 use crate::config::GatewayConfig;
+use crate::accounting::{Ledger, Pricer};
 use crate::tenants::Tenants;
 
-/// A provider and what it charges.
+/// A remote provider.
 pub struct Remote {
     /// Answers requests.
     pub provider: Arc<dyn Provider>,
-    /// Its configuration (models and prices).
-    pub config: ProviderConfig,
 }
 
 /// Shared by every handler.
@@ -30,6 +29,10 @@ pub struct AppState {
     pub router: router::Router,
     /// Virtual keys → tenants.
     pub tenants: Tenants,
+    /// Where every request's accounting record goes.
+    pub ledger: Arc<Ledger>,
+    /// Prices usage on a target.
+    pub pricer: Pricer,
     /// The embedded engine, if configured.
     pub local: Option<LocalProvider>,
     /// Remote providers by name.
@@ -65,7 +68,7 @@ impl AppState {
                     anyhow::bail!("provider {:?}: kind {:?} is not supported yet", p.name, p.kind)
                 }
             };
-            remotes.insert(p.name.clone(), Remote { provider, config: p.clone() });
+            remotes.insert(p.name.clone(), Remote { provider });
         }
         let catalog = Catalog::new(config.local.as_ref().map(|l| l.name.as_str()), &config.providers);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -73,7 +76,19 @@ impl AppState {
         let tenants = Tenants::new(&config.tenants);
         // Compile the PII patterns now rather than on the first request.
         let _ = router::pii_scanner();
-        Ok(Arc::new(Self { config, catalog, router, tenants, local, remotes, started_unix, draining: AtomicBool::new(false) }))
+        let pricer = pricer(&config);
+        Ok(Arc::new(Self {
+            config,
+            catalog,
+            router,
+            tenants,
+            ledger: Arc::new(Ledger::default()),
+            pricer,
+            local,
+            remotes,
+            started_unix,
+            draining: AtomicBool::new(false),
+        }))
     }
 
     /// True once the model is loaded (or no engine is configured) and not draining.
@@ -81,4 +96,24 @@ impl AppState {
         !self.draining.load(std::sync::atomic::Ordering::Relaxed)
             && self.local.as_ref().is_none_or(|l| l.engine().stats().loaded)
     }
+}
+
+/// Prices usage per target: the local engine at `[local].cost_per_mtok` for all tokens, remote
+/// models from their model entry (cached prompt tokens at the cached price); unpriced: 0.
+fn pricer(config: &GatewayConfig) -> Pricer {
+    let local = config.local.as_ref().map(|l| (format!("local/{}", l.name), l.cost_per_mtok));
+    let prices: HashMap<String, providers::ModelPrice> = config
+        .providers
+        .iter()
+        .flat_map(|p| p.models.iter().map(move |m| (format!("{}/{}", p.name, m.name), m.clone())))
+        .collect();
+    Arc::new(move |target: &str, usage: &providers::wire::Usage| {
+        if let Some((local_target, per_mtok)) = &local {
+            if target == local_target {
+                #[allow(clippy::cast_precision_loss)]
+                return usage.total_tokens as f64 * per_mtok / 1e6;
+            }
+        }
+        prices.get(target).map_or(0.0, |price| price.cost_of(usage))
+    })
 }

@@ -35,10 +35,23 @@ pub struct ModelPrice {
 }
 
 impl ModelPrice {
-    /// Cost in USD of a request with these token counts.
+    /// Cost in USD of a request with these token counts (no cached prompt tokens).
     #[allow(clippy::cast_precision_loss)]
     pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
         (prompt_tokens as f64 * self.input_per_mtok + completion_tokens as f64 * self.output_per_mtok) / 1e6
+    }
+
+    /// Cost in USD of `usage`: cached prompt tokens at `cached_input_per_mtok` (the input price
+    /// when none is configured), the other prompt tokens at `input_per_mtok`, completion tokens
+    /// at `output_per_mtok`.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn cost_of(&self, usage: &crate::wire::Usage) -> f64 {
+        let cached = usage.cached_prompt_tokens().min(usage.prompt_tokens);
+        let cached_price = self.cached_input_per_mtok.unwrap_or(self.input_per_mtok);
+        ((usage.prompt_tokens - cached) as f64 * self.input_per_mtok
+            + cached as f64 * cached_price
+            + usage.completion_tokens as f64 * self.output_per_mtok)
+            / 1e6
     }
 }
 
@@ -168,6 +181,11 @@ models = [{ name = "gpt-4o", input_per_mtok = 2.5, output_per_mtok = 10.0, cache
         assert_eq!(cfg.timeout_ms, 60_000);
         assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
         let cost = cfg.model("gpt-4o").unwrap().cost_usd(1_000_000, 100_000);
+        let mut usage = crate::wire::Usage::new(1_000_000, 100_000);
+        usage.extra.insert("prompt_tokens_details".into(), serde_json::json!({"cached_tokens": 400_000}));
+        let m = cfg.model("gpt-4o").unwrap();
+        let expected = (600_000.0 * m.input_per_mtok + 400_000.0 * m.cached_input_per_mtok.unwrap_or(m.input_per_mtok) + 100_000.0 * m.output_per_mtok) / 1e6;
+        assert!((m.cost_of(&usage) - expected).abs() < 1e-12);
         assert!((cost - 3.5).abs() < 1e-12);
     }
 

@@ -157,6 +157,12 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Prompt tokens served from the provider's prompt cache
+    /// (`prompt_tokens_details.cached_tokens`), 0 when not reported.
+    pub fn cached_prompt_tokens(&self) -> u64 {
+        self.extra.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens")).and_then(Value::as_u64).unwrap_or(0)
+    }
+
     /// Usage with the total filled in.
     pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
         Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens, extra: Map::new() }

@@ -4,6 +4,7 @@ official openai SDK, and the fake provider server (tests/src/bin/fake_provider.r
 import json
 import os
 import queue
+import re
 import subprocess
 import threading
 import time
@@ -120,11 +121,32 @@ def fake_provider_section(base, key_env=None, name="fake", kind="openai-compatib
     models = ", ".join(
         f'{{ name = "{m}", input_per_mtok = 1.0, output_per_mtok = 2.0 }}'
         for m in ["echo", "shred", "gated", "fail", "ratelimit", "reject", "drop"]
-    )
+    ) + ', { name = "cached", input_per_mtok = 1.0, output_per_mtok = 2.0, cached_input_per_mtok = 0.5 }'
     return (
         f'[[providers]]\nname = "{name}"\nkind = "{kind}"\nbase_url = "{base}{base_path}"\n{key}{where}'
         f"trusted = {'true' if trusted else 'false'}\ntimeout_ms = 20000\nmodels = [{models}]\n"
     )
+
+
+def accounting_records(gateway):
+    """The gateway's accounting records (log lines `request accounted`), as dicts of strings."""
+    out = []
+    for line in list(gateway.process.lines):
+        if "request accounted" in line:
+            fields = re.findall(r'(\w+)=("[^"]*"|\[[^\]]*\]|\S+)', line.split("request accounted", 1)[1])
+            out.append({k: v[1:-1] if v.startswith('"') else v for k, v in fields})
+    return out
+
+
+def accounting_record(gateway, request_id, timeout=10.0):
+    """The record of one request; streams write theirs when they end, so wait for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for r in accounting_records(gateway):
+            if r.get("request_id") == request_id:
+                return r
+        time.sleep(0.02)
+    raise AssertionError(f"no accounting record for {request_id}")
 
 
 def fake_requests(fake_provider):

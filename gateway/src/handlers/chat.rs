@@ -17,33 +17,65 @@ use router::{Decision, Redaction, TenantProfile};
 use tracing::{warn, Instrument};
 
 use crate::chat_request::parse_chat_request;
-use crate::dispatch::{cost_usd, plan, provider_for, worth_falling_back};
+use crate::accounting::PendingRecord;
+use crate::dispatch::{plan, provider_for, worth_falling_back};
 use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
 use crate::privacy::{self, StreamRestorer};
 use crate::state::AppState;
 
-/// Answers a chat completion, streamed or not, from the target the router picks.
+/// Answers a chat completion, streamed or not, from the target the router picks. Every request
+/// leaves one accounting record, whatever way it ends.
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestCtx>,
     Extension(tenant): Extension<Arc<TenantProfile>>,
     headers: HeaderMap,
     body: Body,
+) -> Response {
+    let mut record = Some(PendingRecord::new(
+        Arc::clone(&state.ledger),
+        Arc::clone(&state.pricer),
+        &ctx.request_id,
+        &tenant.name,
+        ctx.started,
+    ));
+    match answer(&state, &ctx, &tenant, &headers, body, &mut record).await {
+        Ok(response) => response,
+        Err(err) => {
+            if let Some(record) = &mut record {
+                record.status(err.status().as_u16());
+            }
+            err.into_response()
+        }
+    }
+}
+
+async fn answer(
+    state: &AppState,
+    ctx: &RequestCtx,
+    tenant: &TenantProfile,
+    headers: &HeaderMap,
+    body: Body,
+    record: &mut Option<PendingRecord>,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(body, state.config.server.max_body_bytes).await?;
     let req = parse_chat_request(&bytes)?;
-    let decision = plan(&state, &req, &headers, &tenant)?;
+    let decision = plan(state, &req, headers, tenant)?;
     ctx.span.record("rule", decision.rule.as_str());
     ctx.span.record("tier", decision.tier.as_str());
+    if let Some(r) = record.as_mut() {
+        let prompt_chars = privacy::inspect(&req).text.chars().count();
+        r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
+    }
     if let Some(reason) = &decision.violation {
         return Err(ApiError::PolicyViolation { reason: format!("rule {:?}: {reason}", decision.rule) });
     }
     if req.is_stream() {
-        stream_answer(&state, req, &decision, &ctx).await
+        stream_answer(state, req, &decision, ctx, record).await
     } else {
-        complete_answer(&state, req, &decision, &ctx).await
+        complete_answer(state, req, &decision, ctx, record).await
     }
 }
 
@@ -98,14 +130,21 @@ async fn complete_answer(
     req: ChatRequest,
     decision: &Decision,
     ctx: &RequestCtx,
+    record: &mut Option<PendingRecord>,
 ) -> Result<Response, ApiError> {
     let (target, mut response, redaction) =
         first_success(state, &req, decision, |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
     ctx.span.record("target", target);
+    let mut cost = 0.0;
+    if let Some(r) = record.as_mut() {
+        r.served_by(target, redaction.is_some());
+        r.usage(response.usage.as_ref());
+        r.status(200);
+        cost = r.cost_usd();
+    }
     if let Some(redaction) = &redaction {
         privacy::restore_response(&mut response, redaction);
     }
-    let cost = response.usage.as_ref().map_or(0.0, |u| cost_usd(state, target, u));
     let mut http = Json(response).into_response();
     set_route_headers(http.headers_mut(), decision, target);
     insert(http.headers_mut(), "x-switchyard-cost-usd", &cost.to_string());
@@ -117,6 +156,7 @@ async fn stream_answer(
     req: ChatRequest,
     decision: &Decision,
     ctx: &RequestCtx,
+    record: &mut Option<PendingRecord>,
 ) -> Result<Response, ApiError> {
     let include_usage = req.wants_stream_usage();
     let (target, chunks, redaction) = first_success(state, &req, decision, |provider, upstream, target| async move {
@@ -134,6 +174,21 @@ async fn stream_answer(
     })
     .await?;
     ctx.span.record("target", target);
+    // The record travels with the stream: it is written when the stream ends, fails, or is
+    // dropped because the client went away.
+    let mut stream_record = record.take();
+    if let Some(r) = stream_record.as_mut() {
+        r.served_by(target, redaction.is_some());
+        r.status(200);
+    }
+    let chunks = chunks
+        .map(move |chunk| {
+            if let (Ok(chunk), Some(r)) = (&chunk, stream_record.as_mut()) {
+                r.chunk(chunk);
+            }
+            chunk
+        })
+        .boxed();
     let chunks = match redaction {
         Some(redaction) => {
             let mut restorer = StreamRestorer::new(redaction);

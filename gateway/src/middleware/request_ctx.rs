@@ -19,6 +19,8 @@ pub struct RequestCtx {
     pub span: Span,
     /// When the request arrived.
     pub started: Instant,
+    /// The `x-request-id` value.
+    pub request_id: String,
 }
 
 /// Inserts [`RequestCtx`], runs the request inside its span, sets `x-request-id`.
@@ -34,7 +36,7 @@ pub async fn request_ctx(mut req: Request, next: Next) -> Response {
         target = Empty,
         tier = Empty,
     );
-    let ctx = RequestCtx { span: span.clone(), started: Instant::now() };
+    let ctx = RequestCtx { span: span.clone(), started: Instant::now(), request_id: request_id.clone() };
     req.extensions_mut().insert(ctx.clone());
     let mut response = next.run(req).instrument(span.clone()).await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {

@@ -2,6 +2,7 @@
 //! depends on the request's `model`:
 //! - `echo`: answers `echo: <last message>` (streamed word by word when asked), with usage.
 //! - `shred`: like `echo`, but streamed three characters a chunk (placeholders arrive split).
+//! - `cached`: like `echo`, reporting 8 of its 11 prompt tokens as served from the prompt cache.
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
 //! - `fail`: 500 with an `OpenAI` error body. `ratelimit`: 429 with `retry-after: 7`.
 //! - `reject`: 400 with an `OpenAI` error body. `drop`: one chunk, then (after
@@ -115,9 +116,13 @@ fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value) -> Re
     }
     if !stream {
         let words = u64::try_from(answer.split_whitespace().count()).unwrap_or(0);
+        let mut usage = json!({"prompt_tokens": 11, "completion_tokens": words, "total_tokens": 11 + words});
+        if model == "cached" {
+            usage["prompt_tokens_details"] = json!({"cached_tokens": 8});
+        }
         return Json(json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer, "refusal": null}, "finish_reason": "stop", "logprobs": null}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": words, "total_tokens": 11 + words},
+            "usage": usage,
             "system_fingerprint": "fp_fake"}))
         .into_response();
     }

@@ -1,0 +1,277 @@
+//! One accounting record per finished request — answered, failed or cancelled — for budgets,
+//! metrics and the audit log (INTERFACE.md §6 fields). A [`PendingRecord`] is filled in as the
+//! request goes and written when it is dropped, so no exit path (error, client disconnect, a
+//! stream cut mid-way) loses its record.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use providers::wire::{ChatChunk, Usage};
+use serde::Serialize;
+
+/// A finished request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageRecord {
+    /// Unix time in milliseconds when the request finished.
+    pub ts: u64,
+    /// `x-request-id`.
+    pub request_id: String,
+    /// Configured tenant name.
+    pub tenant: String,
+    /// Matched rule (`explicit` for named models no rule matched; empty before routing).
+    pub rule: String,
+    /// `provider/model` or `local/<name>` that answered (empty when none did).
+    pub target: String,
+    /// `local` or `remote` (empty when no target answered).
+    pub tier: &'static str,
+    /// HTTP status sent to the client.
+    pub status: u16,
+    /// Prompt tokens billed.
+    pub prompt_tokens: u64,
+    /// Completion tokens billed.
+    pub completion_tokens: u64,
+    /// What the request cost, USD.
+    pub cost_usd: f64,
+    /// The provider reported no usage: tokens were estimated locally (about 4 characters each).
+    pub cost_estimated: bool,
+    /// From arrival to the end of the answer.
+    pub latency_ms: u64,
+    /// From arrival to the first streamed chunk (streams only).
+    pub ttft_ms: Option<u64>,
+    /// `hit` or `miss`.
+    pub cache: &'static str,
+    /// PII was replaced by placeholders before the request left.
+    pub redacted: bool,
+    /// PII kinds found (never values).
+    pub pii_kinds: Vec<String>,
+}
+
+/// Where records go. Budgets, metrics and the audit log subscribe here as they land; today every
+/// record is logged (target `switchyard::accounting`) and summed.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    requests: AtomicU64,
+    /// Sum of `cost_usd` in micro-dollars.
+    cost_micro_usd: AtomicU64,
+    /// The last [`RECENT`] records, newest last (for the dashboard).
+    recent: Mutex<VecDeque<UsageRecord>>,
+}
+
+/// How many records [`Ledger::recent`] keeps.
+const RECENT: usize = 256;
+
+impl Ledger {
+    /// Takes one finished request.
+    pub fn record(&self, r: &UsageRecord) {
+        self.requests.fetch_add(1, Relaxed);
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(r.clone());
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        self.cost_micro_usd.fetch_add((r.cost_usd * 1e6).round() as u64, Relaxed);
+        tracing::info!(
+            target: "switchyard::accounting",
+            request_id = %r.request_id, tenant = %r.tenant, rule = %r.rule, target = %r.target, tier = r.tier,
+            status = r.status, prompt_tokens = r.prompt_tokens, completion_tokens = r.completion_tokens,
+            cost_usd = r.cost_usd, cost_estimated = r.cost_estimated, latency_ms = r.latency_ms,
+            ttft_ms = r.ttft_ms, redacted = r.redacted, pii_kinds = ?r.pii_kinds,
+            "request accounted"
+        );
+    }
+
+    /// Requests recorded so far.
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by /admin/stats and the dashboard (issue 8)"))]
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    /// The most recent records, oldest first.
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by /admin/stats and the dashboard (issue 8)"))]
+    pub fn recent(&self) -> Vec<UsageRecord> {
+        self.recent.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// Prices usage on a target; `None` when the target has no price (cost 0).
+pub type Pricer = Arc<dyn Fn(&str, &Usage) -> f64 + Send + Sync>;
+
+/// A record being filled in; written to the ledger when dropped.
+pub struct PendingRecord {
+    ledger: Arc<Ledger>,
+    pricer: Pricer,
+    started: Instant,
+    record: UsageRecord,
+    usage: Option<Usage>,
+    /// Estimates for when no usage is reported.
+    prompt_chars: usize,
+    completion_chars: usize,
+}
+
+impl PendingRecord {
+    /// Starts the record of a request.
+    pub fn new(ledger: Arc<Ledger>, pricer: Pricer, request_id: &str, tenant: &str, started: Instant) -> Self {
+        Self {
+            ledger,
+            pricer,
+            started,
+            record: UsageRecord {
+                ts: 0,
+                request_id: request_id.to_owned(),
+                tenant: tenant.to_owned(),
+                rule: String::new(),
+                target: String::new(),
+                tier: "",
+                status: 500,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                cost_usd: 0.0,
+                cost_estimated: false,
+                latency_ms: 0,
+                ttft_ms: None,
+                cache: "miss",
+                redacted: false,
+                pii_kinds: Vec::new(),
+            },
+            usage: None,
+            prompt_chars: 0,
+            completion_chars: 0,
+        }
+    }
+
+    /// The routing decision's facts.
+    pub fn routed(&mut self, rule: &str, pii_kinds: Vec<String>, prompt_chars: usize) {
+        rule.clone_into(&mut self.record.rule);
+        self.record.pii_kinds = pii_kinds;
+        self.prompt_chars = prompt_chars;
+    }
+
+    /// The target that answered.
+    pub fn served_by(&mut self, target: &str, redacted: bool) {
+        target.clone_into(&mut self.record.target);
+        self.record.tier = if target.starts_with("local/") { "local" } else { "remote" };
+        self.record.redacted = redacted;
+    }
+
+    /// The HTTP status sent.
+    pub fn status(&mut self, status: u16) {
+        self.record.status = status;
+    }
+
+    /// A whole answer's usage.
+    pub fn usage(&mut self, usage: Option<&Usage>) {
+        self.usage = usage.cloned();
+    }
+
+    /// One streamed chunk: the first sets the time to first token; text and usage are noted.
+    pub fn chunk(&mut self, chunk: &ChatChunk) {
+        if self.record.ttft_ms.is_none() {
+            self.record.ttft_ms = Some(millis(self.started));
+        }
+        for choice in &chunk.choices {
+            self.completion_chars += choice.delta.content.as_ref().map_or(0, |c| c.chars().count());
+        }
+        if let Some(usage) = &chunk.usage {
+            self.usage = Some(usage.clone());
+        }
+    }
+
+    /// The cost as it stands (for `x-switchyard-cost-usd`).
+    pub fn cost_usd(&self) -> f64 {
+        self.usage.as_ref().map_or(0.0, |u| (self.pricer)(&self.record.target, u))
+    }
+}
+
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// About four characters a token, rounded up: the estimate when a provider reports no usage.
+fn estimate_tokens(chars: usize) -> u64 {
+    u64::try_from(chars.div_ceil(4)).unwrap_or(u64::MAX)
+}
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        let r = &mut self.record;
+        r.latency_ms = millis(self.started);
+        r.ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        let answered = !r.target.is_empty();
+        let usage = match (&self.usage, answered) {
+            (Some(u), _) => Some(u.clone()),
+            // Something was generated (or billed) but the provider said nothing: estimate.
+            (None, true) if self.completion_chars > 0 || r.status == 200 => {
+                r.cost_estimated = true;
+                Some(Usage::new(estimate_tokens(self.prompt_chars), estimate_tokens(self.completion_chars)))
+            }
+            (None, _) => None,
+        };
+        if let Some(u) = usage {
+            r.prompt_tokens = u.prompt_tokens;
+            r.completion_tokens = u.completion_tokens;
+            r.cost_usd = (self.pricer)(&r.target, &u);
+        }
+        self.ledger.record(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(ledger: &Arc<Ledger>) -> PendingRecord {
+        #[allow(clippy::cast_precision_loss)]
+        let pricer: Pricer = Arc::new(|_, u: &Usage| u.total_tokens as f64 * 1e-6);
+        PendingRecord::new(Arc::clone(ledger), pricer, "req-1", "acme", Instant::now())
+    }
+
+    #[test]
+    fn an_error_before_routing_is_still_recorded() {
+        let ledger = Arc::new(Ledger::default());
+        let mut p = pending(&ledger);
+        p.status(400);
+        drop(p);
+        assert_eq!(ledger.requests(), 1);
+        let r = &ledger.recent()[0];
+        assert_eq!((r.status, r.tenant.as_str(), r.prompt_tokens, r.cost_usd), (400, "acme", 0, 0.0));
+        assert!(!r.cost_estimated);
+    }
+
+    fn chunk(json: serde_json::Value) -> ChatChunk {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_stream_without_usage_is_estimated_and_marked() {
+        let ledger = Arc::new(Ledger::default());
+        let mut p = pending(&ledger);
+        p.routed("default", vec!["email".into()], 40);
+        p.served_by("fake/echo", true);
+        p.status(200);
+        p.chunk(&chunk(serde_json::json!({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "twelve chars"}, "finish_reason": null}]})));
+        drop(p);
+        let r = &ledger.recent()[0];
+        assert!(r.cost_estimated && r.ttft_ms.is_some() && r.redacted);
+        assert_eq!((r.prompt_tokens, r.completion_tokens, r.tier), (10, 3, "remote"));
+        assert!((r.cost_usd - 13e-6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn reported_usage_wins_over_the_estimate() {
+        let ledger = Arc::new(Ledger::default());
+        let mut p = pending(&ledger);
+        p.served_by("local/small", false);
+        p.status(200);
+        p.chunk(&chunk(serde_json::json!({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}})));
+        drop(p);
+        let r = &ledger.recent()[0];
+        assert!(!r.cost_estimated);
+        assert_eq!((r.prompt_tokens, r.completion_tokens, r.tier), (7, 5, "local"));
+    }
+}

@@ -1,0 +1,65 @@
+"""One accounting record per finished request: exact cost from reported usage (cached prompt
+tokens at their own price), streams accounted exactly even when the client did not ask for usage,
+a client that leaves mid-stream still leaves a record (estimated, and marked so), and failed
+requests are recorded with their status."""
+
+import httpx
+
+from conftest import accounting_record
+
+
+def test_cached_prompt_tokens_are_priced_at_the_cached_price(gateway):
+    r = httpx.post(f"{gateway.v1}/chat/completions", timeout=30,
+                   json={"model": "fake/cached", "messages": [{"role": "user", "content": "a b"}]})
+    assert r.status_code == 200
+    # 3 uncached prompt tokens at $1/Mtok, 8 cached at $0.5/Mtok, 3 completion tokens at $2/Mtok.
+    expected = (3 * 1.0 + 8 * 0.5 + 3 * 2.0) / 1e6
+    assert float(r.headers["x-switchyard-cost-usd"]) == expected
+    rec = accounting_record(gateway, r.headers["x-request-id"])
+    assert float(rec["cost_usd"]) == expected and rec["cost_estimated"] == "false"
+    assert rec["status"] == "200" and rec["target"] == "fake/cached" and rec["tier"] == "remote"
+
+
+def test_stream_is_accounted_from_upstream_usage_the_client_did_not_ask_for(gateway):
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
+                      json={"model": "fake/echo", "stream": True, "messages": [{"role": "user", "content": "a"}]}) as r:
+        request_id = r.headers["x-request-id"]
+        body = r.read().decode()
+    assert '"usage"' not in body
+    rec = accounting_record(gateway, request_id)
+    assert (rec["prompt_tokens"], rec["completion_tokens"], rec["cost_estimated"]) == ("11", "3", "false")
+    assert float(rec["cost_usd"]) == (11 * 1.0 + 3 * 2.0) / 1e6
+    assert rec["ttft_ms"] != "None"
+
+
+def test_client_leaving_mid_stream_leaves_an_estimated_record(gateway, fake_provider):
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
+                      json={"model": "fake/gated", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+        request_id = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if "first" in line:
+                break
+    # The connection is closed here, before the fake sent usage.
+    rec = accounting_record(gateway, request_id)
+    httpx.post(f"{fake_provider}/control/release")
+    assert rec["status"] == "200" and rec["cost_estimated"] == "true"
+    assert int(rec["completion_tokens"]) >= 1 and float(rec["cost_usd"]) > 0
+
+
+def test_failed_and_refused_requests_are_recorded_with_their_status(gateway):
+    bad = httpx.post(f"{gateway.v1}/chat/completions", json={"model": "auto", "messages": []})
+    assert bad.status_code == 400
+    assert accounting_record(gateway, bad.headers["x-request-id"])["status"] == "400"
+    failed = httpx.post(f"{gateway.v1}/chat/completions", timeout=30,
+                        json={"model": "fake/fail", "messages": [{"role": "user", "content": "x"}]})
+    assert failed.status_code == 502
+    rec = accounting_record(gateway, failed.headers["x-request-id"])
+    assert rec["status"] == "502" and float(rec["cost_usd"]) == 0.0
+
+
+def test_records_never_contain_pii_values(gateway):
+    r = httpx.post(f"{gateway.v1}/chat/completions", timeout=60,
+                   json={"model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": "mail jane@example.com"}]})
+    rec = accounting_record(gateway, r.headers["x-request-id"])
+    assert rec["pii_kinds"] == '["email"]'
+    assert not any("jane@example.com" in line for line in gateway.process.lines)
