@@ -33,7 +33,7 @@ pub fn caller_tags(headers: &HeaderMap) -> Vec<String> {
 /// Decides where `req` from `tenant` goes. Unknown models are 404 `model_not_found`; a request
 /// the guard forbids comes back with `violation` set (the caller answers 403).
 pub fn plan(state: &AppState, req: &ChatRequest, headers: &HeaderMap, tenant: &TenantProfile) -> Result<Decision, ApiError> {
-    plan_with(&state.router, &state.catalog, req, headers, tenant)
+    plan_with(&state.router, &state.catalog, req, headers, tenant, &state.open_circuits())
 }
 
 /// [`plan`] without a running gateway (for `switchyard explain`).
@@ -43,6 +43,7 @@ pub fn plan_with(
     req: &ChatRequest,
     headers: &HeaderMap,
     tenant: &TenantProfile,
+    unavailable: &[String],
 ) -> Result<Decision, ApiError> {
     let choice = catalog.resolve(&req.model).ok_or_else(|| ApiError::ModelNotFound { model: req.model.clone() })?;
     let resolved = match &choice {
@@ -64,6 +65,7 @@ pub fn plan_with(
         // About four characters a token: good enough for routing; usage reports exact counts.
         prompt_tokens: u32::try_from(seen.text.chars().count().div_ceil(4)).unwrap_or(u32::MAX),
         has_tools: req.tools.is_some(),
+        unavailable,
     };
     let decision = {
         let _span = tracing::debug_span!("route.decide").entered();
@@ -81,7 +83,7 @@ pub fn provider_for(state: &AppState, target: &str) -> Result<(Arc<dyn Provider>
     }
     let (provider, model) = target.split_once('/').ok_or_else(unavailable)?;
     let remote = state.remotes.get(provider).ok_or_else(unavailable)?;
-    Ok((Arc::clone(&remote.provider), model.to_owned()))
+    Ok((Arc::clone(&remote.provider) as Arc<dyn Provider>, model.to_owned()))
 }
 
 /// True for failures where trying the next fallback target can help.

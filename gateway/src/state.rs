@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use local_engine::EngineHandle;
-use providers::{LocalProvider, OpenAiCompatible, Provider, ProviderKind};
+use providers::{Guarded, LocalProvider, OpenAiCompatible, Provider, ProviderKind};
 
 use crate::catalog::Catalog;
 use crate::config::GatewayConfig;
@@ -15,8 +15,10 @@ use crate::tenants::Tenants;
 
 /// A remote provider.
 pub struct Remote {
-    /// Answers requests.
-    pub provider: Arc<dyn Provider>,
+    /// Answers requests (behind its circuit breaker).
+    pub provider: Arc<Guarded>,
+    /// Its `provider/model` targets.
+    pub targets: Vec<String>,
 }
 
 /// Shared by every handler.
@@ -68,7 +70,9 @@ impl AppState {
                     anyhow::bail!("provider {:?}: kind {:?} is not supported yet", p.name, p.kind)
                 }
             };
-            remotes.insert(p.name.clone(), Remote { provider });
+            let targets = p.models.iter().map(|m| format!("{}/{}", p.name, m.name)).collect();
+            let provider = Arc::new(Guarded::new(&p.name, provider, p.breaker_config()));
+            remotes.insert(p.name.clone(), Remote { provider, targets });
         }
         let catalog = Catalog::new(config.local.as_ref().map(|l| l.name.as_str()), &config.providers);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -89,6 +93,11 @@ impl AppState {
             started_unix,
             draining: AtomicBool::new(false),
         }))
+    }
+
+    /// Targets whose provider's circuit is open: the router skips them.
+    pub fn open_circuits(&self) -> Vec<String> {
+        self.remotes.values().filter(|r| r.provider.is_open()).flat_map(|r| r.targets.iter().cloned()).collect()
     }
 
     /// True once the model is loaded (or no engine is configured) and not draining.

@@ -88,6 +88,12 @@ pub struct ProviderConfig {
     /// The longest wait before a retry; an upstream `Retry-After` beyond it is not waited for.
     #[serde(default = "default_retry_max_wait_ms")]
     pub retry_max_wait_ms: u64,
+    /// Consecutive failed calls (after retries) that open the provider's circuit.
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long an open circuit fails fast before one probe is let through.
+    #[serde(default = "default_circuit_open_ms")]
+    pub circuit_open_ms: u64,
     /// Azure only.
     pub api_version: Option<String>,
     /// Models served, with prices.
@@ -111,6 +117,14 @@ const fn default_retry_max_wait_ms() -> u64 {
     10_000
 }
 
+const fn default_circuit_failures() -> u32 {
+    5
+}
+
+const fn default_circuit_open_ms() -> u64 {
+    30_000
+}
+
 impl ProviderConfig {
     /// Retry settings.
     pub fn retry_policy(&self) -> crate::RetryPolicy {
@@ -118,6 +132,14 @@ impl ProviderConfig {
             max_retries: self.max_retries,
             base: std::time::Duration::from_millis(self.retry_base_ms),
             max_wait: std::time::Duration::from_millis(self.retry_max_wait_ms),
+        }
+    }
+
+    /// Circuit-breaker settings.
+    pub fn breaker_config(&self) -> crate::BreakerConfig {
+        crate::BreakerConfig {
+            failures: self.circuit_failures.max(1),
+            open_for: std::time::Duration::from_millis(self.circuit_open_ms),
         }
     }
 

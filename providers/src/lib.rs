@@ -2,6 +2,7 @@
 //! remote providers and the adapter over the embedded engine.
 #![forbid(unsafe_code)]
 
+mod circuit;
 mod config;
 mod error;
 mod local;
@@ -10,6 +11,7 @@ mod provider;
 mod retry;
 pub mod wire;
 
+pub use circuit::{counts_against_provider, Breaker, BreakerConfig, Guarded};
 pub use config::{ModelPrice, ProviderConfig, ProviderKind};
 pub use error::ProviderError;
 pub use local::LocalProvider;

@@ -84,6 +84,7 @@ fn classify_and_decide(router: &Router, text: &str) -> router::Decision {
         turns: 2,
         prompt_tokens: u32::try_from(text.len() / 4).unwrap_or(u32::MAX),
         has_tools: false,
+        unavailable: &[],
     };
     router.decide(&input)
 }

@@ -31,6 +31,9 @@ pub struct RouteInput<'a> {
     pub prompt_tokens: u32,
     /// The request defines tools.
     pub has_tools: bool,
+    /// Targets that fail fast now (their provider's circuit is open): skipped when another
+    /// allowed target is left.
+    pub unavailable: &'a [String],
 }
 
 /// Local engine or a remote provider.
@@ -219,9 +222,33 @@ impl Router {
                 }
             }
         }
+        if decision.violation.is_none() && !input.unavailable.is_empty() {
+            skip_unavailable(&mut decision, input.unavailable);
+        }
         decision.tier = self.topology.get(&decision.target).map_or(Tier::Remote, |i| i.tier);
         decision
     }
+}
+
+/// Moves past targets whose circuit is open, as long as an available one is left (when none is,
+/// the decision stands and the breaker's probe decides).
+fn skip_unavailable(decision: &mut Decision, unavailable: &[String]) {
+    let is_open = |t: &String| unavailable.contains(t);
+    if !is_open(&decision.target) && !decision.fallbacks.iter().any(is_open) {
+        return;
+    }
+    let mut chain: Vec<String> = std::iter::once(decision.target.clone()).chain(decision.fallbacks.drain(..)).collect();
+    let skipped: Vec<String> = chain.iter().filter(|t| is_open(t)).cloned().collect();
+    if skipped.len() == chain.len() {
+        decision.fallbacks = chain.split_off(1);
+        return;
+    }
+    chain.retain(|t| !is_open(t));
+    for t in &skipped {
+        decision.reasons.push(format!("skipped {t:?}: circuit open"));
+    }
+    decision.target = chain.remove(0);
+    decision.fallbacks = chain;
 }
 
 /// ` (when …)` for a rule with conditions, naming the conditions that held.
@@ -489,5 +516,21 @@ fallback = ["local"]
         assert!(all.contains("matched rule \"redacting-escalation\" (when complexity hard)"), "{all}");
         assert!(all.contains("PII found: email×1"), "{all}");
         assert!(all.contains("reasoning markers"), "{all}");
+    }
+
+    #[test]
+    fn open_circuits_are_skipped_while_an_alternative_is_left() {
+        let open = vec!["openai/gpt-4o".to_owned()];
+        let mut i = input("auto", HARD_TEXT);
+        i.unavailable = &open;
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.target, "anthropic/claude-sonnet", "{d:?}");
+        assert_eq!(d.fallbacks, vec!["local/local-small".to_owned()]);
+        assert!(d.reasons.iter().any(|r| r.contains("circuit open")));
+        let everything = vec!["openai/gpt-4o-mini".to_owned(), "local/local-small".to_owned()];
+        let mut i = input("auto", "Hi");
+        i.unavailable = &everything;
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.target, "openai/gpt-4o-mini", "nothing left: the decision stands");
     }
 }

@@ -125,6 +125,7 @@ proptest! {
             turns: 1,
             prompt_tokens: 20,
             has_tools: false,
+            unavailable: &[],
         };
         let d = router.decide(&input);
         if d.violation.is_none() {

@@ -107,3 +107,27 @@ def test_azure_uses_deployment_url_api_version_and_api_key_header(azure, fake_pr
     assert record["path"] == "/openai/deployments/echo/chat/completions"
     assert record["api_key"] == "az-secret-value" and record["authorization"] is None
     assert not any("az-secret-value" in line for line in azure.process.lines)
+
+
+@pytest.fixture(scope="module")
+def breaker(tmp_path_factory, fake_provider):
+    section = fake_provider_section(fake_provider, name="flaky", extra_keys="max_retries = 0\ncircuit_failures = 2\ncircuit_open_ms = 600000\n")
+    policy = '[[rule]]\nname = "default"\nroute = "flaky/echo"\nfallback = ["local"]\n'
+    gw = Gateway(tmp_path_factory.mktemp("breaker"), gateway_config(section), policy)
+    yield gw
+    gw.stop()
+
+
+def test_open_circuit_is_skipped_before_dispatch(breaker, fake_provider):
+    before = len(fake_requests(fake_provider))
+    script(fake_provider, {"status": 500}, {"status": 500})
+    for _ in range(2):
+        r = ask(breaker, model="auto", max_tokens=2)
+        assert r.status_code == 200 and r.headers["x-switchyard-target"] == "local/local-small", "fell back"
+    assert attempts_since(fake_provider, before) == 2
+    d = httpx.post(f"{breaker.v1}/route", json={"model": "auto", "messages": [{"role": "user", "content": "ping"}]}).json()
+    assert d["target"] == "local/local-small"
+    assert any("circuit open" in reason for reason in d["reasons"]), d["reasons"]
+    r = ask(breaker, model="auto", max_tokens=2)
+    assert r.status_code == 200 and r.headers["x-switchyard-target"] == "local/local-small"
+    assert attempts_since(fake_provider, before) == 2, "the open provider was not called"

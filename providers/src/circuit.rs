@@ -1,0 +1,226 @@
+//! A circuit breaker per provider: after `failures` consecutive failures, or when at least half of
+//! the last [`WINDOW`] calls failed, the circuit opens and calls fail fast for `open_for`; then
+//! one probe is let through (half-open): success closes the circuit, failure opens it again. The
+//! state machine takes the time as an argument, so it is tested without sleeping.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::provider::{ChunkStream, Provider};
+use crate::wire::{ChatRequest, ChatResponse};
+use crate::ProviderError;
+
+/// Calls remembered for the error-rate rule.
+const WINDOW: usize = 20;
+/// The error-rate rule needs at least this many calls in the window.
+const MIN_CALLS_FOR_RATE: usize = 10;
+
+/// Breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit.
+    pub failures: u32,
+    /// How long it stays open before a probe.
+    pub open_for: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed,
+    Open { until: Instant },
+    /// One probe is in flight; others fail fast until it returns.
+    HalfOpen,
+}
+
+/// The breaker's state machine.
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    state: State,
+    consecutive: u32,
+    /// Outcomes of the last calls, `true` = failed.
+    recent: std::collections::VecDeque<bool>,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(config: BreakerConfig) -> Self {
+        Self { config, state: State::Closed, consecutive: 0, recent: std::collections::VecDeque::with_capacity(WINDOW) }
+    }
+
+    /// May a call go out at `now`? An open circuit whose time is up lets exactly one probe through.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        match self.state {
+            State::Closed => true,
+            State::Open { until } if now >= until => {
+                self.state = State::HalfOpen;
+                true
+            }
+            State::Open { .. } | State::HalfOpen => false,
+        }
+    }
+
+    /// True while calls fail fast (what the router sees).
+    pub fn is_open(&self, now: Instant) -> bool {
+        match self.state {
+            State::Closed => false,
+            State::Open { until } => now < until,
+            State::HalfOpen => true,
+        }
+    }
+
+    /// The outcome of a call that was allowed at some point before `now`.
+    pub fn record(&mut self, failed: bool, now: Instant) {
+        if self.recent.len() == WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(failed);
+        if !failed {
+            self.consecutive = 0;
+            self.state = State::Closed;
+            return;
+        }
+        self.consecutive += 1;
+        let failed_calls = self.recent.iter().filter(|f| **f).count();
+        let rate_tripped = self.recent.len() >= MIN_CALLS_FOR_RATE && failed_calls * 2 >= self.recent.len();
+        if self.state == State::HalfOpen || self.consecutive >= self.config.failures || rate_tripped {
+            self.state = State::Open { until: now + self.config.open_for };
+            // A fresh window after each opening: old failures must not re-trip the first probe.
+            self.recent.clear();
+            self.consecutive = 0;
+        }
+    }
+}
+
+/// True for failures that say the provider is unwell (not the request's fault, not a rate limit).
+pub fn counts_against_provider(err: &ProviderError) -> bool {
+    match err {
+        ProviderError::Upstream { .. } | ProviderError::Timeout { .. } => true,
+        ProviderError::InvalidRequest { .. }
+        | ProviderError::ContextLengthExceeded { .. }
+        | ProviderError::Overloaded { .. }
+        | ProviderError::RateLimited { .. }
+        | ProviderError::Rejected { .. }
+        | ProviderError::Unavailable { .. } => false,
+    }
+}
+
+/// A provider behind a breaker: calls fail fast while the circuit is open.
+pub struct Guarded {
+    name: String,
+    inner: Arc<dyn Provider>,
+    breaker: Mutex<Breaker>,
+}
+
+impl Guarded {
+    /// Wraps `inner` (called `name` in errors).
+    pub fn new(name: &str, inner: Arc<dyn Provider>, config: BreakerConfig) -> Self {
+        Self { name: name.to_owned(), inner, breaker: Mutex::new(Breaker::new(config)) }
+    }
+
+    /// True while the circuit is open (or a half-open probe is out).
+    pub fn is_open(&self) -> bool {
+        self.breaker.lock().is_ok_and(|b| b.is_open(Instant::now()))
+    }
+
+    fn admit(&self) -> Result<(), ProviderError> {
+        let allowed = self.breaker.lock().is_ok_and(|mut b| b.allow(Instant::now()));
+        if allowed {
+            Ok(())
+        } else {
+            Err(ProviderError::Unavailable { message: format!("{}: circuit open after repeated failures", self.name) })
+        }
+    }
+
+    fn settle<T>(&self, result: &Result<T, ProviderError>) {
+        let failed = result.as_ref().err().is_some_and(counts_against_provider);
+        if let Ok(mut b) = self.breaker.lock() {
+            b.record(failed, Instant::now());
+        }
+    }
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded").field("name", &self.name).field("open", &self.is_open()).finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Provider for Guarded {
+    async fn complete(&self, req: ChatRequest) -> Result<ChatResponse, ProviderError> {
+        self.admit()?;
+        let result = self.inner.complete(req).await;
+        self.settle(&result);
+        result
+    }
+
+    async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, ProviderError> {
+        self.admit()?;
+        let result = self.inner.stream(req).await;
+        self.settle(&result);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: BreakerConfig = BreakerConfig { failures: 3, open_for: Duration::from_secs(30) };
+
+    #[test]
+    fn opens_after_consecutive_failures_and_fails_fast() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(CONFIG);
+        for _ in 0..2 {
+            assert!(b.allow(t0));
+            b.record(true, t0);
+        }
+        assert!(!b.is_open(t0));
+        b.record(true, t0);
+        assert!(b.is_open(t0));
+        assert!(!b.allow(t0 + Duration::from_secs(29)));
+    }
+
+    #[test]
+    fn half_open_probe_closes_on_success_and_reopens_on_failure() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(CONFIG);
+        for _ in 0..3 {
+            b.record(true, t0);
+        }
+        let later = t0 + Duration::from_secs(30);
+        assert!(b.allow(later), "one probe");
+        assert!(!b.allow(later), "only one probe");
+        b.record(true, later);
+        assert!(b.is_open(later + Duration::from_secs(1)), "a failed probe reopens");
+        let again = later + Duration::from_secs(30);
+        assert!(b.allow(again));
+        b.record(false, again);
+        assert!(!b.is_open(again) && b.allow(again), "a good probe closes");
+    }
+
+    #[test]
+    fn error_rate_opens_without_consecutive_failures() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(BreakerConfig { failures: 100, open_for: Duration::from_secs(1) });
+        for i in 0..10 {
+            b.record(i % 2 == 1, t0);
+        }
+        assert!(b.is_open(t0));
+    }
+
+    #[test]
+    fn successes_reset_the_count() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(CONFIG);
+        for _ in 0..5 {
+            b.record(true, t0);
+            b.record(false, t0);
+        }
+        assert!(!b.is_open(t0));
+    }
+}
