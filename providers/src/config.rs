@@ -166,6 +166,9 @@ impl ProviderConfig {
                 "{who}: kind \"anthropic\" is not supported yet; use \"openai\", \"azure\" or \"openai-compatible\""
             )),
         }
+        if !self.endpoints.is_empty() && self.kind != ProviderKind::OpenaiCompatible {
+            problems.push(format!("{who}: endpoints is for kind \"openai-compatible\" only"));
+        }
         if self.api_version.is_some() && self.kind != ProviderKind::Azure {
             problems.push(format!("{who}: api_version is for kind \"azure\" only"));
         }

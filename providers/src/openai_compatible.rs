@@ -4,7 +4,7 @@
 //! unbuffered: each upstream SSE event becomes a chunk as it arrives.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use eventsource_stream::Eventsource;
@@ -14,16 +14,18 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Client, Response, StatusCode};
 use tracing::warn;
 
+use crate::circuit::counts_against_provider;
+use crate::pool::{Lease, Pool};
 use crate::provider::{ChunkStream, Provider};
 use crate::retry::{retryable_status, RetryPolicy};
 use crate::wire::{ChatChunk, ChatRequest, ChatResponse, ErrorBody, ErrorDetail, StreamOptions};
 use crate::{ProviderConfig, ProviderError, ProviderKind};
 
 /// How requests are addressed and authenticated.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Dialect {
-    /// `{base}/chat/completions`, `Authorization: Bearer`.
-    OpenAi { url: String },
+    /// `{base}/chat/completions`, `Authorization: Bearer`; one base or a balanced pool.
+    OpenAi { pool: Pool },
     /// `{base}/openai/deployments/{deployment}/chat/completions?api-version=…`, `api-key`.
     Azure { base: String, api_version: String, deployments: HashMap<String, String> },
 }
@@ -63,8 +65,12 @@ type Events = BoxStream<'static, Result<eventsource_stream::Event, String>>;
 impl OpenAiCompatible {
     /// Builds the provider; `api_key` is the value of the configured `api_key_env`.
     pub fn new(config: &ProviderConfig, api_key: Option<String>, client: Client) -> Self {
-        let base = config.base_url.clone().or_else(|| config.endpoints.first().cloned()).unwrap_or_default();
-        let base = base.trim_end_matches('/').to_owned();
+        let bases: Vec<String> = if config.endpoints.is_empty() {
+            config.base_url.iter().cloned().collect()
+        } else {
+            config.endpoints.clone()
+        };
+        let base = bases.first().map(|b| b.trim_end_matches('/').to_owned()).unwrap_or_default();
         let dialect = if config.kind == ProviderKind::Azure {
             Dialect::Azure {
                 base,
@@ -76,7 +82,7 @@ impl OpenAiCompatible {
                     .collect(),
             }
         } else {
-            Dialect::OpenAi { url: format!("{base}/chat/completions") }
+            Dialect::OpenAi { pool: Pool::new(&bases) }
         };
         Self { name: config.name.clone(), dialect, api_key, client, timeout_ms: config.timeout_ms, retry: config.retry_policy() }
     }
@@ -89,10 +95,11 @@ impl OpenAiCompatible {
         ProviderError::Upstream { provider: self.name.clone(), status, message }
     }
 
-    fn request(&self, req: &ChatRequest) -> reqwest::RequestBuilder {
+    fn request(&self, req: &ChatRequest, lease: Option<&Lease>) -> reqwest::RequestBuilder {
         match &self.dialect {
-            Dialect::OpenAi { url } => {
-                let builder = self.client.post(url).json(req);
+            Dialect::OpenAi { .. } => {
+                let base = lease.map_or("", |l| l.base.as_str());
+                let builder = self.client.post(format!("{base}/chat/completions")).json(req);
                 match &self.api_key {
                     Some(key) => builder.bearer_auth(key),
                     None => builder,
@@ -111,9 +118,28 @@ impl OpenAiCompatible {
         }
     }
 
-    /// One attempt: the response once its status is known to be a success.
+    /// One attempt: the response once its status is known to be a success. A pooled endpoint is
+    /// held until the answer's head arrives, and its health updated from the outcome.
     async fn send_once(&self, req: &ChatRequest) -> Result<Response, Failure> {
-        let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(req).send()).await {
+        let pool = match &self.dialect {
+            Dialect::OpenAi { pool } => Some(pool),
+            Dialect::Azure { .. } => None,
+        };
+        let lease = pool.map(|p| p.acquire(Instant::now()));
+        let result = self.send_to(req, lease.as_ref()).await;
+        if let (Some(pool), Some(lease)) = (pool, &lease) {
+            // Client errors are the request's fault, not the endpoint's.
+            let healthy = match &result {
+                Ok(_) => true,
+                Err(f) => !counts_against_provider(&f.error),
+            };
+            pool.finish(lease, healthy, Instant::now());
+        }
+        result
+    }
+
+    async fn send_to(&self, req: &ChatRequest, lease: Option<&Lease>) -> Result<Response, Failure> {
+        let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(req, lease).send()).await {
             Err(_) => return Err(Failure::fatal(self.timeout())),
             Ok(Err(e)) if e.is_timeout() => return Err(Failure::fatal(self.timeout())),
             // No answer at all (refused, reset, DNS): the request never reached the model.

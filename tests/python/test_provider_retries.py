@@ -3,11 +3,13 @@ Retry-After, a stream dropped before its first event) are retried with backoff a
 proves the attempt count; non-retryable ones and long Retry-After are not; usage is always asked
 for upstream; Azure's URL scheme and `api-key` header."""
 
+import concurrent.futures
+
 import httpx
 import openai
 import pytest
 
-from conftest import Gateway, fake_provider_section, fake_requests, gateway_config, parse_chunks, sse_events
+from conftest import FAKE_BIN, Gateway, Process, fake_provider_section, fake_requests, gateway_config, parse_chunks, sse_events
 
 
 def script(fake_provider, *faults):
@@ -131,3 +133,27 @@ def test_open_circuit_is_skipped_before_dispatch(breaker, fake_provider):
     r = ask(breaker, model="auto", max_tokens=2)
     assert r.status_code == 200 and r.headers["x-switchyard-target"] == "local/local-small"
     assert attempts_since(fake_provider, before) == 2, "the open provider was not called"
+
+
+@pytest.fixture(scope="module")
+def second_fake():
+    p = Process([str(FAKE_BIN)], marker="listening on ", timeout=10)
+    yield f"http://{p.value}"
+    p.stop()
+
+
+def test_pool_spreads_load_and_ejects_a_dead_endpoint(tmp_path, fake_provider, second_fake):
+    dead = "http://127.0.0.1:9/v1"  # discard port: connection refused
+    section = fake_provider_section(fake_provider, name="pool", extra_keys=(
+        f'endpoints = ["{fake_provider}/v1", "{second_fake}/v1", "{dead}"]\nmax_retries = 3\n'))
+    gw = Gateway(tmp_path, gateway_config(section), '[[rule]]\nname = "default"\nroute = "local"\n')
+    try:
+        before_a, before_b = len(fake_requests(fake_provider)), len(fake_requests(second_fake))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as workers:
+            statuses = list(workers.map(lambda _: ask(gw, model="pool/echo").status_code, range(48)))
+        assert statuses == [200] * 48
+        got_a, got_b = attempts_since(fake_provider, before_a), attempts_since(second_fake, before_b)
+        assert got_a + got_b == 48 and got_a > 0 and got_b > 0, (got_a, got_b)
+        assert any("endpoint ejected" in line and "127.0.0.1:9" in line for line in gw.process.lines)
+    finally:
+        gw.stop()
