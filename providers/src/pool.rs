@@ -12,7 +12,7 @@ use rand::Rng as _;
 const EJECT_AFTER: u32 = 3;
 /// First ejection; doubled on each ejection in a row, up to [`MAX_EJECTION`].
 const BASE_EJECTION: Duration = Duration::from_secs(5);
-const MAX_EJECTION: Duration = Duration::from_secs(300);
+const MAX_EJECTION: Duration = Duration::from_mins(5);
 /// Weight of the newest latency sample in the moving average.
 const EWMA_ALPHA: f64 = 0.3;
 /// Latency assumed for an endpoint not yet measured: low, so new endpoints get traffic.
