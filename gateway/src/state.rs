@@ -52,7 +52,14 @@ impl AppState {
             Some(engine) => Some(LocalProvider::new(EngineHandle::start(engine.clone()).context("starting the local engine")?)),
             None => None,
         };
-        let client = reqwest::Client::builder().build().context("building the HTTP client")?;
+        // One rustls crypto provider for the process (ring); a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Keep-alive connection pools per host; TLS via rustls with the system's roots.
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .context("building the HTTP client")?;
         let mut remotes = HashMap::new();
         for p in &config.providers {
             let api_key = match &p.api_key_env {

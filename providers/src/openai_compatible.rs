@@ -142,9 +142,9 @@ impl OpenAiCompatible {
         let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(req, lease).send()).await {
             Err(_) => return Err(Failure::fatal(self.timeout())),
             Ok(Err(e)) if e.is_timeout() => return Err(Failure::fatal(self.timeout())),
-            // No answer at all (refused, reset, DNS): the request never reached the model.
+            // No answer at all (refused, reset, DNS, TLS): the request never reached the model.
             Ok(Err(e)) => {
-                return Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None })
+                return Err(Failure { error: self.upstream(None, error_chain(&e)), retryable: true, retry_after: None })
             }
             Ok(Ok(response)) => response,
         };
@@ -222,6 +222,19 @@ impl OpenAiCompatible {
         let message = parsed.map_or_else(|| format!("status {}", status.as_u16()), |b| b.error.message);
         ProviderError::Upstream { provider, status: Some(status.as_u16()), message }
     }
+}
+
+/// An error with its causes (`error sending request: … : invalid peer certificate: UnknownIssuer`):
+/// reqwest's own message alone does not say what failed.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<u64> {

@@ -31,7 +31,7 @@ pub async fn request_ctx(mut req: Request, next: Next) -> Response {
         request_id = %request_id,
         method = %req.method(),
         path = %req.uri().path(),
-        tenant = "default",
+        tenant = Empty,
         rule = Empty,
         target = Empty,
         tier = Empty,
