@@ -70,11 +70,8 @@ impl AppState {
                 None => None,
             };
             let provider: Arc<dyn Provider> = match p.kind {
-                ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure => {
+                ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure | ProviderKind::Anthropic => {
                     Arc::new(OpenAiCompatible::new(p, api_key, client.clone()))
-                }
-                ProviderKind::Anthropic => {
-                    anyhow::bail!("provider {:?}: kind {:?} is not supported yet", p.name, p.kind)
                 }
             };
             let targets = p.models.iter().map(|m| format!("{}/{}", p.name, m.name)).collect();

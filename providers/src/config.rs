@@ -162,9 +162,7 @@ impl ProviderConfig {
                     problems.push(format!("{who}: kind \"azure\" needs api_version (e.g. \"2024-10-21\")"));
                 }
             }
-            ProviderKind::Anthropic => problems.push(format!(
-                "{who}: kind \"anthropic\" is not supported yet; use \"openai\", \"azure\" or \"openai-compatible\""
-            )),
+            ProviderKind::Anthropic => {}
         }
         if !self.endpoints.is_empty() && self.kind != ProviderKind::OpenaiCompatible {
             problems.push(format!("{who}: endpoints is for kind \"openai-compatible\" only"));
@@ -172,7 +170,7 @@ impl ProviderConfig {
         if self.api_version.is_some() && self.kind != ProviderKind::Azure {
             problems.push(format!("{who}: api_version is for kind \"azure\" only"));
         }
-        if self.base_url.is_none() && self.endpoints.is_empty() {
+        if self.base_url.is_none() && self.endpoints.is_empty() && self.kind != ProviderKind::Anthropic {
             problems.push(format!("{who}: base_url is required"));
         }
         if self.models.is_empty() {

@@ -2,6 +2,7 @@
 //! remote providers and the adapter over the embedded engine.
 #![forbid(unsafe_code)]
 
+mod anthropic;
 mod circuit;
 mod config;
 mod error;

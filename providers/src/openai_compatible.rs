@@ -14,6 +14,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Client, Response, StatusCode};
 use tracing::warn;
 
+use crate::anthropic;
 use crate::circuit::counts_against_provider;
 use crate::pool::{Lease, Pool};
 use crate::provider::{ChunkStream, Provider};
@@ -28,6 +29,8 @@ enum Dialect {
     OpenAi { pool: Pool },
     /// `{base}/openai/deployments/{deployment}/chat/completions?api-version=…`, `api-key`.
     Azure { base: String, api_version: String, deployments: HashMap<String, String> },
+    /// `{base}/v1/messages`, `x-api-key` and `anthropic-version`; bodies translated both ways.
+    Anthropic { url: String, max_output_tokens: HashMap<String, u32> },
 }
 
 /// A remote provider speaking `OpenAI`'s wire format.
@@ -71,7 +74,13 @@ impl OpenAiCompatible {
             config.endpoints.clone()
         };
         let base = bases.first().map(|b| b.trim_end_matches('/').to_owned()).unwrap_or_default();
-        let dialect = if config.kind == ProviderKind::Azure {
+        let dialect = if config.kind == ProviderKind::Anthropic {
+            let base = if base.is_empty() { "https://api.anthropic.com".to_owned() } else { base };
+            Dialect::Anthropic {
+                url: format!("{base}/v1/messages"),
+                max_output_tokens: config.models.iter().filter_map(|m| Some((m.name.clone(), m.max_output_tokens?))).collect(),
+            }
+        } else if config.kind == ProviderKind::Azure {
             Dialect::Azure {
                 base,
                 api_version: config.api_version.clone().unwrap_or_default(),
@@ -95,23 +104,40 @@ impl OpenAiCompatible {
         ProviderError::Upstream { provider: self.name.clone(), status, message }
     }
 
-    fn request(&self, req: &ChatRequest, lease: Option<&Lease>) -> reqwest::RequestBuilder {
+    /// The body to send for `req` in this provider's dialect.
+    fn body(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
+        match &self.dialect {
+            Dialect::Anthropic { max_output_tokens, .. } => anthropic::request_body(req, max_output_tokens.get(&req.model).copied()),
+            Dialect::OpenAi { .. } | Dialect::Azure { .. } => serde_json::to_value(req)
+                .map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None }),
+        }
+    }
+
+    fn request(&self, model: &str, body: &serde_json::Value, lease: Option<&Lease>) -> reqwest::RequestBuilder {
         match &self.dialect {
             Dialect::OpenAi { .. } => {
                 let base = lease.map_or("", |l| l.base.as_str());
-                let builder = self.client.post(format!("{base}/chat/completions")).json(req);
+                let builder = self.client.post(format!("{base}/chat/completions")).json(body);
                 match &self.api_key {
                     Some(key) => builder.bearer_auth(key),
                     None => builder,
                 }
             }
             Dialect::Azure { base, api_version, deployments } => {
-                let deployment = deployments.get(&req.model).map_or(req.model.as_str(), String::as_str);
+                let deployment = deployments.get(model).map_or(model, String::as_str);
                 // api_version is a date-like token (`2024-10-21`): nothing in it needs escaping.
                 let url = format!("{base}/openai/deployments/{deployment}/chat/completions?api-version={api_version}");
-                let builder = self.client.post(url).json(req);
+                let builder = self.client.post(url).json(body);
                 match &self.api_key {
                     Some(key) => builder.header("api-key", key),
+                    None => builder,
+                }
+            }
+            Dialect::Anthropic { url, .. } => {
+                // Never `Authorization`: Anthropic authenticates with `x-api-key`.
+                let builder = self.client.post(url).header("anthropic-version", anthropic::API_VERSION).json(body);
+                match &self.api_key {
+                    Some(key) => builder.header("x-api-key", key),
                     None => builder,
                 }
             }
@@ -120,13 +146,13 @@ impl OpenAiCompatible {
 
     /// One attempt: the response once its status is known to be a success. A pooled endpoint is
     /// held until the answer's head arrives, and its health updated from the outcome.
-    async fn send_once(&self, req: &ChatRequest) -> Result<Response, Failure> {
+    async fn send_once(&self, model: &str, body: &serde_json::Value) -> Result<Response, Failure> {
         let pool = match &self.dialect {
             Dialect::OpenAi { pool } => Some(pool),
-            Dialect::Azure { .. } => None,
+            Dialect::Azure { .. } | Dialect::Anthropic { .. } => None,
         };
         let lease = pool.map(|p| p.acquire(Instant::now()));
-        let result = self.send_to(req, lease.as_ref()).await;
+        let result = self.send_to(model, body, lease.as_ref()).await;
         if let (Some(pool), Some(lease)) = (pool, &lease) {
             // Client errors are the request's fault, not the endpoint's.
             let healthy = match &result {
@@ -138,8 +164,8 @@ impl OpenAiCompatible {
         result
     }
 
-    async fn send_to(&self, req: &ChatRequest, lease: Option<&Lease>) -> Result<Response, Failure> {
-        let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(req, lease).send()).await {
+    async fn send_to(&self, model: &str, body: &serde_json::Value, lease: Option<&Lease>) -> Result<Response, Failure> {
+        let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(model, body, lease).send()).await {
             Err(_) => return Err(Failure::fatal(self.timeout())),
             Ok(Err(e)) if e.is_timeout() => return Err(Failure::fatal(self.timeout())),
             // No answer at all (refused, reset, DNS, TLS): the request never reached the model.
@@ -186,8 +212,8 @@ impl OpenAiCompatible {
 
     /// Opens a stream and reads its first event, so a failure before the first byte reaches
     /// the client can still be retried.
-    async fn open_stream(&self, req: &ChatRequest) -> Result<(Option<eventsource_stream::Event>, Events), Failure> {
-        let response = self.send_once(req).await?;
+    async fn open_stream(&self, model: &str, body: &serde_json::Value) -> Result<(Option<eventsource_stream::Event>, Events), Failure> {
+        let response = self.send_once(model, body).await?;
         let mut events: Events = response.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
         let first = tokio::time::timeout(Duration::from_millis(self.timeout_ms), events.next()).await;
         match first {
@@ -207,7 +233,10 @@ impl OpenAiCompatible {
         if status == StatusCode::TOO_MANY_REQUESTS {
             return ProviderError::RateLimited { provider, retry_after_s };
         }
-        let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+        let parsed: Option<ErrorBody> = match self.dialect {
+            Dialect::Anthropic { .. } => anthropic::error_body(body),
+            Dialect::OpenAi { .. } | Dialect::Azure { .. } => serde_json::from_slice(body).ok(),
+        };
         if status.is_client_error() {
             let body = parsed.unwrap_or_else(|| ErrorBody {
                 error: ErrorDetail {
@@ -222,6 +251,52 @@ impl OpenAiCompatible {
         let message = parsed.map_or_else(|| format!("status {}", status.as_u16()), |b| b.error.message);
         ProviderError::Upstream { provider, status: Some(status.as_u16()), message }
     }
+}
+
+/// OpenAI chunks from an Anthropic event stream; it ends after `message_stop` or an `error`.
+fn anthropic_chunks(events: Events, provider: String) -> ChunkStream {
+    let mut translator = anthropic::StreamTranslator::default();
+    let mut done = false;
+    events
+        .map(move |event| -> Vec<Result<ChatChunk, ProviderError>> {
+            if done {
+                return Vec::new();
+            }
+            let upstream = |message: String| ProviderError::Upstream { provider: provider.clone(), status: None, message };
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    done = true;
+                    return vec![Err(upstream(format!("stream broken: {e}")))];
+                }
+            };
+            if event.data.trim().is_empty() {
+                return Vec::new();
+            }
+            let data: serde_json::Value = match serde_json::from_str(&event.data) {
+                Ok(data) => data,
+                Err(e) => {
+                    done = true;
+                    return vec![Err(upstream(format!("unreadable event: {e}")))];
+                }
+            };
+            match translator.event(&event.event, &data) {
+                Ok(chunks) => {
+                    done = event.event == "message_stop";
+                    chunks.into_iter().map(Ok).collect()
+                }
+                Err(err) => {
+                    done = true;
+                    let err = match err {
+                        ProviderError::Upstream { status, message, .. } => ProviderError::Upstream { provider: provider.clone(), status, message },
+                        other => other,
+                    };
+                    vec![Err(err)]
+                }
+            }
+        })
+        .flat_map(stream::iter)
+        .boxed()
 }
 
 /// An error with its causes (`error sending request: … : invalid peer certificate: UnknownIssuer`):
@@ -250,9 +325,10 @@ impl Provider for OpenAiCompatible {
     async fn complete(&self, mut req: ChatRequest) -> Result<ChatResponse, ProviderError> {
         req.stream = None;
         req.stream_options = None;
+        let request_body = self.body(&req)?;
         let body = self
             .with_retries(|| async {
-                let response = self.send_once(&req).await?;
+                let response = self.send_once(&req.model, &request_body).await?;
                 match tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes()).await {
                     Err(_) => Err(Failure::fatal(self.timeout())),
                     Ok(Err(e)) => Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None }),
@@ -260,6 +336,11 @@ impl Provider for OpenAiCompatible {
                 }
             })
             .await?;
+        if let Dialect::Anthropic { .. } = self.dialect {
+            let value: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| self.upstream(None, format!("unreadable message: {e}")))?;
+            return anthropic::response_of(&value).map_err(|e| self.upstream(None, format!("unreadable message: {e}")));
+        }
         serde_json::from_slice(&body).map_err(|e| self.upstream(None, format!("unreadable chat.completion: {e}")))
     }
 
@@ -270,9 +351,13 @@ impl Provider for OpenAiCompatible {
         let mut options = req.stream_options.take().unwrap_or(StreamOptions { include_usage: None, extra: serde_json::Map::new() });
         options.include_usage = Some(true);
         req.stream_options = Some(options);
-        let (first, rest) = self.with_retries(|| self.open_stream(&req)).await?;
+        let request_body = self.body(&req)?;
+        let (first, rest) = self.with_retries(|| self.open_stream(&req.model, &request_body)).await?;
         let provider = self.name.clone();
         let events = stream::iter(first.map(Ok)).chain(rest);
+        if let Dialect::Anthropic { .. } = self.dialect {
+            return Ok(anthropic_chunks(events.boxed(), provider));
+        }
         let chunks = events
             .take_while(|event| futures::future::ready(!matches!(event, Ok(e) if e.data.trim() == "[DONE]")))
             .filter_map(move |event| {
