@@ -16,6 +16,13 @@
 //! ?api-version=…` needs the `api-key` header, refuses `Authorization`, and answers as the
 //! model named by the deployment.
 //!
+//! Anthropic's Messages API is served at `POST /v1/messages`, validated the way the real API
+//! does (`x-api-key` and `anthropic-version: 2023-06-01`, never `Authorization`; `model`,
+//! `max_tokens` and alternating `user`/`assistant` messages required; no foreign top-level
+//! fields; every `tool_result` answering a `tool_use` of the previous assistant turn). It echoes
+//! the last user text, or with tools defined and the model `tool`, calls the first tool with
+//! `{"city": "Paris"}`; streams use Anthropic's events, tool input in `input_json_delta` pieces.
+//!
 //! `GET /control/requests` returns every request received (path, body, `authorization` and
 //! `api-key` header values).
 //! Prints `listening on ADDR` once bound to a free port.
@@ -173,6 +180,126 @@ fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value) -> Re
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    (status, Json(json!({"type": "error", "error": {"type": kind, "message": message}}))).into_response()
+}
+
+/// What the real Messages API would refuse in `body`, if anything.
+fn anthropic_problem(headers: &HeaderMap, body: &Value) -> Option<(StatusCode, String)> {
+    if headers.contains_key("authorization") {
+        return Some((StatusCode::UNAUTHORIZED, "Authorization header is not accepted; use x-api-key".into()));
+    }
+    if !headers.contains_key("x-api-key") {
+        return Some((StatusCode::UNAUTHORIZED, "x-api-key header is required".into()));
+    }
+    if header(headers, "anthropic-version").as_deref() != Some("2023-06-01") {
+        return Some((StatusCode::BAD_REQUEST, "anthropic-version header must be 2023-06-01".into()));
+    }
+    const ALLOWED: &[&str] = &["model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p", "top_k", "tools", "tool_choice", "metadata", "stream"];
+    let object = body.as_object()?;
+    if let Some(foreign) = object.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+        return Some((StatusCode::BAD_REQUEST, format!("{foreign}: Extra inputs are not permitted")));
+    }
+    if !body["model"].is_string() || !body["max_tokens"].is_u64() {
+        return Some((StatusCode::BAD_REQUEST, "model and max_tokens are required".into()));
+    }
+    let messages = body["messages"].as_array().filter(|m| !m.is_empty())?;
+    let mut expected = "user";
+    let mut open_tool_uses: Vec<String> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if m["role"] != expected {
+            return Some((StatusCode::BAD_REQUEST, format!("messages.{i}: roles must alternate between \"user\" and \"assistant\", starting with user")));
+        }
+        let blocks = m["content"].as_array().cloned().unwrap_or_else(|| vec![json!({"type": "text", "text": m["content"]})]);
+        for b in &blocks {
+            match b["type"].as_str() {
+                Some("tool_use") if expected == "assistant" => open_tool_uses.push(b["id"].as_str().unwrap_or_default().to_owned()),
+                Some("tool_result") if expected == "user" => {
+                    if !open_tool_uses.contains(&b["tool_use_id"].as_str().unwrap_or_default().to_owned()) {
+                        return Some((StatusCode::BAD_REQUEST, format!("messages.{i}: tool_result without a matching tool_use")));
+                    }
+                }
+                Some("text" | "image") => {}
+                other => return Some((StatusCode::BAD_REQUEST, format!("messages.{i}: unexpected block {other:?}"))),
+            }
+        }
+        if expected == "user" {
+            open_tool_uses.clear();
+        }
+        expected = if expected == "user" { "assistant" } else { "user" };
+    }
+    if let Some(tools) = body["tools"].as_array() {
+        if tools.iter().any(|t| !t["name"].is_string() || !t["input_schema"].is_object()) {
+            return Some((StatusCode::BAD_REQUEST, "tools need name and input_schema".into()));
+        }
+    }
+    None
+}
+
+fn anthropic_sse(event: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+async fn messages(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    fake.requests.lock().expect("lock").push(json!({
+        "path": "/v1/messages", "body": body, "authorization": header(&headers, "authorization"),
+        "api_key": header(&headers, "x-api-key"),
+    }));
+    if let Some(fault) = fake.faults.lock().expect("lock").pop_front() {
+        let status = fault["status"].as_u64().and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
+        let status = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let kind = if status.as_u16() == 529 { "overloaded_error" } else { "api_error" };
+        return anthropic_error(status, kind, "scripted fault");
+    }
+    if let Some((status, message)) = anthropic_problem(&headers, &body) {
+        let kind = if status == StatusCode::UNAUTHORIZED { "authentication_error" } else { "invalid_request_error" };
+        return anthropic_error(status, kind, &message);
+    }
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let last_user = body["messages"].as_array().and_then(|m| m.iter().rev().find(|m| m["role"] == "user")).cloned().unwrap_or(Value::Null);
+    let last_text = match &last_user["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str().or_else(|| b["content"].as_str())).collect::<Vec<_>>().join(""),
+        _ => String::new(),
+    };
+    let tool = (model == "tool").then(|| body["tools"][0]["name"].as_str().map(str::to_owned)).flatten();
+    let answered_tool = last_user["content"].as_array().is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"));
+    let usage = json!({"input_tokens": 20, "output_tokens": 6, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0});
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let (content, stop) = match (&tool, answered_tool) {
+        (Some(name), false) => (json!([{"type": "text", "text": "Checking."}, {"type": "tool_use", "id": "toolu_01", "name": name, "input": {"city": "Paris"}}]), "tool_use"),
+        _ => (json!([{"type": "text", "text": format!("echo: {last_text}")}]), "end_turn"),
+    };
+    if !stream {
+        return Json(json!({"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": content,
+                           "stop_reason": stop, "stop_sequence": null, "usage": usage})).into_response();
+    }
+    let mut events = vec![
+        anthropic_sse("message_start", &json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": 20, "output_tokens": 1, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0}}})),
+        anthropic_sse("ping", &json!({"type": "ping"})),
+    ];
+    for (i, block) in content.as_array().cloned().unwrap_or_default().iter().enumerate() {
+        if block["type"] == "text" {
+            events.push(anthropic_sse("content_block_start", &json!({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}})));
+            for word in block["text"].as_str().unwrap_or_default().split_inclusive(' ') {
+                events.push(anthropic_sse("content_block_delta", &json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": word}})));
+            }
+        } else {
+            events.push(anthropic_sse("content_block_start", &json!({"type": "content_block_start", "index": i, "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}})));
+            let input = block["input"].to_string();
+            let (a, b) = input.split_at(input.len() / 2);
+            for piece in [a, b] {
+                events.push(anthropic_sse("content_block_delta", &json!({"type": "content_block_delta", "index": i, "delta": {"type": "input_json_delta", "partial_json": piece}})));
+            }
+        }
+        events.push(anthropic_sse("content_block_stop", &json!({"type": "content_block_stop", "index": i})));
+    }
+    events.push(anthropic_sse("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 6}})));
+    events.push(anthropic_sse("message_stop", &json!({"type": "message_stop"})));
+    let body = Body::from_stream(futures::stream::iter(events.into_iter().map(Ok::<_, std::io::Error>)));
+    Response::builder().header("content-type", "text/event-stream").body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
 async fn faults(State(fake): State<Arc<Fake>>, Json(body): Json<Value>) -> StatusCode {
     let mut queue = fake.faults.lock().expect("lock");
     queue.extend(body["faults"].as_array().cloned().unwrap_or_default());
@@ -193,6 +320,7 @@ async fn main() -> std::io::Result<()> {
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
+        .route("/v1/messages", post(messages))
         .route("/control/faults", post(faults))
         .route("/control/release", post(release))
         .route("/control/requests", get(requests))
