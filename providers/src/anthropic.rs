@@ -1,4 +1,4 @@
-//! OpenAI chat completions ⇄ Anthropic Messages API, both ways, as pure functions: the request
+//! `OpenAI` chat completions ⇄ Anthropic Messages API, both ways, as pure functions: the request
 //! body, the response, and every streaming event. The field mapping is tabled in
 //! `providers/README.md`.
 
@@ -205,7 +205,7 @@ fn tool_choice_of(choice: Option<&Value>, parallel: Option<bool>) -> Result<Opti
     Ok(Some(out))
 }
 
-/// OpenAI's `finish_reason` for an Anthropic `stop_reason`.
+/// `OpenAI`'s `finish_reason` for an Anthropic `stop_reason`.
 pub fn finish_reason(stop_reason: &str) -> &'static str {
     match stop_reason {
         "max_tokens" => "length",
@@ -216,7 +216,7 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
     }
 }
 
-/// OpenAI usage from Anthropic's: cache reads and writes are prompt tokens too; reads are
+/// `OpenAI` usage from Anthropic's: cache reads and writes are prompt tokens too; reads are
 /// reported as `prompt_tokens_details.cached_tokens` (priced at the cached rate).
 pub fn usage_of(u: &Value) -> Usage {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
@@ -266,13 +266,13 @@ pub fn response_of(body: &Value) -> Result<ChatResponse, String> {
     })
 }
 
-/// Turns Anthropic stream events into OpenAI chunks, one event at a time.
+/// Turns Anthropic stream events into `OpenAI` chunks, one event at a time.
 #[derive(Debug, Default)]
 pub struct StreamTranslator {
     id: String,
     model: String,
     created: u64,
-    /// Anthropic content-block index → OpenAI tool-call index (tool_use blocks only).
+    /// Anthropic content-block index → `OpenAI` tool-call index (`tool_use` blocks only).
     tool_index: Vec<(u64, u32)>,
     usage: Option<Value>,
 }
@@ -376,7 +376,7 @@ impl StreamTranslator {
     }
 }
 
-/// OpenAI's error body from an Anthropic error body (`{"type":"error","error":{"type","message"}}`).
+/// `OpenAI`'s error body from an Anthropic error body (`{"type":"error","error":{"type","message"}}`).
 pub fn error_body(body: &[u8]) -> Option<crate::wire::ErrorBody> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let e = v.get("error")?;

@@ -253,7 +253,7 @@ impl OpenAiCompatible {
     }
 }
 
-/// OpenAI chunks from an Anthropic event stream; it ends after `message_stop` or an `error`.
+/// `OpenAI` chunks from an Anthropic event stream; it ends after `message_stop` or an `error`.
 fn anthropic_chunks(events: Events, provider: String) -> ChunkStream {
     let mut translator = anthropic::StreamTranslator::default();
     let mut done = false;
