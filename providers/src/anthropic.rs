@@ -306,8 +306,8 @@ impl StreamTranslator {
         Ok(match kind {
             "message_start" => {
                 let m = data.get("message").cloned().unwrap_or(Value::Null);
-                self.id = m.get("id").and_then(Value::as_str).unwrap_or("msg").to_owned();
-                self.model = m.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
+                m.get("id").and_then(Value::as_str).unwrap_or("msg").clone_into(&mut self.id);
+                m.get("model").and_then(Value::as_str).unwrap_or_default().clone_into(&mut self.model);
                 self.created = created_now();
                 self.usage = m.get("usage").cloned();
                 let mut delta = Self::delta(Some(String::new()), None);

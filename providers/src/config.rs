@@ -155,14 +155,8 @@ impl ProviderConfig {
         if self.name.is_empty() || self.name.contains('/') || self.name == "local" || self.name == "auto" {
             problems.push(format!("{who}: name must be non-empty, contain no '/', and not be \"local\" or \"auto\""));
         }
-        match self.kind {
-            ProviderKind::Openai | ProviderKind::OpenaiCompatible => {}
-            ProviderKind::Azure => {
-                if self.api_version.is_none() {
-                    problems.push(format!("{who}: kind \"azure\" needs api_version (e.g. \"2024-10-21\")"));
-                }
-            }
-            ProviderKind::Anthropic => {}
+        if self.kind == ProviderKind::Azure && self.api_version.is_none() {
+            problems.push(format!("{who}: kind \"azure\" needs api_version (e.g. \"2024-10-21\")"));
         }
         if !self.endpoints.is_empty() && self.kind != ProviderKind::OpenaiCompatible {
             problems.push(format!("{who}: endpoints is for kind \"openai-compatible\" only"));

@@ -184,6 +184,9 @@ fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response {
     (status, Json(json!({"type": "error", "error": {"type": kind, "message": message}}))).into_response()
 }
 
+/// Top-level fields the Messages API accepts.
+const ANTHROPIC_FIELDS: &[&str] = &["model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p", "top_k", "tools", "tool_choice", "metadata", "stream"];
+
 /// What the real Messages API would refuse in `body`, if anything.
 fn anthropic_problem(headers: &HeaderMap, body: &Value) -> Option<(StatusCode, String)> {
     if headers.contains_key("authorization") {
@@ -195,9 +198,8 @@ fn anthropic_problem(headers: &HeaderMap, body: &Value) -> Option<(StatusCode, S
     if header(headers, "anthropic-version").as_deref() != Some("2023-06-01") {
         return Some((StatusCode::BAD_REQUEST, "anthropic-version header must be 2023-06-01".into()));
     }
-    const ALLOWED: &[&str] = &["model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p", "top_k", "tools", "tool_choice", "metadata", "stream"];
     let object = body.as_object()?;
-    if let Some(foreign) = object.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+    if let Some(foreign) = object.keys().find(|k| !ANTHROPIC_FIELDS.contains(&k.as_str())) {
         return Some((StatusCode::BAD_REQUEST, format!("{foreign}: Extra inputs are not permitted")));
     }
     if !body["model"].is_string() || !body["max_tokens"].is_u64() {
