@@ -157,3 +157,30 @@ def test_pool_spreads_load_and_ejects_a_dead_endpoint(tmp_path, fake_provider, s
         assert any("endpoint ejected" in line and "127.0.0.1:9" in line for line in gw.process.lines)
     finally:
         gw.stop()
+
+
+def test_malformed_event_mid_stream_ends_with_an_error_event_and_done(gateway, fake_provider):
+    script(fake_provider, {"malformed": True})
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
+                      json={"model": "fake/echo", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+        assert r.status_code == 200
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    assert '"fine"' in events[0]
+    assert '"error"' in events[-2] and "upstream_error" in events[-2]
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory, fake_provider):
+    section = fake_provider_section(fake_provider, name="slowpoke").replace("timeout_ms = 20000", "timeout_ms = 300")
+    gw = Gateway(tmp_path_factory.mktemp("impatient"), gateway_config(section), '[[rule]]\nname = "default"\nroute = "local"\n')
+    yield gw
+    gw.stop()
+
+
+def test_slow_first_byte_times_out_as_504_without_retry(impatient, fake_provider):
+    before = len(fake_requests(fake_provider))
+    script(fake_provider, {"slow_ms": 1500})
+    r = ask(impatient, model="slowpoke/echo")
+    assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+    assert attempts_since(fake_provider, before) == 1

@@ -9,8 +9,10 @@
 //!   `POST /control/release`) the connection breaks.
 //!
 //! `POST /control/faults` queues faults (`[{"status": 500}, {"status": 429, "retry_after": "0"},
-//! {"drop": true}]`): each following chat request takes the next one instead of its answer
-//! (`drop`: headers sent, then the connection breaks before the first event).
+//! {"drop": true}, {"slow_ms": 1500}, {"malformed": true}]`): each following chat request takes
+//! the next one instead of its answer (`drop`: headers sent, then the connection breaks before the
+//! first event; `slow_ms`: the answer starts that late; `malformed`: a stream whose second event is
+//! not JSON, and no `[DONE]`).
 //!
 //! Azure's shape is served too: `POST /openai/deployments/{deployment}/chat/completions
 //! ?api-version=…` needs the `api-key` header, refuses `Authorization`, and answers as the
@@ -77,20 +79,32 @@ async fn azure_chat(
         return error(StatusCode::NOT_FOUND, "Resource not found (api-version missing)", "invalid_request_error", "404");
     }
     body["model"] = Value::String(deployment.clone());
-    answer(&fake, &format!("/openai/deployments/{deployment}/chat/completions"), &headers, &body)
+    answer(&fake, &format!("/openai/deployments/{deployment}/chat/completions"), &headers, &body).await
 }
 
 async fn chat(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    answer(&fake, "/v1/chat/completions", &headers, &body)
+    answer(&fake, "/v1/chat/completions", &headers, &body).await
 }
 
-fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value) -> Response {
+async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value) -> Response {
     let fake = Arc::clone(fake);
     fake.requests.lock().expect("lock").push(json!({
         "path": path, "body": body, "authorization": header(headers, "authorization"), "api_key": header(headers, "api-key"),
     }));
     let fault = fake.faults.lock().expect("lock").pop_front();
-    if let Some(fault) = fault {
+    if let Some(ms) = fault.as_ref().and_then(|f| f["slow_ms"].as_u64()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    } else if fault.as_ref().is_some_and(|f| f["malformed"].as_bool() == Some(true)) {
+        let model = body["model"].as_str().unwrap_or_default().to_owned();
+        let events = [
+            Ok::<_, std::io::Error>(sse(&chunk(&model, &json!({"role": "assistant", "content": "fine"}), None))),
+            Ok(Bytes::from_static(b"data: {this is not json\n\n")),
+        ];
+        return Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(futures::stream::iter(events)))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    } else if let Some(fault) = fault {
         if fault["drop"].as_bool() == Some(true) {
             let broken = futures::stream::iter([Err::<Bytes, _>(std::io::Error::other("dropped by the fake before the first event"))]);
             return Response::builder()
