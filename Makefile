@@ -14,7 +14,7 @@ export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model system-deps python-deps redis check bench bench-concurrency bench-router pii-eval clean
+.PHONY: run test build model system-deps python-deps redis check bench bench-concurrency bench-remote bench-router pii-eval clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -72,6 +72,10 @@ bench-concurrency: model build
 	until curl -sf http://127.0.0.1:18081/health >/dev/null; do kill -0 $$pid || exit 1; sleep 0.2; done; \
 	rc=0; $(abspath $(TARGET_DIR))/release/bench-concurrency --other http://127.0.0.1:18081/v1 $(BENCH_ARGS) || rc=$$?; \
 	kill $$pid; exit $$rc
+
+## Added latency of the gateway on the remote path (fake upstream answering at once), c=1 and c=16.
+bench-remote: build
+	$(abspath $(TARGET_DIR))/release/bench-remote $(BENCH_ARGS)
 
 ## Router latency: classify + decide on typical and PII-dense prompts (criterion, plus a p50/p99 table).
 bench-router:

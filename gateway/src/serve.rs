@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -37,6 +38,13 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
             stopping.notify_one();
         }
     };
+    // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm meeting the
+    // client's delayed ACK holds events back for ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            warn!(error = %err, "could not set TCP_NODELAY on a connection");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(on_signal);
     tokio::select! {
         result = server => result.context("serving")?,

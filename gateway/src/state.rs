@@ -52,8 +52,6 @@ impl AppState {
             Some(engine) => Some(LocalProvider::new(EngineHandle::start(engine.clone()).context("starting the local engine")?)),
             None => None,
         };
-        // One rustls crypto provider for the process (ring); a second install is a no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         // Keep-alive connection pools per host; TLS via rustls with the system's roots.
         let client = reqwest::Client::builder()
             .pool_idle_timeout(std::time::Duration::from_secs(90))
