@@ -86,12 +86,8 @@ async fn chat(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Jso
     answer(&fake, "/v1/chat/completions", &headers, &body).await
 }
 
-async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value) -> Response {
-    let fake = Arc::clone(fake);
-    fake.requests.lock().expect("lock").push(json!({
-        "path": path, "body": body, "authorization": header(headers, "authorization"), "api_key": header(headers, "api-key"),
-    }));
-    let fault = fake.faults.lock().expect("lock").pop_front();
+/// The response for a scripted fault, or `None` to answer normally (after `slow_ms`, if set).
+async fn scripted(fault: Option<Value>, body: &Value) -> Option<Response> {
     if let Some(ms) = fault.as_ref().and_then(|f| f["slow_ms"].as_u64()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     } else if fault.as_ref().is_some_and(|f| f["malformed"].as_bool() == Some(true)) {
@@ -100,17 +96,17 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
             Ok::<_, std::io::Error>(sse(&chunk(&model, &json!({"role": "assistant", "content": "fine"}), None))),
             Ok(Bytes::from_static(b"data: {this is not json\n\n")),
         ];
-        return Response::builder()
+        return Some(Response::builder()
             .header("content-type", "text/event-stream")
             .body(Body::from_stream(futures::stream::iter(events)))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
     } else if let Some(fault) = fault {
         if fault["drop"].as_bool() == Some(true) {
             let broken = futures::stream::iter([Err::<Bytes, _>(std::io::Error::other("dropped by the fake before the first event"))]);
-            return Response::builder()
+            return Some(Response::builder()
                 .header("content-type", "text/event-stream")
                 .body(Body::from_stream(broken))
-                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
         }
         let status = fault["status"].as_u64().and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
         let status = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -118,7 +114,19 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         if let Some(after) = fault["retry_after"].as_str() {
             r.headers_mut().insert("retry-after", after.parse().expect("header"));
         }
-        return r;
+        return Some(r);
+    }
+    None
+}
+
+async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value) -> Response {
+    let fake = Arc::clone(fake);
+    fake.requests.lock().expect("lock").push(json!({
+        "path": path, "body": body, "authorization": header(headers, "authorization"), "api_key": header(headers, "api-key"),
+    }));
+    let fault = fake.faults.lock().expect("lock").pop_front();
+    if let Some(response) = scripted(fault, body).await {
+        return response;
     }
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let stream = body["stream"].as_bool().unwrap_or(false);
