@@ -253,6 +253,20 @@ impl OpenAiCompatible {
     }
 }
 
+/// `events`, ended by an error when no event arrives for `idle` (a stalled upstream must not hold
+/// a client forever).
+fn with_idle_timeout(events: Events, idle: Duration) -> Events {
+    stream::unfold(Some(events), move |state| async move {
+        let mut events = state?;
+        match tokio::time::timeout(idle, events.next()).await {
+            Ok(Some(event)) => Some((event, Some(events))),
+            Ok(None) => None,
+            Err(_) => Some((Err(format!("no event for {} ms", idle.as_millis())), None)),
+        }
+    })
+    .boxed()
+}
+
 /// `OpenAI` chunks from an Anthropic event stream; it ends after `message_stop` or an `error`.
 fn anthropic_chunks(events: Events, provider: String) -> ChunkStream {
     let mut translator = anthropic::StreamTranslator::default();
@@ -354,7 +368,7 @@ impl Provider for OpenAiCompatible {
         let request_body = self.body(&req)?;
         let (first, rest) = self.with_retries(|| self.open_stream(&req.model, &request_body)).await?;
         let provider = self.name.clone();
-        let events = stream::iter(first.map(Ok)).chain(rest);
+        let events = stream::iter(first.map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms)));
         if let Dialect::Anthropic { .. } = self.dialect {
             return Ok(anthropic_chunks(events.boxed(), provider));
         }

@@ -184,3 +184,14 @@ def test_slow_first_byte_times_out_as_504_without_retry(impatient, fake_provider
     r = ask(impatient, model="slowpoke/echo")
     assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
     assert attempts_since(fake_provider, before) == 1
+
+
+def test_stalled_stream_ends_with_a_timeout_error_event(impatient, fake_provider):
+    with httpx.stream("POST", f"{impatient.v1}/chat/completions", timeout=30,
+                      json={"model": "slowpoke/gated", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+        assert r.status_code == 200
+        events = sse_events(r)
+    httpx.post(f"{fake_provider}/control/release")
+    assert events[-1] == "[DONE]"
+    assert any('"first"' in e for e in events), "events before the stall arrive"
+    assert '"error"' in events[-2] and "no event for 300 ms" in events[-2]
