@@ -14,6 +14,9 @@
 //! first event; `slow_ms`: the answer starts that late; `malformed`: a stream whose second event is
 //! not JSON, and no `[DONE]`).
 //!
+//! Requests are checked like the real API does (model, non-empty messages with known roles,
+//! `stream_options` only with `stream: true`): a violation is a 400 naming the field.
+//!
 //! Azure's shape is served too: `POST /openai/deployments/{deployment}/chat/completions
 //! ?api-version=…` needs the `api-key` header, refuses `Authorization`, and answers as the
 //! model named by the deployment.
@@ -119,11 +122,34 @@ async fn scripted(fault: Option<Value>, body: &Value) -> Option<Response> {
     None
 }
 
+/// Message roles the chat-completions API knows.
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+
+/// What the real chat-completions API would refuse in `body`, if anything.
+fn openai_problem(body: &Value) -> Option<(String, String)> {
+    if !body["model"].is_string() {
+        return Some(("model".into(), "you must provide a model parameter".into()));
+    }
+    let Some(messages) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
+        return Some(("messages".into(), "'messages' must be a non-empty array".into()));
+    };
+    if let Some(i) = messages.iter().position(|m| !m["role"].as_str().is_some_and(|r| ROLES.contains(&r))) {
+        return Some((format!("messages[{i}].role"), "invalid role".into()));
+    }
+    if body.get("stream_options").is_some_and(|o| !o.is_null()) && body["stream"] != true {
+        return Some(("stream_options".into(), "stream_options is only allowed when stream is true".into()));
+    }
+    None
+}
+
 async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value) -> Response {
     let fake = Arc::clone(fake);
     fake.requests.lock().expect("lock").push(json!({
         "path": path, "body": body, "authorization": header(headers, "authorization"), "api_key": header(headers, "api-key"),
     }));
+    if let Some((param, message)) = openai_problem(body) {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))).into_response();
+    }
     let fault = fake.faults.lock().expect("lock").pop_front();
     if let Some(response) = scripted(fault, body).await {
         return response;
