@@ -14,7 +14,7 @@ export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model system-deps python-deps redis check bench bench-concurrency bench-remote bench-router pii-eval clean
+.PHONY: run test build model system-deps python-deps redis promtool check bench bench-concurrency bench-remote bench-router pii-eval clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -55,7 +55,11 @@ redis:
 	  for i in $$(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done; \
 	fi
 
-test: model build python-deps redis
+## promtool (from the distribution's prometheus package), for checking /metrics in the tests.
+promtool:
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus; }
+
+test: model build python-deps redis promtool
 	cargo test --release --workspace --locked -- --test-threads=$(CARGO_TEST_THREADS)
 	$(PYTHON) -m pytest tests/python -q
 

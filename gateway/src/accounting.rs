@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use providers::wire::{ChatChunk, Usage};
+
+use crate::audit::AuditLog;
+use crate::metrics::Metrics;
 use serde::Serialize;
 
 /// A finished request.
@@ -48,10 +51,14 @@ pub struct UsageRecord {
     pub pii_kinds: Vec<String>,
 }
 
-/// Where records go. Budgets, metrics and the audit log subscribe here as they land; today every
-/// record is logged (target `switchyard::accounting`) and summed.
+/// Where records go: the log (target `switchyard::accounting`), the Prometheus metrics, the audit
+/// log and the recent-requests window; budgets subscribe here as they land.
 #[derive(Debug, Default)]
 pub struct Ledger {
+    metrics: Option<Arc<Metrics>>,
+    audit: Option<AuditLog>,
+    /// `[metrics].baseline_model`: savings are measured against it.
+    baseline: Option<String>,
     requests: AtomicU64,
     /// Sum of `cost_usd` in micro-dollars.
     cost_micro_usd: AtomicU64,
@@ -63,8 +70,32 @@ pub struct Ledger {
 const RECENT: usize = 256;
 
 impl Ledger {
-    /// Takes one finished request.
-    pub fn record(&self, r: &UsageRecord) {
+    /// A ledger feeding `metrics` and `audit`, with savings measured against `baseline`.
+    pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>, baseline: Option<String>) -> Self {
+        Self { metrics: Some(metrics), audit, baseline, ..Self::default() }
+    }
+
+    /// The target savings are measured against.
+    pub fn baseline(&self) -> Option<&str> {
+        self.baseline.as_deref()
+    }
+
+    /// Writes the queued audit lines and closes the file (at shutdown).
+    pub fn close(&self) {
+        if let Some(audit) = &self.audit {
+            audit.close();
+        }
+    }
+
+    /// Takes one finished request; `savings_usd` is what it would have cost on the baseline
+    /// model minus what it cost.
+    pub fn record(&self, r: &UsageRecord, savings_usd: f64) {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(r, savings_usd);
+        }
+        if let Some(audit) = &self.audit {
+            audit.write(r);
+        }
         self.requests.fetch_add(1, Relaxed);
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() == RECENT {
@@ -210,12 +241,16 @@ impl Drop for PendingRecord {
             }
             (None, _) => None,
         };
+        let mut savings = 0.0;
         if let Some(u) = usage {
             r.prompt_tokens = u.prompt_tokens;
             r.completion_tokens = u.completion_tokens;
             r.cost_usd = (self.pricer)(&r.target, &u);
+            if let Some(baseline) = self.ledger.baseline() {
+                savings = (self.pricer)(baseline, &u) - r.cost_usd;
+            }
         }
-        self.ledger.record(r);
+        self.ledger.record(r, savings);
     }
 }
 

@@ -34,6 +34,7 @@ pub fn build(state: Arc<AppState>) -> Router {
         .merge(api)
         .route("/healthz", get(health::healthz).fallback(not_allowed))
         .route("/readyz", get(health::readyz).fallback(not_allowed))
+        .route("/metrics", get(health::metrics).fallback(not_allowed))
         .fallback(fallback::unknown_url)
         .with_state(state)
         .layer(axum::middleware::from_fn(request_ctx))

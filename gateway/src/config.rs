@@ -9,6 +9,7 @@ use providers::{ProviderConfig, ProviderKind};
 use router::{Policy, Topology};
 use serde::Deserialize;
 
+use crate::audit::AuditConfig;
 use crate::tenants::TenantConfig;
 
 /// `[server]`.
@@ -74,6 +75,16 @@ struct RawConfig {
     tenants: Vec<TenantConfig>,
     #[serde(default)]
     policy: PolicySection,
+    metrics: Option<MetricsSection>,
+    audit: Option<AuditConfig>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Savings are what requests would have cost on this `provider/model`, minus what they cost.
+    pub baseline_model: Option<String>,
 }
 
 /// A configuration that passed every static check.
@@ -95,6 +106,10 @@ pub struct GatewayConfig {
     pub tenants: Vec<TenantConfig>,
     /// Things `check` warns about (rules relying on the per-request privacy guard).
     pub warnings: Vec<String>,
+    /// `[metrics]`.
+    pub metrics: Option<MetricsSection>,
+    /// `[audit]`: where the audit log goes, if anywhere.
+    pub audit: Option<AuditConfig>,
 }
 
 /// Everything wrong with a configuration, each naming file, line and key where known.
@@ -152,6 +167,11 @@ impl GatewayConfig {
             }
         }
         let topology = topology_of(&raw.server, raw.local.as_ref(), &raw.providers);
+        if let Some(baseline) = raw.metrics.as_ref().and_then(|m| m.baseline_model.as_ref()) {
+            if !target_exists(&raw.providers, raw.local.as_ref(), baseline) {
+                problems.push(format!("{file}: metrics.baseline_model: target {baseline:?} is not configured"));
+            }
+        }
         let policy_text = read(&raw.policy.file).map_err(|e| {
             let mut problems = problems.clone();
             problems.extend(e.problems);
@@ -202,6 +222,8 @@ impl GatewayConfig {
                 policy_file: raw.policy.file,
                 policy,
                 tenants: raw.tenants,
+                metrics: raw.metrics,
+                audit: raw.audit,
             }),
             _ => Err(ConfigErrors { problems }),
         }

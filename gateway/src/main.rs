@@ -3,12 +3,14 @@
 
 mod accounting;
 mod app;
+mod audit;
 mod catalog;
 mod chat_request;
 mod config;
 mod dispatch;
 mod error;
 mod handlers;
+mod metrics;
 mod middleware;
 mod privacy;
 mod serve;

@@ -56,6 +56,9 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         // Before the process exits, so llama.cpp is never torn down under a running decode.
         local.engine().shutdown();
     }
+    // Requests still in flight at the deadline leave their records as they are dropped; then
+    // the audit writer gets what is queued onto the disk.
+    state.ledger.close();
     info!("stopped");
     Ok(())
 }

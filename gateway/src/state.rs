@@ -11,6 +11,8 @@ use providers::{Guarded, LocalProvider, OpenAiCompatible, Provider, ProviderKind
 use crate::catalog::Catalog;
 use crate::config::GatewayConfig;
 use crate::accounting::{Ledger, Pricer};
+use crate::audit::AuditLog;
+use crate::metrics::Metrics;
 use crate::tenants::Tenants;
 
 /// A remote provider.
@@ -35,6 +37,8 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     /// Prices usage on a target.
     pub pricer: Pricer,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
     /// The embedded engine, if configured.
     pub local: Option<LocalProvider>,
     /// Remote providers by name.
@@ -83,12 +87,23 @@ impl AppState {
         // Compile the PII patterns now rather than on the first request.
         let _ = router::pii_scanner();
         let pricer = pricer(&config);
+        let metrics = Arc::new(Metrics::new().context("registering metrics")?);
+        let audit = match &config.audit {
+            Some(audit) => Some(
+                AuditLog::start(audit, metrics.audit_dropped.clone())
+                    .with_context(|| format!("opening the audit log {}", audit.path.display()))?,
+            ),
+            None => None,
+        };
+        let baseline = config.metrics.as_ref().and_then(|m| m.baseline_model.clone());
+        let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline));
         Ok(Arc::new(Self {
             config,
             catalog,
             router,
             tenants,
-            ledger: Arc::new(Ledger::default()),
+            ledger,
+            metrics,
             pricer,
             local,
             remotes,

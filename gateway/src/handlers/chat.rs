@@ -116,13 +116,33 @@ where
         match attempt.instrument(tracing::info_span!("provider.call", target)).await {
             Ok((value, redaction)) => return Ok((target, value, redaction)),
             Err(err) if worth_falling_back(&err) => {
+                count_upstream_error(state, target, &err);
                 warn!(target, error = %err, "target failed before answering; trying the next fallback");
                 last_error = Some(err);
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => {
+                count_upstream_error(state, target, &err);
+                return Err(err.into());
+            }
         }
     }
     Err(last_error.unwrap_or_else(|| ProviderError::Unavailable { message: "no target to serve the request".into() }).into())
+}
+
+/// `switchyard_upstream_errors_total{provider, kind}` for a failed attempt on `target`.
+fn count_upstream_error(state: &AppState, target: &str, err: &ProviderError) {
+    let provider = target.split_once('/').map_or(target, |(p, _)| p);
+    let kind = match err {
+        ProviderError::InvalidRequest { .. } => "invalid_request",
+        ProviderError::ContextLengthExceeded { .. } => "context_length",
+        ProviderError::Overloaded { .. } => "overloaded",
+        ProviderError::RateLimited { .. } => "rate_limited",
+        ProviderError::Rejected { .. } => "rejected",
+        ProviderError::Upstream { .. } => "upstream",
+        ProviderError::Timeout { .. } => "timeout",
+        ProviderError::Unavailable { .. } => "unavailable",
+    };
+    state.metrics.upstream_errors.with_label_values(&[provider, kind]).inc();
 }
 
 async fn complete_answer(

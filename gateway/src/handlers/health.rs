@@ -25,3 +25,19 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(json!({"status": status, "engine": engine})))
 }
+
+/// Prometheus text exposition (INTERFACE.md §5); gauges are read from the engine and the
+/// providers' circuits at scrape time.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl axum::response::IntoResponse {
+    let metrics = &state.metrics;
+    if let Some(local) = &state.local {
+        let engine = local.engine().stats();
+        metrics.queue_depth.set(i64::try_from(engine.queued).unwrap_or(i64::MAX));
+        metrics.active_sequences.set(i64::try_from(engine.active).unwrap_or(i64::MAX));
+        metrics.kv_cells_used.set(i64::try_from(engine.kv_cells_used).unwrap_or(i64::MAX));
+    }
+    for (name, remote) in &state.remotes {
+        metrics.circuit_open.with_label_values(&[name.as_str()]).set(i64::from(remote.provider.is_open()));
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.render())
+}

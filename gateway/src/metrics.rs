@@ -1,0 +1,139 @@
+//! Prometheus metrics (INTERFACE.md §5), fed by the accounting records and, at scrape time, by
+//! the engine's counters and the providers' circuit state. Labels only ever carry configured
+//! names (rules, targets, providers, tenants) or fixed words, so cardinality stays bounded.
+
+use prometheus::{
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::accounting::UsageRecord;
+
+/// Request durations: 10 ms to 2 minutes (LLM answers, local and remote).
+const DURATION_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
+/// Time to first token: 5 ms to 30 s.
+const TTFT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Every metric the gateway exports, in its own registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    tokens: IntCounterVec,
+    cost: CounterVec,
+    savings: CounterVec,
+    /// Upstream failures by provider and kind (`timeout`, `upstream`, `rate_limited`, …).
+    pub upstream_errors: IntCounterVec,
+    /// 1 while a provider's circuit is open.
+    pub circuit_open: IntGaugeVec,
+    /// Requests waiting for an engine slot.
+    pub queue_depth: IntGauge,
+    /// Sequences the engine is running.
+    pub active_sequences: IntGauge,
+    /// KV cells held by running sequences.
+    pub kv_cells_used: IntGauge,
+    /// Budget left per tenant and period.
+    #[expect(dead_code, reason = "set by tenant budgets (issue 7); registered so the family is known")]
+    pub budget_remaining: prometheus::GaugeVec,
+    /// Answers served from the response cache.
+    pub cache_hits: IntCounter,
+    /// Audit lines dropped because the writer fell behind.
+    pub audit_dropped: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| -> Result<HistogramVec, prometheus::Error> {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &["target"])?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let float_counter = |name: &str, help: &str, labels: &[&str]| -> Result<CounterVec, prometheus::Error> {
+            let c = CounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let metrics = Self {
+            requests: counter("switchyard_requests_total", "Chat requests finished, by rule, target, tier and HTTP status.", &["rule", "target", "tier", "status"])?,
+            duration: histogram("switchyard_request_duration_seconds", "From arrival to the end of the answer.", DURATION_BUCKETS)?,
+            ttft: histogram("switchyard_time_to_first_token_seconds", "From arrival to the first streamed chunk.", TTFT_BUCKETS)?,
+            tokens: counter("switchyard_tokens_total", "Tokens billed, by target and kind (prompt, completion).", &["target", "kind"])?,
+            cost: float_counter("switchyard_cost_usd_total", "What requests cost, USD.", &["target", "tenant"])?,
+            savings: float_counter("switchyard_savings_usd_total", "What requests would have cost on [metrics].baseline_model minus what they cost, USD (never below 0 per request).", &["tenant"])?,
+            upstream_errors: counter("switchyard_upstream_errors_total", "Failed upstream attempts, by provider and kind.", &["provider", "kind"])?,
+            circuit_open: {
+                let g = IntGaugeVec::new(Opts::new("switchyard_circuit_open", "1 while the provider's circuit is open."), &["provider"])?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            queue_depth: gauge("switchyard_engine_queue_depth", "Requests waiting for a local engine slot.")?,
+            active_sequences: gauge("switchyard_engine_active_sequences", "Sequences the local engine is prefilling or decoding.")?,
+            kv_cells_used: gauge("switchyard_engine_kv_cells_used", "KV cells held by running sequences.")?,
+            budget_remaining: {
+                let g = prometheus::GaugeVec::new(Opts::new("switchyard_budget_remaining_usd", "Budget left, USD, by tenant and period."), &["tenant", "period"])?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            cache_hits: {
+                let c = IntCounter::new("switchyard_cache_hits_total", "Answers served from the response cache.")?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            audit_dropped: {
+                let c = IntCounter::new("switchyard_audit_dropped_total", "Audit lines dropped because the writer fell behind.")?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            registry,
+        };
+        Ok(metrics)
+    }
+
+    /// Counts one finished request. `savings_usd` is the baseline's price minus the cost.
+    pub fn observe(&self, r: &UsageRecord, savings_usd: f64) {
+        let target = if r.target.is_empty() { "none" } else { r.target.as_str() };
+        let rule = if r.rule.is_empty() { "none" } else { r.rule.as_str() };
+        let tier = if r.tier.is_empty() { "none" } else { r.tier };
+        self.requests.with_label_values(&[rule, target, tier, &r.status.to_string()]).inc();
+        #[allow(clippy::cast_precision_loss)]
+        self.duration.with_label_values(&[target]).observe(r.latency_ms as f64 / 1000.0);
+        if let Some(ttft) = r.ttft_ms {
+            #[allow(clippy::cast_precision_loss)]
+            self.ttft.with_label_values(&[target]).observe(ttft as f64 / 1000.0);
+        }
+        self.tokens.with_label_values(&[target, "prompt"]).inc_by(r.prompt_tokens);
+        self.tokens.with_label_values(&[target, "completion"]).inc_by(r.completion_tokens);
+        self.cost.with_label_values(&[target, &r.tenant]).inc_by(r.cost_usd.max(0.0));
+        self.savings.with_label_values(&[&r.tenant]).inc_by(savings_usd.max(0.0));
+        if r.cache == "hit" {
+            self.cache_hits.inc();
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding our own registry's families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
