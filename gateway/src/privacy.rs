@@ -37,6 +37,19 @@ pub fn inspect(req: &ChatRequest) -> Inspection {
     out
 }
 
+/// Characters of every scannable string of `req` (no scanning): the basis of token estimates.
+pub fn text_chars(req: &ChatRequest) -> usize {
+    let mut chars = 0;
+    for message in &req.messages {
+        visit_message(message, &mut |piece| {
+            if let Piece::Text(text) = piece {
+                chars += text.chars().count();
+            }
+        });
+    }
+    chars
+}
+
 enum Piece<'a> {
     Text(&'a str),
     Opaque,

@@ -66,7 +66,7 @@ async fn answer(
     ctx.span.record("rule", decision.rule.as_str());
     ctx.span.record("tier", decision.tier.as_str());
     if let Some(r) = record.as_mut() {
-        let prompt_chars = privacy::inspect(&req).text.chars().count();
+        let prompt_chars = privacy::text_chars(&req);
         r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
     }
     if let Some(reason) = &decision.violation {
