@@ -80,6 +80,14 @@ impl Ledger {
         self.baseline.as_deref()
     }
 
+    /// Counts an upstream failure on `target` that happened mid-stream.
+    pub fn upstream_failed(&self, target: &str, kind: &str) {
+        if let Some(metrics) = &self.metrics {
+            let provider = target.split_once('/').map_or(target, |(p, _)| p);
+            metrics.upstream_errors.with_label_values(&[provider, kind]).inc();
+        }
+    }
+
     /// Writes the queued audit lines and closes the file (at shutdown).
     pub fn close(&self) {
         if let Some(audit) = &self.audit {
@@ -138,6 +146,8 @@ pub struct PendingRecord {
     started: Instant,
     record: UsageRecord,
     usage: Option<Usage>,
+    /// A failure after the answer started (its kind), counted with the upstream errors.
+    failed_mid_stream: Option<&'static str>,
     /// Estimates for when no usage is reported.
     prompt_chars: usize,
     completion_chars: usize,
@@ -169,6 +179,7 @@ impl PendingRecord {
                 pii_kinds: Vec::new(),
             },
             usage: None,
+            failed_mid_stream: None,
             prompt_chars: 0,
             completion_chars: 0,
         }
@@ -211,6 +222,11 @@ impl PendingRecord {
         }
     }
 
+    /// The upstream failed after the stream had started.
+    pub fn upstream_failed(&mut self, kind: &'static str) {
+        self.failed_mid_stream = Some(kind);
+    }
+
     /// The cost as it stands (for `x-switchyard-cost-usd`).
     pub fn cost_usd(&self) -> f64 {
         self.usage.as_ref().map_or(0.0, |u| (self.pricer)(&self.record.target, u))
@@ -249,6 +265,9 @@ impl Drop for PendingRecord {
             if let Some(baseline) = self.ledger.baseline() {
                 savings = (self.pricer)(baseline, &u) - r.cost_usd;
             }
+        }
+        if let Some(kind) = self.failed_mid_stream {
+            self.ledger.upstream_failed(&r.target, kind);
         }
         self.ledger.record(r, savings);
     }

@@ -48,7 +48,12 @@ def observed(tmp_path_factory, fake_provider):
         httpx.post(f"{v1}/chat/completions", json={"model": "auto", "messages": []}),
         httpx.post(f"{v1}/chat/completions", timeout=30, json={"model": "fake/echo", "stream": True, "messages": [{"role": "user", "content": "s"}]}),
     ]
-    assert [r.status_code for r in sent] == [200, 200, 200, 502, 400, 200]
+    # A stream that breaks after its first chunk counts as an upstream error too.
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"malformed": True}]}).raise_for_status()
+    broken = httpx.post(f"{v1}/chat/completions", timeout=30, json={"model": "fake/echo", "stream": True, "messages": [{"role": "user", "content": "b"}]})
+    assert broken.status_code == 200 and '"error"' in broken.text
+    sent.append(broken)
+    assert [r.status_code for r in sent[:6]] == [200, 200, 200, 502, 400, 200]
     deadline = time.monotonic() + 10
     lines = []
     while time.monotonic() < deadline:
@@ -72,14 +77,14 @@ def test_every_metric_family_the_traffic_produces_is_exported(observed):
 def test_counters_move_by_exactly_the_requests_sent(observed):
     _, _, _, text = observed
     s = metric_samples(text)
-    assert sample(s, "switchyard_requests_total", rule="explicit", target="fake/echo", tier="remote", status="200") == 3
+    assert sample(s, "switchyard_requests_total", rule="explicit", target="fake/echo", tier="remote", status="200") == 4
     assert sample(s, "switchyard_requests_total", rule="default", target="local/local-small", tier="local", status="200") == 1
     assert sample(s, "switchyard_requests_total", target="none", status="400") == 1
     assert sample(s, "switchyard_requests_total", target="none", status="502") == 1
-    assert sample(s, "switchyard_upstream_errors_total", provider="fake", kind="upstream") == 1
-    assert sample(s, "switchyard_tokens_total", target="fake/echo", kind="prompt") == 33
-    assert sample(s, "switchyard_request_duration_seconds_count", target="fake/echo") == 3
-    assert sample(s, "switchyard_time_to_first_token_seconds_count", target="fake/echo") == 1
+    assert sample(s, "switchyard_upstream_errors_total", provider="fake", kind="upstream") == 2, "502 before, malformed after the first byte"
+    assert sample(s, "switchyard_tokens_total", target="fake/echo", kind="prompt") == 33 + 1, "the broken stream is estimated"
+    assert sample(s, "switchyard_request_duration_seconds_count", target="fake/echo") == 4
+    assert sample(s, "switchyard_time_to_first_token_seconds_count", target="fake/echo") == 2
 
 
 def test_savings_equal_baseline_price_times_usage_minus_cost(observed):
@@ -96,7 +101,7 @@ def test_savings_equal_baseline_price_times_usage_minus_cost(observed):
 def test_audit_has_one_line_per_request_errors_included_and_no_text(observed):
     gw, sent, records, _ = observed
     assert sorted(r["request_id"] for r in records) == sorted(r.headers["x-request-id"] for r in sent)
-    assert sorted(r["status"] for r in records) == [200, 200, 200, 200, 400, 502]
+    assert sorted(r["status"] for r in records) == [200, 200, 200, 200, 200, 400, 502]
     fields = {"ts", "request_id", "tenant", "rule", "target", "tier", "status", "prompt_tokens", "completion_tokens",
               "cost_usd", "cost_estimated", "latency_ms", "ttft_ms", "cache", "redacted", "pii_kinds"}
     assert all(set(r) == fields for r in records)

@@ -131,8 +131,12 @@ where
 
 /// `switchyard_upstream_errors_total{provider, kind}` for a failed attempt on `target`.
 fn count_upstream_error(state: &AppState, target: &str, err: &ProviderError) {
-    let provider = target.split_once('/').map_or(target, |(p, _)| p);
-    let kind = match err {
+    state.ledger.upstream_failed(target, error_kind(err));
+}
+
+/// The `kind` label of an upstream failure.
+fn error_kind(err: &ProviderError) -> &'static str {
+    match err {
         ProviderError::InvalidRequest { .. } => "invalid_request",
         ProviderError::ContextLengthExceeded { .. } => "context_length",
         ProviderError::Overloaded { .. } => "overloaded",
@@ -141,8 +145,7 @@ fn count_upstream_error(state: &AppState, target: &str, err: &ProviderError) {
         ProviderError::Upstream { .. } => "upstream",
         ProviderError::Timeout { .. } => "timeout",
         ProviderError::Unavailable { .. } => "unavailable",
-    };
-    state.metrics.upstream_errors.with_label_values(&[provider, kind]).inc();
+    }
 }
 
 async fn complete_answer(
@@ -203,8 +206,10 @@ async fn stream_answer(
     }
     let chunks = chunks
         .map(move |chunk| {
-            if let (Ok(chunk), Some(r)) = (&chunk, stream_record.as_mut()) {
-                r.chunk(chunk);
+            match (&chunk, stream_record.as_mut()) {
+                (Ok(chunk), Some(r)) => r.chunk(chunk),
+                (Err(err), Some(r)) => r.upstream_failed(error_kind(err)),
+                (_, None) => {}
             }
             chunk
         })
