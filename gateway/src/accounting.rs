@@ -12,6 +12,7 @@ use providers::wire::{ChatChunk, Usage};
 
 use crate::audit::AuditLog;
 use crate::metrics::Metrics;
+use crate::stats::Rollups;
 use serde::Serialize;
 
 /// A finished request.
@@ -64,6 +65,8 @@ pub struct Ledger {
     cost_micro_usd: AtomicU64,
     /// The last [`RECENT`] records, newest last (for the dashboard).
     recent: Mutex<VecDeque<UsageRecord>>,
+    /// Per-minute rollups of the last day (for `/admin/stats`).
+    pub rollups: Rollups,
 }
 
 /// How many records [`Ledger::recent`] keeps.
@@ -104,6 +107,7 @@ impl Ledger {
         if let Some(audit) = &self.audit {
             audit.write(r);
         }
+        self.rollups.add(r, savings_usd);
         self.requests.fetch_add(1, Relaxed);
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() == RECENT {
@@ -124,13 +128,11 @@ impl Ledger {
     }
 
     /// Requests recorded so far.
-    #[cfg_attr(not(test), expect(dead_code, reason = "read by /admin/stats and the dashboard (issue 8)"))]
     pub fn requests(&self) -> u64 {
         self.requests.load(Relaxed)
     }
 
     /// The most recent records, oldest first.
-    #[cfg_attr(not(test), expect(dead_code, reason = "read by /admin/stats and the dashboard (issue 8)"))]
     pub fn recent(&self) -> Vec<UsageRecord> {
         self.recent.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
     }

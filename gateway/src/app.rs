@@ -5,7 +5,8 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::handlers::{chat, fallback, health, models, route};
+use crate::handlers::{admin, chat, fallback, health, models, route};
+use crate::middleware::admin_auth::admin_auth;
 use crate::middleware::auth::authenticate;
 use crate::middleware::request_ctx::request_ctx;
 use crate::state::AppState;
@@ -19,6 +20,10 @@ use crate::state::AppState;
 /// 2. `authenticate` (on `/v1/*` routes only) — reads `Authorization: Bearer <virtual key>`,
 ///    inserts the tenant (`Arc<router::TenantProfile>`) and records `tenant` on the span, or
 ///    answers 401 `invalid_api_key`. Open mode (no tenant has keys): tenant `default`.
+/// 3. `admin_auth` (on `/dashboard` and `/admin/*` only; beside 2, not after it) — the admin
+///    key as Bearer, Basic password or session cookie, else 401 (`/dashboard`'s carries
+///    `WWW-Authenticate: Basic` and the login form). `/metrics`, `/healthz`, `/readyz` and
+///    `/dashboard/login` need no key.
 ///
 /// Bodies are read by the handlers themselves (`handlers::read_body`) so that an oversized body
 /// gets the OpenAI-style 413 rather than a plain-text one. Unknown paths answer 404
@@ -30,8 +35,14 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/v1/route", post(route::route).fallback(not_allowed))
         .route("/v1/models", get(models::list_models).fallback(not_allowed))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authenticate));
+    let admin = Router::new()
+        .route("/dashboard", get(admin::dashboard).fallback(not_allowed))
+        .route("/admin/stats", get(admin::stats).fallback(not_allowed))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admin_auth));
     Router::new()
         .merge(api)
+        .merge(admin)
+        .route("/dashboard/login", post(admin::login).fallback(not_allowed))
         .route("/healthz", get(health::healthz).fallback(not_allowed))
         .route("/readyz", get(health::readyz).fallback(not_allowed))
         .route("/metrics", get(health::metrics).fallback(not_allowed))

@@ -25,6 +25,9 @@ pub struct ServerConfig {
     /// Largest request body accepted.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Environment variable holding the admin key that guards `/admin/*` and `/dashboard`.
+    #[serde(default)]
+    pub admin_key_env: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -39,7 +42,7 @@ const fn default_max_body_bytes() -> usize {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), region: default_region(), max_body_bytes: default_max_body_bytes() }
+        Self { listen: default_listen(), region: default_region(), max_body_bytes: default_max_body_bytes(), admin_key_env: None }
     }
 }
 

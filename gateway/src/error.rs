@@ -37,6 +37,9 @@ pub enum ApiError {
         /// Missing or unknown (the key itself is never kept).
         failure: crate::tenants::AuthFailure,
     },
+    /// `/admin/*` without the admin key.
+    #[error("This endpoint needs the admin key (Authorization: Bearer, HTTP Basic password, or the dashboard's session).")]
+    AdminKeyRequired,
     /// The privacy or residency guard forbids every target for this request.
     #[error("The request may not be served: {reason}")]
     PolicyViolation {
@@ -90,7 +93,7 @@ impl ApiError {
                 detail("invalid_request_error", Some("model_not_found"), Some("model".into())),
                 None,
             ),
-            Self::InvalidApiKey { .. } => {
+            Self::InvalidApiKey { .. } | Self::AdminKeyRequired => {
                 (StatusCode::UNAUTHORIZED, detail("invalid_request_error", Some("invalid_api_key"), None), None)
             }
             Self::PolicyViolation { .. } => {

@@ -15,6 +15,7 @@ mod middleware;
 mod privacy;
 mod serve;
 mod state;
+mod stats;
 mod tenants;
 
 use std::io::Read as _;

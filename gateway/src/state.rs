@@ -39,6 +39,10 @@ pub struct AppState {
     pub pricer: Pricer,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The admin key (`[server].admin_key_env`), if the admin pages are guarded.
+    pub admin_key: Option<String>,
+    /// Dashboard session tokens handed out by `POST /dashboard/login`.
+    pub admin_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The embedded engine, if configured.
     pub local: Option<LocalProvider>,
     /// Remote providers by name.
@@ -96,6 +100,11 @@ impl AppState {
             None => None,
         };
         let baseline = config.metrics.as_ref().and_then(|m| m.baseline_model.clone());
+        let admin_key = match &config.server.admin_key_env {
+            // The variable's name may be logged; its value never is.
+            Some(var) => Some(std::env::var(var).with_context(|| format!("server.admin_key_env: environment variable {var} is not set"))?),
+            None => None,
+        };
         let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline));
         Ok(Arc::new(Self {
             config,
@@ -104,6 +113,8 @@ impl AppState {
             tenants,
             ledger,
             metrics,
+            admin_key,
+            admin_sessions: std::sync::Mutex::new(std::collections::HashSet::new()),
             pricer,
             local,
             remotes,

@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per endpoint group.
 
+pub mod admin;
 pub mod chat;
 pub mod fallback;
 pub mod health;

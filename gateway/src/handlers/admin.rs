@@ -1,0 +1,80 @@
+//! `/dashboard` (one self-contained page), `POST /dashboard/login` (admin key → session cookie)
+//! and `/admin/stats` (the JSON the page draws).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::SET_COOKIE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::handlers::read_body;
+use crate::middleware::admin_auth::{key_matches, SESSION_COOKIE};
+use crate::state::AppState;
+
+/// The dashboard page: no external assets, it draws `/admin/stats`.
+pub const DASHBOARD_PAGE: &str = include_str!("dashboard.html");
+/// The login form the dashboard's 401 carries.
+pub const LOGIN_PAGE: &str = include_str!("login.html");
+
+/// `GET /dashboard`.
+pub async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD_PAGE)
+}
+
+/// `POST /dashboard/login` with `{"key": "…"}`: sets an `HttpOnly` session cookie.
+pub async fn login(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(body, 4096).await?;
+    let given = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v["key"].as_str().map(str::to_owned)).unwrap_or_default();
+    let Some(key) = &state.admin_key else { return Ok(StatusCode::NO_CONTENT.into_response()) };
+    if !key_matches(&given, key) {
+        return Err(ApiError::AdminKeyRequired);
+    }
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    if let Ok(mut sessions) = state.admin_sessions.lock() {
+        sessions.insert(token.clone());
+    }
+    let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+/// `GET /admin/stats`: the last hour and day per tenant and target, requests per minute, the
+/// engine and the circuits. Figures are this replica's.
+pub async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let now_minute = u64::try_from(now_ms / 60_000).unwrap_or(0);
+    let rollups = &state.ledger.rollups;
+    let engine = state.local.as_ref().map(|l| {
+        let s = l.engine().stats();
+        #[allow(clippy::cast_precision_loss)]
+        let per_s = |tokens: u64, us: u64| if us == 0 { 0.0 } else { tokens as f64 * 1e6 / us as f64 };
+        json!({
+            "queued": s.queued, "active": s.active, "kv_cells_used": s.kv_cells_used,
+            "prefill_tokens_per_s": per_s(s.prompt_tokens_total, s.prefill_us_total),
+            "decode_tokens_per_s": per_s(s.completion_tokens_total, s.decode_us_total),
+        })
+    });
+    let circuits: serde_json::Map<String, Value> =
+        state.remotes.iter().map(|(name, r)| (name.clone(), Value::Bool(r.provider.is_open()))).collect();
+    Json(json!({
+        "requests_total": state.ledger.requests(),
+        "hour": rollups.window(now_minute, 60),
+        "day": rollups.window(now_minute, 24 * 60),
+        "requests_per_minute": rollups.per_minute(now_minute, 60),
+        "engine": engine,
+        "circuits": circuits,
+        "budgets": Value::Null,
+        "recent": state.ledger.recent().iter().rev().take(20).map(|r| json!({
+            "request_id": r.request_id, "tenant": r.tenant, "target": r.target, "status": r.status,
+            "latency_ms": r.latency_ms, "cost_usd": r.cost_usd,
+        })).collect::<Vec<_>>(),
+    }))
+}
