@@ -14,7 +14,7 @@ export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model system-deps python-deps redis promtool check bench bench-concurrency bench-remote bench-router pii-eval clean
+.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-router pii-eval clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -59,7 +59,11 @@ redis:
 promtool:
 	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus; }
 
-test: model build python-deps redis promtool
+## Headless Chromium (distribution package) for the dashboard test.
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+test: model build python-deps redis promtool chromium
 	cargo test --release --workspace --locked -- --test-threads=$(CARGO_TEST_THREADS)
 	$(PYTHON) -m pytest tests/python -q
 
