@@ -4,9 +4,11 @@
 use super::checks;
 
 /// `+CC` / `00CC` / `(0)` prefixes, digit groups split by spaces, dots, dashes or slashes,
-/// optional parentheses, an optional extension. Lengths are left to [`is_phone`]: unbounded
+/// optional parentheses, an optional extension (grouped forms first: the regex prefers the first
+/// alternative that matches). A lone group needs 5 digits, so short numbers
+/// (`2024`, `204`) are not candidates at all. Other lengths are left to [`is_phone`]: unbounded
 /// repetitions keep the scanner's automaton small (counted ones multiply its states).
-pub const REGEX: &str = r"(?:\+|\([0-9]+\) ?|(?-u:\b))[0-9]+(?:(?:[ .\-/]{1,2}| ?\([0-9]+\) ?)[0-9]+)*(?: ?(?:x|ext\.? ?)[0-9]+)?";
+pub const REGEX: &str = r"(?:\+|\([0-9]+\) ?|(?-u:\b))(?:[0-9]+(?:(?:[ .\-/]{1,2}| ?\([0-9]+\) ?)[0-9]+)+|[0-9]{5,})(?: ?(?:x|ext\.? ?)[0-9]+)?";
 
 /// Word stems that introduce order, invoice, tracking and reference numbers, in the six
 /// languages: a number right after one of them is an identifier, not a phone number.
