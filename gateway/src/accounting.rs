@@ -54,7 +54,7 @@ pub struct UsageRecord {
 
 /// Where records go: the log (target `switchyard::accounting`), the Prometheus metrics, the audit
 /// log and the recent-requests window; budgets subscribe here as they land.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Ledger {
     metrics: Option<Arc<Metrics>>,
     audit: Option<AuditLog>,
@@ -67,15 +67,26 @@ pub struct Ledger {
     recent: Mutex<VecDeque<UsageRecord>>,
     /// Per-minute rollups of the last day (for `/admin/stats`).
     pub rollups: Rollups,
+    /// Told of every record (token rate limits settle completion tokens here).
+    subscribers: Vec<Subscriber>,
 }
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("requests", &self.requests()).finish_non_exhaustive()
+    }
+}
+
+/// Something told of every finished request.
+pub type Subscriber = Box<dyn Fn(&UsageRecord) + Send + Sync>;
 
 /// How many records [`Ledger::recent`] keeps.
 const RECENT: usize = 256;
 
 impl Ledger {
-    /// A ledger feeding `metrics` and `audit`, with savings measured against `baseline`.
-    pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>, baseline: Option<String>) -> Self {
-        Self { metrics: Some(metrics), audit, baseline, ..Self::default() }
+    /// A ledger feeding `metrics`, `audit` and `subscribers`, with savings measured against `baseline`.
+    pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>, baseline: Option<String>, subscribers: Vec<Subscriber>) -> Self {
+        Self { metrics: Some(metrics), audit, baseline, subscribers, ..Self::default() }
     }
 
     /// The target savings are measured against.
@@ -108,6 +119,9 @@ impl Ledger {
             audit.write(r);
         }
         self.rollups.add(r, savings_usd);
+        for subscriber in &self.subscribers {
+            subscriber(r);
+        }
         self.requests.fetch_add(1, Relaxed);
         if let Ok(mut recent) = self.recent.lock() {
             if recent.len() == RECENT {
@@ -240,7 +254,7 @@ fn millis(since: Instant) -> u64 {
 }
 
 /// About four characters a token, rounded up: the estimate when a provider reports no usage.
-fn estimate_tokens(chars: usize) -> u64 {
+pub fn estimate_tokens(chars: usize) -> u64 {
     u64::try_from(chars.div_ceil(4)).unwrap_or(u64::MAX)
 }
 

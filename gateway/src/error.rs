@@ -37,6 +37,14 @@ pub enum ApiError {
         /// Missing or unknown (the key itself is never kept).
         failure: crate::tenants::AuthFailure,
     },
+    /// The tenant's requests or tokens per minute are used up.
+    #[error("Rate limit reached for {what} per minute; retry after {retry_after_s} s.")]
+    TenantRateLimited {
+        /// `requests` or `tokens`.
+        what: &'static str,
+        /// Seconds until the request fits.
+        retry_after_s: u64,
+    },
     /// `/admin/*` without the admin key.
     #[error("This endpoint needs the admin key (Authorization: Bearer, HTTP Basic password, or the dashboard's session).")]
     AdminKeyRequired,
@@ -92,6 +100,11 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 detail("invalid_request_error", Some("model_not_found"), Some("model".into())),
                 None,
+            ),
+            Self::TenantRateLimited { retry_after_s, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                detail("rate_limit_error", Some("rate_limit_exceeded"), None),
+                Some(*retry_after_s),
             ),
             Self::InvalidApiKey { .. } | Self::AdminKeyRequired => {
                 (StatusCode::UNAUTHORIZED, detail("invalid_request_error", Some("invalid_api_key"), None), None)

@@ -11,6 +11,7 @@ mod dispatch;
 mod error;
 mod handlers;
 mod metrics;
+mod limits;
 mod middleware;
 mod privacy;
 mod serve;

@@ -10,7 +10,8 @@ use providers::{Guarded, LocalProvider, OpenAiCompatible, Provider, ProviderKind
 
 use crate::catalog::Catalog;
 use crate::config::GatewayConfig;
-use crate::accounting::{Ledger, Pricer};
+use crate::accounting::{Ledger, Pricer, Subscriber};
+use crate::limits::{LimitStore, MemoryStore, MINUTE_MS};
 use crate::audit::AuditLog;
 use crate::metrics::Metrics;
 use crate::tenants::Tenants;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The admin key (`[server].admin_key_env`), if the admin pages are guarded.
     pub admin_key: Option<String>,
+    /// Rate-limit state (in-process).
+    pub limits: Arc<dyn LimitStore>,
     /// Dashboard session tokens handed out by `POST /dashboard/login`.
     pub admin_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The embedded engine, if configured.
@@ -87,7 +90,6 @@ impl AppState {
         let catalog = Catalog::new(config.local.as_ref().map(|l| l.name.as_str()), &config.providers);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let router = config.router();
-        let tenants = Tenants::new(&config.tenants);
         // Compile the PII patterns now rather than on the first request.
         let _ = router::pii_scanner();
         let pricer = pricer(&config);
@@ -105,7 +107,21 @@ impl AppState {
             Some(var) => Some(std::env::var(var).with_context(|| format!("server.admin_key_env: environment variable {var} is not set"))?),
             None => None,
         };
-        let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline));
+        let tenants = Tenants::new(&config.tenants);
+        let limits: Arc<dyn LimitStore> = Arc::new(MemoryStore::default());
+        // Completion tokens are known only at the end: they are taken from the tenant's token
+        // allowance then, even past its limit (the next requests wait for it).
+        let token_limits: HashMap<String, u32> =
+            config.tenants.iter().filter_map(|t| Some((t.name.clone(), t.rate_limit?.tpm?))).collect();
+        let settle_limits = Arc::clone(&limits);
+        let settle: Subscriber = Box::new(move |r| {
+            if let Some(tpm) = token_limits.get(&r.tenant) {
+                if r.completion_tokens > 0 {
+                    settle_limits.take(&format!("{}:tpm", r.tenant), u64::from(*tpm), MINUTE_MS, r.completion_tokens, r.ts, true);
+                }
+            }
+        });
+        let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline, vec![settle]));
         Ok(Arc::new(Self {
             config,
             catalog,
@@ -114,6 +130,7 @@ impl AppState {
             ledger,
             metrics,
             admin_key,
+            limits,
             admin_sessions: std::sync::Mutex::new(std::collections::HashSet::new()),
             pricer,
             local,

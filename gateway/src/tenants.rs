@@ -10,6 +10,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::limits::RateLimitConfig;
+
 /// The tenant of requests when no tenant has keys (open mode).
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -28,6 +30,9 @@ pub struct TenantConfig {
     /// Privacy tags added to every request of this tenant.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Requests and tokens per minute.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 const HASH_PREFIX: &str = "sha256:";
@@ -96,6 +101,7 @@ pub enum AuthFailure {
 pub struct Tenants {
     by_hash: HashMap<[u8; 32], Arc<TenantProfile>>,
     open: Arc<TenantProfile>,
+    rate_limits: HashMap<String, RateLimitConfig>,
 }
 
 impl Tenants {
@@ -113,7 +119,13 @@ impl Tenants {
             .iter()
             .find(|c| c.name == DEFAULT_TENANT)
             .map_or_else(|| TenantProfile { name: DEFAULT_TENANT.to_owned(), ..TenantProfile::default() }, TenantConfig::profile);
-        Self { by_hash, open: Arc::new(open) }
+        let rate_limits = configs.iter().filter_map(|c| Some((c.name.clone(), c.rate_limit?))).collect();
+        Self { by_hash, open: Arc::new(open), rate_limits }
+    }
+
+    /// The rate limits of the tenant called `name`, if it has any.
+    pub fn rate_limit(&self, name: &str) -> Option<RateLimitConfig> {
+        self.rate_limits.get(name).copied()
     }
 
     /// True when no key is needed.
@@ -146,7 +158,7 @@ mod tests {
     use super::*;
 
     fn tenant(name: &str, keys: Vec<String>) -> TenantConfig {
-        TenantConfig { name: name.into(), keys, residency: vec!["eu".into()], tags: vec!["Confidential".into()] }
+        TenantConfig { name: name.into(), keys, residency: vec!["eu".into()], tags: vec!["Confidential".into()], rate_limit: None }
     }
 
     #[test]

@@ -17,9 +17,10 @@ use router::{Decision, Redaction, TenantProfile};
 use tracing::{warn, Instrument};
 
 use crate::chat_request::parse_chat_request;
-use crate::accounting::PendingRecord;
+use crate::accounting::{estimate_tokens, PendingRecord};
 use crate::dispatch::{plan, provider_for, worth_falling_back};
 use crate::error::ApiError;
+use crate::limits::MINUTE_MS;
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
 use crate::privacy::{self, StreamRestorer};
@@ -41,7 +42,8 @@ pub async fn chat_completions(
         &tenant.name,
         ctx.started,
     ));
-    match answer(&state, &ctx, &tenant, &headers, body, &mut record).await {
+    let mut rate = RateHeaders::default();
+    let mut response = match answer(&state, &ctx, &tenant, &headers, body, &mut record, &mut rate).await {
         Ok(response) => response,
         Err(err) => {
             if let Some(record) = &mut record {
@@ -49,7 +51,52 @@ pub async fn chat_completions(
             }
             err.into_response()
         }
+    };
+    rate.write(response.headers_mut());
+    response
+}
+
+/// A tenant's rate-limit standing after admission: `(limit, remaining)` per limit it has.
+#[derive(Debug, Default)]
+struct RateHeaders {
+    requests: Option<(u32, u64)>,
+    tokens: Option<(u32, u64)>,
+}
+
+impl RateHeaders {
+    fn write(&self, headers: &mut HeaderMap) {
+        if let Some((limit, remaining)) = self.requests {
+            insert(headers, "x-ratelimit-limit-requests", &limit.to_string());
+            insert(headers, "x-ratelimit-remaining-requests", &remaining.to_string());
+        }
+        if let Some((limit, remaining)) = self.tokens {
+            insert(headers, "x-ratelimit-limit-tokens", &limit.to_string());
+            insert(headers, "x-ratelimit-remaining-tokens", &remaining.to_string());
+        }
     }
+}
+
+/// Takes one request and `prompt_tokens` from the tenant's per-minute allowances, or refuses
+/// with 429 `rate_limit_exceeded` and the wait.
+fn admit(state: &AppState, tenant: &str, prompt_tokens: u64, rate: &mut RateHeaders) -> Result<(), ApiError> {
+    let Some(limits) = state.tenants.rate_limit(tenant) else { return Ok(()) };
+    let now_ms = u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())).unwrap_or(0);
+    let refuse = |what, retry_after_ms: u64| ApiError::TenantRateLimited { what, retry_after_s: retry_after_ms.div_ceil(1000).max(1) };
+    if let Some(rpm) = limits.rpm {
+        let v = state.limits.take(&format!("{tenant}:rpm"), u64::from(rpm), MINUTE_MS, 1, now_ms, false);
+        rate.requests = Some((rpm, v.remaining));
+        if !v.allowed {
+            return Err(refuse("requests", v.retry_after_ms));
+        }
+    }
+    if let Some(tpm) = limits.tpm {
+        let v = state.limits.take(&format!("{tenant}:tpm"), u64::from(tpm), MINUTE_MS, prompt_tokens, now_ms, false);
+        rate.tokens = Some((tpm, v.remaining));
+        if !v.allowed {
+            return Err(refuse("tokens", v.retry_after_ms));
+        }
+    }
+    Ok(())
 }
 
 async fn answer(
@@ -59,14 +106,16 @@ async fn answer(
     headers: &HeaderMap,
     body: Body,
     record: &mut Option<PendingRecord>,
+    rate: &mut RateHeaders,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(body, state.config.server.max_body_bytes).await?;
     let req = parse_chat_request(&bytes)?;
+    let prompt_chars = privacy::text_chars(&req);
+    admit(state, &tenant.name, estimate_tokens(prompt_chars), rate)?;
     let decision = plan(state, &req, headers, tenant)?;
     ctx.span.record("rule", decision.rule.as_str());
     ctx.span.record("tier", decision.tier.as_str());
     if let Some(r) = record.as_mut() {
-        let prompt_chars = privacy::text_chars(&req);
         r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
     }
     if let Some(reason) = &decision.violation {

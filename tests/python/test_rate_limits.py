@@ -1,0 +1,57 @@
+"""Per-tenant rate limits (in-process store): requests and tokens per minute, `x-ratelimit-*`
+headers on every answer to a tenant with limits (429s too), 429 `rate_limit_exceeded` with
+`Retry-After` when over, tenants independent."""
+
+import httpx
+import pytest
+
+from conftest import Gateway, fake_provider_section, gateway_config
+from test_privacy_routing import new_key
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory, fake_provider):
+    rpm_key, rpm_hash = new_key("two-per-minute")
+    tpm_key, tpm_hash = new_key("fifty-tokens")
+    free_key, free_hash = new_key("unlimited")
+    extra = (
+        fake_provider_section(fake_provider)
+        + f'[[tenants]]\nname = "two-per-minute"\nkeys = ["{rpm_hash}"]\nrate_limit = {{ rpm = 2 }}\n'
+        + f'[[tenants]]\nname = "fifty-tokens"\nkeys = ["{tpm_hash}"]\nrate_limit = {{ tpm = 50 }}\n'
+        + f'[[tenants]]\nname = "unlimited"\nkeys = ["{free_hash}"]\n'
+    )
+    gw = Gateway(tmp_path_factory.mktemp("limits"), gateway_config(extra), '[[rule]]\nname = "default"\nroute = "local"\n')
+    gw.keys = {"rpm": rpm_key, "tpm": tpm_key, "free": free_key}
+    yield gw
+    gw.stop()
+
+
+def ask(gw, key, content="ping"):
+    return httpx.post(f"{gw.v1}/chat/completions", timeout=30, headers={"authorization": f"Bearer {key}"},
+                      json={"model": "fake/echo", "messages": [{"role": "user", "content": content}]})
+
+
+def test_requests_per_minute_with_headers_then_429(limited):
+    first, second, third = (ask(limited, limited.keys["rpm"]) for _ in range(3))
+    assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert (first.headers["x-ratelimit-remaining-requests"], second.headers["x-ratelimit-remaining-requests"]) == ("1", "0")
+    assert third.headers["x-ratelimit-remaining-requests"] == "0"
+    assert third.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(third.headers["retry-after"]) <= 30, "half a minute refills one of two requests"
+
+
+def test_tokens_per_minute_refuse_a_prompt_that_does_not_fit(limited):
+    ok = ask(limited, limited.keys["tpm"], "short")
+    assert ok.status_code == 200 and ok.headers["x-ratelimit-limit-tokens"] == "50"
+    remaining = int(ok.headers["x-ratelimit-remaining-tokens"])
+    assert remaining < 50
+    big = ask(limited, limited.keys["tpm"], "x" * 400)  # ~100 tokens
+    assert big.status_code == 429 and "tokens" in big.json()["error"]["message"]
+    assert "retry-after" in big.headers and big.headers["x-ratelimit-limit-tokens"] == "50"
+
+
+def test_tenants_without_limits_get_no_headers_and_are_not_limited(limited):
+    for _ in range(4):
+        r = ask(limited, limited.keys["free"])
+        assert r.status_code == 200 and "x-ratelimit-limit-requests" not in r.headers
