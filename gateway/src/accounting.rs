@@ -61,8 +61,6 @@ pub struct Ledger {
     /// `[metrics].baseline_model`: savings are measured against it.
     baseline: Option<String>,
     requests: AtomicU64,
-    /// Sum of `cost_usd` in micro-dollars.
-    cost_micro_usd: AtomicU64,
     /// The last [`RECENT`] records, newest last (for the dashboard).
     recent: Mutex<VecDeque<UsageRecord>>,
     /// Per-minute rollups of the last day (for `/admin/stats`).
@@ -129,8 +127,6 @@ impl Ledger {
             }
             recent.push_back(r.clone());
         }
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        self.cost_micro_usd.fetch_add((r.cost_usd * 1e6).round() as u64, Relaxed);
         tracing::info!(
             target: "switchyard::accounting",
             request_id = %r.request_id, tenant = %r.tenant, rule = %r.rule, target = %r.target, tier = r.tier,
@@ -249,6 +245,11 @@ impl PendingRecord {
     }
 }
 
+/// Unix time now, in milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
 fn millis(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -262,7 +263,7 @@ impl Drop for PendingRecord {
     fn drop(&mut self) {
         let r = &mut self.record;
         r.latency_ms = millis(self.started);
-        r.ts = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+        r.ts = unix_ms();
         let answered = !r.target.is_empty();
         let usage = match (&self.usage, answered) {
             (Some(u), _) => Some(u.clone()),

@@ -5,6 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::wire::{ChatChunk, ChatMessage, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, MessageContent, ResponseMessage, Usage};
+use crate::local::now_unix;
 use crate::ProviderError;
 
 /// The API version Switchyard speaks (`anthropic-version` header).
@@ -226,10 +227,6 @@ pub fn usage_of(u: &Value) -> Usage {
     usage
 }
 
-fn created_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// A `chat.completion` from a Messages API response.
 pub fn response_of(body: &Value) -> Result<ChatResponse, String> {
     let blocks = body.get("content").and_then(Value::as_array).ok_or("no content in the answer")?;
@@ -257,7 +254,7 @@ pub fn response_of(body: &Value) -> Result<ChatResponse, String> {
     Ok(ChatResponse {
         id: body.get("id").and_then(Value::as_str).unwrap_or("msg").to_owned(),
         object: "chat.completion".into(),
-        created: created_now(),
+        created: now_unix(),
         model: body.get("model").and_then(Value::as_str).unwrap_or_default().to_owned(),
         choices: vec![Choice { index: 0, message, finish_reason: Some(finish_reason(stop).to_owned()), logprobs: None, extra: Map::new() }],
         usage: body.get("usage").map(usage_of),
@@ -308,7 +305,7 @@ impl StreamTranslator {
                 let m = data.get("message").cloned().unwrap_or(Value::Null);
                 m.get("id").and_then(Value::as_str).unwrap_or("msg").clone_into(&mut self.id);
                 m.get("model").and_then(Value::as_str).unwrap_or_default().clone_into(&mut self.model);
-                self.created = created_now();
+                self.created = now_unix();
                 self.usage = m.get("usage").cloned();
                 let mut delta = Self::delta(Some(String::new()), None);
                 delta.role = Some("assistant".into());

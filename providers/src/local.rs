@@ -85,7 +85,8 @@ fn engine_error(err: &EngineError) -> ProviderError {
     }
 }
 
-fn now_unix() -> u64 {
+/// Unix seconds now (`created` of answers).
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

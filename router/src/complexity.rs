@@ -55,14 +55,13 @@ impl ComplexityScorer for BaselineScorer {
     }
 }
 
-/// The baseline score of `text` (kept for callers that have no scorer at hand).
-pub fn score_complexity(text: &str, turns: usize, prompt_tokens: u32, has_tools: bool) -> ComplexityScore {
-    BaselineScorer.score(text, &crate::signals::features(text, turns, has_tools), prompt_tokens)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn score_complexity(text: &str, turns: usize, prompt_tokens: u32, has_tools: bool) -> ComplexityScore {
+        BaselineScorer.score(text, &crate::signals::features(text, turns, has_tools), prompt_tokens)
+    }
 
     #[test]
     fn greeting_is_easy_and_has_no_reasons() {

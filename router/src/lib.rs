@@ -12,7 +12,7 @@ mod policy;
 mod redact;
 mod signals;
 
-pub use complexity::{score_complexity, BaselineScorer, ComplexityScore, ComplexityScorer};
+pub use complexity::{BaselineScorer, ComplexityScore, ComplexityScorer};
 pub use decide::{Decision, PrivacySummary, RouteInput, Router, Tier, EXPLICIT_RULE};
 pub use guard::{region_allowed, violation, TargetInfo, TenantProfile, Topology};
 pub use pii::{pii_counts, scan as scan_pii, scanner as pii_scanner, PiiKind, PiiScanner, PiiSpan};

@@ -11,6 +11,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::accounting::unix_ms;
 use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::middleware::admin_auth::{key_matches, SESSION_COOKIE};
@@ -49,8 +50,7 @@ pub async fn login(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
 /// `GET /admin/stats`: the last hour and day per tenant and target, requests per minute, the
 /// engine and the circuits. Figures are this replica's.
 pub async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    let now_minute = u64::try_from(now_ms / 60_000).unwrap_or(0);
+    let now_minute = unix_ms() / 60_000;
     let rollups = &state.ledger.rollups;
     let engine = state.local.as_ref().map(|l| {
         let s = l.engine().stats();

@@ -17,7 +17,7 @@ use router::{Decision, Redaction, TenantProfile};
 use tracing::{warn, Instrument};
 
 use crate::chat_request::parse_chat_request;
-use crate::accounting::{estimate_tokens, PendingRecord};
+use crate::accounting::{estimate_tokens, unix_ms, PendingRecord};
 use crate::dispatch::{plan, provider_for, worth_falling_back};
 use crate::error::ApiError;
 use crate::limits::MINUTE_MS;
@@ -80,7 +80,7 @@ impl RateHeaders {
 /// with 429 `rate_limit_exceeded` and the wait.
 fn admit(state: &AppState, tenant: &str, prompt_tokens: u64, rate: &mut RateHeaders) -> Result<(), ApiError> {
     let Some(limits) = state.tenants.rate_limit(tenant) else { return Ok(()) };
-    let now_ms = u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())).unwrap_or(0);
+    let now_ms = unix_ms();
     let refuse = |what, retry_after_ms: u64| ApiError::TenantRateLimited { what, retry_after_s: retry_after_ms.div_ceil(1000).max(1) };
     if let Some(rpm) = limits.rpm {
         let v = state.limits.take(&format!("{tenant}:rpm"), u64::from(rpm), MINUTE_MS, 1, now_ms, false);
