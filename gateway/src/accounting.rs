@@ -65,7 +65,7 @@ pub struct Ledger {
     recent: Mutex<VecDeque<UsageRecord>>,
     /// Per-minute rollups of the last day (for `/admin/stats`).
     pub rollups: Rollups,
-    /// Told of every record (token rate limits settle completion tokens here).
+    /// Told of every record.
     subscribers: Vec<Subscriber>,
 }
 
@@ -151,6 +151,9 @@ impl Ledger {
 /// Prices usage on a target; `None` when the target has no price (cost 0).
 pub type Pricer = Arc<dyn Fn(&str, &Usage) -> f64 + Send + Sync>;
 
+/// Told of one request's finished record.
+pub type OnFinish = Box<dyn FnOnce(&UsageRecord) + Send>;
+
 /// A record being filled in; written to the ledger when dropped.
 pub struct PendingRecord {
     ledger: Arc<Ledger>,
@@ -163,6 +166,8 @@ pub struct PendingRecord {
     /// Estimates for when no usage is reported.
     prompt_chars: usize,
     completion_chars: usize,
+    /// Told of the finished record (the budget settles here).
+    on_finish: Option<OnFinish>,
 }
 
 impl PendingRecord {
@@ -194,7 +199,18 @@ impl PendingRecord {
             failed_mid_stream: None,
             prompt_chars: 0,
             completion_chars: 0,
+            on_finish: None,
         }
+    }
+
+    /// Runs `f` with the finished record, after its cost is known.
+    pub fn on_finish(&mut self, f: OnFinish) {
+        self.on_finish = Some(f);
+    }
+
+    /// The answer came from the response cache: it costs nothing.
+    pub fn cache_hit(&mut self) {
+        self.record.cache = "hit";
     }
 
     /// The routing decision's facts.
@@ -276,9 +292,13 @@ impl Drop for PendingRecord {
         };
         let mut savings = 0.0;
         if let Some(u) = usage {
-            r.prompt_tokens = u.prompt_tokens;
-            r.completion_tokens = u.completion_tokens;
-            r.cost_usd = (self.pricer)(&r.target, &u);
+            let hit = r.cache == "hit";
+            // A cache hit bills nothing: no tokens, no cost; it saves what the baseline would charge.
+            if !hit {
+                r.prompt_tokens = u.prompt_tokens;
+                r.completion_tokens = u.completion_tokens;
+                r.cost_usd = (self.pricer)(&r.target, &u);
+            }
             if let Some(baseline) = self.ledger.baseline() {
                 savings = (self.pricer)(baseline, &u) - r.cost_usd;
             }
@@ -287,6 +307,9 @@ impl Drop for PendingRecord {
             self.ledger.upstream_failed(&r.target, kind);
         }
         self.ledger.record(r, savings);
+        if let Some(f) = self.on_finish.take() {
+            f(&self.record);
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use router::{Policy, Topology};
 use serde::Deserialize;
 
 use crate::audit::AuditConfig;
+use crate::cache::CacheConfig;
+use crate::store::RedisConfig;
 use crate::tenants::TenantConfig;
 
 /// `[server]`.
@@ -80,6 +82,8 @@ struct RawConfig {
     policy: PolicySection,
     metrics: Option<MetricsSection>,
     audit: Option<AuditConfig>,
+    redis: Option<RedisConfig>,
+    cache: Option<CacheConfig>,
 }
 
 /// `[metrics]`.
@@ -113,6 +117,10 @@ pub struct GatewayConfig {
     pub metrics: Option<MetricsSection>,
     /// `[audit]`: where the audit log goes, if anywhere.
     pub audit: Option<AuditConfig>,
+    /// `[redis]`: limits, budgets (and the cache, if shared) for several replicas.
+    pub redis: Option<RedisConfig>,
+    /// `[cache]`: the response cache, if on.
+    pub cache: Option<CacheConfig>,
 }
 
 /// Everything wrong with a configuration, each naming file, line and key where known.
@@ -121,6 +129,15 @@ pub struct GatewayConfig {
 pub struct ConfigErrors {
     /// One line per problem.
     pub problems: Vec<String>,
+}
+
+/// What is wrong with `[redis]` and `[cache]`.
+fn store_problems(raw: &RawConfig) -> Vec<String> {
+    let mut problems = raw.redis.as_ref().map(RedisConfig::problems).unwrap_or_default();
+    if let Some(cache) = &raw.cache {
+        problems.extend(cache.problems(raw.redis.is_some()));
+    }
+    problems
 }
 
 /// Where the file's byte `offset` is, as `line`.
@@ -169,6 +186,7 @@ impl GatewayConfig {
                 problems.push(format!("{file}: tenants[{i}]: name {:?} is used twice", t.name));
             }
         }
+        problems.extend(store_problems(&raw).into_iter().map(|p| format!("{file}: {p}")));
         let topology = topology_of(&raw.server, raw.local.as_ref(), &raw.providers);
         if let Some(baseline) = raw.metrics.as_ref().and_then(|m| m.baseline_model.as_ref()) {
             if !target_exists(&raw.providers, raw.local.as_ref(), baseline) {
@@ -227,6 +245,8 @@ impl GatewayConfig {
                 tenants: raw.tenants,
                 metrics: raw.metrics,
                 audit: raw.audit,
+                redis: raw.redis,
+                cache: raw.cache,
             }),
             _ => Err(ConfigErrors { problems }),
         }

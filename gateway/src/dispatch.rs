@@ -32,8 +32,20 @@ pub fn caller_tags(headers: &HeaderMap) -> Vec<String> {
 
 /// Decides where `req` from `tenant` goes. Unknown models are 404 `model_not_found`; a request
 /// the guard forbids comes back with `violation` set (the caller answers 403).
-pub fn plan(state: &AppState, req: &ChatRequest, headers: &HeaderMap, tenant: &TenantProfile) -> Result<Decision, ApiError> {
-    plan_with(&state.router, &state.catalog, req, headers, tenant, &state.open_circuits())
+/// `budget_exhausted`: the tenant's budget could not hold the request and its `on_exceed` is
+/// `local` (the router keeps it on the local engine where the guard allows).
+pub fn plan(state: &AppState, req: &ChatRequest, headers: &HeaderMap, tenant: &TenantProfile, budget_exhausted: bool) -> Result<Decision, ApiError> {
+    let budget = BudgetSignal { used: state.limiter.used_share(&tenant.name), exhausted: budget_exhausted };
+    plan_with(&state.router, &state.catalog, req, headers, tenant, &state.open_circuits(), budget)
+}
+
+/// The tenant's budget as the router sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BudgetSignal {
+    /// Share of the tightest budget spent or reserved.
+    pub used: f64,
+    /// The budget cannot hold this request (`on_exceed = "local"`).
+    pub exhausted: bool,
 }
 
 /// [`plan`] without a running gateway (for `switchyard explain`).
@@ -44,6 +56,7 @@ pub fn plan_with(
     headers: &HeaderMap,
     tenant: &TenantProfile,
     unavailable: &[String],
+    budget: BudgetSignal,
 ) -> Result<Decision, ApiError> {
     let choice = catalog.resolve(&req.model).ok_or_else(|| ApiError::ModelNotFound { model: req.model.clone() })?;
     let resolved = match &choice {
@@ -66,6 +79,8 @@ pub fn plan_with(
         prompt_tokens: u32::try_from(seen.text.chars().count().div_ceil(4)).unwrap_or(u32::MAX),
         has_tools: req.tools.is_some(),
         unavailable,
+        budget_used: budget.used,
+        budget_exhausted: budget.exhausted,
     };
     let decision = {
         let _span = tracing::debug_span!("route.decide").entered();

@@ -45,6 +45,16 @@ pub enum ApiError {
         /// Seconds until the request fits.
         retry_after_s: u64,
     },
+    /// The tenant's budget cannot cover the request (`on_exceed = "reject"`, or no local engine
+    /// may serve it instead).
+    #[error("Budget exceeded: this request's worst-case cost does not fit in the tenant's remaining budget; retry after {retry_after_s} s or lower max_tokens.")]
+    BudgetExceeded {
+        /// Seconds until the budget period ends (or in-flight requests settle).
+        retry_after_s: u64,
+    },
+    /// Redis (`[redis]`) is unreachable and `on_outage = "fail_closed"`.
+    #[error("Limits and budgets cannot be checked right now (the shared store is unreachable); requests that could reach a paid provider are refused until it returns.")]
+    StoreUnavailable,
     /// `/admin/*` without the admin key.
     #[error("This endpoint needs the admin key (Authorization: Bearer, HTTP Basic password, or the dashboard's session).")]
     AdminKeyRequired,
@@ -105,6 +115,16 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 detail("rate_limit_error", Some("rate_limit_exceeded"), None),
                 Some(*retry_after_s),
+            ),
+            Self::BudgetExceeded { retry_after_s } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                detail("insufficient_quota", Some("budget_exceeded"), None),
+                Some(*retry_after_s),
+            ),
+            Self::StoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                detail("service_unavailable", Some("limits_store_unavailable"), None),
+                Some(1),
             ),
             Self::InvalidApiKey { .. } | Self::AdminKeyRequired => {
                 (StatusCode::UNAUTHORIZED, detail("invalid_request_error", Some("invalid_api_key"), None), None)

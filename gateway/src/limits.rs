@@ -1,11 +1,7 @@
 //! Per-tenant rate limits: requests and tokens per minute, by GCRA (the generic cell rate
-//! algorithm: one "theoretical arrival time" per key, no per-request memory). The algorithm is
-//! written once over [`LimitStore`]; the in-process store is here, a Redis store (one Lua script
-//! per check, for several replicas) implements the same trait. Time is an argument, so tests use
-//! a fixed clock.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! algorithm: one "theoretical arrival time" per key, no per-request memory). The in-process
+//! store runs [`gcra`]; the Redis store runs the same arithmetic in its Lua script
+//! (`store/purge.lua`). Time is an argument, so tests use a fixed clock.
 
 use serde::Deserialize;
 
@@ -30,42 +26,22 @@ pub struct Verdict {
     pub retry_after_ms: u64,
 }
 
-/// Where GCRA state lives.
-pub trait LimitStore: Send + Sync + std::fmt::Debug {
-    /// Takes `cost` units from `key`'s allowance of `limit` per `period_ms` at `now_ms`, unless
-    /// they do not fit (`force` takes them anyway: usage that already happened).
-    fn take(&self, key: &str, limit: u64, period_ms: u64, cost: u64, now_ms: u64, force: bool) -> Verdict;
-}
-
-/// GCRA on one key's theoretical arrival time `tat` (ms); returns the verdict and the new `tat`.
-/// The whole `limit` may be used at once (burst = limit); it refills evenly over `period_ms`.
+/// GCRA on one key's theoretical arrival time `tat` (µs, so that limits of many tokens a minute
+/// keep their precision); returns the verdict and the new `tat`. The whole `limit` may be used at
+/// once (burst = limit); it refills evenly over `period_ms`.
 pub fn gcra(tat: Option<u64>, limit: u64, period_ms: u64, cost: u64, now_ms: u64, force: bool) -> (Verdict, u64) {
-    let limit = limit.max(1);
-    let interval = (period_ms / limit).max(1);
-    let tat = tat.unwrap_or(now_ms).max(now_ms);
+    let now = now_ms.saturating_mul(1000);
+    let period = period_ms.saturating_mul(1000);
+    let interval = (period / limit.max(1)).max(1);
+    let tat = tat.unwrap_or(now).max(now);
     let new_tat = tat.saturating_add(cost.saturating_mul(interval));
-    let allow_at = new_tat.saturating_sub(period_ms);
-    let remaining_after = |t: u64| period_ms.saturating_sub(t.saturating_sub(now_ms)) / interval;
-    if now_ms < allow_at && !force {
-        let verdict = Verdict { allowed: false, remaining: remaining_after(tat), retry_after_ms: allow_at - now_ms };
+    let allow_at = new_tat.saturating_sub(period);
+    let remaining_after = |t: u64| period.saturating_sub(t.saturating_sub(now)) / interval;
+    if now < allow_at && !force {
+        let verdict = Verdict { allowed: false, remaining: remaining_after(tat), retry_after_ms: (allow_at - now).div_ceil(1000) };
         return (verdict, tat);
     }
     (Verdict { allowed: true, remaining: remaining_after(new_tat), retry_after_ms: 0 }, new_tat)
-}
-
-/// The in-process store: one replica's limits.
-#[derive(Debug, Default)]
-pub struct MemoryStore {
-    tats: Mutex<HashMap<String, u64>>,
-}
-
-impl LimitStore for MemoryStore {
-    fn take(&self, key: &str, limit: u64, period_ms: u64, cost: u64, now_ms: u64, force: bool) -> Verdict {
-        let mut tats = self.tats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (verdict, tat) = gcra(tats.get(key).copied(), limit, period_ms, cost, now_ms, force);
-        tats.insert(key.to_owned(), tat);
-        verdict
-    }
 }
 
 /// One minute, the period of both limits.
@@ -77,29 +53,36 @@ mod tests {
 
     #[test]
     fn allows_a_burst_up_to_the_limit_then_refuses_with_retry_after() {
-        let store = MemoryStore::default();
         let t = 1_000_000;
+        let mut tat = None;
         for i in 0..3 {
-            let v = store.take("acme:rpm", 3, MINUTE_MS, 1, t, false);
+            let (v, next) = gcra(tat, 3, MINUTE_MS, 1, t, false);
             assert!(v.allowed, "request {i}");
             assert_eq!(v.remaining, 2 - i);
+            tat = Some(next);
         }
-        let refused = store.take("acme:rpm", 3, MINUTE_MS, 1, t, false);
+        let (refused, unchanged) = gcra(tat, 3, MINUTE_MS, 1, t, false);
         assert!(!refused.allowed);
+        assert_eq!(Some(unchanged), tat, "a refusal takes nothing");
         assert_eq!(refused.retry_after_ms, 20_000, "one request's share of the minute");
-        assert!(store.take("acme:rpm", 3, MINUTE_MS, 1, t + 20_000, false).allowed, "refilled");
+        assert!(gcra(tat, 3, MINUTE_MS, 1, t + 20_000, false).0.allowed, "refilled");
     }
 
     #[test]
-    fn keys_are_independent_and_forced_usage_counts() {
-        let store = MemoryStore::default();
+    fn forced_usage_overdraws_and_must_be_paid_back() {
         let t = 5_000;
-        assert!(store.take("a:tpm", 100, MINUTE_MS, 100, t, false).allowed);
-        assert!(!store.take("a:tpm", 100, MINUTE_MS, 1, t, false).allowed);
-        assert!(store.take("b:tpm", 100, MINUTE_MS, 1, t, false).allowed);
-        let forced = store.take("b:tpm", 100, MINUTE_MS, 500, t, true);
+        let (forced, tat) = gcra(None, 100, MINUTE_MS, 500, t, true);
         assert!(forced.allowed && forced.remaining == 0);
-        assert!(!store.take("b:tpm", 100, MINUTE_MS, 1, t + 1_000, false).allowed, "the overdraft must be paid back");
+        assert!(!gcra(Some(tat), 100, MINUTE_MS, 1, t + 1_000, false).0.allowed);
+    }
+
+    #[test]
+    fn large_token_limits_keep_their_precision() {
+        // 200k tokens a minute is 300 µs a token: all of them fit in a burst, one more does not.
+        let (v, tat) = gcra(None, 200_000, MINUTE_MS, 200_000, 0, false);
+        assert!(v.allowed && v.remaining == 0);
+        let (refused, _) = gcra(Some(tat), 200_000, MINUTE_MS, 1, 0, false);
+        assert_eq!((refused.allowed, refused.retry_after_ms), (false, 1), "300 µs, rounded up to a millisecond");
     }
 
     #[test]

@@ -2,8 +2,11 @@
 #![forbid(unsafe_code)]
 
 mod accounting;
+mod admission;
 mod app;
 mod audit;
+mod budgets;
+mod cache;
 mod catalog;
 mod chat_request;
 mod config;
@@ -17,6 +20,7 @@ mod privacy;
 mod serve;
 mod state;
 mod stats;
+mod store;
 mod tenants;
 
 use std::io::Read as _;
@@ -224,7 +228,7 @@ fn explain_command(path: &Path, file: &str, tenant: Option<&str>, tags: Option<&
     if let Some(tags) = tags {
         headers.insert(dispatch::TAGS_HEADER, tags.parse().context("--tags")?);
     }
-    let decision = dispatch::plan_with(&config.router(), &catalog, &req, &headers, &profile, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let decision = dispatch::plan_with(&config.router(), &catalog, &req, &headers, &profile, &[], dispatch::BudgetSignal::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", serde_json::to_string_pretty(&handlers::route::decision_json(&decision))?);
     Ok(())
 }

@@ -34,8 +34,9 @@ pub struct Metrics {
     /// KV cells held by running sequences.
     pub kv_cells_used: IntGauge,
     /// Budget left per tenant and period.
-    #[expect(dead_code, reason = "set by tenant budgets (issue 7); registered so the family is known")]
     pub budget_remaining: prometheus::GaugeVec,
+    /// Steps the limits store (Redis) could not take, by what was done instead.
+    pub store_unavailable: IntCounterVec,
     /// Answers served from the response cache.
     pub cache_hits: IntCounter,
     /// Audit lines dropped because the writer fell behind.
@@ -93,6 +94,11 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            store_unavailable: counter(
+                "switchyard_store_unavailable_total",
+                "Limit and budget steps Redis could not take, by what happened instead (fail_open: this replica's own store; fail_closed: refused; settle_retry: settlement queued until Redis returns).",
+                &["action"],
+            )?,
             cache_hits: {
                 let c = IntCounter::new("switchyard_cache_hits_total", "Answers served from the response cache.")?;
                 registry.register(Box::new(c.clone()))?;

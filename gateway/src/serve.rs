@@ -14,6 +14,8 @@ use crate::state::AppState;
 
 /// How long in-flight requests may take to finish after a stop signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How often the budget gauges and the routing signal are read back from the store.
+const BUDGET_REFRESH: Duration = Duration::from_secs(5);
 
 /// Serves until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish (at most
 /// [`DRAIN_DEADLINE`]) and returns.
@@ -27,6 +29,17 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when listening on port 0.
     info!(addr = %listener.local_addr()?, "listening");
     let app = crate::app::build(Arc::clone(&state));
+    // Budget figures follow every replica's spend, also for tenants this one has not served lately.
+    let refresher = {
+        let limiter = Arc::clone(&state.limiter);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BUDGET_REFRESH);
+            loop {
+                tick.tick().await;
+                limiter.refresh().await;
+            }
+        })
+    };
     let stopping = Arc::new(Notify::new());
     let on_signal = {
         let state = Arc::clone(&state);
@@ -52,6 +65,7 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
             warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; closing remaining connections");
         }
     }
+    refresher.abort();
     if let Some(local) = &state.local {
         // Before the process exits, so llama.cpp is never torn down under a running decode.
         local.engine().shutdown();

@@ -10,9 +10,11 @@ use providers::{Guarded, LocalProvider, OpenAiCompatible, Provider, ProviderKind
 
 use crate::catalog::Catalog;
 use crate::config::GatewayConfig;
-use crate::accounting::{Ledger, Pricer, Subscriber};
-use crate::limits::{LimitStore, MemoryStore, MINUTE_MS};
+use crate::accounting::{Ledger, Pricer};
+use crate::admission::Limiter;
 use crate::audit::AuditLog;
+use crate::cache::ResponseCache;
+use crate::store::RedisStore;
 use crate::metrics::Metrics;
 use crate::tenants::Tenants;
 
@@ -42,8 +44,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The admin key (`[server].admin_key_env`), if the admin pages are guarded.
     pub admin_key: Option<String>,
-    /// Rate-limit state (in-process).
-    pub limits: Arc<dyn LimitStore>,
+    /// Rate limits and budgets (in-process or in Redis).
+    pub limiter: Arc<Limiter>,
+    /// The response cache, if `[cache]` is on.
+    pub cache: Option<Arc<ResponseCache>>,
     /// Dashboard session tokens handed out by `POST /dashboard/login`.
     pub admin_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The embedded engine, if configured.
@@ -108,20 +112,13 @@ impl AppState {
             None => None,
         };
         let tenants = Tenants::new(&config.tenants);
-        let limits: Arc<dyn LimitStore> = Arc::new(MemoryStore::default());
-        // Completion tokens are known only at the end: they are taken from the tenant's token
-        // allowance then, even past its limit (the next requests wait for it).
-        let token_limits: HashMap<String, u32> =
-            config.tenants.iter().filter_map(|t| Some((t.name.clone(), t.rate_limit?.tpm?))).collect();
-        let settle_limits = Arc::clone(&limits);
-        let settle: Subscriber = Box::new(move |r| {
-            if let Some(tpm) = token_limits.get(&r.tenant) {
-                if r.completion_tokens > 0 {
-                    settle_limits.take(&format!("{}:tpm", r.tenant), u64::from(*tpm), MINUTE_MS, r.completion_tokens, r.ts, true);
-                }
-            }
-        });
-        let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline, vec![settle]));
+        let redis = match &config.redis {
+            Some(redis) => Some(Arc::new(RedisStore::new(redis).context("configuring Redis")?)),
+            None => None,
+        };
+        let limiter = Arc::new(Limiter::new(&config.tenants, redis.clone().zip(config.redis.as_ref()), Arc::clone(&metrics)));
+        let cache = config.cache.as_ref().map(|c| Arc::new(ResponseCache::new(c, redis.clone())));
+        let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline, Vec::new()));
         Ok(Arc::new(Self {
             config,
             catalog,
@@ -130,7 +127,8 @@ impl AppState {
             ledger,
             metrics,
             admin_key,
-            limits,
+            limiter,
+            cache,
             admin_sessions: std::sync::Mutex::new(std::collections::HashSet::new()),
             pricer,
             local,

@@ -10,13 +10,14 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::budgets::BudgetConfig;
 use crate::limits::RateLimitConfig;
 
 /// The tenant of requests when no tenant has keys (open mode).
 pub const DEFAULT_TENANT: &str = "default";
 
 /// One `[[tenants]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Shown in metrics, the audit log and the dashboard.
@@ -33,6 +34,9 @@ pub struct TenantConfig {
     /// Requests and tokens per minute.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Spend allowed per UTC day and month.
+    #[serde(default)]
+    pub budget: Option<BudgetConfig>,
 }
 
 const HASH_PREFIX: &str = "sha256:";
@@ -75,6 +79,9 @@ impl TenantConfig {
                 ));
             }
         }
+        if let Some(budget) = &self.budget {
+            problems.extend(budget.problems().into_iter().map(|p| format!("tenant {:?}: {p}", self.name)));
+        }
         problems
     }
 
@@ -101,7 +108,6 @@ pub enum AuthFailure {
 pub struct Tenants {
     by_hash: HashMap<[u8; 32], Arc<TenantProfile>>,
     open: Arc<TenantProfile>,
-    rate_limits: HashMap<String, RateLimitConfig>,
 }
 
 impl Tenants {
@@ -119,13 +125,7 @@ impl Tenants {
             .iter()
             .find(|c| c.name == DEFAULT_TENANT)
             .map_or_else(|| TenantProfile { name: DEFAULT_TENANT.to_owned(), ..TenantProfile::default() }, TenantConfig::profile);
-        let rate_limits = configs.iter().filter_map(|c| Some((c.name.clone(), c.rate_limit?))).collect();
-        Self { by_hash, open: Arc::new(open), rate_limits }
-    }
-
-    /// The rate limits of the tenant called `name`, if it has any.
-    pub fn rate_limit(&self, name: &str) -> Option<RateLimitConfig> {
-        self.rate_limits.get(name).copied()
+        Self { by_hash, open: Arc::new(open) }
     }
 
     /// True when no key is needed.
@@ -158,7 +158,7 @@ mod tests {
     use super::*;
 
     fn tenant(name: &str, keys: Vec<String>) -> TenantConfig {
-        TenantConfig { name: name.into(), keys, residency: vec!["eu".into()], tags: vec!["Confidential".into()], rate_limit: None }
+        TenantConfig { name: name.into(), keys, residency: vec!["eu".into()], tags: vec!["Confidential".into()], rate_limit: None, budget: None }
     }
 
     #[test]

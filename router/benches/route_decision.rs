@@ -85,6 +85,8 @@ fn classify_and_decide(router: &Router, text: &str) -> router::Decision {
         prompt_tokens: u32::try_from(text.len() / 4).unwrap_or(u32::MAX),
         has_tools: false,
         unavailable: &[],
+        budget_used: 0.0,
+        budget_exhausted: false,
     };
     router.decide(&input)
 }

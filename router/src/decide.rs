@@ -34,6 +34,12 @@ pub struct RouteInput<'a> {
     /// Targets that fail fast now (their provider's circuit is open): skipped when another
     /// allowed target is left.
     pub unavailable: &'a [String],
+    /// Share of the tenant's tightest budget already spent or reserved (0 without a budget; may
+    /// pass 1): `when.budget_used_over` compares against it.
+    pub budget_used: f64,
+    /// The tenant's budget cannot cover this request and its `on_exceed` is `local`: remote
+    /// targets are dropped and the request goes to the local engine where the guard allows it.
+    pub budget_exhausted: bool,
 }
 
 /// Local engine or a remote provider.
@@ -225,8 +231,36 @@ impl Router {
         if decision.violation.is_none() && !input.unavailable.is_empty() {
             skip_unavailable(&mut decision, input.unavailable);
         }
+        if decision.violation.is_none() && input.budget_exhausted {
+            self.keep_local(&mut decision, &check);
+        }
         decision.tier = self.topology.get(&decision.target).map_or(Tier::Remote, |i| i.tier);
         decision
+    }
+}
+
+impl Router {
+    /// Budget exhausted: only the local engine may serve. Remote fallbacks are dropped; a remote
+    /// target is replaced by the local engine when the guard allows it (else it stays, and the
+    /// gateway refuses the request with `budget_exceeded`).
+    fn keep_local(&self, decision: &mut Decision, check: &dyn Fn(&str) -> Option<String>) {
+        let Some(local) = self.topology.local_target() else {
+            decision.reasons.push("budget exhausted; no local engine to serve instead".to_owned());
+            return;
+        };
+        decision.fallbacks.retain(|t| t == local);
+        if decision.target == local {
+            return;
+        }
+        match check(local) {
+            None => {
+                decision.reasons.push(format!("rerouted to {local:?}: the tenant's budget is exhausted"));
+                local.clone_into(&mut decision.target);
+                decision.fallbacks.clear();
+                decision.rerouted = true;
+            }
+            Some(why) => decision.reasons.push(format!("budget exhausted; local engine not allowed: {why}")),
+        }
     }
 }
 
@@ -270,6 +304,9 @@ fn describe_when(rule: &Rule) -> String {
     if let Some(n) = w.min_prompt_tokens {
         parts.push(format!("prompt >= {n} tokens"));
     }
+    if let Some(share) = w.budget_used_over {
+        parts.push(format!("budget used > {:.0}%", share * 100.0));
+    }
     if parts.is_empty() {
         String::new()
     } else {
@@ -291,6 +328,7 @@ fn rule_matches(rule: &Rule, input: &RouteInput<'_>, is_auto: bool, hard: bool, 
         && w.complexity.is_none_or(|c| (c == Hardness::Hard) == hard)
         && (w.tenant.is_empty() || w.tenant.iter().any(|t| t == input.tenant))
         && w.min_prompt_tokens.is_none_or(|n| input.prompt_tokens >= n)
+        && w.budget_used_over.is_none_or(|share| input.budget_used > share)
 }
 
 #[cfg(test)]
@@ -369,6 +407,59 @@ route = "local"
         assert_eq!(d.tier, Tier::Remote);
         assert_eq!(d.fallbacks, vec!["local/local-small".to_owned()]);
         assert!(d.redact);
+    }
+
+    const BUDGET_POLICY: &str = r#"
+[[rule]]
+name = "money-runs-low"
+when.budget_used_over = 0.8
+route = "local"
+
+[[rule]]
+name = "everything-remote"
+route = "openai/gpt-4o"
+fallback = ["anthropic/claude-sonnet", "local"]
+"#;
+
+    #[test]
+    fn budget_used_over_holds_only_above_the_share() {
+        let router = Router::new(Policy::parse(BUDGET_POLICY).unwrap(), topology());
+        for (used, rule) in [(0.0, "everything-remote"), (0.8, "everything-remote"), (0.81, "money-runs-low"), (3.0, "money-runs-low")] {
+            let mut i = input("auto", "Hi");
+            i.budget_used = used;
+            let d = decide(&router, &i);
+            assert_eq!(d.rule, rule, "budget used {used}");
+        }
+        let d = decide(&router, &RouteInput { budget_used: 0.9, ..input("auto", "Hi") });
+        assert!(d.reasons.iter().any(|r| r.contains("budget used > 80%")), "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn exhausted_budget_keeps_the_request_local_and_drops_remote_fallbacks() {
+        let router = Router::new(Policy::parse(BUDGET_POLICY).unwrap(), topology());
+        let d = decide(&router, &RouteInput { budget_exhausted: true, ..input("auto", "Hi") });
+        assert_eq!((d.target.as_str(), d.tier, d.rerouted), ("local/local-small", Tier::Local, true));
+        assert!(d.fallbacks.is_empty());
+        assert!(d.violation.is_none());
+    }
+
+    #[test]
+    fn exhausted_budget_does_not_override_residency() {
+        // The local engine runs in eu-west; a tenant held to us-* may not use it, so the
+        // remote target stays (the gateway then refuses with budget_exceeded).
+        let router = Router::new(Policy::parse(BUDGET_POLICY).unwrap(), topology());
+        let residency = vec!["us".to_owned()];
+        let d = decide(&router, &RouteInput { budget_exhausted: true, residency: &residency, ..input("auto", "Hi") });
+        assert_eq!(d.tier, Tier::Remote);
+        assert!(!d.rerouted);
+        assert!(d.reasons.iter().any(|r| r.contains("local engine not allowed")), "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn a_negative_budget_share_is_a_policy_problem() {
+        let text = BUDGET_POLICY.replace("0.8", "-1");
+        let problems = Policy::parse(&text).unwrap().problems(&text, &|_| true);
+        assert!(problems.iter().any(|p| p.message.contains("budget_used_over")), "{problems:?}");
     }
 
     #[test]

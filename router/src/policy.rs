@@ -74,6 +74,9 @@ pub struct When {
     pub requested_model: Option<String>,
     /// At least this many prompt tokens (estimated).
     pub min_prompt_tokens: Option<u32>,
+    /// More than this share (0.8 = 80 %) of the tenant's daily or monthly budget is already
+    /// spent or reserved. Never holds for tenants without a budget.
+    pub budget_used_over: Option<f64>,
 }
 
 impl When {
@@ -84,6 +87,7 @@ impl When {
             && self.tenant.is_empty()
             && self.requested_model.is_none()
             && self.min_prompt_tokens.is_none()
+            && self.budget_used_over.is_none()
     }
 }
 
@@ -192,6 +196,14 @@ impl Policy {
             });
         }
         for rule in &self.rules {
+            if let Some(share) = rule.when.budget_used_over {
+                if !(share.is_finite() && share >= 0.0) {
+                    problems.push(PolicyProblem {
+                        line: Some(line_col(text, rule.route.span().start).0),
+                        message: format!("rule {:?}: when.budget_used_over = {share} must be a share >= 0 (0.8 = 80 %)", rule.name),
+                    });
+                }
+            }
             for (field, target) in rule.targets() {
                 if target.get_ref() != LOCAL_ALIAS && target.get_ref() != FRONTIER_ALIAS && !is_target(target.get_ref()) {
                     problems.push(PolicyProblem {

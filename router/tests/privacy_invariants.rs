@@ -29,6 +29,7 @@ struct Case {
     pii: BTreeMap<String, u32>,
     model: Option<usize>,
     text: &'static str,
+    budget_exhausted: bool,
 }
 
 fn remote() -> impl Strategy<Value = (Option<&'static str>, bool)> {
@@ -79,8 +80,9 @@ fn case() -> impl Strategy<Value = Case> {
             prop::collection::btree_map(prop::sample::select(PII_KINDS).prop_map(str::to_owned), 1..3_u32, 0..3),
             prop::option::of(0..8_usize),
             prop::sample::select(&["Hi", "Prove step by step that the algorithm's complexity is optimal; x^2 = y = z."][..]),
+            any::<bool>(),
         )
-            .prop_map(move |(local_region, remotes, rules, last, residency, tags, pii, model, text)| {
+            .prop_map(move |(local_region, remotes, rules, last, residency, tags, pii, model, text, budget_exhausted)| {
                 let mut policy = String::from(if last.1 { "on_violation = \"reject\"\n" } else { "on_violation = \"reroute\"\n" });
                 for (i, parts) in rules.into_iter().enumerate() {
                     policy.push_str(&rule_toml(i, &targets, parts));
@@ -95,6 +97,7 @@ fn case() -> impl Strategy<Value = Case> {
                     pii,
                     model,
                     text,
+                    budget_exhausted,
                 }
             })
     })
@@ -126,6 +129,8 @@ proptest! {
             prompt_tokens: 20,
             has_tools: false,
             unavailable: &[],
+            budget_used: 0.0,
+            budget_exhausted: case.budget_exhausted,
         };
         let d = router.decide(&input);
         if d.violation.is_none() {
@@ -138,6 +143,14 @@ proptest! {
                 if tagged && !info.trusted {
                     prop_assert!(d.redact && !unscannable,
                         "privacy-tagged request to untrusted {target} unredacted\n{}\n{d:?}", case.policy);
+                }
+            }
+            if case.budget_exhausted {
+                // An exhausted budget never falls back to a paid target; the target itself stays
+                // remote only when the guard forbids the local engine.
+                prop_assert!(d.fallbacks.iter().all(|t| t == "local/small"), "{d:?}");
+                if d.target != "local/small" {
+                    prop_assert!(d.reasons.iter().any(|r| r.contains("local engine not allowed")), "{d:?}");
                 }
             }
         } else {

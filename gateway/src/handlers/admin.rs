@@ -12,6 +12,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::accounting::unix_ms;
+use crate::budgets::nanos_to_usd;
 use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::middleware::admin_auth::{key_matches, SESSION_COOKIE};
@@ -48,7 +49,8 @@ pub async fn login(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
 }
 
 /// `GET /admin/stats`: the last hour and day per tenant and target, requests per minute, the
-/// engine and the circuits. Figures are this replica's.
+/// engine and the circuits. Figures are this replica's, except budgets: those are the shared
+/// store's (every replica's spend), read at most a few seconds ago.
 pub async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
     let now_minute = unix_ms() / 60_000;
     let rollups = &state.ledger.rollups;
@@ -71,7 +73,12 @@ pub async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
         "requests_per_minute": rollups.per_minute(now_minute, 60),
         "engine": engine,
         "circuits": circuits,
-        "budgets": Value::Null,
+        "budgets": state.limiter.budgets().iter().map(|(tenant, budget, spend)| (tenant.clone(), json!({
+            "daily_usd": budget.daily_usd, "monthly_usd": budget.monthly_usd,
+            "spent_today_usd": nanos_to_usd(spend.daily_nusd), "spent_month_usd": nanos_to_usd(spend.monthly_nusd),
+            "reserved_usd": nanos_to_usd(spend.reserved_nusd), "used_share": spend.used_share(budget.limits()),
+        }))).collect::<serde_json::Map<String, Value>>(),
+        "settlements_waiting": state.limiter.settlements_waiting(),
         "recent": state.ledger.recent().iter().rev().take(20).map(|r| json!({
             "request_id": r.request_id, "tenant": r.tenant, "target": r.target, "status": r.status,
             "latency_ms": r.latency_ms, "cost_usd": r.cost_usd,

@@ -11,16 +11,18 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{self, StreamExt};
-use providers::wire::ChatRequest;
+use providers::wire::{ChatRequest, Usage};
 use providers::{ChunkStream, Provider, ProviderError};
 use router::{Decision, Redaction, TenantProfile};
 use tracing::{warn, Instrument};
 
+use crate::accounting::{estimate_tokens, PendingRecord};
+use crate::admission::Admitted;
+use crate::budgets::usd_to_nanos;
+use crate::cache::{cache_key, replay_chunks, CacheKey, Cached, ResponseCache, StreamCollector};
 use crate::chat_request::parse_chat_request;
-use crate::accounting::{estimate_tokens, unix_ms, PendingRecord};
-use crate::dispatch::{plan, provider_for, worth_falling_back};
+use crate::dispatch::{caller_tags, plan, provider_for, worth_falling_back};
 use crate::error::ApiError;
-use crate::limits::MINUTE_MS;
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
 use crate::privacy::{self, StreamRestorer};
@@ -76,29 +78,6 @@ impl RateHeaders {
     }
 }
 
-/// Takes one request and `prompt_tokens` from the tenant's per-minute allowances, or refuses
-/// with 429 `rate_limit_exceeded` and the wait.
-fn admit(state: &AppState, tenant: &str, prompt_tokens: u64, rate: &mut RateHeaders) -> Result<(), ApiError> {
-    let Some(limits) = state.tenants.rate_limit(tenant) else { return Ok(()) };
-    let now_ms = unix_ms();
-    let refuse = |what, retry_after_ms: u64| ApiError::TenantRateLimited { what, retry_after_s: retry_after_ms.div_ceil(1000).max(1) };
-    if let Some(rpm) = limits.rpm {
-        let v = state.limits.take(&format!("{tenant}:rpm"), u64::from(rpm), MINUTE_MS, 1, now_ms, false);
-        rate.requests = Some((rpm, v.remaining));
-        if !v.allowed {
-            return Err(refuse("requests", v.retry_after_ms));
-        }
-    }
-    if let Some(tpm) = limits.tpm {
-        let v = state.limits.take(&format!("{tenant}:tpm"), u64::from(tpm), MINUTE_MS, prompt_tokens, now_ms, false);
-        rate.tokens = Some((tpm, v.remaining));
-        if !v.allowed {
-            return Err(refuse("tokens", v.retry_after_ms));
-        }
-    }
-    Ok(())
-}
-
 async fn answer(
     state: &AppState,
     ctx: &RequestCtx,
@@ -111,21 +90,98 @@ async fn answer(
     let bytes = read_body(body, state.config.server.max_body_bytes).await?;
     let req = parse_chat_request(&bytes)?;
     let prompt_chars = privacy::text_chars(&req);
-    admit(state, &tenant.name, estimate_tokens(prompt_chars), rate)?;
-    let decision = plan(state, &req, headers, tenant)?;
+    let prompt_tokens = estimate_tokens(prompt_chars);
+    let mut decision = plan(state, &req, headers, tenant, false)?;
+    if let Some(reason) = &decision.violation {
+        return Err(ApiError::PolicyViolation { reason: format!("rule {:?}: {reason}", decision.rule) });
+    }
+    let cache_key = state.cache.as_ref().and_then(|_| cache_key(&tenant.name, &caller_tags(headers), &req));
+    let cached = match (&state.cache, &cache_key) {
+        (Some(cache), Some(key)) => cache.get(key).await,
+        _ => None,
+    };
+    // A hit spends nothing; otherwise the worst case over every target that may serve is held.
+    let reserve = if cached.is_some() { 0 } else { worst_case_nusd(state, &req, &decision, prompt_tokens, &tenant.name) };
+    let remote_bound = cached.is_none() && candidates(&decision).any(|t| !is_local(state, t));
+    let mut standing = (None, None);
+    let admitted = state.limiter.admit(&tenant.name, prompt_tokens, reserve, remote_bound, &ctx.request_id, &mut standing).await;
+    (rate.requests, rate.tokens) = standing;
+    let ticket = match admitted? {
+        Admitted::Yes(ticket) => ticket,
+        Admitted::OverBudgetTryLocal { retry_after_s } => {
+            decision = plan(state, &req, headers, tenant, true)?;
+            if candidates(&decision).any(|t| !is_local(state, t)) {
+                return Err(ApiError::BudgetExceeded { retry_after_s });
+            }
+            let again = state.limiter.admit(&tenant.name, prompt_tokens, 0, false, &ctx.request_id, &mut standing).await;
+            (rate.requests, rate.tokens) = standing;
+            match again? {
+                Admitted::Yes(ticket) => ticket,
+                Admitted::OverBudgetTryLocal { retry_after_s } => return Err(ApiError::BudgetExceeded { retry_after_s }),
+            }
+        }
+    };
     ctx.span.record("rule", decision.rule.as_str());
     ctx.span.record("tier", decision.tier.as_str());
     if let Some(r) = record.as_mut() {
         r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
+        let limiter = Arc::clone(&state.limiter);
+        r.on_finish(Box::new(move |finished| limiter.settle(&ticket, finished)));
     }
-    if let Some(reason) = &decision.violation {
-        return Err(ApiError::PolicyViolation { reason: format!("rule {:?}: {reason}", decision.rule) });
+    if let Some(hit) = cached {
+        return Ok(cached_answer(&req, &decision, &hit, record));
     }
+    let keep = state.cache.clone().zip(cache_key);
     if req.is_stream() {
-        stream_answer(state, req, &decision, ctx, record).await
+        stream_answer(state, req, &decision, ctx, record, keep).await
     } else {
-        complete_answer(state, req, &decision, ctx, record).await
+        complete_answer(state, req, &decision, ctx, record, keep).await
     }
+}
+
+/// True for the embedded engine's target.
+fn is_local(state: &AppState, target: &str) -> bool {
+    state.catalog.local_target().as_deref() == Some(target)
+}
+
+/// The most the request can cost on any remote target that may serve it: its prompt (estimated)
+/// and `max_tokens` (or the budget's `default_max_tokens`) for each choice, at list prices.
+/// Local answers are never reserved (their cost, if priced, is added when they settle).
+fn worst_case_nusd(state: &AppState, req: &ChatRequest, decision: &Decision, prompt_tokens: u64, tenant: &str) -> u64 {
+    let Some(budget) = state.limiter.budget(tenant) else { return 0 };
+    let per_choice = u64::from(req.max_output_tokens().unwrap_or(budget.default_max_tokens));
+    let usage = Usage::new(prompt_tokens, per_choice * u64::from(req.n.unwrap_or(1).max(1)));
+    candidates(decision).filter(|t| !is_local(state, t)).map(|t| usd_to_nanos((state.pricer)(t, &usage))).max().unwrap_or(0)
+}
+
+/// An answer from the response cache, streamed if the client asked for a stream.
+fn cached_answer(req: &ChatRequest, decision: &Decision, hit: &Cached, record: &mut Option<PendingRecord>) -> Response {
+    if let Some(r) = record.as_mut() {
+        r.served_by(&hit.target, false);
+        r.cache_hit();
+        r.usage(hit.response.usage.as_ref());
+        r.status(200);
+    }
+    let mut http = if req.is_stream() {
+        let mut stream_record = record.take();
+        let chunks = stream::iter(replay_chunks(&hit.response))
+            .map(move |chunk| {
+                if let Some(r) = stream_record.as_mut() {
+                    r.chunk(&chunk);
+                }
+                Ok(chunk)
+            })
+            .boxed();
+        Sse::new(sse_events(chunks, req.wants_stream_usage())).into_response()
+    } else {
+        Json(hit.response.clone()).into_response()
+    };
+    set_route_headers(http.headers_mut(), decision, &hit.target);
+    insert(http.headers_mut(), "x-switchyard-cache", "hit");
+    if !req.is_stream() {
+        insert(http.headers_mut(), "x-switchyard-cost-usd", "0");
+    }
+    http
 }
 
 /// Targets to try, in order: the decision's, then its fallbacks.
@@ -197,12 +253,16 @@ fn error_kind(err: &ProviderError) -> &'static str {
     }
 }
 
+/// Where a cacheable answer is kept once complete.
+type Keep = Option<(Arc<ResponseCache>, CacheKey)>;
+
 async fn complete_answer(
     state: &AppState,
     req: ChatRequest,
     decision: &Decision,
     ctx: &RequestCtx,
     record: &mut Option<PendingRecord>,
+    keep: Keep,
 ) -> Result<Response, ApiError> {
     let (target, mut response, redaction) =
         first_success(state, &req, decision, |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
@@ -217,6 +277,9 @@ async fn complete_answer(
     if let Some(redaction) = &redaction {
         privacy::restore_response(&mut response, redaction);
     }
+    if let Some((cache, key)) = keep {
+        cache.put(key, response.clone(), target);
+    }
     let mut http = Json(response).into_response();
     set_route_headers(http.headers_mut(), decision, target);
     insert(http.headers_mut(), "x-switchyard-cost-usd", &cost.to_string());
@@ -229,6 +292,7 @@ async fn stream_answer(
     decision: &Decision,
     ctx: &RequestCtx,
     record: &mut Option<PendingRecord>,
+    keep: Keep,
 ) -> Result<Response, ApiError> {
     let include_usage = req.wants_stream_usage();
     let (target, chunks, redaction) = first_success(state, &req, decision, |provider, upstream, target| async move {
@@ -277,9 +341,40 @@ async fn stream_answer(
         }
         None => chunks,
     };
+    let chunks = match keep {
+        Some((cache, key)) => keep_when_complete(chunks, cache, key, target.to_owned()),
+        None => chunks,
+    };
     let mut http = Sse::new(sse_events(chunks, include_usage)).into_response();
     set_route_headers(http.headers_mut(), decision, target);
     Ok(http)
+}
+
+/// Passes the chunks on and, if the stream ends without a failure, keeps the whole answer in
+/// the cache (a stream cut short or failed is never kept).
+fn keep_when_complete(chunks: ChunkStream, cache: Arc<ResponseCache>, key: CacheKey, target: String) -> ChunkStream {
+    let collector = Arc::new(std::sync::Mutex::new(Some(StreamCollector::new())));
+    let seen = Arc::clone(&collector);
+    let observed = chunks.map(move |chunk| {
+        let mut collector = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &chunk {
+            Ok(c) => {
+                if let Some(col) = collector.as_mut() {
+                    col.push(c);
+                }
+            }
+            Err(_) => *collector = None,
+        }
+        chunk
+    });
+    let finish = stream::once(async move {
+        let done = collector.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(response) = done.and_then(StreamCollector::finish) {
+            cache.put(key, response, &target);
+        }
+    })
+    .filter_map(|()| async { None });
+    observed.chain(finish).boxed()
 }
 
 /// Chunks as SSE events, then `[DONE]`. The usage-only chunk is passed on only if the client

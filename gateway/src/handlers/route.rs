@@ -24,7 +24,7 @@ pub async fn route(
 ) -> Result<Json<Value>, ApiError> {
     let bytes = read_body(body, state.config.server.max_body_bytes).await?;
     let req = parse_chat_request(&bytes)?;
-    Ok(Json(decision_json(&plan(&state, &req, &headers, &tenant)?)))
+    Ok(Json(decision_json(&plan(&state, &req, &headers, &tenant, false)?)))
 }
 
 /// The `/v1/route` body (INTERFACE.md §3), plus `rerouted`, `features` and, when the request

@@ -1,0 +1,343 @@
+//! Admission: a tenant's rate limits and budget, checked and taken in one store step before a
+//! request is dispatched, and settled when its accounting record is written. Owns the choice of
+//! store (in-process, or Redis with its `on_outage` behaviour), the retry of settlements Redis
+//! could not take, and the last spend seen per tenant (the router's `budget_used` signal and the
+//! `switchyard_budget_remaining_usd` gauge).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::accounting::{unix_ms, UsageRecord};
+use crate::budgets::{usd_to_nanos, BudgetConfig, OnExceed, Periods, Spend};
+use crate::error::ApiError;
+use crate::limits::RateLimitConfig;
+use crate::metrics::Metrics;
+use crate::store::redis::OnOutage;
+use crate::store::{Admission, MemoryStore, RateCheck, Refusal, RedisConfig, RedisStore, Settlement, Store};
+use crate::tenants::TenantConfig;
+
+/// A tenant's limits.
+#[derive(Debug, Clone, Copy, Default)]
+struct TenantLimits {
+    rate: Option<RateLimitConfig>,
+    budget: Option<BudgetConfig>,
+}
+
+/// Which store holds a request's rate units and reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Nothing was taken (no limits, or Redis down under `fail_closed` for a local request).
+    Nowhere,
+    /// The configured store.
+    Primary,
+    /// This replica's own store, standing in for Redis (`fail_open`).
+    Fallback,
+}
+
+/// What an admitted request holds until it settles.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    tenant: String,
+    lease: Option<String>,
+    held: Held,
+}
+
+/// `(limit, remaining)` of requests and of tokens per minute, for `x-ratelimit-*`.
+pub type Standing = (Option<(u32, u64)>, Option<(u32, u64)>);
+
+/// The answer to [`Limiter::admit`].
+#[derive(Debug)]
+pub enum Admitted {
+    /// Go ahead; settle with the ticket.
+    Yes(Ticket),
+    /// The budget cannot hold the reservation and the tenant's `on_exceed` is `local`: route
+    /// again to the local engine (nothing was taken). If it cannot go there either, the client
+    /// is told to retry after this many seconds.
+    OverBudgetTryLocal {
+        /// Until the budget period ends (or in-flight requests settle).
+        retry_after_s: u64,
+    },
+}
+
+/// Rate limits and budgets of every tenant, in the configured store.
+pub struct Limiter {
+    tenants: HashMap<String, TenantLimits>,
+    primary: Arc<dyn Store>,
+    /// `fail_open`: where admissions go while Redis is unreachable.
+    fallback: Option<MemoryStore>,
+    /// Redis configured (`on_outage` applies to primary failures).
+    shared: bool,
+    lease_ttl_ms: u64,
+    metrics: Arc<Metrics>,
+    /// The last spend each budgeted tenant was seen at, with the periods it was seen in.
+    seen: Mutex<HashMap<String, (Periods, Spend)>>,
+    /// Settlements waiting for Redis to return.
+    retrying: AtomicUsize,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter").field("shared", &self.shared).finish_non_exhaustive()
+    }
+}
+
+/// Settlements kept for retry at most (beyond, they are dropped, logged and counted).
+const MAX_RETRYING: usize = 100_000;
+/// How long a settlement keeps being retried while Redis is away.
+const RETRY_FOR: Duration = Duration::from_hours(1);
+
+impl Limiter {
+    /// Limits for `tenants`, in Redis when `redis` is set, else in this process.
+    pub fn new(tenants: &[TenantConfig], redis: Option<(Arc<RedisStore>, &RedisConfig)>, metrics: Arc<Metrics>) -> Self {
+        let tenants = tenants.iter().map(|t| (t.name.clone(), TenantLimits { rate: t.rate_limit, budget: t.budget })).collect();
+        let shared = redis.is_some();
+        let (primary, fallback, lease_ttl_ms): (Arc<dyn Store>, _, _) = match redis {
+            Some((store, config)) => (
+                store as Arc<dyn Store>,
+                (config.on_outage == OnOutage::FailOpen).then(MemoryStore::default),
+                config.lease_ttl_s * 1000,
+            ),
+            None => (Arc::new(MemoryStore::default()), None, 600_000),
+        };
+        Self {
+            tenants,
+            primary,
+            fallback,
+            shared,
+            lease_ttl_ms,
+            metrics,
+            seen: Mutex::new(HashMap::new()),
+            retrying: AtomicUsize::new(0),
+        }
+    }
+
+    /// The tenant's budget, if it has one.
+    pub fn budget(&self, tenant: &str) -> Option<BudgetConfig> {
+        self.tenants.get(tenant).and_then(|t| t.budget)
+    }
+
+    /// Share of the tenant's tightest budget spent or reserved, as last seen (0 without a budget).
+    pub fn used_share(&self, tenant: &str) -> f64 {
+        let Some(budget) = self.budget(tenant) else { return 0.0 };
+        let now = Periods::at(unix_ms());
+        let seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.get(tenant).map_or(0.0, |(at, spend)| current(*at, *spend, now).used_share(budget.limits()))
+    }
+
+    /// The spend of every budgeted tenant as last seen: `(tenant, budget, spend)`.
+    pub fn budgets(&self) -> Vec<(String, BudgetConfig, Spend)> {
+        let now = Periods::at(unix_ms());
+        let seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<_> = self
+            .tenants
+            .iter()
+            .filter_map(|(name, t)| {
+                let spend = seen.get(name).map(|(at, spend)| current(*at, *spend, now)).unwrap_or_default();
+                Some((name.clone(), t.budget?, spend))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn saw(&self, tenant: &str, now_ms: u64, spend: Spend) {
+        let Some(budget) = self.budget(tenant) else { return };
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(tenant.to_owned(), (Periods::at(now_ms), spend));
+        for (period, left) in spend.remaining_usd(budget.limits()) {
+            if let Some(left) = left {
+                self.metrics.budget_remaining.with_label_values(&[tenant, period]).set(left);
+            }
+        }
+    }
+
+    /// Checks and takes the tenant's rate units (one request, `prompt_tokens` tokens) and
+    /// reserves `reserve_nusd` from its budget, in one store step. `remote_bound`: the request
+    /// may reach a remote provider (under `fail_closed`, only such requests are refused while
+    /// Redis is unreachable). Refusals are `rate_limit_exceeded`, `budget_exceeded` (when the
+    /// tenant's `on_exceed` is `reject`) or 503; `x-ratelimit-*` standings come back in either case.
+    pub async fn admit(
+        &self,
+        tenant: &str,
+        prompt_tokens: u64,
+        reserve_nusd: u64,
+        remote_bound: bool,
+        lease: &str,
+        standing: &mut Standing,
+    ) -> Result<Admitted, ApiError> {
+        let limits = self.tenants.get(tenant).copied().unwrap_or_default();
+        let ticket = |held, lease: Option<String>| Ticket { tenant: tenant.to_owned(), lease, held };
+        if limits.rate.is_none() && limits.budget.is_none() {
+            return Ok(Admitted::Yes(ticket(Held::Nowhere, None)));
+        }
+        let rate = limits.rate.unwrap_or(RateLimitConfig { rpm: None, tpm: None });
+        let now_ms = unix_ms();
+        let admission = Admission {
+            tenant,
+            now_ms,
+            rpm: rate.rpm.map(|l| RateCheck { limit: u64::from(l), cost: 1 }),
+            tpm: rate.tpm.map(|l| RateCheck { limit: u64::from(l), cost: prompt_tokens }),
+            budget: limits.budget.map(|b| b.limits()),
+            reserve_nusd: if limits.budget.is_some() { reserve_nusd } else { 0 },
+            lease,
+            lease_ttl_ms: self.lease_ttl_ms,
+        };
+        let (outcome, held) = match self.primary.admit(&admission).await {
+            Ok(outcome) => (outcome, Held::Primary),
+            Err(err) => match &self.fallback {
+                Some(fallback) => {
+                    self.metrics.store_unavailable.with_label_values(&["fail_open"]).inc();
+                    tracing::warn!(error = %err, "limits store unavailable; using this replica's own limits (on_outage = fail_open)");
+                    (fallback.admit_now(&admission), Held::Fallback)
+                }
+                None if !remote_bound => {
+                    // fail_closed keeps local-only traffic flowing (it spends nothing remote).
+                    tracing::warn!(error = %err, "limits store unavailable; local request served without limits");
+                    return Ok(Admitted::Yes(ticket(Held::Nowhere, None)));
+                }
+                None => {
+                    self.metrics.store_unavailable.with_label_values(&["fail_closed"]).inc();
+                    tracing::warn!(error = %err, "limits store unavailable; remote-bound request refused (on_outage = fail_closed)");
+                    return Err(ApiError::StoreUnavailable);
+                }
+            },
+        };
+        self.saw(tenant, now_ms, outcome.spend);
+        let requests = rate.rpm.zip(outcome.rpm_remaining);
+        let tokens = rate.tpm.zip(outcome.tpm_remaining);
+        *standing = (requests, tokens);
+        let retry_after_s = outcome.retry_after_ms.div_ceil(1000).max(1);
+        match outcome.refused {
+            None => {
+                let lease = (admission.reserve_nusd > 0).then(|| lease.to_owned());
+                Ok(Admitted::Yes(ticket(held, lease)))
+            }
+            Some(Refusal::Requests) => Err(ApiError::TenantRateLimited { what: "requests", retry_after_s }),
+            Some(Refusal::Tokens) => Err(ApiError::TenantRateLimited { what: "tokens", retry_after_s }),
+            Some(Refusal::Budget) => match limits.budget.map(|b| b.on_exceed) {
+                Some(OnExceed::Local) => Ok(Admitted::OverBudgetTryLocal { retry_after_s }),
+                _ => Err(ApiError::BudgetExceeded { retry_after_s }),
+            },
+        }
+    }
+
+    /// Settles a finished request (in the background): releases its reservation, adds its cost
+    /// and takes its completion tokens. A settlement Redis cannot take is retried until it can.
+    pub fn settle(self: &Arc<Self>, ticket: &Ticket, record: &UsageRecord) {
+        let limits = self.tenants.get(&ticket.tenant).copied().unwrap_or_default();
+        let cost_nusd = if limits.budget.is_some() { usd_to_nanos(record.cost_usd) } else { 0 };
+        let tpm = limits.rate.and_then(|r| r.tpm).filter(|_| record.completion_tokens > 0);
+        if ticket.lease.is_none() && cost_nusd == 0 && tpm.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let owned = OwnedSettlement {
+            tenant: ticket.tenant.clone(),
+            now_ms: record.ts,
+            lease: ticket.lease.clone(),
+            cost_nusd,
+            tpm: tpm.map(|limit| RateCheck { limit: u64::from(limit), cost: record.completion_tokens }),
+        };
+        let limiter = Arc::clone(self);
+        let in_fallback = ticket.held == Held::Fallback;
+        runtime.spawn(async move { limiter.settle_owned(owned, in_fallback).await });
+    }
+
+    async fn settle_owned(&self, s: OwnedSettlement, in_fallback: bool) {
+        if in_fallback {
+            if let Some(fallback) = &self.fallback {
+                let spend = fallback.settle_now(&s.borrow());
+                self.saw(&s.tenant, s.now_ms, spend);
+            }
+            return;
+        }
+        let mut wait = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        let mut queued = false;
+        loop {
+            match self.primary.settle(&s.borrow()).await {
+                Ok(spend) => {
+                    self.saw(&s.tenant, s.now_ms, spend);
+                    break;
+                }
+                Err(err) if !queued => {
+                    if self.retrying.fetch_add(1, Relaxed) >= MAX_RETRYING {
+                        self.retrying.fetch_sub(1, Relaxed);
+                        self.metrics.store_unavailable.with_label_values(&["settle_dropped"]).inc();
+                        tracing::error!(error = %err, tenant = %s.tenant, "settlement dropped: too many waiting for the limits store");
+                        return;
+                    }
+                    queued = true;
+                    self.metrics.store_unavailable.with_label_values(&["settle_retry"]).inc();
+                    tracing::warn!(error = %err, tenant = %s.tenant, "settlement failed; retrying until the limits store returns");
+                }
+                Err(err) if started.elapsed() > RETRY_FOR => {
+                    self.metrics.store_unavailable.with_label_values(&["settle_dropped"]).inc();
+                    tracing::error!(error = %err, tenant = %s.tenant, "settlement dropped after an hour of retries");
+                    break;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+        if queued {
+            self.retrying.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Reads every budgeted tenant's spend from the store (for the gauges, the dashboard and the
+    /// routing signal when this replica has not seen the tenant's traffic lately).
+    pub async fn refresh(&self) {
+        let now_ms = unix_ms();
+        for (tenant, limits) in &self.tenants {
+            let Some(budget) = limits.budget else { continue };
+            let read = Admission {
+                tenant,
+                now_ms,
+                rpm: None,
+                tpm: None,
+                budget: Some(budget.limits()),
+                reserve_nusd: 0,
+                lease: "",
+                lease_ttl_ms: self.lease_ttl_ms,
+            };
+            if let Ok(outcome) = self.primary.admit(&read).await {
+                self.saw(tenant, now_ms, outcome.spend);
+            }
+        }
+    }
+
+    /// Settlements waiting for Redis.
+    pub fn settlements_waiting(&self) -> usize {
+        self.retrying.load(Relaxed)
+    }
+}
+
+/// A spend seen in `at`, as it stands in `now` (a new day or month starts from zero).
+fn current(at: Periods, spend: Spend, now: Periods) -> Spend {
+    Spend {
+        daily_nusd: if at.day == now.day { spend.daily_nusd } else { 0 },
+        monthly_nusd: if at.month == now.month { spend.monthly_nusd } else { 0 },
+        reserved_nusd: spend.reserved_nusd,
+    }
+}
+
+/// A [`Settlement`] that owns its strings (it travels to a background task).
+struct OwnedSettlement {
+    tenant: String,
+    now_ms: u64,
+    lease: Option<String>,
+    cost_nusd: u64,
+    tpm: Option<RateCheck>,
+}
+
+impl OwnedSettlement {
+    fn borrow(&self) -> Settlement<'_> {
+        Settlement { tenant: &self.tenant, now_ms: self.now_ms, lease: self.lease.as_deref(), cost_nusd: self.cost_nusd, tpm: self.tpm }
+    }
+}

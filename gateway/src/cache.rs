@@ -1,0 +1,331 @@
+//! The response cache: exact match on (tenant, caller's privacy tags, the request without its
+//! streaming options), for deterministic requests only (temperature 0 or a seed; no tools, one
+//! choice). Entries live in this process (`moka`) and, with `shared = true`, in Redis for every
+//! replica. A streamed answer is stored whole and replays as a stream; a hit costs nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use providers::wire::{ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage};
+use serde::{Deserialize, Serialize};
+use serde_json::Map;
+use sha2::{Digest, Sha256};
+
+use crate::store::RedisStore;
+
+/// `[cache]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long an answer is served from the cache.
+    #[serde(default = "default_ttl_s")]
+    pub ttl_s: u64,
+    /// Answers kept in this process at most (least recently used go first).
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    /// Also keep answers in Redis (`[redis]`), shared by every replica.
+    #[serde(default)]
+    pub shared: bool,
+}
+
+const fn default_ttl_s() -> u64 {
+    300
+}
+const fn default_max_entries() -> u64 {
+    10_000
+}
+
+impl CacheConfig {
+    /// What is wrong with it.
+    pub fn problems(&self, has_redis: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.ttl_s == 0 {
+            problems.push("cache.ttl_s must be positive".to_owned());
+        }
+        if self.max_entries == 0 {
+            problems.push("cache.max_entries must be positive (leave [cache] out to turn the cache off)".to_owned());
+        }
+        if self.shared && !has_redis {
+            problems.push("cache.shared = true needs a [redis] section".to_owned());
+        }
+        problems
+    }
+}
+
+/// A cached answer and where it came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cached {
+    /// The whole answer, as first sent.
+    pub response: ChatResponse,
+    /// The target that produced it.
+    pub target: String,
+}
+
+/// A cache key: SHA-256 of what identifies the answer.
+pub type CacheKey = [u8; 32];
+
+/// The response cache.
+pub struct ResponseCache {
+    local: moka::sync::Cache<CacheKey, Arc<Cached>>,
+    shared: Option<Arc<RedisStore>>,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache").field("entries", &self.local.entry_count()).finish_non_exhaustive()
+    }
+}
+
+/// The key of `req` from `tenant` with the caller's privacy `tags`, or `None` when the answer
+/// may not be reused (sampled, tool calls, several choices).
+pub fn cache_key(tenant: &str, tags: &[String], req: &ChatRequest) -> Option<CacheKey> {
+    let deterministic = req.temperature == Some(0.0) || req.seed.is_some();
+    let single = req.n.is_none_or(|n| n == 1);
+    if !deterministic || !single || req.tools.is_some() || req.tool_choice.is_some() {
+        return None;
+    }
+    let mut normalized = req.clone();
+    normalized.stream = None;
+    normalized.stream_options = None;
+    let body = serde_json::to_vec(&normalized).ok()?;
+    let mut hasher = Sha256::new();
+    hasher.update(b"switchyard-cache-v1\0");
+    hasher.update(tenant.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(tags.join(",").as_bytes());
+    hasher.update(b"\0");
+    hasher.update(&body);
+    Some(hasher.finalize().into())
+}
+
+fn redis_key(key: &CacheKey) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("switchyard:cache:");
+    for b in key {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+impl ResponseCache {
+    /// A cache per `config`; `shared` is the Redis store when `config.shared`.
+    pub fn new(config: &CacheConfig, shared: Option<Arc<RedisStore>>) -> Self {
+        let ttl = Duration::from_secs(config.ttl_s);
+        Self {
+            local: moka::sync::Cache::builder().max_capacity(config.max_entries).time_to_live(ttl).build(),
+            shared: shared.filter(|_| config.shared),
+            ttl,
+        }
+    }
+
+    /// The cached answer for `key`: this process first, then Redis (a Redis failure is a miss).
+    pub async fn get(&self, key: &CacheKey) -> Option<Arc<Cached>> {
+        if let Some(hit) = self.local.get(key) {
+            return Some(hit);
+        }
+        let store = self.shared.as_ref()?;
+        let mut conn = store.connection().await.ok()?;
+        let mut get = redis::cmd("GET");
+        get.arg(redis_key(key));
+        let get = get.query_async::<Option<Vec<u8>>>(&mut conn);
+        let bytes = tokio::time::timeout(store.timeout(), get).await.ok()?.ok()??;
+        let cached: Arc<Cached> = Arc::new(serde_json::from_slice(&bytes).ok()?);
+        self.local.insert(*key, Arc::clone(&cached));
+        Some(cached)
+    }
+
+    /// Keeps a whole answer (only complete ones without tool calls or other extras).
+    pub fn put(&self, key: CacheKey, response: ChatResponse, target: &str) {
+        let reusable = response.choices.iter().all(|c| {
+            c.message.extra.is_empty() && c.message.refusal.is_none() && c.finish_reason.as_deref().is_some_and(|f| f == "stop" || f == "length")
+        });
+        if !reusable || response.choices.is_empty() {
+            return;
+        }
+        let cached = Arc::new(Cached { response, target: target.to_owned() });
+        if let Some(store) = self.shared.clone() {
+            if let (Ok(bytes), Ok(runtime)) = (serde_json::to_vec(cached.as_ref()), tokio::runtime::Handle::try_current()) {
+                let ttl = self.ttl.as_secs();
+                runtime.spawn(async move {
+                    let Ok(mut conn) = store.connection().await else { return };
+                    let mut set = redis::cmd("SET");
+                    set.arg(redis_key(&key)).arg(bytes).arg("EX").arg(ttl);
+                    let set = set.query_async::<()>(&mut conn);
+                    let _ = tokio::time::timeout(store.timeout(), set).await;
+                });
+            }
+        }
+        self.local.insert(key, cached);
+    }
+}
+
+/// Rebuilds a whole answer from its streamed chunks; `None` when something in them cannot be
+/// replayed faithfully (tool calls, logprobs, refusals, extra fields) or the stream did not finish.
+#[derive(Debug, Default)]
+pub struct StreamCollector {
+    first: Option<ChatChunk>,
+    choices: BTreeMap<u32, (String, Option<String>)>,
+    usage: Option<Usage>,
+    faithful: bool,
+}
+
+impl StreamCollector {
+    /// An empty collector.
+    pub fn new() -> Self {
+        Self { faithful: true, ..Self::default() }
+    }
+
+    /// Takes one chunk.
+    pub fn push(&mut self, chunk: &ChatChunk) {
+        if self.first.is_none() {
+            self.first = Some(ChatChunk { choices: Vec::new(), usage: None, ..chunk.clone() });
+        }
+        for choice in &chunk.choices {
+            if !choice.delta.extra.is_empty() || choice.logprobs.is_some() || !choice.extra.is_empty() {
+                self.faithful = false;
+            }
+            let entry = self.choices.entry(choice.index).or_default();
+            if let Some(text) = &choice.delta.content {
+                entry.0.push_str(text);
+            }
+            if choice.finish_reason.is_some() {
+                entry.1.clone_from(&choice.finish_reason);
+            }
+        }
+        if chunk.usage.is_some() {
+            self.usage.clone_from(&chunk.usage);
+        }
+    }
+
+    /// The whole answer, if the stream can be replayed from it.
+    pub fn finish(self) -> Option<ChatResponse> {
+        let first = self.first?;
+        if !self.faithful || self.choices.is_empty() || self.choices.values().any(|(_, finish)| finish.is_none()) {
+            return None;
+        }
+        Some(ChatResponse {
+            id: first.id,
+            object: "chat.completion".to_owned(),
+            created: first.created,
+            model: first.model,
+            choices: self
+                .choices
+                .into_iter()
+                .map(|(index, (content, finish_reason))| Choice {
+                    index,
+                    message: ResponseMessage::assistant(content),
+                    finish_reason,
+                    logprobs: None,
+                    extra: Map::new(),
+                })
+                .collect(),
+            usage: self.usage,
+            system_fingerprint: first.system_fingerprint,
+            extra: Map::new(),
+        })
+    }
+}
+
+/// A cached answer as stream chunks: per choice, its text then its finish; then the usage.
+pub fn replay_chunks(response: &ChatResponse) -> Vec<ChatChunk> {
+    let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatChunk {
+        id: response.id.clone(),
+        object: "chat.completion.chunk".to_owned(),
+        created: response.created,
+        model: response.model.clone(),
+        choices,
+        usage,
+        system_fingerprint: response.system_fingerprint.clone(),
+        extra: Map::new(),
+    };
+    let choice = |index, delta, finish_reason| ChunkChoice { index, delta, finish_reason, logprobs: None, extra: Map::new() };
+    let mut chunks = Vec::new();
+    for c in &response.choices {
+        let text = Delta { role: Some("assistant".to_owned()), content: c.message.content.clone(), extra: Map::new() };
+        chunks.push(chunk(vec![choice(c.index, text, None)], None));
+        chunks.push(chunk(vec![choice(c.index, Delta::default(), c.finish_reason.clone())], None));
+    }
+    if let Some(usage) = &response.usage {
+        chunks.push(chunk(Vec::new(), Some(usage.clone())));
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> ChatRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn only_deterministic_single_answer_requests_without_tools_have_keys() {
+        let base = serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]});
+        let with = |k: &str, v: serde_json::Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            request(b)
+        };
+        assert!(cache_key("t", &[], &request(base.clone())).is_none(), "sampled by default");
+        assert!(cache_key("t", &[], &with("temperature", 0.0.into())).is_some());
+        assert!(cache_key("t", &[], &with("seed", 7.into())).is_some());
+        assert!(cache_key("t", &[], &with("temperature", 0.7.into())).is_none());
+        let mut tools = with("temperature", 0.0.into());
+        tools.tools = Some(serde_json::json!([{"type": "function", "function": {"name": "f"}}]));
+        assert!(cache_key("t", &[], &tools).is_none());
+        let mut n = with("seed", 1.into());
+        n.n = Some(2);
+        assert!(cache_key("t", &[], &n).is_none());
+    }
+
+    #[test]
+    fn keys_separate_tenants_and_tags_but_not_streaming() {
+        let req = request(serde_json::json!({"model": "auto", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}));
+        let mut streamed = req.clone();
+        streamed.stream = Some(true);
+        let key = cache_key("acme", &[], &req).unwrap();
+        assert_eq!(cache_key("acme", &[], &streamed), Some(key));
+        assert_ne!(cache_key("globex", &[], &req), Some(key));
+        assert_ne!(cache_key("acme", &["pii".into()], &req), Some(key));
+    }
+
+    #[test]
+    fn a_stream_collects_into_the_answer_it_replays_as() {
+        let chunk = |v: serde_json::Value| -> ChatChunk { serde_json::from_value(v).unwrap() };
+        let head = serde_json::json!({"id": "c1", "object": "chat.completion.chunk", "created": 5, "model": "m"});
+        let with = |extra: serde_json::Value| {
+            let mut v = head.clone();
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            chunk(v)
+        };
+        let mut collector = StreamCollector::new();
+        collector.push(&with(serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]})));
+        collector.push(&with(serde_json::json!({"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": null}]})));
+        collector.push(&with(serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
+        collector.push(&with(serde_json::json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})));
+        let response = collector.finish().expect("a finished plain stream is reusable");
+        assert_eq!(response.choices[0].message.content.as_deref(), Some("Hello"));
+        let replay = replay_chunks(&response);
+        let mut again = StreamCollector::new();
+        for c in &replay {
+            again.push(c);
+        }
+        assert_eq!(again.finish(), Some(response));
+    }
+
+    #[test]
+    fn unfinished_or_tool_call_streams_are_not_kept() {
+        let chunk = |v: serde_json::Value| -> ChatChunk { serde_json::from_value(v).unwrap() };
+        let mut cut = StreamCollector::new();
+        cut.push(&chunk(serde_json::json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "half"}, "finish_reason": null}]})));
+        assert!(cut.finish().is_none());
+        let mut tools = StreamCollector::new();
+        tools.push(&chunk(serde_json::json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "t"}]}, "finish_reason": "tool_calls"}]})));
+        assert!(tools.finish().is_none());
+    }
+}

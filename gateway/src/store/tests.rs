@@ -1,0 +1,196 @@
+//! One behaviour suite, run against the in-process store and against a private `redis-server`
+//! (started on a free port for these tests and stopped by pid).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use super::*;
+use crate::budgets::{BudgetLimits, Periods};
+
+/// A `redis-server` of our own, killed on drop.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self { child: spawn_redis(port), port }
+    }
+}
+
+/// Starts `redis-server` on `port` and returns once it says it accepts connections.
+fn spawn_redis(port: u16) -> Child {
+    use std::io::BufRead as _;
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-server is installed (make test installs it)");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let ready = lines.by_ref().map_while(Result::ok).any(|line| line.contains("Ready to accept connections"));
+    assert!(ready, "redis-server on port {port} exited before it was ready");
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis_store(redis: &PrivateRedis) -> RedisStore {
+    RedisStore::new(&RedisConfig {
+        url: format!("redis://127.0.0.1:{}", redis.port),
+        on_outage: redis::OnOutage::FailClosed,
+        timeout_ms: 2000,
+        lease_ttl_s: 600,
+    })
+    .unwrap()
+}
+
+/// 2026-11-15T12:00:00Z (mid-month: the next day is in the same month).
+const NOON: u64 = 1_794_744_000_000;
+
+fn admission<'a>(tenant: &'a str, lease: &'a str, now_ms: u64) -> Admission<'a> {
+    Admission { tenant, now_ms, rpm: None, tpm: None, budget: None, reserve_nusd: 0, lease, lease_ttl_ms: 60_000 }
+}
+
+fn settlement<'a>(tenant: &'a str, lease: Option<&'a str>, cost_nusd: u64, now_ms: u64) -> Settlement<'a> {
+    Settlement { tenant, now_ms, lease, cost_nusd, tpm: None }
+}
+
+const BUDGET: BudgetLimits = BudgetLimits { daily_nusd: Some(1_000), monthly_nusd: Some(5_000) };
+
+async fn rate_limits_refill_and_refuse_with_retry_after(store: &dyn Store) {
+    let rpm = Some(RateCheck { limit: 3, cost: 1 });
+    for expected_left in [2, 1, 0] {
+        let o = store.admit(&Admission { rpm, ..admission("rates", "", NOON) }).await.unwrap();
+        assert_eq!((o.refused, o.rpm_remaining), (None, Some(expected_left)));
+    }
+    let o = store.admit(&Admission { rpm, ..admission("rates", "", NOON) }).await.unwrap();
+    assert_eq!((o.refused, o.retry_after_ms, o.rpm_remaining), (Some(Refusal::Requests), 20_000, Some(0)));
+    let o = store.admit(&Admission { rpm, ..admission("rates", "", NOON + 20_000) }).await.unwrap();
+    assert_eq!(o.refused, None, "one request's share of the minute has refilled");
+    // Tokens: a refused token check takes no request either.
+    let tpm = Some(RateCheck { limit: 100, cost: 150 });
+    let o = store.admit(&Admission { rpm: Some(RateCheck { limit: 10, cost: 1 }), tpm, ..admission("tokens", "", NOON) }).await.unwrap();
+    assert_eq!((o.refused, o.rpm_remaining), (Some(Refusal::Tokens), Some(10)));
+    // Completion tokens settle past the limit; the next request waits for them.
+    let small = Some(RateCheck { limit: 100, cost: 10 });
+    assert_eq!(store.admit(&Admission { tpm: small, ..admission("tokens", "", NOON) }).await.unwrap().refused, None);
+    store.settle(&Settlement { tpm: Some(RateCheck { limit: 100, cost: 500 }), ..settlement("tokens", None, 0, NOON) }).await.unwrap();
+    let o = store.admit(&Admission { tpm: small, ..admission("tokens", "", NOON + 1_000) }).await.unwrap();
+    assert_eq!(o.refused, Some(Refusal::Tokens));
+}
+
+async fn reservations_hold_money_until_settled(store: &dyn Store) {
+    let reserve = |lease: &'static str, nusd: u64| Admission { budget: Some(BUDGET), reserve_nusd: nusd, ..admission("money", lease, NOON) };
+    let a = store.admit(&reserve("a", 600)).await.unwrap();
+    assert_eq!((a.refused, a.spend.reserved_nusd), (None, 600));
+    let b = store.admit(&reserve("b", 600)).await.unwrap();
+    assert_eq!(b.refused, Some(Refusal::Budget), "600 + 600 > 1000");
+    assert_eq!(b.retry_after_ms, 1_000, "only a request in flight holds the money: retry soon");
+    assert_eq!(b.spend.reserved_nusd, 600, "a refused reservation reserves nothing");
+    // Settling releases the rest of the reservation.
+    let spend = store.settle(&settlement("money", Some("a"), 250, NOON)).await.unwrap();
+    assert_eq!((spend.daily_nusd, spend.monthly_nusd, spend.reserved_nusd), (250, 250, 0));
+    assert_eq!(store.admit(&reserve("b", 600)).await.unwrap().refused, None);
+    store.settle(&settlement("money", Some("b"), 600, NOON)).await.unwrap();
+    // 850 spent today: a 200 reservation no longer fits until midnight.
+    let c = store.admit(&reserve("c", 200)).await.unwrap();
+    assert_eq!(c.refused, Some(Refusal::Budget));
+    assert_eq!(c.retry_after_ms, Periods::at(NOON).day_end_ms - NOON);
+    // Free requests (local, unpriced) are never refused.
+    assert_eq!(store.admit(&reserve("free", 0)).await.unwrap().refused, None);
+    // The next day starts afresh; the month remembers.
+    let tomorrow = NOON + 86_400_000;
+    let d = store.admit(&Admission { now_ms: tomorrow, ..reserve("d", 200) }).await.unwrap();
+    assert_eq!((d.refused, d.spend.daily_nusd, d.spend.monthly_nusd), (None, 0, 850));
+}
+
+async fn a_lapsed_lease_gives_its_money_back(store: &dyn Store) {
+    let a = Admission { budget: Some(BUDGET), reserve_nusd: 900, lease_ttl_ms: 5_000, ..admission("crash", "lost", NOON) };
+    assert_eq!(store.admit(&a).await.unwrap().refused, None);
+    let blocked = Admission { budget: Some(BUDGET), reserve_nusd: 900, ..admission("crash", "next", NOON + 4_999) };
+    assert_eq!(store.admit(&blocked).await.unwrap().refused, Some(Refusal::Budget));
+    // The replica that held "lost" never settles; after its lease the money is free again.
+    let later = Admission { now_ms: NOON + 5_000, ..blocked };
+    let o = store.admit(&later).await.unwrap();
+    assert_eq!((o.refused, o.spend.reserved_nusd), (None, 900));
+    // A settlement arriving after its lease lapsed still counts the spend, and frees nothing twice.
+    let spend = store.settle(&settlement("crash", Some("lost"), 100, NOON + 6_000)).await.unwrap();
+    assert_eq!((spend.daily_nusd, spend.reserved_nusd), (100, 900));
+}
+
+async fn tenants_are_independent(store: &dyn Store) {
+    let a = Admission { budget: Some(BUDGET), reserve_nusd: 1_000, ..admission("t1", "x", NOON) };
+    assert_eq!(store.admit(&a).await.unwrap().refused, None);
+    let b = Admission { tenant: "t2", ..a.clone() };
+    assert_eq!(store.admit(&b).await.unwrap().refused, None);
+}
+
+/// Many concurrent admissions never reserve more than the budget.
+async fn concurrent_reservations_never_overcommit(store: Arc<dyn Store>) {
+    let leases: Vec<String> = (0..64).map(|i| format!("race-{i}")).collect();
+    let mut tasks = Vec::new();
+    for lease in leases {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let a = Admission { budget: Some(BUDGET), reserve_nusd: 70, ..admission("race", &lease, NOON) };
+            store.admit(&a).await.unwrap().refused.is_none()
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += u32::from(t.await.unwrap());
+    }
+    assert_eq!(admitted, 14, "floor(1000 / 70) reservations fit");
+}
+
+async fn suite(store: Arc<dyn Store>) {
+    rate_limits_refill_and_refuse_with_retry_after(store.as_ref()).await;
+    reservations_hold_money_until_settled(store.as_ref()).await;
+    a_lapsed_lease_gives_its_money_back(store.as_ref()).await;
+    tenants_are_independent(store.as_ref()).await;
+    concurrent_reservations_never_overcommit(store).await;
+}
+
+#[tokio::test]
+async fn memory_store_behaviour() {
+    suite(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_behaviour() {
+    let redis = PrivateRedis::start();
+    suite(Arc::new(redis_store(&redis))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_reports_an_outage_and_recovers() {
+    let mut redis = PrivateRedis::start();
+    let store = redis_store(&redis);
+    let a = Admission { rpm: Some(RateCheck { limit: 100, cost: 1 }), ..admission("outage", "", NOON) };
+    assert!(store.admit(&a).await.is_ok());
+    let port = redis.port;
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    assert!(store.admit(&a).await.is_err(), "Redis is gone");
+    redis.child = spawn_redis(port);
+    // Reconnects on its own: within a few attempts (each at most CONNECT_EVERY apart).
+    let mut recovered = false;
+    for _ in 0..100 {
+        if store.admit(&a).await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(recovered, "the store reconnects when Redis returns");
+}
