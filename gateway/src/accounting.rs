@@ -132,7 +132,7 @@ impl Ledger {
             request_id = %r.request_id, tenant = %r.tenant, rule = %r.rule, target = %r.target, tier = r.tier,
             status = r.status, prompt_tokens = r.prompt_tokens, completion_tokens = r.completion_tokens,
             cost_usd = r.cost_usd, cost_estimated = r.cost_estimated, latency_ms = r.latency_ms,
-            ttft_ms = r.ttft_ms, redacted = r.redacted, pii_kinds = ?r.pii_kinds,
+            ttft_ms = r.ttft_ms, cache = r.cache, redacted = r.redacted, pii_kinds = ?r.pii_kinds,
             "request accounted"
         );
     }

@@ -103,11 +103,12 @@ impl Spend {
     }
 }
 
-/// Dollars to nano-dollars, rounded up (a reservation never falls short by rounding).
+/// Dollars to nano-dollars, to the nearest (a reservation and its settlement of the same usage
+/// round alike, so they cancel exactly).
 pub fn usd_to_nanos(usd: f64) -> u64 {
     if usd.is_finite() && usd > 0.0 {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let nanos = (usd * NANOS_PER_USD).ceil() as u64;
+        let nanos = (usd * NANOS_PER_USD).round() as u64;
         nanos
     } else {
         0
@@ -203,9 +204,10 @@ mod tests {
     }
 
     #[test]
-    fn money_rounds_up_to_whole_nanos() {
+    fn money_rounds_to_whole_nanos() {
         assert_eq!(usd_to_nanos(2.5e-6), 2500);
-        assert_eq!(usd_to_nanos(1e-10), 1);
+        assert_eq!(usd_to_nanos(0.05), 50_000_000, "not 50_000_001 from 0.05's binary expansion");
+        assert_eq!(usd_to_nanos(1e-10), 0);
         assert_eq!(usd_to_nanos(-1.0), 0);
         assert_eq!(usd_to_nanos(f64::NAN), 0);
     }

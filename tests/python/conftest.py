@@ -121,7 +121,8 @@ def fake_provider_section(base, key_env=None, name="fake", kind="openai-compatib
     models = ", ".join(
         f'{{ name = "{m}", input_per_mtok = 1.0, output_per_mtok = 2.0 }}'
         for m in ["echo", "shred", "gated", "fail", "ratelimit", "reject", "drop"]
-    ) + ', { name = "cached", input_per_mtok = 1.0, output_per_mtok = 2.0, cached_input_per_mtok = 0.5 }'
+    ) + ', { name = "cached", input_per_mtok = 1.0, output_per_mtok = 2.0, cached_input_per_mtok = 0.5 }' \
+      + ', { name = "metered", input_per_mtok = 1000.0, output_per_mtok = 2000.0 }'
     return (
         f'[[providers]]\nname = "{name}"\nkind = "{kind}"\nbase_url = "{base}{base_path}"\n{key}{where}'
         f"trusted = {'true' if trusted else 'false'}\ntimeout_ms = 20000\nmodels = [{models}]\n"
@@ -173,3 +174,77 @@ def sse_events(response):
 
 def parse_chunks(events):
     return [json.loads(e) for e in events if e != "[DONE]"]
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, stopped (and restartable) by pid."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        )
+        for line in self.proc.stdout:
+            if "Ready to accept connections" in line:
+                break
+        else:
+            raise RuntimeError(f"redis-server on port {self.port} exited before it was ready")
+        # Keep draining its log so it never blocks on a full pipe.
+        threading.Thread(target=lambda out: [None for _ in out], args=(self.proc.stdout,), daemon=True).start()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def cli(self, *args):
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+
+
+@pytest.fixture
+def private_redis():
+    r = PrivateRedis()
+    yield r
+    r.stop()
+
+
+def new_virtual_key():
+    """A virtual key and its `sha256:` config entry."""
+    import hashlib
+    import secrets
+    key = "sy-" + secrets.token_hex(32)
+    return key, "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def admin_stats(gateway):
+    return httpx.get(f"{gateway.base}/admin/stats", timeout=10).json()
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    """Polls `predicate` until it returns a truthy value (bounded), and returns that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def remote_only_config(fake_base, extra=""):
+    """A gateway without the local engine: everything goes to the fake provider."""
+    return f'[server]\nregion = "eu-west"\n\n{fake_provider_section(fake_base)}\n{extra}\n[policy]\nfile = "{{policy}}"\n'

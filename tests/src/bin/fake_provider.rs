@@ -3,6 +3,9 @@
 //! - `echo`: answers `echo: <last message>` (streamed word by word when asked), with usage.
 //! - `shred`: like `echo`, but streamed three characters a chunk (placeholders arrive split).
 //! - `cached`: like `echo`, reporting 8 of its 11 prompt tokens as served from the prompt cache.
+//! - `metered`: answers exactly `max_tokens` words ("tok tok …") and reports usage the way the
+//!   gateway estimates it: prompt tokens = characters of the messages' text / 4, rounded up;
+//!   completion tokens = `max_tokens` (so a test knows every request's cost in advance).
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
 //! - `fail`: 500 with an `OpenAI` error body. `ratelimit`: 429 with `retry-after: 7`.
 //! - `reject`: 400 with an `OpenAI` error body. `drop`: one chunk, then (after
@@ -158,7 +161,11 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
     let stream = body["stream"].as_bool().unwrap_or(false);
     let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
     let last = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or_default();
-    let answer = format!("echo: {last}");
+    let metered = metered_usage(&model, body);
+    let answer = match metered {
+        Some((_, completion)) => vec!["tok"; usize::try_from(completion).unwrap_or(0)].join(" "),
+        None => format!("echo: {last}"),
+    };
     match model.as_str() {
         "fail" => return error(StatusCode::INTERNAL_SERVER_ERROR, "the fake upstream failed", "server_error", "internal"),
         "ratelimit" => {
@@ -171,7 +178,8 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
     }
     if !stream {
         let words = u64::try_from(answer.split_whitespace().count()).unwrap_or(0);
-        let mut usage = json!({"prompt_tokens": 11, "completion_tokens": words, "total_tokens": 11 + words});
+        let (prompt, completion) = metered.unwrap_or((11, words));
+        let mut usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
         if model == "cached" {
             usage["prompt_tokens_details"] = json!({"cached_tokens": 8});
         }
@@ -215,8 +223,9 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         }
         let _ = tx.send(Ok(sse(&chunk(&model, &json!({}), Some("stop"))))).await;
         if include_usage {
+            let (prompt, completion) = metered.unwrap_or((11, 3));
             let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-                               "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}});
+                               "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}});
             let _ = tx.send(Ok(sse(&usage))).await;
         }
         let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
@@ -226,6 +235,16 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         .header("content-type", "text/event-stream")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `(prompt, completion)` tokens of a `metered` request (see the module docs).
+fn metered_usage(model: &str, body: &Value) -> Option<(u64, u64)> {
+    if model != "metered" {
+        return None;
+    }
+    let chars: usize = body["messages"].as_array()?.iter().filter_map(|m| m["content"].as_str()).map(|t| t.chars().count()).sum();
+    let max_tokens = body["max_completion_tokens"].as_u64().or_else(|| body["max_tokens"].as_u64()).unwrap_or(16);
+    Some((u64::try_from(chars.div_ceil(4)).unwrap_or(0), max_tokens))
 }
 
 fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response {

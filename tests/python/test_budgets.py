@@ -1,0 +1,139 @@
+"""Tenant budgets with the in-process store: worst-case reservation before dispatch, settlement
+to the actual cost after it (also when the client goes away or the upstream fails), `on_exceed`
+reject and local, and `when.budget_used_over` as a routing signal.
+
+The fake's `metered` model answers exactly `max_tokens` tokens and reports the prompt the way the
+gateway estimates it, at 1000 $/Mtok in and 2000 $/Mtok out: a 40-character prompt (10 tokens)
+with max_tokens 20 costs exactly 0.01 + 0.04 = 0.05 USD, reserved and settled alike."""
+
+import datetime
+import re
+
+import httpx
+import openai
+import pytest
+
+from conftest import Gateway, accounting_record, admin_stats, fake_provider_section, gateway_config, wait_for
+
+COST = 0.05
+PROMPT = "Please count these words for me, thanks."  # 40 characters: 10 tokens
+assert len(PROMPT) == 40
+PAID = '[[rule]]\nname = "paid"\nroute = "fake/metered"\n'
+
+
+def budget_gateway(tmp_path, fake_provider, budget, policy=PAID):
+    tenants = f'[[tenants]]\nname = "default"\nbudget = {budget}\n'
+    return Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider) + tenants), policy=policy)
+
+
+def ask(gw, **kw):
+    client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
+    return client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": PROMPT}], max_tokens=20, **kw)
+
+
+def budget_of(gw):
+    return admin_stats(gw)["budgets"]["default"]
+
+
+def settled(gw, spent):
+    """Waits until every reservation is settled and the day's spend is `spent`."""
+    return wait_for(lambda: (lambda b: b if b["reserved_usd"] == 0 and abs(b["spent_today_usd"] - spent) < 1e-9 else None)(budget_of(gw)),
+                    what=f"spend {spent} settled")
+
+
+def seconds_to_utc_midnight():
+    now = datetime.datetime.now(datetime.timezone.utc)
+    midnight = (now + datetime.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (midnight - now).total_seconds()
+
+
+def test_reject_answers_429_budget_exceeded_until_the_day_ends(tmp_path, fake_provider):
+    gw = budget_gateway(tmp_path, fake_provider, '{ daily_usd = 0.12, on_exceed = "reject" }')
+    try:
+        for i in (1, 2):
+            raw = ask(gw)
+            assert raw.http_response.status_code == 200
+            assert float(raw.headers["x-switchyard-cost-usd"]) == pytest.approx(COST, abs=1e-12)
+            settled(gw, COST * i)
+        with pytest.raises(openai.RateLimitError) as refused:
+            ask(gw)
+        body = refused.value.response.json()["error"]
+        assert body["code"] == "budget_exceeded" and body["type"] == "insufficient_quota", body
+        retry_after = int(refused.value.response.headers["retry-after"])
+        assert abs(retry_after - seconds_to_utc_midnight()) < 5, "the daily budget comes back at 00:00 UTC"
+        b = budget_of(gw)
+        assert b["spent_today_usd"] == pytest.approx(2 * COST, abs=1e-12) and b["reserved_usd"] == 0
+        assert b["used_share"] == pytest.approx(2 * COST / 0.12)
+        metrics = httpx.get(f"{gw.base}/metrics").text
+        left = re.search(r'switchyard_budget_remaining_usd\{period="daily",tenant="default"\} (\S+)', metrics)
+        assert left and float(left.group(1)) == pytest.approx(0.12 - 2 * COST)
+        # The refusal is accounted too, at no cost.
+        record = accounting_record(gw, refused.value.response.headers["x-request-id"])
+        assert record["status"] == "429" and float(record["cost_usd"]) == 0
+    finally:
+        gw.stop()
+
+
+def test_local_on_exceed_reroutes_to_the_local_engine(tmp_path, fake_provider):
+    gw = budget_gateway(tmp_path, fake_provider, '{ daily_usd = 0.06, on_exceed = "local" }')
+    try:
+        first = ask(gw)
+        assert first.headers["x-switchyard-target"] == "fake/metered"
+        assert "x-switchyard-rerouted" not in first.headers
+        settled(gw, COST)
+        second = ask(gw)
+        assert second.http_response.status_code == 200
+        assert second.headers["x-switchyard-target"] == "local/local-small"
+        assert second.headers["x-switchyard-tier"] == "local"
+        assert second.headers["x-switchyard-rerouted"] == "1"
+        assert second.parse().choices[0].message.content
+        # The local answer draws nothing ([local].cost_per_mtok is 0).
+        settled(gw, COST)
+    finally:
+        gw.stop()
+
+
+def test_budget_used_over_keeps_traffic_local_as_money_runs_low(tmp_path, fake_provider):
+    policy = ('[[rule]]\nname = "thrifty"\nwhen.budget_used_over = 0.5\nroute = "local"\n\n' + PAID)
+    gw = budget_gateway(tmp_path, fake_provider, '{ daily_usd = 0.15 }', policy=policy)
+    try:
+        rules = []
+        for spent_after in (COST, 2 * COST, 2 * COST):
+            raw = ask(gw)
+            rules.append(raw.headers["x-switchyard-rule"])
+            settled(gw, spent_after)
+        # 0 % and 33 % used: paid; 67 % used: the thrifty rule takes over.
+        assert rules == ["paid", "paid", "thrifty"]
+        route = httpx.post(f"{gw.v1}/route", json={"model": "auto", "messages": [{"role": "user", "content": PROMPT}]}).json()
+        assert route["rule"] == "thrifty"
+        assert any("budget used > 50%" in r for r in route["reasons"]), route["reasons"]
+    finally:
+        gw.stop()
+
+
+def test_disconnects_and_upstream_failures_release_their_reservation(tmp_path, fake_provider):
+    gw = budget_gateway(tmp_path, fake_provider, '{ daily_usd = 1.0 }', policy='[[rule]]\nname = "gated"\nroute = "fake/gated"\n')
+    try:
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", timeout=30, json={
+                "model": "auto", "stream": True, "max_tokens": 1000,
+                "messages": [{"role": "user", "content": PROMPT}]}) as r:
+            assert r.status_code == 200
+            request_id = r.headers["x-request-id"]
+            for line in r.iter_lines():
+                if '"first"' in line:
+                    break  # the client goes away mid-stream
+        record = accounting_record(gw, request_id)
+        assert record["cost_estimated"] == "true" and float(record["cost_usd"]) > 0
+        b = wait_for(lambda: (lambda b: b if b["reserved_usd"] == 0 and b["spent_today_usd"] > 0 else None)(budget_of(gw)),
+                     what="the cut stream settled")
+        assert b["spent_today_usd"] == pytest.approx(float(record["cost_usd"]), abs=1e-9)
+        spent = b["spent_today_usd"]
+        # An upstream failure: the reservation goes back and nothing is spent.
+        failed = httpx.post(f"{gw.v1}/chat/completions", json={
+            "model": "fake/fail", "max_tokens": 1000, "messages": [{"role": "user", "content": PROMPT}]})
+        assert failed.status_code == 502
+        accounting_record(gw, failed.headers["x-request-id"])
+        settled(gw, spent)
+    finally:
+        gw.stop()

@@ -1,0 +1,159 @@
+"""Budgets and rate limits shared by several replicas through one Redis (a private redis-server
+per test, stopped by pid): exact spend under a race, cluster-wide rate limits, and Redis going
+away and coming back under both `on_outage` settings."""
+
+import asyncio
+import re
+import uuid
+
+import httpx
+import pytest
+
+from conftest import (Gateway, accounting_record, fake_provider_section, fake_requests, gateway_config, new_virtual_key,
+                      remote_only_config, wait_for)
+
+COST = 0.05  # a 40-character prompt with max_tokens 20 on fake/metered (see test_budgets.py)
+BUDGET = 1.0
+PAID = '[[rule]]\nname = "paid"\nroute = "fake/metered"\n'
+
+
+def replicas(tmp_path, fake_provider, redis, tenants, n=3, policy=PAID):
+    config = remote_only_config(fake_provider, f'{tenants}\n[redis]\nurl = "{redis.url}"\n')
+    out = []
+    for i in range(n):
+        d = tmp_path / f"replica{i}"
+        d.mkdir()
+        out.append(Gateway(d, config, policy=policy))
+    return out
+
+
+async def fire(urls_and_bodies, key, concurrency=64):
+    """Sends every (url, body) at once (bounded concurrency); returns (status, headers, body text)."""
+    limit = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def one(url, body):
+            async with limit:
+                headers = {"authorization": f"Bearer {key}"}
+                if body.get("stream"):
+                    async with client.stream("POST", url, json=body, headers=headers) as r:
+                        text = "".join([line async for line in r.aiter_lines()])
+                        return r.status_code, r.headers, text
+                r = await client.post(url, json=body, headers=headers)
+                return r.status_code, r.headers, r.text
+        return await asyncio.gather(*(one(u, b) for u, b in urls_and_bodies))
+
+
+def test_spend_race_across_three_replicas_stays_within_one_request_of_the_budget(tmp_path, fake_provider, private_redis):
+    key, hashed = new_virtual_key()
+    tenants = f'[[tenants]]\nname = "racer"\nkeys = ["{hashed}"]\nbudget = {{ daily_usd = {BUDGET}, on_exceed = "reject" }}\n'
+    gws = replicas(tmp_path, fake_provider, private_redis, tenants)
+    try:
+        run = uuid.uuid4().hex[:8]
+        prompt = f"race {run}: count my words, please!!!"  # 40 characters
+        assert len(prompt) == 40
+        jobs = []
+        for i in range(300):
+            body = {"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": prompt}]}
+            if i % 2:
+                body.update(stream=True, stream_options={"include_usage": True})
+            jobs.append((f"{gws[i % 3].v1}/chat/completions", body))
+        results = asyncio.run(fire(jobs, key))
+        statuses = [s for s, _, _ in results]
+        assert set(statuses) <= {200, 429}, sorted(set(statuses))
+        for status, headers, text in results:
+            if status == 429:
+                assert '"budget_exceeded"' in text and int(headers["retry-after"]) >= 1
+        # What the upstream actually served (and would bill), from the fake's own records.
+        served = [r for r in fake_requests(fake_provider) if prompt in str(r.get("messages"))]
+        spend = len(served) * COST
+        reservation = COST  # the worst case equals the actual cost here
+        assert spend <= BUDGET + reservation + 1e-9, f"overspent: {len(served)} requests served"
+        assert spend >= BUDGET - COST - 1e-9, f"budget not usable: only {len(served)} requests served"
+        assert statuses.count(200) == len(served)
+        # Every reservation settled; Redis holds exactly the spend.
+        wait_for(lambda: private_redis.cli("GET", "switchyard:{racer}:reserved") in ("0", ""), what="reservations released")
+        assert private_redis.cli("ZCARD", "switchyard:{racer}:leases") == "0"
+        day_keys = private_redis.cli("KEYS", "switchyard:{racer}:spend:day:*").split()
+        assert len(day_keys) == 1
+        assert int(private_redis.cli("GET", day_keys[0])) == round(spend * 1e9)
+    finally:
+        for gw in gws:
+            gw.stop()
+
+
+def test_rate_limit_across_three_replicas_is_cluster_wide(tmp_path, fake_provider, private_redis):
+    key, hashed = new_virtual_key()
+    limit = 120
+    tenants = f'[[tenants]]\nname = "limited"\nkeys = ["{hashed}"]\nrate_limit = {{ rpm = {limit} }}\n'
+    gws = replicas(tmp_path, fake_provider, private_redis, tenants, policy='[[rule]]\nname = "echo"\nroute = "fake/echo"\n')
+    try:
+        jobs = [(f"{gws[i % 3].v1}/chat/completions", {"model": "auto", "messages": [{"role": "user", "content": f"hi {i}"}]})
+                for i in range(2 * limit)]
+        results = asyncio.run(fire(jobs, key))
+        accepted = sum(1 for s, _, _ in results if s == 200)
+        # GCRA refills 2 requests a second; the burst is spread over 3 replicas but counted once.
+        assert limit <= accepted <= limit * 1.05, f"{accepted} accepted for a limit of {limit}"
+        for status, headers, text in results:
+            assert headers["x-ratelimit-limit-requests"] == str(limit)
+            if status == 429:
+                assert '"rate_limit_exceeded"' in text and int(headers["retry-after"]) >= 1
+    finally:
+        for gw in gws:
+            gw.stop()
+
+
+def outage_gateway(tmp_path, fake_provider, redis, on_outage):
+    policy = ('[[rule]]\nname = "home"\nwhen.privacy = ["confidential"]\nroute = "local"\n\n'
+              '[[rule]]\nname = "out"\nroute = "fake/echo"\n')
+    tenants = '[[tenants]]\nname = "default"\nbudget = { daily_usd = 100.0 }\n'
+    extra = f'{fake_provider_section(fake_provider)}\n{tenants}\n[redis]\nurl = "{redis.url}"\non_outage = "{on_outage}"\ntimeout_ms = 200\n'
+    return Gateway(tmp_path, gateway_config(extra), policy=policy)
+
+
+def spend_in_redis(redis):
+    keys = redis.cli("KEYS", "switchyard:{default}:spend:day:*").split()
+    return keys and int(redis.cli("GET", keys[0])) > 0
+
+
+def chat(gw, confidential=False):
+    headers = {"x-switchyard-tags": "confidential"} if confidential else {}
+    return httpx.post(f"{gw.v1}/chat/completions", headers=headers, timeout=60,
+                      json={"model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": "Say hi"}]})
+
+
+def test_fail_closed_refuses_remote_keeps_local_and_recovers(tmp_path, fake_provider, private_redis):
+    gw = outage_gateway(tmp_path, fake_provider, private_redis, "fail_closed")
+    try:
+        assert chat(gw).status_code == 200
+        wait_for(lambda: spend_in_redis(private_redis), what="the spend settled in Redis")
+        private_redis.stop()
+        refused = chat(gw)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "limits_store_unavailable"
+        assert "unreachable" in refused.json()["error"]["message"]
+        local = chat(gw, confidential=True)
+        assert local.status_code == 200 and local.headers["x-switchyard-tier"] == "local"
+        private_redis.start()  # empty, on the same port
+        wait_for(lambda: chat(gw).status_code == 200, timeout=15, what="recovery once Redis is back")
+        wait_for(lambda: spend_in_redis(private_redis), what="spend settled in the restarted Redis")
+        assert gw.process.proc.poll() is None
+    finally:
+        gw.stop()
+
+
+def test_fail_open_falls_back_to_local_limits_and_returns_to_redis(tmp_path, fake_provider, private_redis):
+    gw = outage_gateway(tmp_path, fake_provider, private_redis, "fail_open")
+    try:
+        assert chat(gw).status_code == 200
+        private_redis.stop()
+        during = chat(gw)
+        assert during.status_code == 200
+        accounting_record(gw, during.headers["x-request-id"])
+        metrics = httpx.get(f"{gw.base}/metrics").text
+        counted = re.search(r'switchyard_store_unavailable_total\{action="fail_open"\} (\d+)', metrics)
+        assert counted and int(counted.group(1)) >= 1
+        assert any("on_outage = fail_open" in line for line in gw.process.lines)
+        private_redis.start()
+        wait_for(lambda: chat(gw).status_code == 200 and spend_in_redis(private_redis), timeout=15, what="budgets back in Redis")
+    finally:
+        gw.stop()
