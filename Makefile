@@ -14,7 +14,7 @@ export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-router pii-eval clean
+.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-router pii-eval clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -84,6 +84,11 @@ bench-concurrency: model build
 ## Added latency of the gateway on the remote path (fake upstream answering at once), c=1 and c=16.
 bench-remote: build
 	$(abspath $(TARGET_DIR))/release/bench-remote $(BENCH_ARGS)
+
+## Per-request cost of auth + rate limits + budget reserve/settle: none vs in-process vs Redis.
+bench-admission: build
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; }
+	$(abspath $(TARGET_DIR))/release/bench-admission $(BENCH_ARGS)
 
 ## Router latency: classify + decide on typical and PII-dense prompts (criterion, plus a p50/p99 table).
 bench-router:
