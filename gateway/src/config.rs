@@ -383,6 +383,31 @@ mod tests {
     }
 
     #[test]
+    fn budgets_redis_and_cache_are_checked_without_echoing_the_redis_url() {
+        let dir = tempdir();
+        let p = policy(&dir, "openai/gpt-4o");
+        let base = format!(
+            "[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = [{{ name = \"gpt-4o\" }}]\n"
+        );
+        let good = format!(
+            "{base}[[tenants]]\nname = \"acme\"\nbudget = {{ daily_usd = 5.0, on_exceed = \"local\" }}\n[redis]\nurl = \"redis://:pw@127.0.0.1:6379\"\non_outage = \"fail_open\"\n[cache]\nshared = true\n"
+        );
+        let ok = GatewayConfig::load(&write(&dir, "g.toml", &good), None).unwrap();
+        assert_eq!(ok.tenants[0].budget.unwrap().on_exceed, crate::budgets::OnExceed::Local);
+        assert_eq!(ok.redis.unwrap().on_outage, crate::store::redis::OnOutage::FailOpen);
+        let bad = format!(
+            "{base}[[tenants]]\nname = \"acme\"\nbudget = {{ on_exceed = \"reject\" }}\n[redis]\nurl = \"http://secret-host:1\"\n[cache]\nmax_entries = 0\n"
+        );
+        let err = GatewayConfig::load(&write(&dir, "g.toml", &bad), None).unwrap_err().to_string();
+        assert!(err.contains("budget needs daily_usd, monthly_usd or both"), "{err}");
+        assert!(err.contains("redis.url is not a redis:// URL") && !err.contains("secret-host"), "{err}");
+        assert!(err.contains("cache.max_entries must be positive"), "{err}");
+        let orphan_cache = format!("{base}[cache]\nshared = true\n");
+        let err = GatewayConfig::load(&write(&dir, "g.toml", &orphan_cache), None).unwrap_err().to_string();
+        assert!(err.contains("cache.shared = true needs a [redis] section"), "{err}");
+    }
+
+    #[test]
     fn untrusted_route_without_redact_is_a_warning() {
         let dir = tempdir();
         let p = policy(&dir, "openai/gpt-4o");
