@@ -137,3 +137,39 @@ def test_disconnects_and_upstream_failures_release_their_reservation(tmp_path, f
         settled(gw, spent)
     finally:
         gw.stop()
+
+
+def test_a_stream_the_upstream_cuts_settles_its_estimate(tmp_path, fake_provider):
+    gw = budget_gateway(tmp_path, fake_provider, '{ daily_usd = 1.0 }', policy='[[rule]]\nname = "cut"\nroute = "fake/drop"\n')
+    try:
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", timeout=30, json={
+                "model": "auto", "stream": True, "max_tokens": 1000,
+                "messages": [{"role": "user", "content": PROMPT}]}) as r:
+            request_id = r.headers["x-request-id"]
+            events = []
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if '"partial"' in line:
+                        httpx.post(f"{fake_provider}/control/release")
+        assert events[-1] == "[DONE]" and '"error"' in events[-2]
+        record = accounting_record(gw, request_id)
+        b = wait_for(lambda: (lambda b: b if b["reserved_usd"] == 0 and b["spent_today_usd"] > 0 else None)(budget_of(gw)),
+                     what="the cut stream settled")
+        assert b["spent_today_usd"] == pytest.approx(float(record["cost_usd"]), abs=1e-9)
+    finally:
+        gw.stop()
+
+
+def test_priced_local_answers_draw_on_the_budget(tmp_path, fake_provider):
+    config = gateway_config(fake_provider_section(fake_provider) + '[[tenants]]\nname = "default"\nbudget = { daily_usd = 1.0 }\n')
+    config = config.replace("queue = 16\n", "queue = 16\ncost_per_mtok = 1000.0\n", 1)
+    gw = Gateway(tmp_path, config, policy='[[rule]]\nname = "home"\nroute = "local"\n')
+    try:
+        raw = ask(gw)
+        assert raw.headers["x-switchyard-tier"] == "local"
+        cost = float(raw.headers["x-switchyard-cost-usd"])
+        assert cost > 0
+        settled(gw, cost)
+    finally:
+        gw.stop()

@@ -3,7 +3,9 @@ per test, stopped by pid): exact spend under a race, cluster-wide rate limits, a
 away and coming back under both `on_outage` settings."""
 
 import asyncio
+import math
 import re
+import time
 import uuid
 
 import httpx
@@ -66,6 +68,7 @@ def test_spend_race_across_three_replicas_stays_within_one_request_of_the_budget
         # What the upstream actually served (and would bill), from the fake's own records.
         served = [r for r in fake_requests(fake_provider) if prompt in str(r.get("messages"))]
         spend = len(served) * COST
+        print(f"spend race: {len(served)} of 300 served, {statuses.count(429)} refused, spend {spend:.2f} of {BUDGET}")
         reservation = COST  # the worst case equals the actual cost here
         assert spend <= BUDGET + reservation + 1e-9, f"overspent: {len(served)} requests served"
         assert spend >= BUDGET - COST - 1e-9, f"budget not usable: only {len(served)} requests served"
@@ -89,10 +92,15 @@ def test_rate_limit_across_three_replicas_is_cluster_wide(tmp_path, fake_provide
     try:
         jobs = [(f"{gws[i % 3].v1}/chat/completions", {"model": "auto", "messages": [{"role": "user", "content": f"hi {i}"}]})
                 for i in range(2 * limit)]
+        started = time.monotonic()
         results = asyncio.run(fire(jobs, key))
+        elapsed = time.monotonic() - started
         accepted = sum(1 for s, _, _ in results if s == 200)
-        # GCRA refills 2 requests a second; the burst is spread over 3 replicas but counted once.
-        assert limit <= accepted <= limit * 1.05, f"{accepted} accepted for a limit of {limit}"
+        # The burst is spread over 3 replicas but counted once; GCRA refills limit/60 a second,
+        # so only what refilled while the burst ran may pass beyond the limit.
+        refilled = math.ceil(limit * elapsed / 60)
+        print(f"rate limit {limit}/min across 3 replicas: {accepted} of {len(jobs)} accepted in {elapsed:.2f} s")
+        assert limit <= accepted <= limit + refilled + 1, f"{accepted} accepted for a limit of {limit} in {elapsed:.1f} s"
         for status, headers, text in results:
             assert headers["x-ratelimit-limit-requests"] == str(limit)
             if status == 429:
