@@ -9,6 +9,7 @@ mod budgets;
 mod cache;
 mod catalog;
 mod chat_request;
+mod cluster;
 mod config;
 mod dispatch;
 mod error;

@@ -14,7 +14,8 @@ use crate::state::AppState;
 
 /// How long in-flight requests may take to finish after a stop signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// How often the budget gauges and the routing signal are read back from the store.
+/// How often the budget gauges and the routing signal are read back from the store, and this
+/// replica's figures published for the cluster view.
 const BUDGET_REFRESH: Duration = Duration::from_secs(5);
 
 /// Serves until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish (at most
@@ -29,14 +30,20 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when listening on port 0.
     info!(addr = %listener.local_addr()?, "listening");
     let app = crate::app::build(Arc::clone(&state));
-    // Budget figures follow every replica's spend, also for tenants this one has not served lately.
+    // Budget figures follow every replica's spend, also for tenants this one has not served
+    // lately; with Redis, this replica's figures are published for the others' dashboards.
     let refresher = {
-        let limiter = Arc::clone(&state.limiter);
+        let state = Arc::clone(&state);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(BUDGET_REFRESH);
             loop {
                 tick.tick().await;
-                limiter.refresh().await;
+                state.limiter.refresh().await;
+                if let Some(cluster) = &state.cluster {
+                    if let Err(err) = cluster.publish(&state.ledger.rollups, crate::accounting::unix_ms()).await {
+                        tracing::debug!(error = %err, "could not publish this replica's figures");
+                    }
+                }
             }
         })
     };

@@ -14,6 +14,7 @@ use crate::accounting::{Ledger, Pricer};
 use crate::admission::Limiter;
 use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
+use crate::cluster::Cluster;
 use crate::store::RedisStore;
 use crate::metrics::Metrics;
 use crate::tenants::Tenants;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     /// The response cache, if `[cache]` is on.
     pub cache: Option<Arc<ResponseCache>>,
+    /// The cluster view (figures of every replica), with `[redis]`.
+    pub cluster: Option<Cluster>,
     /// Dashboard session tokens handed out by `POST /dashboard/login`.
     pub admin_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The embedded engine, if configured.
@@ -118,6 +121,7 @@ impl AppState {
         };
         let limiter = Arc::new(Limiter::new(&config.tenants, redis.clone().zip(config.redis.as_ref()), Arc::clone(&metrics)));
         let cache = config.cache.as_ref().map(|c| Arc::new(ResponseCache::new(c, redis.clone())));
+        let cluster = redis.clone().map(Cluster::new);
         let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline, Vec::new()));
         Ok(Arc::new(Self {
             config,
@@ -129,6 +133,7 @@ impl AppState {
             admin_key,
             limiter,
             cache,
+            cluster,
             admin_sessions: std::sync::Mutex::new(std::collections::HashSet::new()),
             pricer,
             local,

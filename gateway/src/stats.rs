@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::accounting::UsageRecord;
@@ -14,7 +15,7 @@ const MINUTES: usize = 24 * 60;
 /// Upper bounds of the latency buckets, milliseconds (the last one is open-ended).
 const BUCKETS_MS: [u64; 16] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 20_000, 30_000, 60_000, 120_000, u64::MAX];
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Cell {
     requests: u64,
     errors: u64,
@@ -137,6 +138,38 @@ impl Rollups {
         })
     }
 
+    /// One minute's figures as JSON (what a replica publishes for the others), if it has any.
+    pub fn minute_json(&self, minute: u64) -> Option<String> {
+        let kept = self.minutes.lock().ok()?;
+        cells_json(kept.iter().rev().find(|m| m.at == minute)?)
+    }
+
+    /// Adds another replica's figures for `minute` (as [`Rollups::minute_json`] wrote them).
+    pub fn absorb_json(&self, minute: u64, json: &str) -> bool {
+        let Ok(cells) = serde_json::from_str::<Vec<(String, String, Cell)>>(json) else { return false };
+        let Ok(mut kept) = self.minutes.lock() else { return false };
+        let at = kept.partition_point(|m| m.at < minute);
+        if kept.get(at).is_none_or(|m| m.at != minute) {
+            kept.insert(at, Minute { at: minute, cells: BTreeMap::new() });
+        }
+        let target = &mut kept[at];
+        for (tenant, name, cell) in cells {
+            target.cells.entry((tenant, name)).or_default().add(&cell);
+        }
+        true
+    }
+
+    /// Adds all of `other`'s figures.
+    pub fn absorb(&self, other: &Self) {
+        let minutes: Vec<(u64, String)> = match other.minutes.lock() {
+            Ok(kept) => kept.iter().filter_map(|m| Some((m.at, cells_json(m)?))).collect(),
+            Err(_) => return,
+        };
+        for (at, json) in minutes {
+            self.absorb_json(at, &json);
+        }
+    }
+
     /// Requests per minute over the last `minutes` minutes (oldest first), for the chart.
     pub fn per_minute(&self, now_minute: u64, minutes: u64) -> Vec<u64> {
         let mut out = vec![0; usize::try_from(minutes).unwrap_or(0)];
@@ -148,6 +181,11 @@ impl Rollups {
         }
         out
     }
+}
+
+fn cells_json(m: &Minute) -> Option<String> {
+    let cells: Vec<(&String, &String, &Cell)> = m.cells.iter().map(|((tenant, target), c)| (tenant, target, c)).collect();
+    serde_json::to_string(&cells).ok()
 }
 
 #[cfg(test)]
@@ -191,6 +229,27 @@ mod tests {
         assert_eq!(day["total"]["requests"], 3);
         assert_eq!(day["targets"]["openai/gpt-4o"]["latency_p50_ms"], 1000);
         assert_eq!(r.per_minute(now, 3), vec![0, 0, 2]);
+    }
+
+    #[test]
+    fn replicas_figures_merge_minute_by_minute() {
+        let now = 1_000_000_u64;
+        let a = Rollups::default();
+        a.add(&record(now * 60_000, "local/small", 200, 40, 0.0), 0.0);
+        let b = Rollups::default();
+        b.add(&record((now - 1) * 60_000, "openai/gpt-4o", 200, 800, 0.5), 0.0);
+        b.add(&record(now * 60_000, "local/small", 500, 40, 0.0), 0.0);
+        let merged = Rollups::default();
+        merged.absorb(&a);
+        assert!(merged.absorb_json(now, &b.minute_json(now).unwrap()));
+        assert!(merged.absorb_json(now - 1, &b.minute_json(now - 1).unwrap()));
+        let hour = merged.window(now, 60);
+        assert_eq!(hour["total"]["requests"], 3);
+        assert_eq!(hour["targets"]["local/small"]["requests"], 2);
+        assert_eq!(hour["targets"]["local/small"]["errors"], 1);
+        assert_eq!(hour["targets"]["openai/gpt-4o"]["cost_usd"], 0.5);
+        assert_eq!(merged.per_minute(now, 2), vec![1, 2]);
+        assert!(!merged.absorb_json(now, "not json"));
     }
 
     #[test]

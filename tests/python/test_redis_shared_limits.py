@@ -165,3 +165,23 @@ def test_fail_open_falls_back_to_local_limits_and_returns_to_redis(tmp_path, fak
         wait_for(lambda: chat(gw).status_code == 200 and spend_in_redis(private_redis), timeout=15, what="budgets back in Redis")
     finally:
         gw.stop()
+
+
+def test_admin_stats_are_cluster_wide_with_redis(tmp_path, fake_provider, private_redis):
+    gws = replicas(tmp_path, fake_provider, private_redis, "", n=2, policy='[[rule]]\nname = "echo"\nroute = "fake/echo"\n')
+    try:
+        sent = [3, 2]
+        for gw, n in zip(gws, sent):
+            for i in range(n):
+                assert httpx.post(f"{gw.v1}/chat/completions",
+                                  json={"model": "auto", "messages": [{"role": "user", "content": f"hi {i}"}]}).status_code == 200
+        # Each replica publishes its minutes every 5 s; either one then shows both.
+        for gw in gws:
+            stats = wait_for(lambda: (lambda s: s if s["hour"]["total"]["requests"] == sum(sent) and len(s["replicas"]) == 2 else None)(
+                httpx.get(f"{gw.base}/admin/stats").json()), timeout=15, what="cluster-wide figures")
+            assert stats["scope"] == "cluster"
+            assert stats["hour"]["targets"]["fake/echo"]["requests"] == sum(sent)
+            assert {r["id"] for r in stats["replicas"]} >= {stats["replica"]}
+    finally:
+        for gw in gws:
+            gw.stop()

@@ -49,11 +49,26 @@ pub async fn login(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
 }
 
 /// `GET /admin/stats`: the last hour and day per tenant and target, requests per minute, the
-/// engine and the circuits. Figures are this replica's, except budgets: those are the shared
-/// store's (every replica's spend), read at most a few seconds ago.
+/// engine and the circuits. With `[redis]`, request figures are every replica's (each publishes
+/// its rollups every few seconds) and budgets the shared store's; else this replica's.
 pub async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let now_minute = unix_ms() / 60_000;
-    let rollups = &state.ledger.rollups;
+    let now_ms = unix_ms();
+    let now_minute = now_ms / 60_000;
+    let own = &state.ledger.rollups;
+    let merged = match &state.cluster {
+        Some(cluster) => match cluster.merged(own, now_ms).await {
+            Ok(view) => Some(view),
+            Err(err) => {
+                tracing::warn!(error = %err, "cluster figures unavailable; showing this replica's");
+                None
+            }
+        },
+        None => None,
+    };
+    let (rollups, scope, replicas) = match &merged {
+        Some((rollups, replicas)) => (rollups, "cluster", json!(replicas)),
+        None => (own, "replica", Value::Null),
+    };
     let engine = state.local.as_ref().map(|l| {
         let s = l.engine().stats();
         #[allow(clippy::cast_precision_loss)]
@@ -67,6 +82,9 @@ pub async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
     let circuits: serde_json::Map<String, Value> =
         state.remotes.iter().map(|(name, r)| (name.clone(), Value::Bool(r.provider.is_open()))).collect();
     Json(json!({
+        "scope": scope,
+        "replica": state.cluster.as_ref().map(|c| c.replica.clone()),
+        "replicas": replicas,
         "requests_total": state.ledger.requests(),
         "hour": rollups.window(now_minute, 60),
         "day": rollups.window(now_minute, 24 * 60),
