@@ -30,6 +30,19 @@ pub struct ServerConfig {
     /// Environment variable holding the admin key that guards `/admin/*` and `/dashboard`.
     #[serde(default)]
     pub admin_key_env: Option<String>,
+    /// A connection must deliver a request's headers within this (slow or idle clients are
+    /// closed).
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this (408 `request_timeout` otherwise).
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Chat requests of one tenant in flight at once; more get 429 `rate_limit_exceeded`.
+    #[serde(default = "default_max_in_flight_per_tenant")]
+    pub max_in_flight_per_tenant: usize,
 }
 
 fn default_listen() -> String {
@@ -41,10 +54,31 @@ fn default_region() -> String {
 const fn default_max_body_bytes() -> usize {
     4 * 1024 * 1024
 }
+const fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+const fn default_body_timeout_ms() -> u64 {
+    30_000
+}
+const fn default_max_connections() -> usize {
+    8192
+}
+const fn default_max_in_flight_per_tenant() -> usize {
+    512
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), region: default_region(), max_body_bytes: default_max_body_bytes(), admin_key_env: None }
+        Self {
+            listen: default_listen(),
+            region: default_region(),
+            max_body_bytes: default_max_body_bytes(),
+            admin_key_env: None,
+            header_timeout_ms: default_header_timeout_ms(),
+            body_timeout_ms: default_body_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_in_flight_per_tenant: default_max_in_flight_per_tenant(),
+        }
     }
 }
 
@@ -168,8 +202,16 @@ impl GatewayConfig {
         if let Err(p) = &listen {
             problems.push(p.clone());
         }
-        if raw.server.max_body_bytes == 0 {
-            problems.push(format!("{file}: server.max_body_bytes must be positive"));
+        for (key, value) in [
+            ("max_body_bytes", raw.server.max_body_bytes),
+            ("max_connections", raw.server.max_connections),
+            ("max_in_flight_per_tenant", raw.server.max_in_flight_per_tenant),
+            ("header_timeout_ms", usize::try_from(raw.server.header_timeout_ms).unwrap_or(usize::MAX)),
+            ("body_timeout_ms", usize::try_from(raw.server.body_timeout_ms).unwrap_or(usize::MAX)),
+        ] {
+            if value == 0 {
+                problems.push(format!("{file}: server.{key} must be positive"));
+            }
         }
         if let Some(local) = &raw.local {
             problems.extend(local.problems().into_iter().map(|p| format!("{file}: {p}")));

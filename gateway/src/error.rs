@@ -22,6 +22,18 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// The body did not arrive in time (`[server].body_timeout_ms`).
+    #[error("The request body did not arrive within {after_ms} ms.")]
+    BodyTimeout {
+        /// The timeout.
+        after_ms: u64,
+    },
+    /// The tenant already has `[server].max_in_flight_per_tenant` requests running.
+    #[error("Too many requests in flight for this key (at most {limit} at once); retry when one finishes.")]
+    TooManyInFlight {
+        /// The limit.
+        limit: usize,
+    },
     /// No such model.
     #[error("The model `{model}` does not exist or you do not have access to it.")]
     ModelNotFound {
@@ -106,6 +118,14 @@ impl ApiError {
             Self::TooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, detail("invalid_request_error", Some("request_too_large"), None), None)
             }
+            Self::BodyTimeout { .. } => {
+                (StatusCode::REQUEST_TIMEOUT, detail("invalid_request_error", Some("request_timeout"), None), None)
+            }
+            Self::TooManyInFlight { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                detail("rate_limit_error", Some("rate_limit_exceeded"), None),
+                Some(1),
+            ),
             Self::ModelNotFound { .. } => (
                 StatusCode::NOT_FOUND,
                 detail("invalid_request_error", Some("model_not_found"), Some("model".into())),

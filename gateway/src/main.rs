@@ -14,6 +14,7 @@ mod config;
 mod dispatch;
 mod error;
 mod handlers;
+mod in_flight;
 mod metrics;
 mod limits;
 mod middleware;

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
-use tokio::sync::Notify;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{Notify, Semaphore};
 use tracing::{info, warn};
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, ServerConfig};
 use crate::state::AppState;
 
 /// How long in-flight requests may take to finish after a stop signal.
@@ -48,27 +50,20 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         })
     };
     let stopping = Arc::new(Notify::new());
-    let on_signal = {
+    {
         let state = Arc::clone(&state);
         let stopping = Arc::clone(&stopping);
-        async move {
+        tokio::spawn(async move {
             stop_signal().await;
             info!("stop signal received; draining in-flight requests");
             state.draining.store(true, Relaxed);
             stopping.notify_one();
-        }
-    };
-    // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm meeting the
-    // client's delayed ACK holds events back for ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            warn!(error = %err, "could not set TCP_NODELAY on a connection");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(on_signal);
+        });
+    }
+    let graceful = accept_loop(listener, app, &state.config.server, &stopping).await;
     tokio::select! {
-        result = server => result.context("serving")?,
-        () = async { stopping.notified().await; tokio::time::sleep(DRAIN_DEADLINE).await } => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_DEADLINE) => {
             warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; closing remaining connections");
         }
     }
@@ -82,6 +77,57 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     state.ledger.close();
     info!("stopped");
     Ok(())
+}
+
+/// Accepts connections until `stopping` is notified, at most `max_connections` at once (more
+/// wait in the listen backlog), each served by hyper's HTTP/1 with the header timeout. Returns
+/// the watcher of the connections still open, for the drain.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    server: &ServerConfig,
+    stopping: &Notify,
+) -> GracefulShutdown {
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(server.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(server.header_timeout_ms));
+    let stop = stopping.notified();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => tokio::select! {
+                    () = &mut stop => break,
+                    accepted = listener.accept() => accepted.map(|(tcp, _)| (tcp, permit)),
+                },
+                Err(_) => break,
+            },
+        };
+        let (tcp, permit) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // Out of file descriptors and the like: log, and let the condition pass.
+                warn!(error = %err, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Streams are many small writes: without TCP_NODELAY, Nagle's algorithm meeting the
+        // client's delayed ACK holds events back for ~40 ms.
+        if let Err(err) = tcp.set_nodelay(true) {
+            warn!(error = %err, "could not set TCP_NODELAY on a connection");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, header timeout, malformed request).
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    graceful
 }
 
 async fn stop_signal() {

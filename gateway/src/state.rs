@@ -15,6 +15,7 @@ use crate::admission::Limiter;
 use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
 use crate::cluster::Cluster;
+use crate::in_flight::InFlight;
 use crate::store::RedisStore;
 use crate::metrics::Metrics;
 use crate::tenants::Tenants;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub cache: Option<Arc<ResponseCache>>,
     /// The cluster view (figures of every replica), with `[redis]`.
     pub cluster: Option<Cluster>,
+    /// Chat requests in flight per tenant.
+    pub in_flight: Arc<InFlight>,
     /// Dashboard session tokens handed out by `POST /dashboard/login`.
     pub admin_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The embedded engine, if configured.
@@ -122,6 +125,7 @@ impl AppState {
         let limiter = Arc::new(Limiter::new(&config.tenants, redis.clone().zip(config.redis.as_ref()), Arc::clone(&metrics)));
         let cache = config.cache.as_ref().map(|c| Arc::new(ResponseCache::new(c, redis.clone())));
         let cluster = redis.clone().map(Cluster::new);
+        let in_flight = InFlight::new(config.server.max_in_flight_per_tenant);
         let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline, Vec::new()));
         Ok(Arc::new(Self {
             config,
@@ -133,6 +137,7 @@ impl AppState {
             admin_key,
             limiter,
             cache,
+            in_flight,
             cluster,
             admin_sessions: std::sync::Mutex::new(std::collections::HashSet::new()),
             pricer,
@@ -141,6 +146,11 @@ impl AppState {
             started_unix,
             draining: AtomicBool::new(false),
         }))
+    }
+
+    /// `[server].body_timeout_ms`.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.config.server.body_timeout_ms)
     }
 
     /// Targets whose provider's circuit is open: the router skips them.

@@ -30,7 +30,7 @@ pub async fn dashboard() -> Html<&'static str> {
 
 /// `POST /dashboard/login` with `{"key": "…"}`: sets an `HttpOnly` session cookie.
 pub async fn login(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
-    let bytes = read_body(body, 4096).await?;
+    let bytes = read_body(body, 4096, state.body_timeout()).await?;
     let given = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v["key"].as_str().map(str::to_owned)).unwrap_or_default();
     let Some(key) = &state.admin_key else { return Ok(StatusCode::NO_CONTENT.into_response()) };
     if !key_matches(&given, key) {
@@ -97,6 +97,7 @@ pub async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
             "reserved_usd": nanos_to_usd(spend.reserved_nusd), "used_share": spend.used_share(budget.limits()),
         }))).collect::<serde_json::Map<String, Value>>(),
         "settlements_waiting": state.limiter.settlements_waiting(),
+        "in_flight": state.in_flight.total(),
         "recent": state.ledger.recent().iter().rev().take(20).map(|r| json!({
             "request_id": r.request_id, "tenant": r.tenant, "target": r.target, "status": r.status,
             "latency_ms": r.latency_ms, "cost_usd": r.cost_usd,

@@ -87,7 +87,7 @@ async fn answer(
     record: &mut Option<PendingRecord>,
     rate: &mut RateHeaders,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(body, state.config.server.max_body_bytes).await?;
+    let bytes = read_body(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
     let req = parse_chat_request(&bytes)?;
     let prompt_chars = privacy::text_chars(&req);
     let prompt_tokens = estimate_tokens(prompt_chars);
@@ -103,6 +103,7 @@ async fn answer(
     // A hit spends nothing; otherwise the worst case over every target that may serve is held.
     let reserve = if cached.is_some() { 0 } else { worst_case_nusd(state, &req, &decision, prompt_tokens, &tenant.name) };
     let remote_bound = cached.is_none() && candidates(&decision).any(|t| !is_local(state, t));
+    let slot = state.in_flight.enter(&tenant.name).ok_or(ApiError::TooManyInFlight { limit: state.in_flight.limit() })?;
     let mut standing = (None, None);
     let admitted = state.limiter.admit(&tenant.name, prompt_tokens, reserve, remote_bound, &ctx.request_id, &mut standing).await;
     (rate.requests, rate.tokens) = standing;
@@ -126,7 +127,11 @@ async fn answer(
     if let Some(r) = record.as_mut() {
         r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
         let limiter = Arc::clone(&state.limiter);
-        r.on_finish(Box::new(move |finished| limiter.settle(&ticket, finished)));
+        // The in-flight slot is held until the request ends (a stream: until it is done or dropped).
+        r.on_finish(Box::new(move |finished| {
+            limiter.settle(&ticket, finished);
+            drop(slot);
+        }));
     }
     if let Some(hit) = cached {
         return Ok(cached_answer(&req, &decision, &hit, record));

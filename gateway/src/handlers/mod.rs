@@ -11,9 +11,13 @@ use axum::body::Body;
 
 use crate::error::ApiError;
 
-/// Reads the whole body, refusing more than `limit` bytes with 413.
-pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// Reads the whole body, refusing more than `limit` bytes with 413 and a body that takes longer
+/// than `timeout` to arrive with 408.
+pub async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<bytes::Bytes, ApiError> {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| ApiError::BodyTimeout { after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) })?;
+    read.map_err(|e| {
         let inner = e.into_inner();
         if inner.is::<http_body_util::LengthLimitError>() {
             ApiError::TooLarge { limit }

@@ -22,7 +22,7 @@ pub async fn route(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = read_body(body, state.config.server.max_body_bytes).await?;
+    let bytes = read_body(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
     let req = parse_chat_request(&bytes)?;
     Ok(Json(decision_json(&plan(&state, &req, &headers, &tenant, false)?)))
 }
