@@ -23,7 +23,11 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         }
     }
     let req: ChatRequest = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
+        let mut path = e.path().to_string();
+        // serde names a missing field only in its message: put it in the param too.
+        if let Some(field) = e.inner().to_string().strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            path = if path == "." { field.to_owned() } else { format!("{path}.{field}") };
+        }
         let param = if path == "." { None } else { Some(path) };
         ApiError::InvalidRequest { message: format!("Invalid type for '{}': {}", param.as_deref().unwrap_or("body"), e.inner()), param }
     })?;
@@ -78,6 +82,45 @@ fn validate(req: &ChatRequest) -> Result<(), ApiError> {
     if req.stream_options.is_some() && !req.is_stream() {
         return Err(ApiError::invalid("'stream_options' is only allowed when 'stream' is true.", "stream_options"));
     }
+    if let Some(tools) = &req.tools {
+        validate_tools(tools)?;
+    }
+    Ok(())
+}
+
+/// `tools`: function tools, each with a name of 1–64 of `[A-Za-z0-9_-]` and, if given, a JSON
+/// Schema object as `parameters` (as the API checks them).
+fn validate_tools(tools: &serde_json::Value) -> Result<(), ApiError> {
+    let list = tools.as_array().ok_or_else(|| ApiError::invalid("'tools' must be an array of tools.", "tools"))?;
+    for (i, tool) in list.iter().enumerate() {
+        let at = |field: &str| format!("tools[{i}]{field}");
+        if tool["type"] != "function" {
+            return Err(ApiError::invalid(format!("Invalid value for '{}': only \"function\" tools are supported.", at(".type")), at(".type")));
+        }
+        let function = tool.get("function").filter(|f| f.is_object()).ok_or_else(|| {
+            ApiError::invalid(format!("Missing required parameter: '{}'.", at(".function")), at(".function"))
+        })?;
+        let name_ok = function["name"].as_str().is_some_and(|n| {
+            (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if !name_ok {
+            return Err(ApiError::invalid(
+                format!("Invalid '{}': a string of 1 to 64 letters, digits, underscores or dashes is required.", at(".function.name")),
+                at(".function.name"),
+            ));
+        }
+        if let Some(parameters) = function.get("parameters") {
+            let type_ok = parameters.get("type").is_none_or(|t| {
+                t.is_string() || t.as_array().is_some_and(|a| a.iter().all(serde_json::Value::is_string))
+            });
+            if !parameters.is_object() || !type_ok {
+                return Err(ApiError::invalid(
+                    format!("Invalid schema for '{}': it must be a JSON Schema object.", at(".function.parameters")),
+                    at(".function.parameters"),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -117,5 +160,18 @@ mod tests {
         assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#).as_deref(), Some("max_tokens"));
         assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#).as_deref(), Some("max_tokens"));
         assert_eq!(param_of(r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#).as_deref(), Some("model"));
+        assert_eq!(param_of(r#"{"model":"auto","messages":[{"content":"x"}]}"#).as_deref(), Some("messages[0].role"));
+    }
+
+    #[test]
+    fn tools_must_be_function_tools_with_a_schema() {
+        let with = |tools: &str| format!(r#"{{"model":"auto","messages":[{{"role":"user","content":"x"}}],"tools":{tools}}}"#);
+        assert_eq!(param_of(&with(r#""x""#)).as_deref(), Some("tools"));
+        assert_eq!(param_of(&with(r#"[{"type":"retrieval"}]"#)).as_deref(), Some("tools[0].type"));
+        assert_eq!(param_of(&with(r#"[{"type":"function"}]"#)).as_deref(), Some("tools[0].function"));
+        assert_eq!(param_of(&with(r#"[{"type":"function","function":{"name":"has space"}}]"#)).as_deref(), Some("tools[0].function.name"));
+        assert_eq!(param_of(&with(r#"[{"type":"function","function":{"name":"f","parameters":{"type":5}}}]"#)).as_deref(), Some("tools[0].function.parameters"));
+        let ok = with(r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{}}}}]"#);
+        assert!(parse_chat_request(ok.as_bytes()).is_ok());
     }
 }

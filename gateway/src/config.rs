@@ -67,6 +67,20 @@ const fn default_max_in_flight_per_tenant() -> usize {
     512
 }
 
+impl ServerConfig {
+    /// What is wrong with it.
+    pub fn problems(&self) -> Vec<String> {
+        let positive = [
+            ("max_body_bytes", self.max_body_bytes as u64),
+            ("max_connections", self.max_connections as u64),
+            ("max_in_flight_per_tenant", self.max_in_flight_per_tenant as u64),
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("body_timeout_ms", self.body_timeout_ms),
+        ];
+        positive.iter().filter(|(_, v)| *v == 0).map(|(key, _)| format!("server.{key} must be positive")).collect()
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -202,17 +216,7 @@ impl GatewayConfig {
         if let Err(p) = &listen {
             problems.push(p.clone());
         }
-        for (key, value) in [
-            ("max_body_bytes", raw.server.max_body_bytes),
-            ("max_connections", raw.server.max_connections),
-            ("max_in_flight_per_tenant", raw.server.max_in_flight_per_tenant),
-            ("header_timeout_ms", usize::try_from(raw.server.header_timeout_ms).unwrap_or(usize::MAX)),
-            ("body_timeout_ms", usize::try_from(raw.server.body_timeout_ms).unwrap_or(usize::MAX)),
-        ] {
-            if value == 0 {
-                problems.push(format!("{file}: server.{key} must be positive"));
-            }
-        }
+        problems.extend(raw.server.problems().into_iter().map(|p| format!("{file}: {p}")));
         if let Some(local) = &raw.local {
             problems.extend(local.problems().into_iter().map(|p| format!("{file}: {p}")));
         }

@@ -1,0 +1,193 @@
+"""Every kind of bad input gets the right OpenAI-style error or a closed connection — never a
+panic, never a hang — and leaves nothing behind: no engine slot, no in-flight slot, no budget
+reservation. One gateway (real model, fake upstream, a tenant with a budget, short server
+timeouts) takes all of it; the last test checks that it is still whole."""
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import Gateway, accounting_record, admin_stats, fake_provider_section, gateway_config, wait_for
+
+POLICY = ('[[rule]]\nname = "paid"\nwhen.requested_model = "fake/*"\nroute = "fake/metered"\n\n'
+          '[[rule]]\nname = "home"\nroute = "local"\n')
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, fake_provider):
+    config = gateway_config(fake_provider_section(fake_provider)
+                            + '[[tenants]]\nname = "default"\nbudget = { daily_usd = 100.0 }\n', context=2048, parallel=2)
+    config = config.replace('[server]\nregion = "eu-west"', '[server]\nregion = "eu-west"\nheader_timeout_ms = 1000\n'
+                            'body_timeout_ms = 1000\nmax_body_bytes = 1048576')
+    g = Gateway(tmp_path_factory.mktemp("bad"), config, policy=POLICY)
+    yield g
+    g.stop()
+
+
+def post(gw, body, **kw):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(f"{gw.v1}/chat/completions", content=data, headers={"content-type": "application/json"},
+                      timeout=30, **kw)
+
+
+def error_of(r, status):
+    assert r.status_code == status, (r.status_code, r.text[:500])
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert err["message"]
+    return err
+
+
+def msg(content="Hi", role="user"):
+    return {"role": role, "content": content}
+
+
+def test_body_over_the_limit_is_413(gw):
+    err = error_of(post(gw, {"model": "auto", "messages": [msg("x" * 1_100_000)]}), 413)
+    assert err["code"] == "request_too_large"
+
+
+def test_deeply_nested_json_is_400(gw):
+    nested = '{"model": "auto", "messages": [' + "[" * 10_000 + "]" * 10_000 + "]}"
+    error_of(post(gw, nested), 400)
+
+
+def test_invalid_utf8_is_400(gw):
+    error_of(post(gw, b'{"model": "auto", "messages": [{"role": "user", "content": "\xff\xfe"}]}'), 400)
+
+
+@pytest.mark.parametrize("field,value", [("n", 1_000_000), ("n", 0), ("max_tokens", -5), ("max_tokens", 10**12),
+                                         ("max_completion_tokens", -1), ("temperature", "hot"), ("stream", "yes")])
+def test_absurd_numbers_and_types_are_400_naming_the_field(gw, field, value):
+    err = error_of(post(gw, {"model": "auto", "messages": [msg()], field: value}), 400)
+    assert err["param"] == field, err
+
+
+def test_a_max_tokens_beyond_the_context_is_context_length_exceeded(gw):
+    err = error_of(post(gw, {"model": "auto", "messages": [msg()], "max_tokens": 1_000_000}), 400)
+    assert err["code"] == "context_length_exceeded"
+
+
+def test_ten_thousand_messages_are_refused_or_answered_quickly(gw):
+    messages = [msg(f"m{i}", "user" if i % 2 == 0 else "assistant") for i in range(10_000)]
+    started = time.monotonic()
+    r = post(gw, {"model": "auto", "max_tokens": 4, "messages": messages})
+    assert time.monotonic() - started < 20
+    err = error_of(r, 400)
+    assert err["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("messages,param", [
+    ([], "messages"),
+    ([{"role": "wizard", "content": "hi"}], "messages[0].role"),
+    ([{"role": "user", "content": 5}], "messages[0].content"),
+    ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content"),
+    ([{"content": "hi"}], "messages[0].role"),
+    ("not a list", "messages"),
+])
+def test_malformed_messages_are_400_naming_the_field(gw, messages, param):
+    err = error_of(post(gw, {"model": "auto", "messages": messages}), 400)
+    assert err["param"] == param, err
+
+
+def test_empty_content_is_answered(gw):
+    r = post(gw, {"model": "auto", "max_tokens": 4, "messages": [msg("")]})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("tools", ["not a list", [{"type": "function"}], [{"type": "function", "function": {"name": 7}}],
+                                   [{"type": "function", "function": {"name": "f", "parameters": "not a schema"}}]])
+def test_tools_that_are_not_json_schema_are_400(gw, tools):
+    err = error_of(post(gw, {"model": "auto", "messages": [msg()], "tools": tools}), 400)
+    assert err["param"] and err["param"].startswith("tools"), err
+
+
+def test_wrong_content_type_is_still_parsed_or_refused_cleanly(gw):
+    r = httpx.post(f"{gw.v1}/chat/completions", content="model=auto", headers={"content-type": "application/x-www-form-urlencoded"})
+    error_of(r, 400)
+
+
+def test_a_one_megabyte_header_closes_or_refuses(gw):
+    try:
+        r = httpx.post(f"{gw.v1}/chat/completions", json={"model": "auto", "messages": [msg()]},
+                       headers={"x-padding": "a" * 1_048_576}, timeout=10)
+        assert r.status_code == 431, r.status_code
+    except httpx.HTTPError:
+        pass  # the server closed the connection: also fine
+    assert httpx.get(f"{gw.base}/healthz").status_code == 200
+
+
+def raw_connection(gw):
+    host, port = gw.base.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_slowloris_headers_are_cut_off_and_the_server_stays_responsive(gw):
+    conns = [raw_connection(gw) for _ in range(20)]
+    for c in conns:
+        c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+    # While they hang, normal traffic is served.
+    assert httpx.get(f"{gw.base}/healthz", timeout=5).status_code == 200
+    for c in conns:
+        started = time.monotonic()
+        data = c.recv(4096)  # the server answers 408 or just closes once header_timeout_ms passes
+        assert time.monotonic() - started < 5
+        assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:100]
+        c.close()
+
+
+def test_a_trickled_body_gets_408(gw):
+    c = raw_connection(gw)
+    body = json.dumps({"model": "auto", "messages": [msg()]}).encode()
+    c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    started = time.monotonic()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    assert time.monotonic() - started < 5
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    c.close()
+
+
+def test_a_thousand_idle_connections_do_not_stop_traffic(gw):
+    idle = [raw_connection(gw) for _ in range(1000)]
+    try:
+        for i in range(5):
+            r = post(gw, {"model": "fake/metered", "max_tokens": 3, "messages": [msg(f"still here {i}")]})
+            assert r.status_code == 200, r.text
+    finally:
+        for c in idle:
+            c.close()
+
+
+def test_nothing_is_left_behind(gw):
+    # A stream cut by the client, and a burst of bad requests in parallel, then: zero everywhere.
+    with httpx.stream("POST", f"{gw.v1}/chat/completions", json={"model": "auto", "stream": True, "max_tokens": 200,
+                                                                 "messages": [msg("Tell me a long story")]}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break
+    bad = [b"{", b'{"model": 1}', json.dumps({"model": "fake/metered", "messages": [msg()], "n": -1}).encode()]
+    threads = [threading.Thread(target=post, args=(gw, bad[i % 3])) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine = lambda: httpx.get(f"{gw.base}/readyz").json()["engine"]  # noqa: E731
+    wait_for(lambda: engine()["active"] == 0 and engine()["queued"] == 0 and engine()["kv_cells_used"] == 0,
+             what="engine slots released")
+    wait_for(lambda: admin_stats(gw)["in_flight"] == 0, what="in-flight slots released")
+    wait_for(lambda: admin_stats(gw)["budgets"]["default"]["reserved_usd"] == 0, what="reservations released")
+    assert not any("panicked" in line for line in gw.process.lines)
+    assert gw.process.proc.poll() is None
+    ok = post(gw, {"model": "auto", "max_tokens": 2, "messages": [msg()]})
+    assert ok.status_code == 200
+    accounting_record(gw, ok.headers["x-request-id"])
