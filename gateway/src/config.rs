@@ -202,9 +202,19 @@ impl GatewayConfig {
     /// Reads and checks `path` and the policy it names. `listen_override` is `SWITCHYARD_LISTEN`.
     pub fn load(path: &Path, listen_override: Option<&str>) -> Result<Self, ConfigErrors> {
         let text = read(path)?;
-        let file = path.display();
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map_or(1, |s| line_of(&text, s.start));
+        Self::from_text(&text, &path.display().to_string(), listen_override, &read)
+    }
+
+    /// [`GatewayConfig::load`] on the file's `text` (named `file` in messages); the policy file
+    /// is read with `read_policy`.
+    pub fn from_text(
+        text: &str,
+        file: &str,
+        listen_override: Option<&str>,
+        read_policy: &dyn Fn(&Path) -> Result<String, ConfigErrors>,
+    ) -> Result<Self, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(1, |s| line_of(text, s.start));
             ConfigErrors { problems: vec![format!("{file}:{line}: {}", e.message())] }
         })?;
         let mut problems = Vec::new();
@@ -239,7 +249,7 @@ impl GatewayConfig {
                 problems.push(format!("{file}: metrics.baseline_model: target {baseline:?} is not configured"));
             }
         }
-        let policy_text = read(&raw.policy.file).map_err(|e| {
+        let policy_text = read_policy(&raw.policy.file).map_err(|e| {
             let mut problems = problems.clone();
             problems.extend(e.problems);
             ConfigErrors { problems }

@@ -1,29 +1,6 @@
-//! `switchyard`: the hybrid LLM gateway.
+//! `switchyard`: the hybrid LLM gateway's command line (the gateway itself is the `gateway` library).
 #![forbid(unsafe_code)]
 
-mod accounting;
-mod admission;
-mod app;
-mod audit;
-mod budgets;
-mod cache;
-mod catalog;
-mod chat_request;
-mod cluster;
-mod config;
-mod dispatch;
-mod error;
-mod handlers;
-mod in_flight;
-mod metrics;
-mod limits;
-mod middleware;
-mod privacy;
-mod serve;
-mod state;
-mod stats;
-mod store;
-mod tenants;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -32,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::config::GatewayConfig;
+use gateway::config::{self, GatewayConfig};
+use gateway::{catalog, chat_request, dispatch, handlers, serve, tenants};
 
 /// Switchyard: one OpenAI-compatible endpoint that serves easy and private requests on a local
 /// model and escalates hard ones to frontier APIs.

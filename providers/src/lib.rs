@@ -2,7 +2,7 @@
 //! remote providers and the adapter over the embedded engine.
 #![forbid(unsafe_code)]
 
-mod anthropic;
+pub mod anthropic;
 mod circuit;
 mod config;
 mod error;
@@ -17,7 +17,7 @@ pub use circuit::{counts_against_provider, Breaker, BreakerConfig, Guarded};
 pub use config::{ModelPrice, ProviderConfig, ProviderKind};
 pub use error::ProviderError;
 pub use local::LocalProvider;
-pub use openai_compatible::OpenAiCompatible;
+pub use openai_compatible::{decode_stream, OpenAiCompatible};
 pub use pool::{Lease, Pool};
 pub use provider::{collect_stream, ChunkStream, Provider};
 pub use retry::{retryable_status, RetryPolicy};

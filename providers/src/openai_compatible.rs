@@ -372,25 +372,69 @@ impl Provider for OpenAiCompatible {
         if let Dialect::Anthropic { .. } = self.dialect {
             return Ok(anthropic_chunks(events.boxed(), provider));
         }
-        let chunks = events
-            .take_while(|event| futures::future::ready(!matches!(event, Ok(e) if e.data.trim() == "[DONE]")))
-            .filter_map(move |event| {
-                let provider = provider.clone();
-                async move {
-                    let upstream = |message: String| ProviderError::Upstream { provider: provider.clone(), status: None, message };
-                    let event = match event {
-                        Ok(event) => event,
-                        Err(e) => return Some(Err(upstream(format!("stream broken: {e}")))),
-                    };
-                    if event.data.trim().is_empty() {
-                        return None;
-                    }
-                    if let Ok(body) = serde_json::from_str::<ErrorBody>(&event.data) {
-                        return Some(Err(upstream(body.error.message)));
-                    }
-                    Some(serde_json::from_str::<ChatChunk>(&event.data).map_err(|e| upstream(format!("unreadable chunk: {e}"))))
+        Ok(openai_chunks(events.boxed(), provider))
+    }
+}
+
+/// `OpenAI` chunks from an `OpenAI`-style event stream; it ends at `[DONE]`. An `error` object in
+/// the stream, a broken stream or an unreadable chunk becomes an `Upstream` error.
+fn openai_chunks(events: Events, provider: String) -> ChunkStream {
+    events
+        .take_while(|event| futures::future::ready(!matches!(event, Ok(e) if e.data.trim() == "[DONE]")))
+        .filter_map(move |event| {
+            let provider = provider.clone();
+            async move {
+                let upstream = |message: String| ProviderError::Upstream { provider: provider.clone(), status: None, message };
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => return Some(Err(upstream(format!("stream broken: {e}")))),
+                };
+                if event.data.trim().is_empty() {
+                    return None;
                 }
-            });
-        Ok(chunks.boxed())
+                if let Ok(body) = serde_json::from_str::<ErrorBody>(&event.data) {
+                    return Some(Err(upstream(body.error.message)));
+                }
+                Some(serde_json::from_str::<ChatChunk>(&event.data).map_err(|e| upstream(format!("unreadable chunk: {e}"))))
+            }
+        })
+        .boxed()
+}
+
+/// Runs the upstream stream decoder (SSE framing, then the dialect's chunk translation) over a
+/// body that arrives in `pieces`, all at once. The same code path as a live stream, without a
+/// socket: for fuzzing and tests.
+pub fn decode_stream(pieces: Vec<Vec<u8>>, anthropic: bool) -> Vec<Result<ChatChunk, ProviderError>> {
+    let bytes = stream::iter(pieces.into_iter().map(|p| Ok::<_, std::io::Error>(bytes::Bytes::from(p))));
+    let events: Events = bytes.eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
+    let chunks = if anthropic { anthropic_chunks(events, "fuzz".into()) } else { openai_chunks(events, "fuzz".into()) };
+    // Every piece is ready at once and nothing here waits on a timer: one poll finishes it.
+    futures::FutureExt::now_or_never(chunks.collect::<Vec<_>>()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_decodes_the_same_however_it_is_split() {
+        let body = concat!(
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hé\"},\"finish_reason\":null}]}\n\n",
+            ": keep-alive\n\n",
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n",
+            "data: [DONE]\n\n",
+            "data: {\"ignored\": true}\n\n",
+        )
+        .as_bytes();
+        let whole = decode_stream(vec![body.to_vec()], false);
+        assert_eq!(whole.len(), 2);
+        assert!(whole.iter().all(Result::is_ok));
+        for split in 1..body.len() {
+            let pieces = vec![body[..split].to_vec(), body[split..].to_vec()];
+            let parts = decode_stream(pieces, false);
+            assert_eq!(format!("{parts:?}"), format!("{whole:?}"), "split at {split}");
+        }
+        let broken = decode_stream(vec![b"data: {not json}\n\n".to_vec()], false);
+        assert!(matches!(broken.as_slice(), [Err(ProviderError::Upstream { .. })]));
     }
 }

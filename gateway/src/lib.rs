@@ -1,0 +1,28 @@
+//! The gateway: HTTP server, auth, limits, budgets, cache, accounting, metrics, dashboard. The
+//! `switchyard` binary (`main.rs`) is its command line; fuzz targets and benches use the parts
+//! that need no server (request parsing, configuration, the limits stores).
+#![forbid(unsafe_code)]
+
+pub mod accounting;
+pub mod admission;
+pub mod app;
+pub mod audit;
+pub mod budgets;
+pub mod cache;
+pub mod catalog;
+pub mod chat_request;
+pub mod cluster;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod handlers;
+pub mod in_flight;
+pub mod limits;
+pub mod metrics;
+pub mod middleware;
+pub mod privacy;
+pub mod serve;
+pub mod state;
+pub mod stats;
+pub mod store;
+pub mod tenants;
