@@ -14,7 +14,7 @@ export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-router pii-eval clean
+.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-proxy bench-router pii-eval fuzz soak clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -106,3 +106,22 @@ pii-eval: build
 clean:
 	cargo clean
 	rm -rf $(VENV)
+
+## Proxy overhead (issue 9): direct vs nginx proxy_pass vs Switchyard vs LiteLLM, wrk, pinned cores.
+bench-proxy: build
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk nginx; }
+	@[ -x .venv-litellm/bin/litellm ] || { python3 -m venv .venv-litellm && .venv-litellm/bin/pip install --quiet 'litellm[proxy]'; }
+	bash bench/proxy/run.sh $(BENCH_SECONDS)
+
+## Ten minutes at 70 % of the measured maximum with a misbehaving upstream: RSS, fds, errors per minute.
+soak: model build
+	$(abspath $(TARGET_DIR))/release/soak $(SOAK_ARGS)
+
+## Each fuzz target for FUZZ_SECONDS (default 600) with cargo-fuzz (stable toolchain, no sanitizer).
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := chat_request pii_scan config_load upstream_stream anthropic_translation
+fuzz: system-deps
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run -s none -O -a $$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 || exit 1; \
+	done

@@ -86,19 +86,27 @@ fn tool_call_arguments(extra: &serde_json::Map<String, Value>) -> impl Iterator<
 pub fn redact(req: &mut ChatRequest) -> Redaction {
     let scanner = router::pii_scanner();
     let mut redaction = Redaction::new();
-    let mut redact_in = |text: &mut String| {
+    // Placeholder-shaped text anywhere in the request is never handed out as a placeholder.
+    for_each_text_mut(req, &mut |text: &mut String| redaction.avoid(text));
+    for_each_text_mut(req, &mut |text: &mut String| {
         let spans = scanner.scan(text);
         if !spans.is_empty() {
             *text = redaction.redact(text, &spans);
         }
-    };
+    });
+    redaction
+}
+
+/// Every string of `req` that is scanned and redacted: message text, text parts, tool-call
+/// arguments.
+fn for_each_text_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut String)) {
     for message in &mut req.messages {
         match &mut message.content {
-            Some(MessageContent::Text(text)) => redact_in(text),
+            Some(MessageContent::Text(text)) => f(text),
             Some(MessageContent::Parts(parts)) => {
                 for part in parts {
                     if let Some(Value::String(text)) = part.get_mut("text") {
-                        redact_in(text);
+                        f(text);
                     }
                 }
             }
@@ -107,12 +115,11 @@ pub fn redact(req: &mut ChatRequest) -> Redaction {
         if let Some(Value::Array(calls)) = message.extra.get_mut("tool_calls") {
             for call in calls {
                 if let Some(Value::String(arguments)) = call.pointer_mut("/function/arguments") {
-                    redact_in(arguments);
+                    f(arguments);
                 }
             }
         }
     }
-    redaction
 }
 
 /// Puts the original values back into an answer.

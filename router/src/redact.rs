@@ -10,6 +10,9 @@ use crate::pii::PiiSpan;
 pub struct Redaction {
     /// (placeholder, value), in order of first appearance.
     entries: Vec<(String, String)>,
+    /// Placeholder-shaped text the request already contains (`<EMAIL_1>` typed by its author):
+    /// never handed out, so restoring never turns the author's text into someone's data.
+    taken: Vec<String>,
 }
 
 impl Redaction {
@@ -18,8 +21,27 @@ impl Redaction {
         Self::default()
     }
 
+    /// Notes the placeholder-shaped tokens (`<KIND_N>`) in `text` so that none is handed out.
+    /// Call it on every text of a request before redacting any ([`Redaction::redact`] does it
+    /// for its own text).
+    pub fn avoid(&mut self, text: &str) {
+        let mut rest = text;
+        while let Some(open) = rest.find('<') {
+            rest = &rest[open..];
+            let token_len = placeholder_len(rest);
+            if let Some(len) = token_len {
+                let token = &rest[..len];
+                if !self.taken.iter().any(|t| t == token) {
+                    self.taken.push(token.to_owned());
+                }
+            }
+            rest = &rest[token_len.unwrap_or(1)..];
+        }
+    }
+
     /// `text` with each of `spans` (found in `text`) replaced by its placeholder.
     pub fn redact(&mut self, text: &str, spans: &[PiiSpan]) -> String {
+        self.avoid(text);
         let mut out = String::with_capacity(text.len());
         let mut last = 0;
         for span in spans {
@@ -35,8 +57,13 @@ impl Redaction {
     fn placeholder_for(&mut self, kind: &str, value: &str) -> &str {
         let index = if let Some(i) = self.entries.iter().position(|(_, v)| v == value) { i } else {
             let prefix = format!("<{}_", kind.to_ascii_uppercase());
-            let n = self.entries.iter().filter(|(p, _)| p.starts_with(&prefix)).count() + 1;
-            self.entries.push((format!("{prefix}{n}>"), value.to_owned()));
+            let mut n = self.entries.iter().filter(|(p, _)| p.starts_with(&prefix)).count() + 1;
+            let mut placeholder = format!("{prefix}{n}>");
+            while self.taken.contains(&placeholder) || self.entries.iter().any(|(p, _)| *p == placeholder) {
+                n += 1;
+                placeholder = format!("{prefix}{n}>");
+            }
+            self.entries.push((placeholder, value.to_owned()));
             self.entries.len() - 1
         };
         &self.entries[index].0
@@ -69,6 +96,17 @@ impl Redaction {
     fn could_become_placeholder(&self, text: &str) -> bool {
         self.entries.iter().any(|(p, _)| p.len() > text.len() && p.starts_with(text))
     }
+}
+
+/// Length of the `<KIND_N>` token `text` starts with (KIND: uppercase letters and underscores;
+/// N: digits), if it starts with one.
+fn placeholder_len(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let name = bytes.iter().skip(1).take_while(|b| b.is_ascii_uppercase() || **b == b'_').count();
+    let digits = bytes.iter().skip(1 + name).take_while(|b| b.is_ascii_digit()).count();
+    let len = 1 + name + digits + 1;
+    let shaped = name >= 3 && bytes.get(name) == Some(&b'_') && digits > 0 && bytes.get(len - 1) == Some(&b'>');
+    shaped.then_some(len)
 }
 
 /// Restores placeholders in a stream of text pieces. Text that may be the start of a placeholder
@@ -135,6 +173,26 @@ mod tests {
         let b = r.redact("z@y.io and x@y.io", &scan("z@y.io and x@y.io"));
         assert_eq!(a, "<EMAIL_1>");
         assert_eq!(b, "<EMAIL_2> and <EMAIL_1>");
+    }
+
+    #[test]
+    fn placeholders_the_author_typed_are_never_handed_out() {
+        // Found by fuzzing: a literal `<EMAIL_1>` in the prompt used to collide with the
+        // placeholder of a real address, and restoring turned the literal into the address.
+        let text = "Template: <EMAIL_1> and <EMAIL_2>. Mine is a@b.io.";
+        let mut r = Redaction::new();
+        let redacted = r.redact(text, &scan(text));
+        assert_eq!(redacted, "Template: <EMAIL_1> and <EMAIL_2>. Mine is <EMAIL_3>.");
+        assert_eq!(r.restore(&redacted), text);
+        // Across texts: every text is noted before any is redacted.
+        let mut r = Redaction::new();
+        r.avoid("see <PHONE_1>");
+        let other = r.redact("x@y.io +44 20 7946 0958", &scan("x@y.io +44 20 7946 0958"));
+        assert_eq!(other, "<EMAIL_1> <PHONE_2>");
+        assert_eq!(placeholder_len("<EMAIL_12> rest"), Some(10));
+        assert_eq!(placeholder_len("<E_1>"), None, "kinds have at least two letters");
+        assert_eq!(placeholder_len("<EMAIL_>"), None);
+        assert_eq!(placeholder_len("<email_1>"), None);
     }
 
     #[test]

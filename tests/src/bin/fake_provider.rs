@@ -31,10 +31,14 @@
 //! the last user text, or with tools defined and the model `tool`, calls the first tool with
 //! `{"city": "Paris"}`; streams use Anthropic's events, tool input in `input_json_delta` pieces.
 //!
+//! `POST /control/chaos {"every": N, "forget": bool}` faults every N-th chat request (500, 1.5 s
+//! late, dropped before the first event, cut mid-stream; in turn), for soaks.
+//!
 //! `GET /control/requests` returns every request received (path, body, `authorization` and
 //! `api-key` header values).
 //! Prints `listening on ADDR` once bound to a free port.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +56,11 @@ struct Fake {
     requests: Mutex<Vec<Value>>,
     faults: Mutex<std::collections::VecDeque<Value>>,
     release: Notify,
+    /// Chaos: every `chaos_every`-th chat request (0: never) gets a fault, the kinds in turn.
+    chaos_every: AtomicU64,
+    served: AtomicU64,
+    /// Stop keeping requests for `/control/requests` (long soaks).
+    forget: AtomicBool,
 }
 
 fn chunk(model: &str, delta: &Value, finish: Option<&str>) -> Value {
@@ -147,13 +156,26 @@ fn openai_problem(body: &Value) -> Option<(String, String)> {
 
 async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value) -> Response {
     let fake = Arc::clone(fake);
-    fake.requests.lock().expect("lock").push(json!({
-        "path": path, "body": body, "authorization": header(headers, "authorization"), "api_key": header(headers, "api-key"),
-    }));
+    if !fake.forget.load(Relaxed) {
+        fake.requests.lock().expect("lock").push(json!({
+            "path": path, "body": body, "authorization": header(headers, "authorization"), "api_key": header(headers, "api-key"),
+        }));
+    }
     if let Some((param, message)) = openai_problem(body) {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))).into_response();
     }
-    let fault = fake.faults.lock().expect("lock").pop_front();
+    let mut fault = fake.faults.lock().expect("lock").pop_front();
+    let n = fake.served.fetch_add(1, Relaxed);
+    let every = fake.chaos_every.load(Relaxed);
+    if fault.is_none() && every > 0 && n % every == every - 1 {
+        match (n / every) % 4 {
+            0 => fault = Some(json!({"status": 500})),
+            1 => fault = Some(json!({"slow_ms": 1500})),
+            2 => fault = Some(json!({"drop": true})),
+            _ if body["stream"].as_bool() == Some(true) => return cut_stream(body),
+            _ => fault = Some(json!({"status": 503})),
+        }
+    }
     if let Some(response) = scripted(fault, body).await {
         return response;
     }
@@ -375,6 +397,28 @@ async fn faults(State(fake): State<Arc<Fake>>, Json(body): Json<Value>) -> Statu
     StatusCode::NO_CONTENT
 }
 
+/// A stream that breaks after its first chunk (a chaos fault).
+fn cut_stream(body: &Value) -> Response {
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let events = [
+        Ok::<_, std::io::Error>(sse(&chunk(&model, &json!({"role": "assistant", "content": "cut"}), None))),
+        Err(std::io::Error::other("chaos: connection dropped mid-stream")),
+    ];
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(futures::stream::iter(events)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `POST /control/chaos {"every": 20, "forget": true}`: every 20th chat request gets a fault
+/// (500, 1.5 s late, dropped before the first event, cut mid-stream — in turn); `forget` stops
+/// recording requests.
+async fn chaos(State(fake): State<Arc<Fake>>, Json(body): Json<Value>) -> StatusCode {
+    fake.chaos_every.store(body["every"].as_u64().unwrap_or(0), Relaxed);
+    fake.forget.store(body["forget"].as_bool().unwrap_or(false), Relaxed);
+    StatusCode::NO_CONTENT
+}
+
 async fn release(State(fake): State<Arc<Fake>>) -> StatusCode {
     fake.release.notify_waiters();
     StatusCode::NO_CONTENT
@@ -391,6 +435,7 @@ async fn main() -> std::io::Result<()> {
         .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
         .route("/v1/messages", post(messages))
         .route("/control/faults", post(faults))
+        .route("/control/chaos", post(chaos))
         .route("/control/release", post(release))
         .route("/control/requests", get(requests))
         .with_state(Arc::new(Fake::default()));

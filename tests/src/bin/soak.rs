@@ -1,0 +1,250 @@
+//! Soak: the gateway under steady load for many minutes while the upstream misbehaves. Measures
+//! the gateway's closed-loop maximum on the remote path first, then sends 70 % of it, open loop
+//! (85 % plain, 15 % streamed, to the fake provider with a local fallback), plus a trickle of
+//! local-engine requests; every 20th upstream call fails (500, 1.5 s late, dropped before the
+//! first event, cut mid-stream, in turn). Prints per minute: RSS, open fds, answers by outcome,
+//! latency; then the verdict (RSS and fd trend, unexpected failures). Not a test.
+//!
+//! `soak [--minutes 10] [--local-rps 1]`
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+use switchyard_e2e::{local_section, FakeProvider, Gateway};
+
+const POLICY: &str = "[[rule]]\nname = \"out\"\nroute = \"fake/echo\"\nfallback = [\"local\"]\n";
+
+/// Outcome counts and latencies of one minute.
+#[derive(Default)]
+struct Minute {
+    outcomes: BTreeMap<String, u64>,
+    latencies_ms: Vec<f64>,
+}
+
+#[derive(Default)]
+struct Tally {
+    minutes: Mutex<Vec<Minute>>,
+}
+
+impl Tally {
+    fn add(&self, minute: usize, outcome: String, latency: Duration) {
+        let mut minutes = self.minutes.lock().expect("lock");
+        while minutes.len() <= minute {
+            minutes.push(Minute::default());
+        }
+        *minutes[minute].outcomes.entry(outcome).or_default() += 1;
+        minutes[minute].latencies_ms.push(latency.as_secs_f64() * 1e3);
+    }
+}
+
+/// One request; its outcome: `ok`, `stream_error` (an error event in a stream: mapped),
+/// `http_<status>_<code>`, or `transport` (no HTTP answer).
+async fn one(client: &reqwest::Client, url: &str, body: serde_json::Value) -> String {
+    let stream = body["stream"].as_bool() == Some(true);
+    let response = match client.post(url).json(&body).send().await {
+        Ok(r) => r,
+        Err(_) => return "transport".into(),
+    };
+    let status = response.status().as_u16();
+    if status != 200 {
+        let code = response.json::<serde_json::Value>().await.ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+        return format!("http_{status}_{}", code.unwrap_or_else(|| "none".into()));
+    }
+    if !stream {
+        return match response.bytes().await {
+            Ok(_) => "ok".into(),
+            Err(_) => "transport".into(),
+        };
+    }
+    let mut bytes = response.bytes_stream();
+    let mut text = Vec::new();
+    while let Some(piece) = bytes.next().await {
+        match piece {
+            Ok(p) => text.extend_from_slice(&p),
+            Err(_) => return "transport".into(),
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    if !text.trim_end().ends_with("data: [DONE]") {
+        "stream_unterminated".into()
+    } else if text.contains("\"error\"") {
+        "stream_error".into()
+    } else {
+        "ok".into()
+    }
+}
+
+fn proc_figures(pid: u32) -> (u64, usize) {
+    let rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+    (rss_kb, fds)
+}
+
+fn remote_body(i: u64) -> serde_json::Value {
+    if i % 100 < 15 {
+        json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": format!("soak stream {i}")}]})
+    } else {
+        json!({"model": "auto", "messages": [{"role": "user", "content": format!("soak {i}")}]})
+    }
+}
+
+/// Closed-loop maximum: `workers` clients back to back for `secs`.
+async fn max_rps(client: &reqwest::Client, url: &str, workers: usize, secs: u64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (client, url, done) = (client.clone(), url.to_owned(), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut i = w as u64 * 1_000_000;
+                while Instant::now() < until {
+                    let body = json!({"model": "auto", "messages": [{"role": "user", "content": format!("max {i}")}]});
+                    if client.post(&url).json(&body).send().await.is_ok_and(|r| r.status().is_success()) {
+                        done.fetch_add(1, Relaxed);
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rps = done.load(Relaxed) as f64 / secs as f64;
+    rps
+}
+
+#[tokio::main]
+async fn main() {
+    let (mut minutes, mut local_rps) = (10_u64, 1_u64);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--minutes" => minutes = args.next().and_then(|n| n.parse().ok()).expect("--minutes N"),
+            "--local-rps" => local_rps = args.next().and_then(|n| n.parse().ok()).expect("--local-rps N"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let fake = FakeProvider::start();
+    let config = format!(
+        "[server]\nregion = \"eu-west\"\nmax_in_flight_per_tenant = 100000\n\n{}\n{}max_retries = 2\nretry_base_ms = 5\n\n[policy]\nfile = \"{{policy}}\"\n",
+        local_section(4, 4096),
+        fake.provider_section(None)
+    );
+    let gateway = Gateway::start_with_env(&config, POLICY, &[("SWITCHYARD_LOG", "warn")]).await;
+    let pid = gateway.process.pid();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).timeout(Duration::from_secs(120)).build().expect("client");
+    let url = format!("{}/chat/completions", gateway.v1());
+    let fake_base = fake.base_v1.trim_end_matches("/v1").to_owned();
+    client.post(format!("{fake_base}/control/chaos")).json(&json!({"every": 0, "forget": true})).send().await.expect("chaos");
+    let max = max_rps(&client, &url, 32, 10).await;
+    let rate = (max * 0.7).max(1.0);
+    client.post(format!("{fake_base}/control/chaos")).json(&json!({"every": 20, "forget": true})).send().await.expect("chaos");
+    println!("closed-loop maximum {max:.0} req/s; soaking at {rate:.0} req/s remote + {local_rps} req/s local for {minutes} min");
+    let tally = Arc::new(Tally::default());
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let skipped = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let total = Duration::from_secs(minutes * 60);
+    let mut figures = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (mut sent, mut sent_local) = (0_u64, 0_u64);
+    let mut next_minute = 0;
+    while started.elapsed() < total {
+        tick.tick().await;
+        let elapsed = started.elapsed();
+        let minute = usize::try_from(elapsed.as_secs() / 60).unwrap_or(usize::MAX);
+        if minute >= next_minute {
+            figures.push(proc_figures(pid));
+            next_minute = minute + 1;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let due = (elapsed.as_secs_f64() * rate) as u64;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let due_local = (elapsed.as_secs_f64() * local_rps as f64) as u64;
+        let mut jobs = Vec::new();
+        while sent < due {
+            jobs.push(remote_body(sent));
+            sent += 1;
+        }
+        while sent_local < due_local {
+            jobs.push(json!({"model": "local-small", "max_tokens": 8, "stream": sent_local % 2 == 0,
+                             "messages": [{"role": "user", "content": "Say hi"}]}));
+            sent_local += 1;
+        }
+        for body in jobs {
+            if in_flight.load(Relaxed) >= 2048 {
+                skipped.fetch_add(1, Relaxed);
+                continue;
+            }
+            in_flight.fetch_add(1, Relaxed);
+            let (client, url, tally, in_flight) = (client.clone(), url.clone(), Arc::clone(&tally), Arc::clone(&in_flight));
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let outcome = one(&client, &url, body).await;
+                tally.add(minute, outcome, t.elapsed());
+                in_flight.fetch_sub(1, Relaxed);
+            });
+        }
+    }
+    while in_flight.load(Relaxed) > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    figures.push(proc_figures(pid));
+    let minutes_seen = tally.minutes.lock().expect("lock");
+    println!("| minute | RSS MiB | open fds | answers | ok | stream error events | other outcomes | p50 ms | p99 ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    let mut unexpected = 0;
+    for (i, m) in minutes_seen.iter().enumerate() {
+        let (rss, fds) = figures.get(i).copied().unwrap_or_default();
+        let mut lat = m.latencies_ms.clone();
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| lat.get(((lat.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or(0.0);
+        let answers: u64 = m.outcomes.values().sum();
+        let other: Vec<String> = m
+            .outcomes
+            .iter()
+            .filter(|(k, _)| *k != "ok" && *k != "stream_error")
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        // Mapped failures: OpenAI-style 502/504 from the upstream, 429 from an engine queue;
+        // anything else (500, no answer, a stream without [DONE]) is unexpected.
+        unexpected += m
+            .outcomes
+            .iter()
+            .filter(|(k, _)| {
+                k.as_str() == "transport" || k.as_str() == "stream_unterminated" || k.starts_with("http_500") || k.ends_with("_none")
+            })
+            .map(|(_, v)| v)
+            .sum::<u64>();
+        println!(
+            "| {} | {:.1} | {fds} | {answers} | {} | {} | {} | {:.1} | {:.1} |",
+            i + 1,
+            rss as f64 / 1024.0,
+            m.outcomes.get("ok").copied().unwrap_or(0),
+            m.outcomes.get("stream_error").copied().unwrap_or(0),
+            if other.is_empty() { "–".into() } else { other.join(", ") },
+            pct(0.5),
+            pct(0.99)
+        );
+    }
+    let (first, last) = (figures.get(1).copied().unwrap_or_default(), figures.last().copied().unwrap_or_default());
+    println!();
+    println!(
+        "RSS minute 2 → end: {:.1} → {:.1} MiB; open fds {} → {}; requests not sent because 2048 were in flight: {}; unexpected failures: {unexpected}",
+        first.0 as f64 / 1024.0,
+        last.0 as f64 / 1024.0,
+        first.1,
+        last.1,
+        skipped.load(Relaxed)
+    );
+}
