@@ -16,7 +16,7 @@ use crate::stats::Rollups;
 use serde::Serialize;
 
 /// A finished request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct UsageRecord {
     /// Unix time in milliseconds when the request finished.
     pub ts: u64,
@@ -109,24 +109,18 @@ impl Ledger {
 
     /// Takes one finished request; `savings_usd` is what it would have cost on the baseline
     /// model minus what it cost.
-    pub fn record(&self, r: &UsageRecord, savings_usd: f64) {
+    pub fn record(&self, r: UsageRecord, savings_usd: f64) {
         if let Some(metrics) = &self.metrics {
-            metrics.observe(r, savings_usd);
+            metrics.observe(&r, savings_usd);
         }
         if let Some(audit) = &self.audit {
-            audit.write(r);
+            audit.write(&r);
         }
-        self.rollups.add(r, savings_usd);
+        self.rollups.add(&r, savings_usd);
         for subscriber in &self.subscribers {
-            subscriber(r);
+            subscriber(&r);
         }
         self.requests.fetch_add(1, Relaxed);
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() == RECENT {
-                recent.pop_front();
-            }
-            recent.push_back(r.clone());
-        }
         tracing::info!(
             target: "switchyard::accounting",
             request_id = %r.request_id, tenant = %r.tenant, rule = %r.rule, target = %r.target, tier = r.tier,
@@ -135,6 +129,12 @@ impl Ledger {
             ttft_ms = r.ttft_ms, cache = r.cache, redacted = r.redacted, pii_kinds = ?r.pii_kinds,
             "request accounted"
         );
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(r);
+        }
     }
 
     /// Requests recorded so far.
@@ -306,10 +306,10 @@ impl Drop for PendingRecord {
         if let Some(kind) = self.failed_mid_stream {
             self.ledger.upstream_failed(&r.target, kind);
         }
-        self.ledger.record(r, savings);
         if let Some(f) = self.on_finish.take() {
-            f(&self.record);
+            f(r);
         }
+        self.ledger.record(std::mem::take(r), savings);
     }
 }
 

@@ -8,28 +8,32 @@ const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "fu
 
 /// Parses `body` and checks what the API promises to check.
 pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| ApiError::InvalidRequest {
+    // One pass straight into the typed request; serde's error (with its path) names the field.
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let req: ChatRequest = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|e| {
+            let inner = e.inner().to_string();
+            let path = e.path().to_string();
+            // serde names a missing field only in its message: put it in the param too.
+            if let Some(field) = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+                let param = if path == "." { field.to_owned() } else { format!("{path}.{field}") };
+                return ApiError::invalid(format!("Missing required parameter: '{param}'."), param);
+            }
+            if e.inner().is_syntax() || e.inner().is_eof() || path == "." {
+                return ApiError::InvalidRequest {
+                    message: if path == "." && !e.inner().is_syntax() && !e.inner().is_eof() {
+                        format!("The request body must be a JSON object: {inner}")
+                    } else {
+                        format!("We could not parse the JSON body of your request: {inner}")
+                    },
+                    param: None,
+                };
+            }
+            ApiError::InvalidRequest { message: format!("Invalid type for '{path}': {inner}"), param: Some(path) }
+        })?;
+    deserializer.end().map_err(|e| ApiError::InvalidRequest {
         message: format!("We could not parse the JSON body of your request: {e}"),
         param: None,
-    })?;
-    let obj = value.as_object().ok_or_else(|| ApiError::InvalidRequest {
-        message: "The request body must be a JSON object.".into(),
-        param: None,
-    })?;
-    // Name the required fields before serde's first-error-wins message would.
-    for field in ["model", "messages"] {
-        if !obj.contains_key(field) {
-            return Err(ApiError::invalid(format!("Missing required parameter: '{field}'."), field));
-        }
-    }
-    let req: ChatRequest = serde_path_to_error::deserialize(value).map_err(|e| {
-        let mut path = e.path().to_string();
-        // serde names a missing field only in its message: put it in the param too.
-        if let Some(field) = e.inner().to_string().strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
-            path = if path == "." { field.to_owned() } else { format!("{path}.{field}") };
-        }
-        let param = if path == "." { None } else { Some(path) };
-        ApiError::InvalidRequest { message: format!("Invalid type for '{}': {}", param.as_deref().unwrap_or("body"), e.inner()), param }
     })?;
     validate(&req)?;
     Ok(req)

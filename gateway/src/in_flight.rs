@@ -69,9 +69,11 @@ mod tests {
         let a1 = in_flight.enter("a").unwrap();
         let _a2 = in_flight.enter("a").unwrap();
         assert!(in_flight.enter("a").is_none());
-        let _b = in_flight.enter("b").expect("another tenant has its own slots");
+        let b = in_flight.enter("b").expect("another tenant has its own slots");
         drop(a1);
-        assert!(in_flight.enter("a").is_some());
+        let _a3 = in_flight.enter("a").expect("a slot came back");
         assert_eq!(in_flight.total(), 3);
+        drop(b);
+        assert_eq!(in_flight.total(), 2);
     }
 }

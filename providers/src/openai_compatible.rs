@@ -37,6 +37,8 @@ enum Dialect {
 pub struct OpenAiCompatible {
     name: String,
     dialect: Dialect,
+    /// `{base}/chat/completions` of each pooled endpoint, parsed once (not per request).
+    chat_urls: HashMap<String, reqwest::Url>,
     api_key: Option<String>,
     client: Client,
     timeout_ms: u64,
@@ -93,7 +95,12 @@ impl OpenAiCompatible {
         } else {
             Dialect::OpenAi { pool: Pool::new(&bases) }
         };
-        Self { name: config.name.clone(), dialect, api_key, client, timeout_ms: config.timeout_ms, retry: config.retry_policy() }
+        let chat_urls = bases
+            .iter()
+            .map(|b| b.trim_end_matches('/'))
+            .filter_map(|b| Some((b.to_owned(), reqwest::Url::parse(&format!("{b}/chat/completions")).ok()?)))
+            .collect();
+        Self { name: config.name.clone(), dialect, chat_urls, api_key, client, timeout_ms: config.timeout_ms, retry: config.retry_policy() }
     }
 
     fn timeout(&self) -> ProviderError {
@@ -104,20 +111,30 @@ impl OpenAiCompatible {
         ProviderError::Upstream { provider: self.name.clone(), status, message }
     }
 
-    /// The body to send for `req` in this provider's dialect.
-    fn body(&self, req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
-        match &self.dialect {
-            Dialect::Anthropic { max_output_tokens, .. } => anthropic::request_body(req, max_output_tokens.get(&req.model).copied()),
-            Dialect::OpenAi { .. } | Dialect::Azure { .. } => serde_json::to_value(req)
-                .map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None }),
-        }
+    /// The body to send for `req` in this provider's dialect, serialised once for every attempt.
+    fn body(&self, req: &ChatRequest) -> Result<bytes::Bytes, ProviderError> {
+        let encoded = match &self.dialect {
+            Dialect::Anthropic { max_output_tokens, .. } => {
+                serde_json::to_vec(&anthropic::request_body(req, max_output_tokens.get(&req.model).copied())?)
+            }
+            Dialect::OpenAi { .. } | Dialect::Azure { .. } => serde_json::to_vec(req),
+        };
+        encoded
+            .map(bytes::Bytes::from)
+            .map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })
     }
 
-    fn request(&self, model: &str, body: &serde_json::Value, lease: Option<&Lease>) -> reqwest::RequestBuilder {
+    fn request(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>) -> reqwest::RequestBuilder {
+        let json = |builder: reqwest::RequestBuilder| {
+            builder.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone())
+        };
         match &self.dialect {
             Dialect::OpenAi { .. } => {
                 let base = lease.map_or("", |l| l.base.as_str());
-                let builder = self.client.post(format!("{base}/chat/completions")).json(body);
+                let builder = match self.chat_urls.get(base) {
+                    Some(url) => json(self.client.post(url.clone())),
+                    None => json(self.client.post(format!("{base}/chat/completions"))),
+                };
                 match &self.api_key {
                     Some(key) => builder.bearer_auth(key),
                     None => builder,
@@ -127,7 +144,7 @@ impl OpenAiCompatible {
                 let deployment = deployments.get(model).map_or(model, String::as_str);
                 // api_version is a date-like token (`2024-10-21`): nothing in it needs escaping.
                 let url = format!("{base}/openai/deployments/{deployment}/chat/completions?api-version={api_version}");
-                let builder = self.client.post(url).json(body);
+                let builder = json(self.client.post(url));
                 match &self.api_key {
                     Some(key) => builder.header("api-key", key),
                     None => builder,
@@ -135,7 +152,7 @@ impl OpenAiCompatible {
             }
             Dialect::Anthropic { url, .. } => {
                 // Never `Authorization`: Anthropic authenticates with `x-api-key`.
-                let builder = self.client.post(url).header("anthropic-version", anthropic::API_VERSION).json(body);
+                let builder = json(self.client.post(url)).header("anthropic-version", anthropic::API_VERSION);
                 match &self.api_key {
                     Some(key) => builder.header("x-api-key", key),
                     None => builder,
@@ -146,7 +163,7 @@ impl OpenAiCompatible {
 
     /// One attempt: the response once its status is known to be a success. A pooled endpoint is
     /// held until the answer's head arrives, and its health updated from the outcome.
-    async fn send_once(&self, model: &str, body: &serde_json::Value) -> Result<Response, Failure> {
+    async fn send_once(&self, model: &str, body: &bytes::Bytes) -> Result<Response, Failure> {
         let pool = match &self.dialect {
             Dialect::OpenAi { pool } => Some(pool),
             Dialect::Azure { .. } | Dialect::Anthropic { .. } => None,
@@ -164,7 +181,7 @@ impl OpenAiCompatible {
         result
     }
 
-    async fn send_to(&self, model: &str, body: &serde_json::Value, lease: Option<&Lease>) -> Result<Response, Failure> {
+    async fn send_to(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>) -> Result<Response, Failure> {
         let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(model, body, lease).send()).await {
             Err(_) => return Err(Failure::fatal(self.timeout())),
             Ok(Err(e)) if e.is_timeout() => return Err(Failure::fatal(self.timeout())),
@@ -212,7 +229,7 @@ impl OpenAiCompatible {
 
     /// Opens a stream and reads its first event, so a failure before the first byte reaches
     /// the client can still be retried.
-    async fn open_stream(&self, model: &str, body: &serde_json::Value) -> Result<(Option<eventsource_stream::Event>, Events), Failure> {
+    async fn open_stream(&self, model: &str, body: &bytes::Bytes) -> Result<(Option<eventsource_stream::Event>, Events), Failure> {
         let response = self.send_once(model, body).await?;
         let mut events: Events = response.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
         let first = tokio::time::timeout(Duration::from_millis(self.timeout_ms), events.next()).await;

@@ -164,18 +164,13 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
     if let Some((param, message)) = openai_problem(body) {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))).into_response();
     }
-    let mut fault = fake.faults.lock().expect("lock").pop_front();
-    let n = fake.served.fetch_add(1, Relaxed);
-    let every = fake.chaos_every.load(Relaxed);
-    if fault.is_none() && every > 0 && n % every == every - 1 {
-        match (n / every) % 4 {
-            0 => fault = Some(json!({"status": 500})),
-            1 => fault = Some(json!({"slow_ms": 1500})),
-            2 => fault = Some(json!({"drop": true})),
-            _ if body["stream"].as_bool() == Some(true) => return cut_stream(body),
-            _ => fault = Some(json!({"status": 503})),
-        }
-    }
+    let fault = match fake.faults.lock().expect("lock").pop_front() {
+        Some(fault) => Some(fault),
+        None => match chaos_fault(&fake, body) {
+            Err(cut) => return *cut,
+            Ok(fault) => fault,
+        },
+    };
     if let Some(response) = scripted(fault, body).await {
         return response;
     }
@@ -395,6 +390,23 @@ async fn faults(State(fake): State<Arc<Fake>>, Json(body): Json<Value>) -> Statu
     let mut queue = fake.faults.lock().expect("lock");
     queue.extend(body["faults"].as_array().cloned().unwrap_or_default());
     StatusCode::NO_CONTENT
+}
+
+/// The chaos fault for this request, if it is one of every `chaos_every`: a scripted fault, or
+/// (as `Err`) a stream cut after its first chunk.
+fn chaos_fault(fake: &Fake, body: &Value) -> Result<Option<Value>, Box<Response>> {
+    let n = fake.served.fetch_add(1, Relaxed);
+    let every = fake.chaos_every.load(Relaxed);
+    if every == 0 || n % every != every - 1 {
+        return Ok(None);
+    }
+    Ok(Some(match (n / every) % 4 {
+        0 => json!({"status": 500}),
+        1 => json!({"slow_ms": 1500}),
+        2 => json!({"drop": true}),
+        _ if body["stream"].as_bool() == Some(true) => return Err(Box::new(cut_stream(body))),
+        _ => json!({"status": 503}),
+    }))
 }
 
 /// A stream that breaks after its first chunk (a chaos fault).

@@ -6,6 +6,8 @@
 //! latency; then the verdict (RSS and fd trend, unexpected failures). Not a test.
 //!
 //! `soak [--minutes 10] [--local-rps 1]`
+// A report printer: counts become floats for rates and percentiles, and `main` reads top to bottom.
+#![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::too_many_lines)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -45,10 +47,7 @@ impl Tally {
 /// `http_<status>_<code>`, or `transport` (no HTTP answer).
 async fn one(client: &reqwest::Client, url: &str, body: serde_json::Value) -> String {
     let stream = body["stream"].as_bool() == Some(true);
-    let response = match client.post(url).json(&body).send().await {
-        Ok(r) => r,
-        Err(_) => return "transport".into(),
-    };
+    let Ok(response) = client.post(url).json(&body).send().await else { return "transport".into() };
     let status = response.status().as_u16();
     if status != 200 {
         let code = response.json::<serde_json::Value>().await.ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
@@ -141,7 +140,7 @@ async fn main() {
     );
     let gateway = Gateway::start_with_env(&config, POLICY, &[("SWITCHYARD_LOG", "warn")]).await;
     let pid = gateway.process.pid();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).timeout(Duration::from_secs(120)).build().expect("client");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).timeout(Duration::from_mins(2)).build().expect("client");
     let url = format!("{}/chat/completions", gateway.v1());
     let fake_base = fake.base_v1.trim_end_matches("/v1").to_owned();
     client.post(format!("{fake_base}/control/chaos")).json(&json!({"every": 0, "forget": true})).send().await.expect("chaos");
