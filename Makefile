@@ -14,7 +14,7 @@ export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-proxy bench-router pii-eval fuzz soak clean
+.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -124,4 +124,13 @@ fuzz: system-deps
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	for t in $(FUZZ_TARGETS); do \
 	  RUSTC_BOOTSTRAP=1 cargo fuzz run -s none -O -a $$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 || exit 1; \
+	done
+
+## Shrink each corpus to the inputs that add coverage, kept in git as min-<sha1>.
+fuzz-cmin:
+	for t in $(FUZZ_TARGETS); do \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz cmin -s none -O -a $$t fuzz/corpus/$$t || exit 1; \
+	  for f in fuzz/corpus/$$t/*; do b=$$(basename $$f); \
+	    if echo "$$b" | grep -qE '^[0-9a-f]{40}$$'; then mv "$$f" "fuzz/corpus/$$t/min-$$b"; fi; \
+	  done; \
 	done

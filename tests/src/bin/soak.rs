@@ -138,7 +138,7 @@ async fn main() {
         local_section(4, 4096),
         fake.provider_section(None)
     );
-    let gateway = Gateway::start_with_env(&config, POLICY, &[("SWITCHYARD_LOG", "warn")]).await;
+    let gateway = Gateway::start_with_env(&config, POLICY, &[("SWITCHYARD_LOG", "warn,gateway::serve=info")]).await;
     let pid = gateway.process.pid();
     let client = reqwest::Client::builder().pool_max_idle_per_host(1024).timeout(Duration::from_mins(2)).build().expect("client");
     let url = format!("{}/chat/completions", gateway.v1());
