@@ -409,16 +409,19 @@ fn chaos_fault(fake: &Fake, body: &Value) -> Result<Option<Value>, Box<Response>
     }))
 }
 
-/// A stream that breaks after its first chunk (a chaos fault).
+/// A stream that breaks after its first chunk (a chaos fault). The break waits until the chunk
+/// has gone out: an error right behind it would abort the connection with the chunk unsent.
 fn cut_stream(body: &Value) -> Response {
     let model = body["model"].as_str().unwrap_or_default().to_owned();
-    let events = [
-        Ok::<_, std::io::Error>(sse(&chunk(&model, &json!({"role": "assistant", "content": "cut"}), None))),
-        Err(std::io::Error::other("chaos: connection dropped mid-stream")),
-    ];
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(sse(&chunk(&model, &json!({"role": "assistant", "content": "cut"}), None)))).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = tx.send(Err(std::io::Error::other("chaos: connection dropped mid-stream"))).await;
+    });
     Response::builder()
         .header("content-type", "text/event-stream")
-        .body(Body::from_stream(futures::stream::iter(events)))
+        .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 

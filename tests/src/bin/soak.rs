@@ -5,7 +5,8 @@
 //! first event, cut mid-stream, in turn). Prints per minute: RSS, open fds, answers by outcome,
 //! latency; then the verdict (RSS and fd trend, unexpected failures). Not a test.
 //!
-//! `soak [--minutes 10] [--local-rps 1]`
+//! `soak [--minutes 10] [--local-rps 1] [--rate R]` (`--rate`: remote requests a second instead
+//! of 70 % of the measured maximum)
 // A report printer: counts become floats for rates and percentiles, and `main` reads top to bottom.
 #![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::too_many_lines)]
 
@@ -123,12 +124,13 @@ async fn max_rps(client: &reqwest::Client, url: &str, workers: usize, secs: u64)
 
 #[tokio::main]
 async fn main() {
-    let (mut minutes, mut local_rps) = (10_u64, 1_u64);
+    let (mut minutes, mut local_rps, mut fixed_rate) = (10_u64, 1_u64, None::<f64>);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--minutes" => minutes = args.next().and_then(|n| n.parse().ok()).expect("--minutes N"),
             "--local-rps" => local_rps = args.next().and_then(|n| n.parse().ok()).expect("--local-rps N"),
+            "--rate" => fixed_rate = Some(args.next().and_then(|n| n.parse().ok()).expect("--rate R")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -145,7 +147,7 @@ async fn main() {
     let fake_base = fake.base_v1.trim_end_matches("/v1").to_owned();
     client.post(format!("{fake_base}/control/chaos")).json(&json!({"every": 0, "forget": true})).send().await.expect("chaos");
     let max = max_rps(&client, &url, 32, 10).await;
-    let rate = (max * 0.7).max(1.0);
+    let rate = fixed_rate.unwrap_or((max * 0.7).max(1.0));
     client.post(format!("{fake_base}/control/chaos")).json(&json!({"every": 20, "forget": true})).send().await.expect("chaos");
     println!("closed-loop maximum {max:.0} req/s; soaking at {rate:.0} req/s remote + {local_rps} req/s local for {minutes} min");
     let tally = Arc::new(Tally::default());
