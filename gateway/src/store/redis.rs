@@ -103,6 +103,16 @@ impl Keys {
     fn spend_month(&self, p: Periods) -> String {
         self.key(&format!("spend:month:{}", p.month))
     }
+    /// The keys both scripts take after their rate keys, in their `KEYS` order: spend today,
+    /// spend this month, leases, lease amounts, reserved.
+    fn add_money(&self, invocation: &mut redis::ScriptInvocation<'_>, p: Periods) {
+        invocation
+            .key(self.spend_day(p))
+            .key(self.spend_month(p))
+            .key(self.key("leases"))
+            .key(self.key("lease_amounts"))
+            .key(self.key("reserved"));
+    }
 }
 
 /// Spend keys outlive their period by this much (for late readers).
@@ -195,14 +205,9 @@ impl Store for RedisStore {
         let keys = Keys::new(a.tenant);
         let budget = a.budget.unwrap_or_default();
         let mut invocation = self.admit.prepare_invoke();
+        invocation.key(keys.key("rpm")).key(keys.key("tpm"));
+        keys.add_money(&mut invocation, periods);
         invocation
-            .key(keys.key("rpm"))
-            .key(keys.key("tpm"))
-            .key(keys.spend_day(periods))
-            .key(keys.spend_month(periods))
-            .key(keys.key("leases"))
-            .key(keys.key("lease_amounts"))
-            .key(keys.key("reserved"))
             .arg(a.now_ms)
             .arg(MINUTE_MS)
             .arg(a.rpm.map_or(0, |c| c.limit))
@@ -243,13 +248,9 @@ impl Store for RedisStore {
         let periods = Periods::at(s.now_ms);
         let keys = Keys::new(s.tenant);
         let mut invocation = self.settle.prepare_invoke();
+        invocation.key(keys.key("tpm"));
+        keys.add_money(&mut invocation, periods);
         invocation
-            .key(keys.key("tpm"))
-            .key(keys.spend_day(periods))
-            .key(keys.spend_month(periods))
-            .key(keys.key("leases"))
-            .key(keys.key("lease_amounts"))
-            .key(keys.key("reserved"))
             .arg(s.now_ms)
             .arg(MINUTE_MS)
             .arg(s.lease.unwrap_or(""))
