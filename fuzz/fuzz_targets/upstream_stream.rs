@@ -6,8 +6,14 @@
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let [flags, split, body @ ..] = data else { return };
     let anthropic = flags & 1 == 1;
-    let whole = providers::decode_stream(vec![body.to_vec()], anthropic);
+    // `created` of translated Anthropic chunks is the clock's second: not part of the comparison.
+    let decode = |pieces| {
+        let mut out = providers::decode_stream(pieces, anthropic);
+        for chunk in out.iter_mut().flatten() {
+            chunk.created = 0;
+        }
+        format!("{out:?}")
+    };
     let at = usize::from(*split).min(body.len());
-    let pieces = providers::decode_stream(vec![body[..at].to_vec(), body[at..].to_vec()], anthropic);
-    assert_eq!(format!("{whole:?}"), format!("{pieces:?}"));
+    assert_eq!(decode(vec![body.to_vec()]), decode(vec![body[..at].to_vec(), body[at..].to_vec()]));
 });
