@@ -106,15 +106,19 @@ def test_upstream_errors_map_to_openai_errors(gateway, schemas, model, status, c
 def test_full_queue_answers_429_engine_overloaded(tmp_path, schemas):
     gw = Gateway(tmp_path, gateway_config(parallel=1).replace("queue = 16", "queue = 1"))
     try:
-        long = {"model": "auto", "stream": True, "temperature": 0, "max_tokens": 400,
-                "messages": [{"role": "user", "content": "Count from 1 to 300."}]}
+        long = {"model": "auto", "stream": True, "temperature": 0, "max_tokens": 1500,
+                "messages": [{"role": "user", "content": "Count from 1 to 1000."}]}
         with httpx.stream("POST", f"{gw.v1}/chat/completions", json=long, timeout=120) as running:
             next(running.iter_lines())  # the only slot is busy
-            queued = threading.Thread(target=lambda: httpx.post(f"{gw.v1}/chat/completions", json={**long, "stream": False, "max_tokens": 1}, timeout=120))
+            second = []
+            queued = threading.Thread(target=lambda: second.append(httpx.post(
+                f"{gw.v1}/chat/completions", json={**long, "stream": False, "max_tokens": 1}, timeout=120)))
             queued.start()
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while httpx.get(f"{gw.base}/readyz").json()["engine"]["queued"] < 1:
-                assert time.monotonic() < deadline, "second request never queued"
+                assert time.monotonic() < deadline and not second, (
+                    f"second request never queued: {second[0].status_code if second else 'still waiting'}, "
+                    f"engine {httpx.get(f'{gw.base}/readyz').json()['engine']}")
                 time.sleep(0.01)  # poll interval; the condition ends the wait
             r = httpx.post(f"{gw.v1}/chat/completions", json={"model": "auto", "messages": HI}, timeout=30)
             assert r.status_code == 429
