@@ -53,7 +53,8 @@ pub struct UsageRecord {
 }
 
 /// Where records go: the log (target `switchyard::accounting`), the Prometheus metrics, the audit
-/// log and the recent-requests window; budgets subscribe here as they land.
+/// log and the recent-requests window. (Budgets and token limits settle through each request's
+/// own `PendingRecord::on_finish`.)
 #[derive(Default)]
 pub struct Ledger {
     metrics: Option<Arc<Metrics>>,
@@ -65,8 +66,6 @@ pub struct Ledger {
     recent: Mutex<VecDeque<UsageRecord>>,
     /// Per-minute rollups of the last day (for `/admin/stats`).
     pub rollups: Rollups,
-    /// Told of every record.
-    subscribers: Vec<Subscriber>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -75,16 +74,13 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-/// Something told of every finished request.
-pub type Subscriber = Box<dyn Fn(&UsageRecord) + Send + Sync>;
-
 /// How many records [`Ledger::recent`] keeps.
 const RECENT: usize = 256;
 
 impl Ledger {
-    /// A ledger feeding `metrics`, `audit` and `subscribers`, with savings measured against `baseline`.
-    pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>, baseline: Option<String>, subscribers: Vec<Subscriber>) -> Self {
-        Self { metrics: Some(metrics), audit, baseline, subscribers, ..Self::default() }
+    /// A ledger feeding `metrics` and `audit`, with savings measured against `baseline`.
+    pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>, baseline: Option<String>) -> Self {
+        Self { metrics: Some(metrics), audit, baseline, ..Self::default() }
     }
 
     /// The target savings are measured against.
@@ -117,9 +113,6 @@ impl Ledger {
             audit.write(&r);
         }
         self.rollups.add(&r, savings_usd);
-        for subscriber in &self.subscribers {
-            subscriber(&r);
-        }
         self.requests.fetch_add(1, Relaxed);
         tracing::info!(
             target: "switchyard::accounting",

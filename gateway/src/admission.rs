@@ -67,8 +67,6 @@ pub struct Limiter {
     primary: Arc<dyn Store>,
     /// `fail_open`: where admissions go while Redis is unreachable.
     fallback: Option<MemoryStore>,
-    /// Redis configured (`on_outage` applies to primary failures).
-    shared: bool,
     lease_ttl_ms: u64,
     metrics: Arc<Metrics>,
     /// The last spend each budgeted tenant was seen at, with the periods it was seen in.
@@ -79,7 +77,7 @@ pub struct Limiter {
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limiter").field("shared", &self.shared).finish_non_exhaustive()
+        f.debug_struct("Limiter").field("primary", &self.primary).field("fail_open", &self.fallback.is_some()).finish_non_exhaustive()
     }
 }
 
@@ -92,7 +90,6 @@ impl Limiter {
     /// Limits for `tenants`, in Redis when `redis` is set, else in this process.
     pub fn new(tenants: &[TenantConfig], redis: Option<(Arc<RedisStore>, &RedisConfig)>, metrics: Arc<Metrics>) -> Self {
         let tenants = tenants.iter().map(|t| (t.name.clone(), TenantLimits { rate: t.rate_limit, budget: t.budget })).collect();
-        let shared = redis.is_some();
         let (primary, fallback, lease_ttl_ms): (Arc<dyn Store>, _, _) = match redis {
             Some((store, config)) => (
                 store as Arc<dyn Store>,
@@ -105,7 +102,6 @@ impl Limiter {
             tenants,
             primary,
             fallback,
-            shared,
             lease_ttl_ms,
             metrics,
             seen: Mutex::new(HashMap::new()),

@@ -126,7 +126,7 @@ impl AppState {
         let cache = config.cache.as_ref().map(|c| Arc::new(ResponseCache::new(c, redis.clone())));
         let cluster = redis.clone().map(Cluster::new);
         let in_flight = InFlight::new(config.server.max_in_flight_per_tenant);
-        let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline, Vec::new()));
+        let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline));
         Ok(Arc::new(Self {
             config,
             catalog,

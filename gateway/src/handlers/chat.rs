@@ -197,7 +197,7 @@ fn candidates(decision: &Decision) -> impl Iterator<Item = &str> {
 /// True when the request must be redacted before it goes to `target`: the rule redacts, PII
 /// was found, and the target is not the local engine (redaction is for what leaves the host).
 fn needs_redaction(state: &AppState, decision: &Decision, target: &str) -> bool {
-    decision.redact && !decision.privacy.pii.is_empty() && Some(target) != state.catalog.local_target().as_deref()
+    decision.redact && !decision.privacy.pii.is_empty() && !is_local(state, target)
 }
 
 /// Tries the decision's target, then its fallbacks, until one answers. Only failures that another
