@@ -10,6 +10,7 @@ use router::{Decision, RouteInput, Router, TenantProfile};
 use crate::catalog::{Catalog, ModelChoice};
 use crate::privacy;
 use crate::error::ApiError;
+use crate::spill::Spillover;
 use crate::state::AppState;
 
 /// Header carrying the caller's privacy tags.
@@ -36,7 +37,7 @@ pub fn caller_tags(headers: &HeaderMap) -> Vec<String> {
 /// `local` (the router keeps it on the local engine where the guard allows).
 pub fn plan(state: &AppState, req: &ChatRequest, headers: &HeaderMap, tenant: &TenantProfile, budget_exhausted: bool) -> Result<Decision, ApiError> {
     let budget = BudgetSignal { used: state.limiter.used_share(&tenant.name), exhausted: budget_exhausted };
-    plan_with(&state.router, &state.catalog, req, headers, tenant, &state.open_circuits(), budget)
+    plan_with(&state.router, &state.catalog, req, headers, tenant, &state.open_circuits(), budget, state.spillover.as_ref())
 }
 
 /// The tenant's budget as the router sees it.
@@ -57,6 +58,7 @@ pub fn plan_with(
     tenant: &TenantProfile,
     unavailable: &[String],
     budget: BudgetSignal,
+    spillover: Option<&Spillover>,
 ) -> Result<Decision, ApiError> {
     let choice = catalog.resolve(&req.model).ok_or_else(|| ApiError::ModelNotFound { model: req.model.clone() })?;
     let resolved = match &choice {
@@ -66,6 +68,8 @@ pub fn plan_with(
     let seen = privacy::inspect(req);
     let mut tags = caller_tags(headers);
     tags.extend(tenant.tags.iter().cloned());
+    // About four characters a token: good enough for routing; usage reports exact counts.
+    let prompt_tokens = u32::try_from(seen.text.chars().count().div_ceil(4)).unwrap_or(u32::MAX);
     let input = RouteInput {
         requested_model: &req.model,
         resolved_model: resolved,
@@ -75,12 +79,12 @@ pub fn plan_with(
         pii: seen.pii,
         text: &seen.text,
         turns: req.messages.len(),
-        // About four characters a token: good enough for routing; usage reports exact counts.
-        prompt_tokens: u32::try_from(seen.text.chars().count().div_ceil(4)).unwrap_or(u32::MAX),
+        prompt_tokens,
         has_tools: req.tools.is_some(),
         unavailable,
         budget_used: budget.used,
         budget_exhausted: budget.exhausted,
+        local_overload: spillover.and_then(|s| s.check(prompt_tokens)),
     };
     let decision = {
         let _span = tracing::debug_span!("route.decide").entered();

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod privacy;
 pub mod serve;
+pub mod spill;
 pub mod state;
 pub mod stats;
 pub mod store;

@@ -213,7 +213,7 @@ fn explain_command(path: &Path, file: &str, tenant: Option<&str>, tags: Option<&
     if let Some(tags) = tags {
         headers.insert(dispatch::TAGS_HEADER, tags.parse().context("--tags")?);
     }
-    let decision = dispatch::plan_with(&config.router(), &catalog, &req, &headers, &profile, &[], dispatch::BudgetSignal::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let decision = dispatch::plan_with(&config.router(), &catalog, &req, &headers, &profile, &[], dispatch::BudgetSignal::default(), None).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", serde_json::to_string_pretty(&handlers::route::decision_json(&decision))?);
     Ok(())
 }

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     /// Audit lines dropped because the writer fell behind.
     pub audit_dropped: IntCounter,
+    /// Requests sent to their rule's `spill` target because the local engine was overloaded.
+    pub spills: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,6 +111,11 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 c
             },
+            spills: counter(
+                "switchyard_spill_total",
+                "Requests sent to their rule's spill target because the local engine would miss a latency target, by rule and reason (ttft, decode_rate, queue).",
+                &["rule", "reason"],
+            )?,
             registry,
         };
         Ok(metrics)

@@ -16,6 +16,7 @@ use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
 use crate::cluster::Cluster;
 use crate::in_flight::InFlight;
+use crate::spill::{Spillover, Targets};
 use crate::store::RedisStore;
 use crate::metrics::Metrics;
 use crate::tenants::Tenants;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub admin_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The embedded engine, if configured.
     pub local: Option<LocalProvider>,
+    /// Watches the engine against `[local]`'s latency targets, when set and a rule can spill.
+    pub spillover: Option<Spillover>,
     /// Remote providers by name.
     pub remotes: HashMap<String, Remote>,
     /// Unix seconds at start-up (the `created` of `/v1/models`).
@@ -100,6 +103,9 @@ impl AppState {
         let catalog = Catalog::new(config.local.as_ref().map(|l| l.name.as_str()), &config.providers);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let router = config.router();
+        let spillover = local.as_ref().zip(config.local.as_ref().and_then(Targets::from_config)).and_then(|(local, targets)| {
+            router.policy().rules.iter().any(|r| r.spill.is_some()).then(|| Spillover::new(local.engine().clone(), targets))
+        });
         // Compile the PII patterns now rather than on the first request.
         let _ = router::pii_scanner();
         let pricer = pricer(&config);
@@ -142,6 +148,7 @@ impl AppState {
             admin_sessions: std::sync::Mutex::new(std::collections::HashSet::new()),
             pricer,
             local,
+            spillover,
             remotes,
             started_unix,
             draining: AtomicBool::new(false),

@@ -32,6 +32,17 @@ pub struct EngineConfig {
     /// Host memory for saved prompt states (MiB); 0 turns the host prompt cache off.
     #[serde(default = "default_prompt_cache_mib")]
     pub prompt_cache_mib: u32,
+    /// Latency target: a new request's predicted time to first token (ms). Requests whose rule
+    /// has `spill` go there when the prediction is above it. Unset: no TTFT target.
+    #[serde(default)]
+    pub slo_ttft_ms: Option<u32>,
+    /// Latency target: a new request's predicted decode rate (tokens/s per stream). Unset: none.
+    #[serde(default)]
+    pub slo_decode_tok_s: Option<f64>,
+    /// The simple spill rule instead of the prediction: spill while more than this many
+    /// requests wait for a slot. For comparison; the latency targets are what users want.
+    #[serde(default)]
+    pub spill_queue_depth: Option<u64>,
 }
 
 const fn default_prompt_cache_mib() -> u32 {
@@ -71,6 +82,9 @@ impl EngineConfig {
             cost_per_mtok: 0.0,
             gpu_layers: 0,
             prompt_cache_mib: default_prompt_cache_mib(),
+            slo_ttft_ms: None,
+            slo_decode_tok_s: None,
+            spill_queue_depth: None,
         }
     }
 
@@ -105,6 +119,15 @@ impl EngineConfig {
         }
         if !self.cost_per_mtok.is_finite() || self.cost_per_mtok < 0.0 {
             problems.push("local.cost_per_mtok must be a non-negative number".to_owned());
+        }
+        if self.slo_ttft_ms == Some(0) {
+            problems.push("local.slo_ttft_ms must be at least 1 (leave it out for no TTFT target)".to_owned());
+        }
+        if self.slo_decode_tok_s.is_some_and(|r| !r.is_finite() || r <= 0.0) {
+            problems.push("local.slo_decode_tok_s must be a positive number (leave it out for no decode-rate target)".to_owned());
+        }
+        if self.spill_queue_depth.is_some() && (self.slo_ttft_ms.is_some() || self.slo_decode_tok_s.is_some()) {
+            problems.push("local.spill_queue_depth replaces the latency targets; set either it or slo_ttft_ms / slo_decode_tok_s".to_owned());
         }
         if !self.model.is_file() {
             problems.push(format!(

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tracing::{error, info, info_span};
 
 use crate::scheduler::Scheduler;
-use crate::{EngineConfig, EngineError, EngineStats, EngineStatsSnapshot, GenerationEvent, GenerationRequest, GenerationStream};
+use crate::{EngineConfig, EngineError, EngineStats, Load, EngineStatsSnapshot, GenerationEvent, GenerationRequest, GenerationStream};
 
 /// A cheap, cloneable handle to the engine thread.
 #[derive(Clone)]
@@ -35,6 +35,8 @@ pub(crate) enum Message {
 pub(crate) struct Job {
     pub(crate) request: GenerationRequest,
     pub(crate) events: UnboundedSender<GenerationEvent>,
+    /// Prompt tokens estimated at submission (counted in the queue's backlog until admitted).
+    pub(crate) estimate: u64,
 }
 
 impl EngineHandle {
@@ -56,15 +58,21 @@ impl EngineHandle {
     /// Queues a generation. Events arrive on the returned stream; dropping it cancels the job.
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
         let (events, stream) = unbounded_channel();
+        let estimate = estimate_prompt_tokens(&request);
         self.stats.queued.fetch_add(1, Relaxed);
-        match self.jobs.try_send(Message::Generate(Job { request, events })) {
+        self.stats.queued_prompt_tokens.fetch_add(estimate, Relaxed);
+        let undo = || {
+            self.stats.queued.fetch_sub(1, Relaxed);
+            self.stats.queued_prompt_tokens.fetch_sub(estimate, Relaxed);
+        };
+        match self.jobs.try_send(Message::Generate(Job { request, events, estimate })) {
             Ok(()) => Ok(stream),
             Err(TrySendError::Full(_)) => {
-                self.stats.queued.fetch_sub(1, Relaxed);
+                undo();
                 Err(EngineError::Overloaded { queue: self.config.queue })
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.stats.queued.fetch_sub(1, Relaxed);
+                undo();
                 Err(EngineError::Unavailable { reason: "the engine thread has stopped".into() })
             }
         }
@@ -86,10 +94,28 @@ impl EngineHandle {
         let _ = thread.join();
     }
 
+    /// The queue, slots and measured step costs now, for predicting a new request's latency.
+    pub fn load(&self) -> Load {
+        let s = &self.stats;
+        Load {
+            parallel: self.config.parallel,
+            queued: s.queued.load(Relaxed),
+            active: s.active.load(Relaxed),
+            backlog_tokens: s.active_backlog_tokens.load(Relaxed) + s.queued_prompt_tokens.load(Relaxed),
+            prefill_chunk: crate::scheduler::PREFILL_CHUNK_WHILE_DECODING as u32,
+            timings: s.timings().clone(),
+        }
+    }
+
     /// The configuration the engine runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
+}
+
+/// About four characters a token, plus a few tokens of template per message.
+fn estimate_prompt_tokens(request: &GenerationRequest) -> u64 {
+    request.messages.iter().map(|m| m.content.len().div_ceil(4) as u64 + 4).sum()
 }
 
 /// llama.cpp's backend may be initialised once per process.
@@ -131,6 +157,7 @@ fn refuse_all(jobs: &Receiver<Message>, stats: &EngineStats, err: &EngineError) 
     error!(error = %err, "local engine could not start");
     while let Ok(Message::Generate(job)) = jobs.recv() {
         stats.queued.fetch_sub(1, Relaxed);
+        stats.queued_prompt_tokens.fetch_sub(job.estimate, Relaxed);
         let _ = job.events.send(GenerationEvent::Failed(err.clone()));
     }
 }

@@ -30,7 +30,7 @@ use crate::{ChatTemplate, EngineConfig, EngineError, EngineStats, FinishReason, 
 const STEP_TOKENS: usize = 512;
 /// Prompt tokens per step while other sequences are generating: bounds how long a long prompt
 /// can hold up running streams (one chunk's time, about 0.4 s on two CPU cores).
-const PREFILL_CHUNK_WHILE_DECODING: usize = 96;
+pub(crate) const PREFILL_CHUNK_WHILE_DECODING: usize = 96;
 /// Shorter shared prefixes are not worth reusing.
 const MIN_PREFIX_REUSE: usize = 4;
 /// Copying another slot's stream (a memcpy of the whole stream, a few ms) must save at least
@@ -176,6 +176,7 @@ impl<'m> Scheduler<'m> {
             };
             let Message::Generate(job) = message else { return false };
             self.stats.queued.fetch_sub(1, Relaxed);
+            self.stats.queued_prompt_tokens.fetch_sub(job.estimate, Relaxed);
             if job.events.is_closed() {
                 self.stats.cancelled_total.fetch_add(1, Relaxed);
                 continue;
@@ -203,6 +204,7 @@ impl<'m> Scheduler<'m> {
         while let Ok(message) = jobs.try_recv() {
             if let Message::Generate(job) = message {
                 self.stats.queued.fetch_sub(1, Relaxed);
+                self.stats.queued_prompt_tokens.fetch_sub(job.estimate, Relaxed);
                 let _ = job.events.send(GenerationEvent::Failed(err.clone()));
             }
         }
@@ -475,6 +477,8 @@ impl<'m> Scheduler<'m> {
         // The decode carried out every queued stream copy first.
         self.copy_pending.clear();
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        self.stats.timings().record_step(decoding, prompt_tokens_in_batch as usize, micros as f64);
         if prompt_tokens_in_batch > 0 {
             self.stats.prefill_us_total.fetch_add(micros, Relaxed);
             self.stats.prompt_tokens_total.fetch_add(prompt_tokens_in_batch, Relaxed);
@@ -516,6 +520,7 @@ impl<'m> Scheduler<'m> {
             }
         }
         for (mut seq, reason) in self.remove_highest_first(finished) {
+            self.stats.timings().record_finished(u32::try_from(seq.prompt.len()).unwrap_or(u32::MAX), seq.completion_tokens);
             // Free the slot first: whoever sees `Finished` sees the engine's stats settled.
             self.release(&seq, true);
             self.stats.finished_total.fetch_add(1, Relaxed);
@@ -542,6 +547,8 @@ impl<'m> Scheduler<'m> {
     }
 
     fn publish_kv_usage(&self) {
+        let backlog: usize = self.active.iter().map(|s| s.prompt.len() - s.prefilled).sum();
+        self.stats.active_backlog_tokens.store(backlog as u64, Relaxed);
         let used: i64 = self.active.iter().map(|s| i64::from(s.n_past())).sum();
         self.stats.kv_cells_used.store(u64::try_from(used).unwrap_or(0), Relaxed);
         self.stats.kv_cells_cached.store(u64::from(self.slots.cached_cells()), Relaxed);

@@ -1,4 +1,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use crate::load::Timings;
 
 /// Live counters shared between the engine thread and its handles.
 #[derive(Debug, Default)]
@@ -20,6 +23,12 @@ pub struct EngineStats {
     pub(crate) completion_tokens_total: AtomicU64,
     pub(crate) prefill_us_total: AtomicU64,
     pub(crate) decode_us_total: AtomicU64,
+    /// Prompt tokens of running sequences not yet prefilled.
+    pub(crate) active_backlog_tokens: AtomicU64,
+    /// Estimated prompt tokens of the requests waiting for a slot.
+    pub(crate) queued_prompt_tokens: AtomicU64,
+    /// Step costs measured by the engine thread (one short lock per step and per prediction).
+    pub(crate) timings: Mutex<Timings>,
 }
 
 /// A copy of [`EngineStats`] at one moment.
@@ -58,6 +67,11 @@ pub struct EngineStatsSnapshot {
 }
 
 impl EngineStats {
+    /// The measured step costs.
+    pub(crate) fn timings(&self) -> std::sync::MutexGuard<'_, Timings> {
+        self.timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> EngineStatsSnapshot {
         EngineStatsSnapshot {

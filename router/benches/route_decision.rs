@@ -87,6 +87,7 @@ fn classify_and_decide(router: &Router, text: &str) -> router::Decision {
         unavailable: &[],
         budget_used: 0.0,
         budget_exhausted: false,
+        local_overload: None,
     };
     router.decide(&input)
 }

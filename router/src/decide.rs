@@ -40,6 +40,40 @@ pub struct RouteInput<'a> {
     /// The tenant's budget cannot cover this request and its `on_exceed` is `local`: remote
     /// targets are dropped and the request goes to the local engine where the guard allows it.
     pub budget_exhausted: bool,
+    /// The local engine cannot meet its latency targets for this request now: a rule with
+    /// `spill` sends it there if it may leave.
+    pub local_overload: Option<LocalOverload>,
+}
+
+/// Why the local engine would miss its latency targets (bounded: a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpillReason {
+    /// Predicted time to first token above `[local] slo_ttft_ms`.
+    Ttft,
+    /// Predicted per-stream decode rate below `[local] slo_decode_tok_s`.
+    DecodeRate,
+    /// More requests waiting than `[local] spill_queue_depth` (the simple rule).
+    Queue,
+}
+
+impl SpillReason {
+    /// `ttft`, `decode_rate` or `queue`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ttft => "ttft",
+            Self::DecodeRate => "decode_rate",
+            Self::Queue => "queue",
+        }
+    }
+}
+
+/// The local engine's overload, as the gateway measured it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalOverload {
+    /// Which target is missed.
+    pub reason: SpillReason,
+    /// The figures behind it, for `reasons` (e.g. "predicted TTFT 1200 ms > SLO 800 ms").
+    pub detail: String,
 }
 
 /// Local engine or a remote provider.
@@ -95,6 +129,8 @@ pub struct Decision {
     pub reasons: Vec<String>,
     /// The guard moved the request away from the target its rule (or model) named.
     pub rerouted: bool,
+    /// The rule's `spill` target took the request off the overloaded local engine.
+    pub spilled: Option<SpillReason>,
     /// Set when the request may not be served at all (`on_violation = "reject"`, or no allowed
     /// target is left): the gateway answers 403 `policy_violation` with this reason.
     pub violation: Option<String>,
@@ -167,6 +203,7 @@ impl Router {
             let kinds: Vec<String> = privacy.pii.iter().map(|(k, n)| format!("{k}×{n}")).collect();
             reasons.push(format!("PII found: {}", kinds.join(", ")));
         }
+        let spill = matched.and_then(|r| r.spill.as_ref()).map(|s| s.get_ref().as_str());
         let (rule, target, fallbacks, redact, on_violation) = if let Some(rule) = matched {
             reasons.push(format!("matched rule {:?}{}", rule.name, describe_when(rule)));
             // Aliases expand in place (`frontier` to several models); a target listed twice is tried once.
@@ -206,6 +243,7 @@ impl Router {
             fallbacks: allowed_fallbacks,
             reasons,
             rerouted: false,
+            spilled: None,
             violation: None,
         };
         if let Some(why) = check(&decision.target) {
@@ -234,6 +272,9 @@ impl Router {
         if decision.violation.is_none() && input.budget_exhausted {
             self.keep_local(&mut decision, &check);
         }
+        if let (Some(spill), Some(overload), None) = (spill, &input.local_overload, &decision.violation) {
+            self.spill(&mut decision, spill, overload, input, privacy_tagged && !redacts, &check);
+        }
         decision.tier = self.topology.get(&decision.target).map_or(Tier::Remote, |i| i.tier);
         decision
     }
@@ -261,6 +302,49 @@ impl Router {
             }
             Some(why) => decision.reasons.push(format!("budget exhausted; local engine not allowed: {why}")),
         }
+    }
+}
+
+impl Router {
+    /// The local engine is overloaded: a request its rule serves locally goes to the rule's
+    /// `spill` target (then local, then the rule's fallbacks) if it may leave — no privacy tag
+    /// without redaction, the guard allows the target, the budget is not exhausted, the target's
+    /// circuit is closed. Otherwise it stays and waits in the engine's queue.
+    fn spill(
+        &self,
+        decision: &mut Decision,
+        spill: &str,
+        overload: &LocalOverload,
+        input: &RouteInput<'_>,
+        tagged_unredacted: bool,
+        check: &dyn Fn(&str) -> Option<String>,
+    ) {
+        let Some(local) = self.topology.local_target() else { return };
+        if decision.target != local {
+            return;
+        }
+        let stay = |decision: &mut Decision, why: &str| {
+            decision.reasons.push(format!("local engine overloaded ({}); not spilled: {why}", overload.detail));
+        };
+        if tagged_unredacted {
+            return stay(decision, "privacy-tagged requests stay local unless the rule redacts");
+        }
+        if input.budget_exhausted {
+            return stay(decision, "the tenant's budget is exhausted");
+        }
+        let mut refusals = Vec::new();
+        let allowed = self.topology.expand(spill).into_iter().find(|t| {
+            let why = if input.unavailable.contains(t) { Some(format!("target {t:?}: circuit open")) } else { check(t) };
+            why.map(|w| refusals.push(w)).is_none()
+        });
+        let Some(target) = allowed else {
+            return stay(decision, &refusals.join("; "));
+        };
+        decision.reasons.push(format!("spilled to {target:?}: local engine overloaded ({})", overload.detail));
+        let previous = std::mem::replace(&mut decision.target, target);
+        decision.fallbacks.retain(|t| *t != previous && *t != decision.target);
+        decision.fallbacks.insert(0, previous);
+        decision.spilled = Some(overload.reason);
     }
 }
 

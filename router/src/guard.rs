@@ -143,7 +143,7 @@ impl Policy {
         let mut problems = Vec::new();
         for tenant in tenants.iter().filter(|t| !t.residency.is_empty()) {
             for rule in self.rules.iter().filter(|r| r.when.tenant.is_empty() || r.when.tenant.contains(&tenant.name)) {
-                for (field, target) in rule.targets() {
+                for (field, target) in rule.all_targets() {
                     for full in topology.expand(target.get_ref()) {
                     let Some(info) = topology.get(&full) else { continue };
                     if !region_allowed(&tenant.residency, info.region.as_deref()) {

@@ -13,7 +13,7 @@ mod redact;
 mod signals;
 
 pub use complexity::{BaselineScorer, ComplexityScore, ComplexityScorer};
-pub use decide::{Decision, PrivacySummary, RouteInput, Router, Tier, EXPLICIT_RULE};
+pub use decide::{Decision, LocalOverload, PrivacySummary, RouteInput, Router, SpillReason, Tier, EXPLICIT_RULE};
 pub use guard::{region_allowed, violation, TargetInfo, TenantProfile, Topology};
 pub use pii::{pii_counts, scan as scan_pii, scanner as pii_scanner, PiiKind, PiiScanner, PiiSpan};
 pub use redact::{Redaction, Restorer};

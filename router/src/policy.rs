@@ -112,12 +112,20 @@ pub struct Rule {
     pub redact: bool,
     /// How the target is used.
     pub strategy: Option<Strategy>,
+    /// Where a request this rule serves locally goes when the local engine cannot meet its
+    /// latency targets (`[local] slo_ttft_ms`, `slo_decode_tok_s`) and the request may leave.
+    pub spill: Option<Spanned<String>>,
 }
 
 impl Rule {
     /// The route then each fallback, with the field each comes from.
     pub fn targets(&self) -> impl Iterator<Item = (&'static str, &Spanned<String>)> {
         std::iter::once(("route", &self.route)).chain(self.fallback.iter().map(|f| ("fallback", f)))
+    }
+
+    /// Every target the rule may send a request to: route, fallbacks, then `spill`.
+    pub fn all_targets(&self) -> impl Iterator<Item = (&'static str, &Spanned<String>)> {
+        self.targets().chain(self.spill.iter().map(|s| ("spill", s)))
     }
 }
 
@@ -204,7 +212,19 @@ impl Policy {
                     });
                 }
             }
-            for (field, target) in rule.targets() {
+            if let Some(spill) = &rule.spill {
+                if rule.route.get_ref() != LOCAL_ALIAS {
+                    problems.push(PolicyProblem {
+                        line: Some(line_col(text, spill.span().start).0),
+                        message: format!(
+                            "rule {:?}.spill: only a rule that routes to \"local\" can spill (this one routes to {:?})",
+                            rule.name,
+                            rule.route.get_ref()
+                        ),
+                    });
+                }
+            }
+            for (field, target) in rule.all_targets() {
                 if target.get_ref() != LOCAL_ALIAS && target.get_ref() != FRONTIER_ALIAS && !is_target(target.get_ref()) {
                     problems.push(PolicyProblem {
                         line: Some(line_col(text, target.span().start).0),
@@ -286,6 +306,18 @@ route = "local"
         let problems = Policy::parse(text).unwrap().problems(text, &|_| true);
         assert_eq!(problems.len(), 1);
         assert!(problems[0].message.contains("matches everything"));
+    }
+
+    #[test]
+    fn spill_is_checked_like_a_target_and_only_for_local_rules() {
+        let text = "[[rule]]\nname = \"easy\"\nroute = \"local\"\nspill = \"openai/gpt-4o-mini\"\n[[rule]]\nname = \"d\"\nroute = \"openai/gpt-4o\"\nspill = \"openai/gpt-4o\"\n";
+        let policy = Policy::parse(text).unwrap();
+        assert_eq!(policy.rules[0].spill.as_ref().map(|s| s.get_ref().as_str()), Some("openai/gpt-4o-mini"));
+        let problems = policy.problems(text, &|t| t == "openai/gpt-4o");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].message.contains("\"easy\".spill") && problems[0].message.contains("not configured"), "{}", problems[0]);
+        assert_eq!(problems[0].line, Some(4));
+        assert!(problems[1].message.contains("only a rule that routes to \"local\" can spill"), "{}", problems[1]);
     }
 
     #[test]

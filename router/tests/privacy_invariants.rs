@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use proptest::prelude::*;
-use router::{region_allowed, Policy, RouteInput, Router, Topology};
+use router::{region_allowed, LocalOverload, Policy, RouteInput, Router, SpillReason, Topology};
 
 const REGIONS: &[&str] = &["eu-west", "eu-central", "us-east", "us-west", "ap-south"];
 const RESIDENCIES: &[&[&str]] = &[&[], &["eu"], &["us"], &["eu", "us"], &["eu-west"], &["ap"]];
@@ -30,6 +30,7 @@ struct Case {
     model: Option<usize>,
     text: &'static str,
     budget_exhausted: bool,
+    overloaded: bool,
 }
 
 fn remote() -> impl Strategy<Value = (Option<&'static str>, bool)> {
@@ -38,6 +39,7 @@ fn remote() -> impl Strategy<Value = (Option<&'static str>, bool)> {
 
 fn rule_toml(i: usize, targets: &[String], parts: (u8, u8, bool, bool, Vec<usize>, usize)) -> String {
     let (when, complexity, redact, reject, fallbacks, route) = parts;
+    let route_target = &targets[route % targets.len()];
     let mut out = format!("[[rule]]\nname = \"r{i}\"\n");
     match when % 4 {
         0 => out.push_str("when.privacy = [\"pii\", \"confidential\"]\n"),
@@ -56,6 +58,11 @@ fn rule_toml(i: usize, targets: &[String], parts: (u8, u8, bool, bool, Vec<usize
     let _ = writeln!(out, "redact = {redact}");
     if reject {
         out.push_str("on_violation = \"reject\"\n");
+    }
+    // Only rules routing to the local engine may spill (a static check); the spill target is
+    // picked from the same draw as the rule's shape.
+    if route_target == "local" && when % 2 == 0 {
+        let _ = writeln!(out, "spill = \"{}\"", targets[(usize::from(complexity) + i) % targets.len()]);
     }
     out
 }
@@ -80,9 +87,9 @@ fn case() -> impl Strategy<Value = Case> {
             prop::collection::btree_map(prop::sample::select(PII_KINDS).prop_map(str::to_owned), 1..3_u32, 0..3),
             prop::option::of(0..8_usize),
             prop::sample::select(&["Hi", "Prove step by step that the algorithm's complexity is optimal; x^2 = y = z."][..]),
-            any::<bool>(),
+            (any::<bool>(), any::<bool>()),
         )
-            .prop_map(move |(local_region, remotes, rules, last, residency, tags, pii, model, text, budget_exhausted)| {
+            .prop_map(move |(local_region, remotes, rules, last, residency, tags, pii, model, text, (budget_exhausted, overloaded))| {
                 let mut policy = String::from(if last.1 { "on_violation = \"reject\"\n" } else { "on_violation = \"reroute\"\n" });
                 for (i, parts) in rules.into_iter().enumerate() {
                     policy.push_str(&rule_toml(i, &targets, parts));
@@ -98,6 +105,7 @@ fn case() -> impl Strategy<Value = Case> {
                     model,
                     text,
                     budget_exhausted,
+                    overloaded,
                 }
             })
     })
@@ -131,6 +139,7 @@ proptest! {
             unavailable: &[],
             budget_used: 0.0,
             budget_exhausted: case.budget_exhausted,
+            local_overload: case.overloaded.then(|| LocalOverload { reason: SpillReason::Ttft, detail: "test".into() }),
         };
         let d = router.decide(&input);
         if d.violation.is_none() {
@@ -144,6 +153,12 @@ proptest! {
                     prop_assert!(d.redact && !unscannable,
                         "privacy-tagged request to untrusted {target} unredacted\n{}\n{d:?}", case.policy);
                 }
+            }
+            if d.spilled.is_some() {
+                // Spilling is stricter than the guard: a tagged request leaves only redacted.
+                prop_assert!(!(!case.tags.is_empty() || !case.pii.is_empty()) || (d.redact && !unscannable), "{d:?}");
+                prop_assert!(case.overloaded && !case.budget_exhausted, "{d:?}");
+                prop_assert!(d.fallbacks.first().map(String::as_str) == Some("local/small"), "{d:?}");
             }
             if case.budget_exhausted {
                 // An exhausted budget never falls back to a paid target; the target itself stays

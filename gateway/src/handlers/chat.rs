@@ -107,6 +107,11 @@ async fn answer(
     let mut standing = (None, None);
     let admitted = state.limiter.admit(&tenant.name, prompt_tokens, reserve, remote_bound, &ctx.request_id, &mut standing).await;
     (rate.requests, rate.tokens) = standing;
+    // A spilled request the budget cannot cover stays local rather than being refused.
+    let admitted = match admitted {
+        Err(ApiError::BudgetExceeded { retry_after_s }) if decision.spilled.is_some() => Ok(Admitted::OverBudgetTryLocal { retry_after_s }),
+        other => other,
+    };
     let ticket = match admitted? {
         Admitted::Yes(ticket) => ticket,
         Admitted::OverBudgetTryLocal { retry_after_s } => {
@@ -122,6 +127,9 @@ async fn answer(
             }
         }
     };
+    if let Some(reason) = decision.spilled {
+        state.metrics.spills.with_label_values(&[&decision.rule, reason.as_str()]).inc();
+    }
     ctx.span.record("rule", decision.rule.as_str());
     ctx.span.record("tier", decision.tier.as_str());
     if let Some(r) = record.as_mut() {
@@ -423,5 +431,9 @@ fn set_route_headers(headers: &mut HeaderMap, decision: &Decision, target: &str)
     insert(headers, "x-switchyard-cache", "miss");
     if decision.rerouted {
         insert(headers, "x-switchyard-rerouted", "1");
+    }
+    // Spilled and served off the local engine (its fallback to local is not a spill).
+    if decision.spilled.is_some() && tier == "remote" {
+        insert(headers, "x-switchyard-spilled", "1");
     }
 }
