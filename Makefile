@@ -14,7 +14,7 @@ export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
+.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -84,6 +84,10 @@ bench-concurrency: model build
 ## Added latency of the gateway on the remote path (fake upstream answering at once), c=1 and c=16.
 bench-remote: build
 	$(abspath $(TARGET_DIR))/release/bench-remote $(BENCH_ARGS)
+
+## Spillover under a ramp of 1-32 streaming clients: spill off, "queue > N", and the latency prediction.
+bench-spill: model build
+	$(abspath $(TARGET_DIR))/release/bench-spill $(BENCH_ARGS)
 
 ## Per-request cost of auth + rate limits + budget reserve/settle: none vs in-process vs Redis.
 bench-admission: build

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::audit::AuditConfig;
 use crate::cache::CacheConfig;
+use crate::shadow::ShadowConfig;
 use crate::store::RedisConfig;
 use crate::tenants::TenantConfig;
 
@@ -132,6 +133,7 @@ struct RawConfig {
     audit: Option<AuditConfig>,
     redis: Option<RedisConfig>,
     cache: Option<CacheConfig>,
+    shadow: Option<ShadowConfig>,
 }
 
 /// `[metrics]`.
@@ -169,6 +171,8 @@ pub struct GatewayConfig {
     pub redis: Option<RedisConfig>,
     /// `[cache]`: the response cache, if on.
     pub cache: Option<CacheConfig>,
+    /// `[shadow]`: shadow evaluation of local answers, if on.
+    pub shadow: Option<ShadowConfig>,
 }
 
 /// Everything wrong with a configuration, each naming file, line and key where known.
@@ -184,6 +188,11 @@ fn store_problems(raw: &RawConfig) -> Vec<String> {
     let mut problems = raw.redis.as_ref().map(RedisConfig::problems).unwrap_or_default();
     if let Some(cache) = &raw.cache {
         problems.extend(cache.problems(raw.redis.is_some()));
+    }
+    if let Some(shadow) = &raw.shadow {
+        let local = raw.local.as_ref().map(|l| format!("local/{}", l.name));
+        let is_remote = |t: &str| Some(t) != local.as_deref() && target_exists(&raw.providers, None, t);
+        problems.extend(shadow.problems(&is_remote));
     }
     problems
 }
@@ -303,6 +312,7 @@ impl GatewayConfig {
                 audit: raw.audit,
                 redis: raw.redis,
                 cache: raw.cache,
+                shadow: raw.shadow,
             }),
             _ => Err(ConfigErrors { problems }),
         }

@@ -37,7 +37,9 @@ pub fn caller_tags(headers: &HeaderMap) -> Vec<String> {
 /// `local` (the router keeps it on the local engine where the guard allows).
 pub fn plan(state: &AppState, req: &ChatRequest, headers: &HeaderMap, tenant: &TenantProfile, budget_exhausted: bool) -> Result<Decision, ApiError> {
     let budget = BudgetSignal { used: state.limiter.used_share(&tenant.name), exhausted: budget_exhausted };
-    plan_with(&state.router, &state.catalog, req, headers, tenant, &state.open_circuits(), budget, state.spillover.as_ref())
+    let unavailable = state.open_circuits();
+    let signals = Signals { unavailable: &unavailable, budget, spillover: state.spillover.as_ref() };
+    plan_with(&state.router, &state.catalog, req, headers, tenant, &signals)
 }
 
 /// The tenant's budget as the router sees it.
@@ -49,6 +51,17 @@ pub struct BudgetSignal {
     pub exhausted: bool,
 }
 
+/// What the router is told about the gateway's state beyond the request.
+#[derive(Debug, Default)]
+pub struct Signals<'a> {
+    /// Targets whose circuit is open.
+    pub unavailable: &'a [String],
+    /// The tenant's budget.
+    pub budget: BudgetSignal,
+    /// The local engine's latency targets, when spillover is on.
+    pub spillover: Option<&'a Spillover>,
+}
+
 /// [`plan`] without a running gateway (for `switchyard explain`).
 pub fn plan_with(
     router: &Router,
@@ -56,10 +69,9 @@ pub fn plan_with(
     req: &ChatRequest,
     headers: &HeaderMap,
     tenant: &TenantProfile,
-    unavailable: &[String],
-    budget: BudgetSignal,
-    spillover: Option<&Spillover>,
+    signals: &Signals<'_>,
 ) -> Result<Decision, ApiError> {
+    let Signals { unavailable, budget, spillover } = *signals;
     let choice = catalog.resolve(&req.model).ok_or_else(|| ApiError::ModelNotFound { model: req.model.clone() })?;
     let resolved = match &choice {
         ModelChoice::Auto => None,

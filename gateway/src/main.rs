@@ -15,7 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 use gateway::config::{self, GatewayConfig};
-use gateway::{catalog, chat_request, dispatch, handlers, serve, tenants};
+use gateway::{calibrate, catalog, chat_request, dispatch, handlers, serve, tenants};
 
 /// Switchyard: one OpenAI-compatible endpoint that serves easy and private requests on a local
 /// model and escalates hard ones to frontier APIs.
@@ -55,6 +55,26 @@ enum Command {
         #[arg(long)]
         tags: Option<String>,
     },
+    /// Pick `complexity_threshold` for a target remote share of your prompts
+    /// (`--prompts F --remote-share X`), or for a target answer quality from shadow
+    /// comparisons (`--from-shadow F --target-quality Q`); prints the threshold and the split.
+    Calibrate {
+        /// Configuration file (its policy's complexity scorer scores the prompts).
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// JSON Lines: `{"prompt": "…"}` or a chat request body (`{"messages": […]}`) per line.
+        #[arg(long, requires = "remote_share", conflicts_with = "from_shadow")]
+        prompts: Option<PathBuf>,
+        /// Fraction of the prompts to send to the remote tier, 0..=1.
+        #[arg(long)]
+        remote_share: Option<f64>,
+        /// The shadow store (`[shadow] store`).
+        #[arg(long, requires = "target_quality")]
+        from_shadow: Option<PathBuf>,
+        /// Share of answers that must be as good as the remote model's, 0..=1.
+        #[arg(long)]
+        target_quality: Option<f64>,
+    },
     /// Virtual keys.
     Keys {
         #[command(subcommand)]
@@ -91,6 +111,9 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve_command(&config),
         Command::Check { config } => return check_command(&config),
         Command::Explain { config, file, tenant, tags } => explain_command(&config, &file, tenant.as_deref(), tags.as_deref()),
+        Command::Calibrate { config, prompts, remote_share, from_shadow, target_quality } => {
+            calibrate_command(&config, prompts.as_deref(), remote_share, from_shadow.as_deref(), target_quality)
+        }
         Command::Keys { command: KeysCommand::New { tenant } } => {
             keys_new_command(&tenant);
             Ok(())
@@ -184,6 +207,62 @@ fn summary(config: &GatewayConfig) -> String {
     out
 }
 
+fn calibrate_command(
+    path: &Path,
+    prompts: Option<&Path>,
+    remote_share: Option<f64>,
+    from_shadow: Option<&Path>,
+    target_quality: Option<f64>,
+) -> anyhow::Result<()> {
+    let in_range = |x: f64, flag: &str| {
+        anyhow::ensure!((0.0..=1.0).contains(&x), "{flag} must be between 0 and 1, not {x}");
+        Ok(())
+    };
+    if let (Some(file), Some(quality)) = (from_shadow, target_quality) {
+        in_range(quality, "--target-quality")?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let (samples, bad) = calibrate::shadow_samples(&text);
+        anyhow::ensure!(!samples.is_empty(), "{} holds no shadow comparison", file.display());
+        if bad > 0 {
+            eprintln!("warning: skipped {bad} line(s) of {} that are not shadow records", file.display());
+        }
+        let scores: Vec<f64> = samples.iter().map(|s| s.0).collect();
+        print!("{}", calibrate::report(&calibrate::for_quality(&samples, quality), &scores));
+        return Ok(());
+    }
+    let (Some(file), Some(share)) = (prompts, remote_share) else {
+        anyhow::bail!("give --prompts F.jsonl --remote-share X, or --from-shadow F --target-quality Q");
+    };
+    in_range(share, "--remote-share")?;
+    let config = load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let router = config.router();
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut scores = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", file.display(), n + 1))?;
+        let (text, turns) = if value.get("messages").is_some() {
+            let req = chat_request::parse_chat_request(line.as_bytes()).map_err(|e| anyhow::anyhow!("{}:{}: {e}", file.display(), n + 1))?;
+            (gateway::privacy::inspect(&req).text, req.messages.len())
+        } else {
+            let prompt = value["prompt"].as_str().with_context(|| format!("{}:{}: needs \"prompt\" or \"messages\"", file.display(), n + 1))?;
+            (prompt.to_owned(), 1)
+        };
+        let input = router::RouteInput {
+            requested_model: "auto",
+            tenant: tenants::DEFAULT_TENANT,
+            text: &text,
+            turns,
+            prompt_tokens: u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX),
+            ..router::RouteInput::default()
+        };
+        scores.push(router.decide(&input).complexity);
+    }
+    anyhow::ensure!(!scores.is_empty(), "{} holds no prompt", file.display());
+    print!("{}", calibrate::report(&calibrate::for_remote_share(&scores, share), &scores));
+    Ok(())
+}
+
 fn keys_new_command(tenant: &str) {
     let key = tenants::new_key();
     println!("key (shown once; give it to {tenant}): {key}");
@@ -213,7 +292,7 @@ fn explain_command(path: &Path, file: &str, tenant: Option<&str>, tags: Option<&
     if let Some(tags) = tags {
         headers.insert(dispatch::TAGS_HEADER, tags.parse().context("--tags")?);
     }
-    let decision = dispatch::plan_with(&config.router(), &catalog, &req, &headers, &profile, &[], dispatch::BudgetSignal::default(), None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let decision = dispatch::plan_with(&config.router(), &catalog, &req, &headers, &profile, &dispatch::Signals::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", serde_json::to_string_pretty(&handlers::route::decision_json(&decision))?);
     Ok(())
 }

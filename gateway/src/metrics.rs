@@ -43,6 +43,14 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     /// Requests sent to their rule's `spill` target because the local engine was overloaded.
     pub spills: IntCounterVec,
+    /// Shadow comparisons by complexity bucket and verdict.
+    pub shadow_comparisons: IntCounterVec,
+    /// Share of shadow comparisons where the local answer was as good, by complexity bucket.
+    pub shadow_win_rate: prometheus::GaugeVec,
+    /// Sampled shadow comparisons that did not run, by reason.
+    pub shadow_dropped: IntCounterVec,
+    /// What shadow calls cost, USD.
+    pub shadow_cost: prometheus::Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +124,29 @@ impl Metrics {
                 "Requests sent to their rule's spill target because the local engine would miss a latency target, by rule and reason (ttft, decode_rate, queue).",
                 &["rule", "reason"],
             )?,
+            shadow_comparisons: counter(
+                "switchyard_shadow_comparisons_total",
+                "Shadow comparisons of a local answer with a remote one, by complexity bucket and verdict (local, tie, remote).",
+                &["complexity_bucket", "verdict"],
+            )?,
+            shadow_win_rate: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new("switchyard_shadow_win_rate", "Share of shadow comparisons where the local answer was as good as the remote one (won or tied), by complexity bucket."),
+                    &["complexity_bucket"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            shadow_dropped: counter(
+                "switchyard_shadow_dropped_total",
+                "Sampled shadow comparisons that did not run, by reason (budget, concurrency, failed).",
+                &["reason"],
+            )?,
+            shadow_cost: {
+                let c = prometheus::Counter::new("switchyard_shadow_cost_usd_total", "What shadow calls (remote answers and judgements) cost, USD.")?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             registry,
         };
         Ok(metrics)
@@ -140,6 +171,22 @@ impl Metrics {
         if r.cache == "hit" {
             self.cache_hits.inc();
         }
+    }
+
+    /// Counts a shadow comparison and updates its bucket's win rate.
+    pub fn shadow_recorded(&self, record: &crate::shadow::ShadowRecord) {
+        let b = record.complexity_bucket.as_str();
+        let verdict = match record.verdict {
+            crate::shadow::Vote::Local => "local",
+            crate::shadow::Vote::Tie => "tie",
+            crate::shadow::Vote::Remote => "remote",
+        };
+        self.shadow_comparisons.with_label_values(&[b, verdict]).inc();
+        let count = |v: &str| self.shadow_comparisons.with_label_values(&[b, v]).get();
+        let (good, all) = (count("local") + count("tie"), count("local") + count("tie") + count("remote"));
+        #[allow(clippy::cast_precision_loss)]
+        self.shadow_win_rate.with_label_values(&[b]).set(good as f64 / all.max(1) as f64);
+        self.shadow_cost.inc_by(record.cost_usd.max(0.0));
     }
 
     /// The text exposition of every metric.

@@ -16,6 +16,7 @@ use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
 use crate::cluster::Cluster;
 use crate::in_flight::InFlight;
+use crate::shadow::{Shadow, ShadowConfig};
 use crate::spill::{Spillover, Targets};
 use crate::store::RedisStore;
 use crate::metrics::Metrics;
@@ -61,6 +62,10 @@ pub struct AppState {
     pub local: Option<LocalProvider>,
     /// Watches the engine against `[local]`'s latency targets, when set and a rule can spill.
     pub spillover: Option<Spillover>,
+    /// Shadow evaluation of local answers, with `[shadow]`.
+    pub shadow: Option<Arc<Shadow>>,
+    /// Tenants with `shadow = false`.
+    pub shadow_excluded: std::collections::HashSet<String>,
     /// Remote providers by name.
     pub remotes: HashMap<String, Remote>,
     /// Unix seconds at start-up (the `created` of `/v1/models`).
@@ -132,6 +137,11 @@ impl AppState {
         let cache = config.cache.as_ref().map(|c| Arc::new(ResponseCache::new(c, redis.clone())));
         let cluster = redis.clone().map(Cluster::new);
         let in_flight = InFlight::new(config.server.max_in_flight_per_tenant);
+        let shadow = match &config.shadow {
+            Some(shadow) => Some(Arc::new(build_shadow(shadow, &remotes, &pricer, &metrics)?)),
+            None => None,
+        };
+        let shadow_excluded = config.tenants.iter().filter(|t| !t.shadow).map(|t| t.name.clone()).collect();
         let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline));
         Ok(Arc::new(Self {
             config,
@@ -149,6 +159,8 @@ impl AppState {
             pricer,
             local,
             spillover,
+            shadow,
+            shadow_excluded,
             remotes,
             started_unix,
             draining: AtomicBool::new(false),
@@ -170,6 +182,24 @@ impl AppState {
         !self.draining.load(std::sync::atomic::Ordering::Relaxed)
             && self.local.as_ref().is_none_or(|l| l.engine().stats().loaded)
     }
+}
+
+/// The shadow evaluator, asking the configured remote and judge models through their providers.
+fn build_shadow(config: &ShadowConfig, remotes: &HashMap<String, Remote>, pricer: &Pricer, metrics: &Arc<Metrics>) -> anyhow::Result<Shadow> {
+    let resolve = |target: &str| -> anyhow::Result<(Arc<dyn Provider>, String)> {
+        let (provider, model) = target.split_once('/').context("shadow targets are provider/model")?;
+        let remote = remotes.get(provider).with_context(|| format!("shadow target {target:?}: no provider {provider:?}"))?;
+        Ok((Arc::clone(&remote.provider) as Arc<dyn Provider>, model.to_owned()))
+    };
+    let (on_result, on_drop) = (Arc::clone(metrics), Arc::clone(metrics));
+    Ok(Shadow::new(
+        config.clone(),
+        resolve(config.remote_target())?,
+        resolve(&config.judge)?,
+        Arc::clone(pricer),
+        Arc::new(move |record| on_result.shadow_recorded(record)),
+        Arc::new(move |why| on_drop.shadow_dropped.with_label_values(&[why.as_str()]).inc()),
+    ))
 }
 
 /// Prices usage per target: the local engine at `[local].cost_per_mtok` for all tokens, remote

@@ -37,6 +37,13 @@ pub struct TenantConfig {
     /// Spend allowed per UTC day and month.
     #[serde(default)]
     pub budget: Option<BudgetConfig>,
+    /// `false`: this tenant's requests are never sampled for shadow evaluation (`[shadow]`).
+    #[serde(default = "default_shadow")]
+    pub shadow: bool,
+}
+
+const fn default_shadow() -> bool {
+    true
 }
 
 const HASH_PREFIX: &str = "sha256:";
@@ -158,7 +165,7 @@ mod tests {
     use super::*;
 
     fn tenant(name: &str, keys: Vec<String>) -> TenantConfig {
-        TenantConfig { name: name.into(), keys, residency: vec!["eu".into()], tags: vec!["Confidential".into()], rate_limit: None, budget: None }
+        TenantConfig { name: name.into(), keys, residency: vec!["eu".into()], tags: vec!["Confidential".into()], rate_limit: None, shadow: true, budget: None }
     }
 
     #[test]

@@ -102,7 +102,7 @@ impl EngineHandle {
             queued: s.queued.load(Relaxed),
             active: s.active.load(Relaxed),
             backlog_tokens: s.active_backlog_tokens.load(Relaxed) + s.queued_prompt_tokens.load(Relaxed),
-            prefill_chunk: crate::scheduler::PREFILL_CHUNK_WHILE_DECODING as u32,
+            prefill_chunk: u32::try_from(crate::scheduler::PREFILL_CHUNK_WHILE_DECODING).unwrap_or(u32::MAX),
             timings: s.timings().clone(),
         }
     }

@@ -52,9 +52,11 @@ impl Timings {
         self.mean_completion_tokens = ewma(self.mean_completion_tokens, f64::from(completion_tokens.max(1)));
     }
 
-    /// A decode-only step's time with `batch` sequences: measured, or scaled from the nearest
-    /// measured size (a step's cost grows about linearly with its tokens on a CPU), or from the
-    /// prefill cost per token when no decode step was measured yet.
+    /// A decode-only step's time with `batch` sequences: measured; else on the line through the
+    /// two nearest measured sizes (a CPU step costs a fixed part plus a part per token); else,
+    /// from one measured size, half fixed and half per token; else from the prefill cost per
+    /// token, when no decode step was measured yet.
+    #[allow(clippy::cast_precision_loss)]
     pub fn step_us(&self, batch: usize) -> f64 {
         if batch == 0 {
             return 0.0;
@@ -62,16 +64,16 @@ impl Timings {
         if let Some(&t) = self.step_us.get(batch - 1).filter(|t| **t > 0.0) {
             return t;
         }
-        let nearest = self
-            .step_us
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| **t > 0.0)
-            .min_by_key(|(i, _)| (i + 1).abs_diff(batch));
-        #[allow(clippy::cast_precision_loss)]
-        match nearest {
-            Some((i, t)) => t * batch as f64 / (i + 1) as f64,
-            None => self.prefill_us_per_token * batch as f64,
+        let mut known: Vec<(usize, f64)> =
+            self.step_us.iter().enumerate().filter(|(_, t)| **t > 0.0).map(|(i, t)| (i + 1, *t)).collect();
+        known.sort_by_key(|(size, _)| size.abs_diff(batch));
+        match known[..] {
+            [] => self.prefill_us_per_token * batch as f64,
+            [(size, t)] => t * (0.5 + 0.5 * batch as f64 / size as f64),
+            [(a, ta), (b, tb), ..] => {
+                let slope = ((tb - ta) / (b as f64 - a as f64)).max(0.0);
+                (ta + slope * (batch as f64 - a as f64)).max(0.5 * ta.min(tb))
+            }
         }
     }
 }
@@ -122,14 +124,14 @@ impl Load {
         if t.step_us(1) == 0.0 && t.prefill_us_per_token == 0.0 {
             return Prediction { ttft_ms: 0.0, decode_tok_s: 0.0, measured: false };
         }
-        let batch = (self.active + self.queued + 1).min(parallel) as usize;
+        let batch = usize::try_from((self.active + self.queued + 1).min(parallel)).unwrap_or(usize::MAX);
         let step = t.step_us(batch);
         let free = parallel.saturating_sub(self.active);
         let ahead = self.queued;
         let wait_us = if ahead < free {
             0.0
         } else {
-            let service = t.mean_prompt_tokens * t.prefill_us_per_token + t.mean_completion_tokens * t.step_us(parallel as usize);
+            let service = t.mean_prompt_tokens * t.prefill_us_per_token + t.mean_completion_tokens * t.step_us(usize::try_from(parallel).unwrap_or(usize::MAX));
             (ahead - free + 1) as f64 * service / parallel as f64
         };
         // Waiting for a slot, the requests ahead are prefilled meanwhile.
@@ -148,6 +150,7 @@ impl Load {
 }
 
 #[cfg(test)]
+#[allow(clippy::float_cmp, clippy::cast_precision_loss)]
 mod tests {
     use super::*;
 
@@ -206,12 +209,16 @@ mod tests {
     }
 
     #[test]
-    fn unmeasured_batch_sizes_scale_from_the_nearest() {
+    fn unmeasured_batch_sizes_follow_the_measured_ones() {
         let mut t = Timings::default();
         t.record_step(4, 0, 40_000.0);
         assert_eq!(t.step_us(4), 40_000.0);
-        assert_eq!(t.step_us(8), 80_000.0);
-        assert_eq!(t.step_us(2), 20_000.0);
+        assert_eq!(t.step_us(8), 60_000.0, "one size known: half fixed, half per token");
+        assert_eq!(t.step_us(2), 30_000.0);
+        t.record_step(2, 0, 30_000.0);
+        assert_eq!(t.step_us(8), 60_000.0, "on the line through sizes 2 and 4");
+        assert_eq!(t.step_us(3), 35_000.0);
+        assert_eq!(t.step_us(1), 25_000.0);
         let mut only_prefill = Timings::default();
         only_prefill.record_step(0, 50, 50_000.0);
         assert_eq!(only_prefill.step_us(3), 3_000.0);

@@ -37,8 +37,8 @@ fn router() -> Router {
     Router::new(Policy::parse(POLICY).unwrap(), topology)
 }
 
-fn overload(reason: SpillReason) -> Option<LocalOverload> {
-    Some(LocalOverload { reason, detail: "predicted TTFT 1500 ms > SLO 800 ms".into() })
+fn overload(reason: SpillReason) -> LocalOverload {
+    LocalOverload { reason, detail: "predicted TTFT 1500 ms > SLO 800 ms".into() }
 }
 
 fn input<'a>(tenant: &'a str, residency: &'a [String]) -> RouteInput<'a> {
@@ -49,7 +49,7 @@ fn input<'a>(tenant: &'a str, residency: &'a [String]) -> RouteInput<'a> {
         text: "Say hello",
         turns: 1,
         prompt_tokens: 3,
-        local_overload: overload(SpillReason::Ttft),
+        local_overload: Some(overload(SpillReason::Ttft)),
         ..RouteInput::default()
     }
 }
@@ -78,7 +78,7 @@ fn overloaded_spills_with_local_first_among_fallbacks() {
 fn each_reason_is_carried() {
     for reason in [SpillReason::Ttft, SpillReason::DecodeRate, SpillReason::Queue] {
         let mut i = input("anyone", &[]);
-        i.local_overload = overload(reason);
+        i.local_overload = Some(overload(reason));
         assert_eq!(router().decide(&i).spilled, Some(reason));
     }
 }

@@ -91,6 +91,8 @@ pub async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
         "requests_per_minute": rollups.per_minute(now_minute, 60),
         "engine": engine,
         "circuits": circuits,
+        "spilling": state.spillover.as_ref().map(crate::spill::Spillover::spilling),
+        "shadow": state.shadow.as_ref().map(|s| s.stats()),
         "budgets": state.limiter.budgets().iter().map(|(tenant, budget, spend)| (tenant.clone(), json!({
             "daily_usd": budget.daily_usd, "monthly_usd": budget.monthly_usd,
             "spent_today_usd": nanos_to_usd(spend.daily_nusd), "spent_month_usd": nanos_to_usd(spend.monthly_nusd),

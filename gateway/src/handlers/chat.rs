@@ -11,7 +11,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{self, StreamExt};
-use providers::wire::{ChatRequest, Usage};
+use providers::wire::{ChatRequest, ChatResponse, Usage};
 use providers::{ChunkStream, Provider, ProviderError};
 use router::{Decision, Redaction, TenantProfile};
 use tracing::{warn, Instrument};
@@ -26,6 +26,8 @@ use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
 use crate::privacy::{self, StreamRestorer};
+use crate::shadow::{Candidate, Shadow};
+use crate::spill::Spillover;
 use crate::state::AppState;
 
 /// Answers a chat completion, streamed or not, from the target the router picks. Every request
@@ -92,6 +94,9 @@ async fn answer(
     let prompt_chars = privacy::text_chars(&req);
     let prompt_tokens = estimate_tokens(prompt_chars);
     let mut decision = plan(state, &req, headers, tenant, false)?;
+    // Counted from the decision on, so that a burst's later requests see the earlier ones.
+    let track = |d: &Decision| state.spillover.as_ref().filter(|_| is_local(state, &d.target)).map(Spillover::track_local);
+    let mut local_ticket = track(&decision);
     if let Some(reason) = &decision.violation {
         return Err(ApiError::PolicyViolation { reason: format!("rule {:?}: {reason}", decision.rule) });
     }
@@ -116,6 +121,7 @@ async fn answer(
         Admitted::Yes(ticket) => ticket,
         Admitted::OverBudgetTryLocal { retry_after_s } => {
             decision = plan(state, &req, headers, tenant, true)?;
+            local_ticket = track(&decision);
             if candidates(&decision).any(|t| !is_local(state, t)) {
                 return Err(ApiError::BudgetExceeded { retry_after_s });
             }
@@ -139,17 +145,61 @@ async fn answer(
         r.on_finish(Box::new(move |finished| {
             limiter.settle(&ticket, finished);
             drop(slot);
+            drop(local_ticket);
         }));
     }
     if let Some(hit) = cached {
         return Ok(cached_answer(&req, &decision, &hit, record));
     }
     let keep = state.cache.clone().zip(cache_key);
+    let shadow = shadow_candidate(state, &req, &decision, tenant, ctx);
     if req.is_stream() {
-        stream_answer(state, req, &decision, ctx, record, keep).await
+        stream_answer(state, req, &decision, ctx, record, keep, shadow).await
     } else {
-        complete_answer(state, req, &decision, ctx, record, keep).await
+        complete_answer(state, req, &decision, ctx, record, keep, shadow).await
     }
+}
+
+/// A request sampled for shadow evaluation, if it may be: `[shadow]` is on, the request carries
+/// no privacy tag, its tenant did not opt out, it asks for one plain answer (no tools) and the
+/// local engine is among its targets. The answer is filled in once the local engine gave it.
+fn shadow_candidate(state: &AppState, req: &ChatRequest, decision: &Decision, tenant: &TenantProfile, ctx: &RequestCtx) -> Option<Shadowing> {
+    let shadow = state.shadow.as_ref()?;
+    let eligible = decision.privacy.tags.is_empty()
+        && !state.shadow_excluded.contains(&tenant.name)
+        && req.n.unwrap_or(1) <= 1
+        && req.tools.is_none()
+        && candidates(decision).any(|t| is_local(state, t))
+        && shadow.sampled(&ctx.request_id);
+    eligible.then(|| {
+        let candidate = Candidate {
+            request_id: ctx.request_id.clone(),
+            tenant: tenant.name.clone(),
+            messages: req.messages.clone(),
+            max_tokens: req.max_output_tokens(),
+            prompt: privacy::inspect(req).text,
+            complexity: decision.complexity,
+            local_target: String::new(),
+            local_answer: String::new(),
+        };
+        (Arc::clone(shadow), candidate)
+    })
+}
+
+/// The evaluator and the request it may compare.
+type Shadowing = (Arc<Shadow>, Candidate);
+
+/// Offers the local answer for comparison; callers pass only answers the local engine gave
+/// (an answer from a remote fallback is not compared).
+fn offer_shadow(shadowing: Option<Shadowing>, target: &str, answer: Option<&ChatResponse>) {
+    let Some((shadow, mut candidate)) = shadowing else { return };
+    let Some(text) = answer.and_then(|a| a.choices.first()).and_then(|c| c.message.content.clone()) else { return };
+    if text.is_empty() {
+        return;
+    }
+    target.clone_into(&mut candidate.local_target);
+    candidate.local_answer = text;
+    shadow.offer(candidate);
 }
 
 /// True for the embedded engine's target.
@@ -276,6 +326,7 @@ async fn complete_answer(
     ctx: &RequestCtx,
     record: &mut Option<PendingRecord>,
     keep: Keep,
+    shadow: Option<Shadowing>,
 ) -> Result<Response, ApiError> {
     let (target, mut response, redaction) =
         first_success(state, &req, decision, |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
@@ -293,6 +344,9 @@ async fn complete_answer(
     if let Some((cache, key)) = keep {
         cache.put(key, response.clone(), target);
     }
+    if is_local(state, target) {
+        offer_shadow(shadow, target, Some(&response));
+    }
     let mut http = Json(response).into_response();
     set_route_headers(http.headers_mut(), decision, target);
     insert(http.headers_mut(), "x-switchyard-cost-usd", &cost.to_string());
@@ -306,6 +360,7 @@ async fn stream_answer(
     ctx: &RequestCtx,
     record: &mut Option<PendingRecord>,
     keep: Keep,
+    shadow: Option<Shadowing>,
 ) -> Result<Response, ApiError> {
     let include_usage = req.wants_stream_usage();
     let (target, chunks, redaction) = first_success(state, &req, decision, |provider, upstream, target| async move {
@@ -355,7 +410,17 @@ async fn stream_answer(
         None => chunks,
     };
     let chunks = match keep {
-        Some((cache, key)) => keep_when_complete(chunks, cache, key, target.to_owned()),
+        Some((cache, key)) => {
+            let target = target.to_owned();
+            when_complete(chunks, move |response| cache.put(key, response, &target))
+        }
+        None => chunks,
+    };
+    let chunks = match shadow.filter(|_| is_local(state, target)) {
+        Some(shadowing) => {
+            let target = target.to_owned();
+            when_complete(chunks, move |response| offer_shadow(Some(shadowing), &target, Some(&response)))
+        }
         None => chunks,
     };
     let mut http = Sse::new(sse_events(chunks, include_usage)).into_response();
@@ -363,9 +428,9 @@ async fn stream_answer(
     Ok(http)
 }
 
-/// Passes the chunks on and, if the stream ends without a failure, keeps the whole answer in
-/// the cache (a stream cut short or failed is never kept).
-fn keep_when_complete(chunks: ChunkStream, cache: Arc<ResponseCache>, key: CacheKey, target: String) -> ChunkStream {
+/// Passes the chunks on and, if the stream ends without a failure, calls `done` with the whole
+/// answer (a stream cut short, failed, or dropped by the client never is).
+fn when_complete(chunks: ChunkStream, done: impl FnOnce(ChatResponse) + Send + 'static) -> ChunkStream {
     let collector = Arc::new(std::sync::Mutex::new(Some(StreamCollector::new())));
     let seen = Arc::clone(&collector);
     let observed = chunks.map(move |chunk| {
@@ -381,9 +446,9 @@ fn keep_when_complete(chunks: ChunkStream, cache: Arc<ResponseCache>, key: Cache
         chunk
     });
     let finish = stream::once(async move {
-        let done = collector.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(response) = done.and_then(StreamCollector::finish) {
-            cache.put(key, response, &target);
+        let collected = collector.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(response) = collected.and_then(StreamCollector::finish) {
+            done(response);
         }
     })
     .filter_map(|()| async { None });

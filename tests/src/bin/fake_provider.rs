@@ -6,6 +6,9 @@
 //! - `metered`: answers exactly `max_tokens` words ("tok tok …") and reports usage the way the
 //!   gateway estimates it: prompt tokens = characters of the messages' text / 4, rounded up;
 //!   completion tokens = `max_tokens` (so a test knows every request's cost in advance).
+//! - `judge`: a scripted pairwise judge: the answer that starts with `echo:` wins (`[[A]]` or
+//!   `[[B]]`, wherever it stands), otherwise `[[C]]`. `judge-first`: always `[[A]]` (a judge
+//!   with a pure position bias).
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
 //! - `fail`: 500 with an `OpenAI` error body. `ratelimit`: 429 with `retry-after: 7`.
 //! - `reject`: 400 with an `OpenAI` error body. `drop`: one chunk, then (after
@@ -179,9 +182,11 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
     let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
     let last = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or_default();
     let metered = metered_usage(&model, body);
-    let answer = match metered {
-        Some((_, completion)) => vec!["tok"; usize::try_from(completion).unwrap_or(0)].join(" "),
-        None => format!("echo: {last}"),
+    let answer = match (metered, model.as_str()) {
+        (Some((_, completion)), _) => vec!["tok"; usize::try_from(completion).unwrap_or(0)].join(" "),
+        (None, "judge") => judge_verdict(last),
+        (None, "judge-first") => "Assistant A answered first, so it wins. [[A]]".to_owned(),
+        (None, _) => format!("echo: {last}"),
     };
     match model.as_str() {
         "fail" => return error(StatusCode::INTERNAL_SERVER_ERROR, "the fake upstream failed", "server_error", "internal"),
@@ -252,6 +257,22 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         .header("content-type", "text/event-stream")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The scripted `judge`: in a pairwise judge prompt, the answer starting with `echo:` (this
+/// fake's own answers) wins whichever position it is in; neither or both is a tie.
+fn judge_verdict(prompt: &str) -> String {
+    let answer = |who: &str| {
+        let start = format!("[The Start of Assistant {who}'s Answer]\n");
+        let end = format!("\n[The End of Assistant {who}'s Answer]");
+        prompt.split_once(&start).and_then(|(_, rest)| rest.split_once(&end)).map(|(a, _)| a.starts_with("echo:"))
+    };
+    match (answer("A"), answer("B")) {
+        (Some(true), Some(false)) => "Assistant A echoes the question, which is what I like. [[A]]".to_owned(),
+        (Some(false), Some(true)) => "Assistant B echoes the question, which is what I like. [[B]]".to_owned(),
+        (Some(_), Some(_)) => "Equally good. [[C]]".to_owned(),
+        _ => "I see no pair of answers to judge.".to_owned(),
+    }
 }
 
 /// `(prompt, completion)` tokens of a `metered` request (see the module docs).

@@ -1,0 +1,171 @@
+//! `switchyard calibrate`: picks `[classifier] complexity_threshold` from the user's own traffic.
+//! Either for a target remote share (`--prompts F --remote-share X`: the router scores each
+//! prompt) or for a target quality (`--from-shadow F --target-quality Q`: shadow comparisons say
+//! where the local answer was as good as the remote one).
+
+use std::fmt::Write as _;
+
+use crate::shadow::{ShadowRecord, Vote};
+
+/// A threshold and the split it gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    /// `complexity_threshold`: scores at or above it are hard (remote).
+    pub threshold: f64,
+    /// Prompts scored at or above the threshold.
+    pub remote: usize,
+    /// All prompts.
+    pub total: usize,
+    /// Share of answers as good as the remote model's (quality calibration only).
+    pub quality: Option<f64>,
+}
+
+impl Split {
+    /// Share sent to the remote tier.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn remote_share(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.remote as f64 / self.total as f64
+        }
+    }
+}
+
+/// Candidate thresholds: every distinct score (a threshold at a score sends it remote), and 1.0
+/// with nothing above it; the thresholds the policy accepts lie in [0, 1].
+fn candidates(scores: &[f64]) -> Vec<f64> {
+    let mut c: Vec<f64> = scores.iter().map(|s| s.clamp(0.0, 1.0)).collect();
+    c.push(0.0);
+    c.push(1.0);
+    c.sort_by(f64::total_cmp);
+    c.dedup();
+    c
+}
+
+fn remote_count(scores: &[f64], threshold: f64) -> usize {
+    scores.iter().filter(|s| **s >= threshold).count()
+}
+
+/// The threshold whose remote share is closest to `share` (ties: the higher threshold, which
+/// sends less to the paid tier).
+pub fn for_remote_share(scores: &[f64], share: f64) -> Split {
+    let total = scores.len();
+    #[allow(clippy::cast_precision_loss)]
+    let best = candidates(scores)
+        .into_iter()
+        .rev()
+        .min_by(|a, b| {
+            let gap = |t: f64| (remote_count(scores, t) as f64 / total.max(1) as f64 - share).abs();
+            gap(*a).total_cmp(&gap(*b))
+        })
+        .unwrap_or(1.0);
+    Split { threshold: best, remote: remote_count(scores, best), total, quality: None }
+}
+
+/// The highest threshold (the most traffic kept local) whose expected quality reaches
+/// `target`: quality is the share of requests whose answer is as good as the remote model's,
+/// counting every remote answer as good and a local one as good when the shadow verdict was a
+/// local win or a tie. `samples` are (complexity, local answer as good).
+pub fn for_quality(samples: &[(f64, bool)], target: f64) -> Split {
+    let total = samples.len();
+    let scores: Vec<f64> = samples.iter().map(|s| s.0).collect();
+    let quality = |t: f64| -> f64 {
+        let good = samples.iter().filter(|(c, ok)| *c >= t || *ok).count();
+        #[allow(clippy::cast_precision_loss)]
+        let q = good as f64 / total.max(1) as f64;
+        q
+    };
+    let mut best = 0.0;
+    for t in candidates(&scores) {
+        if quality(t) >= target {
+            best = t;
+        }
+    }
+    Split { threshold: best, remote: remote_count(&scores, best), total, quality: Some(quality(best)) }
+}
+
+/// The shadow store's lines as (complexity, local answer as good); unreadable lines are counted.
+pub fn shadow_samples(text: &str) -> (Vec<(f64, bool)>, usize) {
+    let mut samples = Vec::new();
+    let mut bad = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<ShadowRecord>(line) {
+            Ok(r) => samples.push((r.complexity, r.verdict != Vote::Remote)),
+            Err(_) => bad += 1,
+        }
+    }
+    (samples, bad)
+}
+
+/// The split as printed: the threshold line first (the value to paste into the policy).
+pub fn report(split: &Split, scores: &[f64]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "complexity_threshold = {:.4}", split.threshold);
+    let _ = writeln!(
+        out,
+        "remote: {} of {} prompts ({:.1} %), local: {} ({:.1} %)",
+        split.remote,
+        split.total,
+        split.remote_share() * 100.0,
+        split.total - split.remote,
+        (1.0 - split.remote_share()) * 100.0
+    );
+    if let Some(q) = split.quality {
+        let _ = writeln!(out, "expected share of answers as good as the remote model's: {:.1} %", q * 100.0);
+    }
+    let mut sorted = scores.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if let (Some(lo), Some(hi)) = (sorted.first(), sorted.last()) {
+        let mid = sorted[sorted.len() / 2];
+        let _ = writeln!(out, "scores: min {lo:.4}, median {mid:.4}, max {hi:.4}");
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::float_cmp, clippy::cast_precision_loss)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_share_picks_the_quantile() {
+        let scores: Vec<f64> = (0..100).map(|i| f64::from(i) / 100.0).collect();
+        let split = for_remote_share(&scores, 0.2);
+        assert_eq!(split.remote, 20);
+        assert!((split.threshold - 0.8).abs() < 1e-9, "{split:?}");
+        assert_eq!(for_remote_share(&scores, 0.0).remote, 0);
+        assert_eq!(for_remote_share(&scores, 1.0).remote, 100);
+    }
+
+    #[test]
+    fn ties_move_together() {
+        let scores = [0.1, 0.5, 0.5, 0.5, 0.9];
+        let split = for_remote_share(&scores, 0.4);
+        // 0.9 alone is 20 %, 0.5 and up is 80 %: 20 % is as close as 60 %… the nearer one wins.
+        assert_eq!(split.remote, 1);
+        assert!(split.total == 5);
+    }
+
+    #[test]
+    fn quality_keeps_locally_what_the_local_model_answers_well() {
+        // Easy prompts the local model answers well, hard ones it does not.
+        let mut samples: Vec<(f64, bool)> = (0..80).map(|i| (f64::from(i) / 200.0, true)).collect();
+        samples.extend((0..20).map(|i| (0.6 + f64::from(i) / 100.0, false)));
+        let split = for_quality(&samples, 1.0);
+        assert_eq!(split.remote, 20, "{split:?}");
+        assert_eq!(split.quality, Some(1.0));
+        // Accepting 90 % quality keeps half of the bad ones local too.
+        let relaxed = for_quality(&samples, 0.9);
+        assert_eq!(relaxed.remote, 10, "{relaxed:?}");
+        assert!(relaxed.threshold > split.threshold);
+    }
+
+    #[test]
+    fn reads_shadow_lines_and_counts_bad_ones() {
+        let line = r#"{"ts":1,"request_id":"r","tenant":"t","prompt":"p","complexity":0.3,"complexity_bucket":"0.2-0.4","local_target":"local/x","remote_target":"a/b","judge":"a/b","local_answer":"x","remote_answer":"y","votes":["tie","remote"],"verdict":"remote","weak_score":0.25,"strong_score":0.75,"cost_usd":0.0}"#;
+        let (samples, bad) = shadow_samples(&format!("{line}\nnot json\n\n"));
+        assert_eq!(samples, vec![(0.3, false)]);
+        assert_eq!(bad, 1);
+    }
+}
