@@ -173,6 +173,8 @@ pub struct GatewayConfig {
     pub cache: Option<CacheConfig>,
     /// `[shadow]`: shadow evaluation of local answers, if on.
     pub shadow: Option<ShadowConfig>,
+    /// The learned complexity scorer named by the policy's `[classifier] model`, if any.
+    pub scorer: Option<std::sync::Arc<router::learned::LearnedScorer>>,
 }
 
 /// Everything wrong with a configuration, each naming file, line and key where known.
@@ -298,6 +300,21 @@ impl GatewayConfig {
                 None
             }
         };
+        let scorer = match policy.as_ref().and_then(|p| p.classifier.model.clone()) {
+            Some(path) => {
+                let loaded = std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| router::learned::LearnedScorer::from_json(&text).map_err(|e| e.to_string()));
+                match loaded {
+                    Ok(model) => Some(std::sync::Arc::new(model)),
+                    Err(e) => {
+                        problems.push(format!("{policy_name}: classifier.model {path:?}: {e} (`switchyard train-router` writes one)"));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         match (problems.is_empty(), listen, policy) {
             (true, Ok(listen), Some(policy)) => Ok(Self {
                 warnings: policy.guard_warnings(&topology).into_iter().map(|w| format!("{policy_name}: {w}")).collect(),
@@ -313,6 +330,7 @@ impl GatewayConfig {
                 redis: raw.redis,
                 cache: raw.cache,
                 shadow: raw.shadow,
+                scorer,
             }),
             _ => Err(ConfigErrors { problems }),
         }
@@ -322,7 +340,11 @@ impl GatewayConfig {
 impl GatewayConfig {
     /// The router for this configuration.
     pub fn router(&self) -> router::Router {
-        router::Router::new(self.policy.clone(), self.topology())
+        let router = router::Router::new(self.policy.clone(), self.topology());
+        match &self.scorer {
+            Some(scorer) => router.with_scorer(Box::new(std::sync::Arc::clone(scorer))),
+            None => router,
+        }
     }
 
     /// Every target with its tier, region and trust, for the router.

@@ -75,6 +75,18 @@ enum Command {
         #[arg(long)]
         target_quality: Option<f64>,
     },
+    /// Train a learned complexity scorer on your own labels and write its model file
+    /// (point the policy's `[classifier] model` at it).
+    TrainRouter {
+        /// JSON Lines: `{"prompt", "label": 0|1}` (1: the remote model's answer is clearly
+        /// better) or `{"prompt", "weak_score", "strong_score"}` — a shadow store's lines are
+        /// of the second kind.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Where to write the model.
+        #[arg(long, default_value = "router-model.json")]
+        out: PathBuf,
+    },
     /// Virtual keys.
     Keys {
         #[command(subcommand)]
@@ -114,6 +126,7 @@ fn main() -> ExitCode {
         Command::Calibrate { config, prompts, remote_share, from_shadow, target_quality } => {
             calibrate_command(&config, prompts.as_deref(), remote_share, from_shadow.as_deref(), target_quality)
         }
+        Command::TrainRouter { labels, out } => train_router_command(&labels, &out),
         Command::Keys { command: KeysCommand::New { tenant } } => {
             keys_new_command(&tenant);
             Ok(())
@@ -260,6 +273,46 @@ fn calibrate_command(
     }
     anyhow::ensure!(!scores.is_empty(), "{} holds no prompt", file.display());
     print!("{}", calibrate::report(&calibrate::for_remote_share(&scores, share), &scores));
+    Ok(())
+}
+
+fn train_router_command(labels: &Path, out: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(labels).with_context(|| format!("reading {}", labels.display()))?;
+    let mut examples = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let at = || format!("{}:{}", labels.display(), n + 1);
+        let value: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let prompt = value["prompt"].as_str().with_context(|| format!("{}: needs a \"prompt\" string", at()))?;
+        let target = match (value["label"].as_f64(), value["weak_score"].as_f64(), value["strong_score"].as_f64()) {
+            (Some(label), _, _) if label == 0.0 || label == 1.0 => label,
+            (None, Some(weak), Some(strong)) => {
+                if strong > weak {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            _ => anyhow::bail!("{}: needs \"label\": 0 or 1, or \"weak_score\" and \"strong_score\" numbers", at()),
+        };
+        #[allow(clippy::cast_possible_truncation)]
+        examples.push(router::learned::Example { text: prompt.to_owned(), target: target as f32, weight: 1.0 });
+    }
+    let positives = examples.iter().filter(|e| e.target > 0.5).count();
+    anyhow::ensure!(
+        positives > 0 && positives < examples.len(),
+        "{} has {} examples, {positives} of them positive: training needs both kinds",
+        labels.display(),
+        examples.len()
+    );
+    let trained_on = format!("{} ({} examples, {positives} where the remote answer is better)", labels.display(), examples.len());
+    let model = router::learned::train(&examples, router::learned::TrainOptions::default(), &trained_on);
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(out, model.to_json()).with_context(|| format!("writing {}", out.display()))?;
+    println!("trained on {trained_on}");
+    println!("wrote {} ({} nonzero word weights)", out.display(), model.sparse.len());
+    println!("use it: in the policy, [classifier] model = {:?}; then pick the threshold with `switchyard calibrate`", out.display().to_string());
     Ok(())
 }
 

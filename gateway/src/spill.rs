@@ -86,9 +86,9 @@ impl Spillover {
     /// The overload a request of `prompt_tokens` would meet on the local engine now, if any.
     pub fn check(&self, prompt_tokens: u32) -> Option<LocalOverload> {
         let mut load = self.engine.load();
-        // Routed here but not in the engine's queue yet: waiting all the same.
+        // Routed here but not in the engine's queue or slots yet: ahead of this request all the same.
         let routed = self.local_in_flight.load(Relaxed);
-        load.queued = load.queued.max(routed.saturating_sub(load.active));
+        load.pending = routed.saturating_sub(load.active + load.queued);
         let was = self.spilling.load(Relaxed);
         let (overload, now) = judge(&load, prompt_tokens, self.targets, was);
         if now != was {
@@ -104,10 +104,11 @@ impl Spillover {
 pub fn judge(load: &Load, prompt_tokens: u32, targets: Targets, spilling: bool) -> (Option<LocalOverload>, bool) {
     match targets {
         Targets::QueueDepth(depth) => {
-            let over = load.queued > depth;
+            let waiting = load.queued + load.pending;
+            let over = waiting > depth;
             let overload = over.then(|| LocalOverload {
                 reason: SpillReason::Queue,
-                detail: format!("{} requests waiting > spill_queue_depth {depth}", load.queued),
+                detail: format!("{waiting} requests waiting > spill_queue_depth {depth}"),
             });
             (overload, over)
         }
@@ -152,7 +153,7 @@ mod tests {
         }
         t.record_step(0, 100, 100_000.0);
         t.record_finished(30, 64);
-        Load { parallel: 8, queued, active, backlog_tokens: backlog, prefill_chunk: 96, timings: t }
+        Load { parallel: 8, queued, pending: 0, active, backlog_tokens: backlog, prefill_chunk: 96, timings: t }
     }
 
     const TTFT_800: Targets = Targets::Latency { ttft_ms: Some(800.0), decode_tok_s: None };

@@ -100,6 +100,7 @@ impl EngineHandle {
         Load {
             parallel: self.config.parallel,
             queued: s.queued.load(Relaxed),
+            pending: 0,
             active: s.active.load(Relaxed),
             backlog_tokens: s.active_backlog_tokens.load(Relaxed) + s.queued_prompt_tokens.load(Relaxed),
             prefill_chunk: u32::try_from(crate::scheduler::PREFILL_CHUNK_WHILE_DECODING).unwrap_or(u32::MAX),

@@ -17,6 +17,8 @@ pub struct Timings {
     /// Moving averages of finished requests' prompt and completion tokens.
     mean_prompt_tokens: f64,
     mean_completion_tokens: f64,
+    /// Estimated completion tokens each running sequence has left, as of the last step.
+    remaining: Vec<f64>,
 }
 
 fn ewma(old: f64, sample: f64) -> f64 {
@@ -52,6 +54,18 @@ impl Timings {
         self.mean_completion_tokens = ewma(self.mean_completion_tokens, f64::from(completion_tokens.max(1)));
     }
 
+    /// Records what the running sequences have left: for each, the completion tokens it
+    /// generated and its cap. A sequence is expected to run to the mean completion length (at
+    /// least a quarter of it more, once past the mean), never past its cap.
+    pub fn record_running(&mut self, sequences: impl Iterator<Item = (u32, u32)>) {
+        let mean = self.mean_completion_tokens;
+        self.remaining.clear();
+        self.remaining.extend(sequences.map(|(done, cap)| {
+            let left = f64::from(cap.saturating_sub(done));
+            (mean - f64::from(done)).max(mean / 4.0).max(1.0).min(left)
+        }));
+    }
+
     /// A decode-only step's time with `batch` sequences: measured; else on the line through the
     /// two nearest measured sizes (a CPU step costs a fixed part plus a part per token); else,
     /// from one measured size, half fixed and half per token; else from the prefill cost per
@@ -83,8 +97,11 @@ impl Timings {
 pub struct Load {
     /// Most sequences decoded together.
     pub parallel: u32,
-    /// Requests waiting for a slot.
+    /// Requests waiting in the engine's queue for a slot.
     pub queued: u64,
+    /// Requests routed to the engine that have not reached its queue yet (they are ahead of a
+    /// new one all the same).
+    pub pending: u64,
     /// Sequences running.
     pub active: u64,
     /// Prompt tokens not yet prefilled: running sequences' rest and waiting requests' estimate.
@@ -107,11 +124,13 @@ pub struct Prediction {
 }
 
 impl Load {
-    /// Predicts time to first token and decode rate for a request of `prompt_tokens`.
+    /// Predicts time to first token and decode rate for a request of `prompt_tokens`, which
+    /// queues behind the `queued` and `pending` requests (FIFO).
     ///
-    /// - Waiting for a slot: when every slot is taken, slots free up at `parallel / service`
-    ///   per second, where a sequence's service time is its mean prompt's prefill plus its mean
-    ///   completion's steps at full batch.
+    /// - Waiting for a slot: those ahead first take the free slots; then each waiting request
+    ///   takes the slot of the next running sequence to finish, by their estimated remaining
+    ///   tokens at a full batch's step time; past a whole wave of slots, add a mean service
+    ///   time (mean prompt's prefill + mean completion's steps) per wave.
     /// - Prefill: its own prompt, plus (when it starts at once) the prompt tokens ahead of it,
     ///   in chunks, each chunk sharing a step with the running sequences' tokens.
     /// - Decode: a step's time at the batch it joins, plus the prefill of later arrivals that
@@ -124,19 +143,32 @@ impl Load {
         if t.step_us(1) == 0.0 && t.prefill_us_per_token == 0.0 {
             return Prediction { ttft_ms: 0.0, decode_tok_s: 0.0, measured: false };
         }
-        let batch = usize::try_from((self.active + self.queued + 1).min(parallel)).unwrap_or(usize::MAX);
+        let slots = usize::try_from(parallel).unwrap_or(usize::MAX);
+        let active = self.active.min(parallel);
+        let ahead = self.queued + self.pending;
+        let batch = usize::try_from((active + ahead + 1).min(parallel)).unwrap_or(usize::MAX);
         let step = t.step_us(batch);
-        let free = parallel.saturating_sub(self.active);
-        let ahead = self.queued;
+        let free = parallel - active;
         let wait_us = if ahead < free {
             0.0
         } else {
-            let service = t.mean_prompt_tokens * t.prefill_us_per_token + t.mean_completion_tokens * t.step_us(usize::try_from(parallel).unwrap_or(usize::MAX));
-            (ahead - free + 1) as f64 * service / parallel as f64
+            let full_step = t.step_us(slots);
+            // Running sequences' remaining tokens (unknown ones: half a mean answer), then those
+            // ahead that take the free slots, starting a whole answer.
+            // (The list is from the last step: an idle engine's is stale, so take only as many
+            // as are running now.)
+            let running = usize::try_from(active).unwrap_or(usize::MAX);
+            let mut left: Vec<f64> = t.remaining.iter().copied().take(running).collect();
+            left.resize(running, t.mean_completion_tokens / 2.0);
+            left.resize(slots, t.mean_completion_tokens);
+            left.sort_by(f64::total_cmp);
+            let position = usize::try_from(ahead - free).unwrap_or(usize::MAX);
+            let service = t.mean_prompt_tokens * t.prefill_us_per_token + t.mean_completion_tokens * full_step;
+            left[position % slots] * full_step + (position / slots) as f64 * service
         };
         // Waiting for a slot, the requests ahead are prefilled meanwhile.
         let to_prefill = f64::from(prompt_tokens) + if wait_us == 0.0 { self.backlog_tokens as f64 } else { 0.0 };
-        let running = self.active > 0 || wait_us > 0.0;
+        let running = active > 0 || wait_us > 0.0;
         let chunk = f64::from(self.prefill_chunk.max(1));
         let interleaved = if running { (to_prefill / chunk).ceil() * step } else { 0.0 };
         let prefill_us = to_prefill * t.prefill_us_per_token + interleaved;
@@ -167,7 +199,7 @@ mod tests {
     }
 
     fn load(active: u64, queued: u64, backlog: u64) -> Load {
-        Load { parallel: 8, queued, active, backlog_tokens: backlog, prefill_chunk: 96, timings: measured() }
+        Load { parallel: 8, queued, pending: 0, active, backlog_tokens: backlog, prefill_chunk: 96, timings: measured() }
     }
 
     #[test]
@@ -197,9 +229,44 @@ mod tests {
         assert!(idle < busy && busy < backlog, "{idle} {busy} {backlog}");
         assert!(full > busy, "waiting for a slot costs an eighth of a sequence's service time: {full}");
         assert!(queued > full * 2.0, "{full} {queued}");
-        // Eight ahead at 8 slots: one full service time (30 ms prefill + 64 steps of 39 ms).
+        // Eight ahead of it at 8 busy slots (progress unknown: half an answer left each): the
+        // first wave takes all 8 slots as they free, it waits for the first of those to finish.
+        let half_answer_ms = 32.0 * 39.0;
         let service_ms = 30.0 + 64.0 * 39.0;
-        assert!(queued >= service_ms && queued < service_ms * 1.5, "{queued} vs {service_ms}");
+        assert!(queued >= half_answer_ms + service_ms && queued < (half_answer_ms + service_ms) * 1.2, "{queued}");
+    }
+
+    #[test]
+    fn a_burst_waits_for_the_running_sequences_to_finish() {
+        // Eight sequences just started (64 tokens left each), two more routed here: the ninth
+        // and tenth wait for a whole answer, not an eighth of one.
+        let mut l = load(8, 0, 0);
+        l.timings.record_running((0..8).map(|_| (0, 64)));
+        l.pending = 1;
+        let p = l.predict(30).ttft_ms;
+        assert!(p > 64.0 * 39.0, "{p}");
+        // Two almost done: the next waits only for the first of them.
+        l.timings.record_running((0..8).map(|i| if i < 2 { (60, 64) } else { (10, 64) }));
+        l.pending = 0;
+        let soon = l.predict(30).ttft_ms;
+        assert!(soon < 16.0 * 39.0 + 200.0, "{soon}");
+    }
+
+    #[test]
+    fn an_idle_engines_last_step_does_not_count() {
+        // The last step ran one sequence with a token left; now nothing runs and a burst of
+        // eight is routed here: the ninth waits for a whole answer.
+        let mut l = load(0, 0, 0);
+        l.timings.record_running([(63, 64)].into_iter());
+        l.pending = 8;
+        assert!(l.predict(30).ttft_ms > 64.0 * 39.0, "{:?}", l.predict(30));
+    }
+
+    #[test]
+    fn remaining_tokens_follow_the_mean_and_the_cap() {
+        let mut t = measured();
+        t.record_running([(0, 64), (10, 16), (100, 1000), (63, 64)].into_iter());
+        assert_eq!(t.remaining, vec![64.0, 6.0, 16.0, 1.0]);
     }
 
     #[test]

@@ -477,8 +477,12 @@ impl<'m> Scheduler<'m> {
         // The decode carried out every queued stream copy first.
         self.copy_pending.clear();
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
-        self.stats.timings().record_step(decoding, prompt_tokens_in_batch as usize, micros as f64);
+        {
+            let mut timings = self.stats.timings();
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+            timings.record_step(decoding, prompt_tokens_in_batch as usize, micros as f64);
+            timings.record_running(self.active.iter().map(|s| (s.completion_tokens, s.max_tokens)));
+        }
         if prompt_tokens_in_batch > 0 {
             self.stats.prefill_us_total.fetch_add(micros, Relaxed);
             self.stats.prompt_tokens_total.fetch_add(prompt_tokens_in_batch, Relaxed);

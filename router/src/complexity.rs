@@ -19,6 +19,12 @@ pub trait ComplexityScorer: Send + Sync + std::fmt::Debug {
     fn score(&self, text: &str, features: &Features, prompt_tokens: u32) -> ComplexityScore;
 }
 
+impl<T: ComplexityScorer> ComplexityScorer for std::sync::Arc<T> {
+    fn score(&self, text: &str, features: &Features, prompt_tokens: u32) -> ComplexityScore {
+        (**self).score(text, features, prompt_tokens)
+    }
+}
+
 /// The baseline: length, code, math, reasoning markers, turns and tools, each adding a fixed weight.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BaselineScorer;

@@ -7,6 +7,7 @@
 mod complexity;
 mod decide;
 mod guard;
+pub mod learned;
 mod pii;
 mod policy;
 mod redact;

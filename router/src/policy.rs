@@ -46,6 +46,10 @@ pub struct Classifier {
     /// Complexity at or above this is "hard".
     #[serde(default = "default_threshold")]
     pub complexity_threshold: f64,
+    /// A learned scorer's model file (`switchyard train-router` writes one); the gateway reads
+    /// it. Unset: the transparent baseline scorer.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 const fn default_threshold() -> f64 {
@@ -54,7 +58,7 @@ const fn default_threshold() -> f64 {
 
 impl Default for Classifier {
     fn default() -> Self {
-        Self { complexity_threshold: default_threshold() }
+        Self { complexity_threshold: default_threshold(), model: None }
     }
 }
 
