@@ -477,12 +477,8 @@ impl<'m> Scheduler<'m> {
         // The decode carried out every queued stream copy first.
         self.copy_pending.clear();
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        {
-            let mut timings = self.stats.timings();
-            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
-            timings.record_step(decoding, prompt_tokens_in_batch as usize, micros as f64);
-            timings.record_running(self.active.iter().map(|s| (s.completion_tokens, s.max_tokens)));
-        }
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        self.stats.timings().record_step(decoding, prompt_tokens_in_batch as usize, micros as f64);
         if prompt_tokens_in_batch > 0 {
             self.stats.prefill_us_total.fetch_add(micros, Relaxed);
             self.stats.prompt_tokens_total.fetch_add(prompt_tokens_in_batch, Relaxed);
@@ -550,7 +546,10 @@ impl<'m> Scheduler<'m> {
         out
     }
 
+    /// Publishes what the running sequences hold and have left; called whenever one joins or
+    /// leaves and after every step, so a prediction never sees a stale set.
     fn publish_kv_usage(&self) {
+        self.stats.timings().record_running(self.active.iter().map(|s| (s.completion_tokens, s.max_tokens)));
         let backlog: usize = self.active.iter().map(|s| s.prompt.len() - s.prefilled).sum();
         self.stats.active_backlog_tokens.store(backlog as u64, Relaxed);
         let used: i64 = self.active.iter().map(|s| i64::from(s.n_past())).sum();

@@ -92,7 +92,22 @@ fn classify_and_decide(router: &Router, text: &str) -> router::Decision {
     router.decide(&input)
 }
 
+/// The shipped learned scorer (`router/model/complexity.json`).
+fn learned() -> router::learned::LearnedScorer {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/model/complexity.json")).expect("router/model/complexity.json (make router-model)");
+    router::learned::LearnedScorer::from_json(&text).expect("a valid model")
+}
+
+fn learned_score(scorer: &router::learned::LearnedScorer, text: &str) -> f64 {
+    use router::ComplexityScorer as _;
+    let features = router::features(text, 1, false);
+    scorer.score(text, &features, 512).score
+}
+
 fn bench(c: &mut Criterion) {
+    let scorer = learned();
+    let long = typical_prompt(2048);
+    c.bench_function("learned_scorer/512 tokens", |b| b.iter(|| learned_score(&scorer, black_box(&long))));
     let router = router();
     for (name, text) in prompts() {
         c.bench_function(&format!("classify_and_decide/{name}"), |b| b.iter(|| classify_and_decide(&router, black_box(&text))));
@@ -115,6 +130,18 @@ fn percentiles() {
         let at = |per_mille: usize| times[(times.len() - 1) * per_mille / 1000];
         println!("| {name} | {} | {:.2} | {:.2} | {:.2} |", times.len(), at(500), at(990), at(1000));
     }
+    let scorer = learned();
+    let long = typical_prompt(2048);
+    let mut times: Vec<f64> = (0..20_000)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(learned_score(&scorer, black_box(&long)));
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let at = |per_mille: usize| times[(times.len() - 1) * per_mille / 1000];
+    println!("| learned scorer alone, 512 tokens (2 KB) | {} | {:.2} | {:.2} | {:.2} |", times.len(), at(500), at(990), at(1000));
     println!();
 }
 

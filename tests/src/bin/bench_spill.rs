@@ -21,13 +21,15 @@ const SUBJECTS: [&str; 16] = [
 ];
 
 struct Run {
+    /// When it was sent, since the level began.
+    sent: Duration,
     local: bool,
     ttft: Duration,
     /// Completion tokens per second after the first one.
     decode_tok_s: Option<f64>,
 }
 
-async fn one(client: &reqwest::Client, base: &str, i: usize, round: usize) -> Run {
+async fn one(client: &reqwest::Client, base: &str, i: usize, round: usize, level_start: Instant) -> Run {
     let body = json!({
         "model": "auto", "stream": true, "temperature": 0, "max_tokens": COMPLETION_TOKENS,
         "stream_options": {"include_usage": true},
@@ -55,7 +57,7 @@ async fn one(client: &reqwest::Client, base: &str, i: usize, round: usize) -> Ru
     let ttft = first.unwrap_or_else(|| start.elapsed());
     #[allow(clippy::cast_precision_loss)]
     let decode_tok_s = last.and_then(|l| l.checked_sub(ttft)).filter(|d| !d.is_zero() && tokens > 1).map(|d| (tokens - 1) as f64 / d.as_secs_f64());
-    Run { local, ttft, decode_tok_s }
+    Run { sent: start - level_start, local, ttft, decode_tok_s }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -70,13 +72,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// `clients` send `per_client` requests each, back to back.
 async fn level(base: &str, clients: usize, per_client: usize) -> Vec<Run> {
     let client = reqwest::Client::new();
+    let level_start = Instant::now();
     let workers: Vec<_> = (0..clients)
         .map(|c| {
             let (client, base) = (client.clone(), base.to_owned());
             tokio::spawn(async move {
                 let mut runs = Vec::new();
                 for k in 0..per_client {
-                    runs.push(one(&client, &base, c * per_client + k, clients).await);
+                    runs.push(one(&client, &base, c * per_client + k, clients, level_start).await);
                 }
                 runs
             })
@@ -126,6 +129,11 @@ async fn main() {
             ttfts.sort_by(f64::total_cmp);
             let mut rates: Vec<f64> = runs.iter().filter(|r| r.local).filter_map(|r| r.decode_tok_s).collect();
             rates.sort_by(f64::total_cmp);
+            if std::env::args().any(|a| a == "--verbose") {
+                for r in runs.iter().filter(|r| r.local) {
+                    eprintln!("{name} c={clients}: local request sent at {:?}, TTFT {:?}", r.sent, r.ttft);
+                }
+            }
             let off = runs.iter().filter(|r| !r.local).count();
             total += runs.len();
             spilled += off;

@@ -1,0 +1,102 @@
+"""The learned complexity scorer from the user's side: `switchyard train-router` on a labels file
+(either label form, shadow store lines included) writes a model; a policy's `[classifier] model`
+makes `/v1/route` score with it; a broken model file is a configuration error naming the key;
+`switchyard calibrate --prompts` picks the threshold for a remote share."""
+
+import json
+import subprocess
+
+import httpx
+
+from conftest import BIN, Gateway, gateway_config
+
+HARD = ["Prove the convergence of the series rigorously, case {i}", "Derive the eigenvalues of the operator carefully, case {i}"]
+EASY = ["Say hello to my neighbour number {i}", "Tell me a short greeting for friend {i}"]
+
+
+def write_labels(path, shadow_style=False):
+    lines = []
+    for i in range(150):
+        for template in HARD:
+            prompt = template.format(i=i)
+            lines.append({"prompt": prompt, "weak_score": 0.0, "strong_score": 1.0, "verdict": "remote"} if shadow_style
+                         else {"prompt": prompt, "label": 1})
+        for template in EASY:
+            prompt = template.format(i=i)
+            lines.append({"prompt": prompt, "weak_score": 0.75, "strong_score": 0.25, "verdict": "local"} if shadow_style
+                         else {"prompt": prompt, "label": 0})
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+
+def train(labels, out):
+    return subprocess.run([str(BIN), "train-router", "--labels", str(labels), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def route(gw, text):
+    r = httpx.post(f"{gw.v1}/route", json={"model": "auto", "messages": [{"role": "user", "content": text}]})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_trained_model_routes_by_what_it_learned(tmp_path):
+    labels, model = tmp_path / "labels.jsonl", tmp_path / "model" / "router.json"
+    write_labels(labels)
+    out = train(labels, model)
+    assert out.returncode == 0, out.stderr
+    assert "600 examples, 300 where the remote answer is better" in out.stdout
+    assert model.exists()
+    policy = (f'[classifier]\ncomplexity_threshold = 0.5\nmodel = "{model}"\n\n'
+              '[[rule]]\nname = "hard"\nwhen.complexity = "hard"\nroute = "local"\n\n[[rule]]\nname = "easy"\nroute = "local"\n')
+    gw = Gateway(tmp_path, gateway_config(), policy)
+    try:
+        hard = route(gw, "Prove the convergence of this new series rigorously")
+        easy = route(gw, "Say hello to my new neighbour")
+        assert hard["complexity"] > easy["complexity"], (hard, easy)
+        assert hard["rule"] == "hard" and easy["rule"] == "easy"
+        assert any("learned scorer" in r for r in hard["reasons"]), hard["reasons"]
+    finally:
+        gw.stop()
+
+
+def test_shadow_store_lines_are_labels(tmp_path):
+    labels = tmp_path / "shadow.jsonl"
+    write_labels(labels, shadow_style=True)
+    out = train(labels, tmp_path / "m.json")
+    assert out.returncode == 0, out.stderr
+    assert "300 where the remote answer is better" in out.stdout
+
+
+def test_bad_labels_and_bad_models_are_refused(tmp_path):
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"prompt": "x", "label": 1}\n{"prompt": "y"}\n')
+    out = train(labels, tmp_path / "m.json")
+    assert out.returncode != 0 and "labels.jsonl:2" in out.stderr, out.stderr
+    labels.write_text('{"prompt": "x", "label": 1}\n')
+    out = train(labels, tmp_path / "m.json")
+    assert out.returncode != 0 and "both kinds" in out.stderr, out.stderr
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "something else"}')
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[classifier]\nmodel = "{broken}"\n[[rule]]\nname = "d"\nroute = "local"\n')
+    config = tmp_path / "gateway.toml"
+    config.write_text(gateway_config().replace("{policy}", str(policy)))
+    check = subprocess.run([str(BIN), "check", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1 and "classifier.model" in check.stderr, check.stderr
+
+
+def test_calibrate_picks_the_threshold_for_a_remote_share(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [{"prompt": "Hi"}] * 6 + [{"prompt": "Prove step by step that the algorithm is optimal and derive its complexity."}] * 2 \
+        + [{"model": "auto", "messages": [{"role": "user", "content": "Analyze this code:\n```python\ndef f(): pass\n```"}]}] * 2
+    prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = subprocess.run([str(BIN), "calibrate", "--config", "config/gateway.toml", "--prompts", str(prompts),
+                          "--remote-share", "0.2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("complexity_threshold = "), out.stdout
+    assert "remote: 2 of 10 prompts (20.0 %)" in out.stdout, out.stdout
+    bad = subprocess.run([str(BIN), "calibrate", "--config", "config/gateway.toml", "--prompts", str(prompts)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0
