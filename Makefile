@@ -14,7 +14,7 @@ export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
+.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -84,6 +84,14 @@ bench-concurrency: model build
 ## Added latency of the gateway on the remote path (fake upstream answering at once), c=1 and c=16.
 bench-remote: build
 	$(abspath $(TARGET_DIR))/release/bench-remote $(BENCH_ARGS)
+
+## Complexity scorers on RouteLLM's data (APGR, CPT, AUC; baselines), see router/README.md.
+eval-router:
+	cargo run --release --locked -p switchyard-e2e --bin eval-router
+
+## Retrain the shipped learned scorer (router/model/complexity.json) on RouteLLM's MMLU data; deterministic.
+router-model:
+	cargo run --release --locked -p switchyard-e2e --bin eval-router -- --write-model router/model/complexity.json
 
 ## Spillover under a ramp of 1-32 streaming clients: spill off, "queue > N", and the latency prediction.
 bench-spill: model build

@@ -199,6 +199,21 @@ fn store_problems(raw: &RawConfig) -> Vec<String> {
     problems
 }
 
+/// The learned scorer the policy's `[classifier] model` names, or a problem.
+fn load_scorer(policy: &Policy, policy_name: &str, problems: &mut Vec<String>) -> Option<std::sync::Arc<router::learned::LearnedScorer>> {
+    let path = policy.classifier.model.as_ref()?;
+    let loaded = std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| router::learned::LearnedScorer::from_json(&text).map_err(|e| e.to_string()));
+    match loaded {
+        Ok(model) => Some(std::sync::Arc::new(model)),
+        Err(e) => {
+            problems.push(format!("{policy_name}: classifier.model {path:?}: {e} (`switchyard train-router` writes one)"));
+            None
+        }
+    }
+}
+
 /// Where the file's byte `offset` is, as `line`.
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
@@ -300,21 +315,7 @@ impl GatewayConfig {
                 None
             }
         };
-        let scorer = match policy.as_ref().and_then(|p| p.classifier.model.clone()) {
-            Some(path) => {
-                let loaded = std::fs::read_to_string(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|text| router::learned::LearnedScorer::from_json(&text).map_err(|e| e.to_string()));
-                match loaded {
-                    Ok(model) => Some(std::sync::Arc::new(model)),
-                    Err(e) => {
-                        problems.push(format!("{policy_name}: classifier.model {path:?}: {e} (`switchyard train-router` writes one)"));
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
+        let scorer = policy.as_ref().and_then(|p| load_scorer(p, &policy_name, &mut problems));
         match (problems.is_empty(), listen, policy) {
             (true, Ok(listen), Some(policy)) => Ok(Self {
                 warnings: policy.guard_warnings(&topology).into_iter().map(|w| format!("{policy_name}: {w}")).collect(),

@@ -283,8 +283,9 @@ fn train_router_command(labels: &Path, out: &Path) -> anyhow::Result<()> {
         let at = || format!("{}:{}", labels.display(), n + 1);
         let value: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
         let prompt = value["prompt"].as_str().with_context(|| format!("{}: needs a \"prompt\" string", at()))?;
-        let target = match (value["label"].as_f64(), value["weak_score"].as_f64(), value["strong_score"].as_f64()) {
-            (Some(label), _, _) if label == 0.0 || label == 1.0 => label,
+        let target = match (value["label"].as_u64(), value["weak_score"].as_f64(), value["strong_score"].as_f64()) {
+            (Some(0), _, _) => 0.0,
+            (Some(1), _, _) => 1.0,
             (None, Some(weak), Some(strong)) => {
                 if strong > weak {
                     1.0

@@ -64,9 +64,23 @@ fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
     h
 }
 
+/// A prompt's features.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Featurized {
+    /// The dense signals, in `DENSE_NAMES` order.
+    pub dense: [f32; DENSE],
+    /// Hashed word unigrams and bigrams with their values.
+    pub sparse: Vec<(u32, f32)>,
+}
+
+/// The hash bucket of a single word (its unigram feature).
+fn word_bucket(word: &str) -> usize {
+    usize::try_from(fnv1a(word.as_bytes(), 1) % u64::from(BUCKETS)).unwrap_or(0)
+}
+
 /// The features of `text`: dense values, then hashed word unigrams and bigrams (each with value
 /// 1/sqrt(words), so long and short prompts weigh alike). Words are lower-cased alphanumeric runs.
-pub fn featurize(text: &str) -> (Vec<f32>, Vec<(u32, f32)>) {
+pub fn featurize(text: &str) -> Featurized {
     let lower = text.to_lowercase();
     let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
     #[allow(clippy::cast_precision_loss)]
@@ -82,7 +96,7 @@ pub fn featurize(text: &str) -> (Vec<f32>, Vec<(u32, f32)>) {
     let long_words = words.iter().filter(|w| w.chars().count() >= 10).count();
     let options = ["\na.", "\nb.", "\nc.", "\nd."].iter().filter(|o| lower.contains(*o)).count();
     #[allow(clippy::cast_precision_loss)]
-    let dense = vec![
+    let dense = [
         (n + 1.0).ln() / 8.0,
         share(digits) * 4.0,
         share(math) * 10.0,
@@ -96,13 +110,13 @@ pub fn featurize(text: &str) -> (Vec<f32>, Vec<(u32, f32)>) {
     let mut sparse: Vec<(u32, f32)> = Vec::with_capacity(words.len() * 2);
     let bucket = |h: u64| u32::try_from(h % u64::from(BUCKETS)).unwrap_or(0);
     for (i, w) in words.iter().enumerate() {
-        sparse.push((bucket(fnv1a(w.as_bytes(), 1)), value));
+        sparse.push((u32::try_from(word_bucket(w)).unwrap_or(0), value));
         if let Some(next) = words.get(i + 1) {
             let h = fnv1a(next.as_bytes(), fnv1a(w.as_bytes(), 2));
             sparse.push((bucket(h), value));
         }
     }
-    (dense, sparse)
+    Featurized { dense, sparse }
 }
 
 fn sigmoid(x: f32) -> f32 {
@@ -136,30 +150,31 @@ impl LearnedScorer {
 
     /// The raw prediction: the probability that the frontier model's answer is clearly better.
     pub fn raw(&self, text: &str) -> f32 {
-        let (dense, sparse) = featurize(text);
+        self.predict(&featurize(text))
+    }
+
+    fn predict(&self, f: &Featurized) -> f32 {
         let mut z = self.bias;
-        for (w, x) in self.dense.iter().zip(&dense) {
+        for (w, x) in self.dense.iter().zip(&f.dense) {
             z += w * x;
         }
-        for (b, x) in sparse {
+        for &(b, x) in &f.sparse {
             z += self.weights[b as usize] * x;
         }
         sigmoid(z)
     }
 
     /// Words and dense signals that raised the prediction most (for `/v1/route`'s reasons).
-    fn reasons(&self, text: &str) -> Vec<String> {
-        let (dense, _) = featurize(text);
+    fn reasons(&self, text: &str, f: &Featurized) -> Vec<String> {
         let mut parts: Vec<(f32, String)> = Vec::new();
-        for ((w, x), name) in self.dense.iter().zip(&dense).zip(DENSE_NAMES) {
+        for ((w, x), name) in self.dense.iter().zip(&f.dense).zip(DENSE_NAMES) {
             parts.push((w * x, name.to_owned()));
         }
         let lower = text.to_lowercase();
         let mut seen = std::collections::HashSet::new();
         for word in lower.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 2) {
             if seen.insert(word) {
-                let b = (fnv1a(word.as_bytes(), 1) % u64::from(BUCKETS)) as usize;
-                parts.push((self.weights[b], format!("word {word:?}")));
+                parts.push((self.weights[word_bucket(word)], format!("word {word:?}")));
             }
         }
         parts.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -169,9 +184,10 @@ impl LearnedScorer {
 
 impl ComplexityScorer for LearnedScorer {
     fn score(&self, text: &str, _features: &Features, _prompt_tokens: u32) -> ComplexityScore {
-        let score = f64::from(self.raw(text));
+        let features = featurize(text);
+        let score = f64::from(self.predict(&features));
         let mut reasons = vec![format!("learned scorer: p(frontier answer clearly better) = {score:.3} ({})", self.trained_on)];
-        reasons.extend(self.reasons(text));
+        reasons.extend(self.reasons(text, &features));
         ComplexityScore { score, reasons }
     }
 }
@@ -209,9 +225,9 @@ impl Default for TrainOptions {
 
 /// Trains a model on `examples`; `trained_on` is recorded in the file.
 pub fn train(examples: &[Example], options: TrainOptions, trained_on: &str) -> LearnedScorer {
-    let featurized: Vec<(Vec<f32>, Vec<(u32, f32)>)> = examples.iter().map(|e| featurize(&e.text)).collect();
+    let featurized: Vec<Featurized> = examples.iter().map(|e| featurize(&e.text)).collect();
     let mut dense_w = vec![0.0_f32; DENSE];
-    let mut dense_g = vec![1e-6_f32; DENSE];
+    let mut dense_g = [1e-6_f32; DENSE];
     let mut weights = vec![0.0_f32; BUCKETS as usize];
     let mut grads = vec![1e-6_f32; BUCKETS as usize];
     // Start the intercept at the base rate.
@@ -231,7 +247,7 @@ pub fn train(examples: &[Example], options: TrainOptions, trained_on: &str) -> L
             order.swap(i, j);
         }
         for &i in &order {
-            let (dense, sparse) = &featurized[i];
+            let Featurized { dense, sparse } = &featurized[i];
             let e = &examples[i];
             let mut z = bias;
             for (w, x) in dense_w.iter().zip(dense) {

@@ -1,4 +1,4 @@
-//! Routing quality of the complexity scorers on RouteLLM's data (`../shared/datasets/routellm`):
+//! Routing quality of the complexity scorers on `RouteLLM`'s data (`../shared/datasets/routellm`):
 //! per-prompt outcomes of GPT-4-1106 (strong) and Mixtral-8x7B (weak) on MMLU (correctness) and
 //! MT Bench (judge scores 1–10, both turns averaged), prompts in `contaminated_prompts.jsonl`
 //! left out. Prints APGR, CPT(50 %), CPT(80 %) and ROC AUC as in the paper (arXiv 2406.18665):
@@ -13,6 +13,8 @@
 //!
 //! `eval-router [--data DIR] [--write-model FILE]` — `--write-model` also trains the shipped
 //! model on all of MMLU and writes it (the command `make router-model` runs).
+
+#![allow(clippy::cast_precision_loss)] // counts of prompts, far below 2^52
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
