@@ -11,7 +11,7 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import ROOT, Gateway, fake_provider_section, gateway_config
+from conftest import ROOT, Gateway, fake_provider_section, gateway_config, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -20,10 +20,14 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def rendered(tmp_path_factory, fake_provider):
     assert CHROMIUM, "chromium is missing: `make test` installs it (make chromium)"
     tmp = tmp_path_factory.mktemp("browser")
-    gw = Gateway(tmp, gateway_config(fake_provider_section(fake_provider)), '[[rule]]\nname = "default"\nroute = "local"\n')
+    store = tmp / "shadow.jsonl"
+    shadow = f'[shadow]\nsample = 1.0\njudge = "fake/judge"\nremote = "fake/echo"\nstore = "{store}"\ndaily_usd = 1.0\n'
+    gw = Gateway(tmp, gateway_config(fake_provider_section(fake_provider) + shadow), '[[rule]]\nname = "default"\nroute = "local"\n')
     for body in ({"model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]},
                  {"model": "fake/echo", "messages": [{"role": "user", "content": "ping"}]}):
         assert httpx.post(f"{gw.v1}/chat/completions", json=body, timeout=60).status_code == 200
+    # The local answer's shadow comparison, for the shadow panel.
+    wait_for(lambda: store.exists() and store.read_text().strip(), timeout=30, what="a shadow comparison")
     artifacts = ROOT / "target" / "test-artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     netlog = tmp / "netlog.json"
@@ -44,6 +48,9 @@ def test_rendered_dom_shows_targets_and_figures(rendered):
     assert "local/local-small" in dom and "fake/echo" in dom, dom[:2000]
     assert "updated " in dom, "the page fetched /admin/stats and drew it"
     assert "<rect" in dom, "the requests-per-minute chart has bars"
+    # The shadow panel: one comparison in the lowest complexity bucket, judged for the remote answer.
+    assert "Shadow evaluation" in dom
+    assert "<td>0.0-0.2</td><td>1</td><td>0.0%</td>" in dom, dom[dom.find("Shadow evaluation"):][:1500]
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
 
 
