@@ -14,7 +14,7 @@ export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
+.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -88,6 +88,10 @@ bench-remote: build
 ## Complexity scorers on RouteLLM's data (APGR, CPT, AUC; baselines), see router/README.md.
 eval-router:
 	cargo run --release --locked -p switchyard-e2e --bin eval-router
+
+## The cascade's confidence signal (mean token log-probability) on auto-checkable arithmetic items.
+eval-cascade: model build
+	$(abspath $(TARGET_DIR))/release/eval-cascade $(BENCH_ARGS)
 
 ## Retrain the shipped learned scorer (router/model/complexity.json) on RouteLLM's MMLU data; deterministic.
 router-model:

@@ -24,7 +24,7 @@ use crate::engine::{Job, Message};
 use crate::host_cache::HostCache;
 use crate::prefix_cache::{Plan, SlotTable, Source};
 use crate::text::TextAssembler;
-use crate::{ChatTemplate, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, SamplingParams};
+use crate::{ChatTemplate, Confidence, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, SamplingParams};
 
 /// Most tokens decoded in one step (llama.cpp's `n_batch`).
 const STEP_TOKENS: usize = 512;
@@ -58,6 +58,8 @@ struct Sequence {
     max_tokens: u32,
     /// Index of this sequence's logits in the current batch.
     logits_at: Option<i32>,
+    /// Sum, minimum and count of the generated tokens' log-probabilities, when asked for.
+    logprobs: Option<(f64, f32, u32)>,
 }
 
 impl Sequence {
@@ -316,6 +318,7 @@ impl<'m> Scheduler<'m> {
             completion_tokens: 0,
             max_tokens,
             logits_at: None,
+            logprobs: job.request.sampling.logprobs.then_some((0.0, 0.0, 0)),
         });
         self.publish_kv_usage();
     }
@@ -499,6 +502,12 @@ impl<'m> Scheduler<'m> {
             }
             let Some(at) = seq.logits_at else { continue };
             let token = seq.sampler.sample(&self.ctx, at);
+            if let Some((sum, min, n)) = seq.logprobs.as_mut() {
+                let lp = token_logprob(self.ctx.get_logits_ith(at), token.0);
+                *sum += f64::from(lp);
+                *min = if *n == 0 { lp } else { min.min(lp) };
+                *n += 1;
+            }
             if vocab.is_eog(token) {
                 finished.push((i, FinishReason::Stop));
                 continue;
@@ -528,10 +537,17 @@ impl<'m> Scheduler<'m> {
             if reason == FinishReason::Length && !tail.is_empty() {
                 let _ = seq.events.send(GenerationEvent::Text(tail));
             }
+            #[allow(clippy::cast_possible_truncation)]
+            let confidence = seq.logprobs.filter(|l| l.2 > 0).map(|(sum, min, n)| Confidence {
+                mean_logprob: (sum / f64::from(n)) as f32,
+                min_logprob: min,
+                tokens: n,
+            });
             let _ = seq.events.send(GenerationEvent::Finished {
                 reason,
                 prompt_tokens: u32::try_from(seq.prompt.len()).unwrap_or(u32::MAX),
                 completion_tokens: seq.completion_tokens,
+                confidence,
             });
         }
     }
@@ -558,6 +574,16 @@ impl<'m> Scheduler<'m> {
     }
 }
 
+/// The log-probability of `token` under `logits` (log-softmax, computed stably).
+fn token_logprob(logits: &[f32], token: i32) -> f32 {
+    let Some(&chosen) = usize::try_from(token).ok().and_then(|t| logits.get(t)) else { return f32::NEG_INFINITY };
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|l| f64::from(l - max).exp()).sum();
+    #[allow(clippy::cast_possible_truncation)]
+    let log_sum = sum.ln() as f32;
+    chosen - max - log_sum
+}
+
 fn sampler_for(params: &SamplingParams) -> LlamaSampler {
     if params.temperature <= 0.0 {
         return LlamaSampler::greedy();
@@ -573,4 +599,23 @@ fn sampler_for(params: &SamplingParams) -> LlamaSampler {
     chain.push(LlamaSampler::temp(params.temperature));
     chain.push(LlamaSampler::dist(seed));
     LlamaSampler::chain_simple(chain)
+}
+
+#[cfg(test)]
+#[allow(clippy::float_cmp)]
+mod tests {
+    use super::token_logprob;
+
+    #[test]
+    fn logprob_is_the_log_softmax() {
+        let logits = [1.0_f32, 2.0, 3.0];
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        for (i, l) in logits.iter().enumerate() {
+            let expected = (l.exp() / z).ln();
+            assert!((token_logprob(&logits, i32::try_from(i).unwrap()) - expected).abs() < 1e-6);
+        }
+        // Huge logits do not overflow.
+        assert!((token_logprob(&[1000.0, 1000.0], 0) - 0.5_f32.ln()).abs() < 1e-6);
+        assert_eq!(token_logprob(&logits, 7), f32::NEG_INFINITY);
+    }
 }

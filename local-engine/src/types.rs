@@ -15,11 +15,13 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Most completion tokens; `None` means up to the context.
     pub max_tokens: Option<u32>,
+    /// Report the generated tokens' log-probabilities (summarised in `Finished::confidence`).
+    pub logprobs: bool,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 1.0, top_p: 1.0, seed: None, stop: Vec::new(), max_tokens: None }
+        Self { temperature: 1.0, top_p: 1.0, seed: None, stop: Vec::new(), max_tokens: None, logprobs: false }
     }
 }
 
@@ -72,9 +74,24 @@ pub enum GenerationEvent {
         prompt_tokens: u32,
         /// Tokens generated.
         completion_tokens: u32,
+        /// The generated tokens' log-probabilities under the model (before sampling changes
+        /// them), when `SamplingParams::logprobs` asked for them.
+        confidence: Option<Confidence>,
     },
     /// Generation failed; nothing follows.
     Failed(EngineError),
+}
+
+/// How sure the model was of what it generated: the log-probabilities (natural log, from the
+/// model's logits before sampling) of the tokens it emitted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Confidence {
+    /// Mean over the generated tokens (the end-of-turn token included).
+    pub mean_logprob: f32,
+    /// The least likely generated token's.
+    pub min_logprob: f32,
+    /// Tokens counted.
+    pub tokens: u32,
 }
 
 /// The receiving end of one generation. Dropping it cancels the generation at the next step.

@@ -1,11 +1,12 @@
 //! The adapter that serves chat requests from the embedded engine.
 
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use local_engine::{
-    EngineError, EngineHandle, GenerationEvent, GenerationRequest, GenerationStream, SamplingParams,
+    Confidence, EngineError, EngineHandle, GenerationEvent, GenerationRequest, GenerationStream, SamplingParams,
     TemplateMessage,
 };
 use serde_json::Map;
@@ -72,6 +73,7 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
         seed: req.seed.map(|s| s as u64),
         stop: req.stop.as_ref().map(crate::wire::Stop::to_vec).unwrap_or_default(),
         max_tokens: req.max_output_tokens(),
+        logprobs: false,
     };
     Ok(GenerationRequest { messages, tools: req.tools.clone(), sampling })
 }
@@ -133,7 +135,10 @@ impl ChunkFactory {
 
 /// Turns engine events after `Started` into chunks: the role chunk first, text deltas, the
 /// finishing chunk, then the usage chunk (the gateway drops it unless the client asked for it).
-fn chunks(events: GenerationStream, factory: ChunkFactory) -> ChunkStream {
+/// Where the finishing event's confidence is left, for [`LocalProvider::complete_with_confidence`].
+type ConfidenceSlot = Arc<Mutex<Option<Confidence>>>;
+
+fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Option<ConfidenceSlot>) -> ChunkStream {
     let first = factory.chunk(Delta { role: Some("assistant".into()), content: Some(String::new()), ..Delta::default() }, None);
     let rest = UnboundedReceiverStream::new(events).flat_map(move |event| {
         let out: Vec<Result<ChatChunk, ProviderError>> = match event {
@@ -141,10 +146,12 @@ fn chunks(events: GenerationStream, factory: ChunkFactory) -> ChunkStream {
             GenerationEvent::Text(text) => {
                 vec![Ok(factory.chunk(Delta { content: Some(text), ..Delta::default() }, None))]
             }
-            GenerationEvent::Finished { reason, prompt_tokens, completion_tokens } => vec![
-                Ok(factory.chunk(Delta::default(), Some(reason.as_str()))),
-                Ok(factory.usage(prompt_tokens, completion_tokens)),
-            ],
+            GenerationEvent::Finished { reason, prompt_tokens, completion_tokens, confidence } => {
+                if let Some(slot) = &confidence_slot {
+                    *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = confidence;
+                }
+                vec![Ok(factory.chunk(Delta::default(), Some(reason.as_str()))), Ok(factory.usage(prompt_tokens, completion_tokens))]
+            }
             GenerationEvent::Failed(err) => vec![Err(engine_error(&err))],
         };
         futures::stream::iter(out)
@@ -152,14 +159,19 @@ fn chunks(events: GenerationStream, factory: ChunkFactory) -> ChunkStream {
     futures::stream::once(async move { Ok(first) }).chain(rest).boxed()
 }
 
-#[async_trait]
-impl Provider for LocalProvider {
-    async fn complete(&self, req: ChatRequest) -> Result<ChatResponse, ProviderError> {
-        collect_stream(self.stream(req).await?).await
+impl LocalProvider {
+    /// A complete answer and how sure the model was of it (the `cascade` strategy's signal).
+    pub async fn complete_with_confidence(&self, req: ChatRequest) -> Result<(ChatResponse, Option<Confidence>), ProviderError> {
+        let mut generation = generation_request(&req)?;
+        generation.sampling.logprobs = true;
+        let slot: ConfidenceSlot = Arc::new(Mutex::new(None));
+        let response = collect_stream(self.start(generation, Some(Arc::clone(&slot))).await?).await?;
+        let confidence = *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok((response, confidence))
     }
 
-    async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, ProviderError> {
-        let generation = generation_request(&req)?;
+    /// Submits a generation and waits for the engine to accept its prompt.
+    async fn start(&self, generation: GenerationRequest, confidence: Option<ConfidenceSlot>) -> Result<ChunkStream, ProviderError> {
         let mut events = self.engine.submit(generation).map_err(|e| engine_error(&e))?;
         // Wait for the engine to accept the prompt, so that its errors get a real status.
         match events.recv().await {
@@ -175,6 +187,17 @@ impl Provider for LocalProvider {
             created: now_unix(),
             model: self.engine.config().name.clone(),
         };
-        Ok(chunks(events, factory))
+        Ok(chunks(events, factory, confidence))
+    }
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    async fn complete(&self, req: ChatRequest) -> Result<ChatResponse, ProviderError> {
+        collect_stream(self.stream(req).await?).await
+    }
+
+    async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, ProviderError> {
+        self.start(generation_request(&req)?, None).await
     }
 }

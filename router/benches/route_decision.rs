@@ -115,33 +115,33 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-fn percentiles() {
-    let router = router();
-    println!("\n| prompt | calls | p50 µs | p99 µs | max µs |\n|---|---|---|---|---|");
-    for (name, text) in prompts() {
-        let mut times: Vec<f64> = (0..20_000)
-            .map(|_| {
-                let t = Instant::now();
-                black_box(classify_and_decide(&router, black_box(&text)));
-                t.elapsed().as_secs_f64() * 1e6
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        let at = |per_mille: usize| times[(times.len() - 1) * per_mille / 1000];
-        println!("| {name} | {} | {:.2} | {:.2} | {:.2} |", times.len(), at(500), at(990), at(1000));
-    }
-    let scorer = learned();
-    let long = typical_prompt(2048);
+/// Times 20,000 single calls of `call` and prints a table row with p50, p99 and max.
+fn percentile_row(name: &str, mut call: impl FnMut()) {
     let mut times: Vec<f64> = (0..20_000)
         .map(|_| {
             let t = Instant::now();
-            black_box(learned_score(&scorer, black_box(&long)));
+            call();
             t.elapsed().as_secs_f64() * 1e6
         })
         .collect();
     times.sort_by(f64::total_cmp);
     let at = |per_mille: usize| times[(times.len() - 1) * per_mille / 1000];
-    println!("| learned scorer alone, 512 tokens (2 KB) | {} | {:.2} | {:.2} | {:.2} |", times.len(), at(500), at(990), at(1000));
+    println!("| {name} | {} | {:.2} | {:.2} | {:.2} |", times.len(), at(500), at(990), at(1000));
+}
+
+fn percentiles() {
+    let router = router();
+    println!("\n| prompt | calls | p50 µs | p99 µs | max µs |\n|---|---|---|---|---|");
+    for (name, text) in prompts() {
+        percentile_row(name, || {
+            black_box(classify_and_decide(&router, black_box(&text)));
+        });
+    }
+    let scorer = learned();
+    let long = typical_prompt(2048);
+    percentile_row("learned scorer alone, 512 tokens (2 KB)", || {
+        black_box(learned_score(&scorer, black_box(&long)));
+    });
     println!();
 }
 

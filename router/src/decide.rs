@@ -104,6 +104,19 @@ pub struct PrivacySummary {
     pub pii: BTreeMap<String, u32>,
 }
 
+impl PrivacySummary {
+    /// The caller's and tenant's tags, plus `pii` when PII was found.
+    fn of(input: &RouteInput<'_>) -> Self {
+        let mut tags: Vec<String> = input.tags.clone();
+        if !input.pii.is_empty() {
+            tags.push("pii".to_owned());
+        }
+        tags.sort();
+        tags.dedup();
+        Self { tags, pii: input.pii.clone() }
+    }
+}
+
 /// The router's answer: where a request goes and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -131,6 +144,11 @@ pub struct Decision {
     pub rerouted: bool,
     /// The rule's `spill` target took the request off the overloaded local engine.
     pub spilled: Option<SpillReason>,
+    /// `strategy = "cascade"`: the local engine answers first; the gateway keeps its answer
+    /// when its mean token log-probability is at least this (`[classifier] cascade_min_logprob`),
+    /// else goes on to `target`. Only set when the target is remote and the guard allows the
+    /// local engine.
+    pub cascade: Option<f64>,
     /// Set when the request may not be served at all (`on_violation = "reject"`, or no allowed
     /// target is left): the gateway answers 403 `policy_violation` with this reason.
     pub violation: Option<String>,
@@ -179,13 +197,7 @@ impl Router {
         let features = features(input.text, input.turns, input.has_tools);
         let complexity = self.scorer.score(input.text, &features, input.prompt_tokens);
         let hard = complexity.score >= policy.classifier.complexity_threshold;
-        let mut tags: Vec<String> = input.tags.clone();
-        if !input.pii.is_empty() {
-            tags.push("pii".to_owned());
-        }
-        tags.sort();
-        tags.dedup();
-        let privacy = PrivacySummary { tags, pii: input.pii.clone() };
+        let privacy = PrivacySummary::of(input);
         let is_auto = input.requested_model == "auto";
         let matched = policy.rules.iter().find(|r| rule_matches(r, input, is_auto, hard, &privacy.tags));
         let mut reasons = Vec::new();
@@ -204,6 +216,7 @@ impl Router {
             reasons.push(format!("PII found: {}", kinds.join(", ")));
         }
         let spill = matched.and_then(|r| r.spill.as_ref()).map(|s| s.get_ref().as_str());
+        let cascade = matched.and_then(|r| r.strategy) == Some(crate::Strategy::Cascade);
         let (rule, target, fallbacks, redact, on_violation) = if let Some(rule) = matched {
             reasons.push(format!("matched rule {:?}{}", rule.name, describe_when(rule)));
             // Aliases expand in place (`frontier` to several models); a target listed twice is tried once.
@@ -244,6 +257,7 @@ impl Router {
             reasons,
             rerouted: false,
             spilled: None,
+            cascade: None,
             violation: None,
         };
         if let Some(why) = check(&decision.target) {
@@ -276,6 +290,9 @@ impl Router {
             self.spill(&mut decision, spill, overload, input, privacy_tagged && !redacts, &check);
         }
         decision.tier = self.topology.get(&decision.target).map_or(Tier::Remote, |i| i.tier);
+        if cascade {
+            self.cascade(&mut decision, input, &check);
+        }
         decision
     }
 }
@@ -306,6 +323,25 @@ impl Router {
 }
 
 impl Router {
+    /// `strategy = "cascade"`: the local engine answers first when the route is remote, the
+    /// request may be served locally and the budget is not exhausted.
+    fn cascade(&self, decision: &mut Decision, input: &RouteInput<'_>, check: &dyn Fn(&str) -> Option<String>) {
+        if decision.violation.is_some() || decision.tier != Tier::Remote || input.budget_exhausted {
+            return;
+        }
+        let threshold = self.policy.classifier.cascade_min_logprob;
+        match self.topology.local_target().map(check) {
+            Some(None) => {
+                decision.cascade = Some(threshold);
+                decision.reasons.push(format!(
+                    "cascade: the local engine answers first; kept if its mean token log-probability is at least {threshold}"
+                ));
+            }
+            Some(Some(why)) => decision.reasons.push(format!("cascade skipped: local engine not allowed: {why}")),
+            None => decision.reasons.push("cascade skipped: no local engine".to_owned()),
+        }
+    }
+
     /// The local engine is overloaded: a request its rule serves locally goes to the rule's
     /// `spill` target (then local, then the rule's fallbacks) if it may leave — no privacy tag
     /// without redaction, the guard allows the target, the budget is not exhausted, the target's

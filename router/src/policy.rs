@@ -35,7 +35,8 @@ pub enum Hardness {
 pub enum Strategy {
     /// Route straight to the target.
     Direct,
-    /// Answer locally first, escalate when confidence is low.
+    /// Answer locally first (non-streamed requests), escalate to the route when the local
+    /// answer's confidence is low.
     Cascade,
 }
 
@@ -50,6 +51,14 @@ pub struct Classifier {
     /// it. Unset: the transparent baseline scorer.
     #[serde(default)]
     pub model: Option<String>,
+    /// `strategy = "cascade"` keeps the local answer when the mean log-probability of its
+    /// tokens is at least this (natural log; -0.5 ≈ the model gave its tokens 61 % on average).
+    #[serde(default = "default_cascade_min_logprob")]
+    pub cascade_min_logprob: f64,
+}
+
+const fn default_cascade_min_logprob() -> f64 {
+    -0.5
 }
 
 const fn default_threshold() -> f64 {
@@ -58,7 +67,7 @@ const fn default_threshold() -> f64 {
 
 impl Default for Classifier {
     fn default() -> Self {
-        Self { complexity_threshold: default_threshold(), model: None }
+        Self { complexity_threshold: default_threshold(), model: None, cascade_min_logprob: default_cascade_min_logprob() }
     }
 }
 

@@ -328,8 +328,20 @@ async fn complete_answer(
     keep: Keep,
     shadow: Option<Shadowing>,
 ) -> Result<Response, ApiError> {
-    let (target, mut response, redaction) =
-        first_success(state, &req, decision, |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
+    // Cascade: the local answer is kept when the model was sure enough of it.
+    let local_try = if decision.cascade.is_some() { cascade_local(state, &req).await } else { None };
+    let keep_at = decision.cascade.unwrap_or(f64::INFINITY);
+    let (target, mut response, redaction, cascade) = match local_try {
+        Some((target, response, confidence)) if confidence >= keep_at => {
+            (target, response, None, Some(("kept", confidence)))
+        }
+        tried => {
+            let (target, response, redaction) =
+                first_success(state, &req, decision, |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
+            (target.to_owned(), response, redaction, tried.map(|t| ("escalated", t.2)).or(decision.cascade.map(|_| ("escalated", f64::NAN))))
+        }
+    };
+    let target = target.as_str();
     ctx.span.record("target", target);
     let mut cost = 0.0;
     if let Some(r) = record.as_mut() {
@@ -350,7 +362,30 @@ async fn complete_answer(
     let mut http = Json(response).into_response();
     set_route_headers(http.headers_mut(), decision, target);
     insert(http.headers_mut(), "x-switchyard-cost-usd", &cost.to_string());
+    if let Some((outcome, confidence)) = cascade {
+        insert(http.headers_mut(), "x-switchyard-cascade", outcome);
+        if confidence.is_finite() {
+            insert(http.headers_mut(), "x-switchyard-local-confidence", &format!("{confidence:.4}"));
+        }
+    }
     Ok(http)
+}
+
+/// The local engine's answer to `req` with its mean token log-probability, for a cascade; `None`
+/// (go straight to the route) when the engine fails or gives no confidence.
+async fn cascade_local(state: &AppState, req: &ChatRequest) -> Option<(String, ChatResponse, f64)> {
+    let local = state.local.as_ref()?;
+    let target = state.catalog.local_target()?;
+    let mut upstream = req.clone();
+    upstream.model.clone_from(&local.engine().config().name);
+    match local.complete_with_confidence(upstream).instrument(tracing::info_span!("cascade.local")).await {
+        Ok((response, Some(confidence))) => Some((target, response, f64::from(confidence.mean_logprob))),
+        Ok((_, None)) => None,
+        Err(err) => {
+            warn!(error = %err, "cascade: the local engine failed; going to the route");
+            None
+        }
+    }
 }
 
 async fn stream_answer(

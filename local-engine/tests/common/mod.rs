@@ -48,7 +48,7 @@ pub async fn generate(engine: &EngineHandle, messages: Vec<TemplateMessage>, sam
         match event {
             GenerationEvent::Started { .. } => {}
             GenerationEvent::Text(t) => pieces.push(t),
-            GenerationEvent::Finished { reason, prompt_tokens, completion_tokens } => {
+            GenerationEvent::Finished { reason, prompt_tokens, completion_tokens, .. } => {
                 return Ok(Outcome { text: pieces.concat(), pieces, prompt_tokens, completion_tokens, reason })
             }
             GenerationEvent::Failed(e) => return Err(e),

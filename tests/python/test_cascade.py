@@ -1,0 +1,65 @@
+"""`strategy = "cascade"`: the local engine answers a non-streamed request first; its answer is
+kept when the mean log-probability of its tokens reaches `[classifier] cascade_min_logprob`,
+otherwise the request goes on to the rule's route (a recording fake provider). Streamed requests
+go straight to the route."""
+
+import httpx
+import pytest
+
+from conftest import Gateway, fake_provider_section, fake_requests, gateway_config
+
+
+def cascade_gateway(tmp, fake_provider, threshold):
+    policy = (f"[classifier]\ncascade_min_logprob = {threshold}\n\n"
+              '[[rule]]\nname = "cascade"\nroute = "fake/echo"\nstrategy = "cascade"\n')
+    return Gateway(tmp, gateway_config(fake_provider_section(fake_provider)), policy)
+
+
+def ask(gw, text, stream=False):
+    body = {"model": "auto", "temperature": 0, "max_tokens": 12, "stream": stream,
+            "messages": [{"role": "user", "content": text}]}
+    r = httpx.post(f"{gw.v1}/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r
+
+
+@pytest.fixture(scope="module")
+def keeping(tmp_path_factory, fake_provider):
+    gw = cascade_gateway(tmp_path_factory.mktemp("keep"), fake_provider, -1000.0)
+    yield gw
+    gw.stop()
+
+
+def test_confident_enough_local_answers_are_kept(keeping, fake_provider):
+    before = len(fake_requests(fake_provider))
+    r = ask(keeping, "What is 2 + 2? cascade-kept")
+    assert r.headers["x-switchyard-tier"] == "local" and r.headers["x-switchyard-target"] == "local/local-small"
+    assert r.headers["x-switchyard-cascade"] == "kept"
+    confidence = float(r.headers["x-switchyard-local-confidence"])
+    assert -1000.0 <= confidence <= 0.0
+    assert not r.json()["choices"][0]["message"]["content"].startswith("echo:")
+    assert "cascade-kept" not in str(fake_requests(fake_provider)[before:])
+    route = httpx.post(f"{keeping.v1}/route", json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).json()
+    assert route["target"] == "fake/echo" and any("cascade" in reason for reason in route["reasons"]), route
+
+
+def test_streams_go_straight_to_the_route(keeping):
+    r = ask(keeping, "What is 3 + 3?", stream=True)
+    assert r.headers["x-switchyard-tier"] == "remote"
+    assert "x-switchyard-cascade" not in r.headers
+
+
+def test_unsure_local_answers_escalate(tmp_path, fake_provider):
+    # No mean log-probability reaches 1: every local answer is escalated.
+    gw = cascade_gateway(tmp_path, fake_provider, 1.0)
+    try:
+        before = len(fake_requests(fake_provider))
+        r = ask(gw, "What is 2 + 2? cascade-escalated")
+        assert r.headers["x-switchyard-tier"] == "remote" and r.headers["x-switchyard-target"] == "fake/echo"
+        assert r.headers["x-switchyard-cascade"] == "escalated"
+        assert float(r.headers["x-switchyard-local-confidence"]) <= 0.0
+        assert r.json()["choices"][0]["message"]["content"] == "echo: What is 2 + 2? cascade-escalated"
+        sent = fake_requests(fake_provider)[before:]
+        assert len(sent) == 1 and "cascade-escalated" in str(sent[0])
+    finally:
+        gw.stop()
