@@ -379,15 +379,15 @@ impl Shadow {
     fn worst_case_nusd(&self, c: &Candidate) -> u64 {
         let prompt = crate::accounting::estimate_tokens(c.prompt.chars().count());
         let cap = u64::from(c.max_tokens.unwrap_or(self.config.max_tokens));
-        let remote = (self.pricer)(&self.remote_target(), &Usage::new(prompt, cap));
+        let remote = (self.pricer)(self.remote_target(), &Usage::new(prompt, cap));
         let local = crate::accounting::estimate_tokens(c.local_answer.chars().count());
         let judge_prompt = prompt + local + cap + 200;
         let judge = (self.pricer)(&self.config.judge, &Usage::new(judge_prompt, JUDGE_MAX_TOKENS.into()));
         usd_to_nanos(remote + 2.0 * judge)
     }
 
-    fn remote_target(&self) -> String {
-        self.config.remote_target().to_owned()
+    fn remote_target(&self) -> &str {
+        self.config.remote_target()
     }
 
     fn reserve(&self, nusd: u64) -> bool {
@@ -423,7 +423,7 @@ impl Shadow {
         .map_err(|e| (e.to_string(), 0))?;
         let answer = provider.complete(ask).await.map_err(|e| (format!("remote answer: {e}"), 0))?;
         if let Some(usage) = &answer.usage {
-            cost += (self.pricer)(&self.remote_target(), usage);
+            cost += (self.pricer)(self.remote_target(), usage);
         }
         let remote_answer = answer.choices.first().and_then(|ch| ch.message.content.clone()).unwrap_or_default();
         let question = c.prompt.as_str();
@@ -458,7 +458,7 @@ impl Shadow {
             complexity: c.complexity,
             complexity_bucket: bucket(c.complexity).to_owned(),
             local_target: c.local_target,
-            remote_target: self.remote_target(),
+            remote_target: self.remote_target().to_owned(),
             judge: self.config.judge.clone(),
             local_answer: c.local_answer,
             remote_answer,

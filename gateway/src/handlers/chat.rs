@@ -1,5 +1,6 @@
 //! `POST /v1/chat/completions`.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -333,15 +334,15 @@ async fn complete_answer(
     let keep_at = decision.cascade.unwrap_or(f64::INFINITY);
     let (target, mut response, redaction, cascade) = match local_try {
         Some((target, response, confidence)) if confidence >= keep_at => {
-            (target, response, None, Some(("kept", confidence)))
+            (Cow::Owned(target), response, None, Some(("kept", confidence)))
         }
         tried => {
             let (target, response, redaction) =
                 first_success(state, &req, decision, |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
-            (target.to_owned(), response, redaction, tried.map(|t| ("escalated", t.2)).or(decision.cascade.map(|_| ("escalated", f64::NAN))))
+            (Cow::Borrowed(target), response, redaction, tried.map(|t| ("escalated", t.2)).or(decision.cascade.map(|_| ("escalated", f64::NAN))))
         }
     };
-    let target = target.as_str();
+    let target: &str = &target;
     ctx.span.record("target", target);
     let mut cost = 0.0;
     if let Some(r) = record.as_mut() {
