@@ -43,24 +43,32 @@ fn candidates(scores: &[f64]) -> Vec<f64> {
     c
 }
 
-fn remote_count(scores: &[f64], threshold: f64) -> usize {
-    scores.iter().filter(|s| **s >= threshold).count()
+/// Scores sorted ascending, so that counting those at or above a threshold is a binary search
+/// (calibration tries every distinct score as a threshold).
+struct Sorted(Vec<f64>);
+
+impl Sorted {
+    fn new(scores: impl Iterator<Item = f64>) -> Self {
+        let mut v: Vec<f64> = scores.collect();
+        v.sort_by(f64::total_cmp);
+        Self(v)
+    }
+
+    /// Scores at or above `threshold`.
+    fn at_or_above(&self, threshold: f64) -> usize {
+        self.0.len() - self.0.partition_point(|s| *s < threshold)
+    }
 }
 
 /// The threshold whose remote share is closest to `share` (ties: the higher threshold, which
 /// sends less to the paid tier).
 pub fn for_remote_share(scores: &[f64], share: f64) -> Split {
     let total = scores.len();
+    let sorted = Sorted::new(scores.iter().copied());
     #[allow(clippy::cast_precision_loss)]
-    let best = candidates(scores)
-        .into_iter()
-        .rev()
-        .min_by(|a, b| {
-            let gap = |t: f64| (remote_count(scores, t) as f64 / total.max(1) as f64 - share).abs();
-            gap(*a).total_cmp(&gap(*b))
-        })
-        .unwrap_or(1.0);
-    Split { threshold: best, remote: remote_count(scores, best), total, quality: None }
+    let gap = |t: f64| (sorted.at_or_above(t) as f64 / total.max(1) as f64 - share).abs();
+    let best = candidates(scores).into_iter().rev().min_by(|a, b| gap(*a).total_cmp(&gap(*b))).unwrap_or(1.0);
+    Split { threshold: best, remote: sorted.at_or_above(best), total, quality: None }
 }
 
 /// The highest threshold (the most traffic kept local) whose expected quality reaches
@@ -70,19 +78,14 @@ pub fn for_remote_share(scores: &[f64], share: f64) -> Split {
 pub fn for_quality(samples: &[(f64, bool)], target: f64) -> Split {
     let total = samples.len();
     let scores: Vec<f64> = samples.iter().map(|s| s.0).collect();
-    let quality = |t: f64| -> f64 {
-        let good = samples.iter().filter(|(c, ok)| *c >= t || *ok).count();
-        #[allow(clippy::cast_precision_loss)]
-        let q = good as f64 / total.max(1) as f64;
-        q
-    };
-    let mut best = 0.0;
-    for t in candidates(&scores) {
-        if quality(t) >= target {
-            best = t;
-        }
-    }
-    Split { threshold: best, remote: remote_count(&scores, best), total, quality: Some(quality(best)) }
+    let all = Sorted::new(scores.iter().copied());
+    // Good answers: every local one judged as good, plus the worse ones sent remote.
+    let good_local = samples.iter().filter(|s| s.1).count();
+    let worse_local = Sorted::new(samples.iter().filter(|s| !s.1).map(|s| s.0));
+    #[allow(clippy::cast_precision_loss)]
+    let quality = |t: f64| (good_local + worse_local.at_or_above(t)) as f64 / total.max(1) as f64;
+    let best = candidates(&scores).into_iter().rev().find(|t| quality(*t) >= target).unwrap_or(0.0);
+    Split { threshold: best, remote: all.at_or_above(best), total, quality: Some(quality(best)) }
 }
 
 /// The shadow store's lines as (complexity, local answer as good); unreadable lines are counted.
