@@ -35,11 +35,12 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         message: format!("We could not parse the JSON body of your request: {e}"),
         param: None,
     })?;
-    validate(&req)?;
+    validate_chat_request(&req)?;
     Ok(req)
 }
 
-fn validate(req: &ChatRequest) -> Result<(), ApiError> {
+/// Checks what the API promises to check on a chat request (also one translated from another API).
+pub fn validate_chat_request(req: &ChatRequest) -> Result<(), ApiError> {
     if req.model.is_empty() {
         return Err(ApiError::invalid("'model' must be a non-empty string.", "model"));
     }

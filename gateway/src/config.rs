@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::audit::AuditConfig;
 use crate::cache::CacheConfig;
+use crate::response_store::ResponsesConfig;
 use crate::shadow::ShadowConfig;
 use crate::store::RedisConfig;
 use crate::tenants::TenantConfig;
@@ -134,6 +135,8 @@ struct RawConfig {
     redis: Option<RedisConfig>,
     cache: Option<CacheConfig>,
     shadow: Option<ShadowConfig>,
+    #[serde(default)]
+    responses: ResponsesConfig,
 }
 
 /// `[metrics]`.
@@ -173,6 +176,8 @@ pub struct GatewayConfig {
     pub cache: Option<CacheConfig>,
     /// `[shadow]`: shadow evaluation of local answers, if on.
     pub shadow: Option<ShadowConfig>,
+    /// `[responses]`: how long stored Responses-API responses are kept.
+    pub responses: ResponsesConfig,
     /// The learned complexity scorer named by the policy's `[classifier] model`, if any.
     pub scorer: Option<std::sync::Arc<router::learned::LearnedScorer>>,
 }
@@ -196,6 +201,7 @@ fn store_problems(raw: &RawConfig) -> Vec<String> {
         let is_remote = |t: &str| Some(t) != local.as_deref() && target_exists(&raw.providers, None, t);
         problems.extend(shadow.problems(&is_remote));
     }
+    problems.extend(raw.responses.problems());
     problems
 }
 
@@ -331,6 +337,7 @@ impl GatewayConfig {
                 redis: raw.redis,
                 cache: raw.cache,
                 shadow: raw.shadow,
+                responses: raw.responses,
                 scorer,
             }),
             _ => Err(ConfigErrors { problems }),

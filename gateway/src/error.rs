@@ -76,6 +76,12 @@ pub enum ApiError {
         /// Which rule and target, and why.
         reason: String,
     },
+    /// No stored response with this id for this tenant (never stored, expired, or another tenant's).
+    #[error("Response with id '{id}' not found.")]
+    ResponseNotFound {
+        /// As sent.
+        id: String,
+    },
     /// No such route.
     #[error("Invalid URL ({method} {path})")]
     UnknownUrl {
@@ -151,6 +157,9 @@ impl ApiError {
             }
             Self::PolicyViolation { .. } => {
                 (StatusCode::FORBIDDEN, detail("invalid_request_error", Some("policy_violation"), None), None)
+            }
+            Self::ResponseNotFound { .. } => {
+                (StatusCode::NOT_FOUND, detail("invalid_request_error", Some("response_not_found"), None), None)
             }
             Self::UnknownUrl { .. } => {
                 (StatusCode::NOT_FOUND, detail("invalid_request_error", Some("unknown_url"), None), None)

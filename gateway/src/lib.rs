@@ -22,6 +22,8 @@ pub mod limits;
 pub mod metrics;
 pub mod middleware;
 pub mod privacy;
+pub mod response_store;
+pub mod responses;
 pub mod serve;
 pub mod shadow;
 pub mod spill;

@@ -16,6 +16,7 @@ use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
 use crate::cluster::Cluster;
 use crate::in_flight::InFlight;
+use crate::response_store::ResponseStore;
 use crate::shadow::{Shadow, ShadowConfig};
 use crate::spill::{Spillover, Targets};
 use crate::store::RedisStore;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub spillover: Option<Spillover>,
     /// Shadow evaluation of local answers, with `[shadow]`.
     pub shadow: Option<Arc<Shadow>>,
+    /// Stored Responses-API responses (`[responses]`; in Redis too with `[redis]`).
+    pub responses: ResponseStore,
     /// Tenants with `shadow = false`.
     pub shadow_excluded: std::collections::HashSet<String>,
     /// Remote providers by name.
@@ -136,6 +139,7 @@ impl AppState {
         let limiter = Arc::new(Limiter::new(&config.tenants, redis.clone().zip(config.redis.as_ref()), Arc::clone(&metrics)));
         let cache = config.cache.as_ref().map(|c| Arc::new(ResponseCache::new(c, redis.clone())));
         let cluster = redis.clone().map(Cluster::new);
+        let responses = ResponseStore::new(&config.responses, redis.clone());
         let in_flight = InFlight::new(config.server.max_in_flight_per_tenant);
         let shadow = match &config.shadow {
             Some(shadow) => Some(Arc::new(build_shadow(shadow, &remotes, &pricer, &metrics)?)),
@@ -161,6 +165,7 @@ impl AppState {
             spillover,
             shadow,
             shadow_excluded,
+            responses,
             remotes,
             started_unix,
             draining: AtomicBool::new(false),

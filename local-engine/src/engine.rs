@@ -119,8 +119,9 @@ fn estimate_prompt_tokens(request: &GenerationRequest) -> u64 {
     request.messages.iter().map(|m| m.content.len().div_ceil(4) as u64 + 4).sum()
 }
 
-/// llama.cpp's backend may be initialised once per process.
-fn backend() -> Result<&'static LlamaBackend, EngineError> {
+/// llama.cpp's backend may be initialised once per process: the generation engine and the
+/// [`crate::Embedder`] share this one.
+pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {

@@ -31,6 +31,20 @@ pub enum EngineError {
         /// The template engine's message.
         reason: String,
     },
+    /// An embedding input has more tokens than the model's context.
+    #[error("This model's maximum context length is {max} tokens, however you requested {tokens} tokens in an input. Please reduce the length of the input.")]
+    InputTooLong {
+        /// Tokens in the input, `[CLS]` and `[SEP]` included.
+        tokens: u64,
+        /// The model's context.
+        max: u64,
+    },
+    /// The structured-output grammar was refused by llama.cpp.
+    #[error("the structured-output grammar could not be used: {reason}")]
+    Grammar {
+        /// Why.
+        reason: String,
+    },
     /// llama.cpp failed while decoding.
     #[error("the local engine failed while decoding: {reason}")]
     Decode {

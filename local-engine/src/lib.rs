@@ -2,9 +2,11 @@
 //! generation jobs sent to it over a bounded channel.
 //!
 //! Nothing from `llama-cpp-2` leaves this crate: callers see [`EngineConfig`], [`EngineHandle`],
-//! [`GenerationRequest`], [`GenerationEvent`] and [`EngineStats`].
+//! [`GenerationRequest`], [`GenerationEvent`] and [`EngineStats`], and for sentence embeddings
+//! [`EmbeddingConfig`] and [`Embedder`].
 
 mod config;
+mod embeddings;
 mod engine;
 mod error;
 mod host_cache;
@@ -16,7 +18,10 @@ mod template;
 mod text;
 mod types;
 
+pub mod grammar;
+
 pub use config::EngineConfig;
+pub use embeddings::{Embedder, EmbeddingConfig};
 pub use engine::EngineHandle;
 pub use error::EngineError;
 pub use load::{Load, Prediction, Timings};

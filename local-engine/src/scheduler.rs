@@ -183,7 +183,8 @@ impl<'m> Scheduler<'m> {
                 self.stats.cancelled_total.fetch_add(1, Relaxed);
                 continue;
             }
-            let (prompt, max_tokens) = match self.prepare(&job.request) {
+            let prepared = self.prepare(&job.request).and_then(|(prompt, max)| Ok((prompt, max, sampler_for(self.model, &job.request.sampling)?)));
+            let (prompt, max_tokens, sampler) = match prepared {
                 Ok(prepared) => prepared,
                 Err(err) => {
                     let _ = job.events.send(GenerationEvent::Failed(err));
@@ -193,7 +194,7 @@ impl<'m> Scheduler<'m> {
             let live: Vec<(i32, Vec<LlamaToken>)> = self.active.iter().map(|s| (s.seq_id, s.kv_tokens())).collect();
             let live: Vec<(i32, &[LlamaToken])> = live.iter().map(|(id, t)| (*id, t.as_slice())).collect();
             if let Some(plan) = self.slots.plan(&prompt, &live, MIN_PREFIX_REUSE, MIN_COPY_GAIN) {
-                self.start_sequence(job, prompt, max_tokens, &plan);
+                self.start_sequence(job, prompt, max_tokens, sampler, &plan);
             }
         }
         true
@@ -242,7 +243,7 @@ impl<'m> Scheduler<'m> {
     }
 
     /// Carries out `plan` on the KV cache and starts the sequence.
-    fn start_sequence(&mut self, job: Job, prompt: Vec<LlamaToken>, max_tokens: u32, plan: &Plan) {
+    fn start_sequence(&mut self, job: Job, prompt: Vec<LlamaToken>, max_tokens: u32, sampler: LlamaSampler, plan: &Plan) {
         let seq_id = plan.seq_id;
         let from_slots = match plan.source {
             Source::Fresh => 0,
@@ -267,7 +268,7 @@ impl<'m> Scheduler<'m> {
         } else {
             self.reuse_from_slots(seq_id, &plan.source)
         };
-        self.admit_sequence(job, prompt, max_tokens, plan, reused);
+        self.admit_sequence(job, prompt, max_tokens, sampler, plan, reused);
     }
 
     /// Prepares slot `seq_id` from the slot table's plan; returns the prompt tokens reused.
@@ -295,7 +296,7 @@ impl<'m> Scheduler<'m> {
     }
 
     /// Takes the slot and starts the sequence with `reused` prompt tokens already in its KV.
-    fn admit_sequence(&mut self, job: Job, prompt: Vec<LlamaToken>, max_tokens: u32, plan: &Plan, reused: usize) {
+    fn admit_sequence(&mut self, job: Job, prompt: Vec<LlamaToken>, max_tokens: u32, sampler: LlamaSampler, plan: &Plan, reused: usize) {
         let seq_id = plan.seq_id;
         self.slots.take(plan);
         if reused > 0 {
@@ -313,7 +314,7 @@ impl<'m> Scheduler<'m> {
             prefilled: reused,
             generated: Vec::new(),
             pending: None,
-            sampler: sampler_for(&job.request.sampling),
+            sampler,
             assembler: TextAssembler::new(&job.request.sampling.stop),
             completion_tokens: 0,
             max_tokens,
@@ -584,7 +585,21 @@ fn token_logprob(logits: &[f32], token: i32) -> f32 {
     chosen - max - log_sum
 }
 
-fn sampler_for(params: &SamplingParams) -> LlamaSampler {
+/// The sequence's sampler: its grammar first (masking what it forbids), then greedy or
+/// top-p/temperature/seeded sampling.
+fn sampler_for(model: &LlamaModel, params: &SamplingParams) -> Result<LlamaSampler, EngineError> {
+    let grammar = match &params.grammar {
+        Some(text) => Some(LlamaSampler::grammar(model, text, "root").map_err(|e| EngineError::Grammar { reason: e.to_string() })?),
+        None => None,
+    };
+    let sampling = sampling_for(params);
+    Ok(match grammar {
+        Some(grammar) => LlamaSampler::chain_simple([grammar, sampling]),
+        None => sampling,
+    })
+}
+
+fn sampling_for(params: &SamplingParams) -> LlamaSampler {
     if params.temperature <= 0.0 {
         return LlamaSampler::greedy();
     }

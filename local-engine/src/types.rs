@@ -17,11 +17,14 @@ pub struct SamplingParams {
     pub max_tokens: Option<u32>,
     /// Report the generated tokens' log-probabilities (summarised in `Finished::confidence`).
     pub logprobs: bool,
+    /// A llama.cpp grammar (GBNF, root rule `root`) every completion must match
+    /// (see [`crate::grammar`]).
+    pub grammar: Option<String>,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 1.0, top_p: 1.0, seed: None, stop: Vec::new(), max_tokens: None, logprobs: false }
+        Self { temperature: 1.0, top_p: 1.0, seed: None, stop: Vec::new(), max_tokens: None, logprobs: false, grammar: None }
     }
 }
 

@@ -9,7 +9,8 @@ use local_engine::{
     Confidence, EngineError, EngineHandle, GenerationEvent, GenerationRequest, GenerationStream, SamplingParams,
     TemplateMessage,
 };
-use serde_json::Map;
+use local_engine::grammar::{self, Bounds};
+use serde_json::{Map, Value};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::provider::{collect_stream, ChunkStream, Provider};
@@ -43,17 +44,10 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
     if req.n.unwrap_or(1) != 1 {
         return Err(invalid("the local engine returns one choice per request; n must be 1", "n"));
     }
-    if let Some(format) = &req.response_format {
-        if format.get("type").and_then(serde_json::Value::as_str) != Some("text") {
-            return Err(invalid(
-                "the local engine does not support structured output (response_format) yet",
-                "response_format",
-            ));
-        }
-    }
-    let mut messages = Vec::with_capacity(req.messages.len());
+    let structure = Structure::of(req)?;
+    let mut messages = Vec::with_capacity(req.messages.len() + 1);
     for (i, m) in req.messages.iter().enumerate() {
-        let content = match &m.content {
+        let mut content = match &m.content {
             None => String::new(),
             Some(c) => c.text().ok_or_else(|| {
                 invalid(
@@ -63,8 +57,30 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
             })?,
         };
         // The chat templates know `system`; `developer` is OpenAI's newer name for it.
-        let role = if m.role == "developer" { "system".to_owned() } else { m.role.clone() };
+        let mut role = if m.role == "developer" { "system".to_owned() } else { m.role.clone() };
+        // Earlier tool calls are shown as the JSON the model writes them in; results as user turns
+        // (few templates know a `tool` role).
+        if let Some(Value::Array(calls)) = m.extra.get("tool_calls") {
+            for call in calls {
+                let name = call.pointer("/function/name").cloned().unwrap_or(Value::Null);
+                let arguments = call.pointer("/function/arguments").and_then(Value::as_str).and_then(|a| serde_json::from_str::<Value>(a).ok()).unwrap_or(Value::Null);
+                content.push_str(&serde_json::json!({"name": name, "arguments": arguments}).to_string());
+            }
+        }
+        if role == "tool" || role == "function" {
+            role = "user".into();
+            content = format!("Function result: {content}");
+        }
         messages.push(TemplateMessage { role, content });
+    }
+    if let Some(instruction) = structure.instruction() {
+        match messages.first_mut().filter(|m| m.role == "system") {
+            Some(system) => {
+                system.content.push_str("\n\n");
+                system.content.push_str(&instruction);
+            }
+            None => messages.insert(0, TemplateMessage { role: "system".into(), content: instruction }),
+        }
     }
     let sampling = SamplingParams {
         temperature: req.temperature.unwrap_or(1.0),
@@ -74,14 +90,169 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
         stop: req.stop.as_ref().map(crate::wire::Stop::to_vec).unwrap_or_default(),
         max_tokens: req.max_output_tokens(),
         logprobs: false,
+        grammar: structure.grammar,
     };
-    Ok(GenerationRequest { messages, tools: req.tools.clone(), sampling })
+    // Tools are described in the system message (above), in the one format the grammar allows.
+    Ok(GenerationRequest { messages, tools: None, sampling })
+}
+
+/// What the answer must look like: a JSON instance of a schema, or a call of one of the tools.
+#[derive(Debug, Default)]
+struct Structure {
+    grammar: Option<String>,
+    /// The schema (`json_schema`) or `{}` (`json_object`) the answer follows.
+    json: Option<Value>,
+    /// Tools the model may call, and whether it may answer in text instead.
+    tools: Option<(Vec<Value>, bool)>,
+}
+
+impl Structure {
+    fn of(req: &ChatRequest) -> Result<Self, ProviderError> {
+        let invalid = |message: String, param: &str| ProviderError::InvalidRequest { message, param: Some(param.to_owned()) };
+        if let Some((tools, allow_text)) = callable_tools(req)? {
+            let signatures: Vec<(String, Value)> = tools
+                .iter()
+                .map(|t| (t.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(), t.get("parameters").cloned().unwrap_or_else(|| serde_json::json!({"type": "object"}))))
+                .collect();
+            let grammar = grammar::tool_call_grammar(&signatures, allow_text, Bounds::default()).map_err(|e| invalid(format!("the local engine cannot enforce this tool's parameters: {e}"), "tools"))?;
+            return Ok(Self { grammar: Some(grammar), json: None, tools: Some((tools, allow_text)) });
+        }
+        let Some(format) = &req.response_format else { return Ok(Self::default()) };
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") => Ok(Self::default()),
+            Some("json_object") => Ok(Self { grammar: Some(grammar::json_object_grammar(Bounds::default())), json: Some(serde_json::json!({})), tools: None }),
+            Some("json_schema") => {
+                let schema = format.pointer("/json_schema/schema").cloned().unwrap_or_else(|| serde_json::json!({}));
+                let grammar = grammar::schema_grammar(&schema, Bounds::default()).map_err(|e| invalid(format!("the local engine cannot enforce this schema: {e}"), "response_format.json_schema.schema"))?;
+                Ok(Self { grammar: Some(grammar), json: Some(schema), tools: None })
+            }
+            other => Err(invalid(format!("unsupported response_format type {other:?}"), "response_format.type")),
+        }
+    }
+
+    /// What the model is told about the format it must answer in.
+    fn instruction(&self) -> Option<String> {
+        if let Some((tools, allow_text)) = &self.tools {
+            let list = serde_json::to_string(tools).unwrap_or_default();
+            let mut text = format!("You can call these functions:\n{list}\nTo call one, reply with only a JSON object {{\"name\": <function name>, \"arguments\": <its arguments>}}.");
+            if *allow_text {
+                text.push_str(" If no function is needed, answer in plain text.");
+            }
+            return Some(text);
+        }
+        let schema = self.json.as_ref()?;
+        Some(if schema.as_object().is_some_and(serde_json::Map::is_empty) {
+            "Answer with a JSON object only.".to_owned()
+        } else {
+            format!("Answer with JSON only, following this JSON Schema:\n{schema}")
+        })
+    }
+}
+
+/// The function tools the model may call (`name`, `description`, `parameters` each), and
+/// whether it may answer in text instead; `None` without tools or with `tool_choice: none`.
+fn callable_tools(req: &ChatRequest) -> Result<Option<(Vec<Value>, bool)>, ProviderError> {
+    let Some(Value::Array(tools)) = &req.tools else { return Ok(None) };
+    let functions: Vec<Value> = tools.iter().filter_map(|t| t.get("function").cloned()).collect();
+    if functions.is_empty() {
+        return Ok(None);
+    }
+    match &req.tool_choice {
+        None => Ok(Some((functions, true))),
+        Some(Value::String(choice)) => match choice.as_str() {
+            "none" => Ok(None),
+            "auto" => Ok(Some((functions, true))),
+            "required" => Ok(Some((functions, false))),
+            other => Err(ProviderError::InvalidRequest { message: format!("unknown tool_choice {other:?}"), param: Some("tool_choice".into()) }),
+        },
+        Some(choice) => {
+            let name = choice.pointer("/function/name").and_then(Value::as_str).unwrap_or_default();
+            let chosen: Vec<Value> = functions.into_iter().filter(|f| f.get("name").and_then(Value::as_str) == Some(name)).collect();
+            if chosen.is_empty() {
+                return Err(ProviderError::InvalidRequest { message: format!("tool_choice names {name:?}, which is not among the tools"), param: Some("tool_choice".into()) });
+            }
+            Ok(Some((chosen, false)))
+        }
+    }
+}
+
+/// True when the answer may be a tool call (the grammar then decides by its first character).
+fn may_call_tools(req: &ChatRequest) -> bool {
+    matches!(callable_tools(req), Ok(Some(_)))
+}
+
+/// Splits a tool-call answer (`{"name":"…","arguments":…}`, as the grammar writes it) into
+/// `OpenAI` tool-call deltas as it streams: the call's id and name once known, then the
+/// arguments in pieces. Text answers pass through.
+#[derive(Debug, Default)]
+struct ToolCallSplitter {
+    /// `None` until the first character decides; then whether this is a call.
+    calling: Option<bool>,
+    buffer: String,
+    /// The call has been announced (id and name sent).
+    announced: bool,
+}
+
+const CALL_NAME_PREFIX: &str = "{\"name\":";
+const CALL_ARGUMENTS_KEY: &str = ",\"arguments\":";
+
+impl ToolCallSplitter {
+    fn text(&mut self, text: String) -> Vec<Delta> {
+        if self.calling.is_none() {
+            self.buffer.push_str(&text);
+            let Some(first) = self.buffer.trim_start().chars().next() else { return Vec::new() };
+            self.calling = Some(first == '{');
+            if first != '{' {
+                return vec![Delta { content: Some(std::mem::take(&mut self.buffer)), ..Delta::default() }];
+            }
+            return self.advance();
+        }
+        if self.calling == Some(false) {
+            return vec![Delta { content: Some(text), ..Delta::default() }];
+        }
+        self.buffer.push_str(&text);
+        self.advance()
+    }
+
+    fn advance(&mut self) -> Vec<Delta> {
+        let mut out = Vec::new();
+        if !self.announced {
+            let Some(rest) = self.buffer.trim_start().strip_prefix(CALL_NAME_PREFIX) else { return out };
+            let Some(end) = rest.find(CALL_ARGUMENTS_KEY) else { return out };
+            let name: String = serde_json::from_str(&rest[..end]).unwrap_or_default();
+            let arguments = rest[end + CALL_ARGUMENTS_KEY.len()..].to_owned();
+            self.announced = true;
+            self.buffer = arguments;
+            let call = serde_json::json!([{"index": 0, "id": format!("call_{}", uuid::Uuid::new_v4().simple()), "type": "function", "function": {"name": name, "arguments": ""}}]);
+            out.push(tool_delta(call));
+        }
+        // Hold back the last character: the call's closing brace, once the answer ends.
+        let keep = self.buffer.char_indices().last().map_or(0, |(i, _)| i);
+        if keep > 0 {
+            let piece: String = self.buffer.drain(..keep).collect();
+            out.push(tool_delta(serde_json::json!([{"index": 0, "function": {"arguments": piece}}])));
+        }
+        out
+    }
+
+    /// True when the answer was a complete call.
+    fn called(&self) -> bool {
+        self.announced && self.buffer == "}"
+    }
+}
+
+fn tool_delta(calls: Value) -> Delta {
+    let mut extra = Map::new();
+    extra.insert("tool_calls".into(), calls);
+    Delta { extra, ..Delta::default() }
 }
 
 fn engine_error(err: &EngineError) -> ProviderError {
     match err {
         EngineError::ContextLengthExceeded { .. } => ProviderError::ContextLengthExceeded { message: err.to_string() },
         EngineError::Overloaded { .. } => ProviderError::Overloaded { message: err.to_string(), retry_after_s: 1 },
+        EngineError::Grammar { .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some("response_format".into()) },
+        EngineError::InputTooLong { .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some("input".into()) },
         EngineError::Template { .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some("messages".into()) },
         EngineError::Unavailable { .. } | EngineError::Decode { .. } => ProviderError::Unavailable { message: err.to_string() },
     }
@@ -138,19 +309,23 @@ impl ChunkFactory {
 /// Where the finishing event's confidence is left, for [`LocalProvider::complete_with_confidence`].
 type ConfidenceSlot = Arc<Mutex<Option<Confidence>>>;
 
-fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Option<ConfidenceSlot>) -> ChunkStream {
+fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Option<ConfidenceSlot>, tools: bool) -> ChunkStream {
     let first = factory.chunk(Delta { role: Some("assistant".into()), content: Some(String::new()), ..Delta::default() }, None);
+    let mut splitter = tools.then(ToolCallSplitter::default);
     let rest = UnboundedReceiverStream::new(events).flat_map(move |event| {
         let out: Vec<Result<ChatChunk, ProviderError>> = match event {
             GenerationEvent::Started { .. } => Vec::new(),
-            GenerationEvent::Text(text) => {
-                vec![Ok(factory.chunk(Delta { content: Some(text), ..Delta::default() }, None))]
-            }
+            GenerationEvent::Text(text) => match splitter.as_mut() {
+                Some(splitter) => splitter.text(text).into_iter().map(|delta| Ok(factory.chunk(delta, None))).collect(),
+                None => vec![Ok(factory.chunk(Delta { content: Some(text), ..Delta::default() }, None))],
+            },
             GenerationEvent::Finished { reason, prompt_tokens, completion_tokens, confidence } => {
                 if let Some(slot) = &confidence_slot {
                     *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = confidence;
                 }
-                vec![Ok(factory.chunk(Delta::default(), Some(reason.as_str()))), Ok(factory.usage(prompt_tokens, completion_tokens))]
+                let called = splitter.as_ref().is_some_and(ToolCallSplitter::called);
+                let finish = if called { "tool_calls" } else { reason.as_str() };
+                vec![Ok(factory.chunk(Delta::default(), Some(finish))), Ok(factory.usage(prompt_tokens, completion_tokens))]
             }
             GenerationEvent::Failed(err) => vec![Err(engine_error(&err))],
         };
@@ -165,13 +340,13 @@ impl LocalProvider {
         let mut generation = generation_request(&req)?;
         generation.sampling.logprobs = true;
         let slot: ConfidenceSlot = Arc::new(Mutex::new(None));
-        let response = collect_stream(self.start(generation, Some(Arc::clone(&slot))).await?).await?;
+        let response = collect_stream(self.start(generation, Some(Arc::clone(&slot)), may_call_tools(&req)).await?).await?;
         let confidence = *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok((response, confidence))
     }
 
     /// Submits a generation and waits for the engine to accept its prompt.
-    async fn start(&self, generation: GenerationRequest, confidence: Option<ConfidenceSlot>) -> Result<ChunkStream, ProviderError> {
+    async fn start(&self, generation: GenerationRequest, confidence: Option<ConfidenceSlot>, tools: bool) -> Result<ChunkStream, ProviderError> {
         let mut events = self.engine.submit(generation).map_err(|e| engine_error(&e))?;
         // Wait for the engine to accept the prompt, so that its errors get a real status.
         match events.recv().await {
@@ -187,7 +362,7 @@ impl LocalProvider {
             created: now_unix(),
             model: self.engine.config().name.clone(),
         };
-        Ok(chunks(events, factory, confidence))
+        Ok(chunks(events, factory, confidence, tools))
     }
 }
 
@@ -198,6 +373,6 @@ impl Provider for LocalProvider {
     }
 
     async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, ProviderError> {
-        self.start(generation_request(&req)?, None).await
+        self.start(generation_request(&req)?, None, may_call_tools(&req)).await
     }
 }

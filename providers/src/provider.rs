@@ -55,6 +55,9 @@ pub async fn collect_stream(mut stream: ChunkStream) -> Result<ChatResponse, Pro
             if let Some(text) = c.delta.content {
                 target.message.content.get_or_insert_with(String::new).push_str(&text);
             }
+            if let Some(serde_json::Value::Array(calls)) = c.delta.extra.get("tool_calls") {
+                merge_tool_calls(&mut target.message, calls);
+            }
             if c.finish_reason.is_some() {
                 target.finish_reason = c.finish_reason;
             }
@@ -65,7 +68,40 @@ pub async fn collect_stream(mut stream: ChunkStream) -> Result<ChatResponse, Pro
         status: None,
         message: "the stream ended before any chunk".into(),
     })?;
+    for choice in &mut choices {
+        // A message that only calls tools has null content, as in a non-streamed answer.
+        if choice.message.extra.contains_key("tool_calls") && choice.message.content.as_deref() == Some("") {
+            choice.message.content = None;
+        }
+    }
     response.choices = choices;
     response.usage = usage;
     Ok(response)
+}
+
+/// Adds streamed tool-call deltas (`index`, then `id`/`type`/`function.name` once and
+/// `function.arguments` in pieces) to the message's `tool_calls`.
+fn merge_tool_calls(message: &mut ResponseMessage, deltas: &[serde_json::Value]) {
+    use serde_json::{json, Value};
+    let calls = message.extra.entry("tool_calls").or_insert_with(|| Value::Array(Vec::new()));
+    let Value::Array(calls) = calls else { return };
+    for delta in deltas {
+        let index = delta.get("index").and_then(Value::as_u64).and_then(|i| usize::try_from(i).ok()).unwrap_or(calls.len());
+        while calls.len() <= index {
+            calls.push(json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
+        }
+        let call = &mut calls[index];
+        for key in ["id", "type"] {
+            if let Some(v) = delta.get(key).filter(|v| v.is_string()) {
+                call[key] = v.clone();
+            }
+        }
+        if let Some(name) = delta.pointer("/function/name").and_then(Value::as_str) {
+            call["function"]["name"] = json!(name);
+        }
+        if let Some(piece) = delta.pointer("/function/arguments").and_then(Value::as_str) {
+            let so_far = call["function"]["arguments"].as_str().unwrap_or_default().to_owned();
+            call["function"]["arguments"] = json!(so_far + piece);
+        }
+    }
 }

@@ -40,25 +40,77 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut record = Some(PendingRecord::new(
-        Arc::clone(&state.ledger),
-        Arc::clone(&state.pricer),
-        &ctx.request_id,
-        &tenant.name,
-        ctx.started,
-    ));
-    let mut rate = RateHeaders::default();
-    let mut response = match answer(&state, &ctx, &tenant, &headers, body, &mut record, &mut rate).await {
-        Ok(response) => response,
-        Err(err) => {
-            if let Some(record) = &mut record {
-                record.status(err.status().as_u16());
-            }
-            err.into_response()
-        }
+    let mut exchange = Exchange::new(&state, &ctx, &tenant);
+    let result = async {
+        let bytes = read_body(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
+        let req = parse_chat_request(&bytes)?;
+        serve_chat(&state, &ctx, &tenant, &headers, req, &mut exchange).await.map(render_chat)
+    }
+    .await;
+    exchange.finish(result)
+}
+
+/// What the chat pipeline produced, before it is written in one API's shape (chat completions,
+/// Responses, legacy completions).
+pub struct Served {
+    /// `x-switchyard-*` headers (route, cost, cache, cascade).
+    pub headers: HeaderMap,
+    /// The answer.
+    pub body: ServedBody,
+}
+
+/// A whole answer or a stream of chunks.
+pub enum ServedBody {
+    /// Not streamed.
+    Complete(ChatResponse),
+    /// Streamed; the usage-only chunk comes last when the upstream sent one.
+    Stream {
+        /// The chunks; an `Err` ends the stream.
+        chunks: ChunkStream,
+        /// The client asked for the usage chunk.
+        include_usage: bool,
+    },
+}
+
+/// Writes a chat-completions answer: JSON, or SSE chunks ending with `[DONE]`.
+pub fn render_chat(served: Served) -> Response {
+    let Served { headers, body } = served;
+    let mut http = match body {
+        ServedBody::Complete(response) => Json(response).into_response(),
+        ServedBody::Stream { chunks, include_usage } => Sse::new(sse_events(chunks, include_usage)).into_response(),
     };
-    rate.write(response.headers_mut());
-    response
+    http.headers_mut().extend(headers);
+    http
+}
+
+/// One request's accounting record and rate-limit standing: the record is written whatever way
+/// the request ends, the rate headers go on every answer (errors too).
+pub struct Exchange {
+    record: Option<PendingRecord>,
+    rate: RateHeaders,
+}
+
+impl Exchange {
+    /// Opens the record for a request of `tenant`.
+    pub fn new(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile) -> Self {
+        let record = PendingRecord::new(Arc::clone(&state.ledger), Arc::clone(&state.pricer), &ctx.request_id, &tenant.name, ctx.started);
+        Self { record: Some(record), rate: RateHeaders::default() }
+    }
+
+    /// The response for `result`, with the error status recorded and the rate headers added.
+    pub fn finish(mut self, result: Result<Response, ApiError>) -> Response {
+        let mut response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                if let Some(record) = &mut self.record {
+                    record.status(err.status().as_u16());
+                }
+                err.into_response()
+            }
+        };
+        self.rate.write(response.headers_mut());
+        response
+    }
 }
 
 /// A tenant's rate-limit standing after admission: `(limit, remaining)` per limit it has.
@@ -81,17 +133,17 @@ impl RateHeaders {
     }
 }
 
-async fn answer(
+/// The chat pipeline for a parsed, validated request: route, cache, admission, then the target
+/// and its fallbacks.
+pub async fn serve_chat(
     state: &AppState,
     ctx: &RequestCtx,
     tenant: &TenantProfile,
     headers: &HeaderMap,
-    body: Body,
-    record: &mut Option<PendingRecord>,
-    rate: &mut RateHeaders,
-) -> Result<Response, ApiError> {
-    let bytes = read_body(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
-    let req = parse_chat_request(&bytes)?;
+    req: ChatRequest,
+    exchange: &mut Exchange,
+) -> Result<Served, ApiError> {
+    let Exchange { record, rate } = exchange;
     let prompt_chars = privacy::text_chars(&req);
     let prompt_tokens = estimate_tokens(prompt_chars);
     let mut decision = plan(state, &req, headers, tenant, false)?;
@@ -219,14 +271,14 @@ fn worst_case_nusd(state: &AppState, req: &ChatRequest, decision: &Decision, pro
 }
 
 /// An answer from the response cache, streamed if the client asked for a stream.
-fn cached_answer(req: &ChatRequest, decision: &Decision, hit: &Cached, record: &mut Option<PendingRecord>) -> Response {
+fn cached_answer(req: &ChatRequest, decision: &Decision, hit: &Cached, record: &mut Option<PendingRecord>) -> Served {
     if let Some(r) = record.as_mut() {
         r.served_by(&hit.target, false);
         r.cache_hit();
         r.usage(hit.response.usage.as_ref());
         r.status(200);
     }
-    let mut http = if req.is_stream() {
+    let body = if req.is_stream() {
         let mut stream_record = record.take();
         let chunks = stream::iter(replay_chunks(&hit.response))
             .map(move |chunk| {
@@ -236,16 +288,17 @@ fn cached_answer(req: &ChatRequest, decision: &Decision, hit: &Cached, record: &
                 Ok(chunk)
             })
             .boxed();
-        Sse::new(sse_events(chunks, req.wants_stream_usage())).into_response()
+        ServedBody::Stream { chunks, include_usage: req.wants_stream_usage() }
     } else {
-        Json(hit.response.clone()).into_response()
+        ServedBody::Complete(hit.response.clone())
     };
-    set_route_headers(http.headers_mut(), decision, &hit.target);
-    insert(http.headers_mut(), "x-switchyard-cache", "hit");
+    let mut headers = HeaderMap::new();
+    set_route_headers(&mut headers, decision, &hit.target);
+    insert(&mut headers, "x-switchyard-cache", "hit");
     if !req.is_stream() {
-        insert(http.headers_mut(), "x-switchyard-cost-usd", "0");
+        insert(&mut headers, "x-switchyard-cost-usd", "0");
     }
-    http
+    Served { headers, body }
 }
 
 /// Targets to try, in order: the decision's, then its fallbacks.
@@ -328,7 +381,7 @@ async fn complete_answer(
     record: &mut Option<PendingRecord>,
     keep: Keep,
     shadow: Option<Shadowing>,
-) -> Result<Response, ApiError> {
+) -> Result<Served, ApiError> {
     // Cascade: the local answer is kept when the model was sure enough of it.
     let local_try = if decision.cascade.is_some() { cascade_local(state, &req).await } else { None };
     let keep_at = decision.cascade.unwrap_or(f64::INFINITY);
@@ -360,16 +413,16 @@ async fn complete_answer(
     if is_local(state, target) {
         offer_shadow(shadow, target, Some(&response));
     }
-    let mut http = Json(response).into_response();
-    set_route_headers(http.headers_mut(), decision, target);
-    insert(http.headers_mut(), "x-switchyard-cost-usd", &cost.to_string());
+    let mut headers = HeaderMap::new();
+    set_route_headers(&mut headers, decision, target);
+    insert(&mut headers, "x-switchyard-cost-usd", &cost.to_string());
     if let Some((outcome, confidence)) = cascade {
-        insert(http.headers_mut(), "x-switchyard-cascade", outcome);
+        insert(&mut headers, "x-switchyard-cascade", outcome);
         if confidence.is_finite() {
-            insert(http.headers_mut(), "x-switchyard-local-confidence", &format!("{confidence:.4}"));
+            insert(&mut headers, "x-switchyard-local-confidence", &format!("{confidence:.4}"));
         }
     }
-    Ok(http)
+    Ok(Served { headers, body: ServedBody::Complete(response) })
 }
 
 /// The local engine's answer to `req` with its mean token log-probability, for a cascade; `None`
@@ -397,7 +450,7 @@ async fn stream_answer(
     record: &mut Option<PendingRecord>,
     keep: Keep,
     shadow: Option<Shadowing>,
-) -> Result<Response, ApiError> {
+) -> Result<Served, ApiError> {
     let include_usage = req.wants_stream_usage();
     let (target, chunks, redaction) = first_success(state, &req, decision, |provider, upstream, target| async move {
         let mut chunks = provider.stream(upstream).await?;
@@ -459,9 +512,9 @@ async fn stream_answer(
         }
         None => chunks,
     };
-    let mut http = Sse::new(sse_events(chunks, include_usage)).into_response();
-    set_route_headers(http.headers_mut(), decision, target);
-    Ok(http)
+    let mut headers = HeaderMap::new();
+    set_route_headers(&mut headers, decision, target);
+    Ok(Served { headers, body: ServedBody::Stream { chunks, include_usage } })
 }
 
 /// Passes the chunks on and, if the stream ends without a failure, calls `done` with the whole

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod fallback;
 pub mod health;
 pub mod models;
+pub mod responses;
 pub mod route;
 
 use axum::body::Body;

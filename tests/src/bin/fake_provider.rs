@@ -9,6 +9,8 @@
 //! - `judge`: a scripted pairwise judge: the answer that starts with `echo:` wins (`[[A]]` or
 //!   `[[B]]`, wherever it stands), otherwise `[[C]]`. `judge-first`: always `[[A]]` (a judge
 //!   with a pure position bias).
+//! - `tool`: with tools defined and the last message not a tool result, calls the first tool
+//!   with `{"city": "Paris"}` (`finish_reason: tool_calls`; streamed, the arguments in pieces).
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
 //! - `fail`: 500 with an `OpenAI` error body. `ratelimit`: 429 with `retry-after: 7`.
 //! - `reject`: 400 with an `OpenAI` error body. `drop`: one chunk, then (after
@@ -198,6 +200,10 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         "reject" => return error(StatusCode::BAD_REQUEST, "the fake upstream rejects this", "invalid_request_error", "bad_thing"),
         _ => {}
     }
+    let last_role = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["role"].as_str()).unwrap_or_default();
+    if let Some(name) = body["tools"][0]["function"]["name"].as_str().filter(|_| model == "tool" && last_role != "tool") {
+        return tool_call(&model, name, stream, include_usage);
+    }
     if !stream {
         let words = u64::try_from(answer.split_whitespace().count()).unwrap_or(0);
         let (prompt, completion) = metered.unwrap_or((11, words));
@@ -257,6 +263,32 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         .header("content-type", "text/event-stream")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The `tool` model's answer when tools are defined: a call of the first tool with
+/// `{"city": "Paris"}` (streamed: the arguments in two pieces).
+fn tool_call(model: &str, name: &str, stream: bool, include_usage: bool) -> Response {
+    let usage = json!({"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16});
+    if !stream {
+        let call = json!({"id": "call_fake1", "type": "function", "function": {"name": name, "arguments": "{\"city\": \"Paris\"}"}});
+        return Json(json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [call]}, "finish_reason": "tool_calls", "logprobs": null}],
+            "usage": usage}))
+        .into_response();
+    }
+    let mut events = vec![
+        sse(&chunk(model, &json!({"role": "assistant", "content": null}), None)),
+        sse(&chunk(model, &json!({"tool_calls": [{"index": 0, "id": "call_fake1", "type": "function", "function": {"name": name, "arguments": ""}}]}), None)),
+        sse(&chunk(model, &json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\""}}]}), None)),
+        sse(&chunk(model, &json!({"tool_calls": [{"index": 0, "function": {"arguments": ": \"Paris\"}"}}]}), None)),
+        sse(&chunk(model, &json!({}), Some("tool_calls"))),
+    ];
+    if include_usage {
+        events.push(sse(&json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage})));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let body = Body::from_stream(futures::stream::iter(events.into_iter().map(Ok::<_, std::io::Error>)));
+    Response::builder().header("content-type", "text/event-stream").body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// The scripted `judge`: in a pairwise judge prompt, the answer starting with `echo:` (this

@@ -1,0 +1,141 @@
+//! Stored Responses-API responses (`store: true`, the default): what `GET /v1/responses/{id}` and
+//! `previous_response_id` read. Kept per tenant — a key names the tenant, so one tenant can never
+//! read or continue another's — in this process (`moka`, bounded) and, with `[redis]`, in Redis
+//! for every replica. Both expire after `[responses].ttl_s`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tracing::warn;
+
+use crate::responses::StoredResponse;
+use crate::store::RedisStore;
+
+/// `[responses]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResponsesConfig {
+    /// How long a stored response can be read or continued.
+    #[serde(default = "default_ttl_s")]
+    pub ttl_s: u64,
+    /// Stored responses kept in this process (Redis, when configured, holds them all).
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+}
+
+fn default_ttl_s() -> u64 {
+    86_400
+}
+
+fn default_max_entries() -> u64 {
+    10_000
+}
+
+impl Default for ResponsesConfig {
+    fn default() -> Self {
+        Self { ttl_s: default_ttl_s(), max_entries: default_max_entries() }
+    }
+}
+
+impl ResponsesConfig {
+    /// What is wrong with the section.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.ttl_s == 0 {
+            problems.push("responses.ttl_s must be at least 1".to_owned());
+        }
+        problems
+    }
+}
+
+/// The stored responses.
+pub struct ResponseStore {
+    local: moka::sync::Cache<(String, String), Arc<StoredResponse>>,
+    shared: Option<Arc<RedisStore>>,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for ResponseStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseStore").field("entries", &self.local.entry_count()).field("shared", &self.shared.is_some()).finish()
+    }
+}
+
+fn redis_key(tenant: &str, id: &str) -> String {
+    format!("switchyard:response:{tenant}:{id}")
+}
+
+impl ResponseStore {
+    /// A store per `config`, shared through `redis` when given.
+    pub fn new(config: &ResponsesConfig, redis: Option<Arc<RedisStore>>) -> Self {
+        let ttl = Duration::from_secs(config.ttl_s);
+        Self { local: moka::sync::Cache::builder().max_capacity(config.max_entries).time_to_live(ttl).build(), shared: redis, ttl }
+    }
+
+    /// Keeps `stored` under `id`. With Redis it is written before this returns, so that the next
+    /// request, on any replica, finds it; a Redis failure keeps it in this process only (logged).
+    pub async fn put(&self, id: &str, stored: StoredResponse) {
+        let stored = Arc::new(stored);
+        if let Some(store) = &self.shared {
+            match serde_json::to_vec(stored.as_ref()) {
+                Ok(bytes) => {
+                    let write = async {
+                        let mut conn = store.connection().await.map_err(|e| e.to_string())?;
+                        let mut set = redis::cmd("SET");
+                        set.arg(redis_key(&stored.tenant, id)).arg(bytes).arg("EX").arg(self.ttl.as_secs());
+                        set.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
+                    };
+                    match tokio::time::timeout(store.timeout(), write).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => warn!(%error, "responses: could not store the response in Redis; kept in this replica only"),
+                        Err(_) => warn!("responses: storing the response in Redis timed out; kept in this replica only"),
+                    }
+                }
+                Err(error) => warn!(%error, "responses: could not serialise the response"),
+            }
+        }
+        self.local.insert((stored.tenant.clone(), id.to_owned()), stored);
+    }
+
+    /// The response `id` of `tenant`: this process first, then Redis.
+    pub async fn get(&self, tenant: &str, id: &str) -> Option<Arc<StoredResponse>> {
+        let key = (tenant.to_owned(), id.to_owned());
+        if let Some(hit) = self.local.get(&key) {
+            return Some(hit);
+        }
+        let store = self.shared.as_ref()?;
+        let read = async {
+            let mut conn = store.connection().await.ok()?;
+            let mut get = redis::cmd("GET");
+            get.arg(redis_key(tenant, id));
+            get.query_async::<Option<Vec<u8>>>(&mut conn).await.ok()?
+        };
+        let bytes = tokio::time::timeout(store.timeout(), read).await.ok()??;
+        let stored: Arc<StoredResponse> = Arc::new(serde_json::from_slice(&bytes).ok()?);
+        // A key names its tenant; the check is belt and braces against a hand-written entry.
+        if stored.tenant != tenant {
+            return None;
+        }
+        self.local.insert(key, Arc::clone(&stored));
+        Some(stored)
+    }
+
+    /// Forgets the response `id` of `tenant`; true if it was there.
+    pub async fn delete(&self, tenant: &str, id: &str) -> bool {
+        let key = (tenant.to_owned(), id.to_owned());
+        let mut found = self.local.remove(&key).is_some();
+        if let Some(store) = &self.shared {
+            let del = async {
+                let mut conn = store.connection().await.ok()?;
+                let mut del = redis::cmd("DEL");
+                del.arg(redis_key(tenant, id));
+                del.query_async::<u64>(&mut conn).await.ok()
+            };
+            if let Ok(Some(n)) = tokio::time::timeout(store.timeout(), del).await {
+                found |= n > 0;
+            }
+        }
+        found
+    }
+}

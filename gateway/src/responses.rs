@@ -1,0 +1,707 @@
+//! The `OpenAI` Responses API in terms of chat completions: a `POST /v1/responses` body becomes a
+//! chat request (instructions, the stored conversation of `previous_response_id`, input items,
+//! function tools, `text.format`), and the chat answer becomes a `response` object — or, streamed,
+//! the API's semantic events (`response.created` … `response.completed`). Pure: the handler
+//! (`handlers/responses.rs`) does the I/O, `response_store.rs` keeps conversations.
+
+use providers::wire::{ChatChunk, ChatMessage, ChatRequest, ChatResponse, MessageContent, StreamOptions, Usage};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+
+/// `POST /v1/responses` body (the fields Switchyard acts on; the rest is refused or ignored as
+/// the API allows).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResponsesRequest {
+    /// `auto`, the local name, `provider/model` or a bare model name.
+    pub model: String,
+    /// A string (one user message) or a list of input items.
+    pub input: Option<Value>,
+    /// A system message put first; not carried over to a later `previous_response_id`.
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// Function tools.
+    #[serde(default)]
+    pub tools: Option<Vec<Value>>,
+    /// `auto`, `none`, `required` or `{"type":"function","name":…}`.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// `{"format": {"type": "text" | "json_object" | "json_schema", …}}`.
+    #[serde(default)]
+    pub text: Option<Value>,
+    /// Answer as semantic events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Keep the response (default true) so that `GET` and `previous_response_id` find it.
+    #[serde(default)]
+    pub store: Option<bool>,
+    /// Continue the conversation of a stored response.
+    #[serde(default)]
+    pub previous_response_id: Option<String>,
+    /// Output-token cap.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Up to 16 string pairs, returned as sent.
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+    /// Whether several tool calls may come at once.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// End-user id, forwarded.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl ResponsesRequest {
+    /// True when the client asked for events.
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// True unless the client said `store: false`.
+    pub fn wants_store(&self) -> bool {
+        self.store.unwrap_or(true)
+    }
+}
+
+/// What a stored response leaves for the next turn: the conversation so far (without the
+/// instructions, which do not carry over) and the `response` object for `GET`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    /// The tenant that created it; only it may read or continue it.
+    pub tenant: String,
+    /// Input and output of every turn up to and including this one, as chat messages.
+    pub conversation: Vec<ChatMessage>,
+    /// The `response` object as it was answered.
+    pub response: Value,
+}
+
+/// Parses and checks a `POST /v1/responses` body.
+pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let req: ResponsesRequest = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let inner = e.inner().to_string();
+        if let Some(field) = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            return ApiError::invalid(format!("Missing required parameter: '{field}'."), field.to_owned());
+        }
+        if e.inner().is_syntax() || e.inner().is_eof() {
+            return ApiError::InvalidRequest { message: format!("We could not parse the JSON body of your request: {inner}"), param: None };
+        }
+        let path = e.path().to_string();
+        ApiError::InvalidRequest { message: format!("Invalid type for '{path}': {inner}"), param: Some(path) }
+    })?;
+    if req.model.is_empty() {
+        return Err(ApiError::invalid("'model' must be a non-empty string.", "model"));
+    }
+    if req.input.is_none() && req.previous_response_id.is_none() {
+        return Err(ApiError::invalid("Missing required parameter: 'input'.", "input"));
+    }
+    Ok(req)
+}
+
+/// The input items of `req` as chat messages (without instructions or earlier turns).
+pub fn input_messages(req: &ResponsesRequest) -> Result<Vec<ChatMessage>, ApiError> {
+    let mut messages: Vec<ChatMessage> = Vec::new();
+    match &req.input {
+        None => {}
+        Some(Value::String(text)) => messages.push(message("user", MessageContent::Text(text.clone()))),
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                push_item(&mut messages, item, i)?;
+            }
+        }
+        Some(_) => return Err(ApiError::invalid("'input' must be a string or an array of input items.", "input")),
+    }
+    Ok(messages)
+}
+
+fn message(role: &str, content: MessageContent) -> ChatMessage {
+    ChatMessage { role: role.to_owned(), content: Some(content), extra: Map::new() }
+}
+
+/// One input item onto the chat conversation; consecutive function calls share one assistant
+/// message, as chat completions expect.
+fn push_item(messages: &mut Vec<ChatMessage>, item: &Value, i: usize) -> Result<(), ApiError> {
+    let param = |field: &str| format!("input[{i}]{field}");
+    let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
+    match kind {
+        "message" => {
+            let role = item.get("role").and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("Missing required parameter: '{}'.", param(".role")), param(".role")))?;
+            if !["user", "assistant", "system", "developer"].contains(&role) {
+                return Err(ApiError::invalid(format!("Invalid value for '{}': {role:?}.", param(".role")), param(".role")));
+            }
+            let content = match item.get("content") {
+                Some(Value::String(text)) => MessageContent::Text(text.clone()),
+                Some(Value::Array(parts)) => MessageContent::Parts(parts.iter().enumerate().map(|(j, p)| chat_part(p, &param(&format!(".content[{j}]")))).collect::<Result<_, _>>()?),
+                _ => return Err(ApiError::invalid(format!("Missing required parameter: '{}'.", param(".content")), param(".content"))),
+            };
+            // Roles the chat templates know: `developer` is a system message there.
+            let role = if role == "developer" { "system" } else { role };
+            messages.push(message(role, content));
+        }
+        "function_call" => {
+            let field = |name: &str| item.get(name).and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("Missing required parameter: '{}'.", param(&format!(".{name}"))), param(&format!(".{name}"))));
+            let call = json!({"id": field("call_id")?, "type": "function", "function": {"name": field("name")?, "arguments": field("arguments")?}});
+            let open = messages.last_mut().filter(|m| m.role == "assistant" && m.extra.contains_key("tool_calls"));
+            match open {
+                Some(last) => {
+                    if let Some(Value::Array(calls)) = last.extra.get_mut("tool_calls") {
+                        calls.push(call);
+                    }
+                }
+                None => {
+                    let mut m = ChatMessage { role: "assistant".into(), content: None, extra: Map::new() };
+                    m.extra.insert("tool_calls".into(), Value::Array(vec![call]));
+                    messages.push(m);
+                }
+            }
+        }
+        "function_call_output" => {
+            let call_id = item.get("call_id").and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("Missing required parameter: '{}'.", param(".call_id")), param(".call_id")))?;
+            let output = match item.get("output") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => return Err(ApiError::invalid(format!("Missing required parameter: '{}'.", param(".output")), param(".output"))),
+            };
+            let mut m = message("tool", MessageContent::Text(output));
+            m.extra.insert("tool_call_id".into(), Value::String(call_id.to_owned()));
+            messages.push(m);
+        }
+        // Reasoning summaries of an earlier turn carry nothing a chat model can use.
+        "reasoning" => {}
+        other => return Err(ApiError::invalid(format!("Invalid value for '{}': input items of type {other:?} are not supported.", param(".type")), param(".type"))),
+    }
+    Ok(())
+}
+
+/// A Responses content part as a chat content part.
+fn chat_part(part: &Value, param: &str) -> Result<Value, ApiError> {
+    match part.get("type").and_then(Value::as_str) {
+        Some("input_text" | "output_text" | "text") => Ok(json!({"type": "text", "text": part.get("text").and_then(Value::as_str).unwrap_or_default()})),
+        Some("input_image") => {
+            let url = part.get("image_url").and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("'{param}.image_url' is required (file ids are not supported)."), format!("{param}.image_url")))?;
+            let mut image = json!({"url": url});
+            if let Some(detail) = part.get("detail") {
+                image["detail"] = detail.clone();
+            }
+            Ok(json!({"type": "image_url", "image_url": image}))
+        }
+        other => Err(ApiError::invalid(format!("Invalid value for '{param}.type': {other:?} content parts are not supported."), format!("{param}.type"))),
+    }
+}
+
+/// The chat request for `req`, continuing `history` (an earlier turn's conversation).
+pub fn to_chat(req: &ResponsesRequest, history: &[ChatMessage], input: &[ChatMessage]) -> Result<ChatRequest, ApiError> {
+    let mut messages = Vec::with_capacity(history.len() + input.len() + 1);
+    if let Some(instructions) = &req.instructions {
+        messages.push(message("system", MessageContent::Text(instructions.clone())));
+    }
+    messages.extend_from_slice(history);
+    messages.extend_from_slice(input);
+    if messages.is_empty() {
+        return Err(ApiError::invalid("'input' must contain at least one item.", "input"));
+    }
+    let tools = req.tools.as_ref().filter(|t| !t.is_empty()).map(|tools| chat_tools(tools)).transpose()?;
+    let tool_choice = req.tool_choice.as_ref().map(|choice| match choice {
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            json!({"type": "function", "function": {"name": o.get("name").cloned().unwrap_or(Value::Null)}})
+        }
+        other => other.clone(),
+    });
+    let response_format = req.text.as_ref().and_then(|t| t.get("format")).map(chat_format).transpose()?.flatten();
+    let mut extra = Map::new();
+    if let Some(parallel) = req.parallel_tool_calls.filter(|_| tools.is_some()) {
+        extra.insert("parallel_tool_calls".into(), Value::Bool(parallel));
+    }
+    if let Some(user) = &req.user {
+        extra.insert("user".into(), Value::String(user.clone()));
+    }
+    Ok(ChatRequest {
+        model: req.model.clone(),
+        messages,
+        stream: req.stream,
+        // Usage is needed for `response.completed` whatever the client asked.
+        stream_options: req.is_stream().then(|| StreamOptions { include_usage: Some(true), extra: Map::new() }),
+        max_tokens: None,
+        max_completion_tokens: req.max_output_tokens,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        seed: None,
+        stop: None,
+        n: None,
+        tools: tools.map(Value::Array),
+        tool_choice,
+        response_format,
+        extra,
+    })
+}
+
+/// Responses function tools (`{"type":"function","name",…}`) as chat tools.
+fn chat_tools(tools: &[Value]) -> Result<Vec<Value>, ApiError> {
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            if tool.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(ApiError::invalid(format!("Invalid value for 'tools[{i}].type': only \"function\" tools are supported."), format!("tools[{i}].type")));
+            }
+            let mut function = Map::new();
+            for key in ["name", "description", "parameters", "strict"] {
+                if let Some(v) = tool.get(key).filter(|v| !v.is_null()) {
+                    function.insert(key.into(), v.clone());
+                }
+            }
+            if !function.contains_key("name") {
+                return Err(ApiError::invalid(format!("Missing required parameter: 'tools[{i}].name'."), format!("tools[{i}].name")));
+            }
+            Ok(json!({"type": "function", "function": function}))
+        })
+        .collect()
+}
+
+/// `text.format` as a chat `response_format` (`None` for plain text).
+fn chat_format(format: &Value) -> Result<Option<Value>, ApiError> {
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") | None => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "json_object"}))),
+        Some("json_schema") => {
+            let mut schema = Map::new();
+            for key in ["name", "schema", "strict", "description"] {
+                if let Some(v) = format.get(key).filter(|v| !v.is_null()) {
+                    schema.insert(key.into(), v.clone());
+                }
+            }
+            if !schema.contains_key("schema") {
+                return Err(ApiError::invalid("Missing required parameter: 'text.format.schema'.", "text.format.schema"));
+            }
+            Ok(Some(json!({"type": "json_schema", "json_schema": schema})))
+        }
+        Some(other) => Err(ApiError::invalid(format!("Invalid value for 'text.format.type': {other:?}."), "text.format.type")),
+    }
+}
+
+/// Identity and echo fields shared by every `response` object of one request.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// `resp_…`.
+    pub id: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// The model, as answered (or as asked until the answer names one).
+    pub model: String,
+    echo: Map<String, Value>,
+}
+
+impl Envelope {
+    /// A new response id for `req`.
+    pub fn new(req: &ResponsesRequest, id: String, created_at: u64) -> Self {
+        let mut echo = Map::new();
+        echo.insert("instructions".into(), req.instructions.clone().map_or(Value::Null, Value::String));
+        echo.insert("max_output_tokens".into(), req.max_output_tokens.map_or(Value::Null, Value::from));
+        echo.insert("metadata".into(), Value::Object(req.metadata.clone().unwrap_or_default()));
+        echo.insert("parallel_tool_calls".into(), Value::Bool(req.parallel_tool_calls.unwrap_or(true)));
+        echo.insert("previous_response_id".into(), req.previous_response_id.clone().map_or(Value::Null, Value::String));
+        echo.insert("store".into(), Value::Bool(req.wants_store()));
+        echo.insert("temperature".into(), req.temperature.map_or(json!(1.0), |t| json!(t)));
+        echo.insert("top_p".into(), req.top_p.map_or(json!(1.0), |t| json!(t)));
+        echo.insert("text".into(), req.text.clone().unwrap_or_else(|| json!({"format": {"type": "text"}})));
+        echo.insert("tool_choice".into(), req.tool_choice.clone().unwrap_or_else(|| json!("auto")));
+        // Tools as the API writes them back: `strict` and `parameters` always present.
+        let tools = req.tools.iter().flatten().map(|tool| {
+            let mut tool = tool.clone();
+            if let Value::Object(t) = &mut tool {
+                t.entry("strict").or_insert(Value::Null);
+                t.entry("parameters").or_insert(Value::Null);
+            }
+            tool
+        });
+        echo.insert("tools".into(), Value::Array(tools.collect()));
+        echo.insert("truncation".into(), json!("disabled"));
+        if let Some(user) = &req.user {
+            echo.insert("user".into(), Value::String(user.clone()));
+        }
+        echo.insert("reasoning".into(), json!({"effort": null, "summary": null}));
+        Self { id, created_at, model: req.model.clone(), echo }
+    }
+
+    /// The `response` object with this status, output and usage.
+    pub fn response(&self, status: &str, output: &[Value], usage: Option<&Usage>, incomplete: Option<&str>) -> Value {
+        let mut object = Map::new();
+        object.insert("id".into(), Value::String(self.id.clone()));
+        object.insert("object".into(), json!("response"));
+        object.insert("created_at".into(), json!(self.created_at));
+        object.insert("status".into(), json!(status));
+        object.insert("error".into(), Value::Null);
+        object.insert("incomplete_details".into(), incomplete.map_or(Value::Null, |reason| json!({"reason": reason})));
+        object.insert("model".into(), Value::String(self.model.clone()));
+        object.insert("output".into(), Value::Array(output.to_vec()));
+        object.extend(self.echo.clone());
+        if let Some(usage) = usage {
+            object.insert("usage".into(), response_usage(usage));
+        }
+        Value::Object(object)
+    }
+}
+
+/// Chat usage in the Responses shape.
+fn response_usage(usage: &Usage) -> Value {
+    json!({
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens(), "cache_write_tokens": 0},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.total_tokens,
+    })
+}
+
+/// The reason a response is incomplete, from the chat finish reason.
+fn incomplete_reason(finish_reason: Option<&str>) -> Option<&'static str> {
+    match finish_reason {
+        Some("length") => Some("max_output_tokens"),
+        Some("content_filter") => Some("content_filter"),
+        _ => None,
+    }
+}
+
+/// Output items of a whole chat answer (its first choice): a message with the text, then one
+/// `function_call` per tool call. Item ids are derived from the response id.
+pub fn output_items(envelope: &Envelope, answer: &ChatResponse) -> (Vec<Value>, Option<&'static str>) {
+    let Some(choice) = answer.choices.first() else { return (Vec::new(), None) };
+    let mut items = Vec::new();
+    if let Some(text) = choice.message.content.as_deref().filter(|t| !t.is_empty()) {
+        items.push(message_item(&envelope.id, text, "completed"));
+    }
+    if let Some(Value::Array(calls)) = choice.message.extra.get("tool_calls") {
+        for (i, call) in calls.iter().enumerate() {
+            let function = call.get("function");
+            let name = function.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or_default();
+            let arguments = function.and_then(|f| f.get("arguments")).and_then(Value::as_str).unwrap_or_default();
+            let call_id = call.get("id").and_then(Value::as_str).map_or_else(|| format!("call_{i}"), str::to_owned);
+            items.push(function_item(&envelope.id, i, &call_id, name, arguments, "completed"));
+        }
+    }
+    (items, incomplete_reason(choice.finish_reason.as_deref()))
+}
+
+fn message_item(response_id: &str, text: &str, status: &str) -> Value {
+    let content = if status == "completed" { vec![text_part(text)] } else { Vec::new() };
+    json!({"id": message_id(response_id), "type": "message", "status": status, "role": "assistant", "content": content})
+}
+
+fn text_part(text: &str) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+}
+
+fn function_item(response_id: &str, index: usize, call_id: &str, name: &str, arguments: &str, status: &str) -> Value {
+    json!({"id": format!("fc_{}_{index}", suffix(response_id)), "type": "function_call", "status": status, "call_id": call_id, "name": name, "arguments": arguments})
+}
+
+fn suffix(response_id: &str) -> &str {
+    response_id.strip_prefix("resp_").unwrap_or(response_id)
+}
+
+fn message_id(response_id: &str) -> String {
+    format!("msg_{}", suffix(response_id))
+}
+
+/// The complete `response` object for a whole chat answer.
+pub fn from_chat(envelope: &mut Envelope, answer: &ChatResponse) -> Value {
+    envelope.model.clone_from(&answer.model);
+    let (output, incomplete) = output_items(envelope, answer);
+    let status = if incomplete.is_some() { "incomplete" } else { "completed" };
+    envelope.response(status, &output, answer.usage.as_ref(), incomplete)
+}
+
+/// The conversation after this turn: `history`, this turn's input, and its output as chat
+/// messages (text as an assistant message, function calls as its `tool_calls`).
+pub fn conversation_after(history: &[ChatMessage], input: &[ChatMessage], response: &Value) -> Vec<ChatMessage> {
+    let mut conversation = Vec::with_capacity(history.len() + input.len() + 1);
+    conversation.extend_from_slice(history);
+    conversation.extend_from_slice(input);
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for item in response.get("output").and_then(Value::as_array).into_iter().flatten() {
+        match item.get("type").and_then(Value::as_str) {
+            Some("message") => {
+                for part in item.get("content").and_then(Value::as_array).into_iter().flatten() {
+                    text.push_str(part.get("text").and_then(Value::as_str).unwrap_or_default());
+                }
+            }
+            Some("function_call") => calls.push(json!({
+                "id": item.get("call_id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {"name": item.get("name").cloned().unwrap_or(Value::Null), "arguments": item.get("arguments").cloned().unwrap_or(Value::Null)},
+            })),
+            _ => {}
+        }
+    }
+    let mut answer = ChatMessage { role: "assistant".into(), content: (!text.is_empty()).then(|| MessageContent::Text(text)), extra: Map::new() };
+    if !calls.is_empty() {
+        answer.extra.insert("tool_calls".into(), Value::Array(calls));
+    }
+    if answer.content.is_some() || answer.extra.contains_key("tool_calls") {
+        conversation.push(answer);
+    }
+    conversation
+}
+
+/// Turns chat chunks into Responses stream events, in the API's order: `response.created`,
+/// `response.in_progress`, then per output item `output_item.added` (+ `content_part.added`),
+/// its deltas, its `.done` events, and finally `response.completed` (or `.incomplete`).
+#[derive(Debug)]
+pub struct EventWriter {
+    envelope: Envelope,
+    sequence: u64,
+    /// Output items so far; the last may still be open.
+    output: Vec<Value>,
+    /// Index in `output` of the open text message, and its text.
+    text: Option<(usize, String)>,
+    /// Chat tool-call index → index in `output` of its function call.
+    calls: Vec<(u64, usize)>,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+}
+
+/// One stream event: its `type` and its whole body.
+pub type Event = (&'static str, Value);
+
+impl EventWriter {
+    /// A writer for a response described by `envelope`.
+    pub fn new(envelope: Envelope) -> Self {
+        Self { envelope, sequence: 0, output: Vec::new(), text: None, calls: Vec::new(), finish_reason: None, usage: None }
+    }
+
+    fn event(&mut self, kind: &'static str, mut body: Value) -> Event {
+        body["type"] = json!(kind);
+        body["sequence_number"] = json!(self.sequence);
+        self.sequence += 1;
+        (kind, body)
+    }
+
+    /// `response.created` and `response.in_progress`.
+    pub fn start(&mut self) -> Vec<Event> {
+        let response = self.envelope.response("in_progress", &[], None, None);
+        vec![self.event("response.created", json!({"response": response.clone()})), self.event("response.in_progress", json!({"response": response}))]
+    }
+
+    /// The events one chat chunk gives.
+    pub fn chunk(&mut self, chunk: &ChatChunk) -> Vec<Event> {
+        let mut events = Vec::new();
+        if !chunk.model.is_empty() {
+            self.envelope.model.clone_from(&chunk.model);
+        }
+        if chunk.usage.is_some() {
+            self.usage.clone_from(&chunk.usage);
+        }
+        for choice in chunk.choices.iter().filter(|c| c.index == 0) {
+            if let Some(delta) = choice.delta.content.as_deref().filter(|d| !d.is_empty()) {
+                let output_index = self.open_text(&mut events);
+                if let Some((_, text)) = &mut self.text {
+                    text.push_str(delta);
+                }
+                let item_id = message_id(&self.envelope.id);
+                events.push(self.event("response.output_text.delta", json!({"item_id": item_id, "output_index": output_index, "content_index": 0, "delta": delta, "logprobs": []})));
+            }
+            if let Some(Value::Array(calls)) = choice.delta.extra.get("tool_calls") {
+                for call in calls {
+                    self.call_delta(call, &mut events);
+                }
+            }
+            if choice.finish_reason.is_some() {
+                self.finish_reason.clone_from(&choice.finish_reason);
+            }
+        }
+        events
+    }
+
+    /// Opens the text message if it is not open; returns its output index.
+    fn open_text(&mut self, events: &mut Vec<Event>) -> usize {
+        if let Some((index, _)) = &self.text {
+            return *index;
+        }
+        let index = self.output.len();
+        let item = message_item(&self.envelope.id, "", "in_progress");
+        self.output.push(item.clone());
+        self.text = Some((index, String::new()));
+        events.push(self.event("response.output_item.added", json!({"output_index": index, "item": item})));
+        let item_id = message_id(&self.envelope.id);
+        events.push(self.event("response.content_part.added", json!({"item_id": item_id, "output_index": index, "content_index": 0, "part": text_part("")})));
+        index
+    }
+
+    fn call_delta(&mut self, call: &Value, events: &mut Vec<Event>) {
+        let chat_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let function = call.get("function");
+        let output_index = if let Some(&(_, at)) = self.calls.iter().find(|(i, _)| *i == chat_index) {
+            at
+        } else {
+            let at = self.output.len();
+            let call_id = call.get("id").and_then(Value::as_str).map_or_else(|| format!("call_{chat_index}"), str::to_owned);
+            let name = function.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or_default();
+            let item = function_item(&self.envelope.id, self.calls.len(), &call_id, name, "", "in_progress");
+            self.output.push(item.clone());
+            self.calls.push((chat_index, at));
+            events.push(self.event("response.output_item.added", json!({"output_index": at, "item": item})));
+            at
+        };
+        let Some(delta) = function.and_then(|f| f.get("arguments")).and_then(Value::as_str).filter(|d| !d.is_empty()) else { return };
+        let item_id = self.output[output_index]["id"].clone();
+        if let Some(Value::String(arguments)) = self.output[output_index].get_mut("arguments") {
+            arguments.push_str(delta);
+        }
+        events.push(self.event("response.function_call_arguments.delta", json!({"item_id": item_id, "output_index": output_index, "delta": delta})));
+    }
+
+    /// Closes every open item and answers the final `response` object with the closing events
+    /// (the last of which is `response.completed` or `response.incomplete`).
+    pub fn finish(&mut self) -> (Vec<Event>, Value) {
+        let mut events = Vec::new();
+        let mut open: Vec<usize> = self.calls.iter().map(|(_, at)| *at).collect();
+        if let Some((at, _)) = &self.text {
+            open.push(*at);
+        }
+        open.sort_unstable();
+        for at in open {
+            let item_id = self.output[at]["id"].clone();
+            if self.output[at]["type"] == "message" {
+                let text = self.text.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
+                events.push(self.event("response.output_text.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "text": text, "logprobs": []})));
+                events.push(self.event("response.content_part.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "part": text_part(&text)})));
+                self.output[at] = message_item(&self.envelope.id, &text, "completed");
+            } else {
+                let arguments = self.output[at]["arguments"].clone();
+                let name = self.output[at]["name"].clone();
+                events.push(self.event("response.function_call_arguments.done", json!({"item_id": item_id, "output_index": at, "name": name, "arguments": arguments})));
+                self.output[at]["status"] = json!("completed");
+            }
+            let item = self.output[at].clone();
+            events.push(self.event("response.output_item.done", json!({"output_index": at, "item": item})));
+        }
+        let incomplete = incomplete_reason(self.finish_reason.as_deref());
+        let status = if incomplete.is_some() { "incomplete" } else { "completed" };
+        let response = self.envelope.response(status, &self.output, self.usage.as_ref(), incomplete);
+        let kind = if incomplete.is_some() { "response.incomplete" } else { "response.completed" };
+        events.push(self.event(kind, json!({"response": response.clone()})));
+        (events, response)
+    }
+
+    /// The `error` event for a stream that failed after it started.
+    pub fn error(&mut self, code: &str, message: &str) -> Event {
+        self.event("error", json!({"code": code, "message": message, "param": null}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> ResponsesRequest {
+        parse_request(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_string_input_is_one_user_message_after_the_instructions() {
+        let req = request(json!({"model": "auto", "input": "hi", "instructions": "be brief"}));
+        let chat = to_chat(&req, &[], &input_messages(&req).unwrap()).unwrap();
+        let roles: Vec<_> = chat.messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user"]);
+        assert_eq!(chat.messages[1].content.as_ref().and_then(MessageContent::text).as_deref(), Some("hi"));
+    }
+
+    #[test]
+    fn function_calls_and_outputs_become_tool_calls_and_tool_messages() {
+        let req = request(json!({"model": "auto", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "weather?"}]},
+            {"type": "function_call", "call_id": "c1", "name": "get", "arguments": "{\"city\":\"Oslo\"}"},
+            {"type": "function_call", "call_id": "c2", "name": "get", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "rain"},
+        ], "tools": [{"type": "function", "name": "get", "parameters": {"type": "object"}}], "tool_choice": {"type": "function", "name": "get"}}));
+        let chat = to_chat(&req, &[], &input_messages(&req).unwrap()).unwrap();
+        assert_eq!(chat.messages.len(), 3);
+        assert_eq!(chat.messages[1].extra["tool_calls"].as_array().unwrap().len(), 2);
+        assert_eq!(chat.messages[2].extra["tool_call_id"], "c1");
+        assert_eq!(chat.tools.unwrap()[0]["function"]["name"], "get");
+        assert_eq!(chat.tool_choice.unwrap(), json!({"type": "function", "function": {"name": "get"}}));
+    }
+
+    #[test]
+    fn unsupported_tools_and_items_name_the_field() {
+        let req = request(json!({"model": "auto", "input": "x", "tools": [{"type": "web_search"}]}));
+        let err = to_chat(&req, &[], &input_messages(&req).unwrap()).unwrap_err();
+        assert_eq!(err.body().error.param.as_deref(), Some("tools[0].type"));
+        let req = request(json!({"model": "auto", "input": [{"type": "item_reference", "id": "x"}]}));
+        assert_eq!(input_messages(&req).unwrap_err().body().error.param.as_deref(), Some("input[0].type"));
+        assert_eq!(parse_request(br#"{"model":"auto"}"#).unwrap_err().body().error.param.as_deref(), Some("input"));
+    }
+
+    #[test]
+    fn json_schema_format_becomes_a_chat_response_format() {
+        let req = request(json!({"model": "auto", "input": "x", "text": {"format": {"type": "json_schema", "name": "p", "schema": {"type": "object"}, "strict": true}}}));
+        let chat = to_chat(&req, &[], &input_messages(&req).unwrap()).unwrap();
+        assert_eq!(chat.response_format.unwrap(), json!({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object"}, "strict": true}}));
+    }
+
+    fn chunk(delta: Value, finish: Option<&str>) -> ChatChunk {
+        serde_json::from_value(json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})).unwrap()
+    }
+
+    #[test]
+    fn stream_events_come_in_the_api_order_with_increasing_sequence_numbers() {
+        let req = request(json!({"model": "auto", "input": "x"}));
+        let mut writer = EventWriter::new(Envelope::new(&req, "resp_1".into(), 5));
+        let mut events = writer.start();
+        events.extend(writer.chunk(&chunk(json!({"role": "assistant", "content": "He"}), None)));
+        events.extend(writer.chunk(&chunk(json!({"content": "llo"}), None)));
+        events.extend(writer.chunk(&chunk(json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{\"a\""}}]}), None)));
+        events.extend(writer.chunk(&chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}), Some("tool_calls"))));
+        let (end, response) = writer.finish();
+        events.extend(end);
+        let kinds: Vec<_> = events.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [
+            "response.created", "response.in_progress",
+            "response.output_item.added", "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
+            "response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.delta",
+            "response.output_text.done", "response.content_part.done", "response.output_item.done",
+            "response.function_call_arguments.done", "response.output_item.done", "response.completed",
+        ]);
+        for (i, (_, body)) in events.iter().enumerate() {
+            assert_eq!(body["sequence_number"], json!(i));
+        }
+        assert_eq!(response["output"][0]["content"][0]["text"], "Hello");
+        assert_eq!(response["output"][1]["arguments"], "{\"a\":1}");
+        assert_eq!(response["output"][1]["call_id"], "call_a");
+        assert_eq!(response["status"], "completed");
+    }
+
+    #[test]
+    fn a_length_cut_answer_is_incomplete() {
+        let req = request(json!({"model": "auto", "input": "x"}));
+        let mut writer = EventWriter::new(Envelope::new(&req, "resp_1".into(), 5));
+        writer.start();
+        writer.chunk(&chunk(json!({"content": "a"}), Some("length")));
+        let (events, response) = writer.finish();
+        assert_eq!(events.last().unwrap().0, "response.incomplete");
+        assert_eq!(response["incomplete_details"]["reason"], "max_output_tokens");
+    }
+
+    #[test]
+    fn the_conversation_keeps_input_and_output_but_not_instructions() {
+        let req = request(json!({"model": "auto", "input": "q1", "instructions": "sys"}));
+        let input = input_messages(&req).unwrap();
+        let response = json!({"output": [{"type": "message", "content": [{"type": "output_text", "text": "a1"}]}]});
+        let conversation = conversation_after(&[], &input, &response);
+        let roles: Vec<_> = conversation.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["user", "assistant"]);
+        let next = request(json!({"model": "auto", "input": "q2", "instructions": "other"}));
+        let chat = to_chat(&next, &conversation, &input_messages(&next).unwrap()).unwrap();
+        let texts: Vec<_> = chat.messages.iter().map(|m| m.content.as_ref().and_then(MessageContent::text).unwrap_or_default()).collect();
+        assert_eq!(texts, ["other", "q1", "a1", "q2"]);
+    }
+}

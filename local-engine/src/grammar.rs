@@ -1,0 +1,451 @@
+//! JSON Schema → llama.cpp grammar (GBNF), for structured output and tool calls on the local
+//! engine. Pure text in, text out.
+//!
+//! Every instance the grammar allows is valid under the schema, and every one is short enough to
+//! finish: strings, arrays and free-form objects are bounded (`maxLength` / `maxItems` /
+//! [`Bounds`] when the schema sets none), numbers have at most 12 integer and 6 fraction digits,
+//! whitespace is at most one space. Objects with `properties` are generated with **all** their
+//! properties, in the schema's order (always valid: `required` is a subset; strict mode asks for
+//! exactly that), and no others.
+//!
+//! Supported: `type` (one or a list), `properties`, `required`, `additionalProperties`, `items`,
+//! `prefixItems`, `minItems`/`maxItems`, `minLength`/`maxLength`, `enum`, `const`, `anyOf`,
+//! `oneOf`, `$ref` to `#/$defs/…` or `#/definitions/…`, `minimum`/`maximum` (a small integer
+//! range is enumerated; `minimum >= 0` drops the sign), `nullable`. Anything that would constrain
+//! values in a way the grammar cannot guarantee (`pattern`, `allOf`, `not`, `if`, `format` other
+//! than plain strings, `multipleOf`, …) is refused with [`GrammarError`], never silently ignored.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+/// Why a schema cannot be turned into a grammar.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported JSON Schema at {path}: {reason}")]
+pub struct GrammarError {
+    /// JSON pointer-ish path in the schema.
+    pub path: String,
+    /// What is unsupported.
+    pub reason: String,
+}
+
+/// Limits for what the schema leaves open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Characters in a string without `maxLength`.
+    pub max_string: u32,
+    /// Items in an array without `maxItems`.
+    pub max_items: u32,
+    /// Members of a free-form object.
+    pub max_members: u32,
+    /// Nesting of free-form values (objects/arrays inside free-form values).
+    pub max_depth: u32,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self { max_string: 48, max_items: 4, max_members: 4, max_depth: 2 }
+    }
+}
+
+const KEYWORDS_IGNORED: &[&str] =
+    &["title", "description", "examples", "default", "$schema", "$id", "$comment", "strict", "deprecated", "readOnly", "writeOnly"];
+
+struct Builder<'a> {
+    root: &'a Value,
+    bounds: Bounds,
+    rules: BTreeMap<String, String>,
+    /// `$ref` targets already turned into rules.
+    refs: BTreeMap<String, String>,
+}
+
+/// The grammar (root rule `root`) of instances of `schema`.
+pub fn schema_grammar(schema: &Value, bounds: Bounds) -> Result<String, GrammarError> {
+    let mut b = Builder { root: schema, bounds, rules: BTreeMap::new(), refs: BTreeMap::new() };
+    let body = b.visit(schema, "#", "root")?;
+    b.rules.insert("root".into(), body);
+    Ok(b.finish())
+}
+
+/// The grammar of any JSON object (`response_format: json_object`), bounded by `bounds`.
+pub fn json_object_grammar(bounds: Bounds) -> String {
+    let mut b = Builder { root: &Value::Null, bounds, rules: BTreeMap::new(), refs: BTreeMap::new() };
+    let body = b.free_object(0);
+    b.rules.insert("root".into(), body);
+    b.finish()
+}
+
+/// The grammar of one call of one of `tools` (`(name, parameters schema)`), written exactly as
+/// `{"name":"<name>","arguments":<instance>}`. With `allow_text`, the answer may instead be plain
+/// text that does not start with `{` (`tool_choice: auto`).
+pub fn tool_call_grammar(tools: &[(String, Value)], allow_text: bool, bounds: Bounds) -> Result<String, GrammarError> {
+    let mut b = Builder { root: &Value::Null, bounds, rules: BTreeMap::new(), refs: BTreeMap::new() };
+    let mut calls = Vec::new();
+    for (i, (name, parameters)) in tools.iter().enumerate() {
+        b.root = parameters;
+        b.refs.clear();
+        let args = format!("args{i}");
+        let body = b.visit(parameters, &format!("tools[{i}]"), &args)?;
+        b.rules.insert(args.clone(), body);
+        let rule = format!("call{i}");
+        let prefix = format!("{{\"name\":{},\"arguments\":", serde_json::to_string(name).unwrap_or_default());
+        b.rules.insert(rule.clone(), format!("{} {args} \"}}\"", literal(&prefix)));
+        calls.push(rule);
+    }
+    let mut root = calls.join(" | ");
+    if allow_text {
+        b.rules.insert("text".into(), "[^{ \\t\\n] [^\\x00]*".into());
+        root = format!("{root} | text");
+    }
+    b.rules.insert("root".into(), root);
+    Ok(b.finish())
+}
+
+/// A GBNF string literal for `text`.
+fn literal(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn unsupported(path: &str, reason: impl Into<String>) -> GrammarError {
+    GrammarError { path: path.to_owned(), reason: reason.into() }
+}
+
+fn as_u32(v: Option<&Value>) -> Option<u32> {
+    v.and_then(Value::as_u64).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+impl Builder<'_> {
+    fn finish(mut self) -> String {
+        self.rules.insert("ws".into(), "\" \"?".into());
+        self.rules.insert("char".into(), "[^\"\\\\\\x7F\\x00-\\x1F] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4})".into());
+        self.rules.insert("boolean".into(), "\"true\" | \"false\"".into());
+        self.rules.insert("null".into(), "\"null\"".into());
+        self.rules.insert("integer".into(), "\"-\"? ([0-9] | [1-9] [0-9]{0,11})".into());
+        self.rules.insert("number".into(), "integer (\".\" [0-9]{1,6})?".into());
+        let mut out = String::new();
+        for (name, body) in &self.rules {
+            let _ = writeln!(out, "{name} ::= {body}");
+        }
+        out
+    }
+
+    /// A rule body for `schema`; `hint` names rules created for it.
+    fn visit(&mut self, schema: &Value, path: &str, hint: &str) -> Result<String, GrammarError> {
+        let object = match schema {
+            Value::Bool(true) => return Ok(self.free_value(0)),
+            Value::Bool(false) => return Err(unsupported(path, "the schema `false` allows nothing")),
+            Value::Object(o) => o,
+            _ => return Err(unsupported(path, "a schema must be an object")),
+        };
+        for key in object.keys() {
+            let known = matches!(
+                key.as_str(),
+                "type" | "properties" | "required" | "additionalProperties" | "items" | "prefixItems" | "minItems" | "maxItems"
+                    | "minLength" | "maxLength" | "enum" | "const" | "anyOf" | "oneOf" | "$ref" | "$defs" | "definitions"
+                    | "minimum" | "maximum" | "nullable" | "format"
+            ) || KEYWORDS_IGNORED.contains(&key.as_str());
+            if !known {
+                return Err(unsupported(path, format!("keyword `{key}` is not supported in structured output")));
+            }
+        }
+        if let Some(format) = object.get("format").and_then(Value::as_str) {
+            return Err(unsupported(path, format!("string format `{format}` is not supported")));
+        }
+        let body = self.visit_object(object, path, hint)?;
+        if object.get("nullable").and_then(Value::as_bool) == Some(true) {
+            return Ok(format!("({body}) | null"));
+        }
+        Ok(body)
+    }
+
+    fn visit_object(&mut self, schema: &Map<String, Value>, path: &str, hint: &str) -> Result<String, GrammarError> {
+        if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+            return self.reference(reference, path);
+        }
+        if let Some(value) = schema.get("const") {
+            return Ok(literal(&value.to_string()));
+        }
+        if let Some(values) = schema.get("enum") {
+            let values = values.as_array().filter(|v| !v.is_empty()).ok_or_else(|| unsupported(path, "`enum` must be a non-empty array"))?;
+            return Ok(values.iter().map(|v| literal(&v.to_string())).collect::<Vec<_>>().join(" | "));
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(options) = schema.get(key) {
+                let options = options.as_array().filter(|v| !v.is_empty()).ok_or_else(|| unsupported(path, format!("`{key}` must be a non-empty array")))?;
+                let mut alternatives = Vec::new();
+                for (i, option) in options.iter().enumerate() {
+                    let rule = format!("{hint}-{i}");
+                    let body = self.visit(option, &format!("{path}/{key}/{i}"), &rule)?;
+                    self.rules.insert(rule.clone(), body);
+                    alternatives.push(rule);
+                }
+                return Ok(alternatives.join(" | "));
+            }
+        }
+        match schema.get("type") {
+            None if schema.contains_key("properties") => self.typed("object", schema, path, hint),
+            None if schema.contains_key("items") => self.typed("array", schema, path, hint),
+            None => Ok(self.free_value(0)),
+            Some(Value::String(t)) => self.typed(t, schema, path, hint),
+            Some(Value::Array(types)) => {
+                let mut alternatives = Vec::new();
+                for (i, t) in types.iter().enumerate() {
+                    let t = t.as_str().ok_or_else(|| unsupported(path, "`type` entries must be strings"))?;
+                    let rule = format!("{hint}-t{i}");
+                    let body = self.typed(t, schema, path, &rule)?;
+                    self.rules.insert(rule.clone(), body);
+                    alternatives.push(rule);
+                }
+                Ok(alternatives.join(" | "))
+            }
+            Some(_) => Err(unsupported(path, "`type` must be a string or a list of strings")),
+        }
+    }
+
+    fn reference(&mut self, reference: &str, path: &str) -> Result<String, GrammarError> {
+        if let Some(rule) = self.refs.get(reference) {
+            return Ok(rule.clone());
+        }
+        let name = reference
+            .strip_prefix("#/$defs/")
+            .or_else(|| reference.strip_prefix("#/definitions/"))
+            .ok_or_else(|| unsupported(path, format!("only local `$ref`s (#/$defs/…) are supported, not {reference:?}")))?;
+        let section = if reference.starts_with("#/$defs/") { "$defs" } else { "definitions" };
+        let target = self.root.get(section).and_then(|d| d.get(name)).cloned().ok_or_else(|| unsupported(path, format!("{reference:?} is not defined")))?;
+        let rule: String = format!("ref-{}", name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect::<String>());
+        self.refs.insert(reference.to_owned(), rule.clone());
+        let body = self.visit(&target, reference, &rule)?;
+        self.rules.insert(rule.clone(), body);
+        Ok(rule)
+    }
+
+    fn typed(&mut self, kind: &str, schema: &Map<String, Value>, path: &str, hint: &str) -> Result<String, GrammarError> {
+        match kind {
+            "string" => {
+                let min = as_u32(schema.get("minLength")).unwrap_or(0);
+                let max = as_u32(schema.get("maxLength")).unwrap_or(self.bounds.max_string.max(min));
+                if min > max {
+                    return Err(unsupported(path, "minLength > maxLength"));
+                }
+                Ok(format!("\"\\\"\" char{{{min},{max}}} \"\\\"\""))
+            }
+            "integer" => Ok(integer(schema, path)?),
+            "number" => {
+                let non_negative = schema.get("minimum").and_then(Value::as_f64).is_some_and(|m| m >= 0.0);
+                if schema.contains_key("maximum") && !non_negative {
+                    return Err(unsupported(path, "`maximum` on numbers is only supported with `minimum >= 0` and an integer type"));
+                }
+                if schema.contains_key("maximum") {
+                    return Err(unsupported(path, "`maximum` is only supported on integers"));
+                }
+                Ok(if non_negative { "([0-9] | [1-9] [0-9]{0,11}) (\".\" [0-9]{1,6})?".into() } else { "number".into() })
+            }
+            "boolean" => Ok("boolean".into()),
+            "null" => Ok("null".into()),
+            "array" => self.array(schema, path, hint),
+            "object" => self.object(schema, path, hint),
+            other => Err(unsupported(path, format!("unknown type {other:?}"))),
+        }
+    }
+
+    fn array(&mut self, schema: &Map<String, Value>, path: &str, hint: &str) -> Result<String, GrammarError> {
+        let min = as_u32(schema.get("minItems")).unwrap_or(0);
+        let max = as_u32(schema.get("maxItems")).unwrap_or(self.bounds.max_items.max(min));
+        if min > max {
+            return Err(unsupported(path, "minItems > maxItems"));
+        }
+        let prefix = schema.get("prefixItems").and_then(Value::as_array).cloned().unwrap_or_default();
+        if !prefix.is_empty() {
+            // A tuple: exactly its items (extra items would need `items`' schema too).
+            let mut parts = Vec::new();
+            for (i, item) in prefix.iter().enumerate() {
+                let rule = format!("{hint}-p{i}");
+                let body = self.visit(item, &format!("{path}/prefixItems/{i}"), &rule)?;
+                self.rules.insert(rule.clone(), body);
+                parts.push(rule);
+            }
+            return Ok(format!("\"[\" ws {} ws \"]\"", parts.join(" \",\" ws ")));
+        }
+        let item = format!("{hint}-item");
+        let body = match schema.get("items") {
+            Some(items) => self.visit(items, &format!("{path}/items"), &item)?,
+            None => self.free_value(1),
+        };
+        self.rules.insert(item.clone(), body);
+        Ok(repeat(&item, min, max, "[", "]"))
+    }
+
+    fn object(&mut self, schema: &Map<String, Value>, path: &str, hint: &str) -> Result<String, GrammarError> {
+        let Some(properties) = schema.get("properties").and_then(Value::as_object).filter(|p| !p.is_empty()) else {
+            return match schema.get("additionalProperties") {
+                Some(Value::Object(values)) => {
+                    let value = format!("{hint}-value");
+                    let body = self.visit(&Value::Object(values.clone()), &format!("{path}/additionalProperties"), &value)?;
+                    self.rules.insert(value.clone(), body);
+                    let member = format!("{hint}-member");
+                    self.rules.insert(member.clone(), format!("key ws \":\" ws {value}"));
+                    self.key_rule();
+                    Ok(repeat(&member, 0, self.bounds.max_members, "{", "}"))
+                }
+                Some(Value::Bool(false)) => Ok("\"{\" ws \"}\"".into()),
+                _ => Ok(self.free_object(0)),
+            };
+        };
+        if let Some(required) = schema.get("required").and_then(Value::as_array) {
+            for name in required.iter().filter_map(Value::as_str) {
+                if !properties.contains_key(name) {
+                    return Err(unsupported(path, format!("required property {name:?} has no schema in `properties`")));
+                }
+            }
+        }
+        let mut members = Vec::new();
+        for (name, property) in properties {
+            let rule = format!("{hint}-{}", name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect::<String>());
+            let rule = self.unique(rule);
+            let body = self.visit(property, &format!("{path}/properties/{name}"), &rule)?;
+            self.rules.insert(rule.clone(), body);
+            members.push(format!("{} ws \":\" ws {rule}", literal(&serde_json::to_string(name).unwrap_or_default())));
+        }
+        Ok(format!("\"{{\" ws {} ws \"}}\"", members.join(" \",\" ws ")))
+    }
+
+    /// `name`, or `name-2`, `name-3`… if taken.
+    fn unique(&self, name: String) -> String {
+        if !self.rules.contains_key(&name) {
+            return name;
+        }
+        (2..).map(|i| format!("{name}-{i}")).find(|n| !self.rules.contains_key(n)).unwrap_or(name)
+    }
+
+    fn key_rule(&mut self) {
+        let max = self.bounds.max_string.min(32);
+        self.rules.insert("key".into(), format!("\"\\\"\" [a-zA-Z_] [a-zA-Z0-9_]{{0,{}}} \"\\\"\"", max.saturating_sub(1)));
+    }
+
+    /// Any JSON value, free-form, nested at most `max_depth` deep from `depth`.
+    fn free_value(&mut self, depth: u32) -> String {
+        let name = format!("value{depth}");
+        if !self.rules.contains_key(&name) {
+            let max = self.bounds.max_string;
+            let mut alternatives = vec![format!("\"\\\"\" char{{0,{max}}} \"\\\"\""), "number".into(), "boolean".into(), "null".into()];
+            if depth < self.bounds.max_depth {
+                self.rules.insert(name.clone(), String::new());
+                alternatives.push(self.free_object(depth + 1));
+                let inner = self.free_value(depth + 1);
+                let item = format!("item{depth}");
+                self.rules.insert(item.clone(), inner);
+                alternatives.push(repeat(&item, 0, self.bounds.max_items, "[", "]"));
+            }
+            self.rules.insert(name.clone(), alternatives.join(" | "));
+        }
+        name
+    }
+
+    /// Any JSON object with string keys, free-form values nested from `depth`.
+    fn free_object(&mut self, depth: u32) -> String {
+        self.key_rule();
+        let value = self.free_value(depth);
+        let member = format!("member{depth}");
+        self.rules.insert(member.clone(), format!("key ws \":\" ws {value}"));
+        format!("({})", repeat(&member, 0, self.bounds.max_members, "{", "}"))
+    }
+}
+
+fn integer(schema: &Map<String, Value>, path: &str) -> Result<String, GrammarError> {
+    let min = schema.get("minimum").and_then(Value::as_f64);
+    let max = schema.get("maximum").and_then(Value::as_f64);
+    #[allow(clippy::cast_possible_truncation)]
+    match (min, max) {
+        (Some(lo), Some(hi)) if hi - lo <= 256.0 && lo.fract() == 0.0 && hi.fract() == 0.0 => {
+            if lo > hi {
+                return Err(unsupported(path, "minimum > maximum"));
+            }
+            let (lo, hi) = (lo as i64, hi as i64);
+            Ok((lo..=hi).map(|n| literal(&n.to_string())).collect::<Vec<_>>().join(" | "))
+        }
+        (_, Some(_)) => Err(unsupported(path, "`maximum` is only supported together with `minimum` on a range of at most 256 integers")),
+        (Some(lo), None) if lo >= 0.0 && lo <= 1.0 => {
+            Ok(if lo == 0.0 { "[0-9] | [1-9] [0-9]{0,11}".into() } else { "[1-9] [0-9]{0,11}".into() })
+        }
+        (Some(_), None) => Err(unsupported(path, "`minimum` is only supported as 0, 1, or with `maximum`")),
+        (None, None) => Ok("integer".into()),
+    }
+}
+
+/// `open item ("," item){min-1,max-1} close`, or an empty container when `min == 0`.
+fn repeat(item: &str, min: u32, max: u32, open: &str, close: &str) -> String {
+    let (open, close) = (literal(open), literal(close));
+    if max == 0 {
+        return format!("{open} ws {close}");
+    }
+    let more = format!("(\",\" ws {item}){{{},{}}}", min.saturating_sub(1), max - 1);
+    let some = format!("{item} {more}");
+    if min == 0 {
+        format!("{open} ws ({some})? ws {close}")
+    } else {
+        format!("{open} ws {some} ws {close}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn objects_list_every_property_in_order() {
+        let g = schema_grammar(&json!({"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "integer"}}, "required": ["a"]}), Bounds::default()).unwrap();
+        let root = g.lines().find(|l| l.starts_with("root ::=")).unwrap();
+        assert!(root.contains(r#""\"b\"" ws ":" ws root-b "," ws "\"a\"" ws ":" ws root-a"#), "{root}");
+    }
+
+    #[test]
+    fn strings_and_arrays_are_bounded() {
+        let g = schema_grammar(&json!({"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 3, "minItems": 1}), Bounds::default()).unwrap();
+        assert!(g.contains("char{0,5}"), "{g}");
+        assert!(g.contains("{0,2}"), "{g}");
+        let g = schema_grammar(&json!({"type": "string"}), Bounds::default()).unwrap();
+        assert!(g.contains("char{0,48}"), "{g}");
+    }
+
+    #[test]
+    fn enums_refs_and_unions() {
+        let schema = json!({"$defs": {"color": {"enum": ["red", "green", 3]}}, "type": "object", "properties": {"c": {"$ref": "#/$defs/color"}, "n": {"type": ["integer", "null"]}, "u": {"anyOf": [{"type": "boolean"}, {"const": "x"}]}}});
+        let g = schema_grammar(&schema, Bounds::default()).unwrap();
+        assert!(g.contains(r#"ref-color ::= "\"red\"" | "\"green\"" | "3""#), "{g}");
+        assert!(g.contains("root-n-t0 | root-n-t1"), "{g}");
+    }
+
+    #[test]
+    fn unsupported_keywords_are_refused_not_ignored() {
+        for schema in [json!({"type": "string", "pattern": "^a$"}), json!({"allOf": [{}]}), json!({"type": "string", "format": "email"}), json!({"$ref": "http://x"})] {
+            assert!(schema_grammar(&schema, Bounds::default()).is_err(), "{schema}");
+        }
+    }
+
+    #[test]
+    fn tool_calls_name_the_function_then_its_arguments() {
+        let g = tool_call_grammar(&[("get_weather".into(), json!({"type": "object", "properties": {"city": {"type": "string"}}}))], true, Bounds::default()).unwrap();
+        assert!(g.contains(r#"call0 ::= "{\"name\":\"get_weather\",\"arguments\":" args0 "}""#), "{g}");
+        assert!(g.contains("root ::= call0 | text"), "{g}");
+    }
+
+    #[test]
+    fn small_integer_ranges_are_enumerated() {
+        let g = schema_grammar(&json!({"type": "integer", "minimum": 1, "maximum": 3}), Bounds::default()).unwrap();
+        assert!(g.contains(r#"root ::= "1" | "2" | "3""#), "{g}");
+    }
+}

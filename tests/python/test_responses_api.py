@@ -1,0 +1,227 @@
+"""The Responses API (`/v1/responses`) through the official openai SDK: answers and stream events
+validated against the spec, the events' order, stored conversations (`previous_response_id`)
+within one tenant and across two replicas sharing Redis, function tools, and errors."""
+
+import json
+import secrets
+
+import httpx
+import openai
+import pytest
+
+from conftest import Gateway, accounting_record, fake_requests, gateway_config, new_virtual_key, remote_only_config
+
+EVENT_SCHEMAS = {
+    "response.created": "ResponseCreatedEvent",
+    "response.in_progress": "ResponseInProgressEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent",
+    "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent",
+    "response.output_text.done": "ResponseTextDoneEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent",
+    "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+    "response.completed": "ResponseCompletedEvent",
+    "response.incomplete": "ResponseIncompleteEvent",
+}
+
+WEATHER = [{"type": "function", "name": "get_weather", "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+
+
+def client_for(gw, key="unused"):
+    return openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0)
+
+
+def raw_events(gw, body, key=None):
+    """(event name, data) pairs of a streamed response, as sent on the wire."""
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    out, name = [], None
+    with httpx.stream("POST", f"{gw.v1}/responses", json={**body, "stream": True}, headers=headers, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[len("event: "):]
+            elif line.startswith("data: "):
+                out.append((name, json.loads(line[len("data: "):])))
+    return out
+
+
+def test_sdk_response_from_the_local_model_matches_the_spec(gateway, schemas):
+    raw = client_for(gateway).responses.with_raw_response.create(model="auto", input="Say hello.", max_output_tokens=16)
+    assert raw.headers["x-switchyard-target"] == "local/local-small"
+    schemas.validate("Response", raw.http_response.json())
+    r = raw.parse()
+    assert r.id.startswith("resp_") and r.object == "response"
+    assert r.status in ("completed", "incomplete")
+    assert r.output[0].type == "message" and r.output[0].role == "assistant"
+    assert r.output_text.strip()
+    assert r.usage.input_tokens > 5 and r.usage.output_tokens >= 1
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    record = accounting_record(gateway, raw.headers["x-request-id"])
+    assert record["status"] == "200" and record["target"] == "local/local-small"
+
+
+def test_stream_events_match_the_spec_in_the_api_order(gateway, schemas):
+    events = raw_events(gateway, {"model": "auto", "input": "Count to three.", "max_output_tokens": 24})
+    names = [n for n, _ in events]
+    for name, data in events:
+        assert data["type"] == name
+        schemas.validate(EVENT_SCHEMAS[name], data)
+    assert [d["sequence_number"] for _, d in events] == list(range(len(events)))
+    assert names[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
+    deltas = [d["delta"] for n, d in events if n == "response.output_text.delta"]
+    assert deltas and names[4:4 + len(deltas)] == ["response.output_text.delta"] * len(deltas)
+    assert names[4 + len(deltas):] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                                       names[-1]]
+    assert names[-1] in ("response.completed", "response.incomplete")
+    final = events[-1][1]["response"]
+    assert final["output"][0]["content"][0]["text"] == "".join(deltas)
+    assert events[-4][1]["text"] == "".join(deltas)
+    assert final["usage"]["output_tokens"] >= 1
+
+
+def test_sdk_stream_helper_collects_the_text(gateway):
+    # The SDK's helper needs `response.completed`: an answer that ends by itself (not cut by
+    # max_output_tokens, which ends with `response.incomplete`).
+    with client_for(gateway).responses.stream(model="fake/echo", input="one two three") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.output_text == "".join(deltas) == "echo: one two three"
+    assert len(deltas) == 4
+
+
+def test_previous_response_id_continues_the_conversation_without_old_instructions(gateway, fake_provider):
+    client = client_for(gateway)
+    word = secrets.token_hex(4)
+    first = client.responses.create(model="fake/echo", input=f"alpha {word}", instructions="first instructions")
+    assert first.output_text == f"echo: alpha {word}"
+    second = client.responses.create(model="fake/echo", input="beta", previous_response_id=first.id, instructions="second")
+    assert second.output_text == "echo: beta"
+    assert second.previous_response_id == first.id
+    sent = [b for b in fake_requests(fake_provider) if any(f"alpha {word}" in str(m.get("content")) for m in b["messages"])][-1]
+    assert [(m["role"], m["content"]) for m in sent["messages"]] == [
+        ("system", "second"), ("user", f"alpha {word}"), ("assistant", f"echo: alpha {word}"), ("user", "beta")]
+
+
+def test_stored_responses_can_be_read_and_deleted_and_store_false_keeps_nothing(gateway):
+    client = client_for(gateway)
+    r = client.responses.create(model="fake/echo", input="keep me")
+    got = client.responses.retrieve(r.id)
+    assert got.id == r.id and got.output_text == "echo: keep me"
+    client.responses.delete(r.id)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.retrieve(r.id)
+    assert e.value.status_code == 404 and e.value.body["code"] == "response_not_found"
+    unstored = client.responses.create(model="fake/echo", input="forget me", store=False)
+    assert unstored.store is False
+    assert httpx.get(f"{gateway.v1}/responses/{unstored.id}", timeout=10).status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="fake/echo", input="x", previous_response_id=unstored.id)
+
+
+def test_function_tools_round_trip(gateway, fake_provider, schemas):
+    client = client_for(gateway)
+    raw = client.responses.with_raw_response.create(model="fake/tool", input="Weather in Paris?", tools=WEATHER)
+    schemas.validate("Response", raw.http_response.json())
+    r = raw.parse()
+    call = r.output[0]
+    assert call.type == "function_call" and call.name == "get_weather"
+    assert json.loads(call.arguments) == {"city": "Paris"}
+    sent = fake_requests(fake_provider)[-1]
+    assert sent["tools"][0] == {"type": "function", "function": {k: v for k, v in WEATHER[0].items() if k != "type"}}
+    follow = client.responses.create(model="fake/tool", previous_response_id=r.id, tools=WEATHER,
+                                     input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}])
+    assert follow.output_text == "echo: sunny, 21 C"
+    sent = fake_requests(fake_provider)[-1]["messages"]
+    assert sent[-2]["tool_calls"][0]["id"] == call.call_id and sent[-2]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert sent[-1] == {"role": "tool", "content": "sunny, 21 C", "tool_call_id": call.call_id}
+
+
+def test_streamed_function_call_arguments_arrive_as_deltas(gateway, schemas):
+    events = raw_events(gateway, {"model": "fake/tool", "input": "Weather?", "tools": WEATHER})
+    for name, data in events:
+        schemas.validate(EVENT_SCHEMAS[name], data)
+    names = [n for n, _ in events]
+    assert names[2] == "response.output_item.added" and events[2][1]["item"]["type"] == "function_call"
+    deltas = [d["delta"] for n, d in events if n == "response.function_call_arguments.delta"]
+    assert len(deltas) >= 2
+    done = next(d for n, d in events if n == "response.function_call_arguments.done")
+    assert done["arguments"] == "".join(deltas) and json.loads(done["arguments"]) == {"city": "Paris"}
+    assert names[-1] == "response.completed"
+    assert events[-1][1]["response"]["output"][0]["arguments"] == done["arguments"]
+
+
+@pytest.mark.parametrize("body,status,param", [
+    ({"model": "auto"}, 400, "input"),
+    ({"model": "auto", "input": 5}, 400, "input"),
+    ({"model": "auto", "input": "x", "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
+    ({"model": "auto", "input": [{"type": "item_reference", "id": "x"}]}, 400, "input[0].type"),
+    ({"model": "auto", "input": [{"role": "robot", "content": "x"}]}, 400, "input[0].role"),
+    ({"model": "auto", "input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}, 400, "text.format.schema"),
+    ({"model": "no-such-model", "input": "x"}, 404, "model"),
+    ({"model": "auto", "input": "x", "previous_response_id": "resp_nope"}, 404, None),
+])
+def test_bad_requests_get_openai_errors(gateway, body, status, param):
+    r = httpx.post(f"{gateway.v1}/responses", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["message"] and error["param"] == param
+
+
+def test_a_tenant_never_reads_or_continues_another_tenants_response(tmp_path, fake_provider):
+    (key_a, hash_a), (key_b, hash_b) = new_virtual_key(), new_virtual_key()
+    tenants = (f'[[tenants]]\nname = "a"\nkeys = ["{hash_a}"]\n\n'
+               f'[[tenants]]\nname = "b"\nkeys = ["{hash_b}"]\n')
+    gw = Gateway(tmp_path, remote_only_config(fake_provider, tenants), policy='[[rule]]\nname = "all"\nroute = "fake/echo"\n')
+    try:
+        r = client_for(gw, key_a).responses.create(model="auto", input="secret plans")
+        other = client_for(gw, key_b)
+        with pytest.raises(openai.NotFoundError):
+            other.responses.retrieve(r.id)
+        with pytest.raises(openai.NotFoundError):
+            other.responses.create(model="auto", input="x", previous_response_id=r.id)
+        with pytest.raises(openai.NotFoundError):
+            other.responses.delete(r.id)
+        assert client_for(gw, key_a).responses.retrieve(r.id).output_text == "echo: secret plans"
+    finally:
+        gw.stop()
+
+
+def test_a_conversation_continues_on_another_replica_sharing_redis(tmp_path, fake_provider, private_redis):
+    extra = f'[redis]\nurl = "{private_redis.url}"\n'
+    policy = '[[rule]]\nname = "all"\nroute = "fake/echo"\n'
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Gateway(tmp_path / "a", remote_only_config(fake_provider, extra), policy=policy)
+    b = Gateway(tmp_path / "b", remote_only_config(fake_provider, extra), policy=policy)
+    try:
+        word = secrets.token_hex(4)
+        # Streamed on A: stored before `response.completed`, so B finds it at once.
+        events = raw_events(a, {"model": "auto", "input": f"one {word}"})
+        first_id = events[-1][1]["response"]["id"]
+        second = client_for(b).responses.create(model="auto", input="two", previous_response_id=first_id)
+        assert second.output_text == "echo: two"
+        sent = [r for r in fake_requests(fake_provider) if any(f"one {word}" in str(m.get("content")) for m in r["messages"])][-1]
+        assert [m["content"] for m in sent["messages"]] == [f"one {word}", f"echo: one {word}", "two"]
+        assert client_for(a).responses.retrieve(second.id).output_text == "echo: two"
+        assert private_redis.cli("--scan", "--pattern", f"switchyard:response:default:{first_id}") != ""
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_local_model_answers_a_multi_turn_conversation(tmp_path):
+    gw = Gateway(tmp_path, gateway_config())
+    try:
+        client = client_for(gw)
+        first = client.responses.create(model="auto", input="My name is Ada.", max_output_tokens=16, temperature=0)
+        second = client.responses.create(model="auto", input="What is my name?", previous_response_id=first.id,
+                                         max_output_tokens=16, temperature=0)
+        # The second prompt carries the first turn: more input tokens than the question alone.
+        alone = client.responses.create(model="auto", input="What is my name?", max_output_tokens=16, temperature=0)
+        assert second.usage.input_tokens > alone.usage.input_tokens + 5
+    finally:
+        gw.stop()
