@@ -1,0 +1,166 @@
+"""Structured output and tools on the local engine, enforced by grammar-constrained sampling:
+50 random JSON Schemas all answered with valid, complete instances by the real 135M model;
+json_object; `chat.completions.parse` with a Pydantic model; tool calls (whole and streamed)."""
+
+import json
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from pydantic import BaseModel
+
+from conftest import Gateway, gateway_config, parse_chunks, sse_events
+
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}},
+                   "required": ["city", "unit"]}}}]
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    gw = Gateway(tmp_path_factory.mktemp("so"), gateway_config(parallel=4))
+    yield gw
+    gw.stop()
+
+
+def random_schema(rng, depth=0):
+    """A random schema using what structured output supports: objects (nested, required),
+    arrays with bounds, enums, consts, integer ranges, numbers, booleans, nullable types."""
+    kinds = ["string", "integer", "number", "boolean", "enum", "range", "nullable"]
+    if depth < 2:
+        kinds += ["object", "object", "array"]
+    kind = rng.choice(kinds)
+    if kind == "string":
+        return {"type": "string", "maxLength": rng.choice([8, 16, 32])}
+    if kind == "integer":
+        return {"type": "integer"}
+    if kind == "number":
+        return {"type": "number"}
+    if kind == "boolean":
+        return {"type": "boolean"}
+    if kind == "enum":
+        return {"enum": rng.sample(["red", "green", "blue", "small", "large", 1, 2, True], k=rng.randint(2, 4))}
+    if kind == "range":
+        lo = rng.randint(-5, 50)
+        return {"type": "integer", "minimum": lo, "maximum": lo + rng.randint(0, 40)}
+    if kind == "nullable":
+        return {"type": [rng.choice(["string", "integer", "boolean"]), "null"]}
+    if kind == "array":
+        lo = rng.randint(0, 2)
+        return {"type": "array", "items": random_schema(rng, depth + 1), "minItems": lo, "maxItems": lo + rng.randint(0, 3)}
+    names = rng.sample(["id", "name", "title", "count", "price", "tags", "color", "size", "active", "owner", "note"],
+                       k=rng.randint(1, 4))
+    props = {n: random_schema(rng, depth + 1) for n in names}
+    return {"type": "object", "properties": props, "required": rng.sample(names, k=rng.randint(0, len(names))),
+            "additionalProperties": False}
+
+
+def test_fifty_random_schemas_get_valid_complete_instances(local):
+    rng = random.Random(20261202)
+    schemas = [random_schema(rng) for _ in range(50)]
+    # Top-level objects, as the API requires for json_schema.
+    schemas = [s if s.get("type") == "object" else {"type": "object", "properties": {"value": s},
+                                                    "required": ["value"], "additionalProperties": False}
+               for s in schemas]
+
+    def ask(i):
+        body = {"model": "auto", "messages": [{"role": "user", "content": f"Fill in example data #{i}."}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": f"s{i}", "schema": schemas[i], "strict": True}},
+                "max_tokens": 400, "temperature": 0.7, "seed": i}
+        r = httpx.post(f"{local.v1}/chat/completions", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, range(50)))
+    for schema, choice in zip(schemas, answers):
+        assert choice["finish_reason"] == "stop", (schema, choice)
+        instance = json.loads(choice["message"]["content"])
+        jsonschema.validate(instance, schema)
+        # Complete: every declared property is there, required or not.
+        assert set(instance) == set(schema["properties"])
+
+
+def test_json_object_is_a_parseable_object(local):
+    r = httpx.post(f"{local.v1}/chat/completions", json={
+        "model": "auto", "messages": [{"role": "user", "content": "Describe a cat as JSON."}],
+        "response_format": {"type": "json_object"}, "max_tokens": 300}, timeout=120)
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert isinstance(json.loads(choice["message"]["content"]), dict)
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+    hobbies: list[str]
+
+
+def test_sdk_parse_with_a_pydantic_model(local):
+    client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+    r = client.chat.completions.parse(model="auto", messages=[{"role": "user", "content": "Invent a person."}],
+                                      response_format=Person, max_tokens=300)
+    person = r.choices[0].message.parsed
+    assert isinstance(person, Person) and isinstance(person.age, int)
+
+
+def test_required_tool_choice_gives_a_well_formed_call(local):
+    client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+    r = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                       tools=WEATHER, tool_choice="required", max_tokens=100)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER[0]["function"]["parameters"])
+
+
+def test_streamed_tool_call_arguments_come_in_openai_deltas(local, schemas):
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": WEATHER,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "max_tokens": 100, "stream": True}
+    with httpx.stream("POST", f"{local.v1}/chat/completions", json=body, timeout=120) as r:
+        chunks = parse_chunks(sse_events(r))
+    for c in chunks:
+        schemas.validate("CreateChatCompletionStreamResponse", c)
+    deltas = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks if c["choices"] and "tool_calls" in c["choices"][0]["delta"]]
+    assert deltas[0]["function"]["name"] == "get_weather" and deltas[0]["id"].startswith("call_") and deltas[0]["index"] == 0
+    pieces = [d["function"]["arguments"] for d in deltas]
+    assert len([p for p in pieces if p]) >= 2
+    jsonschema.validate(json.loads("".join(pieces)), WEATHER[0]["function"]["parameters"])
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == ["tool_calls"]
+
+
+def test_tool_results_are_answered_in_text(local):
+    client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"C\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}]
+    r = client.chat.completions.create(model="auto", messages=messages, tools=WEATHER, tool_choice="none", max_tokens=30)
+    assert r.choices[0].message.content and not r.choices[0].message.tool_calls
+
+
+def test_responses_api_text_format_on_the_local_engine(local):
+    client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    r = client.responses.create(model="auto", input="A big city.", max_output_tokens=200,
+                                text={"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}})
+    jsonschema.validate(json.loads(r.output_text), schema)
+
+
+@pytest.mark.parametrize("schema,param", [
+    ({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}, "response_format.json_schema.schema"),
+    ({"type": "object", "allOf": [{}]}, "response_format.json_schema.schema"),
+])
+def test_schemas_the_grammar_cannot_enforce_are_refused(local, schema, param):
+    r = httpx.post(f"{local.v1}/chat/completions", json={
+        "model": "auto", "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}, timeout=60)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == param
+    assert "not supported" in r.json()["error"]["message"]
