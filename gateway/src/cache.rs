@@ -91,7 +91,7 @@ pub fn cache_key(tenant: &str, tags: &[String], req: &ChatRequest) -> Option<Cac
     normalized.stream_options = None;
     let body = serde_json::to_vec(&normalized).ok()?;
     let mut hasher = Sha256::new();
-    hasher.update(b"switchyard-cache-v1\0");
+    hasher.update(if req.raw_prompt { b"switchyard-cache-v1-completion\0".as_slice() } else { b"switchyard-cache-v1\0".as_slice() });
     hasher.update(tenant.as_bytes());
     hasher.update(b"\0");
     hasher.update(tags.join(",").as_bytes());

@@ -8,9 +8,15 @@ const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "fu
 
 /// Parses `body` and checks what the API promises to check.
 pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    // One pass straight into the typed request; serde's error (with its path) names the field.
+    let req: ChatRequest = parse_body(body)?;
+    validate_chat_request(&req)?;
+    Ok(req)
+}
+
+/// Parses a JSON body into `T` in one pass; serde's error (with its path) names the field.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let req: ChatRequest = serde_path_to_error::deserialize(&mut deserializer)
+    let req: T = serde_path_to_error::deserialize(&mut deserializer)
         .map_err(|e| {
             let inner = e.inner().to_string();
             let path = e.path().to_string();
@@ -35,7 +41,6 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         message: format!("We could not parse the JSON body of your request: {e}"),
         param: None,
     })?;
-    validate_chat_request(&req)?;
     Ok(req)
 }
 

@@ -58,7 +58,11 @@ pub struct ResponseStore {
 
 impl std::fmt::Debug for ResponseStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseStore").field("entries", &self.local.entry_count()).field("shared", &self.shared.is_some()).finish()
+        f.debug_struct("ResponseStore")
+            .field("entries", &self.local.entry_count())
+            .field("shared", &self.shared.is_some())
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 

@@ -85,18 +85,7 @@ pub struct StoredResponse {
 
 /// Parses and checks a `POST /v1/responses` body.
 pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let req: ResponsesRequest = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let inner = e.inner().to_string();
-        if let Some(field) = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
-            return ApiError::invalid(format!("Missing required parameter: '{field}'."), field.to_owned());
-        }
-        if e.inner().is_syntax() || e.inner().is_eof() {
-            return ApiError::InvalidRequest { message: format!("We could not parse the JSON body of your request: {inner}"), param: None };
-        }
-        let path = e.path().to_string();
-        ApiError::InvalidRequest { message: format!("Invalid type for '{path}': {inner}"), param: Some(path) }
-    })?;
+    let req: ResponsesRequest = crate::chat_request::parse_body(body)?;
     if req.model.is_empty() {
         return Err(ApiError::invalid("'model' must be a non-empty string.", "model"));
     }
@@ -150,17 +139,14 @@ fn push_item(messages: &mut Vec<ChatMessage>, item: &Value, i: usize) -> Result<
             let field = |name: &str| item.get(name).and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("Missing required parameter: '{}'.", param(&format!(".{name}"))), param(&format!(".{name}"))));
             let call = json!({"id": field("call_id")?, "type": "function", "function": {"name": field("name")?, "arguments": field("arguments")?}});
             let open = messages.last_mut().filter(|m| m.role == "assistant" && m.extra.contains_key("tool_calls"));
-            match open {
-                Some(last) => {
-                    if let Some(Value::Array(calls)) = last.extra.get_mut("tool_calls") {
-                        calls.push(call);
-                    }
+            if let Some(last) = open {
+                if let Some(Value::Array(calls)) = last.extra.get_mut("tool_calls") {
+                    calls.push(call);
                 }
-                None => {
-                    let mut m = ChatMessage { role: "assistant".into(), content: None, extra: Map::new() };
-                    m.extra.insert("tool_calls".into(), Value::Array(vec![call]));
-                    messages.push(m);
-                }
+            } else {
+                let mut m = ChatMessage { role: "assistant".into(), content: None, extra: Map::new() };
+                m.extra.insert("tool_calls".into(), Value::Array(vec![call]));
+                messages.push(m);
             }
         }
         "function_call_output" => {
@@ -239,6 +225,7 @@ pub fn to_chat(req: &ResponsesRequest, history: &[ChatMessage], input: &[ChatMes
         tools: tools.map(Value::Array),
         tool_choice,
         response_format,
+        raw_prompt: false,
         extra,
     })
 }
@@ -602,6 +589,7 @@ impl EventWriter {
 mod tests {
     use super::*;
 
+    #[allow(clippy::needless_pass_by_value)]
     fn request(body: Value) -> ResponsesRequest {
         parse_request(body.to_string().as_bytes()).unwrap()
     }
@@ -648,6 +636,7 @@ mod tests {
         assert_eq!(chat.response_format.unwrap(), json!({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object"}, "strict": true}}));
     }
 
+    #[allow(clippy::needless_pass_by_value)]
     fn chunk(delta: Value, finish: Option<&str>) -> ChatChunk {
         serde_json::from_value(json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})).unwrap()
     }

@@ -27,7 +27,7 @@ pub struct EngineHandle {
 /// What the engine thread receives.
 pub(crate) enum Message {
     /// A generation to run.
-    Generate(Job),
+    Generate(Box<Job>),
     /// Finish: fail what is running or waiting, then exit the thread.
     Stop,
 }
@@ -65,7 +65,7 @@ impl EngineHandle {
             self.stats.queued.fetch_sub(1, Relaxed);
             self.stats.queued_prompt_tokens.fetch_sub(estimate, Relaxed);
         };
-        match self.jobs.try_send(Message::Generate(Job { request, events, estimate })) {
+        match self.jobs.try_send(Message::Generate(Box::new(Job { request, events, estimate }))) {
             Ok(()) => Ok(stream),
             Err(TrySendError::Full(_)) => {
                 undo();

@@ -327,7 +327,7 @@ impl Builder<'_> {
         if !self.rules.contains_key(&name) {
             return name;
         }
-        (2..).map(|i| format!("{name}-{i}")).find(|n| !self.rules.contains_key(n)).unwrap_or(name)
+        (2..=self.rules.len() + 2).map(|i| format!("{name}-{i}")).find(|n| !self.rules.contains_key(n)).unwrap_or(name)
     }
 
     fn key_rule(&mut self) {
@@ -377,7 +377,7 @@ fn integer(schema: &Map<String, Value>, path: &str) -> Result<String, GrammarErr
             Ok((lo..=hi).map(|n| literal(&n.to_string())).collect::<Vec<_>>().join(" | "))
         }
         (_, Some(_)) => Err(unsupported(path, "`maximum` is only supported together with `minimum` on a range of at most 256 integers")),
-        (Some(lo), None) if lo >= 0.0 && lo <= 1.0 => {
+        (Some(lo), None) if (0.0..=1.0).contains(&lo) => {
             Ok(if lo == 0.0 { "[0-9] | [1-9] [0-9]{0,11}".into() } else { "[1-9] [0-9]{0,11}".into() })
         }
         (Some(_), None) => Err(unsupported(path, "`minimum` is only supported as 0, 1, or with `maximum`")),

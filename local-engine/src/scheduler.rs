@@ -194,7 +194,7 @@ impl<'m> Scheduler<'m> {
             let live: Vec<(i32, Vec<LlamaToken>)> = self.active.iter().map(|s| (s.seq_id, s.kv_tokens())).collect();
             let live: Vec<(i32, &[LlamaToken])> = live.iter().map(|(id, t)| (*id, t.as_slice())).collect();
             if let Some(plan) = self.slots.plan(&prompt, &live, MIN_PREFIX_REUSE, MIN_COPY_GAIN) {
-                self.start_sequence(job, prompt, max_tokens, sampler, &plan);
+                self.start_sequence(*job, prompt, max_tokens, sampler, &plan);
             }
         }
         true
@@ -215,7 +215,10 @@ impl<'m> Scheduler<'m> {
 
     /// Renders and tokenizes the prompt and checks it against the context.
     fn prepare(&self, request: &GenerationRequest) -> Result<(Vec<LlamaToken>, u32), EngineError> {
-        let text = self.template.render(&request.messages, request.tools.as_ref())?;
+        let text = match &request.raw_prompt {
+            Some(raw) => raw.clone(),
+            None => self.template.render(&request.messages, request.tools.as_ref())?,
+        };
         let vocab = self.model.vocab();
         let bos_text = vocab.token_to_piece(vocab.bos(), true, None);
         let add_bos = vocab.should_add_bos() && !text.as_bytes().starts_with(&bos_text);

@@ -37,6 +37,9 @@ pub struct GenerationRequest {
     pub tools: Option<serde_json::Value>,
     /// How to sample.
     pub sampling: SamplingParams,
+    /// Continue this text as it is (a legacy completion): `messages` and the chat template are
+    /// not used.
+    pub raw_prompt: Option<String>,
 }
 
 /// Why a sequence stopped.

@@ -12,6 +12,7 @@ async fn excess_requests_get_overloaded_and_accepted_ones_finish() {
         messages: user("Say hello."),
         tools: None,
         sampling: SamplingParams { temperature: 0.0, max_tokens: Some(8), ..SamplingParams::default() },
+        raw_prompt: None,
     };
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -47,6 +48,7 @@ async fn shutdown_fails_running_and_queued_generations_and_refuses_new_ones() {
         messages: user("Count from 1 to 500."),
         tools: None,
         sampling: SamplingParams { temperature: 0.0, max_tokens: Some(1000), ..SamplingParams::default() },
+        raw_prompt: None,
     };
     let mut running = engine.submit(long()).unwrap();
     assert!(matches!(running.recv().await, Some(GenerationEvent::Started { .. })));

@@ -93,7 +93,8 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
         grammar: structure.grammar,
     };
     // Tools are described in the system message (above), in the one format the grammar allows.
-    Ok(GenerationRequest { messages, tools: None, sampling })
+    let raw_prompt = if req.raw_prompt { Some(req.prompt_text().ok_or_else(|| invalid("the prompt must be text", "prompt"))?) } else { None };
+    Ok(GenerationRequest { messages, tools: None, sampling, raw_prompt })
 }
 
 /// What the answer must look like: a JSON instance of a schema, or a call of one of the tools.

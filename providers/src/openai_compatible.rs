@@ -114,9 +114,13 @@ impl OpenAiCompatible {
     /// The body to send for `req` in this provider's dialect, serialised once for every attempt.
     fn body(&self, req: &ChatRequest) -> Result<bytes::Bytes, ProviderError> {
         let encoded = match &self.dialect {
+            Dialect::Anthropic { .. } if req.raw_prompt => {
+                return Err(ProviderError::InvalidRequest { message: format!("provider {:?} (Anthropic) has no legacy completions endpoint; use chat completions", self.name), param: Some("model".into()) });
+            }
             Dialect::Anthropic { max_output_tokens, .. } => {
                 serde_json::to_vec(&anthropic::request_body(req, max_output_tokens.get(&req.model).copied())?)
             }
+            Dialect::OpenAi { .. } | Dialect::Azure { .. } if req.raw_prompt => serde_json::to_vec(&completion_body(req)?),
             Dialect::OpenAi { .. } | Dialect::Azure { .. } => serde_json::to_vec(req),
         };
         encoded
@@ -124,7 +128,7 @@ impl OpenAiCompatible {
             .map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })
     }
 
-    fn request(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>) -> reqwest::RequestBuilder {
+    fn request(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>, raw: bool) -> reqwest::RequestBuilder {
         let json = |builder: reqwest::RequestBuilder| {
             builder.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone())
         };
@@ -132,6 +136,7 @@ impl OpenAiCompatible {
             Dialect::OpenAi { .. } => {
                 let base = lease.map_or("", |l| l.base.as_str());
                 let builder = match self.chat_urls.get(base) {
+                    _ if raw => json(self.client.post(format!("{base}/completions"))),
                     Some(url) => json(self.client.post(url.clone())),
                     None => json(self.client.post(format!("{base}/chat/completions"))),
                 };
@@ -143,7 +148,8 @@ impl OpenAiCompatible {
             Dialect::Azure { base, api_version, deployments } => {
                 let deployment = deployments.get(model).map_or(model, String::as_str);
                 // api_version is a date-like token (`2024-10-21`): nothing in it needs escaping.
-                let url = format!("{base}/openai/deployments/{deployment}/chat/completions?api-version={api_version}");
+                let path = if raw { "completions" } else { "chat/completions" };
+                let url = format!("{base}/openai/deployments/{deployment}/{path}?api-version={api_version}");
                 let builder = json(self.client.post(url));
                 match &self.api_key {
                     Some(key) => builder.header("api-key", key),
@@ -163,13 +169,13 @@ impl OpenAiCompatible {
 
     /// One attempt: the response once its status is known to be a success. A pooled endpoint is
     /// held until the answer's head arrives, and its health updated from the outcome.
-    async fn send_once(&self, model: &str, body: &bytes::Bytes) -> Result<Response, Failure> {
+    async fn send_once(&self, model: &str, body: &bytes::Bytes, raw: bool) -> Result<Response, Failure> {
         let pool = match &self.dialect {
             Dialect::OpenAi { pool } => Some(pool),
             Dialect::Azure { .. } | Dialect::Anthropic { .. } => None,
         };
         let lease = pool.map(|p| p.acquire(Instant::now()));
-        let result = self.send_to(model, body, lease.as_ref()).await;
+        let result = self.send_to(model, body, lease.as_ref(), raw).await;
         if let (Some(pool), Some(lease)) = (pool, &lease) {
             // Client errors are the request's fault, not the endpoint's.
             let healthy = match &result {
@@ -181,8 +187,8 @@ impl OpenAiCompatible {
         result
     }
 
-    async fn send_to(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>) -> Result<Response, Failure> {
-        let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(model, body, lease).send()).await {
+    async fn send_to(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>, raw: bool) -> Result<Response, Failure> {
+        let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(model, body, lease, raw).send()).await {
             Err(_) => return Err(Failure::fatal(self.timeout())),
             Ok(Err(e)) if e.is_timeout() => return Err(Failure::fatal(self.timeout())),
             // No answer at all (refused, reset, DNS, TLS): the request never reached the model.
@@ -229,8 +235,8 @@ impl OpenAiCompatible {
 
     /// Opens a stream and reads its first event, so a failure before the first byte reaches
     /// the client can still be retried.
-    async fn open_stream(&self, model: &str, body: &bytes::Bytes) -> Result<(Option<eventsource_stream::Event>, Events), Failure> {
-        let response = self.send_once(model, body).await?;
+    async fn open_stream(&self, model: &str, body: &bytes::Bytes, raw: bool) -> Result<(Option<eventsource_stream::Event>, Events), Failure> {
+        let response = self.send_once(model, body, raw).await?;
         let mut events: Events = response.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
         let first = tokio::time::timeout(Duration::from_millis(self.timeout_ms), events.next()).await;
         match first {
@@ -359,7 +365,7 @@ impl Provider for OpenAiCompatible {
         let request_body = self.body(&req)?;
         let body = self
             .with_retries(|| async {
-                let response = self.send_once(&req.model, &request_body).await?;
+                let response = self.send_once(&req.model, &request_body, req.raw_prompt).await?;
                 match tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes()).await {
                     Err(_) => Err(Failure::fatal(self.timeout())),
                     Ok(Err(e)) => Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None }),
@@ -372,6 +378,10 @@ impl Provider for OpenAiCompatible {
                 serde_json::from_slice(&body).map_err(|e| self.upstream(None, format!("unreadable message: {e}")))?;
             return anthropic::response_of(&value).map_err(|e| self.upstream(None, format!("unreadable message: {e}")));
         }
+        if req.raw_prompt {
+            let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| self.upstream(None, format!("unreadable text_completion: {e}")))?;
+            return serde_json::from_value(chat_of_completion(value, false)).map_err(|e| self.upstream(None, format!("unreadable text_completion: {e}")));
+        }
         serde_json::from_slice(&body).map_err(|e| self.upstream(None, format!("unreadable chat.completion: {e}")))
     }
 
@@ -383,19 +393,58 @@ impl Provider for OpenAiCompatible {
         options.include_usage = Some(true);
         req.stream_options = Some(options);
         let request_body = self.body(&req)?;
-        let (first, rest) = self.with_retries(|| self.open_stream(&req.model, &request_body)).await?;
+        let (first, rest) = self.with_retries(|| self.open_stream(&req.model, &request_body, req.raw_prompt)).await?;
         let provider = self.name.clone();
         let events = stream::iter(first.map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms)));
         if let Dialect::Anthropic { .. } = self.dialect {
             return Ok(anthropic_chunks(events.boxed(), provider));
         }
-        Ok(openai_chunks(events.boxed(), provider))
+        Ok(openai_chunks(events.boxed(), provider, req.raw_prompt))
     }
+}
+
+/// The `/completions` body of a legacy completion carried as a chat request: its one message is
+/// the prompt; sampling fields and unknown fields go as sent.
+fn completion_body(req: &ChatRequest) -> Result<serde_json::Value, ProviderError> {
+    let prompt = req.prompt_text().ok_or_else(|| ProviderError::InvalidRequest { message: "the prompt must be text".into(), param: Some("prompt".into()) })?;
+    let mut body = serde_json::to_value(req).map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })?;
+    if let serde_json::Value::Object(fields) = &mut body {
+        fields.remove("messages");
+        fields.remove("max_completion_tokens");
+        fields.insert("prompt".into(), serde_json::Value::String(prompt));
+        if let Some(max) = req.max_output_tokens() {
+            fields.insert("max_tokens".into(), max.into());
+        }
+    }
+    Ok(body)
+}
+
+/// A `text_completion` (or one of its stream chunks) in the chat shape: each choice's `text`
+/// becomes the message content (or the delta's).
+fn chat_of_completion(mut value: serde_json::Value, chunk: bool) -> serde_json::Value {
+    use serde_json::{json, Value};
+    value["object"] = json!(if chunk { "chat.completion.chunk" } else { "chat.completion" });
+    if let Some(Value::Array(choices)) = value.get_mut("choices") {
+        for choice in choices {
+            let text = choice.get("text").cloned().unwrap_or_else(|| json!(""));
+            let index = choice.get("index").cloned().unwrap_or_else(|| json!(0));
+            let finish = choice.get("finish_reason").cloned().unwrap_or(Value::Null);
+            *choice = if chunk {
+                json!({"index": index, "delta": {"content": text}, "finish_reason": finish})
+            } else {
+                json!({"index": index, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": finish, "logprobs": null})
+            };
+        }
+    }
+    if value.get("created").is_none() {
+        value["created"] = json!(0);
+    }
+    value
 }
 
 /// `OpenAI` chunks from an `OpenAI`-style event stream; it ends at `[DONE]`. An `error` object in
 /// the stream, a broken stream or an unreadable chunk becomes an `Upstream` error.
-fn openai_chunks(events: Events, provider: String) -> ChunkStream {
+fn openai_chunks(events: Events, provider: String, completion: bool) -> ChunkStream {
     events
         .take_while(|event| futures::future::ready(!matches!(event, Ok(e) if e.data.trim() == "[DONE]")))
         .filter_map(move |event| {
@@ -412,6 +461,10 @@ fn openai_chunks(events: Events, provider: String) -> ChunkStream {
                 if let Ok(body) = serde_json::from_str::<ErrorBody>(&event.data) {
                     return Some(Err(upstream(body.error.message)));
                 }
+                if completion {
+                    let value = serde_json::from_str::<serde_json::Value>(&event.data).map_err(|e| upstream(format!("unreadable chunk: {e}")));
+                    return Some(value.and_then(|v| serde_json::from_value::<ChatChunk>(chat_of_completion(v, true)).map_err(|e| upstream(format!("unreadable chunk: {e}")))));
+                }
                 Some(serde_json::from_str::<ChatChunk>(&event.data).map_err(|e| upstream(format!("unreadable chunk: {e}"))))
             }
         })
@@ -424,7 +477,7 @@ fn openai_chunks(events: Events, provider: String) -> ChunkStream {
 pub fn decode_stream(pieces: Vec<Vec<u8>>, anthropic: bool) -> Vec<Result<ChatChunk, ProviderError>> {
     let bytes = stream::iter(pieces.into_iter().map(|p| Ok::<_, std::io::Error>(bytes::Bytes::from(p))));
     let events: Events = bytes.eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
-    let chunks = if anthropic { anthropic_chunks(events, "fuzz".into()) } else { openai_chunks(events, "fuzz".into()) };
+    let chunks = if anthropic { anthropic_chunks(events, "fuzz".into()) } else { openai_chunks(events, "fuzz".into(), false) };
     // Every piece is ready at once and nothing here waits on a timer: one poll finishes it.
     futures::FutureExt::now_or_never(chunks.collect::<Vec<_>>()).unwrap_or_default()
 }

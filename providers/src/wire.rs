@@ -47,6 +47,11 @@ pub struct ChatRequest {
     /// Response format, forwarded as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<Value>,
+    /// A legacy completion (`POST /v1/completions`): the one user message is a raw prompt to
+    /// continue, without a chat template; providers call their completions endpoint. Never read
+    /// from or written to the wire.
+    #[serde(skip)]
+    pub raw_prompt: bool,
     /// Every other field, preserved.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -56,6 +61,11 @@ impl ChatRequest {
     /// The completion-token cap, preferring `max_completion_tokens`.
     pub fn max_output_tokens(&self) -> Option<u32> {
         self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// The raw prompt of a legacy completion: the first message's text.
+    pub fn prompt_text(&self) -> Option<String> {
+        self.messages.first().and_then(|m| m.content.as_ref()).and_then(MessageContent::text)
     }
 
     /// True when the client asked for a stream.

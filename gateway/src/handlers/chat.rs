@@ -62,7 +62,7 @@ pub struct Served {
 /// A whole answer or a stream of chunks.
 pub enum ServedBody {
     /// Not streamed.
-    Complete(ChatResponse),
+    Complete(Box<ChatResponse>),
     /// Streamed; the usage-only chunk comes last when the upstream sent one.
     Stream {
         /// The chunks; an `Err` ends the stream.
@@ -76,7 +76,7 @@ pub enum ServedBody {
 pub fn render_chat(served: Served) -> Response {
     let Served { headers, body } = served;
     let mut http = match body {
-        ServedBody::Complete(response) => Json(response).into_response(),
+        ServedBody::Complete(response) => Json(*response).into_response(),
         ServedBody::Stream { chunks, include_usage } => Sse::new(sse_events(chunks, include_usage)).into_response(),
     };
     http.headers_mut().extend(headers);
@@ -222,6 +222,7 @@ fn shadow_candidate(state: &AppState, req: &ChatRequest, decision: &Decision, te
         && !state.shadow_excluded.contains(&tenant.name)
         && req.n.unwrap_or(1) <= 1
         && req.tools.is_none()
+        && !req.raw_prompt
         && candidates(decision).any(|t| is_local(state, t))
         && shadow.sampled(&ctx.request_id);
     eligible.then(|| {
@@ -290,7 +291,7 @@ fn cached_answer(req: &ChatRequest, decision: &Decision, hit: &Cached, record: &
             .boxed();
         ServedBody::Stream { chunks, include_usage: req.wants_stream_usage() }
     } else {
-        ServedBody::Complete(hit.response.clone())
+        ServedBody::Complete(Box::new(hit.response.clone()))
     };
     let mut headers = HeaderMap::new();
     set_route_headers(&mut headers, decision, &hit.target);
@@ -422,7 +423,7 @@ async fn complete_answer(
             insert(&mut headers, "x-switchyard-local-confidence", &format!("{confidence:.4}"));
         }
     }
-    Ok(Served { headers, body: ServedBody::Complete(response) })
+    Ok(Served { headers, body: ServedBody::Complete(Box::new(response)) })
 }
 
 /// The local engine's answer to `req` with its mean token log-probability, for a cascade; `None`
@@ -547,13 +548,23 @@ fn when_complete(chunks: ChunkStream, done: impl FnOnce(ChatResponse) + Send + '
 /// Chunks as SSE events, then `[DONE]`. The usage-only chunk is passed on only if the client
 /// asked for it; a failure mid-stream becomes an `error` object followed by `[DONE]`.
 fn sse_events(chunks: ChunkStream, include_usage: bool) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    sse_events_with(chunks, include_usage, |chunk| serde_json::to_string(chunk).ok())
+}
+
+/// Like the chat SSE stream, with each chunk written by `write` (`None` skips the chunk): the
+/// same usage rule, error event and `[DONE]` for other APIs' chunk shapes.
+pub fn sse_events_with(
+    chunks: ChunkStream,
+    include_usage: bool,
+    write: fn(&providers::wire::ChatChunk) -> Option<String>,
+) -> impl futures::Stream<Item = Result<Event, Infallible>> {
     stream::unfold(Some(chunks), move |state| async move {
         let mut chunks = state?;
         loop {
             match chunks.next().await {
                 Some(Ok(chunk)) if chunk.is_usage_only() && !include_usage => {}
                 Some(Ok(chunk)) => {
-                    let data = serde_json::to_string(&chunk).unwrap_or_default();
+                    let Some(data) = write(&chunk) else { continue };
                     return Some((Ok(Event::default().data(data)), Some(chunks)));
                 }
                 Some(Err(err)) => {

@@ -41,7 +41,7 @@ pub struct Outcome {
 }
 
 pub async fn generate(engine: &EngineHandle, messages: Vec<TemplateMessage>, sampling: SamplingParams) -> Result<Outcome, EngineError> {
-    let mut events = engine.submit(GenerationRequest { messages, tools: None, sampling })?;
+    let mut events = engine.submit(GenerationRequest { messages, tools: None, sampling, raw_prompt: None })?;
     let mut pieces = Vec::new();
     loop {
         let event = tokio::time::timeout(Duration::from_mins(2), events.recv()).await.expect("engine answers").expect("event");

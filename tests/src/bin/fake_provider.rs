@@ -36,6 +36,8 @@
 //! the last user text, or with tools defined and the model `tool`, calls the first tool with
 //! `{"city": "Paris"}`; streams use Anthropic's events, tool input in `input_json_delta` pieces.
 //!
+//! Legacy `POST /v1/completions` answers `echo: <prompt>` as a `text_completion`.
+//!
 //! `POST /control/chaos {"every": N, "forget": bool}` faults every N-th chat request (500, 1.5 s
 //! late, dropped before the first event, cut mid-stream; in turn), for soaks.
 //!
@@ -169,12 +171,10 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
     if let Some((param, message)) = openai_problem(body) {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))).into_response();
     }
-    let fault = match fake.faults.lock().expect("lock").pop_front() {
-        Some(fault) => Some(fault),
-        None => match chaos_fault(&fake, body) {
-            Err(cut) => return *cut,
-            Ok(fault) => fault,
-        },
+    let queued = fake.faults.lock().expect("lock").pop_front();
+    let fault = match queued.map_or_else(|| chaos_fault(&fake, body), |f| Ok(Some(f))) {
+        Ok(fault) => fault,
+        Err(cut) => return *cut,
     };
     if let Some(response) = scripted(fault, body).await {
         return response;
@@ -200,8 +200,7 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         "reject" => return error(StatusCode::BAD_REQUEST, "the fake upstream rejects this", "invalid_request_error", "bad_thing"),
         _ => {}
     }
-    let last_role = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["role"].as_str()).unwrap_or_default();
-    if let Some(name) = body["tools"][0]["function"]["name"].as_str().filter(|_| model == "tool" && last_role != "tool") {
+    if let Some(name) = tool_to_call(&model, body) {
         return tool_call(&model, name, stream, include_usage);
     }
     if !stream {
@@ -263,6 +262,41 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         .header("content-type", "text/event-stream")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Legacy `POST /v1/completions`: `prompt` must be a string and `messages` absent; answers
+/// `echo: <prompt>` as a `text_completion` (streamed word by word, with usage when asked).
+async fn completions(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    fake.requests.lock().expect("lock").push(json!({"path": "/v1/completions", "body": body, "authorization": header(&headers, "authorization"), "api_key": header(&headers, "api-key")}));
+    let Some(prompt) = body["prompt"].as_str() else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "prompt must be a string", "type": "invalid_request_error", "param": "prompt", "code": null}}))).into_response();
+    };
+    if body.get("messages").is_some() || body.get("max_completion_tokens").is_some() {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "unknown field for completions", "type": "invalid_request_error", "param": null, "code": null}}))).into_response();
+    }
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let answer = format!("echo: {prompt}");
+    let usage = json!({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10});
+    if !body["stream"].as_bool().unwrap_or(false) {
+        return Json(json!({"id": "cmpl-fake", "object": "text_completion", "created": 1_700_000_000, "model": model,
+            "choices": [{"text": answer, "index": 0, "logprobs": null, "finish_reason": "stop"}], "usage": usage})).into_response();
+    }
+    let piece = |text: &str, finish: Option<&str>| sse(&json!({"id": "cmpl-fake", "object": "text_completion", "created": 1_700_000_000, "model": model,
+        "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]}));
+    let mut events: Vec<Bytes> = answer.split(' ').enumerate().map(|(i, w)| piece(&if i == 0 { w.to_owned() } else { format!(" {w}") }, None)).collect();
+    events.push(piece("", Some("stop")));
+    if body["stream_options"]["include_usage"].as_bool().unwrap_or(false) {
+        events.push(sse(&json!({"id": "cmpl-fake", "object": "text_completion", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage})));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let body = Body::from_stream(futures::stream::iter(events.into_iter().map(Ok::<_, std::io::Error>)));
+    Response::builder().header("content-type", "text/event-stream").body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The tool the `tool` model calls: the first one, unless the last message is a tool result.
+fn tool_to_call<'b>(model: &str, body: &'b Value) -> Option<&'b str> {
+    let last_role = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["role"].as_str()).unwrap_or_default();
+    body["tools"][0]["function"]["name"].as_str().filter(|_| model == "tool" && last_role != "tool")
 }
 
 /// The `tool` model's answer when tools are defined: a call of the first tool with
@@ -502,6 +536,7 @@ async fn main() -> std::io::Result<()> {
         .route("/v1/chat/completions", post(chat))
         .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
         .route("/v1/messages", post(messages))
+        .route("/v1/completions", post(completions))
         .route("/control/faults", post(faults))
         .route("/control/chaos", post(chaos))
         .route("/control/release", post(release))
