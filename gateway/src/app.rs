@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::handlers::{admin, chat, completions, fallback, health, models, responses, route};
+use crate::handlers::{admin, chat, completions, embeddings, fallback, health, models, responses, route};
 use crate::middleware::admin_auth::admin_auth;
 use crate::middleware::auth::authenticate;
 use crate::middleware::request_ctx::request_ctx;
@@ -34,6 +34,7 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions).fallback(not_allowed))
         .route("/v1/route", post(route::route).fallback(not_allowed))
         .route("/v1/models", get(models::list_models).fallback(not_allowed))
+        .route("/v1/embeddings", post(embeddings::embeddings).fallback(not_allowed))
         .route("/v1/completions", post(completions::completions).fallback(not_allowed))
         .route("/v1/responses", post(responses::create).fallback(not_allowed))
         .route("/v1/responses/{id}", get(responses::get).delete(responses::delete).fallback(not_allowed))

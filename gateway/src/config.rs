@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::audit::AuditConfig;
 use crate::cache::CacheConfig;
+use crate::handlers::embeddings::LocalEmbeddingsConfig;
 use crate::response_store::ResponsesConfig;
 use crate::shadow::ShadowConfig;
 use crate::store::RedisConfig;
@@ -137,6 +138,7 @@ struct RawConfig {
     shadow: Option<ShadowConfig>,
     #[serde(default)]
     responses: ResponsesConfig,
+    local_embeddings: Option<LocalEmbeddingsConfig>,
 }
 
 /// `[metrics]`.
@@ -178,6 +180,8 @@ pub struct GatewayConfig {
     pub shadow: Option<ShadowConfig>,
     /// `[responses]`: how long stored Responses-API responses are kept.
     pub responses: ResponsesConfig,
+    /// `[local_embeddings]`: the in-process embedding model, if any.
+    pub local_embeddings: Option<LocalEmbeddingsConfig>,
     /// The learned complexity scorer named by the policy's `[classifier] model`, if any.
     pub scorer: Option<std::sync::Arc<router::learned::LearnedScorer>>,
 }
@@ -202,6 +206,12 @@ fn store_problems(raw: &RawConfig) -> Vec<String> {
         problems.extend(shadow.problems(&is_remote));
     }
     problems.extend(raw.responses.problems());
+    if let Some(embeddings) = &raw.local_embeddings {
+        problems.extend(embeddings.problems());
+        if raw.local.as_ref().is_some_and(|l| l.name == embeddings.name) {
+            problems.push(format!("local_embeddings.name {:?} is also the chat model's name", embeddings.name));
+        }
+    }
     problems
 }
 
@@ -338,6 +348,7 @@ impl GatewayConfig {
                 cache: raw.cache,
                 shadow: raw.shadow,
                 responses: raw.responses,
+                local_embeddings: raw.local_embeddings,
                 scorer,
             }),
             _ => Err(ConfigErrors { problems }),

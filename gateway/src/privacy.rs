@@ -37,6 +37,22 @@ pub fn inspect(req: &ChatRequest) -> Inspection {
     out
 }
 
+/// Scans plain texts (embedding inputs) like message text; `None` (token ids) is unscannable.
+pub fn inspect_texts(texts: Option<&[String]>) -> Inspection {
+    let mut out = Inspection::default();
+    let Some(texts) = texts else {
+        out.pii.insert(PiiKind::Unscannable.as_str().to_owned(), 1);
+        return out;
+    };
+    let scanner = router::pii_scanner();
+    for text in texts {
+        for span in scanner.scan(text) {
+            *out.pii.entry(span.kind.as_str().to_owned()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
 /// Characters of every scannable string of `req` (no scanning): the basis of token estimates.
 pub fn text_chars(req: &ChatRequest) -> usize {
     let mut chars = 0;

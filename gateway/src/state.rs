@@ -16,6 +16,7 @@ use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
 use crate::cluster::Cluster;
 use crate::in_flight::InFlight;
+use crate::handlers::embeddings::LocalEmbeddings;
 use crate::response_store::ResponseStore;
 use crate::shadow::{Shadow, ShadowConfig};
 use crate::spill::{Spillover, Targets};
@@ -67,6 +68,8 @@ pub struct AppState {
     pub shadow: Option<Arc<Shadow>>,
     /// Stored Responses-API responses (`[responses]`; in Redis too with `[redis]`).
     pub responses: ResponseStore,
+    /// The in-process embedding model (`[local_embeddings]`).
+    pub embeddings: Option<LocalEmbeddings>,
     /// Tenants with `shadow = false`.
     pub shadow_excluded: std::collections::HashSet<String>,
     /// Remote providers by name.
@@ -140,6 +143,14 @@ impl AppState {
         let cache = config.cache.as_ref().map(|c| Arc::new(ResponseCache::new(c, redis.clone())));
         let cluster = redis.clone().map(Cluster::new);
         let responses = ResponseStore::new(&config.responses, redis.clone());
+        let embeddings = match &config.local_embeddings {
+            Some(section) => {
+                let embedder = local_engine::Embedder::load(&section.engine_config())
+                    .with_context(|| format!("loading the embedding model {}", section.model.display()))?;
+                Some(LocalEmbeddings { config: section.clone(), embedder: Arc::new(embedder) })
+            }
+            None => None,
+        };
         let in_flight = InFlight::new(config.server.max_in_flight_per_tenant);
         let shadow = match &config.shadow {
             Some(shadow) => Some(Arc::new(build_shadow(shadow, &remotes, &pricer, &metrics)?)),
@@ -166,6 +177,7 @@ impl AppState {
             shadow,
             shadow_excluded,
             responses,
+            embeddings,
             remotes,
             started_unix,
             draining: AtomicBool::new(false),
@@ -211,6 +223,7 @@ fn build_shadow(config: &ShadowConfig, remotes: &HashMap<String, Remote>, pricer
 /// models from their model entry (cached prompt tokens at the cached price); unpriced: 0.
 fn pricer(config: &GatewayConfig) -> Pricer {
     let local = config.local.as_ref().map(|l| (format!("local/{}", l.name), l.cost_per_mtok));
+    let embeddings = config.local_embeddings.as_ref().map(|e| (e.target(), e.cost_per_mtok));
     let prices: HashMap<String, providers::ModelPrice> = config
         .providers
         .iter()
@@ -219,6 +232,12 @@ fn pricer(config: &GatewayConfig) -> Pricer {
     Arc::new(move |target: &str, usage: &providers::wire::Usage| {
         if let Some((local_target, per_mtok)) = &local {
             if target == local_target {
+                #[allow(clippy::cast_precision_loss)]
+                return usage.total_tokens as f64 * per_mtok / 1e6;
+            }
+        }
+        if let Some((embed_target, per_mtok)) = &embeddings {
+            if target == embed_target {
                 #[allow(clippy::cast_precision_loss)]
                 return usage.total_tokens as f64 * per_mtok / 1e6;
             }

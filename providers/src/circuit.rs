@@ -163,6 +163,13 @@ impl Provider for Guarded {
         self.settle(&result);
         result
     }
+
+    async fn embeddings(&self, body: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
+        self.admit()?;
+        let result = self.inner.embeddings(body).await;
+        self.settle(&result);
+        result
+    }
 }
 
 #[cfg(test)]

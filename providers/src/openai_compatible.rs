@@ -128,7 +128,7 @@ impl OpenAiCompatible {
             .map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })
     }
 
-    fn request(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>, raw: bool) -> reqwest::RequestBuilder {
+    fn request(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>, endpoint: Endpoint) -> reqwest::RequestBuilder {
         let json = |builder: reqwest::RequestBuilder| {
             builder.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone())
         };
@@ -136,9 +136,8 @@ impl OpenAiCompatible {
             Dialect::OpenAi { .. } => {
                 let base = lease.map_or("", |l| l.base.as_str());
                 let builder = match self.chat_urls.get(base) {
-                    _ if raw => json(self.client.post(format!("{base}/completions"))),
-                    Some(url) => json(self.client.post(url.clone())),
-                    None => json(self.client.post(format!("{base}/chat/completions"))),
+                    Some(url) if endpoint == Endpoint::Chat => json(self.client.post(url.clone())),
+                    _ => json(self.client.post(format!("{base}/{}", endpoint.path()))),
                 };
                 match &self.api_key {
                     Some(key) => builder.bearer_auth(key),
@@ -148,8 +147,7 @@ impl OpenAiCompatible {
             Dialect::Azure { base, api_version, deployments } => {
                 let deployment = deployments.get(model).map_or(model, String::as_str);
                 // api_version is a date-like token (`2024-10-21`): nothing in it needs escaping.
-                let path = if raw { "completions" } else { "chat/completions" };
-                let url = format!("{base}/openai/deployments/{deployment}/{path}?api-version={api_version}");
+                let url = format!("{base}/openai/deployments/{deployment}/{}?api-version={api_version}", endpoint.path());
                 let builder = json(self.client.post(url));
                 match &self.api_key {
                     Some(key) => builder.header("api-key", key),
@@ -169,13 +167,13 @@ impl OpenAiCompatible {
 
     /// One attempt: the response once its status is known to be a success. A pooled endpoint is
     /// held until the answer's head arrives, and its health updated from the outcome.
-    async fn send_once(&self, model: &str, body: &bytes::Bytes, raw: bool) -> Result<Response, Failure> {
+    async fn send_once(&self, model: &str, body: &bytes::Bytes, endpoint: Endpoint) -> Result<Response, Failure> {
         let pool = match &self.dialect {
             Dialect::OpenAi { pool } => Some(pool),
             Dialect::Azure { .. } | Dialect::Anthropic { .. } => None,
         };
         let lease = pool.map(|p| p.acquire(Instant::now()));
-        let result = self.send_to(model, body, lease.as_ref(), raw).await;
+        let result = self.send_to(model, body, lease.as_ref(), endpoint).await;
         if let (Some(pool), Some(lease)) = (pool, &lease) {
             // Client errors are the request's fault, not the endpoint's.
             let healthy = match &result {
@@ -187,8 +185,8 @@ impl OpenAiCompatible {
         result
     }
 
-    async fn send_to(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>, raw: bool) -> Result<Response, Failure> {
-        let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(model, body, lease, raw).send()).await {
+    async fn send_to(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>, endpoint: Endpoint) -> Result<Response, Failure> {
+        let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(model, body, lease, endpoint).send()).await {
             Err(_) => return Err(Failure::fatal(self.timeout())),
             Ok(Err(e)) if e.is_timeout() => return Err(Failure::fatal(self.timeout())),
             // No answer at all (refused, reset, DNS, TLS): the request never reached the model.
@@ -235,8 +233,8 @@ impl OpenAiCompatible {
 
     /// Opens a stream and reads its first event, so a failure before the first byte reaches
     /// the client can still be retried.
-    async fn open_stream(&self, model: &str, body: &bytes::Bytes, raw: bool) -> Result<(Option<eventsource_stream::Event>, Events), Failure> {
-        let response = self.send_once(model, body, raw).await?;
+    async fn open_stream(&self, model: &str, body: &bytes::Bytes, endpoint: Endpoint) -> Result<(Option<eventsource_stream::Event>, Events), Failure> {
+        let response = self.send_once(model, body, endpoint).await?;
         let mut events: Events = response.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
         let first = tokio::time::timeout(Duration::from_millis(self.timeout_ms), events.next()).await;
         match first {
@@ -365,7 +363,7 @@ impl Provider for OpenAiCompatible {
         let request_body = self.body(&req)?;
         let body = self
             .with_retries(|| async {
-                let response = self.send_once(&req.model, &request_body, req.raw_prompt).await?;
+                let response = self.send_once(&req.model, &request_body, Endpoint::of(&req)).await?;
                 match tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes()).await {
                     Err(_) => Err(Failure::fatal(self.timeout())),
                     Ok(Err(e)) => Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None }),
@@ -393,13 +391,58 @@ impl Provider for OpenAiCompatible {
         options.include_usage = Some(true);
         req.stream_options = Some(options);
         let request_body = self.body(&req)?;
-        let (first, rest) = self.with_retries(|| self.open_stream(&req.model, &request_body, req.raw_prompt)).await?;
+        let (first, rest) = self.with_retries(|| self.open_stream(&req.model, &request_body, Endpoint::of(&req))).await?;
         let provider = self.name.clone();
         let events = stream::iter(first.map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms)));
         if let Dialect::Anthropic { .. } = self.dialect {
             return Ok(anthropic_chunks(events.boxed(), provider));
         }
         Ok(openai_chunks(events.boxed(), provider, req.raw_prompt))
+    }
+
+    async fn embeddings(&self, body: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
+        if let Dialect::Anthropic { .. } = self.dialect {
+            return Err(ProviderError::InvalidRequest { message: format!("provider {:?} (Anthropic) has no embeddings endpoint", self.name), param: Some("model".into()) });
+        }
+        let model = body.get("model").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+        let request_body = bytes::Bytes::from(serde_json::to_vec(&body).map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })?);
+        let answer = self
+            .with_retries(|| async {
+                let response = self.send_once(&model, &request_body, Endpoint::Embeddings).await?;
+                match tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes()).await {
+                    Err(_) => Err(Failure::fatal(self.timeout())),
+                    Ok(Err(e)) => Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None }),
+                    Ok(Ok(body)) => Ok(body),
+                }
+            })
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| self.upstream(None, format!("unreadable embeddings answer: {e}")))
+    }
+}
+
+/// Which of the provider's endpoints a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn of(req: &ChatRequest) -> Self {
+        if req.raw_prompt {
+            Self::Completions
+        } else {
+            Self::Chat
+        }
+    }
+
+    const fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "chat/completions",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+        }
     }
 }
 

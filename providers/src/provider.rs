@@ -16,6 +16,12 @@ pub trait Provider: Send + Sync {
     /// Answers as a stream of chunks. Errors that happen before the first chunk are returned
     /// here, so the caller can still answer with a real status.
     async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, ProviderError>;
+    /// `POST /embeddings` with this body (its `model` already the provider's name), answered
+    /// as the provider sent it. Providers without embeddings refuse.
+    async fn embeddings(&self, body: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
+        let _ = body;
+        Err(ProviderError::InvalidRequest { message: "this provider has no embeddings endpoint".into(), param: Some("model".into()) })
+    }
 }
 
 /// Folds a chunk stream into one response (used by providers that only stream).

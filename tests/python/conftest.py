@@ -17,6 +17,7 @@ from schema import Schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBED_MODEL = ROOT / "models" / "all-MiniLM-L6-v2.f16.gguf"
 BIN = Path(os.environ.get("SWITCHYARD_BIN", ROOT / "target" / "release" / "switchyard"))
 FAKE_BIN = Path(os.environ.get("FAKE_PROVIDER_BIN", ROOT / "target" / "release" / "fake-provider"))
 SPEC = ROOT.parent / "shared" / "openai-openapi" / "openapi.yaml"
@@ -96,8 +97,13 @@ class Gateway:
         self.process.stop()
 
 
-def gateway_config(extra="", context=4096, parallel=4):
-    return f'[server]\nregion = "eu-west"\n\n{local_section(context, parallel)}\n{extra}\n[policy]\nfile = "{{policy}}"\n'
+def embeddings_section(name="local-embed"):
+    return f'[local_embeddings]\nmodel = "{EMBED_MODEL}"\nname = "{name}"\nthreads = 2\n'
+
+
+def gateway_config(extra="", context=4096, parallel=4, embeddings=False):
+    embed = embeddings_section() if embeddings else ""
+    return f'[server]\nregion = "eu-west"\n\n{local_section(context, parallel)}\n{embed}\n{extra}\n[policy]\nfile = "{{policy}}"\n'
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +126,7 @@ def fake_provider_section(base, key_env=None, name="fake", kind="openai-compatib
     where += f"retry_base_ms = 5\nretry_max_wait_ms = 2000\n{extra_keys}"
     models = ", ".join(
         f'{{ name = "{m}", input_per_mtok = 1.0, output_per_mtok = 2.0 }}'
-        for m in ["echo", "shred", "gated", "fail", "ratelimit", "reject", "drop", "judge", "judge-first", "tool"]
+        for m in ["echo", "shred", "gated", "fail", "ratelimit", "reject", "drop", "judge", "judge-first", "tool", "embed"]
     ) + ', { name = "cached", input_per_mtok = 1.0, output_per_mtok = 2.0, cached_input_per_mtok = 0.5 }' \
       + ', { name = "metered", input_per_mtok = 1000.0, output_per_mtok = 2000.0 }'
     return (
@@ -158,7 +164,7 @@ def fake_requests(fake_provider):
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory, fake_provider):
     """One shared gateway: the real model locally plus the fake provider as `fake`."""
-    gw = Gateway(tmp_path_factory.mktemp("gw"), gateway_config(fake_provider_section(fake_provider)))
+    gw = Gateway(tmp_path_factory.mktemp("gw"), gateway_config(fake_provider_section(fake_provider), embeddings=True))
     yield gw
     gw.stop()
 

@@ -97,6 +97,33 @@ impl Exchange {
         Self { record: Some(record), rate: RateHeaders::default() }
     }
 
+    /// The record of this request, until a stream takes it.
+    pub fn record(&mut self) -> Option<&mut PendingRecord> {
+        self.record.as_mut()
+    }
+
+    /// Admission for a request that is not a chat (no re-routing when over budget): an in-flight
+    /// slot, the rate limits and the worst-case reservation, all released when the record is
+    /// written.
+    pub async fn admit(&mut self, state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, prompt_tokens: u64, reserve_nusd: u64, remote_bound: bool) -> Result<(), ApiError> {
+        let slot = state.in_flight.enter(&tenant.name).ok_or(ApiError::TooManyInFlight { limit: state.in_flight.limit() })?;
+        let mut standing = (None, None);
+        let admitted = state.limiter.admit(&tenant.name, prompt_tokens, reserve_nusd, remote_bound, &ctx.request_id, &mut standing).await;
+        (self.rate.requests, self.rate.tokens) = standing;
+        let ticket = match admitted? {
+            Admitted::Yes(ticket) => ticket,
+            Admitted::OverBudgetTryLocal { retry_after_s } => return Err(ApiError::BudgetExceeded { retry_after_s }),
+        };
+        if let Some(r) = self.record.as_mut() {
+            let limiter = Arc::clone(&state.limiter);
+            r.on_finish(Box::new(move |finished| {
+                limiter.settle(&ticket, finished);
+                drop(slot);
+            }));
+        }
+        Ok(())
+    }
+
     /// The response for `result`, with the error status recorded and the rate headers added.
     pub fn finish(mut self, result: Result<Response, ApiError>) -> Response {
         let mut response = match result {

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 pub mod fallback;
 pub mod health;
 pub mod models;

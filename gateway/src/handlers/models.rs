@@ -16,6 +16,7 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
         .model_ids()
         .into_iter()
         .map(|(id, owned_by)| json!({"id": id, "object": "model", "created": created, "owned_by": owned_by}))
+        .chain(state.embeddings.iter().map(|e| json!({"id": e.config.name, "object": "model", "created": created, "owned_by": "switchyard"})))
         .collect();
     Json(json!({"object": "list", "data": data}))
 }

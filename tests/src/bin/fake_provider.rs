@@ -36,6 +36,8 @@
 //! the last user text, or with tools defined and the model `tool`, calls the first tool with
 //! `{"city": "Paris"}`; streams use Anthropic's events, tool input in `input_json_delta` pieces.
 //!
+//! `POST /v1/embeddings` answers 8-dimensional vectors derived from each input's bytes.
+//!
 //! Legacy `POST /v1/completions` answers `echo: <prompt>` as a `text_completion`.
 //!
 //! `POST /control/chaos {"every": N, "forget": bool}` faults every N-th chat request (500, 1.5 s
@@ -299,6 +301,37 @@ fn tool_to_call<'b>(model: &str, body: &'b Value) -> Option<&'b str> {
     body["tools"][0]["function"]["name"].as_str().filter(|_| model == "tool" && last_role != "tool")
 }
 
+/// `POST /v1/embeddings`: an 8-dimensional vector per input string, derived from its bytes (the
+/// same text always gets the same vector), as floats or base64 as asked.
+async fn embeddings(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    fake.requests.lock().expect("lock").push(json!({"path": "/v1/embeddings", "body": body, "authorization": header(&headers, "authorization"), "api_key": header(&headers, "api-key")}));
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect(),
+        _ => return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "input is required", "type": "invalid_request_error", "param": "input", "code": null}}))).into_response(),
+    };
+    let base64 = body["encoding_format"].as_str() == Some("base64");
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let mut v = [0f32; 8];
+            for (i, b) in text.bytes().enumerate() {
+                v[i % 8] += f32::from(b) / 255.0;
+            }
+            let embedding = if base64 {
+                use base64::Engine as _;
+                json!(base64::engine::general_purpose::STANDARD.encode(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let tokens: usize = inputs.iter().map(|t| t.len().div_ceil(4)).sum();
+    Json(json!({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})).into_response()
+}
+
 /// The `tool` model's answer when tools are defined: a call of the first tool with
 /// `{"city": "Paris"}` (streamed: the arguments in two pieces).
 fn tool_call(model: &str, name: &str, stream: bool, include_usage: bool) -> Response {
@@ -537,6 +570,7 @@ async fn main() -> std::io::Result<()> {
         .route("/openai/deployments/{deployment}/chat/completions", post(azure_chat))
         .route("/v1/messages", post(messages))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/control/faults", post(faults))
         .route("/control/chaos", post(chaos))
         .route("/control/release", post(release))

@@ -1,0 +1,123 @@
+"""`/v1/embeddings` through the official openai SDK: the local MiniLM model run in-process
+(batched inputs, float and base64, `dimensions`, paraphrases closer than unrelated pairs),
+passthrough to a provider, and privacy: tagged input never reaches the (recording) fake."""
+
+import base64
+import struct
+
+import httpx
+import openai
+import pytest
+
+from conftest import accounting_record, fake_requests
+
+
+@pytest.fixture
+def client(gateway):
+    return openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+
+
+def cosine(a, b):
+    return sum(x * y for x, y in zip(a, b)) / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+
+def test_local_embeddings_match_the_spec_and_are_normalised(gateway, client, schemas):
+    # The SDK asks for base64 (and decodes it); the spec's schema describes float vectors.
+    wire = httpx.post(f"{gateway.v1}/embeddings", json={"model": "local-embed", "input": ["first text", "second"]}, timeout=30)
+    schemas.validate("CreateEmbeddingResponse", wire.json())
+    raw = client.embeddings.with_raw_response.create(model="local-embed", input=["first text", "second text", "third"])
+    r = raw.parse()
+    assert raw.headers["x-switchyard-target"] == "local/local-embed" and raw.headers["x-switchyard-tier"] == "local"
+    assert [d.index for d in r.data] == [0, 1, 2]
+    for d in r.data:
+        assert len(d.embedding) == 384
+        assert abs(sum(x * x for x in d.embedding) - 1.0) < 1e-3
+    assert r.model == "local-embed"
+    assert r.usage.prompt_tokens == r.usage.total_tokens >= 6
+    record = accounting_record(gateway, raw.headers["x-request-id"])
+    assert record["target"] == "local/local-embed" and int(record["prompt_tokens"]) == r.usage.prompt_tokens
+
+
+def test_auto_uses_the_local_model_and_batches_equal_single_inputs(client):
+    texts = ["The cat sat on the mat.", "Stock markets fell sharply today.", "How do I bake bread?"]
+    batch = client.embeddings.create(model="auto", input=texts).data
+    for text, item in zip(texts, batch):
+        alone = client.embeddings.create(model="auto", input=text).data[0].embedding
+        assert max(abs(a - b) for a, b in zip(alone, item.embedding)) < 1e-3
+
+
+def test_paraphrases_are_closer_than_unrelated_pairs(client):
+    pairs = [
+        ("How do I reset my password?", "I forgot my password, how can I change it?", "The tide comes in twice a day."),
+        ("The weather is lovely today.", "It is a beautiful sunny day.", "Quarterly revenue grew by ten percent."),
+        ("A man is playing the guitar.", "Someone strums a guitar.", "The recipe needs two eggs."),
+        ("Where is the train station?", "How do I get to the railway station?", "Photosynthesis happens in leaves."),
+    ]
+    for anchor, paraphrase, unrelated in pairs:
+        a, p, u = (d.embedding for d in client.embeddings.create(model="local-embed", input=[anchor, paraphrase, unrelated]).data)
+        assert cosine(a, p) > cosine(a, u) + 0.2, (anchor, cosine(a, p), cosine(a, u))
+
+
+def test_base64_encoding_decodes_to_the_float_vector(gateway):
+    body = {"model": "local-embed", "input": "base64 please"}
+    floats = httpx.post(f"{gateway.v1}/embeddings", json=body, timeout=30).json()["data"][0]["embedding"]
+    b64 = httpx.post(f"{gateway.v1}/embeddings", json={**body, "encoding_format": "base64"}, timeout=30).json()["data"][0]["embedding"]
+    decoded = struct.unpack(f"<{len(floats)}f", base64.b64decode(b64))
+    assert max(abs(a - b) for a, b in zip(decoded, floats)) < 1e-6
+
+
+def test_dimensions_only_as_the_model_has_them(client):
+    assert len(client.embeddings.create(model="local-embed", input="x", dimensions=384).data[0].embedding) == 384
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="local-embed", input="x", dimensions=64)
+    assert e.value.body["param"] == "dimensions"
+
+
+def test_provider_embeddings_pass_through(gateway, client, fake_provider, schemas):
+    wire = httpx.post(f"{gateway.v1}/embeddings", json={"model": "fake/embed", "input": ["alpha", "beta"], "dimensions": 8}, timeout=30)
+    schemas.validate("CreateEmbeddingResponse", wire.json())
+    assert wire.headers["x-switchyard-target"] == "fake/embed" and wire.json()["model"] == "fake/embed"
+    assert fake_requests(fake_provider)[-1] == {"model": "embed", "input": ["alpha", "beta"], "dimensions": 8}
+    r = client.embeddings.create(model="fake/embed", input=["alpha", "beta"])
+    assert len(r.data) == 2 and r.data[0].embedding == wire.json()["data"][0]["embedding"]
+    assert fake_requests(fake_provider)[-1]["encoding_format"] == "base64"
+
+
+@pytest.mark.parametrize("headers,text", [
+    ({}, "Contact jane.doe@example.com about the invoice"),
+    ({"x-switchyard-tags": "confidential"}, "quarterly plan"),
+])
+def test_privacy_tagged_input_never_reaches_a_remote_model(gateway, fake_provider, headers, text):
+    before = len(fake_requests(fake_provider))
+    r = httpx.post(f"{gateway.v1}/embeddings", json={"model": "fake/embed", "input": [text]}, headers=headers, timeout=30)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "policy_violation"
+    assert len(fake_requests(fake_provider)) == before
+    # The local model embeds it.
+    local = httpx.post(f"{gateway.v1}/embeddings", json={"model": "auto", "input": [text]}, headers=headers, timeout=30)
+    assert local.status_code == 200 and len(local.json()["data"][0]["embedding"]) == 384
+    assert len(fake_requests(fake_provider)) == before
+
+
+def test_token_id_input_cannot_be_scanned_so_it_stays_home(gateway, fake_provider):
+    before = len(fake_requests(fake_provider))
+    r = httpx.post(f"{gateway.v1}/embeddings", json={"model": "fake/embed", "input": [[1, 2, 3]]}, timeout=30)
+    assert r.status_code == 403
+    assert len(fake_requests(fake_provider)) == before
+
+
+@pytest.mark.parametrize("body,status,param", [
+    ({"model": "local-embed"}, 400, "input"),
+    ({"model": "local-embed", "input": []}, 400, "input"),
+    ({"model": "local-embed", "input": ["ok", ""]}, 400, "input"),
+    ({"model": "local-embed", "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
+    ({"model": "local-embed", "input": " ".join(["word"] * 2000)}, 400, "input"),
+    ({"model": "nope", "input": "x"}, 404, "model"),
+])
+def test_bad_embedding_requests_get_openai_errors(gateway, body, status, param):
+    r = httpx.post(f"{gateway.v1}/embeddings", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_models_list_the_embedding_model(client):
+    assert "local-embed" in {m.id for m in client.models.list().data}
