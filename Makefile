@@ -88,6 +88,15 @@ $(VENV)/.installed: tests/python/requirements.txt
 
 python-deps: $(VENV)/.installed
 
+## The official openai Node SDK for the client matrix (tests/node), installed from its lock file
+## when node_modules is missing or older than package-lock.json.
+.PHONY: node-deps
+node-deps:
+	@if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/node/node_modules/.package-lock.json ]; then \
+	  command -v npm >/dev/null || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }; \
+	  npm ci --prefix tests/node --no-audit --no-fund; \
+	fi
+
 ## Redis on 127.0.0.1:6379, started if it does not answer.
 redis:
 	@if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then \
@@ -104,7 +113,7 @@ promtool:
 chromium:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
-test: model build python-deps redis promtool chromium
+test: model build python-deps node-deps redis promtool chromium
 	cargo test --release --workspace --locked -- --test-threads=$(CARGO_TEST_THREADS)
 	$(PYTHON) -m pytest tests/python -q
 

@@ -101,7 +101,7 @@ def test_previous_response_id_continues_the_conversation_without_old_instruction
     second = client.responses.create(model="fake/echo", input="beta", previous_response_id=first.id, instructions="second")
     assert second.output_text == "echo: beta"
     assert second.previous_response_id == first.id
-    sent = [b for b in fake_requests(fake_provider) if any(f"alpha {word}" in str(m.get("content")) for m in b["messages"])][-1]
+    sent = [b for b in fake_requests(fake_provider) if any(f"alpha {word}" in str(m.get("content")) for m in b.get("messages", []))][-1]
     assert [(m["role"], m["content"]) for m in sent["messages"]] == [
         ("system", "second"), ("user", f"alpha {word}"), ("assistant", f"echo: alpha {word}"), ("user", "beta")]
 
@@ -204,7 +204,7 @@ def test_a_conversation_continues_on_another_replica_sharing_redis(tmp_path, fak
         first_id = events[-1][1]["response"]["id"]
         second = client_for(b).responses.create(model="auto", input="two", previous_response_id=first_id)
         assert second.output_text == "echo: two"
-        sent = [r for r in fake_requests(fake_provider) if any(f"one {word}" in str(m.get("content")) for m in r["messages"])][-1]
+        sent = [r for r in fake_requests(fake_provider) if any(f"one {word}" in str(m.get("content")) for m in r.get("messages", []))][-1]
         assert [m["content"] for m in sent["messages"]] == [f"one {word}", f"echo: one {word}", "two"]
         assert client_for(a).responses.retrieve(second.id).output_text == "echo: two"
         assert private_redis.cli("--scan", "--pattern", f"switchyard:response:default:{first_id}") != ""
