@@ -14,7 +14,7 @@ export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 
-.PHONY: run test build model embedding-model system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
+.PHONY: run test build model embedding-model bench-structured system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -116,6 +116,10 @@ chromium:
 test: model build python-deps node-deps redis promtool chromium
 	cargo test --release --workspace --locked -- --test-threads=$(CARGO_TEST_THREADS)
 	$(PYTHON) -m pytest tests/python -q
+
+## Decode rate with grammar-constrained structured output vs plain text (local model).
+bench-structured: model build python-deps
+	$(PYTHON) bench/structured_output.py
 
 ## Single-stream prefill/decode tok/s: the engine alone next to through the gateway.
 bench: model build

@@ -4,9 +4,11 @@
 //! Every instance the grammar allows is valid under the schema, and every one is short enough to
 //! finish: strings, arrays and free-form objects are bounded (`maxLength` / `maxItems` /
 //! [`Bounds`] when the schema sets none), numbers have at most 12 integer and 6 fraction digits,
-//! whitespace is at most one space. Objects with `properties` are generated with **all** their
-//! properties, in the schema's order (always valid: `required` is a subset; strict mode asks for
-//! exactly that), and no others.
+//! whitespace is one space or a newline and at most 16 spaces (the indentation models like to
+//! write: a grammar that refuses the token the model wants costs a full-vocabulary pass, see
+//! `sampling.rs`). Objects with `properties` are generated with **all** their properties, in the
+//! schema's order (always valid: `required` is a subset; strict mode asks for exactly that), and
+//! no others.
 //!
 //! Supported: `type` (one or a list), `properties`, `required`, `additionalProperties`, `items`,
 //! `prefixItems`, `minItems`/`maxItems`, `minLength`/`maxLength`, `enum`, `const`, `anyOf`,
@@ -129,7 +131,7 @@ fn as_u32(v: Option<&Value>) -> Option<u32> {
 
 impl Builder<'_> {
     fn finish(mut self) -> String {
-        self.rules.insert("ws".into(), "\" \"?".into());
+        self.rules.insert("ws".into(), "(\" \" | \"\\n\" \" \"{0,16})?".into());
         self.rules.insert("char".into(), "[^\"\\\\\\x7F\\x00-\\x1F] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4})".into());
         self.rules.insert("boolean".into(), "\"true\" | \"false\"".into());
         self.rules.insert("null".into(), "\"null\"".into());

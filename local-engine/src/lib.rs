@@ -12,6 +12,7 @@ mod error;
 mod host_cache;
 mod load;
 mod prefix_cache;
+mod sampling;
 mod scheduler;
 mod stats;
 mod template;

@@ -2,8 +2,6 @@
 //! and chunks of the prompts being prefilled. Requests join at the next step and leave as soon as
 //! they finish; each sequence has its own KV sequence id, sampler, stop strings and limits.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -15,7 +13,6 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, warn};
@@ -23,8 +20,9 @@ use tracing::{debug, error, warn};
 use crate::engine::{Job, Message};
 use crate::host_cache::HostCache;
 use crate::prefix_cache::{Plan, SlotTable, Source};
+use crate::sampling::SequenceSampler;
 use crate::text::TextAssembler;
-use crate::{ChatTemplate, Confidence, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, SamplingParams};
+use crate::{ChatTemplate, Confidence, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest};
 
 /// Most tokens decoded in one step (llama.cpp's `n_batch`).
 const STEP_TOKENS: usize = 512;
@@ -52,7 +50,7 @@ struct Sequence {
     generated: Vec<LlamaToken>,
     /// Sampled but not yet decoded.
     pending: Option<LlamaToken>,
-    sampler: LlamaSampler,
+    sampler: SequenceSampler,
     assembler: TextAssembler,
     completion_tokens: u32,
     max_tokens: u32,
@@ -183,7 +181,7 @@ impl<'m> Scheduler<'m> {
                 self.stats.cancelled_total.fetch_add(1, Relaxed);
                 continue;
             }
-            let prepared = self.prepare(&job.request).and_then(|(prompt, max)| Ok((prompt, max, sampler_for(self.model, &job.request.sampling)?)));
+            let prepared = self.prepare(&job.request).and_then(|(prompt, max)| Ok((prompt, max, SequenceSampler::new(self.model, &job.request.sampling)?)));
             let (prompt, max_tokens, sampler) = match prepared {
                 Ok(prepared) => prepared,
                 Err(err) => {
@@ -246,7 +244,7 @@ impl<'m> Scheduler<'m> {
     }
 
     /// Carries out `plan` on the KV cache and starts the sequence.
-    fn start_sequence(&mut self, job: Job, prompt: Vec<LlamaToken>, max_tokens: u32, sampler: LlamaSampler, plan: &Plan) {
+    fn start_sequence(&mut self, job: Job, prompt: Vec<LlamaToken>, max_tokens: u32, sampler: SequenceSampler, plan: &Plan) {
         let seq_id = plan.seq_id;
         let from_slots = match plan.source {
             Source::Fresh => 0,
@@ -299,7 +297,7 @@ impl<'m> Scheduler<'m> {
     }
 
     /// Takes the slot and starts the sequence with `reused` prompt tokens already in its KV.
-    fn admit_sequence(&mut self, job: Job, prompt: Vec<LlamaToken>, max_tokens: u32, sampler: LlamaSampler, plan: &Plan, reused: usize) {
+    fn admit_sequence(&mut self, job: Job, prompt: Vec<LlamaToken>, max_tokens: u32, sampler: SequenceSampler, plan: &Plan, reused: usize) {
         let seq_id = plan.seq_id;
         self.slots.take(plan);
         if reused > 0 {
@@ -586,37 +584,6 @@ fn token_logprob(logits: &[f32], token: i32) -> f32 {
     #[allow(clippy::cast_possible_truncation)]
     let log_sum = sum.ln() as f32;
     chosen - max - log_sum
-}
-
-/// The sequence's sampler: its grammar first (masking what it forbids), then greedy or
-/// top-p/temperature/seeded sampling.
-fn sampler_for(model: &LlamaModel, params: &SamplingParams) -> Result<LlamaSampler, EngineError> {
-    let grammar = match &params.grammar {
-        Some(text) => Some(LlamaSampler::grammar(model, text, "root").map_err(|e| EngineError::Grammar { reason: e.to_string() })?),
-        None => None,
-    };
-    let sampling = sampling_for(params);
-    Ok(match grammar {
-        Some(grammar) => LlamaSampler::chain_simple([grammar, sampling]),
-        None => sampling,
-    })
-}
-
-fn sampling_for(params: &SamplingParams) -> LlamaSampler {
-    if params.temperature <= 0.0 {
-        return LlamaSampler::greedy();
-    }
-    let seed = params.seed.unwrap_or_else(|| RandomState::new().build_hasher().finish());
-    // llama.cpp seeds are 32-bit: fold the 64-bit seed so every bit matters.
-    #[allow(clippy::cast_possible_truncation)]
-    let seed = (seed ^ (seed >> 32)) as u32;
-    let mut chain = Vec::with_capacity(3);
-    if params.top_p < 1.0 {
-        chain.push(LlamaSampler::top_p(params.top_p, 1));
-    }
-    chain.push(LlamaSampler::temp(params.temperature));
-    chain.push(LlamaSampler::dist(seed));
-    LlamaSampler::chain_simple(chain)
 }
 
 #[cfg(test)]

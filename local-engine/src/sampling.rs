@@ -1,0 +1,82 @@
+//! One sequence's sampler: greedy or top-p/temperature/seeded sampling, and, for structured
+//! output, a grammar.
+//!
+//! The grammar is checked *after* sampling, not before: masking the whole vocabulary with a
+//! grammar every step costs more than the decode of a small model (single stream 147 → 63 tok/s
+//! measured), while the token the model wants is almost always allowed. So the token is sampled
+//! from the plain distribution and the grammar asked about that one token; only when it refuses
+//! is the grammar applied to every candidate and the token sampled again from what is left —
+//! the same distribution as masking first (llama.cpp's own common sampler does the same).
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::{EngineError, SamplingParams};
+
+/// Samples one sequence's tokens.
+pub(crate) struct SequenceSampler {
+    sampling: LlamaSampler,
+    grammar: Option<LlamaSampler>,
+}
+
+impl SequenceSampler {
+    /// The sampler for `params`; a grammar llama.cpp refuses is an error.
+    pub(crate) fn new(model: &LlamaModel, params: &SamplingParams) -> Result<Self, EngineError> {
+        let grammar = match &params.grammar {
+            Some(text) => Some(LlamaSampler::grammar(model, text, "root").map_err(|e| EngineError::Grammar { reason: e.to_string() })?),
+            None => None,
+        };
+        Ok(Self { sampling: plain(params), grammar })
+    }
+
+    /// Samples (and accepts) the next token from the logits at `idx` of the last batch.
+    pub(crate) fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> LlamaToken {
+        let Some(grammar) = self.grammar.as_mut() else { return self.sampling.sample(ctx, idx) };
+        let mut candidates = ctx.token_data_array_ith(idx);
+        candidates.apply_sampler(&mut self.sampling);
+        let wanted = candidates.selected_token();
+        let allowed = wanted.is_some_and(|token| {
+            let mut single = LlamaTokenDataArray::new(vec![LlamaTokenData::new(token, 1.0, 0.0)], false);
+            single.apply_sampler(grammar);
+            single.data.first().is_some_and(|d| d.logit().is_finite())
+        });
+        let token = match wanted {
+            Some(token) if allowed => token,
+            _ => {
+                let mut candidates = ctx.token_data_array_ith(idx);
+                candidates.apply_sampler(grammar);
+                candidates.apply_sampler(&mut self.sampling);
+                // The grammar always allows something (at least end of generation once complete).
+                candidates.selected_token().unwrap_or(LlamaToken(0))
+            }
+        };
+        grammar.accept(token);
+        self.sampling.accept(token);
+        token
+    }
+}
+
+/// Greedy at temperature 0, else top-p (when below 1), temperature and a seeded draw.
+fn plain(params: &SamplingParams) -> LlamaSampler {
+    if params.temperature <= 0.0 {
+        return LlamaSampler::greedy();
+    }
+    let seed = params.seed.unwrap_or_else(|| RandomState::new().build_hasher().finish());
+    // llama.cpp seeds are 32-bit: fold the 64-bit seed so every bit matters.
+    #[allow(clippy::cast_possible_truncation)]
+    let seed = (seed ^ (seed >> 32)) as u32;
+    let mut chain = Vec::with_capacity(3);
+    if params.top_p < 1.0 {
+        chain.push(LlamaSampler::top_p(params.top_p, 1));
+    }
+    chain.push(LlamaSampler::temp(params.temperature));
+    chain.push(LlamaSampler::dist(seed));
+    LlamaSampler::chain_simple(chain)
+}
