@@ -183,6 +183,27 @@ fn chat_part(part: &Value, param: &str) -> Result<Value, ApiError> {
     }
 }
 
+/// Chat messages as Responses input items (for a provider that speaks the Responses API):
+/// text messages, `function_call` items for tool calls, `function_call_output` for results.
+pub fn input_items(messages: &[ChatMessage]) -> Vec<Value> {
+    let mut items = Vec::with_capacity(messages.len());
+    for m in messages {
+        let text = m.content.as_ref().and_then(MessageContent::text);
+        if m.role == "tool" {
+            items.push(json!({"type": "function_call_output", "call_id": m.extra.get("tool_call_id").cloned().unwrap_or(Value::Null), "output": text.unwrap_or_default()}));
+            continue;
+        }
+        if let Some(text) = text.filter(|t| !t.is_empty()) {
+            items.push(json!({"role": m.role, "content": text}));
+        }
+        for call in m.extra.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            items.push(json!({"type": "function_call", "call_id": call.get("id").cloned().unwrap_or(Value::Null),
+                "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null), "arguments": call.pointer("/function/arguments").cloned().unwrap_or(Value::Null)}));
+        }
+    }
+    items
+}
+
 /// The chat request for `req`, continuing `history` (an earlier turn's conversation).
 pub fn to_chat(req: &ResponsesRequest, history: &[ChatMessage], input: &[ChatMessage]) -> Result<ChatRequest, ApiError> {
     let mut messages = Vec::with_capacity(history.len() + input.len() + 1);

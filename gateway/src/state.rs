@@ -189,6 +189,18 @@ impl AppState {
         std::time::Duration::from_millis(self.config.server.body_timeout_ms)
     }
 
+    /// True when `target`'s provider speaks the Responses API (`responses_api`), so Responses
+    /// requests routed there are passed through.
+    pub fn speaks_responses(&self, target: &str) -> bool {
+        let Some((provider, _)) = target.split_once('/') else { return false };
+        self.config.providers.iter().any(|p| p.name == provider && p.speaks_responses())
+    }
+
+    /// True when any provider speaks the Responses API.
+    pub fn any_speaks_responses(&self) -> bool {
+        self.config.providers.iter().any(providers::ProviderConfig::speaks_responses)
+    }
+
     /// Targets whose provider's circuit is open: the router skips them.
     pub fn open_circuits(&self) -> Vec<String> {
         self.remotes.values().filter(|r| r.provider.is_open()).flat_map(|r| r.targets.iter().cloned()).collect()

@@ -170,6 +170,20 @@ impl Provider for Guarded {
         self.settle(&result);
         result
     }
+
+    async fn responses(&self, body: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
+        self.admit()?;
+        let result = self.inner.responses(body).await;
+        self.settle(&result);
+        result
+    }
+
+    async fn responses_stream(&self, body: serde_json::Value) -> Result<crate::provider::ResponseEvents, ProviderError> {
+        self.admit()?;
+        let result = self.inner.responses_stream(body).await;
+        self.settle(&result);
+        result
+    }
 }
 
 #[cfg(test)]

@@ -96,6 +96,10 @@ pub struct ProviderConfig {
     pub circuit_open_ms: u64,
     /// Azure only.
     pub api_version: Option<String>,
+    /// Speaks the Responses API (`POST {base}/responses`): Responses requests routed here are
+    /// passed through rather than translated to chat. Default: true for `kind = "openai"`.
+    #[serde(default)]
+    pub responses_api: Option<bool>,
     /// Models served, with prices.
     #[serde(default)]
     pub models: Vec<ModelPrice>,
@@ -126,6 +130,11 @@ const fn default_circuit_open_ms() -> u64 {
 }
 
 impl ProviderConfig {
+    /// True when Responses requests are passed through to this provider.
+    pub fn speaks_responses(&self) -> bool {
+        self.responses_api.unwrap_or(self.kind == ProviderKind::Openai) && self.kind != ProviderKind::Anthropic
+    }
+
     /// Retry settings.
     pub fn retry_policy(&self) -> crate::RetryPolicy {
         crate::RetryPolicy {

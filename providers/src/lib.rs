@@ -19,5 +19,5 @@ pub use error::ProviderError;
 pub use local::LocalProvider;
 pub use openai_compatible::{decode_stream, OpenAiCompatible};
 pub use pool::{Lease, Pool};
-pub use provider::{collect_stream, ChunkStream, Provider};
+pub use provider::{collect_stream, ChunkStream, Provider, ResponseEvents};
 pub use retry::{retryable_status, RetryPolicy};

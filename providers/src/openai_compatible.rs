@@ -401,14 +401,51 @@ impl Provider for OpenAiCompatible {
     }
 
     async fn embeddings(&self, body: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
+        self.json_call(body, Endpoint::Embeddings).await
+    }
+
+    async fn responses(&self, body: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
+        self.json_call(body, Endpoint::Responses).await
+    }
+
+    async fn responses_stream(&self, body: serde_json::Value) -> Result<crate::provider::ResponseEvents, ProviderError> {
         if let Dialect::Anthropic { .. } = self.dialect {
-            return Err(ProviderError::InvalidRequest { message: format!("provider {:?} (Anthropic) has no embeddings endpoint", self.name), param: Some("model".into()) });
+            return Err(ProviderError::InvalidRequest { message: format!("provider {:?} (Anthropic) does not speak the Responses API", self.name), param: Some("model".into()) });
+        }
+        let model = body.get("model").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+        let request_body = bytes::Bytes::from(serde_json::to_vec(&body).map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })?);
+        let (first, rest) = self.with_retries(|| self.open_stream(&model, &request_body, Endpoint::Responses)).await?;
+        let provider = self.name.clone();
+        let events = stream::iter(first.map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms)));
+        Ok(events
+            .take_while(|event| futures::future::ready(!matches!(event, Ok(e) if e.data.trim() == "[DONE]")))
+            .filter_map(move |event| {
+                let upstream = |message: String| ProviderError::Upstream { provider: provider.clone(), status: None, message };
+                let out = match event {
+                    Err(e) => Some(Err(upstream(format!("stream broken: {e}")))),
+                    Ok(e) if e.data.trim().is_empty() => None,
+                    Ok(e) => Some(serde_json::from_str::<serde_json::Value>(&e.data).map_err(|err| upstream(format!("unreadable event: {err}"))).map(|data| {
+                        let kind = if e.event.is_empty() || e.event == "message" { data.get("type").and_then(serde_json::Value::as_str).unwrap_or("message").to_owned() } else { e.event };
+                        (kind, data)
+                    })),
+                };
+                futures::future::ready(out)
+            })
+            .boxed())
+    }
+}
+
+impl OpenAiCompatible {
+    /// One JSON request to `endpoint` (embeddings, responses), answered as the provider sent it.
+    async fn json_call(&self, body: serde_json::Value, endpoint: Endpoint) -> Result<serde_json::Value, ProviderError> {
+        if let Dialect::Anthropic { .. } = self.dialect {
+            return Err(ProviderError::InvalidRequest { message: format!("provider {:?} (Anthropic) has no {} endpoint", self.name, endpoint.path()), param: Some("model".into()) });
         }
         let model = body.get("model").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
         let request_body = bytes::Bytes::from(serde_json::to_vec(&body).map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })?);
         let answer = self
             .with_retries(|| async {
-                let response = self.send_once(&model, &request_body, Endpoint::Embeddings).await?;
+                let response = self.send_once(&model, &request_body, endpoint).await?;
                 match tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes()).await {
                     Err(_) => Err(Failure::fatal(self.timeout())),
                     Ok(Err(e)) => Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None }),
@@ -416,7 +453,7 @@ impl Provider for OpenAiCompatible {
                 }
             })
             .await?;
-        serde_json::from_slice(&answer).map_err(|e| self.upstream(None, format!("unreadable embeddings answer: {e}")))
+        serde_json::from_slice(&answer).map_err(|e| self.upstream(None, format!("unreadable {} answer: {e}", endpoint.path())))
     }
 }
 
@@ -426,6 +463,7 @@ enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    Responses,
 }
 
 impl Endpoint {
@@ -442,6 +480,7 @@ impl Endpoint {
             Self::Chat => "chat/completions",
             Self::Completions => "completions",
             Self::Embeddings => "embeddings",
+            Self::Responses => "responses",
         }
     }
 }

@@ -8,6 +8,9 @@ use crate::ProviderError;
 /// A stream of completion chunks; an `Err` ends it.
 pub type ChunkStream = BoxStream<'static, Result<ChatChunk, ProviderError>>;
 
+/// A Responses-API event stream as the provider sent it: `(event type, data)`; an `Err` ends it.
+pub type ResponseEvents = BoxStream<'static, Result<(String, serde_json::Value), ProviderError>>;
+
 /// Anything that answers a chat request: a remote API or the embedded engine.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -21,6 +24,17 @@ pub trait Provider: Send + Sync {
     async fn embeddings(&self, body: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
         let _ = body;
         Err(ProviderError::InvalidRequest { message: "this provider has no embeddings endpoint".into(), param: Some("model".into()) })
+    }
+    /// `POST /responses` (not streamed), answered as the provider sent it.
+    async fn responses(&self, body: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
+        let _ = body;
+        Err(ProviderError::InvalidRequest { message: "this provider does not speak the Responses API".into(), param: Some("model".into()) })
+    }
+    /// `POST /responses` with `stream: true`: the provider's events. Errors before the first event
+    /// are returned here.
+    async fn responses_stream(&self, body: serde_json::Value) -> Result<ResponseEvents, ProviderError> {
+        let _ = body;
+        Err(ProviderError::InvalidRequest { message: "this provider does not speak the Responses API".into(), param: Some("model".into()) })
     }
 }
 

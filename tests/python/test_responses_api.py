@@ -9,7 +9,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import Gateway, accounting_record, fake_requests, gateway_config, new_virtual_key, remote_only_config
+from conftest import (Gateway, accounting_record, fake_provider_section, fake_requests, gateway_config, new_virtual_key,
+                      remote_only_config)
 
 EVENT_SCHEMAS = {
     "response.created": "ResponseCreatedEvent",
@@ -225,3 +226,52 @@ def test_local_model_answers_a_multi_turn_conversation(tmp_path):
         assert second.usage.input_tokens > alone.usage.input_tokens + 5
     finally:
         gw.stop()
+
+
+@pytest.fixture
+def passthrough_gateway(tmp_path, fake_provider):
+    """A gateway whose provider speaks the Responses API (`responses_api = true`)."""
+    section = fake_provider_section(fake_provider, name="oai", extra_keys="responses_api = true\n")
+    config = f'[server]\nregion = "eu-west"\n\n{section}\n[policy]\nfile = "{{policy}}"\n'
+    gw = Gateway(tmp_path, config, policy='[[rule]]\nname = "all"\nroute = "oai/echo"\n')
+    yield gw
+    gw.stop()
+
+
+def responses_sent(fake_provider):
+    return [r["body"] for r in httpx.get(f"{fake_provider}/control/requests").json() if r["path"] == "/v1/responses"]
+
+
+def test_providers_that_speak_the_responses_api_get_the_request_as_sent(passthrough_gateway, fake_provider, schemas):
+    client = client_for(passthrough_gateway)
+    word = secrets.token_hex(4)
+    raw = client.responses.with_raw_response.create(model="auto", input=f"first {word}", instructions="be kind",
+                                                    metadata={"k": "v"}, reasoning={"effort": "low"})
+    schemas.validate("Response", raw.http_response.json())
+    first = raw.parse()
+    assert raw.headers["x-switchyard-target"] == "oai/echo" and first.output_text == f"echo: first {word}"
+    sent = responses_sent(fake_provider)[-1]
+    # Fields chat has no place for reach the provider as sent; it stores nothing itself.
+    assert sent["model"] == "echo" and sent["input"] == f"first {word}" and sent["reasoning"] == {"effort": "low"}
+    assert sent["store"] is False and sent["metadata"] == {"k": "v"}
+    record = accounting_record(passthrough_gateway, raw.headers["x-request-id"])
+    assert (record["target"], record["prompt_tokens"], record["completion_tokens"]) == ("oai/echo", "9", "4")
+    # The next turn carries the stored conversation as input items.
+    second = client.responses.create(model="auto", input="second", previous_response_id=first.id)
+    assert second.output_text == "echo: second" and second.previous_response_id == first.id
+    sent = responses_sent(fake_provider)[-1]
+    assert "previous_response_id" not in sent
+    assert sent["input"] == [{"role": "user", "content": f"first {word}"}, {"role": "assistant", "content": f"echo: first {word}"},
+                             {"role": "user", "content": "second"}]
+    assert client.responses.retrieve(second.id).output_text == "echo: second"
+
+
+def test_passed_through_streams_keep_the_providers_events_and_are_stored(passthrough_gateway, fake_provider):
+    events = raw_events(passthrough_gateway, {"model": "auto", "input": "one two"})
+    names = [n for n, _ in events]
+    assert names == ["response.created"] + ["response.output_text.delta"] * 3 + ["response.completed"]
+    assert "".join(d["delta"] for n, d in events if n.endswith(".delta")) == "echo: one two"
+    final = events[-1][1]["response"]
+    assert final["store"] is True
+    assert client_for(passthrough_gateway).responses.retrieve(final["id"]).output_text == "echo: one two"
+    assert responses_sent(fake_provider)[-1]["stream"] is True

@@ -102,6 +102,11 @@ impl Exchange {
         self.record.as_mut()
     }
 
+    /// Takes the record, for a stream that writes it when it ends.
+    pub fn take_record(&mut self) -> Option<PendingRecord> {
+        self.record.take()
+    }
+
     /// Admission for a request that is not a chat (no re-routing when over budget): an in-flight
     /// slot, the rate limits and the worst-case reservation, all released when the record is
     /// written.
@@ -613,7 +618,8 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
-fn set_route_headers(headers: &mut HeaderMap, decision: &Decision, target: &str) {
+/// The `x-switchyard-*` route headers of an answer from `target` under `decision`.
+pub fn set_route_headers(headers: &mut HeaderMap, decision: &Decision, target: &str) {
     insert(headers, "x-switchyard-rule", &decision.rule);
     insert(headers, "x-switchyard-target", target);
     // A fallback may serve from another tier than the decision's; provider names never are "local".

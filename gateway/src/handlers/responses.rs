@@ -12,14 +12,17 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{self, Stream, StreamExt};
-use providers::wire::ChatMessage;
+use providers::wire::{ChatMessage, Usage};
 use providers::ChunkStream;
-use router::TenantProfile;
+use router::{Decision, TenantProfile};
 use serde_json::{json, Value};
 
 use crate::chat_request::validate_chat_request;
 use crate::error::ApiError;
-use crate::handlers::chat::{serve_chat, Exchange, ServedBody};
+use crate::accounting::{estimate_tokens, PendingRecord};
+use crate::budgets::usd_to_nanos;
+use crate::dispatch::{plan, provider_for};
+use crate::handlers::chat::{serve_chat, set_route_headers, Exchange, ServedBody};
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
 use crate::responses::{self, Envelope, EventWriter, StoredResponse};
@@ -45,6 +48,16 @@ pub async fn create(
         let input = responses::input_messages(&req)?;
         let chat = responses::to_chat(&req, &history, &input)?;
         validate_chat_request(&chat)?;
+        // Providers that speak the Responses API get the request as it is (tools, reasoning and
+        // models only that API serves), unless it must be redacted on the way.
+        if state.any_speaks_responses() {
+            let decision = plan(&state, &chat, &headers, &tenant, false)?;
+            if let Some(target) = passthrough_target(&state, &decision) {
+                let body: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: None })?;
+                let turn = Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), history, input };
+                return passthrough(&state, &ctx, &tenant, &mut exchange, &req, body, turn, &decision, &target).await;
+            }
+        }
         let created_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut envelope = Envelope::new(&req, format!("resp_{}", uuid::Uuid::new_v4().simple()), created_at);
         let keep = req.wants_store().then(|| Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), history, input });
@@ -64,6 +77,161 @@ pub async fn create(
     }
     .await;
     exchange.finish(result)
+}
+
+/// The target to pass a Responses request through to, if its decision allows: a provider that
+/// speaks the API, no cascade, and nothing to redact.
+fn passthrough_target(state: &AppState, decision: &Decision) -> Option<String> {
+    let target = decision.target.as_str();
+    let eligible = decision.violation.is_none()
+        && decision.cascade.is_none()
+        && (!decision.redact || decision.privacy.pii.is_empty())
+        && state.speaks_responses(target);
+    eligible.then(|| target.to_owned())
+}
+
+/// Output-token bound reserved for a passed-through request without `max_output_tokens`.
+const PASSTHROUGH_DEFAULT_MAX_OUTPUT: u64 = 4096;
+
+/// Sends the client's Responses request to `target`'s own Responses endpoint: the stored
+/// conversation goes along as input items (the provider stores nothing, `store: false`), the
+/// answer and events come back as the provider wrote them, and the turn is stored here.
+#[allow(clippy::too_many_arguments)]
+async fn passthrough(
+    state: &Arc<AppState>,
+    ctx: &RequestCtx,
+    tenant: &TenantProfile,
+    exchange: &mut Exchange,
+    req: &responses::ResponsesRequest,
+    mut body: Value,
+    turn: Keep,
+    decision: &Decision,
+    target: &str,
+) -> Result<Response, ApiError> {
+    let (provider, model) = provider_for(state, target)?;
+    let prompt_chars: usize = turn.history.iter().chain(&turn.input).filter_map(|m| m.content.as_ref()?.text()).map(|t| t.chars().count()).sum::<usize>()
+        + req.instructions.as_ref().map_or(0, |i| i.chars().count());
+    let prompt_tokens = estimate_tokens(prompt_chars);
+    if let Some(record) = exchange.record() {
+        record.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
+    }
+    let max_output = req.max_output_tokens.map_or(PASSTHROUGH_DEFAULT_MAX_OUTPUT, u64::from);
+    let reserve = usd_to_nanos((state.pricer)(target, &Usage::new(prompt_tokens, max_output)));
+    exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true).await?;
+    if let Value::Object(fields) = &mut body {
+        fields.insert("model".into(), Value::String(model));
+        fields.remove("previous_response_id");
+        fields.insert("store".into(), Value::Bool(false));
+        if !turn.history.is_empty() {
+            let mut items = responses::input_items(&turn.history);
+            match fields.remove("input") {
+                Some(Value::String(text)) => items.push(json!({"role": "user", "content": text})),
+                Some(Value::Array(more)) => items.extend(more),
+                _ => {}
+            }
+            fields.insert("input".into(), Value::Array(items));
+        }
+    }
+    let mut headers = HeaderMap::new();
+    set_route_headers(&mut headers, decision, target);
+    let keep = req.wants_store().then_some(turn);
+    let echo = (req.previous_response_id.clone(), req.wants_store());
+    if req.is_stream() {
+        let events = provider.responses_stream(body).await.inspect_err(|_| state.ledger.upstream_failed(target, "upstream"))?;
+        let mut record = exchange.take_record();
+        if let Some(r) = record.as_mut() {
+            r.served_by(target, false);
+            r.status(200);
+        }
+        let mut http = Sse::new(passthrough_events(events, record, keep, echo)).into_response();
+        http.headers_mut().extend(headers);
+        return Ok(http);
+    }
+    let mut response = provider.responses(body).await.inspect_err(|_| state.ledger.upstream_failed(target, "upstream"))?;
+    patch_echo(&mut response, &echo);
+    let mut cost = 0.0;
+    if let Some(record) = exchange.record() {
+        record.served_by(target, false);
+        record.usage(response_usage(&response).as_ref());
+        record.status(200);
+        cost = record.cost_usd();
+    }
+    if let (Some(keep), Some(id)) = (keep, response.get("id").and_then(Value::as_str).map(str::to_owned)) {
+        keep.store(&id, &response).await;
+    }
+    let mut http = Json(response).into_response();
+    http.headers_mut().extend(headers);
+    if let Ok(value) = axum::http::HeaderValue::from_str(&cost.to_string()) {
+        http.headers_mut().insert("x-switchyard-cost-usd", value);
+    }
+    Ok(http)
+}
+
+/// The client's own `previous_response_id` and `store`, written back over what the provider saw.
+fn patch_echo(response: &mut Value, (previous, store): &(Option<String>, bool)) {
+    if let Value::Object(fields) = response {
+        fields.insert("previous_response_id".into(), previous.clone().map_or(Value::Null, Value::String));
+        fields.insert("store".into(), Value::Bool(*store));
+    }
+}
+
+/// Chat usage from a `response` object's `usage`.
+fn response_usage(response: &Value) -> Option<Usage> {
+    let usage = response.get("usage")?;
+    let mut out = Usage::new(usage.get("input_tokens")?.as_u64()?, usage.get("output_tokens")?.as_u64()?);
+    if let Some(cached) = usage.pointer("/input_tokens_details/cached_tokens").and_then(Value::as_u64) {
+        out.extra.insert("prompt_tokens_details".into(), json!({"cached_tokens": cached}));
+    }
+    Some(out)
+}
+
+/// The provider's events, passed on; the final response (`response.completed` or
+/// `.incomplete`) is accounted and stored before it is sent. A broken stream ends with an
+/// `error` event.
+fn passthrough_events(
+    events: providers::ResponseEvents,
+    record: Option<PendingRecord>,
+    keep: Option<Keep>,
+    echo: (Option<String>, bool),
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    struct Pump {
+        events: providers::ResponseEvents,
+        record: Option<PendingRecord>,
+        keep: Option<Keep>,
+        echo: (Option<String>, bool),
+        done: bool,
+    }
+    stream::unfold(Pump { events, record, keep, echo, done: false }, |mut p| async move {
+        if p.done {
+            return None;
+        }
+        let event = match p.events.next().await {
+            None => return None,
+            Some(Ok((kind, mut data))) => {
+                if let Some(response) = data.get_mut("response").filter(|_| kind == "response.completed" || kind == "response.incomplete") {
+                    patch_echo(response, &p.echo);
+                    if let Some(r) = p.record.as_mut() {
+                        r.usage(response_usage(response).as_ref());
+                    }
+                    if let (Some(keep), Some(id)) = (p.keep.take(), response.get("id").and_then(Value::as_str).map(str::to_owned)) {
+                        keep.store(&id, response).await;
+                    }
+                }
+                Event::default().event(kind).data(data.to_string())
+            }
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "passed-through response stream failed");
+                if let Some(r) = p.record.as_mut() {
+                    r.upstream_failed("upstream");
+                }
+                p.done = true;
+                let body = ApiError::from(err).body();
+                let data = json!({"type": "error", "code": body.error.code, "message": body.error.message, "param": null});
+                Event::default().event("error").data(data.to_string())
+            }
+        };
+        Some((Ok(event), p))
+    })
 }
 
 /// The stored response `id`, if this tenant stored it.

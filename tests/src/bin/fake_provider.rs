@@ -36,6 +36,8 @@
 //! the last user text, or with tools defined and the model `tool`, calls the first tool with
 //! `{"city": "Paris"}`; streams use Anthropic's events, tool input in `input_json_delta` pieces.
 //!
+//! `POST /v1/responses` answers `echo: <last input>` as a Responses-API response or events.
+//!
 //! `POST /v1/embeddings` answers 8-dimensional vectors derived from each input's bytes.
 //!
 //! Legacy `POST /v1/completions` answers `echo: <prompt>` as a `text_completion`.
@@ -332,6 +334,49 @@ async fn embeddings(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body
     Json(json!({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})).into_response()
 }
 
+/// `POST /v1/responses`: answers `echo: <text of the last input item>` as a `response` object
+/// (streamed: `response.created`, one `response.output_text.delta` per word, `response.completed`).
+/// Refuses `previous_response_id` (the gateway keeps conversations) and `store: true`.
+async fn responses(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    fake.requests.lock().expect("lock").push(json!({"path": "/v1/responses", "body": body, "authorization": header(&headers, "authorization"), "api_key": header(&headers, "api-key")}));
+    if body.get("previous_response_id").is_some() || body["store"] != json!(false) {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "expected store: false and no previous_response_id", "type": "invalid_request_error", "param": null, "code": null}}))).into_response();
+    }
+    let last = match &body["input"] {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.last().map(|i| match &i["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+            _ => i["output"].as_str().unwrap_or_default().to_owned(),
+        }).unwrap_or_default(),
+        _ => String::new(),
+    };
+    let text = format!("echo: {last}");
+    let model = body["model"].clone();
+    let response = |status: &str, text: &str| json!({"id": "resp_fake", "object": "response", "created_at": 1_700_000_000, "status": status, "error": null,
+        "incomplete_details": null, "instructions": body["instructions"], "model": model, "parallel_tool_calls": true, "metadata": {}, "tool_choice": "auto",
+        "tools": [], "temperature": 1.0, "top_p": 1.0, "store": false,
+        "output": if status == "completed" { json!([{"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}]) } else { json!([]) },
+        "usage": {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens": 4, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 13}});
+    if !body["stream"].as_bool().unwrap_or(false) {
+        return Json(response("completed", &text)).into_response();
+    }
+    let event = |kind: &str, mut data: Value, seq: usize| {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(seq);
+        Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))
+    };
+    let mut events = vec![event("response.created", json!({"response": response("in_progress", "")}), 0)];
+    for (i, word) in text.split(' ').enumerate() {
+        let delta = if i == 0 { word.to_owned() } else { format!(" {word}") };
+        events.push(event("response.output_text.delta", json!({"item_id": "msg_fake", "output_index": 0, "content_index": 0, "delta": delta, "logprobs": []}), i + 1));
+    }
+    let n = events.len();
+    events.push(event("response.completed", json!({"response": response("completed", &text)}), n));
+    let body = Body::from_stream(futures::stream::iter(events.into_iter().map(Ok::<_, std::io::Error>)));
+    Response::builder().header("content-type", "text/event-stream").body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
 /// The `tool` model's answer when tools are defined: a call of the first tool with
 /// `{"city": "Paris"}` (streamed: the arguments in two pieces).
 fn tool_call(model: &str, name: &str, stream: bool, include_usage: bool) -> Response {
@@ -571,6 +616,7 @@ async fn main() -> std::io::Result<()> {
         .route("/v1/messages", post(messages))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
         .route("/control/faults", post(faults))
         .route("/control/chaos", post(chaos))
         .route("/control/release", post(release))
