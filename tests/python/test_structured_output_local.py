@@ -164,3 +164,29 @@ def test_schemas_the_grammar_cannot_enforce_are_refused(local, schema, param):
     assert r.status_code == 400
     assert r.json()["error"]["param"] == param
     assert "not supported" in r.json()["error"]["message"]
+
+
+def test_sdk_chat_stream_helper_parses_the_final_structured_answer(local):
+    client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+    with client.chat.completions.stream(model="auto", messages=[{"role": "user", "content": "Invent a person."}],
+                                        response_format=Person, max_tokens=300) as stream:
+        deltas = [e.delta for e in stream if e.type == "content.delta"]
+        final = stream.get_final_completion()
+    assert "".join(deltas) == final.choices[0].message.content
+    assert isinstance(final.choices[0].message.parsed, Person)
+
+
+def test_sdk_async_client_streams_tool_call_arguments(local):
+    import asyncio
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+        async with client.chat.completions.stream(model="auto", messages=[{"role": "user", "content": "Weather in Rome?"}],
+                                                  tools=WEATHER, tool_choice="required", max_tokens=100) as stream:
+            done = [e async for e in stream if e.type == "tool_calls.function.arguments.done"]
+            final = await stream.get_final_completion()
+        return done, final
+
+    done, final = asyncio.run(run())
+    assert len(done) == 1 and done[0].name == "get_weather"
+    assert json.loads(done[0].arguments) == json.loads(final.choices[0].message.tool_calls[0].function.arguments)
