@@ -37,6 +37,16 @@ pub fn inspect(req: &ChatRequest) -> Inspection {
     out
 }
 
+/// True when any string anywhere in `value` (keys aside) holds PII.
+pub fn any_pii(value: &Value) -> bool {
+    match value {
+        Value::String(s) => !router::pii_scanner().scan(s).is_empty(),
+        Value::Array(items) => items.iter().any(any_pii),
+        Value::Object(fields) => fields.values().any(any_pii),
+        _ => false,
+    }
+}
+
 /// Scans plain texts (embedding inputs) like message text; `None` (token ids) is unscannable.
 pub fn inspect_texts(texts: Option<&[String]>) -> Inspection {
     let mut out = Inspection::default();

@@ -275,3 +275,12 @@ def test_passed_through_streams_keep_the_providers_events_and_are_stored(passthr
     assert final["store"] is True
     assert client_for(passthrough_gateway).responses.retrieve(final["id"]).output_text == "echo: one two"
     assert responses_sent(fake_provider)[-1]["stream"] is True
+
+
+def test_pii_outside_the_conversation_keeps_the_request_off_the_passthrough(passthrough_gateway, fake_provider):
+    before = len(responses_sent(fake_provider))
+    r = client_for(passthrough_gateway).responses.create(model="auto", input="hello", metadata={"owner": "jane.doe@example.com"})
+    assert r.output_text == "echo: hello"
+    # Answered through the chat translation, which does not forward metadata.
+    assert len(responses_sent(fake_provider)) == before
+    assert "jane.doe@example.com" not in str(fake_requests(fake_provider)[-1])

@@ -25,6 +25,7 @@ use crate::dispatch::{plan, provider_for};
 use crate::handlers::chat::{serve_chat, set_route_headers, Exchange, ServedBody};
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
+use crate::privacy;
 use crate::responses::{self, Envelope, EventWriter, StoredResponse};
 use crate::state::AppState;
 
@@ -52,8 +53,10 @@ pub async fn create(
         // models only that API serves), unless it must be redacted on the way.
         if state.any_speaks_responses() {
             let decision = plan(&state, &chat, &headers, &tenant, false)?;
-            if let Some(target) = passthrough_target(&state, &decision) {
-                let body: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: None })?;
+            let body: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: None })?;
+            // The body goes out whole: PII anywhere in it (metadata, tool descriptions…) that the
+            // chat view did not see keeps the request on the chat path, which drops those fields.
+            if let Some(target) = passthrough_target(&state, &decision).filter(|_| !privacy::any_pii(&body)) {
                 let turn = Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), history, input };
                 return passthrough(&state, &ctx, &tenant, &mut exchange, &req, body, turn, &decision, &target).await;
             }
