@@ -243,6 +243,14 @@ impl PendingRecord {
         }
     }
 
+    /// A piece of streamed output text in another API's shape (Responses events passed through).
+    pub fn text_delta(&mut self, text: &str) {
+        if self.record.ttft_ms.is_none() {
+            self.record.ttft_ms = Some(millis(self.started));
+        }
+        self.completion_chars += text.chars().count();
+    }
+
     /// The upstream failed after the stream had started.
     pub fn upstream_failed(&mut self, kind: &'static str) {
         self.failed_mid_stream = Some(kind);

@@ -1,6 +1,6 @@
 //! Stored Responses-API responses (`store: true`, the default): what `GET /v1/responses/{id}` and
 //! `previous_response_id` read. Kept per tenant — a key names the tenant, so one tenant can never
-//! read or continue another's — in this process (`moka`, bounded) and, with `[redis]`, in Redis
+//! read, continue or delete another's — in this process (`moka`, bounded) and, with `[redis]`, in Redis
 //! for every replica. Both expire after `[responses].ttl_s`.
 
 use std::sync::Arc;
@@ -66,8 +66,17 @@ impl std::fmt::Debug for ResponseStore {
     }
 }
 
+/// `switchyard:response:<tenant, hex>:<id>`: the tenant hex-encoded, so that no tenant name and
+/// id can spell another tenant's key.
 fn redis_key(tenant: &str, id: &str) -> String {
-    format!("switchyard:response:{tenant}:{id}")
+    use std::fmt::Write as _;
+    let mut key = String::from("switchyard:response:");
+    for b in tenant.bytes() {
+        let _ = write!(key, "{b:02x}");
+    }
+    key.push(':');
+    key.push_str(id);
+    key
 }
 
 impl ResponseStore {

@@ -77,6 +77,10 @@ impl ResponsesRequest {
 pub struct StoredResponse {
     /// The tenant that created it; only it may read or continue it.
     pub tenant: String,
+    /// The caller's privacy tags (`x-switchyard-tags`) of every turn so far: a continuation
+    /// carries them even when its own request does not.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// Input and output of every turn up to and including this one, as chat messages.
     pub conversation: Vec<ChatMessage>,
     /// The `response` object as it was answered.

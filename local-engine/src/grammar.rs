@@ -60,11 +60,13 @@ struct Builder<'a> {
     rules: BTreeMap<String, String>,
     /// `$ref` targets already turned into rules.
     refs: BTreeMap<String, String>,
+    /// `$ref`s being expanded (a cycle is refused).
+    visiting: Vec<String>,
 }
 
 /// The grammar (root rule `root`) of instances of `schema`.
 pub fn schema_grammar(schema: &Value, bounds: Bounds) -> Result<String, GrammarError> {
-    let mut b = Builder { root: schema, bounds, rules: BTreeMap::new(), refs: BTreeMap::new() };
+    let mut b = Builder { root: schema, bounds, rules: BTreeMap::new(), refs: BTreeMap::new(), visiting: Vec::new() };
     let body = b.visit(schema, "#", "root")?;
     b.rules.insert("root".into(), body);
     Ok(b.finish())
@@ -72,7 +74,7 @@ pub fn schema_grammar(schema: &Value, bounds: Bounds) -> Result<String, GrammarE
 
 /// The grammar of any JSON object (`response_format: json_object`), bounded by `bounds`.
 pub fn json_object_grammar(bounds: Bounds) -> String {
-    let mut b = Builder { root: &Value::Null, bounds, rules: BTreeMap::new(), refs: BTreeMap::new() };
+    let mut b = Builder { root: &Value::Null, bounds, rules: BTreeMap::new(), refs: BTreeMap::new(), visiting: Vec::new() };
     let body = b.free_object(0);
     b.rules.insert("root".into(), body);
     b.finish()
@@ -82,7 +84,7 @@ pub fn json_object_grammar(bounds: Bounds) -> String {
 /// `{"name":"<name>","arguments":<instance>}`. With `allow_text`, the answer may instead be plain
 /// text that does not start with `{` (`tool_choice: auto`).
 pub fn tool_call_grammar(tools: &[(String, Value)], allow_text: bool, bounds: Bounds) -> Result<String, GrammarError> {
-    let mut b = Builder { root: &Value::Null, bounds, rules: BTreeMap::new(), refs: BTreeMap::new() };
+    let mut b = Builder { root: &Value::Null, bounds, rules: BTreeMap::new(), refs: BTreeMap::new(), visiting: Vec::new() };
     let mut calls = Vec::new();
     for (i, (name, parameters)) in tools.iter().enumerate() {
         b.root = parameters;
@@ -125,8 +127,20 @@ fn unsupported(path: &str, reason: impl Into<String>) -> GrammarError {
     GrammarError { path: path.to_owned(), reason: reason.into() }
 }
 
+/// The largest `maxLength`/`maxItems` (and minimums) a grammar may carry: llama.cpp expands
+/// `x{m,n}` into rules, so a huge bound would stall the engine thread.
+pub const MAX_BOUND: u32 = 1024;
+
 fn as_u32(v: Option<&Value>) -> Option<u32> {
     v.and_then(Value::as_u64).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// A length or count bound from the schema, refused above [`MAX_BOUND`].
+fn bound(schema: &Map<String, Value>, key: &str, path: &str) -> Result<Option<u32>, GrammarError> {
+    match as_u32(schema.get(key)) {
+        Some(n) if n > MAX_BOUND => Err(unsupported(path, format!("`{key}` above {MAX_BOUND} is not supported"))),
+        other => Ok(other),
+    }
 }
 
 impl Builder<'_> {
@@ -189,7 +203,7 @@ impl Builder<'_> {
                 let options = options.as_array().filter(|v| !v.is_empty()).ok_or_else(|| unsupported(path, format!("`{key}` must be a non-empty array")))?;
                 let mut alternatives = Vec::new();
                 for (i, option) in options.iter().enumerate() {
-                    let rule = format!("{hint}-{i}");
+                    let rule = self.fresh(format!("{hint}-{i}"));
                     let body = self.visit(option, &format!("{path}/{key}/{i}"), &rule)?;
                     self.rules.insert(rule.clone(), body);
                     alternatives.push(rule);
@@ -206,7 +220,7 @@ impl Builder<'_> {
                 let mut alternatives = Vec::new();
                 for (i, t) in types.iter().enumerate() {
                     let t = t.as_str().ok_or_else(|| unsupported(path, "`type` entries must be strings"))?;
-                    let rule = format!("{hint}-t{i}");
+                    let rule = self.fresh(format!("{hint}-t{i}"));
                     let body = self.typed(t, schema, path, &rule)?;
                     self.rules.insert(rule.clone(), body);
                     alternatives.push(rule);
@@ -219,6 +233,9 @@ impl Builder<'_> {
 
     fn reference(&mut self, reference: &str, path: &str) -> Result<String, GrammarError> {
         if let Some(rule) = self.refs.get(reference) {
+            if self.visiting.iter().any(|r| r == reference) {
+                return Err(unsupported(path, format!("recursive schemas ({reference:?} refers to itself) are not supported")));
+            }
             return Ok(rule.clone());
         }
         let name = reference
@@ -227,18 +244,24 @@ impl Builder<'_> {
             .ok_or_else(|| unsupported(path, format!("only local `$ref`s (#/$defs/…) are supported, not {reference:?}")))?;
         let section = if reference.starts_with("#/$defs/") { "$defs" } else { "definitions" };
         let target = self.root.get(section).and_then(|d| d.get(name)).cloned().ok_or_else(|| unsupported(path, format!("{reference:?} is not defined")))?;
-        let rule: String = format!("ref-{}", name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect::<String>());
+        let rule = self.fresh(format!("ref-{}", name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect::<String>()));
         self.refs.insert(reference.to_owned(), rule.clone());
-        let body = self.visit(&target, reference, &rule)?;
-        self.rules.insert(rule.clone(), body);
+        // Every property is generated, so a schema that refers to itself has no finite instance.
+        if self.visiting.iter().any(|r| r == reference) {
+            return Err(unsupported(path, format!("recursive schemas ({reference:?} refers to itself) are not supported")));
+        }
+        self.visiting.push(reference.to_owned());
+        let body = self.visit(&target, reference, &rule);
+        self.visiting.pop();
+        self.rules.insert(rule.clone(), body?);
         Ok(rule)
     }
 
     fn typed(&mut self, kind: &str, schema: &Map<String, Value>, path: &str, hint: &str) -> Result<String, GrammarError> {
         match kind {
             "string" => {
-                let min = as_u32(schema.get("minLength")).unwrap_or(0);
-                let max = as_u32(schema.get("maxLength")).unwrap_or(self.bounds.max_string.max(min));
+                let min = bound(schema, "minLength", path)?.unwrap_or(0);
+                let max = bound(schema, "maxLength", path)?.unwrap_or(self.bounds.max_string.max(min));
                 if min > max {
                     return Err(unsupported(path, "minLength > maxLength"));
                 }
@@ -246,7 +269,11 @@ impl Builder<'_> {
             }
             "integer" => Ok(integer(schema, path)?),
             "number" => {
-                let non_negative = schema.get("minimum").and_then(Value::as_f64).is_some_and(|m| m >= 0.0);
+                let minimum = schema.get("minimum").and_then(Value::as_f64);
+                if minimum.is_some_and(|m| m != 0.0) {
+                    return Err(unsupported(path, "`minimum` on numbers is only supported as 0"));
+                }
+                let non_negative = minimum.is_some();
                 if schema.contains_key("maximum") && !non_negative {
                     return Err(unsupported(path, "`maximum` on numbers is only supported with `minimum >= 0` and an integer type"));
                 }
@@ -264,8 +291,8 @@ impl Builder<'_> {
     }
 
     fn array(&mut self, schema: &Map<String, Value>, path: &str, hint: &str) -> Result<String, GrammarError> {
-        let min = as_u32(schema.get("minItems")).unwrap_or(0);
-        let max = as_u32(schema.get("maxItems")).unwrap_or(self.bounds.max_items.max(min));
+        let min = bound(schema, "minItems", path)?.unwrap_or(0);
+        let max = bound(schema, "maxItems", path)?.unwrap_or(self.bounds.max_items.max(min));
         if min > max {
             return Err(unsupported(path, "minItems > maxItems"));
         }
@@ -274,14 +301,14 @@ impl Builder<'_> {
             // A tuple: exactly its items (extra items would need `items`' schema too).
             let mut parts = Vec::new();
             for (i, item) in prefix.iter().enumerate() {
-                let rule = format!("{hint}-p{i}");
+                let rule = self.fresh(format!("{hint}-p{i}"));
                 let body = self.visit(item, &format!("{path}/prefixItems/{i}"), &rule)?;
                 self.rules.insert(rule.clone(), body);
                 parts.push(rule);
             }
             return Ok(format!("\"[\" ws {} ws \"]\"", parts.join(" \",\" ws ")));
         }
-        let item = format!("{hint}-item");
+        let item = self.fresh(format!("{hint}-item"));
         let body = match schema.get("items") {
             Some(items) => self.visit(items, &format!("{path}/items"), &item)?,
             None => self.free_value(1),
@@ -294,10 +321,10 @@ impl Builder<'_> {
         let Some(properties) = schema.get("properties").and_then(Value::as_object).filter(|p| !p.is_empty()) else {
             return match schema.get("additionalProperties") {
                 Some(Value::Object(values)) => {
-                    let value = format!("{hint}-value");
+                    let value = self.fresh(format!("{hint}-value"));
                     let body = self.visit(&Value::Object(values.clone()), &format!("{path}/additionalProperties"), &value)?;
                     self.rules.insert(value.clone(), body);
-                    let member = format!("{hint}-member");
+                    let member = self.fresh(format!("{hint}-member"));
                     self.rules.insert(member.clone(), format!("key ws \":\" ws {value}"));
                     self.key_rule();
                     Ok(repeat(&member, 0, self.bounds.max_members, "{", "}"))
@@ -315,8 +342,7 @@ impl Builder<'_> {
         }
         let mut members = Vec::new();
         for (name, property) in properties {
-            let rule = format!("{hint}-{}", name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect::<String>());
-            let rule = self.unique(rule);
+            let rule = self.fresh(format!("{hint}-{}", name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect::<String>()));
             let body = self.visit(property, &format!("{path}/properties/{name}"), &rule)?;
             self.rules.insert(rule.clone(), body);
             members.push(format!("{} ws \":\" ws {rule}", literal(&serde_json::to_string(name).unwrap_or_default())));
@@ -324,12 +350,16 @@ impl Builder<'_> {
         Ok(format!("\"{{\" ws {} ws \"}}\"", members.join(" \",\" ws ")))
     }
 
-    /// `name`, or `name-2`, `name-3`… if taken.
-    fn unique(&self, name: String) -> String {
-        if !self.rules.contains_key(&name) {
-            return name;
-        }
-        (2..=self.rules.len() + 2).map(|i| format!("{name}-{i}")).find(|n| !self.rules.contains_key(n)).unwrap_or(name)
+    /// `name`, or `name-2`, `name-3`… if taken; reserved at once so that rules made while its
+    /// body is built cannot take it.
+    fn fresh(&mut self, name: String) -> String {
+        let name = if self.rules.contains_key(&name) {
+            (2..=self.rules.len() + 2).map(|i| format!("{name}-{i}")).find(|n| !self.rules.contains_key(n)).unwrap_or(name)
+        } else {
+            name
+        };
+        self.rules.insert(name.clone(), String::new());
+        name
     }
 
     fn key_rule(&mut self) {
@@ -443,6 +473,31 @@ mod tests {
         let g = tool_call_grammar(&[("get_weather".into(), json!({"type": "object", "properties": {"city": {"type": "string"}}}))], true, Bounds::default()).unwrap();
         assert!(g.contains(r#"call0 ::= "{\"name\":\"get_weather\",\"arguments\":" args0 "}""#), "{g}");
         assert!(g.contains("root ::= call0 | text"), "{g}");
+    }
+
+    #[test]
+    fn huge_bounds_and_recursion_are_refused() {
+        for schema in [json!({"type": "string", "maxLength": 50_000_000}), json!({"type": "array", "minItems": 5000}),
+                       json!({"$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}}}}, "$ref": "#/$defs/n"}),
+                       json!({"type": "number", "minimum": 5})] {
+            assert!(schema_grammar(&schema, Bounds::default()).is_err(), "{schema}");
+        }
+    }
+
+    #[test]
+    fn generated_rule_names_never_collide() {
+        let g = schema_grammar(&json!({"type": "object", "properties": {"a-0": {"type": "string"}, "a": {"anyOf": [{"type": "integer"}, {"type": "null"}]}}}), Bounds::default()).unwrap();
+        let defined: Vec<&str> = g.lines().map(|l| l.split(" ::= ").next().unwrap()).collect();
+        let mut unique = defined.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(defined.len(), unique.len(), "{g}");
+        // Each property keeps its own type.
+        assert!(g.contains(r#""\"a-0\"" ws ":" ws root-a-0 "#) || g.contains("root-a-0"), "{g}");
+        let tools = [("f".to_owned(), json!({"$defs": {"loc": {"type": "string"}}, "type": "object", "properties": {"l": {"$ref": "#/$defs/loc"}}})),
+                     ("g".to_owned(), json!({"$defs": {"loc": {"type": "integer"}}, "type": "object", "properties": {"l": {"$ref": "#/$defs/loc"}}}))];
+        let g = tool_call_grammar(&tools, false, Bounds::default()).unwrap();
+        assert!(g.contains("ref-loc ::= \"\\\"\" char") && g.contains("ref-loc-2 ::= integer"), "{g}");
     }
 
     #[test]

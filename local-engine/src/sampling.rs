@@ -24,6 +24,7 @@ use crate::{EngineError, SamplingParams};
 pub(crate) struct SequenceSampler {
     sampling: LlamaSampler,
     grammar: Option<LlamaSampler>,
+    end_of_generation: LlamaToken,
 }
 
 impl SequenceSampler {
@@ -33,7 +34,7 @@ impl SequenceSampler {
             Some(text) => Some(LlamaSampler::grammar(model, text, "root").map_err(|e| EngineError::Grammar { reason: e.to_string() })?),
             None => None,
         };
-        Ok(Self { sampling: plain(params), grammar })
+        Ok(Self { sampling: plain(params), grammar, end_of_generation: model.vocab().eos() })
     }
 
     /// Samples (and accepts) the next token from the logits at `idx` of the last batch.
@@ -53,8 +54,13 @@ impl SequenceSampler {
                 let mut candidates = ctx.token_data_array_ith(idx);
                 candidates.apply_sampler(grammar);
                 candidates.apply_sampler(&mut self.sampling);
-                // The grammar always allows something (at least end of generation once complete).
-                candidates.selected_token().unwrap_or(LlamaToken(0))
+                // The grammar always allows something (at least end of generation once it is
+                // complete); should it not, the sequence ends rather than feed it a token it
+                // refuses (llama.cpp would throw).
+                match candidates.selected_token() {
+                    Some(token) => token,
+                    None => return self.end_of_generation,
+                }
             }
         };
         grammar.accept(token);

@@ -240,6 +240,20 @@ impl ToolCallSplitter {
     fn called(&self) -> bool {
         self.announced && self.buffer == "}"
     }
+
+    /// What is still held back when the answer ends without a complete call (cut by
+    /// `max_tokens` or a stop string): the rest of the arguments, or the text seen so far.
+    fn flush(&mut self) -> Option<Delta> {
+        if self.called() || self.buffer.is_empty() {
+            return None;
+        }
+        let rest = std::mem::take(&mut self.buffer);
+        Some(if self.announced {
+            tool_delta(serde_json::json!([{"index": 0, "function": {"arguments": rest}}]))
+        } else {
+            Delta { content: Some(rest), ..Delta::default() }
+        })
+    }
 }
 
 fn tool_delta(calls: Value) -> Delta {
@@ -326,7 +340,10 @@ fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Opti
                 }
                 let called = splitter.as_ref().is_some_and(ToolCallSplitter::called);
                 let finish = if called { "tool_calls" } else { reason.as_str() };
-                vec![Ok(factory.chunk(Delta::default(), Some(finish))), Ok(factory.usage(prompt_tokens, completion_tokens))]
+                let rest = splitter.as_mut().and_then(ToolCallSplitter::flush).map(|delta| Ok(factory.chunk(delta, None)));
+                rest.into_iter()
+                    .chain([Ok(factory.chunk(Delta::default(), Some(finish))), Ok(factory.usage(prompt_tokens, completion_tokens))])
+                    .collect()
             }
             GenerationEvent::Failed(err) => vec![Err(engine_error(&err))],
         };

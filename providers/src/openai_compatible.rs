@@ -426,6 +426,8 @@ impl Provider for OpenAiCompatible {
                     Ok(e) if e.data.trim().is_empty() => None,
                     Ok(e) => Some(serde_json::from_str::<serde_json::Value>(&e.data).map_err(|err| upstream(format!("unreadable event: {err}"))).map(|data| {
                         let kind = if e.event.is_empty() || e.event == "message" { data.get("type").and_then(serde_json::Value::as_str).unwrap_or("message").to_owned() } else { e.event };
+                        // An event name is one line of printable ASCII; anything else is not passed on.
+                        let kind = if kind.bytes().all(|b| b.is_ascii_graphic()) { kind } else { "message".to_owned() };
                         (kind, data)
                     })),
                 };
@@ -505,6 +507,10 @@ fn completion_body(req: &ChatRequest) -> Result<serde_json::Value, ProviderError
 /// becomes the message content (or the delta's).
 fn chat_of_completion(mut value: serde_json::Value, chunk: bool) -> serde_json::Value {
     use serde_json::{json, Value};
+    if !value.is_object() {
+        // Not a completion at all: left as it is, it fails to parse as one (an upstream error).
+        return value;
+    }
     value["object"] = json!(if chunk { "chat.completion.chunk" } else { "chat.completion" });
     if let Some(Value::Array(choices)) = value.get_mut("choices") {
         for choice in choices {

@@ -121,3 +121,18 @@ def test_bad_embedding_requests_get_openai_errors(gateway, body, status, param):
 
 def test_models_list_the_embedding_model(client):
     assert "local-embed" in {m.id for m in client.models.list().data}
+
+
+def test_remote_embeddings_respect_the_tenants_residency(tmp_path, fake_provider):
+    from conftest import Gateway, fake_provider_section, gateway_config, new_virtual_key
+    key, hashed = new_virtual_key()
+    tenants = f'[[tenants]]\nname = "eu-team"\nkeys = ["{hashed}"]\nresidency = ["eu"]\n'
+    gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider, region="us-east") + "\n" + tenants))
+    try:
+        before = len(fake_requests(fake_provider))
+        r = httpx.post(f"{gw.v1}/embeddings", json={"model": "fake/embed", "input": "plain text"},
+                       headers={"authorization": f"Bearer {key}"}, timeout=30)
+        assert r.status_code == 403 and "residency" in r.json()["error"]["message"]
+        assert len(fake_requests(fake_provider)) == before
+    finally:
+        gw.stop()

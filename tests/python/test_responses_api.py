@@ -208,7 +208,7 @@ def test_a_conversation_continues_on_another_replica_sharing_redis(tmp_path, fak
         sent = [r for r in fake_requests(fake_provider) if any(f"one {word}" in str(m.get("content")) for m in r.get("messages", []))][-1]
         assert [m["content"] for m in sent["messages"]] == [f"one {word}", f"echo: one {word}", "two"]
         assert client_for(a).responses.retrieve(second.id).output_text == "echo: two"
-        assert private_redis.cli("--scan", "--pattern", f"switchyard:response:default:{first_id}") != ""
+        assert private_redis.cli("--scan", "--pattern", f"switchyard:response:{b'default'.hex()}:{first_id}") != ""
     finally:
         a.stop()
         b.stop()
@@ -284,3 +284,24 @@ def test_pii_outside_the_conversation_keeps_the_request_off_the_passthrough(pass
     # Answered through the chat translation, which does not forward metadata.
     assert len(responses_sent(fake_provider)) == before
     assert "jane.doe@example.com" not in str(fake_requests(fake_provider)[-1])
+
+
+def test_a_continued_conversation_keeps_its_privacy_tags(tmp_path, fake_provider):
+    policy = ('[[rule]]\nname = "private"\nwhen.privacy = ["confidential"]\nroute = "local"\n\n'
+              '[[rule]]\nname = "default"\nroute = "fake/echo"\n')
+    gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider)), policy=policy)
+    try:
+        client = client_for(gw)
+        first = client.responses.with_raw_response.create(model="auto", input="Our Q3 plan in one word?", max_output_tokens=8,
+                                                          extra_headers={"x-switchyard-tags": "confidential"})
+        assert first.headers["x-switchyard-tier"] == "local"
+        before = len(fake_requests(fake_provider))
+        second = client.responses.with_raw_response.create(model="auto", input="And Q4?", max_output_tokens=8,
+                                                           previous_response_id=first.parse().id)
+        assert second.headers["x-switchyard-tier"] == "local" and second.headers["x-switchyard-rule"] == "private"
+        assert len(fake_requests(fake_provider)) == before
+        # A new conversation without the tag goes to the default route.
+        third = client.responses.with_raw_response.create(model="auto", input="Hello")
+        assert third.headers["x-switchyard-target"] == "fake/echo"
+    finally:
+        gw.stop()

@@ -203,6 +203,10 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
             reason: format!("privacy-tagged input ({}) is never sent to a remote embedding model ({target}); use the local embedding model", tags.join(", ")),
         });
     }
+    // The same residency rule as chat: never to a region outside the tenant's.
+    if let Some(reason) = router::violation(state.router.topology(), &target, &tenant.residency, false, false) {
+        return Err(ApiError::PolicyViolation { reason });
+    }
     let (provider, upstream_model) = provider_for(state, &target)?;
     let mut body = Map::new();
     body.insert("model".into(), Value::String(upstream_model));
@@ -224,9 +228,13 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
         }
     };
     let tokens = answer.pointer("/usage/prompt_tokens").and_then(Value::as_u64).unwrap_or(prompt_tokens);
-    let cost = finish_record(exchange, &target, &Usage::new(tokens, 0));
+    let Some(fields) = answer.as_object_mut() else {
+        state.ledger.upstream_failed(&target, "upstream");
+        return Err(ProviderError::Upstream { provider: target, status: None, message: "the embeddings answer is not a JSON object".into() }.into());
+    };
     // The client named the model; it gets its name back, as for chat.
-    answer["model"] = Value::String(req.model);
+    fields.insert("model".into(), Value::String(req.model));
+    let cost = finish_record(exchange, &target, &Usage::new(tokens, 0));
     Ok(with_headers(Json(answer).into_response(), &target, cost, "remote"))
 }
 

@@ -21,7 +21,7 @@ use crate::chat_request::validate_chat_request;
 use crate::error::ApiError;
 use crate::accounting::{estimate_tokens, PendingRecord};
 use crate::budgets::usd_to_nanos;
-use crate::dispatch::{plan, provider_for};
+use crate::dispatch::{caller_tags, plan, provider_for, TAGS_HEADER};
 use crate::handlers::chat::{serve_chat, set_route_headers, Exchange, ServedBody};
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
@@ -35,17 +35,28 @@ pub async fn create(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<RequestCtx>,
     Extension(tenant): Extension<Arc<TenantProfile>>,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Body,
 ) -> Response {
     let mut exchange = Exchange::new(&state, &ctx, &tenant);
     let result = async {
         let bytes = read_body(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
         let req = responses::parse_request(&bytes)?;
-        let history = match &req.previous_response_id {
-            Some(id) => state.responses.get(&tenant.name, id).await.ok_or_else(|| ApiError::ResponseNotFound { id: id.clone() })?.conversation.clone(),
-            None => Vec::new(),
+        let (history, earlier_tags) = match &req.previous_response_id {
+            Some(id) => {
+                let stored = state.responses.get(&tenant.name, id).await.ok_or_else(|| ApiError::ResponseNotFound { id: id.clone() })?;
+                (stored.conversation.clone(), stored.tags.clone())
+            }
+            None => (Vec::new(), Vec::new()),
         };
+        // A conversation keeps the privacy tags any of its turns was sent with.
+        let mut tags = caller_tags(&headers);
+        tags.extend(earlier_tags);
+        tags.sort();
+        tags.dedup();
+        if let Some(value) = (!tags.is_empty()).then(|| axum::http::HeaderValue::from_str(&tags.join(","))).and_then(Result::ok) {
+            headers.insert(TAGS_HEADER, value);
+        }
         let input = responses::input_messages(&req)?;
         let chat = responses::to_chat(&req, &history, &input)?;
         validate_chat_request(&chat)?;
@@ -57,13 +68,13 @@ pub async fn create(
             // The body goes out whole: PII anywhere in it (metadata, tool descriptions…) that the
             // chat view did not see keeps the request on the chat path, which drops those fields.
             if let Some(target) = passthrough_target(&state, &decision).filter(|_| !privacy::any_pii(&body)) {
-                let turn = Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), history, input };
+                let turn = Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), tags: tags.clone(), history, input };
                 return passthrough(&state, &ctx, &tenant, &mut exchange, &req, body, turn, &decision, &target).await;
             }
         }
         let created_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut envelope = Envelope::new(&req, format!("resp_{}", uuid::Uuid::new_v4().simple()), created_at);
-        let keep = req.wants_store().then(|| Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), history, input });
+        let keep = req.wants_store().then(|| Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), tags: tags.clone(), history, input });
         let served = serve_chat(&state, &ctx, &tenant, &headers, chat, &mut exchange).await?;
         let mut http = match served.body {
             ServedBody::Complete(answer) => {
@@ -211,6 +222,14 @@ fn passthrough_events(
         let event = match p.events.next().await {
             None => return None,
             Some(Ok((kind, mut data))) => {
+                if let (Some(r), Some(delta)) = (p.record.as_mut(), data.get("delta").and_then(Value::as_str).filter(|_| kind.rsplit('.').next() == Some("delta"))) {
+                    r.text_delta(delta);
+                }
+                if kind == "error" || kind == "response.failed" {
+                    if let Some(r) = p.record.as_mut() {
+                        r.upstream_failed("upstream");
+                    }
+                }
                 if let Some(response) = data.get_mut("response").filter(|_| kind == "response.completed" || kind == "response.incomplete") {
                     patch_echo(response, &p.echo);
                     if let Some(r) = p.record.as_mut() {
@@ -258,6 +277,8 @@ pub async fn delete(State(state): State<Arc<AppState>>, Extension(tenant): Exten
 struct Keep {
     state: Arc<AppState>,
     tenant: String,
+    /// The caller's privacy tags of this turn and every earlier one.
+    tags: Vec<String>,
     history: Vec<ChatMessage>,
     input: Vec<ChatMessage>,
 }
@@ -265,7 +286,7 @@ struct Keep {
 impl Keep {
     async fn store(self, id: &str, response: &Value) {
         let conversation = responses::conversation_after(&self.history, &self.input, response);
-        let stored = StoredResponse { tenant: self.tenant, conversation, response: response.clone() };
+        let stored = StoredResponse { tenant: self.tenant, tags: self.tags, conversation, response: response.clone() };
         self.state.responses.put(id, stored).await;
     }
 }
