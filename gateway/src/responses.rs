@@ -187,6 +187,21 @@ fn chat_part(part: &Value, param: &str) -> Result<Value, ApiError> {
     }
 }
 
+/// True when `req` has tools other than functions (web search, file search, …).
+pub fn has_hosted_tools(req: &ResponsesRequest) -> bool {
+    req.tools.iter().flatten().any(|t| t.get("type").and_then(Value::as_str) != Some("function"))
+}
+
+/// `req` with its function tools only (and no `tool_choice` naming another kind), for routing.
+pub fn function_tools_only(req: &ResponsesRequest) -> ResponsesRequest {
+    let mut view = req.clone();
+    view.tools = view.tools.map(|tools| tools.into_iter().filter(|t| t.get("type").and_then(Value::as_str) == Some("function")).collect());
+    if view.tool_choice.as_ref().and_then(|c| c.get("type")).and_then(Value::as_str).is_some_and(|t| t != "function") {
+        view.tool_choice = None;
+    }
+    view
+}
+
 /// Chat messages as Responses input items (for a provider that speaks the Responses API):
 /// text messages, `function_call` items for tool calls, `function_call_output` for results.
 pub fn input_items(messages: &[ChatMessage]) -> Vec<Value> {

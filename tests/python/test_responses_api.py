@@ -305,3 +305,26 @@ def test_a_continued_conversation_keeps_its_privacy_tags(tmp_path, fake_provider
         assert third.headers["x-switchyard-target"] == "fake/echo"
     finally:
         gw.stop()
+
+
+def test_hosted_tools_pass_through_and_are_refused_where_nothing_speaks_the_api(passthrough_gateway, fake_provider, gateway):
+    tools = [{"type": "web_search_preview"}, *WEATHER]
+    r = client_for(passthrough_gateway).responses.create(model="auto", input="news today?", tools=tools)
+    assert r.output_text == "echo: news today?"
+    assert responses_sent(fake_provider)[-1]["tools"] == tools
+    plain = httpx.post(f"{gateway.v1}/responses", json={"model": "auto", "input": "x", "tools": tools}, timeout=30)
+    assert plain.status_code == 400 and plain.json()["error"]["param"] == "tools[0].type"
+
+
+def test_over_budget_passthrough_goes_to_the_local_engine(tmp_path, fake_provider):
+    section = fake_provider_section(fake_provider, name="oai", extra_keys="responses_api = true\n")
+    tenants = '[[tenants]]\nname = "default"\nbudget = { daily_usd = 0.000001, on_exceed = "local" }\n'
+    gw = Gateway(tmp_path, gateway_config(section + "\n" + tenants),
+                 policy='[[rule]]\nname = "all"\nroute = "oai/echo"\nfallback = ["local"]\n')
+    try:
+        before = len(responses_sent(fake_provider))
+        raw = client_for(gw).responses.with_raw_response.create(model="auto", input="Say hi.", max_output_tokens=8)
+        assert raw.headers["x-switchyard-tier"] == "local" and raw.parse().output_text
+        assert len(responses_sent(fake_provider)) == before
+    finally:
+        gw.stop()

@@ -107,16 +107,28 @@ impl Exchange {
         self.record.take()
     }
 
-    /// Admission for a request that is not a chat (no re-routing when over budget): an in-flight
-    /// slot, the rate limits and the worst-case reservation, all released when the record is
-    /// written.
-    pub async fn admit(&mut self, state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, prompt_tokens: u64, reserve_nusd: u64, remote_bound: bool) -> Result<(), ApiError> {
+    /// Admission outside the chat pipeline: an in-flight slot, the rate limits and the worst-case
+    /// reservation, all released when the record is written. `Ok(false)`: the budget cannot hold
+    /// it and the tenant's `on_exceed` sends it to the local engine instead (nothing was taken);
+    /// only when `local_retry`, else that is `budget_exceeded`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn admit(
+        &mut self,
+        state: &AppState,
+        ctx: &RequestCtx,
+        tenant: &TenantProfile,
+        prompt_tokens: u64,
+        reserve_nusd: u64,
+        remote_bound: bool,
+        local_retry: bool,
+    ) -> Result<bool, ApiError> {
         let slot = state.in_flight.enter(&tenant.name).ok_or(ApiError::TooManyInFlight { limit: state.in_flight.limit() })?;
         let mut standing = (None, None);
         let admitted = state.limiter.admit(&tenant.name, prompt_tokens, reserve_nusd, remote_bound, &ctx.request_id, &mut standing).await;
         (self.rate.requests, self.rate.tokens) = standing;
         let ticket = match admitted? {
             Admitted::Yes(ticket) => ticket,
+            Admitted::OverBudgetTryLocal { .. } if local_retry => return Ok(false),
             Admitted::OverBudgetTryLocal { retry_after_s } => return Err(ApiError::BudgetExceeded { retry_after_s }),
         };
         if let Some(r) = self.record.as_mut() {
@@ -126,7 +138,7 @@ impl Exchange {
                 drop(slot);
             }));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The response for `result`, with the error status recorded and the rate headers added.

@@ -178,7 +178,7 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
         if let Some(d) = req.dimensions.filter(|&d| usize::try_from(d).ok() != Some(local.embedder.dimensions())) {
             return Err(ApiError::invalid(format!("The model {} has {} dimensions; 'dimensions' {d} is not supported.", local.config.name, local.embedder.dimensions()), "dimensions"));
         }
-        exchange.admit(state, ctx, tenant, prompt_tokens, 0, false).await?;
+        exchange.admit(state, ctx, tenant, prompt_tokens, 0, false, false).await?;
         let target = local.config.target();
         let embedder = Arc::clone(&local.embedder);
         let (vectors, tokens) = tokio::task::spawn_blocking(move || embedder.embed(&texts))
@@ -219,7 +219,7 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
     }
     body.extend(req.extra);
     let reserve = usd_to_nanos((state.pricer)(&target, &Usage::new(prompt_tokens, 0)));
-    exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true).await?;
+    exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true, false).await?;
     let mut answer = match provider.embeddings(Value::Object(body)).await {
         Ok(answer) => answer,
         Err(err) => {

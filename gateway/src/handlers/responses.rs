@@ -58,8 +58,12 @@ pub async fn create(
             headers.insert(TAGS_HEADER, value);
         }
         let input = responses::input_messages(&req)?;
-        let chat = responses::to_chat(&req, &history, &input)?;
+        // Hosted tools (web search, file search…) only a provider that speaks the API can serve:
+        // routed on the request without them, refused unless it is passed through.
+        let hosted = responses::has_hosted_tools(&req) && state.any_speaks_responses();
+        let chat = if hosted { responses::to_chat(&responses::function_tools_only(&req), &history, &input)? } else { responses::to_chat(&req, &history, &input)? };
         validate_chat_request(&chat)?;
+        let mut turn = Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), tags: tags.clone(), history, input };
         // Providers that speak the Responses API get the request as it is (tools, reasoning and
         // models only that API serves), unless it must be redacted on the way.
         if state.any_speaks_responses() {
@@ -68,13 +72,19 @@ pub async fn create(
             // The body goes out whole: PII anywhere in it (metadata, tool descriptions…) that the
             // chat view did not see keeps the request on the chat path, which drops those fields.
             if let Some(target) = passthrough_target(&state, &decision).filter(|_| !privacy::any_pii(&body)) {
-                let turn = Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), tags: tags.clone(), history, input };
-                return passthrough(&state, &ctx, &tenant, &mut exchange, &req, body, turn, &decision, &target).await;
+                match passthrough(&state, &ctx, &tenant, &mut exchange, &req, body, turn, &decision, &target).await? {
+                    Ok(response) => return Ok(response),
+                    // Over budget with `on_exceed = "local"`: the chat path re-routes it.
+                    Err(back) => turn = back,
+                }
             }
+        }
+        if hosted {
+            return Err(responses::to_chat(&req, &turn.history, &turn.input).err().unwrap_or_else(|| ApiError::invalid("hosted tools need a provider that speaks the Responses API", "tools")));
         }
         let created_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut envelope = Envelope::new(&req, format!("resp_{}", uuid::Uuid::new_v4().simple()), created_at);
-        let keep = req.wants_store().then(|| Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), tags: tags.clone(), history, input });
+        let keep = req.wants_store().then_some(turn);
         let served = serve_chat(&state, &ctx, &tenant, &headers, chat, &mut exchange).await?;
         let mut http = match served.body {
             ServedBody::Complete(answer) => {
@@ -121,7 +131,7 @@ async fn passthrough(
     turn: Keep,
     decision: &Decision,
     target: &str,
-) -> Result<Response, ApiError> {
+) -> Result<Result<Response, Keep>, ApiError> {
     let (provider, model) = provider_for(state, target)?;
     let prompt_chars: usize = turn.history.iter().chain(&turn.input).filter_map(|m| m.content.as_ref()?.text()).map(|t| t.chars().count()).sum::<usize>()
         + req.instructions.as_ref().map_or(0, |i| i.chars().count());
@@ -131,7 +141,9 @@ async fn passthrough(
     }
     let max_output = req.max_output_tokens.map_or(PASSTHROUGH_DEFAULT_MAX_OUTPUT, u64::from);
     let reserve = usd_to_nanos((state.pricer)(target, &Usage::new(prompt_tokens, max_output)));
-    exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true).await?;
+    if !exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true, true).await? {
+        return Ok(Err(turn));
+    }
     if let Value::Object(fields) = &mut body {
         fields.insert("model".into(), Value::String(model));
         fields.remove("previous_response_id");
@@ -159,7 +171,7 @@ async fn passthrough(
         }
         let mut http = Sse::new(passthrough_events(events, record, keep, echo)).into_response();
         http.headers_mut().extend(headers);
-        return Ok(http);
+        return Ok(Ok(http));
     }
     let mut response = provider.responses(body).await.inspect_err(|_| state.ledger.upstream_failed(target, "upstream"))?;
     patch_echo(&mut response, &echo);
@@ -178,7 +190,7 @@ async fn passthrough(
     if let Ok(value) = axum::http::HeaderValue::from_str(&cost.to_string()) {
         http.headers_mut().insert("x-switchyard-cost-usd", value);
     }
-    Ok(http)
+    Ok(Ok(http))
 }
 
 /// The client's own `previous_response_id` and `store`, written back over what the provider saw.
