@@ -22,6 +22,14 @@ pub struct ResponsesConfig {
     /// Stored responses kept in this process (Redis, when configured, holds them all).
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
+    /// Memory for them in this process, in MiB (each weighs its serialised size): whichever of
+    /// the two limits is reached first evicts the least recently used.
+    #[serde(default = "default_max_mib")]
+    pub max_mib: u64,
+}
+
+fn default_max_mib() -> u64 {
+    256
 }
 
 fn default_ttl_s() -> u64 {
@@ -34,7 +42,7 @@ fn default_max_entries() -> u64 {
 
 impl Default for ResponsesConfig {
     fn default() -> Self {
-        Self { ttl_s: default_ttl_s(), max_entries: default_max_entries() }
+        Self { ttl_s: default_ttl_s(), max_entries: default_max_entries(), max_mib: default_max_mib() }
     }
 }
 
@@ -45,13 +53,17 @@ impl ResponsesConfig {
         if self.ttl_s == 0 {
             problems.push("responses.ttl_s must be at least 1".to_owned());
         }
+        if self.max_mib == 0 || self.max_entries == 0 {
+            problems.push("responses.max_entries and responses.max_mib must be at least 1".to_owned());
+        }
         problems
     }
 }
 
 /// The stored responses.
 pub struct ResponseStore {
-    local: moka::sync::Cache<(String, String), Arc<StoredResponse>>,
+    /// Each entry with its serialised size.
+    local: moka::sync::Cache<(String, String), (Arc<StoredResponse>, u32)>,
     shared: Option<Arc<RedisStore>>,
     ttl: Duration,
 }
@@ -83,15 +95,26 @@ impl ResponseStore {
     /// A store per `config`, shared through `redis` when given.
     pub fn new(config: &ResponsesConfig, redis: Option<Arc<RedisStore>>) -> Self {
         let ttl = Duration::from_secs(config.ttl_s);
-        Self { local: moka::sync::Cache::builder().max_capacity(config.max_entries).time_to_live(ttl).build(), shared: redis, ttl }
+        // One weight unit per KiB, at least 1, so that the count limit holds too: an entry
+        // weighs max(its KiB, capacity / max_entries).
+        let capacity_kib = config.max_mib.saturating_mul(1024);
+        let per_entry_floor = u32::try_from((capacity_kib / config.max_entries.max(1)).max(1)).unwrap_or(u32::MAX);
+        let local = moka::sync::Cache::builder()
+            .max_capacity(capacity_kib)
+            .weigher(move |_, (_, bytes): &(Arc<StoredResponse>, u32)| (bytes / 1024).max(per_entry_floor))
+            .time_to_live(ttl)
+            .build();
+        Self { local, shared: redis, ttl }
     }
 
     /// Keeps `stored` under `id`. With Redis it is written before this returns, so that the next
     /// request, on any replica, finds it; a Redis failure keeps it in this process only (logged).
     pub async fn put(&self, id: &str, stored: StoredResponse) {
         let stored = Arc::new(stored);
+        let encoded = serde_json::to_vec(stored.as_ref());
+        let size = encoded.as_ref().map_or(0, |b| u32::try_from(b.len()).unwrap_or(u32::MAX));
         if let Some(store) = &self.shared {
-            match serde_json::to_vec(stored.as_ref()) {
+            match encoded {
                 Ok(bytes) => {
                     let write = async {
                         let mut conn = store.connection().await.map_err(|e| e.to_string())?;
@@ -108,13 +131,13 @@ impl ResponseStore {
                 Err(error) => warn!(%error, "responses: could not serialise the response"),
             }
         }
-        self.local.insert((stored.tenant.clone(), id.to_owned()), stored);
+        self.local.insert((stored.tenant.clone(), id.to_owned()), (stored, size));
     }
 
     /// The response `id` of `tenant`: this process first, then Redis.
     pub async fn get(&self, tenant: &str, id: &str) -> Option<Arc<StoredResponse>> {
         let key = (tenant.to_owned(), id.to_owned());
-        if let Some(hit) = self.local.get(&key) {
+        if let Some((hit, _)) = self.local.get(&key) {
             return Some(hit);
         }
         let store = self.shared.as_ref()?;
@@ -125,12 +148,13 @@ impl ResponseStore {
             get.query_async::<Option<Vec<u8>>>(&mut conn).await.ok()?
         };
         let bytes = tokio::time::timeout(store.timeout(), read).await.ok()??;
+        let size = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         let stored: Arc<StoredResponse> = Arc::new(serde_json::from_slice(&bytes).ok()?);
         // A key names its tenant; the check is belt and braces against a hand-written entry.
         if stored.tenant != tenant {
             return None;
         }
-        self.local.insert(key, Arc::clone(&stored));
+        self.local.insert(key, (Arc::clone(&stored), size));
         Some(stored)
     }
 
@@ -150,5 +174,35 @@ impl ResponseStore {
             }
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(tenant: &str, text_bytes: usize) -> StoredResponse {
+        StoredResponse { tenant: tenant.into(), tags: Vec::new(), conversation: Vec::new(), response: serde_json::json!({"output_text": "x".repeat(text_bytes)}) }
+    }
+
+    #[tokio::test]
+    async fn memory_bounds_what_is_kept_and_tenants_never_share_entries() {
+        let store = ResponseStore::new(&ResponsesConfig { ttl_s: 60, max_entries: 1000, max_mib: 1 }, None);
+        for i in 0..10 {
+            store.put(&format!("resp_{i}"), stored("a", 300 * 1024)).await;
+        }
+        store.local.run_pending_tasks();
+        // 1 MiB holds at most three 300 KiB responses.
+        assert!(store.local.entry_count() <= 3, "{}", store.local.entry_count());
+        store.put("resp_x", stored("a", 10)).await;
+        assert!(store.get("a", "resp_x").await.is_some());
+        assert!(store.get("b", "resp_x").await.is_none());
+        assert!(!store.delete("b", "resp_x").await);
+        assert!(store.delete("a", "resp_x").await);
+    }
+
+    #[test]
+    fn redis_keys_cannot_be_spelled_by_another_tenant() {
+        assert_ne!(redis_key("a", "b:resp_1"), redis_key("a:b", "resp_1"));
     }
 }
