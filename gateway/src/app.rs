@@ -38,6 +38,7 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::completions).fallback(not_allowed))
         .route("/v1/responses", post(responses::create).fallback(not_allowed))
         .route("/v1/responses/{id}", get(responses::get).delete(responses::delete).fallback(not_allowed))
+        .route("/v1/responses/{id}/input_items", get(responses::input_items).fallback(not_allowed))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authenticate));
     let admin = Router::new()
         .route("/dashboard", get(admin::dashboard).fallback(not_allowed))

@@ -182,7 +182,7 @@ mod tests {
     use super::*;
 
     fn stored(tenant: &str, text_bytes: usize) -> StoredResponse {
-        StoredResponse { tenant: tenant.into(), tags: Vec::new(), conversation: Vec::new(), response: serde_json::json!({"output_text": "x".repeat(text_bytes)}) }
+        StoredResponse { tenant: tenant.into(), tags: Vec::new(), conversation: Vec::new(), response: serde_json::json!({"output_text": "x".repeat(text_bytes)}), input_items: Vec::new() }
     }
 
     #[tokio::test]

@@ -85,6 +85,9 @@ pub struct StoredResponse {
     pub conversation: Vec<ChatMessage>,
     /// The `response` object as it was answered.
     pub response: Value,
+    /// This turn's input as the API lists it (`GET /v1/responses/{id}/input_items`), oldest first.
+    #[serde(default)]
+    pub input_items: Vec<Value>,
 }
 
 /// Parses and checks a `POST /v1/responses` body.
@@ -185,6 +188,33 @@ fn chat_part(part: &Value, param: &str) -> Result<Value, ApiError> {
         }
         other => Err(ApiError::invalid(format!("Invalid value for '{param}.type': {other:?} content parts are not supported."), format!("{param}.type"))),
     }
+}
+
+/// This turn's input messages as listed items, each with an id derived from `response_id`:
+/// messages (`input_text` parts; assistant turns as `output_text`), function calls and outputs.
+pub fn listed_items(response_id: &str, input: &[ChatMessage]) -> Vec<Value> {
+    let base = suffix(response_id);
+    let mut items = Vec::new();
+    for m in input {
+        let n = items.len();
+        let text = m.content.as_ref().and_then(MessageContent::text);
+        if m.role == "tool" {
+            items.push(json!({"id": format!("fco_{base}_{n}"), "type": "function_call_output", "status": "completed",
+                "call_id": m.extra.get("tool_call_id").cloned().unwrap_or(Value::Null), "output": text.unwrap_or_default()}));
+            continue;
+        }
+        if let Some(text) = text.filter(|t| !t.is_empty()) {
+            let part = if m.role == "assistant" { text_part(&text) } else { json!({"type": "input_text", "text": text}) };
+            items.push(json!({"id": format!("msg_{base}_{n}"), "type": "message", "role": m.role, "status": "completed", "content": [part]}));
+        }
+        for call in m.extra.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            let n = items.len();
+            items.push(json!({"id": format!("fc_{base}_{n}"), "type": "function_call", "status": "completed",
+                "call_id": call.get("id").cloned().unwrap_or(Value::Null), "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
+                "arguments": call.pointer("/function/arguments").cloned().unwrap_or(Value::Null)}));
+        }
+    }
+    items
 }
 
 /// True when `req` has tools other than functions (web search, file search, …).

@@ -328,3 +328,26 @@ def test_over_budget_passthrough_goes_to_the_local_engine(tmp_path, fake_provide
         assert len(responses_sent(fake_provider)) == before
     finally:
         gw.stop()
+
+
+def test_input_items_are_listed_newest_first_and_page(gateway, schemas):
+    client = client_for(gateway)
+    first = client.responses.create(model="fake/tool", input="Weather in Paris?", tools=WEATHER)
+    call = first.output[0]
+    r = client.responses.create(model="fake/tool", previous_response_id=first.id, tools=WEATHER, input=[
+        {"role": "user", "content": "and then?"},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    listed = httpx.get(f"{gateway.v1}/responses/{r.id}/input_items", timeout=10).json()
+    schemas.validate("ResponseItemList", listed)
+    # This turn's input only (not the earlier turn's), newest first.
+    assert [i["type"] for i in listed["data"]] == ["function_call_output", "message"]
+    assert listed["data"][1]["content"] == [{"type": "input_text", "text": "and then?"}]
+    assert listed["first_id"] == listed["data"][0]["id"] and listed["has_more"] is False
+    sdk = list(client.responses.input_items.list(r.id, order="asc"))
+    assert [i.type for i in sdk] == ["message", "function_call_output"]
+    page = httpx.get(f"{gateway.v1}/responses/{r.id}/input_items", params={"limit": 1, "order": "asc"}, timeout=10).json()
+    assert page["has_more"] is True and len(page["data"]) == 1
+    rest = httpx.get(f"{gateway.v1}/responses/{r.id}/input_items", params={"limit": 1, "order": "asc", "after": page["last_id"]}, timeout=10).json()
+    assert [i["type"] for i in rest["data"]] == ["function_call_output"] and rest["has_more"] is False
+    assert httpx.get(f"{gateway.v1}/responses/resp_nope/input_items", timeout=10).status_code == 404
+    assert httpx.get(f"{gateway.v1}/responses/{r.id}/input_items", params={"limit": 0}, timeout=10).status_code == 400

@@ -276,6 +276,47 @@ pub async fn get(State(state): State<Arc<AppState>>, Extension(tenant): Extensio
     }
 }
 
+/// `GET /v1/responses/{id}/input_items` query.
+#[derive(Debug, serde::Deserialize)]
+pub struct ItemsQuery {
+    /// `asc` or `desc` (default: newest first, as the API).
+    order: Option<String>,
+    /// 1–100, default 20.
+    limit: Option<usize>,
+    /// List the items after this id (in the chosen order).
+    after: Option<String>,
+}
+
+/// The input items of the stored response `id`.
+pub async fn input_items(
+    State(state): State<Arc<AppState>>,
+    Extension(tenant): Extension<Arc<TenantProfile>>,
+    Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ItemsQuery>,
+) -> Response {
+    let Some(stored) = state.responses.get(&tenant.name, &id).await else { return ApiError::ResponseNotFound { id }.into_response() };
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return ApiError::invalid("'limit' must be between 1 and 100.", "limit").into_response();
+    }
+    let mut items: Vec<&Value> = stored.input_items.iter().collect();
+    match query.order.as_deref() {
+        None | Some("desc") => items.reverse(),
+        Some("asc") => {}
+        Some(other) => return ApiError::invalid(format!("Invalid value for 'order': {other:?}. Supported values are: asc, desc."), "order").into_response(),
+    }
+    if let Some(after) = &query.after {
+        match items.iter().position(|item| item.get("id").and_then(Value::as_str) == Some(after)) {
+            Some(at) => items.drain(..=at).for_each(drop),
+            None => return ApiError::invalid(format!("No input item with id {after:?} in this response."), "after").into_response(),
+        }
+    }
+    let has_more = items.len() > limit;
+    items.truncate(limit);
+    let id_of = |item: Option<&&Value>| item.and_then(|i| i.get("id")).cloned().unwrap_or(Value::Null);
+    Json(json!({"object": "list", "data": items, "first_id": id_of(items.first()), "last_id": id_of(items.last()), "has_more": has_more})).into_response()
+}
+
 /// Forgets the stored response `id`.
 pub async fn delete(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, Path(id): Path<String>) -> Response {
     if state.responses.delete(&tenant.name, &id).await {
@@ -298,7 +339,8 @@ struct Keep {
 impl Keep {
     async fn store(self, id: &str, response: &Value) {
         let conversation = responses::conversation_after(&self.history, &self.input, response);
-        let stored = StoredResponse { tenant: self.tenant, tags: self.tags, conversation, response: response.clone() };
+        let input_items = responses::listed_items(id, &self.input);
+        let stored = StoredResponse { tenant: self.tenant, tags: self.tags, conversation, response: response.clone(), input_items };
         self.state.responses.put(id, stored).await;
     }
 }
