@@ -431,9 +431,12 @@ fn incomplete_reason(finish_reason: Option<&str>) -> Option<&'static str> {
 /// `function_call` per tool call. Item ids are derived from the response id.
 pub fn output_items(envelope: &Envelope, answer: &ChatResponse) -> (Vec<Value>, Option<&'static str>) {
     let Some(choice) = answer.choices.first() else { return (Vec::new(), None) };
+    let incomplete = incomplete_reason(choice.finish_reason.as_deref());
+    // An answer cut short leaves its items `incomplete`, as the API marks them.
+    let status = if incomplete.is_some() { "incomplete" } else { "completed" };
     let mut items = Vec::new();
     if let Some(text) = choice.message.content.as_deref().filter(|t| !t.is_empty()) {
-        items.push(message_item(&envelope.id, text, "completed"));
+        items.push(message_item(&envelope.id, text, status));
     }
     if let Some(Value::Array(calls)) = choice.message.extra.get("tool_calls") {
         for (i, call) in calls.iter().enumerate() {
@@ -441,14 +444,14 @@ pub fn output_items(envelope: &Envelope, answer: &ChatResponse) -> (Vec<Value>, 
             let name = function.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or_default();
             let arguments = function.and_then(|f| f.get("arguments")).and_then(Value::as_str).unwrap_or_default();
             let call_id = call.get("id").and_then(Value::as_str).map_or_else(|| format!("call_{i}"), str::to_owned);
-            items.push(function_item(&envelope.id, i, &call_id, name, arguments, "completed"));
+            items.push(function_item(&envelope.id, i, &call_id, name, arguments, status));
         }
     }
-    (items, incomplete_reason(choice.finish_reason.as_deref()))
+    (items, incomplete)
 }
 
 fn message_item(response_id: &str, text: &str, status: &str) -> Value {
-    let content = if status == "completed" { vec![text_part(text)] } else { Vec::new() };
+    let content = if status == "in_progress" { Vec::new() } else { vec![text_part(text)] };
     json!({"id": message_id(response_id), "type": "message", "status": status, "role": "assistant", "content": content})
 }
 
@@ -620,6 +623,8 @@ impl EventWriter {
     /// (the last of which is `response.completed` or `response.incomplete`).
     pub fn finish(&mut self) -> (Vec<Event>, Value) {
         let mut events = Vec::new();
+        let incomplete = incomplete_reason(self.finish_reason.as_deref());
+        let item_status = if incomplete.is_some() { "incomplete" } else { "completed" };
         let mut open: Vec<usize> = self.calls.iter().map(|(_, at)| *at).collect();
         if let Some((at, _)) = &self.text {
             open.push(*at);
@@ -631,17 +636,16 @@ impl EventWriter {
                 let text = self.text.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
                 events.push(self.event("response.output_text.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "text": text, "logprobs": []})));
                 events.push(self.event("response.content_part.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "part": text_part(&text)})));
-                self.output[at] = message_item(&self.envelope.id, &text, "completed");
+                self.output[at] = message_item(&self.envelope.id, &text, item_status);
             } else {
                 let arguments = self.output[at]["arguments"].clone();
                 let name = self.output[at]["name"].clone();
                 events.push(self.event("response.function_call_arguments.done", json!({"item_id": item_id, "output_index": at, "name": name, "arguments": arguments})));
-                self.output[at]["status"] = json!("completed");
+                self.output[at]["status"] = json!(item_status);
             }
             let item = self.output[at].clone();
             events.push(self.event("response.output_item.done", json!({"output_index": at, "item": item})));
         }
-        let incomplete = incomplete_reason(self.finish_reason.as_deref());
         let status = if incomplete.is_some() { "incomplete" } else { "completed" };
         let response = self.envelope.response(status, &self.output, self.usage.as_ref(), incomplete);
         let kind = if incomplete.is_some() { "response.incomplete" } else { "response.completed" };
@@ -748,6 +752,8 @@ mod tests {
         let (events, response) = writer.finish();
         assert_eq!(events.last().unwrap().0, "response.incomplete");
         assert_eq!(response["incomplete_details"]["reason"], "max_output_tokens");
+        assert_eq!(response["output"][0]["status"], "incomplete");
+        assert_eq!(response["output"][0]["content"][0]["text"], "a");
     }
 
     #[test]
