@@ -361,16 +361,7 @@ impl Provider for OpenAiCompatible {
         req.stream = None;
         req.stream_options = None;
         let request_body = self.body(&req)?;
-        let body = self
-            .with_retries(|| async {
-                let response = self.send_once(&req.model, &request_body, Endpoint::of(&req)).await?;
-                match tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes()).await {
-                    Err(_) => Err(Failure::fatal(self.timeout())),
-                    Ok(Err(e)) => Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None }),
-                    Ok(Ok(body)) => Ok(body),
-                }
-            })
-            .await?;
+        let body = self.answer_body(&req.model, &request_body, Endpoint::of(&req)).await?;
         if let Dialect::Anthropic { .. } = self.dialect {
             let value: serde_json::Value =
                 serde_json::from_slice(&body).map_err(|e| self.upstream(None, format!("unreadable message: {e}")))?;
@@ -409,11 +400,7 @@ impl Provider for OpenAiCompatible {
     }
 
     async fn responses_stream(&self, body: serde_json::Value) -> Result<crate::provider::ResponseEvents, ProviderError> {
-        if let Dialect::Anthropic { .. } = self.dialect {
-            return Err(ProviderError::InvalidRequest { message: format!("provider {:?} (Anthropic) does not speak the Responses API", self.name), param: Some("model".into()) });
-        }
-        let model = body.get("model").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
-        let request_body = bytes::Bytes::from(serde_json::to_vec(&body).map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })?);
+        let (model, request_body) = self.json_request(&body, Endpoint::Responses)?;
         let (first, rest) = self.with_retries(|| self.open_stream(&model, &request_body, Endpoint::Responses)).await?;
         let provider = self.name.clone();
         let events = stream::iter(first.map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms)));
@@ -438,23 +425,34 @@ impl Provider for OpenAiCompatible {
 }
 
 impl OpenAiCompatible {
-    /// One JSON request to `endpoint` (embeddings, responses), answered as the provider sent it.
-    async fn json_call(&self, body: serde_json::Value, endpoint: Endpoint) -> Result<serde_json::Value, ProviderError> {
+    /// The model named in a JSON `body` for `endpoint` (embeddings, responses) and the body
+    /// encoded once for every attempt; Anthropic has neither endpoint.
+    fn json_request(&self, body: &serde_json::Value, endpoint: Endpoint) -> Result<(String, bytes::Bytes), ProviderError> {
         if let Dialect::Anthropic { .. } = self.dialect {
             return Err(ProviderError::InvalidRequest { message: format!("provider {:?} (Anthropic) has no {} endpoint", self.name, endpoint.path()), param: Some("model".into()) });
         }
         let model = body.get("model").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
-        let request_body = bytes::Bytes::from(serde_json::to_vec(&body).map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })?);
-        let answer = self
-            .with_retries(|| async {
-                let response = self.send_once(&model, &request_body, endpoint).await?;
-                match tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes()).await {
-                    Err(_) => Err(Failure::fatal(self.timeout())),
-                    Ok(Err(e)) => Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None }),
-                    Ok(Ok(body)) => Ok(body),
-                }
-            })
-            .await?;
+        let encoded = serde_json::to_vec(body).map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })?;
+        Ok((model, bytes::Bytes::from(encoded)))
+    }
+
+    /// The whole body of a successful answer from `endpoint`, with retries.
+    async fn answer_body(&self, model: &str, request_body: &bytes::Bytes, endpoint: Endpoint) -> Result<bytes::Bytes, ProviderError> {
+        self.with_retries(|| async {
+            let response = self.send_once(model, request_body, endpoint).await?;
+            match tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes()).await {
+                Err(_) => Err(Failure::fatal(self.timeout())),
+                Ok(Err(e)) => Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None }),
+                Ok(Ok(body)) => Ok(body),
+            }
+        })
+        .await
+    }
+
+    /// One JSON request to `endpoint` (embeddings, responses), answered as the provider sent it.
+    async fn json_call(&self, body: serde_json::Value, endpoint: Endpoint) -> Result<serde_json::Value, ProviderError> {
+        let (model, request_body) = self.json_request(&body, endpoint)?;
+        let answer = self.answer_body(&model, &request_body, endpoint).await?;
         serde_json::from_slice(&answer).map_err(|e| self.upstream(None, format!("unreadable {} answer: {e}", endpoint.path())))
     }
 }

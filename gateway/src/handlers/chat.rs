@@ -18,7 +18,7 @@ use router::{Decision, Redaction, TenantProfile};
 use tracing::{warn, Instrument};
 
 use crate::accounting::{estimate_tokens, PendingRecord};
-use crate::admission::Admitted;
+use crate::admission::{Admitted, Ticket};
 use crate::budgets::usd_to_nanos;
 use crate::cache::{cache_key, replay_chunks, CacheKey, Cached, ResponseCache, StreamCollector};
 use crate::chat_request::parse_chat_request;
@@ -123,22 +123,34 @@ impl Exchange {
         local_retry: bool,
     ) -> Result<bool, ApiError> {
         let slot = state.in_flight.enter(&tenant.name).ok_or(ApiError::TooManyInFlight { limit: state.in_flight.limit() })?;
-        let mut standing = (None, None);
-        let admitted = state.limiter.admit(&tenant.name, prompt_tokens, reserve_nusd, remote_bound, &ctx.request_id, &mut standing).await;
-        (self.rate.requests, self.rate.tokens) = standing;
-        let ticket = match admitted? {
+        let ticket = match self.limit(state, ctx, tenant, prompt_tokens, reserve_nusd, remote_bound).await? {
             Admitted::Yes(ticket) => ticket,
             Admitted::OverBudgetTryLocal { .. } if local_retry => return Ok(false),
             Admitted::OverBudgetTryLocal { retry_after_s } => return Err(ApiError::BudgetExceeded { retry_after_s }),
         };
+        self.settle_when_finished(state, ticket, slot);
+        Ok(true)
+    }
+
+    /// The limiter's one step for this request; the tenant's standing goes into the answer's
+    /// rate-limit headers.
+    async fn limit(&mut self, state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, prompt_tokens: u64, reserve_nusd: u64, remote_bound: bool) -> Result<Admitted, ApiError> {
+        let mut standing = (None, None);
+        let admitted = state.limiter.admit(&tenant.name, prompt_tokens, reserve_nusd, remote_bound, &ctx.request_id, &mut standing).await;
+        (self.rate.requests, self.rate.tokens) = standing;
+        admitted
+    }
+
+    /// When the record is written: settles `ticket` with the actual cost and releases `held`
+    /// (the in-flight slot, and whatever else the request holds until it ends).
+    fn settle_when_finished(&mut self, state: &AppState, ticket: Ticket, held: impl Send + 'static) {
         if let Some(r) = self.record.as_mut() {
             let limiter = Arc::clone(&state.limiter);
             r.on_finish(Box::new(move |finished| {
                 limiter.settle(&ticket, finished);
-                drop(slot);
+                drop(held);
             }));
         }
-        Ok(true)
     }
 
     /// The response for `result`, with the error status recorded and the rate headers added.
@@ -187,7 +199,6 @@ pub async fn serve_chat(
     req: ChatRequest,
     exchange: &mut Exchange,
 ) -> Result<Served, ApiError> {
-    let Exchange { record, rate } = exchange;
     let prompt_chars = privacy::text_chars(&req);
     let prompt_tokens = estimate_tokens(prompt_chars);
     let mut decision = plan(state, &req, headers, tenant, false)?;
@@ -206,9 +217,7 @@ pub async fn serve_chat(
     let reserve = if cached.is_some() { 0 } else { worst_case_nusd(state, &req, &decision, prompt_tokens, &tenant.name) };
     let remote_bound = cached.is_none() && candidates(&decision).any(|t| !is_local(state, t));
     let slot = state.in_flight.enter(&tenant.name).ok_or(ApiError::TooManyInFlight { limit: state.in_flight.limit() })?;
-    let mut standing = (None, None);
-    let admitted = state.limiter.admit(&tenant.name, prompt_tokens, reserve, remote_bound, &ctx.request_id, &mut standing).await;
-    (rate.requests, rate.tokens) = standing;
+    let admitted = exchange.limit(state, ctx, tenant, prompt_tokens, reserve, remote_bound).await;
     // A spilled request the budget cannot cover stays local rather than being refused.
     let admitted = match admitted {
         Err(ApiError::BudgetExceeded { retry_after_s }) if decision.spilled.is_some() => Ok(Admitted::OverBudgetTryLocal { retry_after_s }),
@@ -222,9 +231,7 @@ pub async fn serve_chat(
             if candidates(&decision).any(|t| !is_local(state, t)) {
                 return Err(ApiError::BudgetExceeded { retry_after_s });
             }
-            let again = state.limiter.admit(&tenant.name, prompt_tokens, 0, false, &ctx.request_id, &mut standing).await;
-            (rate.requests, rate.tokens) = standing;
-            match again? {
+            match exchange.limit(state, ctx, tenant, prompt_tokens, 0, false).await? {
                 Admitted::Yes(ticket) => ticket,
                 Admitted::OverBudgetTryLocal { retry_after_s } => return Err(ApiError::BudgetExceeded { retry_after_s }),
             }
@@ -235,16 +242,12 @@ pub async fn serve_chat(
     }
     ctx.span.record("rule", decision.rule.as_str());
     ctx.span.record("tier", decision.tier.as_str());
-    if let Some(r) = record.as_mut() {
+    if let Some(r) = exchange.record.as_mut() {
         r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
-        let limiter = Arc::clone(&state.limiter);
-        // The in-flight slot is held until the request ends (a stream: until it is done or dropped).
-        r.on_finish(Box::new(move |finished| {
-            limiter.settle(&ticket, finished);
-            drop(slot);
-            drop(local_ticket);
-        }));
     }
+    // The in-flight slot is held until the request ends (a stream: until it is done or dropped).
+    exchange.settle_when_finished(state, ticket, (slot, local_ticket));
+    let record = &mut exchange.record;
     if let Some(hit) = cached {
         return Ok(cached_answer(&req, &decision, &hit, record));
     }

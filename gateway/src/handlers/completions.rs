@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use providers::wire::{ChatChunk, ChatMessage, ChatRequest, ChatResponse, MessageContent, Stop, StreamOptions};
+use providers::wire::{ChatChunk, ChatMessage, ChatRequest, ChatResponse, MessageContent, Stop, StreamOptions, Usage};
 use router::TenantProfile;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -131,6 +131,11 @@ pub async fn completions(
     exchange.finish(result)
 }
 
+/// A `text_completion`'s `usage`: the three counts.
+fn token_counts(usage: &Usage) -> Value {
+    json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens})
+}
+
 /// `cmpl-…` for a chat id.
 fn completion_id(chat_id: &str) -> String {
     format!("cmpl-{}", chat_id.strip_prefix("chatcmpl-").unwrap_or(chat_id))
@@ -145,7 +150,7 @@ fn text_completion(answer: &ChatResponse) -> Value {
         .collect();
     let mut out = json!({"id": completion_id(&answer.id), "object": "text_completion", "created": answer.created, "model": answer.model, "choices": choices});
     if let Some(usage) = &answer.usage {
-        out["usage"] = json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens});
+        out["usage"] = token_counts(usage);
     }
     if let Some(fingerprint) = &answer.system_fingerprint {
         out["system_fingerprint"] = json!(fingerprint);
@@ -167,7 +172,7 @@ fn completion_chunk(chunk: &ChatChunk) -> Option<String> {
     }
     let mut out = json!({"id": completion_id(&chunk.id), "object": "text_completion", "created": chunk.created, "model": chunk.model, "choices": choices});
     if let Some(usage) = &chunk.usage {
-        out["usage"] = json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens});
+        out["usage"] = token_counts(usage);
     }
     Some(out.to_string())
 }

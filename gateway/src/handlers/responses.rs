@@ -178,7 +178,7 @@ async fn passthrough(
     let mut cost = 0.0;
     if let Some(record) = exchange.record() {
         record.served_by(target, false);
-        record.usage(response_usage(&response).as_ref());
+        record.usage(usage_of_response(&response).as_ref());
         record.status(200);
         cost = record.cost_usd();
     }
@@ -201,8 +201,8 @@ fn patch_echo(response: &mut Value, (previous, store): &(Option<String>, bool)) 
     }
 }
 
-/// Chat usage from a `response` object's `usage`.
-fn response_usage(response: &Value) -> Option<Usage> {
+/// Chat usage from a `response` object's `usage` (the inverse of `responses::response_usage`).
+fn usage_of_response(response: &Value) -> Option<Usage> {
     let usage = response.get("usage")?;
     let mut out = Usage::new(usage.get("input_tokens")?.as_u64()?, usage.get("output_tokens")?.as_u64()?);
     if let Some(cached) = usage.pointer("/input_tokens_details/cached_tokens").and_then(Value::as_u64) {
@@ -245,7 +245,7 @@ fn passthrough_events(
                 if let Some(response) = data.get_mut("response").filter(|_| kind == "response.completed" || kind == "response.incomplete") {
                     patch_echo(response, &p.echo);
                     if let Some(r) = p.record.as_mut() {
-                        r.usage(response_usage(response).as_ref());
+                        r.usage(usage_of_response(response).as_ref());
                     }
                     if let (Some(keep), Some(id)) = (p.keep.take(), response.get("id").and_then(Value::as_str).map(str::to_owned)) {
                         keep.store(&id, response).await;
