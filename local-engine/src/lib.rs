@@ -10,6 +10,7 @@ mod embeddings;
 mod engine;
 mod error;
 mod host_cache;
+mod json_closer;
 mod load;
 mod prefix_cache;
 mod sampling;

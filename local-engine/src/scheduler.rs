@@ -19,6 +19,7 @@ use tracing::{debug, error, warn};
 
 use crate::engine::{Job, Message};
 use crate::host_cache::HostCache;
+use crate::json_closer::JsonCloser;
 use crate::prefix_cache::{Plan, SlotTable, Source};
 use crate::sampling::SequenceSampler;
 use crate::text::TextAssembler;
@@ -58,6 +59,8 @@ struct Sequence {
     logits_at: Option<i32>,
     /// Sum, minimum and count of the generated tokens' log-probabilities, when asked for.
     logprobs: Option<(f64, f32, u32)>,
+    /// Follows a free-form JSON answer so it can be closed inside `max_tokens`.
+    json: Option<JsonCloser>,
 }
 
 impl Sequence {
@@ -321,6 +324,7 @@ impl<'m> Scheduler<'m> {
             max_tokens,
             logits_at: None,
             logprobs: job.request.sampling.logprobs.then_some((0.0, 0.0, 0)),
+            json: job.request.sampling.close_json.then(JsonCloser::default),
         });
         self.publish_kv_usage();
     }
@@ -516,16 +520,33 @@ impl<'m> Scheduler<'m> {
             }
             seq.completion_tokens += 1;
             self.stats.completion_tokens_total.fetch_add(1, Relaxed);
-            let out = seq.assembler.push(&vocab.token_to_piece(token, false, None));
+            let piece = vocab.token_to_piece(token, false, None);
+            if let Some(json) = seq.json.as_mut() {
+                json.push(&piece);
+            }
+            let out = seq.assembler.push(&piece);
             if !out.text.is_empty() {
                 let _ = seq.events.send(GenerationEvent::Text(out.text));
             }
-            if out.stopped {
+            // Tokens this sequence may still generate: its own limit, and its share of the context.
+            let left = (seq.max_tokens.saturating_sub(seq.completion_tokens))
+                .min(self.seq_cells.saturating_sub(u32::try_from(seq.n_past()).unwrap_or(u32::MAX) + 1));
+            if out.stopped || seq.json.as_ref().is_some_and(JsonCloser::is_complete) {
+                // A complete JSON answer: its grammar allows nothing but the end now.
                 finished.push((i, FinishReason::Stop));
-            } else if seq.completion_tokens >= seq.max_tokens
-                || u32::try_from(seq.n_past()).unwrap_or(u32::MAX) + 1 >= self.seq_cells
-            {
+            } else if left == 0 {
                 finished.push((i, FinishReason::Length));
+            } else if let Some((closing, tokens)) = seq.json.as_ref().and_then(|json| closing_due(json, left, |text| vocab.tokenize(text.as_bytes(), false, false).len())) {
+                if tokens <= left {
+                    seq.completion_tokens += tokens;
+                    self.stats.completion_tokens_total.fetch_add(u64::from(tokens), Relaxed);
+                    let mut text = seq.assembler.push(closing.as_bytes()).text;
+                    text.push_str(&seq.assembler.finish());
+                    let _ = seq.events.send(GenerationEvent::Text(text));
+                    finished.push((i, FinishReason::Stop));
+                } else {
+                    finished.push((i, FinishReason::Length));
+                }
             } else {
                 seq.pending = Some(token);
             }
@@ -574,6 +595,23 @@ impl<'m> Scheduler<'m> {
         self.stats.kv_cells_used.store(u64::try_from(used).unwrap_or(0), Relaxed);
         self.stats.kv_cells_cached.store(u64::from(self.slots.cached_cells()), Relaxed);
     }
+}
+
+/// Tokens of budget kept in hand when deciding to close a JSON answer: the next token could
+/// open a string or a container and lengthen the closing by about this much.
+const JSON_CLOSING_MARGIN: u32 = 4;
+
+/// The text that closes `json` now and its length in tokens, when `left` tokens would soon not
+/// be enough for it.
+fn closing_due(json: &JsonCloser, left: u32, count_tokens: impl Fn(&str) -> usize) -> Option<(String, u32)> {
+    let closing = json.closing()?;
+    // Its length in bytes bounds its length in tokens: most steps need no tokenizing.
+    let bytes = u32::try_from(closing.len()).unwrap_or(u32::MAX);
+    if bytes.saturating_add(JSON_CLOSING_MARGIN) < left {
+        return None;
+    }
+    let tokens = u32::try_from(count_tokens(&closing)).unwrap_or(u32::MAX);
+    (tokens.saturating_add(JSON_CLOSING_MARGIN) >= left).then_some((closing, tokens))
 }
 
 /// The log-probability of `token` under `logits` (log-softmax, computed stably).

@@ -20,11 +20,15 @@ pub struct SamplingParams {
     /// A llama.cpp grammar (GBNF, root rule `root`) every completion must match
     /// (see [`crate::grammar`]).
     pub grammar: Option<String>,
+    /// The completion is one free-form JSON document (`response_format: json_object`): when
+    /// only enough of `max_tokens` is left to close it, its open strings, values and containers
+    /// are closed and it ends with `Stop`, so a long answer is still parseable.
+    pub close_json: bool,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 1.0, top_p: 1.0, seed: None, stop: Vec::new(), max_tokens: None, logprobs: false, grammar: None }
+        Self { temperature: 1.0, top_p: 1.0, seed: None, stop: Vec::new(), max_tokens: None, logprobs: false, grammar: None, close_json: false }
     }
 }
 

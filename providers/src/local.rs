@@ -82,6 +82,8 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
             None => messages.insert(0, TemplateMessage { role: "system".into(), content: instruction }),
         }
     }
+    // A free-form JSON answer is closed inside the token budget rather than cut mid-value.
+    let close_json = structure.json.as_ref().is_some_and(|schema| schema.as_object().is_some_and(serde_json::Map::is_empty)) && structure.tools.is_none();
     let sampling = SamplingParams {
         temperature: req.temperature.unwrap_or(1.0),
         top_p: req.top_p.unwrap_or(1.0),
@@ -91,6 +93,7 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
         max_tokens: req.max_output_tokens(),
         logprobs: false,
         grammar: structure.grammar,
+        close_json,
     };
     // Tools are described in the system message (above), in the one format the grammar allows.
     let raw_prompt = if req.raw_prompt { Some(req.prompt_text().ok_or_else(|| invalid("the prompt must be text", "prompt"))?) } else { None };

@@ -94,6 +94,32 @@ def test_json_object_is_a_parseable_object(local):
     assert isinstance(json.loads(choice["message"]["content"]), dict)
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_json_object_is_closed_inside_a_small_token_budget(local, seed):
+    # 40 tokens are far too few for what the prompt asks: the answer is closed, not cut.
+    r = httpx.post(f"{local.v1}/chat/completions", json={
+        "model": "auto", "messages": [{"role": "user", "content": "Describe a cat in great detail as JSON, with many nested fields and lists."}],
+        "response_format": {"type": "json_object"}, "max_tokens": 40, "temperature": 1.0, "seed": seed}, timeout=120)
+    body = r.json()
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "stop", body
+    assert isinstance(json.loads(choice["message"]["content"]), dict), body
+    assert body["usage"]["completion_tokens"] <= 40
+
+
+def test_streamed_json_object_is_closed_inside_the_budget(local):
+    with httpx.stream("POST", f"{local.v1}/chat/completions", json={
+            "model": "auto", "messages": [{"role": "user", "content": "List every cat breed you know as JSON."}],
+            "response_format": {"type": "json_object"}, "max_tokens": 24, "temperature": 1.0, "seed": 7, "stream": True,
+            "stream_options": {"include_usage": True}}, timeout=120) as r:
+        chunks = parse_chunks(sse_events(r))
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finish == ["stop"]
+    assert isinstance(json.loads(text), dict), text
+    assert chunks[-1]["usage"]["completion_tokens"] <= 24
+
+
 class Person(BaseModel):
     name: str
     age: int
