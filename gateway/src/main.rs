@@ -143,8 +143,24 @@ fn main() -> ExitCode {
 
 fn serve_command(path: &Path) -> anyhow::Result<()> {
     let config = load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let (runtime, threads) = runtime(config.server.worker_threads).context("starting the runtime")?;
+    tracing::info!(worker_threads = threads, single_threaded = threads == 1, "async runtime");
     runtime.block_on(serve::serve(config))
+}
+
+/// The async runtime: `worker_threads` threads (0: one per core this process may run on), and
+/// a single-threaded one when that is one — on one core, work stealing only costs.
+fn runtime(worker_threads: usize) -> std::io::Result<(tokio::runtime::Runtime, usize)> {
+    let threads = match worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        n => n,
+    };
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    };
+    Ok((runtime?, threads))
 }
 
 fn check_command(path: &Path) -> ExitCode {

@@ -88,9 +88,13 @@ impl AppState {
             None => None,
         };
         // Keep-alive connection pools per host; TLS via rustls with the system's roots.
+        // Providers are called at their configured URLs only: a redirect is not followed (it
+        // would carry the provider key elsewhere), and no Referer is sent.
         let client = reqwest::Client::builder()
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
             .build()
             .context("building the HTTP client")?;
         let mut remotes = HashMap::new();
