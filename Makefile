@@ -13,8 +13,10 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 export SWITCHYARD_BIN := $(abspath $(TARGET_DIR))/release/switchyard
 export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
+# What `make run` serves: the `dist` profile (release + fat LTO, see Cargo.toml).
+DIST_BIN := $(abspath $(TARGET_DIR))/dist/switchyard
 
-.PHONY: run test build model embedding-model bench-structured system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
+.PHONY: run test build dist model embedding-model bench-structured system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -74,8 +76,12 @@ embedding-model:
 build: system-deps
 	cargo build --release --workspace --locked
 
-run: model build
-	$(SWITCHYARD_BIN) serve --config $(CONFIG)
+## The gateway alone, optimised whole-program (what `make run`, Docker and bench-proxy use).
+dist: system-deps
+	cargo build --profile dist --locked -p gateway --bin switchyard
+
+run: model dist
+	$(DIST_BIN) serve --config $(CONFIG)
 
 check: build
 	$(SWITCHYARD_BIN) check --config $(CONFIG)
@@ -178,10 +184,10 @@ clean:
 	rm -rf $(VENV)
 
 ## Proxy overhead (issue 9): direct vs nginx proxy_pass vs Switchyard vs LiteLLM, wrk, pinned cores.
-bench-proxy: build
+bench-proxy: dist
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk nginx; }
 	@[ -x .venv-litellm/bin/litellm ] || { python3 -m venv .venv-litellm && .venv-litellm/bin/pip install --quiet 'litellm[proxy]'; }
-	bash bench/proxy/run.sh $(BENCH_SECONDS)
+	SWITCHYARD_BIN=$(DIST_BIN) bash bench/proxy/run.sh $(BENCH_SECONDS)
 
 ## Ten minutes at 70 % of the measured maximum with a misbehaving upstream: RSS, fds, errors per minute.
 soak: model build
