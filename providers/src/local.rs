@@ -83,7 +83,7 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
         }
     }
     // A free-form JSON answer is closed inside the token budget rather than cut mid-value.
-    let close_json = structure.json.as_ref().is_some_and(|schema| schema.as_object().is_some_and(serde_json::Map::is_empty)) && structure.tools.is_none();
+    let close_json = structure.is_free_form_json();
     let sampling = SamplingParams {
         temperature: req.temperature.unwrap_or(1.0),
         top_p: req.top_p.unwrap_or(1.0),
@@ -134,6 +134,11 @@ impl Structure {
         }
     }
 
+    /// Any JSON object will do (`json_object`, or a schema that constrains nothing).
+    fn is_free_form_json(&self) -> bool {
+        self.json.as_ref().is_some_and(|schema| schema.as_object().is_some_and(serde_json::Map::is_empty))
+    }
+
     /// What the model is told about the format it must answer in.
     fn instruction(&self) -> Option<String> {
         if let Some((tools, allow_text)) = &self.tools {
@@ -145,7 +150,7 @@ impl Structure {
             return Some(text);
         }
         let schema = self.json.as_ref()?;
-        Some(if schema.as_object().is_some_and(serde_json::Map::is_empty) {
+        Some(if self.is_free_form_json() {
             "Answer with a JSON object only.".to_owned()
         } else {
             format!("Answer with JSON only, following this JSON Schema:\n{schema}")
