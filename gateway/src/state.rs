@@ -87,16 +87,11 @@ impl AppState {
             Some(engine) => Some(LocalProvider::new(EngineHandle::start(engine.clone()).context("starting the local engine")?)),
             None => None,
         };
-        // Keep-alive connection pools per host; TLS via rustls with the system's roots.
-        // Providers are called at their configured URLs only: a redirect is not followed (it
-        // would carry the provider key elsewhere), and no Referer is sent.
-        let client = reqwest::Client::builder()
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .referer(false)
-            .build()
-            .context("building the HTTP client")?;
+        // Keep-alive connection pools per host: TLS via rustls with the system's roots for
+        // https upstreams, a bare hyper pool for plain http ones (providers::HttpClient).
+        // Providers are called at their configured URLs only: no redirect is followed (it would
+        // carry the provider key elsewhere), and no Referer is sent.
+        let client = providers::HttpClient::new(std::time::Duration::from_secs(90)).context("building the HTTP client")?;
         let mut remotes = HashMap::new();
         for p in &config.providers {
             let api_key = match &p.api_key_env {
@@ -108,7 +103,7 @@ impl AppState {
             };
             let provider: Arc<dyn Provider> = match p.kind {
                 ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Azure | ProviderKind::Anthropic => {
-                    Arc::new(OpenAiCompatible::new(p, api_key, client.clone()))
+                    Arc::new(OpenAiCompatible::new(p, api_key.as_deref(), client.clone()))
                 }
             };
             let targets = p.models.iter().map(|m| format!("{}/{}", p.name, m.name)).collect();

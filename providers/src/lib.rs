@@ -11,6 +11,7 @@ mod openai_compatible;
 mod pool;
 mod provider;
 mod retry;
+mod transport;
 pub mod wire;
 
 pub use circuit::{counts_against_provider, Breaker, BreakerConfig, Guarded};
@@ -21,3 +22,4 @@ pub use openai_compatible::{decode_stream, OpenAiCompatible};
 pub use pool::{Lease, Pool};
 pub use provider::{collect_stream, ChunkStream, Provider, ResponseEvents};
 pub use retry::{retryable_status, RetryPolicy};
+pub use transport::{Destination, HttpClient, SendError, UpstreamResponse};

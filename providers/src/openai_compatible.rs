@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use eventsource_stream::Eventsource;
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
-use reqwest::{Client, Response, StatusCode};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use http::StatusCode;
 use tracing::warn;
 
 use crate::anthropic;
@@ -19,6 +19,7 @@ use crate::circuit::counts_against_provider;
 use crate::pool::{Lease, Pool};
 use crate::provider::{ChunkStream, Provider};
 use crate::retry::{retryable_status, RetryPolicy};
+use crate::transport::{Destination, HttpClient, UpstreamResponse};
 use crate::wire::{ChatChunk, ChatRequest, ChatResponse, ErrorBody, ErrorDetail, StreamOptions};
 use crate::{ProviderConfig, ProviderError, ProviderKind};
 
@@ -38,9 +39,10 @@ pub struct OpenAiCompatible {
     name: String,
     dialect: Dialect,
     /// `{base}/chat/completions` of each pooled endpoint, parsed once (not per request).
-    chat_urls: HashMap<String, reqwest::Url>,
-    api_key: Option<String>,
-    client: Client,
+    chat_urls: HashMap<String, Destination>,
+    /// Content type, the dialect's key header (marked sensitive) and version header, built once.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    client: HttpClient,
     timeout_ms: u64,
     retry: RetryPolicy,
 }
@@ -69,7 +71,7 @@ type Events = BoxStream<'static, Result<eventsource_stream::Event, String>>;
 
 impl OpenAiCompatible {
     /// Builds the provider; `api_key` is the value of the configured `api_key_env`.
-    pub fn new(config: &ProviderConfig, api_key: Option<String>, client: Client) -> Self {
+    pub fn new(config: &ProviderConfig, api_key: Option<&str>, client: HttpClient) -> Self {
         let bases: Vec<String> = if config.endpoints.is_empty() {
             config.base_url.iter().cloned().collect()
         } else {
@@ -98,9 +100,10 @@ impl OpenAiCompatible {
         let chat_urls = bases
             .iter()
             .map(|b| b.trim_end_matches('/'))
-            .filter_map(|b| Some((b.to_owned(), reqwest::Url::parse(&format!("{b}/chat/completions")).ok()?)))
+            .filter_map(|b| Some((b.to_owned(), Destination::parse(&format!("{b}/chat/completions"))?)))
             .collect();
-        Self { name: config.name.clone(), dialect, chat_urls, api_key, client, timeout_ms: config.timeout_ms, retry: config.retry_policy() }
+        let headers = request_headers(config.kind, api_key);
+        Self { name: config.name.clone(), dialect, chat_urls, headers, client, timeout_ms: config.timeout_ms, retry: config.retry_policy() }
     }
 
     fn timeout(&self) -> ProviderError {
@@ -128,46 +131,28 @@ impl OpenAiCompatible {
             .map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })
     }
 
-    fn request(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>, endpoint: Endpoint) -> reqwest::RequestBuilder {
-        let json = |builder: reqwest::RequestBuilder| {
-            builder.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone())
-        };
+    /// Where a request for `model` to `endpoint` goes (`lease`: the pooled endpoint chosen).
+    fn destination(&self, model: &str, lease: Option<&Lease>, endpoint: Endpoint) -> Option<Destination> {
         match &self.dialect {
             Dialect::OpenAi { .. } => {
                 let base = lease.map_or("", |l| l.base.as_str());
-                let builder = match self.chat_urls.get(base) {
-                    Some(url) if endpoint == Endpoint::Chat => json(self.client.post(url.clone())),
-                    _ => json(self.client.post(format!("{base}/{}", endpoint.path()))),
-                };
-                match &self.api_key {
-                    Some(key) => builder.bearer_auth(key),
-                    None => builder,
+                match self.chat_urls.get(base) {
+                    Some(to) if endpoint == Endpoint::Chat => Some(to.clone()),
+                    _ => Destination::parse(&format!("{base}/{}", endpoint.path())),
                 }
             }
             Dialect::Azure { base, api_version, deployments } => {
                 let deployment = deployments.get(model).map_or(model, String::as_str);
                 // api_version is a date-like token (`2024-10-21`): nothing in it needs escaping.
-                let url = format!("{base}/openai/deployments/{deployment}/{}?api-version={api_version}", endpoint.path());
-                let builder = json(self.client.post(url));
-                match &self.api_key {
-                    Some(key) => builder.header("api-key", key),
-                    None => builder,
-                }
+                Destination::parse(&format!("{base}/openai/deployments/{deployment}/{}?api-version={api_version}", endpoint.path()))
             }
-            Dialect::Anthropic { url, .. } => {
-                // Never `Authorization`: Anthropic authenticates with `x-api-key`.
-                let builder = json(self.client.post(url)).header("anthropic-version", anthropic::API_VERSION);
-                match &self.api_key {
-                    Some(key) => builder.header("x-api-key", key),
-                    None => builder,
-                }
-            }
+            Dialect::Anthropic { url, .. } => Destination::parse(url),
         }
     }
 
     /// One attempt: the response once its status is known to be a success. A pooled endpoint is
     /// held until the answer's head arrives, and its health updated from the outcome.
-    async fn send_once(&self, model: &str, body: &bytes::Bytes, endpoint: Endpoint) -> Result<Response, Failure> {
+    async fn send_once(&self, model: &str, body: &bytes::Bytes, endpoint: Endpoint) -> Result<UpstreamResponse, Failure> {
         let pool = match &self.dialect {
             Dialect::OpenAi { pool } => Some(pool),
             Dialect::Azure { .. } | Dialect::Anthropic { .. } => None,
@@ -185,14 +170,15 @@ impl OpenAiCompatible {
         result
     }
 
-    async fn send_to(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>, endpoint: Endpoint) -> Result<Response, Failure> {
-        let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.request(model, body, lease, endpoint).send()).await {
+    async fn send_to(&self, model: &str, body: &bytes::Bytes, lease: Option<&Lease>, endpoint: Endpoint) -> Result<UpstreamResponse, Failure> {
+        let Some(to) = self.destination(model, lease, endpoint) else {
+            return Err(Failure::fatal(self.upstream(None, format!("the {} URL of this provider is not a valid URL", endpoint.path()))));
+        };
+        let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.client.post(&to, &self.headers, body.clone())).await {
             Err(_) => return Err(Failure::fatal(self.timeout())),
-            Ok(Err(e)) if e.is_timeout() => return Err(Failure::fatal(self.timeout())),
+            Ok(Err(e)) if e.timed_out => return Err(Failure::fatal(self.timeout())),
             // No answer at all (refused, reset, DNS, TLS): the request never reached the model.
-            Ok(Err(e)) => {
-                return Err(Failure { error: self.upstream(None, error_chain(&e)), retryable: true, retry_after: None })
-            }
+            Ok(Err(e)) => return Err(Failure { error: self.upstream(None, e.message), retryable: true, retry_after: None }),
             Ok(Ok(response)) => response,
         };
         let status = response.status();
@@ -334,17 +320,38 @@ fn anthropic_chunks(events: Events, provider: String) -> ChunkStream {
         .boxed()
 }
 
-/// An error with its causes (`error sending request: … : invalid peer certificate: UnknownIssuer`):
-/// reqwest's own message alone does not say what failed.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
+/// The headers every request of a provider of `kind` carries: the JSON content type, the key in
+/// the dialect's header (marked sensitive, so no debug output shows it) and Anthropic's version.
+fn request_headers(kind: ProviderKind, api_key: Option<&str>) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    let key = |value: String| {
+        // A key with bytes no header can carry is left out: the provider answers 401, which says
+        // what is wrong, where a panic here would not.
+        HeaderValue::try_from(value).ok().map(|mut v| {
+            v.set_sensitive(true);
+            v
+        })
+    };
+    match kind {
+        ProviderKind::Anthropic => {
+            // Never `Authorization`: Anthropic authenticates with `x-api-key`.
+            headers.push((HeaderName::from_static("anthropic-version"), HeaderValue::from_static(anthropic::API_VERSION)));
+            if let Some(v) = api_key.and_then(|k| key(k.to_owned())) {
+                headers.push((HeaderName::from_static("x-api-key"), v));
+            }
+        }
+        ProviderKind::Azure => {
+            if let Some(v) = api_key.and_then(|k| key(k.to_owned())) {
+                headers.push((HeaderName::from_static("api-key"), v));
+            }
+        }
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+            if let Some(v) = api_key.and_then(|k| key(format!("Bearer {k}"))) {
+                headers.push((AUTHORIZATION, v));
+            }
+        }
     }
-    out
+    headers
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<u64> {
@@ -442,7 +449,7 @@ impl OpenAiCompatible {
             let response = self.send_once(model, request_body, endpoint).await?;
             match tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes()).await {
                 Err(_) => Err(Failure::fatal(self.timeout())),
-                Ok(Err(e)) => Err(Failure { error: self.upstream(None, e.to_string()), retryable: true, retry_after: None }),
+                Ok(Err(e)) => Err(Failure { error: self.upstream(None, e), retryable: true, retry_after: None }),
                 Ok(Ok(body)) => Ok(body),
             }
         })
