@@ -64,10 +64,13 @@ def test_saturated_engine_spills_untagged_and_keeps_tagged(spilling, fake_provid
     sent_before = len(fake_requests(fake_provider))
     spilled_before = spills(spilling)
     long_prompt = f"Count from 1 to 500, separated by commas. {TAGGED_MARKER}"
-    with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
-        # Tagged requests never spill: six long ones fill both slots and queue behind them.
-        hogs = [pool.submit(chat, spilling, long_prompt, True, False, 160) for _ in range(6)]
-        wait_for(lambda: engine(spilling)[0] >= 2, timeout=60, what="a queue behind the running streams")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        # Tagged requests never spill: ten long ones fill both slots and queue behind them. The
+        # prediction expects a running answer to last about as long as the mean answer so far
+        # (short ones here), so the queue must be deep enough to break 300 ms on a fast machine
+        # too: with two queued it sometimes predicted ~250 ms and did not spill.
+        hogs = [pool.submit(chat, spilling, long_prompt, True, False, 160) for _ in range(10)]
+        wait_for(lambda: engine(spilling)[0] >= 6, timeout=60, what="a queue behind the running streams")
 
         route = httpx.post(f"{spilling.v1}/route",
                            json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).json()
