@@ -79,6 +79,9 @@ pub fn render_chat(served: Served) -> Response {
         ServedBody::Complete(response) => Json(*response).into_response(),
         ServedBody::Stream { chunks, include_usage } => Sse::new(sse_events(chunks, include_usage)).into_response(),
     };
+    // The body's one or two headers join the route headers, not the other way round.
+    let mut headers = headers;
+    std::mem::swap(http.headers_mut(), &mut headers);
     http.headers_mut().extend(headers);
     http
 }
@@ -179,12 +182,12 @@ struct RateHeaders {
 impl RateHeaders {
     fn write(&self, headers: &mut HeaderMap) {
         if let Some((limit, remaining)) = self.requests {
-            insert(headers, "x-ratelimit-limit-requests", &limit.to_string());
-            insert(headers, "x-ratelimit-remaining-requests", &remaining.to_string());
+            headers.insert(header::RATELIMIT_LIMIT_REQUESTS, HeaderValue::from(limit));
+            headers.insert(header::RATELIMIT_REMAINING_REQUESTS, HeaderValue::from(remaining));
         }
         if let Some((limit, remaining)) = self.tokens {
-            insert(headers, "x-ratelimit-limit-tokens", &limit.to_string());
-            insert(headers, "x-ratelimit-remaining-tokens", &remaining.to_string());
+            headers.insert(header::RATELIMIT_LIMIT_TOKENS, HeaderValue::from(limit));
+            headers.insert(header::RATELIMIT_REMAINING_TOKENS, HeaderValue::from(remaining));
         }
     }
 }
@@ -340,11 +343,11 @@ fn cached_answer(req: &ChatRequest, decision: &Decision, hit: &Cached, record: &
     } else {
         ServedBody::Complete(Box::new(hit.response.clone()))
     };
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(16);
     set_route_headers(&mut headers, decision, &hit.target);
-    insert(&mut headers, "x-switchyard-cache", "hit");
+    insert(&mut headers, header::CACHE, "hit");
     if !req.is_stream() {
-        insert(&mut headers, "x-switchyard-cost-usd", "0");
+        insert(&mut headers, header::COST_USD, "0");
     }
     Served { headers, body }
 }
@@ -461,13 +464,13 @@ async fn complete_answer(
     if is_local(state, target) {
         offer_shadow(shadow, target, Some(&response));
     }
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(16);
     set_route_headers(&mut headers, decision, target);
-    insert(&mut headers, "x-switchyard-cost-usd", &cost.to_string());
+    insert(&mut headers, header::COST_USD, &cost.to_string());
     if let Some((outcome, confidence)) = cascade {
-        insert(&mut headers, "x-switchyard-cascade", outcome);
+        insert(&mut headers, header::CASCADE, outcome);
         if confidence.is_finite() {
-            insert(&mut headers, "x-switchyard-local-confidence", &format!("{confidence:.4}"));
+            insert(&mut headers, header::LOCAL_CONFIDENCE, &format!("{confidence:.4}"));
         }
     }
     Ok(Served { headers, body: ServedBody::Complete(Box::new(response)) })
@@ -560,7 +563,7 @@ async fn stream_answer(
         }
         None => chunks,
     };
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(16);
     set_route_headers(&mut headers, decision, target);
     Ok(Served { headers, body: ServedBody::Stream { chunks, include_usage } })
 }
@@ -627,26 +630,46 @@ pub fn sse_events_with(
     })
 }
 
-fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), value);
+        headers.insert(name, value);
     }
+}
+
+/// The names of the headers this module writes, validated at compile time rather than on every
+/// answer.
+mod header {
+    use axum::http::HeaderName;
+    pub const RATELIMIT_LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+    pub const RATELIMIT_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+    pub const RATELIMIT_REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+    pub const RATELIMIT_REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+    pub const CACHE: HeaderName = HeaderName::from_static("x-switchyard-cache");
+    pub const CASCADE: HeaderName = HeaderName::from_static("x-switchyard-cascade");
+    pub const COMPLEXITY: HeaderName = HeaderName::from_static("x-switchyard-complexity");
+    pub const COST_USD: HeaderName = HeaderName::from_static("x-switchyard-cost-usd");
+    pub const LOCAL_CONFIDENCE: HeaderName = HeaderName::from_static("x-switchyard-local-confidence");
+    pub const REROUTED: HeaderName = HeaderName::from_static("x-switchyard-rerouted");
+    pub const RULE: HeaderName = HeaderName::from_static("x-switchyard-rule");
+    pub const SPILLED: HeaderName = HeaderName::from_static("x-switchyard-spilled");
+    pub const TARGET: HeaderName = HeaderName::from_static("x-switchyard-target");
+    pub const TIER: HeaderName = HeaderName::from_static("x-switchyard-tier");
 }
 
 /// The `x-switchyard-*` route headers of an answer from `target` under `decision`.
 pub fn set_route_headers(headers: &mut HeaderMap, decision: &Decision, target: &str) {
-    insert(headers, "x-switchyard-rule", &decision.rule);
-    insert(headers, "x-switchyard-target", target);
+    insert(headers, header::RULE, &decision.rule);
+    insert(headers, header::TARGET, target);
     // A fallback may serve from another tier than the decision's; provider names never are "local".
     let tier = if target.starts_with("local/") { "local" } else { "remote" };
-    insert(headers, "x-switchyard-tier", tier);
-    insert(headers, "x-switchyard-complexity", &format!("{:.4}", decision.complexity));
-    insert(headers, "x-switchyard-cache", "miss");
+    insert(headers, header::TIER, tier);
+    insert(headers, header::COMPLEXITY, &format!("{:.4}", decision.complexity));
+    insert(headers, header::CACHE, "miss");
     if decision.rerouted {
-        insert(headers, "x-switchyard-rerouted", "1");
+        insert(headers, header::REROUTED, "1");
     }
     // Spilled and served off the local engine (its fallback to local is not a spill).
     if decision.spilled.is_some() && tier == "remote" {
-        insert(headers, "x-switchyard-spilled", "1");
+        insert(headers, header::SPILLED, "1");
     }
 }
