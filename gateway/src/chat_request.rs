@@ -13,8 +13,13 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     Ok(req)
 }
 
-/// Parses a JSON body into `T` in one pass; serde's error (with its path) names the field.
+/// Parses a JSON body into `T`; serde's error (with its path) names the field. A valid body is
+/// parsed once without path tracking (which costs about a third of the parse); only a body that
+/// fails is parsed again, with it, to name the field.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if let Ok(req) = serde_json::from_slice(body) {
+        return Ok(req);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let req: T = serde_path_to_error::deserialize(&mut deserializer)
         .map_err(|e| {
