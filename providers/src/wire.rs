@@ -153,7 +153,7 @@ impl MessageContent {
 }
 
 /// Token counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Usage {
     /// Prompt tokens.
     pub prompt_tokens: u64,
@@ -180,7 +180,7 @@ impl Usage {
 }
 
 /// `chat.completion`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatResponse {
     /// `chatcmpl-…`.
     pub id: String,
@@ -204,7 +204,7 @@ pub struct ChatResponse {
 }
 
 /// One answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Choice {
     /// Position among the choices.
     pub index: u32,
@@ -221,7 +221,7 @@ pub struct Choice {
 }
 
 /// The assistant's message in a response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ResponseMessage {
     /// Always `assistant`.
     pub role: String,
@@ -243,7 +243,7 @@ impl ResponseMessage {
 }
 
 /// `chat.completion.chunk`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatChunk {
     /// Same for every chunk of one completion.
     pub id: String,
@@ -274,7 +274,7 @@ impl ChatChunk {
 }
 
 /// One choice's delta.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChunkChoice {
     /// Position among the choices.
     pub index: u32,
@@ -291,7 +291,7 @@ pub struct ChunkChoice {
 }
 
 /// The new part of a streamed message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct Delta {
     /// Sent on the first chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -324,6 +324,94 @@ pub struct ErrorDetail {
     /// Machine-readable code.
     pub code: Option<String>,
 }
+
+/// `Deserialize` for a struct whose unknown fields go to its `extra` map, in one pass. serde's
+/// `#[serde(flatten)]` does the same by first buffering every field's value (recursively, for
+/// nested flattened structs) and reading it a second time: on the proxy path that made parsing an
+/// upstream answer the largest single cost of the request. Known fields are matched without
+/// allocating; a repeated known field is an error, as with serde's derive. `required` fields
+/// must be present; `defaulted` ones (every `Option`) take their default when absent.
+macro_rules! deserialize_keeping_extra {
+    ($name:ident { required: [$($req:ident),*], defaulted: [$($def:ident),*] }) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
+                #[allow(non_camel_case_types)]
+                enum Key {
+                    $($req,)*
+                    $($def,)*
+                    Other(String),
+                }
+                struct KeySeed;
+                impl<'de> DeserializeSeed<'de> for KeySeed {
+                    type Value = Key;
+                    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
+                        deserializer.deserialize_str(self)
+                    }
+                }
+                impl Visitor<'_> for KeySeed {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a field name")
+                    }
+                    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                        Ok(match key {
+                            $(stringify!($req) => Key::$req,)*
+                            $(stringify!($def) => Key::$def,)*
+                            other => Key::Other(other.to_owned()),
+                        })
+                    }
+                }
+                struct StructVisitor;
+                impl<'de> Visitor<'de> for StructVisitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str(concat!("struct ", stringify!($name)))
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$name, A::Error> {
+                        $(let mut $req = None;)*
+                        $(let mut $def = None;)*
+                        let mut extra = Map::new();
+                        while let Some(key) = map.next_key_seed(KeySeed)? {
+                            match key {
+                                $(Key::$req => {
+                                    if $req.is_some() {
+                                        return Err(de::Error::duplicate_field(stringify!($req)));
+                                    }
+                                    $req = Some(map.next_value()?);
+                                })*
+                                $(Key::$def => {
+                                    if $def.is_some() {
+                                        return Err(de::Error::duplicate_field(stringify!($def)));
+                                    }
+                                    $def = Some(map.next_value()?);
+                                })*
+                                Key::Other(key) => {
+                                    let value = map.next_value()?;
+                                    extra.insert(key, value);
+                                }
+                            }
+                        }
+                        Ok($name {
+                            $($req: $req.ok_or_else(|| de::Error::missing_field(stringify!($req)))?,)*
+                            $($def: $def.unwrap_or_default(),)*
+                            extra,
+                        })
+                    }
+                }
+                deserializer.deserialize_map(StructVisitor)
+            }
+        }
+    };
+}
+
+deserialize_keeping_extra!(Usage { required: [prompt_tokens, completion_tokens, total_tokens], defaulted: [] });
+deserialize_keeping_extra!(ChatResponse { required: [id, object, created, model, choices], defaulted: [usage, system_fingerprint] });
+deserialize_keeping_extra!(Choice { required: [index, message], defaulted: [finish_reason, logprobs] });
+deserialize_keeping_extra!(ResponseMessage { required: [role], defaulted: [content, refusal] });
+deserialize_keeping_extra!(ChatChunk { required: [id, object, created, model, choices], defaulted: [usage, system_fingerprint] });
+deserialize_keeping_extra!(ChunkChoice { required: [index, delta], defaulted: [finish_reason, logprobs] });
+deserialize_keeping_extra!(Delta { required: [], defaulted: [role, content] });
 
 #[cfg(test)]
 mod tests {
@@ -362,5 +450,35 @@ mod tests {
         let many: Stop = serde_json::from_str(r#"["x","y"]"#).unwrap();
         assert_eq!(one.to_vec(), vec!["x"]);
         assert_eq!(many.to_vec(), vec!["x", "y"]);
+    }
+
+    #[test]
+    fn unknown_answer_fields_survive_a_round_trip_at_every_level() {
+        let body = r#"{"id":"c","object":"chat.completion","created":1,"model":"m","service_tier":"default","choices":[{"index":0,"message":{"role":"assistant","content":"hi","refusal":null,"annotations":[],"tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"stop","logprobs":null,"x":1.5e300}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"prompt_tokens_details":{"cached_tokens":1}},"system_fingerprint":"fp"}"#;
+        let parsed: ChatResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed.usage.as_ref().map(Usage::cached_prompt_tokens), Some(1));
+        let same = |text: &str, parsed: Value| assert_eq!(parsed, serde_json::from_str::<Value>(text).unwrap());
+        same(body, serde_json::to_value(&parsed).unwrap());
+        // From a `Value` as well as from text.
+        let from_value: ChatResponse = serde_json::from_value(serde_json::from_str(body).unwrap()).unwrap();
+        assert_eq!(from_value, parsed);
+
+        let chunk = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"h","refusal":null,"y":[1]},"finish_reason":null,"z":true}],"obfuscation":"abc"}"#;
+        let parsed: ChatChunk = serde_json::from_str(chunk).unwrap();
+        same(chunk, serde_json::to_value(&parsed).unwrap());
+    }
+
+    #[test]
+    fn answers_missing_or_repeating_a_field_are_refused_as_serde_would() {
+        let missing = serde_json::from_str::<ChatResponse>(r#"{"object":"chat.completion","created":1,"model":"m","choices":[]}"#);
+        assert!(missing.unwrap_err().to_string().starts_with("missing field `id`"));
+        let repeated = serde_json::from_str::<Usage>(r#"{"prompt_tokens":1,"prompt_tokens":2,"completion_tokens":2,"total_tokens":3}"#);
+        assert!(repeated.unwrap_err().to_string().starts_with("duplicate field `prompt_tokens`"));
+        let wrong_type = serde_json::from_str::<Choice>(r#"{"index":"0","message":{"role":"assistant","content":null}}"#);
+        assert!(wrong_type.unwrap_err().to_string().starts_with("invalid type: string \"0\", expected u32"));
+        // Absent optional fields are `None`, as with serde's derive.
+        let bare: Choice = serde_json::from_str(r#"{"index":0,"message":{"role":"assistant"}}"#).unwrap();
+        assert_eq!((bare.finish_reason, bare.logprobs, bare.message.content), (None, None, None));
+        assert!(serde_json::from_str::<ChatChunk>("[1]").is_err());
     }
 }
