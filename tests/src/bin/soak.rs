@@ -1,5 +1,5 @@
 //! Soak: the gateway under steady load for many minutes while the upstream misbehaves. Measures
-//! the gateway's closed-loop maximum on the remote path first, then sends 70 % of it, open loop
+//! the gateway's closed-loop maximum on the soak's own mix first, then sends 70 % of it, open loop
 //! (85 % plain, 15 % streamed, to the fake provider with a local fallback), plus a trickle of
 //! local-engine requests; every 20th upstream call fails (500, 1.5 s late, dropped before the
 //! first event, cut mid-stream, in turn). Prints per minute: RSS, open fds, answers by outcome,
@@ -95,7 +95,10 @@ fn remote_body(i: u64) -> serde_json::Value {
     }
 }
 
-/// Closed-loop maximum: `workers` clients back to back for `secs`.
+/// Closed-loop maximum of the soak's own mix (streamed share, misbehaving upstream, fallbacks to
+/// the local engine): `workers` clients back to back for `secs`, every finished request counted.
+/// (Measured on plain answers from a healthy upstream instead, 70 % of it was more than this
+/// 2-core box could serve once the fallbacks kept the engine busy: an overload, not a soak.)
 async fn max_rps(client: &reqwest::Client, url: &str, workers: usize, secs: u64) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + Duration::from_secs(secs);
@@ -105,10 +108,8 @@ async fn max_rps(client: &reqwest::Client, url: &str, workers: usize, secs: u64)
             tokio::spawn(async move {
                 let mut i = w as u64 * 1_000_000;
                 while Instant::now() < until {
-                    let body = json!({"model": "auto", "messages": [{"role": "user", "content": format!("max {i}")}]});
-                    if client.post(&url).json(&body).send().await.is_ok_and(|r| r.status().is_success()) {
-                        done.fetch_add(1, Relaxed);
-                    }
+                    let _ = one(&client, &url, remote_body(i)).await;
+                    done.fetch_add(1, Relaxed);
                     i += 1;
                 }
             })
@@ -145,10 +146,10 @@ async fn main() {
     let client = reqwest::Client::builder().pool_max_idle_per_host(1024).timeout(Duration::from_mins(2)).build().expect("client");
     let url = format!("{}/chat/completions", gateway.v1());
     let fake_base = fake.base_v1.trim_end_matches("/v1").to_owned();
-    client.post(format!("{fake_base}/control/chaos")).json(&json!({"every": 0, "forget": true})).send().await.expect("chaos");
-    let max = max_rps(&client, &url, 32, 10).await;
-    let rate = fixed_rate.unwrap_or((max * 0.7).max(1.0));
     client.post(format!("{fake_base}/control/chaos")).json(&json!({"every": 20, "forget": true})).send().await.expect("chaos");
+    // Enough clients that the late answers (1.5 s) do not hold the loop back.
+    let max = if fixed_rate.is_some() { 0.0 } else { max_rps(&client, &url, 256, 15).await };
+    let rate = fixed_rate.unwrap_or((max * 0.7).max(1.0));
     println!("closed-loop maximum {max:.0} req/s; soaking at {rate:.0} req/s remote + {local_rps} req/s local for {minutes} min");
     let tally = Arc::new(Tally::default());
     let in_flight = Arc::new(AtomicU64::new(0));
