@@ -31,7 +31,8 @@ enum Dialect {
     /// `{base}/openai/deployments/{deployment}/chat/completions?api-version=…`, `api-key`.
     Azure { base: String, api_version: String, deployments: HashMap<String, String> },
     /// `{base}/v1/messages`, `x-api-key` and `anthropic-version`; bodies translated both ways.
-    Anthropic { url: String, max_output_tokens: HashMap<String, u32> },
+    /// `url` is parsed once; `None` when the configured base does not make a URL.
+    Anthropic { url: Option<Destination>, max_output_tokens: HashMap<String, u32> },
 }
 
 /// A remote provider speaking `OpenAI`'s wire format.
@@ -81,7 +82,7 @@ impl OpenAiCompatible {
         let dialect = if config.kind == ProviderKind::Anthropic {
             let base = if base.is_empty() { "https://api.anthropic.com".to_owned() } else { base };
             Dialect::Anthropic {
-                url: format!("{base}/v1/messages"),
+                url: Destination::parse(&format!("{base}/v1/messages")),
                 max_output_tokens: config.models.iter().filter_map(|m| Some((m.name.clone(), m.max_output_tokens?))).collect(),
             }
         } else if config.kind == ProviderKind::Azure {
@@ -146,7 +147,7 @@ impl OpenAiCompatible {
                 // api_version is a date-like token (`2024-10-21`): nothing in it needs escaping.
                 Destination::parse(&format!("{base}/openai/deployments/{deployment}/{}?api-version={api_version}", endpoint.path()))
             }
-            Dialect::Anthropic { url, .. } => Destination::parse(url),
+            Dialect::Anthropic { url, .. } => url.clone(),
         }
     }
 
