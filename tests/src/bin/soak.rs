@@ -3,10 +3,13 @@
 //! (85 % plain, 15 % streamed, to the fake provider with a local fallback), plus a trickle of
 //! local-engine requests; every 20th upstream call fails (500, 1.5 s late, dropped before the
 //! first event, cut mid-stream, in turn). Prints per minute: RSS, open fds, answers by outcome,
-//! latency; then the verdict (RSS and fd trend, unexpected failures). Not a test.
+//! latency, and the engine's host prompt cache (`[local].prompt_cache_mib`: bounded, it fills as
+//! fallbacks bring new prompts, so RSS rises by up to its size before it levels off); then the
+//! verdict (RSS and fd trend, unexpected failures). Not a test.
 //!
-//! `soak [--minutes 10] [--local-rps 1] [--rate R]` (`--rate`: remote requests a second instead
-//! of 70 % of the measured maximum)
+//! `soak [--minutes 10] [--local-rps 1] [--rate R] [--prompt-cache-mib M]` (`--rate`: remote
+//! requests a second instead of 70 % of the measured maximum; `--prompt-cache-mib`: the engine's
+//! host prompt cache, default the config default 256)
 // A report printer: counts become floats for rates and percentiles, and `main` reads top to bottom.
 #![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::too_many_lines)]
 
@@ -87,6 +90,11 @@ fn proc_figures(pid: u32) -> (u64, usize) {
     (rss_kb, fds)
 }
 
+/// The engine's host prompt cache in MiB, from `/readyz` (0 when it cannot be read).
+async fn host_cache_mib(gateway: &Gateway) -> f64 {
+    gateway.engine_stats().await["host_cache_bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0)
+}
+
 fn remote_body(i: u64) -> serde_json::Value {
     if i % 100 < 15 {
         json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": format!("soak stream {i}")}]})
@@ -125,20 +133,23 @@ async fn max_rps(client: &reqwest::Client, url: &str, workers: usize, secs: u64)
 
 #[tokio::main]
 async fn main() {
-    let (mut minutes, mut local_rps, mut fixed_rate) = (10_u64, 1_u64, None::<f64>);
+    let (mut minutes, mut local_rps, mut fixed_rate, mut prompt_cache_mib) = (10_u64, 1_u64, None::<f64>, None::<u64>);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--minutes" => minutes = args.next().and_then(|n| n.parse().ok()).expect("--minutes N"),
             "--local-rps" => local_rps = args.next().and_then(|n| n.parse().ok()).expect("--local-rps N"),
             "--rate" => fixed_rate = Some(args.next().and_then(|n| n.parse().ok()).expect("--rate R")),
+            "--prompt-cache-mib" => {
+                prompt_cache_mib = Some(args.next().and_then(|n| n.parse().ok()).expect("--prompt-cache-mib M"));
+            }
             other => panic!("unknown argument {other}"),
         }
     }
     let fake = FakeProvider::start();
     let config = format!(
         "[server]\nregion = \"eu-west\"\nmax_in_flight_per_tenant = 100000\n\n{}\n{}max_retries = 2\nretry_base_ms = 5\n\n[policy]\nfile = \"{{policy}}\"\n",
-        local_section(4, 4096),
+        local_section(4, 4096) + &prompt_cache_mib.map(|m| format!("prompt_cache_mib = {m}\n")).unwrap_or_default(),
         fake.provider_section(None)
     );
     let gateway = Gateway::start_with_env(&config, POLICY, &[("SWITCHYARD_LOG", "warn,gateway::serve=info")]).await;
@@ -166,7 +177,7 @@ async fn main() {
         let elapsed = started.elapsed();
         let minute = usize::try_from(elapsed.as_secs() / 60).unwrap_or(usize::MAX);
         if minute >= next_minute {
-            figures.push(proc_figures(pid));
+            figures.push((proc_figures(pid), host_cache_mib(&gateway).await));
             next_minute = minute + 1;
         }
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -201,13 +212,13 @@ async fn main() {
     while in_flight.load(Relaxed) > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    figures.push(proc_figures(pid));
+    figures.push((proc_figures(pid), host_cache_mib(&gateway).await));
     let minutes_seen = tally.minutes.lock().expect("lock");
-    println!("| minute | RSS MiB | open fds | answers | ok | stream error events | other outcomes | p50 ms | p99 ms |");
-    println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    println!("| minute | RSS MiB | host prompt cache MiB | open fds | answers | ok | stream error events | other outcomes | p50 ms | p99 ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
     let mut unexpected = 0;
     for (i, m) in minutes_seen.iter().enumerate() {
-        let (rss, fds) = figures.get(i).copied().unwrap_or_default();
+        let ((rss, fds), cache) = figures.get(i).copied().unwrap_or_default();
         let mut lat = m.latencies_ms.clone();
         lat.sort_by(f64::total_cmp);
         let pct = |p: f64| lat.get(((lat.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or(0.0);
@@ -229,7 +240,7 @@ async fn main() {
             .map(|(_, v)| v)
             .sum::<u64>();
         println!(
-            "| {} | {:.1} | {fds} | {answers} | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {cache:.1} | {fds} | {answers} | {} | {} | {} | {:.1} | {:.1} |",
             i + 1,
             rss as f64 / 1024.0,
             m.outcomes.get("ok").copied().unwrap_or(0),
@@ -239,14 +250,31 @@ async fn main() {
             pct(0.99)
         );
     }
-    let (first, last) = (figures.get(1).copied().unwrap_or_default(), figures.last().copied().unwrap_or_default());
+    // Least-squares slope from minute 2 on (minute 1 includes start-up and the first fills).
+    let steady: Vec<(f64, f64, f64)> = figures
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, ((rss, fds), cache))| (i as f64, *rss as f64 / 1024.0 - cache, *fds as f64))
+        .collect();
+    let slope = |value: fn(&(f64, f64, f64)) -> f64| {
+        let n = steady.len() as f64;
+        let (mx, my) = (steady.iter().map(|p| p.0).sum::<f64>() / n, steady.iter().map(value).sum::<f64>() / n);
+        let (num, den) = steady.iter().fold((0.0, 0.0), |(num, den), p| (num + (p.0 - mx) * (value(p) - my), den + (p.0 - mx).powi(2)));
+        if den == 0.0 { 0.0 } else { num / den }
+    };
+    println!(
+        "Trend from minute 2 on (least squares): RSS less the host prompt cache {:+.2} MiB/minute; open fds {:+.1}/minute",
+        slope(|p| p.1),
+        slope(|p| p.2)
+    );
+    let (((first_rss, first_fds), first_cache), ((last_rss, last_fds), last_cache)) =
+        (figures.get(1).copied().unwrap_or_default(), figures.last().copied().unwrap_or_default());
     println!();
     println!(
-        "RSS minute 2 → end: {:.1} → {:.1} MiB; open fds {} → {}; requests not sent because 2048 were in flight: {}; unexpected failures: {unexpected}",
-        first.0 as f64 / 1024.0,
-        last.0 as f64 / 1024.0,
-        first.1,
-        last.1,
+        "RSS minute 2 → end: {:.1} → {:.1} MiB (host prompt cache {first_cache:.1} → {last_cache:.1} MiB); open fds {first_fds} → {last_fds}; requests not sent because 2048 were in flight: {}; unexpected failures: {unexpected}",
+        first_rss as f64 / 1024.0,
+        last_rss as f64 / 1024.0,
         skipped.load(Relaxed)
     );
 }
