@@ -1,6 +1,6 @@
 //! Soak: the gateway under steady load for many minutes while the upstream misbehaves. Measures
 //! the gateway's closed-loop maximum on the soak's own mix first, then sends 70 % of it, open loop
-//! (85 % plain, 15 % streamed, to the fake provider with a local fallback), plus a trickle of
+//! (85 % plain, 15 % streamed, `max_tokens` 32, to the fake provider with a local fallback), plus a trickle of
 //! local-engine requests; every 20th upstream call fails (500, 1.5 s late, dropped before the
 //! first event, cut mid-stream, in turn). Prints per minute: RSS, open fds, answers by outcome,
 //! latency, and the engine's host prompt cache (`[local].prompt_cache_mib`: bounded, it fills as
@@ -47,11 +47,29 @@ impl Tally {
     }
 }
 
+/// `transport, <request kind> (<innermost cause>)`: no complete HTTP answer, named by what went wrong.
+fn transport(kind: &str, err: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = err;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    format!("transport, {kind} ({cause})")
+}
+
 /// One request; its outcome: `ok`, `stream_error` (an error event in a stream: mapped),
-/// `http_<status>_<code>`, or `transport` (no HTTP answer).
+/// `http_<status>_<code>`, or `transport (…)` (no HTTP answer).
 async fn one(client: &reqwest::Client, url: &str, body: serde_json::Value) -> String {
     let stream = body["stream"].as_bool() == Some(true);
-    let Ok(response) = client.post(url).json(&body).send().await else { return "transport".into() };
+    let kind = match (body["model"].as_str() == Some("auto"), stream) {
+        (true, true) => "remote streamed",
+        (true, false) => "remote",
+        (false, true) => "local streamed",
+        (false, false) => "local",
+    };
+    let response = match client.post(url).json(&body).send().await {
+        Ok(response) => response,
+        Err(err) => return transport(kind, &err),
+    };
     let status = response.status().as_u16();
     if status != 200 {
         let code = response.json::<serde_json::Value>().await.ok().and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
@@ -60,7 +78,7 @@ async fn one(client: &reqwest::Client, url: &str, body: serde_json::Value) -> St
     if !stream {
         return match response.bytes().await {
             Ok(_) => "ok".into(),
-            Err(_) => "transport".into(),
+            Err(err) => transport(kind, &err),
         };
     }
     let mut bytes = response.bytes_stream();
@@ -68,7 +86,7 @@ async fn one(client: &reqwest::Client, url: &str, body: serde_json::Value) -> St
     while let Some(piece) = bytes.next().await {
         match piece {
             Ok(p) => text.extend_from_slice(&p),
-            Err(_) => return "transport".into(),
+            Err(err) => return transport(kind, &err),
         }
     }
     let text = String::from_utf8_lossy(&text);
@@ -97,9 +115,9 @@ async fn host_cache_mib(gateway: &Gateway) -> f64 {
 
 fn remote_body(i: u64) -> serde_json::Value {
     if i % 100 < 15 {
-        json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": format!("soak stream {i}")}]})
+        json!({"model": "auto", "stream": true, "max_tokens": 32, "messages": [{"role": "user", "content": format!("soak stream {i}")}]})
     } else {
-        json!({"model": "auto", "messages": [{"role": "user", "content": format!("soak {i}")}]})
+        json!({"model": "auto", "max_tokens": 32, "messages": [{"role": "user", "content": format!("soak {i}")}]})
     }
 }
 
@@ -154,7 +172,15 @@ async fn main() {
     );
     let gateway = Gateway::start_with_env(&config, POLICY, &[("SWITCHYARD_LOG", "warn,gateway::serve=info")]).await;
     let pid = gateway.process.pid();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1024).timeout(Duration::from_mins(2)).build().expect("client");
+    // Idle connections are given up before the gateway closes them (`header_timeout_ms`, 10 s),
+    // as the OpenAI Python SDK does (5 s): otherwise a request written just as the server closes
+    // its idle connection meets a reset (the keep-alive race every HTTP/1.1 server has).
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .pool_idle_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_mins(2))
+        .build()
+        .expect("client");
     let url = format!("{}/chat/completions", gateway.v1());
     let fake_base = fake.base_v1.trim_end_matches("/v1").to_owned();
     client.post(format!("{fake_base}/control/chaos")).json(&json!({"every": 20, "forget": true})).send().await.expect("chaos");
@@ -235,7 +261,7 @@ async fn main() {
             .outcomes
             .iter()
             .filter(|(k, _)| {
-                k.as_str() == "transport" || k.as_str() == "stream_unterminated" || k.starts_with("http_500") || k.ends_with("_none")
+                k.starts_with("transport") || k.as_str() == "stream_unterminated" || k.starts_with("http_500") || k.ends_with("_none")
             })
             .map(|(_, v)| v)
             .sum::<u64>();
