@@ -5,7 +5,8 @@
 //! first event, cut mid-stream, in turn). Prints per minute: RSS, open fds, answers by outcome,
 //! latency, and the engine's host prompt cache (`[local].prompt_cache_mib`: bounded, it fills as
 //! fallbacks bring new prompts, so RSS rises by up to its size before it levels off); then the
-//! verdict (RSS and fd trend, unexpected failures). Not a test.
+//! verdict (RSS and fd trend, open fds once every connection has closed, unexpected failures).
+//! Not a test.
 //!
 //! `soak [--minutes 10] [--local-rps 1] [--rate R] [--prompt-cache-mib M]` (`--rate`: remote
 //! requests a second instead of 70 % of the measured maximum; `--prompt-cache-mib`: the engine's
@@ -108,6 +109,41 @@ fn proc_figures(pid: u32) -> (u64, usize) {
     (rss_kb, fds)
 }
 
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().and_then(|rest| rest.split('/').next()?.parse().ok()).expect("a URL with a port")
+}
+
+/// The process's connected TCP sockets by kind, from its fds' inodes and `/proc/net/tcp`: clients
+/// (local port = the gateway's), upstream (remote port = the fake provider's), other.
+fn sockets(pid: u32, gateway_port: u16, fake_port: u16) -> (u32, u32, u32) {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|link| link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (mut clients, mut upstream, mut other) = (0, 0, 0);
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default()
+        + &std::fs::read_to_string(format!("/proc/{pid}/net/tcp6")).unwrap_or_default();
+    for line in table.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // Column 3 is the state; 0A is the listening socket.
+        if cols.len() < 10 || cols[3] == "0A" || !inodes.contains(cols[9]) {
+            continue;
+        }
+        let port = |addr: &str| addr.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()).unwrap_or(0);
+        if port(cols[1]) == gateway_port {
+            clients += 1;
+        } else if port(cols[2]) == fake_port {
+            upstream += 1;
+        } else {
+            other += 1;
+        }
+    }
+    (clients, upstream, other)
+}
+
 /// The engine's host prompt cache in MiB, from `/readyz` (0 when it cannot be read).
 async fn host_cache_mib(gateway: &Gateway) -> f64 {
     gateway.engine_stats().await["host_cache_bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0)
@@ -172,6 +208,7 @@ async fn main() {
     );
     let gateway = Gateway::start_with_env(&config, POLICY, &[("SWITCHYARD_LOG", "warn,gateway::serve=info")]).await;
     let pid = gateway.process.pid();
+    let fds_at_start = proc_figures(pid).1;
     // Idle connections are given up before the gateway closes them (`header_timeout_ms`, 10 s),
     // as the OpenAI Python SDK does (5 s): otherwise a request written just as the server closes
     // its idle connection meets a reset (the keep-alive race every HTTP/1.1 server has).
@@ -239,6 +276,22 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     figures.push((proc_figures(pid), host_cache_mib(&gateway).await));
+    // Open fds rise and fall with connections in use; a leak shows once they are all gone: the
+    // client's are closed by dropping it, the gateway's idle upstream connections expire after
+    // 90 s (the provider pool's keep-alive). Sockets are told apart by port.
+    drop(client);
+    let (gateway_port, fake_port) = (port_of(&gateway.base), port_of(&fake.base_v1));
+    let before = sockets(pid, gateway_port, fake_port);
+    // The pool looks for expired connections once per keep-alive period, so one idle since just
+    // after a check goes within 180 s.
+    let drained = Instant::now();
+    let mut after = before;
+    while after.0 + after.1 > 0 && drained.elapsed() < Duration::from_secs(200) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        after = sockets(pid, gateway_port, fake_port);
+    }
+    let settle_s = drained.elapsed().as_secs();
+    let fds_settled = proc_figures(pid).1;
     let minutes_seen = tally.minutes.lock().expect("lock");
     println!("| minute | RSS MiB | host prompt cache MiB | open fds | answers | ok | stream error events | other outcomes | p50 ms | p99 ms |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
@@ -298,7 +351,7 @@ async fn main() {
         (figures.get(1).copied().unwrap_or_default(), figures.last().copied().unwrap_or_default());
     println!();
     println!(
-        "RSS minute 2 → end: {:.1} → {:.1} MiB (host prompt cache {first_cache:.1} → {last_cache:.1} MiB); open fds {first_fds} → {last_fds}; requests not sent because 2048 were in flight: {}; unexpected failures: {unexpected}",
+        "RSS minute 2 → end: {:.1} → {:.1} MiB (host prompt cache {first_cache:.1} → {last_cache:.1} MiB); open fds {first_fds} → {last_fds}; open fds at start {fds_at_start}, {settle_s} s after the last answer {fds_settled}; gateway sockets (client, upstream, other) at the last answer {before:?}, then {after:?}; requests not sent because 2048 were in flight: {}; unexpected failures: {unexpected}",
         first_rss as f64 / 1024.0,
         last_rss as f64 / 1024.0,
         skipped.load(Relaxed)
