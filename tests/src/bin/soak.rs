@@ -58,7 +58,7 @@ fn transport(kind: &str, err: &reqwest::Error) -> String {
 }
 
 /// One request; its outcome: `ok`, `stream_error` (an error event in a stream: mapped),
-/// `http_<status>_<code>`, or `transport (…)` (no HTTP answer).
+/// `http_<status>_<code>`, or `transport, …` (no complete HTTP answer; see [`transport`]).
 async fn one(client: &reqwest::Client, url: &str, body: serde_json::Value) -> String {
     let stream = body["stream"].as_bool() == Some(true);
     let kind = match (body["model"].as_str() == Some("auto"), stream) {
