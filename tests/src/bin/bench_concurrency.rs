@@ -10,6 +10,7 @@
 //! ours and llama-server's host-RAM one, answer later levels).
 //!
 //! `bench-concurrency [--other URL] [--levels 1,4,8,16] [--repeat-prompts]` — URL like `http://127.0.0.1:8081/v1`.
+//! `BENCH_LOCAL_EXTRA` (environment): more `[local]` keys for the gateway, e.g. `prompt_cache_mib = 0`.
 //! Not a test.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,12 +125,14 @@ async fn main() {
     let levels: Vec<usize> =
         arg("--levels").map_or_else(|| LEVELS.to_vec(), |l| l.split(',').map(|c| c.parse().expect("--levels 1,4,8")).collect());
     // 16 slots, so that 16 in flight decode together (1024 KV cells each).
-    let gateway = Gateway::start(&config_with_local(16, 16384, ""), ALL_LOCAL_POLICY).await;
+    let gateway = Gateway::start(&config_with_local(16, 16384, &std::env::var("BENCH_LOCAL_EXTRA").unwrap_or_default()), ALL_LOCAL_POLICY).await;
     println!("{PROMPTS} prompts x {COMPLETION_TOKENS} completion tokens, streamed, greedy; SmolLM2-135M-Instruct Q4_1, 2 threads");
     println!("| server         |  c | completion tok/s | TTFT p50 (ms) | TTFT p95 (ms) | tokens |");
     println!("|----------------|----|------------------|---------------|---------------|--------|");
     let repeat = std::env::args().any(|a| a == "--repeat-prompts");
     let ours = table("switchyard", &gateway.v1(), &levels, repeat).await;
+    // Where the engine's time went (prompt tokens prefilled vs reused, prefill and decode time).
+    println!("engine counters after the run: {}", gateway.engine_stats().await);
     drop(gateway);
     if let Some(url) = other {
         let theirs = table("llama-server", &url, &levels, repeat).await;
