@@ -15,8 +15,12 @@ export FAKE_PROVIDER_BIN := $(abspath $(TARGET_DIR))/release/fake-provider
 export PII_EVAL_BIN := $(abspath $(TARGET_DIR))/release/pii-eval
 # What `make run` serves: the `dist` profile (release + fat LTO, see Cargo.toml).
 DIST_BIN := $(abspath $(TARGET_DIR))/dist/switchyard
+# llama.cpp is compiled for the instruction sets of the CPU that builds it (AVX-512 VNNI and AMX
+# where present; scripts/ggml-cpu-flags.sh). SWITCHYARD_PORTABLE=1 builds the AVX2 baseline.
+GGML_CPU_FLAGS := $(shell bash scripts/ggml-cpu-flags.sh)
+$(foreach flag,$(GGML_CPU_FLAGS),$(eval export $(flag)))
 
-.PHONY: run test build dist model embedding-model bench-structured system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
+.PHONY: run test build dist ggml-flags model embedding-model bench-structured system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -73,12 +77,22 @@ embedding-model:
 	mv "$$tmp/model.gguf" $(EMBED_MODEL); \
 	echo "embedding-model: $(EMBED_MODEL) ready" >&2
 
-build: system-deps
+build: system-deps ggml-flags
 	cargo build --release --workspace --locked
 
 ## The gateway alone, optimised whole-program (what `make run`, Docker and bench-proxy use).
-dist: system-deps
+dist: system-deps ggml-flags
 	cargo build --profile dist --locked -p gateway --bin switchyard
+
+## llama-cpp-sys-2's build script is rerun when a GGML_* variable it saw changes, not when one
+## appears, so a target dir built with other CPU flags gets llama.cpp cleaned and rebuilt.
+GGML_STAMP := $(TARGET_DIR)/ggml-cpu-flags
+ggml-flags:
+	@if [ -d $(TARGET_DIR) ] && [ "$$(cat $(GGML_STAMP) 2>/dev/null)" != "$(GGML_CPU_FLAGS)" ]; then \
+	  echo "llama.cpp CPU flags changed to '$(GGML_CPU_FLAGS)': rebuilding llama-cpp-sys-2"; \
+	  rm -rf $(TARGET_DIR)/*/.fingerprint/llama-cpp-sys-2-* $(TARGET_DIR)/*/build/llama-cpp-sys-2-*; \
+	fi
+	@mkdir -p $(TARGET_DIR) && echo "$(GGML_CPU_FLAGS)" > $(GGML_STAMP)
 
 run: model dist
 	$(DIST_BIN) serve --config $(CONFIG)

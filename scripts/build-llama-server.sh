@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's llama-server (the comparison for `make bench-concurrency`) from the llama.cpp
 # vendored in the llama-cpp-python sdist, with the same CPU flags as our engine's build
-# (no -march=native; AVX2, FMA, F16C). Output: bench/llama-server/llama-server.
+# (GGML_NATIVE off; the instruction sets scripts/ggml-cpu-flags.sh finds, which the Makefile also
+# hands to llama-cpp-sys-2). Output: bench/llama-server/llama-server, rebuilt when the flags change.
 set -euo pipefail
 VERSION=0.3.36
 OUT=bench/llama-server
-[ -x "$OUT/llama-server" ] && exit 0
+mapfile -t flags < <(bash scripts/ggml-cpu-flags.sh)
+# Nothing found (SWITCHYARD_PORTABLE=1, non-x86): ggml's own x86 defaults, as in our engine's build.
+stamp="$VERSION ${flags[*]:-ggml-defaults}"
+if [ -x "$OUT/llama-server" ] && [ "$(cat "$OUT/flags" 2>/dev/null)" = "$stamp" ]; then exit 0; fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -d "$tmp"
 tar xzf "$tmp"/llama_cpp_python-$VERSION.tar.gz -C "$tmp"
 src="$tmp/llama_cpp_python-$VERSION/vendor/llama.cpp"
 cmake -S "$src" -B "$tmp/build" -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
-  -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-  -DBUILD_SHARED_LIBS=OFF >/dev/null
+  "${flags[@]/#/-D}" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
 cmake --build "$tmp/build" --target llama-server -j"$(nproc)"
 mkdir -p "$OUT"
 cp "$tmp/build/bin/llama-server" "$OUT/"
-echo "built $OUT/llama-server"
+echo "$stamp" > "$OUT/flags"
+echo "built $OUT/llama-server ($stamp)"
