@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's llama-server (the comparison for `make bench-concurrency`) from the llama.cpp
 # vendored in the llama-cpp-python sdist, with the same CPU flags as our engine's build
-# (GGML_NATIVE off; the instruction sets scripts/ggml-cpu-flags.sh finds, which the Makefile also
+# (RelWithDebInfo as llama-cpp-sys-2 builds it, GGML_NATIVE off; the instruction sets
+# scripts/ggml-cpu-flags.sh finds, which the Makefile also
 # hands to llama-cpp-sys-2). Output: bench/llama-server/llama-server, rebuilt when the flags change.
 set -euo pipefail
 VERSION=0.3.36
 OUT=bench/llama-server
 mapfile -t flags < <(bash scripts/ggml-cpu-flags.sh)
 # Nothing found (SWITCHYARD_PORTABLE=1, non-x86): ggml's own x86 defaults, as in our engine's build.
-stamp="$VERSION ${flags[*]:-ggml-defaults}"
+stamp="$VERSION RelWithDebInfo ${flags[*]:-ggml-defaults}"
 if [ -x "$OUT/llama-server" ] && [ "$(cat "$OUT/flags" 2>/dev/null)" = "$stamp" ]; then exit 0; fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -d "$tmp"
 tar xzf "$tmp"/llama_cpp_python-$VERSION.tar.gz -C "$tmp"
 src="$tmp/llama_cpp_python-$VERSION/vendor/llama.cpp"
-cmake -S "$src" -B "$tmp/build" -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+cmake -S "$src" -B "$tmp/build" -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGGML_NATIVE=OFF \
   "${flags[@]/#/-D}" -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
 cmake --build "$tmp/build" --target llama-server -j"$(nproc)"
 mkdir -p "$OUT"
