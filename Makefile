@@ -160,7 +160,7 @@ bench-remote: build
 	$(abspath $(TARGET_DIR))/release/bench-remote $(BENCH_ARGS)
 
 ## Complexity scorers on RouteLLM's data (APGR, CPT, AUC; baselines), see router/README.md.
-eval-router:
+eval-router: ggml-flags
 	cargo run --release --locked -p switchyard-e2e --bin eval-router
 
 ## The cascade's confidence signal (mean token log-probability) on auto-checkable arithmetic items.
@@ -168,7 +168,7 @@ eval-cascade: model build
 	$(abspath $(TARGET_DIR))/release/eval-cascade $(BENCH_ARGS)
 
 ## Retrain the shipped learned scorer (router/model/complexity.json) on RouteLLM's MMLU data; deterministic.
-router-model:
+router-model: ggml-flags
 	cargo run --release --locked -p switchyard-e2e --bin eval-router -- --write-model router/model/complexity.json
 
 ## Spillover under a ramp of 1-32 streaming clients: spill off, "queue > N", and the latency prediction.
