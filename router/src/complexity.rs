@@ -32,10 +32,15 @@ pub struct BaselineScorer;
 impl ComplexityScorer for BaselineScorer {
     fn score(&self, _text: &str, features: &Features, prompt_tokens: u32) -> ComplexityScore {
         let mut parts: Vec<(f64, String)> = Vec::new();
-        // Length: saturates around 1500 tokens.
+        // Length: saturates around 1500 tokens. It always counts, so that among prompts with the
+        // same features the longer one ranks higher (a threshold or a calibration can then split
+        // them), but it is named as a reason only from ~250 tokens, where it starts to matter.
         let length = (f64::from(prompt_tokens) / 1500.0).min(1.0) * 0.3;
+        let mut unnamed = 0.0;
         if length >= 0.05 {
             parts.push((length, format!("long prompt (~{prompt_tokens} tokens)")));
+        } else {
+            unnamed = length;
         }
         if features.code {
             parts.push((0.2, "contains code".to_owned()));
@@ -56,7 +61,7 @@ impl ComplexityScorer for BaselineScorer {
             parts.push((0.1, "tool use".to_owned()));
         }
         parts.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let score = parts.iter().fold(0.0_f64, |acc, p| acc + p.0).clamp(0.0, 1.0);
+        let score = parts.iter().fold(unnamed, |acc, p| acc + p.0).clamp(0.0, 1.0);
         ComplexityScore { score, reasons: parts.into_iter().map(|p| p.1).collect() }
     }
 }
@@ -86,6 +91,15 @@ mod tests {
         );
         assert!(hard.score >= 0.55, "{hard:?}");
         assert!(hard.reasons.iter().any(|r| r.contains("reasoning markers")));
+    }
+
+    #[test]
+    fn among_equal_features_the_longer_prompt_scores_higher() {
+        let short = score_complexity("Tell me about the weather in Paris today.", 1, 10, false);
+        let longer = score_complexity("Tell me about the weather in Paris today and tomorrow, and what to wear.", 1, 18, false);
+        assert!(longer.score > short.score, "{short:?} {longer:?}");
+        // Below ~250 tokens length raises the score without being named.
+        assert!(longer.reasons.is_empty(), "{longer:?}");
     }
 
     #[test]
