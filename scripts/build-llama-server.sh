@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's llama-server (the comparison for `make bench-concurrency`) from the llama.cpp
-# vendored in the llama-cpp-python sdist, with the same CPU flags as our engine's build
-# (RelWithDebInfo as llama-cpp-sys-2 builds it, GGML_NATIVE off; the instruction sets
-# scripts/ggml-cpu-flags.sh finds, which the Makefile also
-# hands to llama-cpp-sys-2). Output: bench/llama-server/llama-server, rebuilt when the flags change.
+# vendored in the llama-cpp-python sdist, built as our engine's llama.cpp is: RelWithDebInfo (as
+# llama-cpp-sys-2 does; a -O3 Release build of 0.3.36 dies with SIGILL in its AMX kernel here),
+# GGML_NATIVE off, and the instruction sets scripts/ggml-cpu-flags.sh finds, which the Makefile
+# also hands to llama-cpp-sys-2. Output: bench/llama-server/llama-server, rebuilt when they change.
 set -euo pipefail
 VERSION=0.3.36
 OUT=bench/llama-server
