@@ -109,7 +109,10 @@ def test_full_queue_answers_429_engine_overloaded(tmp_path, schemas):
         long = {"model": "auto", "stream": True, "temperature": 0, "max_tokens": 1500,
                 "messages": [{"role": "user", "content": "Count from 1 to 1000."}]}
         with httpx.stream("POST", f"{gw.v1}/chat/completions", json=long, timeout=120) as running:
-            next(running.iter_lines())  # the only slot is busy
+            # The only slot is busy. Keep the iterator: a discarded one is collected at once, and
+            # closing it closes the connection, which cancels the request within a few tokens.
+            lines = running.iter_lines()
+            next(lines)
             second = []
             queued = threading.Thread(target=lambda: second.append(httpx.post(
                 f"{gw.v1}/chat/completions", json={**long, "stream": False, "max_tokens": 1}, timeout=120)))
