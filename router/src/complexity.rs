@@ -36,12 +36,12 @@ impl ComplexityScorer for BaselineScorer {
         // same features the longer one ranks higher (a threshold or a calibration can then split
         // them), but it is named as a reason only from ~250 tokens, where it starts to matter.
         let length = (f64::from(prompt_tokens) / 1500.0).min(1.0) * 0.3;
-        let mut unnamed = 0.0;
-        if length >= 0.05 {
+        let unnamed = if length >= 0.05 {
             parts.push((length, format!("long prompt (~{prompt_tokens} tokens)")));
+            0.0
         } else {
-            unnamed = length;
-        }
+            length
+        };
         if features.code {
             parts.push((0.2, "contains code".to_owned()));
         }
