@@ -6,10 +6,17 @@
 use std::collections::VecDeque;
 
 struct Entry<T, S> {
+    id: EntryId,
     tokens: Vec<T>,
     state: S,
     bytes: usize,
 }
+
+/// Names one saved state for as long as it stays in the cache. Not a position: inserting a state
+/// can evict or drop others, so a position found before an insert may name another entry after
+/// it (which once restored one conversation's cells under another's prompt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryId(u64);
 
 /// Saved sequence states `S`, keyed by the tokens they hold.
 pub(crate) struct HostCache<T, S> {
@@ -17,6 +24,7 @@ pub(crate) struct HostCache<T, S> {
     entries: VecDeque<Entry<T, S>>,
     bytes: usize,
     limit: usize,
+    next_id: u64,
 }
 
 fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
@@ -26,7 +34,7 @@ fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
 impl<T: PartialEq, S> HostCache<T, S> {
     /// An empty cache holding at most `limit` bytes.
     pub(crate) fn new(limit: usize) -> Self {
-        Self { entries: VecDeque::new(), bytes: 0, limit }
+        Self { entries: VecDeque::new(), bytes: 0, limit, next_id: 0 }
     }
 
     /// Bytes held.
@@ -39,21 +47,25 @@ impl<T: PartialEq, S> HostCache<T, S> {
         self.entries.iter().any(|e| e.tokens.len() >= tokens.len() && e.tokens.starts_with(tokens))
     }
 
-    /// The entry sharing the longest prefix with `prompt`: (index, shared tokens).
-    pub(crate) fn best(&self, prompt: &[T]) -> Option<(usize, usize)> {
+    /// The entry sharing the longest prefix with `prompt` (the most recently used among equals):
+    /// its id and the number of shared tokens.
+    pub(crate) fn best(&self, prompt: &[T]) -> Option<(EntryId, usize)> {
         self.entries
             .iter()
             .enumerate()
-            .map(|(i, e)| (i, common_prefix(&e.tokens, prompt)))
-            .filter(|&(_, common)| common > 0)
-            .max_by_key(|&(i, common)| (common, i))
+            .map(|(i, e)| (i, e.id, common_prefix(&e.tokens, prompt)))
+            .filter(|&(_, _, common)| common > 0)
+            .max_by_key(|&(i, _, common)| (common, i))
+            .map(|(_, id, common)| (id, common))
     }
 
-    /// Marks entry `index` as just used and returns its state.
-    pub(crate) fn take_use(&mut self, index: usize) -> Option<&S> {
+    /// Marks entry `id` as just used and returns its tokens and state; `None` if it has been
+    /// evicted since it was found.
+    pub(crate) fn take_use(&mut self, id: EntryId) -> Option<(&[T], &S)> {
+        let index = self.entries.iter().position(|e| e.id == id)?;
         let entry = self.entries.remove(index)?;
         self.entries.push_back(entry);
-        self.entries.back().map(|e| &e.state)
+        self.entries.back().map(|e| (e.tokens.as_slice(), &e.state))
     }
 
     /// Saves `state` (of `bytes` bytes) for `tokens`, dropping entries it makes redundant and the
@@ -80,7 +92,9 @@ impl<T: PartialEq, S> HostCache<T, S> {
             }
         }
         self.bytes += bytes;
-        self.entries.push_back(Entry { tokens, state, bytes });
+        let id = EntryId(self.next_id);
+        self.next_id += 1;
+        self.entries.push_back(Entry { id, tokens, state, bytes });
     }
 }
 
@@ -93,8 +107,9 @@ mod tests {
         let mut c: HostCache<u8, &str> = HostCache::new(100);
         c.insert(b"abcX".to_vec(), "one", 10);
         c.insert(b"abcdeY".to_vec(), "two", 10);
-        assert_eq!(c.best(b"abcdeZ"), Some((1, 5)));
-        assert_eq!(c.take_use(1), Some(&"two"));
+        let (id, common) = c.best(b"abcdeZ").unwrap();
+        assert_eq!(common, 5);
+        assert_eq!(c.take_use(id).map(|(tokens, state)| (tokens.to_vec(), *state)), Some((b"abcdeY".to_vec(), "two")));
         assert_eq!(c.best(b"zzz"), None);
     }
 
@@ -103,7 +118,8 @@ mod tests {
         let mut c: HostCache<u8, u32> = HostCache::new(25);
         c.insert(b"a1".to_vec(), 1, 10);
         c.insert(b"b1".to_vec(), 2, 10);
-        assert!(c.take_use(0).is_some()); // "a1" is now the most recent
+        let (a1, _) = c.best(b"a1").unwrap();
+        assert!(c.take_use(a1).is_some()); // "a1" is now the most recent
         c.insert(b"c1".to_vec(), 3, 10);
         assert_eq!(c.bytes(), 20);
         assert!(c.best(b"a1").is_some());
@@ -121,5 +137,19 @@ mod tests {
         assert!(c.covers(b"abcd"));
         c.insert(b"abcd".to_vec(), 3, 12);
         assert_eq!(c.bytes(), 20, "already covered by abcdef");
+    }
+
+    #[test]
+    fn an_id_found_before_an_insert_names_the_same_entry_after_it() {
+        let mut c: HostCache<u8, &str> = HostCache::new(30);
+        c.insert(b"a1".to_vec(), "a", 10);
+        c.insert(b"b1".to_vec(), "b", 10);
+        c.insert(b"c1".to_vec(), "c", 10);
+        let (c1, _) = c.best(b"c1").unwrap();
+        let (a1, _) = c.best(b"a1").unwrap();
+        // This insert evicts "a1" (least recently used): every entry after it moves up one place.
+        c.insert(b"d1".to_vec(), "d", 10);
+        assert_eq!(c.take_use(c1).map(|(t, s)| (t.to_vec(), *s)), Some((b"c1".to_vec(), "c")));
+        assert!(c.take_use(a1).is_none(), "an evicted entry is gone, not replaced by another");
     }
 }

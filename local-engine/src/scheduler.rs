@@ -18,7 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, warn};
 
 use crate::engine::{Job, Message};
-use crate::host_cache::HostCache;
+use crate::host_cache::{EntryId, HostCache};
 use crate::json_closer::JsonCloser;
 use crate::prefix_cache::{Plan, SlotTable, Source};
 use crate::sampling::SequenceSampler;
@@ -259,18 +259,19 @@ impl<'m> Scheduler<'m> {
         let from_host = self
             .host
             .best(&prompt)
-            .map(|(index, common)| (index, common.min(limit)))
+            .map(|(id, common)| (id, common.min(limit)))
             .filter(|&(_, common)| common >= MIN_PREFIX_REUSE && common >= from_slots + MIN_HOST_GAIN)
             .filter(|_| !self.copy_pending.contains(&seq_id));
         let keep = match (from_host, &plan.source) {
             (None, Source::Cached { common }) => *common,
             _ => 0,
         };
+        // Saving may evict the entry just chosen: then the slot's own plan applies after all
+        // (saving reads the slot's cells, it does not change them).
         self.save_to_host(seq_id, keep);
-        let reused = if let Some((index, common)) = from_host {
-            self.restore_from_host(index, seq_id, common)
-        } else {
-            self.reuse_from_slots(seq_id, &plan.source)
+        let reused = match from_host.and_then(|(id, common)| self.restore_from_host(id, seq_id, &prompt[..common])) {
+            Some(kept) => kept,
+            None => self.reuse_from_slots(seq_id, &plan.source),
         };
         self.admit_sequence(job, prompt, max_tokens, sampler, plan, reused);
     }
@@ -378,21 +379,25 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    /// Restores the host-cached state `index` into `seq_id` and keeps its first `common` tokens;
-    /// returns how many tokens are reused (0 if it failed and the slot was cleared).
-    fn restore_from_host(&mut self, index: usize, seq_id: i32, common: usize) -> usize {
-        let restored = match self.host.take_use(index) {
-            Some(state) => self.ctx.state_seq_set(state, seq_id).map_err(|e| e.to_string()),
-            None => Err("no such entry".to_owned()),
-        };
+    /// Restores host-cached state `id` into `seq_id` and keeps the cells of `prefix` (the prompt's
+    /// tokens the state shares); returns how many tokens are reused (0 if the restore failed and
+    /// the slot was cleared), or `None`, with the slot untouched, if the entry is gone or does not
+    /// hold `prefix`.
+    fn restore_from_host(&mut self, id: EntryId, seq_id: i32, prefix: &[LlamaToken]) -> Option<usize> {
+        let (tokens, state) = self.host.take_use(id)?;
+        if !tokens.starts_with(prefix) {
+            warn!(seq_id, "a saved prompt state does not hold the prefix it was chosen for; not restoring it");
+            return None;
+        }
+        let restored = self.ctx.state_seq_set(state, seq_id);
         if let Err(e) = &restored {
             warn!(error = %e, seq_id, "could not restore a prompt state");
         }
-        let kept = self.keep_prefix(seq_id, if restored.is_ok() { common } else { 0 });
+        let kept = self.keep_prefix(seq_id, if restored.is_ok() { prefix.len() } else { 0 });
         if kept > 0 {
             self.stats.host_cache_hits_total.fetch_add(1, Relaxed);
         }
-        kept
+        Some(kept)
     }
 
     /// Frees a sequence that has left `active`. A finished one keeps its cells for prefix reuse;

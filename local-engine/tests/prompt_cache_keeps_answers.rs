@@ -1,0 +1,50 @@
+//! The host prompt cache (`[local].prompt_cache_mib`) never changes an answer, also once it is
+//! full and evicts: a sequence restored from a saved state answers exactly as it would with the
+//! cache off. (Its entries were once looked up by position, and saving a state could evict the
+//! entry just chosen: another conversation's cells were then restored under this prompt.)
+
+mod common;
+
+use common::{generate, greedy, model, user};
+use local_engine::{EngineConfig, EngineHandle};
+
+fn engine(prompt_cache_mib: u32) -> EngineHandle {
+    let mut config = EngineConfig::with_model(model());
+    config.context = 4096;
+    config.parallel = 1;
+    config.queue = 4;
+    config.threads = 2;
+    config.prompt_cache_mib = prompt_cache_mib;
+    EngineHandle::start(config).expect("engine starts")
+}
+
+/// Four kinds of question, so each prompt shares a long prefix with earlier ones of its kind
+/// (a state worth restoring) but not with the one just before it (which holds the slot).
+fn prompts(n: usize) -> Vec<String> {
+    let words = ["banana", "bookkeeper", "possession", "parallel", "committee", "broccoli"];
+    let names = ["Tom", "Ana", "Ravi", "Mei"];
+    (0..n)
+        .map(|i| match i % 4 {
+            0 => format!("What is {} + {}? Answer with the number only.", i * 7 % 100, i * 13 % 1000),
+            1 => format!("Which number is larger, {} or {}? Answer with the number only.", i * 31 % 5000, i * 17 % 700),
+            2 => format!("How many times does the letter 'e' appear in the word '{}'? Answer with the number only.", words[i % words.len()]),
+            _ => format!("{} has {} coins and gets {} more. How many coins does {} have now? Answer with the number only.", names[i % 4], i % 50, i % 30, names[i % 4]),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_with_a_full_prompt_cache_match_answers_without_one() {
+    let prompts = prompts(32);
+    // 8 MiB hold about five saved states of this model: one per kind of question, and saves evict.
+    let (cached, uncached) = (engine(8), engine(0));
+    for (i, prompt) in prompts.iter().enumerate() {
+        let with_cache = generate(&cached, user(prompt), greedy(24)).await.unwrap().text;
+        let without = generate(&uncached, user(prompt), greedy(24)).await.unwrap().text;
+        assert_eq!(with_cache, without, "prompt {i} {prompt:?}: the prompt cache changed the answer");
+    }
+    let stats = cached.stats();
+    assert!(stats.host_cache_hits_total >= 8, "the cache must have been used: {stats:?}");
+    assert!(stats.host_cache_bytes <= 8 * 1024 * 1024, "{stats:?}");
+    assert_eq!(uncached.stats().host_cache_hits_total, 0);
+}
