@@ -37,6 +37,8 @@ def test_confident_enough_local_answers_are_kept(keeping, fake_provider):
     assert r.headers["x-switchyard-cascade"] == "kept"
     confidence = float(r.headers["x-switchyard-local-confidence"])
     assert -1000.0 <= confidence <= 0.0
+    # The least likely token's log-probability bounds the mean from below.
+    assert float(r.headers["x-switchyard-local-min-logprob"]) <= confidence
     assert not r.json()["choices"][0]["message"]["content"].startswith("echo:")
     assert "cascade-kept" not in str(fake_requests(fake_provider)[before:])
     route = httpx.post(f"{keeping.v1}/route", json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).json()
@@ -58,6 +60,7 @@ def test_unsure_local_answers_escalate(tmp_path, fake_provider):
         assert r.headers["x-switchyard-tier"] == "remote" and r.headers["x-switchyard-target"] == "fake/echo"
         assert r.headers["x-switchyard-cascade"] == "escalated"
         assert float(r.headers["x-switchyard-local-confidence"]) <= 0.0
+        assert float(r.headers["x-switchyard-local-min-logprob"]) <= float(r.headers["x-switchyard-local-confidence"])
         assert r.json()["choices"][0]["message"]["content"] == "echo: What is 2 + 2? cascade-escalated"
         sent = fake_requests(fake_provider)[before:]
         assert len(sent) == 1 and "cascade-escalated" in str(sent[0])

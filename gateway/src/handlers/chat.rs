@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{self, StreamExt};
 use providers::wire::{ChatRequest, ChatResponse, Usage};
+use local_engine::Confidence;
 use providers::{ChunkStream, Provider, ProviderError};
 use router::{Decision, Redaction, TenantProfile};
 use tracing::{warn, Instrument};
@@ -437,13 +438,13 @@ async fn complete_answer(
     let local_try = if decision.cascade.is_some() { cascade_local(state, &req).await } else { None };
     let keep_at = decision.cascade.unwrap_or(f64::INFINITY);
     let (target, mut response, redaction, cascade) = match local_try {
-        Some((target, response, confidence)) if confidence >= keep_at => {
-            (Cow::Owned(target), response, None, Some(("kept", confidence)))
+        Some((target, response, confidence)) if f64::from(confidence.mean_logprob) >= keep_at => {
+            (Cow::Owned(target), response, None, Some(("kept", Some(confidence))))
         }
         tried => {
             let (target, response, redaction) =
                 first_success(state, &req, decision, |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
-            (Cow::Borrowed(target), response, redaction, tried.map(|t| ("escalated", t.2)).or(decision.cascade.map(|_| ("escalated", f64::NAN))))
+            (Cow::Borrowed(target), response, redaction, tried.map(|t| ("escalated", Some(t.2))).or(decision.cascade.map(|_| ("escalated", None))))
         }
     };
     let target: &str = &target;
@@ -469,22 +470,23 @@ async fn complete_answer(
     insert(&mut headers, header::COST_USD, &cost.to_string());
     if let Some((outcome, confidence)) = cascade {
         insert(&mut headers, header::CASCADE, outcome);
-        if confidence.is_finite() {
-            insert(&mut headers, header::LOCAL_CONFIDENCE, &format!("{confidence:.4}"));
+        if let Some(confidence) = confidence {
+            insert(&mut headers, header::LOCAL_CONFIDENCE, &format!("{:.4}", confidence.mean_logprob));
+            insert(&mut headers, header::LOCAL_MIN_LOGPROB, &format!("{:.4}", confidence.min_logprob));
         }
     }
     Ok(Served { headers, body: ServedBody::Complete(Box::new(response)) })
 }
 
-/// The local engine's answer to `req` with its mean token log-probability, for a cascade; `None`
+/// The local engine's answer to `req` with its token log-probabilities, for a cascade; `None`
 /// (go straight to the route) when the engine fails or gives no confidence.
-async fn cascade_local(state: &AppState, req: &ChatRequest) -> Option<(String, ChatResponse, f64)> {
+async fn cascade_local(state: &AppState, req: &ChatRequest) -> Option<(String, ChatResponse, Confidence)> {
     let local = state.local.as_ref()?;
     let target = state.catalog.local_target()?;
     let mut upstream = req.clone();
     upstream.model.clone_from(&local.engine().config().name);
     match local.complete_with_confidence(upstream).instrument(tracing::info_span!("cascade.local")).await {
-        Ok((response, Some(confidence))) => Some((target, response, f64::from(confidence.mean_logprob))),
+        Ok((response, Some(confidence))) => Some((target, response, confidence)),
         Ok((_, None)) => None,
         Err(err) => {
             warn!(error = %err, "cascade: the local engine failed; going to the route");
@@ -649,6 +651,7 @@ mod header {
     pub const COMPLEXITY: HeaderName = HeaderName::from_static("x-switchyard-complexity");
     pub const COST_USD: HeaderName = HeaderName::from_static("x-switchyard-cost-usd");
     pub const LOCAL_CONFIDENCE: HeaderName = HeaderName::from_static("x-switchyard-local-confidence");
+    pub const LOCAL_MIN_LOGPROB: HeaderName = HeaderName::from_static("x-switchyard-local-min-logprob");
     pub const REROUTED: HeaderName = HeaderName::from_static("x-switchyard-rerouted");
     pub const RULE: HeaderName = HeaderName::from_static("x-switchyard-rule");
     pub const SPILLED: HeaderName = HeaderName::from_static("x-switchyard-spilled");
