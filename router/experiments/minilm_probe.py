@@ -56,6 +56,18 @@ def metrics(items, scores):
     y = (strong > weak).astype(int)
     return round(float(apgr), 3), round(float(roc_auc_score(y, scores)), 3)
 
+def protocols(M, T):
+    """Labels (strong right where weak is wrong), the fold of each MMLU prompt by question and by
+    subject (as eval-router deals them), and hashed word 1-2-grams of MMLU and MT Bench."""
+    y = np.array([float(i[3] > i[2]) for i in M])
+    subjects = sorted({i[1] for i in M})
+    fold_of_subject = {s: k % 5 for k, s in enumerate(subjects)}
+    by_question = np.random.default_rng(7).integers(0, 5, len(M))
+    by_subject = np.array([fold_of_subject[i[1]] for i in M])
+    hv = HashingVectorizer(ngram_range=(1, 2), n_features=2**18, alternate_sign=False, norm="l2")
+    return y, by_question, by_subject, (hv.transform([i[0] for i in M]), hv.transform([i[0] for i in T]))
+
+
 def embed(items, client):
     """Mean-pooled MiniLM embeddings; a prompt over its 512 tokens is cut until it fits."""
     texts = [i[0] for i in items]
@@ -83,13 +95,7 @@ def main():
     started = time.time()
     E, ET = embed(M, client), embed(T, client)
     print(f"embedded {len(M) + len(T)} prompts in {time.time() - started:.0f} s", flush=True)
-    y = np.array([float(i[3] > i[2]) for i in M])
-    subjects = sorted({i[1] for i in M})
-    fold_of_subject = {s: k % 5 for k, s in enumerate(subjects)}
-    by_question = np.random.default_rng(7).integers(0, 5, len(M))
-    by_subject = np.array([fold_of_subject[i[1]] for i in M])
-    hv = HashingVectorizer(ngram_range=(1, 2), n_features=2**18, alternate_sign=False, norm="l2")
-    H, HT = hv.transform([i[0] for i in M]), hv.transform([i[0] for i in T])
+    y, by_question, by_subject, (H, HT) = protocols(M, T)
     kinds = {"ngram": (H, HT), "emb": (E, ET), "both": (hstack([csr_matrix(E), H]).tocsr(), hstack([csr_matrix(ET), HT]).tocsr())}
     for kind, (X, XT) in kinds.items():
         for C in (0.3, 1.0, 3.0):

@@ -20,13 +20,12 @@ import numpy as np
 from gguf import GGUFReader
 from scipy.special import erf
 from scipy.sparse import csr_matrix, hstack
-from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 from tokenizers import BertWordPieceTokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from minilm_probe import metrics, mmlu, mt_bench  # noqa: E402
+from minilm_probe import metrics, mmlu, mt_bench, protocols  # noqa: E402
 
 reader = GGUFReader(os.path.join(HERE, "../../models/all-MiniLM-L6-v2.f16.gguf"))
 W = {t.name: np.array(t.data, dtype=np.float32).reshape(list(reversed(t.shape.tolist())) if len(t.shape) > 1 else -1)
@@ -75,13 +74,7 @@ def main():
     tok = BertWordPieceTokenizer(f.name, lowercase=True, strip_accents=True, clean_text=True)
     M, T = mmlu(), mt_bench()
     IM, IT = ([e.ids[1:-1] for e in tok.encode_batch([i[0] for i in items])] for items in (M, T))
-    y = np.array([float(i[3] > i[2]) for i in M])
-    subjects = sorted({i[1] for i in M})
-    fold_of_subject = {s: k % 5 for k, s in enumerate(subjects)}
-    by_question = np.random.default_rng(7).integers(0, 5, len(M))
-    by_subject = np.array([fold_of_subject[i[1]] for i in M])
-    hv = HashingVectorizer(ngram_range=(1, 2), n_features=2**18, alternate_sign=False, norm="l2")
-    H, HT = hv.transform([i[0] for i in M]), hv.transform([i[0] for i in T])
+    y, by_question, by_subject, (H, HT) = protocols(M, T)
     df = np.zeros(len(vocab))
     for t in IM + IT:
         df[list(set(t))] += 1
