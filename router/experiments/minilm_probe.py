@@ -68,6 +68,21 @@ def protocols(M, T):
     return y, by_question, by_subject, (hv.transform([i[0] for i in M]), hv.transform([i[0] for i in T]))
 
 
+def evaluate(M, T, y, fold_sets, X, XT, C, max_iter):
+    """(APGR, AUC) of a logistic regression on features X under each MMLU fold assignment (each
+    prompt scored by a model trained on the other folds), then on MT Bench (XT) by one trained on
+    all of MMLU."""
+    res = []
+    for folds in fold_sets:
+        s = np.zeros(len(M))
+        for f in range(5):
+            m = LogisticRegression(C=C, max_iter=max_iter).fit(X[folds != f], y[folds != f])
+            s[folds == f] = m.predict_proba(X[folds == f])[:, 1]
+        res.append(metrics(M, s))
+    res.append(metrics(T, LogisticRegression(C=C, max_iter=max_iter).fit(X, y).predict_proba(XT)[:, 1]))
+    return res
+
+
 def embed(items, client):
     """Mean-pooled MiniLM embeddings; a prompt over its 512 tokens is cut until it fits."""
     texts = [i[0] for i in items]
@@ -99,15 +114,7 @@ def main():
     kinds = {"ngram": (H, HT), "emb": (E, ET), "both": (hstack([csr_matrix(E), H]).tocsr(), hstack([csr_matrix(ET), HT]).tocsr())}
     for kind, (X, XT) in kinds.items():
         for C in (0.3, 1.0, 3.0):
-            res = []
-            for folds in (by_question, by_subject):
-                s = np.zeros(len(M))
-                for f in range(5):
-                    m = LogisticRegression(C=C, max_iter=2000).fit(X[folds != f], y[folds != f])
-                    s[folds == f] = m.predict_proba(X[folds == f])[:, 1]
-                res.append(metrics(M, s))
-            m = LogisticRegression(C=C, max_iter=2000).fit(X, y)
-            res.append(metrics(T, m.predict_proba(XT)[:, 1]))
+            res = evaluate(M, T, y, (by_question, by_subject), X, XT, C, max_iter=2000)
             print(f"{kind:5} C={C}: (APGR, AUC) by question {res[0]}, by unseen subject {res[1]}, MT Bench {res[2]}", flush=True)
 
 

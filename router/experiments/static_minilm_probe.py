@@ -20,12 +20,11 @@ import numpy as np
 from gguf import GGUFReader
 from scipy.special import erf
 from scipy.sparse import csr_matrix, hstack
-from sklearn.linear_model import LogisticRegression
 from tokenizers import BertWordPieceTokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from minilm_probe import metrics, mmlu, mt_bench, protocols  # noqa: E402
+from minilm_probe import evaluate, mmlu, mt_bench, protocols  # noqa: E402
 
 reader = GGUFReader(os.path.join(HERE, "../../models/all-MiniLM-L6-v2.f16.gguf"))
 W = {t.name: np.array(t.data, dtype=np.float32).reshape(list(reversed(t.shape.tolist())) if len(t.shape) > 1 else -1)
@@ -91,14 +90,7 @@ def main():
         return out
 
     def run(name, X, XT, C):
-        res = []
-        for folds in (by_question, by_subject):
-            s = np.zeros(len(M))
-            for f in range(5):
-                m = LogisticRegression(C=C, max_iter=3000).fit(X[folds != f], y[folds != f])
-                s[folds == f] = m.predict_proba(X[folds == f])[:, 1]
-            res.append(metrics(M, s))
-        res.append(metrics(T, LogisticRegression(C=C, max_iter=3000).fit(X, y).predict_proba(XT)[:, 1]))
+        res = evaluate(M, T, y, (by_question, by_subject), X, XT, C, max_iter=3000)
         print(f"{name:32} C={C}: (APGR, AUC) by question {res[0]}, by unseen subject {res[1]}, MT Bench {res[2]}", flush=True)
 
     for dims in (384, 128):
