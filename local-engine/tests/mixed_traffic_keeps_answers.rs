@@ -13,17 +13,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{generate, greedy, model};
-use local_engine::{EngineConfig, EngineHandle, GenerationEvent, GenerationRequest, TemplateMessage};
+use common::{engine_with_prompt_cache, generate, greedy};
+use local_engine::{EngineHandle, GenerationEvent, GenerationRequest, TemplateMessage};
 
 fn engine(parallel: u32, prompt_cache_mib: u32) -> EngineHandle {
-    let mut config = EngineConfig::with_model(model());
-    config.context = 4096;
-    config.parallel = parallel;
-    config.queue = 64;
-    config.threads = 2;
-    config.prompt_cache_mib = prompt_cache_mib;
-    EngineHandle::start(config).expect("engine starts")
+    engine_with_prompt_cache(4096, parallel, 64, prompt_cache_mib)
 }
 
 fn message(role: &str, content: &str) -> TemplateMessage {

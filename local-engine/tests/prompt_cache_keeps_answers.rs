@@ -5,17 +5,11 @@
 
 mod common;
 
-use common::{generate, greedy, model, user};
-use local_engine::{EngineConfig, EngineHandle};
+use common::{engine_with_prompt_cache, generate, greedy, user};
+use local_engine::EngineHandle;
 
 fn engine(prompt_cache_mib: u32) -> EngineHandle {
-    let mut config = EngineConfig::with_model(model());
-    config.context = 4096;
-    config.parallel = 1;
-    config.queue = 4;
-    config.threads = 2;
-    config.prompt_cache_mib = prompt_cache_mib;
-    EngineHandle::start(config).expect("engine starts")
+    engine_with_prompt_cache(4096, 1, 4, prompt_cache_mib)
 }
 
 /// Four kinds of question, so each prompt shares a long prefix with earlier ones of its kind

@@ -20,11 +20,17 @@ pub fn engine(context: u32) -> EngineHandle {
 }
 
 pub fn engine_with(context: u32, parallel: u32, queue: usize) -> EngineHandle {
+    engine_with_prompt_cache(context, parallel, queue, EngineConfig::with_model(model()).prompt_cache_mib)
+}
+
+/// An engine whose host prompt cache holds `prompt_cache_mib` MiB (0: off).
+pub fn engine_with_prompt_cache(context: u32, parallel: u32, queue: usize, prompt_cache_mib: u32) -> EngineHandle {
     let mut config = EngineConfig::with_model(model());
     config.context = context;
     config.parallel = parallel;
     config.queue = queue;
     config.threads = 2;
+    config.prompt_cache_mib = prompt_cache_mib;
     EngineHandle::start(config).expect("engine starts")
 }
 

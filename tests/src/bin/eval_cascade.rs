@@ -152,11 +152,14 @@ fn is_correct(family: &str, answer: &str, expected: i64) -> bool {
     claimed == Some(&expected)
 }
 
-/// AUC of `score` for predicting `positive` (ties count half).
+/// ROC AUC of a score for predicting a correct answer, from `(correct, score)` pairs (ties
+/// count half).
 #[allow(clippy::cast_precision_loss)]
-fn auc(outcomes: &[Outcome], score: impl Fn(&Outcome) -> f64) -> f64 {
-    let pos: Vec<f64> = outcomes.iter().filter(|o| o.correct).map(&score).collect();
-    let neg: Vec<f64> = outcomes.iter().filter(|o| !o.correct).map(&score).collect();
+fn auc(pairs: impl IntoIterator<Item = (bool, f64)>) -> f64 {
+    let (mut pos, mut neg) = (Vec::new(), Vec::new());
+    for (correct, score) in pairs {
+        if correct { pos.push(score) } else { neg.push(score) }
+    }
     let mut wins = 0.0;
     for p in &pos {
         for n in &neg {
@@ -274,16 +277,12 @@ async fn main() {
     println!();
     println!("| signal for \"the local answer is correct\" | ROC AUC |");
     println!("|---|---:|");
-    println!("| mean token log-probability of the answer (the cascade's) | {:.3} |", auc(&outcomes, |o| o.confidence));
-    println!("| least likely token's log-probability | {:.3} |", auc(&outcomes, |o| o.min_logprob));
-    println!("| prompt-only complexity (lower = easier) | {:.3} |", auc(&outcomes, |o| -o.complexity));
+    println!("| mean token log-probability of the answer (the cascade's) | {:.3} |", auc(outcomes.iter().map(|o| (o.correct, o.confidence))));
+    println!("| least likely token's log-probability | {:.3} |", auc(outcomes.iter().map(|o| (o.correct, o.min_logprob))));
+    println!("| prompt-only complexity (lower = easier) | {:.3} |", auc(outcomes.iter().map(|o| (o.correct, -o.complexity))));
     let combined = cross_validated_combination(&outcomes);
-    let indexed: Vec<Outcome> = outcomes
-        .iter()
-        .zip(&combined)
-        .map(|(o, s)| Outcome { family: o.family, correct: o.correct, confidence: *s, min_logprob: 0.0, complexity: 0.0 })
-        .collect();
-    println!("| the three combined (logistic regression, 5-fold cross-validated) | {:.3} |", auc(&indexed, |o| o.confidence));
+    let combined_auc = auc(outcomes.iter().zip(&combined).map(|(o, score)| (o.correct, *score)));
+    println!("| the three combined (logistic regression, 5-fold cross-validated) | {combined_auc:.3} |");
     println!();
     println!("| at cascade_min_logprob = {threshold} | answers | local accuracy |");
     println!("|---|---:|---:|");
@@ -299,18 +298,14 @@ async fn main() {
     for family in ["arithmetic", "compare", "letters", "word problem"] {
         let set: Vec<&Outcome> = outcomes.iter().filter(|o| o.family == family).collect();
         let kept: Vec<&Outcome> = set.iter().copied().filter(|o| o.confidence >= threshold).collect();
-        let owned: Vec<Outcome> = set
-            .iter()
-            .map(|o| Outcome { family, correct: o.correct, confidence: o.confidence, min_logprob: o.min_logprob, complexity: 0.0 })
-            .collect();
         println!(
             "| {family} | {} | {:.1} % | {} | {:.1} % | {:.3} | {:.3} |",
             set.len(),
             accuracy(&set),
             kept.len(),
             accuracy(&kept),
-            auc(&owned, |o| o.confidence),
-            auc(&owned, |o| o.min_logprob)
+            auc(set.iter().map(|o| (o.correct, o.confidence))),
+            auc(set.iter().map(|o| (o.correct, o.min_logprob)))
         );
     }
 }
