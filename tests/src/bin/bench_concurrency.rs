@@ -106,14 +106,46 @@ async fn level(base: &str, level: usize, round: usize) -> (f64, Duration, Durati
     (tps, percentile(&ttfts, 0.5), percentile(&ttfts, 0.95), tokens)
 }
 
-async fn table(name: &str, base: &str, levels: &[usize], repeat: bool) -> Vec<f64> {
+/// The engine's cumulative busy time (µs spent in steps with prompt tokens, and in pure decode
+/// steps) and prompt tokens prefilled, from `/readyz`.
+async fn engine_busy(gateway: &Gateway) -> [u64; 3] {
+    let stats = gateway.engine_stats().await;
+    ["prefill_us_total", "decode_us_total", "prompt_tokens_total"].map(|k| stats[k].as_u64().unwrap_or(0))
+}
+
+async fn table(name: &str, base: &str, levels: &[usize], repeat: bool, gateway: Option<&Gateway>) -> Vec<f64> {
     // Warm-up: page in the weights, fill caches.
     one(&reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"), base, 0, 0).await;
     let mut rates = Vec::new();
-    for &c in levels {
-        let (tps, p50, p95, tokens) = level(base, c, if repeat { 0 } else { c }).await;
+    let mut breakdown = Vec::new();
+    for (position, &c) in levels.iter().enumerate() {
+        // A level given twice gets other prompts the second time.
+        let round = c + 100 * levels[..position].iter().filter(|&&l| l == c).count();
+        let before = match gateway {
+            Some(g) => Some(engine_busy(g).await),
+            None => None,
+        };
+        let started = Instant::now();
+        let (tps, p50, p95, tokens) = level(base, c, if repeat { 0 } else { round }).await;
+        let wall = started.elapsed().as_secs_f64();
         println!("| {name:<14} | {c:>2} | {tps:>16.1} | {:>13.0} | {:>13.0} | {tokens:>6} |", p50.as_secs_f64() * 1e3, p95.as_secs_f64() * 1e3);
         rates.push(tps);
+        if let (Some(g), Some(before)) = (gateway, before) {
+            let after = engine_busy(g).await;
+            let [prefill, decode, prompt] = [0, 1, 2].map(|i| after[i] - before[i]);
+            #[allow(clippy::cast_precision_loss)]
+            breakdown.push(format!(
+                "c={c}: wall {wall:.2} s; engine in steps with prompt tokens {:.2} s ({prompt} prompt tokens), in decode-only steps {:.2} s, idle {:.2} s",
+                prefill as f64 / 1e6,
+                decode as f64 / 1e6,
+                wall - (prefill + decode) as f64 / 1e6
+            ));
+        }
+    }
+    // Where the engine's time went at each level: the rest of the wall time is the engine
+    // waiting for requests (HTTP, the client's turnaround).
+    for line in breakdown {
+        println!("{line}");
     }
     rates
 }
@@ -130,12 +162,12 @@ async fn main() {
     println!("| server         |  c | completion tok/s | TTFT p50 (ms) | TTFT p95 (ms) | tokens |");
     println!("|----------------|----|------------------|---------------|---------------|--------|");
     let repeat = std::env::args().any(|a| a == "--repeat-prompts");
-    let ours = table("switchyard", &gateway.v1(), &levels, repeat).await;
+    let ours = table("switchyard", &gateway.v1(), &levels, repeat, Some(&gateway)).await;
     // Where the engine's time went (prompt tokens prefilled vs reused, prefill and decode time).
     println!("engine counters after the run: {}", gateway.engine_stats().await);
     drop(gateway);
     if let Some(url) = other {
-        let theirs = table("llama-server", &url, &levels, repeat).await;
+        let theirs = table("llama-server", &url, &levels, repeat, None).await;
         for ((c, a), b) in levels.iter().zip(&ours).zip(&theirs) {
             println!("c={c}: switchyard / llama-server = {:.2}x", a / b);
         }
