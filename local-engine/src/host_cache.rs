@@ -68,29 +68,44 @@ impl<T: PartialEq, S> HostCache<T, S> {
         self.entries.back().map(|e| (e.tokens.as_slice(), &e.state))
     }
 
-    /// Saves `state` (of `bytes` bytes) for `tokens`, dropping entries it makes redundant and the
-    /// least recently used ones beyond the limit. A state larger than the whole limit is not kept.
-    pub(crate) fn insert(&mut self, tokens: Vec<T>, state: S, bytes: usize) {
-        if bytes > self.limit || self.covers(&tokens) {
-            return;
+    /// Makes room for a state of `bytes` bytes holding `tokens`: takes out the entries it would
+    /// make redundant (prefixes of `tokens`) and the least recently used ones beyond the limit,
+    /// and returns their states, so that the new state can be written into one of their buffers
+    /// instead of fresh memory.
+    pub(crate) fn make_room(&mut self, tokens: &[T], bytes: usize) -> Vec<S> {
+        let (redundant, kept): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut self.entries).into_iter().partition(|e| tokens.starts_with(&e.tokens));
+        self.entries = kept;
+        let mut out = Vec::new();
+        for old in redundant {
+            self.bytes -= old.bytes;
+            out.push(old.state);
         }
-        let before = self.entries.len();
-        let mut freed = 0;
-        self.entries.retain(|e| {
-            let redundant = tokens.starts_with(&e.tokens);
-            if redundant {
-                freed += e.bytes;
-            }
-            !redundant
-        });
-        debug_assert!(self.entries.len() <= before);
-        self.bytes -= freed;
         while self.bytes + bytes > self.limit {
             match self.entries.pop_front() {
-                Some(old) => self.bytes -= old.bytes,
+                Some(old) => {
+                    self.bytes -= old.bytes;
+                    out.push(old.state);
+                }
                 None => break,
             }
         }
+        out
+    }
+
+    /// Whether a state of `bytes` bytes holding `tokens` would be kept (it fits the limit and no
+    /// entry holds all of `tokens` already).
+    pub(crate) fn would_keep(&self, tokens: &[T], bytes: usize) -> bool {
+        bytes <= self.limit && !self.covers(tokens)
+    }
+
+    /// Saves `state` (of `bytes` bytes) for `tokens`, dropping entries it makes redundant and the
+    /// least recently used ones beyond the limit. A state larger than the whole limit is not kept.
+    pub(crate) fn insert(&mut self, tokens: Vec<T>, state: S, bytes: usize) {
+        if !self.would_keep(&tokens, bytes) {
+            return;
+        }
+        drop(self.make_room(&tokens, bytes));
         self.bytes += bytes;
         let id = EntryId(self.next_id);
         self.next_id += 1;
@@ -151,5 +166,22 @@ mod tests {
         c.insert(b"d1".to_vec(), "d", 10);
         assert_eq!(c.take_use(c1).map(|(t, s)| (t.to_vec(), *s)), Some((b"c1".to_vec(), "c")));
         assert!(c.take_use(a1).is_none(), "an evicted entry is gone, not replaced by another");
+    }
+
+    #[test]
+    fn making_room_hands_back_the_states_it_takes_out() {
+        let mut c: HostCache<u8, u32> = HostCache::new(30);
+        c.insert(b"ab".to_vec(), 1, 10);
+        c.insert(b"x1".to_vec(), 2, 10);
+        c.insert(b"y1".to_vec(), 3, 10);
+        // "ab" is a prefix of the new tokens (redundant); then "x1" is least recently used.
+        let mut out = c.make_room(b"abc", 15);
+        out.sort_unstable();
+        assert_eq!(out, vec![1, 2]);
+        assert_eq!(c.bytes(), 10);
+        assert!(c.best(b"y1").is_some());
+        assert!(c.make_room(b"zz", 5).is_empty(), "room enough already");
+        assert!(!c.would_keep(b"y", 5), "y1 holds it");
+        assert!(!c.would_keep(b"q", 31), "larger than the limit");
     }
 }

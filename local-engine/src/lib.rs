@@ -15,6 +15,7 @@ mod load;
 mod prefix_cache;
 mod sampling;
 mod scheduler;
+mod seq_state;
 mod stats;
 mod template;
 mod text;

@@ -8,7 +8,6 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -22,6 +21,7 @@ use crate::host_cache::{EntryId, HostCache};
 use crate::json_closer::JsonCloser;
 use crate::prefix_cache::{Plan, SlotTable, Source};
 use crate::sampling::SequenceSampler;
+use crate::seq_state;
 use crate::text::TextAssembler;
 use crate::{ChatTemplate, Confidence, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest};
 
@@ -93,7 +93,7 @@ pub(crate) struct Scheduler<'m> {
     /// The stream no sequence uses, for swapping two slots.
     scratch: i32,
     /// Prompt states saved to host memory.
-    host: HostCache<LlamaToken, SeqState>,
+    host: HostCache<LlamaToken, Vec<u8>>,
     /// Slots whose KV buffer has a stream copy still queued (llama.cpp carries copies out at the
     /// start of the next decode): their buffers must not be read or written directly until then.
     copy_pending: Vec<i32>,
@@ -369,13 +369,28 @@ impl<'m> Scheduler<'m> {
             return;
         }
         let tokens = tokens.to_vec();
-        match self.ctx.state_seq_get(seq_id, LlamaStateSeqFlags::empty()) {
-            Ok(state) => {
-                let bytes = state.byte_len();
-                self.host.insert(tokens, state, bytes);
-                self.stats.host_cache_bytes.store(self.host.bytes() as u64, Relaxed);
-            }
-            Err(e) => warn!(error = %e, seq_id, "could not save a prompt state"),
+        let bytes = seq_state::size(&self.ctx, seq_id);
+        if !self.host.would_keep(&tokens, bytes) {
+            return;
+        }
+        // Evict first and write into the smallest freed buffer that fits (or else the largest):
+        // its pages are already mapped, where a fresh buffer's cost more than the copy.
+        let mut freed = self.host.make_room(&tokens, bytes);
+        freed.sort_unstable_by_key(Vec::capacity);
+        let fits = freed.iter().position(|b| b.capacity() >= bytes);
+        let mut buffer = match fits {
+            Some(i) => freed.swap_remove(i),
+            None => freed.pop().unwrap_or_default(),
+        };
+        let recycled = buffer.capacity() > 0;
+        let started = Instant::now();
+        if seq_state::save(&self.ctx, seq_id, &mut buffer) {
+            let held = buffer.capacity();
+            debug!(seq_id, bytes, recycled, micros = started.elapsed().as_micros(), "prompt state saved to host memory");
+            self.host.insert(tokens, buffer, held);
+            self.stats.host_cache_bytes.store(self.host.bytes() as u64, Relaxed);
+        } else {
+            warn!(seq_id, "could not save a prompt state");
         }
     }
 
@@ -389,11 +404,11 @@ impl<'m> Scheduler<'m> {
             warn!(seq_id, "a saved prompt state does not hold the prefix it was chosen for; not restoring it");
             return None;
         }
-        let restored = self.ctx.state_seq_set(state, seq_id);
-        if let Err(e) = &restored {
-            warn!(error = %e, seq_id, "could not restore a prompt state");
+        let restored = seq_state::restore(&mut self.ctx, state, seq_id);
+        if !restored {
+            warn!(seq_id, "could not restore a prompt state");
         }
-        let kept = self.keep_prefix(seq_id, if restored.is_ok() { prefix.len() } else { 0 });
+        let kept = self.keep_prefix(seq_id, if restored { prefix.len() } else { 0 });
         if kept > 0 {
             self.stats.host_cache_hits_total.fetch_add(1, Relaxed);
         }
