@@ -21,7 +21,7 @@ use crate::host_cache::{EntryId, HostCache};
 use crate::json_closer::JsonCloser;
 use crate::prefix_cache::{Plan, SlotTable, Source};
 use crate::sampling::SequenceSampler;
-use crate::seq_state;
+use crate::seq_state::{self, StateBuffer};
 use crate::text::TextAssembler;
 use crate::{ChatTemplate, Confidence, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest};
 
@@ -93,7 +93,7 @@ pub(crate) struct Scheduler<'m> {
     /// The stream no sequence uses, for swapping two slots.
     scratch: i32,
     /// Prompt states saved to host memory.
-    host: HostCache<LlamaToken, Vec<u8>>,
+    host: HostCache<LlamaToken, StateBuffer>,
     /// Slots whose KV buffer has a stream copy still queued (llama.cpp carries copies out at the
     /// start of the next decode): their buffers must not be read or written directly until then.
     copy_pending: Vec<i32>,
@@ -373,14 +373,14 @@ impl<'m> Scheduler<'m> {
         if !self.host.would_keep(&tokens, bytes) {
             return;
         }
-        // Evict first and write into the smallest freed buffer that fits (or else the largest):
-        // its pages are already mapped, where a fresh buffer's cost more than the copy.
+        // Evict first and write into the smallest freed buffer that fits (else a fresh one): its
+        // pages are already mapped, where a fresh buffer's cost more than the copy (seq_state).
         let mut freed = self.host.make_room(&tokens, bytes);
-        freed.sort_unstable_by_key(Vec::capacity);
+        freed.sort_unstable_by_key(StateBuffer::capacity);
         let fits = freed.iter().position(|b| b.capacity() >= bytes);
         let mut buffer = match fits {
             Some(i) => freed.swap_remove(i),
-            None => freed.pop().unwrap_or_default(),
+            None => StateBuffer::empty(),
         };
         let recycled = buffer.capacity() > 0;
         let started = Instant::now();
