@@ -81,15 +81,31 @@ impl SequenceSampler {
 
 /// The index of the largest logit, the first of equals: exactly the choice of llama.cpp's greedy
 /// sampler (`llama_sampler_greedy_apply`: a strict `>` scan from index 0, so a NaN first entry
-/// wins and later NaNs never do).
+/// wins and later NaNs never do). Two passes that vectorise (the largest value in 16 lanes, then
+/// the first index holding it) instead of one scan that carries the best index along.
 fn first_max(logits: &[f32]) -> i32 {
-    let mut best = 0;
-    for (i, &logit) in logits.iter().enumerate().skip(1) {
-        if logit > logits[best] {
-            best = i;
+    let Some(&first) = logits.first() else { return 0 };
+    if first.is_nan() {
+        return 0;
+    }
+    let mut lanes = [first; 16];
+    let mut chunks = logits.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, &logit) in lanes.iter_mut().zip(chunk) {
+            // NaN compares false, so it never enters a lane: as in llama.cpp's scan.
+            *lane = if logit > *lane { logit } else { *lane };
         }
     }
-    i32::try_from(best).unwrap_or(0)
+    let mut largest = first;
+    for &logit in lanes.iter().chain(chunks.remainder()) {
+        if logit > largest {
+            largest = logit;
+        }
+    }
+    // Exact equality is the point: the first entry holding that very value.
+    #[allow(clippy::float_cmp)]
+    let at = logits.iter().position(|&logit| logit == largest).unwrap_or(0);
+    i32::try_from(at).unwrap_or(0)
 }
 
 /// Greedy at temperature 0, else top-p (when below 1), temperature and a seeded draw.
@@ -123,5 +139,41 @@ mod tests {
         // NaN compares false both ways: llama.cpp's scan keeps a NaN first entry and skips later ones.
         assert_eq!(first_max(&[f32::NAN, 1.0, 2.0]), 0);
         assert_eq!(first_max(&[1.0, f32::NAN, 2.0, f32::NAN]), 2);
+    }
+
+    /// llama.cpp's scan, as written there.
+    fn scan(logits: &[f32]) -> i32 {
+        let mut best = 0;
+        for i in 1..logits.len() {
+            if logits[i] > logits[best] {
+                best = i;
+            }
+        }
+        i32::try_from(best).unwrap()
+    }
+
+    #[test]
+    fn the_two_pass_greedy_choice_equals_the_scan_on_vocabulary_sized_logits() {
+        // A fixed pseudo-random sequence (xorshift), coarse values so that ties are common, and
+        // NaN and infinities sprinkled in, over lengths around the 16-lane chunks.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..400 {
+            let len = if round % 4 == 0 { 49_152 } else { 1 + (next() % 70) as usize };
+            let logits: Vec<f32> = (0..len)
+                .map(|_| match next() % 100 {
+                    0 => f32::NAN,
+                    1 => f32::INFINITY,
+                    2 => f32::NEG_INFINITY,
+                    r => f32::from(u8::try_from(r % 23).unwrap()) - 11.0,
+                })
+                .collect();
+            assert_eq!(first_max(&logits), scan(&logits), "round {round}: {:?}", &logits[..len.min(40)]);
+        }
     }
 }
