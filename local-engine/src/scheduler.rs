@@ -375,13 +375,10 @@ impl<'m> Scheduler<'m> {
         }
         // Evict first and write into the smallest freed buffer that fits (else a fresh one): its
         // pages are already mapped, where a fresh buffer's cost more than the copy (seq_state).
-        let mut freed = self.host.make_room(&tokens, bytes);
-        freed.sort_unstable_by_key(StateBuffer::capacity);
-        let fits = freed.iter().position(|b| b.capacity() >= bytes);
-        let mut buffer = match fits {
-            Some(i) => freed.swap_remove(i),
-            None => StateBuffer::empty(),
-        };
+        let mut buffer = (self.host.make_room(&tokens, bytes).into_iter())
+            .filter(|b| b.capacity() >= bytes)
+            .min_by_key(StateBuffer::capacity)
+            .unwrap_or_else(StateBuffer::empty);
         let recycled = buffer.capacity() > 0;
         let started = Instant::now();
         if seq_state::save(&self.ctx, seq_id, &mut buffer) {
