@@ -142,8 +142,8 @@ async fn table(name: &str, base: &str, levels: &[usize], repeat: bool, gateway: 
             ));
         }
     }
-    // Where the engine's time went at each level: the rest of the wall time is the engine
-    // waiting for requests (HTTP, the client's turnaround).
+    // Where the engine's time went at each level. "Idle" is the engine thread outside decode
+    // steps: admitting requests (host-cache saves), sampling, and waiting for the next request.
     for line in breakdown {
         println!("{line}");
     }
