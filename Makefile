@@ -145,14 +145,16 @@ bench-structured: model build python-deps
 bench: model build
 	$(abspath $(TARGET_DIR))/release/bench-single-stream
 
-## Concurrent streaming load (1/4/8/16 in flight) against the gateway and llama.cpp's llama-server.
+## Concurrent streaming load (1/4/8/16 in flight) against the gateway and llama.cpp's llama-server,
+## the two interleaved level by level, BENCH_ROUNDS times (medians and the ratio's range at the end).
+BENCH_ROUNDS ?= 3
 bench-concurrency: model build
 	bash scripts/build-llama-server.sh
 	@if curl -s http://127.0.0.1:18081/health >/dev/null; then echo "port 18081 is taken"; exit 1; fi
 	bench/llama-server/llama-server -m models/SmolLM2-135M-Instruct.Q4_1.gguf -t 2 -np 8 -c 16384 \
 	  --host 127.0.0.1 --port 18081 >/tmp/switchyard-llama-server.log 2>&1 & pid=$$!; \
 	until curl -sf http://127.0.0.1:18081/health >/dev/null; do kill -0 $$pid || exit 1; sleep 0.2; done; \
-	rc=0; $(abspath $(TARGET_DIR))/release/bench-concurrency --other http://127.0.0.1:18081/v1 $(BENCH_ARGS) || rc=$$?; \
+	rc=0; $(abspath $(TARGET_DIR))/release/bench-concurrency --other http://127.0.0.1:18081/v1 --rounds $(BENCH_ROUNDS) $(BENCH_ARGS) || rc=$$?; \
 	kill $$pid; exit $$rc
 
 ## Added latency of the gateway on the remote path (fake upstream answering at once), c=1 and c=16.

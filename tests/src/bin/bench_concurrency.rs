@@ -9,7 +9,9 @@
 //! `--repeat-prompts` sends the very same prompts at every level instead (then whole-prompt caches,
 //! ours and llama-server's host-RAM one, answer later levels).
 //!
-//! `bench-concurrency [--other URL] [--levels 1,4,8,16] [--repeat-prompts]` — URL like `http://127.0.0.1:8081/v1`.
+//! `bench-concurrency [--other URL] [--levels 1,4,8,16] [--rounds N] [--repeat-prompts]` — URL like
+//! `http://127.0.0.1:8081/v1`. With `--other`, both servers run each level back to back (which one
+//! goes first alternates by round), and a last table gives each level's medians over the rounds.
 //! `BENCH_LOCAL_EXTRA` (environment): more `[local]` keys for the gateway, e.g. `prompt_cache_mib = 0`.
 //! Not a test.
 
@@ -72,8 +74,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-/// Runs all prompts with `level` in flight; returns (tok/s, ttft p50, ttft p95, tokens).
-async fn level(base: &str, level: usize, round: usize) -> (f64, Duration, Duration, u64) {
+/// Runs all prompts with `level` in flight.
+async fn level(base: &str, level: usize, round: usize) -> Measured {
     // No pooled connections: llama-server closes idle ones, and a stale one fails the request.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
     let next = Arc::new(AtomicUsize::new(0));
@@ -103,7 +105,7 @@ async fn level(base: &str, level: usize, round: usize) -> (f64, Duration, Durati
     ttfts.sort();
     #[allow(clippy::cast_precision_loss)]
     let tps = tokens as f64 / wall;
-    (tps, percentile(&ttfts, 0.5), percentile(&ttfts, 0.95), tokens)
+    Measured { tps, p50: percentile(&ttfts, 0.5), p95: percentile(&ttfts, 0.95), tokens }
 }
 
 /// The engine's cumulative busy time (µs spent in steps with prompt tokens, and in pure decode
@@ -113,41 +115,55 @@ async fn engine_busy(gateway: &Gateway) -> [u64; 3] {
     ["prefill_us_total", "decode_us_total", "prompt_tokens_total"].map(|k| stats[k].as_u64().unwrap_or(0))
 }
 
-async fn table(name: &str, base: &str, levels: &[usize], repeat: bool, gateway: Option<&Gateway>) -> Vec<f64> {
-    // Warm-up: page in the weights, fill caches.
+/// One server at one level: aggregate completion tok/s, TTFT percentiles, tokens received.
+#[derive(Clone, Copy)]
+struct Measured {
+    tps: f64,
+    p50: Duration,
+    p95: Duration,
+    tokens: u64,
+}
+
+/// Measures one server at level `c` with the prompts of `round`, prints its row, and (for the
+/// gateway) returns where the engine's time went.
+async fn measure(name: &str, base: &str, c: usize, round: usize, gateway: Option<&Gateway>) -> (Measured, Option<String>) {
+    let before = match gateway {
+        Some(g) => Some(engine_busy(g).await),
+        None => None,
+    };
+    let started = Instant::now();
+    let m = level(base, c, round).await;
+    let wall = started.elapsed().as_secs_f64();
+    println!("| {name:<14} | {c:>2} | {:>16.1} | {:>13.0} | {:>13.0} | {:>6} |", m.tps, ms(m.p50), ms(m.p95), m.tokens);
+    let mut breakdown = None;
+    if let (Some(g), Some(before)) = (gateway, before) {
+        let after = engine_busy(g).await;
+        let [prefill, decode, prompt] = [0, 1, 2].map(|i| after[i] - before[i]);
+        #[allow(clippy::cast_precision_loss)]
+        let line = format!(
+            "c={c}: wall {wall:.2} s; engine in steps with prompt tokens {:.2} s ({prompt} prompt tokens), in decode-only steps {:.2} s, idle {:.2} s",
+            prefill as f64 / 1e6,
+            decode as f64 / 1e6,
+            wall - (prefill + decode) as f64 / 1e6
+        );
+        breakdown = Some(line);
+    }
+    (m, breakdown)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { f64::midpoint(v[n / 2 - 1], v[n / 2]) }
+}
+
+/// Warm-up: page in the weights, fill caches.
+async fn warm_up(base: &str) {
     one(&reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client"), base, 0, 0).await;
-    let mut rates = Vec::new();
-    let mut breakdown = Vec::new();
-    for (position, &c) in levels.iter().enumerate() {
-        // A level given twice gets other prompts the second time.
-        let round = c + 100 * levels[..position].iter().filter(|&&l| l == c).count();
-        let before = match gateway {
-            Some(g) => Some(engine_busy(g).await),
-            None => None,
-        };
-        let started = Instant::now();
-        let (tps, p50, p95, tokens) = level(base, c, if repeat { 0 } else { round }).await;
-        let wall = started.elapsed().as_secs_f64();
-        println!("| {name:<14} | {c:>2} | {tps:>16.1} | {:>13.0} | {:>13.0} | {tokens:>6} |", p50.as_secs_f64() * 1e3, p95.as_secs_f64() * 1e3);
-        rates.push(tps);
-        if let (Some(g), Some(before)) = (gateway, before) {
-            let after = engine_busy(g).await;
-            let [prefill, decode, prompt] = [0, 1, 2].map(|i| after[i] - before[i]);
-            #[allow(clippy::cast_precision_loss)]
-            breakdown.push(format!(
-                "c={c}: wall {wall:.2} s; engine in steps with prompt tokens {:.2} s ({prompt} prompt tokens), in decode-only steps {:.2} s, idle {:.2} s",
-                prefill as f64 / 1e6,
-                decode as f64 / 1e6,
-                wall - (prefill + decode) as f64 / 1e6
-            ));
-        }
-    }
-    // Where the engine's time went at each level. "Idle" is the engine thread outside decode
-    // steps: admitting requests (host-cache saves), sampling, and waiting for the next request.
-    for line in breakdown {
-        println!("{line}");
-    }
-    rates
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -156,20 +172,80 @@ async fn main() {
     let other = arg("--other");
     let levels: Vec<usize> =
         arg("--levels").map_or_else(|| LEVELS.to_vec(), |l| l.split(',').map(|c| c.parse().expect("--levels 1,4,8")).collect());
+    let rounds: usize = arg("--rounds").map_or(1, |r| r.parse().expect("--rounds N"));
+    let repeat = std::env::args().any(|a| a == "--repeat-prompts");
     // 16 slots, so that 16 in flight decode together (1024 KV cells each).
     let gateway = Gateway::start(&config_with_local(16, 16384, &std::env::var("BENCH_LOCAL_EXTRA").unwrap_or_default()), ALL_LOCAL_POLICY).await;
+    let ours = gateway.v1();
+    warm_up(&ours).await;
+    if let Some(url) = &other {
+        warm_up(url).await;
+    }
     println!("{PROMPTS} prompts x {COMPLETION_TOKENS} completion tokens, streamed, greedy; SmolLM2-135M-Instruct Q4_1, 2 threads");
     println!("| server         |  c | completion tok/s | TTFT p50 (ms) | TTFT p95 (ms) | tokens |");
     println!("|----------------|----|------------------|---------------|---------------|--------|");
-    let repeat = std::env::args().any(|a| a == "--repeat-prompts");
-    let ours = table("switchyard", &gateway.v1(), &levels, repeat, Some(&gateway)).await;
-    // Where the engine's time went (prompt tokens prefilled vs reused, prefill and decode time).
+    // Both servers run each level back to back, the first of the two alternating by round, so
+    // that a machine whose speed drifts (a shared VM) weighs on both alike.
+    let mut results: Vec<(usize, Measured, Option<Measured>)> = Vec::new();
+    let mut breakdown = Vec::new();
+    for r in 0..rounds {
+        for (position, &c) in levels.iter().enumerate() {
+            // Each (round, level) gets its own prompts: no whole-prompt cache answers it.
+            let earlier = r * levels.iter().filter(|&&l| l == c).count() + levels[..position].iter().filter(|&&l| l == c).count();
+            let round = if repeat { 0 } else { c + 100 * earlier };
+            let theirs_first = r % 2 == 1;
+            let mut theirs = None;
+            if let (Some(url), true) = (&other, theirs_first) {
+                theirs = Some(measure("llama-server", url, c, round, None).await.0);
+            }
+            let (m, line) = measure("switchyard", &ours, c, round, Some(&gateway)).await;
+            breakdown.extend(line);
+            if let (Some(url), false) = (&other, theirs_first) {
+                theirs = Some(measure("llama-server", url, c, round, None).await.0);
+            }
+            results.push((c, m, theirs));
+        }
+    }
+    // Where the engine's time went at each level. "Idle" is the engine thread outside decode
+    // steps: admitting requests (host-cache saves), sampling, and waiting for the next request.
+    for line in breakdown {
+        println!("{line}");
+    }
     println!("engine counters after the run: {}", gateway.engine_stats().await);
     drop(gateway);
-    if let Some(url) = other {
-        let theirs = table("llama-server", &url, &levels, repeat, None).await;
-        for ((c, a), b) in levels.iter().zip(&ours).zip(&theirs) {
-            println!("c={c}: switchyard / llama-server = {:.2}x", a / b);
+    summarise(&levels, rounds, &results);
+}
+
+/// Per level, the median over rounds of each server's figures and of the ratio of the two, with
+/// the ratio's range.
+fn summarise(levels: &[usize], rounds: usize, results: &[(usize, Measured, Option<Measured>)]) {
+    let mut done = Vec::new();
+    println!("median of {rounds} round(s):");
+    println!("| c | switchyard tok/s | TTFT p50 / p95 (ms) | llama-server tok/s | TTFT p50 / p95 (ms) | ratio (median, range) |");
+    println!("|---|------------------|---------------------|--------------------|---------------------|-----------------------|");
+    for &c in levels {
+        if done.contains(&c) {
+            continue;
         }
+        done.push(c);
+        let at: Vec<&(usize, Measured, Option<Measured>)> = results.iter().filter(|r| r.0 == c).collect();
+        let col = |f: &dyn Fn(&Measured) -> f64, ours: bool| -> Option<f64> {
+            let v: Vec<f64> = at.iter().filter_map(|r| if ours { Some(&r.1) } else { r.2.as_ref() }).map(f).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        let cell = |ours: bool| match (col(&|m| m.tps, ours), col(&|m| ms(m.p50), ours), col(&|m| ms(m.p95), ours)) {
+            (Some(t), Some(a), Some(b)) => (format!("{t:.1}"), format!("{a:.0} / {b:.0}")),
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
+        let ratios: Vec<f64> = at.iter().filter_map(|r| r.2.map(|t| r.1.tps / t.tps)).collect();
+        let ratio = if ratios.is_empty() {
+            "-".to_owned()
+        } else {
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{:.2}x ({lo:.2}-{hi:.2})", median(ratios))
+        };
+        let ((ot, ol), (tt, tl)) = (cell(true), cell(false));
+        println!("| {c} | {ot} | {ol} | {tt} | {tl} | {ratio} |");
     }
 }
