@@ -193,16 +193,15 @@ async fn main() {
             // Each (round, level) gets its own prompts: no whole-prompt cache answers it.
             let earlier = r * levels.iter().filter(|&&l| l == c).count() + levels[..position].iter().filter(|&&l| l == c).count();
             let round = if repeat { 0 } else { c + 100 * earlier };
+            let measure_theirs = async || match &other {
+                Some(url) => Some(measure("llama-server", url, c, round, None).await.0),
+                None => None,
+            };
             let theirs_first = r % 2 == 1;
-            let mut theirs = None;
-            if let (Some(url), true) = (&other, theirs_first) {
-                theirs = Some(measure("llama-server", url, c, round, None).await.0);
-            }
+            let theirs_before = if theirs_first { measure_theirs().await } else { None };
             let (m, line) = measure("switchyard", &ours, c, round, Some(&gateway)).await;
             breakdown.extend(line);
-            if let (Some(url), false) = (&other, theirs_first) {
-                theirs = Some(measure("llama-server", url, c, round, None).await.0);
-            }
+            let theirs = if theirs_first { theirs_before } else { measure_theirs().await };
             results.push((c, m, theirs));
         }
     }
@@ -211,6 +210,7 @@ async fn main() {
     for line in breakdown {
         println!("{line}");
     }
+    // Prompt tokens prefilled vs reused, host-cache hits, prefill and decode time.
     println!("engine counters after the run: {}", gateway.engine_stats().await);
     drop(gateway);
     summarise(&levels, rounds, &results);
