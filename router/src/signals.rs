@@ -72,7 +72,14 @@ const LANGUAGE_WINDOW: usize = 600;
 pub fn features(text: &str, turns: usize, tools: bool) -> Features {
     let mut code = false;
     let mut reasoning_markers = 0_u32;
-    for m in MARKERS.find_iter(text) {
+    let bytes = text.as_bytes();
+    // Overlapping, so that a match refused for its left edge cannot hide one that starts inside it.
+    for m in MARKERS.find_overlapping_iter(text) {
+        // A word marker counts only at the start of a word: "prove" in "proves", not in "approves";
+        // "fn " not in "FKHFN WKH".
+        if bytes[m.start()].is_ascii_alphabetic() && m.start() > 0 && is_word_byte(bytes[m.start() - 1]) {
+            continue;
+        }
         let i = m.pattern().as_usize();
         if i < REASONING_MARKERS.len() {
             reasoning_markers |= 1 << i;
@@ -82,6 +89,12 @@ pub fn features(text: &str, turns: usize, tools: bool) -> Features {
     }
     let math = math_symbols(text.as_bytes()) >= 2;
     Features { code, math, turns, tools, language: language(text), reasoning_markers }
+}
+
+/// A byte that continues a word (ASCII letters and digits, `_`, and any byte of a non-ASCII
+/// character, so that "é" before a marker is part of the word too).
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
 }
 
 /// Counts `=`, `^`, `∑`, `∫`, `√`, `≤`, `≥` on bytes (no UTF-8 decoding: this runs on every prompt).
@@ -134,6 +147,18 @@ mod tests {
         assert_eq!(features("Wie ist das Wetter? Ich weiß es nicht.", 1, false).language, "de");
         assert_eq!(features("Je voudrais une table pour deux, avec vue.", 1, false).language, "fr");
         assert_eq!(features("Ciao", 1, false).language, "und");
+    }
+
+    #[test]
+    fn markers_count_only_at_the_start_of_a_word() {
+        let words = |t: &str| features(t, 1, false).reasoning_marker_words().collect::<Vec<_>>();
+        assert!(words("Leigh approves of pizza; the draft needs improvement.").is_empty());
+        assert!(words("An informal chat about the weather.").is_empty());
+        assert_eq!(words("Prove it, then she proves the next one."), ["prove"]);
+        assert_eq!(words("(prove) the implementation's complexity"), ["prove", "complexity", "implement"]);
+        assert!(!features("SOHDVH FKHFN WKH SURMHFW, undef x", 1, false).code);
+        assert!(features("fn main() {}", 1, false).code);
+        assert!(features("see:```rust\nlet x = 1;\n```", 1, false).code);
     }
 
     #[test]
