@@ -30,7 +30,8 @@ pub struct UsageRecord {
     pub target: String,
     /// `local` or `remote` (empty when no target answered).
     pub tier: &'static str,
-    /// HTTP status sent to the client.
+    /// HTTP status sent to the client; 499 when the client went away before an answer started
+    /// (nginx's "client closed request": nothing was sent).
     pub status: u16,
     /// Prompt tokens billed.
     pub prompt_tokens: u64,
@@ -156,6 +157,8 @@ pub struct PendingRecord {
     usage: Option<Usage>,
     /// A failure after the answer started (its kind), counted with the upstream errors.
     failed_mid_stream: Option<&'static str>,
+    /// The target working on the request while no answer has started (for a client that leaves).
+    attempting: Option<String>,
     /// Estimates for when no usage is reported.
     prompt_chars: usize,
     completion_chars: usize,
@@ -177,7 +180,7 @@ impl PendingRecord {
                 rule: String::new(),
                 target: String::new(),
                 tier: "",
-                status: 500,
+                status: 0,
                 prompt_tokens: 0,
                 completion_tokens: 0,
                 cost_usd: 0.0,
@@ -190,6 +193,7 @@ impl PendingRecord {
             },
             usage: None,
             failed_mid_stream: None,
+            attempting: None,
             prompt_chars: 0,
             completion_chars: 0,
             on_finish: None,
@@ -211,6 +215,12 @@ impl PendingRecord {
         rule.clone_into(&mut self.record.rule);
         self.record.pii_kinds = pii_kinds;
         self.prompt_chars = prompt_chars;
+    }
+
+    /// `target` is being asked for the answer: if the client leaves before one starts, the record
+    /// names it (status 499) with the prompt's estimated cost, since the target saw the prompt.
+    pub fn attempting(&mut self, target: &str) {
+        self.attempting = Some(target.to_owned());
     }
 
     /// The target that answered.
@@ -262,6 +272,9 @@ impl PendingRecord {
     }
 }
 
+/// The status recorded for a request whose client went away before any answer was sent.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// Unix time now, in milliseconds.
 pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
@@ -281,11 +294,21 @@ impl Drop for PendingRecord {
         let r = &mut self.record;
         r.latency_ms = millis(self.started);
         r.ts = unix_ms();
+        if r.status == 0 {
+            // No status was ever set: the handler was dropped before it answered, which is the
+            // client going away (or, while unwinding, a bug).
+            r.status = if std::thread::panicking() { 500 } else { CLIENT_CLOSED_REQUEST };
+            if let (Some(target), true) = (self.attempting.take(), r.target.is_empty()) {
+                r.tier = if target.starts_with("local/") { "local" } else { "remote" };
+                r.target = target;
+            }
+        }
         let answered = !r.target.is_empty();
         let usage = match (&self.usage, answered) {
             (Some(u), _) => Some(u.clone()),
-            // Something was generated (or billed) but the provider said nothing: estimate.
-            (None, true) if self.completion_chars > 0 || r.status == 200 => {
+            // Something was generated (or billed) but the provider said nothing, or the client
+            // left while a target worked on its prompt: estimate.
+            (None, true) if self.completion_chars > 0 || r.status == 200 || r.status == CLIENT_CLOSED_REQUEST => {
                 r.cost_estimated = true;
                 Some(Usage::new(estimate_tokens(self.prompt_chars), estimate_tokens(self.completion_chars)))
             }
@@ -334,6 +357,35 @@ mod tests {
         let r = &ledger.recent()[0];
         assert_eq!((r.status, r.tenant.as_str(), r.prompt_tokens, r.cost_usd), (400, "acme", 0, 0.0));
         assert!(!r.cost_estimated);
+    }
+
+    #[test]
+    fn a_client_leaving_before_the_answer_is_a_499_against_the_target_it_left() {
+        let ledger = Arc::new(Ledger::default());
+        let mut p = pending(&ledger);
+        p.routed("default", vec![], 40);
+        p.attempting("fake/echo");
+        drop(p);
+        let r = &ledger.recent()[0];
+        assert_eq!((r.status, r.target.as_str(), r.tier), (CLIENT_CLOSED_REQUEST, "fake/echo", "remote"));
+        // The target saw the prompt: its cost is estimated, and marked so.
+        assert!(r.cost_estimated);
+        assert_eq!((r.prompt_tokens, r.completion_tokens), (10, 0));
+        // Leaving before any target was asked: a 499 against nothing, costing nothing.
+        drop(pending(&ledger));
+        let r = &ledger.recent()[1];
+        assert_eq!((r.status, r.target.as_str(), r.cost_usd, r.cost_estimated), (CLIENT_CLOSED_REQUEST, "", 0.0, false));
+    }
+
+    #[test]
+    fn a_record_dropped_by_a_panic_is_a_500() {
+        let ledger = Arc::new(Ledger::default());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _p = pending(&ledger);
+            panic!("a bug in a handler");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(ledger.recent()[0].status, 500);
     }
 
     fn chunk(json: serde_json::Value) -> ChatChunk {

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::accounting::UsageRecord;
+use crate::accounting::{UsageRecord, CLIENT_CLOSED_REQUEST};
 
 /// Minutes kept: one day.
 const MINUTES: usize = 24 * 60;
@@ -91,11 +91,15 @@ impl Rollups {
         let target = if r.target.is_empty() { "none".to_owned() } else { r.target.clone() };
         let cell = current.cells.entry((r.tenant.clone(), target)).or_default();
         cell.requests += 1;
-        cell.errors += u64::from(r.status >= 400);
+        // A client that left before any answer is neither an error nor a latency.
+        let client_left = r.status == CLIENT_CLOSED_REQUEST;
+        cell.errors += u64::from(r.status >= 400 && !client_left);
         cell.local += u64::from(r.tier == "local");
         cell.cost_usd += r.cost_usd;
         cell.savings_usd += savings_usd.max(0.0);
-        cell.latency[bucket(r.latency_ms)] += 1;
+        if !client_left {
+            cell.latency[bucket(r.latency_ms)] += 1;
+        }
         if let Some(ttft) = r.ttft_ms {
             cell.ttft[bucket(ttft)] += 1;
         }
@@ -225,10 +229,16 @@ mod tests {
         assert_eq!(hour["targets"]["local/small"]["errors"], 1);
         assert_eq!(hour["total"]["local_share"], 1.0);
         assert_eq!(hour["tenants"]["acme"]["savings_usd"], 0.02);
+        // A client that left before any answer counts as a request, not as an error or a latency.
+        let latency_before = (hour["targets"]["local/small"]["latency_p50_ms"].clone(), hour["targets"]["local/small"]["latency_p95_ms"].clone());
+        r.add(&record(now * 60_000 + 2, "local/small", CLIENT_CLOSED_REQUEST, 50_000, 0.0), 0.0);
+        let hour = r.window(now, 60);
+        assert_eq!((hour["targets"]["local/small"]["latency_p50_ms"].clone(), hour["targets"]["local/small"]["latency_p95_ms"].clone()), latency_before);
+        assert_eq!((hour["total"]["requests"].as_u64(), hour["targets"]["local/small"]["errors"].as_u64()), (Some(3), Some(1)));
         let day = r.window(now, 24 * 60);
-        assert_eq!(day["total"]["requests"], 3);
+        assert_eq!(day["total"]["requests"], 4);
         assert_eq!(day["targets"]["openai/gpt-4o"]["latency_p50_ms"], 1000);
-        assert_eq!(r.per_minute(now, 3), vec![0, 0, 2]);
+        assert_eq!(r.per_minute(now, 3), vec![0, 0, 3]);
     }
 
     #[test]

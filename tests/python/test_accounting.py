@@ -1,11 +1,15 @@
 """One accounting record per finished request: exact cost from reported usage (cached prompt
 tokens at their own price), streams accounted exactly even when the client did not ask for usage,
-a client that leaves mid-stream still leaves a record (estimated, and marked so), and failed
-requests are recorded with their status."""
+a client that leaves mid-stream still leaves a record (estimated, and marked so), one that leaves
+before any answer is a 499 against the target that had its prompt, and failed requests are
+recorded with their status."""
+
+import json
+import socket
 
 import httpx
 
-from conftest import accounting_record
+from conftest import accounting_record, accounting_records, fake_requests, wait_for
 
 
 def test_cached_prompt_tokens_are_priced_at_the_cached_price(gateway):
@@ -44,6 +48,41 @@ def test_client_leaving_mid_stream_leaves_an_estimated_record(gateway, fake_prov
     httpx.post(f"{fake_provider}/control/release")
     assert rec["status"] == "200" and rec["cost_estimated"] == "true"
     assert int(rec["completion_tokens"]) >= 1 and float(rec["cost_usd"]) > 0
+
+
+def send_and_leave(gateway, body, started):
+    """Sends a non-streamed chat request on a raw connection, waits until `started()` says a
+    target is working on it, then closes the connection without reading an answer."""
+    host, port = gateway.process.value.rsplit(":", 1)
+    payload = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+        wait_for(started, what="a target working on the request")
+
+
+def new_records(gateway, before):
+    return [r for r in accounting_records(gateway)[before:] if r["status"] == "499"]
+
+
+def test_a_client_leaving_before_the_answer_is_a_499_against_its_target(gateway, fake_provider):
+    # Remote: the fake holds its answer; the client leaves once the fake has the prompt.
+    before, asked = len(accounting_records(gateway)), len(fake_requests(fake_provider))
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"slow_ms": 15000}]})
+    prompt = "tell me everything about the sea " * 8
+    send_and_leave(gateway, {"model": "fake/echo", "messages": [{"role": "user", "content": prompt}]},
+                   lambda: len(fake_requests(fake_provider)) > asked)
+    rec = wait_for(lambda: new_records(gateway, before), what="the 499 record")[0]
+    assert (rec["target"], rec["tier"], rec["cost_estimated"]) == ("fake/echo", "remote", "true")
+    assert int(rec["prompt_tokens"]) == -(-len(prompt) // 4) and float(rec["cost_usd"]) > 0
+    # Local: the client leaves while the engine generates; the sequence is cancelled.
+    before = len(accounting_records(gateway))
+    engine = lambda: httpx.get(f"{gateway.base}/readyz").json()["engine"]
+    send_and_leave(gateway, {"model": "local-small", "max_tokens": 400, "messages": [{"role": "user", "content": "Write a long story."}]},
+                   lambda: engine()["active"] >= 1)
+    rec = wait_for(lambda: new_records(gateway, before), what="the local 499 record")[0]
+    assert (rec["target"], rec["tier"]) == ("local/local-small", "local")
+    wait_for(lambda: engine()["active"] == 0 and engine()["kv_cells_used"] == 0, what="the engine idle again")
 
 
 def test_failed_and_refused_requests_are_recorded_with_their_status(gateway):

@@ -367,11 +367,13 @@ fn needs_redaction(state: &AppState, decision: &Decision, target: &str) -> bool 
 /// Tries the decision's target, then its fallbacks, until one answers. Only failures that another
 /// target could fix move on (see `worth_falling_back`); the last such failure is returned. Each
 /// attempt to a remote target under a redacting rule gets a redacted copy of the request; the
-/// redaction comes back with the answer so that it can be restored.
+/// redaction comes back with the answer so that it can be restored. `record` is told of each
+/// target as it is tried, so that a client who leaves before an answer is recorded against it.
 async fn first_success<'d, T, F, Fut>(
     state: &AppState,
     req: &ChatRequest,
     decision: &'d Decision,
+    mut record: Option<&mut PendingRecord>,
     call: F,
 ) -> Result<(&'d str, T, Option<Redaction>), ApiError>
 where
@@ -380,6 +382,9 @@ where
 {
     let mut last_error = None;
     for target in candidates(decision) {
+        if let Some(r) = record.as_deref_mut() {
+            r.attempting(target);
+        }
         let attempt = async {
             let (provider, model) = provider_for(state, target)?;
             let mut upstream = req.clone();
@@ -435,7 +440,14 @@ async fn complete_answer(
     shadow: Option<Shadowing>,
 ) -> Result<Served, ApiError> {
     // Cascade: the local answer is kept when the model was sure enough of it.
-    let local_try = if decision.cascade.is_some() { cascade_local(state, &req).await } else { None };
+    let local_try = if decision.cascade.is_some() {
+        if let (Some(r), Some(local)) = (record.as_mut(), state.catalog.local_target()) {
+            r.attempting(&local);
+        }
+        cascade_local(state, &req).await
+    } else {
+        None
+    };
     let keep_at = decision.cascade.unwrap_or(f64::INFINITY);
     let (target, mut response, redaction, cascade) = match local_try {
         Some((target, response, confidence)) if f64::from(confidence.mean_logprob) >= keep_at => {
@@ -443,7 +455,7 @@ async fn complete_answer(
         }
         tried => {
             let (target, response, redaction) =
-                first_success(state, &req, decision, |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
+                first_success(state, &req, decision, record.as_mut(), |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
             (Cow::Borrowed(target), response, redaction, tried.map(|t| ("escalated", Some(t.2))).or(decision.cascade.map(|_| ("escalated", None))))
         }
     };
@@ -505,7 +517,7 @@ async fn stream_answer(
     shadow: Option<Shadowing>,
 ) -> Result<Served, ApiError> {
     let include_usage = req.wants_stream_usage();
-    let (target, chunks, redaction) = first_success(state, &req, decision, |provider, upstream, target| async move {
+    let (target, chunks, redaction) = first_success(state, &req, decision, record.as_mut(), |provider, upstream, target| async move {
         let mut chunks = provider.stream(upstream).await?;
         // Peek: a failure before the first chunk still gets a real status (and a fallback).
         match chunks.next().await {

@@ -180,6 +180,9 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
         }
         exchange.admit(state, ctx, tenant, prompt_tokens, 0, false, false).await?;
         let target = local.config.target();
+        if let Some(record) = exchange.record() {
+            record.attempting(&target);
+        }
         let embedder = Arc::clone(&local.embedder);
         let (vectors, tokens) = tokio::task::spawn_blocking(move || embedder.embed(&texts))
             .await
@@ -220,6 +223,9 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
     body.extend(req.extra);
     let reserve = usd_to_nanos((state.pricer)(&target, &Usage::new(prompt_tokens, 0)));
     exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true, false).await?;
+    if let Some(record) = exchange.record() {
+        record.attempting(&target);
+    }
     let mut answer = match provider.embeddings(Value::Object(body)).await {
         Ok(answer) => answer,
         Err(err) => {

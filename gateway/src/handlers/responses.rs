@@ -162,6 +162,9 @@ async fn passthrough(
     set_route_headers(&mut headers, decision, target);
     let keep = req.wants_store().then_some(turn);
     let echo = (req.previous_response_id.clone(), req.wants_store());
+    if let Some(record) = exchange.record() {
+        record.attempting(target);
+    }
     if req.is_stream() {
         let events = provider.responses_stream(body).await.inspect_err(|_| state.ledger.upstream_failed(target, "upstream"))?;
         let mut record = exchange.take_record();
