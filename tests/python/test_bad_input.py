@@ -157,6 +157,21 @@ def test_a_trickled_body_gets_408(gw):
     c.close()
 
 
+def test_a_declared_length_over_the_limit_is_413_before_the_body_arrives(gw):
+    # body_timeout_ms is 1 s here: waiting for the body would answer 408 instead.
+    c = raw_connection(gw)
+    c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 999999999\r\n\r\n{}")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 413"), data[:200]
+    c.close()
+
+
 def test_a_thousand_idle_connections_do_not_stop_traffic(gw):
     idle = [raw_connection(gw) for _ in range(1000)]
     try:

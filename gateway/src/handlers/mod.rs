@@ -15,8 +15,12 @@ use axum::body::Body;
 use crate::error::ApiError;
 
 /// Reads the whole body, refusing more than `limit` bytes with 413 and a body that takes longer
-/// than `timeout` to arrive with 408.
+/// than `timeout` to arrive with 408. A declared `Content-Length` over `limit` is refused at once,
+/// before any of the body is waited for.
 pub async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<bytes::Bytes, ApiError> {
+    if usize::try_from(axum::body::HttpBody::size_hint(&body).lower()).map_or(true, |declared| declared > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
     let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
         .await
         .map_err(|_| ApiError::BodyTimeout { after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) })?;
