@@ -172,6 +172,15 @@ def test_a_declared_length_over_the_limit_is_413_before_the_body_arrives(gw):
     c.close()
 
 
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/responses/%ff"), ("DELETE", "/responses/%ff"), ("GET", "/responses/%ff/input_items"),
+    ("GET", "/responses/resp_x/input_items?limit=abc"), ("GET", "/responses/resp_x/input_items?limit=5&limit=6"),
+])
+def test_malformed_responses_paths_and_queries_get_json_400s(gw, method, path):
+    err = error_of(httpx.request(method, f"{gw.v1}{path}", timeout=10), 400)
+    assert err["type"] == "invalid_request_error"
+
+
 def test_a_thousand_idle_connections_do_not_stop_traffic(gw):
     idle = [raw_connection(gw) for _ in range(1000)]
     try:

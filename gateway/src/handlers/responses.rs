@@ -6,7 +6,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -271,8 +272,18 @@ fn passthrough_events(
     })
 }
 
+/// The `{id}` of a `/v1/responses/{id}` path, or the JSON 400 for one that is not UTF-8 (axum's own
+/// rejection would be plain text).
+fn response_id(path: Result<Path<String>, PathRejection>) -> Result<String, Response> {
+    path.map(|Path(id)| id).map_err(|_| ApiError::invalid("The response id in the path is not valid UTF-8.", "response_id").into_response())
+}
+
 /// The stored response `id`, if this tenant stored it.
-pub async fn get(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, Path(id): Path<String>) -> Response {
+pub async fn get(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, path: Result<Path<String>, PathRejection>) -> Response {
+    let id = match response_id(path) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
     match state.responses.get(&tenant.name, &id).await {
         Some(stored) => Json(stored.response.clone()).into_response(),
         None => ApiError::ResponseNotFound { id }.into_response(),
@@ -294,9 +305,21 @@ pub struct ItemsQuery {
 pub async fn input_items(
     State(state): State<Arc<AppState>>,
     Extension(tenant): Extension<Arc<TenantProfile>>,
-    Path(id): Path<String>,
-    axum::extract::Query(query): axum::extract::Query<ItemsQuery>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ItemsQuery>, QueryRejection>,
 ) -> Response {
+    let id = match response_id(path) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    // axum's rejection is plain text; its message ("…: limit: invalid digit found in string",
+    // "duplicate field `limit`") goes into the usual JSON error.
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => {
+            return ApiError::InvalidRequest { message: format!("Invalid query string: {}", rejection.body_text()), param: None }.into_response()
+        }
+    };
     let Some(stored) = state.responses.get(&tenant.name, &id).await else { return ApiError::ResponseNotFound { id }.into_response() };
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
@@ -321,7 +344,11 @@ pub async fn input_items(
 }
 
 /// Forgets the stored response `id`.
-pub async fn delete(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, Path(id): Path<String>) -> Response {
+pub async fn delete(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, path: Result<Path<String>, PathRejection>) -> Response {
+    let id = match response_id(path) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
     if state.responses.delete(&tenant.name, &id).await {
         Json(json!({"id": id, "object": "response", "deleted": true})).into_response()
     } else {
