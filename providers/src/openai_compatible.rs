@@ -355,11 +355,16 @@ fn request_headers(kind: ProviderKind, api_key: Option<&str>) -> Vec<(HeaderName
     headers
 }
 
+/// The longest `Retry-After` passed on: a provider's absurd value ("99999999999999999999", "inf")
+/// must not reach clients as 2^64 - 1 seconds.
+const MAX_RETRY_AFTER_S: u64 = 86_400;
+
+/// A provider's `Retry-After` in whole seconds (rounded up, at most [`MAX_RETRY_AFTER_S`]).
 fn retry_after(headers: &HeaderMap) -> Option<u64> {
     headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<f64>().ok().map(|s| {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let secs = s.max(0.0).ceil() as u64;
-        secs
+        secs.min(MAX_RETRY_AFTER_S)
     })
 }
 
@@ -579,6 +584,17 @@ pub fn decode_stream(pieces: Vec<Vec<u8>>, anthropic: bool) -> Vec<Result<ChatCh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_and_bounded() {
+        let of = |v: &str| retry_after(&HeaderMap::from_iter([(RETRY_AFTER, http::HeaderValue::from_str(v).unwrap())]));
+        assert_eq!(of("7"), Some(7));
+        assert_eq!(of("0.2"), Some(1));
+        assert_eq!(of("-3"), Some(0));
+        assert_eq!(of("99999999999999999999"), Some(MAX_RETRY_AFTER_S));
+        assert_eq!(of("inf"), Some(MAX_RETRY_AFTER_S));
+        assert_eq!(of("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
 
     #[test]
     fn a_stream_decodes_the_same_however_it_is_split() {
