@@ -124,6 +124,7 @@ pub fn worth_falling_back(err: &ProviderError) -> bool {
         | ProviderError::Timeout { .. }
         | ProviderError::RateLimited { .. }
         | ProviderError::Unavailable { .. }
+        | ProviderError::CircuitOpen { .. }
         | ProviderError::Overloaded { .. } => true,
         ProviderError::InvalidRequest { .. }
         | ProviderError::ContextLengthExceeded { .. }

@@ -218,6 +218,9 @@ fn provider_parts(err: &ProviderError) -> (StatusCode, ErrorDetail, Option<u64>)
         ProviderError::Unavailable { .. } => {
             (StatusCode::SERVICE_UNAVAILABLE, detail("api_error", "engine_unavailable", None), Some(1))
         }
+        ProviderError::CircuitOpen { retry_after_s, .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, detail("api_error", "upstream_unavailable", None), Some(*retry_after_s))
+        }
     }
 }
 

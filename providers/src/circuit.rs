@@ -62,6 +62,15 @@ impl Breaker {
         }
     }
 
+    /// Whole seconds (at least 1) until an open circuit lets a probe through.
+    pub fn retry_after_s(&self, now: Instant) -> u64 {
+        match self.state {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            State::Open { until } => until.saturating_duration_since(now).as_secs_f64().ceil().max(1.0) as u64,
+            State::Closed | State::HalfOpen => 1,
+        }
+    }
+
     /// True while calls fail fast (what the router sees).
     pub fn is_open(&self, now: Instant) -> bool {
         match self.state {
@@ -103,6 +112,7 @@ pub fn counts_against_provider(err: &ProviderError) -> bool {
         | ProviderError::Overloaded { .. }
         | ProviderError::RateLimited { .. }
         | ProviderError::Rejected { .. }
+        | ProviderError::CircuitOpen { .. }
         | ProviderError::Unavailable { .. } => false,
     }
 }
@@ -126,11 +136,14 @@ impl Guarded {
     }
 
     fn admit(&self) -> Result<(), ProviderError> {
-        let allowed = self.breaker.lock().is_ok_and(|mut b| b.allow(Instant::now()));
-        if allowed {
-            Ok(())
-        } else {
-            Err(ProviderError::Unavailable { message: format!("{}: circuit open after repeated failures", self.name) })
+        let now = Instant::now();
+        let refused = match self.breaker.lock() {
+            Ok(mut b) => (!b.allow(now)).then(|| b.retry_after_s(now)),
+            Err(_) => Some(1),
+        };
+        match refused {
+            None => Ok(()),
+            Some(retry_after_s) => Err(ProviderError::CircuitOpen { provider: self.name.clone(), retry_after_s }),
         }
     }
 
@@ -204,6 +217,10 @@ mod tests {
         b.record(true, t0);
         assert!(b.is_open(t0));
         assert!(!b.allow(t0 + Duration::from_secs(29)));
+        // Clients are told when the probe is due: whole seconds, at least one.
+        assert_eq!(b.retry_after_s(t0), 30);
+        assert_eq!(b.retry_after_s(t0 + Duration::from_millis(28_500)), 2);
+        assert_eq!(b.retry_after_s(t0 + Duration::from_secs(29)), 1);
     }
 
     #[test]

@@ -61,6 +61,15 @@ pub enum ProviderError {
         /// The configured timeout.
         timeout_ms: u64,
     },
+    /// A remote provider's circuit is open after repeated failures: calls fail fast until a probe
+    /// is due.
+    #[error("{provider}: circuit open after repeated failures")]
+    CircuitOpen {
+        /// Configured provider name.
+        provider: String,
+        /// Seconds until the circuit lets a probe through.
+        retry_after_s: u64,
+    },
     /// The provider cannot serve at all now (engine not loaded, stopped).
     #[error("{message}")]
     Unavailable {

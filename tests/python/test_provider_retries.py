@@ -135,6 +135,24 @@ def test_open_circuit_is_skipped_before_dispatch(breaker, fake_provider):
     assert attempts_since(fake_provider, before) == 2, "the open provider was not called"
 
 
+def test_an_open_circuit_with_no_fallback_is_503_upstream_unavailable(tmp_path, fake_provider):
+    section = fake_provider_section(fake_provider, name="brittle", extra_keys="max_retries = 0\ncircuit_failures = 1\ncircuit_open_ms = 600000\n")
+    gw = Gateway(tmp_path, gateway_config(section), '[[rule]]\nname = "default"\nroute = "local"\n')
+    try:
+        before = len(fake_requests(fake_provider))
+        script(fake_provider, {"status": 500})
+        assert ask(gw, model="brittle/echo").status_code == 502  # the one failure that opens it
+        r = ask(gw, model="brittle/echo")
+        assert attempts_since(fake_provider, before) == 1, "the open provider was not called"
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert (err["type"], err["code"]) == ("api_error", "upstream_unavailable")
+        assert "brittle" in err["message"] and "circuit open" in err["message"]
+        assert 1 <= int(r.headers["retry-after"]) <= 600
+    finally:
+        gw.stop()
+
+
 @pytest.fixture(scope="module")
 def second_fake():
     p = Process([str(FAKE_BIN)], marker="listening on ", timeout=10)

@@ -423,7 +423,7 @@ fn error_kind(err: &ProviderError) -> &'static str {
         ProviderError::Rejected { .. } => "rejected",
         ProviderError::Upstream { .. } => "upstream",
         ProviderError::Timeout { .. } => "timeout",
-        ProviderError::Unavailable { .. } => "unavailable",
+        ProviderError::Unavailable { .. } | ProviderError::CircuitOpen { .. } => "unavailable",
     }
 }
 
