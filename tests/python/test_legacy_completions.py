@@ -55,6 +55,7 @@ def test_openai_compatible_provider_gets_its_completions_endpoint(client, fake_p
     raw = client.completions.with_raw_response.create(model="fake/echo", prompt="hello there", max_tokens=5, user="u-1")
     schemas.validate("CreateCompletionResponse", raw.http_response.json())
     assert raw.parse().choices[0].text == "echo: hello there"
+    assert raw.parse().id == "cmpl-fake", "the provider's own id, not re-prefixed"
     sent = fake_requests(fake_provider)[-1]
     assert sent["prompt"] == "hello there" and sent["max_tokens"] == 5 and sent["user"] == "u-1"
     assert "messages" not in sent
@@ -62,9 +63,10 @@ def test_openai_compatible_provider_gets_its_completions_endpoint(client, fake_p
 
 
 def test_streamed_provider_completion(client):
-    stream = client.completions.create(model="fake/echo", prompt="a b c", stream=True)
-    text = "".join(c.choices[0].text for c in stream if c.choices)
+    chunks = list(client.completions.create(model="fake/echo", prompt="a b c", stream=True))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == "echo: a b c"
+    assert {c.id for c in chunks} == {"cmpl-fake"}
 
 
 @pytest.mark.parametrize("body,param", [

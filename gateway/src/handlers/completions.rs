@@ -138,7 +138,12 @@ fn token_counts(usage: &Usage) -> Value {
 
 /// `cmpl-…` for a chat id.
 fn completion_id(chat_id: &str) -> String {
-    format!("cmpl-{}", chat_id.strip_prefix("chatcmpl-").unwrap_or(chat_id))
+    // A provider's own completion id (already `cmpl-…`) is kept as it is.
+    match chat_id.strip_prefix("chatcmpl-") {
+        Some(rest) => format!("cmpl-{rest}"),
+        None if chat_id.starts_with("cmpl-") => chat_id.to_owned(),
+        None => format!("cmpl-{chat_id}"),
+    }
 }
 
 /// A whole chat answer as a `text_completion`.
