@@ -43,6 +43,10 @@ pub fn request_body(req: &ChatRequest, default_max_tokens: Option<u32>) -> Resul
             _ => messages.push((role.to_owned(), blocks)),
         }
     }
+    if messages.is_empty() {
+        // Only system text, or messages with no content: the Messages API needs one turn.
+        return Err(invalid("Anthropic models need at least one user or assistant message with content", "messages"));
+    }
     let mut body = Map::new();
     body.insert("model".into(), Value::String(req.model.clone()));
     body.insert(
@@ -151,8 +155,11 @@ fn assistant_blocks(m: &ChatMessage, i: usize) -> Result<Vec<Value>, ProviderErr
             let id = call.get("id").and_then(Value::as_str).ok_or_else(|| invalid("tool call id is required", &at))?;
             let name = call.pointer("/function/name").and_then(Value::as_str).ok_or_else(|| invalid("function.name is required", &at))?;
             let arguments = call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("{}");
-            let input: Value = serde_json::from_str(if arguments.trim().is_empty() { "{}" } else { arguments })
-                .map_err(|_| invalid("function.arguments must be a JSON object", &format!("{at}.function.arguments")))?;
+            // Anthropic's `tool_use.input` is an object: "[1,2]", "5" or "null" would be refused upstream.
+            let input = serde_json::from_str::<Value>(if arguments.trim().is_empty() { "{}" } else { arguments })
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| invalid("function.arguments must be a JSON object", &format!("{at}.function.arguments")))?;
             blocks.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
         }
     }
@@ -443,6 +450,30 @@ mod tests {
             match request_body(&req(v), None) {
                 Err(ProviderError::InvalidRequest { param: Some(p), .. }) => assert_eq!(p, param),
                 other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tool_arguments_that_are_not_objects_are_refused() {
+        for arguments in ["[1,2]", "5", "\"s\"", "null", "{not json"] {
+            let v = json!({"model": "m", "messages": [
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"}]});
+            match request_body(&req(v), None) {
+                Err(ProviderError::InvalidRequest { param: Some(p), .. }) => assert_eq!(p, "messages[1].tool_calls[0].function.arguments"),
+                other => panic!("{arguments}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_conversation_with_no_turn_is_refused() {
+        for messages in [json!([{"role": "system", "content": "be brief"}]), json!([{"role": "user", "content": ""}]), json!([{"role": "user", "content": []}])] {
+            match request_body(&req(json!({"model": "m", "messages": messages})), None) {
+                Err(ProviderError::InvalidRequest { param: Some(p), .. }) => assert_eq!(p, "messages"),
+                other => panic!("{messages}: {other:?}"),
             }
         }
     }
