@@ -100,6 +100,77 @@ pub fn validate_chat_request(req: &ChatRequest) -> Result<(), ApiError> {
     if let Some(tools) = &req.tools {
         validate_tools(tools)?;
     }
+    validate_tool_choice(req)?;
+    validate_response_format(req.response_format.as_ref())?;
+    for field in ["frequency_penalty", "presence_penalty"] {
+        match req.extra.get(field) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(v) if v.as_f64().is_some_and(|x| (-2.0..=2.0).contains(&x)) => {}
+            Some(v) => return Err(ApiError::invalid(format!("Invalid '{field}': {v}. Expected a number between -2 and 2."), field)),
+        }
+    }
+    validate_logit_bias(req.extra.get("logit_bias"))?;
+    Ok(())
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, or `{"type": "function", "function": {"name"}}`
+/// naming one of the tools; anything but `none` needs tools.
+fn validate_tool_choice(req: &ChatRequest) -> Result<(), ApiError> {
+    let Some(choice) = req.tool_choice.as_ref().filter(|c| !c.is_null()) else { return Ok(()) };
+    let names: Vec<&str> = req.tools.as_ref().and_then(serde_json::Value::as_array).map_or_else(Vec::new, |tools| {
+        tools.iter().filter_map(|t| t.pointer("/function/name").and_then(serde_json::Value::as_str)).collect()
+    });
+    let named = match choice {
+        serde_json::Value::String(s) if s == "none" => return Ok(()),
+        serde_json::Value::String(s) if s == "auto" || s == "required" => None,
+        serde_json::Value::Object(o) if o.get("type").and_then(serde_json::Value::as_str) == Some("function") => {
+            let name = choice.pointer("/function/name").and_then(serde_json::Value::as_str).ok_or_else(|| {
+                ApiError::invalid("Missing required parameter: 'tool_choice.function.name'.", "tool_choice.function.name")
+            })?;
+            Some(name)
+        }
+        other => {
+            return Err(ApiError::invalid(
+                format!("Invalid value for 'tool_choice': {other}. Supported values are: \"none\", \"auto\", \"required\", or {{\"type\": \"function\", \"function\": {{\"name\": …}}}}."),
+                "tool_choice",
+            ))
+        }
+    };
+    if names.is_empty() {
+        return Err(ApiError::invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.", "tool_choice"));
+    }
+    if let Some(name) = named.filter(|n| !names.contains(n)) {
+        return Err(ApiError::invalid(format!("Invalid value for 'tool_choice': no function named {name:?} in 'tools'."), "tool_choice.function.name"));
+    }
+    Ok(())
+}
+
+/// `response_format`: `{"type": "text" | "json_object"}` or `{"type": "json_schema", "json_schema": {…}}`.
+fn validate_response_format(format: Option<&serde_json::Value>) -> Result<(), ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(()) };
+    match format.get("type").and_then(serde_json::Value::as_str) {
+        Some("text" | "json_object") => Ok(()),
+        Some("json_schema") if format.get("json_schema").is_some_and(serde_json::Value::is_object) => Ok(()),
+        Some("json_schema") => Err(ApiError::invalid("Missing required parameter: 'response_format.json_schema'.", "response_format.json_schema")),
+        _ => Err(ApiError::invalid(
+            "Invalid value for 'response_format.type'. Supported values are: 'text', 'json_object' and 'json_schema'.",
+            "response_format.type",
+        )),
+    }
+}
+
+/// `logit_bias`: token ids (as strings) to numbers from -100 to 100.
+fn validate_logit_bias(bias: Option<&serde_json::Value>) -> Result<(), ApiError> {
+    let Some(bias) = bias.filter(|b| !b.is_null()) else { return Ok(()) };
+    let map = bias.as_object().ok_or_else(|| ApiError::invalid("Invalid type for 'logit_bias': expected an object mapping token ids to numbers.", "logit_bias"))?;
+    for (token, value) in map {
+        if token.parse::<u32>().is_err() {
+            return Err(ApiError::invalid(format!("Invalid key in 'logit_bias': {token:?} is not a token id."), "logit_bias"));
+        }
+        if !value.as_f64().is_some_and(|x| (-100.0..=100.0).contains(&x)) {
+            return Err(ApiError::invalid(format!("Invalid value for 'logit_bias' token {token}: {value}. Expected a number between -100 and 100."), "logit_bias"));
+        }
+    }
     Ok(())
 }
 

@@ -39,6 +39,14 @@ pub enum EngineError {
         /// The model's context.
         max: u64,
     },
+    /// A sampling parameter the model cannot take (a `logit_bias` token id outside its vocabulary).
+    #[error("{param}: {reason}")]
+    InvalidParameter {
+        /// The request field.
+        param: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The structured-output grammar was refused by llama.cpp.
     #[error("the structured-output grammar could not be used: {reason}")]
     Grammar {

@@ -14,6 +14,7 @@ use std::hash::{BuildHasher, Hasher};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
@@ -36,7 +37,13 @@ impl SequenceSampler {
             Some(text) => Some(LlamaSampler::grammar(model, text, "root").map_err(|e| EngineError::Grammar { reason: e.to_string() })?),
             None => None,
         };
-        Ok(Self { sampling: plain(params), greedy: params.temperature <= 0.0, grammar, end_of_generation: model.vocab().eos() })
+        let n_vocab = model.n_vocab();
+        if let Some((token, _)) = params.logit_bias.iter().find(|(token, _)| !(0..n_vocab).contains(token)) {
+            return Err(EngineError::InvalidParameter { param: "logit_bias", reason: format!("token id {token} is outside the model's vocabulary (0 to {})", n_vocab - 1) });
+        }
+        // The fast greedy path reads the raw logits: only without penalties or biases.
+        let adjusted = params.frequency_penalty != 0.0 || params.presence_penalty != 0.0 || !params.logit_bias.is_empty();
+        Ok(Self { sampling: plain(params, n_vocab), greedy: params.temperature <= 0.0 && !adjusted, grammar, end_of_generation: model.vocab().eos() })
     }
 
     /// Samples (and accepts) the next token from the logits at `idx` of the last batch.
@@ -108,16 +115,32 @@ fn first_max(logits: &[f32]) -> i32 {
     i32::try_from(at).unwrap_or(0)
 }
 
-/// Greedy at temperature 0, else top-p (when below 1), temperature and a seeded draw.
-fn plain(params: &SamplingParams) -> LlamaSampler {
+/// How many of the completion's latest tokens the frequency and presence penalties count
+/// (llama.cpp keeps them in a ring of this size, 16 KB).
+const PENALTY_WINDOW: i32 = 4096;
+
+/// Logit biases, then frequency/presence penalties (when set); then greedy at temperature 0,
+/// else top-p (when below 1), temperature and a seeded draw.
+fn plain(params: &SamplingParams, n_vocab: i32) -> LlamaSampler {
+    let mut chain = Vec::with_capacity(5);
+    if !params.logit_bias.is_empty() {
+        let biases: Vec<LlamaLogitBias> = params.logit_bias.iter().map(|&(token, bias)| LlamaLogitBias::new(LlamaToken(token), bias)).collect();
+        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
+    }
+    if params.frequency_penalty != 0.0 || params.presence_penalty != 0.0 {
+        chain.push(LlamaSampler::penalties(n_vocab, PENALTY_WINDOW, 1.0, params.frequency_penalty, params.presence_penalty));
+    }
     if params.temperature <= 0.0 {
-        return LlamaSampler::greedy();
+        if chain.is_empty() {
+            return LlamaSampler::greedy();
+        }
+        chain.push(LlamaSampler::greedy());
+        return LlamaSampler::chain_simple(chain);
     }
     let seed = params.seed.unwrap_or_else(|| RandomState::new().build_hasher().finish());
     // llama.cpp seeds are 32-bit: fold the 64-bit seed so every bit matters.
     #[allow(clippy::cast_possible_truncation)]
     let seed = (seed ^ (seed >> 32)) as u32;
-    let mut chain = Vec::with_capacity(3);
     if params.top_p < 1.0 {
         chain.push(LlamaSampler::top_p(params.top_p, 1));
     }

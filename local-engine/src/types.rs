@@ -17,6 +17,15 @@ pub struct SamplingParams {
     pub max_tokens: Option<u32>,
     /// Report the generated tokens' log-probabilities (summarised in `Finished::confidence`).
     pub logprobs: bool,
+    /// `OpenAI`'s frequency penalty (-2 to 2): subtracted from a token's logit once per time it
+    /// occurs in the completion so far. 0 disables it.
+    pub frequency_penalty: f32,
+    /// `OpenAI`'s presence penalty (-2 to 2): subtracted once from the logit of every token that
+    /// occurs in the completion so far. 0 disables it.
+    pub presence_penalty: f32,
+    /// Added to the logits of these token ids before sampling (`OpenAI`'s `logit_bias`, -100 to
+    /// 100; -100 in effect bans a token).
+    pub logit_bias: Vec<(i32, f32)>,
     /// A llama.cpp grammar (GBNF, root rule `root`) every completion must match
     /// (see [`crate::grammar`]).
     pub grammar: Option<String>,
@@ -28,7 +37,19 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 1.0, top_p: 1.0, seed: None, stop: Vec::new(), max_tokens: None, logprobs: false, grammar: None, close_json: false }
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: None,
+            stop: Vec::new(),
+            max_tokens: None,
+            logprobs: false,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logit_bias: Vec::new(),
+            grammar: None,
+            close_json: false,
+        }
     }
 }
 

@@ -92,12 +92,27 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
         stop: req.stop.as_ref().map(crate::wire::Stop::to_vec).unwrap_or_default(),
         max_tokens: req.max_output_tokens(),
         logprobs: false,
+        frequency_penalty: number(req, "frequency_penalty"),
+        presence_penalty: number(req, "presence_penalty"),
+        // Keys and values were checked by the gateway (token ids, -100 to 100).
+        logit_bias: req.extra.get("logit_bias").and_then(Value::as_object).map_or_else(Vec::new, |bias| {
+            #[allow(clippy::cast_possible_truncation)]
+            let entries = bias.iter().filter_map(|(token, v)| Some((i32::try_from(token.parse::<u64>().ok()?).unwrap_or(i32::MAX), v.as_f64()? as f32))).collect();
+            entries
+        }),
         grammar: structure.grammar,
         close_json,
     };
     // Tools are described in the system message (above), in the one format the grammar allows.
     let raw_prompt = if req.raw_prompt { Some(req.prompt_text().ok_or_else(|| invalid("the prompt must be text", "prompt"))?) } else { None };
     Ok(GenerationRequest { messages, tools: None, sampling, raw_prompt })
+}
+
+/// A numeric field of the request's extra fields as `f32` (0 when absent or null).
+fn number(req: &ChatRequest, field: &str) -> f32 {
+    #[allow(clippy::cast_possible_truncation)]
+    let value = req.extra.get(field).and_then(Value::as_f64).unwrap_or(0.0) as f32;
+    value
 }
 
 /// What the answer must look like: a JSON instance of a schema, or a call of one of the tools.
@@ -275,6 +290,7 @@ fn engine_error(err: &EngineError) -> ProviderError {
         EngineError::ContextLengthExceeded { .. } => ProviderError::ContextLengthExceeded { message: err.to_string() },
         EngineError::Overloaded { .. } => ProviderError::Overloaded { message: err.to_string(), retry_after_s: 1 },
         EngineError::Grammar { .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some("response_format".into()) },
+        EngineError::InvalidParameter { param, .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some((*param).into()) },
         EngineError::InputTooLong { .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some("input".into()) },
         EngineError::Template { .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some("messages".into()) },
         EngineError::Unavailable { .. } | EngineError::Decode { .. } => ProviderError::Unavailable { message: err.to_string() },

@@ -106,6 +106,34 @@ def test_tools_that_are_not_json_schema_are_400(gw, tools):
     assert err["param"] and err["param"].startswith("tools"), err
 
 
+F = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    ({"tool_choice": 5, "tools": [F]}, "tool_choice"),
+    ({"tool_choice": "maybe", "tools": [F]}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "g"}}, "tools": [F]}, "tool_choice.function.name"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"logit_bias": "x"}, "logit_bias"),
+    ({"logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"logit_bias": {"42": 1000}}, "logit_bias"),
+    ({"frequency_penalty": 50}, "frequency_penalty"),
+    ({"presence_penalty": -5}, "presence_penalty"),
+    ({"presence_penalty": "high"}, "presence_penalty"),
+])
+def test_sampling_and_tool_fields_out_of_range_are_400_naming_the_field(gw, extra, param):
+    err = error_of(post(gw, {"model": "auto", "messages": [msg()], "max_tokens": 2, **extra}), 400)
+    assert err["param"] == param, err
+
+
+def test_a_logit_bias_token_outside_the_vocabulary_is_400(gw):
+    err = error_of(post(gw, {"model": "local-small", "messages": [msg()], "max_tokens": 2, "logit_bias": {"99999999": 5}}), 400)
+    assert err["param"] == "logit_bias" and "vocabulary" in err["message"], err
+
+
 def test_wrong_content_type_is_still_parsed_or_refused_cleanly(gw):
     r = httpx.post(f"{gw.v1}/chat/completions", content="model=auto", headers={"content-type": "application/x-www-form-urlencoded"})
     error_of(r, 400)
