@@ -99,6 +99,18 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
     if req.input.is_none() && req.previous_response_id.is_none() {
         return Err(ApiError::invalid("Missing required parameter: 'input'.", "input"));
     }
+    if let Some(metadata) = &req.metadata {
+        // The API's limits: 16 pairs, keys up to 64 characters, string values up to 512.
+        if metadata.len() > 16 {
+            return Err(ApiError::invalid(format!("Invalid 'metadata': {} pairs; at most 16 are allowed.", metadata.len()), "metadata"));
+        }
+        for (key, value) in metadata {
+            let fits = key.chars().count() <= 64 && value.as_str().is_some_and(|v| v.chars().count() <= 512);
+            if !fits {
+                return Err(ApiError::invalid(format!("Invalid 'metadata.{key}': keys are strings of at most 64 characters, values strings of at most 512."), "metadata"));
+            }
+        }
+    }
     Ok(req)
 }
 

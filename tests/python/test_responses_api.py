@@ -164,6 +164,9 @@ def test_streamed_function_call_arguments_arrive_as_deltas(gateway, schemas):
     ({"model": "auto", "input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}, 400, "text.format.schema"),
     ({"model": "no-such-model", "input": "x"}, 404, "model"),
     ({"model": "auto", "input": "x", "previous_response_id": "resp_nope"}, 404, None),
+    ({"model": "auto", "input": "x", "metadata": {"a": 5}}, 400, "metadata"),
+    ({"model": "auto", "input": "x", "metadata": {f"k{i}": "v" for i in range(17)}}, 400, "metadata"),
+    ({"model": "auto", "input": "x", "tool_choice": "maybe", "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}, 400, "tool_choice"),
 ])
 def test_bad_requests_get_openai_errors(gateway, body, status, param):
     r = httpx.post(f"{gateway.v1}/responses", json=body, timeout=30)
