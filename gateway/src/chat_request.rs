@@ -120,7 +120,7 @@ fn validate_tool_choice(req: &ChatRequest) -> Result<(), ApiError> {
     let names: Vec<&str> = req.tools.as_ref().and_then(serde_json::Value::as_array).map_or_else(Vec::new, |tools| {
         tools.iter().filter_map(|t| t.pointer("/function/name").and_then(serde_json::Value::as_str)).collect()
     });
-    let named = match choice {
+    let chosen = match choice {
         serde_json::Value::String(s) if s == "none" => return Ok(()),
         serde_json::Value::String(s) if s == "auto" || s == "required" => None,
         serde_json::Value::Object(o) if o.get("type").and_then(serde_json::Value::as_str) == Some("function") => {
@@ -139,7 +139,7 @@ fn validate_tool_choice(req: &ChatRequest) -> Result<(), ApiError> {
     if names.is_empty() {
         return Err(ApiError::invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.", "tool_choice"));
     }
-    if let Some(name) = named.filter(|n| !names.contains(n)) {
+    if let Some(name) = chosen.filter(|n| !names.contains(n)) {
         return Err(ApiError::invalid(format!("Invalid value for 'tool_choice': no function named {name:?} in 'tools'."), "tool_choice.function.name"));
     }
     Ok(())

@@ -274,15 +274,15 @@ fn passthrough_events(
 
 /// The `{id}` of a `/v1/responses/{id}` path, or the JSON 400 for one that is not UTF-8 (axum's own
 /// rejection would be plain text).
-fn response_id(path: Result<Path<String>, PathRejection>) -> Result<String, Response> {
-    path.map(|Path(id)| id).map_err(|_| ApiError::invalid("The response id in the path is not valid UTF-8.", "response_id").into_response())
+fn response_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(id)| id).map_err(|_| ApiError::invalid("The response id in the path is not valid UTF-8.", "response_id"))
 }
 
 /// The stored response `id`, if this tenant stored it.
 pub async fn get(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, path: Result<Path<String>, PathRejection>) -> Response {
     let id = match response_id(path) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     match state.responses.get(&tenant.name, &id).await {
         Some(stored) => Json(stored.response.clone()).into_response(),
@@ -310,7 +310,7 @@ pub async fn input_items(
 ) -> Response {
     let id = match response_id(path) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     // axum's rejection is plain text; its message ("…: limit: invalid digit found in string",
     // "duplicate field `limit`") goes into the usual JSON error.
@@ -347,7 +347,7 @@ pub async fn input_items(
 pub async fn delete(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, path: Result<Path<String>, PathRejection>) -> Response {
     let id = match response_id(path) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     if state.responses.delete(&tenant.name, &id).await {
         Json(json!({"id": id, "object": "response", "deleted": true})).into_response()
