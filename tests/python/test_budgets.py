@@ -94,6 +94,22 @@ def test_local_on_exceed_reroutes_to_the_local_engine(tmp_path, fake_provider):
         gw.stop()
 
 
+def test_an_over_budget_request_the_local_engine_cannot_hold_is_budget_exceeded(tmp_path, fake_provider):
+    # 2000 completion tokens: over the budget's worst case ($4.01 > $0.06) and over the local
+    # engine's 1024-cell slot, so on_exceed = "local" cannot serve it either.
+    gw = budget_gateway(tmp_path, fake_provider, '{ daily_usd = 0.06, on_exceed = "local" }')
+    try:
+        client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model="auto", messages=[{"role": "user", "content": PROMPT}], max_tokens=2000)
+        body = refused.value.response.json()["error"]
+        assert body["code"] == "budget_exceeded", body
+        assert int(refused.value.response.headers["retry-after"]) >= 1
+        assert ask(gw).headers["x-switchyard-target"] == "fake/metered", "a request the budget holds still goes out"
+    finally:
+        gw.stop()
+
+
 def test_budget_used_over_keeps_traffic_local_as_money_runs_low(tmp_path, fake_provider):
     policy = ('[[rule]]\nname = "thrifty"\nwhen.budget_used_over = 0.5\nroute = "local"\n\n' + PAID)
     gw = budget_gateway(tmp_path, fake_provider, '{ daily_usd = 0.15 }', policy=policy)

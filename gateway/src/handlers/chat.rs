@@ -227,9 +227,12 @@ pub async fn serve_chat(
         Err(ApiError::BudgetExceeded { retry_after_s }) if decision.spilled.is_some() => Ok(Admitted::OverBudgetTryLocal { retry_after_s }),
         other => other,
     };
+    // Set when the budget sent the request to the local engine instead of its route.
+    let mut over_budget = None;
     let ticket = match admitted? {
         Admitted::Yes(ticket) => ticket,
         Admitted::OverBudgetTryLocal { retry_after_s } => {
+            over_budget = Some(retry_after_s);
             decision = plan(state, &req, headers, tenant, true)?;
             local_ticket = track(&decision);
             if candidates(&decision).any(|t| !is_local(state, t)) {
@@ -257,10 +260,16 @@ pub async fn serve_chat(
     }
     let keep = state.cache.clone().zip(cache_key);
     let shadow = shadow_candidate(state, &req, &decision, tenant, ctx);
-    if req.is_stream() {
+    let answer = if req.is_stream() {
         stream_answer(state, req, &decision, ctx, record, keep, shadow).await
     } else {
         complete_answer(state, req, &decision, ctx, record, keep, shadow).await
+    };
+    match (answer, over_budget) {
+        // The local engine was only the budget's stand-in and cannot hold this request: the
+        // client's problem is the budget, not the local context.
+        (Err(ApiError::Provider(ProviderError::ContextLengthExceeded { .. })), Some(retry_after_s)) => Err(ApiError::BudgetExceeded { retry_after_s }),
+        (answer, _) => answer,
     }
 }
 
