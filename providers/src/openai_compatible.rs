@@ -241,6 +241,13 @@ impl OpenAiCompatible {
         if status == StatusCode::TOO_MANY_REQUESTS {
             return ProviderError::RateLimited { provider, retry_after_s };
         }
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            // The gateway's own credentials were refused: not the client's doing (passing the 401
+            // on would read as "your key is wrong"), and the provider's message may quote part of
+            // the key ("Incorrect API key provided: sk-…abcd"), so it is not passed on.
+            let message = format!("it refused the gateway's credentials (status {}): check the key in its api_key_env", status.as_u16());
+            return ProviderError::Upstream { provider, status: Some(status.as_u16()), message };
+        }
         let parsed: Option<ErrorBody> = match self.dialect {
             Dialect::Anthropic { .. } => anthropic::error_body(body),
             Dialect::OpenAi { .. } | Dialect::Azure { .. } => serde_json::from_slice(body).ok(),

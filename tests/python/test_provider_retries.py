@@ -9,7 +9,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import FAKE_BIN, Gateway, Process, fake_provider_section, fake_requests, gateway_config, parse_chunks, sse_events
+from conftest import (FAKE_BIN, Gateway, Process, fake_provider_section, fake_requests, gateway_config, parse_chunks,
+                      remote_only_config, sse_events)
 
 
 def script(fake_provider, *faults):
@@ -133,6 +134,22 @@ def test_open_circuit_is_skipped_before_dispatch(breaker, fake_provider):
     r = ask(breaker, model="auto", max_tokens=2)
     assert r.status_code == 200 and r.headers["x-switchyard-target"] == "local/local-small"
     assert attempts_since(fake_provider, before) == 2, "the open provider was not called"
+
+
+def test_a_provider_refusing_the_gateways_key_is_a_502_that_quotes_no_key(tmp_path, fake_provider):
+    # Its own gateway: these failures must not count against the shared one's circuit.
+    gw = Gateway(tmp_path, remote_only_config(fake_provider), policy='[[rule]]\nname = "all"\nroute = "fake/echo"\n')
+    try:
+        for status in (401, 403):
+            script(fake_provider, {"status": status, "message": "Incorrect API key provided: sk-fake-************cdef."})
+            r = ask(gw)
+            assert r.status_code == 502, r.text
+            err = r.json()["error"]
+            assert (err["type"], err["code"]) == ("api_error", "upstream_error")
+            assert "credentials" in err["message"] and "cdef" not in r.text and "Incorrect API key" not in r.text
+        assert not any("cdef" in line for line in gw.process.lines)
+    finally:
+        gw.stop()
 
 
 def test_an_open_circuit_with_no_fallback_is_503_upstream_unavailable(tmp_path, fake_provider):

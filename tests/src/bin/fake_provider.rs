@@ -17,7 +17,8 @@
 //!   `POST /control/release`) the connection breaks.
 //!
 //! `POST /control/faults` queues faults (`[{"status": 500}, {"status": 429, "retry_after": "0"},
-//! {"drop": true}, {"slow_ms": 1500}, {"malformed": true}]`): each following chat request takes
+//! {"drop": true}, {"slow_ms": 1500}, {"malformed": true}]`; a `status` fault may carry the
+//! error's `message`): each following chat request takes
 //! the next one instead of its answer (`drop`: headers sent, then the connection breaks before the
 //! first event; `slow_ms`: the answer starts that late; `malformed`: a stream whose second event is
 //! not JSON, and no `[DONE]`).
@@ -136,7 +137,7 @@ async fn scripted(fault: Option<Value>, body: &Value) -> Option<Response> {
         }
         let status = fault["status"].as_u64().and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
         let status = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut r = error(status, "scripted fault", "server_error", "fault");
+        let mut r = error(status, fault["message"].as_str().unwrap_or("scripted fault"), "server_error", "fault");
         if let Some(after) = fault["retry_after"].as_str() {
             r.headers_mut().insert("retry-after", after.parse().expect("header"));
         }
