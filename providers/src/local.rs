@@ -44,6 +44,10 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
     if req.n.unwrap_or(1) != 1 {
         return Err(invalid("the local engine returns one choice per request; n must be 1", "n"));
     }
+    // Refused rather than answered with `logprobs: null`, which a client reading them would trip on.
+    if req.extra.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        return Err(invalid("the local engine does not return log-probabilities; name a provider's model to get them", "logprobs"));
+    }
     let structure = Structure::of(req)?;
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     for (i, m) in req.messages.iter().enumerate() {
