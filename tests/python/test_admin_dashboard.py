@@ -48,6 +48,9 @@ def test_bearer_and_basic_are_accepted(admin):
 def test_login_sets_an_httponly_session_cookie(admin):
     bad = httpx.post(f"{admin.base}/dashboard/login", json={"key": "nope"})
     assert bad.status_code == 401
+    for malformed in ("not json", '{"key": 5}', "{}"):
+        r = httpx.post(f"{admin.base}/dashboard/login", content=malformed, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "key", r.text
     good = httpx.post(f"{admin.base}/dashboard/login", json={"key": KEY})
     assert good.status_code == 204
     cookie = good.headers["set-cookie"]

@@ -31,7 +31,10 @@ pub async fn dashboard() -> Html<&'static str> {
 /// `POST /dashboard/login` with `{"key": "…"}`: sets an `HttpOnly` session cookie.
 pub async fn login(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, 4096, state.body_timeout()).await?;
-    let given = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v["key"].as_str().map(str::to_owned)).unwrap_or_default();
+    let given = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v["key"].as_str().map(str::to_owned))
+        .ok_or_else(|| ApiError::invalid("The body must be a JSON object with the admin key as a string: {\"key\": \"…\"}.", "key"))?;
     let Some(key) = &state.admin_key else { return Ok(StatusCode::NO_CONTENT.into_response()) };
     if !key_matches(&given, key) {
         return Err(ApiError::AdminKeyRequired);
