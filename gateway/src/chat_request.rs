@@ -112,7 +112,7 @@ pub fn validate_chat_request(req: &ChatRequest) -> Result<(), ApiError> {
     validate_logit_bias(req.extra.get("logit_bias"))?;
     match req.extra.get("top_logprobs") {
         None | Some(serde_json::Value::Null) => {}
-        Some(v) if !v.as_u64().is_some_and(|n| n <= 20) => {
+        Some(v) if v.as_u64().is_none_or(|n| n > 20) => {
             return Err(ApiError::invalid(format!("Invalid 'top_logprobs': {v}. Expected an integer between 0 and 20."), "top_logprobs"))
         }
         Some(_) if req.extra.get("logprobs").and_then(serde_json::Value::as_bool) != Some(true) => {
