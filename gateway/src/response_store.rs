@@ -134,13 +134,28 @@ impl ResponseStore {
         self.local.insert((stored.tenant.clone(), id.to_owned()), (stored, size));
     }
 
-    /// The response `id` of `tenant`: this process first, then Redis.
+    /// The response `id` of `tenant`: this process's copy, while Redis (when configured) still
+    /// holds it — another replica may have deleted it — else Redis's. With Redis unreachable,
+    /// this process's copy.
     pub async fn get(&self, tenant: &str, id: &str) -> Option<Arc<StoredResponse>> {
         let key = (tenant.to_owned(), id.to_owned());
-        if let Some((hit, _)) = self.local.get(&key) {
-            return Some(hit);
+        let cached = self.local.get(&key).map(|(hit, _)| hit);
+        let Some(store) = self.shared.as_ref() else { return cached };
+        if let Some(hit) = cached {
+            let exists = async {
+                let mut conn = store.connection().await.ok()?;
+                let mut exists = redis::cmd("EXISTS");
+                exists.arg(redis_key(tenant, id));
+                exists.query_async::<u64>(&mut conn).await.ok()
+            };
+            return match tokio::time::timeout(store.timeout(), exists).await {
+                Ok(Some(0)) => {
+                    self.local.remove(&key);
+                    None
+                }
+                _ => Some(hit),
+            };
         }
-        let store = self.shared.as_ref()?;
         let read = async {
             let mut conn = store.connection().await.ok()?;
             let mut get = redis::cmd("GET");

@@ -212,6 +212,14 @@ def test_a_conversation_continues_on_another_replica_sharing_redis(tmp_path, fak
         assert [m["content"] for m in sent["messages"]] == [f"one {word}", f"echo: one {word}", "two"]
         assert client_for(a).responses.retrieve(second.id).output_text == "echo: two"
         assert private_redis.cli("--scan", "--pattern", f"switchyard:response:{b'default'.hex()}:{first_id}") != ""
+        # Deleted on A after B has read it: gone on B too, not served from B's own copy.
+        assert client_for(b).responses.retrieve(first_id).id == first_id
+        client_for(a).responses.delete(first_id)
+        for gw in (a, b):
+            r = httpx.get(f"{gw.v1}/responses/{first_id}", timeout=10)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "response_not_found", r.text
+        r = httpx.post(f"{b.v1}/responses", json={"model": "auto", "input": "three", "previous_response_id": first_id}, timeout=10)
+        assert r.status_code == 404, r.text
     finally:
         a.stop()
         b.stop()
