@@ -269,9 +269,11 @@ impl ToolCallSplitter {
     }
 
     /// What is still held back when the answer ends without a complete call (cut by
-    /// `max_tokens` or a stop string): the rest of the arguments, or the text seen so far.
+    /// `max_tokens` or a stop string): the rest of the arguments, or the text seen so far. A call
+    /// cut before its name was complete leaves nothing: the `{"name":…` wrapper is the engine's
+    /// own format, never the client's content (`finish_reason: length` says it was cut).
     fn flush(&mut self) -> Option<Delta> {
-        if self.called() || self.buffer.is_empty() {
+        if self.called() || self.buffer.is_empty() || (self.calling == Some(true) && !self.announced) {
             return None;
         }
         let rest = std::mem::take(&mut self.buffer);

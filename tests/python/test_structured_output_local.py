@@ -145,6 +145,22 @@ def test_required_tool_choice_gives_a_well_formed_call(local):
     jsonschema.validate(json.loads(call.function.arguments), WEATHER[0]["function"]["parameters"])
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_forced_call_cut_before_its_name_leaks_no_wrapper_text(local, stream):
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": WEATHER,
+            "tool_choice": "required", "max_tokens": 3, "stream": stream}
+    if stream:
+        with httpx.stream("POST", f"{local.v1}/chat/completions", json=body, timeout=120) as r:
+            chunks = parse_chunks(sse_events(r))
+        content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    else:
+        choice = httpx.post(f"{local.v1}/chat/completions", json=body, timeout=120).json()["choices"][0]
+        content, finish = choice["message"]["content"] or "", [choice["finish_reason"]]
+    assert finish == ["length"]
+    assert content == "", f"the engine's call wrapper reached the client: {content!r}"
+
+
 def test_streamed_tool_call_arguments_come_in_openai_deltas(local, schemas):
     body = {"model": "auto", "messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": WEATHER,
             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "max_tokens": 100, "stream": True}
