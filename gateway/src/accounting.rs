@@ -26,7 +26,8 @@ pub struct UsageRecord {
     pub tenant: String,
     /// Matched rule (`explicit` for named models no rule matched; empty before routing).
     pub rule: String,
-    /// `provider/model` or `local/<name>` that answered (empty when none did).
+    /// `provider/model` or `local/<name>` that answered; for a failure, the last one tried
+    /// (empty when none was).
     pub target: String,
     /// `local` or `remote` (empty when no target answered).
     pub tier: &'static str,
@@ -298,10 +299,12 @@ impl Drop for PendingRecord {
             // No status was ever set: the handler was dropped before it answered, which is the
             // client going away (or, while unwinding, a bug).
             r.status = if std::thread::panicking() { 500 } else { CLIENT_CLOSED_REQUEST };
-            if let (Some(target), true) = (self.attempting.take(), r.target.is_empty()) {
-                r.tier = if target.starts_with("local/") { "local" } else { "remote" };
-                r.target = target;
-            }
+        }
+        // A failure names the last target tried, so that a failing provider's errors count
+        // against it (dashboard error rates, `switchyard_requests_total{target}`).
+        if let (Some(target), true) = (self.attempting.take(), r.target.is_empty() && r.status >= 400) {
+            r.tier = if target.starts_with("local/") { "local" } else { "remote" };
+            r.target = target;
         }
         let answered = !r.target.is_empty();
         let usage = match (&self.usage, answered) {
@@ -375,6 +378,19 @@ mod tests {
         drop(pending(&ledger));
         let r = &ledger.recent()[1];
         assert_eq!((r.status, r.target.as_str(), r.cost_usd, r.cost_estimated), (CLIENT_CLOSED_REQUEST, "", 0.0, false));
+    }
+
+    #[test]
+    fn a_failure_names_the_last_target_tried_at_no_cost() {
+        let ledger = Arc::new(Ledger::default());
+        let mut p = pending(&ledger);
+        p.routed("default", vec![], 40);
+        p.attempting("fake/fail");
+        p.attempting("fake/backup");
+        p.status(502);
+        drop(p);
+        let r = &ledger.recent()[0];
+        assert_eq!((r.status, r.target.as_str(), r.tier, r.cost_usd, r.cost_estimated), (502, "fake/backup", "remote", 0.0, false));
     }
 
     #[test]

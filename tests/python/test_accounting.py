@@ -94,6 +94,8 @@ def test_failed_and_refused_requests_are_recorded_with_their_status(gateway):
     assert failed.status_code == 502
     rec = accounting_record(gateway, failed.headers["x-request-id"])
     assert rec["status"] == "502" and float(rec["cost_usd"]) == 0.0
+    # Counted against the provider that failed, so that its error rate shows.
+    assert (rec["target"], rec["tier"]) == ("fake/fail", "remote")
 
 
 def test_records_never_contain_pii_values(gateway):

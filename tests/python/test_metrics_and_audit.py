@@ -80,7 +80,7 @@ def test_counters_move_by_exactly_the_requests_sent(observed):
     assert sample(s, "switchyard_requests_total", rule="explicit", target="fake/echo", tier="remote", status="200") == 4
     assert sample(s, "switchyard_requests_total", rule="default", target="local/local-small", tier="local", status="200") == 1
     assert sample(s, "switchyard_requests_total", target="none", status="400") == 1
-    assert sample(s, "switchyard_requests_total", target="none", status="502") == 1
+    assert sample(s, "switchyard_requests_total", target="fake/fail", tier="remote", status="502") == 1, "a failure counts against its target"
     assert sample(s, "switchyard_upstream_errors_total", provider="fake", kind="upstream") == 2, "502 before, malformed after the first byte"
     assert sample(s, "switchyard_tokens_total", target="fake/echo", kind="prompt") == 33 + 1, "the broken stream is estimated"
     assert sample(s, "switchyard_request_duration_seconds_count", target="fake/echo") == 4
