@@ -182,6 +182,12 @@ def test_admin_stats_are_cluster_wide_with_redis(tmp_path, fake_provider, privat
             assert stats["scope"] == "cluster"
             assert stats["hour"]["targets"]["fake/echo"]["requests"] == sum(sent)
             assert {r["id"] for r in stats["replicas"]} >= {stats["replica"]}
+        # Redis loses everything (as a restart without persistence does): each replica notices
+        # at its next publish and sends its whole day again, so both views recover in full.
+        private_redis.cli("FLUSHALL")
+        for gw in gws:
+            wait_for(lambda: (lambda s: s if s["hour"]["total"]["requests"] == sum(sent) and len(s["replicas"]) == 2 else None)(
+                httpx.get(f"{gw.base}/admin/stats").json()), timeout=15, what="cluster-wide figures after Redis lost them")
     finally:
         for gw in gws:
             gw.stop()

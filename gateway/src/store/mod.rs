@@ -18,7 +18,7 @@ use crate::budgets::{BudgetLimits, Periods, Spend};
 pub mod memory;
 pub mod redis;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use memory::MemoryStore;
 pub use redis::{RedisConfig, RedisStore};

@@ -8,13 +8,13 @@ use super::*;
 use crate::budgets::{BudgetLimits, Periods};
 
 /// A `redis-server` of our own, killed on drop.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     child: Child,
     port: u16,
 }
 
 impl PrivateRedis {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         Self { child: spawn_redis(port), port }
     }
@@ -44,7 +44,7 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn redis_store(redis: &PrivateRedis) -> RedisStore {
+pub(crate) fn redis_store(redis: &PrivateRedis) -> RedisStore {
     RedisStore::new(&RedisConfig {
         url: format!("redis://127.0.0.1:{}", redis.port),
         on_outage: redis::OnOutage::FailClosed,
