@@ -1,7 +1,10 @@
 //! The request's text as the router sees it, PII found in it, and redact-and-restore around a
-//! remote call. Every string a provider would see is scanned: message text, text parts and tool
-//! call arguments; any other content part (image, audio, file) cannot be scanned and counts as
-//! `unscannable` PII (fail closed).
+//! remote call. Every string a provider would see is scanned: message text, text parts, tool
+//! call arguments, and every other string value of the request (tool and schema descriptions and
+//! enums, `stop`, `user`, `metadata`, a message's `name`, fields passed through) except
+//! identifiers (`type`, ids, tool and schema names); any other content part (image, audio, file)
+//! cannot be scanned and counts as `unscannable` PII (fail closed). Only message text is
+//! classified.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -34,7 +37,74 @@ pub fn inspect(req: &ChatRequest) -> Inspection {
             Piece::Opaque => *out.pii.entry(PiiKind::Unscannable.as_str().to_owned()).or_insert(0) += 1,
         });
     }
+    for_each_other_string(req, &mut |text| {
+        for span in scanner.scan(text) {
+            *out.pii.entry(span.kind.as_str().to_owned()).or_insert(0) += 1;
+        }
+    });
     out
+}
+
+/// Keys whose string values are identifiers or enumerations the API defines, never free text:
+/// not scanned, never redacted (a redacted tool name or `type` would break the request).
+const IDENTIFIERS: &[&str] = &["type", "id", "tool_call_id", "role"];
+/// In tool definitions and schemas `name` is an identifier too (a message's `name` is not).
+const DEFINITION_IDENTIFIERS: &[&str] = &["type", "id", "name"];
+
+/// Every string value under `value` whose key is not in `skip`.
+fn walk_strings(value: &Value, key: Option<&str>, skip: &[&str], visit: &mut impl FnMut(&str)) {
+    match value {
+        Value::String(s) if !key.is_some_and(|k| skip.contains(&k)) => visit(s),
+        Value::Array(items) => items.iter().for_each(|item| walk_strings(item, key, skip, visit)),
+        Value::Object(fields) => fields.iter().for_each(|(k, v)| walk_strings(v, Some(k), skip, visit)),
+        _ => {}
+    }
+}
+
+fn walk_strings_mut(value: &mut Value, key: Option<&str>, skip: &[&str], f: &mut dyn FnMut(&mut String)) {
+    match value {
+        Value::String(s) if !key.is_some_and(|k| skip.contains(&k)) => f(s),
+        Value::Array(items) => items.iter_mut().for_each(|item| walk_strings_mut(item, key, skip, f)),
+        Value::Object(fields) => fields.iter_mut().for_each(|(k, v)| walk_strings_mut(v, Some(k.as_str()), skip, f)),
+        _ => {}
+    }
+}
+
+/// The strings of `req` outside message text and tool-call arguments that a provider sees.
+fn for_each_other_string(req: &ChatRequest, visit: &mut impl FnMut(&str)) {
+    for message in &req.messages {
+        for (key, value) in message.extra.iter().filter(|(k, _)| k.as_str() != "tool_calls") {
+            walk_strings(value, Some(key), IDENTIFIERS, visit);
+        }
+    }
+    for definitions in [&req.tools, &req.response_format].into_iter().flatten() {
+        walk_strings(definitions, None, DEFINITION_IDENTIFIERS, visit);
+    }
+    if let Some(stop) = &req.stop {
+        stop.to_vec().iter().for_each(|s| visit(s));
+    }
+    for (key, value) in &req.extra {
+        walk_strings(value, Some(key), IDENTIFIERS, visit);
+    }
+}
+
+fn for_each_other_string_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut String)) {
+    for message in &mut req.messages {
+        for (key, value) in message.extra.iter_mut().filter(|(k, _)| k.as_str() != "tool_calls") {
+            walk_strings_mut(value, Some(key.as_str()), IDENTIFIERS, f);
+        }
+    }
+    for definitions in [&mut req.tools, &mut req.response_format].into_iter().flatten() {
+        walk_strings_mut(definitions, None, DEFINITION_IDENTIFIERS, f);
+    }
+    match &mut req.stop {
+        Some(providers::wire::Stop::One(s)) => f(s),
+        Some(providers::wire::Stop::Many(all)) => all.iter_mut().for_each(|s| f(s)),
+        None => {}
+    }
+    for (key, value) in &mut req.extra {
+        walk_strings_mut(value, Some(key.as_str()), IDENTIFIERS, f);
+    }
 }
 
 /// True when any string anywhere in `value` (keys aside) holds PII.
@@ -124,8 +194,9 @@ pub fn redact(req: &mut ChatRequest) -> Redaction {
 }
 
 /// Every string of `req` that is scanned and redacted: message text, text parts, tool-call
-/// arguments.
+/// arguments, and the other strings a provider sees.
 fn for_each_text_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut String)) {
+    for_each_other_string_mut(req, f);
     for message in &mut req.messages {
         match &mut message.content {
             Some(MessageContent::Text(text)) => f(text),
@@ -220,6 +291,38 @@ mod tests {
         assert_eq!(seen.pii.get("email"), Some(&1));
         assert_eq!(seen.pii.get("us_ssn"), Some(&1));
         assert_eq!(seen.pii.get("unscannable"), Some(&1));
+    }
+
+    const EMAIL: &str = "secret.person@example.org";
+
+    /// A request with the email in every place outside message text that a provider sees.
+    fn everywhere() -> ChatRequest {
+        request(serde_json::json!({
+            "model": "auto",
+            "messages": [{"role": "user", "content": "hello", "name": EMAIL}],
+            "tools": [{"type": "function", "function": {"name": "notify", "description": format!("Notify {EMAIL}"),
+                       "parameters": {"type": "object", "properties": {"to": {"type": "string", "enum": [EMAIL]}}}}}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object", "description": EMAIL}}},
+            "stop": [EMAIL],
+            "user": EMAIL,
+            "metadata": {"owner": EMAIL},
+            "x_note": format!("for {EMAIL}"),
+        }))
+    }
+
+    #[test]
+    fn pii_outside_message_text_is_found_and_redacted_but_identifiers_are_kept() {
+        let seen = inspect(&everywhere());
+        assert_eq!(seen.pii.get("email"), Some(&8), "{:?}", seen.pii);
+        assert!(!seen.text.contains(EMAIL), "only message text is classified");
+        let mut req = everywhere();
+        redact(&mut req);
+        let sent = serde_json::to_value(&req).unwrap();
+        assert!(!sent.to_string().contains(EMAIL), "{sent}");
+        assert_eq!(sent.pointer("/tools/0/function/name"), Some(&serde_json::json!("notify")));
+        assert_eq!(sent.pointer("/tools/0/type"), Some(&serde_json::json!("function")));
+        assert_eq!(sent.pointer("/response_format/json_schema/name"), Some(&serde_json::json!("out")));
+        assert_eq!(sent.pointer("/user"), Some(&serde_json::json!("<EMAIL_1>")));
     }
 
     #[test]

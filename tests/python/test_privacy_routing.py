@@ -77,6 +77,23 @@ def test_redacted_request_never_shows_values_upstream_and_answer_is_restored(red
     assert sent[0]["messages"][-1]["content"] == "Please write to <EMAIL_1>, call <PHONE_1> and refund to <IBAN_1>."
 
 
+def test_pii_outside_message_text_is_found_and_redacted_too(redacting, fake_provider):
+    before = len(fake_requests(fake_provider))
+    tools = [{"type": "function", "function": {"name": "notify", "description": f"Notify {EMAIL}",
+                                               "parameters": {"type": "object", "properties": {"to": {"type": "string", "enum": [EMAIL]}}}}}]
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Hello there"}], "tools": tools,
+            "user": EMAIL, "metadata": {"owner": PHONE}, "x_note": f"ticket for {IBAN}"}
+    route = httpx.post(f"{redacting.v1}/route", json=body).json()
+    assert route["privacy"]["pii"], route
+    r = httpx.post(f"{redacting.v1}/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-switchyard-rule"] == "escalate-redacted" and r.headers["x-switchyard-target"] == "fake/echo"
+    sent = sent_since(fake_provider, before)
+    assert len(sent) == 1
+    assert_no_values(sent)
+    assert sent[0]["tools"][0]["function"]["name"] == "notify" and sent[0]["user"] == "<EMAIL_1>"
+
+
 def test_stream_restores_placeholders_split_across_chunks(redacting, fake_provider):
     before = len(fake_requests(fake_provider))
     with httpx.stream("POST", f"{redacting.v1}/chat/completions", timeout=30, json={
