@@ -296,6 +296,16 @@ impl GatewayConfig {
             if raw.tenants[..i].iter().any(|u| u.name == t.name) {
                 problems.push(format!("{file}: tenants[{i}]: name {:?} is used twice", t.name));
             }
+            // A key must name one tenant: else the last one silently wins (never echo the hash).
+            for (k, key) in t.keys.iter().enumerate() {
+                let same = |other: &str| other.eq_ignore_ascii_case(key);
+                if let Some(first) = raw.tenants[..i].iter().find(|u| u.keys.iter().any(|o| same(o))) {
+                    problems.push(format!("{file}: tenants[{i}]: keys[{k}] is also a key of tenant {:?}", first.name));
+                }
+                if t.keys[..k].iter().any(|o| same(o)) {
+                    problems.push(format!("{file}: tenants[{i}]: keys[{k}] is listed twice"));
+                }
+            }
         }
         problems.extend(store_problems(&raw).into_iter().map(|p| format!("{file}: {p}")));
         let topology = topology_of(&raw.server, raw.local.as_ref(), &raw.providers);
@@ -500,6 +510,20 @@ mod tests {
         let cfg = write(&dir, "g.toml", &text);
         let err = GatewayConfig::load(&cfg, None).unwrap_err().to_string();
         assert!(err.contains("tenants[0]") && !err.contains("secretvalue"), "{err}");
+    }
+
+    #[test]
+    fn a_key_in_two_tenants_and_bad_provider_urls_and_prices_are_errors() {
+        let dir = tempdir();
+        let p = policy(&dir, "openai/gpt-4o");
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        let text = format!(
+            "[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"127.0.0.1:9/v1\"\nmodels = [{{ name = \"gpt-4o\", input_per_mtok = -1.0 }}]\n[[tenants]]\nname = \"a\"\nkeys = [\"{hash}\"]\n[[tenants]]\nname = \"b\"\nkeys = [\"{hash}\"]\n"
+        );
+        let err = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap_err().to_string();
+        assert!(err.contains("tenants[1]: keys[0] is also a key of tenant \"a\"") && !err.contains(&"ab".repeat(32)), "{err}");
+        assert!(err.contains("base_url \"127.0.0.1:9/v1\" is not an http:// or https:// URL"), "{err}");
+        assert!(err.contains("input_per_mtok must be a price of 0 or more"), "{err}");
     }
 
     #[test]

@@ -182,6 +182,19 @@ impl ProviderConfig {
         if self.timeout_ms == 0 {
             problems.push(format!("{who}: timeout_ms must be positive"));
         }
+        for (key, url) in self.base_url.iter().map(|u| ("base_url", u)).chain(self.endpoints.iter().map(|u| ("endpoints", u))) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.parse::<http::Uri>().is_err() {
+                problems.push(format!("{who}: {key} {url:?} is not an http:// or https:// URL"));
+            }
+        }
+        for m in &self.models {
+            let prices = [("input_per_mtok", Some(m.input_per_mtok)), ("output_per_mtok", Some(m.output_per_mtok)), ("cached_input_per_mtok", m.cached_input_per_mtok)];
+            for (key, price) in prices {
+                if price.is_some_and(|p| !p.is_finite() || p < 0.0) {
+                    problems.push(format!("{who}: models {:?}: {key} must be a price of 0 or more", m.name));
+                }
+            }
+        }
         problems
     }
 }
