@@ -208,6 +208,23 @@ pub struct ConfigErrors {
 }
 
 /// What is wrong with `[redis]` and `[cache]`.
+/// A key must name one tenant, else the last one silently wins: the keys of `tenants[i]` that an
+/// earlier tenant (or the same one) lists too. Never echoes the hash.
+fn shared_key_problems(tenants: &[TenantConfig], i: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    let keys = &tenants[i].keys;
+    for (k, key) in keys.iter().enumerate() {
+        let same = |other: &String| other.eq_ignore_ascii_case(key);
+        if let Some(first) = tenants[..i].iter().find(|u| u.keys.iter().any(same)) {
+            problems.push(format!("keys[{k}] is also a key of tenant {:?}", first.name));
+        }
+        if keys[..k].iter().any(same) {
+            problems.push(format!("keys[{k}] is listed twice"));
+        }
+    }
+    problems
+}
+
 fn store_problems(raw: &RawConfig) -> Vec<String> {
     let mut problems = raw.redis.as_ref().map(RedisConfig::problems).unwrap_or_default();
     if let Some(cache) = &raw.cache {
@@ -296,16 +313,7 @@ impl GatewayConfig {
             if raw.tenants[..i].iter().any(|u| u.name == t.name) {
                 problems.push(format!("{file}: tenants[{i}]: name {:?} is used twice", t.name));
             }
-            // A key must name one tenant: else the last one silently wins (never echo the hash).
-            for (k, key) in t.keys.iter().enumerate() {
-                let same = |other: &str| other.eq_ignore_ascii_case(key);
-                if let Some(first) = raw.tenants[..i].iter().find(|u| u.keys.iter().any(|o| same(o))) {
-                    problems.push(format!("{file}: tenants[{i}]: keys[{k}] is also a key of tenant {:?}", first.name));
-                }
-                if t.keys[..k].iter().any(|o| same(o)) {
-                    problems.push(format!("{file}: tenants[{i}]: keys[{k}] is listed twice"));
-                }
-            }
+            problems.extend(shared_key_problems(&raw.tenants, i).into_iter().map(|m| format!("{file}: tenants[{i}]: {m}")));
         }
         problems.extend(store_problems(&raw).into_iter().map(|p| format!("{file}: {p}")));
         let topology = topology_of(&raw.server, raw.local.as_ref(), &raw.providers);

@@ -99,7 +99,11 @@ fn for_each_other_string_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut Strin
     }
     match &mut req.stop {
         Some(providers::wire::Stop::One(s)) => f(s),
-        Some(providers::wire::Stop::Many(all)) => all.iter_mut().for_each(|s| f(s)),
+        Some(providers::wire::Stop::Many(all)) => {
+            for stop in all {
+                f(stop);
+            }
+        }
         None => {}
     }
     for (key, value) in &mut req.extra {
