@@ -171,18 +171,24 @@ def test_slowloris_headers_are_cut_off_and_the_server_stays_responsive(gw):
         c.close()
 
 
-def test_a_trickled_body_gets_408(gw):
-    c = raw_connection(gw)
-    body = json.dumps({"model": "auto", "messages": [msg()]}).encode()
-    c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
-    started = time.monotonic()
+def read_head(c):
+    """What the server sends until the end of its response head (or until it closes)."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = c.recv(4096)
         if not chunk:
             break
         data += chunk
+    return data
+
+
+def test_a_trickled_body_gets_408(gw):
+    c = raw_connection(gw)
+    body = json.dumps({"model": "auto", "messages": [msg()]}).encode()
+    c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+    started = time.monotonic()
+    data = read_head(c)
     assert time.monotonic() - started < 5
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
     c.close()
@@ -193,12 +199,7 @@ def test_a_declared_length_over_the_limit_is_413_before_the_body_arrives(gw):
     c = raw_connection(gw)
     c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               b"Content-Length: 999999999\r\n\r\n{}")
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = c.recv(4096)
-        if not chunk:
-            break
-        data += chunk
+    data = read_head(c)
     assert data.startswith(b"HTTP/1.1 413"), data[:200]
     c.close()
 
