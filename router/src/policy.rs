@@ -76,12 +76,12 @@ impl Default for Classifier {
 #[serde(deny_unknown_fields)]
 pub struct When {
     /// Any of these privacy tags present.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty_list")]
     pub privacy: Vec<String>,
     /// Easy or hard.
     pub complexity: Option<Hardness>,
     /// The request's tenant is one of these.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_empty_list")]
     pub tenant: Vec<String>,
     /// Glob over the requested model (as sent, or resolved `provider/model`).
     pub requested_model: Option<String>,
@@ -90,6 +90,16 @@ pub struct When {
     /// More than this share (0.8 = 80 %) of the tenant's daily or monthly budget is already
     /// spent or reserved. Never holds for tenants without a budget.
     pub budget_used_over: Option<f64>,
+}
+
+/// A written list condition must name something: `[]` reads as "never", but an absent condition
+/// is "always", so an empty list would silently make the rule match every request.
+fn non_empty_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(deserializer)?;
+    if list.is_empty() {
+        return Err(serde::de::Error::custom("an empty list would make this rule match every request; name at least one value or leave the condition out"));
+    }
+    Ok(list)
 }
 
 impl When {
@@ -302,6 +312,16 @@ route = "local"
         let err = Policy::parse(text).unwrap_err();
         assert_eq!(err.line, 4, "{err}");
         assert!(err.message.contains("root"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_list_condition_is_an_error_with_its_line() {
+        for key in ["privacy", "tenant"] {
+            let text = format!("[[rule]]\nname = \"x\"\nwhen.{key} = []\nroute = \"openai/gpt-4o\"\n\n[[rule]]\nname = \"d\"\nroute = \"local\"\n");
+            let err = Policy::parse(&text).unwrap_err();
+            assert_eq!(err.line, 3, "{err}");
+            assert!(err.message.contains("empty list"), "{err}");
+        }
     }
 
     #[test]
