@@ -32,6 +32,11 @@ pub struct Remote {
     pub targets: Vec<String>,
 }
 
+/// How long a dashboard login lasts (the cookie's `Max-Age` too).
+pub const ADMIN_SESSION_TTL: std::time::Duration = std::time::Duration::from_hours(12);
+/// Dashboard sessions kept at most.
+pub const ADMIN_SESSIONS_MAX: u64 = 10_000;
+
 /// Shared by every handler.
 pub struct AppState {
     /// The checked configuration.
@@ -58,8 +63,9 @@ pub struct AppState {
     pub cluster: Option<Cluster>,
     /// Chat requests in flight per tenant.
     pub in_flight: Arc<InFlight>,
-    /// Dashboard session tokens handed out by `POST /dashboard/login`.
-    pub admin_sessions: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Dashboard session tokens handed out by `POST /dashboard/login`: each lasts
+    /// [`ADMIN_SESSION_TTL`]; the oldest go first beyond [`ADMIN_SESSIONS_MAX`].
+    pub admin_sessions: moka::sync::Cache<String, ()>,
     /// The embedded engine, if configured.
     pub local: Option<LocalProvider>,
     /// Watches the engine against `[local]`'s latency targets, when set and a rule can spill.
@@ -169,7 +175,7 @@ impl AppState {
             cache,
             in_flight,
             cluster,
-            admin_sessions: std::sync::Mutex::new(std::collections::HashSet::new()),
+            admin_sessions: moka::sync::Cache::builder().max_capacity(ADMIN_SESSIONS_MAX).time_to_live(ADMIN_SESSION_TTL).build(),
             pricer,
             local,
             spillover,

@@ -55,6 +55,7 @@ def test_login_sets_an_httponly_session_cookie(admin):
     assert good.status_code == 204
     cookie = good.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and KEY not in cookie
+    assert "Max-Age=43200" in cookie, "a login lasts 12 hours"
     token = cookie.split(";")[0]
     assert httpx.get(f"{admin.base}/admin/stats", headers={"cookie": token}).status_code == 200
     assert httpx.get(f"{admin.base}/admin/stats", headers={"cookie": "switchyard_session=forged"}).status_code == 401

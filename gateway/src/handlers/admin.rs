@@ -40,10 +40,8 @@ pub async fn login(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
         return Err(ApiError::AdminKeyRequired);
     }
     let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-    if let Ok(mut sessions) = state.admin_sessions.lock() {
-        sessions.insert(token.clone());
-    }
-    let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    state.admin_sessions.insert(token.clone(), ());
+    let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", crate::state::ADMIN_SESSION_TTL.as_secs());
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(SET_COOKIE, value);
