@@ -265,6 +265,16 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// `message` with the key written on `line` of `text` (`key = value` lines) when the message does
+/// not name it: the parser's type errors ("invalid type: string \"big\", expected usize") do not.
+fn naming_the_key(text: &str, line: usize, message: &str) -> String {
+    let key = text.lines().nth(line.saturating_sub(1)).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim()).filter(|k| !k.is_empty());
+    match key {
+        Some(key) if !message.contains(key) => format!("{key}: {message}"),
+        _ => message.to_owned(),
+    }
+}
+
 fn read(path: &Path) -> Result<String, ConfigErrors> {
     std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors { problems: vec![format!("{}: cannot read: {e}", path.display())] })
@@ -287,7 +297,7 @@ impl GatewayConfig {
     ) -> Result<Self, ConfigErrors> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(1, |s| line_of(text, s.start));
-            ConfigErrors { problems: vec![format!("{file}:{line}: {}", e.message())] }
+            ConfigErrors { problems: vec![format!("{file}:{line}: {}", naming_the_key(text, line, e.message()))] }
         })?;
         let mut problems = Vec::new();
         let listen_text = listen_override.unwrap_or(&raw.server.listen).to_owned();
@@ -358,7 +368,7 @@ impl GatewayConfig {
                 Some(policy)
             }
             Err(e) => {
-                problems.push(format!("{policy_name}:{}: {}", e.line, e.message));
+                problems.push(format!("{policy_name}:{}: {}", e.line, naming_the_key(&policy_text, e.line, &e.message)));
                 None
             }
         };
@@ -518,6 +528,15 @@ mod tests {
         let cfg = write(&dir, "g.toml", &text);
         let err = GatewayConfig::load(&cfg, None).unwrap_err().to_string();
         assert!(err.contains("tenants[0]") && !err.contains("secretvalue"), "{err}");
+    }
+
+    #[test]
+    fn a_type_error_names_its_file_line_and_key() {
+        let dir = tempdir();
+        let p = policy(&dir, "local");
+        let text = format!("[server]\nmax_body_bytes = \"big\"\n[policy]\nfile = \"{p}\"\n");
+        let err = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap_err().to_string();
+        assert!(err.contains("g.toml:2: max_body_bytes: invalid type"), "{err}");
     }
 
     #[test]
