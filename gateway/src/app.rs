@@ -55,3 +55,15 @@ pub fn build(state: Arc<AppState>) -> Router {
         .with_state(state)
         .layer(axum::middleware::from_fn(request_ctx))
 }
+
+/// What connections accepted after a stop signal get while the drain runs: `/healthz` and
+/// `/readyz` (503, `draining`) as usual, so probes see the drain rather than a refused
+/// connection, and 503 `shutting_down` with `Retry-After: 1` for everything else.
+pub fn draining(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { crate::error::ApiError::ShuttingDown })
+        .with_state(state)
+        .layer(axum::middleware::from_fn(request_ctx))
+}

@@ -64,6 +64,9 @@ pub enum ApiError {
         /// Seconds until the budget period ends (or in-flight requests settle).
         retry_after_s: u64,
     },
+    /// The gateway received SIGTERM/SIGINT and finishes what it has; new requests go elsewhere.
+    #[error("This gateway is shutting down and takes no new requests; retry on another replica.")]
+    ShuttingDown,
     /// Redis (`[redis]`) is unreachable and `on_outage = "fail_closed"`.
     #[error("Limits and budgets cannot be checked right now (the shared store is unreachable); requests that could reach a paid provider are refused until it returns.")]
     StoreUnavailable,
@@ -152,6 +155,7 @@ impl ApiError {
                 detail("service_unavailable", Some("limits_store_unavailable"), None),
                 Some(1),
             ),
+            Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, detail("service_unavailable", Some("shutting_down"), None), Some(1)),
             Self::InvalidApiKey { .. } | Self::AdminKeyRequired => {
                 (StatusCode::UNAUTHORIZED, detail("invalid_request_error", Some("invalid_api_key"), None), None)
             }

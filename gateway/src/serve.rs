@@ -60,13 +60,17 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
             stopping.notify_one();
         });
     }
-    let graceful = accept_loop(listener, app, &state.config.server, &stopping).await;
+    let (graceful, listener) = accept_loop(listener, app, &state.config.server, &stopping).await;
+    // The port stays open while the drain runs: probes get /readyz 503 and new requests 503
+    // `shutting_down`, rather than a refused connection.
+    let late = tokio::spawn(answer_while_draining(listener, crate::app::draining(Arc::clone(&state)), state.config.server.header_timeout_ms));
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_DEADLINE) => {
             warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; closing remaining connections");
         }
     }
+    late.abort();
     refresher.abort();
     if let Some(local) = &state.local {
         // Before the process exits, so llama.cpp is never torn down under a running decode.
@@ -79,15 +83,28 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves `app` (the draining answers) on connections accepted after the stop signal, one
+/// request each, until aborted when the drain ends.
+async fn answer_while_draining(listener: tokio::net::TcpListener, app: axum::Router, header_timeout_ms: u64) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(header_timeout_ms)).keep_alive(false);
+    while let Ok((tcp, _)) = listener.accept().await {
+        let connection = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+}
+
 /// Accepts connections until `stopping` is notified, at most `max_connections` at once (more
 /// wait in the listen backlog), each served by hyper's HTTP/1 with the header timeout. Returns
-/// the watcher of the connections still open, for the drain.
+/// the watcher of the connections still open, for the drain, and the listener.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     server: &ServerConfig,
     stopping: &Notify,
-) -> GracefulShutdown {
+) -> (GracefulShutdown, tokio::net::TcpListener) {
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(server.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -127,7 +144,7 @@ async fn accept_loop(
             drop(permit);
         });
     }
-    graceful
+    (graceful, listener)
 }
 
 async fn stop_signal() {
