@@ -326,7 +326,8 @@ impl Drop for PendingRecord {
                 r.completion_tokens = u.completion_tokens;
                 r.cost_usd = (self.pricer)(&r.target, &u);
             }
-            if let Some(baseline) = self.ledger.baseline() {
+            // A request the client left saved nothing: no answer was delivered.
+            if let Some(baseline) = self.ledger.baseline().filter(|_| r.status != CLIENT_CLOSED_REQUEST) {
                 savings = (self.pricer)(baseline, &u) - r.cost_usd;
             }
         }
@@ -378,6 +379,28 @@ mod tests {
         drop(pending(&ledger));
         let r = &ledger.recent()[1];
         assert_eq!((r.status, r.target.as_str(), r.cost_usd, r.cost_estimated), (CLIENT_CLOSED_REQUEST, "", 0.0, false));
+    }
+
+    #[test]
+    fn a_client_that_left_saved_nothing() {
+        let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
+        let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), None, Some("fake/paid".into())));
+        // Local answers are free; the baseline charges $1 per million tokens.
+        #[allow(clippy::cast_precision_loss)]
+        let pricer: Pricer = Arc::new(|target, u: &Usage| if target == "fake/paid" { u.total_tokens as f64 * 1e-6 } else { 0.0 });
+        for leaves in [true, false] {
+            let mut p = PendingRecord::new(Arc::clone(&ledger), Arc::clone(&pricer), "req-1", "acme", Instant::now());
+            p.routed("default", vec![], 400);
+            p.attempting("local/small");
+            if !leaves {
+                p.served_by("local/small", false);
+                p.status(200);
+            }
+            drop(p);
+        }
+        let day = ledger.rollups.window(unix_ms() / 60_000, 60);
+        // Only the answered request saved the baseline's price of its (estimated) 100 prompt tokens.
+        assert!((day["total"]["savings_usd"].as_f64().unwrap() - 100e-6).abs() < 1e-12, "{day}");
     }
 
     #[test]
