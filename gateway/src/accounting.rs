@@ -227,7 +227,7 @@ impl PendingRecord {
     /// The target that answered.
     pub fn served_by(&mut self, target: &str, redacted: bool) {
         target.clone_into(&mut self.record.target);
-        self.record.tier = if target.starts_with("local/") { "local" } else { "remote" };
+        self.record.tier = tier_of(target);
         self.record.redacted = redacted;
     }
 
@@ -273,6 +273,15 @@ impl PendingRecord {
     }
 }
 
+/// `local` for `local/<name>` targets, else `remote`.
+pub fn tier_of(target: &str) -> &'static str {
+    if target.starts_with("local/") {
+        "local"
+    } else {
+        "remote"
+    }
+}
+
 /// The status recorded for a request whose client went away before any answer was sent.
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
@@ -303,7 +312,7 @@ impl Drop for PendingRecord {
         // A failure names the last target tried, so that a failing provider's errors count
         // against it (dashboard error rates, `switchyard_requests_total{target}`).
         if let (Some(target), true) = (self.attempting.take(), r.target.is_empty() && r.status >= 400) {
-            r.tier = if target.starts_with("local/") { "local" } else { "remote" };
+            r.tier = tier_of(&target);
             r.target = target;
         }
         let answered = !r.target.is_empty();

@@ -685,7 +685,7 @@ pub fn set_route_headers(headers: &mut HeaderMap, decision: &Decision, target: &
     insert(headers, header::RULE, &decision.rule);
     insert(headers, header::TARGET, target);
     // A fallback may serve from another tier than the decision's; provider names never are "local".
-    let tier = if target.starts_with("local/") { "local" } else { "remote" };
+    let tier = crate::accounting::tier_of(target);
     insert(headers, header::TIER, tier);
     insert(headers, header::COMPLEXITY, &format!("{:.4}", decision.complexity));
     insert(headers, header::CACHE, "miss");
