@@ -279,14 +279,11 @@ fn response_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiE
 }
 
 /// The stored response `id`, if this tenant stored it.
-pub async fn get(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, path: Result<Path<String>, PathRejection>) -> Response {
-    let id = match response_id(path) {
-        Ok(id) => id,
-        Err(err) => return err.into_response(),
-    };
+pub async fn get(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, path: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+    let id = response_id(path)?;
     match state.responses.get(&tenant.name, &id).await {
-        Some(stored) => Json(stored.response.clone()).into_response(),
-        None => ApiError::ResponseNotFound { id }.into_response(),
+        Some(stored) => Ok(Json(stored.response.clone()).into_response()),
+        None => Err(ApiError::ResponseNotFound { id }),
     }
 }
 
@@ -307,52 +304,41 @@ pub async fn input_items(
     Extension(tenant): Extension<Arc<TenantProfile>>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ItemsQuery>, QueryRejection>,
-) -> Response {
-    let id = match response_id(path) {
-        Ok(id) => id,
-        Err(err) => return err.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let id = response_id(path)?;
     // axum's rejection is plain text; its message ("…: limit: invalid digit found in string",
     // "duplicate field `limit`") goes into the usual JSON error.
-    let query = match query {
-        Ok(Query(query)) => query,
-        Err(rejection) => {
-            return ApiError::InvalidRequest { message: format!("Invalid query string: {}", rejection.body_text()), param: None }.into_response()
-        }
-    };
-    let Some(stored) = state.responses.get(&tenant.name, &id).await else { return ApiError::ResponseNotFound { id }.into_response() };
+    let Query(query) = query.map_err(|rejection| ApiError::InvalidRequest { message: format!("Invalid query string: {}", rejection.body_text()), param: None })?;
+    let Some(stored) = state.responses.get(&tenant.name, &id).await else { return Err(ApiError::ResponseNotFound { id }) };
     let limit = query.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return ApiError::invalid("'limit' must be between 1 and 100.", "limit").into_response();
+        return Err(ApiError::invalid("'limit' must be between 1 and 100.", "limit"));
     }
     let mut items: Vec<&Value> = stored.input_items.iter().collect();
     match query.order.as_deref() {
         None | Some("desc") => items.reverse(),
         Some("asc") => {}
-        Some(other) => return ApiError::invalid(format!("Invalid value for 'order': {other:?}. Supported values are: asc, desc."), "order").into_response(),
+        Some(other) => return Err(ApiError::invalid(format!("Invalid value for 'order': {other:?}. Supported values are: asc, desc."), "order")),
     }
     if let Some(after) = &query.after {
         match items.iter().position(|item| item.get("id").and_then(Value::as_str) == Some(after)) {
             Some(at) => items.drain(..=at).for_each(drop),
-            None => return ApiError::invalid(format!("No input item with id {after:?} in this response."), "after").into_response(),
+            None => return Err(ApiError::invalid(format!("No input item with id {after:?} in this response."), "after")),
         }
     }
     let has_more = items.len() > limit;
     items.truncate(limit);
     let id_of = |item: Option<&&Value>| item.and_then(|i| i.get("id")).cloned().unwrap_or(Value::Null);
-    Json(json!({"object": "list", "data": items, "first_id": id_of(items.first()), "last_id": id_of(items.last()), "has_more": has_more})).into_response()
+    Ok(Json(json!({"object": "list", "data": items, "first_id": id_of(items.first()), "last_id": id_of(items.last()), "has_more": has_more})).into_response())
 }
 
 /// Forgets the stored response `id`.
-pub async fn delete(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, path: Result<Path<String>, PathRejection>) -> Response {
-    let id = match response_id(path) {
-        Ok(id) => id,
-        Err(err) => return err.into_response(),
-    };
+pub async fn delete(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, path: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+    let id = response_id(path)?;
     if state.responses.delete(&tenant.name, &id).await {
-        Json(json!({"id": id, "object": "response", "deleted": true})).into_response()
+        Ok(Json(json!({"id": id, "object": "response", "deleted": true})).into_response())
     } else {
-        ApiError::ResponseNotFound { id }.into_response()
+        Err(ApiError::ResponseNotFound { id })
     }
 }
 
