@@ -42,7 +42,7 @@ impl SequenceSampler {
             return Err(EngineError::InvalidParameter { param: "logit_bias", reason: format!("token id {token} is outside the model's vocabulary (0 to {})", n_vocab - 1) });
         }
         // The fast greedy path reads the raw logits: only without penalties or biases.
-        let adjusted = params.frequency_penalty != 0.0 || params.presence_penalty != 0.0 || !params.logit_bias.is_empty();
+        let adjusted = penalised(params) || !params.logit_bias.is_empty();
         Ok(Self { sampling: plain(params, n_vocab), greedy: params.temperature <= 0.0 && !adjusted, grammar, end_of_generation: model.vocab().eos() })
     }
 
@@ -115,6 +115,11 @@ fn first_max(logits: &[f32]) -> i32 {
     i32::try_from(at).unwrap_or(0)
 }
 
+/// A frequency or presence penalty is set.
+fn penalised(params: &SamplingParams) -> bool {
+    params.frequency_penalty != 0.0 || params.presence_penalty != 0.0
+}
+
 /// How many of the completion's latest tokens the frequency and presence penalties count
 /// (llama.cpp keeps them in a ring of this size, 16 KB).
 const PENALTY_WINDOW: i32 = 4096;
@@ -127,7 +132,7 @@ fn plain(params: &SamplingParams, n_vocab: i32) -> LlamaSampler {
         let biases: Vec<LlamaLogitBias> = params.logit_bias.iter().map(|&(token, bias)| LlamaLogitBias::new(LlamaToken(token), bias)).collect();
         chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
     }
-    if params.frequency_penalty != 0.0 || params.presence_penalty != 0.0 {
+    if penalised(params) {
         chain.push(LlamaSampler::penalties(n_vocab, PENALTY_WINDOW, 1.0, params.frequency_penalty, params.presence_penalty));
     }
     if params.temperature <= 0.0 {
