@@ -15,13 +15,28 @@ use tracing::{error, info, info_span};
 use crate::scheduler::Scheduler;
 use crate::{EngineConfig, EngineError, EngineStats, Load, EngineStatsSnapshot, GenerationEvent, GenerationRequest, GenerationStream};
 
-/// A cheap, cloneable handle to the engine thread.
+/// A cheap, cloneable handle to the engine thread. When the last handle goes, the thread is
+/// waited for (it ends within a step once no handle can send and its streams are gone), so a
+/// process never exits with llama.cpp mid-decode.
 #[derive(Clone)]
 pub struct EngineHandle {
+    // Declared before `thread`: the last handle's sender is dropped (closing the channel) before
+    // the thread is joined.
     jobs: SyncSender<Message>,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    thread: Arc<EngineThread>,
     stats: Arc<EngineStats>,
     config: Arc<EngineConfig>,
+}
+
+/// The engine thread, joined when the last handle drops it (unless `shutdown` already did).
+struct EngineThread(Mutex<Option<JoinHandle<()>>>);
+
+impl Drop for EngineThread {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.get_mut().ok().and_then(Option::take) {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// What the engine thread receives.
@@ -52,7 +67,7 @@ impl EngineHandle {
             .name("local-engine".into())
             .spawn(move || run(&thread_config, &receiver, &thread_stats))
             .map_err(|e| EngineError::Unavailable { reason: format!("cannot spawn the engine thread: {e}") })?;
-        Ok(Self { jobs, thread: Arc::new(Mutex::new(Some(thread))), stats, config })
+        Ok(Self { jobs, thread: Arc::new(EngineThread(Mutex::new(Some(thread)))), stats, config })
     }
 
     /// Queues a generation. Events arrive on the returned stream; dropping it cancels the job.
@@ -87,7 +102,7 @@ impl EngineHandle {
     /// `Unavailable`, the model is freed. Call before the process exits, so that llama.cpp is not
     /// torn down under a running decode. Later calls and submits do nothing / fail.
     pub fn shutdown(&self) {
-        let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) else { return };
+        let Some(thread) = self.thread.0.lock().ok().and_then(|mut t| t.take()) else { return };
         self.stats.stop_requested.store(true, Relaxed);
         // Blocks only while the queue is full, which the engine drains as it stops.
         let _ = self.jobs.send(Message::Stop);
