@@ -136,10 +136,11 @@ impl ResponseCache {
         Some(cached)
     }
 
-    /// Keeps a whole answer (only complete ones without tool calls or other extras).
+    /// Keeps a whole answer (only complete ones without tool calls, log-probabilities or other
+    /// extras: a streamed replay could not carry them).
     pub fn put(&self, key: CacheKey, response: ChatResponse, target: &str) {
         let reusable = response.choices.iter().all(|c| {
-            c.message.extra.is_empty() && c.message.refusal.is_none() && c.finish_reason.as_deref().is_some_and(|f| f == "stop" || f == "length")
+            c.message.extra.is_empty() && c.message.refusal.is_none() && c.logprobs.as_ref().is_none_or(serde_json::Value::is_null) && c.finish_reason.as_deref().is_some_and(|f| f == "stop" || f == "length")
         });
         if !reusable || response.choices.is_empty() {
             return;
@@ -314,6 +315,21 @@ mod tests {
             again.push(c);
         }
         assert_eq!(again.finish(), Some(response));
+    }
+
+    #[tokio::test]
+    async fn answers_with_logprobs_are_not_kept() {
+        let cache = ResponseCache::new(&serde_json::from_value(serde_json::json!({})).unwrap(), None);
+        let answer = |logprobs: serde_json::Value| -> ChatResponse {
+            serde_json::from_value(serde_json::json!({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop", "logprobs": logprobs}]}))
+            .unwrap()
+        };
+        cache.put([1; 32], answer(serde_json::Value::Null), "local/m");
+        cache.put([2; 32], answer(serde_json::json!({"content": [{"token": "hi", "logprob": -0.1, "bytes": [104, 105], "top_logprobs": []}], "refusal": null})), "local/m");
+        assert!(cache.get(&[1; 32]).await.is_some());
+        // A streamed replay could not carry them.
+        assert!(cache.get(&[2; 32]).await.is_none());
     }
 
     #[test]

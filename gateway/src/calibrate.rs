@@ -71,6 +71,30 @@ pub fn for_remote_share(scores: &[f64], share: f64) -> Split {
     Split { threshold: best, remote: sorted.at_or_above(best), total, quality: None }
 }
 
+/// A warning when `split` misses the asked remote `share` by more than 5 points because many
+/// prompts share one score (a threshold sends all of them or none): names that score and how
+/// many hold it. `None` when the split is close enough or no score is shared.
+pub fn tie_warning(split: &Split, scores: &[f64], share: f64) -> Option<String> {
+    if (split.remote_share() - share).abs() <= 0.05 {
+        return None;
+    }
+    let sorted = Sorted::new(scores.iter().map(|s| s.clamp(0.0, 1.0)));
+    let (score, count) = sorted.0.chunk_by(|a, b| a.total_cmp(b).is_eq()).map(|run| (run[0], run.len())).max_by_key(|run| run.1)?;
+    (count > 1).then(|| {
+        #[allow(clippy::cast_precision_loss)]
+        let held = count as f64 / split.total.max(1) as f64;
+        format!(
+            "warning: {count} of {} prompts ({:.1} %) score {score:.4}, and a threshold sends all of them remote or none, \
+             so the nearest split to {:.1} % remote is {:.1} %; the scorer cannot tell these prompts apart (a learned \
+             scorer trained on your own labels, `switchyard train-router`, may)",
+            split.total,
+            held * 100.0,
+            share * 100.0,
+            split.remote_share() * 100.0
+        )
+    })
+}
+
 /// The highest threshold (the most traffic kept local) whose expected quality reaches
 /// `target`: quality is the share of requests whose answer is as good as the remote model's,
 /// counting every remote answer as good and a local one as good when the shadow verdict was a
@@ -148,6 +172,22 @@ mod tests {
         // 0.9 alone is 20 %, 0.5 and up is 80 %: 20 % is as close as 60 %… the nearer one wins.
         assert_eq!(split.remote, 1);
         assert!(split.total == 5);
+    }
+
+    #[test]
+    fn a_share_that_ties_make_unreachable_is_warned_about() {
+        let mut scores = vec![0.02; 9];
+        scores.push(0.6);
+        let split = for_remote_share(&scores, 0.5);
+        assert_eq!(split.remote, 1, "{split:?}");
+        let warning = tie_warning(&split, &scores, 0.5).expect("a warning");
+        assert!(warning.contains("9 of 10 prompts (90.0 %) score 0.0200") && warning.contains("10.0 %"), "{warning}");
+        // Close enough, or nothing tied: no warning.
+        assert!(tie_warning(&split, &scores, 0.1).is_none());
+        let distinct: Vec<f64> = (0..10).map(|i| f64::from(i) / 10.0).collect();
+        assert!(tie_warning(&for_remote_share(&distinct, 0.33), &distinct, 0.33).is_none());
+        let spread = [0.1, 0.2, 0.3, 0.9];
+        assert!(tie_warning(&for_remote_share(&spread, 0.9), &spread, 0.9).is_none(), "no tie to blame");
     }
 
     #[test]

@@ -288,7 +288,11 @@ fn calibrate_command(
         scores.push(router.decide(&input).complexity);
     }
     anyhow::ensure!(!scores.is_empty(), "{} holds no prompt", file.display());
-    print!("{}", calibrate::report(&calibrate::for_remote_share(&scores, share), &scores));
+    let split = calibrate::for_remote_share(&scores, share);
+    print!("{}", calibrate::report(&split, &scores));
+    if let Some(warning) = calibrate::tie_warning(&split, &scores, share) {
+        eprintln!("{warning}");
+    }
     Ok(())
 }
 

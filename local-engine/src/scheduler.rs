@@ -23,7 +23,7 @@ use crate::prefix_cache::{Plan, SlotTable, Source};
 use crate::sampling::SequenceSampler;
 use crate::seq_state::{self, StateBuffer};
 use crate::text::TextAssembler;
-use crate::{ChatTemplate, Confidence, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest};
+use crate::{ChatTemplate, Confidence, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, TokenLogprob};
 
 /// Most tokens decoded in one step (llama.cpp's `n_batch`).
 const STEP_TOKENS: usize = 512;
@@ -59,6 +59,8 @@ struct Sequence {
     logits_at: Option<i32>,
     /// Sum, minimum and count of the generated tokens' log-probabilities, when asked for.
     logprobs: Option<(f64, f32, u32)>,
+    /// Report each token with this many alternatives (`SamplingParams::top_logprobs`).
+    top_logprobs: Option<usize>,
     /// Follows a free-form JSON answer so it can be closed inside `max_tokens`.
     json: Option<JsonCloser>,
 }
@@ -325,6 +327,7 @@ impl<'m> Scheduler<'m> {
             max_tokens,
             logits_at: None,
             logprobs: job.request.sampling.logprobs.then_some((0.0, 0.0, 0)),
+            top_logprobs: job.request.sampling.top_logprobs.map(usize::from),
             json: job.request.sampling.close_json.then(JsonCloser::default),
         });
         self.publish_kv_usage();
@@ -525,11 +528,18 @@ impl<'m> Scheduler<'m> {
             }
             let Some(at) = seq.logits_at else { continue };
             let token = seq.sampler.sample(&self.ctx, at);
-            if let Some((sum, min, n)) = seq.logprobs.as_mut() {
-                let lp = token_logprob(self.ctx.get_logits_ith(at), token.0);
-                *sum += f64::from(lp);
-                *min = if *n == 0 { lp } else { min.min(lp) };
-                *n += 1;
+            let mut top = Vec::new();
+            if seq.logprobs.is_some() || seq.top_logprobs.is_some() {
+                let (lp, alternatives) = token_logprobs(self.ctx.get_logits_ith(at), token.0, seq.top_logprobs.unwrap_or(0));
+                if let Some((sum, min, n)) = seq.logprobs.as_mut() {
+                    *sum += f64::from(lp);
+                    *min = if *n == 0 { lp } else { min.min(lp) };
+                    *n += 1;
+                }
+                if seq.top_logprobs.is_some() {
+                    top.push((token, lp));
+                    top.extend(alternatives.into_iter().map(|(t, l)| (LlamaToken(t), l)));
+                }
             }
             if vocab.is_eog(token) {
                 finished.push((i, FinishReason::Stop));
@@ -538,6 +548,11 @@ impl<'m> Scheduler<'m> {
             seq.completion_tokens += 1;
             self.stats.completion_tokens_total.fetch_add(1, Relaxed);
             let piece = vocab.token_to_piece(token, false, None);
+            if let Some(((_, logprob), alternatives)) = top.split_first() {
+                // Alternatives are shown as the model knows them: an end-of-turn token by its name.
+                let top = alternatives.iter().map(|(t, l)| (vocab.token_to_piece(*t, true, None), *l)).collect();
+                let _ = seq.events.send(GenerationEvent::Token(TokenLogprob { bytes: piece.clone(), logprob: *logprob, top }));
+            }
             if let Some(json) = seq.json.as_mut() {
                 json.push(&piece);
             }
@@ -631,20 +646,38 @@ fn closing_due(json: &JsonCloser, left: u32, count_tokens: impl Fn(&str) -> usiz
     (tokens.saturating_add(JSON_CLOSING_MARGIN) >= left).then_some((closing, tokens))
 }
 
-/// The log-probability of `token` under `logits` (log-softmax, computed stably).
-fn token_logprob(logits: &[f32], token: i32) -> f32 {
-    let Some(&chosen) = usize::try_from(token).ok().and_then(|t| logits.get(t)) else { return f32::NEG_INFINITY };
+/// The log-probability of `token` under `logits` and the `k` most likely tokens with theirs,
+/// most likely first (log-softmax, computed stably; ties keep the lower token id first).
+fn token_logprobs(logits: &[f32], token: i32, k: usize) -> (f32, Vec<(i32, f32)>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|l| f64::from(l - max).exp()).sum();
     #[allow(clippy::cast_possible_truncation)]
     let log_sum = sum.ln() as f32;
-    chosen - max - log_sum
+    let logprob = |logit: f32| logit - max - log_sum;
+    let chosen = usize::try_from(token).ok().and_then(|t| logits.get(t)).map_or(f32::NEG_INFINITY, |&l| logprob(l));
+    // k is at most 20: one comparison per logit once the list is full.
+    let mut top: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    if k > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if l.is_nan() || (top.len() == k && l <= top[k - 1].0) {
+                continue;
+            }
+            let at = top.partition_point(|&(v, _)| v >= l);
+            top.insert(at, (l, i));
+            top.truncate(k);
+        }
+    }
+    (chosen, top.into_iter().map(|(l, i)| (i32::try_from(i).unwrap_or(i32::MAX), logprob(l))).collect())
 }
 
 #[cfg(test)]
 #[allow(clippy::float_cmp)]
 mod tests {
-    use super::token_logprob;
+    use super::token_logprobs;
+
+    fn token_logprob(logits: &[f32], token: i32) -> f32 {
+        token_logprobs(logits, token, 0).0
+    }
 
     #[test]
     fn logprob_is_the_log_softmax() {
@@ -657,5 +690,19 @@ mod tests {
         // Huge logits do not overflow.
         assert!((token_logprob(&[1000.0, 1000.0], 0) - 0.5_f32.ln()).abs() < 1e-6);
         assert_eq!(token_logprob(&logits, 7), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn top_tokens_are_the_most_likely_in_order() {
+        let logits = [0.5_f32, 3.0, -1.0, 1.0, 3.0, -2.0, 2.0];
+        let (chosen, top) = token_logprobs(&logits, 3, 3);
+        let ids: Vec<i32> = top.iter().map(|t| t.0).collect();
+        // Equal logits keep the lower id first.
+        assert_eq!(ids, [1, 4, 6]);
+        assert_eq!(top[0].1, top[1].1);
+        assert!(top[1].1 > top[2].1 && top[2].1 > chosen);
+        assert!((top[2].1 - chosen - 1.0).abs() < 1e-6, "log-probabilities differ as the logits do");
+        assert_eq!(token_logprobs(&logits, 1, 0).1, []);
+        assert_eq!(token_logprobs(&logits[..2], 0, 5).1.len(), 2, "never more than the vocabulary");
     }
 }

@@ -17,6 +17,10 @@ pub struct SamplingParams {
     pub max_tokens: Option<u32>,
     /// Report the generated tokens' log-probabilities (summarised in `Finished::confidence`).
     pub logprobs: bool,
+    /// Report every generated token as a [`GenerationEvent::Token`] with its log-probability and
+    /// this many of the most likely tokens at its step (`OpenAI`'s `top_logprobs`, 0 to 20);
+    /// `None` reports none.
+    pub top_logprobs: Option<u8>,
     /// `OpenAI`'s frequency penalty (-2 to 2): subtracted from a token's logit once per time it
     /// occurs in the completion so far. 0 disables it.
     pub frequency_penalty: f32,
@@ -44,6 +48,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             max_tokens: None,
             logprobs: false,
+            top_logprobs: None,
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             logit_bias: Vec::new(),
@@ -95,6 +100,10 @@ pub enum GenerationEvent {
         /// Tokens in the rendered prompt.
         prompt_tokens: u32,
     },
+    /// A generated token, when `SamplingParams::top_logprobs` asked for them; sent before the
+    /// `Text` that holds it. The end-of-turn token is not reported; nor is text the engine adds
+    /// itself (the closing of a JSON answer).
+    Token(TokenLogprob),
     /// A piece of completion text: always whole UTF-8 characters, never part of a stop string.
     Text(String),
     /// Generation ended.
@@ -111,6 +120,18 @@ pub enum GenerationEvent {
     },
     /// Generation failed; nothing follows.
     Failed(EngineError),
+}
+
+/// One generated token and how likely the model found it and its alternatives (natural log,
+/// from the model's logits before sampling changes them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's bytes (a token can hold part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely tokens at this step, most likely first, as many as asked for.
+    pub top: Vec<(Vec<u8>, f32)>,
 }
 
 /// How sure the model was of what it generated: the log-probabilities (natural log, from the

@@ -49,7 +49,7 @@ async fn cancel_after_first_text(engine: &EngineHandle, messages: Vec<TemplateMe
     loop {
         match tokio::time::timeout(Duration::from_mins(2), events.recv()).await.expect("engine answers") {
             Some(GenerationEvent::Text(_) | GenerationEvent::Finished { .. } | GenerationEvent::Failed(_)) | None => return,
-            Some(GenerationEvent::Started { .. }) => {}
+            Some(GenerationEvent::Started { .. } | GenerationEvent::Token(_)) => {}
         }
     }
 }

@@ -91,6 +91,10 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ProviderError> {
     if req.extra.get("logprobs").and_then(Value::as_bool) == Some(true) || req.extra.contains_key("top_logprobs") {
         return Err(invalid("logprobs are not supported by Anthropic models", "logprobs"));
     }
+    // Anthropic refuses them itself; named here, the client learns which field to change.
+    if req.stop.as_ref().is_some_and(|stop| stop.to_vec().iter().any(|s| s.trim().is_empty())) {
+        return Err(invalid("Anthropic models do not accept a stop sequence that is empty or only whitespace", "stop"));
+    }
     if req.extra.get("logit_bias").is_some_and(|b| b.as_object().is_some_and(|o| !o.is_empty())) {
         return Err(invalid("logit_bias is not supported by Anthropic models", "logit_bias"));
     }
@@ -444,7 +448,13 @@ mod tests {
 
     #[test]
     fn result_changing_fields_are_refused_by_name() {
-        for (field, value, param) in [("n", json!(2), "n"), ("logprobs", json!(true), "logprobs"), ("logit_bias", json!({"50256": -100}), "logit_bias")] {
+        for (field, value, param) in [
+            ("n", json!(2), "n"),
+            ("logprobs", json!(true), "logprobs"),
+            ("logit_bias", json!({"50256": -100}), "logit_bias"),
+            ("stop", json!(["END", "\n"]), "stop"),
+            ("stop", json!(" "), "stop"),
+        ] {
             let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
             v[field] = value;
             match request_body(&req(v), None) {

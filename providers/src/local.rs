@@ -1,5 +1,6 @@
 //! The adapter that serves chat requests from the embedded engine.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,7 +8,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use local_engine::{
     Confidence, EngineError, EngineHandle, GenerationEvent, GenerationRequest, GenerationStream, SamplingParams,
-    TemplateMessage,
+    TemplateMessage, TokenLogprob,
 };
 use local_engine::grammar::{self, Bounds};
 use serde_json::{Map, Value};
@@ -43,10 +44,6 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
     };
     if req.n.unwrap_or(1) != 1 {
         return Err(invalid("the local engine returns one choice per request; n must be 1", "n"));
-    }
-    // Refused rather than answered with `logprobs: null`, which a client reading them would trip on.
-    if req.extra.get("logprobs").and_then(Value::as_bool) == Some(true) {
-        return Err(invalid("the local engine does not return log-probabilities; name a provider's model to get them", "logprobs"));
     }
     let structure = Structure::of(req)?;
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
@@ -96,6 +93,10 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
         stop: req.stop.as_ref().map(crate::wire::Stop::to_vec).unwrap_or_default(),
         max_tokens: req.max_output_tokens(),
         logprobs: false,
+        top_logprobs: wants_logprobs(req).then(|| {
+            // 0 to 20, checked by the gateway.
+            req.extra.get("top_logprobs").and_then(Value::as_u64).map_or(0, |k| u8::try_from(k.min(20)).unwrap_or(20))
+        }),
         frequency_penalty: number(req, "frequency_penalty"),
         presence_penalty: number(req, "presence_penalty"),
         // Keys and values were checked by the gateway (token ids, -100 to 100).
@@ -110,6 +111,11 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
     // Tools are described in the system message (above), in the one format the grammar allows.
     let raw_prompt = if req.raw_prompt { Some(req.prompt_text().ok_or_else(|| invalid("the prompt must be text", "prompt"))?) } else { None };
     Ok(GenerationRequest { messages, tools: None, sampling, raw_prompt })
+}
+
+/// The client asked for each token's log-probability (`logprobs: true`).
+fn wants_logprobs(req: &ChatRequest) -> bool {
+    req.extra.get("logprobs").and_then(Value::as_bool) == Some(true)
 }
 
 /// A numeric field of the request's extra fields as `f32` (0 when absent or null).
@@ -285,6 +291,52 @@ impl ToolCallSplitter {
     }
 }
 
+/// Holds each token's log-probabilities until the client has been sent the text the token
+/// starts in, so that a chunk carries the entries of the text it carries, and the tokens of a
+/// stop string or of a tool call's JSON (text the client never sees) are not reported.
+#[derive(Debug, Default)]
+struct LogprobAligner {
+    /// Entries not yet sent, with the offset of their token's first byte in the generated text.
+    queued: VecDeque<(usize, Value)>,
+    token_bytes: usize,
+    sent_bytes: usize,
+}
+
+impl LogprobAligner {
+    fn token(&mut self, token: &TokenLogprob) {
+        self.queued.push_back((self.token_bytes, logprob_entry(&token.bytes, token.logprob, &token.top)));
+        self.token_bytes += token.bytes.len();
+    }
+
+    /// `text` goes to the client now: the `logprobs` of the chunk that carries it.
+    fn sent(&mut self, text: &str) -> Option<Value> {
+        self.sent_bytes += text.len();
+        let mut content = Vec::new();
+        while self.queued.front().is_some_and(|(start, _)| *start < self.sent_bytes) {
+            content.extend(self.queued.pop_front().map(|(_, entry)| entry));
+        }
+        (!content.is_empty()).then(|| serde_json::json!({"content": content, "refusal": null}))
+    }
+}
+
+/// One entry of `OpenAI`'s `logprobs.content`: the token as text (a token holding part of a
+/// character shows a replacement character; `bytes` has the exact bytes), its log-probability,
+/// and the most likely tokens at its step.
+fn logprob_entry(bytes: &[u8], logprob: f32, top: &[(Vec<u8>, f32)]) -> Value {
+    let item = |bytes: &[u8], logprob: f32| serde_json::json!({"token": String::from_utf8_lossy(bytes), "logprob": logprob, "bytes": bytes});
+    let mut entry = item(bytes, logprob);
+    entry["top_logprobs"] = top.iter().map(|(b, l)| item(b, *l)).collect();
+    entry
+}
+
+/// An answer with no text to report (a tool call, an empty answer) still has a `logprobs`
+/// object when they were asked for, not `null`, which clients reading them would trip on.
+fn with_logprobs_object(response: &mut ChatResponse) {
+    for choice in &mut response.choices {
+        choice.logprobs.get_or_insert_with(|| serde_json::json!({"content": [], "refusal": null}));
+    }
+}
+
 fn tool_delta(calls: Value) -> Delta {
     let mut extra = Map::new();
     extra.insert("tool_calls".into(), calls);
@@ -357,20 +409,41 @@ type ConfidenceSlot = Arc<Mutex<Option<Confidence>>>;
 fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Option<ConfidenceSlot>, tools: bool) -> ChunkStream {
     let first = factory.chunk(Delta { role: Some("assistant".into()), content: Some(String::new()), ..Delta::default() }, None);
     let mut splitter = tools.then(ToolCallSplitter::default);
+    let mut logprobs = LogprobAligner::default();
     let rest = UnboundedReceiverStream::new(events).flat_map(move |event| {
         let out: Vec<Result<ChatChunk, ProviderError>> = match event {
             GenerationEvent::Started { .. } => Vec::new(),
-            GenerationEvent::Text(text) => match splitter.as_mut() {
-                Some(splitter) => splitter.text(text).into_iter().map(|delta| Ok(factory.chunk(delta, None))).collect(),
-                None => vec![Ok(factory.chunk(Delta { content: Some(text), ..Delta::default() }, None))],
-            },
+            GenerationEvent::Token(token) => {
+                logprobs.token(&token);
+                Vec::new()
+            }
+            GenerationEvent::Text(text) => {
+                let deltas = match splitter.as_mut() {
+                    Some(splitter) => splitter.text(text),
+                    None => vec![Delta { content: Some(text), ..Delta::default() }],
+                };
+                deltas
+                    .into_iter()
+                    .map(|delta| {
+                        let entries = delta.content.as_deref().and_then(|text| logprobs.sent(text));
+                        let mut chunk = factory.chunk(delta, None);
+                        chunk.choices[0].logprobs = entries;
+                        Ok(chunk)
+                    })
+                    .collect()
+            }
             GenerationEvent::Finished { reason, prompt_tokens, completion_tokens, confidence } => {
                 if let Some(slot) = &confidence_slot {
                     *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = confidence;
                 }
                 let called = splitter.as_ref().is_some_and(ToolCallSplitter::called);
                 let finish = if called { "tool_calls" } else { reason.as_str() };
-                let rest = splitter.as_mut().and_then(ToolCallSplitter::flush).map(|delta| Ok(factory.chunk(delta, None)));
+                let rest = splitter.as_mut().and_then(ToolCallSplitter::flush).map(|delta| {
+                    let entries = delta.content.as_deref().and_then(|text| logprobs.sent(text));
+                    let mut chunk = factory.chunk(delta, None);
+                    chunk.choices[0].logprobs = entries;
+                    Ok(chunk)
+                });
                 rest.into_iter()
                     .chain([Ok(factory.chunk(Delta::default(), Some(finish))), Ok(factory.usage(prompt_tokens, completion_tokens))])
                     .collect()
@@ -388,7 +461,10 @@ impl LocalProvider {
         let mut generation = generation_request(&req)?;
         generation.sampling.logprobs = true;
         let slot: ConfidenceSlot = Arc::new(Mutex::new(None));
-        let response = collect_stream(self.start(generation, Some(Arc::clone(&slot)), may_call_tools(&req)).await?).await?;
+        let mut response = collect_stream(self.start(generation, Some(Arc::clone(&slot)), may_call_tools(&req)).await?).await?;
+        if wants_logprobs(&req) {
+            with_logprobs_object(&mut response);
+        }
         let confidence = *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok((response, confidence))
     }
@@ -417,10 +493,60 @@ impl LocalProvider {
 #[async_trait]
 impl Provider for LocalProvider {
     async fn complete(&self, req: ChatRequest) -> Result<ChatResponse, ProviderError> {
-        collect_stream(self.stream(req).await?).await
+        let wanted = wants_logprobs(&req);
+        let mut response = collect_stream(self.stream(req).await?).await?;
+        if wanted {
+            with_logprobs_object(&mut response);
+        }
+        Ok(response)
     }
 
     async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, ProviderError> {
         self.start(generation_request(&req)?, None, may_call_tools(&req)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LogprobAligner, TokenLogprob};
+
+    fn token(text: &str) -> TokenLogprob {
+        TokenLogprob { bytes: text.as_bytes().to_vec(), logprob: -0.5, top: vec![(text.as_bytes().to_vec(), -0.5), (b"x".to_vec(), -1.5)] }
+    }
+
+    fn tokens_of(logprobs: Option<serde_json::Value>) -> Vec<String> {
+        let Some(value) = logprobs else { return Vec::new() };
+        value["content"].as_array().unwrap().iter().map(|e| e["token"].as_str().unwrap().to_owned()).collect()
+    }
+
+    #[test]
+    fn a_chunk_carries_the_tokens_its_text_starts() {
+        let mut aligner = LogprobAligner::default();
+        for t in ["Hel", "lo", " wor", "ld", "STOP"] {
+            aligner.token(&token(t));
+        }
+        // Text held back (a possible stop string) releases its tokens once it is sent.
+        assert_eq!(tokens_of(aligner.sent("He")), ["Hel"]);
+        assert_eq!(tokens_of(aligner.sent("llo w")), ["lo", " wor"]);
+        assert_eq!(tokens_of(aligner.sent("")), Vec::<String>::new());
+        assert_eq!(tokens_of(aligner.sent("orld")), ["ld"]);
+        // "STOP" was a stop string the client never sees: its token is never reported.
+        assert!(aligner.sent("").is_none());
+    }
+
+    #[test]
+    fn entries_have_the_api_shape() {
+        let mut aligner = LogprobAligner::default();
+        aligner.token(&TokenLogprob { bytes: vec![0xC3], logprob: -0.25, top: vec![(vec![0xC3], -0.25)] });
+        aligner.token(&TokenLogprob { bytes: vec![0xA9], logprob: -1.0, top: Vec::new() });
+        let value = aligner.sent("é").unwrap();
+        assert_eq!(value["refusal"], serde_json::Value::Null);
+        let content = value["content"].as_array().unwrap();
+        // A token holding half a character: its text is lossy, its bytes exact.
+        assert_eq!(content[0]["bytes"], serde_json::json!([0xC3]));
+        assert_eq!(content[0]["token"], "\u{FFFD}");
+        assert_eq!(content[0]["logprob"], -0.25);
+        assert_eq!(content[0]["top_logprobs"][0]["bytes"], serde_json::json!([0xC3]));
+        assert_eq!(content[1]["top_logprobs"], serde_json::json!([]));
     }
 }

@@ -81,6 +81,9 @@ pub async fn collect_stream(mut stream: ChunkStream) -> Result<ChatResponse, Pro
             if c.finish_reason.is_some() {
                 target.finish_reason = c.finish_reason;
             }
+            if let Some(serde_json::Value::Object(logprobs)) = c.logprobs {
+                merge_logprobs(target, logprobs);
+            }
         }
     }
     let mut response = response.ok_or_else(|| ProviderError::Upstream {
@@ -97,6 +100,23 @@ pub async fn collect_stream(mut stream: ChunkStream) -> Result<ChatResponse, Pro
     response.choices = choices;
     response.usage = usage;
     Ok(response)
+}
+
+/// Adds a chunk's `logprobs` (`content` and `refusal` lists of token entries) to the choice's.
+fn merge_logprobs(choice: &mut Choice, chunk: serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    let whole = choice.logprobs.get_or_insert_with(|| serde_json::json!({"content": null, "refusal": null}));
+    let Value::Object(whole) = whole else { return };
+    for (key, value) in chunk {
+        match (whole.get_mut(&key), value) {
+            (Some(Value::Array(list)), Value::Array(more)) => list.extend(more),
+            (Some(slot), value) if slot.is_null() => *slot = value,
+            (None, value) => {
+                whole.insert(key, value);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Adds streamed tool-call deltas (`index`, then `id`/`type`/`function.name` once and
@@ -123,5 +143,37 @@ fn merge_tool_calls(message: &mut ResponseMessage, deltas: &[serde_json::Value])
             let so_far = call["function"]["arguments"].as_str().unwrap_or_default().to_owned();
             call["function"]["arguments"] = json!(so_far + piece);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::collect_stream;
+    use crate::wire::ChatChunk;
+
+    #[allow(clippy::needless_pass_by_value)]
+    fn chunk(delta: serde_json::Value, logprobs: serde_json::Value) -> ChatChunk {
+        serde_json::from_value(json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": null, "logprobs": logprobs}]}))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_collected_answer_has_every_chunks_logprobs_in_order() {
+        let entry = |t: &str| json!({"token": t, "logprob": -0.1, "bytes": t.as_bytes(), "top_logprobs": []});
+        let chunks = vec![
+            chunk(json!({"role": "assistant", "content": ""}), json!(null)),
+            chunk(json!({"content": "Hello"}), json!({"content": [entry("Hel"), entry("lo")], "refusal": null})),
+            chunk(json!({"content": " you"}), json!({"content": [entry(" you")], "refusal": null})),
+        ];
+        let stream = futures::stream::iter(chunks.into_iter().map(Ok));
+        let response = collect_stream(Box::pin(stream)).await.unwrap();
+        let logprobs = response.choices[0].logprobs.clone().unwrap();
+        let tokens: Vec<&str> = logprobs["content"].as_array().unwrap().iter().map(|e| e["token"].as_str().unwrap()).collect();
+        assert_eq!(tokens, ["Hel", "lo", " you"]);
+        assert_eq!(logprobs["refusal"], json!(null));
+        assert_eq!(response.choices[0].message.content.as_deref(), Some("Hello you"));
     }
 }

@@ -97,6 +97,12 @@ def test_calibrate_picks_the_threshold_for_a_remote_share(tmp_path):
     first = out.stdout.splitlines()[0]
     assert first.startswith("complexity_threshold = "), out.stdout
     assert "remote: 2 of 10 prompts (20.0 %)" in out.stdout, out.stdout
+    assert "warning" not in out.stderr, out.stderr
+    # Six prompts tie: no threshold sends 60 % remote, and the command says why.
+    tied = subprocess.run([str(BIN), "calibrate", "--config", "config/gateway.toml", "--prompts", str(prompts),
+                           "--remote-share", "0.6"], capture_output=True, text=True, timeout=60)
+    assert tied.returncode == 0, tied.stderr
+    assert "warning: 6 of 10 prompts (60.0 %) score" in tied.stderr, tied.stderr
     bad = subprocess.run([str(BIN), "calibrate", "--config", "config/gateway.toml", "--prompts", str(prompts)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use local_engine::{
     EngineConfig, EngineError, EngineHandle, FinishReason, GenerationEvent, GenerationRequest, SamplingParams,
-    TemplateMessage,
+    TemplateMessage, TokenLogprob,
 };
 
 pub fn model() -> PathBuf {
@@ -41,6 +41,8 @@ pub fn user(text: &str) -> Vec<TemplateMessage> {
 pub struct Outcome {
     pub text: String,
     pub pieces: Vec<String>,
+    /// The tokens reported, when `top_logprobs` asked for them.
+    pub tokens: Vec<TokenLogprob>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub reason: FinishReason,
@@ -49,13 +51,15 @@ pub struct Outcome {
 pub async fn generate(engine: &EngineHandle, messages: Vec<TemplateMessage>, sampling: SamplingParams) -> Result<Outcome, EngineError> {
     let mut events = engine.submit(GenerationRequest { messages, tools: None, sampling, raw_prompt: None })?;
     let mut pieces = Vec::new();
+    let mut tokens = Vec::new();
     loop {
         let event = tokio::time::timeout(Duration::from_mins(2), events.recv()).await.expect("engine answers").expect("event");
         match event {
             GenerationEvent::Started { .. } => {}
+            GenerationEvent::Token(t) => tokens.push(t),
             GenerationEvent::Text(t) => pieces.push(t),
             GenerationEvent::Finished { reason, prompt_tokens, completion_tokens, .. } => {
-                return Ok(Outcome { text: pieces.concat(), pieces, prompt_tokens, completion_tokens, reason })
+                return Ok(Outcome { text: pieces.concat(), pieces, tokens, prompt_tokens, completion_tokens, reason })
             }
             GenerationEvent::Failed(e) => return Err(e),
         }

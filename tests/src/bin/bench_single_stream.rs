@@ -51,7 +51,7 @@ async fn engine_sample(engine: &EngineHandle, prompt: &str, max_tokens: u32) -> 
     let mut first = None;
     loop {
         match events.recv().await.expect("engine answers") {
-            GenerationEvent::Started { .. } => {}
+            GenerationEvent::Started { .. } | GenerationEvent::Token(_) => {}
             GenerationEvent::Text(_) => {
                 first.get_or_insert_with(Instant::now);
             }
