@@ -57,7 +57,17 @@ pub struct ResponsesRequest {
     /// End-user id, forwarded.
     #[serde(default)]
     pub user: Option<String>,
+    /// Extra output: [`LOGPROBS_INCLUDE`] asks for each output token's log-probability (other
+    /// values concern hosted tools and inputs Switchyard does not have, and change nothing).
+    #[serde(default)]
+    pub include: Option<Vec<String>>,
+    /// With [`LOGPROBS_INCLUDE`], this many of the most likely tokens at each position (0 to 20).
+    #[serde(default)]
+    pub top_logprobs: Option<Value>,
 }
+
+/// The `include` value that asks for the output text's log-probabilities.
+pub const LOGPROBS_INCLUDE: &str = "message.output_text.logprobs";
 
 impl ResponsesRequest {
     /// True when the client asked for events.
@@ -216,7 +226,7 @@ pub fn listed_items(response_id: &str, input: &[ChatMessage]) -> Vec<Value> {
             continue;
         }
         if let Some(text) = text.filter(|t| !t.is_empty()) {
-            let part = if m.role == "assistant" { text_part(&text) } else { json!({"type": "input_text", "text": text}) };
+            let part = if m.role == "assistant" { text_part(&text, Vec::new()) } else { json!({"type": "input_text", "text": text}) };
             items.push(json!({"id": format!("msg_{base}_{n}"), "type": "message", "role": m.role, "status": "completed", "content": [part]}));
         }
         for call in m.extra.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
@@ -290,6 +300,12 @@ pub fn to_chat(req: &ResponsesRequest, history: &[ChatMessage], input: &[ChatMes
     }
     if let Some(user) = &req.user {
         extra.insert("user".into(), Value::String(user.clone()));
+    }
+    if req.include.iter().flatten().any(|i| i == LOGPROBS_INCLUDE) {
+        extra.insert("logprobs".into(), Value::Bool(true));
+        if let Some(top) = &req.top_logprobs {
+            extra.insert("top_logprobs".into(), top.clone());
+        }
     }
     Ok(ChatRequest {
         model: req.model.clone(),
@@ -448,7 +464,7 @@ pub fn output_items(envelope: &Envelope, answer: &ChatResponse) -> (Vec<Value>, 
     let status = if incomplete.is_some() { "incomplete" } else { "completed" };
     let mut items = Vec::new();
     if let Some(text) = choice.message.content.as_deref().filter(|t| !t.is_empty()) {
-        items.push(message_item(&envelope.id, text, status));
+        items.push(message_item(&envelope.id, text, logprob_entries(choice.logprobs.as_ref()), status));
     }
     if let Some(Value::Array(calls)) = choice.message.extra.get("tool_calls") {
         for (i, call) in calls.iter().enumerate() {
@@ -462,13 +478,19 @@ pub fn output_items(envelope: &Envelope, answer: &ChatResponse) -> (Vec<Value>, 
     (items, incomplete)
 }
 
-fn message_item(response_id: &str, text: &str, status: &str) -> Value {
-    let content = if status == "in_progress" { Vec::new() } else { vec![text_part(text)] };
+fn message_item(response_id: &str, text: &str, logprobs: Vec<Value>, status: &str) -> Value {
+    let content = if status == "in_progress" { Vec::new() } else { vec![text_part(text, logprobs)] };
     json!({"id": message_id(response_id), "type": "message", "status": status, "role": "assistant", "content": content})
 }
 
-fn text_part(text: &str) -> Value {
-    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+fn text_part(text: &str, logprobs: Vec<Value>) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs})
+}
+
+/// The token entries of a chat answer's or chunk's `logprobs` (the Responses API uses the same
+/// entry shape: `token`, `logprob`, `bytes`, `top_logprobs`).
+fn logprob_entries(logprobs: Option<&Value>) -> Vec<Value> {
+    logprobs.and_then(|l| l.get("content")).and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
 fn function_item(response_id: &str, index: usize, call_id: &str, name: &str, arguments: &str, status: &str) -> Value {
@@ -533,8 +555,8 @@ pub struct EventWriter {
     sequence: u64,
     /// Output items so far; the last may still be open.
     output: Vec<Value>,
-    /// Index in `output` of the open text message, and its text.
-    text: Option<(usize, String)>,
+    /// Index in `output` of the open text message, its text and its tokens' log-probabilities.
+    text: Option<(usize, String, Vec<Value>)>,
     /// Chat tool-call index → index in `output` of its function call.
     calls: Vec<(u64, usize)>,
     finish_reason: Option<String>,
@@ -575,11 +597,13 @@ impl EventWriter {
         for choice in chunk.choices.iter().filter(|c| c.index == 0) {
             if let Some(delta) = choice.delta.content.as_deref().filter(|d| !d.is_empty()) {
                 let output_index = self.open_text(&mut events);
-                if let Some((_, text)) = &mut self.text {
+                let logprobs = logprob_entries(choice.logprobs.as_ref());
+                if let Some((_, text, all)) = &mut self.text {
                     text.push_str(delta);
+                    all.extend(logprobs.iter().cloned());
                 }
                 let item_id = message_id(&self.envelope.id);
-                events.push(self.event("response.output_text.delta", json!({"item_id": item_id, "output_index": output_index, "content_index": 0, "delta": delta, "logprobs": []})));
+                events.push(self.event("response.output_text.delta", json!({"item_id": item_id, "output_index": output_index, "content_index": 0, "delta": delta, "logprobs": logprobs})));
             }
             if let Some(Value::Array(calls)) = choice.delta.extra.get("tool_calls") {
                 for call in calls {
@@ -595,16 +619,16 @@ impl EventWriter {
 
     /// Opens the text message if it is not open; returns its output index.
     fn open_text(&mut self, events: &mut Vec<Event>) -> usize {
-        if let Some((index, _)) = &self.text {
+        if let Some((index, ..)) = &self.text {
             return *index;
         }
         let index = self.output.len();
-        let item = message_item(&self.envelope.id, "", "in_progress");
+        let item = message_item(&self.envelope.id, "", Vec::new(), "in_progress");
         self.output.push(item.clone());
-        self.text = Some((index, String::new()));
+        self.text = Some((index, String::new(), Vec::new()));
         events.push(self.event("response.output_item.added", json!({"output_index": index, "item": item})));
         let item_id = message_id(&self.envelope.id);
-        events.push(self.event("response.content_part.added", json!({"item_id": item_id, "output_index": index, "content_index": 0, "part": text_part("")})));
+        events.push(self.event("response.content_part.added", json!({"item_id": item_id, "output_index": index, "content_index": 0, "part": text_part("", Vec::new())})));
         index
     }
 
@@ -638,17 +662,17 @@ impl EventWriter {
         let incomplete = incomplete_reason(self.finish_reason.as_deref());
         let item_status = if incomplete.is_some() { "incomplete" } else { "completed" };
         let mut open: Vec<usize> = self.calls.iter().map(|(_, at)| *at).collect();
-        if let Some((at, _)) = &self.text {
+        if let Some((at, ..)) = &self.text {
             open.push(*at);
         }
         open.sort_unstable();
         for at in open {
             let item_id = self.output[at]["id"].clone();
             if self.output[at]["type"] == "message" {
-                let text = self.text.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
-                events.push(self.event("response.output_text.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "text": text, "logprobs": []})));
-                events.push(self.event("response.content_part.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "part": text_part(&text)})));
-                self.output[at] = message_item(&self.envelope.id, &text, item_status);
+                let (text, logprobs) = self.text.as_ref().map(|(_, t, l)| (t.clone(), l.clone())).unwrap_or_default();
+                events.push(self.event("response.output_text.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "text": text, "logprobs": logprobs.clone()})));
+                events.push(self.event("response.content_part.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "part": text_part(&text, logprobs.clone())})));
+                self.output[at] = message_item(&self.envelope.id, &text, logprobs, item_status);
             } else {
                 let arguments = self.output[at]["arguments"].clone();
                 let name = self.output[at]["name"].clone();
@@ -753,6 +777,43 @@ mod tests {
         assert_eq!(response["output"][1]["arguments"], "{\"a\":1}");
         assert_eq!(response["output"][1]["call_id"], "call_a");
         assert_eq!(response["status"], "completed");
+    }
+
+    #[test]
+    fn output_text_logprobs_are_asked_for_and_carried_streamed_or_not() {
+        let plain = request(json!({"model": "auto", "input": "x", "top_logprobs": 2}));
+        let chat = to_chat(&plain, &[], &input_messages(&plain).unwrap()).unwrap();
+        assert!(!chat.extra.contains_key("logprobs") && !chat.extra.contains_key("top_logprobs"), "only with include");
+        let req = request(json!({"model": "auto", "input": "x", "include": [LOGPROBS_INCLUDE], "top_logprobs": 2}));
+        let chat = to_chat(&req, &[], &input_messages(&req).unwrap()).unwrap();
+        assert_eq!((&chat.extra["logprobs"], &chat.extra["top_logprobs"]), (&json!(true), &json!(2)));
+
+        let entry = |t: &str| json!({"token": t, "logprob": -0.5, "bytes": t.as_bytes(), "top_logprobs": []});
+        let with_logprobs = |delta: Value, tokens: &[&str]| {
+            let mut c = chunk(delta, None);
+            c.choices[0].logprobs = Some(json!({"content": tokens.iter().map(|t| entry(t)).collect::<Vec<_>>(), "refusal": null}));
+            c
+        };
+        let mut writer = EventWriter::new(Envelope::new(&req, "resp_1".into(), 5));
+        writer.start();
+        let first = writer.chunk(&with_logprobs(json!({"content": "He"}), &["He"]));
+        let second = writer.chunk(&with_logprobs(json!({"content": "llo"}), &["l", "lo"]));
+        writer.chunk(&chunk(json!({}), Some("stop")));
+        let (end, response) = writer.finish();
+        let delta = |events: &[Event]| events.iter().find(|(k, _)| *k == "response.output_text.delta").unwrap().1["logprobs"].clone();
+        assert_eq!(delta(&first), json!([entry("He")]));
+        assert_eq!(delta(&second), json!([entry("l"), entry("lo")]));
+        let all = json!([entry("He"), entry("l"), entry("lo")]);
+        let done = end.iter().find(|(k, _)| *k == "response.output_text.done").unwrap();
+        assert_eq!(done.1["logprobs"], all);
+        assert_eq!(response["output"][0]["content"][0]["logprobs"], all);
+
+        let answer: ChatResponse = serde_json::from_value(json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop",
+                         "logprobs": {"content": all, "refusal": null}}]}))
+        .unwrap();
+        let whole = from_chat(&mut Envelope::new(&req, "resp_2".into(), 5), &answer);
+        assert_eq!(whole["output"][0]["content"][0]["logprobs"], all);
     }
 
     #[test]

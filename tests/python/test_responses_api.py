@@ -84,6 +84,26 @@ def test_stream_events_match_the_spec_in_the_api_order(gateway, schemas):
     assert final["usage"]["output_tokens"] >= 1
 
 
+def test_output_text_logprobs_when_included_streamed_or_not(gateway, schemas):
+    body = {"model": "local-small", "input": "Name three colours.", "max_output_tokens": 16, "temperature": 0,
+            "include": ["message.output_text.logprobs"], "top_logprobs": 2}
+    raw = client_for(gateway).responses.with_raw_response.create(**body)
+    schemas.validate("Response", raw.http_response.json())
+    part = raw.parse().output[0].content[0]
+    assert part.logprobs and "".join(e.token for e in part.logprobs) == part.text
+    assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in part.logprobs)
+    events = raw_events(gateway, body)
+    for name, data in events:
+        schemas.validate(EVENT_SCHEMAS[name], data)
+    streamed = [e for n, d in events if n == "response.output_text.delta" for e in d["logprobs"]]
+    done = next(d for n, d in events if n == "response.output_text.done")
+    assert streamed == done["logprobs"] == events[-1][1]["response"]["output"][0]["content"][0]["logprobs"]
+    assert [e["token"] for e in streamed] == [e.token for e in part.logprobs], "greedy: the same tokens either way"
+    # Without `include`, none.
+    plain = client_for(gateway).responses.create(**{k: v for k, v in body.items() if k != "include"})
+    assert plain.output[0].content[0].logprobs == []
+
+
 def test_sdk_stream_helper_collects_the_text(gateway):
     # The SDK's helper needs `response.completed`: an answer that ends by itself (not cut by
     # max_output_tokens, which ends with `response.incomplete`).
