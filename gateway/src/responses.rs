@@ -484,7 +484,7 @@ fn message_item(response_id: &str, text: &str, logprobs: Vec<Value>, status: &st
 }
 
 fn text_part(text: &str, logprobs: Vec<Value>) -> Value {
-    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs})
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": Value::Array(logprobs)})
 }
 
 /// The token entries of a chat answer's or chunk's `logprobs` (the Responses API uses the same
