@@ -275,6 +275,70 @@ fn naming_the_key(text: &str, line: usize, message: &str) -> String {
     }
 }
 
+/// Points `file`'s problems (`"{file}: …"`) at the line of the key they name, as its parse
+/// errors are.
+fn with_lines(problems: &mut [String], file: &str, text: &str) {
+    let Ok(doc) = toml_edit::ImDocument::parse(text) else { return };
+    let prefix = format!("{file}: ");
+    for problem in problems {
+        let Some(rest) = problem.strip_prefix(&prefix) else { continue };
+        if let Some(line) = line_of_problem(&doc, text, rest) {
+            *problem = format!("{file}:{line}: {rest}");
+        }
+    }
+}
+
+/// The line of `text` where the deepest key that `problem` names is written: each word of the
+/// message that names a key under the one found so far moves there (`local.parallel = 0 …`,
+/// `providers[1]: name … is used twice`, `tenants[0]: tenant …: budget.daily_usd …`). `None` when no word names a key
+/// written in the file (a default was wrong, or the problem spans several keys).
+fn line_of_problem(doc: &toml_edit::ImDocument<&str>, text: &str, problem: &str) -> Option<usize> {
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let mut found = None;
+    let words = problem.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']')));
+    for word in words.map(|w| w.trim_end_matches('.')).filter(|w| !w.is_empty()) {
+        if let Some((next, at)) = resolve_key(table, word) {
+            found = Some(at);
+            match next {
+                Some(next) => table = next,
+                // A value: nothing lies under it.
+                None => break,
+            }
+        }
+    }
+    found.map(|at| line_of(text, at))
+}
+
+/// The table (if it is one) at dotted `path` (segments `name` or `name[i]`) under `table`, and
+/// where it is written.
+fn resolve_key<'a>(table: &'a dyn toml_edit::TableLike, path: &str) -> Option<(Option<&'a dyn toml_edit::TableLike>, usize)> {
+    let mut node = Some(table);
+    let mut at = None;
+    for segment in path.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (segment, None),
+        };
+        let (key, item) = node?.get_key_value(name)?;
+        at = key.span().map(|s| s.start).or(at);
+        node = match index {
+            None => item.as_table_like(),
+            Some(i) => {
+                if let Some(tables) = item.as_array_of_tables() {
+                    let t = tables.get(i)?;
+                    at = t.span().map(|s| s.start).or(at);
+                    Some(t as &dyn toml_edit::TableLike)
+                } else {
+                    let v = item.as_array()?.get(i)?;
+                    at = v.span().map(|s| s.start).or(at);
+                    v.as_inline_table().map(|t| t as &dyn toml_edit::TableLike)
+                }
+            }
+        };
+    }
+    Some((node, at?))
+}
+
 fn read(path: &Path) -> Result<String, ConfigErrors> {
     std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors { problems: vec![format!("{}: cannot read: {e}", path.display())] })
@@ -372,6 +436,7 @@ impl GatewayConfig {
                 None
             }
         };
+        with_lines(&mut problems, file, text);
         let scorer = policy.as_ref().and_then(|p| load_scorer(p, &policy_name, &mut problems));
         match (problems.is_empty(), listen, policy) {
             (true, Ok(listen), Some(policy)) => Ok(Self {
@@ -551,6 +616,33 @@ mod tests {
         assert!(err.contains("tenants[1]: keys[0] is also a key of tenant \"a\"") && !err.contains(&"ab".repeat(32)), "{err}");
         assert!(err.contains("base_url \"127.0.0.1:9/v1\" is not an http:// or https:// URL"), "{err}");
         assert!(err.contains("input_per_mtok must be a price of 0 or more"), "{err}");
+    }
+
+    #[test]
+    fn checked_values_point_at_their_lines() {
+        let dir = tempdir();
+        let p = policy(&dir, "openai/gpt-4o");
+        let text = format!(
+            "[policy]\nfile = \"{p}\"\n[server]\nmax_body_bytes = 0\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"127.0.0.1:9/v1\"\nmodels = [{{ name = \"gpt-4o\" }}]\n[[tenants]]\nname = \"a\"\n\nbudget = {{ daily_usd = -1.0 }}\n[[tenants]]\nname = \"a\"\n[cache]\nttl_s = 0\n"
+        );
+        let err = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap_err().to_string();
+        for expected in [
+            "g.toml:4: server.max_body_bytes must be positive",
+            "g.toml:8: providers[0]: provider \"openai\": base_url",
+            "g.toml:13: tenants[0]: tenant \"a\": budget.daily_usd",
+            // The duplicate's own name line.
+            "g.toml:15: tenants[1]: name \"a\" is used twice",
+            "g.toml:17: cache.ttl_s must be positive",
+        ] {
+            assert!(err.contains(expected), "{expected}\n{err}");
+        }
+        let listen = format!("[policy]\nfile = \"{p}\"\n[server]\nlisten = \"nowhere\"\n");
+        let err = GatewayConfig::load(&write(&dir, "g.toml", &listen), None).unwrap_err().to_string();
+        assert!(err.contains("g.toml:4: server.listen: \"nowhere\" is not a socket address"), "{err}");
+        // Given by SWITCHYARD_LISTEN instead, it is not the file's line.
+        let listen = format!("[policy]\nfile = \"{p}\"\n");
+        let err = GatewayConfig::load(&write(&dir, "g.toml", &listen), Some("nowhere")).unwrap_err().to_string();
+        assert!(err.contains("SWITCHYARD_LISTEN: \"nowhere\" is not a socket address") && !err.contains("g.toml"), "{err}");
     }
 
     #[test]
