@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::accounting::{unix_ms, UsageRecord};
@@ -26,7 +26,7 @@ struct TenantLimits {
 }
 
 /// Which store holds a request's rate units and reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Held {
     /// Nothing was taken (no limits, or Redis down under `fail_closed` for a local request).
     Nowhere,
@@ -42,6 +42,18 @@ pub struct Ticket {
     tenant: String,
     lease: Option<String>,
     held: Held,
+    /// Keeps the lease renewed while any copy of the ticket lives (see [`Limiter::renew_leases`]).
+    _alive: Option<Arc<()>>,
+}
+
+/// A reservation of a request still running here, renewed until it settles.
+#[derive(Debug)]
+struct LiveLease {
+    tenant: String,
+    held: Held,
+    /// Gone when every copy of the request's ticket is: a request that ended without settling
+    /// stops being renewed, and its reservation lapses as a dead replica's would.
+    alive: Weak<()>,
 }
 
 /// `(limit, remaining)` of requests and of tokens per minute, for `x-ratelimit-*`.
@@ -73,6 +85,11 @@ pub struct Limiter {
     seen: Mutex<HashMap<String, (Periods, Spend)>>,
     /// Settlements waiting for Redis to return.
     retrying: AtomicUsize,
+    /// Reservations of requests running here, by lease.
+    live: Mutex<HashMap<String, LiveLease>>,
+    /// Settlements started and not yet finished, and the signal that one finished.
+    settling: AtomicUsize,
+    settled: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -106,6 +123,9 @@ impl Limiter {
             metrics,
             seen: Mutex::new(HashMap::new()),
             retrying: AtomicUsize::new(0),
+            live: Mutex::new(HashMap::new()),
+            settling: AtomicUsize::new(0),
+            settled: tokio::sync::Notify::new(),
         }
     }
 
@@ -166,7 +186,15 @@ impl Limiter {
         standing: &mut Standing,
     ) -> Result<Admitted, ApiError> {
         let limits = self.tenants.get(tenant).copied().unwrap_or_default();
-        let ticket = |held, lease: Option<String>| Ticket { tenant: tenant.to_owned(), lease, held };
+        let ticket = |held, lease: Option<String>| {
+            let alive = lease.as_ref().map(|lease| {
+                let alive = Arc::new(());
+                let live = LiveLease { tenant: tenant.to_owned(), held, alive: Arc::downgrade(&alive) };
+                self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(lease.clone(), live);
+                alive
+            });
+            Ticket { tenant: tenant.to_owned(), lease, held, _alive: alive }
+        };
         if limits.rate.is_none() && limits.budget.is_none() {
             return Ok(Admitted::Yes(ticket(Held::Nowhere, None)));
         }
@@ -213,6 +241,10 @@ impl Limiter {
                 Ok(Admitted::Yes(ticket(held, lease)))
             }
             Some(Refusal::Requests) => Err(ApiError::TenantRateLimited { what: "requests", retry_after_s }),
+            // More than the whole allowance: no wait makes it fit.
+            Some(Refusal::Tokens) if rate.tpm.is_some_and(|limit| prompt_tokens > u64::from(limit)) => {
+                Err(ApiError::RequestOverTokenLimit { limit: rate.tpm.unwrap_or_default(), requested: prompt_tokens })
+            }
             Some(Refusal::Tokens) => Err(ApiError::TenantRateLimited { what: "tokens", retry_after_s }),
             Some(Refusal::Budget) => match limits.budget.map(|b| b.on_exceed) {
                 Some(OnExceed::Local) => Ok(Admitted::OverBudgetTryLocal { retry_after_s }),
@@ -224,6 +256,9 @@ impl Limiter {
     /// Settles a finished request (in the background): releases its reservation, adds its cost
     /// and takes its completion tokens. A settlement Redis cannot take is retried until it can.
     pub fn settle(self: &Arc<Self>, ticket: &Ticket, record: &UsageRecord) {
+        if let Some(lease) = &ticket.lease {
+            self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(lease);
+        }
         let limits = self.tenants.get(&ticket.tenant).copied().unwrap_or_default();
         let cost_nusd = if limits.budget.is_some() { usd_to_nanos(record.cost_usd) } else { 0 };
         let tpm = limits.rate.and_then(|r| r.tpm).filter(|_| record.completion_tokens > 0);
@@ -240,7 +275,67 @@ impl Limiter {
         };
         let limiter = Arc::clone(self);
         let in_fallback = ticket.held == Held::Fallback;
-        runtime.spawn(async move { limiter.settle_owned(owned, in_fallback).await });
+        self.settling.fetch_add(1, Relaxed);
+        runtime.spawn(async move {
+            limiter.settle_owned(owned, in_fallback).await;
+            limiter.settling.fetch_sub(1, Relaxed);
+            limiter.settled.notify_waiters();
+        });
+    }
+
+    /// Waits until every settlement started so far has reached the store, at most `deadline`
+    /// (a stopping replica must not take its requests' spend with it); returns how many have
+    /// not (they wait for an unreachable Redis).
+    pub async fn finish_settlements(&self, deadline: Duration) -> usize {
+        let wait = async {
+            loop {
+                let settled = self.settled.notified();
+                if self.settling.load(Relaxed) == 0 {
+                    return;
+                }
+                settled.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
+        self.settling.load(Relaxed)
+    }
+
+    /// How often [`Limiter::renew_leases`] must run: well within a lease's lifetime.
+    pub fn lease_renewal_interval(&self) -> Duration {
+        (Duration::from_millis(self.lease_ttl_ms) / 3).clamp(Duration::from_millis(100), Duration::from_mins(1))
+    }
+
+    /// Pushes back the expiry of every reservation whose request is still running here, so
+    /// that a request outliving `lease_ttl_s` keeps its money reserved; only a dead replica's
+    /// reservations lapse. Forgets requests that ended without settling.
+    pub async fn renew_leases(&self) {
+        let mut by_store: HashMap<(Held, String), Vec<String>> = HashMap::new();
+        {
+            let mut live = self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            live.retain(|_, l| l.alive.strong_count() > 0);
+            for (lease, l) in live.iter() {
+                by_store.entry((l.held, l.tenant.clone())).or_default().push(lease.clone());
+            }
+        }
+        let now_ms = unix_ms();
+        for ((held, tenant), leases) in by_store {
+            let leases: Vec<&str> = leases.iter().map(String::as_str).collect();
+            let renewed = match (held, &self.fallback) {
+                (Held::Fallback, Some(fallback)) => Ok(fallback.renew_now(&tenant, &leases, now_ms, self.lease_ttl_ms)),
+                (Held::Fallback | Held::Nowhere, _) => continue,
+                (Held::Primary, _) => self.primary.renew(&tenant, &leases, now_ms, self.lease_ttl_ms).await,
+            };
+            if let Err(err) = renewed {
+                tracing::warn!(error = %err, tenant = %tenant, leases = leases.len(), "could not renew the reservations of running requests");
+            }
+        }
+    }
+
+    /// Reservations of requests running here (renewed until they settle).
+    pub fn live_leases(&self) -> usize {
+        let mut live = self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        live.retain(|_, l| l.alive.strong_count() > 0);
+        live.len()
     }
 
     async fn settle_owned(&self, s: OwnedSettlement, in_fallback: bool) {
@@ -335,5 +430,66 @@ struct OwnedSettlement {
 impl OwnedSettlement {
     fn borrow(&self) -> Settlement<'_> {
         Settlement { tenant: &self.tenant, now_ms: self.now_ms, lease: self.lease.as_deref(), cost_nusd: self.cost_nusd, tpm: self.tpm }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter() -> Limiter {
+        let tenant: TenantConfig = toml::from_str("name = \"acme\"\nbudget = { daily_usd = 1.0 }\n").unwrap();
+        Limiter::new(&[tenant], None, Arc::new(Metrics::new().unwrap()))
+    }
+
+    async fn admitted(limiter: &Limiter, lease: &str) -> Ticket {
+        match limiter.admit("acme", 10, 1_000_000, true, lease, &mut (None, None)).await.unwrap() {
+            Admitted::Yes(ticket) => ticket,
+            Admitted::OverBudgetTryLocal { .. } => panic!("over budget"),
+        }
+    }
+
+    /// What the store holds reserved, read as at `at_ms`.
+    async fn reserved_at(limiter: &Limiter, at_ms: u64) -> u64 {
+        let read = Admission {
+            tenant: "acme",
+            now_ms: at_ms,
+            rpm: None,
+            tpm: None,
+            budget: limiter.budget("acme").map(|b| b.limits()),
+            reserve_nusd: 0,
+            lease: "",
+            lease_ttl_ms: 0,
+        };
+        limiter.primary.admit(&read).await.unwrap().spend.reserved_nusd
+    }
+
+    #[tokio::test]
+    async fn running_requests_keep_their_reservations_and_a_stop_awaits_their_settlements() {
+        let mut limiter = limiter();
+        // Two requests admitted under 50 ms leases; one ends without settling.
+        limiter.lease_ttl_ms = 50;
+        let running = admitted(&limiter, "running").await;
+        drop(admitted(&limiter, "ended").await);
+        assert_eq!(limiter.live_leases(), 1, "a request gone without settling is not renewed");
+        // The renewal gives the running one ten minutes more; the other lapses on time.
+        limiter.lease_ttl_ms = 600_000;
+        limiter.renew_leases().await;
+        assert_eq!(reserved_at(&limiter, unix_ms() + 10_000).await, 1_000_000);
+        // Settled: no longer renewed, and a stopping replica waits until the store has it.
+        let limiter = Arc::new(limiter);
+        limiter.settle(&running, &UsageRecord { ts: unix_ms(), tenant: "acme".into(), cost_usd: 0.0005, ..UsageRecord::default() });
+        assert_eq!(limiter.live_leases(), 0);
+        assert_eq!(limiter.finish_settlements(Duration::from_secs(10)).await, 0);
+        let (_, _, spend) = limiter.budgets().remove(0);
+        assert_eq!((spend.daily_nusd, spend.reserved_nusd), (500_000, 0));
+    }
+
+    #[test]
+    fn leases_are_renewed_well_within_their_lifetime() {
+        let mut limiter = limiter();
+        assert_eq!(limiter.lease_renewal_interval(), Duration::from_mins(1), "600 s leases");
+        limiter.lease_ttl_ms = 3_000;
+        assert_eq!(limiter.lease_renewal_interval(), Duration::from_secs(1));
     }
 }

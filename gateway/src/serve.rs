@@ -16,6 +16,8 @@ use crate::state::AppState;
 
 /// How long in-flight requests may take to finish after a stop signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the finished requests' settlements may take to reach the store after the drain.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the budget gauges and the routing signal are read back from the store, and this
 /// replica's figures published for the cluster view.
 const BUDGET_REFRESH: Duration = Duration::from_secs(5);
@@ -49,6 +51,17 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
             }
         })
     };
+    // A request that outlives a lease keeps its reservation while this replica runs it.
+    let renewer = {
+        let limiter = Arc::clone(&state.limiter);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(limiter.lease_renewal_interval());
+            loop {
+                tick.tick().await;
+                limiter.renew_leases().await;
+            }
+        })
+    };
     let stopping = Arc::new(Notify::new());
     {
         let state = Arc::clone(&state);
@@ -71,6 +84,13 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         }
     }
     late.abort();
+    // The requests' settlements (spend, released reservations) reach the store before the
+    // process goes: a restart must not lose spend.
+    let unsettled = state.limiter.finish_settlements(SETTLE_DEADLINE).await;
+    if unsettled > 0 {
+        warn!(unsettled, deadline_s = SETTLE_DEADLINE.as_secs(), "stopping with settlements the limits store has not taken; their reservations lapse with their leases");
+    }
+    renewer.abort();
     refresher.abort();
     if let Some(local) = &state.local {
         // Before the process exits, so llama.cpp is never torn down under a running decode.

@@ -5,6 +5,7 @@ away and coming back under both `on_outage` settings."""
 import asyncio
 import math
 import re
+import signal
 import time
 import uuid
 
@@ -191,3 +192,34 @@ def test_admin_stats_are_cluster_wide_with_redis(tmp_path, fake_provider, privat
     finally:
         for gw in gws:
             gw.stop()
+
+
+def test_a_stopping_replica_settles_its_last_requests_in_redis(tmp_path, fake_provider, private_redis):
+    # The URL (which may carry a password) comes from the environment, not the file.
+    config = remote_only_config(fake_provider, '[[tenants]]\nname = "default"\nbudget = { daily_usd = 1.0 }\n'
+                                '\n[redis]\nurl_env = "SY_TEST_REDIS_URL"\n')
+    gw = Gateway(tmp_path, config, policy='[[rule]]\nname = "gated"\nroute = "fake/gated"\n', env={"SY_TEST_REDIS_URL": private_redis.url})
+    try:
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", timeout=60, json={
+                "model": "auto", "stream": True, "max_tokens": 1000, "messages": [{"role": "user", "content": "x"}]}) as r:
+            assert r.status_code == 200
+            request_id = r.headers["x-request-id"]
+            lines = r.iter_lines()
+            for line in lines:
+                if "first" in line:
+                    break
+            assert int(private_redis.cli("GET", "switchyard:{default}:reserved")) > 0
+            gw.process.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: httpx.get(f"{gw.base}/readyz").status_code == 503, what="the drain to start")
+            httpx.post(f"{fake_provider}/control/release")
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]", rest
+        assert gw.process.proc.wait(timeout=60) == 0
+        record = accounting_record(gw, request_id)
+        # Settled before the process went: the spend is in Redis and nothing stays reserved.
+        assert int(private_redis.cli("GET", "switchyard:{default}:reserved") or 0) == 0
+        day_keys = private_redis.cli("--scan", "--pattern", "switchyard:{default}:spend:day:*").split()
+        assert len(day_keys) == 1, day_keys
+        assert int(private_redis.cli("GET", day_keys[0])) == round(float(record["cost_usd"]) * 1e9) > 0
+    finally:
+        gw.stop()

@@ -105,6 +105,21 @@ impl MemoryStore {
         })
     }
 
+    /// Renews synchronously (the trait's `renew` is this).
+    pub fn renew_now(&self, tenant: &str, leases: &[&str], now_ms: u64, lease_ttl_ms: u64) -> usize {
+        self.with_tenant(tenant, |state| {
+            state.leases.retain(|_, (_, expiry)| *expiry > now_ms);
+            let mut renewed = 0;
+            for lease in leases {
+                if let Some((_, expiry)) = state.leases.get_mut(*lease) {
+                    *expiry = now_ms + lease_ttl_ms;
+                    renewed += 1;
+                }
+            }
+            renewed
+        })
+    }
+
     /// Settles synchronously (the trait's `settle` is this).
     pub fn settle_now(&self, s: &Settlement<'_>) -> Spend {
         let periods = Periods::at(s.now_ms);
@@ -129,5 +144,9 @@ impl Store for MemoryStore {
 
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<Spend, StoreError> {
         Ok(self.settle_now(settlement))
+    }
+
+    async fn renew(&self, tenant: &str, leases: &[&str], now_ms: u64, lease_ttl_ms: u64) -> Result<usize, StoreError> {
+        Ok(self.renew_now(tenant, leases, now_ms, lease_ttl_ms))
     }
 }

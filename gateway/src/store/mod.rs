@@ -8,6 +8,8 @@
 //!   stay). Nothing is written when anything does not fit.
 //! - **settle**: release the lease and add the actual cost to the day's and month's spend (and
 //!   the completion tokens to the token rate).
+//! - **renew**: push back the expiry of leases whose requests are still running on a live
+//!   replica, so that only a dead replica's reservations lapse.
 //!
 //! The behaviour suite in `tests.rs` runs against both.
 
@@ -106,6 +108,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn admit(&self, admission: &Admission<'_>) -> Result<Outcome, StoreError>;
     /// Releases a reservation and records the actual cost.
     async fn settle(&self, settlement: &Settlement<'_>) -> Result<Spend, StoreError>;
+    /// Moves the expiry of `tenant`'s `leases` that have neither settled nor lapsed to
+    /// `now_ms + lease_ttl_ms`; returns how many it moved.
+    async fn renew(&self, tenant: &str, leases: &[&str], now_ms: u64, lease_ttl_ms: u64) -> Result<usize, StoreError>;
 }
 
 /// Milliseconds until a refused reservation could fit: the end of every period whose settled

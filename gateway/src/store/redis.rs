@@ -28,8 +28,13 @@ pub enum OnOutage {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]` (`rediss://` is not built in).
-    pub url: String,
+    /// `redis://[:password@]host:port[/db]` (`rediss://` is not built in).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The environment variable holding the URL instead, when it carries a password (secrets
+    /// are read from the environment, never written in the file).
+    #[serde(default)]
+    pub url_env: Option<String>,
     /// `fail_closed` (default) or `fail_open`.
     #[serde(default)]
     pub on_outage: OnOutage,
@@ -52,8 +57,10 @@ impl RedisConfig {
     /// What is wrong with it (the URL itself is never echoed: it may hold a password).
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if redis::Client::open(self.url.as_str()).is_err() {
-            problems.push("redis.url is not a redis:// URL".to_owned());
+        match (&self.url, &self.url_env) {
+            (Some(url), None) if redis::Client::open(url.as_str()).is_err() => problems.push("redis.url is not a redis:// URL".to_owned()),
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => problems.push("redis needs url or url_env (one of them)".to_owned()),
         }
         if self.timeout_ms == 0 {
             problems.push("redis.timeout_ms must be positive".to_owned());
@@ -76,6 +83,7 @@ pub struct RedisStore {
     last_connect: tokio::sync::Mutex<Option<Instant>>,
     admit: redis::Script,
     settle: redis::Script,
+    renew: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -121,7 +129,15 @@ const SPEND_KEPT_MS: u64 = 2 * 86_400_000;
 impl RedisStore {
     /// A store for `config` (connects on first use and reconnects by itself).
     pub fn new(config: &RedisConfig) -> Result<Self, StoreError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|_| StoreError("redis.url is not a redis:// URL".into()))?;
+        let (url, key) = match (&config.url, &config.url_env) {
+            (Some(url), _) => (url.clone(), "redis.url".to_owned()),
+            (None, Some(var)) => (
+                std::env::var(var).map_err(|_| StoreError(format!("redis.url_env: environment variable {var} is not set")))?,
+                format!("redis.url_env ({var})"),
+            ),
+            (None, None) => return Err(StoreError("redis needs url or url_env".into())),
+        };
+        let client = redis::Client::open(url.as_str()).map_err(|_| StoreError(format!("{key} is not a redis:// URL")))?;
         Ok(Self {
             client,
             timeout: Duration::from_millis(config.timeout_ms),
@@ -129,6 +145,7 @@ impl RedisStore {
             last_connect: tokio::sync::Mutex::new(None),
             admit: redis::Script::new(&format!("{PRELUDE}\n{}", include_str!("admit.lua"))),
             settle: redis::Script::new(&format!("{PRELUDE}\n{}", include_str!("settle.lua"))),
+            renew: redis::Script::new(&format!("{PRELUDE}\n{}", include_str!("renew.lua"))),
         })
     }
 
@@ -157,8 +174,11 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let manager = tokio::time::timeout(self.timeout * 2, ConnectionManager::new_with_config(self.client.clone(), config))
             .await
-            .map_err(|_| StoreError("connecting to Redis timed out".into()))?
-            .map_err(|e| StoreError(format!("connecting to Redis: {}", e.kind_str())))?;
+            .map_err(|_| StoreError("connecting to Redis timed out".into()))
+            .and_then(|connected| connected.map_err(|e| StoreError(format!("connecting to Redis: {}", e.kind_str()))))
+            // Logged here, once per attempt: callers in between only see "unreachable", and a
+            // refused password must not read as a network problem.
+            .inspect_err(|err| tracing::warn!(error = %err, "could not connect to Redis"))?;
         *self.manager.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(manager.clone());
         tracing::info!("connected to Redis");
         Ok(manager)
@@ -265,5 +285,20 @@ impl Store for RedisStore {
             return Err(StoreError(format!("unexpected reply from the settlement script: {v:?}")));
         };
         Ok(Spend { daily_nusd: non_negative(day), monthly_nusd: non_negative(month), reserved_nusd: non_negative(reserved) })
+    }
+
+    async fn renew(&self, tenant: &str, leases: &[&str], now_ms: u64, lease_ttl_ms: u64) -> Result<usize, StoreError> {
+        let keys = Keys::new(tenant);
+        let mut invocation = self.renew.prepare_invoke();
+        invocation.key(keys.key("leases")).key(keys.key("lease_amounts")).key(keys.key("reserved"));
+        invocation.arg(now_ms).arg(now_ms + lease_ttl_ms).arg(lease_ttl_ms * 2);
+        for lease in leases {
+            invocation.arg(*lease);
+        }
+        let v = self.run(invocation).await?;
+        let [renewed] = v[..] else {
+            return Err(StoreError(format!("unexpected reply from the renewal script: {v:?}")));
+        };
+        Ok(usize::try_from(renewed).unwrap_or(0))
     }
 }

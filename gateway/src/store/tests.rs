@@ -46,7 +46,8 @@ impl Drop for PrivateRedis {
 
 pub(crate) fn redis_store(redis: &PrivateRedis) -> RedisStore {
     RedisStore::new(&RedisConfig {
-        url: format!("redis://127.0.0.1:{}", redis.port),
+        url: Some(format!("redis://127.0.0.1:{}", redis.port)),
+        url_env: None,
         on_outage: redis::OnOutage::FailClosed,
         timeout_ms: 2000,
         lease_ttl_s: 600,
@@ -128,6 +129,23 @@ async fn a_lapsed_lease_gives_its_money_back(store: &dyn Store) {
     assert_eq!((spend.daily_nusd, spend.reserved_nusd), (100, 900));
 }
 
+async fn a_renewed_lease_keeps_its_money_reserved(store: &dyn Store) {
+    let running = Admission { budget: Some(BUDGET), reserve_nusd: 900, lease_ttl_ms: 5_000, ..admission("long", "stream", NOON) };
+    assert_eq!(store.admit(&running).await.unwrap().refused, None);
+    // Its replica is alive and renews it; a lease never admitted is not created.
+    assert_eq!(store.renew("long", &["stream", "never-admitted"], NOON + 4_000, 5_000).await.unwrap(), 1);
+    let next = Admission { budget: Some(BUDGET), reserve_nusd: 900, ..admission("long", "next", NOON + 8_000) };
+    let o = store.admit(&next).await.unwrap();
+    assert_eq!((o.refused, o.spend.reserved_nusd), (Some(Refusal::Budget), 900), "still held past its first expiry");
+    // Renewals stop (the replica died): it lapses at the renewed expiry, and is not brought back.
+    let o = store.admit(&Admission { now_ms: NOON + 9_000, ..next }).await.unwrap();
+    assert_eq!((o.refused, o.spend.reserved_nusd), (None, 900), "only the new reservation is held");
+    assert_eq!(store.renew("long", &["stream"], NOON + 9_500, 5_000).await.unwrap(), 0);
+    // A settled lease is not renewed either.
+    store.settle(&settlement("long", Some("next"), 0, NOON + 9_600)).await.unwrap();
+    assert_eq!(store.renew("long", &["next"], NOON + 9_700, 5_000).await.unwrap(), 0);
+}
+
 async fn tenants_are_independent(store: &dyn Store) {
     let a = Admission { budget: Some(BUDGET), reserve_nusd: 1_000, ..admission("t1", "x", NOON) };
     assert_eq!(store.admit(&a).await.unwrap().refused, None);
@@ -157,6 +175,7 @@ async fn suite(store: Arc<dyn Store>) {
     rate_limits_refill_and_refuse_with_retry_after(store.as_ref()).await;
     reservations_hold_money_until_settled(store.as_ref()).await;
     a_lapsed_lease_gives_its_money_back(store.as_ref()).await;
+    a_renewed_lease_keeps_its_money_reserved(store.as_ref()).await;
     tenants_are_independent(store.as_ref()).await;
     concurrent_reservations_never_overcommit(store).await;
 }
