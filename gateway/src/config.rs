@@ -236,6 +236,9 @@ fn store_problems(raw: &RawConfig) -> Vec<String> {
         problems.extend(shadow.problems(&is_remote));
     }
     problems.extend(raw.responses.problems());
+    if let Some(audit) = raw.audit.as_ref().filter(|a| a.path.is_dir()) {
+        problems.push(format!("audit.path {:?} is a directory; name the file to write", audit.path.display().to_string()));
+    }
     if let Some(embeddings) = &raw.local_embeddings {
         problems.extend(embeddings.problems());
         if raw.local.as_ref().is_some_and(|l| l.name == embeddings.name) {
@@ -345,6 +348,29 @@ fn read(path: &Path) -> Result<String, ConfigErrors> {
 }
 
 impl GatewayConfig {
+    /// The secrets this configuration names that `serve` would not find in this environment
+    /// (unset, or empty where an empty value would be a hole): `check` warns about them, as it
+    /// may run where the secrets are not.
+    pub fn missing_secrets(&self) -> Vec<String> {
+        let unset = |var: &str| std::env::var_os(var).is_none();
+        let mut out: Vec<String> = self
+            .providers
+            .iter()
+            .filter_map(|p| Some((p, p.api_key_env.as_deref()?)))
+            .filter(|(_, var)| unset(var))
+            .map(|(p, var)| format!("provider {:?}: environment variable {var} (api_key_env) is not set here; `serve` refuses to start without it", p.name))
+            .collect();
+        if let Some(var) = self.redis.as_ref().and_then(|r| r.url_env.as_ref()).filter(|var| unset(var)) {
+            out.push(format!("redis.url_env: environment variable {var} is not set here; `serve` refuses to start without it"));
+        }
+        if let Some(var) = &self.server.admin_key_env {
+            if std::env::var(var).map_or(true, |k| k.trim().is_empty()) {
+                out.push(format!("server.admin_key_env: environment variable {var} is not set or empty here; `serve` refuses to start without it"));
+            }
+        }
+        out
+    }
+
     /// Reads and checks `path` and the policy it names. `listen_override` is `SWITCHYARD_LISTEN`.
     pub fn load(path: &Path, listen_override: Option<&str>) -> Result<Self, ConfigErrors> {
         let text = read(path)?;
@@ -616,6 +642,19 @@ mod tests {
         assert!(err.contains("tenants[1]: keys[0] is also a key of tenant \"a\"") && !err.contains(&"ab".repeat(32)), "{err}");
         assert!(err.contains("base_url \"127.0.0.1:9/v1\" is not an http:// or https:// URL"), "{err}");
         assert!(err.contains("input_per_mtok must be a price of 0 or more"), "{err}");
+    }
+
+    #[test]
+    fn a_model_listed_twice_and_an_audit_path_that_is_a_directory_are_errors() {
+        let dir = tempdir();
+        let p = policy(&dir, "openai/gpt-4o");
+        let text = format!(
+            "[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = [{{ name = \"gpt-4o\", input_per_mtok = 1.0 }}, {{ name = \"gpt-4o\", input_per_mtok = 500.0 }}]\n[audit]\npath = \"{}\"\n",
+            dir.display()
+        );
+        let err = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap_err().to_string();
+        assert!(err.contains("models \"gpt-4o\" is listed twice"), "{err}");
+        assert!(err.contains("audit.path") && err.contains("is a directory"), "{err}");
     }
 
     #[test]

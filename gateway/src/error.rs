@@ -57,6 +57,15 @@ pub enum ApiError {
         /// Seconds until the request fits.
         retry_after_s: u64,
     },
+    /// The prompt alone is more than the tenant's whole tokens-per-minute allowance: no wait
+    /// makes it fit, so no `Retry-After` (as `OpenAI` answers "Request too large").
+    #[error("Request too large for the tenant's tokens per minute (TPM): limit {limit}, requested {requested}. Shorten the prompt to run it.")]
+    RequestOverTokenLimit {
+        /// The tenant's `tpm`.
+        limit: u32,
+        /// The prompt's estimated tokens.
+        requested: u64,
+    },
     /// The tenant's budget cannot cover the request (`on_exceed = "reject"`, or no local engine
     /// may serve it instead).
     #[error("Budget exceeded: this request's worst-case cost does not fit in the tenant's remaining budget; retry after {retry_after_s} s or lower max_tokens.")]
@@ -145,6 +154,7 @@ impl ApiError {
                 detail("rate_limit_error", Some("rate_limit_exceeded"), None),
                 Some(*retry_after_s),
             ),
+            Self::RequestOverTokenLimit { .. } => (StatusCode::TOO_MANY_REQUESTS, detail("rate_limit_error", Some("rate_limit_exceeded"), None), None),
             Self::BudgetExceeded { retry_after_s } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 detail("insufficient_quota", Some("budget_exceeded"), None),

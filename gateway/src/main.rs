@@ -167,7 +167,7 @@ fn check_command(path: &Path) -> ExitCode {
     match load(path) {
         Ok(config) => {
             print!("{}", summary(&config));
-            for warning in &config.warnings {
+            for warning in config.warnings.iter().chain(&config.missing_secrets()) {
                 eprintln!("warning: {warning}");
             }
             ExitCode::SUCCESS

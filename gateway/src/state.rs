@@ -136,7 +136,12 @@ impl AppState {
         let baseline = config.metrics.as_ref().and_then(|m| m.baseline_model.clone());
         let admin_key = match &config.server.admin_key_env {
             // The variable's name may be logged; its value never is.
-            Some(var) => Some(std::env::var(var).with_context(|| format!("server.admin_key_env: environment variable {var} is not set"))?),
+            Some(var) => {
+                let key = std::env::var(var).with_context(|| format!("server.admin_key_env: environment variable {var} is not set"))?;
+                // An empty key would open the admin pages to an empty password.
+                anyhow::ensure!(!key.trim().is_empty(), "server.admin_key_env: environment variable {var} is empty");
+                Some(key)
+            }
             None => None,
         };
         let tenants = Tenants::new(&config.tenants);

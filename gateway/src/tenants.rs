@@ -89,6 +89,17 @@ impl TenantConfig {
         if let Some(budget) = &self.budget {
             problems.extend(budget.problems().into_iter().map(|p| format!("tenant {:?}: {p}", self.name)));
         }
+        if let Some(rate) = &self.rate_limit {
+            // 0 would read as "block" but a GCRA of 0 is no limit at all: refuse the ambiguity.
+            for (key, limit) in [("rpm", rate.rpm), ("tpm", rate.tpm)] {
+                if limit == Some(0) {
+                    problems.push(format!("tenant {:?}: rate_limit.{key} must be at least 1 (leave it out for no limit)", self.name));
+                }
+            }
+            if rate.rpm.is_none() && rate.tpm.is_none() {
+                problems.push(format!("tenant {:?}: rate_limit needs rpm, tpm or both", self.name));
+            }
+        }
         problems
     }
 
@@ -191,6 +202,15 @@ mod tests {
         let problems = tenant("acme", vec!["sy-plaintextkey".into()]).problems();
         assert_eq!(problems.len(), 1);
         assert!(!problems[0].contains("plaintextkey"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn a_zero_or_empty_rate_limit_is_a_problem() {
+        let with = |rate: &str| toml::from_str::<TenantConfig>(&format!("name = \"t\"\nrate_limit = {rate}\n")).unwrap().problems();
+        assert!(with("{ rpm = 0 }")[0].contains("rate_limit.rpm must be at least 1"));
+        assert!(with("{ rpm = 5, tpm = 0 }")[0].contains("rate_limit.tpm must be at least 1"));
+        assert!(with("{}")[0].contains("rate_limit needs rpm, tpm or both"));
+        assert!(with("{ tpm = 100 }").is_empty());
     }
 
     #[test]

@@ -187,7 +187,10 @@ impl ProviderConfig {
                 problems.push(format!("{who}: {key} {url:?} is not an http:// or https:// URL"));
             }
         }
-        for m in &self.models {
+        for (i, m) in self.models.iter().enumerate() {
+            if self.models[..i].iter().any(|earlier| earlier.name == m.name) {
+                problems.push(format!("{who}: models {:?} is listed twice (which price would apply?)", m.name));
+            }
             let prices = [("input_per_mtok", Some(m.input_per_mtok)), ("output_per_mtok", Some(m.output_per_mtok)), ("cached_input_per_mtok", m.cached_input_per_mtok)];
             for (key, price) in prices {
                 if price.is_some_and(|p| !p.is_finite() || p < 0.0) {

@@ -46,9 +46,15 @@ def test_tokens_per_minute_refuse_a_prompt_that_does_not_fit(limited):
     assert ok.status_code == 200 and ok.headers["x-ratelimit-limit-tokens"] == "50"
     remaining = int(ok.headers["x-ratelimit-remaining-tokens"])
     assert remaining < 50
-    big = ask(limited, limited.keys["tpm"], "x" * 400)  # ~100 tokens
-    assert big.status_code == 429 and "tokens" in big.json()["error"]["message"]
-    assert "retry-after" in big.headers and big.headers["x-ratelimit-limit-tokens"] == "50"
+    # Within the allowance but not within what is left: retry when it has refilled enough.
+    later = ask(limited, limited.keys["tpm"], "x" * (4 * (remaining + 1)))
+    assert later.status_code == 429 and "tokens" in later.json()["error"]["message"]
+    assert "retry-after" in later.headers and later.headers["x-ratelimit-limit-tokens"] == "50"
+    # More than the whole allowance: no wait would do, so no Retry-After (OpenAI's "Request too large").
+    big = ask(limited, limited.keys["tpm"], "x" * 400)  # 100 tokens
+    assert big.status_code == 429 and big.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "limit 50, requested 100" in big.json()["error"]["message"]
+    assert "retry-after" not in big.headers and big.headers["x-ratelimit-limit-tokens"] == "50"
 
 
 def test_tenants_without_limits_get_no_headers_and_are_not_limited(limited):

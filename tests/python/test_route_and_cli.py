@@ -1,11 +1,12 @@
 """`POST /v1/route` and the `check` / `explain` commands."""
 
 import json
+import os
 import subprocess
 
 import httpx
 
-from conftest import BIN, ROOT, gateway_config
+from conftest import BIN, ROOT, fake_provider_section, gateway_config
 
 
 def test_route_answers_the_decision_shape_without_generating(gateway):
@@ -59,6 +60,25 @@ def test_check_reports_every_problem(tmp_path):
     assert "parallel" in r.stderr
     assert f"{policy}:4:" in r.stderr and '"acme/x" is not configured' in r.stderr
     assert "matches everything" in r.stderr
+
+
+def test_check_warns_about_secrets_this_environment_lacks_and_serve_refuses_an_empty_admin_key(tmp_path, fake_provider):
+    policy = tmp_path / "p.toml"
+    policy.write_text('[[rule]]\nname = "default"\nroute = "local"\n')
+    cfg = tmp_path / "g.toml"
+    config = gateway_config(fake_provider_section(fake_provider, key_env="SY_TEST_UNSET_KEY")).replace("{policy}", str(policy))
+    config = config.replace('[server]\nregion = "eu-west"', '[server]\nregion = "eu-west"\nadmin_key_env = "SY_TEST_ADMIN"')
+    cfg.write_text(config)
+    r = run("check", "--config", str(cfg))
+    # `check` may run where the secrets are not: warnings, not errors.
+    assert r.returncode == 0, r.stderr
+    assert "SY_TEST_UNSET_KEY (api_key_env) is not set here" in r.stderr, r.stderr
+    assert "SY_TEST_ADMIN is not set or empty here" in r.stderr, r.stderr
+    # An empty admin key would be an empty password: serve refuses to start.
+    serve = subprocess.run([str(BIN), "serve", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "SY_TEST_ADMIN": "", "SY_TEST_UNSET_KEY": "k", "SWITCHYARD_LISTEN": "127.0.0.1:0"})
+    assert serve.returncode != 0
+    assert "SY_TEST_ADMIN is empty" in serve.stderr, serve.stderr
 
 
 def test_explain_prints_the_decision_for_a_request_on_stdin():
