@@ -34,6 +34,7 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions).fallback(not_allowed))
         .route("/v1/route", post(route::route).fallback(not_allowed))
         .route("/v1/models", get(models::list_models).fallback(not_allowed))
+        .route("/v1/models/{*id}", get(models::retrieve_model).fallback(not_allowed))
         .route("/v1/embeddings", post(embeddings::embeddings).fallback(not_allowed))
         .route("/v1/completions", post(completions::completions).fallback(not_allowed))
         .route("/v1/responses", post(responses::create).fallback(not_allowed))

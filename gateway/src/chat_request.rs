@@ -110,6 +110,7 @@ pub fn validate_chat_request(req: &ChatRequest) -> Result<(), ApiError> {
         }
     }
     validate_logit_bias(req.extra.get("logit_bias"))?;
+    validate_extra_types(req)?;
     match req.extra.get("top_logprobs") {
         None | Some(serde_json::Value::Null) => {}
         Some(v) if v.as_u64().is_none_or(|n| n > 20) => {
@@ -119,6 +120,29 @@ pub fn validate_chat_request(req: &ChatRequest) -> Result<(), ApiError> {
             return Err(ApiError::invalid("'top_logprobs' is only allowed when 'logprobs' is true.", "top_logprobs"))
         }
         Some(_) => {}
+    }
+    Ok(())
+}
+
+/// Fields kept as passed-through extras whose type the API checks: a wrong one is a 400 naming
+/// it, not silently ignored (`"logprobs": "true"` would otherwise answer without them).
+fn validate_extra_types(req: &ChatRequest) -> Result<(), ApiError> {
+    use serde_json::Value;
+    /// A field, the type it must have (in words), and the check of that type.
+    type TypedField = (&'static str, &'static str, fn(&Value) -> bool);
+    const TYPED: &[TypedField] = &[
+        ("logprobs", "a boolean", Value::is_boolean),
+        ("parallel_tool_calls", "a boolean", Value::is_boolean),
+        ("store", "a boolean", Value::is_boolean),
+        ("user", "a string", Value::is_string),
+        ("safety_identifier", "a string", Value::is_string),
+        ("prompt_cache_key", "a string", Value::is_string),
+        ("metadata", "an object", Value::is_object),
+    ];
+    for (field, expected, is_right) in TYPED {
+        if let Some(v) = req.extra.get(*field).filter(|v| !v.is_null() && !is_right(v)) {
+            return Err(ApiError::invalid(format!("Invalid type for '{field}': expected {expected}, but got {v}."), *field));
+        }
     }
     Ok(())
 }

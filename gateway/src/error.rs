@@ -185,6 +185,30 @@ impl ApiError {
         }
     }
 
+    /// The same error with its `param` (and the message's quoted mentions of it) renamed where
+    /// `rename` gives a new name: a request translated from another API names the client's field.
+    #[must_use]
+    pub fn with_params_renamed(self, rename: impl Fn(&str) -> Option<String>) -> Self {
+        let renamed = |message: String, param: Option<String>| match param.as_deref().and_then(&rename) {
+            Some(new) => {
+                let old = param.unwrap_or_default();
+                (message.replace(&format!("'{old}'"), &format!("'{new}'")), Some(new))
+            }
+            None => (message, param),
+        };
+        match self {
+            Self::InvalidRequest { message, param } => {
+                let (message, param) = renamed(message, param);
+                Self::InvalidRequest { message, param }
+            }
+            Self::Provider(ProviderError::InvalidRequest { message, param }) => {
+                let (message, param) = renamed(message, param);
+                Self::Provider(ProviderError::InvalidRequest { message, param })
+            }
+            other => other,
+        }
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         self.parts().0

@@ -69,6 +69,37 @@ pub struct ResponsesRequest {
 /// The `include` value that asks for the output text's log-probabilities.
 pub const LOGPROBS_INCLUDE: &str = "message.output_text.logprobs";
 
+/// Every `include` value the API knows (the others concern hosted tools and inputs, and change
+/// nothing here).
+const KNOWN_INCLUDES: &[&str] = &[
+    LOGPROBS_INCLUDE,
+    "code_interpreter_call.outputs",
+    "computer_call_output.output.image_url",
+    "file_search_call.results",
+    "message.input_image.image_url",
+    "reasoning.encrypted_content",
+    "web_search_call.action.sources",
+    "web_search_call.results",
+];
+
+/// The name a chat request's field has in the Responses request it was translated from, so that
+/// an error names what the client sent (`max_completion_tokens` → `max_output_tokens`,
+/// `tools[0].function.name` → `tools[0].name`); `None` for names that are the same or have none.
+pub fn responses_param(chat: &str) -> Option<String> {
+    let renamed = match chat {
+        "max_completion_tokens" | "max_tokens" => "max_output_tokens".to_owned(),
+        // Instructions and earlier turns come first in the chat messages: the index would mislead.
+        p if p == "messages" || p.starts_with("messages[") => "input".to_owned(),
+        "tool_choice.function.name" | "tool_choice.function" => "tool_choice.name".to_owned(),
+        "response_format" => "text.format".to_owned(),
+        p if p.starts_with("response_format.json_schema.") => format!("text.format.{}", &p["response_format.json_schema.".len()..]),
+        p if p.starts_with("response_format.") => format!("text.format.{}", &p["response_format.".len()..]),
+        p if p.starts_with("tools[") && p.contains("].function") => p.replacen("].function", "]", 1),
+        _ => return None,
+    };
+    Some(renamed)
+}
+
 impl ResponsesRequest {
     /// True when the client asked for events.
     pub fn is_stream(&self) -> bool {
@@ -108,6 +139,19 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
     }
     if req.input.is_none() && req.previous_response_id.is_none() {
         return Err(ApiError::invalid("Missing required parameter: 'input'.", "input"));
+    }
+    match &req.top_logprobs {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_u64().is_some_and(|n| n <= 20) => {}
+        Some(v) => return Err(ApiError::invalid(format!("Invalid 'top_logprobs': {v}. Expected an integer between 0 and 20."), "top_logprobs")),
+    }
+    for (i, value) in req.include.iter().flatten().enumerate() {
+        if !KNOWN_INCLUDES.contains(&value.as_str()) {
+            return Err(ApiError::invalid(
+                format!("Invalid value for 'include[{i}]': {value:?}. Supported values are: {}.", KNOWN_INCLUDES.join(", ")),
+                format!("include[{i}]"),
+            ));
+        }
     }
     if let Some(metadata) = &req.metadata {
         // The API's limits: 16 pairs, keys up to 64 characters, string values up to 512.
@@ -199,7 +243,10 @@ fn push_item(messages: &mut Vec<ChatMessage>, item: &Value, i: usize) -> Result<
 /// A Responses content part as a chat content part.
 fn chat_part(part: &Value, param: &str) -> Result<Value, ApiError> {
     match part.get("type").and_then(Value::as_str) {
-        Some("input_text" | "output_text" | "text") => Ok(json!({"type": "text", "text": part.get("text").and_then(Value::as_str).unwrap_or_default()})),
+        Some("input_text" | "output_text" | "text") => {
+            let text = part.get("text").and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("Missing required parameter: '{param}.text'."), format!("{param}.text")))?;
+            Ok(json!({"type": "text", "text": text}))
+        }
         Some("input_image") => {
             let url = part.get("image_url").and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("'{param}.image_url' is required (file ids are not supported)."), format!("{param}.image_url")))?;
             let mut image = json!({"url": url});
@@ -814,6 +861,26 @@ mod tests {
         .unwrap();
         let whole = from_chat(&mut Envelope::new(&req, "resp_2".into(), 5), &answer);
         assert_eq!(whole["output"][0]["content"][0]["logprobs"], all);
+    }
+
+    #[test]
+    fn chat_field_names_map_back_to_the_responses_fields() {
+        for (chat, responses) in [
+            ("max_completion_tokens", Some("max_output_tokens")),
+            ("messages[3].content", Some("input")),
+            ("tools[1].function.parameters", Some("tools[1].parameters")),
+            ("tool_choice.function.name", Some("tool_choice.name")),
+            ("response_format.json_schema.schema", Some("text.format.schema")),
+            ("response_format.type", Some("text.format.type")),
+            ("temperature", None),
+            ("tools[0].type", None),
+        ] {
+            assert_eq!(responses_param(chat).as_deref(), responses, "{chat}");
+        }
+        let err = ApiError::invalid("Invalid 'max_completion_tokens': 0. Expected a value of at least 1.", "max_completion_tokens").with_params_renamed(responses_param);
+        let body = err.body();
+        assert_eq!(body.error.param.as_deref(), Some("max_output_tokens"));
+        assert_eq!(body.error.message, "Invalid 'max_output_tokens': 0. Expected a value of at least 1.");
     }
 
     #[test]

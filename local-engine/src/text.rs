@@ -39,11 +39,12 @@ impl Utf8Decoder {
         }
     }
 
-    /// Returns whatever is left, replacing an unfinished character.
+    /// Ends the text: only the start of a character can be left, and it is dropped (the
+    /// generation was cut inside it), so the text never ends in a replacement character that
+    /// the model did not write.
     pub fn finish(&mut self) -> String {
-        let out = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
-        out
+        String::new()
     }
 }
 
@@ -138,7 +139,7 @@ mod tests {
         let mut d = Utf8Decoder::default();
         assert_eq!(d.push(b"a\xffb"), "a\u{FFFD}b");
         assert_eq!(d.push(b"\xe2\x82"), "");
-        assert_eq!(d.finish(), "\u{FFFD}");
+        assert_eq!(d.finish(), "", "a character cut by the end of the text is dropped");
     }
 
     #[test]

@@ -125,6 +125,10 @@ F = {"type": "function", "function": {"name": "f", "parameters": {"type": "objec
     ({"presence_penalty": "high"}, "presence_penalty"),
     ({"top_logprobs": 50, "logprobs": True}, "top_logprobs"),
     ({"top_logprobs": 2}, "top_logprobs"),
+    ({"logprobs": "true"}, "logprobs"),
+    ({"logprobs": 1, "top_logprobs": 3}, "logprobs"),
+    ({"parallel_tool_calls": "x"}, "parallel_tool_calls"),
+    ({"user": 5}, "user"),
 ])
 def test_sampling_and_tool_fields_out_of_range_are_400_naming_the_field(gw, extra, param):
     err = error_of(post(gw, {"model": "auto", "messages": [msg()], "max_tokens": 2, **extra}), 400)

@@ -114,3 +114,13 @@ def test_models_lists_local_each_provider_model_and_auto(gateway, schemas, clien
     ids = [m.id for m in client.models.list()]
     assert ids[0] == "local-small" and ids[-1] == "auto"
     assert "fake/echo" in ids and "fake/gated" in ids
+
+
+def test_a_model_can_be_retrieved_by_its_id(gateway, schemas, client):
+    for model_id in ["local-small", "fake/echo", "auto"]:
+        r = httpx.get(f"{gateway.v1}/models/{model_id}")
+        assert r.status_code == 200, r.text
+        schemas.validate("Model", r.json())
+        assert client.models.retrieve(model_id).id == model_id
+    missing = httpx.get(f"{gateway.v1}/models/fake/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"

@@ -41,6 +41,7 @@ def test_deterministic_requests_are_answered_once_and_never_across_tenants(tmp_p
         assert second.headers["x-switchyard-cache"] == "hit"
         assert second.headers["x-switchyard-cost-usd"] == "0"
         assert second.parse().choices[0].message.content == first.parse().choices[0].message.content == f"echo: {text}"
+        assert second.parse().id != first.parse().id, "each answer has its own id"
         assert upstream_count(fake_provider, text) == 1
         record = accounting_record(gw, second.headers["x-request-id"])
         assert record["cache"] == "hit" and float(record["cost_usd"]) == 0 and record["prompt_tokens"] == "0"
@@ -49,6 +50,7 @@ def test_deterministic_requests_are_answered_once_and_never_across_tenants(tmp_p
                                                 stream=True, stream_options={"include_usage": True})
         chunks = list(stream)
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"echo: {text}"
+        assert len({c.id for c in chunks}) == 1 and chunks[0].id not in (first.parse().id, second.parse().id)
         assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
         assert upstream_count(fake_provider, text) == 1
         # Another tenant never sees acme's entry.

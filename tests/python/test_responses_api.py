@@ -187,6 +187,14 @@ def test_streamed_function_call_arguments_arrive_as_deltas(gateway, schemas):
     ({"model": "auto", "input": "x", "metadata": {"a": 5}}, 400, "metadata"),
     ({"model": "auto", "input": "x", "metadata": {f"k{i}": "v" for i in range(17)}}, 400, "metadata"),
     ({"model": "auto", "input": "x", "tool_choice": "maybe", "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}, 400, "tool_choice"),
+    # Checks made on the chat translation name the Responses field, not the chat one.
+    ({"model": "auto", "input": "x", "max_output_tokens": 0}, 400, "max_output_tokens"),
+    ({"model": "auto", "input": "x", "tools": [{"type": "function", "name": "bad name!", "parameters": {"type": "object"}}]}, 400, "tools[0].name"),
+    ({"model": "auto", "input": "x", "tool_choice": {"type": "function", "name": "nope"},
+      "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}, 400, "tool_choice.name"),
+    ({"model": "auto", "input": "x", "top_logprobs": 25}, 400, "top_logprobs"),
+    ({"model": "auto", "input": "x", "include": ["bogus"]}, 400, "include[0]"),
+    ({"model": "auto", "input": [{"role": "user", "content": [{"type": "input_text"}]}]}, 400, "input[0].content[0].text"),
 ])
 def test_bad_requests_get_openai_errors(gateway, body, status, param):
     r = httpx.post(f"{gateway.v1}/responses", json=body, timeout=30)

@@ -339,9 +339,13 @@ fn cached_answer(req: &ChatRequest, decision: &Decision, hit: &Cached, record: &
         r.usage(hit.response.usage.as_ref());
         r.status(200);
     }
+    // Every answer has its own id and time, as the API gives them; the content is the cache's.
+    let mut response = hit.response.clone();
+    response.id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    response.created = crate::accounting::unix_ms() / 1000;
     let body = if req.is_stream() {
         let mut stream_record = record.take();
-        let chunks = stream::iter(replay_chunks(&hit.response))
+        let chunks = stream::iter(replay_chunks(&response))
             .map(move |chunk| {
                 if let Some(r) = stream_record.as_mut() {
                     r.chunk(&chunk);
@@ -351,7 +355,7 @@ fn cached_answer(req: &ChatRequest, decision: &Decision, hit: &Cached, record: &
             .boxed();
         ServedBody::Stream { chunks, include_usage: req.wants_stream_usage() }
     } else {
-        ServedBody::Complete(Box::new(hit.response.clone()))
+        ServedBody::Complete(Box::new(response))
     };
     let mut headers = HeaderMap::with_capacity(16);
     set_route_headers(&mut headers, decision, &hit.target);

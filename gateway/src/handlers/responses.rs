@@ -101,7 +101,8 @@ pub async fn create(
         Ok(http)
     }
     .await;
-    exchange.finish(result)
+    // Checks made on the chat translation name the Responses fields the client sent.
+    exchange.finish(result.map_err(|e| e.with_params_renamed(responses::responses_param)))
 }
 
 /// The target to pass a Responses request through to, if its decision allows: a provider that
