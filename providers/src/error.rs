@@ -77,3 +77,33 @@ pub enum ProviderError {
         message: String,
     },
 }
+
+impl ProviderError {
+    /// The same error with every occurrence of `secret` in its text replaced by `[redacted]`:
+    /// a provider may echo the key it was sent in an error message, which then must reach
+    /// neither the client nor the log.
+    #[must_use]
+    pub fn without_secret(mut self, secret: &str) -> Self {
+        let scrub = |text: &mut String| {
+            if text.contains(secret) {
+                *text = text.replace(secret, "[redacted]");
+            }
+        };
+        match &mut self {
+            Self::InvalidRequest { message, param } => {
+                scrub(message);
+                param.iter_mut().for_each(scrub);
+            }
+            Self::ContextLengthExceeded { message } | Self::Overloaded { message, .. } | Self::Upstream { message, .. } | Self::Unavailable { message } => {
+                scrub(message);
+            }
+            Self::Rejected { body, .. } => {
+                scrub(&mut body.error.message);
+                body.error.param.iter_mut().for_each(scrub);
+                body.error.code.iter_mut().for_each(scrub);
+            }
+            Self::RateLimited { .. } | Self::Timeout { .. } | Self::CircuitOpen { .. } => {}
+        }
+        self
+    }
+}

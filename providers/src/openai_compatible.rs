@@ -4,6 +4,7 @@
 //! unbuffered: each upstream SSE event becomes a chunk as it arrives.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -46,6 +47,9 @@ pub struct OpenAiCompatible {
     client: HttpClient,
     timeout_ms: u64,
     retry: RetryPolicy,
+    /// The API key, to take out of the provider's error messages should it echo it (only keys
+    /// long enough that replacing them cannot mangle ordinary text).
+    secret: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for OpenAiCompatible {
@@ -104,7 +108,8 @@ impl OpenAiCompatible {
             .filter_map(|b| Some((b.to_owned(), Destination::parse(&format!("{b}/chat/completions"))?)))
             .collect();
         let headers = request_headers(config.kind, api_key);
-        Self { name: config.name.clone(), dialect, chat_urls, headers, client, timeout_ms: config.timeout_ms, retry: config.retry_policy() }
+        let secret = api_key.map(str::trim).filter(|k| k.len() >= MIN_SCRUBBED_KEY).map(Arc::from);
+        Self { name: config.name.clone(), dialect, chat_urls, headers, client, timeout_ms: config.timeout_ms, retry: config.retry_policy(), secret }
     }
 
     fn timeout(&self) -> ProviderError {
@@ -236,7 +241,20 @@ impl OpenAiCompatible {
         }
     }
 
+    /// `err` without the API key in its text.
+    fn scrubbed(secret: Option<&Arc<str>>, err: ProviderError) -> ProviderError {
+        match secret {
+            Some(secret) => err.without_secret(secret),
+            None => err,
+        }
+    }
+
+    /// The error for a non-success `status` with `body`, the key taken out of its text.
     fn status_error(&self, status: StatusCode, retry_after_s: Option<u64>, body: &[u8]) -> ProviderError {
+        Self::scrubbed(self.secret.as_ref(), self.status_error_of(status, retry_after_s, body))
+    }
+
+    fn status_error_of(&self, status: StatusCode, retry_after_s: Option<u64>, body: &[u8]) -> ProviderError {
         let provider = self.name.clone();
         if status == StatusCode::TOO_MANY_REQUESTS {
             return ProviderError::RateLimited { provider, retry_after_s };
@@ -265,6 +283,20 @@ impl OpenAiCompatible {
         }
         let message = parsed.map_or_else(|| format!("status {}", status.as_u16()), |b| b.error.message);
         ProviderError::Upstream { provider, status: Some(status.as_u16()), message }
+    }
+}
+
+/// Keys shorter than this are not scrubbed from error texts (they would match ordinary words).
+const MIN_SCRUBBED_KEY: usize = 8;
+
+/// `value` with `secret` replaced in every string in it.
+fn without_secret_in_json(value: serde_json::Value, secret: &str) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains(secret) => Value::String(s.replace(secret, "[redacted]")),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| without_secret_in_json(v, secret)).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, without_secret_in_json(v, secret))).collect()),
+        other => other,
     }
 }
 
@@ -405,10 +437,14 @@ impl Provider for OpenAiCompatible {
         let (first, rest) = self.with_retries(|| self.open_stream(&req.model, &request_body, Endpoint::of(&req))).await?;
         let provider = self.name.clone();
         let events = stream::iter(first.map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms)));
-        if let Dialect::Anthropic { .. } = self.dialect {
-            return Ok(anthropic_chunks(events.boxed(), provider));
-        }
-        Ok(openai_chunks(events.boxed(), provider, req.raw_prompt))
+        let chunks = if let Dialect::Anthropic { .. } = self.dialect {
+            anthropic_chunks(events.boxed(), provider)
+        } else {
+            openai_chunks(events.boxed(), provider, req.raw_prompt)
+        };
+        // An error event in the stream may echo the key too.
+        let secret = self.secret.clone();
+        Ok(chunks.map(move |chunk| chunk.map_err(|e| Self::scrubbed(secret.as_ref(), e))).boxed())
     }
 
     async fn embeddings(&self, body: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
@@ -423,6 +459,7 @@ impl Provider for OpenAiCompatible {
         let (model, request_body) = self.json_request(&body, Endpoint::Responses)?;
         let (first, rest) = self.with_retries(|| self.open_stream(&model, &request_body, Endpoint::Responses)).await?;
         let provider = self.name.clone();
+        let secret = self.secret.clone();
         let events = stream::iter(first.map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms)));
         Ok(events
             .take_while(|event| futures::future::ready(!matches!(event, Ok(e) if e.data.trim() == "[DONE]")))
@@ -435,9 +472,15 @@ impl Provider for OpenAiCompatible {
                         let kind = if e.event.is_empty() || e.event == "message" { data.get("type").and_then(serde_json::Value::as_str).unwrap_or("message").to_owned() } else { e.event };
                         // An event name is one line of printable ASCII; anything else is not passed on.
                         let kind = if kind.bytes().all(|b| b.is_ascii_graphic()) { kind } else { "message".to_owned() };
+                        // The provider's error events are passed on: without the key.
+                        let data = match secret.as_deref() {
+                            Some(secret) if kind == "error" || kind == "response.failed" => without_secret_in_json(data, secret),
+                            _ => data,
+                        };
                         (kind, data)
                     })),
                 };
+                let out = out.map(|item| item.map_err(|e| Self::scrubbed(secret.as_ref(), e)));
                 futures::future::ready(out)
             })
             .boxed())

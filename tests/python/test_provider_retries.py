@@ -230,3 +230,26 @@ def test_stalled_stream_ends_with_a_timeout_error_event(impatient, fake_provider
     assert events[-1] == "[DONE]"
     assert any('"first"' in e for e in events), "events before the stall arrive"
     assert '"error"' in events[-2] and "no event for 300 ms" in events[-2]
+
+
+def test_a_provider_echoing_its_key_in_errors_never_shows_it(tmp_path, fake_provider):
+    secret = "sk-echoed-secret-0123456789"
+    config = f'[server]\nregion = "eu-west"\n\n{fake_provider_section(fake_provider, key_env="ECHO_TEST_KEY")}\n[policy]\nfile = "{{policy}}"\n'
+    gw = Gateway(tmp_path, config, policy='[[rule]]\nname = "echo"\nroute = "fake/echo"\n', env={"ECHO_TEST_KEY": secret})
+    try:
+        # A 4xx passed on as the provider's own error body.
+        script(fake_provider, {"status": 400, "message": f"key {secret} is not allowed here"})
+        rejected = ask(gw)
+        assert rejected.status_code == 400 and "[redacted]" in rejected.text and secret not in rejected.text
+        # A 5xx after its retries, non-streamed and streamed.
+        script(fake_provider, *[{"status": 500, "message": f"boom for {secret}"}] * 3)
+        failed = ask(gw)
+        assert failed.status_code == 502 and secret not in failed.text
+        script(fake_provider, *[{"status": 500, "message": f"boom for {secret}"}] * 3)
+        streamed = ask(gw, stream=True)
+        assert streamed.status_code == 502 and secret not in streamed.text
+        # Nor in the log, where the retries were reported.
+        assert any("retrying upstream" in line for line in gw.process.lines)
+        assert not any(secret in line for line in gw.process.lines)
+    finally:
+        gw.stop()
