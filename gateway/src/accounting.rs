@@ -44,6 +44,10 @@ pub struct UsageRecord {
     pub cost_estimated: bool,
     /// From arrival to the end of the answer.
     pub latency_ms: u64,
+    /// The same in microseconds, for the duration histogram (a cache hit or a refusal takes
+    /// well under a millisecond); not in the audit line.
+    #[serde(skip)]
+    pub latency_us: u64,
     /// From arrival to the first streamed chunk (streams only).
     pub ttft_ms: Option<u64>,
     /// `hit` or `miss`.
@@ -187,6 +191,7 @@ impl PendingRecord {
                 cost_usd: 0.0,
                 cost_estimated: false,
                 latency_ms: 0,
+                latency_us: 0,
                 ttft_ms: None,
                 cache: "miss",
                 redacted: false,
@@ -302,7 +307,8 @@ pub fn estimate_tokens(chars: usize) -> u64 {
 impl Drop for PendingRecord {
     fn drop(&mut self) {
         let r = &mut self.record;
-        r.latency_ms = millis(self.started);
+        r.latency_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        r.latency_ms = r.latency_us / 1000;
         r.ts = unix_ms();
         if r.status == 0 {
             // No status was ever set: the handler was dropped before it answered, which is the

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use axum::http::{header, HeaderValue};
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::handlers::{admin, chat, completions, embeddings, fallback, health, models, responses, route};
 use crate::middleware::admin_auth::admin_auth;
@@ -24,6 +26,9 @@ use crate::state::AppState;
 ///    key as Bearer, Basic password or session cookie, else 401 (`/dashboard`'s carries
 ///    `WWW-Authenticate: Basic` and the login form). `/metrics`, `/healthz`, `/readyz` and
 ///    `/dashboard/login` need no key.
+/// 4. on `/dashboard`, `/dashboard/login` and `/admin/*`, around 3 — `Cache-Control: no-store`
+///    and `X-Frame-Options: DENY` on every answer: admin figures are never cached on the way,
+///    and the dashboard is never framed by another site.
 ///
 /// Bodies are read by the handlers themselves (`handlers::read_body`) so that an oversized body
 /// gets the OpenAI-style 413 rather than a plain-text one. Unknown paths answer 404
@@ -44,11 +49,13 @@ pub fn build(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/dashboard", get(admin::dashboard).fallback(not_allowed))
         .route("/admin/stats", get(admin::stats).fallback(not_allowed))
-        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admin_auth));
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admin_auth))
+        .route("/dashboard/login", post(admin::login).fallback(not_allowed))
+        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")));
     Router::new()
         .merge(api)
         .merge(admin)
-        .route("/dashboard/login", post(admin::login).fallback(not_allowed))
         .route("/healthz", get(health::healthz).fallback(not_allowed))
         .route("/readyz", get(health::readyz).fallback(not_allowed))
         .route("/metrics", get(health::metrics).fallback(not_allowed))

@@ -211,6 +211,7 @@ mod tests {
             cost_usd: 0.0,
             cost_estimated: false,
             latency_ms: 1,
+            latency_us: 1000,
             ttft_ms: None,
             cache: "miss",
             redacted: false,

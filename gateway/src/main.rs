@@ -127,10 +127,7 @@ fn main() -> ExitCode {
             calibrate_command(&config, prompts.as_deref(), remote_share, from_shadow.as_deref(), target_quality)
         }
         Command::TrainRouter { labels, out } => train_router_command(&labels, &out),
-        Command::Keys { command: KeysCommand::New { tenant } } => {
-            keys_new_command(&tenant);
-            Ok(())
-        }
+        Command::Keys { command: KeysCommand::New { tenant } } => keys_new_command(&tenant),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -337,10 +334,13 @@ fn train_router_command(labels: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn keys_new_command(tenant: &str) {
+fn keys_new_command(tenant: &str) -> anyhow::Result<()> {
+    // The configuration refuses an empty tenant name: a key for one could never be used.
+    anyhow::ensure!(!tenant.trim().is_empty(), "--tenant must name a tenant");
     let key = tenants::new_key();
     println!("key (shown once; give it to {tenant}): {key}");
     println!("add to [[tenants]] name = {tenant:?}:  keys = [\"{}\"]", tenants::key_hash_entry(&key));
+    Ok(())
 }
 
 fn explain_command(path: &Path, file: &str, tenant: Option<&str>, tags: Option<&str>) -> anyhow::Result<()> {

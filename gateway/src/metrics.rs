@@ -9,8 +9,8 @@ use prometheus::{
 
 use crate::accounting::UsageRecord;
 
-/// Request durations: 10 ms to 2 minutes (LLM answers, local and remote).
-const DURATION_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
+/// Request durations: 1 ms (cache hits, refusals) to 2 minutes (LLM answers, local and remote).
+const DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
 /// Time to first token: 5 ms to 30 s.
 const TTFT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
@@ -84,7 +84,7 @@ impl Metrics {
             Ok(g)
         };
         let metrics = Self {
-            requests: counter("switchyard_requests_total", "Chat requests finished, by rule, target, tier and HTTP status.", &["rule", "target", "tier", "status"])?,
+            requests: counter("switchyard_requests_total", "Requests finished (chat, completions, Responses, embeddings), by rule, target, tier and HTTP status.", &["rule", "target", "tier", "status"])?,
             duration: histogram("switchyard_request_duration_seconds", "From arrival to the end of the answer.", DURATION_BUCKETS)?,
             ttft: histogram("switchyard_time_to_first_token_seconds", "From arrival to the first streamed chunk.", TTFT_BUCKETS)?,
             tokens: counter("switchyard_tokens_total", "Tokens billed, by target and kind (prompt, completion).", &["target", "kind"])?,
@@ -159,7 +159,7 @@ impl Metrics {
         let tier = if r.tier.is_empty() { "none" } else { r.tier };
         self.requests.with_label_values(&[rule, target, tier, &r.status.to_string()]).inc();
         #[allow(clippy::cast_precision_loss)]
-        self.duration.with_label_values(&[target]).observe(r.latency_ms as f64 / 1000.0);
+        self.duration.with_label_values(&[target]).observe(r.latency_us as f64 / 1e6);
         if let Some(ttft) = r.ttft_ms {
             #[allow(clippy::cast_precision_loss)]
             self.ttft.with_label_values(&[target]).observe(ttft as f64 / 1000.0);

@@ -51,6 +51,15 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
             }
         })
     };
+    // SIGHUP, the usual "reload" signal, would otherwise end the process without a drain.
+    #[cfg(unix)]
+    let hangups = tokio::spawn(async {
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            while hup.recv().await.is_some() {
+                warn!("SIGHUP ignored: the configuration is not reloaded; restart the process to apply changes (SIGTERM drains first)");
+            }
+        }
+    });
     // A request that outlives a lease keeps its reservation while this replica runs it.
     let renewer = {
         let limiter = Arc::clone(&state.limiter);
@@ -92,6 +101,8 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     }
     renewer.abort();
     refresher.abort();
+    #[cfg(unix)]
+    hangups.abort();
     if let Some(local) = &state.local {
         // Before the process exits, so llama.cpp is never torn down under a running decode.
         local.engine().shutdown();

@@ -210,6 +210,7 @@ mod tests {
             cost_usd: cost,
             cost_estimated: false,
             latency_ms,
+            latency_us: latency_ms * 1000,
             ttft_ms: None,
             cache: "miss",
             redacted: false,

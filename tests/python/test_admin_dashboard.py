@@ -45,6 +45,16 @@ def test_bearer_and_basic_are_accepted(admin):
     assert page.status_code == 200 and "<svg" in page.text
 
 
+def test_admin_answers_are_never_cached_or_framed(admin):
+    basic = base64.b64encode(f"anyone:{KEY}".encode()).decode()
+    for r in (httpx.get(f"{admin.base}/admin/stats", headers={"authorization": f"Bearer {KEY}"}),
+              httpx.get(f"{admin.base}/dashboard", headers={"authorization": f"Basic {basic}"}),
+              httpx.get(f"{admin.base}/admin/stats"),
+              httpx.post(f"{admin.base}/dashboard/login", json={"key": "nope"})):
+        assert r.headers["cache-control"] == "no-store" and r.headers["x-frame-options"] == "DENY", (r.status_code, r.headers)
+    assert "cache-control" not in httpx.get(f"{admin.base}/healthz").headers
+
+
 def test_login_sets_an_httponly_session_cookie(admin):
     bad = httpx.post(f"{admin.base}/dashboard/login", json={"key": "nope"})
     assert bad.status_code == 401

@@ -71,6 +71,8 @@ def test_reject_answers_429_budget_exceeded_until_the_day_ends(tmp_path, fake_pr
         # The refusal is accounted too, at no cost.
         record = accounting_record(gw, refused.value.response.headers["x-request-id"])
         assert record["status"] == "429" and float(record["cost_usd"]) == 0
+        assert record["rule"] == "paid", "a refusal counts under the rule that routed it"
+        assert re.search(r'switchyard_requests_total\{[^}]*rule="paid"[^}]*status="429"[^}]*\} 1', httpx.get(f"{gw.base}/metrics").text)
     finally:
         gw.stop()
 

@@ -209,6 +209,12 @@ def chat(gw, key, model="auto", content="Hi", headers=None):
                       json={"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": content}]})
 
 
+def test_keys_new_refuses_an_empty_tenant():
+    out = subprocess.run([str(BIN), "keys", "new", "--tenant", " "], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "--tenant must name a tenant" in out.stderr
+    assert "sy-" not in out.stdout, "no key is printed"
+
+
 def test_missing_or_unknown_key_is_401_and_health_needs_none(tenants):
     for key in (None, "sy-" + "0" * 64):
         r = chat(tenants, key)

@@ -2,11 +2,12 @@
 
 import json
 import os
+import signal
 import subprocess
 
 import httpx
 
-from conftest import BIN, ROOT, fake_provider_section, gateway_config
+from conftest import BIN, ROOT, Gateway, fake_provider_section, gateway_config, remote_only_config, wait_for
 
 
 def test_route_answers_the_decision_shape_without_generating(gateway):
@@ -79,6 +80,18 @@ def test_check_warns_about_secrets_this_environment_lacks_and_serve_refuses_an_e
                            env={**os.environ, "SY_TEST_ADMIN": "", "SY_TEST_UNSET_KEY": "k", "SWITCHYARD_LISTEN": "127.0.0.1:0"})
     assert serve.returncode != 0
     assert "SY_TEST_ADMIN is empty" in serve.stderr, serve.stderr
+
+
+def test_sighup_is_logged_and_does_not_stop_the_gateway(tmp_path, fake_provider):
+    gw = Gateway(tmp_path, remote_only_config(fake_provider), policy='[[rule]]\nname = "echo"\nroute = "fake/echo"\n')
+    try:
+        gw.process.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: any("SIGHUP ignored" in line for line in gw.process.lines), what="the SIGHUP to be handled")
+        assert gw.process.proc.poll() is None
+        r = httpx.post(f"{gw.v1}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200
+    finally:
+        gw.stop()
 
 
 def test_explain_prints_the_decision_for_a_request_on_stdin():

@@ -206,6 +206,10 @@ pub async fn serve_chat(
     let prompt_chars = privacy::text_chars(&req);
     let prompt_tokens = estimate_tokens(prompt_chars);
     let mut decision = plan(state, &req, headers, tenant, false)?;
+    // Recorded now, so that a refusal below (policy, in-flight, limits, budget) counts under its rule.
+    if let Some(r) = exchange.record.as_mut() {
+        r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
+    }
     // Counted from the decision on, so that a burst's later requests see the earlier ones.
     let track = |d: &Decision| state.spillover.as_ref().filter(|_| is_local(state, &d.target)).map(Spillover::track_local);
     let mut local_ticket = track(&decision);
@@ -234,6 +238,9 @@ pub async fn serve_chat(
         Admitted::OverBudgetTryLocal { retry_after_s } => {
             over_budget = Some(retry_after_s);
             decision = plan(state, &req, headers, tenant, true)?;
+            if let Some(r) = exchange.record.as_mut() {
+                r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
+            }
             local_ticket = track(&decision);
             if candidates(&decision).any(|t| !is_local(state, t)) {
                 return Err(ApiError::BudgetExceeded { retry_after_s });
@@ -249,9 +256,6 @@ pub async fn serve_chat(
     }
     ctx.span.record("rule", decision.rule.as_str());
     ctx.span.record("tier", decision.tier.as_str());
-    if let Some(r) = exchange.record.as_mut() {
-        r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
-    }
     // The in-flight slot is held until the request ends (a stream: until it is done or dropped).
     exchange.settle_when_finished(state, ticket, (slot, local_ticket));
     let record = &mut exchange.record;
