@@ -51,6 +51,8 @@ pub struct Metrics {
     pub shadow_dropped: IntCounterVec,
     /// What shadow calls cost, USD.
     pub shadow_cost: prometheus::Counter,
+    /// Requests refused for a missing or wrong key, by surface (`api`: virtual keys; `admin`).
+    pub auth_failures: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,6 +106,11 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            auth_failures: counter(
+                "switchyard_auth_failures_total",
+                "Requests refused with 401 for a missing or unknown key, by surface (api: virtual keys on /v1; admin: the admin key).",
+                &["surface"],
+            )?,
             store_unavailable: counter(
                 "switchyard_store_unavailable_total",
                 "Limit and budget steps Redis could not take, by what happened instead (fail_open: this replica's own store; fail_closed: refused; settle_retry: settlement queued until Redis returns).",

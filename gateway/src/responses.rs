@@ -259,6 +259,25 @@ fn chat_part(part: &Value, param: &str) -> Result<Value, ApiError> {
     }
 }
 
+/// Checks that every `function_call_output` of this turn's `input` answers a function call made
+/// earlier in the conversation (`history`) or in this input, as the API does: an output for an
+/// unknown `call_id` is a 400 naming it.
+pub fn check_call_outputs(history: &[ChatMessage], input: &[ChatMessage]) -> Result<(), ApiError> {
+    let mut calls: Vec<&str> = Vec::new();
+    for m in history.iter().chain(input) {
+        if let Some(Value::Array(made)) = m.extra.get("tool_calls") {
+            calls.extend(made.iter().filter_map(|c| c.get("id").and_then(Value::as_str)));
+        }
+        if m.role == "tool" {
+            let call_id = m.extra.get("tool_call_id").and_then(Value::as_str).unwrap_or_default();
+            if !calls.contains(&call_id) {
+                return Err(ApiError::invalid(format!("No tool call found for function call output with call_id {call_id:?}."), "input"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// This turn's input messages as listed items, each with an id derived from `response_id`:
 /// messages (`input_text` parts; assistant turns as `output_text`), function calls and outputs.
 pub fn listed_items(response_id: &str, input: &[ChatMessage]) -> Vec<Value> {
@@ -774,6 +793,22 @@ mod tests {
         assert_eq!(chat.messages[2].extra["tool_call_id"], "c1");
         assert_eq!(chat.tools.unwrap()[0]["function"]["name"], "get");
         assert_eq!(chat.tool_choice.unwrap(), json!({"type": "function", "function": {"name": "get"}}));
+    }
+
+    #[test]
+    fn a_function_call_output_must_answer_a_call() {
+        let req = request(json!({"model": "auto", "input": [
+            {"type": "function_call", "call_id": "c1", "name": "get", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "rain"},
+        ]}));
+        assert!(check_call_outputs(&[], &input_messages(&req).unwrap()).is_ok());
+        // The call was made in an earlier turn.
+        let earlier = input_messages(&req).unwrap()[..1].to_vec();
+        let answer = request(json!({"model": "auto", "input": [{"type": "function_call_output", "call_id": "c1", "output": "rain"}]}));
+        assert!(check_call_outputs(&earlier, &input_messages(&answer).unwrap()).is_ok());
+        let err = check_call_outputs(&[], &input_messages(&answer).unwrap()).unwrap_err();
+        assert_eq!(err.body().error.param.as_deref(), Some("input"));
+        assert!(err.body().error.message.contains("\"c1\""));
     }
 
     #[test]

@@ -77,6 +77,7 @@ def test_streamed_provider_completion(client):
     ({"model": "auto", "prompt": "x", "echo": True}, "echo"),
     ({"model": "auto", "prompt": "x", "suffix": "y"}, "suffix"),
     ({"model": "auto", "prompt": "x", "logprobs": 2}, "logprobs"),
+    ({"model": "auto", "prompt": "x", "top_logprobs": 2}, "top_logprobs"),
     ({"model": "auto", "prompt": "x", "max_tokens": "many"}, "max_tokens"),
 ])
 def test_bad_completions_get_openai_errors(gateway, body, param):

@@ -215,12 +215,20 @@ def test_keys_new_refuses_an_empty_tenant():
     assert "sy-" not in out.stdout, "no key is printed"
 
 
+def auth_failures(gw, surface):
+    m = re.search(rf'^switchyard_auth_failures_total{{surface="{surface}"}} (\d+)', httpx.get(f"{gw.base}/metrics").text, re.M)
+    return int(m.group(1)) if m else 0
+
+
 def test_missing_or_unknown_key_is_401_and_health_needs_none(tenants):
+    before = auth_failures(tenants, "api")
     for key in (None, "sy-" + "0" * 64):
         r = chat(tenants, key)
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "invalid_api_key"
         assert "0" * 64 not in r.text
+    # Refused before any accounting, counted so that key guessing can be seen.
+    assert auth_failures(tenants, "api") == before + 2
     assert httpx.get(f"{tenants.base}/healthz").status_code == 200
 
 

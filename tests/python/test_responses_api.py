@@ -194,6 +194,7 @@ def test_streamed_function_call_arguments_arrive_as_deltas(gateway, schemas):
       "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}, 400, "tool_choice.name"),
     ({"model": "auto", "input": "x", "top_logprobs": 25}, 400, "top_logprobs"),
     ({"model": "auto", "input": "x", "include": ["bogus"]}, 400, "include[0]"),
+    ({"model": "auto", "input": [{"type": "function_call_output", "call_id": "call_nope", "output": "x"}]}, 400, "input"),
     ({"model": "auto", "input": [{"role": "user", "content": [{"type": "input_text"}]}]}, 400, "input[0].content[0].text"),
 ])
 def test_bad_requests_get_openai_errors(gateway, body, status, param):
@@ -311,7 +312,8 @@ def test_passed_through_streams_keep_the_providers_events_and_are_stored(passthr
     assert names == ["response.created"] + ["response.output_text.delta"] * 3 + ["response.completed"]
     assert "".join(d["delta"] for n, d in events if n.endswith(".delta")) == "echo: one two"
     final = events[-1][1]["response"]
-    assert final["store"] is True
+    # Every event shows the client's `store`, not the `store: false` the provider was sent.
+    assert final["store"] is True and events[0][1]["response"]["store"] is True
     assert client_for(passthrough_gateway).responses.retrieve(final["id"]).output_text == "echo: one two"
     assert responses_sent(fake_provider)[-1]["stream"] is True
 

@@ -37,6 +37,7 @@ pub async fn login(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
         .ok_or_else(|| ApiError::invalid("The body must be a JSON object with the admin key as a string: {\"key\": \"…\"}.", "key"))?;
     let Some(key) = &state.admin_key else { return Ok(StatusCode::NO_CONTENT.into_response()) };
     if !key_matches(&given, key) {
+        state.metrics.auth_failures.with_label_values(&["admin"]).inc();
         return Err(ApiError::AdminKeyRequired);
     }
     let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());

@@ -71,6 +71,11 @@ fn to_chat(req: CompletionRequest) -> Result<ChatRequest, ApiError> {
     if req.logprobs.as_ref().is_some_and(|l| !l.is_null()) {
         return Err(unsupported("logprobs"));
     }
+    // A chat field: without this, the chat check would ask for `logprobs: true`, which this
+    // endpoint refuses.
+    if req.extra.get("top_logprobs").is_some_and(|v| !v.is_null()) {
+        return Err(unsupported("top_logprobs"));
+    }
     if req.best_of.is_some_and(|b| b > 1) {
         return Err(unsupported("best_of"));
     }

@@ -59,6 +59,7 @@ pub async fn create(
             headers.insert(TAGS_HEADER, value);
         }
         let input = responses::input_messages(&req)?;
+        responses::check_call_outputs(&history, &input)?;
         // Hosted tools (web search, file search…) only a provider that speaks the API can serve:
         // routed on the request without them, refused unless it is passed through.
         let hosted = responses::has_hosted_tools(&req) && state.any_speaks_responses();
@@ -247,8 +248,12 @@ fn passthrough_events(
                         r.upstream_failed("upstream");
                     }
                 }
-                if let Some(response) = data.get_mut("response").filter(|_| kind == "response.completed" || kind == "response.incomplete") {
+                // Every event that carries the response shows the client's own `store` and
+                // `previous_response_id`, not what the provider was sent.
+                if let Some(response) = data.get_mut("response") {
                     patch_echo(response, &p.echo);
+                }
+                if let Some(response) = data.get_mut("response").filter(|_| kind == "response.completed" || kind == "response.incomplete") {
                     if let Some(r) = p.record.as_mut() {
                         r.usage(usage_of_response(response).as_ref());
                     }

@@ -50,6 +50,7 @@ pub async fn admin_auth(State(state): State<Arc<AppState>>, req: Request, next: 
     if authorized(req.headers(), &state, key) {
         return next.run(req).await;
     }
+    state.metrics.auth_failures.with_label_values(&["admin"]).inc();
     if req.uri().path() == "/dashboard" {
         let mut response = (StatusCode::UNAUTHORIZED, Html(crate::handlers::admin::LOGIN_PAGE)).into_response();
         response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"switchyard\""));

@@ -27,6 +27,10 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
             req.extensions_mut().insert(tenant);
             next.run(req).await
         }
-        Err(failure) => ApiError::InvalidApiKey { failure }.into_response(),
+        Err(failure) => {
+            // Key guessing never reaches the accounting: counted here, so it can be seen.
+            state.metrics.auth_failures.with_label_values(&["api"]).inc();
+            ApiError::InvalidApiKey { failure }.into_response()
+        }
     }
 }
