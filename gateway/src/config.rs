@@ -248,6 +248,35 @@ fn store_problems(raw: &RawConfig) -> Vec<String> {
     problems
 }
 
+/// What `check` and `serve` warn about: rules relying on the privacy guard, tenants never shadowed.
+fn warnings(policy: &Policy, policy_name: &str, file: &str, raw: &RawConfig, topology: &Topology) -> Vec<String> {
+    let guard = policy.guard_warnings(topology).into_iter().map(|w| format!("{policy_name}: {w}"));
+    let shadow = shadow_residency_warnings(raw.shadow.as_ref(), &raw.tenants, topology).into_iter().map(|w| format!("{file}: {w}"));
+    guard.chain(shadow).collect()
+}
+
+/// Tenants the shadow evaluation never samples because its remote or judge runs outside their
+/// residency (the comparison would send their prompts there).
+fn shadow_residency_warnings(shadow: Option<&crate::shadow::ShadowConfig>, tenants: &[TenantConfig], topology: &Topology) -> Vec<String> {
+    let Some(shadow) = shadow else { return Vec::new() };
+    let mut out = Vec::new();
+    for tenant in tenants.iter().filter(|t| !t.residency.is_empty()) {
+        for (key, target) in [("remote", shadow.remote_target()), ("judge", shadow.judge.as_str())] {
+            let region = topology.get(target).and_then(|t| t.region.as_deref());
+            if !router::region_allowed(&tenant.residency, region) {
+                out.push(format!(
+                    "shadow.{key} {target:?} runs in region {} outside tenant {:?}'s residency [{}]: that tenant is never shadowed",
+                    region.unwrap_or("(none)"),
+                    tenant.name,
+                    tenant.residency.join(", ")
+                ));
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// The learned scorer the policy's `[classifier] model` names, or a problem.
 fn load_scorer(policy: &Policy, policy_name: &str, problems: &mut Vec<String>) -> Option<std::sync::Arc<router::learned::LearnedScorer>> {
     let path = policy.classifier.model.as_ref()?;
@@ -466,7 +495,7 @@ impl GatewayConfig {
         let scorer = policy.as_ref().and_then(|p| load_scorer(p, &policy_name, &mut problems));
         match (problems.is_empty(), listen, policy) {
             (true, Ok(listen), Some(policy)) => Ok(Self {
-                warnings: policy.guard_warnings(&topology).into_iter().map(|w| format!("{policy_name}: {w}")).collect(),
+                warnings: warnings(&policy, &policy_name, file, &raw, &topology),
                 server: raw.server,
                 listen,
                 local: raw.local,

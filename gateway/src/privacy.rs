@@ -51,12 +51,16 @@ const IDENTIFIERS: &[&str] = &["type", "id", "tool_call_id", "role"];
 /// In tool definitions and schemas `name` is an identifier too (a message's `name` is not).
 const DEFINITION_IDENTIFIERS: &[&str] = &["type", "id", "name"];
 
-/// Every string value under `value` whose key is not in `skip`.
+/// Every string under `value` a provider sees: string values whose key is not in `skip`, and
+/// object keys (a metadata key or a schema property can hold PII too).
 fn walk_strings(value: &Value, key: Option<&str>, skip: &[&str], visit: &mut impl FnMut(&str)) {
     match value {
         Value::String(s) if !key.is_some_and(|k| skip.contains(&k)) => visit(s),
         Value::Array(items) => items.iter().for_each(|item| walk_strings(item, key, skip, visit)),
-        Value::Object(fields) => fields.iter().for_each(|(k, v)| walk_strings(v, Some(k), skip, visit)),
+        Value::Object(fields) => fields.iter().for_each(|(k, v)| {
+            visit(k);
+            walk_strings(v, Some(k), skip, visit);
+        }),
         _ => {}
     }
 }
@@ -65,37 +69,80 @@ fn walk_strings_mut(value: &mut Value, key: Option<&str>, skip: &[&str], f: &mut
     match value {
         Value::String(s) if !key.is_some_and(|k| skip.contains(&k)) => f(s),
         Value::Array(items) => items.iter_mut().for_each(|item| walk_strings_mut(item, key, skip, f)),
-        Value::Object(fields) => fields.iter_mut().for_each(|(k, v)| walk_strings_mut(v, Some(k.as_str()), skip, f)),
+        Value::Object(fields) => {
+            // Keys are renamed by taking the map apart (a key cannot change in place).
+            let entries: Vec<(String, Value)> = std::mem::take(fields).into_iter().collect();
+            for (mut k, mut v) in entries {
+                walk_strings_mut(&mut v, Some(k.as_str()), skip, f);
+                f(&mut k);
+                fields.insert(k, v);
+            }
+        }
         _ => {}
     }
 }
 
+/// Fields of a message content part left out of the walk: handled apart (`text`), identifiers,
+/// or media (unscannable already, and a redacted image or audio would be broken).
+const PART_HANDLED: &[&str] = &["type", "id", "text", "image_url", "input_audio", "file"];
+
+/// The other fields of a content part (`{"type": "text", "text": …, "note": …}`).
+fn part_fields(part: &Value) -> impl Iterator<Item = (&String, &Value)> {
+    part.as_object().into_iter().flatten().filter(|(k, _)| !PART_HANDLED.contains(&k.as_str()))
+}
+/// Keys of a tool call: identifiers, and `arguments`, scanned as message text.
+const CALL_HANDLED: &[&str] = &["type", "id", "name", "arguments"];
+
 /// The strings of `req` outside message text and tool-call arguments that a provider sees.
 fn for_each_other_string(req: &ChatRequest, visit: &mut impl FnMut(&str)) {
     for message in &req.messages {
-        for (key, value) in message.extra.iter().filter(|(k, _)| k.as_str() != "tool_calls") {
-            walk_strings(value, Some(key), IDENTIFIERS, visit);
+        for (key, value) in &message.extra {
+            visit(key);
+            let skip = if key == "tool_calls" { CALL_HANDLED } else { IDENTIFIERS };
+            walk_strings(value, Some(key), skip, visit);
+        }
+        if let Some(MessageContent::Parts(parts)) = &message.content {
+            for (key, value) in parts.iter().flat_map(part_fields) {
+                visit(key);
+                walk_strings(value, Some(key), IDENTIFIERS, visit);
+            }
         }
     }
-    for definitions in [&req.tools, &req.response_format].into_iter().flatten() {
+    for definitions in [&req.tools, &req.response_format, &req.tool_choice].into_iter().flatten() {
         walk_strings(definitions, None, DEFINITION_IDENTIFIERS, visit);
+    }
+    if let Some(options) = &req.stream_options {
+        for (key, value) in &options.extra {
+            visit(key);
+            walk_strings(value, Some(key), IDENTIFIERS, visit);
+        }
     }
     if let Some(stop) = &req.stop {
         stop.to_vec().iter().for_each(|s| visit(s));
     }
     for (key, value) in &req.extra {
+        visit(key);
         walk_strings(value, Some(key), IDENTIFIERS, visit);
     }
 }
 
 fn for_each_other_string_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut String)) {
     for message in &mut req.messages {
-        for (key, value) in message.extra.iter_mut().filter(|(k, _)| k.as_str() != "tool_calls") {
-            walk_strings_mut(value, Some(key.as_str()), IDENTIFIERS, f);
+        redact_map(&mut message.extra, f, |key| if key == "tool_calls" { CALL_HANDLED } else { IDENTIFIERS });
+        if let Some(MessageContent::Parts(parts)) = &mut message.content {
+            for part in parts.iter_mut().filter_map(Value::as_object_mut) {
+                let handled: serde_json::Map<String, Value> = part.iter().filter(|(k, _)| PART_HANDLED.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+                part.retain(|k, _| !PART_HANDLED.contains(&k.as_str()));
+                redact_map(part, f, |_| IDENTIFIERS);
+                part.extend(handled);
+            }
         }
     }
-    for definitions in [&mut req.tools, &mut req.response_format].into_iter().flatten() {
+    for definitions in [&mut req.tools, &mut req.response_format, &mut req.tool_choice].into_iter().flatten() {
         walk_strings_mut(definitions, None, DEFINITION_IDENTIFIERS, f);
+    }
+    if let Some(options) = &mut req.stream_options {
+        redact_map(&mut options.extra, f, |_| IDENTIFIERS);
     }
     match &mut req.stop {
         Some(providers::wire::Stop::One(s)) => f(s),
@@ -106,17 +153,35 @@ fn for_each_other_string_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut Strin
         }
         None => {}
     }
-    for (key, value) in &mut req.extra {
-        walk_strings_mut(value, Some(key.as_str()), IDENTIFIERS, f);
+    redact_map(&mut req.extra, f, |_| IDENTIFIERS);
+}
+
+/// [`walk_strings_mut`] over a map of fields: its keys and, under each, what `skip` leaves.
+fn redact_map(fields: &mut serde_json::Map<String, Value>, f: &mut dyn FnMut(&mut String), skip: impl Fn(&str) -> &'static [&'static str]) {
+    let taken: Vec<(String, Value)> = std::mem::take(fields).into_iter().collect();
+    for (mut key, mut value) in taken {
+        walk_strings_mut(&mut value, Some(key.as_str()), skip(&key), f);
+        f(&mut key);
+        fields.insert(key, value);
     }
 }
 
-/// True when any string anywhere in `value` (keys aside) holds PII.
+/// Counts the PII kinds in every string of `value`, keys included, into `pii`.
+pub fn count_pii_in(value: &Value, pii: &mut BTreeMap<String, u32>) {
+    let scanner = router::pii_scanner();
+    walk_strings(value, None, &[], &mut |text| {
+        for span in scanner.scan(text) {
+            *pii.entry(span.kind.as_str().to_owned()).or_insert(0) += 1;
+        }
+    });
+}
+
+/// True when any string anywhere in `value`, keys included, holds PII.
 pub fn any_pii(value: &Value) -> bool {
     match value {
         Value::String(s) => !router::pii_scanner().scan(s).is_empty(),
         Value::Array(items) => items.iter().any(any_pii),
-        Value::Object(fields) => fields.values().any(any_pii),
+        Value::Object(fields) => fields.iter().any(|(k, v)| !router::pii_scanner().scan(k).is_empty() || any_pii(v)),
         _ => false,
     }
 }
@@ -303,13 +368,21 @@ mod tests {
     fn everywhere() -> ChatRequest {
         request(serde_json::json!({
             "model": "auto",
-            "messages": [{"role": "user", "content": "hello", "name": EMAIL}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hello", "note": EMAIL}], "name": EMAIL},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "x": EMAIL,
+                    "function": {"name": "notify", "arguments": "{}", "y": EMAIL}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "done"},
+            ],
+            "tool_choice": {"type": "function", "function": {"name": "notify"}, "why": EMAIL},
+            "stream": true,
+            "stream_options": {"include_usage": true, "tag": EMAIL},
             "tools": [{"type": "function", "function": {"name": "notify", "description": format!("Notify {EMAIL}"),
                        "parameters": {"type": "object", "properties": {"to": {"type": "string", "enum": [EMAIL]}}}}}],
             "response_format": {"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object", "description": EMAIL}}},
             "stop": [EMAIL],
             "user": EMAIL,
-            "metadata": {"owner": EMAIL},
+            "metadata": {"owner": EMAIL, format!("customer {EMAIL}"): "vip"},
             "x_note": format!("for {EMAIL}"),
         }))
     }
@@ -317,7 +390,8 @@ mod tests {
     #[test]
     fn pii_outside_message_text_is_found_and_redacted_but_identifiers_are_kept() {
         let seen = inspect(&everywhere());
-        assert_eq!(seen.pii.get("email"), Some(&8), "{:?}", seen.pii);
+        // Values and keys, in message parts, tool calls, `tool_choice` and `stream_options` too.
+        assert_eq!(seen.pii.get("email"), Some(&14), "{:?}", seen.pii);
         assert!(!seen.text.contains(EMAIL), "only message text is classified");
         let mut req = everywhere();
         redact(&mut req);
@@ -327,6 +401,11 @@ mod tests {
         assert_eq!(sent.pointer("/tools/0/type"), Some(&serde_json::json!("function")));
         assert_eq!(sent.pointer("/response_format/json_schema/name"), Some(&serde_json::json!("out")));
         assert_eq!(sent.pointer("/user"), Some(&serde_json::json!("<EMAIL_1>")));
+        assert_eq!(sent.pointer("/messages/1/tool_calls/0/function/name"), Some(&serde_json::json!("notify")));
+        assert_eq!(sent.pointer("/messages/1/tool_calls/0/id"), Some(&serde_json::json!("c1")));
+        assert_eq!(sent.pointer("/messages/2/tool_call_id"), Some(&serde_json::json!("c1")));
+        assert_eq!(sent.pointer("/messages/0/content/0/text"), Some(&serde_json::json!("hello")));
+        assert_eq!(sent.pointer("/metadata/customer <EMAIL_1>"), Some(&serde_json::json!("vip")), "a key is redacted too");
     }
 
     #[test]

@@ -234,9 +234,10 @@ impl Router {
             (EXPLICIT_RULE.to_owned(), target, Vec::new(), false, policy.on_violation)
         };
         // Redaction cannot cover content that was not scanned (images, files): fail closed.
-        let redacts = redact && !input.pii.contains_key(crate::PiiKind::Unscannable.as_str());
+        let redaction = crate::Redacts::of(redact, input.pii.contains_key(crate::PiiKind::Unscannable.as_str()));
+        let redacts = redaction == crate::Redacts::Yes;
         let privacy_tagged = !privacy.tags.is_empty();
-        let check = |t: &str| violation(&self.topology, t, input.residency, privacy_tagged, redacts);
+        let check = |t: &str| violation(&self.topology, t, input.residency, privacy_tagged, redaction);
         let mut allowed_fallbacks = Vec::new();
         for fallback in fallbacks {
             match check(&fallback) {

@@ -108,17 +108,39 @@ pub fn region_allowed(residency: &[String], region: Option<&str>) -> bool {
         .any(|allowed| region == allowed || region.strip_prefix(allowed.as_str()).is_some_and(|rest| rest.starts_with('-')))
 }
 
+/// Whether a request's PII is replaced by placeholders before it leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redacts {
+    /// The rule redacts and every part of the request could be scanned.
+    Yes,
+    /// The rule does not redact.
+    No,
+    /// The rule redacts, but part of the request (an image, a file, audio) could not be scanned,
+    /// so redaction cannot cover it.
+    Unscannable,
+}
+
+impl Redacts {
+    /// What a rule's `redact` achieves for a request of which part was `unscannable`.
+    pub const fn of(redact: bool, unscannable: bool) -> Self {
+        match (redact, unscannable) {
+            (false, _) => Self::No,
+            (true, false) => Self::Yes,
+            (true, true) => Self::Unscannable,
+        }
+    }
+}
+
 /// Why a request may not go to a target, or `None` when it may.
 ///
-/// `privacy_tagged`: the request carries a privacy tag; `redacted`: its PII will be replaced by
-/// placeholders before it leaves (which does not lift residency, and cannot cover content that
-/// was not scannable).
+/// `privacy_tagged`: the request carries a privacy tag; `redacts`: whether its PII will be
+/// replaced by placeholders before it leaves (which does not lift residency).
 pub fn violation(
     topology: &Topology,
     target: &str,
     residency: &[String],
     privacy_tagged: bool,
-    redacted: bool,
+    redacts: Redacts,
 ) -> Option<String> {
     let Some(info) = topology.get(target) else {
         return Some(format!("target {target:?} is not configured"));
@@ -130,8 +152,16 @@ pub fn violation(
             residency.join(", ")
         ));
     }
-    if privacy_tagged && !info.trusted && !redacted {
-        return Some(format!("target {target:?} is not trusted with privacy-tagged data and the rule does not redact"));
+    if privacy_tagged && !info.trusted {
+        match redacts {
+            Redacts::Yes => {}
+            Redacts::No => return Some(format!("target {target:?} is not trusted with privacy-tagged data and the rule does not redact")),
+            Redacts::Unscannable => {
+                return Some(format!(
+                    "target {target:?} is not trusted with privacy-tagged data, and the rule's redaction cannot cover content that could not be scanned (images, files, audio)"
+                ))
+            }
+        }
     }
     None
 }
@@ -171,6 +201,9 @@ impl Policy {
     pub fn guard_warnings(&self, topology: &Topology) -> Vec<String> {
         let mut warnings = Vec::new();
         for rule in &self.rules {
+            // Rerouting goes to a fallback the request may use, else to the local engine.
+            let trusted_fallback = rule.fallback.iter().flat_map(|t| topology.expand(t.get_ref())).any(|t| topology.get(&t).is_some_and(|i| i.trusted));
+            let rescued = trusted_fallback || topology.local_target().is_some();
             for (field, full) in rule.targets().flat_map(|(f, t)| topology.expand(t.get_ref()).into_iter().map(move |e| (f, e))) {
                 let untrusted = topology.get(&full).is_some_and(|i| !i.trusted);
                 if untrusted && !rule.redact {
@@ -179,7 +212,8 @@ impl Policy {
                         rule.name,
                         full,
                         match rule.on_violation.unwrap_or(self.on_violation) {
-                            crate::OnViolation::Reroute => "rerouted",
+                            crate::OnViolation::Reroute if rescued => "rerouted",
+                            crate::OnViolation::Reroute => "rejected (403: no trusted fallback and no local engine to reroute them to)",
                             crate::OnViolation::Reject => "rejected",
                         }
                     ));
@@ -217,13 +251,14 @@ mod tests {
     fn violation_reasons() {
         let t = topology();
         let eu = vec!["eu".to_owned()];
-        assert!(violation(&t, "local", &eu, true, false).is_none());
-        assert!(violation(&t, "openai/gpt-4o", &eu, false, false).unwrap().contains("residency"));
-        assert!(violation(&t, "openai/gpt-4o", &[], true, false).unwrap().contains("not trusted"));
-        assert!(violation(&t, "openai/gpt-4o", &[], true, true).is_none(), "redaction lifts trust");
-        assert!(violation(&t, "openai/gpt-4o", &eu, true, true).is_some(), "but not residency");
-        assert!(violation(&t, "azure/gpt-4o", &eu, true, false).is_none());
-        assert!(violation(&t, "mystery/m", &eu, false, false).unwrap().contains("unknown"));
+        assert!(violation(&t, "local", &eu, true, Redacts::No).is_none());
+        assert!(violation(&t, "openai/gpt-4o", &eu, false, Redacts::No).unwrap().contains("residency"));
+        assert!(violation(&t, "openai/gpt-4o", &[], true, Redacts::No).unwrap().contains("the rule does not redact"));
+        assert!(violation(&t, "openai/gpt-4o", &[], true, Redacts::Yes).is_none(), "redaction lifts trust");
+        assert!(violation(&t, "openai/gpt-4o", &[], true, Redacts::Unscannable).unwrap().contains("could not be scanned"), "unless it cannot cover everything");
+        assert!(violation(&t, "openai/gpt-4o", &eu, true, Redacts::Yes).is_some(), "but not residency");
+        assert!(violation(&t, "azure/gpt-4o", &eu, true, Redacts::No).is_none());
+        assert!(violation(&t, "mystery/m", &eu, false, Redacts::No).unwrap().contains("unknown"));
     }
 
     #[test]
@@ -246,6 +281,13 @@ mod tests {
         let text = "[[rule]]\nname = \"hard\"\nroute = \"openai/gpt-4o\"\n[[rule]]\nname = \"r\"\nredact = true\nroute = \"openai/gpt-4o\"\n";
         let warnings = Policy::parse(text).unwrap().guard_warnings(&topology());
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("\"hard\".route"));
+        assert!(warnings[0].contains("\"hard\".route") && warnings[0].contains("are rerouted"), "{warnings:?}");
+        // Without a local engine or a trusted fallback there is nowhere to reroute them to.
+        let remote_only = Topology::new().with_remote("openai/gpt-4o", Some("us-east"), false).with_remote("azure/gpt-4o", Some("eu-west"), true);
+        let warnings = Policy::parse(text).unwrap().guard_warnings(&remote_only);
+        assert!(warnings[0].contains("rejected (403: no trusted fallback and no local engine"), "{warnings:?}");
+        let rescued = "[[rule]]\nname = \"hard\"\nroute = \"openai/gpt-4o\"\nfallback = [\"azure/gpt-4o\"]\n";
+        let warnings = Policy::parse(rescued).unwrap().guard_warnings(&remote_only);
+        assert!(warnings[0].contains("are rerouted"), "{warnings:?}");
     }
 }

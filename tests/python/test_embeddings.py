@@ -91,6 +91,10 @@ def test_privacy_tagged_input_never_reaches_a_remote_model(gateway, fake_provide
     before = len(fake_requests(fake_provider))
     r = httpx.post(f"{gateway.v1}/embeddings", json={"model": "fake/embed", "input": [text]}, headers=headers, timeout=30)
     assert r.status_code == 403 and r.json()["error"]["code"] == "policy_violation"
+    # PII in another field the provider would see (`user`) counts too.
+    r = httpx.post(f"{gateway.v1}/embeddings", json={"model": "fake/embed", "input": ["quarterly plan"], "user": "u@example.com"},
+                   timeout=30)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "policy_violation"
     assert len(fake_requests(fake_provider)) == before
     # The local model embeds it.
     local = httpx.post(f"{gateway.v1}/embeddings", json={"model": "auto", "input": [text]}, headers=headers, timeout=30)

@@ -155,6 +155,20 @@ def test_route_shows_pii_kinds_and_counts_never_values(redacting):
         assert value not in r.text
 
 
+def test_pii_written_with_other_spaces_digits_and_dashes_is_found_and_redacted(redacting, fake_provider):
+    text = "Call 06\u00a012\u00a034\u00a056\u00a078 or 415\u2013555\u20130132, card \uff14\uff11\uff11\uff11 1111 1111 1111, db at 10.0.0.5:8080"
+    d = httpx.post(f"{redacting.v1}/route", json={"model": "auto", "messages": [{"role": "user", "content": text}]}).json()
+    assert d["privacy"]["pii"] == {"phone": 2, "credit_card": 1, "ip_address": 1}, d
+    before = len(fake_requests(fake_provider))
+    r = httpx.post(f"{redacting.v1}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": text}]})
+    assert r.status_code == 200, r.text
+    sent = json.dumps(sent_since(fake_provider, before), ensure_ascii=False)
+    for value in ("12\u00a034", "555\u20130132", "\uff14\uff11", "10.0.0.5"):
+        assert value not in sent, sent
+    # The answer (the fake echoes) gets the values back, as written.
+    assert "06\u00a012\u00a034\u00a056\u00a078" in r.json()["choices"][0]["message"]["content"]
+
+
 def test_image_content_is_unscannable_and_does_not_leave_unredacted(redacting, fake_provider):
     before = len(fake_requests(fake_provider))
     r = httpx.post(f"{redacting.v1}/route", json={"model": "fake/echo", "messages": [{"role": "user", "content": [

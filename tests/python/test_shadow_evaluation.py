@@ -131,6 +131,24 @@ def test_opted_out_tenants_are_never_sampled(tmp_path, fake_provider):
         gw.stop()
 
 
+def test_tenants_whose_residency_excludes_the_judge_are_never_sampled(tmp_path, fake_provider):
+    # The fake provider has no region: nothing sent to it is inside a residency.
+    eu_key, open_key = new_virtual_key(), new_virtual_key()
+    tenants = (f'[[tenants]]\nname = "eu-co"\nkeys = ["{eu_key[1]}"]\nresidency = ["eu"]\n\n'
+               f'[[tenants]]\nname = "open-co"\nkeys = ["{open_key[1]}"]\n\n')
+    gw, store = shadow_gateway(tmp_path, fake_provider, tenants=tenants)
+    try:
+        check = subprocess.run([str(BIN), "check", "--config", str(gw.config_path)], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0 and 'outside tenant "eu-co"\'s residency [eu]: that tenant is never shadowed' in check.stderr, check.stderr
+        ask(gw, "Name a bird. eu-resident", key=eu_key[0])
+        ask(gw, "Name a fish. anywhere", key=open_key[0])
+        wait_for(lambda: len(records(store)) == 1, timeout=30, what="the other tenant's record")
+        assert records(store)[0]["tenant"] == "open-co"
+        assert "eu-resident" not in json.dumps(fake_requests(fake_provider))
+    finally:
+        gw.stop()
+
+
 def test_position_swap_cancels_a_biased_judge(tmp_path, fake_provider):
     gw, store = shadow_gateway(tmp_path, fake_provider, judge="fake/judge-first")
     try:

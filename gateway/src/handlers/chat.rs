@@ -282,7 +282,13 @@ pub async fn serve_chat(
 /// local engine is among its targets. The answer is filled in once the local engine gave it.
 fn shadow_candidate(state: &AppState, req: &ChatRequest, decision: &Decision, tenant: &TenantProfile, ctx: &RequestCtx) -> Option<Shadowing> {
     let shadow = state.shadow.as_ref()?;
+    // The comparison sends the prompt to the shadow's remote and judge: never outside the
+    // tenant's residency.
+    let topology = state.router.topology();
+    let inside = |target: &str| router::region_allowed(&tenant.residency, topology.get(target).and_then(|t| t.region.as_deref()));
     let eligible = decision.privacy.tags.is_empty()
+        && inside(shadow.config().remote_target())
+        && inside(&shadow.config().judge)
         && !state.shadow_excluded.contains(&tenant.name)
         && req.n.unwrap_or(1) <= 1
         && req.tools.is_none()

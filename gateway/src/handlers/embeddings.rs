@@ -160,7 +160,9 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
     let max_inputs = local.map_or(default_max_inputs(), |l| l.config.max_inputs);
     let texts = texts(&req.input, max_inputs)?;
     // Token ids cannot be scanned: they count as unscannable (fail closed), as images do in chat.
-    let inspection = privacy::inspect_texts(texts.as_deref());
+    let mut inspection = privacy::inspect_texts(texts.as_deref());
+    // The other fields go to a provider as sent (`user`…): PII in them counts too.
+    privacy::count_pii_in(&Value::Object(req.extra.clone()), &mut inspection.pii);
     let mut tags: Vec<String> = caller_tags(headers);
     tags.extend(tenant.tags.iter().cloned());
     tags.extend(inspection.pii.keys().map(|_| "pii".to_owned()));
@@ -207,7 +209,7 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
         });
     }
     // The same residency rule as chat: never to a region outside the tenant's.
-    if let Some(reason) = router::violation(state.router.topology(), &target, &tenant.residency, false, false) {
+    if let Some(reason) = router::violation(state.router.topology(), &target, &tenant.residency, false, router::Redacts::No) {
         return Err(ApiError::PolicyViolation { reason });
     }
     let (provider, upstream_model) = provider_for(state, &target)?;

@@ -51,7 +51,7 @@ pub fn payment_card(s: &str) -> bool {
 
 /// Digit groups of a card as printed: none, fours (4-4-4-x, 4-4-4-4, 4-4-4-4-3, 4-4-5), 4-6-5 or 4-6-4.
 fn card_grouping(s: &str) -> bool {
-    let groups: Vec<usize> = s.split([' ', '-']).map(str::len).collect();
+    let groups: Vec<usize> = s.split([' ', '-', '.']).map(str::len).collect();
     match groups.as_slice() {
         [_] | [4, 6 | 4, 5 | 4] | [4, 4, 4, 4] | [4, 4, 4, 4, 3] => true,
         [4, 4, 4, last] => (1..=4).contains(last),
@@ -80,7 +80,8 @@ pub fn iban_length(country: &str) -> Option<usize> {
 
 /// An IBAN (spaces allowed): registered length for its country and mod-97 = 1.
 pub fn iban(s: &str) -> bool {
-    let compact: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    // Written in lower case too (`de89 3704 …`).
+    let compact: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).map(|b| b.to_ascii_uppercase()).collect();
     if compact.len() < 15 || !compact.iter().all(u8::is_ascii_alphanumeric) {
         return false;
     }

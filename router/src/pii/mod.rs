@@ -3,6 +3,7 @@
 //! longer word or number). Findings carry kinds and byte spans, never copies of the values.
 
 mod checks;
+mod normalize;
 mod phone;
 
 use std::collections::BTreeMap;
@@ -109,10 +110,17 @@ struct Pattern {
     shape: Shape,
     /// Numbers glued to a letter, `#`, or a `-`/`.`/`/` run are identifiers, not PII.
     numeric: bool,
+    /// A network address: a `:` or `/` beside it (`ip:`, `http://`, a `:port`, a `/24` prefix,
+    /// a path) does not glue it to anything.
+    address: bool,
 }
 
 const fn pat(kind: PiiKind, regex: &'static str, check: Check, shape: Shape, numeric: bool) -> Pattern {
-    Pattern { kind, regex, check, shape, numeric }
+    Pattern { kind, regex, check, shape, numeric, address: false }
+}
+
+const fn address(regex: &'static str, check: Check) -> Pattern {
+    Pattern { kind: PiiKind::IpAddress, regex, check, shape: Shape::Exact, numeric: true, address: true }
 }
 
 const fn any(_: &str, _: &str) -> bool {
@@ -127,17 +135,18 @@ static PATTERNS: &[Pattern] = &[
     pat(PiiKind::Secret, r"sk-[A-Za-z0-9_-]{20,}", any, Shape::Exact, false),
     pat(PiiKind::Secret, r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}", any, Shape::Exact, false),
     pat(PiiKind::Secret, r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})", any, Shape::Exact, false),
-    pat(PiiKind::Email, r"[\p{L}\p{N}._%+-]+@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.[A-Za-z]{2,}", any, Shape::Exact, false),
-    pat(PiiKind::Iban, r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,}", |s, _| checks::iban(s), Shape::Iban, false),
+    // An apostrophe may sit inside a local part (`mary.o'connor@…`), not at its start.
+    pat(PiiKind::Email, r"[\p{L}\p{N}._%+-][\p{L}\p{N}._%+'-]*@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.[A-Za-z]{2,}", any, Shape::Exact, false),
+    pat(PiiKind::Iban, r"[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,}", |s, _| checks::iban(s), Shape::Iban, false),
     pat(PiiKind::ItCodiceFiscale, r"[A-Z]{6}[0-9LMNPQRSTUV]{2}[A-EHLMPR-T][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z]", |s, _| checks::it_codice_fiscale(s), Shape::Exact, false),
     pat(PiiKind::UkNino, r"[A-Z]{2} ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]", |s, _| checks::uk_nino(s), Shape::Exact, false),
     pat(PiiKind::EsNie, r"[XYZ]-?[0-9]{7}-?[A-Z]", |s, _| checks::es_nie(s), Shape::Exact, false),
-    pat(PiiKind::CreditCard, r"(?-u:\b)[0-9](?:[ -]?[0-9]){11,}", |s, _| checks::payment_card(s), Shape::DigitGroups, true),
+    pat(PiiKind::CreditCard, r"(?-u:\b)[0-9](?:[ .-]?[0-9]){11,}", |s, _| checks::payment_card(s), Shape::DigitGroups, true),
     pat(PiiKind::FrNir, r"(?-u:\b)[12] ?[0-9]{2} ?[0-9]{2} ?(?:[0-9]{2}|2[AB]) ?[0-9]{3} ?[0-9]{3} ?[0-9]{2}", |s, _| checks::fr_nir(s), Shape::Exact, true),
     pat(PiiKind::UsSsn, r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}", |s, _| checks::us_ssn(s), Shape::Exact, true),
     pat(PiiKind::EsDni, r"(?-u:\b)[0-9]{8}-?[A-Z]", |s, _| checks::es_dni(s), Shape::Exact, true),
     pat(PiiKind::IpAddress, r"[0-9A-Fa-f]*(?::[0-9A-Fa-f]*){2,}", |s, _| checks::ipv6(s), Shape::Exact, false),
-    pat(PiiKind::IpAddress, r"(?-u:\b)[0-9]{1,3}(?:\.[0-9]{1,3}){3}", |s, _| checks::ipv4(s), Shape::Exact, true),
+    address(r"(?-u:\b)[0-9]{1,3}(?:\.[0-9]{1,3}){3}", |s, _| checks::ipv4(s)),
     pat(PiiKind::Phone, phone::REGEX, phone::is_phone, Shape::DigitGroups, true),
 ];
 
@@ -167,8 +176,24 @@ impl PiiScanner {
         Self { regex, each }
     }
 
-    /// Every finding in `text`, in order, non-overlapping.
+    /// Every finding in `text`, in order, non-overlapping. Digits of other scripts, Unicode
+    /// spaces and dashes count as their ASCII forms, and invisible characters (soft hyphens,
+    /// zero-width spaces) as nothing; spans are offsets into `text` as given.
     pub fn scan(&self, text: &str) -> Vec<PiiSpan> {
+        match normalize::folded(text) {
+            None => self.scan_folded(text),
+            Some(folded) => self
+                .scan_folded(&folded.text)
+                .into_iter()
+                .map(|s| {
+                    let (start, end) = folded.original(s.start, s.end);
+                    PiiSpan { kind: s.kind, start, end }
+                })
+                .collect(),
+        }
+    }
+
+    fn scan_folded(&self, text: &str) -> Vec<PiiSpan> {
         let mut found = Vec::new();
         let mut at = 0;
         while at < text.len() {
@@ -190,11 +215,11 @@ impl PiiScanner {
     /// After `failed` matched at `start` but did not pass, the first lower-priority pattern that
     /// matches there and passes. A start glued to a word fails every pattern: no search then.
     fn retry(&self, text: &str, failed: PatternID, start: usize) -> Option<PiiSpan> {
-        if glued_left(text, start, false) {
+        if glued_left(text, start, false, false) {
             return None;
         }
-        let glued_number = glued_left(text, start, true);
-        (failed.as_usize() + 1..PATTERNS.len()).filter(|&pid| !(glued_number && PATTERNS[pid].numeric)).find_map(|pid| {
+        let glued_number = glued_left(text, start, true, false);
+        (failed.as_usize() + 1..PATTERNS.len()).filter(|&pid| !(glued_number && PATTERNS[pid].numeric && !PATTERNS[pid].address)).find_map(|pid| {
             let m = self.each[pid].search(&Input::new(text).range(start..).anchored(Anchored::Yes))?;
             Self::accept(text, PatternID::new(pid).ok()?, start, m.end())
         })
@@ -203,7 +228,7 @@ impl PiiScanner {
     /// The finding for pattern `pid` matched at `start..end`, if it passes its check.
     fn accept(text: &str, pid: PatternID, start: usize, end: usize) -> Option<PiiSpan> {
         let p = &PATTERNS[pid.as_usize()];
-        if glued_left(text, start, p.numeric) {
+        if glued_left(text, start, p.numeric, p.address) {
             return None;
         }
         let mut from = start.saturating_sub(CONTEXT_BYTES);
@@ -211,7 +236,7 @@ impl PiiScanner {
             from += 1;
         }
         let before = &text[from..start];
-        let fits = |end: usize| !glued_right(text, end, p.numeric) && (p.check)(&text[start..end], before);
+        let fits = |end: usize| !glued_right(text, end, p.numeric, p.address) && (p.check)(&text[start..end], before);
         let end = match p.shape {
             Shape::Exact => fits(end).then_some(end)?,
             Shape::DigitGroups => {
@@ -221,7 +246,7 @@ impl PiiScanner {
                 ends.find(|&e| text.as_bytes()[e - 1].is_ascii_digit() && fits(e))?
             }
             Shape::Iban => {
-                let len = checks::iban_length(text.get(start..start + 2)?)?;
+                let len = checks::iban_length(&text.get(start..start + 2)?.to_ascii_uppercase())?;
                 let mut seen = 0;
                 let e = text[start..end].bytes().position(|b| {
                     seen += usize::from(b != b' ');
@@ -258,10 +283,11 @@ fn is_word_char(c: char) -> bool {
 
 /// True when the candidate at `start` continues a word (or, for numbers, an identifier such as
 /// `ORD-2024…`, `v1.2…`, `#4839…`).
-fn glued_left(text: &str, start: usize, numeric: bool) -> bool {
+fn glued_left(text: &str, start: usize, numeric: bool, address: bool) -> bool {
     let mut before = text[..start].chars().rev();
     match before.next() {
         Some(c) if is_word_char(c) => true,
+        Some(':' | '/') if address => false,
         Some('#') if numeric => true,
         // `9400 9070 8372 …`: the third or later group of a digit sequence printed in short groups.
         Some(' ') if numeric => continues_digit_groups(text, start),
@@ -296,10 +322,11 @@ fn continues_digit_groups(text: &str, start: usize) -> bool {
 
 /// True when the text after `end` continues the candidate (a letter or digit, or a `-`/`.`/`/`
 /// followed by one: a longer number, a date, a version).
-fn glued_right(text: &str, end: usize, numeric: bool) -> bool {
+fn glued_right(text: &str, end: usize, numeric: bool, address: bool) -> bool {
     let mut after = text[end..].chars();
     match after.next() {
         Some(c) if is_word_char(c) => true,
+        Some(':' | '/') if address => false,
         Some('-' | '.' | '/' | ',' | ':') if numeric => after.next().is_some_and(|c| c.is_ascii_alphanumeric()),
         Some('@') => true,
         _ => false,

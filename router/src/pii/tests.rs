@@ -91,3 +91,42 @@ fn phones_after_other_clauses_and_numbers() {
         assert!(kinds(text).contains(&(PiiKind::Phone, phone)), "{text}: {:?}", kinds(text));
     }
 }
+
+#[test]
+fn numbers_written_with_other_digits_spaces_and_dashes_are_found_and_span_what_was_written() {
+    for (text, kind, value) in [
+        ("appelle le 06\u{00A0}12\u{00A0}34\u{00A0}56\u{00A0}78 stp", PiiKind::Phone, "06\u{00A0}12\u{00A0}34\u{00A0}56\u{00A0}78"),
+        ("call 415–555–0132 today", PiiKind::Phone, "415–555–0132"),
+        ("card ４１１１ １１１１ １１１１ １１１１ ok", PiiKind::CreditCard, "４１１１ １１１１ １１１１ １１１１"),
+        ("card 4111\u{202F}1111\u{202F}1111\u{202F}1111 ok", PiiKind::CreditCard, "4111\u{202F}1111\u{202F}1111\u{202F}1111"),
+        ("card\t4111\t1111\t1111\t1111 ok", PiiKind::CreditCard, "4111\t1111\t1111\t1111"),
+        ("card 4111.1111.1111.1111 ok", PiiKind::CreditCard, "4111.1111.1111.1111"),
+        ("iban de89 3704 0044 0532 0130 00 ok", PiiKind::Iban, "de89 3704 0044 0532 0130 00"),
+        ("iban DE89\u{00A0}3704\u{00A0}0044\u{00A0}0532\u{00A0}0130\u{00A0}00 ok", PiiKind::Iban, "DE89\u{00A0}3704\u{00A0}0044\u{00A0}0532\u{00A0}0130\u{00A0}00"),
+        ("ssn ١٢٣-٤٥-٦٧٨٩ ok", PiiKind::UsSsn, "١٢٣-٤٥-٦٧٨٩"),
+        ("write to mary.o'connor@example.ie now", PiiKind::Email, "mary.o'connor@example.ie"),
+        ("write to john.\u{00AD}doe@example.com now", PiiKind::Email, "john.\u{00AD}doe@example.com"),
+    ] {
+        assert_eq!(kinds(text), vec![(kind, value)], "{text}");
+    }
+}
+
+#[test]
+fn addresses_in_urls_with_ports_and_prefixes_are_found() {
+    for (text, value) in [
+        ("db at 10.0.0.5:8080 is down", "10.0.0.5"),
+        ("GET http://10.0.0.5/x failed", "10.0.0.5"),
+        ("see https://203.0.113.7:8443/api", "203.0.113.7"),
+        ("ip:10.0.0.5 blocked", "10.0.0.5"),
+        ("subnet 10.0.0.5/24 here", "10.0.0.5"),
+    ] {
+        assert_eq!(kinds(text), vec![(PiiKind::IpAddress, value)], "{text}");
+    }
+}
+
+#[test]
+fn dotted_decimals_and_versions_are_still_not_cards() {
+    for text in ["pi is 3.14159265358979323", "build 4.5678901234567 done", "v1.2.3.4 released", "ratio 4111.11111111.1111"] {
+        assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::CreditCard), "{text}: {:?}", kinds(text));
+    }
+}
