@@ -341,6 +341,13 @@ fn line_of_problem(doc: &toml_edit::ImDocument<&str>, text: &str, problem: &str)
     found.map(|at| line_of(text, at))
 }
 
+/// The line of the dotted key a policy problem starts with (`classifier.complexity_threshold = …`):
+/// only a leading dotted path is trusted, as a policy's messages name rules by their `name`.
+fn leading_key_line(doc: &toml_edit::ImDocument<&str>, text: &str, message: &str) -> Option<usize> {
+    let path = message.split([' ', ':']).next().filter(|p| p.contains('.'))?;
+    resolve_key(doc.as_table(), path).map(|(_, at)| line_of(text, at))
+}
+
 /// The table (if it is one) at dotted `path` (segments `name` or `name[i]`) under `table`, and
 /// where it is written.
 fn resolve_key<'a>(table: &'a dyn toml_edit::TableLike, path: &str) -> Option<(Option<&'a dyn toml_edit::TableLike>, usize)> {
@@ -474,12 +481,13 @@ impl GatewayConfig {
                 }
                 let is_target = |t: &str| target_exists(&raw.providers, raw.local.as_ref(), t);
                 let profiles: Vec<router::TenantProfile> = raw.tenants.iter().map(TenantConfig::profile).collect();
+                let doc = toml_edit::ImDocument::parse(policy_text.as_str()).ok();
                 problems.extend(
                     policy
                         .problems(&policy_text, &is_target)
                         .into_iter()
                         .chain(policy.residency_problems(&policy_text, &topology, &profiles))
-                        .map(|p| match p.line {
+                        .map(|p| match p.line.or_else(|| doc.as_ref().and_then(|doc| leading_key_line(doc, &policy_text, &p.message))) {
                             Some(line) => format!("{policy_name}:{line}: {}", p.message),
                             None => format!("{policy_name}: {}", p.message),
                         }),
@@ -623,6 +631,16 @@ mod tests {
         let err = GatewayConfig::load(&cfg, None).unwrap_err().to_string();
         assert!(err.contains("policy.toml:3:"), "{err}");
         assert!(err.contains("\"acme/x\" is not configured"), "{err}");
+    }
+
+    #[test]
+    fn a_checked_policy_value_names_its_line() {
+        let dir = tempdir();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, "[[rule]]\nname = \"default\"\nroute = \"local\"\n\n[classifier]\ncomplexity_threshold = 1.5\n").unwrap();
+        let cfg = write(&dir, "g.toml", &format!("[policy]\nfile = \"{}\"\n[local]\nmodel = \"m.gguf\"\n", policy.display()));
+        let err = GatewayConfig::load(&cfg, None).unwrap_err().to_string();
+        assert!(err.contains("policy.toml:6: classifier.complexity_threshold = 1.5 must be between 0 and 1"), "{err}");
     }
 
     #[test]
