@@ -341,6 +341,22 @@ fn line_of_problem(doc: &toml_edit::ImDocument<&str>, text: &str, problem: &str)
     found.map(|at| line_of(text, at))
 }
 
+/// The policy's static problems (targets, residency), each naming its line where known.
+fn policy_problems(policy: &Policy, text: &str, name: &str, raw: &RawConfig, topology: &Topology) -> Vec<String> {
+    let is_target = |t: &str| target_exists(&raw.providers, raw.local.as_ref(), t);
+    let profiles: Vec<router::TenantProfile> = raw.tenants.iter().map(TenantConfig::profile).collect();
+    let doc = toml_edit::ImDocument::parse(text).ok();
+    policy
+        .problems(text, &is_target)
+        .into_iter()
+        .chain(policy.residency_problems(text, topology, &profiles))
+        .map(|p| match p.line.or_else(|| doc.as_ref().and_then(|doc| leading_key_line(doc, text, &p.message))) {
+            Some(line) => format!("{name}:{line}: {}", p.message),
+            None => format!("{name}: {}", p.message),
+        })
+        .collect()
+}
+
 /// The line of the dotted key a policy problem starts with (`classifier.complexity_threshold = …`):
 /// only a leading dotted path is trusted, as a policy's messages name rules by their `name`.
 fn leading_key_line(doc: &toml_edit::ImDocument<&str>, text: &str, message: &str) -> Option<usize> {
@@ -479,19 +495,7 @@ impl GatewayConfig {
                         }
                     }
                 }
-                let is_target = |t: &str| target_exists(&raw.providers, raw.local.as_ref(), t);
-                let profiles: Vec<router::TenantProfile> = raw.tenants.iter().map(TenantConfig::profile).collect();
-                let doc = toml_edit::ImDocument::parse(policy_text.as_str()).ok();
-                problems.extend(
-                    policy
-                        .problems(&policy_text, &is_target)
-                        .into_iter()
-                        .chain(policy.residency_problems(&policy_text, &topology, &profiles))
-                        .map(|p| match p.line.or_else(|| doc.as_ref().and_then(|doc| leading_key_line(doc, &policy_text, &p.message))) {
-                            Some(line) => format!("{policy_name}:{line}: {}", p.message),
-                            None => format!("{policy_name}: {}", p.message),
-                        }),
-                );
+                problems.extend(policy_problems(&policy, &policy_text, &policy_name, &raw, &topology));
                 Some(policy)
             }
             Err(e) => {
