@@ -226,7 +226,15 @@ impl Policy {
                 message: format!("classifier.complexity_threshold = {t} must be between 0 and 1"),
             });
         }
-        for rule in &self.rules {
+        for (i, rule) in self.rules.iter().enumerate() {
+            let line = Some(line_col(text, rule.route.span().start).0);
+            // Rule names label headers, metrics and the audit log: two alike could not be told apart.
+            if self.rules[..i].iter().any(|earlier| earlier.name == rule.name) {
+                problems.push(PolicyProblem { line, message: format!("rule {:?}: the name is used by an earlier rule", rule.name) });
+            }
+            if rule.when.requested_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+                problems.push(PolicyProblem { line, message: format!("rule {:?}: when.requested_model = \"\" matches no request", rule.name) });
+            }
             if let Some(share) = rule.when.budget_used_over {
                 if !(share.is_finite() && share >= 0.0) {
                     problems.push(PolicyProblem {
@@ -351,6 +359,15 @@ route = "local"
         assert!(problems[0].message.contains("\"easy\".spill") && problems[0].message.contains("not configured"), "{}", problems[0]);
         assert_eq!(problems[0].line, Some(4));
         assert!(problems[1].message.contains("only a rule that routes to \"local\" can spill"), "{}", problems[1]);
+    }
+
+    #[test]
+    fn a_name_used_twice_and_an_empty_requested_model_are_problems() {
+        let text = "[[rule]]\nname = \"a\"\nwhen.requested_model = \"\"\nroute = \"local\"\n[[rule]]\nname = \"a\"\nroute = \"local\"\n";
+        let problems = Policy::parse(text).unwrap().problems(text, &|_| true);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].message.contains("matches no request") && problems[0].line == Some(4), "{problems:?}");
+        assert!(problems[1].message.contains("used by an earlier rule") && problems[1].line == Some(7), "{problems:?}");
     }
 
     #[test]
