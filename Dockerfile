@@ -4,9 +4,10 @@ FROM rust:1.95-bookworm AS build
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake clang libclang-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# Built with cargo directly, llama.cpp gets the portable AVX2/FMA/F16C baseline (no GGML_* from
-# scripts/ggml-cpu-flags.sh): the image runs on any x86-64 host.
-RUN cargo build --profile dist --locked -p gateway --bin switchyard
+# Built with cargo directly, llama.cpp gets the portable AVX2/FMA/F16C baseline (no instruction-set
+# GGML_* from scripts/ggml-cpu-flags.sh): the image runs on any x86-64 host. Without llamafile's
+# kernels, as `make` builds, so that [local].batch_invariant holds (see the script).
+RUN GGML_LLAMAFILE=OFF cargo build --profile dist --locked -p gateway --bin switchyard
 
 FROM debian:bookworm-slim
 # libgomp1: llama.cpp's OpenMP threads; ca-certificates: TLS to remote providers.

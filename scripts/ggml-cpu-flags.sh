@@ -5,9 +5,17 @@
 # off): AVX-512 VNNI and AMX give ggml batched int8 kernels for Q4_1, the default model's type,
 # which the AVX2 baseline lacks. llama-cpp-sys-2 forwards GGML_* variables to CMake.
 #
-# SWITCHYARD_PORTABLE=1 prints nothing: the AVX2/FMA/F16C baseline, for binaries that must run on
-# other x86-64 machines (the Dockerfile builds that way). Non-x86 machines print nothing either.
+# SWITCHYARD_PORTABLE=1 prints no instruction-set option: the AVX2/FMA/F16C baseline, for binaries
+# that must run on other x86-64 machines (the Dockerfile builds that way); non-x86 machines get none
+# either.
 set -euo pipefail
+# llamafile's tinyBLAS kernels (F16, Q8_0 and Q4_0 matrix products: the attention products and the
+# tied output layer) pick their tiling by the number of tokens in a step, which changes the order
+# of floating-point sums: a prompt decoded in one chunk and the same prompt reused from the cache
+# then answer differently. Without them every product is ggml's row-by-row dot product, the same
+# whatever else is in the step ([local].batch_invariant turns flash attention off for the rest).
+# SWITCHYARD_LLAMAFILE=1 keeps them (about 8 % more throughput with batch_invariant = false).
+[ "${SWITCHYARD_LLAMAFILE:-0}" = 1 ] || echo GGML_LLAMAFILE=OFF
 [ "${SWITCHYARD_PORTABLE:-0}" = 1 ] && exit 0
 [ "$(uname -m)" = x86_64 ] || exit 0
 flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "

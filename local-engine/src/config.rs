@@ -32,6 +32,12 @@ pub struct EngineConfig {
     /// Host memory for saved prompt states (MiB); 0 turns the host prompt cache off.
     #[serde(default = "default_prompt_cache_mib")]
     pub prompt_cache_mib: u32,
+    /// A sequence's greedy output never depends on what else is in its batch (flash attention
+    /// off: llama.cpp's CPU flash-attention kernel picks its algorithm by the number of queries
+    /// in a step, which changes the order of floating-point sums). `false` turns flash attention
+    /// on: faster, but concurrent or partly cached prompts may then answer differently.
+    #[serde(default = "default_batch_invariant")]
+    pub batch_invariant: bool,
     /// Latency target: a new request's predicted time to first token (ms). Requests whose rule
     /// has `spill` go there when the prediction is above it. Unset: no TTFT target.
     #[serde(default)]
@@ -43,6 +49,10 @@ pub struct EngineConfig {
     /// requests wait for a slot. For comparison; the latency targets are what users want.
     #[serde(default)]
     pub spill_queue_depth: Option<u64>,
+}
+
+const fn default_batch_invariant() -> bool {
+    true
 }
 
 const fn default_prompt_cache_mib() -> u32 {
@@ -82,6 +92,7 @@ impl EngineConfig {
             cost_per_mtok: 0.0,
             gpu_layers: 0,
             prompt_cache_mib: default_prompt_cache_mib(),
+            batch_invariant: default_batch_invariant(),
             slo_ttft_ms: None,
             slo_decode_tok_s: None,
             spill_queue_depth: None,

@@ -123,7 +123,9 @@ impl<'m> Scheduler<'m> {
             // so its output does not depend on what else is in the batch (byte-identical to a
             // solo run). A unified cache interleaves sequences' cells and changes the order of
             // floating-point sums. The cost: each sequence holds at most context / parallel cells.
-            .with_kv_unified(false);
+            .with_kv_unified(false)
+            // llama.cpp's LLAMA_FLASH_ATTN_TYPE_DISABLED (0) and _AUTO (-1).
+            .with_flash_attention_policy(if config.batch_invariant { 0 } else { -1 });
         let ctx = model
             .new_context(backend, params)
             .map_err(|e| EngineError::Unavailable { reason: format!("cannot create a context: {e}") })?;

@@ -42,3 +42,21 @@ async fn answers_with_a_full_prompt_cache_match_answers_without_one() {
     assert!(stats.host_cache_bytes <= 8 * 1024 * 1024, "{stats:?}");
     assert_eq!(uncached.stats().host_cache_hits_total, 0);
 }
+
+/// A long prompt asked again is restored whole from the host cache (all but its last token):
+/// the answer must be the one it got the first time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prompt_restored_whole_answers_as_it_did_cold() {
+    let facts: Vec<String> = (0..25).map(|k| format!("fact{k} is about animal number {}.", k * 7)).collect();
+    let prompt = format!("Copper background: {} Tell me about item 7 in a list of animals.", facts.join(" "));
+    let other = "Say something about rivers.";
+    let (cached, uncached) = (engine(64), engine(0));
+    let cold = generate(&cached, user(&prompt), greedy(48)).await.unwrap().text;
+    // Another prompt takes the only slot, so the first one's state goes to the host cache.
+    generate(&cached, user(other), greedy(8)).await.unwrap();
+    let restored = generate(&cached, user(&prompt), greedy(48)).await.unwrap().text;
+    assert!(cached.stats().host_cache_hits_total >= 1, "{:?}", cached.stats());
+    let without = generate(&uncached, user(&prompt), greedy(48)).await.unwrap().text;
+    assert_eq!(cold, without);
+    assert_eq!(restored, cold, "restoring the prompt from the host cache changed the answer");
+}
