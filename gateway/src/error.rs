@@ -57,6 +57,15 @@ pub enum ApiError {
         /// Seconds until the request fits.
         retry_after_s: u64,
     },
+    /// The prompt and `max_tokens` do not fit the model's context, named by the field the
+    /// client sent (`input` of a Responses request, `prompt` of a legacy completion).
+    #[error("{message}")]
+    ContextLengthExceeded {
+        /// For the client.
+        message: String,
+        /// The field holding the prompt.
+        param: String,
+    },
     /// The prompt alone is more than the tenant's whole tokens-per-minute allowance: no wait
     /// makes it fit, so no `Retry-After` (as `OpenAI` answers "Request too large").
     #[error("Request too large for the tenant's tokens per minute (TPM): limit {limit}, requested {requested}. Shorten the prompt to run it.")]
@@ -154,6 +163,9 @@ impl ApiError {
                 detail("rate_limit_error", Some("rate_limit_exceeded"), None),
                 Some(*retry_after_s),
             ),
+            Self::ContextLengthExceeded { param, .. } => {
+                (StatusCode::BAD_REQUEST, detail("invalid_request_error", Some("context_length_exceeded"), Some(param.clone())), None)
+            }
             Self::RequestOverTokenLimit { .. } => (StatusCode::TOO_MANY_REQUESTS, detail("rate_limit_error", Some("rate_limit_exceeded"), None), None),
             Self::BudgetExceeded { retry_after_s } => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -205,6 +217,11 @@ impl ApiError {
                 let (message, param) = renamed(message, param);
                 Self::Provider(ProviderError::InvalidRequest { message, param })
             }
+            // Named `messages` by the chat path; the client sent another field.
+            Self::Provider(ProviderError::ContextLengthExceeded { message }) => match rename("messages") {
+                Some(param) => Self::ContextLengthExceeded { message: message.replace("the messages", &format!("the {param}")), param },
+                None => Self::Provider(ProviderError::ContextLengthExceeded { message }),
+            },
             other => other,
         }
     }

@@ -58,7 +58,9 @@ impl EngineHandle {
     /// Starts the engine thread. The model loads in the background; [`EngineStatsSnapshot::loaded`]
     /// turns true once it serves. Jobs submitted before that wait in the queue.
     pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
-        let (jobs, receiver) = std::sync::mpsc::sync_channel(config.queue);
+        // Room for a job per free slot as well: those arriving during a step wait in the channel
+        // until the next one admits them, without counting against `queue` (see `submit`).
+        let (jobs, receiver) = std::sync::mpsc::sync_channel(config.queue.saturating_add(config.parallel as usize));
         let stats = Arc::new(EngineStats::default());
         let config = Arc::new(config);
         let thread_stats = Arc::clone(&stats);
@@ -74,12 +76,19 @@ impl EngineHandle {
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
         let (events, stream) = unbounded_channel();
         let estimate = estimate_prompt_tokens(&request);
-        self.stats.queued.fetch_add(1, Relaxed);
+        let waiting = self.stats.queued.fetch_add(1, Relaxed) + 1;
         self.stats.queued_prompt_tokens.fetch_add(estimate, Relaxed);
         let undo = || {
             self.stats.queued.fetch_sub(1, Relaxed);
             self.stats.queued_prompt_tokens.fetch_sub(estimate, Relaxed);
         };
+        // `queue` bounds the requests waiting for a slot: those a free slot will take at the next
+        // step are not waiting for one (they only wait for the step in progress to end).
+        let free = u64::from(self.config.parallel).saturating_sub(self.stats.active.load(Relaxed));
+        if waiting > (self.config.queue as u64).saturating_add(free) {
+            undo();
+            return Err(EngineError::Overloaded { queue: self.config.queue });
+        }
         match self.jobs.try_send(Message::Generate(Box::new(Job { request, events, estimate }))) {
             Ok(()) => Ok(stream),
             Err(TrySendError::Full(_)) => {

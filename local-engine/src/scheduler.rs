@@ -182,27 +182,35 @@ impl<'m> Scheduler<'m> {
                 (false, Err(_)) => return true,
             };
             let Message::Generate(job) = message else { return false };
+            let estimate = job.estimate;
+            self.start_job(*job);
+            // Counted as waiting until it runs (or is answered): `submit` adds waiting and
+            // running jobs, and a job between the two must not leave room for one more.
             self.stats.queued.fetch_sub(1, Relaxed);
-            self.stats.queued_prompt_tokens.fetch_sub(job.estimate, Relaxed);
-            if job.events.is_closed() {
-                self.stats.cancelled_total.fetch_add(1, Relaxed);
-                continue;
-            }
-            let prepared = self.prepare(&job.request).and_then(|(prompt, max)| Ok((prompt, max, SequenceSampler::new(self.model, &job.request.sampling)?)));
-            let (prompt, max_tokens, sampler) = match prepared {
-                Ok(prepared) => prepared,
-                Err(err) => {
-                    let _ = job.events.send(GenerationEvent::Failed(err));
-                    continue;
-                }
-            };
-            let live: Vec<(i32, Vec<LlamaToken>)> = self.active.iter().map(|s| (s.seq_id, s.kv_tokens())).collect();
-            let live: Vec<(i32, &[LlamaToken])> = live.iter().map(|(id, t)| (*id, t.as_slice())).collect();
-            if let Some(plan) = self.slots.plan(&prompt, &live, MIN_PREFIX_REUSE, MIN_COPY_GAIN) {
-                self.start_sequence(*job, prompt, max_tokens, sampler, &plan);
-            }
+            self.stats.queued_prompt_tokens.fetch_sub(estimate, Relaxed);
         }
         true
+    }
+
+    /// Starts `job` in a free slot, or answers it (cancelled, or its prompt cannot run).
+    fn start_job(&mut self, job: Job) {
+        if job.events.is_closed() {
+            self.stats.cancelled_total.fetch_add(1, Relaxed);
+            return;
+        }
+        let prepared = self.prepare(&job.request).and_then(|(prompt, max)| Ok((prompt, max, SequenceSampler::new(self.model, &job.request.sampling)?)));
+        let (prompt, max_tokens, sampler) = match prepared {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                let _ = job.events.send(GenerationEvent::Failed(err));
+                return;
+            }
+        };
+        let live: Vec<(i32, Vec<LlamaToken>)> = self.active.iter().map(|s| (s.seq_id, s.kv_tokens())).collect();
+        let live: Vec<(i32, &[LlamaToken])> = live.iter().map(|(id, t)| (*id, t.as_slice())).collect();
+        if let Some(plan) = self.slots.plan(&prompt, &live, MIN_PREFIX_REUSE, MIN_COPY_GAIN) {
+            self.start_sequence(job, prompt, max_tokens, sampler, &plan);
+        }
     }
 
     /// Fails every running and queued generation; the engine is going away.

@@ -64,3 +64,29 @@ async fn shutdown_fails_running_and_queued_generations_and_refuses_new_ones() {
     let stats = engine.stats();
     assert_eq!((stats.active, stats.queued), (0, 0), "{stats:?}");
 }
+
+/// `queue` bounds the requests waiting for a slot: requests that free slots will take are never
+/// refused, however many arrive at once (they used to fill the one-place queue while the engine
+/// was in a step, and the rest got 429 with seven slots free).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_free_slots_are_not_counted_against_the_queue() {
+    let engine = engine_with(8192, 8, 1);
+    let request = || GenerationRequest {
+        messages: user("Count from 1 to 100."),
+        tools: None,
+        sampling: SamplingParams { temperature: 0.0, max_tokens: Some(200), ..SamplingParams::default() },
+        raw_prompt: None,
+    };
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    // Submitted back to back: far faster than a step, so none of these finishes meanwhile.
+    for _ in 0..10 {
+        match engine.submit(request()) {
+            Ok(stream) => accepted.push(stream),
+            Err(EngineError::Overloaded { .. }) => refused += 1,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((accepted.len(), refused), (9, 1), "eight slots and one queued place");
+    drop(accepted);
+}

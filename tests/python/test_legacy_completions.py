@@ -79,6 +79,8 @@ def test_streamed_provider_completion(client):
     ({"model": "auto", "prompt": "x", "logprobs": 2}, "logprobs"),
     ({"model": "auto", "prompt": "x", "top_logprobs": 2}, "top_logprobs"),
     ({"model": "auto", "prompt": "x", "max_tokens": "many"}, "max_tokens"),
+    # Longer than a sequence's 1,024 cells: the error names the prompt, not chat's `messages`.
+    ({"model": "local-small", "prompt": "hello " * 1100, "max_tokens": 5}, "prompt"),
 ])
 def test_bad_completions_get_openai_errors(gateway, body, param):
     r = httpx.post(f"{gateway.v1}/completions", json=body, timeout=30)

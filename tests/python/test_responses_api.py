@@ -194,6 +194,7 @@ def test_streamed_function_call_arguments_arrive_as_deltas(gateway, schemas):
       "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}, 400, "tool_choice.name"),
     ({"model": "auto", "input": "x", "top_logprobs": 25}, 400, "top_logprobs"),
     ({"model": "auto", "input": "x", "include": ["bogus"]}, 400, "include[0]"),
+    ({"model": "local-small", "input": "hello " * 1100, "max_output_tokens": 5}, 400, "input"),
     ({"model": "auto", "input": [{"type": "function_call_output", "call_id": "call_nope", "output": "x"}]}, 400, "input"),
     ({"model": "auto", "input": [{"role": "user", "content": [{"type": "input_text"}]}]}, 400, "input[0].content[0].text"),
 ])

@@ -133,7 +133,9 @@ pub async fn completions(
         Ok(http)
     }
     .await;
-    exchange.finish(result)
+    // Checks made on the chat request name the field the client sent.
+    let prompt = |param: &str| (param == "messages" || param.starts_with("messages[")).then(|| "prompt".to_owned());
+    exchange.finish(result.map_err(|e: ApiError| e.with_params_renamed(prompt)))
 }
 
 /// A `text_completion`'s `usage`: the three counts.
