@@ -131,10 +131,15 @@ fn for_each_other_string_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut Strin
         redact_map(&mut message.extra, f, |key| if key == "tool_calls" { CALL_HANDLED } else { IDENTIFIERS });
         if let Some(MessageContent::Parts(parts)) = &mut message.content {
             for part in parts.iter_mut().filter_map(Value::as_object_mut) {
-                let handled: serde_json::Map<String, Value> = part.iter().filter(|(k, _)| PART_HANDLED.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-                part.retain(|k, _| !PART_HANDLED.contains(&k.as_str()));
-                redact_map(part, f, |_| IDENTIFIERS);
-                part.extend(handled);
+                // Only the other fields are taken out: a part's image data is never copied.
+                let others: Vec<String> = part.keys().filter(|k| !PART_HANDLED.contains(&k.as_str())).cloned().collect();
+                for key in others {
+                    if let Some(value) = part.remove(&key) {
+                        let mut one = serde_json::Map::from_iter([(key, value)]);
+                        redact_map(&mut one, f, |_| IDENTIFIERS);
+                        part.extend(one);
+                    }
+                }
             }
         }
     }
