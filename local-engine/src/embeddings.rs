@@ -8,7 +8,9 @@
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
@@ -55,7 +57,7 @@ type EmbedResult = Result<(Vec<Vec<f32>>, u64), EngineError>;
 
 /// Work for the embedding thread.
 enum Job {
-    Embed { inputs: Vec<String>, reply: SyncSender<EmbedResult> },
+    Embed { inputs: Vec<String>, abandoned: Arc<AtomicBool>, reply: SyncSender<EmbedResult> },
     CountTokens { text: String, reply: SyncSender<Result<usize, EngineError>> },
 }
 
@@ -123,11 +125,17 @@ impl Embedder {
     /// An input with more than [`Self::max_input_tokens`] tokens fails the whole call with
     /// [`EngineError::InputTooLong`]. Inputs are packed into as few llama.cpp batches as fit.
     pub fn embed(&self, inputs: &[String]) -> Result<(Vec<Vec<f32>>, u64), EngineError> {
+        self.embed_unless_abandoned(inputs, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// [`Self::embed`], stopped before its next batch once `abandoned` is set (the caller went
+    /// away): a large request nobody waits for must not hold up the ones queued behind it.
+    pub fn embed_unless_abandoned(&self, inputs: &[String], abandoned: Arc<AtomicBool>) -> Result<(Vec<Vec<f32>>, u64), EngineError> {
         if inputs.is_empty() {
             return Ok((Vec::new(), 0));
         }
         let (reply, answer) = sync_channel(1);
-        self.send(Job::Embed { inputs: inputs.to_vec(), reply })?;
+        self.send(Job::Embed { inputs: inputs.to_vec(), abandoned, reply })?;
         answer.recv().map_err(|_| stopped())?
     }
 
@@ -192,8 +200,8 @@ fn run(config: &EmbeddingConfig, jobs: &Receiver<Job>, ready: &SyncSender<Result
     }
     while let Ok(job) = jobs.recv() {
         match job {
-            Job::Embed { inputs, reply } => {
-                let _ = reply.send(worker.embed(&inputs));
+            Job::Embed { inputs, abandoned, reply } => {
+                let _ = reply.send(worker.embed(&inputs, &abandoned));
             }
             Job::CountTokens { text, reply } => {
                 let _ = reply.send(Ok(worker.tokenize(&text).len()));
@@ -267,7 +275,7 @@ impl<'m> Worker<'m> {
         self.model.vocab().tokenize(text.as_bytes(), true, false)
     }
 
-    fn embed(&mut self, inputs: &[String]) -> EmbedResult {
+    fn embed(&mut self, inputs: &[String], abandoned: &AtomicBool) -> EmbedResult {
         let tokenized: Vec<Vec<LlamaToken>> = inputs.iter().map(|text| self.tokenize(text)).collect();
         for tokens in &tokenized {
             if tokens.len() > self.max_input_tokens {
@@ -278,6 +286,9 @@ impl<'m> Worker<'m> {
         let mut embeddings = Vec::with_capacity(inputs.len());
         let mut start = 0;
         while start < tokenized.len() {
+            if abandoned.load(Ordering::Relaxed) {
+                return Err(EngineError::Unavailable { reason: "the embedding request was abandoned by its client".into() });
+            }
             // Greedily pack the following inputs into one batch.
             let mut end = start;
             let mut tokens = 0;

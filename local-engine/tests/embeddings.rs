@@ -3,7 +3,8 @@
 #![allow(clippy::float_cmp, clippy::cast_precision_loss)]
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use local_engine::{Embedder, EmbeddingConfig, EngineError};
@@ -239,4 +240,18 @@ fn latency_report() {
         e.embed(std::slice::from_ref(sentence)).unwrap();
     }
     eprintln!("16 calls of 1: {:.2} ms in all", start.elapsed().as_secs_f64() * 1e3);
+}
+
+#[test]
+fn an_abandoned_request_stops_before_its_next_batch() {
+    let Some(e) = embedder() else { return };
+    let inputs: Vec<String> = (0..8).map(|i| format!("sentence number {i}")).collect();
+    let gone = Arc::new(AtomicBool::new(true));
+    match e.embed_unless_abandoned(&inputs, gone) {
+        Err(EngineError::Unavailable { reason }) => assert!(reason.contains("abandoned"), "{reason}"),
+        other => panic!("an abandoned request computed anyway: {other:?}"),
+    }
+    // A request still wanted is answered, and the thread serves the next one as usual.
+    let (vectors, _) = e.embed_unless_abandoned(&inputs, Arc::new(AtomicBool::new(false))).unwrap();
+    assert_eq!(vectors.len(), 8);
 }

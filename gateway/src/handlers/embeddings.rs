@@ -101,6 +101,15 @@ pub struct LocalEmbeddings {
     pub embedder: Arc<local_engine::Embedder>,
 }
 
+/// Sets its flag when dropped.
+struct AbandonOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// `POST /v1/embeddings` body.
 #[derive(Debug, Deserialize)]
 struct EmbeddingsRequest {
@@ -186,7 +195,11 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
             record.attempting(&target);
         }
         let embedder = Arc::clone(&local.embedder);
-        let (vectors, tokens) = tokio::task::spawn_blocking(move || embedder.embed(&texts))
+        // Set when this handler is dropped (the client went away): the embedding thread then
+        // stops before its next batch instead of finishing work nobody waits for.
+        let abandoned = AbandonOnDrop(Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let flag = Arc::clone(&abandoned.0);
+        let (vectors, tokens) = tokio::task::spawn_blocking(move || embedder.embed_unless_abandoned(&texts, flag))
             .await
             .map_err(|e| ApiError::Provider(ProviderError::Unavailable { message: format!("the embedding thread failed: {e}") }))?
             .map_err(|e| ApiError::Provider(local_error(&e)))?;
