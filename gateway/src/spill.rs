@@ -78,8 +78,10 @@ impl Spillover {
         LocalTicket(Arc::clone(&self.local_in_flight))
     }
 
-    /// True while the engine counts as overloaded (requests that may leave are spilled).
+    /// True while the engine counts as overloaded (requests that may leave are spilled), judged
+    /// on its load now: the state the last request left would go stale once the load is gone.
     pub fn spilling(&self) -> bool {
+        let _ = self.check(0);
         self.spilling.load(Relaxed)
     }
 

@@ -107,5 +107,7 @@ def test_saturated_engine_spills_untagged_and_keeps_tagged(spilling, fake_provid
 
     # The engine drains; nothing is left running or queued, and the local tier serves again.
     wait_for(lambda: engine(spilling) == (0, 0), timeout=60, what="an idle engine")
+    # The dashboard's state follows the load, without waiting for another request.
+    assert httpx.get(f"{spilling.base}/admin/stats").json()["spilling"] is False
     r = chat(spilling, f"Say hello. {PLAIN_MARKER}")
     assert r.headers["x-switchyard-tier"] == "local", dict(r.headers)
