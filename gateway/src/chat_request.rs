@@ -70,6 +70,15 @@ pub fn validate_chat_request(req: &ChatRequest) -> Result<(), ApiError> {
                 format!("messages[{i}].content"),
             ));
         }
+        if matches!(&m.content, Some(providers::wire::MessageContent::Parts(parts)) if parts.is_empty()) {
+            return Err(ApiError::invalid(
+                format!("Invalid 'messages[{i}].content': empty array. Expected an array with at least one content part."),
+                format!("messages[{i}].content"),
+            ));
+        }
+        if m.role == "tool" {
+            answers_a_call(&req.messages[..i], m, i)?;
+        }
     }
     if let Some(t) = req.temperature {
         if !(0.0..=2.0).contains(&t) {
@@ -122,6 +131,25 @@ pub fn validate_chat_request(req: &ChatRequest) -> Result<(), ApiError> {
         Some(_) => {}
     }
     Ok(())
+}
+
+/// A `tool` message answers a call an earlier assistant message made (by `tool_call_id`), as the
+/// API requires.
+fn answers_a_call(earlier: &[providers::wire::ChatMessage], tool: &providers::wire::ChatMessage, i: usize) -> Result<(), ApiError> {
+    let id = tool.extra.get("tool_call_id").and_then(serde_json::Value::as_str).ok_or_else(|| {
+        ApiError::invalid(format!("Missing required parameter: 'messages[{i}].tool_call_id'."), format!("messages[{i}].tool_call_id"))
+    })?;
+    let called = earlier.iter().filter(|m| m.role == "assistant").any(|m| {
+        m.extra.get("tool_calls").and_then(serde_json::Value::as_array).is_some_and(|calls| calls.iter().any(|c| c.get("id").and_then(serde_json::Value::as_str) == Some(id)))
+    });
+    if called {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            format!("Invalid 'messages[{i}]': messages with role 'tool' must answer a preceding assistant message's 'tool_calls' (no call has id {id:?})."),
+            format!("messages[{i}].tool_call_id"),
+        ))
+    }
 }
 
 /// Fields kept as passed-through extras whose type the API checks: a wrong one is a 400 naming
