@@ -106,6 +106,25 @@ pub fn tool_call_grammar(tools: &[(String, Value)], allow_text: bool, bounds: Bo
     Ok(b.finish())
 }
 
+/// True when `value` is of the JSON Schema `type` (a name or a list of names).
+fn has_type(value: &Value, types: &Value) -> bool {
+    let is = |name: &str| match name {
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "null" => value.is_null(),
+        _ => false,
+    };
+    match types {
+        Value::String(name) => is(name),
+        Value::Array(names) => names.iter().filter_map(Value::as_str).any(is),
+        _ => true,
+    }
+}
+
 /// A GBNF string literal for `text`.
 fn literal(text: &str) -> String {
     let mut out = String::from("\"");
@@ -191,12 +210,21 @@ impl Builder<'_> {
         if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
             return self.reference(reference, path);
         }
+        // An instance must satisfy `type` too: values of another type can never be valid.
+        let of_type = |v: &Value| schema.get("type").is_none_or(|t| has_type(v, t));
         if let Some(value) = schema.get("const") {
+            if !of_type(value) {
+                return Err(unsupported(path, "`const` is not of the schema's `type`: no instance is valid"));
+            }
             return Ok(literal(&value.to_string()));
         }
         if let Some(values) = schema.get("enum") {
             let values = values.as_array().filter(|v| !v.is_empty()).ok_or_else(|| unsupported(path, "`enum` must be a non-empty array"))?;
-            return Ok(values.iter().map(|v| literal(&v.to_string())).collect::<Vec<_>>().join(" | "));
+            let allowed: Vec<String> = values.iter().filter(|v| of_type(v)).map(|v| literal(&v.to_string())).collect();
+            if allowed.is_empty() {
+                return Err(unsupported(path, "no `enum` value is of the schema's `type`: no instance is valid"));
+            }
+            return Ok(allowed.join(" | "));
         }
         for key in ["anyOf", "oneOf"] {
             if let Some(options) = schema.get(key) {
@@ -465,6 +493,19 @@ mod tests {
     fn unsupported_keywords_are_refused_not_ignored() {
         for schema in [json!({"type": "string", "pattern": "^a$"}), json!({"allOf": [{}]}), json!({"type": "string", "format": "email"}), json!({"$ref": "http://x"})] {
             assert!(schema_grammar(&schema, Bounds::default()).is_err(), "{schema}");
+        }
+    }
+
+    #[test]
+    fn enum_and_const_values_of_another_type_are_never_generated() {
+        // Only the values an instance could take: both keywords and the type must hold.
+        let g = schema_grammar(&json!({"type": "string", "enum": ["a", 1, "b"]}), Bounds::default()).unwrap();
+        assert!(g.contains(r#"root ::= "\"a\"" | "\"b\"""#), "{g}");
+        let g = schema_grammar(&json!({"type": ["integer", "null"], "enum": [1, 2.0, 2.5, null, "x"]}), Bounds::default()).unwrap();
+        assert!(g.contains(r#"root ::= "1" | "2.0" | "null""#), "{g}");
+        for schema in [json!({"type": "string", "enum": [1, 2]}), json!({"type": "boolean", "const": "yes"})] {
+            let err = schema_grammar(&schema, Bounds::default()).unwrap_err().to_string();
+            assert!(err.contains("no instance is valid"), "{schema}: {err}");
         }
     }
 
