@@ -25,6 +25,9 @@ def test_compose_file_wires_gateway_redis_prometheus_and_grafana():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     assert set(services) == {"switchyard", "redis", "prometheus", "grafana"}
+    # Budgets' spend lives only in Redis: it is persisted on a volume.
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    assert "redis-data:/data" in services["redis"]["volumes"] and "redis-data" in compose["volumes"]
     gw = services["switchyard"]
     assert gw["build"] == "." and (ROOT / "Dockerfile").exists()
     assert "./models:/app/models:ro" in gw["volumes"] and "8080:8080" in gw["ports"]
