@@ -28,20 +28,14 @@ pub fn inspect(req: &ChatRequest) -> Inspection {
     for message in &req.messages {
         visit_message(message, &mut |piece| match piece {
             Piece::Text(text) => {
-                for span in scanner.scan(text) {
-                    *out.pii.entry(span.kind.as_str().to_owned()).or_insert(0) += 1;
-                }
+                count_pii(scanner, text, &mut out.pii);
                 out.text.push_str(text);
                 out.text.push('\n');
             }
             Piece::Opaque => *out.pii.entry(PiiKind::Unscannable.as_str().to_owned()).or_insert(0) += 1,
         });
     }
-    for_each_other_string(req, &mut |text| {
-        for span in scanner.scan(text) {
-            *out.pii.entry(span.kind.as_str().to_owned()).or_insert(0) += 1;
-        }
-    });
+    for_each_other_string(req, &mut |text| count_pii(scanner, text, &mut out.pii));
     out
 }
 
@@ -65,19 +59,11 @@ fn walk_strings(value: &Value, key: Option<&str>, skip: &[&str], visit: &mut imp
     }
 }
 
-fn walk_strings_mut(value: &mut Value, key: Option<&str>, skip: &[&str], f: &mut dyn FnMut(&mut String)) {
+fn walk_strings_mut(value: &mut Value, key: Option<&str>, skip: &'static [&'static str], f: &mut dyn FnMut(&mut String)) {
     match value {
         Value::String(s) if !key.is_some_and(|k| skip.contains(&k)) => f(s),
         Value::Array(items) => items.iter_mut().for_each(|item| walk_strings_mut(item, key, skip, f)),
-        Value::Object(fields) => {
-            // Keys are renamed by taking the map apart (a key cannot change in place).
-            let entries: Vec<(String, Value)> = std::mem::take(fields).into_iter().collect();
-            for (mut k, mut v) in entries {
-                walk_strings_mut(&mut v, Some(k.as_str()), skip, f);
-                f(&mut k);
-                fields.insert(k, v);
-            }
-        }
+        Value::Object(fields) => redact_map(fields, f, |_| skip),
         _ => {}
     }
 }
@@ -163,6 +149,7 @@ fn for_each_other_string_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut Strin
 
 /// [`walk_strings_mut`] over a map of fields: its keys and, under each, what `skip` leaves.
 fn redact_map(fields: &mut serde_json::Map<String, Value>, f: &mut dyn FnMut(&mut String), skip: impl Fn(&str) -> &'static [&'static str]) {
+    // Keys are renamed by taking the map apart (a key cannot change in place).
     let taken: Vec<(String, Value)> = std::mem::take(fields).into_iter().collect();
     for (mut key, mut value) in taken {
         walk_strings_mut(&mut value, Some(key.as_str()), skip(&key), f);
@@ -171,14 +158,20 @@ fn redact_map(fields: &mut serde_json::Map<String, Value>, f: &mut dyn FnMut(&mu
     }
 }
 
-/// Counts the PII kinds in every string of `value`, keys included, into `pii`.
-pub fn count_pii_in(value: &Value, pii: &mut BTreeMap<String, u32>) {
+/// Counts the PII kinds found in `text` into `pii`.
+fn count_pii(scanner: &router::PiiScanner, text: &str, pii: &mut BTreeMap<String, u32>) {
+    for span in scanner.scan(text) {
+        *pii.entry(span.kind.as_str().to_owned()).or_insert(0) += 1;
+    }
+}
+
+/// Counts the PII kinds in every key and string of `fields` into `pii`.
+pub fn count_pii_in(fields: &serde_json::Map<String, Value>, pii: &mut BTreeMap<String, u32>) {
     let scanner = router::pii_scanner();
-    walk_strings(value, None, &[], &mut |text| {
-        for span in scanner.scan(text) {
-            *pii.entry(span.kind.as_str().to_owned()).or_insert(0) += 1;
-        }
-    });
+    for (key, value) in fields {
+        count_pii(scanner, key, pii);
+        walk_strings(value, None, &[], &mut |text| count_pii(scanner, text, pii));
+    }
 }
 
 /// True when any string anywhere in `value`, keys included, holds PII.
@@ -200,9 +193,7 @@ pub fn inspect_texts(texts: Option<&[String]>) -> Inspection {
     };
     let scanner = router::pii_scanner();
     for text in texts {
-        for span in scanner.scan(text) {
-            *out.pii.entry(span.kind.as_str().to_owned()).or_insert(0) += 1;
-        }
+        count_pii(scanner, text, &mut out.pii);
     }
     out
 }

@@ -171,7 +171,7 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
     // Token ids cannot be scanned: they count as unscannable (fail closed), as images do in chat.
     let mut inspection = privacy::inspect_texts(texts.as_deref());
     // The other fields go to a provider as sent (`user`…): PII in them counts too.
-    privacy::count_pii_in(&Value::Object(req.extra.clone()), &mut inspection.pii);
+    privacy::count_pii_in(&req.extra, &mut inspection.pii);
     let mut tags: Vec<String> = caller_tags(headers);
     tags.extend(tenant.tags.iter().cloned());
     tags.extend(inspection.pii.keys().map(|_| "pii".to_owned()));
