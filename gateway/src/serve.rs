@@ -16,6 +16,8 @@ use crate::state::AppState;
 
 /// How long in-flight requests may take to finish after a stop signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long connections accepted just before a stop signal have to send their request.
+const ACCEPTED_GRACE: Duration = Duration::from_millis(200);
 /// How long the finished requests' settlements may take to reach the store after the drain.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the budget gauges and the routing signal are read back from the store, and this
@@ -86,6 +88,10 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     // The port stays open while the drain runs: probes get /readyz 503 and new requests 503
     // `shutting_down`, rather than a refused connection.
     let late = tokio::spawn(answer_while_draining(listener, crate::app::draining(Arc::clone(&state)), state.config.server.header_timeout_ms));
+    // A connection accepted just before the signal whose request has not been read yet counts as
+    // idle, and the graceful close would drop it unanswered: give such requests a moment to arrive
+    // (they are answered as draining) before the close.
+    tokio::time::sleep(ACCEPTED_GRACE).await;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_DEADLINE) => {
