@@ -32,10 +32,11 @@ pub struct EngineConfig {
     /// Host memory for saved prompt states (MiB); 0 turns the host prompt cache off.
     #[serde(default = "default_prompt_cache_mib")]
     pub prompt_cache_mib: u32,
-    /// A sequence's greedy output never depends on what else is in its batch (flash attention
-    /// off: llama.cpp's CPU flash-attention kernel picks its algorithm by the number of queries
-    /// in a step, which changes the order of floating-point sums). `false` turns flash attention
-    /// on: faster, but concurrent or partly cached prompts may then answer differently.
+    /// A sequence's greedy output never depends on what else is in its batch: flash attention
+    /// runs over an 8-bit (`Q8_0`) KV cache, for which llama.cpp's CPU kernel always takes its
+    /// row-by-row path (its faster tiled and split-KV paths, picked by the number of queries in a
+    /// step, reorder floating-point sums). `false`: an `F16` KV cache, flash attention as llama.cpp
+    /// chooses; concurrent or partly cached prompts may then answer differently.
     #[serde(default = "default_batch_invariant")]
     pub batch_invariant: bool,
     /// Latency target: a new request's predicted time to first token (ms). Requests whose rule
