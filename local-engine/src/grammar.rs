@@ -80,10 +80,23 @@ pub fn json_object_grammar(bounds: Bounds) -> String {
     b.finish()
 }
 
+/// What a `tool_choice: auto` answer may be instead of a call.
+#[derive(Debug, Clone, Copy)]
+pub enum TextAnswer<'a> {
+    /// Nothing: the answer is a call (`tool_choice: required` or a named function).
+    None,
+    /// Plain text that does not start with `{`.
+    Free,
+    /// Any JSON object (`response_format: json_object`).
+    JsonObject,
+    /// An instance of this JSON Schema (`response_format: json_schema`).
+    JsonSchema(&'a Value),
+}
+
 /// The grammar of one call of one of `tools` (`(name, parameters schema)`), written exactly as
-/// `{"name":"<name>","arguments":<instance>}`. With `allow_text`, the answer may instead be plain
-/// text that does not start with `{` (`tool_choice: auto`).
-pub fn tool_call_grammar(tools: &[(String, Value)], allow_text: bool, bounds: Bounds) -> Result<String, GrammarError> {
+/// `{"name":"<name>","arguments":<instance>}`, or of the answer `text` allows instead
+/// (`tool_choice: auto`).
+pub fn tool_call_grammar(tools: &[(String, Value)], text: TextAnswer<'_>, bounds: Bounds) -> Result<String, GrammarError> {
     let mut b = Builder { root: &Value::Null, bounds, rules: BTreeMap::new(), refs: BTreeMap::new(), visiting: Vec::new() };
     let mut calls = Vec::new();
     for (i, (name, parameters)) in tools.iter().enumerate() {
@@ -97,10 +110,20 @@ pub fn tool_call_grammar(tools: &[(String, Value)], allow_text: bool, bounds: Bo
         b.rules.insert(rule.clone(), format!("{} {args} \"}}\"", literal(&prefix)));
         calls.push(rule);
     }
+    let answer = match text {
+        TextAnswer::None => None,
+        TextAnswer::Free => Some("[^{ \\t\\n] [^\\x00]*".to_owned()),
+        TextAnswer::JsonObject => Some(b.free_object(0)),
+        TextAnswer::JsonSchema(schema) => {
+            b.root = schema;
+            b.refs.clear();
+            Some(b.visit(schema, "response_format.json_schema.schema", "answer")?)
+        }
+    };
     let mut root = calls.join(" | ");
-    if allow_text {
-        b.rules.insert("text".into(), "[^{ \\t\\n] [^\\x00]*".into());
-        root = format!("{root} | text");
+    if let Some(answer) = answer {
+        b.rules.insert("answer".into(), answer);
+        root = format!("{root} | answer");
     }
     b.rules.insert("root".into(), root);
     Ok(b.finish())
@@ -511,9 +534,24 @@ mod tests {
 
     #[test]
     fn tool_calls_name_the_function_then_its_arguments() {
-        let g = tool_call_grammar(&[("get_weather".into(), json!({"type": "object", "properties": {"city": {"type": "string"}}}))], true, Bounds::default()).unwrap();
+        let g = tool_call_grammar(&[("get_weather".into(), json!({"type": "object", "properties": {"city": {"type": "string"}}}))], TextAnswer::Free, Bounds::default()).unwrap();
         assert!(g.contains(r#"call0 ::= "{\"name\":\"get_weather\",\"arguments\":" args0 "}""#), "{g}");
-        assert!(g.contains("root ::= call0 | text"), "{g}");
+        assert!(g.contains("root ::= call0 | answer"), "{g}");
+        assert!(g.contains(r"answer ::= [^{ \t\n]"), "{g}");
+    }
+
+    #[test]
+    fn a_json_answer_beside_tool_calls_follows_the_response_format() {
+        let tools = [("f".to_owned(), json!({"$defs": {"loc": {"type": "string"}}, "type": "object", "properties": {"l": {"$ref": "#/$defs/loc"}}}))];
+        let schema = json!({"$defs": {"loc": {"type": "integer"}}, "type": "object", "properties": {"n": {"$ref": "#/$defs/loc"}}, "required": ["n"]});
+        let g = tool_call_grammar(&tools, TextAnswer::JsonSchema(&schema), Bounds::default()).unwrap();
+        assert!(g.contains("root ::= call0 | answer"), "{g}");
+        // The answer's `$ref` resolves in its own schema, not in the tool's.
+        assert!(g.contains("ref-loc ::= \"\\\"\" char") && g.contains("ref-loc-2 ::= integer"), "{g}");
+        let g = tool_call_grammar(&tools, TextAnswer::JsonObject, Bounds::default()).unwrap();
+        assert!(g.contains("answer ::= (\"{\""), "{g}");
+        let g = tool_call_grammar(&tools, TextAnswer::None, Bounds::default()).unwrap();
+        assert!(g.contains("root ::= call0\n") && !g.contains("answer"), "{g}");
     }
 
     #[test]
@@ -537,7 +575,7 @@ mod tests {
         assert!(g.contains(r#""\"a-0\"" ws ":" ws root-a-0 "#) || g.contains("root-a-0"), "{g}");
         let tools = [("f".to_owned(), json!({"$defs": {"loc": {"type": "string"}}, "type": "object", "properties": {"l": {"$ref": "#/$defs/loc"}}})),
                      ("g".to_owned(), json!({"$defs": {"loc": {"type": "integer"}}, "type": "object", "properties": {"l": {"$ref": "#/$defs/loc"}}}))];
-        let g = tool_call_grammar(&tools, false, Bounds::default()).unwrap();
+        let g = tool_call_grammar(&tools, TextAnswer::None, Bounds::default()).unwrap();
         assert!(g.contains("ref-loc ::= \"\\\"\" char") && g.contains("ref-loc-2 ::= integer"), "{g}");
     }
 

@@ -1,6 +1,7 @@
 //! The adapter that serves chat requests from the embedded engine.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,7 +11,7 @@ use local_engine::{
     Confidence, EngineError, EngineHandle, GenerationEvent, GenerationRequest, GenerationStream, SamplingParams,
     TemplateMessage, TokenLogprob,
 };
-use local_engine::grammar::{self, Bounds};
+use local_engine::grammar::{self, Bounds, TextAnswer};
 use serde_json::{Map, Value};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -84,7 +85,8 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
         }
     }
     // A free-form JSON answer is closed inside the token budget rather than cut mid-value.
-    let close_json = structure.is_free_form_json();
+    // (Not beside tools: a call cut by the budget must stay cut, not pass for a whole call.)
+    let close_json = structure.is_free_form_json() && structure.tools.is_none();
     let sampling = SamplingParams {
         temperature: req.temperature.unwrap_or(1.0),
         top_p: req.top_p.unwrap_or(1.0),
@@ -143,9 +145,24 @@ impl Structure {
                 .iter()
                 .map(|t| (t.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(), t.get("parameters").cloned().unwrap_or_else(|| serde_json::json!({"type": "object"}))))
                 .collect();
-            let grammar = grammar::tool_call_grammar(&signatures, allow_text, Bounds::default()).map_err(|e| invalid(format!("the local engine cannot enforce this tool's parameters: {e}"), "tools"))?;
-            return Ok(Self { grammar: Some(grammar), json: None, tools: Some((tools, allow_text)) });
+            // With `tool_choice: auto` the answer that is not a call follows `response_format`.
+            let format = if allow_text { Self::of_format(req)? } else { Self::default() };
+            let text = match (allow_text, &format.json) {
+                (false, _) => TextAnswer::None,
+                (true, None) => TextAnswer::Free,
+                (true, Some(_)) if format.is_free_form_json() => TextAnswer::JsonObject,
+                (true, Some(schema)) => TextAnswer::JsonSchema(schema),
+            };
+            // (`of_format` has refused a schema the grammar cannot enforce.)
+            let grammar = grammar::tool_call_grammar(&signatures, text, Bounds::default()).map_err(|e| invalid(format!("the local engine cannot enforce this tool's parameters: {e}"), "tools"))?;
+            return Ok(Self { grammar: Some(grammar), json: format.json, tools: Some((tools, allow_text)) });
         }
+        Self::of_format(req)
+    }
+
+    /// The structure `response_format` asks for, tools aside.
+    fn of_format(req: &ChatRequest) -> Result<Self, ProviderError> {
+        let invalid = |message: String, param: &str| ProviderError::InvalidRequest { message, param: Some(param.to_owned()) };
         let Some(format) = &req.response_format else { return Ok(Self::default()) };
         match format.get("type").and_then(Value::as_str) {
             Some("text") => Ok(Self::default()),
@@ -169,8 +186,13 @@ impl Structure {
         if let Some((tools, allow_text)) = &self.tools {
             let list = serde_json::to_string(tools).unwrap_or_default();
             let mut text = format!("You can call these functions:\n{list}\nTo call one, reply with only a JSON object {{\"name\": <function name>, \"arguments\": <its arguments>}}.");
-            if *allow_text {
-                text.push_str(" If no function is needed, answer in plain text.");
+            match (*allow_text, &self.json) {
+                (false, _) => {}
+                (true, None) => text.push_str(" If no function is needed, answer in plain text."),
+                (true, Some(_)) if self.is_free_form_json() => text.push_str(" If no function is needed, answer with a JSON object only."),
+                (true, Some(schema)) => {
+                    let _ = write!(text, " If no function is needed, answer with JSON only, following this JSON Schema:\n{schema}");
+                }
             }
             return Some(text);
         }
@@ -210,9 +232,15 @@ fn callable_tools(req: &ChatRequest) -> Result<Option<(Vec<Value>, bool)>, Provi
     }
 }
 
-/// True when the answer may be a tool call (the grammar then decides by its first character).
-fn may_call_tools(req: &ChatRequest) -> bool {
-    matches!(callable_tools(req), Ok(Some(_)))
+/// The splitter of tool-call answers, when the answer may be a call.
+fn call_splitter(req: &ChatRequest) -> Option<ToolCallSplitter> {
+    let (tools, _) = callable_tools(req).ok()??;
+    let prefixes = tools
+        .iter()
+        .map(|t| format!("{CALL_NAME_PREFIX}{}{CALL_ARGUMENTS_KEY}", serde_json::to_string(t.get("name").and_then(Value::as_str).unwrap_or_default()).unwrap_or_default()))
+        .collect();
+    let json_answers = req.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str).is_some_and(|t| t != "text");
+    Some(ToolCallSplitter { prefixes, json_answers, ..ToolCallSplitter::default() })
 }
 
 /// Splits a tool-call answer (`{"name":"…","arguments":…}`, as the grammar writes it) into
@@ -220,7 +248,12 @@ fn may_call_tools(req: &ChatRequest) -> bool {
 /// arguments in pieces. Text answers pass through.
 #[derive(Debug, Default)]
 struct ToolCallSplitter {
-    /// `None` until the first character decides; then whether this is a call.
+    /// How each call starts (`{"name":"<function>","arguments":`).
+    prefixes: Vec<String>,
+    /// The answer that is not a call may be JSON (`response_format` beside `tool_choice: auto`).
+    json_answers: bool,
+    /// `None` until the answer either starts with a call's prefix or leaves all of them; then
+    /// whether this is a call.
     calling: Option<bool>,
     buffer: String,
     /// The call has been announced (id and name sent).
@@ -234,12 +267,19 @@ impl ToolCallSplitter {
     fn text(&mut self, text: String) -> Vec<Delta> {
         if self.calling.is_none() {
             self.buffer.push_str(&text);
-            let Some(first) = self.buffer.trim_start().chars().next() else { return Vec::new() };
-            self.calling = Some(first == '{');
-            if first != '{' {
-                return vec![Delta { content: Some(std::mem::take(&mut self.buffer)), ..Delta::default() }];
+            let start = self.buffer.trim_start();
+            if start.is_empty() {
+                return Vec::new();
             }
-            return self.advance();
+            if self.prefixes.iter().any(|p| start.starts_with(p.as_str())) {
+                self.calling = Some(true);
+                return self.advance();
+            }
+            if self.prefixes.iter().any(|p| p.starts_with(start)) {
+                return Vec::new();
+            }
+            self.calling = Some(false);
+            return vec![Delta { content: Some(std::mem::take(&mut self.buffer)), ..Delta::default() }];
         }
         if self.calling == Some(false) {
             return vec![Delta { content: Some(text), ..Delta::default() }];
@@ -277,9 +317,14 @@ impl ToolCallSplitter {
     /// What is still held back when the answer ends without a complete call (cut by
     /// `max_tokens` or a stop string): the rest of the arguments, or the text seen so far. A call
     /// cut before its name was complete leaves nothing: the `{"name":…` wrapper is the engine's
-    /// own format, never the client's content (`finish_reason: length` says it was cut).
+    /// own format, never the client's content (`finish_reason: length` says it was cut). An
+    /// undecided start is such a wrapper unless JSON answers were allowed too.
     fn flush(&mut self) -> Option<Delta> {
-        if self.called() || self.buffer.is_empty() || (self.calling == Some(true) && !self.announced) {
+        let wrapper = match self.calling {
+            Some(calling) => calling && !self.announced,
+            None => !self.json_answers,
+        };
+        if self.called() || self.buffer.is_empty() || wrapper {
             return None;
         }
         let rest = std::mem::take(&mut self.buffer);
@@ -406,9 +451,8 @@ impl ChunkFactory {
 /// Where the finishing event's confidence is left, for [`LocalProvider::complete_with_confidence`].
 type ConfidenceSlot = Arc<Mutex<Option<Confidence>>>;
 
-fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Option<ConfidenceSlot>, tools: bool) -> ChunkStream {
+fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Option<ConfidenceSlot>, mut splitter: Option<ToolCallSplitter>) -> ChunkStream {
     let first = factory.chunk(Delta { role: Some("assistant".into()), content: Some(String::new()), ..Delta::default() }, None);
-    let mut splitter = tools.then(ToolCallSplitter::default);
     let mut logprobs = LogprobAligner::default();
     let rest = UnboundedReceiverStream::new(events).flat_map(move |event| {
         let out: Vec<Result<ChatChunk, ProviderError>> = match event {
@@ -461,7 +505,7 @@ impl LocalProvider {
         let mut generation = generation_request(&req)?;
         generation.sampling.logprobs = true;
         let slot: ConfidenceSlot = Arc::new(Mutex::new(None));
-        let mut response = collect_stream(self.start(generation, Some(Arc::clone(&slot)), may_call_tools(&req)).await?).await?;
+        let mut response = collect_stream(self.start(generation, Some(Arc::clone(&slot)), call_splitter(&req)).await?).await?;
         if wants_logprobs(&req) {
             with_logprobs_object(&mut response);
         }
@@ -470,7 +514,7 @@ impl LocalProvider {
     }
 
     /// Submits a generation and waits for the engine to accept its prompt.
-    async fn start(&self, generation: GenerationRequest, confidence: Option<ConfidenceSlot>, tools: bool) -> Result<ChunkStream, ProviderError> {
+    async fn start(&self, generation: GenerationRequest, confidence: Option<ConfidenceSlot>, splitter: Option<ToolCallSplitter>) -> Result<ChunkStream, ProviderError> {
         let mut events = self.engine.submit(generation).map_err(|e| engine_error(&e))?;
         // Wait for the engine to accept the prompt, so that its errors get a real status.
         match events.recv().await {
@@ -486,7 +530,7 @@ impl LocalProvider {
             created: now_unix(),
             model: self.engine.config().name.clone(),
         };
-        Ok(chunks(events, factory, confidence, tools))
+        Ok(chunks(events, factory, confidence, splitter))
     }
 }
 
@@ -502,13 +546,60 @@ impl Provider for LocalProvider {
     }
 
     async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, ProviderError> {
-        self.start(generation_request(&req)?, None, may_call_tools(&req)).await
+        self.start(generation_request(&req)?, None, call_splitter(&req)).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{LogprobAligner, TokenLogprob};
+    use super::{call_splitter, Delta, LogprobAligner, TokenLogprob, ToolCallSplitter};
+    use crate::wire::ChatRequest;
+
+    fn splitter_for(format: Option<serde_json::Value>) -> ToolCallSplitter {
+        let mut body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
+        if let Some(format) = format {
+            body["response_format"] = format;
+        }
+        let req: ChatRequest = serde_json::from_value(body).unwrap();
+        call_splitter(&req).unwrap()
+    }
+
+    /// Feeds `pieces` and the end of the answer; returns (content, call name, call arguments).
+    fn split(splitter: &mut ToolCallSplitter, pieces: &[&str]) -> (String, String, String) {
+        let mut deltas: Vec<Delta> = pieces.iter().flat_map(|p| splitter.text((*p).to_owned())).collect();
+        deltas.extend(splitter.flush());
+        let (mut content, mut name, mut arguments) = (String::new(), String::new(), String::new());
+        for delta in deltas {
+            content.push_str(delta.content.as_deref().unwrap_or_default());
+            for call in delta.extra.get("tool_calls").and_then(serde_json::Value::as_array).into_iter().flatten() {
+                name.push_str(call.pointer("/function/name").and_then(serde_json::Value::as_str).unwrap_or_default());
+                arguments.push_str(call.pointer("/function/arguments").and_then(serde_json::Value::as_str).unwrap_or_default());
+            }
+        }
+        (content, name, arguments)
+    }
+
+    #[test]
+    fn a_json_answer_beside_tools_is_content_and_a_call_is_a_call() {
+        let json = || Some(serde_json::json!({"type": "json_object"}));
+        // Pieces split anywhere, the decision waits until the call's prefix is left or complete.
+        let mut s = splitter_for(json());
+        assert_eq!(split(&mut s, &["{\"na", "me\":\"Bob\",", "\"age\":3}"]), ("{\"name\":\"Bob\",\"age\":3}".into(), String::new(), String::new()));
+        assert!(!s.called());
+        let mut s = splitter_for(json());
+        let (content, name, arguments) = split(&mut s, &["{\"name\":\"get_w", "eather\",\"arguments\":{\"city\"", ":\"Oslo\"}}"]);
+        assert_eq!((content.as_str(), name.as_str(), arguments.as_str()), ("", "get_weather", "{\"city\":\"Oslo\"}"));
+        assert!(s.called());
+        // A JSON answer cut while it still looked like a call's start is content (it may be JSON)…
+        let mut s = splitter_for(json());
+        assert_eq!(split(&mut s, &["{\"name\":\"get"]).0, "{\"name\":\"get");
+        // …but without a JSON format the start can only be the engine's call wrapper: never shown.
+        let mut s = splitter_for(None);
+        assert_eq!(split(&mut s, &["{\"name\":\"get"]), (String::new(), String::new(), String::new()));
+        let mut s = splitter_for(None);
+        assert_eq!(split(&mut s, &["Sunny", " today"]).0, "Sunny today");
+    }
 
     fn token(text: &str) -> TokenLogprob {
         TokenLogprob { bytes: text.as_bytes().to_vec(), logprob: -0.5, top: vec![(text.as_bytes().to_vec(), -0.5), (b"x".to_vec(), -1.5)] }

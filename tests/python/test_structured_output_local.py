@@ -176,6 +176,46 @@ def test_streamed_tool_call_arguments_come_in_openai_deltas(local, schemas):
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == ["tool_calls"]
 
 
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer"}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_beside_tools_follows_the_response_format(local, stream):
+    """With tool_choice auto, the model may call a tool or answer; an answer that is not a call
+    must still follow response_format (it was free text)."""
+    client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+    prompts = ["Invent a person: a name and an age.", "Describe a fictional pianist as JSON.",
+               "Who is older, a child or a grandparent? Make up one.", "Tell me about a character called Bob."]
+    answers, calls = 0, 0
+    for prompt in prompts:
+        args = dict(model="auto", messages=[{"role": "user", "content": prompt}], tools=WEATHER, tool_choice="auto",
+                    response_format=fmt, max_tokens=60, temperature=0)
+        if stream:
+            content, tool_args, finish = "", "", None
+            for chunk in client.chat.completions.create(stream=True, **args):
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta
+                content += delta.content or ""
+                tool_args += "".join(c.function.arguments or "" for c in delta.tool_calls or [])
+                finish = chunk.choices[0].finish_reason or finish
+        else:
+            choice = client.chat.completions.create(**args).choices[0]
+            content, finish = choice.message.content or "", choice.finish_reason
+            tool_args = "".join(c.function.arguments for c in choice.message.tool_calls or [])
+        if finish == "tool_calls":
+            calls += 1
+            assert content == ""
+            jsonschema.validate(json.loads(tool_args), WEATHER[0]["function"]["parameters"])
+        else:
+            answers += 1
+            assert finish == "stop" and tool_args == "", (prompt, finish, content)
+            jsonschema.validate(json.loads(content), PERSON)
+    assert answers >= 1, f"every prompt was answered with a call ({calls}): the answer branch went untested"
+
+
 def test_tool_results_are_answered_in_text(local):
     client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "Weather in Paris?"},
