@@ -91,6 +91,12 @@ pub enum ApiError {
     /// `/admin/*` without the admin key.
     #[error("This endpoint needs the admin key (Authorization: Bearer, HTTP Basic password, or the dashboard's session).")]
     AdminKeyRequired,
+    /// Too many wrong admin keys from this client address ([`crate::admin_throttle`]).
+    #[error("Too many wrong admin keys from this address; retry after {retry_after_s} s.")]
+    AdminLocked {
+        /// Seconds until the address may try again.
+        retry_after_s: u64,
+    },
     /// The privacy or residency guard forbids every target for this request.
     #[error("The request may not be served: {reason}")]
     PolicyViolation {
@@ -158,7 +164,7 @@ impl ApiError {
                 detail("invalid_request_error", Some("model_not_found"), Some("model".into())),
                 None,
             ),
-            Self::TenantRateLimited { retry_after_s, .. } => (
+            Self::TenantRateLimited { retry_after_s, .. } | Self::AdminLocked { retry_after_s } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 detail("rate_limit_error", Some("rate_limit_exceeded"), None),
                 Some(*retry_after_s),

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounting;
+pub mod admin_throttle;
 pub mod admission;
 pub mod app;
 pub mod audit;

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tower::ServiceExt as _;
 use tokio::sync::{Notify, Semaphore};
 use tracing::{info, warn};
 
@@ -154,12 +155,12 @@ async fn accept_loop(
             permit = Arc::clone(&permits).acquire_owned() => match permit {
                 Ok(permit) => tokio::select! {
                     () = &mut stop => break,
-                    accepted = listener.accept() => accepted.map(|(tcp, _)| (tcp, permit)),
+                    accepted = listener.accept() => accepted.map(|(tcp, peer)| (tcp, peer, permit)),
                 },
                 Err(_) => break,
             },
         };
-        let (tcp, permit) = match accepted {
+        let (tcp, peer, permit) = match accepted {
             Ok(pair) => pair,
             Err(err) => {
                 // Out of file descriptors and the like: log, and let the condition pass.
@@ -173,7 +174,11 @@ async fn accept_loop(
         if let Err(err) = tcp.set_nodelay(true) {
             warn!(error = %err, "could not set TCP_NODELAY on a connection");
         }
-        let service = TowerToHyperService::new(app.clone());
+        // The client's address, for handlers that count per address (wrong admin keys).
+        let service = TowerToHyperService::new(app.clone().map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            req
+        }));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
             // Errors here are the client's (reset, header timeout, malformed request).

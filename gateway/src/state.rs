@@ -66,6 +66,8 @@ pub struct AppState {
     /// Dashboard session tokens handed out by `POST /dashboard/login`: each lasts
     /// [`ADMIN_SESSION_TTL`]; the oldest go first beyond [`ADMIN_SESSIONS_MAX`].
     pub admin_sessions: moka::sync::Cache<String, ()>,
+    /// Wrong admin keys per client address (429 after too many).
+    pub admin_throttle: crate::admin_throttle::AdminThrottle,
     /// The embedded engine, if configured.
     pub local: Option<LocalProvider>,
     /// Watches the engine against `[local]`'s latency targets, when set and a rule can spill.
@@ -181,6 +183,7 @@ impl AppState {
             in_flight,
             cluster,
             admin_sessions: moka::sync::Cache::builder().max_capacity(ADMIN_SESSIONS_MAX).time_to_live(ADMIN_SESSION_TTL).build(),
+            admin_throttle: crate::admin_throttle::AdminThrottle::default(),
             pricer,
             local,
             spillover,

@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -15,7 +14,7 @@ use crate::accounting::unix_ms;
 use crate::budgets::nanos_to_usd;
 use crate::error::ApiError;
 use crate::handlers::read_body;
-use crate::middleware::admin_auth::{key_matches, SESSION_COOKIE};
+use crate::middleware::admin_auth::{check_key, peer, SESSION_COOKIE};
 use crate::state::AppState;
 
 /// The dashboard page: no external assets, it draws `/admin/stats`.
@@ -29,17 +28,15 @@ pub async fn dashboard() -> Html<&'static str> {
 }
 
 /// `POST /dashboard/login` with `{"key": "…"}`: sets an `HttpOnly` session cookie.
-pub async fn login(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
-    let bytes = read_body(body, 4096, state.body_timeout()).await?;
+pub async fn login(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let peer = peer(&req);
+    let bytes = read_body(req.into_body(), 4096, state.body_timeout()).await?;
     let given = serde_json::from_slice::<Value>(&bytes)
         .ok()
         .and_then(|v| v["key"].as_str().map(str::to_owned))
         .ok_or_else(|| ApiError::invalid("The body must be a JSON object with the admin key as a string: {\"key\": \"…\"}.", "key"))?;
     let Some(key) = &state.admin_key else { return Ok(StatusCode::NO_CONTENT.into_response()) };
-    if !key_matches(&given, key) {
-        state.metrics.auth_failures.with_label_values(&["admin"]).inc();
-        return Err(ApiError::AdminKeyRequired);
-    }
+    check_key(&state, peer, &given, key)?;
     let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     state.admin_sessions.insert(token.clone(), ());
     let cookie = format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", crate::state::ADMIN_SESSION_TTL.as_secs());
