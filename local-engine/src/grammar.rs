@@ -80,6 +80,11 @@ pub fn json_object_grammar(bounds: Bounds) -> String {
     b.finish()
 }
 
+/// How every object opens in a rule body.
+const OPEN_OBJECT: &str = "\"{\" ws ";
+/// How a JSON answer's own object opens beside tool calls: whitespace is not optional.
+const OPEN_ANSWER_OBJECT: &str = "\"{\" ws1 ";
+
 /// What a `tool_choice: auto` answer may be instead of a call.
 #[derive(Debug, Clone, Copy)]
 pub enum TextAnswer<'a> {
@@ -95,7 +100,8 @@ pub enum TextAnswer<'a> {
 
 /// The grammar of one call of one of `tools` (`(name, parameters schema)`), written exactly as
 /// `{"name":"<name>","arguments":<instance>}`, or of the answer `text` allows instead
-/// (`tool_choice: auto`).
+/// (`tool_choice: auto`): free text never starts with `{` or whitespace, a JSON answer's object
+/// opens with `{` and whitespace, where a call opens `{"`.
 pub fn tool_call_grammar(tools: &[(String, Value)], text: TextAnswer<'_>, bounds: Bounds) -> Result<String, GrammarError> {
     let mut b = Builder { root: &Value::Null, bounds, rules: BTreeMap::new(), refs: BTreeMap::new(), visiting: Vec::new() };
     let mut calls = Vec::new();
@@ -113,13 +119,17 @@ pub fn tool_call_grammar(tools: &[(String, Value)], text: TextAnswer<'_>, bounds
     let answer = match text {
         TextAnswer::None => None,
         TextAnswer::Free => Some("[^{ \\t\\n] [^\\x00]*".to_owned()),
-        TextAnswer::JsonObject => Some(b.free_object(0)),
+        // A call starts `{"`, an answer's object `{` and whitespace: the second character tells
+        // them apart (else an answer could write a call's exact prefix and go on as the answer's
+        // JSON, not as the tool's arguments). Objects nested in the answer have rules of their own.
+        TextAnswer::JsonObject => Some(b.free_object(0).replace(OPEN_OBJECT, OPEN_ANSWER_OBJECT)),
         TextAnswer::JsonSchema(schema) => {
             b.root = schema;
             b.refs.clear();
-            Some(b.visit(schema, "response_format.json_schema.schema", "answer")?)
+            Some(b.visit(schema, "response_format.json_schema.schema", "answer")?.replace(OPEN_OBJECT, OPEN_ANSWER_OBJECT))
         }
     };
+    b.rules.insert("ws1".into(), "\" \" | \"\\n\" \" \"{0,16}".into());
     let mut root = calls.join(" | ");
     if let Some(answer) = answer {
         b.rules.insert("answer".into(), answer);
@@ -548,8 +558,10 @@ mod tests {
         assert!(g.contains("root ::= call0 | answer"), "{g}");
         // The answer's `$ref` resolves in its own schema, not in the tool's.
         assert!(g.contains("ref-loc ::= \"\\\"\" char") && g.contains("ref-loc-2 ::= integer"), "{g}");
+        assert!(g.contains("answer ::= \"{\" ws1 \"\\\"n\\\"\" ws \":\" ws answer-n ws \"}\""), "{g}");
         let g = tool_call_grammar(&tools, TextAnswer::JsonObject, Bounds::default()).unwrap();
-        assert!(g.contains("answer ::= (\"{\""), "{g}");
+        assert!(g.contains("answer ::= (\"{\" ws1 "), "{g}");
+        assert!(g.contains("ws1 ::= \" \" | "), "{g}");
         let g = tool_call_grammar(&tools, TextAnswer::None, Bounds::default()).unwrap();
         assert!(g.contains("root ::= call0\n") && !g.contains("answer"), "{g}");
     }

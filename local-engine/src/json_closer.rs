@@ -51,21 +51,34 @@ pub(crate) struct JsonCloser {
     expect: Expect,
     /// Text that does not follow JSON was seen: nothing can close it any more.
     broken: bool,
+    /// Bytes still to check for a tool call's opening `{"` (2 at the start with
+    /// [`JsonCloser::unless_a_call`], 1 after its `{`, 0: no check).
+    call_check: u8,
 }
 
 impl Default for JsonCloser {
     fn default() -> Self {
-        Self { open: Vec::new(), expect: Expect::Document, broken: false }
+        Self { open: Vec::new(), expect: Expect::Document, broken: false, call_check: 0 }
     }
 }
 
 impl JsonCloser {
+    /// Follows a document unless it opens as a tool call does, `{"` (`JsonClosing::UnlessACall`).
+    pub(crate) fn unless_a_call() -> Self {
+        Self { call_check: 2, ..Self::default() }
+    }
+
     /// Follows `bytes`, the next piece of the document (UTF-8, possibly split inside a
     /// character: bytes of multi-byte characters only ever occur inside strings).
     pub(crate) fn push(&mut self, bytes: &[u8]) {
         for &b in bytes {
             if self.broken {
                 return;
+            }
+            match (self.call_check, b) {
+                (2, b'{') => self.call_check = 1,
+                (1, b'"') => return self.broken = true,
+                _ => self.call_check = 0,
             }
             self.step(char::from(b));
         }
@@ -236,6 +249,20 @@ mod tests {
                 assert!(serde_json::from_str::<serde_json::Value>(&whole).is_ok(), "{prefix:?} + {closing:?} is not JSON");
             }
         }
+    }
+
+    #[test]
+    fn unless_a_call_closes_answers_but_not_calls() {
+        for piece in [&b"{\n  \"name\": \"To"[..], b"{ \"name\": \"To"] {
+            let mut answer = JsonCloser::unless_a_call();
+            answer.push(piece);
+            assert_eq!(answer.closing().as_deref(), Some("\"}"));
+        }
+        // A tool call (the grammar opens calls `{"`) is not closed: it stays cut.
+        let mut call = JsonCloser::unless_a_call();
+        call.push(b"{\"name\":\"get_weather\",\"arguments\":{");
+        assert_eq!(call.closing(), None);
+        assert!(!call.is_complete());
     }
 
     #[test]

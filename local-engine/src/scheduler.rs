@@ -23,7 +23,7 @@ use crate::prefix_cache::{Plan, SlotTable, Source};
 use crate::sampling::SequenceSampler;
 use crate::seq_state::{self, StateBuffer};
 use crate::text::TextAssembler;
-use crate::{ChatTemplate, Confidence, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, TokenLogprob};
+use crate::{ChatTemplate, Confidence, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, JsonClosing, TokenLogprob};
 
 /// llama.cpp's `llama_flash_attn_type` values (`llama.h`).
 const LLAMA_FLASH_ATTN_TYPE_AUTO: i32 = -1;
@@ -352,7 +352,11 @@ impl<'m> Scheduler<'m> {
             logits_at: None,
             logprobs: job.request.sampling.logprobs.then_some((0.0, 0.0, 0)),
             top_logprobs: job.request.sampling.top_logprobs.map(usize::from),
-            json: job.request.sampling.close_json.then(JsonCloser::default),
+            json: match job.request.sampling.close_json {
+                JsonClosing::Off => None,
+                JsonClosing::Always => Some(JsonCloser::default()),
+                JsonClosing::UnlessACall => Some(JsonCloser::unless_a_call()),
+            },
         });
         self.publish_kv_usage();
     }

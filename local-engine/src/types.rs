@@ -33,10 +33,24 @@ pub struct SamplingParams {
     /// A llama.cpp grammar (GBNF, root rule `root`) every completion must match
     /// (see [`crate::grammar`]).
     pub grammar: Option<String>,
-    /// The completion is one free-form JSON document (`response_format: json_object`): when
-    /// only enough of `max_tokens` is left to close it, its open strings, values and containers
-    /// are closed and it ends with `Stop`, so a long answer is still parseable.
-    pub close_json: bool,
+    /// Whether a free-form JSON answer (`response_format: json_object`) is closed inside
+    /// `max_tokens`: when only enough is left to close it, its open strings, values and
+    /// containers are closed and it ends with `Stop`, so a long answer is still parseable.
+    pub close_json: JsonClosing,
+}
+
+/// Which answers [`SamplingParams::close_json`] closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JsonClosing {
+    /// None.
+    #[default]
+    Off,
+    /// The whole completion is one JSON document.
+    Always,
+    /// A JSON answer beside tool calls, not a call: the tool-call grammar opens calls `{"` and
+    /// such answers `{` and whitespace, so a call cut by the budget stays cut instead of passing
+    /// for a whole call.
+    UnlessACall,
 }
 
 impl Default for SamplingParams {
@@ -53,7 +67,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             logit_bias: Vec::new(),
             grammar: None,
-            close_json: false,
+            close_json: JsonClosing::Off,
         }
     }
 }

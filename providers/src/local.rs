@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use local_engine::{
     Confidence, EngineError, EngineHandle, GenerationEvent, GenerationRequest, GenerationStream, SamplingParams,
-    TemplateMessage, TokenLogprob,
+    JsonClosing, TemplateMessage, TokenLogprob,
 };
 use local_engine::grammar::{self, Bounds, TextAnswer};
 use serde_json::{Map, Value};
@@ -85,8 +85,13 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
         }
     }
     // A free-form JSON answer is closed inside the token budget rather than cut mid-value.
-    // (Not beside tools: a call cut by the budget must stay cut, not pass for a whole call.)
-    let close_json = structure.is_free_form_json() && structure.tools.is_none();
+    // Beside tools only an answer (whose object the grammar opens `{` + whitespace) is closed: a call
+    // cut by the budget must stay cut, not pass for a whole call.
+    let close_json = match (structure.is_free_form_json(), &structure.tools) {
+        (false, _) => JsonClosing::Off,
+        (true, None) => JsonClosing::Always,
+        (true, Some(_)) => JsonClosing::UnlessACall,
+    };
     let sampling = SamplingParams {
         temperature: req.temperature.unwrap_or(1.0),
         top_p: req.top_p.unwrap_or(1.0),
@@ -234,13 +239,9 @@ fn callable_tools(req: &ChatRequest) -> Result<Option<(Vec<Value>, bool)>, Provi
 
 /// The splitter of tool-call answers, when the answer may be a call.
 fn call_splitter(req: &ChatRequest) -> Option<ToolCallSplitter> {
-    let (tools, _) = callable_tools(req).ok()??;
-    let prefixes = tools
-        .iter()
-        .map(|t| format!("{CALL_NAME_PREFIX}{}{CALL_ARGUMENTS_KEY}", serde_json::to_string(t.get("name").and_then(Value::as_str).unwrap_or_default()).unwrap_or_default()))
-        .collect();
+    callable_tools(req).ok()??;
     let json_answers = req.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str).is_some_and(|t| t != "text");
-    Some(ToolCallSplitter { prefixes, json_answers, ..ToolCallSplitter::default() })
+    Some(ToolCallSplitter { json_answers, ..ToolCallSplitter::default() })
 }
 
 /// Splits a tool-call answer (`{"name":"…","arguments":…}`, as the grammar writes it) into
@@ -248,12 +249,11 @@ fn call_splitter(req: &ChatRequest) -> Option<ToolCallSplitter> {
 /// arguments in pieces. Text answers pass through.
 #[derive(Debug, Default)]
 struct ToolCallSplitter {
-    /// How each call starts (`{"name":"<function>","arguments":`).
-    prefixes: Vec<String>,
-    /// The answer that is not a call may be JSON (`response_format` beside `tool_choice: auto`).
+    /// The answer that is not a call is JSON (`response_format` beside `tool_choice: auto`): the
+    /// grammar opens a call `{"` and such an answer's object `{` and whitespace.
     json_answers: bool,
-    /// `None` until the answer either starts with a call's prefix or leaves all of them; then
-    /// whether this is a call.
+    /// `None` until the opening decides (`{`, or `{"` beside JSON answers: a call); then whether
+    /// this is a call.
     calling: Option<bool>,
     buffer: String,
     /// The call has been announced (id and name sent).
@@ -268,17 +268,16 @@ impl ToolCallSplitter {
         if self.calling.is_none() {
             self.buffer.push_str(&text);
             let start = self.buffer.trim_start();
-            if start.is_empty() {
-                return Vec::new();
-            }
-            if self.prefixes.iter().any(|p| start.starts_with(p.as_str())) {
-                self.calling = Some(true);
+            let mut chars = start.chars();
+            let calling = match (chars.next(), chars.next(), self.json_answers) {
+                (None, _, _) | (Some('{'), None, true) => return Vec::new(),
+                (Some('{'), second, true) => second == Some('"'),
+                (first, _, _) => first == Some('{'),
+            };
+            self.calling = Some(calling);
+            if calling {
                 return self.advance();
             }
-            if self.prefixes.iter().any(|p| p.starts_with(start)) {
-                return Vec::new();
-            }
-            self.calling = Some(false);
             return vec![Delta { content: Some(std::mem::take(&mut self.buffer)), ..Delta::default() }];
         }
         if self.calling == Some(false) {
@@ -317,13 +316,10 @@ impl ToolCallSplitter {
     /// What is still held back when the answer ends without a complete call (cut by
     /// `max_tokens` or a stop string): the rest of the arguments, or the text seen so far. A call
     /// cut before its name was complete leaves nothing: the `{"name":…` wrapper is the engine's
-    /// own format, never the client's content (`finish_reason: length` says it was cut). An
-    /// undecided start is such a wrapper unless JSON answers were allowed too.
+    /// own format, never the client's content (`finish_reason: length` says it was cut). A lone
+    /// `{` beside JSON answers may be either, and is shown.
     fn flush(&mut self) -> Option<Delta> {
-        let wrapper = match self.calling {
-            Some(calling) => calling && !self.announced,
-            None => !self.json_answers,
-        };
+        let wrapper = self.calling.map_or(!self.json_answers, |calling| calling && !self.announced);
         if self.called() || self.buffer.is_empty() || wrapper {
             return None;
         }
@@ -583,20 +579,20 @@ mod tests {
     #[test]
     fn a_json_answer_beside_tools_is_content_and_a_call_is_a_call() {
         let json = || Some(serde_json::json!({"type": "json_object"}));
-        // Pieces split anywhere, the decision waits until the call's prefix is left or complete.
+        // The grammar opens a call `{"` and a JSON answer's object `{` + whitespace: even an
+        // answer that then writes a call's exact prefix stays an answer.
         let mut s = splitter_for(json());
-        assert_eq!(split(&mut s, &["{\"na", "me\":\"Bob\",", "\"age\":3}"]), ("{\"name\":\"Bob\",\"age\":3}".into(), String::new(), String::new()));
+        assert_eq!(split(&mut s, &["{", "\n \"na", "me\":\"get_weather\",\"arguments\":3}"]),
+                   ("{\n \"name\":\"get_weather\",\"arguments\":3}".into(), String::new(), String::new()));
         assert!(!s.called());
         let mut s = splitter_for(json());
         let (content, name, arguments) = split(&mut s, &["{\"name\":\"get_w", "eather\",\"arguments\":{\"city\"", ":\"Oslo\"}}"]);
         assert_eq!((content.as_str(), name.as_str(), arguments.as_str()), ("", "get_weather", "{\"city\":\"Oslo\"}"));
         assert!(s.called());
-        // A JSON answer cut while it still looked like a call's start is content (it may be JSON)…
+        // A call cut before its name was complete shows nothing (the wrapper is the engine's).
         let mut s = splitter_for(json());
-        assert_eq!(split(&mut s, &["{\"name\":\"get"]).0, "{\"name\":\"get");
-        // …but without a JSON format the start can only be the engine's call wrapper: never shown.
-        let mut s = splitter_for(None);
         assert_eq!(split(&mut s, &["{\"name\":\"get"]), (String::new(), String::new(), String::new()));
+        // Free text beside tools keeps its leading whitespace rule: it never starts with `{`.
         let mut s = splitter_for(None);
         assert_eq!(split(&mut s, &["Sunny", " today"]).0, "Sunny today");
     }

@@ -50,6 +50,9 @@ def test_bearer_and_basic_are_accepted(admin):
     basic = base64.b64encode(f"anyone:{KEY}".encode()).decode()
     page = httpx.get(f"{admin.base}/dashboard", headers={"authorization": f"Basic {basic}"})
     assert page.status_code == 200 and "<svg" in page.text
+    # Scheme names are case-insensitive (RFC 9110): a lower-case one is not a wrong key.
+    for value in (f"bearer {KEY}", f"BEARER  {KEY}", f"basic {basic}"):
+        assert httpx.get(f"{admin.base}/admin/stats", headers={"authorization": value}).status_code == 200, value
 
 
 def test_admin_answers_are_never_cached_or_framed(admin):

@@ -249,6 +249,8 @@ def test_missing_or_unknown_key_is_401_and_health_needs_none(tenants):
 def test_tenant_key_is_served_inside_its_residency(tenants):
     r = chat(tenants, tenants.keys["acme-eu"])
     assert r.status_code == 200, r.text
+    # The scheme name is case-insensitive (RFC 9110).
+    assert chat(tenants, None, headers={"authorization": f"BEARER {tenants.keys['acme-eu']}"}).status_code == 200
     assert r.headers["x-switchyard-target"] == "fakeeu/echo"
     assert "x-switchyard-rerouted" not in r.headers
 

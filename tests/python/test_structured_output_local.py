@@ -216,6 +216,59 @@ def test_an_answer_beside_tools_follows_the_response_format(local, stream):
     assert answers >= 1, f"every prompt was answered with a call ({calls}): the answer branch went untested"
 
 
+SEARCH = [{"type": "function", "function": {"name": "search", "description": "web search", "parameters": {
+    "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]
+
+
+@pytest.mark.parametrize("fmt", [
+    {"type": "json_object"},
+    {"type": "json_schema", "json_schema": {"name": "out", "schema": {
+        "type": "object", "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+        "required": ["name", "arguments"], "additionalProperties": False}}}])
+def test_an_answer_never_passes_for_a_call_with_broken_arguments(local, fmt):
+    """A conversation that taught the model to answer `{"name":"search","arguments":"none"}`: the
+    call's exact opening, then the answer's JSON. It was returned as a call whose arguments were
+    the string "none"; a call's arguments must follow the tool's parameters."""
+    shot = {"role": "assistant", "content": '{"name":"search","arguments":"none"}'}
+    messages = [{"role": "system", "content": "You answer only JSON."}, {"role": "user", "content": "x"}, shot,
+                {"role": "user", "content": "x"}, shot, {"role": "user", "content": "x"}]
+    client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+    choice = client.chat.completions.create(model="auto", messages=messages, tools=SEARCH, tool_choice="auto",
+                                            response_format=fmt, max_tokens=200, temperature=0).choices[0]
+    if choice.finish_reason == "tool_calls":
+        jsonschema.validate(json.loads(choice.message.tool_calls[0].function.arguments), SEARCH[0]["function"]["parameters"])
+    else:
+        assert choice.finish_reason == "stop" and not choice.message.tool_calls
+        answer = json.loads(choice.message.content)
+        if fmt["type"] == "json_schema":
+            jsonschema.validate(answer, fmt["json_schema"]["schema"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_json_object_answer_beside_tools_is_closed_inside_the_budget(local, stream):
+    client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+    answers = 0
+    for prompt in ["Invent a person: a name and an age.", "Tell me about a character called Bob."]:
+        for max_tokens in (4, 8, 12):
+            args = dict(model="auto", messages=[{"role": "user", "content": prompt}], tools=SEARCH, tool_choice="auto",
+                        response_format={"type": "json_object"}, max_tokens=max_tokens, temperature=0)
+            if stream:
+                content, called, finish = "", False, None
+                for chunk in client.chat.completions.create(stream=True, **args):
+                    if chunk.choices:
+                        content += chunk.choices[0].delta.content or ""
+                        called = called or bool(chunk.choices[0].delta.tool_calls)
+                        finish = chunk.choices[0].finish_reason or finish
+            else:
+                choice = client.chat.completions.create(**args).choices[0]
+                content, called, finish = choice.message.content or "", bool(choice.message.tool_calls), choice.finish_reason
+            if content:
+                answers += 1
+                assert finish == "stop" and not called, (prompt, max_tokens, finish, content)
+                assert isinstance(json.loads(content), dict), (prompt, max_tokens, content)
+    assert answers >= 1, "every answer was a call: the closing went untested"
+
+
 def test_tool_results_are_answered_in_text(local):
     client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "Weather in Paris?"},

@@ -30,11 +30,11 @@ pub fn key_matches(given: &str, key: &str) -> bool {
 /// The key the request presents (Bearer, or a Basic password), if any.
 fn presented_key(headers: &HeaderMap) -> Option<String> {
     let authorization = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())?;
-    if let Some(bearer) = authorization.strip_prefix("Bearer ") {
-        return Some(bearer.trim().to_owned());
+    if let Some(bearer) = super::credentials(authorization, "Bearer") {
+        return Some(bearer.to_owned());
     }
-    if let Some(basic) = authorization.strip_prefix("Basic ") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(basic.trim()).unwrap_or_default();
+    if let Some(basic) = super::credentials(authorization, "Basic") {
+        let decoded = base64::engine::general_purpose::STANDARD.decode(basic).unwrap_or_default();
         let text = String::from_utf8(decoded).unwrap_or_default();
         return Some(text.split_once(':').map(|(_, password)| password.to_owned()).unwrap_or_default());
     }

@@ -17,8 +17,7 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+        .and_then(|v| super::credentials(v, "Bearer"));
     match state.tenants.authenticate(bearer) {
         Ok(tenant) => {
             if let Some(ctx) = req.extensions().get::<RequestCtx>() {
