@@ -236,6 +236,12 @@ def new_virtual_key():
     return key, "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
+def auth_failures(gateway, surface):
+    """`switchyard_auth_failures_total{surface}` from /metrics (0 before the first)."""
+    m = re.search(rf'^switchyard_auth_failures_total{{surface="{surface}"}} (\d+)', httpx.get(f"{gateway.base}/metrics").text, re.M)
+    return int(m.group(1)) if m else 0
+
+
 def admin_stats(gateway):
     return httpx.get(f"{gateway.base}/admin/stats", timeout=10).json()
 

@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from conftest import Gateway, fake_provider_section, gateway_config
+from conftest import Gateway, auth_failures, fake_provider_section, gateway_config
 
 KEY = "adm-9b1f-secret-key"
 
@@ -26,13 +26,8 @@ def admin(tmp_path_factory, fake_provider):
     gw.stop()
 
 
-def admin_failures(gw):
-    m = re.search(r'^switchyard_auth_failures_total{surface="admin"} (\d+)', httpx.get(f"{gw.base}/metrics").text, re.M)
-    return int(m.group(1)) if m else 0
-
-
 def test_admin_endpoints_refuse_requests_without_the_key(admin):
-    before = admin_failures(admin)
+    before = auth_failures(admin, "admin")
     r = httpx.get(f"{admin.base}/admin/stats")
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     r = httpx.get(f"{admin.base}/admin/stats", headers={"authorization": "Bearer wrong"})
@@ -41,7 +36,7 @@ def test_admin_endpoints_refuse_requests_without_the_key(admin):
     assert page.status_code == 401 and page.headers["www-authenticate"].startswith("Basic")
     assert "/dashboard/login" in page.text
     assert httpx.get(f"{admin.base}/metrics").status_code == 200, "metrics stay open for scrapers"
-    assert admin_failures(admin) == before + 3
+    assert auth_failures(admin, "admin") == before + 3
 
 
 def test_bearer_and_basic_are_accepted(admin):

@@ -3,12 +3,11 @@ key attempts (the right key too) get 429 with Retry-After until the window ends,
 addresses and dashboard sessions already handed out keep working."""
 
 import base64
-import re
 
 import httpx
 import pytest
 
-from conftest import Gateway, gateway_config
+from conftest import Gateway, auth_failures, gateway_config
 
 KEY = "adm-7c2e-throttle-key"
 
@@ -19,11 +18,6 @@ def guarded(tmp_path):
     gw = Gateway(tmp_path, config, '[[rule]]\nname = "default"\nroute = "local"\n', env={"ADMIN_TEST_KEY": KEY})
     yield gw
     gw.stop()
-
-
-def admin_failures(gw):
-    m = re.search(r'^switchyard_auth_failures_total{surface="admin"} (\d+)', httpx.get(f"{gw.base}/metrics").text, re.M)
-    return int(m.group(1)) if m else 0
 
 
 def test_an_address_sending_wrong_keys_is_locked_out_and_others_are_not(guarded):
@@ -37,7 +31,7 @@ def test_an_address_sending_wrong_keys_is_locked_out_and_others_are_not(guarded)
                 lambda: httpx.get(f"{base}/dashboard", headers={"authorization": f"Basic {wrong_basic}"})]
     for i in range(10):
         assert attempts[i % 3]().status_code == 401, f"attempt {i + 1}"
-    assert admin_failures(guarded) == 10
+    assert auth_failures(guarded, "admin") == 10
 
     # The 11th attempt is refused before the key is compared: the right key gets 429 too.
     for r in (httpx.get(f"{base}/admin/stats", headers={"authorization": f"Bearer {KEY}"}),
@@ -47,7 +41,7 @@ def test_an_address_sending_wrong_keys_is_locked_out_and_others_are_not(guarded)
         assert error["code"] == "rate_limit_exceeded" and error["type"] == "rate_limit_error"
         assert 1 <= int(r.headers["retry-after"]) <= 300
         assert KEY not in r.text
-    assert admin_failures(guarded) == 10, "refused attempts are not compared, so not counted as wrong"
+    assert auth_failures(guarded, "admin") == 10, "refused attempts are not compared, so not counted as wrong"
 
     # A session handed out before keeps working; so does another client address.
     assert httpx.get(f"{base}/admin/stats", headers={"cookie": cookie}).status_code == 200

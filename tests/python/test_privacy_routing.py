@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import BIN, ROOT, Gateway, fake_provider_section, fake_requests, gateway_config, parse_chunks, sse_events
+from conftest import BIN, ROOT, Gateway, auth_failures, fake_provider_section, fake_requests, gateway_config, parse_chunks, sse_events
 
 EMAIL = "jane.doe@example.com"
 PHONE = "+44 20 7946 0958"
@@ -227,11 +227,6 @@ def test_keys_new_refuses_an_empty_tenant():
     out = subprocess.run([str(BIN), "keys", "new", "--tenant", " "], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "--tenant must name a tenant" in out.stderr
     assert "sy-" not in out.stdout, "no key is printed"
-
-
-def auth_failures(gw, surface):
-    m = re.search(rf'^switchyard_auth_failures_total{{surface="{surface}"}} (\d+)', httpx.get(f"{gw.base}/metrics").text, re.M)
-    return int(m.group(1)) if m else 0
 
 
 def test_missing_or_unknown_key_is_401_and_health_needs_none(tenants):
