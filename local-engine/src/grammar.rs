@@ -129,7 +129,9 @@ pub fn tool_call_grammar(tools: &[(String, Value)], text: TextAnswer<'_>, bounds
             Some(b.visit(schema, "response_format.json_schema.schema", "answer")?.replace(OPEN_OBJECT, OPEN_ANSWER_OBJECT))
         }
     };
-    b.rules.insert("ws1".into(), "\" \" | \"\\n\" \" \"{0,16}".into());
+    if matches!(text, TextAnswer::JsonObject | TextAnswer::JsonSchema(_)) {
+        b.rules.insert("ws1".into(), "\" \" | \"\\n\" \" \"{0,16}".into());
+    }
     let mut root = calls.join(" | ");
     if let Some(answer) = answer {
         b.rules.insert("answer".into(), answer);

@@ -37,8 +37,9 @@ impl LocalProvider {
     }
 }
 
-/// Translates a chat request into the engine's terms, refusing what the engine cannot honour.
-pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, ProviderError> {
+/// Translates a chat request into the engine's terms, refusing what the engine cannot honour;
+/// with the splitter of its answer when the answer may be a tool call.
+fn generation_request(req: &ChatRequest) -> Result<(GenerationRequest, Option<ToolCallSplitter>), ProviderError> {
     let invalid = |message: &str, param: &str| ProviderError::InvalidRequest {
         message: message.to_owned(),
         param: Some(param.to_owned()),
@@ -84,6 +85,7 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
             None => messages.insert(0, TemplateMessage { role: "system".into(), content: instruction }),
         }
     }
+    let splitter = structure.splitter();
     // A free-form JSON answer is closed inside the token budget rather than cut mid-value.
     // Beside tools only an answer (whose object the grammar opens `{` + whitespace) is closed: a call
     // cut by the budget must stay cut, not pass for a whole call.
@@ -117,7 +119,7 @@ pub fn generation_request(req: &ChatRequest) -> Result<GenerationRequest, Provid
     };
     // Tools are described in the system message (above), in the one format the grammar allows.
     let raw_prompt = if req.raw_prompt { Some(req.prompt_text().ok_or_else(|| invalid("the prompt must be text", "prompt"))?) } else { None };
-    Ok(GenerationRequest { messages, tools: None, sampling, raw_prompt })
+    Ok((GenerationRequest { messages, tools: None, sampling, raw_prompt }, splitter))
 }
 
 /// The client asked for each token's log-probability (`logprobs: true`).
@@ -181,6 +183,12 @@ impl Structure {
         }
     }
 
+    /// The splitter of the answer, when it may be a tool call.
+    fn splitter(&self) -> Option<ToolCallSplitter> {
+        // `json` is set beside tools only when the answer may be text (`tool_choice: auto`).
+        self.tools.as_ref().map(|_| ToolCallSplitter { json_answers: self.json.is_some(), ..ToolCallSplitter::default() })
+    }
+
     /// Any JSON object will do (`json_object`, or a schema that constrains nothing).
     fn is_free_form_json(&self) -> bool {
         self.json.as_ref().is_some_and(|schema| schema.as_object().is_some_and(serde_json::Map::is_empty))
@@ -235,13 +243,6 @@ fn callable_tools(req: &ChatRequest) -> Result<Option<(Vec<Value>, bool)>, Provi
             Ok(Some((chosen, false)))
         }
     }
-}
-
-/// The splitter of tool-call answers, when the answer may be a call.
-fn call_splitter(req: &ChatRequest) -> Option<ToolCallSplitter> {
-    callable_tools(req).ok()??;
-    let json_answers = req.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str).is_some_and(|t| t != "text");
-    Some(ToolCallSplitter { json_answers, ..ToolCallSplitter::default() })
 }
 
 /// Splits a tool-call answer (`{"name":"…","arguments":…}`, as the grammar writes it) into
@@ -498,10 +499,10 @@ fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Opti
 impl LocalProvider {
     /// A complete answer and how sure the model was of it (the `cascade` strategy's signal).
     pub async fn complete_with_confidence(&self, req: ChatRequest) -> Result<(ChatResponse, Option<Confidence>), ProviderError> {
-        let mut generation = generation_request(&req)?;
+        let (mut generation, splitter) = generation_request(&req)?;
         generation.sampling.logprobs = true;
         let slot: ConfidenceSlot = Arc::new(Mutex::new(None));
-        let mut response = collect_stream(self.start(generation, Some(Arc::clone(&slot)), call_splitter(&req)).await?).await?;
+        let mut response = collect_stream(self.start(generation, Some(Arc::clone(&slot)), splitter).await?).await?;
         if wants_logprobs(&req) {
             with_logprobs_object(&mut response);
         }
@@ -542,13 +543,14 @@ impl Provider for LocalProvider {
     }
 
     async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, ProviderError> {
-        self.start(generation_request(&req)?, None, call_splitter(&req)).await
+        let (generation, splitter) = generation_request(&req)?;
+        self.start(generation, None, splitter).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{call_splitter, Delta, LogprobAligner, TokenLogprob, ToolCallSplitter};
+    use super::{Delta, LogprobAligner, Structure, TokenLogprob, ToolCallSplitter};
     use crate::wire::ChatRequest;
 
     fn splitter_for(format: Option<serde_json::Value>) -> ToolCallSplitter {
@@ -558,7 +560,7 @@ mod tests {
             body["response_format"] = format;
         }
         let req: ChatRequest = serde_json::from_value(body).unwrap();
-        call_splitter(&req).unwrap()
+        Structure::of(&req).unwrap().splitter().unwrap()
     }
 
     /// Feeds `pieces` and the end of the answer; returns (content, call name, call arguments).
