@@ -121,12 +121,16 @@ pub fn tool_call_grammar(tools: &[(String, Value)], text: TextAnswer<'_>, bounds
         TextAnswer::Free => Some("[^{ \\t\\n] [^\\x00]*".to_owned()),
         // A call starts `{"`, an answer's object `{` and whitespace: the second character tells
         // them apart (else an answer could write a call's exact prefix and go on as the answer's
-        // JSON, not as the tool's arguments). Objects nested in the answer have rules of their own.
-        TextAnswer::JsonObject => Some(b.free_object(0).replace(OPEN_OBJECT, OPEN_ANSWER_OBJECT)),
+        // JSON, not as the tool's arguments). Objects nested in the answer keep their rules.
+        TextAnswer::JsonObject => {
+            let body = b.free_object(0);
+            Some(b.open_answer_objects(&body, 0))
+        }
         TextAnswer::JsonSchema(schema) => {
             b.root = schema;
             b.refs.clear();
-            Some(b.visit(schema, "response_format.json_schema.schema", "answer")?.replace(OPEN_OBJECT, OPEN_ANSWER_OBJECT))
+            let body = b.visit(schema, "response_format.json_schema.schema", "answer")?;
+            Some(b.open_answer_objects(&body, 0))
         }
     };
     if matches!(text, TextAnswer::JsonObject | TextAnswer::JsonSchema(_)) {
@@ -198,6 +202,37 @@ fn bound(schema: &Map<String, Value>, key: &str, path: &str) -> Result<Option<u3
 }
 
 impl Builder<'_> {
+    /// `body` with every object it can open with opening `{` and mandatory whitespace, followed
+    /// through alternatives (`anyOf`, `oneOf`, type lists, `nullable`) and through rules named at
+    /// its start (`$ref`), whose bodies are copied, not changed: other rules may use them.
+    fn open_answer_objects(&mut self, body: &str, depth: u32) -> String {
+        let alternatives: Vec<String> = top_level_alternatives(body)
+            .into_iter()
+            .map(|alt| {
+                if let Some(rest) = alt.strip_prefix(OPEN_OBJECT) {
+                    return format!("{OPEN_ANSWER_OBJECT}{rest}");
+                }
+                if let Some(inner) = parenthesized(alt) {
+                    return format!("({})", self.open_answer_objects(inner, depth));
+                }
+                let is_rule = !alt.is_empty() && alt.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                match self.rules.get(alt).cloned() {
+                    Some(rule) if is_rule && depth < MAX_ANSWER_RULE_DEPTH => {
+                        let opened = self.open_answer_objects(&rule, depth + 1);
+                        if opened == rule {
+                            return alt.to_owned();
+                        }
+                        let copy = self.fresh(format!("{alt}-answer"));
+                        self.rules.insert(copy.clone(), opened);
+                        copy
+                    }
+                    _ => alt.to_owned(),
+                }
+            })
+            .collect();
+        alternatives.join(" | ")
+    }
+
     fn finish(mut self) -> String {
         self.rules.insert("ws".into(), "(\" \" | \"\\n\" \" \"{0,16})?".into());
         self.rules.insert("char".into(), "[^\"\\\\\\x7F\\x00-\\x1F] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4})".into());
@@ -480,6 +515,64 @@ fn integer(schema: &Map<String, Value>, path: &str) -> Result<String, GrammarErr
     }
 }
 
+/// How many rules deep a JSON answer's opening is looked for (`$ref` to `anyOf` to …).
+const MAX_ANSWER_RULE_DEPTH: u32 = 8;
+
+/// The alternatives of a rule body: split at `|` outside quotes, character classes and parentheses.
+fn top_level_alternatives(body: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut depth) = (Vec::new(), 0, 0_i32);
+    let (mut quoted, mut class, mut escaped) = (false, false, false);
+    for (i, c) in body.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted || class => escaped = true,
+            '"' if !class => quoted = !quoted,
+            '[' if !quoted => class = true,
+            ']' if !quoted => class = false,
+            '(' if !quoted && !class => depth += 1,
+            ')' if !quoted && !class => depth -= 1,
+            '|' if !quoted && !class && depth == 0 => {
+                parts.push(body[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(body[start..].trim());
+    parts
+}
+
+/// The inside of `alt` when all of it is one parenthesized group (`( … )`, nothing after).
+fn parenthesized(alt: &str) -> Option<&str> {
+    let inner = alt.strip_prefix('(')?.strip_suffix(')')?;
+    // The first `(` must close at the very end: `(a) | (b)` is not one group.
+    let (mut depth, mut quoted, mut class, mut escaped) = (1_i32, false, false, false);
+    for c in inner.chars() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted || class => escaped = true,
+            '"' if !class => quoted = !quoted,
+            '[' if !quoted => class = true,
+            ']' if !quoted => class = false,
+            '(' if !quoted && !class => depth += 1,
+            ')' if !quoted && !class => {
+                depth -= 1;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(inner)
+}
+
 /// `open item ("," item){min-1,max-1} close`, or an empty container when `min == 0`.
 fn repeat(item: &str, min: u32, max: u32, open: &str, close: &str) -> String {
     let (open, close) = (literal(open), literal(close));
@@ -566,6 +659,48 @@ mod tests {
         assert!(g.contains("ws1 ::= \" \" | "), "{g}");
         let g = tool_call_grammar(&tools, TextAnswer::None, Bounds::default()).unwrap();
         assert!(g.contains("root ::= call0\n") && !g.contains("answer"), "{g}");
+    }
+
+    #[test]
+    fn every_object_a_json_answer_can_open_with_takes_whitespace_beside_tool_calls() {
+        let tools = [("f".to_owned(), json!({"type": "object", "properties": {"q": {"type": "string"}}}))];
+        // A union of objects, a nullable object, a type list, and a `$ref` shared with a nested use.
+        let schema = json!({"$defs": {"p": {"type": "object", "properties": {"x": {"type": "integer"}}}},
+            "anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}},
+                      {"type": "object", "properties": {"b": {"$ref": "#/$defs/p"}}, "nullable": true},
+                      {"$ref": "#/$defs/p"},
+                      {"type": ["object", "string"]}]});
+        let g = tool_call_grammar(&tools, TextAnswer::JsonSchema(&schema), Bounds::default()).unwrap();
+        let rules: BTreeMap<&str, &str> = g.lines().filter_map(|l| l.split_once(" ::= ")).collect();
+        // Follows the answer's alternatives down to the objects they open, copying shared rules.
+        fn opens(rules: &BTreeMap<&str, &str>, body: &str, out: &mut Vec<String>) {
+            for alt in top_level_alternatives(body) {
+                if let Some(inner) = parenthesized(alt) {
+                    opens(rules, inner, out);
+                } else if let Some(rule) = rules.get(alt) {
+                    opens(rules, rule, out);
+                } else {
+                    out.push(alt.to_owned());
+                }
+            }
+        }
+        let mut starts = Vec::new();
+        opens(&rules, rules["answer"], &mut starts);
+        let objects: Vec<&String> = starts.iter().filter(|s| s.starts_with("\"{\"")).collect();
+        assert_eq!(objects.len(), 4, "{starts:#?}\n{g}");
+        assert!(objects.iter().all(|s| s.starts_with(OPEN_ANSWER_OBJECT)), "{starts:#?}\n{g}");
+        // The `$ref` rule nested in the second option keeps its plain opening.
+        assert!(rules["ref-p"].starts_with(OPEN_OBJECT), "{g}");
+        // The call's arguments are untouched.
+        assert!(rules["args0"].starts_with(OPEN_OBJECT), "{g}");
+    }
+
+    #[test]
+    fn alternatives_split_only_at_the_top_level() {
+        assert_eq!(top_level_alternatives(r#"a | ("b" | c) | "|" | [|] d"#), vec!["a", r#"("b" | c)"#, r#""|""#, "[|] d"]);
+        assert_eq!(parenthesized("(a | b)"), Some("a | b"));
+        assert_eq!(parenthesized("(a) | (b)"), None);
+        assert_eq!(parenthesized(r#"(")")"#), Some(r#"")""#));
     }
 
     #[test]

@@ -224,7 +224,12 @@ SEARCH = [{"type": "function", "function": {"name": "search", "description": "we
     {"type": "json_object"},
     {"type": "json_schema", "json_schema": {"name": "out", "schema": {
         "type": "object", "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
-        "required": ["name", "arguments"], "additionalProperties": False}}}])
+        "required": ["name", "arguments"], "additionalProperties": False}}},
+    # A union of objects at the root: each of them opens the answer.
+    {"type": "json_schema", "json_schema": {"name": "out", "schema": {"anyOf": [
+        {"type": "object", "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+         "required": ["name", "arguments"], "additionalProperties": False},
+        {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"], "additionalProperties": False}]}}}])
 def test_an_answer_never_passes_for_a_call_with_broken_arguments(local, fmt):
     """A conversation that taught the model to answer `{"name":"search","arguments":"none"}`: the
     call's exact opening, then the answer's JSON. It was returned as a call whose arguments were
