@@ -84,12 +84,12 @@ pub struct Limiter {
     /// The last spend each budgeted tenant was seen at, with the periods it was seen in.
     seen: Mutex<HashMap<String, (Periods, Spend)>>,
     /// Settlements waiting for Redis to return.
-    retrying: AtomicUsize,
+    retrying: Arc<AtomicUsize>,
     /// Reservations of requests running here, by lease.
     live: Mutex<HashMap<String, LiveLease>>,
     /// Settlements started and not yet finished, and the signal that one finished.
-    settling: AtomicUsize,
-    settled: tokio::sync::Notify,
+    settling: Arc<AtomicUsize>,
+    settled: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -122,10 +122,10 @@ impl Limiter {
             lease_ttl_ms,
             metrics,
             seen: Mutex::new(HashMap::new()),
-            retrying: AtomicUsize::new(0),
+            retrying: Arc::new(AtomicUsize::new(0)),
             live: Mutex::new(HashMap::new()),
-            settling: AtomicUsize::new(0),
-            settled: tokio::sync::Notify::new(),
+            settling: Arc::new(AtomicUsize::new(0)),
+            settled: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -212,7 +212,13 @@ impl Limiter {
         };
         let (outcome, held) = match self.primary.admit(&admission).await {
             Ok(outcome) => (outcome, Held::Primary),
-            Err(err) => match &self.fallback {
+            Err(err) => {
+                if admission.reserve_nusd > 0 {
+                    // Redis may still carry the admission out (it timed out here, not there):
+                    // close its lease, so that it reserves nothing or gives back what it did.
+                    self.close_lease(tenant, lease, now_ms);
+                }
+                match &self.fallback {
                 Some(fallback) => {
                     self.metrics.store_unavailable.with_label_values(&["fail_open"]).inc();
                     tracing::warn!(error = %err, "limits store unavailable; using this replica's own limits (on_outage = fail_open)");
@@ -228,7 +234,8 @@ impl Limiter {
                     tracing::warn!(error = %err, "limits store unavailable; remote-bound request refused (on_outage = fail_closed)");
                     return Err(ApiError::StoreUnavailable);
                 }
-            },
+                }
+            }
         };
         self.saw(tenant, now_ms, outcome.spend);
         let requests = rate.rpm.zip(outcome.rpm_remaining);
@@ -250,7 +257,24 @@ impl Limiter {
                 Some(OnExceed::Local) => Ok(Admitted::OverBudgetTryLocal { retry_after_s }),
                 _ => Err(ApiError::BudgetExceeded { retry_after_s }),
             },
+            // Only an admission carried out after its lease was closed, whose answer nobody reads.
+            Some(Refusal::Closed) => Err(ApiError::StoreUnavailable),
         }
+    }
+
+    /// Closes `lease` in the primary store in the background (retried like a settlement that
+    /// costs nothing): an admission under it that Redis carries out later takes nothing.
+    fn close_lease(&self, tenant: &str, lease: &str, now_ms: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let owned = OwnedSettlement { tenant: tenant.to_owned(), now_ms, lease: Some(lease.to_owned()), cost_nusd: 0, tpm: None, closed_for_ms: self.lease_ttl_ms };
+        let (primary, metrics, retrying) = (Arc::clone(&self.primary), Arc::clone(&self.metrics), Arc::clone(&self.retrying));
+        let (settling, settled) = (Arc::clone(&self.settling), Arc::clone(&self.settled));
+        settling.fetch_add(1, Relaxed);
+        runtime.spawn(async move {
+            settle_in(primary.as_ref(), &metrics, &retrying, &owned).await;
+            settling.fetch_sub(1, Relaxed);
+            settled.notify_waiters();
+        });
     }
 
     /// Settles a finished request (in the background): releases its reservation, adds its cost
@@ -272,6 +296,7 @@ impl Limiter {
             lease: ticket.lease.clone(),
             cost_nusd,
             tpm: tpm.map(|limit| RateCheck { limit: u64::from(limit), cost: record.completion_tokens }),
+            closed_for_ms: self.lease_ttl_ms,
         };
         let limiter = Arc::clone(self);
         let in_fallback = ticket.held == Held::Fallback;
@@ -346,38 +371,8 @@ impl Limiter {
             }
             return;
         }
-        let mut wait = Duration::from_millis(100);
-        let started = std::time::Instant::now();
-        let mut queued = false;
-        loop {
-            match self.primary.settle(&s.borrow()).await {
-                Ok(spend) => {
-                    self.saw(&s.tenant, s.now_ms, spend);
-                    break;
-                }
-                Err(err) if !queued => {
-                    if self.retrying.fetch_add(1, Relaxed) >= MAX_RETRYING {
-                        self.retrying.fetch_sub(1, Relaxed);
-                        self.metrics.store_unavailable.with_label_values(&["settle_dropped"]).inc();
-                        tracing::error!(error = %err, tenant = %s.tenant, "settlement dropped: too many waiting for the limits store");
-                        return;
-                    }
-                    queued = true;
-                    self.metrics.store_unavailable.with_label_values(&["settle_retry"]).inc();
-                    tracing::warn!(error = %err, tenant = %s.tenant, "settlement failed; retrying until the limits store returns");
-                }
-                Err(err) if started.elapsed() > RETRY_FOR => {
-                    self.metrics.store_unavailable.with_label_values(&["settle_dropped"]).inc();
-                    tracing::error!(error = %err, tenant = %s.tenant, "settlement dropped after an hour of retries");
-                    break;
-                }
-                Err(_) => {}
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-        }
-        if queued {
-            self.retrying.fetch_sub(1, Relaxed);
+        if let Some(spend) = settle_in(self.primary.as_ref(), &self.metrics, &self.retrying, &s).await {
+            self.saw(&s.tenant, s.now_ms, spend);
         }
     }
 
@@ -418,6 +413,42 @@ fn current(at: Periods, spend: Spend, now: Periods) -> Spend {
     }
 }
 
+/// Settles `s` in `store`, retrying while it is unreachable (counted in `retrying`, at most
+/// `MAX_RETRYING` at once, for `RETRY_FOR`); the spend after it, unless it was dropped.
+async fn settle_in(store: &dyn Store, metrics: &Metrics, retrying: &AtomicUsize, s: &OwnedSettlement) -> Option<Spend> {
+    let mut wait = Duration::from_millis(100);
+    let started = std::time::Instant::now();
+    let mut queued = false;
+    let settled = loop {
+        match store.settle(&s.borrow()).await {
+            Ok(spend) => break Some(spend),
+            Err(err) if !queued => {
+                if retrying.fetch_add(1, Relaxed) >= MAX_RETRYING {
+                    retrying.fetch_sub(1, Relaxed);
+                    metrics.store_unavailable.with_label_values(&["settle_dropped"]).inc();
+                    tracing::error!(error = %err, tenant = %s.tenant, "settlement dropped: too many waiting for the limits store");
+                    return None;
+                }
+                queued = true;
+                metrics.store_unavailable.with_label_values(&["settle_retry"]).inc();
+                tracing::warn!(error = %err, tenant = %s.tenant, "settlement failed; retrying until the limits store returns");
+            }
+            Err(err) if started.elapsed() > RETRY_FOR => {
+                metrics.store_unavailable.with_label_values(&["settle_dropped"]).inc();
+                tracing::error!(error = %err, tenant = %s.tenant, "settlement dropped after an hour of retries");
+                break None;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    };
+    if queued {
+        retrying.fetch_sub(1, Relaxed);
+    }
+    settled
+}
+
 /// A [`Settlement`] that owns its strings (it travels to a background task).
 struct OwnedSettlement {
     tenant: String,
@@ -425,11 +456,19 @@ struct OwnedSettlement {
     lease: Option<String>,
     cost_nusd: u64,
     tpm: Option<RateCheck>,
+    closed_for_ms: u64,
 }
 
 impl OwnedSettlement {
     fn borrow(&self) -> Settlement<'_> {
-        Settlement { tenant: &self.tenant, now_ms: self.now_ms, lease: self.lease.as_deref(), cost_nusd: self.cost_nusd, tpm: self.tpm }
+        Settlement {
+            tenant: &self.tenant,
+            now_ms: self.now_ms,
+            lease: self.lease.as_deref(),
+            cost_nusd: self.cost_nusd,
+            tpm: self.tpm,
+            closed_for_ms: self.closed_for_ms,
+        }
     }
 }
 

@@ -1,13 +1,19 @@
 -- Admission: rate limits and the budget reservation, all or nothing.
--- KEYS: 1 rpm tat, 2 tpm tat, 3 spend today, 4 spend this month, 5 leases, 6 lease amounts, 7 reserved
+-- KEYS: 1 rpm tat, 2 tpm tat, 3 spend today, 4 spend this month, 5 leases, 6 lease amounts, 7 reserved,
+--       8 closed leases (see settle.lua)
 -- ARGV: 1 now ms, 2 rate period ms, 3 rpm limit (0: none), 4 rpm cost, 5 tpm limit (0: none),
 --       6 tpm cost, 7 daily limit nano-USD (-1: none), 8 monthly limit (-1: none), 9 reservation,
 --       10 lease id, 11 lease expiry ms, 12 lifetime of the lease keys ms
--- Returns {refused (0 no, 1 requests, 2 tokens, 3 budget), retry_after_ms, rpm remaining (-1: no
--- limit), tpm remaining, spend today, spend this month, reserved}.
+-- Returns {refused (0 no, 1 requests, 2 tokens, 3 budget, 4 the lease is already closed),
+-- retry_after_ms, rpm remaining (-1: no limit), tpm remaining, spend today, spend this month, reserved}.
 local now = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
 purge_expired(KEYS[5], KEYS[6], KEYS[7], now)
+-- An admission that runs after its lease was closed: its replica gave up waiting for it and
+-- released the lease (or it settled already). It takes nothing.
+if tonumber(ARGV[9]) > 0 and ARGV[10] ~= '' and redis.call('ZSCORE', KEYS[8], ARGV[10]) then
+  return {4, 0, -1, -1, num(KEYS[3]), num(KEYS[4]), math.max(num(KEYS[7]), 0)}
+end
 
 local rpm_ok, rpm_left, rpm_retry, rpm_tat = true, -1, 0, nil
 if tonumber(ARGV[3]) > 0 then

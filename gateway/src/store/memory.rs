@@ -26,6 +26,8 @@ struct TenantState {
     monthly: (u64, u64),
     /// lease → (amount, expiry ms).
     leases: HashMap<String, (u64, u64)>,
+    /// Closed leases and until when they are remembered (see `Settlement::closed_for_ms`).
+    closed: HashMap<String, u64>,
 }
 
 impl TenantState {
@@ -63,6 +65,11 @@ impl MemoryStore {
         let periods = Periods::at(a.now_ms);
         self.with_tenant(a.tenant, |state| {
             state.leases.retain(|_, (_, expiry)| *expiry > a.now_ms);
+            state.closed.retain(|_, until| *until > a.now_ms);
+            if a.reserve_nusd > 0 && state.closed.contains_key(a.lease) {
+                let spend = state.spend(periods);
+                return Outcome { refused: Some(Refusal::Closed), retry_after_ms: 0, rpm_remaining: None, tpm_remaining: None, spend };
+            }
             let rpm = a.rpm.map(|c| gcra(state.rpm_tat, c.limit, MINUTE_MS, c.cost, a.now_ms, false));
             let tpm = a.tpm.map(|c| gcra(state.tpm_tat, c.limit, MINUTE_MS, c.cost, a.now_ms, false));
             let spend = state.spend(periods);
@@ -124,7 +131,12 @@ impl MemoryStore {
     pub fn settle_now(&self, s: &Settlement<'_>) -> Spend {
         let periods = Periods::at(s.now_ms);
         self.with_tenant(s.tenant, |state| {
+            state.closed.retain(|_, until| *until > s.now_ms);
             if let Some(lease) = s.lease {
+                if state.closed.contains_key(lease) {
+                    return state.spend(periods);
+                }
+                state.closed.insert(lease.to_owned(), s.now_ms + s.closed_for_ms);
                 state.leases.remove(lease);
             }
             state.add_spend(periods, s.cost_nusd);

@@ -7,7 +7,9 @@
 //!   the money under a lease that expires on its own (a crashed replica's reservations do not
 //!   stay). Nothing is written when anything does not fit.
 //! - **settle**: release the lease and add the actual cost to the day's and month's spend (and
-//!   the completion tokens to the token rate).
+//!   the completion tokens to the token rate). It closes the lease: run again (a timed-out
+//!   attempt that Redis carried out late, then its retry), it counts once; an admission under a
+//!   closed lease takes nothing (a replica that gave up on an admission closes its lease).
 //! - **renew**: push back the expiry of leases whose requests are still running on a live
 //!   replica, so that only a dead replica's reservations lapse.
 //!
@@ -64,6 +66,8 @@ pub enum Refusal {
     Tokens,
     /// The budget cannot hold the reservation.
     Budget,
+    /// The admission's lease was closed before it ran: nothing taken.
+    Closed,
 }
 
 /// The answer to an [`Admission`].
@@ -94,6 +98,9 @@ pub struct Settlement<'a> {
     pub cost_nusd: u64,
     /// Completion tokens to take from the token rate, which lets them overdraw it.
     pub tpm: Option<RateCheck>,
+    /// How long the closed lease is remembered (a repeat of this settlement, or a late
+    /// admission under its lease, within that time changes nothing).
+    pub closed_for_ms: u64,
 }
 
 /// The store could not be reached (Redis down or too slow).

@@ -227,6 +227,7 @@ impl Store for RedisStore {
         let mut invocation = self.admit.prepare_invoke();
         invocation.key(keys.key("rpm")).key(keys.key("tpm"));
         keys.add_money(&mut invocation, periods);
+        invocation.key(keys.key("closed"));
         invocation
             .arg(a.now_ms)
             .arg(MINUTE_MS)
@@ -249,6 +250,7 @@ impl Store for RedisStore {
             1 => Some(Refusal::Requests),
             2 => Some(Refusal::Tokens),
             3 => Some(Refusal::Budget),
+            4 => Some(Refusal::Closed),
             _ => None,
         };
         let retry_after_ms = match refused {
@@ -270,6 +272,7 @@ impl Store for RedisStore {
         let mut invocation = self.settle.prepare_invoke();
         invocation.key(keys.key("tpm"));
         keys.add_money(&mut invocation, periods);
+        invocation.key(keys.key("closed"));
         invocation
             .arg(s.now_ms)
             .arg(MINUTE_MS)
@@ -279,7 +282,9 @@ impl Store for RedisStore {
             .arg(periods.day_end_ms + SPEND_KEPT_MS - s.now_ms)
             .arg(periods.month_end_ms + SPEND_KEPT_MS - s.now_ms)
             .arg(s.tpm.map_or(0, |c| c.limit))
-            .arg(s.tpm.map_or(0, |c| c.cost));
+            .arg(s.tpm.map_or(0, |c| c.cost))
+            .arg(s.now_ms + s.closed_for_ms)
+            .arg(s.closed_for_ms * 2);
         let v = self.run(invocation).await?;
         let [day, month, reserved] = v[..] else {
             return Err(StoreError(format!("unexpected reply from the settlement script: {v:?}")));

@@ -63,7 +63,7 @@ fn admission<'a>(tenant: &'a str, lease: &'a str, now_ms: u64) -> Admission<'a> 
 }
 
 fn settlement<'a>(tenant: &'a str, lease: Option<&'a str>, cost_nusd: u64, now_ms: u64) -> Settlement<'a> {
-    Settlement { tenant, now_ms, lease, cost_nusd, tpm: None }
+    Settlement { tenant, now_ms, lease, cost_nusd, tpm: None, closed_for_ms: 60_000 }
 }
 
 const BUDGET: BudgetLimits = BudgetLimits { daily_nusd: Some(1_000), monthly_nusd: Some(5_000) };
@@ -146,6 +146,31 @@ async fn a_renewed_lease_keeps_its_money_reserved(store: &dyn Store) {
     assert_eq!(store.renew("long", &["next"], NOON + 9_700, 5_000).await.unwrap(), 0);
 }
 
+async fn a_settlement_run_twice_counts_once(store: &dyn Store) {
+    let a = Admission { budget: Some(BUDGET), reserve_nusd: 600, ..admission("twice", "x", NOON) };
+    assert_eq!(store.admit(&a).await.unwrap().refused, None);
+    store.settle(&settlement("twice", Some("x"), 250, NOON + 10)).await.unwrap();
+    // The same settlement again (a timed-out attempt Redis carried out late, and its retry).
+    let spend = store.settle(&settlement("twice", Some("x"), 250, NOON + 20)).await.unwrap();
+    assert_eq!((spend.daily_nusd, spend.monthly_nusd, spend.reserved_nusd), (250, 250, 0));
+    // Once the closed lease is forgotten, a repeat would count again: it is kept long enough.
+    let spend = store.settle(&settlement("twice", Some("x"), 250, NOON + 10 + 59_999)).await.unwrap();
+    assert_eq!(spend.daily_nusd, 250);
+}
+
+async fn an_admission_run_after_its_lease_closed_takes_nothing(store: &dyn Store) {
+    // The replica gave up waiting for the admission and closed its lease; Redis then ran it.
+    store.settle(&settlement("late", Some("gave-up"), 0, NOON)).await.unwrap();
+    let rpm = Some(RateCheck { limit: 2, cost: 1 });
+    let a = Admission { rpm, budget: Some(BUDGET), reserve_nusd: 600, ..admission("late", "gave-up", NOON + 100) };
+    let o = store.admit(&a).await.unwrap();
+    assert_eq!((o.refused, o.spend.reserved_nusd), (Some(Refusal::Closed), 0));
+    // Nothing was taken: both requests of the minute are still there, and all the money.
+    let next = Admission { lease: "next", reserve_nusd: 1_000, ..a.clone() };
+    let o = store.admit(&next).await.unwrap();
+    assert_eq!((o.refused, o.rpm_remaining, o.spend.reserved_nusd), (None, Some(1), 1_000));
+}
+
 async fn tenants_are_independent(store: &dyn Store) {
     let a = Admission { budget: Some(BUDGET), reserve_nusd: 1_000, ..admission("t1", "x", NOON) };
     assert_eq!(store.admit(&a).await.unwrap().refused, None);
@@ -176,6 +201,8 @@ async fn suite(store: Arc<dyn Store>) {
     reservations_hold_money_until_settled(store.as_ref()).await;
     a_lapsed_lease_gives_its_money_back(store.as_ref()).await;
     a_renewed_lease_keeps_its_money_reserved(store.as_ref()).await;
+    a_settlement_run_twice_counts_once(store.as_ref()).await;
+    an_admission_run_after_its_lease_closed_takes_nothing(store.as_ref()).await;
     tenants_are_independent(store.as_ref()).await;
     concurrent_reservations_never_overcommit(store).await;
 }
@@ -212,4 +239,51 @@ async fn redis_store_reports_an_outage_and_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(recovered, "the store reconnects when Redis returns");
+}
+
+/// Redis stalls (a long command, a paused process) while one request settles and another is
+/// being admitted: both time out here and Redis carries them out when it wakes up, beside the
+/// settlement's retries and the closing of the refused admission's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_counts_each_settlement_once_and_keeps_no_reservation() {
+    use crate::accounting::{unix_ms, UsageRecord};
+    use crate::admission::{Admitted, Limiter};
+    use crate::metrics::Metrics;
+    let redis = PrivateRedis::start();
+    let config = RedisConfig {
+        url: Some(format!("redis://127.0.0.1:{}", redis.port)),
+        url_env: None,
+        on_outage: redis::OnOutage::FailClosed,
+        timeout_ms: 200,
+        lease_ttl_s: 600,
+    };
+    let store = Arc::new(RedisStore::new(&config).unwrap());
+    let tenant: crate::tenants::TenantConfig = toml::from_str("name = \"acme\"\nbudget = { daily_usd = 1.0 }\n").unwrap();
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let limiter = Arc::new(Limiter::new(&[tenant], Some((store, &config)), Arc::clone(&metrics)));
+    let admitted = async |lease: &str| match limiter.admit("acme", 10, 1_000_000, true, lease, &mut (None, None)).await {
+        Ok(Admitted::Yes(ticket)) => ticket,
+        _ => panic!("admitted while Redis answers"),
+    };
+    // One request settled first: Redis then holds both scripts, and runs late calls of them
+    // (a first call would fail there with NOSCRIPT, and the client load it itself).
+    let first = admitted("first").await;
+    let running = admitted("running").await;
+    limiter.settle(&first, &UsageRecord { ts: unix_ms(), tenant: "acme".into(), ..UsageRecord::default() });
+    assert_eq!(limiter.finish_settlements(std::time::Duration::from_secs(30)).await, 0);
+    let signal = |sig: &str| {
+        let status = Command::new("kill").args([sig, &redis.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    limiter.settle(&running, &UsageRecord { ts: unix_ms(), tenant: "acme".into(), cost_usd: 0.0005, ..UsageRecord::default() });
+    let refused = limiter.admit("acme", 10, 1_000_000, true, "refused", &mut (None, None)).await;
+    assert!(refused.is_err(), "refused while Redis does not answer (fail_closed)");
+    signal("-CONT");
+    assert_eq!(limiter.finish_settlements(std::time::Duration::from_secs(30)).await, 0);
+    let retried = metrics.store_unavailable.with_label_values(&["settle_retry"]).get();
+    assert!(retried >= 1, "the settlement timed out at least once while Redis was paused");
+    limiter.refresh().await;
+    let (_, _, spend) = limiter.budgets().remove(0);
+    assert_eq!((spend.daily_nusd, spend.reserved_nusd), (500_000, 0), "spent once, nothing left reserved");
 }
