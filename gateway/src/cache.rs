@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use providers::wire::{ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage};
 use serde::{Deserialize, Serialize};
@@ -65,9 +65,17 @@ pub struct Cached {
 /// A cache key: SHA-256 of what identifies the answer.
 pub type CacheKey = [u8; 32];
 
+/// An answer kept in this process and until when it may be reused: `ttl_s` after it was first
+/// kept, also for a copy read from Redis (whose remaining lifetime it takes).
+#[derive(Clone)]
+struct Entry {
+    cached: Arc<Cached>,
+    until: Instant,
+}
+
 /// The response cache.
 pub struct ResponseCache {
-    local: moka::sync::Cache<CacheKey, Arc<Cached>>,
+    local: moka::sync::Cache<CacheKey, Entry>,
     shared: Option<Arc<RedisStore>>,
     ttl: Duration,
 }
@@ -123,16 +131,22 @@ impl ResponseCache {
     /// The cached answer for `key`: this process first, then Redis (a Redis failure is a miss).
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<Cached>> {
         if let Some(hit) = self.local.get(key) {
-            return Some(hit);
+            if hit.until > Instant::now() {
+                return Some(hit.cached);
+            }
+            self.local.invalidate(key);
         }
         let store = self.shared.as_ref()?;
         let mut conn = store.connection().await.ok()?;
-        let mut get = redis::cmd("GET");
-        get.arg(redis_key(key));
-        let get = get.query_async::<Option<Vec<u8>>>(&mut conn);
-        let bytes = tokio::time::timeout(store.timeout(), get).await.ok()?.ok()??;
-        let cached: Arc<Cached> = Arc::new(serde_json::from_slice(&bytes).ok()?);
-        self.local.insert(*key, Arc::clone(&cached));
+        let mut read = redis::pipe();
+        read.cmd("GET").arg(redis_key(key)).cmd("PTTL").arg(redis_key(key));
+        // Taken before Redis reads the key's lifetime, so the copy never outlives the original.
+        let sent = Instant::now();
+        let read = read.query_async::<(Option<Vec<u8>>, i64)>(&mut conn);
+        let (bytes, left_ms) = tokio::time::timeout(store.timeout(), read).await.ok()?.ok()?;
+        let left = Duration::from_millis(u64::try_from(left_ms).ok().filter(|&ms| ms > 0)?).min(self.ttl);
+        let cached: Arc<Cached> = Arc::new(serde_json::from_slice(&bytes?).ok()?);
+        self.local.insert(*key, Entry { cached: Arc::clone(&cached), until: sent + left });
         Some(cached)
     }
 
@@ -158,7 +172,7 @@ impl ResponseCache {
                 });
             }
         }
-        self.local.insert(key, cached);
+        self.local.insert(key, Entry { cached, until: Instant::now() + self.ttl });
     }
 }
 
@@ -330,6 +344,43 @@ mod tests {
         assert!(cache.get(&[1; 32]).await.is_some());
         // A streamed replay could not carry them.
         assert!(cache.get(&[2; 32]).await.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_answer_is_reused_no_longer_than_ttl_after_it_was_first_kept() {
+        use crate::store::tests::{redis_store, PrivateRedis};
+        let redis = PrivateRedis::start();
+        let store = Arc::new(redis_store(&redis));
+        let config: CacheConfig = serde_json::from_value(serde_json::json!({"ttl_s": 1, "shared": true})).unwrap();
+        let (a, b) = (ResponseCache::new(&config, Some(Arc::clone(&store))), ResponseCache::new(&config, Some(Arc::clone(&store))));
+        let answer: ChatResponse = serde_json::from_value(serde_json::json!({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}))
+        .unwrap();
+        let key = [7; 32];
+        a.put(key, answer, "local/m");
+        // Replica B finds it once A's copy has reached Redis, and keeps a copy of its own.
+        let mut found = false;
+        for _ in 0..200 {
+            if b.get(&key).await.is_some() {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(found, "replica B reads the answer replica A kept");
+        // Once Redis has let it expire (ttl_s after A kept it), B's own copy is no longer used.
+        let mut conn = store.connection().await.unwrap();
+        let mut gone = false;
+        for _ in 0..400 {
+            let exists: bool = redis::cmd("EXISTS").arg(redis_key(&key)).query_async(&mut conn).await.unwrap();
+            if !exists {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(gone, "Redis expires the answer after ttl_s");
+        assert!(b.get(&key).await.is_none(), "a copy read from Redis lives no longer than the original");
     }
 
     #[test]
