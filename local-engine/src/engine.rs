@@ -2,7 +2,8 @@
 //! [`Scheduler`], which decodes every active sequence together.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::atomic::AtomicU8;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
@@ -22,7 +23,7 @@ use crate::{EngineConfig, EngineError, EngineStats, Load, EngineStatsSnapshot, G
 pub struct EngineHandle {
     // Declared before `thread`: the last handle's sender is dropped (closing the channel) before
     // the thread is joined.
-    jobs: SyncSender<Message>,
+    jobs: Sender<Message>,
     thread: Arc<EngineThread>,
     stats: Arc<EngineStats>,
     config: Arc<EngineConfig>,
@@ -52,15 +53,53 @@ pub(crate) struct Job {
     pub(crate) events: UnboundedSender<GenerationEvent>,
     /// Prompt tokens estimated at submission (counted in the queue's backlog until admitted).
     pub(crate) estimate: u64,
+    /// Whether the job is still waiting, was taken by the engine, or its client left first.
+    pub(crate) place: Arc<AtomicU8>,
+}
+
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const LEFT: u8 = 2;
+
+impl Job {
+    /// The engine takes the job out of the queue, unless its client left it first: true when
+    /// taken (the queue's counters are then the engine's to update).
+    pub(crate) fn take(&self) -> bool {
+        self.place.compare_exchange(WAITING, TAKEN, Relaxed, Relaxed).is_ok()
+    }
+
+    /// Its client left while it waited (the queue's counters were updated then).
+    pub(crate) fn left(&self) -> bool {
+        self.place.load(Relaxed) == LEFT
+    }
+}
+
+/// A request's place in the queue, held by its [`GenerationStream`]: leaving frees it at once.
+#[derive(Debug)]
+pub(crate) struct QueuePlace {
+    place: Arc<AtomicU8>,
+    stats: Arc<EngineStats>,
+    estimate: u64,
+}
+
+impl QueuePlace {
+    /// Leaves the queue if the engine has not taken the job yet.
+    pub(crate) fn leave(&self) {
+        if self.place.compare_exchange(WAITING, LEFT, Relaxed, Relaxed).is_ok() {
+            self.stats.queued.fetch_sub(1, Relaxed);
+            self.stats.queued_prompt_tokens.fetch_sub(self.estimate, Relaxed);
+        }
+    }
 }
 
 impl EngineHandle {
     /// Starts the engine thread. The model loads in the background; [`EngineStatsSnapshot::loaded`]
     /// turns true once it serves. Jobs submitted before that wait in the queue.
     pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
-        // Room for a job per free slot as well: those arriving during a step wait in the channel
-        // until the next one admits them, without counting against `queue` (see `submit`).
-        let (jobs, receiver) = std::sync::mpsc::sync_channel(config.queue.saturating_add(config.parallel as usize));
+        // Unbounded: `submit` bounds the jobs waiting by counting them, and the engine moves
+        // every job out of the channel at each step (dropping those whose clients left), so
+        // jobs that were given up on never take the room of new ones.
+        let (jobs, receiver) = std::sync::mpsc::channel();
         let stats = Arc::new(EngineStats::default());
         let config = Arc::new(config);
         let thread_stats = Arc::clone(&stats);
@@ -89,17 +128,12 @@ impl EngineHandle {
             undo();
             return Err(EngineError::Overloaded { queue: self.config.queue });
         }
-        match self.jobs.try_send(Message::Generate(Box::new(Job { request, events, estimate }))) {
-            Ok(()) => Ok(stream),
-            Err(TrySendError::Full(_)) => {
-                undo();
-                Err(EngineError::Overloaded { queue: self.config.queue })
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                undo();
-                Err(EngineError::Unavailable { reason: "the engine thread has stopped".into() })
-            }
+        let place = Arc::new(AtomicU8::new(WAITING));
+        if self.jobs.send(Message::Generate(Box::new(Job { request, events, estimate, place: Arc::clone(&place) }))).is_err() {
+            undo();
+            return Err(EngineError::Unavailable { reason: "the engine thread has stopped".into() });
         }
+        Ok(GenerationStream::new(stream, QueuePlace { place, stats: Arc::clone(&self.stats), estimate }))
     }
 
     /// The engine's live counters.
@@ -113,7 +147,6 @@ impl EngineHandle {
     pub fn shutdown(&self) {
         let Some(thread) = self.thread.0.lock().ok().and_then(|mut t| t.take()) else { return };
         self.stats.stop_requested.store(true, Relaxed);
-        // Blocks only while the queue is full, which the engine drains as it stops.
         let _ = self.jobs.send(Message::Stop);
         let _ = thread.join();
     }
@@ -182,8 +215,10 @@ fn run(config: &EngineConfig, jobs: &Receiver<Message>, stats: &EngineStats) {
 fn refuse_all(jobs: &Receiver<Message>, stats: &EngineStats, err: &EngineError) {
     error!(error = %err, "local engine could not start");
     while let Ok(Message::Generate(job)) = jobs.recv() {
-        stats.queued.fetch_sub(1, Relaxed);
-        stats.queued_prompt_tokens.fetch_sub(job.estimate, Relaxed);
-        let _ = job.events.send(GenerationEvent::Failed(err.clone()));
+        if job.take() {
+            stats.queued.fetch_sub(1, Relaxed);
+            stats.queued_prompt_tokens.fetch_sub(job.estimate, Relaxed);
+            let _ = job.events.send(GenerationEvent::Failed(err.clone()));
+        }
     }
 }

@@ -663,16 +663,7 @@ mod tests {
 
     #[test]
     fn every_object_a_json_answer_can_open_with_takes_whitespace_beside_tool_calls() {
-        let tools = [("f".to_owned(), json!({"type": "object", "properties": {"q": {"type": "string"}}}))];
-        // A union of objects, a nullable object, a type list, and a `$ref` shared with a nested use.
-        let schema = json!({"$defs": {"p": {"type": "object", "properties": {"x": {"type": "integer"}}}},
-            "anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}},
-                      {"type": "object", "properties": {"b": {"$ref": "#/$defs/p"}}, "nullable": true},
-                      {"$ref": "#/$defs/p"},
-                      {"type": ["object", "string"]}]});
-        let g = tool_call_grammar(&tools, TextAnswer::JsonSchema(&schema), Bounds::default()).unwrap();
-        let rules: BTreeMap<&str, &str> = g.lines().filter_map(|l| l.split_once(" ::= ")).collect();
-        // Follows the answer's alternatives down to the objects they open, copying shared rules.
+        // Follows the answer's alternatives down to the objects they open.
         fn opens(rules: &BTreeMap<&str, &str>, body: &str, out: &mut Vec<String>) {
             for alt in top_level_alternatives(body) {
                 if let Some(inner) = parenthesized(alt) {
@@ -684,6 +675,15 @@ mod tests {
                 }
             }
         }
+        let tools = [("f".to_owned(), json!({"type": "object", "properties": {"q": {"type": "string"}}}))];
+        // A union of objects, a nullable object, a type list, and a `$ref` shared with a nested use.
+        let schema = json!({"$defs": {"p": {"type": "object", "properties": {"x": {"type": "integer"}}}},
+            "anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}},
+                      {"type": "object", "properties": {"b": {"$ref": "#/$defs/p"}}, "nullable": true},
+                      {"$ref": "#/$defs/p"},
+                      {"type": ["object", "string"]}]});
+        let g = tool_call_grammar(&tools, TextAnswer::JsonSchema(&schema), Bounds::default()).unwrap();
+        let rules: BTreeMap<&str, &str> = g.lines().filter_map(|l| l.split_once(" ::= ")).collect();
         let mut starts = Vec::new();
         opens(&rules, rules["answer"], &mut starts);
         let objects: Vec<&String> = starts.iter().filter(|s| s.starts_with("\"{\"")).collect();

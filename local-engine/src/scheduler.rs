@@ -2,6 +2,7 @@
 //! and chunks of the prompts being prefilled. Requests join at the next step and leave as soon as
 //! they finish; each sequence has its own KV sequence id, sampler, stop strings and limits.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -100,6 +101,8 @@ pub(crate) struct Scheduler<'m> {
     scratch: i32,
     /// Prompt states saved to host memory.
     host: HostCache<LlamaToken, StateBuffer>,
+    /// Jobs waiting for a slot, in arrival order (the FIFO `[local].queue` bounds).
+    waiting: VecDeque<Job>,
     /// Slots whose KV buffer has a stream copy still queued (llama.cpp carries copies out at the
     /// start of the next decode): their buffers must not be read or written directly until then.
     copy_pending: Vec<i32>,
@@ -161,6 +164,7 @@ impl<'m> Scheduler<'m> {
             seq_cells: config.seq_cells(),
             scratch: i32::try_from(config.parallel).unwrap_or(i32::MAX),
             host: HostCache::new(config.prompt_cache_mib as usize * 1024 * 1024),
+            waiting: VecDeque::new(),
             copy_pending: Vec::new(),
         })
     }
@@ -181,23 +185,37 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    /// Starts waiting jobs while sequence slots are free; jobs beyond that wait in the bounded
-    /// channel (the FIFO). Blocks only when idle. Returns false once the channel is closed and
-    /// nothing is left to do.
+    /// Moves every job sent so far into the FIFO, forgets those whose clients left, and starts
+    /// waiting jobs while sequence slots are free. Blocks only when idle. Returns false once told
+    /// to stop, or once the channel is closed and nothing is left to do.
     fn admit(&mut self, jobs: &Receiver<Message>) -> bool {
+        loop {
+            match jobs.try_recv() {
+                Ok(Message::Generate(job)) => self.waiting.push_back(*job),
+                Ok(Message::Stop) => return false,
+                Err(TryRecvError::Disconnected) if self.waiting.is_empty() && self.active.is_empty() => return false,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let before = self.waiting.len();
+        self.waiting.retain(|job| !job.left());
+        self.stats.cancelled_total.fetch_add((before - self.waiting.len()) as u64, Relaxed);
         while self.slots.has_free() {
-            let message = match (self.active.is_empty(), jobs.try_recv()) {
-                (_, Ok(message)) => message,
-                (true, Err(TryRecvError::Empty)) => match jobs.recv() {
-                    Ok(message) => message,
-                    Err(_) => return false,
+            let job = match self.waiting.pop_front() {
+                Some(job) => job,
+                None if !self.active.is_empty() => return true,
+                None => match jobs.recv() {
+                    Ok(Message::Generate(job)) => *job,
+                    Ok(Message::Stop) | Err(_) => return false,
                 },
-                (true, Err(TryRecvError::Disconnected)) => return false,
-                (false, Err(_)) => return true,
             };
-            let Message::Generate(job) = message else { return false };
+            if !job.take() {
+                // Its client left before it got a slot.
+                self.stats.cancelled_total.fetch_add(1, Relaxed);
+                continue;
+            }
             let estimate = job.estimate;
-            self.start_job(*job);
+            self.start_job(job);
             // Counted as waiting until it runs (or is answered): `submit` adds waiting and
             // running jobs, and a job between the two must not leave room for one more.
             self.stats.queued.fetch_sub(1, Relaxed);
@@ -231,8 +249,12 @@ impl<'m> Scheduler<'m> {
     fn stop(&mut self, jobs: &Receiver<Message>) {
         let err = EngineError::Unavailable { reason: "the local engine is shutting down".into() };
         self.fail_all(&err);
-        while let Ok(message) = jobs.try_recv() {
-            if let Message::Generate(job) = message {
+        let sent = std::iter::from_fn(|| jobs.try_recv().ok()).filter_map(|message| match message {
+            Message::Generate(job) => Some(*job),
+            Message::Stop => None,
+        });
+        for job in std::mem::take(&mut self.waiting).into_iter().chain(sent.collect::<Vec<_>>()) {
+            if job.take() {
                 self.stats.queued.fetch_sub(1, Relaxed);
                 self.stats.queued_prompt_tokens.fetch_sub(job.estimate, Relaxed);
                 let _ = job.events.send(GenerationEvent::Failed(err.clone()));

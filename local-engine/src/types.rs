@@ -160,5 +160,37 @@ pub struct Confidence {
     pub tokens: u32,
 }
 
-/// The receiving end of one generation. Dropping it cancels the generation at the next step.
-pub type GenerationStream = mpsc::UnboundedReceiver<GenerationEvent>;
+/// The receiving end of one generation. Dropping it cancels the generation at the next step,
+/// and one still waiting for a slot leaves the queue at once (its place goes to the next request).
+#[derive(Debug)]
+pub struct GenerationStream {
+    events: mpsc::UnboundedReceiver<GenerationEvent>,
+    place: Option<crate::engine::QueuePlace>,
+}
+
+impl GenerationStream {
+    pub(crate) fn new(events: mpsc::UnboundedReceiver<GenerationEvent>, place: crate::engine::QueuePlace) -> Self {
+        Self { events, place: Some(place) }
+    }
+
+    /// The next event; `None` once the generation has ended and every event was read.
+    pub async fn recv(&mut self) -> Option<GenerationEvent> {
+        self.events.recv().await
+    }
+}
+
+impl futures::Stream for GenerationStream {
+    type Item = GenerationEvent;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<GenerationEvent>> {
+        self.get_mut().events.poll_recv(cx)
+    }
+}
+
+impl Drop for GenerationStream {
+    fn drop(&mut self) {
+        if let Some(place) = self.place.take() {
+            place.leave();
+        }
+    }
+}

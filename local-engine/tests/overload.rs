@@ -90,3 +90,38 @@ async fn requests_for_free_slots_are_not_counted_against_the_queue() {
     assert_eq!((accepted.len(), refused), (9, 1), "eight slots and one queued place");
     drop(accepted);
 }
+
+/// A request whose client leaves while it waits for a slot gives its place back at once: the
+/// queue never fills with requests nobody waits for (they used to hold their places until the
+/// engine reached them, and new requests got 429 meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_left_while_queued_gives_its_place_back_at_once() {
+    let engine = engine_with(2048, 1, 2);
+    let request = |max_tokens| GenerationRequest {
+        messages: user("Count from 1 to 500."),
+        tools: None,
+        sampling: SamplingParams { temperature: 0.0, max_tokens: Some(max_tokens), ..SamplingParams::default() },
+        raw_prompt: None,
+    };
+    let mut running = engine.submit(request(1000)).unwrap();
+    // Generating: it holds the one slot.
+    while !matches!(running.recv().await, Some(GenerationEvent::Text(_))) {}
+    let queued: Vec<_> = (0..2).map(|_| engine.submit(request(1000)).unwrap()).collect();
+    assert!(matches!(engine.submit(request(4)), Err(EngineError::Overloaded { .. })), "the slot is busy and both places are taken");
+    assert_eq!(engine.stats().queued, 2);
+    drop(queued);
+    assert_eq!(engine.stats().queued, 0, "their places are free as soon as their clients leave");
+    let mut next: Vec<_> = (0..2).map(|_| engine.submit(request(4)).expect("a place given back")).collect();
+    drop(running);
+    for stream in &mut next {
+        let mut finished = false;
+        while let Some(event) = stream.recv().await {
+            assert!(!matches!(event, GenerationEvent::Failed(_)), "{event:?}");
+            finished |= matches!(event, GenerationEvent::Finished { .. });
+        }
+        assert!(finished);
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.queued, stats.active), (0, 0), "{stats:?}");
+    assert_eq!(stats.cancelled_total, 3, "the two that left and the one dropped while running");
+}

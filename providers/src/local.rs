@@ -13,7 +13,6 @@ use local_engine::{
 };
 use local_engine::grammar::{self, Bounds, TextAnswer};
 use serde_json::{Map, Value};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::provider::{collect_stream, ChunkStream, Provider};
 use crate::wire::{ChatChunk, ChatRequest, ChatResponse, ChunkChoice, Delta, Usage};
@@ -451,7 +450,7 @@ type ConfidenceSlot = Arc<Mutex<Option<Confidence>>>;
 fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Option<ConfidenceSlot>, mut splitter: Option<ToolCallSplitter>) -> ChunkStream {
     let first = factory.chunk(Delta { role: Some("assistant".into()), content: Some(String::new()), ..Delta::default() }, None);
     let mut logprobs = LogprobAligner::default();
-    let rest = UnboundedReceiverStream::new(events).flat_map(move |event| {
+    let rest = events.flat_map(move |event| {
         let out: Vec<Result<ChatChunk, ProviderError>> = match event {
             GenerationEvent::Started { .. } => Vec::new(),
             GenerationEvent::Token(token) => {
