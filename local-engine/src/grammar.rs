@@ -518,27 +518,54 @@ fn integer(schema: &Map<String, Value>, path: &str) -> Result<String, GrammarErr
 /// How many rules deep a JSON answer's opening is looked for (`$ref` to `anyOf` to …).
 const MAX_ANSWER_RULE_DEPTH: u32 = 8;
 
-/// The alternatives of a rule body: split at `|` outside quotes, character classes and parentheses.
-fn top_level_alternatives(body: &str) -> Vec<&str> {
-    let (mut parts, mut start, mut depth) = (Vec::new(), 0, 0_i32);
-    let (mut quoted, mut class, mut escaped) = (false, false, false);
-    for (i, c) in body.char_indices() {
+/// The characters of a rule body outside quoted literals and character classes, each with its
+/// byte index and the depth of the parentheses around it.
+fn structure(body: &str) -> impl Iterator<Item = (usize, char, i32)> + '_ {
+    let (mut depth, mut quoted, mut class, mut escaped) = (0_i32, false, false, false);
+    body.char_indices().filter_map(move |(i, c)| {
         if escaped {
             escaped = false;
-            continue;
+            return None;
         }
         match c {
-            '\\' if quoted || class => escaped = true,
-            '"' if !class => quoted = !quoted,
-            '[' if !quoted => class = true,
-            ']' if !quoted => class = false,
-            '(' if !quoted && !class => depth += 1,
-            ')' if !quoted && !class => depth -= 1,
-            '|' if !quoted && !class && depth == 0 => {
-                parts.push(body[start..i].trim());
-                start = i + 1;
+            '\\' if quoted || class => {
+                escaped = true;
+                None
             }
-            _ => {}
+            '"' if !class => {
+                quoted = !quoted;
+                None
+            }
+            '[' if !quoted => {
+                class = true;
+                None
+            }
+            ']' if !quoted => {
+                class = false;
+                None
+            }
+            _ if quoted || class => None,
+            '(' => {
+                depth += 1;
+                Some((i, c, depth - 1))
+            }
+            ')' => {
+                depth -= 1;
+                Some((i, c, depth))
+            }
+            _ => Some((i, c, depth)),
+        }
+    })
+}
+
+/// The alternatives of a rule body: split at `|` outside quotes, character classes and parentheses.
+fn top_level_alternatives(body: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, c, depth) in structure(body) {
+        if c == '|' && depth == 0 {
+            parts.push(body[start..i].trim());
+            start = i + 1;
         }
     }
     parts.push(body[start..].trim());
@@ -549,28 +576,7 @@ fn top_level_alternatives(body: &str) -> Vec<&str> {
 fn parenthesized(alt: &str) -> Option<&str> {
     let inner = alt.strip_prefix('(')?.strip_suffix(')')?;
     // The first `(` must close at the very end: `(a) | (b)` is not one group.
-    let (mut depth, mut quoted, mut class, mut escaped) = (1_i32, false, false, false);
-    for c in inner.chars() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted || class => escaped = true,
-            '"' if !class => quoted = !quoted,
-            '[' if !quoted => class = true,
-            ']' if !quoted => class = false,
-            '(' if !quoted && !class => depth += 1,
-            ')' if !quoted && !class => {
-                depth -= 1;
-                if depth == 0 {
-                    return None;
-                }
-            }
-            _ => {}
-        }
-    }
-    Some(inner)
+    structure(inner).all(|(_, c, depth)| c != ')' || depth >= 0).then_some(inner)
 }
 
 /// `open item ("," item){min-1,max-1} close`, or an empty container when `min == 0`.
