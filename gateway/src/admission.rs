@@ -213,27 +213,27 @@ impl Limiter {
         let (outcome, held) = match self.primary.admit(&admission).await {
             Ok(outcome) => (outcome, Held::Primary),
             Err(err) => {
-                if admission.reserve_nusd > 0 {
+                if err.may_have_run && admission.reserve_nusd > 0 {
                     // Redis may still carry the admission out (it timed out here, not there):
                     // close its lease, so that it reserves nothing or gives back what it did.
                     self.close_lease(tenant, lease, now_ms);
                 }
                 match &self.fallback {
-                Some(fallback) => {
-                    self.metrics.store_unavailable.with_label_values(&["fail_open"]).inc();
-                    tracing::warn!(error = %err, "limits store unavailable; using this replica's own limits (on_outage = fail_open)");
-                    (fallback.admit_now(&admission), Held::Fallback)
-                }
-                None if !remote_bound => {
-                    // fail_closed keeps local-only traffic flowing (it spends nothing remote).
-                    tracing::warn!(error = %err, "limits store unavailable; local request served without limits");
-                    return Ok(Admitted::Yes(ticket(Held::Nowhere, None)));
-                }
-                None => {
-                    self.metrics.store_unavailable.with_label_values(&["fail_closed"]).inc();
-                    tracing::warn!(error = %err, "limits store unavailable; remote-bound request refused (on_outage = fail_closed)");
-                    return Err(ApiError::StoreUnavailable);
-                }
+                    Some(fallback) => {
+                        self.metrics.store_unavailable.with_label_values(&["fail_open"]).inc();
+                        tracing::warn!(error = %err, "limits store unavailable; using this replica's own limits (on_outage = fail_open)");
+                        (fallback.admit_now(&admission), Held::Fallback)
+                    }
+                    None if !remote_bound => {
+                        // fail_closed keeps local-only traffic flowing (it spends nothing remote).
+                        tracing::warn!(error = %err, "limits store unavailable; local request served without limits");
+                        return Ok(Admitted::Yes(ticket(Held::Nowhere, None)));
+                    }
+                    None => {
+                        self.metrics.store_unavailable.with_label_values(&["fail_closed"]).inc();
+                        tracing::warn!(error = %err, "limits store unavailable; remote-bound request refused (on_outage = fail_closed)");
+                        return Err(ApiError::StoreUnavailable);
+                    }
                 }
             }
         };

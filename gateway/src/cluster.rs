@@ -61,7 +61,7 @@ impl Cluster {
 
     async fn publish_once(&self, rollups: &Rollups, now_ms: u64) -> Result<(), redis::RedisError> {
         let timed_out = || redis::RedisError::from(std::io::Error::other("Redis did not answer in time"));
-        let mut conn = self.store.connection().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.0)))?;
+        let mut conn = self.store.connection().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.reason)))?;
         let marker = published_key(&self.replica);
         let mut exists = redis::cmd("EXISTS");
         exists.arg(&marker);
@@ -91,7 +91,7 @@ impl Cluster {
             pipe.hgetall(minute_key(minute));
         }
         pipe.zrangebyscore_withscores(REPLICAS_KEY, now_ms.saturating_sub(GONE_AFTER_MS), "+inf");
-        let mut conn = self.store.connection().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.0)))?;
+        let mut conn = self.store.connection().await.map_err(|e| redis::RedisError::from(std::io::Error::other(e.reason)))?;
         let mut replies: Vec<redis::Value> = tokio::time::timeout(self.store.timeout() * 4, pipe.query_async(&mut conn))
             .await
             .map_err(|_| redis::RedisError::from(std::io::Error::other("Redis did not answer in time")))??;

@@ -105,8 +105,25 @@ pub struct Settlement<'a> {
 
 /// The store could not be reached (Redis down or too slow).
 #[derive(Debug, thiserror::Error)]
-#[error("the limits store is unavailable: {0}")]
-pub struct StoreError(pub String);
+#[error("the limits store is unavailable: {reason}")]
+pub struct StoreError {
+    /// What went wrong (never the Redis URL).
+    pub reason: String,
+    /// The step was sent and may still be carried out (it timed out, or its answer was lost).
+    pub may_have_run: bool,
+}
+
+impl StoreError {
+    /// The step never reached the store.
+    pub fn unreachable(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), may_have_run: false }
+    }
+
+    /// The step was sent; whether the store carried it out is unknown.
+    pub fn unanswered(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), may_have_run: true }
+    }
+}
 
 /// Rate limits and budgets, in one process or shared.
 #[async_trait]

@@ -132,12 +132,12 @@ impl RedisStore {
         let (url, key) = match (&config.url, &config.url_env) {
             (Some(url), _) => (url.clone(), "redis.url".to_owned()),
             (None, Some(var)) => (
-                std::env::var(var).map_err(|_| StoreError(format!("redis.url_env: environment variable {var} is not set")))?,
+                std::env::var(var).map_err(|_| StoreError::unreachable(format!("redis.url_env: environment variable {var} is not set")))?,
                 format!("redis.url_env ({var})"),
             ),
-            (None, None) => return Err(StoreError("redis needs url or url_env".into())),
+            (None, None) => return Err(StoreError::unreachable("redis needs url or url_env")),
         };
-        let client = redis::Client::open(url.as_str()).map_err(|_| StoreError(format!("{key} is not a redis:// URL")))?;
+        let client = redis::Client::open(url.as_str()).map_err(|_| StoreError::unreachable(format!("{key} is not a redis:// URL")))?;
         Ok(Self {
             client,
             timeout: Duration::from_millis(config.timeout_ms),
@@ -164,7 +164,7 @@ impl RedisStore {
             return Ok(manager.clone());
         }
         if last.is_some_and(|t| t.elapsed() < CONNECT_EVERY) {
-            return Err(StoreError("Redis is unreachable (next connection attempt shortly)".into()));
+            return Err(StoreError::unreachable("Redis is unreachable (next connection attempt shortly)"));
         }
         *last = Some(Instant::now());
         let config = ConnectionManagerConfig::new()
@@ -174,8 +174,8 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(500));
         let manager = tokio::time::timeout(self.timeout * 2, ConnectionManager::new_with_config(self.client.clone(), config))
             .await
-            .map_err(|_| StoreError("connecting to Redis timed out".into()))
-            .and_then(|connected| connected.map_err(|e| StoreError(format!("connecting to Redis: {}", e.kind_str()))))
+            .map_err(|_| StoreError::unreachable("connecting to Redis timed out"))
+            .and_then(|connected| connected.map_err(|e| StoreError::unreachable(format!("connecting to Redis: {}", e.kind_str()))))
             // Logged here, once per attempt: callers in between only see "unreachable", and a
             // refused password must not read as a network problem.
             .inspect_err(|err| tracing::warn!(error = %err, "could not connect to Redis"))?;
@@ -189,8 +189,8 @@ impl RedisStore {
         let mut conn = self.connection().await?;
         let err = match tokio::time::timeout(self.timeout, invocation.invoke_async::<Vec<i64>>(&mut conn)).await {
             Ok(Ok(values)) => return Ok(values),
-            Ok(Err(e)) => StoreError(format!("Redis: {}", e.kind_str())),
-            Err(_) => StoreError(format!("Redis did not answer within {} ms", self.timeout.as_millis())),
+            Ok(Err(e)) => StoreError::unanswered(format!("Redis: {}", e.kind_str())),
+            Err(_) => StoreError::unanswered(format!("Redis did not answer within {} ms", self.timeout.as_millis())),
         };
         // Start over with a fresh connection next time (at most every CONNECT_EVERY), whatever
         // state the old one's own reconnection is in.
@@ -243,7 +243,7 @@ impl Store for RedisStore {
             .arg(a.lease_ttl_ms * 2);
         let v = self.run(invocation).await?;
         let [refused, retry, rpm_left, tpm_left, day, month, reserved] = v[..] else {
-            return Err(StoreError(format!("unexpected reply from the admission script: {v:?}")));
+            return Err(StoreError::unanswered(format!("unexpected reply from the admission script: {v:?}")));
         };
         let spend = Spend { daily_nusd: non_negative(day), monthly_nusd: non_negative(month), reserved_nusd: non_negative(reserved) };
         let refused = match refused {
@@ -287,7 +287,7 @@ impl Store for RedisStore {
             .arg(s.closed_for_ms * 2);
         let v = self.run(invocation).await?;
         let [day, month, reserved] = v[..] else {
-            return Err(StoreError(format!("unexpected reply from the settlement script: {v:?}")));
+            return Err(StoreError::unanswered(format!("unexpected reply from the settlement script: {v:?}")));
         };
         Ok(Spend { daily_nusd: non_negative(day), monthly_nusd: non_negative(month), reserved_nusd: non_negative(reserved) })
     }
@@ -302,7 +302,7 @@ impl Store for RedisStore {
         }
         let v = self.run(invocation).await?;
         let [renewed] = v[..] else {
-            return Err(StoreError(format!("unexpected reply from the renewal script: {v:?}")));
+            return Err(StoreError::unanswered(format!("unexpected reply from the renewal script: {v:?}")));
         };
         Ok(usize::try_from(renewed).unwrap_or(0))
     }

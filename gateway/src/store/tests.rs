@@ -287,3 +287,24 @@ async fn a_stalled_redis_counts_each_settlement_once_and_keeps_no_reservation() 
     let (_, _, spend) = limiter.budgets().remove(0);
     assert_eq!((spend.daily_nusd, spend.reserved_nusd), (500_000, 0), "spent once, nothing left reserved");
 }
+
+/// An admission that never reached Redis (nothing listens) cannot run later: its lease is not
+/// closed, so a long outage does not fill the settlement queue with closings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_that_never_reached_redis_leaves_nothing_to_close() {
+    use crate::admission::Limiter;
+    use crate::metrics::Metrics;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = RedisConfig {
+        url: Some(format!("redis://127.0.0.1:{port}")),
+        url_env: None,
+        on_outage: redis::OnOutage::FailClosed,
+        timeout_ms: 200,
+        lease_ttl_s: 600,
+    };
+    let store = Arc::new(RedisStore::new(&config).unwrap());
+    let tenant: crate::tenants::TenantConfig = toml::from_str("name = \"acme\"\nbudget = { daily_usd = 1.0 }\n").unwrap();
+    let limiter = Arc::new(Limiter::new(&[tenant], Some((store, &config)), Arc::new(Metrics::new().unwrap())));
+    assert!(limiter.admit("acme", 10, 1_000_000, true, "never-sent", &mut (None, None)).await.is_err());
+    assert_eq!(limiter.finish_settlements(std::time::Duration::ZERO).await, 0, "no lease to close");
+}
