@@ -268,12 +268,8 @@ impl Limiter {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let owned = OwnedSettlement { tenant: tenant.to_owned(), now_ms, lease: Some(lease.to_owned()), cost_nusd: 0, tpm: None, closed_for_ms: self.lease_ttl_ms };
         let (primary, metrics, retrying) = (Arc::clone(&self.primary), Arc::clone(&self.metrics), Arc::clone(&self.retrying));
-        let (settling, settled) = (Arc::clone(&self.settling), Arc::clone(&self.settled));
-        settling.fetch_add(1, Relaxed);
-        runtime.spawn(async move {
+        self.in_background(&runtime, async move {
             settle_in(primary.as_ref(), &metrics, &retrying, &owned).await;
-            settling.fetch_sub(1, Relaxed);
-            settled.notify_waiters();
         });
     }
 
@@ -300,11 +296,18 @@ impl Limiter {
         };
         let limiter = Arc::clone(self);
         let in_fallback = ticket.held == Held::Fallback;
-        self.settling.fetch_add(1, Relaxed);
+        self.in_background(&runtime, async move { limiter.settle_owned(owned, in_fallback).await });
+    }
+
+    /// Runs a settlement's `work` on `runtime`, counted until it ends (see
+    /// [`Limiter::finish_settlements`]).
+    fn in_background(&self, runtime: &tokio::runtime::Handle, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let (settling, settled) = (Arc::clone(&self.settling), Arc::clone(&self.settled));
+        settling.fetch_add(1, Relaxed);
         runtime.spawn(async move {
-            limiter.settle_owned(owned, in_fallback).await;
-            limiter.settling.fetch_sub(1, Relaxed);
-            limiter.settled.notify_waiters();
+            work.await;
+            settling.fetch_sub(1, Relaxed);
+            settled.notify_waiters();
         });
     }
 

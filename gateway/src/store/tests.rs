@@ -44,15 +44,27 @@ impl Drop for PrivateRedis {
     }
 }
 
-pub(crate) fn redis_store(redis: &PrivateRedis) -> RedisStore {
-    RedisStore::new(&RedisConfig {
-        url: Some(format!("redis://127.0.0.1:{}", redis.port)),
+/// `fail_closed` on Redis at `port`, each step allowed `timeout_ms`.
+fn redis_config(port: u16, timeout_ms: u64) -> RedisConfig {
+    RedisConfig {
+        url: Some(format!("redis://127.0.0.1:{port}")),
         url_env: None,
         on_outage: redis::OnOutage::FailClosed,
-        timeout_ms: 2000,
+        timeout_ms,
         lease_ttl_s: 600,
-    })
-    .unwrap()
+    }
+}
+
+pub(crate) fn redis_store(redis: &PrivateRedis) -> RedisStore {
+    RedisStore::new(&redis_config(redis.port, 2000)).unwrap()
+}
+
+/// A limiter for tenant `acme` (a $1 daily budget) on Redis at `port`, steps timing out after 200 ms.
+fn budgeted_limiter(port: u16, metrics: Arc<crate::metrics::Metrics>) -> Arc<crate::admission::Limiter> {
+    let config = redis_config(port, 200);
+    let store = Arc::new(RedisStore::new(&config).unwrap());
+    let tenant: crate::tenants::TenantConfig = toml::from_str("name = \"acme\"\nbudget = { daily_usd = 1.0 }\n").unwrap();
+    Arc::new(crate::admission::Limiter::new(&[tenant], Some((store, &config)), metrics))
 }
 
 /// 2026-11-15T12:00:00Z (mid-month: the next day is in the same month).
@@ -247,20 +259,11 @@ async fn redis_store_reports_an_outage_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_redis_counts_each_settlement_once_and_keeps_no_reservation() {
     use crate::accounting::{unix_ms, UsageRecord};
-    use crate::admission::{Admitted, Limiter};
+    use crate::admission::Admitted;
     use crate::metrics::Metrics;
     let redis = PrivateRedis::start();
-    let config = RedisConfig {
-        url: Some(format!("redis://127.0.0.1:{}", redis.port)),
-        url_env: None,
-        on_outage: redis::OnOutage::FailClosed,
-        timeout_ms: 200,
-        lease_ttl_s: 600,
-    };
-    let store = Arc::new(RedisStore::new(&config).unwrap());
-    let tenant: crate::tenants::TenantConfig = toml::from_str("name = \"acme\"\nbudget = { daily_usd = 1.0 }\n").unwrap();
     let metrics = Arc::new(Metrics::new().unwrap());
-    let limiter = Arc::new(Limiter::new(&[tenant], Some((store, &config)), Arc::clone(&metrics)));
+    let limiter = budgeted_limiter(redis.port, Arc::clone(&metrics));
     let admitted = async |lease: &str| match limiter.admit("acme", 10, 1_000_000, true, lease, &mut (None, None)).await {
         Ok(Admitted::Yes(ticket)) => ticket,
         _ => panic!("admitted while Redis answers"),
@@ -292,19 +295,8 @@ async fn a_stalled_redis_counts_each_settlement_once_and_keeps_no_reservation() 
 /// closed, so a long outage does not fill the settlement queue with closings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admission_that_never_reached_redis_leaves_nothing_to_close() {
-    use crate::admission::Limiter;
-    use crate::metrics::Metrics;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = RedisConfig {
-        url: Some(format!("redis://127.0.0.1:{port}")),
-        url_env: None,
-        on_outage: redis::OnOutage::FailClosed,
-        timeout_ms: 200,
-        lease_ttl_s: 600,
-    };
-    let store = Arc::new(RedisStore::new(&config).unwrap());
-    let tenant: crate::tenants::TenantConfig = toml::from_str("name = \"acme\"\nbudget = { daily_usd = 1.0 }\n").unwrap();
-    let limiter = Arc::new(Limiter::new(&[tenant], Some((store, &config)), Arc::new(Metrics::new().unwrap())));
+    let limiter = budgeted_limiter(port, Arc::new(crate::metrics::Metrics::new().unwrap()));
     assert!(limiter.admit("acme", 10, 1_000_000, true, "never-sent", &mut (None, None)).await.is_err());
     assert_eq!(limiter.finish_settlements(std::time::Duration::ZERO).await, 0, "no lease to close");
 }
