@@ -72,6 +72,16 @@ impl Job {
     pub(crate) fn left(&self) -> bool {
         self.place.load(Relaxed) == LEFT
     }
+
+    /// Answers a job that will not run with `err` and takes it off the queue's counters, unless
+    /// its client left first.
+    pub(crate) fn refuse(self, stats: &EngineStats, err: &EngineError) {
+        if self.take() {
+            stats.queued.fetch_sub(1, Relaxed);
+            stats.queued_prompt_tokens.fetch_sub(self.estimate, Relaxed);
+            let _ = self.events.send(GenerationEvent::Failed(err.clone()));
+        }
+    }
 }
 
 /// A request's place in the queue, held by its [`GenerationStream`]: leaving frees it at once.
@@ -215,10 +225,6 @@ fn run(config: &EngineConfig, jobs: &Receiver<Message>, stats: &EngineStats) {
 fn refuse_all(jobs: &Receiver<Message>, stats: &EngineStats, err: &EngineError) {
     error!(error = %err, "local engine could not start");
     while let Ok(Message::Generate(job)) = jobs.recv() {
-        if job.take() {
-            stats.queued.fetch_sub(1, Relaxed);
-            stats.queued_prompt_tokens.fetch_sub(job.estimate, Relaxed);
-            let _ = job.events.send(GenerationEvent::Failed(err.clone()));
-        }
+        job.refuse(stats, err);
     }
 }

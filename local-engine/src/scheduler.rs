@@ -253,12 +253,8 @@ impl<'m> Scheduler<'m> {
             Message::Generate(job) => Some(*job),
             Message::Stop => None,
         });
-        for job in std::mem::take(&mut self.waiting).into_iter().chain(sent.collect::<Vec<_>>()) {
-            if job.take() {
-                self.stats.queued.fetch_sub(1, Relaxed);
-                self.stats.queued_prompt_tokens.fetch_sub(job.estimate, Relaxed);
-                let _ = job.events.send(GenerationEvent::Failed(err.clone()));
-            }
+        for job in std::mem::take(&mut self.waiting).into_iter().chain(sent) {
+            job.refuse(self.stats, &err);
         }
     }
 
