@@ -3,8 +3,9 @@
 //! read, continue or delete another's — in this process (`moka`, bounded) and, with `[redis]`, in Redis
 //! for every replica. Both expire after `[responses].ttl_s`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tracing::warn;
@@ -60,10 +61,22 @@ impl ResponsesConfig {
     }
 }
 
+/// A response kept in this process.
+#[derive(Clone)]
+struct Kept {
+    stored: Arc<StoredResponse>,
+    /// Its serialised size.
+    size: u32,
+    /// False while Redis does not hold it (Redis failed when it was stored): this copy is then
+    /// the only one, and is written to Redis when next read.
+    in_redis: Arc<AtomicBool>,
+    /// When it expires.
+    until: Instant,
+}
+
 /// The stored responses.
 pub struct ResponseStore {
-    /// Each entry with its serialised size.
-    local: moka::sync::Cache<(String, String), (Arc<StoredResponse>, u32)>,
+    local: moka::sync::Cache<(String, String), Kept>,
     shared: Option<Arc<RedisStore>>,
     ttl: Duration,
 }
@@ -101,47 +114,63 @@ impl ResponseStore {
         let per_entry_floor = u32::try_from((capacity_kib / config.max_entries.max(1)).max(1)).unwrap_or(u32::MAX);
         let local = moka::sync::Cache::builder()
             .max_capacity(capacity_kib)
-            .weigher(move |_, (_, bytes): &(Arc<StoredResponse>, u32)| (bytes / 1024).max(per_entry_floor))
+            .weigher(move |_, kept: &Kept| (kept.size / 1024).max(per_entry_floor))
             .time_to_live(ttl)
             .build();
         Self { local, shared: redis, ttl }
     }
 
     /// Keeps `stored` under `id`. With Redis it is written before this returns, so that the next
-    /// request, on any replica, finds it; a Redis failure keeps it in this process only (logged).
+    /// request, on any replica, finds it; a Redis failure keeps it in this process only (logged)
+    /// until Redis takes it at its next read here.
     pub async fn put(&self, id: &str, stored: StoredResponse) {
         let stored = Arc::new(stored);
+        let until = Instant::now() + self.ttl;
         let encoded = serde_json::to_vec(stored.as_ref());
         let size = encoded.as_ref().map_or(0, |b| u32::try_from(b.len()).unwrap_or(u32::MAX));
+        let mut in_redis = false;
         if let Some(store) = &self.shared {
             match encoded {
-                Ok(bytes) => {
-                    let write = async {
-                        let mut conn = store.connection().await.map_err(|e| e.to_string())?;
-                        let mut set = redis::cmd("SET");
-                        set.arg(redis_key(&stored.tenant, id)).arg(bytes).arg("EX").arg(self.ttl.as_secs());
-                        set.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
-                    };
-                    match tokio::time::timeout(store.timeout(), write).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => warn!(%error, "responses: could not store the response in Redis; kept in this replica only"),
-                        Err(_) => warn!("responses: storing the response in Redis timed out; kept in this replica only"),
-                    }
-                }
+                Ok(bytes) => match self.write(store, &stored.tenant, id, bytes, self.ttl).await {
+                    Ok(()) => in_redis = true,
+                    Err(error) => warn!(%error, "responses: could not store the response in Redis; kept in this replica until Redis takes it"),
+                },
                 Err(error) => warn!(%error, "responses: could not serialise the response"),
             }
         }
-        self.local.insert((stored.tenant.clone(), id.to_owned()), (stored, size));
+        let kept = Kept { stored: Arc::clone(&stored), size, in_redis: Arc::new(AtomicBool::new(in_redis)), until };
+        self.local.insert((stored.tenant.clone(), id.to_owned()), kept);
+    }
+
+    /// `SET` with a lifetime, within the store's timeout.
+    async fn write(&self, store: &RedisStore, tenant: &str, id: &str, bytes: Vec<u8>, ttl: Duration) -> Result<(), String> {
+        let write = async {
+            let mut conn = store.connection().await.map_err(|e| e.to_string())?;
+            let mut set = redis::cmd("SET");
+            set.arg(redis_key(tenant, id)).arg(bytes).arg("PX").arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+            set.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(store.timeout(), write).await.map_err(|_| "timed out".to_owned())?
     }
 
     /// The response `id` of `tenant`: this process's copy, while Redis (when configured) still
     /// holds it — another replica may have deleted it — else Redis's. With Redis unreachable,
-    /// this process's copy.
+    /// this process's copy; one Redis never took is written there now.
     pub async fn get(&self, tenant: &str, id: &str) -> Option<Arc<StoredResponse>> {
         let key = (tenant.to_owned(), id.to_owned());
-        let cached = self.local.get(&key).map(|(hit, _)| hit);
-        let Some(store) = self.shared.as_ref() else { return cached };
-        if let Some(hit) = cached {
+        let cached = self.local.get(&key);
+        let Some(store) = self.shared.as_ref() else { return cached.map(|kept| kept.stored) };
+        if let Some(kept) = cached {
+            if !kept.in_redis.load(Ordering::Acquire) {
+                let left = kept.until.saturating_duration_since(Instant::now());
+                if let Ok(bytes) = serde_json::to_vec(kept.stored.as_ref()) {
+                    if !left.is_zero() && self.write(store, tenant, id, bytes, left).await.is_ok() {
+                        kept.in_redis.store(true, Ordering::Release);
+                    }
+                }
+                return Some(kept.stored);
+            }
+            let hit = kept.stored;
             let exists = async {
                 let mut conn = store.connection().await.ok()?;
                 let mut exists = redis::cmd("EXISTS");
@@ -169,7 +198,10 @@ impl ResponseStore {
         if stored.tenant != tenant {
             return None;
         }
-        self.local.insert(key, (Arc::clone(&stored), size));
+        // Its lifetime left in Redis is not read back: this copy lasts at most `ttl_s` from now,
+        // and each read checks Redis still holds it.
+        let kept = Kept { stored: Arc::clone(&stored), size, in_redis: Arc::new(AtomicBool::new(true)), until: Instant::now() + self.ttl };
+        self.local.insert(key, kept);
         Some(stored)
     }
 
@@ -214,6 +246,40 @@ mod tests {
         assert!(store.get("b", "resp_x").await.is_none());
         assert!(!store.delete("b", "resp_x").await);
         assert!(store.delete("a", "resp_x").await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_response_stored_while_redis_was_down_outlives_its_return() {
+        use crate::store::tests::{free_port, redis_config, PrivateRedis};
+        let port = free_port();
+        let redis = Arc::new(RedisStore::new(&redis_config(port, 300)).unwrap());
+        let store = ResponseStore::new(&ResponsesConfig::default(), Some(Arc::clone(&redis)));
+        // Nothing listens on the port: Redis cannot take it.
+        store.put("resp_1", stored("a", 10)).await;
+        assert!(store.get("a", "resp_1").await.is_some(), "kept in this replica");
+        let back = PrivateRedis::start_on(port);
+        assert_eq!(back.port(), port);
+        // Back, and empty: the copy is not taken for one another replica deleted, and Redis
+        // takes it at a read (reconnecting may take a few reads).
+        let mut in_redis = false;
+        for _ in 0..400 {
+            assert!(store.get("a", "resp_1").await.is_some(), "still there once Redis is back");
+            let mut check = redis::cmd("EXISTS");
+            check.arg(redis_key("a", "resp_1"));
+            if let Ok(mut conn) = redis.connection().await {
+                in_redis = check.query_async::<u64>(&mut conn).await.is_ok_and(|n| n == 1);
+            }
+            if in_redis {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(in_redis, "Redis holds it after a read");
+        // From then on another replica's delete is seen here.
+        let other = ResponseStore::new(&ResponsesConfig::default(), Some(Arc::clone(&redis)));
+        assert!(other.get("a", "resp_1").await.is_some(), "another replica reads it from Redis");
+        assert!(other.delete("a", "resp_1").await);
+        assert!(store.get("a", "resp_1").await.is_none(), "deleted on the other replica");
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub struct Decision {
     pub rerouted: bool,
     /// The rule's `spill` target took the request off the overloaded local engine.
     pub spilled: Option<SpillReason>,
+    /// The target stands in for the one the rule (or model) named, whose circuit is open now.
+    pub stand_in: bool,
     /// `strategy = "cascade"`: the local engine answers first; the gateway keeps its answer
     /// when its mean token log-probability is at least this (`[classifier] cascade_min_logprob`),
     /// else goes on to `target`. Only set when the target is remote and the guard allows the
@@ -258,6 +260,7 @@ impl Router {
             reasons,
             rerouted: false,
             spilled: None,
+            stand_in: false,
             cascade: None,
             violation: None,
         };
@@ -402,6 +405,7 @@ fn skip_unavailable(decision: &mut Decision, unavailable: &[String]) {
     for t in &skipped {
         decision.reasons.push(format!("skipped {t:?}: circuit open"));
     }
+    decision.stand_in = is_open(&decision.target);
     decision.target = chain.remove(0);
     decision.fallbacks = chain;
 }
@@ -739,6 +743,11 @@ fallback = ["local"]
         assert_eq!(d.target, "anthropic/claude-sonnet", "{d:?}");
         assert_eq!(d.fallbacks, vec!["local/local-small".to_owned()]);
         assert!(d.reasons.iter().any(|r| r.contains("circuit open")));
+        assert!(d.stand_in, "the target stands in for the open one");
+        let open_fallback = vec!["anthropic/claude-sonnet".to_owned()];
+        i.unavailable = &open_fallback;
+        let d = escalate_all().decide(&i);
+        assert_eq!((d.target.as_str(), d.stand_in), ("openai/gpt-4o", false), "only a fallback was skipped");
         let everything = vec!["openai/gpt-4o-mini".to_owned(), "local/local-small".to_owned()];
         let mut i = input("auto", "Hi");
         i.unavailable = &everything;

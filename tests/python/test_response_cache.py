@@ -111,3 +111,25 @@ def test_a_shared_cache_serves_every_replica(tmp_path, fake_provider, private_re
     finally:
         a.stop()
         b.stop()
+
+
+def test_an_answer_from_a_fallback_is_not_kept(tmp_path, fake_provider):
+    # The route always fails (500) and its fallback answers: the next identical request must try
+    # the route again, not replay the fallback's answer for ttl_s.
+    acme, _, tenants = tenants_section()
+    extra = tenants + '\n[cache]\nttl_s = 300\n'
+    policy = '[[rule]]\nname = "echo"\nroute = "fake/fail"\nfallback = ["fake/echo"]\n'
+    gw = Gateway(tmp_path, remote_only_config(fake_provider, extra), policy=policy)
+    try:
+        text = f"fallback {uuid.uuid4().hex}"
+        body = {"model": "auto", "temperature": 0, "messages": [{"role": "user", "content": text}]}
+        headers = {"authorization": f"Bearer {acme}"}
+        for stream in (False, True, False):
+            r = httpx.post(f"{gw.v1}/chat/completions", json={**body, "stream": stream}, headers=headers, timeout=30)
+            assert r.status_code == 200, r.text
+            assert (r.headers["x-switchyard-target"], r.headers["x-switchyard-cache"]) == ("fake/echo", "miss")
+            r.read()
+        answered = [r for r in fake_requests(fake_provider) if text in str(r.get("messages")) and r.get("model") == "echo"]
+        assert len(answered) == 3, "the fallback answered each time"
+    finally:
+        gw.stop()

@@ -262,7 +262,10 @@ pub async fn serve_chat(
     if let Some(hit) = cached {
         return Ok(cached_answer(&req, &decision, &hit, record));
     }
-    let keep = state.cache.clone().zip(cache_key);
+    // Only the route's own answer is kept: a spill, an open circuit's stand-in or the budget's
+    // local answer serves for a moment, and would otherwise be replayed for `ttl_s` after the
+    // route is back.
+    let keep = state.cache.clone().zip(cache_key).filter(|_| decision.spilled.is_none() && !decision.stand_in && over_budget.is_none());
     let shadow = shadow_candidate(state, &req, &decision, tenant, ctx);
     let answer = if req.is_stream() {
         stream_answer(state, req, &decision, ctx, record, keep, shadow).await
@@ -494,7 +497,10 @@ async fn complete_answer(
     if let Some(redaction) = &redaction {
         privacy::restore_response(&mut response, redaction);
     }
-    if let Some((cache, key)) = keep {
+    // A fallback's answer is not kept (the route may be back by the next request); the cascade's
+    // kept local answer is the route's own.
+    let planned = target == decision.target || matches!(cascade, Some(("kept", _)));
+    if let Some((cache, key)) = keep.filter(|_| planned) {
         cache.put(key, response.clone(), target);
     }
     if is_local(state, target) {
@@ -586,7 +592,7 @@ async fn stream_answer(
         }
         None => chunks,
     };
-    let chunks = match keep {
+    let chunks = match keep.filter(|_| target == decision.target) {
         Some((cache, key)) => {
             let target = target.to_owned();
             when_complete(chunks, move |response| cache.put(key, response, &target))

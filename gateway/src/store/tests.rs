@@ -15,9 +15,22 @@ pub(crate) struct PrivateRedis {
 
 impl PrivateRedis {
     pub(crate) fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(free_port())
+    }
+
+    /// One on `port` (a Redis that comes back where an earlier one was).
+    pub(crate) fn start_on(port: u16) -> Self {
         Self { child: spawn_redis(port), port }
     }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// A port nothing listens on (the OS's pick).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Starts `redis-server` on `port` and returns once it says it accepts connections.
@@ -45,7 +58,7 @@ impl Drop for PrivateRedis {
 }
 
 /// `fail_closed` on Redis at `port`, each step allowed `timeout_ms`.
-fn redis_config(port: u16, timeout_ms: u64) -> RedisConfig {
+pub(crate) fn redis_config(port: u16, timeout_ms: u64) -> RedisConfig {
     RedisConfig {
         url: Some(format!("redis://127.0.0.1:{port}")),
         url_env: None,
@@ -295,7 +308,7 @@ async fn a_stalled_redis_counts_each_settlement_once_and_keeps_no_reservation() 
 /// closed, so a long outage does not fill the settlement queue with closings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admission_that_never_reached_redis_leaves_nothing_to_close() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let limiter = budgeted_limiter(port, Arc::new(crate::metrics::Metrics::new().unwrap()));
     assert!(limiter.admit("acme", 10, 1_000_000, true, "never-sent", &mut (None, None)).await.is_err());
     assert_eq!(limiter.finish_settlements(std::time::Duration::ZERO).await, 0, "no lease to close");
