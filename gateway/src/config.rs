@@ -252,7 +252,18 @@ fn store_problems(raw: &RawConfig) -> Vec<String> {
 fn warnings(policy: &Policy, policy_name: &str, file: &str, raw: &RawConfig, topology: &Topology) -> Vec<String> {
     let guard = policy.guard_warnings(topology).into_iter().map(|w| format!("{policy_name}: {w}"));
     let shadow = shadow_residency_warnings(raw.shadow.as_ref(), &raw.tenants, topology).into_iter().map(|w| format!("{file}: {w}"));
-    guard.chain(shadow).collect()
+    let embeddings = raw.local_embeddings.iter().flat_map(|e| {
+        let region = raw.server.region.as_str();
+        raw.tenants.iter().filter(|t| !router::region_allowed(&t.residency, Some(region))).map(move |t| {
+            format!(
+                "{file}: local_embeddings {:?} runs in this gateway's region {region}, outside tenant {:?}'s residency [{}]: its embeddings requests to it are refused",
+                e.name,
+                t.name,
+                t.residency.join(", ")
+            )
+        })
+    });
+    guard.chain(shadow).chain(embeddings).collect()
 }
 
 /// Tenants the shadow evaluation never samples because its remote or judge runs outside their
@@ -770,5 +781,17 @@ mod tests {
         let ok = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap();
         assert_eq!(ok.warnings.len(), 1, "{:?}", ok.warnings);
         assert!(ok.warnings[0].contains("privacy guard"));
+    }
+
+    #[test]
+    fn local_embeddings_outside_a_tenants_residency_are_a_warning() {
+        let dir = tempdir();
+        let p = policy(&dir, "openai/gpt-4o");
+        let text = format!(
+            "[server]\nregion = \"eu-west\"\n[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nregion = \"us-east\"\nmodels = [{{ name = \"gpt-4o\" }}]\n[local_embeddings]\nmodel = \"e.gguf\"\n[[tenants]]\nname = \"us-team\"\nresidency = [\"us\"]\n"
+        );
+        let ok = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap();
+        let warning = ok.warnings.iter().find(|w| w.contains("local_embeddings")).unwrap_or_else(|| panic!("{:?}", ok.warnings));
+        assert!(warning.contains("\"us-team\"") && warning.contains("eu-west"), "{warning}");
     }
 }

@@ -16,14 +16,14 @@ use crate::state::AppState;
 /// Header carrying the caller's privacy tags.
 pub const TAGS_HEADER: &str = "x-switchyard-tags";
 
-/// The caller's privacy tags: comma-separated, trimmed, lower-cased, deduplicated.
+/// The caller's privacy tags: comma-separated, trimmed, lower-cased, deduplicated. A value with
+/// bytes beyond visible ASCII is read as UTF-8 (lossily) rather than dropped: one odd tag must
+/// not make the others, `confidential` among them, go unseen.
 pub fn caller_tags(headers: &HeaderMap) -> Vec<String> {
     let mut tags: Vec<String> = headers
         .get_all(TAGS_HEADER)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .flat_map(|v| String::from_utf8_lossy(v.as_bytes()).split(',').map(|t| t.trim().to_lowercase()).collect::<Vec<_>>())
         .filter(|t| !t.is_empty())
         .collect();
     tags.sort();
@@ -129,5 +129,20 @@ pub fn worth_falling_back(err: &ProviderError) -> bool {
         ProviderError::InvalidRequest { .. }
         | ProviderError::ContextLengthExceeded { .. }
         | ProviderError::Rejected { .. } => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn every_tag_of_a_header_with_non_ascii_bytes_counts() {
+        let mut headers = HeaderMap::new();
+        headers.append(TAGS_HEADER, HeaderValue::from_bytes("Confidential, café".as_bytes()).unwrap());
+        headers.append(TAGS_HEADER, HeaderValue::from_bytes(b"hr,\xff").unwrap());
+        assert_eq!(caller_tags(&headers), ["café", "confidential", "hr", "\u{fffd}"]);
     }
 }

@@ -228,7 +228,8 @@ fn summary(config: &GatewayConfig) -> String {
     }
     for rule in &config.policy.rules {
         let fallback: Vec<&str> = rule.fallback.iter().map(|f| f.get_ref().as_str()).collect();
-        let _ = writeln!(out, "rule     {:<24} -> {}  fallback [{}]", rule.name, rule.route.get_ref(), fallback.join(", "));
+        let spill = rule.spill.as_ref().map(|s| format!("  spill {}", s.get_ref())).unwrap_or_default();
+        let _ = writeln!(out, "rule     {:<24} -> {}  fallback [{}]{spill}", rule.name, rule.route.get_ref(), fallback.join(", "));
     }
     out
 }

@@ -168,7 +168,8 @@ pub fn violation(
 
 impl Policy {
     /// Static residency check: every route and fallback of every rule that can apply to a tenant
-    /// must run inside that tenant's residency. `text` is the policy file, for line numbers.
+    /// must run inside that tenant's residency (rules after one that takes all of the tenant's
+    /// requests never apply to it). `text` is the policy file, for line numbers.
     pub fn residency_problems(&self, text: &str, topology: &Topology, tenants: &[TenantProfile]) -> Vec<PolicyProblem> {
         let mut problems = Vec::new();
         for tenant in tenants.iter().filter(|t| !t.residency.is_empty()) {
@@ -190,6 +191,9 @@ impl Policy {
                         });
                     }
                     }
+                }
+                if rule.when.matches_all_of(&tenant.name) {
+                    break;
                 }
             }
         }
@@ -216,6 +220,15 @@ impl Policy {
                             crate::OnViolation::Reroute => "rejected (403: no trusted fallback and no local engine to reroute them to)",
                             crate::OnViolation::Reject => "rejected",
                         }
+                    ));
+                }
+            }
+            let spill = rule.spill.iter().flat_map(|t| topology.expand(t.get_ref()));
+            for full in spill.filter(|t| topology.get(t).is_some_and(|i| !i.trusted)) {
+                if !rule.redact {
+                    warnings.push(format!(
+                        "rule {:?}.spill: target {:?} is not trusted and the rule does not redact; privacy-tagged requests it matches are never spilled there (they wait for the local engine)",
+                        rule.name, full
                     ));
                 }
             }
@@ -277,6 +290,18 @@ mod tests {
     }
 
     #[test]
+    fn rules_after_one_that_takes_all_of_a_tenants_requests_do_not_apply_to_it() {
+        let us = vec![TenantProfile { name: "acme".into(), residency: vec!["us".into()], tags: vec![] }];
+        let text = "[[rule]]\nname = \"acme\"\nwhen.tenant = [\"acme\"]\nroute = \"openai/gpt-4o\"\n\n[[rule]]\nname = \"default\"\nroute = \"local\"\n";
+        assert!(Policy::parse(text).unwrap().residency_problems(text, &topology(), &us).is_empty());
+        // With another condition the first rule leaves some of acme's requests to the next.
+        let text = text.replace("when.tenant", "when.complexity = \"hard\"\nwhen.tenant");
+        let problems = Policy::parse(&text).unwrap().residency_problems(&text, &topology(), &us);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("\"default\".route"), "{problems:?}");
+    }
+
+    #[test]
     fn warns_about_rules_relying_on_the_guard() {
         let text = "[[rule]]\nname = \"hard\"\nroute = \"openai/gpt-4o\"\n[[rule]]\nname = \"r\"\nredact = true\nroute = \"openai/gpt-4o\"\n";
         let warnings = Policy::parse(text).unwrap().guard_warnings(&topology());
@@ -289,5 +314,12 @@ mod tests {
         let rescued = "[[rule]]\nname = \"hard\"\nroute = \"openai/gpt-4o\"\nfallback = [\"azure/gpt-4o\"]\n";
         let warnings = Policy::parse(rescued).unwrap().guard_warnings(&remote_only);
         assert!(warnings[0].contains("are rerouted"), "{warnings:?}");
+        // A spill target is checked too: tagged requests are never spilled to it.
+        let spills = "[[rule]]\nname = \"easy\"\nroute = \"local\"\nspill = \"openai/gpt-4o\"\n";
+        let warnings = Policy::parse(spills).unwrap().guard_warnings(&topology());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("\"easy\".spill") && warnings[0].contains("never spilled"), "{warnings:?}");
+        let redacted = spills.replace("spill =", "redact = true\nspill =");
+        assert!(Policy::parse(&redacted).unwrap().guard_warnings(&topology()).is_empty());
     }
 }

@@ -112,6 +112,17 @@ impl When {
             && self.min_prompt_tokens.is_none()
             && self.budget_used_over.is_none()
     }
+
+    /// True when the rule matches every request of `tenant`: no condition but, maybe, a tenant
+    /// list naming it. Later rules then never see that tenant's requests.
+    pub fn matches_all_of(&self, tenant: &str) -> bool {
+        (self.tenant.is_empty() || self.tenant.iter().any(|t| t == tenant))
+            && self.privacy.is_empty()
+            && self.complexity.is_none()
+            && self.requested_model.is_none()
+            && self.min_prompt_tokens.is_none()
+            && self.budget_used_over.is_none()
+    }
 }
 
 /// One `[[rule]]`.

@@ -127,16 +127,27 @@ def test_models_list_the_embedding_model(client):
     assert "local-embed" in {m.id for m in client.models.list().data}
 
 
-def test_remote_embeddings_respect_the_tenants_residency(tmp_path, fake_provider):
+def test_embeddings_respect_the_tenants_residency_remote_and_local(tmp_path, fake_provider):
     from conftest import Gateway, fake_provider_section, gateway_config, new_virtual_key
     key, hashed = new_virtual_key()
-    tenants = f'[[tenants]]\nname = "eu-team"\nkeys = ["{hashed}"]\nresidency = ["eu"]\n'
-    gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider, region="us-east") + "\n" + tenants))
+    us_key, us_hashed = new_virtual_key()
+    tenants = (f'[[tenants]]\nname = "eu-team"\nkeys = ["{hashed}"]\nresidency = ["eu"]\n\n'
+               f'[[tenants]]\nname = "us-team"\nkeys = ["{us_hashed}"]\nresidency = ["us"]\n')
+    policy = ('[[rule]]\nname = "us"\nwhen.tenant = ["us-team"]\nroute = "fake/echo"\n\n'
+              '[[rule]]\nname = "default"\nroute = "local"\n')
+    gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider, region="us-east") + "\n" + tenants, embeddings=True), policy)
     try:
+        embed = lambda model, key: httpx.post(f"{gw.v1}/embeddings", json={"model": model, "input": "plain text"},  # noqa: E731
+                                              headers={"authorization": f"Bearer {key}"}, timeout=30)
         before = len(fake_requests(fake_provider))
-        r = httpx.post(f"{gw.v1}/embeddings", json={"model": "fake/embed", "input": "plain text"},
-                       headers={"authorization": f"Bearer {key}"}, timeout=30)
+        r = embed("fake/embed", key)
         assert r.status_code == 403 and "residency" in r.json()["error"]["message"]
         assert len(fake_requests(fake_provider)) == before
+        # The local model runs where the gateway does (eu-west): fine for eu, not for us.
+        assert embed("local-embed", key).status_code == 200
+        for model in ("local-embed", "auto"):
+            r = embed(model, us_key)
+            assert r.status_code == 403, r.text
+            assert r.json()["error"]["code"] == "policy_violation" and "eu-west" in r.json()["error"]["message"]
     finally:
         gw.stop()

@@ -111,9 +111,11 @@ def test_stream_restores_placeholders_split_across_chunks(redacting, fake_provid
     assert len(pieces) > 10
 
 
-def test_privacy_tagged_request_is_rerouted_locally_when_the_rule_does_not_redact(redacting, fake_provider):
+# A tag with bytes beyond ASCII must not hide the others.
+@pytest.mark.parametrize("tags", [b"confidential", "confidential,café".encode()])
+def test_privacy_tagged_request_is_rerouted_locally_when_the_rule_does_not_redact(redacting, fake_provider, tags):
     before = len(fake_requests(fake_provider))
-    r = httpx.post(f"{redacting.v1}/chat/completions", timeout=60, headers={"x-switchyard-tags": "confidential"},
+    r = httpx.post(f"{redacting.v1}/chat/completions", timeout=60, headers={"x-switchyard-tags": tags},
                    json={"model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]})
     assert r.status_code == 200, r.text
     assert r.headers["x-switchyard-rule"] == "default"

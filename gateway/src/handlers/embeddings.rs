@@ -189,8 +189,15 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
         if let Some(d) = req.dimensions.filter(|&d| usize::try_from(d).ok() != Some(local.embedder.dimensions())) {
             return Err(ApiError::invalid(format!("The model {} has {} dimensions; 'dimensions' {d} is not supported.", local.config.name, local.embedder.dimensions()), "dimensions"));
         }
-        exchange.admit(state, ctx, tenant, prompt_tokens, 0, false, false).await?;
         let target = local.config.target();
+        // Residency binds the local model too: it runs where the gateway runs.
+        let region = state.config.server.region.as_str();
+        if !router::region_allowed(&tenant.residency, Some(region)) {
+            return Err(ApiError::PolicyViolation {
+                reason: format!("target {target:?} runs in region {region} outside the tenant's residency [{}]", tenant.residency.join(", ")),
+            });
+        }
+        exchange.admit(state, ctx, tenant, prompt_tokens, 0, false, false).await?;
         if let Some(record) = exchange.record() {
             record.attempting(&target);
         }

@@ -55,7 +55,8 @@ pub async fn create(
         tags.extend(earlier_tags);
         tags.sort();
         tags.dedup();
-        if let Some(value) = (!tags.is_empty()).then(|| axum::http::HeaderValue::from_str(&tags.join(","))).and_then(Result::ok) {
+        // `from_bytes`: a tag beyond ASCII must not fail the whole value (and drop every tag).
+        if let Some(value) = (!tags.is_empty()).then(|| axum::http::HeaderValue::from_bytes(tags.join(",").as_bytes())).and_then(Result::ok) {
             headers.insert(TAGS_HEADER, value);
         }
         let input = responses::input_messages(&req)?;
