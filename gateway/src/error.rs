@@ -264,10 +264,12 @@ fn provider_parts(err: &ProviderError) -> (StatusCode, ErrorDetail, Option<u64>)
         ProviderError::Overloaded { retry_after_s, .. } => {
             (StatusCode::TOO_MANY_REQUESTS, detail("rate_limit_error", "engine_overloaded", None), Some(*retry_after_s))
         }
-        ProviderError::RateLimited { retry_after_s, .. } => (
+        // The provider's own error when it sent one (which limit, a spent quota); its wait only
+        // when it gave one.
+        ProviderError::RateLimited { retry_after_s, body, .. } => (
             StatusCode::TOO_MANY_REQUESTS,
-            detail("rate_limit_error", "rate_limit_exceeded", None),
-            Some(retry_after_s.unwrap_or(1)),
+            body.as_ref().map_or_else(|| detail("rate_limit_error", "rate_limit_exceeded", None), |b| b.error.clone()),
+            *retry_after_s,
         ),
         ProviderError::Rejected { status, body, .. } => {
             (StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST), body.error.clone(), None)

@@ -12,6 +12,8 @@ use crate::ProviderError;
 pub const API_VERSION: &str = "2023-06-01";
 /// `max_tokens` when neither the request nor the model entry gives one (Anthropic requires it).
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+/// The user turn put before a conversation that opens with the assistant.
+pub const OPENING_USER_TURN: &str = ".";
 
 fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
     ProviderError::InvalidRequest { message: message.into(), param: Some(param.to_owned()) }
@@ -46,6 +48,11 @@ pub fn request_body(req: &ChatRequest, default_max_tokens: Option<u32>) -> Resul
     if messages.is_empty() {
         // Only system text, or messages with no content: the Messages API needs one turn.
         return Err(invalid("Anthropic models need at least one user or assistant message with content", "messages"));
+    }
+    // The Messages API starts with a user turn; `OpenAI`'s lets an assistant greeting open the
+    // conversation. A one-character user turn keeps the greeting where it was.
+    if messages[0].0 == "assistant" {
+        messages.insert(0, ("user".to_owned(), vec![json!({"type": "text", "text": OPENING_USER_TURN})]));
     }
     let mut body = Map::new();
     body.insert("model".into(), Value::String(req.model.clone()));
@@ -103,9 +110,26 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ProviderError> {
             return Err(invalid("response_format json modes are not supported by Anthropic models", "response_format"));
         }
     }
+    // Fields that would change the answer and that the Messages API has no way to carry.
+    for (field, why) in [
+        ("functions", "the deprecated functions API is not supported by Anthropic models; send tools"),
+        ("function_call", "the deprecated functions API is not supported by Anthropic models; send tool_choice"),
+        ("audio", "audio output is not supported by Anthropic models"),
+        ("web_search_options", "web_search_options is not supported by Anthropic models"),
+    ] {
+        if req.extra.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(invalid(why, field));
+        }
+    }
+    let modalities = req.extra.get("modalities").and_then(Value::as_array);
+    if modalities.is_some_and(|m| m.iter().any(|x| x.as_str() != Some("text"))) {
+        return Err(invalid("Anthropic models answer in text only", "modalities"));
+    }
     Ok(())
 }
 
+/// Text blocks of a message (text and refusal parts; empty ones are left out: Anthropic refuses
+/// an empty text block).
 fn text_blocks(m: &ChatMessage, i: usize) -> Result<Vec<Value>, ProviderError> {
     match &m.content {
         None => Ok(Vec::new()),
@@ -114,9 +138,17 @@ fn text_blocks(m: &ChatMessage, i: usize) -> Result<Vec<Value>, ProviderError> {
         Some(MessageContent::Parts(parts)) => parts
             .iter()
             .enumerate()
-            .map(|(j, p)| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                (Some("text"), Some(t)) => Ok(json!({"type": "text", "text": t})),
-                _ => Err(invalid("only text parts are allowed here", &format!("messages[{i}].content[{j}]"))),
+            .filter_map(|(j, p)| {
+                let text = match p.get("type").and_then(Value::as_str) {
+                    Some("text") => p.get("text").and_then(Value::as_str),
+                    Some("refusal") => p.get("refusal").and_then(Value::as_str),
+                    _ => None,
+                };
+                match text {
+                    Some("") => None,
+                    Some(t) => Some(Ok(json!({"type": "text", "text": t}))),
+                    None => Some(Err(invalid("only text parts are allowed here", &format!("messages[{i}].content[{j}]")))),
+                }
             })
             .collect(),
     }
@@ -124,9 +156,11 @@ fn text_blocks(m: &ChatMessage, i: usize) -> Result<Vec<Value>, ProviderError> {
 
 fn content_blocks(m: &ChatMessage, i: usize) -> Result<Vec<Value>, ProviderError> {
     let Some(MessageContent::Parts(parts)) = &m.content else { return text_blocks(m, i) };
+    let empty_text = |p: &Value| p.get("type").and_then(Value::as_str) == Some("text") && p.get("text").and_then(Value::as_str) == Some("");
     parts
         .iter()
         .enumerate()
+        .filter(|(_, p)| !empty_text(p))
         .map(|(j, p)| {
             let at = || format!("messages[{i}].content[{j}]");
             match p.get("type").and_then(Value::as_str) {
@@ -176,8 +210,14 @@ fn tool_result(m: &ChatMessage, i: usize) -> Result<Value, ProviderError> {
         .get("tool_call_id")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid("tool messages need tool_call_id", &format!("messages[{i}].tool_call_id")))?;
-    let text: Vec<String> = text_blocks(m, i)?.iter().filter_map(|b| b.get("text").and_then(Value::as_str).map(str::to_owned)).collect();
-    Ok(json!({"type": "tool_result", "tool_use_id": id, "content": text.join("")}))
+    // One text as a string; several parts stay separate blocks (not run together).
+    let blocks = text_blocks(m, i)?;
+    let content = match blocks.as_slice() {
+        [] => json!(""),
+        [one] => one["text"].clone(),
+        _ => Value::Array(blocks),
+    };
+    Ok(json!({"type": "tool_result", "tool_use_id": id, "content": content}))
 }
 
 fn tools_of(tools: &Value) -> Result<Value, ProviderError> {
@@ -280,8 +320,9 @@ pub struct StreamTranslator {
     id: String,
     model: String,
     created: u64,
-    /// Anthropic content-block index → `OpenAI` tool-call index (`tool_use` blocks only).
-    tool_index: Vec<(u64, u32)>,
+    /// Anthropic content-block index → `OpenAI` tool-call index (`tool_use` blocks only), and
+    /// whether any of its arguments arrived.
+    tool_index: Vec<(u64, u32, bool)>,
     usage: Option<Value>,
 }
 
@@ -328,7 +369,7 @@ impl StreamTranslator {
                     return Ok(Vec::new());
                 }
                 let index = u32::try_from(self.tool_index.len()).unwrap_or(u32::MAX);
-                self.tool_index.push((data.get("index").and_then(Value::as_u64).unwrap_or(0), index));
+                self.tool_index.push((data.get("index").and_then(Value::as_u64).unwrap_or(0), index, false));
                 let call = json!([{"index": index, "id": block.get("id"), "type": "function",
                                    "function": {"name": block.get("name"), "arguments": ""}}]);
                 vec![self.chunk(Self::delta(None, Some(call)), None)]
@@ -342,8 +383,14 @@ impl StreamTranslator {
                     }
                     Some("input_json_delta") => {
                         let block = data.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        let index = self.tool_index.iter().find(|(b, _)| *b == block).map_or(0, |(_, i)| *i);
                         let partial = delta.get("partial_json").and_then(Value::as_str).unwrap_or_default();
+                        let index = match self.tool_index.iter_mut().find(|(b, _, _)| *b == block) {
+                            Some((_, index, any)) => {
+                                *any |= !partial.is_empty();
+                                *index
+                            }
+                            None => 0,
+                        };
                         let call = json!([{"index": index, "function": {"arguments": partial}}]);
                         vec![self.chunk(Self::delta(None, Some(call)), None)]
                     }
@@ -378,7 +425,19 @@ impl StreamTranslator {
                     message: format!("{kind}: {message}"),
                 });
             }
-            // ping, content_block_stop and events added later.
+            // A call with no input: `{}`, as the whole answer has it (`""` would not parse).
+            "content_block_stop" => {
+                let block = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                match self.tool_index.iter_mut().find(|(b, _, any)| *b == block && !*any) {
+                    Some((_, index, any)) => {
+                        *any = true;
+                        let call = json!([{"index": *index, "function": {"arguments": "{}"}}]);
+                        vec![self.chunk(Self::delta(None, Some(call)), None)]
+                    }
+                    None => Vec::new(),
+                }
+            }
+            // ping and events added later.
             _ => Vec::new(),
         })
     }
@@ -440,6 +499,42 @@ mod tests {
     }
 
     #[test]
+    fn an_opening_greeting_empty_parts_refusals_and_tool_results_of_several_parts() {
+        let body = request_body(&req(json!({"model": "m", "messages": [
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}], "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "r1"}, {"type": "text", "text": "r2"}]},
+        ]})), None)
+        .unwrap();
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages[0], json!({"role": "user", "content": [{"type": "text", "text": OPENING_USER_TURN}]}));
+        assert_eq!(messages[1]["content"], json!([{"type": "text", "text": "Hello!"}]));
+        assert_eq!(messages[2]["content"], json!([{"type": "text", "text": "hi"}]), "the empty part is left out");
+        assert_eq!(messages[3]["content"][0], json!({"type": "text", "text": "no"}));
+        assert_eq!(messages[4]["content"][0]["content"], json!([{"type": "text", "text": "r1"}, {"type": "text", "text": "r2"}]));
+    }
+
+    #[test]
+    fn a_streamed_call_with_no_input_gets_empty_object_arguments() {
+        let mut t = StreamTranslator::default();
+        let start = json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "now", "input": {}}});
+        let mut args = String::new();
+        for (e, d) in [
+            ("content_block_start", start),
+            ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}})),
+            ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+        ] {
+            for c in t.event(e, &d).unwrap() {
+                if let Some(a) = c.choices[0].delta.extra.get("tool_calls").and_then(|v| v.pointer("/0/function/arguments")).and_then(Value::as_str) {
+                    args.push_str(a);
+                }
+            }
+        }
+        assert_eq!(args, "{}");
+    }
+
+    #[test]
     fn max_tokens_falls_back_to_the_model_entry_then_4096() {
         let r = req(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
         assert_eq!(request_body(&r, Some(777)).unwrap()["max_tokens"], 777);
@@ -454,6 +549,11 @@ mod tests {
             ("logit_bias", json!({"50256": -100}), "logit_bias"),
             ("stop", json!(["END", "\n"]), "stop"),
             ("stop", json!(" "), "stop"),
+            ("functions", json!([{"name": "f"}]), "functions"),
+            ("function_call", json!("auto"), "function_call"),
+            ("audio", json!({"voice": "alloy"}), "audio"),
+            ("modalities", json!(["text", "audio"]), "modalities"),
+            ("web_search_options", json!({}), "web_search_options"),
         ] {
             let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
             v[field] = value;

@@ -32,6 +32,8 @@ pub enum ProviderError {
         provider: String,
         /// Seconds to wait, from the upstream's `retry-after`.
         retry_after_s: Option<u64>,
+        /// The upstream's error (`insufficient_quota`, which limit…), passed on when it sent one.
+        body: Option<Box<ErrorBody>>,
     },
     /// The upstream rejected the request (4xx other than 429); its error is passed on.
     #[error("{provider} rejected the request with status {status}")]
@@ -79,6 +81,13 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// True for a 429 that says the account's quota is spent (`insufficient_quota`): waiting does
+    /// not help, another provider may.
+    pub fn is_spent_quota(&self) -> bool {
+        matches!(self, Self::RateLimited { body: Some(body), .. }
+            if body.error.code.as_deref() == Some("insufficient_quota") || body.error.kind == "insufficient_quota")
+    }
+
     /// The same error with every occurrence of `secret` in its text replaced by `[redacted]`:
     /// a provider may echo the key it was sent in an error message, which then must reach
     /// neither the client nor the log.
@@ -97,12 +106,13 @@ impl ProviderError {
             Self::ContextLengthExceeded { message } | Self::Overloaded { message, .. } | Self::Upstream { message, .. } | Self::Unavailable { message } => {
                 scrub(message);
             }
-            Self::Rejected { body, .. } => {
+            Self::Rejected { body, .. } | Self::RateLimited { body: Some(body), .. } => {
                 scrub(&mut body.error.message);
+                scrub(&mut body.error.kind);
                 body.error.param.iter_mut().for_each(scrub);
                 body.error.code.iter_mut().for_each(scrub);
             }
-            Self::RateLimited { .. } | Self::Timeout { .. } | Self::CircuitOpen { .. } => {}
+            Self::RateLimited { body: None, .. } | Self::Timeout { .. } | Self::CircuitOpen { .. } => {}
         }
         self
     }

@@ -191,13 +191,12 @@ impl OpenAiCompatible {
         if status.is_success() {
             return Ok(response);
         }
-        let retry_after_s = retry_after(response.headers());
+        let wait = retry_after(response.headers(), std::time::SystemTime::now());
         let body = response.bytes().await.unwrap_or_default();
-        Err(Failure {
-            error: self.status_error(status, retry_after_s, &body),
-            retryable: retryable_status(status.as_u16()),
-            retry_after: retry_after_s.map(Duration::from_secs),
-        })
+        let error = self.status_error(status, wait.map(whole_seconds), &body);
+        // A spent quota is not a passing limit: retrying it only delays the fallback.
+        let retryable = retryable_status(status.as_u16()) && !error.is_spent_quota();
+        Err(Failure { error, retryable, retry_after: wait })
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or retries run out.
@@ -232,13 +231,37 @@ impl OpenAiCompatible {
         match first {
             Err(_) => Err(Failure::fatal(self.timeout())),
             Ok(None) => Ok((None, events)),
-            Ok(Some(Ok(event))) => Ok((Some(event), events)),
+            Ok(Some(Ok(event))) => match self.failed_at_once(&event) {
+                Some(failure) => Err(failure),
+                None => Ok((Some(event), events)),
+            },
             Ok(Some(Err(e))) => Err(Failure {
                 error: self.upstream(None, format!("stream broken before its first event: {e}")),
                 retryable: true,
                 retry_after: None,
             }),
         }
+    }
+
+    /// An Anthropic stream that opens with an `error` event failed before its first byte reached
+    /// the client: retried like the status it stands for when it is `overloaded_error` (529),
+    /// `api_error` (500) or `rate_limit_error` (429).
+    fn failed_at_once(&self, event: &eventsource_stream::Event) -> Option<Failure> {
+        let Dialect::Anthropic { .. } = self.dialect else { return None };
+        let data: serde_json::Value = serde_json::from_str(&event.data).ok()?;
+        if event.event != "error" && data.get("type").and_then(serde_json::Value::as_str) != Some("error") {
+            return None;
+        }
+        let kind = data.pointer("/error/type").and_then(serde_json::Value::as_str).unwrap_or("error");
+        let message = data.pointer("/error/message").and_then(serde_json::Value::as_str).unwrap_or("stream error");
+        let status = match kind {
+            "overloaded_error" => Some(529),
+            "api_error" => Some(500),
+            "rate_limit_error" => Some(429),
+            _ => None,
+        };
+        let error = Self::scrubbed(self.secret.as_ref(), self.upstream(status, format!("{kind}: {message}")));
+        Some(Failure { error, retryable: status.is_some(), retry_after: None })
     }
 
     /// `err` without the API key in its text.
@@ -256,8 +279,12 @@ impl OpenAiCompatible {
 
     fn status_error_of(&self, status: StatusCode, retry_after_s: Option<u64>, body: &[u8]) -> ProviderError {
         let provider = self.name.clone();
+        let parsed: Option<ErrorBody> = match self.dialect {
+            Dialect::Anthropic { .. } => anthropic::error_body(body),
+            Dialect::OpenAi { .. } | Dialect::Azure { .. } => error_body_of(body),
+        };
         if status == StatusCode::TOO_MANY_REQUESTS {
-            return ProviderError::RateLimited { provider, retry_after_s };
+            return ProviderError::RateLimited { provider, retry_after_s, body: parsed.map(Box::new) };
         }
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             // The gateway's own credentials were refused: not the client's doing (passing the 401
@@ -266,10 +293,6 @@ impl OpenAiCompatible {
             let message = format!("it refused the gateway's credentials (status {}): check the key in its api_key_env", status.as_u16());
             return ProviderError::Upstream { provider, status: Some(status.as_u16()), message };
         }
-        let parsed: Option<ErrorBody> = match self.dialect {
-            Dialect::Anthropic { .. } => anthropic::error_body(body),
-            Dialect::OpenAi { .. } | Dialect::Azure { .. } => serde_json::from_slice(body).ok(),
-        };
         if status.is_client_error() {
             let body = parsed.unwrap_or_else(|| ErrorBody {
                 error: ErrorDetail {
@@ -284,6 +307,41 @@ impl OpenAiCompatible {
         let message = parsed.map_or_else(|| format!("status {}", status.as_u16()), |b| b.error.message);
         ProviderError::Upstream { provider, status: Some(status.as_u16()), message }
     }
+}
+
+/// The error a server speaking `OpenAI`'s API sent, whatever its shape: `OpenAI`'s
+/// `{"error":{"message","type","param","code"}}` (llama-server sends `code` as a number), vLLM's
+/// `{"object":"error","message",…}`, `{"error":"text"}`, or a framework's `{"detail":…}`; a short
+/// plain-text body is its own message. `None` for a chunk or an HTML page.
+fn error_detail_of(value: &serde_json::Value) -> Option<ErrorDetail> {
+    use serde_json::Value;
+    let text = |v: Option<&Value>| match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    };
+    let (inner, message) = match value.get("error") {
+        Some(Value::String(message)) => (value, message.clone()),
+        Some(error @ Value::Object(_)) => (error, text(error.get("message")).unwrap_or_else(|| error.to_string())),
+        _ if value.get("choices").is_none() && value.get("message").is_some() => (value, text(value.get("message"))?),
+        _ => (value, text(value.get("detail"))?),
+    };
+    Some(ErrorDetail {
+        message,
+        kind: inner.get("type").and_then(Value::as_str).unwrap_or("invalid_request_error").to_owned(),
+        param: text(inner.get("param")),
+        code: text(inner.get("code")),
+    })
+}
+
+/// [`error_detail_of`] a response body, or its text when it is short plain text.
+fn error_body_of(body: &[u8]) -> Option<ErrorBody> {
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+        return error_detail_of(&value).map(|error| ErrorBody { error });
+    }
+    let text = std::str::from_utf8(body).ok()?.trim();
+    let plain = !text.is_empty() && text.len() <= 1000 && !text.starts_with('<');
+    plain.then(|| ErrorBody { error: ErrorDetail { message: text.to_owned(), kind: "invalid_request_error".into(), param: None, code: None } })
 }
 
 /// Keys shorter than this are not scrubbed from error texts (they would match ordinary words).
@@ -314,50 +372,47 @@ fn with_idle_timeout(events: Events, idle: Duration) -> Events {
     .boxed()
 }
 
-/// `OpenAI` chunks from an Anthropic event stream; it ends after `message_stop` or an `error`.
+/// `OpenAI` chunks from an Anthropic event stream; it ends after `message_stop` or an `error`. An
+/// end before `message_stop` is an `Upstream` error: the answer was cut.
 fn anthropic_chunks(events: Events, provider: String) -> ChunkStream {
-    let mut translator = anthropic::StreamTranslator::default();
-    let mut done = false;
-    events
-        .map(move |event| -> Vec<Result<ChatChunk, ProviderError>> {
-            if done {
-                return Vec::new();
-            }
+    stream::unfold(Some((events, anthropic::StreamTranslator::default())), move |state| {
+        let provider = provider.clone();
+        async move {
+            let (mut events, mut translator) = state?;
             let upstream = |message: String| ProviderError::Upstream { provider: provider.clone(), status: None, message };
-            let event = match event {
-                Ok(event) => event,
-                Err(e) => {
-                    done = true;
-                    return vec![Err(upstream(format!("stream broken: {e}")))];
+            loop {
+                let event = match events.next().await {
+                    None => return Some((vec![Err(upstream("the stream ended before message_stop".into()))], None)),
+                    Some(Err(e)) => return Some((vec![Err(upstream(format!("stream broken: {e}")))], None)),
+                    Some(Ok(event)) => event,
+                };
+                if event.data.trim().is_empty() {
+                    continue;
                 }
-            };
-            if event.data.trim().is_empty() {
-                return Vec::new();
-            }
-            let data: serde_json::Value = match serde_json::from_str(&event.data) {
-                Ok(data) => data,
-                Err(e) => {
-                    done = true;
-                    return vec![Err(upstream(format!("unreadable event: {e}")))];
-                }
-            };
-            match translator.event(&event.event, &data) {
-                Ok(chunks) => {
-                    done = event.event == "message_stop";
-                    chunks.into_iter().map(Ok).collect()
-                }
-                Err(err) => {
-                    done = true;
-                    let err = match err {
-                        ProviderError::Upstream { status, message, .. } => ProviderError::Upstream { provider: provider.clone(), status, message },
-                        other => other,
-                    };
-                    vec![Err(err)]
+                let data: serde_json::Value = match serde_json::from_str(&event.data) {
+                    Ok(data) => data,
+                    Err(e) => return Some((vec![Err(upstream(format!("unreadable event: {e}")))], None)),
+                };
+                match translator.event(&event.event, &data) {
+                    Ok(chunks) if chunks.is_empty() => {}
+                    Ok(chunks) => {
+                        let stopped = event.event == "message_stop" || data.get("type").and_then(serde_json::Value::as_str) == Some("message_stop");
+                        let next = (!stopped).then_some((events, translator));
+                        return Some((chunks.into_iter().map(Ok).collect::<Vec<_>>(), next));
+                    }
+                    Err(err) => {
+                        let err = match err {
+                            ProviderError::Upstream { status, message, .. } => ProviderError::Upstream { provider: provider.clone(), status, message },
+                            other => other,
+                        };
+                        return Some((vec![Err(err)], None));
+                    }
                 }
             }
-        })
-        .flat_map(stream::iter)
-        .boxed()
+        }
+    })
+    .flat_map(stream::iter)
+    .boxed()
 }
 
 /// The headers every request of a provider of `kind` carries: the JSON content type, the key in
@@ -398,13 +453,28 @@ fn request_headers(kind: ProviderKind, api_key: Option<&str>) -> Vec<(HeaderName
 /// must not reach clients as 2^64 - 1 seconds.
 const MAX_RETRY_AFTER_S: u64 = 86_400;
 
-/// A provider's `Retry-After` in whole seconds (rounded up, at most [`MAX_RETRY_AFTER_S`]).
-fn retry_after(headers: &HeaderMap) -> Option<u64> {
-    headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<f64>().ok().map(|s| {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let secs = s.max(0.0).ceil() as u64;
-        secs.min(MAX_RETRY_AFTER_S)
-    })
+/// How long a provider asked to wait (at most [`MAX_RETRY_AFTER_S`]): `retry-after-ms`
+/// (`OpenAI` sends it beside `Retry-After`), else `Retry-After` as seconds or an HTTP-date (one in
+/// the past means now).
+fn retry_after(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let seconds = |text: &str| text.parse::<f64>().ok().map(|s| if s.is_nan() { 0.0 } else { s.clamp(0.0, 1e12) });
+    #[allow(clippy::cast_precision_loss)]
+    let cap = MAX_RETRY_AFTER_S as f64;
+    if let Some(ms) = header("retry-after-ms").and_then(seconds) {
+        return Some(Duration::from_secs_f64((ms / 1000.0).min(cap)));
+    }
+    let value = header(RETRY_AFTER.as_str())?;
+    if let Some(s) = seconds(value) {
+        return Some(Duration::from_secs_f64(s.min(cap)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default().min(Duration::from_secs(MAX_RETRY_AFTER_S)))
+}
+
+/// `wait` in whole seconds, rounded up (what a `Retry-After` header can say).
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 #[async_trait]
@@ -460,30 +530,42 @@ impl Provider for OpenAiCompatible {
         let (first, rest) = self.with_retries(|| self.open_stream(&model, &request_body, Endpoint::Responses)).await?;
         let provider = self.name.clone();
         let secret = self.secret.clone();
-        let events = stream::iter(first.map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms)));
-        Ok(events
-            .take_while(|event| futures::future::ready(!matches!(event, Ok(e) if e.data.trim() == "[DONE]")))
-            .filter_map(move |event| {
-                let upstream = |message: String| ProviderError::Upstream { provider: provider.clone(), status: None, message };
-                let out = match event {
-                    Err(e) => Some(Err(upstream(format!("stream broken: {e}")))),
-                    Ok(e) if e.data.trim().is_empty() => None,
-                    Ok(e) => Some(serde_json::from_str::<serde_json::Value>(&e.data).map_err(|err| upstream(format!("unreadable event: {err}"))).map(|data| {
-                        let kind = if e.event.is_empty() || e.event == "message" { data.get("type").and_then(serde_json::Value::as_str).unwrap_or("message").to_owned() } else { e.event };
-                        // An event name is one line of printable ASCII; anything else is not passed on.
-                        let kind = if kind.bytes().all(|b| b.is_ascii_graphic()) { kind } else { "message".to_owned() };
-                        // The provider's error events are passed on: without the key.
-                        let data = match secret.as_deref() {
-                            Some(secret) if kind == "error" || kind == "response.failed" => without_secret_in_json(data, secret),
-                            _ => data,
-                        };
-                        (kind, data)
-                    })),
-                };
-                let out = out.map(|item| item.map_err(|e| Self::scrubbed(secret.as_ref(), e)));
-                futures::future::ready(out)
-            })
-            .boxed())
+        let events = stream::iter(first.map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms))).boxed();
+        // (events, a terminal event was seen); `None` once the stream has ended.
+        Ok(stream::unfold(Some((events, false)), move |state| {
+            let provider = provider.clone();
+            let secret = secret.clone();
+            async move {
+                let (mut events, mut ended) = state?;
+                let upstream = |message: String| Self::scrubbed(secret.as_ref(), ProviderError::Upstream { provider: provider.clone(), status: None, message });
+                loop {
+                    let event = match events.next().await {
+                        None if ended => return None,
+                        // Cut before `response.completed` (or another end): it must not read as whole.
+                        None => return Some((Err(upstream("the stream ended before the response did".into())), None)),
+                        Some(Err(e)) => return Some((Err(upstream(format!("stream broken: {e}"))), None)),
+                        Some(Ok(e)) if e.data.trim() == "[DONE]" => return None,
+                        Some(Ok(e)) if e.data.trim().is_empty() => continue,
+                        Some(Ok(e)) => e,
+                    };
+                    let data = match serde_json::from_str::<serde_json::Value>(&event.data) {
+                        Ok(data) => data,
+                        Err(err) => return Some((Err(upstream(format!("unreadable event: {err}"))), None)),
+                    };
+                    let kind = if event.event.is_empty() || event.event == "message" { data.get("type").and_then(serde_json::Value::as_str).unwrap_or("message").to_owned() } else { event.event };
+                    // An event name is one line of printable ASCII; anything else is not passed on.
+                    let kind = if kind.bytes().all(|b| b.is_ascii_graphic()) { kind } else { "message".to_owned() };
+                    ended |= matches!(kind.as_str(), "response.completed" | "response.failed" | "response.incomplete" | "error");
+                    // The provider's error events are passed on: without the key.
+                    let data = match secret.as_deref() {
+                        Some(secret) if kind == "error" || kind == "response.failed" => without_secret_in_json(data, secret),
+                        _ => data,
+                    };
+                    return Some((Ok((kind, data)), Some((events, ended))));
+                }
+            }
+        })
+        .boxed())
     }
 }
 
@@ -592,32 +674,49 @@ fn chat_of_completion(mut value: serde_json::Value, chunk: bool) -> serde_json::
 }
 
 /// `OpenAI` chunks from an `OpenAI`-style event stream; it ends at `[DONE]`. An `error` object in
-/// the stream, a broken stream or an unreadable chunk becomes an `Upstream` error.
+/// the stream, a broken stream or an unreadable chunk becomes an `Upstream` error, as does an end
+/// with neither `[DONE]` nor a `finish_reason`: the answer was cut, and must not read as whole.
 fn openai_chunks(events: Events, provider: String, completion: bool) -> ChunkStream {
-    events
-        .take_while(|event| futures::future::ready(!matches!(event, Ok(e) if e.data.trim() == "[DONE]")))
-        .filter_map(move |event| {
-            let provider = provider.clone();
-            async move {
-                let upstream = |message: String| ProviderError::Upstream { provider: provider.clone(), status: None, message };
-                let event = match event {
-                    Ok(event) => event,
-                    Err(e) => return Some(Err(upstream(format!("stream broken: {e}")))),
+    // (events, a choice has finished); `None` once the stream has ended.
+    stream::unfold(Some((events, false)), move |state| {
+        let provider = provider.clone();
+        async move {
+            let (mut events, mut finished) = state?;
+            let upstream = |message: String| ProviderError::Upstream { provider: provider.clone(), status: None, message };
+            loop {
+                let event = match events.next().await {
+                    None if finished => return None,
+                    None => return Some((Err(upstream("the stream ended before the answer did (no finish_reason, no [DONE])".into())), None)),
+                    Some(Err(e)) => return Some((Err(upstream(format!("stream broken: {e}"))), None)),
+                    Some(Ok(event)) => event,
                 };
-                if event.data.trim().is_empty() {
+                let data = event.data.trim();
+                if data == "[DONE]" {
                     return None;
                 }
-                if let Ok(body) = serde_json::from_str::<ErrorBody>(&event.data) {
-                    return Some(Err(upstream(body.error.message)));
+                if data.is_empty() {
+                    continue;
                 }
-                if completion {
-                    let value = serde_json::from_str::<serde_json::Value>(&event.data).map_err(|e| upstream(format!("unreadable chunk: {e}")));
-                    return Some(value.and_then(|v| serde_json::from_value::<ChatChunk>(chat_of_completion(v, true)).map_err(|e| upstream(format!("unreadable chunk: {e}")))));
+                let chunk = openai_chunk(data, completion).map_err(upstream);
+                if let Ok(chunk) = &chunk {
+                    finished |= chunk.choices.iter().any(|c| c.finish_reason.is_some());
                 }
-                Some(serde_json::from_str::<ChatChunk>(&event.data).map_err(|e| upstream(format!("unreadable chunk: {e}"))))
+                let next = chunk.is_ok().then_some((events, finished));
+                return Some((chunk, next));
             }
-        })
-        .boxed()
+        }
+    })
+    .boxed()
+}
+
+/// One event's chunk, or what is wrong with it (an error the upstream sent, an unreadable chunk).
+fn openai_chunk(data: &str, completion: bool) -> Result<ChatChunk, String> {
+    let value = serde_json::from_str::<serde_json::Value>(data).map_err(|e| format!("unreadable chunk: {e}"))?;
+    if let Some(error) = error_detail_of(&value) {
+        return Err(error.message);
+    }
+    let value = if completion { chat_of_completion(value, true) } else { value };
+    serde_json::from_value::<ChatChunk>(value).map_err(|e| format!("unreadable chunk: {e}"))
 }
 
 /// Runs the upstream stream decoder (SSE framing, then the dialect's chunk translation) over a
@@ -636,14 +735,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_is_whole_seconds_and_bounded() {
-        let of = |v: &str| retry_after(&HeaderMap::from_iter([(RETRY_AFTER, http::HeaderValue::from_str(v).unwrap())]));
+    fn retry_after_reads_seconds_dates_and_milliseconds_and_is_bounded() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let of = |v: &str| retry_after(&HeaderMap::from_iter([(RETRY_AFTER, http::HeaderValue::from_str(v).unwrap())]), now).map(whole_seconds);
         assert_eq!(of("7"), Some(7));
         assert_eq!(of("0.2"), Some(1));
         assert_eq!(of("-3"), Some(0));
         assert_eq!(of("99999999999999999999"), Some(MAX_RETRY_AFTER_S));
         assert_eq!(of("inf"), Some(MAX_RETRY_AFTER_S));
-        assert_eq!(of("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(of("Wed, 21 Oct 2015 07:28:03 GMT"), Some(3));
+        assert_eq!(of("Wed, 21 Oct 2015 08:28:00 GMT"), Some(3600));
+        assert_eq!(of("Wed, 21 Oct 2015 07:27:00 GMT"), Some(0), "a date gone by: now");
+        assert_eq!(of("Fri, 21 Oct 2016 07:28:00 GMT"), Some(MAX_RETRY_AFTER_S));
+        assert_eq!(of("soon"), None);
+        let both = HeaderMap::from_iter([
+            (RETRY_AFTER, http::HeaderValue::from_static("2")),
+            (HeaderName::from_static("retry-after-ms"), http::HeaderValue::from_static("1500")),
+        ]);
+        assert_eq!(retry_after(&both, now), Some(Duration::from_millis(1500)), "the finer one wins");
     }
 
     #[test]
@@ -666,5 +775,39 @@ mod tests {
         }
         let broken = decode_stream(vec![b"data: {not json}\n\n".to_vec()], false);
         assert!(matches!(broken.as_slice(), [Err(ProviderError::Upstream { .. })]));
+    }
+
+    #[test]
+    fn a_stream_that_ends_before_its_answer_does_is_an_error() {
+        let chunk = |finish: &str| format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"x\"}},\"finish_reason\":{finish}}}]}}\n\n");
+        let cut = decode_stream(vec![chunk("null").into_bytes()], false);
+        assert!(matches!(cut.as_slice(), [Ok(_), Err(ProviderError::Upstream { message, .. })] if message.contains("ended before")), "{cut:?}");
+        // A finished answer without `[DONE]` is whole.
+        let finished = decode_stream(vec![format!("{}{}", chunk("null"), chunk("\"stop\"")).into_bytes()], false);
+        assert!(finished.len() == 2 && finished.iter().all(Result::is_ok), "{finished:?}");
+        // llama-server's error (a numeric code) is read as an error, with its message.
+        let error = decode_stream(vec![b"data: {\"error\":{\"code\":500,\"message\":\"out of memory\",\"type\":\"server_error\"}}\n\n".to_vec()], false);
+        assert!(matches!(error.as_slice(), [Err(ProviderError::Upstream { message, .. })] if message == "out of memory"), "{error:?}");
+        // Anthropic: text, then the end before `message_stop`.
+        let anthropic = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+        let cut = decode_stream(vec![anthropic.to_vec()], true);
+        assert!(matches!(cut.as_slice(), [Ok(_), Ok(_), Err(ProviderError::Upstream { message, .. })] if message.contains("message_stop")), "{cut:?}");
+        let whole = [anthropic.as_slice(), b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"].concat();
+        assert!(decode_stream(vec![whole], true).iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn error_bodies_of_every_shape_give_their_message() {
+        let message = |body: &[u8]| error_body_of(body).map(|b| b.error.message);
+        assert_eq!(message(br#"{"error":{"message":"m1","type":"t","param":null,"code":"c"}}"#).as_deref(), Some("m1"));
+        assert_eq!(message(br#"{"error":{"code":400,"message":"m2","type":"exceed_context_size_error"}}"#).as_deref(), Some("m2"));
+        assert_eq!(message(br#"{"object":"error","message":"m3","type":"BadRequestError","param":null,"code":400}"#).as_deref(), Some("m3"));
+        assert_eq!(message(br#"{"error":"m4"}"#).as_deref(), Some("m4"));
+        assert_eq!(message(br#"{"detail":"m5"}"#).as_deref(), Some("m5"));
+        assert_eq!(message(b"  m6 \n").as_deref(), Some("m6"));
+        assert_eq!(message(b"<html>502</html>"), None);
+        assert_eq!(message(b""), None);
+        let llama = error_body_of(br#"{"error":{"code":400,"message":"m","type":"exceed_context_size_error"}}"#).unwrap().error;
+        assert_eq!((llama.kind.as_str(), llama.code.as_deref()), ("exceed_context_size_error", Some("400")));
     }
 }

@@ -144,8 +144,9 @@ pub struct Decision {
     pub rerouted: bool,
     /// The rule's `spill` target took the request off the overloaded local engine.
     pub spilled: Option<SpillReason>,
-    /// The target stands in for the one the rule (or model) named, whose circuit is open now.
-    pub stand_in: bool,
+    /// The target the rule (or model) named, when its circuit is open now and `target` stands
+    /// in for it.
+    pub stands_in_for: Option<String>,
     /// `strategy = "cascade"`: the local engine answers first; the gateway keeps its answer
     /// when its mean token log-probability is at least this (`[classifier] cascade_min_logprob`),
     /// else goes on to `target`. Only set when the target is remote and the guard allows the
@@ -202,13 +203,12 @@ impl Router {
         let privacy = PrivacySummary::of(input);
         let is_auto = input.requested_model == "auto";
         let matched = policy.rules.iter().find(|r| rule_matches(r, input, is_auto, hard, &privacy.tags));
-        let mut reasons = Vec::new();
-        reasons.push(format!(
+        let mut reasons = vec![format!(
             "complexity {:.2} {} threshold {:.2}",
             complexity.score,
             if hard { ">=" } else { "<" },
             policy.classifier.complexity_threshold
-        ));
+        )];
         reasons.extend(complexity.reasons);
         if !privacy.tags.is_empty() {
             reasons.push(format!("privacy tags: {}", privacy.tags.join(", ")));
@@ -260,7 +260,7 @@ impl Router {
             reasons,
             rerouted: false,
             spilled: None,
-            stand_in: false,
+            stands_in_for: None,
             cascade: None,
             violation: None,
         };
@@ -405,8 +405,9 @@ fn skip_unavailable(decision: &mut Decision, unavailable: &[String]) {
     for t in &skipped {
         decision.reasons.push(format!("skipped {t:?}: circuit open"));
     }
-    decision.stand_in = is_open(&decision.target);
-    decision.target = chain.remove(0);
+    let replacement = chain.remove(0);
+    let replaced = std::mem::replace(&mut decision.target, replacement);
+    decision.stands_in_for = is_open(&replaced).then_some(replaced);
     decision.fallbacks = chain;
 }
 
@@ -743,11 +744,11 @@ fallback = ["local"]
         assert_eq!(d.target, "anthropic/claude-sonnet", "{d:?}");
         assert_eq!(d.fallbacks, vec!["local/local-small".to_owned()]);
         assert!(d.reasons.iter().any(|r| r.contains("circuit open")));
-        assert!(d.stand_in, "the target stands in for the open one");
+        assert_eq!(d.stands_in_for.as_deref(), Some("openai/gpt-4o"), "the target stands in for the open one");
         let open_fallback = vec!["anthropic/claude-sonnet".to_owned()];
         i.unavailable = &open_fallback;
         let d = escalate_all().decide(&i);
-        assert_eq!((d.target.as_str(), d.stand_in), ("openai/gpt-4o", false), "only a fallback was skipped");
+        assert_eq!((d.target.as_str(), d.stands_in_for), ("openai/gpt-4o", None), "only a fallback was skipped");
         let everything = vec!["openai/gpt-4o-mini".to_owned(), "local/local-small".to_owned()];
         let mut i = input("auto", "Hi");
         i.unavailable = &everything;

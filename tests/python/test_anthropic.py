@@ -122,13 +122,17 @@ def test_overloaded_529_is_retried(claude, fake_provider):
     assert len(fake_requests(fake_provider)) - before == 2
 
 
-@pytest.mark.parametrize("field,value", [("n", 2), ("logprobs", True), ("logit_bias", {"1": 5})])
+@pytest.mark.parametrize("field,value", [("n", 2), ("logprobs", True), ("logit_bias", {"1": 5}),
+                                         ("functions", [{"name": "f", "parameters": {"type": "object"}}]),
+                                         ("modalities", ["text", "audio"]), ("web_search_options", {})])
 def test_result_changing_fields_are_refused_by_name(claude, fake_provider, field, value):
     before = len(fake_requests(fake_provider))
     r = httpx.post(f"{claude.v1}/chat/completions", timeout=30,
                    json={"model": "anthropic/echo", field: value, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == field
     assert len(fake_requests(fake_provider)) == before
+    # Refused before reaching the provider: not the provider's failure.
+    assert 'switchyard_upstream_errors_total{provider="anthropic"' not in httpx.get(f"{claude.base}/metrics").text
 
 
 def test_streamed_cost_is_recorded_exactly(claude):
@@ -139,3 +143,59 @@ def test_streamed_cost_is_recorded_exactly(claude):
     rec = accounting_record(claude, request_id)
     assert rec["cost_estimated"] == "false"
     assert float(rec["cost_usd"]) == pytest.approx((20 * 3.0 + 5 * 0.3 + 6 * 15.0) / 1e6, rel=1e-12)
+
+
+def test_an_opening_assistant_message_empty_parts_and_refusals_pass_strict_validation(claude, fake_provider):
+    r = client(claude).chat.completions.create(model="anthropic/echo", messages=[
+        {"role": "assistant", "content": "Hi! How can I help?"},
+        {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "tell me"}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]},
+        {"role": "user", "content": "why?"},
+    ])
+    assert r.choices[0].message.content == "echo: why?"
+    body = last_sent(fake_provider)["body"]
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user", "assistant", "user"]
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "."}]
+    assert body["messages"][2]["content"] == [{"type": "text", "text": "tell me"}]
+    assert body["messages"][3]["content"] == [{"type": "text", "text": "I can't."}]
+
+
+def test_a_tool_called_with_no_input_streams_arguments_that_parse(claude):
+    tools = [{"type": "function", "function": {"name": "now", "description": "the time", "parameters": {"type": "object", "properties": {}}}}]
+    whole = client(claude).chat.completions.create(model="anthropic/tool", tools=tools, messages=[{"role": "user", "content": "time?"}])
+    assert whole.choices[0].message.tool_calls[0].function.arguments == "{}"
+    arguments = ""
+    for c in client(claude).chat.completions.create(model="anthropic/tool", stream=True, tools=tools,
+                                                    messages=[{"role": "user", "content": "time?"}]):
+        for tc in (c.choices[0].delta.tool_calls or []) if c.choices else []:
+            arguments += (tc.function.arguments or "") if tc.function else ""
+    assert json.loads(arguments) == {}
+
+
+def test_an_overloaded_error_as_the_first_stream_event_is_retried(claude, fake_provider):
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"error_event": "overloaded_error"}]}).raise_for_status()
+    before = len(fake_requests(fake_provider))
+    chunks = list(client(claude).chat.completions.create(model="anthropic/echo", stream=True, messages=[{"role": "user", "content": "x"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: x"
+    assert len(fake_requests(fake_provider)) - before == 2
+
+
+def upstream_errors(gw):
+    lines = httpx.get(f"{gw.base}/metrics").text.splitlines()
+    series = [line for line in lines if line.startswith("switchyard_upstream_errors_total{")
+              and 'provider="anthropic"' in line and 'kind="upstream"' in line]
+    return int(float(series[0].split()[-1])) if series else 0
+
+
+def test_a_stream_cut_before_message_stop_ends_with_an_error(claude, fake_provider):
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"cut": True}]}).raise_for_status()
+    errors = upstream_errors(claude)
+    with httpx.stream("POST", f"{claude.v1}/chat/completions", timeout=30,
+                      json={"model": "anthropic/echo", "stream": True, "messages": [{"role": "user", "content": "a b"}]}) as r:
+        request_id = r.headers["x-request-id"]
+        events = list(sse_events(r))
+    assert events[-1] == "[DONE]"
+    assert "error" in json.loads(events[-2]), events[-2]
+    assert "echo:" in "".join(events[:-2]), "the text before the cut was streamed"
+    accounting_record(claude, request_id)
+    assert upstream_errors(claude) == errors + 1

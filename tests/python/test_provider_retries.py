@@ -4,6 +4,8 @@ proves the attempt count; non-retryable ones and long Retry-After are not; usage
 for upstream; Azure's URL scheme and `api-key` header."""
 
 import concurrent.futures
+import email.utils
+import time
 
 import httpx
 import openai
@@ -53,11 +55,63 @@ def test_429_with_short_retry_after_is_retried(gateway, fake_provider):
 
 def test_429_with_long_retry_after_goes_back_at_once_with_its_retry_after(gateway, fake_provider):
     before = len(fake_requests(fake_provider))
-    script(fake_provider, {"status": 429, "retry_after": "60"})
+    limited = {"error": {"message": "Rate limit reached for requests", "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
+    script(fake_provider, {"status": 429, "retry_after": "60", "body": limited})
     r = ask(gateway)
-    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert r.status_code == 429 and r.json()["error"] == limited["error"], "the provider's own error"
     assert r.headers["retry-after"] == "60"
     assert attempts_since(fake_provider, before) == 1
+
+
+def test_retry_after_as_a_date_or_in_milliseconds_is_read(gateway, fake_provider):
+    for fault, low, high in [({"retry_after": email.utils.formatdate(time.time() + 3600, usegmt=True)}, 3590, 3600),
+                             ({"retry_after_ms": "600000"}, 600, 600)]:
+        before = len(fake_requests(fake_provider))
+        script(fake_provider, {"status": 429, **fault})
+        r = ask(gateway)
+        assert r.status_code == 429, r.text
+        assert low <= int(r.headers["retry-after"]) <= high, (fault, r.headers["retry-after"])
+        assert attempts_since(fake_provider, before) == 1, "longer than retry_max_wait_ms: not waited for"
+
+
+def test_a_spent_quota_is_not_retried_and_its_error_is_passed_on(gateway, fake_provider):
+    before = len(fake_requests(fake_provider))
+    quota = {"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
+    script(fake_provider, {"status": 429, "body": quota})
+    r = ask(gateway)
+    assert r.status_code == 429 and r.json()["error"] == quota["error"]
+    assert "retry-after" not in r.headers, "the provider named no wait"
+    assert attempts_since(fake_provider, before) == 1
+
+
+@pytest.mark.parametrize("body,says", [
+    ({"error": {"code": 400, "message": "the request exceeds the available context size", "type": "exceed_context_size_error"}},
+     "exceeds the available context size"),
+    ({"object": "error", "message": "maximum context length is 2048 tokens", "type": "BadRequestError", "param": None, "code": 400},
+     "maximum context length is 2048"),
+    ({"detail": [{"loc": ["body", "messages"], "msg": "field required"}]}, "field required"),
+    ("model is not loaded yet", "model is not loaded yet"),
+])
+def test_self_hosted_servers_error_shapes_reach_the_client(gateway, fake_provider, body, says):
+    script(fake_provider, {"status": 400, "body": body})
+    r = ask(gateway)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert says in error["message"] and set(error) == {"message", "type", "param", "code"}
+
+
+def test_a_stream_the_provider_ends_early_ends_with_an_error(gateway, fake_provider):
+    script(fake_provider, {"cut": True})
+    client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(model="fake/echo", stream=True, messages=[{"role": "user", "content": "a b"}])
+    with pytest.raises(openai.APIError):
+        for _ in stream:
+            pass
+    script(fake_provider, {"cut": True})
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
+                      json={"model": "fake/echo", "stream": True, "messages": [{"role": "user", "content": "a b"}]}) as r:
+        events = list(sse_events(r))
+    assert events[-1] == "[DONE]" and "error" in events[-2], events
 
 
 def test_client_errors_are_not_retried(gateway, fake_provider):
@@ -98,6 +152,15 @@ def azure(tmp_path_factory, fake_provider):
                  '[[rule]]\nname = "default"\nroute = "local"\n', env={"AZURE_TEST_KEY": "az-secret-value"})
     yield gw
     gw.stop()
+
+
+def test_a_key_echoed_anywhere_in_an_error_is_taken_out(azure, fake_provider):
+    echoed = {"error": {"message": "bad key az-secret-value", "type": "invalid_request_error az-secret-value",
+                        "param": "az-secret-value", "code": "az-secret-value"}}
+    script(fake_provider, {"status": 400, "body": echoed})
+    r = httpx.post(f"{azure.v1}/chat/completions", timeout=30, json={"model": "azure/gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and "az-secret-value" not in r.text
+    assert r.json()["error"]["type"] == "invalid_request_error [redacted]"
 
 
 def test_azure_uses_deployment_url_api_version_and_api_key_header(azure, fake_provider):

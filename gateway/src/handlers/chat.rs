@@ -265,7 +265,7 @@ pub async fn serve_chat(
     // Only the route's own answer is kept: a spill, an open circuit's stand-in or the budget's
     // local answer serves for a moment, and would otherwise be replayed for `ttl_s` after the
     // route is back.
-    let keep = state.cache.clone().zip(cache_key).filter(|_| decision.spilled.is_none() && !decision.stand_in && over_budget.is_none());
+    let keep = state.cache.clone().zip(cache_key).filter(|_| decision.spilled.is_none() && decision.stands_in_for.is_none() && over_budget.is_none());
     let shadow = shadow_candidate(state, &req, &decision, tenant, ctx);
     let answer = if req.is_stream() {
         stream_answer(state, req, &decision, ctx, record, keep, shadow).await
@@ -434,9 +434,13 @@ where
     Err(last_error.unwrap_or_else(|| ProviderError::Unavailable { message: "no target to serve the request".into() }).into())
 }
 
-/// `switchyard_upstream_errors_total{provider, kind}` for a failed attempt on `target`.
+/// `switchyard_upstream_errors_total{provider, kind}` for a target that failed the request (after
+/// its provider's own retries). A request refused before it reached the target (a field the
+/// provider's API cannot carry) is not the target's failure and is not counted.
 fn count_upstream_error(state: &AppState, target: &str, err: &ProviderError) {
-    state.ledger.upstream_failed(target, error_kind(err));
+    if !matches!(err, ProviderError::InvalidRequest { .. }) {
+        state.ledger.upstream_failed(target, error_kind(err));
+    }
 }
 
 /// The `kind` label of an upstream failure.

@@ -142,6 +142,15 @@ fn texts(input: &Value, max_inputs: usize) -> Result<Option<Vec<String>>, ApiErr
     Ok(Some(list))
 }
 
+/// Residency binds the local model too: it runs where the gateway runs.
+fn inside_residency(state: &AppState, tenant: &TenantProfile, target: &str) -> Result<(), ApiError> {
+    let region = state.config.server.region.as_str();
+    if router::region_allowed(&tenant.residency, Some(region)) {
+        return Ok(());
+    }
+    Err(ApiError::PolicyViolation { reason: format!("target {target:?} runs in region {region} outside the tenant's residency [{}]", tenant.residency.join(", ")) })
+}
+
 /// Answers an embeddings request.
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
@@ -190,13 +199,7 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
             return Err(ApiError::invalid(format!("The model {} has {} dimensions; 'dimensions' {d} is not supported.", local.config.name, local.embedder.dimensions()), "dimensions"));
         }
         let target = local.config.target();
-        // Residency binds the local model too: it runs where the gateway runs.
-        let region = state.config.server.region.as_str();
-        if !router::region_allowed(&tenant.residency, Some(region)) {
-            return Err(ApiError::PolicyViolation {
-                reason: format!("target {target:?} runs in region {region} outside the tenant's residency [{}]", tenant.residency.join(", ")),
-            });
-        }
+        inside_residency(state, tenant, &target)?;
         exchange.admit(state, ctx, tenant, prompt_tokens, 0, false, false).await?;
         if let Some(record) = exchange.record() {
             record.attempting(&target);

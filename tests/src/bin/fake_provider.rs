@@ -21,7 +21,11 @@
 //! error's `message`): each following chat request takes
 //! the next one instead of its answer (`drop`: headers sent, then the connection breaks before the
 //! first event; `slow_ms`: the answer starts that late; `malformed`: a stream whose second event is
-//! not JSON, and no `[DONE]`).
+//! not JSON, and no `[DONE]`; `cut`: a stream of two chunks that then ends cleanly, with no
+//! `finish_reason` and no `[DONE]`; `retry_after` and `retry_after_ms` set those headers; `body`
+//! replaces the error body: JSON as given, a string as plain text). On
+//! `/v1/messages` a fault is an Anthropic error answer, or with `cut` a stream that ends before
+//! `message_stop`, or with `error_event: "<type>"` a stream whose first event is that error.
 //!
 //! Requests are checked like the real API does (model, non-empty messages with known roles,
 //! `stream_options` only with `stream: true`): a violation is a 400 naming the field.
@@ -127,6 +131,16 @@ async fn scripted(fault: Option<Value>, body: &Value) -> Option<Response> {
             .header("content-type", "text/event-stream")
             .body(Body::from_stream(futures::stream::iter(events)))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
+    } else if fault.as_ref().is_some_and(|f| f["cut"].as_bool() == Some(true)) {
+        let model = body["model"].as_str().unwrap_or_default().to_owned();
+        let events = [
+            Ok::<_, std::io::Error>(sse(&chunk(&model, &json!({"role": "assistant", "content": ""}), None))),
+            Ok(sse(&chunk(&model, &json!({"content": "half an"}), None))),
+        ];
+        return Some(Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(futures::stream::iter(events)))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
     } else if let Some(fault) = fault {
         if fault["drop"].as_bool() == Some(true) {
             let broken = futures::stream::iter([Err::<Bytes, _>(std::io::Error::other("dropped by the fake before the first event"))]);
@@ -137,9 +151,16 @@ async fn scripted(fault: Option<Value>, body: &Value) -> Option<Response> {
         }
         let status = fault["status"].as_u64().and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
         let status = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut r = error(status, fault["message"].as_str().unwrap_or("scripted fault"), "server_error", "fault");
-        if let Some(after) = fault["retry_after"].as_str() {
-            r.headers_mut().insert("retry-after", after.parse().expect("header"));
+        let mut r = match &fault["body"] {
+            // Another server's error shape, as it sends it: JSON, or plain text.
+            Value::String(text) => (status, text.clone()).into_response(),
+            Value::Null => error(status, fault["message"].as_str().unwrap_or("scripted fault"), "server_error", "fault"),
+            body => (status, Json(body.clone())).into_response(),
+        };
+        for name in ["retry_after", "retry_after_ms"] {
+            if let Some(value) = fault[name].as_str() {
+                r.headers_mut().insert(axum::http::HeaderName::from_bytes(name.replace('_', "-").as_bytes()).expect("name"), value.parse().expect("header"));
+            }
         }
         return Some(r);
     }
@@ -497,7 +518,13 @@ async fn messages(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body):
         "path": "/v1/messages", "body": body, "authorization": header(&headers, "authorization"),
         "api_key": header(&headers, "x-api-key"),
     }));
-    if let Some(fault) = fake.faults.lock().expect("lock").pop_front() {
+    let fault = fake.faults.lock().expect("lock").pop_front();
+    if let Some(kind) = fault.as_ref().and_then(|f| f["error_event"].as_str()) {
+        let error = anthropic_sse("error", &json!({"type": "error", "error": {"type": kind, "message": "scripted error event"}}));
+        return Response::builder().header("content-type", "text/event-stream").body(Body::from(error)).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    let cut = fault.as_ref().is_some_and(|f| f["cut"].as_bool() == Some(true));
+    if let Some(fault) = fault.filter(|_| !cut) {
         let status = fault["status"].as_u64().and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
         let status = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let kind = if status.as_u16() == 529 { "overloaded_error" } else { "api_error" };
@@ -515,11 +542,13 @@ async fn messages(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body):
         _ => String::new(),
     };
     let tool = (model == "tool").then(|| body["tools"][0]["name"].as_str().map(str::to_owned)).flatten();
+    // A tool whose schema has no properties is called with no input.
+    let input = if body["tools"][0]["input_schema"]["properties"].as_object().is_some_and(|p| !p.is_empty()) { json!({"city": "Paris"}) } else { json!({}) };
     let answered_tool = last_user["content"].as_array().is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"));
     let usage = json!({"input_tokens": 20, "output_tokens": 6, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0});
     let stream = body["stream"].as_bool().unwrap_or(false);
     let (content, stop) = match (&tool, answered_tool) {
-        (Some(name), false) => (json!([{"type": "text", "text": "Checking."}, {"type": "tool_use", "id": "toolu_01", "name": name, "input": {"city": "Paris"}}]), "tool_use"),
+        (Some(name), false) => (json!([{"type": "text", "text": "Checking."}, {"type": "tool_use", "id": "toolu_01", "name": name, "input": input}]), "tool_use"),
         _ => (json!([{"type": "text", "text": format!("echo: {last_text}")}]), "end_turn"),
     };
     if !stream {
@@ -538,16 +567,19 @@ async fn messages(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body):
             }
         } else {
             events.push(anthropic_sse("content_block_start", &json!({"type": "content_block_start", "index": i, "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}})));
-            let input = block["input"].to_string();
+            // No input: one empty piece, as Anthropic sends it.
+            let input = if block["input"] == json!({}) { String::new() } else { block["input"].to_string() };
             let (a, b) = input.split_at(input.len() / 2);
-            for piece in [a, b] {
+            for piece in if input.is_empty() { vec![""] } else { vec![a, b] } {
                 events.push(anthropic_sse("content_block_delta", &json!({"type": "content_block_delta", "index": i, "delta": {"type": "input_json_delta", "partial_json": piece}})));
             }
         }
         events.push(anthropic_sse("content_block_stop", &json!({"type": "content_block_stop", "index": i})));
     }
-    events.push(anthropic_sse("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 6}})));
-    events.push(anthropic_sse("message_stop", &json!({"type": "message_stop"})));
+    if !cut {
+        events.push(anthropic_sse("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": 6}})));
+        events.push(anthropic_sse("message_stop", &json!({"type": "message_stop"})));
+    }
     let body = Body::from_stream(futures::stream::iter(events.into_iter().map(Ok::<_, std::io::Error>)));
     Response::builder().header("content-type", "text/event-stream").body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
