@@ -711,6 +711,11 @@ fn openai_chunks(events: Events, provider: String, completion: bool) -> ChunkStr
 
 /// One event's chunk, or what is wrong with it (an error the upstream sent, an unreadable chunk).
 fn openai_chunk(data: &str, completion: bool) -> Result<ChatChunk, String> {
+    // The common case in one pass (no `Value` in between): this runs for every streamed token.
+    let direct = if completion { None } else { serde_json::from_str::<ChatChunk>(data).ok() };
+    if let Some(chunk) = direct {
+        return Ok(chunk);
+    }
     let value = serde_json::from_str::<serde_json::Value>(data).map_err(|e| format!("unreadable chunk: {e}"))?;
     if let Some(error) = error_detail_of(&value) {
         return Err(error.message);
