@@ -132,6 +132,29 @@ pub fn worth_falling_back(err: &ProviderError) -> bool {
     }
 }
 
+/// `switchyard_upstream_errors_total{provider, kind}` for a target that failed the request (after
+/// its provider's own retries). A request refused before it reached the target (a field the
+/// provider's API cannot carry) is not the target's failure and is not counted.
+pub fn count_upstream_error(state: &AppState, target: &str, err: &ProviderError) {
+    if !matches!(err, ProviderError::InvalidRequest { .. }) {
+        state.ledger.upstream_failed(target, error_kind(err));
+    }
+}
+
+/// The `kind` label of an upstream failure.
+pub fn error_kind(err: &ProviderError) -> &'static str {
+    match err {
+        ProviderError::InvalidRequest { .. } => "invalid_request",
+        ProviderError::ContextLengthExceeded { .. } => "context_length",
+        ProviderError::Overloaded { .. } => "overloaded",
+        ProviderError::RateLimited { .. } => "rate_limited",
+        ProviderError::Rejected { .. } => "rejected",
+        ProviderError::Upstream { .. } => "upstream",
+        ProviderError::Timeout { .. } => "timeout",
+        ProviderError::Unavailable { .. } | ProviderError::CircuitOpen { .. } => "unavailable",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use providers::wire::{ChatChunk, ChatMessage, ChatRequest, ChatResponse, MessageContent};
+use providers::wire::{part_text, text_field, ChatChunk, ChatMessage, ChatRequest, ChatResponse, MessageContent};
 use router::{PiiKind, Redaction, Restorer};
 use serde_json::Value;
 
@@ -68,13 +68,15 @@ fn walk_strings_mut(value: &mut Value, key: Option<&str>, skip: &'static [&'stat
     }
 }
 
-/// Fields of a message content part left out of the walk: handled apart (`text`), identifiers,
-/// or media (unscannable already, and a redacted image or audio would be broken).
-const PART_HANDLED: &[&str] = &["type", "id", "text", "image_url", "input_audio", "file"];
+/// Fields of a message content part left out of the walk: identifiers, or media (unscannable
+/// already, and a redacted image or audio would be broken). Its text (`text`, a refusal's
+/// `refusal`) is handled apart.
+const PART_HANDLED: &[&str] = &["type", "id", "image_url", "input_audio", "file"];
 
 /// The other fields of a content part (`{"type": "text", "text": …, "note": …}`).
 fn part_fields(part: &Value) -> impl Iterator<Item = (&String, &Value)> {
-    part.as_object().into_iter().flatten().filter(|(k, _)| !PART_HANDLED.contains(&k.as_str()))
+    let text = text_field(part);
+    part.as_object().into_iter().flatten().filter(move |(k, _)| !PART_HANDLED.contains(&k.as_str()) && Some(k.as_str()) != text)
 }
 /// Keys of a tool call: identifiers, and `arguments`, scanned as message text.
 const CALL_HANDLED: &[&str] = &["type", "id", "name", "arguments"];
@@ -221,9 +223,9 @@ fn visit_message(message: &ChatMessage, visit: &mut impl FnMut(Piece<'_>)) {
         Some(MessageContent::Text(text)) => visit(Piece::Text(text)),
         Some(MessageContent::Parts(parts)) => {
             for part in parts {
-                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(text)) => visit(Piece::Text(text)),
-                    _ => visit(Piece::Opaque),
+                match part_text(part) {
+                    Some(text) => visit(Piece::Text(text)),
+                    None => visit(Piece::Opaque),
                 }
             }
         }
@@ -267,7 +269,7 @@ fn for_each_text_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut String)) {
             Some(MessageContent::Text(text)) => f(text),
             Some(MessageContent::Parts(parts)) => {
                 for part in parts {
-                    if let Some(Value::String(text)) = part.get_mut("text") {
+                    if let Some(Value::String(text)) = text_field(part).and_then(|field| part.get_mut(field)) {
                         f(text);
                     }
                 }
@@ -356,6 +358,24 @@ mod tests {
         assert_eq!(seen.pii.get("email"), Some(&1));
         assert_eq!(seen.pii.get("us_ssn"), Some(&1));
         assert_eq!(seen.pii.get("unscannable"), Some(&1));
+    }
+
+    #[test]
+    fn a_refusal_part_is_text_scanned_and_redacted_once() {
+        let mut req = request(serde_json::json!({
+            "model": "auto",
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": "I won't mail a@b.io"}]},
+            ]
+        }));
+        let seen = inspect(&req);
+        assert_eq!(seen.pii.get("email"), Some(&1), "{:?}", seen.pii);
+        assert_eq!(seen.pii.get("unscannable"), None, "a refusal is text, not opaque content");
+        let redaction = redact(&mut req);
+        assert!(!redaction.is_empty());
+        let MessageContent::Parts(parts) = req.messages[1].content.as_ref().unwrap() else { panic!() };
+        assert!(!parts[0]["refusal"].as_str().unwrap().contains("a@b.io"), "{parts:?}");
     }
 
     const EMAIL: &str = "secret.person@example.org";

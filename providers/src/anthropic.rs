@@ -54,6 +54,12 @@ pub fn request_body(req: &ChatRequest, default_max_tokens: Option<u32>) -> Resul
     if messages[0].0 == "assistant" {
         messages.insert(0, ("user".to_owned(), vec![json!({"type": "text", "text": OPENING_USER_TURN})]));
     }
+    // A conversation whose last user message was empty must still be answered, not read as an
+    // assistant message to continue (a prefill).
+    let last_asks = req.messages.iter().rev().find(|m| !matches!(m.role.as_str(), "system" | "developer")).is_some_and(|m| m.role == "user");
+    if last_asks && messages.last().is_some_and(|(role, _)| role == "assistant") {
+        messages.push(("user".to_owned(), vec![json!({"type": "text", "text": OPENING_USER_TURN})]));
+    }
     let mut body = Map::new();
     body.insert("model".into(), Value::String(req.model.clone()));
     body.insert(
@@ -128,24 +134,19 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ProviderError> {
     Ok(())
 }
 
-/// Text blocks of a message (text and refusal parts; empty ones are left out: Anthropic refuses
-/// an empty text block).
+/// Text blocks of a message (text and refusal parts; empty or whitespace-only ones are left out:
+/// Anthropic refuses them).
 fn text_blocks(m: &ChatMessage, i: usize) -> Result<Vec<Value>, ProviderError> {
     match &m.content {
         None => Ok(Vec::new()),
-        Some(MessageContent::Text(t)) if t.is_empty() => Ok(Vec::new()),
+        Some(MessageContent::Text(t)) if t.trim().is_empty() => Ok(Vec::new()),
         Some(MessageContent::Text(t)) => Ok(vec![json!({"type": "text", "text": t})]),
         Some(MessageContent::Parts(parts)) => parts
             .iter()
             .enumerate()
             .filter_map(|(j, p)| {
-                let text = match p.get("type").and_then(Value::as_str) {
-                    Some("text") => p.get("text").and_then(Value::as_str),
-                    Some("refusal") => p.get("refusal").and_then(Value::as_str),
-                    _ => None,
-                };
-                match text {
-                    Some("") => None,
+                match crate::wire::part_text(p) {
+                    Some(t) if t.trim().is_empty() => None,
                     Some(t) => Some(Ok(json!({"type": "text", "text": t}))),
                     None => Some(Err(invalid("only text parts are allowed here", &format!("messages[{i}].content[{j}]")))),
                 }
@@ -156,7 +157,7 @@ fn text_blocks(m: &ChatMessage, i: usize) -> Result<Vec<Value>, ProviderError> {
 
 fn content_blocks(m: &ChatMessage, i: usize) -> Result<Vec<Value>, ProviderError> {
     let Some(MessageContent::Parts(parts)) = &m.content else { return text_blocks(m, i) };
-    let empty_text = |p: &Value| p.get("type").and_then(Value::as_str) == Some("text") && p.get("text").and_then(Value::as_str) == Some("");
+    let empty_text = |p: &Value| p.get("type").and_then(Value::as_str) == Some("text") && p.get("text").and_then(Value::as_str).is_some_and(|t| t.trim().is_empty());
     parts
         .iter()
         .enumerate()
@@ -169,7 +170,7 @@ fn content_blocks(m: &ChatMessage, i: usize) -> Result<Vec<Value>, ProviderError
                     let url = p.pointer("/image_url/url").and_then(Value::as_str).ok_or_else(|| invalid("image_url.url is required", &at()))?;
                     Ok(image_block(url).ok_or_else(|| invalid("image URLs must be data: URLs (base64) or http(s) URLs", &at()))?)
                 }
-                other => Err(invalid(format!("content part type {other:?} has no Anthropic equivalent"), &at())),
+                other => Err(invalid(format!("content part type {:?} has no Anthropic equivalent", other.unwrap_or("(none)")), &at())),
             }
         })
         .collect()
@@ -513,6 +514,21 @@ mod tests {
         assert_eq!(messages[2]["content"], json!([{"type": "text", "text": "hi"}]), "the empty part is left out");
         assert_eq!(messages[3]["content"][0], json!({"type": "text", "text": "no"}));
         assert_eq!(messages[4]["content"][0]["content"], json!([{"type": "text", "text": "r1"}, {"type": "text", "text": "r2"}]));
+    }
+
+    #[test]
+    fn an_empty_last_question_is_still_a_question_and_whitespace_text_is_left_out() {
+        let body = request_body(&req(json!({"model": "m", "messages": [
+            {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "assistant", "content": "  "}, {"role": "user", "content": ""},
+        ]})), None)
+        .unwrap();
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert_eq!(messages[1]["content"], json!([{"type": "text", "text": "a"}]));
+        assert_eq!(messages[2], json!({"role": "user", "content": [{"type": "text", "text": OPENING_USER_TURN}]}));
+        // Ending with the assistant on purpose is a prefill, kept.
+        let prefill = request_body(&req(json!({"model": "m", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "The answer is"}]})), None).unwrap();
+        assert_eq!(prefill["messages"].as_array().unwrap().last().unwrap()["role"], "assistant");
     }
 
     #[test]

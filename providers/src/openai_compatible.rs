@@ -260,8 +260,14 @@ impl OpenAiCompatible {
             "rate_limit_error" => Some(429),
             _ => None,
         };
-        let error = Self::scrubbed(self.secret.as_ref(), self.upstream(status, format!("{kind}: {message}")));
-        Some(Failure { error, retryable: status.is_some(), retry_after: None })
+        let error = if kind == "rate_limit_error" {
+            // What an HTTP 429 from Anthropic gives, should it persist.
+            let body = ErrorBody { error: ErrorDetail { message: message.to_owned(), kind: kind.to_owned(), param: None, code: None } };
+            ProviderError::RateLimited { provider: self.name.clone(), retry_after_s: None, body: Some(Box::new(body)) }
+        } else {
+            self.upstream(status, format!("{kind}: {message}"))
+        };
+        Some(Failure { error: Self::scrubbed(self.secret.as_ref(), error), retryable: status.is_some(), retry_after: None })
     }
 
     /// `err` without the API key in its text.
@@ -355,6 +361,15 @@ fn without_secret_in_json(value: serde_json::Value, secret: &str) -> serde_json:
         Value::Array(items) => Value::Array(items.into_iter().map(|v| without_secret_in_json(v, secret)).collect()),
         Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, without_secret_in_json(v, secret))).collect()),
         other => other,
+    }
+}
+
+/// A passed-through answer (`value`, parsed from `raw`) without the key: it may carry an error
+/// that echoes it (a failed response). Walked only when `raw` holds the key.
+fn without_echoed_secret(value: serde_json::Value, raw: &[u8], secret: Option<&str>) -> serde_json::Value {
+    match secret.filter(|secret| std::str::from_utf8(raw).is_ok_and(|text| text.contains(*secret))) {
+        Some(secret) => without_secret_in_json(value, secret),
+        None => value,
     }
 }
 
@@ -598,7 +613,8 @@ impl OpenAiCompatible {
     async fn json_call(&self, body: serde_json::Value, endpoint: Endpoint) -> Result<serde_json::Value, ProviderError> {
         let (model, request_body) = self.json_request(&body, endpoint)?;
         let answer = self.answer_body(&model, &request_body, endpoint).await?;
-        serde_json::from_slice(&answer).map_err(|e| self.upstream(None, format!("unreadable {} answer: {e}", endpoint.path())))
+        let value = serde_json::from_slice(&answer).map_err(|e| self.upstream(None, format!("unreadable {} answer: {e}", endpoint.path())))?;
+        Ok(without_echoed_secret(value, &answer, self.secret.as_deref()))
     }
 }
 
@@ -675,18 +691,19 @@ fn chat_of_completion(mut value: serde_json::Value, chunk: bool) -> serde_json::
 
 /// `OpenAI` chunks from an `OpenAI`-style event stream; it ends at `[DONE]`. An `error` object in
 /// the stream, a broken stream or an unreadable chunk becomes an `Upstream` error, as does an end
-/// with neither `[DONE]` nor a `finish_reason`: the answer was cut, and must not read as whole.
+/// without `[DONE]` before every choice has its `finish_reason`: the answer was cut, and must not
+/// read as whole.
 fn openai_chunks(events: Events, provider: String, completion: bool) -> ChunkStream {
-    // (events, a choice has finished); `None` once the stream has ended.
-    stream::unfold(Some((events, false)), move |state| {
+    // (events, what the choices have done so far); `None` once the stream has ended.
+    stream::unfold(Some((events, Choices::default())), move |state| {
         let provider = provider.clone();
         async move {
-            let (mut events, mut finished) = state?;
+            let (mut events, mut choices) = state?;
             let upstream = |message: String| ProviderError::Upstream { provider: provider.clone(), status: None, message };
             loop {
                 let event = match events.next().await {
-                    None if finished => return None,
-                    None => return Some((Err(upstream("the stream ended before the answer did (no finish_reason, no [DONE])".into())), None)),
+                    None if choices.all_finished() => return None,
+                    None => return Some((Err(upstream("the stream ended before the answer did (a choice without finish_reason, no [DONE])".into())), None)),
                     Some(Err(e)) => return Some((Err(upstream(format!("stream broken: {e}"))), None)),
                     Some(Ok(event)) => event,
                 };
@@ -699,14 +716,40 @@ fn openai_chunks(events: Events, provider: String, completion: bool) -> ChunkStr
                 }
                 let chunk = openai_chunk(data, completion).map_err(upstream);
                 if let Ok(chunk) = &chunk {
-                    finished |= chunk.choices.iter().any(|c| c.finish_reason.is_some());
+                    choices.saw(chunk);
                 }
-                let next = chunk.is_ok().then_some((events, finished));
+                let next = chunk.is_ok().then_some((events, choices));
                 return Some((chunk, next));
             }
         }
     })
     .boxed()
+}
+
+/// Which choices of a stream have started and which have finished.
+#[derive(Default)]
+struct Choices {
+    /// Indices seen without a `finish_reason` yet.
+    open: Vec<u32>,
+    /// A choice has finished.
+    any_finished: bool,
+}
+
+impl Choices {
+    fn saw(&mut self, chunk: &ChatChunk) {
+        for choice in &chunk.choices {
+            if choice.finish_reason.is_some() {
+                self.any_finished = true;
+                self.open.retain(|&i| i != choice.index);
+            } else if !self.open.contains(&choice.index) {
+                self.open.push(choice.index);
+            }
+        }
+    }
+
+    fn all_finished(&self) -> bool {
+        self.any_finished && self.open.is_empty()
+    }
 }
 
 /// One event's chunk, or what is wrong with it (an error the upstream sent, an unreadable chunk).
@@ -790,6 +833,12 @@ mod tests {
         // A finished answer without `[DONE]` is whole.
         let finished = decode_stream(vec![format!("{}{}", chunk("null"), chunk("\"stop\"")).into_bytes()], false);
         assert!(finished.len() == 2 && finished.iter().all(Result::is_ok), "{finished:?}");
+        // With n = 2, every choice must finish: choice 1 did, choice 0 did not.
+        let second = |finish: &str| chunk(finish).replace("\"index\":0", "\"index\":1");
+        let half = decode_stream(vec![format!("{}{}{}", chunk("null"), second("null"), second("\"stop\"")).into_bytes()], false);
+        assert!(matches!(half.last(), Some(Err(ProviderError::Upstream { .. }))), "{half:?}");
+        let both = decode_stream(vec![format!("{}{}{}{}", chunk("null"), second("\"stop\""), chunk("null"), chunk("\"stop\"")).into_bytes()], false);
+        assert!(both.iter().all(Result::is_ok), "{both:?}");
         // llama-server's error (a numeric code) is read as an error, with its message.
         let error = decode_stream(vec![b"data: {\"error\":{\"code\":500,\"message\":\"out of memory\",\"type\":\"server_error\"}}\n\n".to_vec()], false);
         assert!(matches!(error.as_slice(), [Err(ProviderError::Upstream { message, .. })] if message == "out of memory"), "{error:?}");
@@ -799,6 +848,15 @@ mod tests {
         assert!(matches!(cut.as_slice(), [Ok(_), Ok(_), Err(ProviderError::Upstream { message, .. })] if message.contains("message_stop")), "{cut:?}");
         let whole = [anthropic.as_slice(), b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"].concat();
         assert!(decode_stream(vec![whole], true).iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn a_passed_through_answer_loses_an_echoed_key() {
+        let raw = br#"{"id":"resp_f","status":"failed","error":{"code":"server_error","message":"failed sk-secretKEY123"}}"#;
+        let value: serde_json::Value = serde_json::from_slice(raw).unwrap();
+        let clean = without_echoed_secret(value.clone(), raw, Some("sk-secretKEY123"));
+        assert_eq!(clean["error"]["message"], "failed [redacted]");
+        assert_eq!(without_echoed_secret(value.clone(), raw, Some("another-key-99")), value);
     }
 
     #[test]

@@ -141,15 +141,27 @@ impl MessageContent {
             Self::Parts(parts) => {
                 let mut out = String::new();
                 for part in parts {
-                    if part.get("type").and_then(Value::as_str) != Some("text") {
-                        return None;
-                    }
-                    out.push_str(part.get("text").and_then(Value::as_str)?);
+                    out.push_str(part_text(part)?);
                 }
                 Some(out)
             }
         }
     }
+}
+
+/// The field of a content part that holds its text: `text` of a text part, `refusal` of an
+/// assistant's refusal part; `None` for other parts (images, audio, files).
+pub fn text_field(part: &Value) -> Option<&'static str> {
+    match part.get("type").and_then(Value::as_str)? {
+        "text" => Some("text"),
+        "refusal" => Some("refusal"),
+        _ => None,
+    }
+}
+
+/// The text of a text or refusal part.
+pub fn part_text(part: &Value) -> Option<&str> {
+    part.get(text_field(part)?)?.as_str()
 }
 
 /// Token counts.
@@ -435,6 +447,8 @@ mod tests {
         assert_eq!(text.text().as_deref(), Some("ab"));
         let image = MessageContent::Parts(vec![serde_json::json!({"type":"image_url","image_url":{"url":"x"}})]);
         assert_eq!(image.text(), None);
+        let refused = MessageContent::Parts(vec![serde_json::json!({"type": "refusal", "refusal": "no"})]);
+        assert_eq!(refused.text().as_deref(), Some("no"), "a refusal is text");
     }
 
     #[test]

@@ -127,12 +127,35 @@ def test_overloaded_529_is_retried(claude, fake_provider):
                                          ("modalities", ["text", "audio"]), ("web_search_options", {})])
 def test_result_changing_fields_are_refused_by_name(claude, fake_provider, field, value):
     before = len(fake_requests(fake_provider))
+    errors = anthropic_errors(claude)
     r = httpx.post(f"{claude.v1}/chat/completions", timeout=30,
                    json={"model": "anthropic/echo", field: value, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == field
     assert len(fake_requests(fake_provider)) == before
     # Refused before reaching the provider: not the provider's failure.
-    assert 'switchyard_upstream_errors_total{provider="anthropic"' not in httpx.get(f"{claude.base}/metrics").text
+    assert anthropic_errors(claude) == errors
+
+
+def anthropic_errors(gw):
+    """Every `switchyard_upstream_errors_total` count of the provider, summed."""
+    lines = httpx.get(f"{gw.base}/metrics").text.splitlines()
+    return sum(int(float(line.split()[-1])) for line in lines
+               if line.startswith("switchyard_upstream_errors_total{") and 'provider="anthropic"' in line)
+
+
+def test_embeddings_for_an_anthropic_model_are_refused_without_counting_against_it(claude, fake_provider):
+    before, errors = len(fake_requests(fake_provider)), anthropic_errors(claude)
+    r = httpx.post(f"{claude.v1}/embeddings", timeout=30, json={"model": "anthropic/echo", "input": "x"})
+    assert r.status_code == 400, r.text
+    assert (len(fake_requests(fake_provider)), anthropic_errors(claude)) == (before, errors)
+
+
+def test_a_rate_limit_error_event_that_persists_is_a_429(claude, fake_provider):
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"error_event": "rate_limit_error"}] * 3}).raise_for_status()
+    r = httpx.post(f"{claude.v1}/chat/completions", timeout=30,
+                   json={"model": "anthropic/echo", "stream": True, "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["type"] == "rate_limit_error"
 
 
 def test_streamed_cost_is_recorded_exactly(claude):

@@ -303,3 +303,17 @@ def test_explain_takes_a_tenant_and_tags(tmp_path):
     d = json.loads(r.stdout)
     assert d["privacy"]["tags"] == ["confidential", "pii"] and d["privacy"]["pii"] == {"email": 1}
     assert d["rule"] == "private-stays-home" and EMAIL not in r.stdout
+
+
+def test_a_refusal_part_is_text_not_unscannable_content(redacting, fake_provider):
+    # An earlier refusal in the conversation is text: scanned like text, and no reason to keep
+    # the request away from a provider.
+    before = len(fake_requests(fake_provider))
+    r = httpx.post(f"{redacting.v1}/chat/completions", timeout=60, json={"model": "fake/echo", "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot"}]},
+        {"role": "user", "content": "ok"}]})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-switchyard-target"] == "fake/echo"
+    sent = sent_since(fake_provider, before)
+    assert sent[0]["messages"][1]["content"] == [{"type": "refusal", "refusal": "I cannot"}]

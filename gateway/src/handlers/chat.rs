@@ -23,7 +23,7 @@ use crate::admission::{Admitted, Ticket};
 use crate::budgets::usd_to_nanos;
 use crate::cache::{cache_key, replay_chunks, CacheKey, Cached, ResponseCache, StreamCollector};
 use crate::chat_request::parse_chat_request;
-use crate::dispatch::{caller_tags, plan, provider_for, worth_falling_back};
+use crate::dispatch::{caller_tags, count_upstream_error, error_kind, plan, provider_for, worth_falling_back};
 use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
@@ -434,29 +434,6 @@ where
     Err(last_error.unwrap_or_else(|| ProviderError::Unavailable { message: "no target to serve the request".into() }).into())
 }
 
-/// `switchyard_upstream_errors_total{provider, kind}` for a target that failed the request (after
-/// its provider's own retries). A request refused before it reached the target (a field the
-/// provider's API cannot carry) is not the target's failure and is not counted.
-fn count_upstream_error(state: &AppState, target: &str, err: &ProviderError) {
-    if !matches!(err, ProviderError::InvalidRequest { .. }) {
-        state.ledger.upstream_failed(target, error_kind(err));
-    }
-}
-
-/// The `kind` label of an upstream failure.
-fn error_kind(err: &ProviderError) -> &'static str {
-    match err {
-        ProviderError::InvalidRequest { .. } => "invalid_request",
-        ProviderError::ContextLengthExceeded { .. } => "context_length",
-        ProviderError::Overloaded { .. } => "overloaded",
-        ProviderError::RateLimited { .. } => "rate_limited",
-        ProviderError::Rejected { .. } => "rejected",
-        ProviderError::Upstream { .. } => "upstream",
-        ProviderError::Timeout { .. } => "timeout",
-        ProviderError::Unavailable { .. } | ProviderError::CircuitOpen { .. } => "unavailable",
-    }
-}
-
 /// Where a cacheable answer is kept once complete.
 type Keep = Option<(Arc<ResponseCache>, CacheKey)>;
 
@@ -655,23 +632,37 @@ pub fn sse_events_with(
     include_usage: bool,
     write: fn(&providers::wire::ChatChunk) -> Option<String>,
 ) -> impl futures::Stream<Item = Result<Event, Infallible>> {
-    stream::unfold(Some(chunks), move |state| async move {
-        let mut chunks = state?;
+    // (chunks, usage a provider sent on a content chunk, held for one usage chunk at the end).
+    stream::unfold(Some((chunks, None::<providers::wire::ChatChunk>)), move |state| async move {
+        let (mut chunks, mut usage) = state?;
         loop {
             match chunks.next().await {
                 Some(Ok(chunk)) if chunk.is_usage_only() && !include_usage => {}
-                Some(Ok(chunk)) => {
+                Some(Ok(mut chunk)) => {
+                    // Usage goes out only to clients that asked, and then in its own last chunk,
+                    // as the API sends it, whichever chunk the provider put it on.
+                    if chunk.usage.is_some() && !chunk.choices.is_empty() {
+                        let mut last = chunk.clone();
+                        last.choices.clear();
+                        chunk.usage = None;
+                        usage = include_usage.then_some(last);
+                    } else if chunk.is_usage_only() {
+                        usage = None;
+                    }
                     let Some(data) = write(&chunk) else { continue };
-                    return Some((Ok(Event::default().data(data)), Some(chunks)));
+                    return Some((Ok(Event::default().data(data)), Some((chunks, usage))));
                 }
                 Some(Err(err)) => {
                     warn!(error = %err, "stream failed after its first chunk");
                     let body = ApiError::from(err).body();
                     let data = serde_json::to_string(&body).unwrap_or_default();
                     // Emit the error now; the empty stream left behind ends with `[DONE]`.
-                    return Some((Ok(Event::default().data(data)), Some(stream::empty().boxed())));
+                    return Some((Ok(Event::default().data(data)), Some((stream::empty().boxed(), None))));
                 }
-                None => return Some((Ok(Event::default().data("[DONE]")), None)),
+                None => match usage.take().and_then(|last| write(&last)) {
+                    Some(data) => return Some((Ok(Event::default().data(data)), Some((stream::empty().boxed(), None)))),
+                    None => return Some((Ok(Event::default().data("[DONE]")), None)),
+                },
             }
         }
     })
@@ -719,5 +710,37 @@ pub fn set_route_headers(headers: &mut HeaderMap, decision: &Decision, target: &
     // Spilled and served off the local engine (its fallback to local is not a spill).
     if decision.spilled.is_some() && tier == "remote" {
         insert(headers, header::SPILLED, "1");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `data:` payloads a client receives for `chunks`.
+    async fn sent(chunks: Vec<serde_json::Value>, include_usage: bool) -> Vec<String> {
+        let chunks: ChunkStream = stream::iter(chunks.into_iter().map(|c| Ok(serde_json::from_value(c).unwrap()))).boxed();
+        let body = Sse::new(sse_events(chunks, include_usage)).into_response().into_body();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap().lines().filter_map(|l| l.strip_prefix("data: ").map(str::to_owned)).collect()
+    }
+
+    #[tokio::test]
+    async fn usage_a_provider_puts_on_a_content_chunk_goes_out_alone_and_only_when_asked() {
+        let content = |text: &str, finish: serde_json::Value| {
+            serde_json::json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]})
+        };
+        let mut last = content("!", serde_json::json!("stop"));
+        last["usage"] = serde_json::json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5});
+        let chunks = vec![content("hi", serde_json::Value::Null), last];
+        let quiet = sent(chunks.clone(), false).await;
+        assert_eq!(quiet.len(), 3, "{quiet:?}");
+        assert!(quiet.iter().all(|d| !d.contains("usage")), "{quiet:?}");
+        let asked = sent(chunks, true).await;
+        assert_eq!(asked.len(), 4, "{asked:?}");
+        let usage: serde_json::Value = serde_json::from_str(&asked[2]).unwrap();
+        assert_eq!((usage["choices"].as_array().map(Vec::len), usage["usage"]["total_tokens"].as_u64()), (Some(0), Some(5)));
+        assert!(!asked[1].contains("usage") && asked[3] == "[DONE]", "{asked:?}");
     }
 }

@@ -23,7 +23,7 @@ use crate::accounting::estimate_tokens;
 use crate::budgets::usd_to_nanos;
 use crate::catalog::ModelChoice;
 use crate::chat_request::parse_body;
-use crate::dispatch::{caller_tags, provider_for};
+use crate::dispatch::{caller_tags, count_upstream_error, provider_for};
 use crate::error::ApiError;
 use crate::handlers::chat::Exchange;
 use crate::handlers::read_body;
@@ -251,13 +251,7 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
     if let Some(record) = exchange.record() {
         record.attempting(&target);
     }
-    let mut answer = match provider.embeddings(Value::Object(body)).await {
-        Ok(answer) => answer,
-        Err(err) => {
-            state.ledger.upstream_failed(&target, "upstream");
-            return Err(err.into());
-        }
-    };
+    let mut answer = provider.embeddings(Value::Object(body)).await.inspect_err(|err| count_upstream_error(state, &target, err))?;
     let tokens = answer.pointer("/usage/prompt_tokens").and_then(Value::as_u64).unwrap_or(prompt_tokens);
     let Some(fields) = answer.as_object_mut() else {
         state.ledger.upstream_failed(&target, "upstream");

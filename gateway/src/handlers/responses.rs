@@ -22,7 +22,7 @@ use crate::chat_request::validate_chat_request;
 use crate::error::ApiError;
 use crate::accounting::{estimate_tokens, PendingRecord};
 use crate::budgets::usd_to_nanos;
-use crate::dispatch::{caller_tags, plan, provider_for, TAGS_HEADER};
+use crate::dispatch::{caller_tags, count_upstream_error, plan, provider_for, TAGS_HEADER};
 use crate::handlers::chat::{serve_chat, set_route_headers, Exchange, ServedBody};
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
@@ -170,7 +170,7 @@ async fn passthrough(
         record.attempting(target);
     }
     if req.is_stream() {
-        let events = provider.responses_stream(body).await.inspect_err(|_| state.ledger.upstream_failed(target, "upstream"))?;
+        let events = provider.responses_stream(body).await.inspect_err(|err| count_upstream_error(state, target, err))?;
         let mut record = exchange.take_record();
         if let Some(r) = record.as_mut() {
             r.served_by(target, false);
@@ -180,7 +180,7 @@ async fn passthrough(
         http.headers_mut().extend(headers);
         return Ok(Ok(http));
     }
-    let mut response = provider.responses(body).await.inspect_err(|_| state.ledger.upstream_failed(target, "upstream"))?;
+    let mut response = provider.responses(body).await.inspect_err(|err| count_upstream_error(state, target, err))?;
     patch_echo(&mut response, &echo);
     let mut cost = 0.0;
     if let Some(record) = exchange.record() {
@@ -233,14 +233,17 @@ fn passthrough_events(
         keep: Option<Keep>,
         echo: (Option<String>, bool),
         done: bool,
+        /// The provider's last `sequence_number`: an error event of ours takes the next.
+        sequence: u64,
     }
-    stream::unfold(Pump { events, record, keep, echo, done: false }, |mut p| async move {
+    stream::unfold(Pump { events, record, keep, echo, done: false, sequence: 0 }, |mut p| async move {
         if p.done {
             return None;
         }
         let event = match p.events.next().await {
             None => return None,
             Some(Ok((kind, mut data))) => {
+                p.sequence = data.get("sequence_number").and_then(Value::as_u64).unwrap_or(p.sequence);
                 if let (Some(r), Some(delta)) = (p.record.as_mut(), data.get("delta").and_then(Value::as_str).filter(|_| kind.rsplit('.').next() == Some("delta"))) {
                     r.text_delta(delta);
                 }
@@ -271,7 +274,7 @@ fn passthrough_events(
                 }
                 p.done = true;
                 let body = ApiError::from(err).body();
-                let data = json!({"type": "error", "code": body.error.code, "message": body.error.message, "param": null});
+                let data = json!({"type": "error", "code": body.error.code, "message": body.error.message, "param": null, "sequence_number": p.sequence + 1});
                 Event::default().event("error").data(data.to_string())
             }
         };
