@@ -246,9 +246,12 @@ impl PendingRecord {
         self.usage = usage.cloned();
     }
 
-    /// One streamed chunk: the first sets the time to first token; text and usage are noted.
+    /// One streamed chunk: the first that carries output (text, a tool call, a refusal; not the
+    /// opening role chunk a stream may send before its prompt is even read) sets the time to
+    /// first token; text and usage are noted.
     pub fn chunk(&mut self, chunk: &ChatChunk) {
-        if self.record.ttft_ms.is_none() {
+        let output = |c: &providers::wire::ChunkChoice| c.delta.content.as_ref().is_some_and(|t| !t.is_empty()) || c.delta.extra.values().any(|v| !v.is_null());
+        if self.record.ttft_ms.is_none() && chunk.choices.iter().any(output) {
             self.record.ttft_ms = Some(millis(self.started));
         }
         for choice in &chunk.choices {
@@ -444,6 +447,20 @@ mod tests {
 
     fn chunk(json: serde_json::Value) -> ChatChunk {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn the_time_to_first_token_waits_for_output_not_the_opening_role_chunk() {
+        let ledger = Arc::new(Ledger::default());
+        let mut p = pending(&ledger);
+        p.served_by("local/m", false);
+        p.status(200);
+        p.chunk(&chunk(serde_json::json!({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": null}, "finish_reason": null}]})));
+        assert_eq!(p.record.ttft_ms, None, "no token yet");
+        p.chunk(&chunk(serde_json::json!({"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}]}, "finish_reason": null}]})));
+        assert!(p.record.ttft_ms.is_some(), "a tool call is output");
     }
 
     #[test]

@@ -125,10 +125,27 @@ pub fn shadow_samples(text: &str) -> (Vec<(f64, bool)>, usize) {
     (samples, bad)
 }
 
+/// The threshold as few decimals as keep the split it reports: pasted into the policy, it sends
+/// exactly `split.remote` of `scores` remote (a rounded 0.6594 could take in a prompt scored
+/// 0.65941 below the real threshold, or leave out one scored at it).
+fn printed_threshold(split: &Split, scores: &[f64]) -> String {
+    let remote_at = |t: f64| scores.iter().filter(|&&s| s >= t).count();
+    for decimals in 2..=17 {
+        let scale = 10f64.powi(decimals);
+        for rounded in [(split.threshold * scale).round(), (split.threshold * scale).floor()] {
+            let text = format!("{:.*}", usize::try_from(decimals).unwrap_or(17), rounded / scale);
+            if text.parse::<f64>().is_ok_and(|t| remote_at(t) == split.remote) {
+                return text;
+            }
+        }
+    }
+    split.threshold.to_string()
+}
+
 /// The split as printed: the threshold line first (the value to paste into the policy).
 pub fn report(split: &Split, scores: &[f64]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "complexity_threshold = {:.4}", split.threshold);
+    let _ = writeln!(out, "complexity_threshold = {}", printed_threshold(split, scores));
     let _ = writeln!(
         out,
         "remote: {} of {} prompts ({:.1} %), local: {} ({:.1} %)",
@@ -154,6 +171,19 @@ pub fn report(split: &Split, scores: &[f64]) -> String {
 #[allow(clippy::float_cmp, clippy::cast_precision_loss)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_printed_threshold_gives_the_split_it_reports() {
+        // Two prompts a hair apart around the fourth decimal, and one tiny score.
+        let scores = [0.1, 0.659_41, 0.659_43, 0.9, 0.000_199_999_999_999_999_98];
+        for share in [0.0, 0.2, 0.4, 0.6, 0.8, 1.0] {
+            let split = for_remote_share(&scores, share);
+            let printed: f64 = printed_threshold(&split, &scores).parse().unwrap();
+            assert_eq!(scores.iter().filter(|&&s| s >= printed).count(), split.remote, "share {share}: {printed}");
+        }
+        let split = for_remote_share(&[0.7, 0.2], 0.5);
+        assert_eq!(printed_threshold(&split, &[0.7, 0.2]), "0.70", "short when that keeps the split");
+    }
 
     #[test]
     fn remote_share_picks_the_quantile() {

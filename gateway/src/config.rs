@@ -420,8 +420,8 @@ impl GatewayConfig {
             .providers
             .iter()
             .filter_map(|p| Some((p, p.api_key_env.as_deref()?)))
-            .filter(|(_, var)| unset(var))
-            .map(|(p, var)| format!("provider {:?}: environment variable {var} (api_key_env) is not set here; `serve` refuses to start without it", p.name))
+            .filter(|(_, var)| std::env::var(var).map_or(true, |k| k.trim().is_empty()))
+            .map(|(p, var)| format!("provider {:?}: environment variable {var} (api_key_env) is not set or empty here; `serve` refuses to start without it", p.name))
             .collect();
         if let Some(var) = self.redis.as_ref().and_then(|r| r.url_env.as_ref()).filter(|var| unset(var)) {
             out.push(format!("redis.url_env: environment variable {var} is not set here; `serve` refuses to start without it"));
@@ -787,8 +787,10 @@ mod tests {
     fn local_embeddings_outside_a_tenants_residency_are_a_warning() {
         let dir = tempdir();
         let p = policy(&dir, "openai/gpt-4o");
+        let model = write(&dir, "e.gguf", "");
         let text = format!(
-            "[server]\nregion = \"eu-west\"\n[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nregion = \"us-east\"\nmodels = [{{ name = \"gpt-4o\" }}]\n[local_embeddings]\nmodel = \"e.gguf\"\n[[tenants]]\nname = \"us-team\"\nresidency = [\"us\"]\n"
+            "[server]\nregion = \"eu-west\"\n[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nregion = \"us-east\"\nmodels = [{{ name = \"gpt-4o\" }}]\n[local_embeddings]\nmodel = {:?}\n[[tenants]]\nname = \"us-team\"\nresidency = [\"us\"]\n",
+            model.display().to_string()
         );
         let ok = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap();
         let warning = ok.warnings.iter().find(|w| w.contains("local_embeddings")).unwrap_or_else(|| panic!("{:?}", ok.warnings));

@@ -104,8 +104,22 @@ enum KeysCommand {
     },
 }
 
+/// Writes a command's output; a closed or full standard output is an error (exit 1), not a panic.
+fn to_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).context("writing to standard output")
+}
+
+/// A line for people on standard error; one that cannot be written is dropped.
+fn to_stderr(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 fn load(path: &Path) -> Result<GatewayConfig, config::ConfigErrors> {
-    let listen = std::env::var("SWITCHYARD_LISTEN").ok();
+    // Set but empty (a compose or Kubernetes env block) means unset.
+    let listen = std::env::var("SWITCHYARD_LISTEN").ok().filter(|v| !v.trim().is_empty());
     GatewayConfig::load(path, listen.as_deref())
 }
 
@@ -118,6 +132,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (the pipe to a log shipper closed) is dropped: the
+        // default reports it with `eprintln!`, which panics on that same closed pipe.
+        .log_internal_errors(false)
         .init();
     let result = match cli.command {
         Command::Serve { config } => serve_command(&config),
@@ -132,7 +149,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("switchyard: {err:#}");
+            to_stderr(&format!("switchyard: {err:#}"));
             ExitCode::FAILURE
         }
     }
@@ -163,17 +180,19 @@ fn runtime(worker_threads: usize) -> std::io::Result<(tokio::runtime::Runtime, u
 fn check_command(path: &Path) -> ExitCode {
     match load(path) {
         Ok(config) => {
-            print!("{}", summary(&config));
+            if to_stdout(&summary(&config)).is_err() {
+                return ExitCode::FAILURE;
+            }
             for warning in config.warnings.iter().chain(&config.missing_secrets()) {
-                eprintln!("warning: {warning}");
+                to_stderr(&format!("warning: {warning}"));
             }
             ExitCode::SUCCESS
         }
         Err(errors) => {
             for problem in &errors.problems {
-                eprintln!("error: {problem}");
+                to_stderr(&format!("error: {problem}"));
             }
-            eprintln!("{} error(s) in {}", errors.problems.len(), path.display());
+            to_stderr(&format!("{} error(s) in {}", errors.problems.len(), path.display()));
             ExitCode::FAILURE
         }
     }
@@ -251,11 +270,10 @@ fn calibrate_command(
         let (samples, bad) = calibrate::shadow_samples(&text);
         anyhow::ensure!(!samples.is_empty(), "{} holds no shadow comparison", file.display());
         if bad > 0 {
-            eprintln!("warning: skipped {bad} line(s) of {} that are not shadow records", file.display());
+            to_stderr(&format!("warning: skipped {bad} line(s) of {} that are not shadow records", file.display()));
         }
         let scores: Vec<f64> = samples.iter().map(|s| s.0).collect();
-        print!("{}", calibrate::report(&calibrate::for_quality(&samples, quality), &scores));
-        return Ok(());
+        return to_stdout(&calibrate::report(&calibrate::for_quality(&samples, quality), &scores));
     }
     let (Some(file), Some(share)) = (prompts, remote_share) else {
         anyhow::bail!("give --prompts F.jsonl --remote-share X, or --from-shadow F --target-quality Q");
@@ -287,9 +305,9 @@ fn calibrate_command(
     }
     anyhow::ensure!(!scores.is_empty(), "{} holds no prompt", file.display());
     let split = calibrate::for_remote_share(&scores, share);
-    print!("{}", calibrate::report(&split, &scores));
+    to_stdout(&calibrate::report(&split, &scores))?;
     if let Some(warning) = calibrate::tie_warning(&split, &scores, share) {
-        eprintln!("{warning}");
+        to_stderr(&warning);
     }
     Ok(())
 }
@@ -329,19 +347,22 @@ fn train_router_command(labels: &Path, out: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(out, model.to_json()).with_context(|| format!("writing {}", out.display()))?;
-    println!("trained on {trained_on}");
-    println!("wrote {} ({} nonzero word weights)", out.display(), model.sparse.len());
-    println!("use it: in the policy, [classifier] model = {:?}; then pick the threshold with `switchyard calibrate`", out.display().to_string());
-    Ok(())
+    to_stdout(&format!(
+        "trained on {trained_on}\nwrote {} ({} nonzero word weights)\nuse it: in the policy, [classifier] model = {:?}; then pick the threshold with `switchyard calibrate`\n",
+        out.display(),
+        model.sparse.len(),
+        out.display().to_string()
+    ))
 }
 
 fn keys_new_command(tenant: &str) -> anyhow::Result<()> {
     // The configuration refuses an empty tenant name: a key for one could never be used.
     anyhow::ensure!(!tenant.trim().is_empty(), "--tenant must name a tenant");
     let key = tenants::new_key();
-    println!("key (shown once; give it to {tenant}): {key}");
-    println!("add to [[tenants]] name = {tenant:?}:  keys = [\"{}\"]", tenants::key_hash_entry(&key));
-    Ok(())
+    to_stdout(&format!(
+        "key (shown once; give it to {tenant}): {key}\nadd to [[tenants]] name = {tenant:?}:  keys = [\"{}\"]\n",
+        tenants::key_hash_entry(&key)
+    ))
 }
 
 fn explain_command(path: &Path, file: &str, tenant: Option<&str>, tags: Option<&str>) -> anyhow::Result<()> {
@@ -368,6 +389,5 @@ fn explain_command(path: &Path, file: &str, tenant: Option<&str>, tags: Option<&
         headers.insert(dispatch::TAGS_HEADER, tags.parse().context("--tags")?);
     }
     let decision = dispatch::plan_with(&config.router(), &catalog, &req, &headers, &profile, &dispatch::Signals::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{}", serde_json::to_string_pretty(&handlers::route::decision_json(&decision))?);
-    Ok(())
+    to_stdout(&format!("{}\n", serde_json::to_string_pretty(&handlers::route::decision_json(&decision))?))
 }

@@ -88,7 +88,7 @@ impl Metrics {
         let metrics = Self {
             requests: counter("switchyard_requests_total", "Requests finished (chat, completions, Responses, embeddings), by rule, target, tier and HTTP status.", &["rule", "target", "tier", "status"])?,
             duration: histogram("switchyard_request_duration_seconds", "From arrival to the end of the answer.", DURATION_BUCKETS)?,
-            ttft: histogram("switchyard_time_to_first_token_seconds", "From arrival to the first streamed chunk.", TTFT_BUCKETS)?,
+            ttft: histogram("switchyard_time_to_first_token_seconds", "From arrival to the first streamed chunk that carries output (text or a tool call).", TTFT_BUCKETS)?,
             tokens: counter("switchyard_tokens_total", "Tokens billed, by target and kind (prompt, completion).", &["target", "kind"])?,
             cost: float_counter("switchyard_cost_usd_total", "What requests cost, USD.", &["target", "tenant"])?,
             savings: float_counter("switchyard_savings_usd_total", "What requests would have cost on [metrics].baseline_model minus what they cost, USD (never below 0 per request).", &["tenant"])?,

@@ -104,9 +104,12 @@ impl AppState {
         for p in &config.providers {
             let api_key = match &p.api_key_env {
                 // The variable's name may be logged; its value never is.
-                Some(var) => Some(std::env::var(var).with_context(|| {
-                    format!("provider {:?}: environment variable {var} (api_key_env) is not set", p.name)
-                })?),
+                Some(var) => {
+                    let key = std::env::var(var).with_context(|| format!("provider {:?}: environment variable {var} (api_key_env) is not set", p.name))?;
+                    // An empty key would go out as `Bearer ` and read as the provider's fault.
+                    anyhow::ensure!(!key.trim().is_empty(), "provider {:?}: environment variable {var} (api_key_env) is empty", p.name);
+                    Some(key)
+                }
                 None => None,
             };
             let provider: Arc<dyn Provider> = match p.kind {

@@ -77,6 +77,8 @@ impl TenantConfig {
         let mut problems = Vec::new();
         if self.name.trim().is_empty() {
             problems.push("tenant name must not be empty".to_owned());
+        } else if self.name.chars().any(char::is_control) {
+            problems.push(format!("tenant {:?}: a tenant name must not hold control characters (it labels metrics and log lines)", self.name));
         }
         for (i, key) in self.keys.iter().enumerate() {
             if parse_hash(key).is_none() {
@@ -177,6 +179,16 @@ mod tests {
 
     fn tenant(name: &str, keys: Vec<String>) -> TenantConfig {
         TenantConfig { name: name.into(), keys, residency: vec!["eu".into()], tags: vec!["Confidential".into()], rate_limit: None, shadow: true, budget: None }
+    }
+
+    #[test]
+    fn tenant_names_are_non_empty_and_printable() {
+        assert!(tenant("acme", vec![]).problems().is_empty());
+        assert!(tenant(" ", vec![])
+            .problems()
+            .iter()
+            .any(|p| p.contains("must not be empty")));
+        assert!(tenant("a\nb", vec![]).problems().iter().any(|p| p.contains("control characters")));
     }
 
     #[test]

@@ -178,6 +178,11 @@ pub struct Policy {
     pub rules: Vec<Rule>,
 }
 
+/// True for the local engine's alias or one of its `local/<name>` targets.
+fn is_local(target: &str) -> bool {
+    target == LOCAL_ALIAS || target.starts_with("local/")
+}
+
 /// A policy file that cannot be parsed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("{line}:{column}: {message}")]
@@ -243,6 +248,13 @@ impl Policy {
             if self.rules[..i].iter().any(|earlier| earlier.name == rule.name) {
                 problems.push(PolicyProblem { line, message: format!("rule {:?}: the name is used by an earlier rule", rule.name) });
             }
+            // A name goes into a response header: it must be one that a header can carry.
+            if rule.name.trim().is_empty() || rule.name.chars().any(char::is_control) {
+                problems.push(PolicyProblem { line, message: format!("rule {:?}: a rule name must be non-empty, without control characters (it is sent as x-switchyard-rule)", rule.name) });
+            }
+            if rule.strategy == Some(Strategy::Cascade) && is_local(rule.route.get_ref()) {
+                problems.push(PolicyProblem { line, message: format!("rule {:?}: strategy = \"cascade\" answers locally first, then escalates to the route: the route must be remote", rule.name) });
+            }
             if rule.when.requested_model.as_deref().is_some_and(|m| m.trim().is_empty()) {
                 problems.push(PolicyProblem { line, message: format!("rule {:?}: when.requested_model = \"\" matches no request", rule.name) });
             }
@@ -253,6 +265,12 @@ impl Policy {
                         message: format!("rule {:?}: when.budget_used_over = {share} must be a share >= 0 (0.8 = 80 %)", rule.name),
                     });
                 }
+            }
+            if let Some(spill) = rule.spill.as_ref().filter(|s| is_local(s.get_ref())) {
+                problems.push(PolicyProblem {
+                    line: Some(line_col(text, spill.span().start).0),
+                    message: format!("rule {:?}.spill: the spill target takes requests off the local engine, so it must be remote, not {:?}", rule.name, spill.get_ref()),
+                });
             }
             if let Some(spill) = &rule.spill {
                 if rule.route.get_ref() != LOCAL_ALIAS {
@@ -370,6 +388,17 @@ route = "local"
         assert!(problems[0].message.contains("\"easy\".spill") && problems[0].message.contains("not configured"), "{}", problems[0]);
         assert_eq!(problems[0].line, Some(4));
         assert!(problems[1].message.contains("only a rule that routes to \"local\" can spill"), "{}", problems[1]);
+    }
+
+    #[test]
+    fn names_a_header_cannot_carry_a_local_spill_and_a_local_cascade_are_problems() {
+        let text = "[[rule]]\nname = \"\"\nroute = \"local\"\nspill = \"local\"\n[[rule]]\nname = \"a\\nb\"\nstrategy = \"cascade\"\nroute = \"local\"\n";
+        let problems = Policy::parse(text).unwrap().problems(text, &|_| true);
+        let all: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert!(all.iter().filter(|m| m.contains("a rule name must be non-empty")).count() == 2, "{all:?}");
+        assert!(all.iter().any(|m| m.contains("\"\".spill") && m.contains("must be remote")), "{all:?}");
+        assert!(all.iter().any(|m| m.contains("cascade") && m.contains("the route must be remote")), "{all:?}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -73,13 +74,55 @@ def test_check_warns_about_secrets_this_environment_lacks_and_serve_refuses_an_e
     r = run("check", "--config", str(cfg))
     # `check` may run where the secrets are not: warnings, not errors.
     assert r.returncode == 0, r.stderr
-    assert "SY_TEST_UNSET_KEY (api_key_env) is not set here" in r.stderr, r.stderr
+    assert "SY_TEST_UNSET_KEY (api_key_env) is not set or empty here" in r.stderr, r.stderr
     assert "SY_TEST_ADMIN is not set or empty here" in r.stderr, r.stderr
     # An empty admin key would be an empty password: serve refuses to start.
     serve = subprocess.run([str(BIN), "serve", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=60,
                            env={**os.environ, "SY_TEST_ADMIN": "", "SY_TEST_UNSET_KEY": "k", "SWITCHYARD_LISTEN": "127.0.0.1:0"})
     assert serve.returncode != 0
     assert "SY_TEST_ADMIN is empty" in serve.stderr, serve.stderr
+    # So would an empty provider key (sent as `Bearer `); and an empty SWITCHYARD_LISTEN means unset.
+    serve = subprocess.run([str(BIN), "serve", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "SY_TEST_ADMIN": "a-key", "SY_TEST_UNSET_KEY": " ", "SWITCHYARD_LISTEN": ""})
+    assert serve.returncode != 0
+    assert "SY_TEST_UNSET_KEY (api_key_env) is empty" in serve.stderr and "socket address" not in serve.stderr, serve.stderr
+
+
+def test_the_gateway_outlives_the_pipe_its_logs_go_to(tmp_path, fake_provider):
+    # A log shipper that goes away (here: a reader that closes the pipe after one line) must not
+    # take the gateway down: log lines that cannot be written are dropped.
+    policy = tmp_path / "p.toml"
+    policy.write_text('[[rule]]\nname = "echo"\nroute = "fake/echo"\n')
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(remote_only_config(fake_provider).replace("{policy}", str(policy)))
+    proc = subprocess.Popen([str(BIN), "serve", "--config", str(cfg)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "SWITCHYARD_LISTEN": "127.0.0.1:0", "SWITCHYARD_LOG": "debug"})
+    try:
+        addr = None
+        for raw in proc.stderr:
+            m = re.search(rb"addr=(\S+)", raw)
+            if m:
+                addr = m.group(1).decode()
+                break
+        assert addr, "the gateway printed its address"
+        proc.stderr.close()
+        for _ in range(20):
+            r = httpx.post(f"http://{addr}/v1/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+            assert r.status_code == 200
+        assert proc.poll() is None, "still running"
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, "and stops cleanly on SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_output_to_a_full_device_is_an_error_not_a_panic():
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([str(BIN), "keys", "new", "--tenant", "acme"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert "writing to standard output" in r.stderr and "panicked" not in r.stderr, r.stderr
 
 
 def test_sighup_is_logged_and_does_not_stop_the_gateway(tmp_path, fake_provider):

@@ -79,6 +79,9 @@ impl LocalEmbeddingsConfig {
         if self.cost_per_mtok.is_nan() || self.cost_per_mtok < 0.0 {
             problems.push("local_embeddings.cost_per_mtok must be >= 0".into());
         }
+        if !self.model.is_file() {
+            problems.push(format!("local_embeddings.model {} does not exist (run `make model` to make the default one)", self.model.display()));
+        }
         problems
     }
 
