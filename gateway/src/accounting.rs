@@ -223,6 +223,12 @@ impl PendingRecord {
         self.prompt_chars = prompt_chars;
     }
 
+    /// The rule the request matched and the last target asked, as far as they are known: an
+    /// error answer names them too.
+    pub fn route_so_far(&self) -> (Option<&str>, Option<&str>) {
+        (Some(self.record.rule.as_str()).filter(|r| !r.is_empty()), self.attempting.as_deref())
+    }
+
     /// `target` is being asked for the answer: if the client leaves before one starts, the record
     /// names it (status 499) with the prompt's estimated cost, since the target saw the prompt.
     pub fn attempting(&mut self, target: &str) {

@@ -97,10 +97,13 @@ def test_upstream_errors_map_to_openai_errors(gateway, schemas, model, status, c
     assert r.status_code == status, r.text
     schemas.validate("ErrorResponse", r.json())
     assert r.json()["error"]["code"] == code
+    # The error names the rule that routed it and the target that failed it.
+    assert (r.headers["x-switchyard-rule"], r.headers["x-switchyard-target"]) == ("explicit", model)
     if status == 429:
         assert r.headers["retry-after"] == "7"
     r = post(gateway, {"model": model, "messages": HI, "stream": True})
     assert r.status_code == status, "stream failures before the first byte get a real status"
+    assert r.headers["x-switchyard-target"] == model
 
 
 def test_full_queue_answers_429_engine_overloaded(tmp_path, schemas):

@@ -162,10 +162,16 @@ impl Exchange {
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
+                let mut response = err.into_response();
                 if let Some(record) = &mut self.record {
-                    record.status(err.status().as_u16());
+                    record.status(response.status().as_u16());
+                    // Which rule refused or failed the request, and the target that failed it.
+                    let (rule, target) = record.route_so_far();
+                    let headers = response.headers_mut();
+                    rule.into_iter().for_each(|rule| insert(headers, header::RULE, rule));
+                    target.into_iter().for_each(|target| insert(headers, header::TARGET, target));
                 }
-                err.into_response()
+                response
             }
         };
         self.rate.write(response.headers_mut());
