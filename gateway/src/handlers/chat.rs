@@ -168,8 +168,12 @@ impl Exchange {
                     // Which rule refused or failed the request, and the target that failed it.
                     let (rule, target) = record.route_so_far();
                     let headers = response.headers_mut();
-                    rule.into_iter().for_each(|rule| insert(headers, header::RULE, rule));
-                    target.into_iter().for_each(|target| insert(headers, header::TARGET, target));
+                    if let Some(rule) = rule {
+                        insert(headers, header::RULE, rule);
+                    }
+                    if let Some(target) = target {
+                        insert(headers, header::TARGET, target);
+                    }
                 }
                 response
             }
