@@ -332,6 +332,15 @@ impl Drop for PendingRecord {
         }
         let answered = !r.target.is_empty();
         let usage = match (&self.usage, answered) {
+            // A stream that broke off may have reported only its prompt: what it streamed counts.
+            (Some(u), _) if self.failed_mid_stream.is_some() => {
+                let streamed = estimate_tokens(self.completion_chars);
+                r.cost_estimated |= streamed > u.completion_tokens;
+                let mut u = u.clone();
+                u.completion_tokens = u.completion_tokens.max(streamed);
+                u.total_tokens = u.prompt_tokens + u.completion_tokens;
+                Some(u)
+            }
             (Some(u), _) => Some(u.clone()),
             // Something was generated (or billed) but the provider said nothing, or the client
             // left while a target worked on its prompt: estimate.

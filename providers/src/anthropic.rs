@@ -349,6 +349,16 @@ impl StreamTranslator {
         Delta { role: None, content, extra }
     }
 
+    /// A usage-only chunk with what the stream has reported so far (the prompt's tokens from
+    /// `message_start`), for a stream that breaks off before `message_stop`.
+    pub fn usage_so_far(&self) -> Option<ChatChunk> {
+        let usage = self.usage.as_ref()?;
+        let mut last = self.chunk(Self::delta(None, None), None);
+        last.choices.clear();
+        last.usage = Some(usage_of(usage));
+        Some(last)
+    }
+
     /// The chunks for one event (`event` is its type, `data` its JSON). `Err` for an `error`
     /// event or an unreadable one.
     pub fn event(&mut self, event: &str, data: &Value) -> Result<Vec<ChatChunk>, ProviderError> {

@@ -395,10 +395,17 @@ fn anthropic_chunks(events: Events, provider: String) -> ChunkStream {
         async move {
             let (mut events, mut translator) = state?;
             let upstream = |message: String| ProviderError::Upstream { provider: provider.clone(), status: None, message };
+            // A stream that breaks off still says what it reported of its usage (the prompt's
+            // tokens), so the record need not estimate them.
+            let broken = |translator: &anthropic::StreamTranslator, err: ProviderError| {
+                let mut out: Vec<_> = translator.usage_so_far().map(Ok).into_iter().collect();
+                out.push(Err(err));
+                Some((out, None))
+            };
             loop {
                 let event = match events.next().await {
-                    None => return Some((vec![Err(upstream("the stream ended before message_stop".into()))], None)),
-                    Some(Err(e)) => return Some((vec![Err(upstream(format!("stream broken: {e}")))], None)),
+                    None => return broken(&translator, upstream("the stream ended before message_stop".into())),
+                    Some(Err(e)) => return broken(&translator, upstream(format!("stream broken: {e}"))),
                     Some(Ok(event)) => event,
                 };
                 if event.data.trim().is_empty() {
@@ -406,7 +413,7 @@ fn anthropic_chunks(events: Events, provider: String) -> ChunkStream {
                 }
                 let data: serde_json::Value = match serde_json::from_str(&event.data) {
                     Ok(data) => data,
-                    Err(e) => return Some((vec![Err(upstream(format!("unreadable event: {e}")))], None)),
+                    Err(e) => return broken(&translator, upstream(format!("unreadable event: {e}"))),
                 };
                 match translator.event(&event.event, &data) {
                     Ok(chunks) if chunks.is_empty() => {}
@@ -420,7 +427,7 @@ fn anthropic_chunks(events: Events, provider: String) -> ChunkStream {
                             ProviderError::Upstream { status, message, .. } => ProviderError::Upstream { provider: provider.clone(), status, message },
                             other => other,
                         };
-                        return Some((vec![Err(err)], None));
+                        return broken(&translator, err);
                     }
                 }
             }
@@ -846,6 +853,10 @@ mod tests {
         let anthropic = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
         let cut = decode_stream(vec![anthropic.to_vec()], true);
         assert!(matches!(cut.as_slice(), [Ok(_), Ok(_), Err(ProviderError::Upstream { message, .. })] if message.contains("message_stop")), "{cut:?}");
+        // With the prompt's usage in `message_start`, a usage chunk comes before the error.
+        let counted = String::from_utf8(anthropic.to_vec()).unwrap().replace("\"model\":\"c\"}", "\"model\":\"c\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}");
+        let cut = decode_stream(vec![counted.into_bytes()], true);
+        assert!(matches!(cut.as_slice(), [Ok(_), Ok(_), Ok(usage), Err(_)] if usage.is_usage_only() && usage.usage.as_ref().is_some_and(|u| u.prompt_tokens == 20)), "{cut:?}");
         let whole = [anthropic.as_slice(), b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"].concat();
         assert!(decode_stream(vec![whole], true).iter().all(Result::is_ok));
     }

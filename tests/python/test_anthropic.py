@@ -220,5 +220,7 @@ def test_a_stream_cut_before_message_stop_ends_with_an_error(claude, fake_provid
     assert events[-1] == "[DONE]"
     assert "error" in json.loads(events[-2]), events[-2]
     assert "echo:" in "".join(events[:-2]), "the text before the cut was streamed"
-    accounting_record(claude, request_id)
+    record = accounting_record(claude, request_id)
     assert upstream_errors(claude) == errors + 1
+    # The prompt's tokens come from message_start (20 + 5 cached), not from an estimate.
+    assert record["prompt_tokens"] == "25", record
