@@ -224,28 +224,41 @@ impl OpenAiCompatible {
 
     /// Opens a stream and reads its first event, so a failure before the first byte reaches
     /// the client can still be retried.
-    async fn open_stream(&self, model: &str, body: &bytes::Bytes, endpoint: Endpoint) -> Result<(Option<eventsource_stream::Event>, Events), Failure> {
+    async fn open_stream(&self, model: &str, body: &bytes::Bytes, endpoint: Endpoint) -> Result<(Vec<eventsource_stream::Event>, Events), Failure> {
         let response = self.send_once(model, body, endpoint).await?;
         let mut events: Events = response.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
-        let first = tokio::time::timeout(Duration::from_millis(self.timeout_ms), events.next()).await;
-        match first {
-            Err(_) => Err(Failure::fatal(self.timeout())),
-            Ok(None) => Ok((None, events)),
-            Ok(Some(Ok(event))) => match self.failed_at_once(&event) {
-                Some(failure) => Err(failure),
-                None => Ok((Some(event), events)),
-            },
-            Ok(Some(Err(e))) => Err(Failure {
-                error: self.upstream(None, format!("stream broken before its first event: {e}")),
-                retryable: true,
-                retry_after: None,
-            }),
+        // Anthropic's opening events (`message_start`, `ping`, a block's start) carry no answer:
+        // they are read with the first that does, so an error that follows them (an overloaded
+        // API) still comes before the first byte reaches the client, and can be retried.
+        let mut opening = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(self.timeout_ms), events.next()).await;
+            match next {
+                Err(_) => return Err(Failure::fatal(self.timeout())),
+                Ok(None) => return Ok((opening, events)),
+                Ok(Some(Ok(event))) => {
+                    if let Some(failure) = self.failed_at_once(&event) {
+                        return Err(failure);
+                    }
+                    let preamble = matches!(self.dialect, Dialect::Anthropic { .. })
+                        && matches!(event.event.as_str(), "message_start" | "ping" | "content_block_start")
+                        && opening.len() < MAX_OPENING_EVENTS;
+                    opening.push(event);
+                    if !preamble {
+                        return Ok((opening, events));
+                    }
+                }
+                Ok(Some(Err(e))) if opening.is_empty() => {
+                    return Err(Failure { error: self.upstream(None, format!("stream broken before its first event: {e}")), retryable: true, retry_after: None });
+                }
+                Ok(Some(Err(e))) => return Err(Failure { error: self.upstream(None, format!("stream broken before its answer began: {e}")), retryable: true, retry_after: None }),
+            }
         }
     }
 
-    /// An Anthropic stream that opens with an `error` event failed before its first byte reached
-    /// the client: retried like the status it stands for when it is `overloaded_error` (529),
-    /// `api_error` (500) or `rate_limit_error` (429).
+    /// An Anthropic stream whose `error` event comes before any answer failed before its first
+    /// byte reached the client: retried like the status it stands for when it is
+    /// `overloaded_error` (529), `api_error` (500) or `rate_limit_error` (429).
     fn failed_at_once(&self, event: &eventsource_stream::Event) -> Option<Failure> {
         let Dialect::Anthropic { .. } = self.dialect else { return None };
         let data: serde_json::Value = serde_json::from_str(&event.data).ok()?;
@@ -349,6 +362,10 @@ fn error_body_of(body: &[u8]) -> Option<ErrorBody> {
     let plain = !text.is_empty() && text.len() <= 1000 && !text.starts_with('<');
     plain.then(|| ErrorBody { error: ErrorDetail { message: text.to_owned(), kind: "invalid_request_error".into(), param: None, code: None } })
 }
+
+/// Opening events read ahead of an Anthropic stream's answer at most (a server that sends only
+/// pings is then passed on as it goes).
+const MAX_OPENING_EVENTS: usize = 8;
 
 /// Keys shorter than this are not scrubbed from error texts (they would match ordinary words).
 const MIN_SCRUBBED_KEY: usize = 8;
@@ -528,7 +545,7 @@ impl Provider for OpenAiCompatible {
         let request_body = self.body(&req)?;
         let (first, rest) = self.with_retries(|| self.open_stream(&req.model, &request_body, Endpoint::of(&req))).await?;
         let provider = self.name.clone();
-        let events = stream::iter(first.map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms)));
+        let events = stream::iter(first.into_iter().map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms)));
         let chunks = if let Dialect::Anthropic { .. } = self.dialect {
             anthropic_chunks(events.boxed(), provider)
         } else {
@@ -552,7 +569,7 @@ impl Provider for OpenAiCompatible {
         let (first, rest) = self.with_retries(|| self.open_stream(&model, &request_body, Endpoint::Responses)).await?;
         let provider = self.name.clone();
         let secret = self.secret.clone();
-        let events = stream::iter(first.map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms))).boxed();
+        let events = stream::iter(first.into_iter().map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms))).boxed();
         // (events, a terminal event was seen); `None` once the stream has ended.
         Ok(stream::unfold(Some((events, false)), move |state| {
             let provider = provider.clone();

@@ -195,11 +195,13 @@ def test_a_tool_called_with_no_input_streams_arguments_that_parse(claude):
     assert json.loads(arguments) == {}
 
 
-def test_an_overloaded_error_as_the_first_stream_event_is_retried(claude, fake_provider):
-    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"error_event": "overloaded_error"}]}).raise_for_status()
+@pytest.mark.parametrize("after_start", [False, True])
+def test_an_overloaded_error_before_the_answer_begins_is_retried(claude, fake_provider, after_start):
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"error_event": "overloaded_error", "after_start": after_start}]}).raise_for_status()
     before = len(fake_requests(fake_provider))
     chunks = list(client(claude).chat.completions.create(model="anthropic/echo", stream=True, messages=[{"role": "user", "content": "x"}]))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: x"
+    assert [c.choices[0].delta.role for c in chunks if c.choices and c.choices[0].delta.role] == ["assistant"], "one opening"
     assert len(fake_requests(fake_provider)) - before == 2
 
 

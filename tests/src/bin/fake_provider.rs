@@ -25,7 +25,8 @@
 //! `finish_reason` and no `[DONE]`; `retry_after` and `retry_after_ms` set those headers; `body`
 //! replaces the error body: JSON as given, a string as plain text). On
 //! `/v1/messages` a fault is an Anthropic error answer, or with `cut` a stream that ends before
-//! `message_stop`, or with `error_event: "<type>"` a stream whose first event is that error.
+//! `message_stop`, or with `error_event: "<type>"` a stream whose first event is that error
+//! (with `after_start: true`, after `message_start` and a `ping`).
 //!
 //! Requests are checked like the real API does (model, non-empty messages with known roles,
 //! `stream_options` only with `stream: true`): a violation is a 400 naming the field.
@@ -520,8 +521,13 @@ async fn messages(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body):
     }));
     let fault = fake.faults.lock().expect("lock").pop_front();
     if let Some(kind) = fault.as_ref().and_then(|f| f["error_event"].as_str()) {
-        let error = anthropic_sse("error", &json!({"type": "error", "error": {"type": kind, "message": "scripted error event"}}));
-        return Response::builder().header("content-type", "text/event-stream").body(Body::from(error)).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        let mut events = Vec::new();
+        if fault.as_ref().is_some_and(|f| f["after_start"].as_bool() == Some(true)) {
+            events.push(anthropic_sse("message_start", &json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"], "content": [], "stop_reason": null, "usage": {"input_tokens": 20, "output_tokens": 1}}})));
+            events.push(anthropic_sse("ping", &json!({"type": "ping"})));
+        }
+        events.push(anthropic_sse("error", &json!({"type": "error", "error": {"type": kind, "message": "scripted error event"}})));
+        return Response::builder().header("content-type", "text/event-stream").body(Body::from(events.concat())).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
     let cut = fault.as_ref().is_some_and(|f| f["cut"].as_bool() == Some(true));
     if let Some(fault) = fault.filter(|_| !cut) {
