@@ -164,6 +164,8 @@ pub struct PendingRecord {
     failed_mid_stream: Option<&'static str>,
     /// The target working on the request while no answer has started (for a client that leaves).
     attempting: Option<String>,
+    /// The request's complexity, once the router scored it (for an error's headers).
+    complexity: Option<f64>,
     /// Estimates for when no usage is reported.
     prompt_chars: usize,
     completion_chars: usize,
@@ -200,6 +202,7 @@ impl PendingRecord {
             usage: None,
             failed_mid_stream: None,
             attempting: None,
+            complexity: None,
             prompt_chars: 0,
             completion_chars: 0,
             on_finish: None,
@@ -223,10 +226,15 @@ impl PendingRecord {
         self.prompt_chars = prompt_chars;
     }
 
-    /// The rule the request matched and the last target asked, as far as they are known: an
-    /// error answer names them too.
-    pub fn route_so_far(&self) -> (Option<&str>, Option<&str>) {
-        (Some(self.record.rule.as_str()).filter(|r| !r.is_empty()), self.attempting.as_deref())
+    /// The router's complexity score of the request.
+    pub fn scored(&mut self, complexity: f64) {
+        self.complexity = Some(complexity);
+    }
+
+    /// The rule the request matched, its complexity and the last target asked, as far as they
+    /// are known: an error answer names them too.
+    pub fn route_so_far(&self) -> (Option<&str>, Option<f64>, Option<&str>) {
+        (Some(self.record.rule.as_str()).filter(|r| !r.is_empty()), self.complexity, self.attempting.as_deref())
     }
 
     /// `target` is being asked for the answer: if the client leaves before one starts, the record

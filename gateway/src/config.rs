@@ -495,12 +495,13 @@ impl GatewayConfig {
             Ok(policy) => {
                 if raw.local.is_none() {
                     for rule in &policy.rules {
-                        let uses_local = rule.targets().any(|(_, t)| {
+                        let local = rule.targets().map(|(_, t)| t).find(|t| {
                             t.get_ref() == router::LOCAL_ALIAS || (t.get_ref() == router::FRONTIER_ALIAS && topology.expand(t.get_ref()).is_empty())
                         });
-                        if uses_local {
+                        if let Some(target) = local {
                             problems.push(format!(
-                                "{policy_name}: rule {:?} routes to \"local\" but {file} has no [local] section",
+                                "{policy_name}:{}: rule {:?} routes to \"local\" but {file} has no [local] section",
+                                line_of(&policy_text, target.span().start),
                                 rule.name
                             ));
                         }
@@ -605,6 +606,14 @@ mod tests {
     fn policy(dir: &Path, route: &str) -> String {
         let p = write(dir, "policy.toml", &format!("[[rule]]\nname = \"all\"\nroute = \"{route}\"\n"));
         p.display().to_string()
+    }
+
+    #[test]
+    fn a_rule_routing_to_local_without_a_local_section_names_its_line() {
+        let dir = tempdir();
+        let p = policy(&dir, "local");
+        let err = GatewayConfig::load(&write(&dir, "g.toml", &format!("[policy]\nfile = \"{p}\"\n")), None).unwrap_err().to_string();
+        assert!(err.contains(&format!("{p}:3: rule \"all\" routes to \"local\" but")), "{err}");
     }
 
     #[test]

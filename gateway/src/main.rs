@@ -215,6 +215,9 @@ fn summary(config: &GatewayConfig) -> String {
             local.parallel
         );
     }
+    if let Some(embeddings) = &config.local_embeddings {
+        let _ = writeln!(out, "target   {}  region {}  model {}  (embeddings)", embeddings.target(), config.server.region, embeddings.model.display());
+    }
     for p in &config.providers {
         for m in &p.models {
             let _ = writeln!(

@@ -98,7 +98,8 @@ def test_upstream_errors_map_to_openai_errors(gateway, schemas, model, status, c
     schemas.validate("ErrorResponse", r.json())
     assert r.json()["error"]["code"] == code
     # The error names the rule that routed it and the target that failed it.
-    assert (r.headers["x-switchyard-rule"], r.headers["x-switchyard-target"]) == ("explicit", model)
+    assert (r.headers["x-switchyard-rule"], r.headers["x-switchyard-target"], r.headers["x-switchyard-tier"]) == ("explicit", model, "remote")
+    assert 0 <= float(r.headers["x-switchyard-complexity"]) <= 1 and r.headers["x-switchyard-cache"] == "miss"
     if status == 429:
         assert r.headers["retry-after"] == "7"
     r = post(gateway, {"model": model, "messages": HI, "stream": True})

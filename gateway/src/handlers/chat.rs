@@ -166,13 +166,18 @@ impl Exchange {
                 if let Some(record) = &mut self.record {
                     record.status(response.status().as_u16());
                     // Which rule refused or failed the request, and the target that failed it.
-                    let (rule, target) = record.route_so_far();
+                    let (rule, complexity, target) = record.route_so_far();
                     let headers = response.headers_mut();
                     if let Some(rule) = rule {
                         insert(headers, header::RULE, rule);
+                        insert(headers, header::CACHE, "miss");
+                    }
+                    if let Some(complexity) = complexity {
+                        insert(headers, header::COMPLEXITY, &format!("{complexity:.4}"));
                     }
                     if let Some(target) = target {
                         insert(headers, header::TARGET, target);
+                        insert(headers, header::TIER, crate::accounting::tier_of(target));
                     }
                 }
                 response
@@ -219,6 +224,7 @@ pub async fn serve_chat(
     // Recorded now, so that a refusal below (policy, in-flight, limits, budget) counts under its rule.
     if let Some(r) = exchange.record.as_mut() {
         r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
+        r.scored(decision.complexity);
     }
     // Counted from the decision on, so that a burst's later requests see the earlier ones.
     let track = |d: &Decision| state.spillover.as_ref().filter(|_| is_local(state, &d.target)).map(Spillover::track_local);

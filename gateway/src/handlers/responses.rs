@@ -142,6 +142,7 @@ async fn passthrough(
     let prompt_tokens = estimate_tokens(prompt_chars);
     if let Some(record) = exchange.record() {
         record.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
+        record.scored(decision.complexity);
     }
     let max_output = req.max_output_tokens.map_or(PASSTHROUGH_DEFAULT_MAX_OUTPUT, u64::from);
     let reserve = usd_to_nanos((state.pricer)(target, &Usage::new(prompt_tokens, max_output)));
