@@ -645,6 +645,13 @@ impl EventWriter {
         (kind, body)
     }
 
+    /// The model that answers, once known.
+    pub fn answered_by(&mut self, model: &str) {
+        if !model.is_empty() {
+            model.clone_into(&mut self.envelope.model);
+        }
+    }
+
     /// `response.created` and `response.in_progress`.
     pub fn start(&mut self) -> Vec<Event> {
         let response = self.envelope.response("in_progress", &[], None, None);
@@ -654,9 +661,7 @@ impl EventWriter {
     /// The events one chat chunk gives.
     pub fn chunk(&mut self, chunk: &ChatChunk) -> Vec<Event> {
         let mut events = Vec::new();
-        if !chunk.model.is_empty() {
-            self.envelope.model.clone_from(&chunk.model);
-        }
+        self.answered_by(&chunk.model);
         if chunk.usage.is_some() {
             self.usage.clone_from(&chunk.usage);
         }

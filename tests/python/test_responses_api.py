@@ -82,6 +82,8 @@ def test_stream_events_match_the_spec_in_the_api_order(gateway, schemas):
     assert final["output"][0]["content"][0]["text"] == "".join(deltas)
     assert events[-4][1]["text"] == "".join(deltas)
     assert final["usage"]["output_tokens"] >= 1
+    # Every event names the model that answered, not the `auto` asked for.
+    assert {d["response"]["model"] for n, d in events if "response" in d} == {"local-small"}
 
 
 def test_output_text_logprobs_when_included_streamed_or_not(gateway, schemas):

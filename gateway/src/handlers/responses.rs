@@ -391,6 +391,14 @@ fn events(writer: EventWriter, id: String, chunks: ChunkStream, keep: Option<Kee
         }
         if !p.started {
             p.started = true;
+            // The first chunk (already there: the chat pipeline waited for it) names the model
+            // that answers, which `response.created` shows, as the whole answer would.
+            let first = p.chunks.next().await;
+            if let Some(Ok(chunk)) = &first {
+                p.writer.answered_by(&chunk.model);
+            }
+            let rest = std::mem::replace(&mut p.chunks, stream::empty().boxed());
+            p.chunks = stream::iter(first).chain(rest).boxed();
             return Some((p.writer.start(), p));
         }
         loop {
