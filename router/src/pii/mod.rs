@@ -127,6 +127,12 @@ const fn any(_: &str, _: &str) -> bool {
     true
 }
 
+/// Every repetition in the numeric patterns is bounded a little above the longest value of its
+/// kind (19 card digits, 15 phone digits, 34 IBAN characters, 8 IPv6 groups, an email's 64-character
+/// local part): an unbounded one
+/// ran each candidate to the end of a long run of numbers (a table of `0.5 0.5 …`), and a scan
+/// that tries every start in such a run then took time cubic in its length.
+///
 /// In priority order: at one start position, the first pattern that matches is tried first; if
 /// its check fails, the later ones are tried there before moving on.
 static PATTERNS: &[Pattern] = &[
@@ -136,16 +142,16 @@ static PATTERNS: &[Pattern] = &[
     pat(PiiKind::Secret, r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}", any, Shape::Exact, false),
     pat(PiiKind::Secret, r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})", any, Shape::Exact, false),
     // An apostrophe may sit inside a local part (`mary.o'connor@…`), not at its start.
-    pat(PiiKind::Email, r"[\p{L}\p{N}._%+-][\p{L}\p{N}._%+'-]*@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.[A-Za-z]{2,}", any, Shape::Exact, false),
-    pat(PiiKind::Iban, r"[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,}", |s, _| checks::iban(s), Shape::Iban, false),
+    pat(PiiKind::Email, r"[\p{L}\p{N}._%+-][\p{L}\p{N}._%+'-]{0,63}@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.[A-Za-z]{2,}", any, Shape::Exact, false),
+    pat(PiiKind::Iban, r"[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,32}", |s, _| checks::iban(s), Shape::Iban, false),
     pat(PiiKind::ItCodiceFiscale, r"[A-Z]{6}[0-9LMNPQRSTUV]{2}[A-EHLMPR-T][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z]", |s, _| checks::it_codice_fiscale(s), Shape::Exact, false),
     pat(PiiKind::UkNino, r"[A-Z]{2} ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]", |s, _| checks::uk_nino(s), Shape::Exact, false),
     pat(PiiKind::EsNie, r"[XYZ]-?[0-9]{7}-?[A-Z]", |s, _| checks::es_nie(s), Shape::Exact, false),
-    pat(PiiKind::CreditCard, r"(?-u:\b)[0-9](?:[ .-]?[0-9]){11,}", |s, _| checks::payment_card(s), Shape::DigitGroups, true),
+    pat(PiiKind::CreditCard, r"(?-u:\b)[0-9](?:[ .-]?[0-9]){11,23}", |s, _| checks::payment_card(s), Shape::DigitGroups, true),
     pat(PiiKind::FrNir, r"(?-u:\b)[12] ?[0-9]{2} ?[0-9]{2} ?(?:[0-9]{2}|2[AB]) ?[0-9]{3} ?[0-9]{3} ?[0-9]{2}", |s, _| checks::fr_nir(s), Shape::Exact, true),
     pat(PiiKind::UsSsn, r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}", |s, _| checks::us_ssn(s), Shape::Exact, true),
     pat(PiiKind::EsDni, r"(?-u:\b)[0-9]{8}-?[A-Z]", |s, _| checks::es_dni(s), Shape::Exact, true),
-    pat(PiiKind::IpAddress, r"[0-9A-Fa-f]*(?::[0-9A-Fa-f]*){2,}", |s, _| checks::ipv6(s), Shape::Exact, false),
+    pat(PiiKind::IpAddress, r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}", |s, _| checks::ipv6(s), Shape::Exact, false),
     address(r"(?-u:\b)[0-9]{1,3}(?:\.[0-9]{1,3}){3}", |s, _| checks::ipv4(s)),
     pat(PiiKind::Phone, phone::REGEX, phone::is_phone, Shape::DigitGroups, true),
 ];
@@ -242,6 +248,8 @@ impl PiiScanner {
             Shape::DigitGroups => {
                 // Longest first: the regex is greedy and may have run into a following number.
                 // A shorter end must not cut a sequence printed in short groups (`9400 9070 8372 1234 56`).
+                // No value of these kinds has more than MAX_GROUPED_DIGITS digits: longer ends are not tried.
+                let end = end.min(after_digits(text, start, MAX_GROUPED_DIGITS));
                 let mut ends = (start + 1..=end).rev().filter(|&e| e == end || (text.as_bytes()[e] == b' ' && !(ends_in_short_group(&text[start..e]) && short_group_at(text, e + 1))));
                 ends.find(|&e| text.as_bytes()[e - 1].is_ascii_digit() && fits(e))?
             }
@@ -331,6 +339,21 @@ fn glued_right(text: &str, end: usize, numeric: bool, address: bool) -> bool {
         Some('@') => true,
         _ => false,
     }
+}
+
+/// More digits than a card (19) or an international phone number with its extension can have.
+const MAX_GROUPED_DIGITS: usize = 24;
+
+/// The offset just past the `n`-th digit from `start` (the text's end if it has fewer).
+fn after_digits(text: &str, start: usize, n: usize) -> usize {
+    let mut seen = 0;
+    for (i, b) in text.as_bytes()[start..].iter().enumerate() {
+        seen += usize::from(b.is_ascii_digit());
+        if seen == n {
+            return start + i + 1;
+        }
+    }
+    text.len()
 }
 
 /// The first byte after the word that starts at `start` (at least one character on).

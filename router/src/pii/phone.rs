@@ -8,7 +8,7 @@ use super::checks;
 /// alternative that matches). A lone group needs 5 digits, so short numbers
 /// (`2024`, `204`) are not candidates at all. Other lengths are left to [`is_phone`]: unbounded
 /// repetitions keep the scanner's automaton small (counted ones multiply its states).
-pub const REGEX: &str = r"(?:\+|\([0-9]+\) ?|(?-u:\b))(?:[0-9]+(?:(?:[ .\-/]{1,2}| ?\([0-9]+\) ?)[0-9]+)+|[0-9]{5,})(?: ?(?:x|ext\.? ?)[0-9]+)?";
+pub const REGEX: &str = r"(?:\+|\([0-9]{1,5}\) ?|(?-u:\b))(?:[0-9]{1,15}(?:(?:[ .\-/]{1,2}| ?\([0-9]{1,5}\) ?)[0-9]{1,15}){1,9}|[0-9]{5,17})(?: ?(?:x|ext\.? ?)[0-9]{1,6})?";
 
 /// Word stems that introduce order, invoice, tracking and reference numbers, in the six
 /// languages: a number right after one of them is an identifier, not a phone number.
