@@ -109,11 +109,16 @@ pub fn usd_to_nanos(usd: f64) -> u64 {
     if usd.is_finite() && usd > 0.0 {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let nanos = (usd * NANOS_PER_USD).round() as u64;
-        nanos
+        nanos.min(MAX_NANOS)
     } else {
         0
     }
 }
+
+/// The most one amount may be: 2^53 nano-USD (about $9 million), exact in Redis's Lua numbers,
+/// and far from overflowing when a tenant's spend and every reservation it holds are added up
+/// (an absurd `n` × `max_tokens` once saturated at 2^64 - 1 and wrapped that sum around).
+pub const MAX_NANOS: u64 = 1 << 53;
 
 /// Nano-dollars to dollars.
 #[allow(clippy::cast_precision_loss)]
@@ -210,5 +215,9 @@ mod tests {
         assert_eq!(usd_to_nanos(1e-10), 0);
         assert_eq!(usd_to_nanos(-1.0), 0);
         assert_eq!(usd_to_nanos(f64::NAN), 0);
+        // An absurd worst case stays an amount that sums without wrapping.
+        assert_eq!(usd_to_nanos(1.8e10), MAX_NANOS);
+        assert_eq!(usd_to_nanos(f64::MAX), MAX_NANOS);
+        assert!(MAX_NANOS.checked_mul(1024).is_some());
     }
 }

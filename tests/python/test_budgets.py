@@ -191,3 +191,17 @@ def test_priced_local_answers_draw_on_the_budget(tmp_path, fake_provider):
         settled(gw, cost)
     finally:
         gw.stop()
+
+
+def test_an_absurd_worst_case_is_refused_not_wrapped_around(tmp_path, fake_provider):
+    # n × max_tokens this large once saturated the reservation at 2^64 - 1 nano-USD, which then
+    # wrapped the budget's sum around and let the request through.
+    gw = budget_gateway(tmp_path, fake_provider, '{ daily_usd = 1.0, on_exceed = "reject" }')
+    try:
+        for n, max_tokens in [(4294967295, 2147484), (4294967295, 4294967295)]:
+            r = httpx.post(f"{gw.v1}/chat/completions", timeout=30,
+                           json={"model": "auto", "n": n, "max_tokens": max_tokens, "messages": [{"role": "user", "content": PROMPT}]})
+            assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded", r.text
+        assert budget_of(gw)["reserved_usd"] == 0
+    finally:
+        gw.stop()
