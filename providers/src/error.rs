@@ -88,16 +88,32 @@ impl ProviderError {
             if body.error.code.as_deref() == Some("insufficient_quota") || body.error.kind == "insufficient_quota")
     }
 
+    /// The same error with control characters in its text written as escapes (`\n`, `\u{1b}`):
+    /// a provider's text must not forge log lines or drive a terminal when the error is logged.
+    #[must_use]
+    pub fn printable(self) -> Self {
+        self.map_text(&|text: &mut String| {
+            if text.chars().any(char::is_control) {
+                *text = text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
+            }
+        })
+    }
+
     /// The same error with every occurrence of `secret` in its text replaced by `[redacted]`:
     /// a provider may echo the key it was sent in an error message, which then must reach
     /// neither the client nor the log.
     #[must_use]
-    pub fn without_secret(mut self, secret: &str) -> Self {
-        let scrub = |text: &mut String| {
+    pub fn without_secret(self, secret: &str) -> Self {
+        self.map_text(&|text: &mut String| {
             if text.contains(secret) {
                 *text = text.replace(secret, "[redacted]");
             }
-        };
+        })
+    }
+
+    /// The same error with `edit` applied to every text a provider may have written.
+    fn map_text(mut self, edit: &dyn Fn(&mut String)) -> Self {
+        let scrub = |text: &mut String| edit(text);
         match &mut self {
             Self::InvalidRequest { message, param } => {
                 scrub(message);
@@ -115,5 +131,19 @@ impl ProviderError {
             Self::RateLimited { body: None, .. } | Self::Timeout { .. } | Self::CircuitOpen { .. } => {}
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_providers_text_cannot_forge_log_lines() {
+        let err = ProviderError::Upstream { provider: "p".into(), status: Some(500), message: "m1\n2026-01-01 INFO forged\u{1b}[31m".into() };
+        let ProviderError::Upstream { message, .. } = err.printable() else { panic!() };
+        assert_eq!(message, "m1\\n2026-01-01 INFO forged\\u{1b}[31m");
+        let plain = ProviderError::Upstream { provider: "p".into(), status: None, message: "fine".into() };
+        assert_eq!(plain.clone().printable(), plain);
     }
 }

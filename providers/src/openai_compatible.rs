@@ -285,6 +285,7 @@ impl OpenAiCompatible {
 
     /// `err` without the API key in its text.
     fn scrubbed(secret: Option<&Arc<str>>, err: ProviderError) -> ProviderError {
+        let err = err.printable();
         match secret {
             Some(secret) => err.without_secret(secret),
             None => err,
