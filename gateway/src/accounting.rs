@@ -226,9 +226,10 @@ impl PendingRecord {
         self.prompt_chars = prompt_chars;
     }
 
-    /// The router's complexity score of the request.
-    pub fn scored(&mut self, complexity: f64) {
-        self.complexity = Some(complexity);
+    /// A chat routing decision's facts: its rule, the PII kinds it found, its complexity.
+    pub fn decided(&mut self, decision: &router::Decision, prompt_chars: usize) {
+        self.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
+        self.complexity = Some(decision.complexity);
     }
 
     /// The rule the request matched, its complexity and the last target asked, as far as they

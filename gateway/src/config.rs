@@ -416,20 +416,19 @@ impl GatewayConfig {
     /// may run where the secrets are not.
     pub fn missing_secrets(&self) -> Vec<String> {
         let unset = |var: &str| std::env::var_os(var).is_none();
+        let unset_or_empty = |var: &str| std::env::var(var).map_or(true, |k| k.trim().is_empty());
         let mut out: Vec<String> = self
             .providers
             .iter()
             .filter_map(|p| Some((p, p.api_key_env.as_deref()?)))
-            .filter(|(_, var)| std::env::var(var).map_or(true, |k| k.trim().is_empty()))
+            .filter(|(_, var)| unset_or_empty(var))
             .map(|(p, var)| format!("provider {:?}: environment variable {var} (api_key_env) is not set or empty here; `serve` refuses to start without it", p.name))
             .collect();
         if let Some(var) = self.redis.as_ref().and_then(|r| r.url_env.as_ref()).filter(|var| unset(var)) {
             out.push(format!("redis.url_env: environment variable {var} is not set here; `serve` refuses to start without it"));
         }
-        if let Some(var) = &self.server.admin_key_env {
-            if std::env::var(var).map_or(true, |k| k.trim().is_empty()) {
-                out.push(format!("server.admin_key_env: environment variable {var} is not set or empty here; `serve` refuses to start without it"));
-            }
+        if let Some(var) = self.server.admin_key_env.as_ref().filter(|var| unset_or_empty(var)) {
+            out.push(format!("server.admin_key_env: environment variable {var} is not set or empty here; `serve` refuses to start without it"));
         }
         out
     }

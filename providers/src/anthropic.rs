@@ -428,13 +428,8 @@ impl StreamTranslator {
                 vec![last]
             }
             "error" => {
-                let kind = data.pointer("/error/type").and_then(Value::as_str).unwrap_or("error");
-                let message = data.pointer("/error/message").and_then(Value::as_str).unwrap_or("stream error");
-                return Err(ProviderError::Upstream {
-                    provider: "anthropic".into(),
-                    status: (kind == "overloaded_error").then_some(529),
-                    message: format!("{kind}: {message}"),
-                });
+                let (kind, message) = error_event(data);
+                return Err(ProviderError::Upstream { provider: "anthropic".into(), status: retry_status(kind), message: format!("{kind}: {message}") });
             }
             // A call with no input: `{}`, as the whole answer has it (`""` would not parse).
             "content_block_stop" => {
@@ -451,6 +446,23 @@ impl StreamTranslator {
             // ping and events added later.
             _ => Vec::new(),
         })
+    }
+}
+
+/// An `error` stream event's type (`overloaded_error`…) and message.
+pub fn error_event(data: &Value) -> (&str, &str) {
+    let kind = data.pointer("/error/type").and_then(Value::as_str).unwrap_or("error");
+    (kind, data.pointer("/error/message").and_then(Value::as_str).unwrap_or("stream error"))
+}
+
+/// The HTTP status an error type stands for, where waiting and retrying may help:
+/// `overloaded_error` 529, `api_error` 500, `rate_limit_error` 429.
+pub fn retry_status(kind: &str) -> Option<u16> {
+    match kind {
+        "overloaded_error" => Some(529),
+        "api_error" => Some(500),
+        "rate_limit_error" => Some(429),
+        _ => None,
     }
 }
 

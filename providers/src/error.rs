@@ -94,7 +94,15 @@ impl ProviderError {
     pub fn printable(self) -> Self {
         self.map_text(&|text: &mut String| {
             if text.chars().any(char::is_control) {
-                *text = text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect();
+                let mut escaped = String::with_capacity(text.len() + 8);
+                for c in text.chars() {
+                    if c.is_control() {
+                        escaped.extend(c.escape_default());
+                    } else {
+                        escaped.push(c);
+                    }
+                }
+                *text = escaped;
             }
         })
     }

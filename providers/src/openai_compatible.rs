@@ -248,10 +248,10 @@ impl OpenAiCompatible {
                         return Ok((opening, events));
                     }
                 }
-                Ok(Some(Err(e))) if opening.is_empty() => {
-                    return Err(Failure { error: self.upstream(None, format!("stream broken before its first event: {e}")), retryable: true, retry_after: None });
+                Ok(Some(Err(e))) => {
+                    let before = if opening.is_empty() { "its first event" } else { "its answer began" };
+                    return Err(Failure { error: self.upstream(None, format!("stream broken before {before}: {e}")), retryable: true, retry_after: None });
                 }
-                Ok(Some(Err(e))) => return Err(Failure { error: self.upstream(None, format!("stream broken before its answer began: {e}")), retryable: true, retry_after: None }),
             }
         }
     }
@@ -265,14 +265,8 @@ impl OpenAiCompatible {
         if event.event != "error" && data.get("type").and_then(serde_json::Value::as_str) != Some("error") {
             return None;
         }
-        let kind = data.pointer("/error/type").and_then(serde_json::Value::as_str).unwrap_or("error");
-        let message = data.pointer("/error/message").and_then(serde_json::Value::as_str).unwrap_or("stream error");
-        let status = match kind {
-            "overloaded_error" => Some(529),
-            "api_error" => Some(500),
-            "rate_limit_error" => Some(429),
-            _ => None,
-        };
+        let (kind, message) = anthropic::error_event(&data);
+        let status = anthropic::retry_status(kind);
         let error = if kind == "rate_limit_error" {
             // What an HTTP 429 from Anthropic gives, should it persist.
             let body = ErrorBody { error: ErrorDetail { message: message.to_owned(), kind: kind.to_owned(), param: None, code: None } };

@@ -105,19 +105,18 @@ fn non_empty_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<V
 impl When {
     /// True when the rule has no condition at all.
     pub fn matches_everything(&self) -> bool {
-        self.privacy.is_empty()
-            && self.complexity.is_none()
-            && self.tenant.is_empty()
-            && self.requested_model.is_none()
-            && self.min_prompt_tokens.is_none()
-            && self.budget_used_over.is_none()
+        self.tenant.is_empty() && self.only_tenant_condition()
     }
 
     /// True when the rule matches every request of `tenant`: no condition but, maybe, a tenant
     /// list naming it. Later rules then never see that tenant's requests.
     pub fn matches_all_of(&self, tenant: &str) -> bool {
-        (self.tenant.is_empty() || self.tenant.iter().any(|t| t == tenant))
-            && self.privacy.is_empty()
+        (self.tenant.is_empty() || self.tenant.iter().any(|t| t == tenant)) && self.only_tenant_condition()
+    }
+
+    /// No condition other than `tenant`.
+    fn only_tenant_condition(&self) -> bool {
+        self.privacy.is_empty()
             && self.complexity.is_none()
             && self.requested_model.is_none()
             && self.min_prompt_tokens.is_none()

@@ -167,18 +167,7 @@ impl Exchange {
                     record.status(response.status().as_u16());
                     // Which rule refused or failed the request, and the target that failed it.
                     let (rule, complexity, target) = record.route_so_far();
-                    let headers = response.headers_mut();
-                    if let Some(rule) = rule {
-                        insert(headers, header::RULE, rule);
-                        insert(headers, header::CACHE, "miss");
-                    }
-                    if let Some(complexity) = complexity {
-                        insert(headers, header::COMPLEXITY, &format!("{complexity:.4}"));
-                    }
-                    if let Some(target) = target {
-                        insert(headers, header::TARGET, target);
-                        insert(headers, header::TIER, crate::accounting::tier_of(target));
-                    }
+                    insert_route(response.headers_mut(), rule, complexity, target);
                 }
                 response
             }
@@ -223,8 +212,7 @@ pub async fn serve_chat(
     let mut decision = plan(state, &req, headers, tenant, false)?;
     // Recorded now, so that a refusal below (policy, in-flight, limits, budget) counts under its rule.
     if let Some(r) = exchange.record.as_mut() {
-        r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
-        r.scored(decision.complexity);
+        r.decided(&decision, prompt_chars);
     }
     // Counted from the decision on, so that a burst's later requests see the earlier ones.
     let track = |d: &Decision| state.spillover.as_ref().filter(|_| is_local(state, &d.target)).map(Spillover::track_local);
@@ -255,7 +243,7 @@ pub async fn serve_chat(
             over_budget = Some(retry_after_s);
             decision = plan(state, &req, headers, tenant, true)?;
             if let Some(r) = exchange.record.as_mut() {
-                r.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
+                r.decided(&decision, prompt_chars);
             }
             local_ticket = track(&decision);
             if candidates(&decision).any(|t| !is_local(state, t)) {
@@ -713,19 +701,30 @@ mod header {
 
 /// The `x-switchyard-*` route headers of an answer from `target` under `decision`.
 pub fn set_route_headers(headers: &mut HeaderMap, decision: &Decision, target: &str) {
-    insert(headers, header::RULE, &decision.rule);
-    insert(headers, header::TARGET, target);
-    // A fallback may serve from another tier than the decision's; provider names never are "local".
-    let tier = crate::accounting::tier_of(target);
-    insert(headers, header::TIER, tier);
-    insert(headers, header::COMPLEXITY, &format!("{:.4}", decision.complexity));
-    insert(headers, header::CACHE, "miss");
+    insert_route(headers, Some(&decision.rule), Some(decision.complexity), Some(target));
     if decision.rerouted {
         insert(headers, header::REROUTED, "1");
     }
     // Spilled and served off the local engine (its fallback to local is not a spill).
-    if decision.spilled.is_some() && tier == "remote" {
+    if decision.spilled.is_some() && crate::accounting::tier_of(target) == "remote" {
         insert(headers, header::SPILLED, "1");
+    }
+}
+
+/// The route headers as far as the route is known (an error may come before a rule or a target):
+/// the rule and `cache: miss`, the complexity, the target and its tier.
+fn insert_route(headers: &mut HeaderMap, rule: Option<&str>, complexity: Option<f64>, target: Option<&str>) {
+    if let Some(rule) = rule {
+        insert(headers, header::RULE, rule);
+        insert(headers, header::CACHE, "miss");
+    }
+    if let Some(complexity) = complexity {
+        insert(headers, header::COMPLEXITY, &format!("{complexity:.4}"));
+    }
+    if let Some(target) = target {
+        insert(headers, header::TARGET, target);
+        // A fallback may serve from another tier than the decision's; provider names never are "local".
+        insert(headers, header::TIER, crate::accounting::tier_of(target));
     }
 }
 

@@ -141,8 +141,7 @@ async fn passthrough(
         + req.instructions.as_ref().map_or(0, |i| i.chars().count());
     let prompt_tokens = estimate_tokens(prompt_chars);
     if let Some(record) = exchange.record() {
-        record.routed(&decision.rule, decision.privacy.pii.keys().cloned().collect(), prompt_chars);
-        record.scored(decision.complexity);
+        record.decided(decision, prompt_chars);
     }
     let max_output = req.max_output_tokens.map_or(PASSTHROUGH_DEFAULT_MAX_OUTPUT, u64::from);
     let reserve = usd_to_nanos((state.pricer)(target, &Usage::new(prompt_tokens, max_output)));
