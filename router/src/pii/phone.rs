@@ -43,7 +43,7 @@ fn shaped_like_phone(number: &str, digits: &str, groups: &[&str]) -> bool {
         let has_cc = COUNTRY_CODES.iter().any(|cc| national.starts_with(cc));
         return has_cc && (9..=15).contains(&national.len());
     }
-    if !(9..=12).contains(&n) || looks_like_date(groups, number) || looks_like_isbn(groups, number) {
+    if !(9..=12).contains(&n) || looks_like_date(groups, number) || looks_like_isbn(groups, number) || is_decimal_list(number) {
         return false;
     }
     if number.starts_with('(') {
@@ -65,6 +65,12 @@ fn shaped_like_phone(number: &str, digits: &str, groups: &[&str]) -> bool {
         return false;
     }
     groups.len() <= 6
+}
+
+/// Decimals listed with spaces (`3.14 3.14 3.14`, `1.5 2.25 10.0`): every space-separated part
+/// holds one dot. A phone number mixes dots and spaces in no such way.
+fn is_decimal_list(s: &str) -> bool {
+    s.contains(' ') && s.split(' ').filter(|part| !part.is_empty()).all(|part| part.matches('.').count() == 1 && !part.contains(['-', '/']))
 }
 
 /// ISBNs as printed: 978/979 and 13 digits, or ten characters in four hyphenated groups, with a
@@ -144,7 +150,7 @@ mod tests {
 
     #[test]
     fn rejects_dates_isbns_and_short_numbers() {
-        for not_phone in ["15.03.2024", "2024-03-15", "03/15/2024", "978-3-16-148410-0", "0-306-40615-2", "1234", "4839201", "123456789", "119.0.1478.146"] {
+        for not_phone in ["15.03.2024", "2024-03-15", "03/15/2024", "978-3-16-148410-0", "0-306-40615-2", "1234", "4839201", "123456789", "119.0.1478.146", "3.14 3.14 3.14", "1.5 2.25 10.0 7.75"] {
             assert!(!is_phone(not_phone, "see "), "{not_phone}");
         }
     }

@@ -131,6 +131,15 @@ fn dotted_decimals_and_versions_are_still_not_cards() {
     }
 }
 
+#[test]
+fn lists_of_decimals_are_not_phone_numbers() {
+    for text in ["pi: 3.14 3.14 3.14 3.14 3.14 3.14 3.14 3.14 3.14", "weights 1.5 2.25 10.0 7.75 done", "x = [0.12 0.34 0.56 0.78]"] {
+        assert!(kinds(text).is_empty(), "{text}: {:?}", kinds(text));
+    }
+    // A phone number beside decimals is still found.
+    assert_eq!(kinds("ratio 3.14, call 020 7946 0958"), vec![(PiiKind::Phone, "020 7946 0958")]);
+}
+
 /// Long runs of numbers (a pasted table) are scanned in time linear in their length: each
 /// candidate stops a little past the longest value of its kind. (Unbounded, a 40 KB run of
 /// `0.5 ` took minutes.) The values found around such runs are unchanged.
