@@ -88,6 +88,7 @@ fn classify_and_decide(router: &Router, text: &str) -> router::Decision {
         budget_used: 0.0,
         budget_exhausted: false,
         local_overload: None,
+        stream: false,
     };
     router.decide(&input)
 }

@@ -43,6 +43,8 @@ pub struct RouteInput<'a> {
     /// The local engine cannot meet its latency targets for this request now: a rule with
     /// `spill` sends it there if it may leave.
     pub local_overload: Option<LocalOverload>,
+    /// The client asked for a stream: a cascade, which needs the whole local answer, is skipped.
+    pub stream: bool,
 }
 
 /// Why the local engine would miss its latency targets (bounded: a metric label).
@@ -331,6 +333,10 @@ impl Router {
     /// request may be served locally and the budget is not exhausted.
     fn cascade(&self, decision: &mut Decision, input: &RouteInput<'_>, check: &dyn Fn(&str) -> Option<String>) {
         if decision.violation.is_some() || decision.tier != Tier::Remote || input.budget_exhausted {
+            return;
+        }
+        if input.stream {
+            decision.reasons.push("cascade skipped: a streamed request goes straight to the route".to_owned());
             return;
         }
         let threshold = self.policy.classifier.cascade_min_logprob;

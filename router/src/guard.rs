@@ -168,12 +168,17 @@ pub fn violation(
 
 impl Policy {
     /// Static residency check: every route and fallback of every rule that can apply to a tenant
-    /// must run inside that tenant's residency (rules after one that takes all of the tenant's
-    /// requests never apply to it). `text` is the policy file, for line numbers.
+    /// must run inside that tenant's residency. Rules after one that takes all of the tenant's
+    /// `auto` requests never apply to it, unless they match a requested model (a request naming a
+    /// model still reaches them). `text` is the policy file, for line numbers.
     pub fn residency_problems(&self, text: &str, topology: &Topology, tenants: &[TenantProfile]) -> Vec<PolicyProblem> {
         let mut problems = Vec::new();
         for tenant in tenants.iter().filter(|t| !t.residency.is_empty()) {
+            let mut auto_taken = false;
             for rule in self.rules.iter().filter(|r| r.when.tenant.is_empty() || r.when.tenant.contains(&tenant.name)) {
+                if auto_taken && rule.when.requested_model.is_none() {
+                    continue;
+                }
                 for (field, target) in rule.all_targets() {
                     for full in topology.expand(target.get_ref()) {
                     let Some(info) = topology.get(&full) else { continue };
@@ -192,9 +197,7 @@ impl Policy {
                     }
                     }
                 }
-                if rule.when.matches_all_of(&tenant.name) {
-                    break;
-                }
+                auto_taken |= rule.when.matches_all_of(&tenant.name);
             }
         }
         problems
@@ -216,7 +219,7 @@ impl Policy {
                         rule.name,
                         full,
                         match rule.on_violation.unwrap_or(self.on_violation) {
-                            crate::OnViolation::Reroute if rescued => "rerouted",
+                            crate::OnViolation::Reroute if rescued => "rerouted (rejected, 403, for a tenant whose residency allows neither a trusted fallback nor the local engine)",
                             crate::OnViolation::Reroute => "rejected (403: no trusted fallback and no local engine to reroute them to)",
                             crate::OnViolation::Reject => "rejected",
                         }
@@ -299,6 +302,16 @@ mod tests {
         let problems = Policy::parse(&text).unwrap().residency_problems(&text, &topology(), &us);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].message.contains("\"default\".route"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_rule_matching_a_requested_model_still_applies_after_a_tenants_catch_all() {
+        let eu = vec![TenantProfile { name: "acme".into(), residency: vec!["eu".into()], tags: vec![] }];
+        // The first rule takes acme's `auto` requests; one naming gpt-4o still reaches the second.
+        let text = "[[rule]]\nname = \"acme\"\nwhen.tenant = [\"acme\"]\nroute = \"azure/gpt-4o\"\n\n[[rule]]\nname = \"named\"\nwhen.requested_model = \"*gpt-4o\"\nroute = \"openai/gpt-4o\"\n\n[[rule]]\nname = \"default\"\nroute = \"openai/gpt-4o\"\n";
+        let problems = Policy::parse(text).unwrap().residency_problems(text, &topology(), &eu);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("\"named\".route"), "{problems:?}");
     }
 
     #[test]

@@ -75,8 +75,9 @@ impl Default for Classifier {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct When {
-    /// Any of these privacy tags present.
-    #[serde(default, deserialize_with = "non_empty_list")]
+    /// Any of these privacy tags present (lowercased, as the caller's and the tenant's tags are:
+    /// tags match whatever their case).
+    #[serde(default, deserialize_with = "tag_list")]
     pub privacy: Vec<String>,
     /// Easy or hard.
     pub complexity: Option<Hardness>,
@@ -100,6 +101,11 @@ fn non_empty_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<V
         return Err(serde::de::Error::custom("an empty list would make this rule match every request; name at least one value or leave the condition out"));
     }
     Ok(list)
+}
+
+/// A non-empty list of privacy tags, trimmed and lowercased.
+fn tag_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    Ok(non_empty_list(deserializer)?.iter().map(|tag| tag.trim().to_lowercase()).collect())
 }
 
 impl When {
@@ -241,6 +247,14 @@ impl Policy {
                 message: format!("classifier.complexity_threshold = {t} must be between 0 and 1"),
             });
         }
+        // A log-probability is at most 0: a threshold above it would escalate every answer.
+        let keep_at = self.classifier.cascade_min_logprob;
+        if !(keep_at.is_finite() && keep_at <= 0.0) {
+            problems.push(PolicyProblem {
+                line: None,
+                message: format!("classifier.cascade_min_logprob = {keep_at} must be a log-probability, 0 or below (-0.5: about 61 % per token)"),
+            });
+        }
         for (i, rule) in self.rules.iter().enumerate() {
             let line = Some(line_col(text, rule.route.span().start).0);
             // Rule names label headers, metrics and the audit log: two alike could not be told apart.
@@ -258,10 +272,11 @@ impl Policy {
                 problems.push(PolicyProblem { line, message: format!("rule {:?}: when.requested_model = \"\" matches no request", rule.name) });
             }
             if let Some(share) = rule.when.budget_used_over {
-                if !(share.is_finite() && share >= 0.0) {
+                // The used share hardly passes 1: a request the budget cannot hold is refused.
+                if !(0.0..=1.0).contains(&share) {
                     problems.push(PolicyProblem {
                         line: Some(line_col(text, rule.route.span().start).0),
-                        message: format!("rule {:?}: when.budget_used_over = {share} must be a share >= 0 (0.8 = 80 %)", rule.name),
+                        message: format!("rule {:?}: when.budget_used_over = {share} must be a share between 0 and 1 (0.8 = 80 %)", rule.name),
                     });
                 }
             }
@@ -272,7 +287,7 @@ impl Policy {
                 });
             }
             if let Some(spill) = &rule.spill {
-                if rule.route.get_ref() != LOCAL_ALIAS {
+                if !is_local(rule.route.get_ref()) {
                     problems.push(PolicyProblem {
                         line: Some(line_col(text, spill.span().start).0),
                         message: format!(
@@ -387,6 +402,27 @@ route = "local"
         assert!(problems[0].message.contains("\"easy\".spill") && problems[0].message.contains("not configured"), "{}", problems[0]);
         assert_eq!(problems[0].line, Some(4));
         assert!(problems[1].message.contains("only a rule that routes to \"local\" can spill"), "{}", problems[1]);
+    }
+
+    #[test]
+    fn thresholds_that_can_never_hold_are_problems() {
+        let text = "[classifier]\ncascade_min_logprob = 3.0\n\n[[rule]]\nname = \"x\"\nwhen.budget_used_over = 5.0\nroute = \"local\"\n\n[[rule]]\nname = \"d\"\nroute = \"local\"\n";
+        let problems = Policy::parse(text).unwrap().problems(text, &|_| true);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].message.contains("cascade_min_logprob = 3 must be a log-probability, 0 or below"), "{problems:?}");
+        assert!(problems[1].message.contains("when.budget_used_over = 5 must be a share between 0 and 1"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_rule_routing_to_the_local_engine_by_its_full_name_can_spill() {
+        let text = "[[rule]]\nname = \"d\"\nroute = \"local/local-small\"\nspill = \"openai/gpt-4o\"\n";
+        assert_eq!(Policy::parse(text).unwrap().problems(text, &|t| t != "local/other"), vec![]);
+    }
+
+    #[test]
+    fn privacy_tags_are_read_lowercased() {
+        let text = "[[rule]]\nname = \"x\"\nwhen.privacy = [\"Confidential\", \" PII \"]\nroute = \"local\"\n";
+        assert_eq!(Policy::parse(text).unwrap().rules[0].when.privacy, ["confidential", "pii"]);
     }
 
     #[test]

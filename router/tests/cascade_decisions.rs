@@ -48,3 +48,10 @@ fn no_cascade_when_the_budget_is_exhausted_or_without_an_engine() {
     let remote_only = Router::new(Policy::parse(POLICY).unwrap(), Topology::new().with_remote("openai/gpt-4o", Some("eu-west"), true));
     assert_eq!(remote_only.decide(&input(&[])).cascade, None);
 }
+
+#[test]
+fn no_cascade_for_a_stream() {
+    let d = router("eu-west").decide(&RouteInput { stream: true, ..input(&[]) });
+    assert_eq!((d.target.as_str(), d.cascade), ("openai/gpt-4o", None));
+    assert!(d.reasons.iter().any(|r| r.contains("cascade skipped: a streamed request")), "{:?}", d.reasons);
+}

@@ -140,6 +140,7 @@ proptest! {
             budget_used: 0.0,
             budget_exhausted: case.budget_exhausted,
             local_overload: case.overloaded.then(|| LocalOverload { reason: SpillReason::Ttft, detail: "test".into() }),
+            stream: false,
         };
         let d = router.decide(&input);
         if d.violation.is_none() {
