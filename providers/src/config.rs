@@ -109,6 +109,9 @@ const fn default_timeout_ms() -> u64 {
     60_000
 }
 
+/// The most retries one request may make after its first attempt.
+pub const MAX_RETRIES: u32 = 10;
+
 const fn default_max_retries() -> u32 {
     2
 }
@@ -182,6 +185,13 @@ impl ProviderConfig {
         if self.timeout_ms == 0 {
             problems.push(format!("{who}: timeout_ms must be positive"));
         }
+        // Each retry is another upstream call for one client request: more than a few is a flood.
+        if self.max_retries > MAX_RETRIES {
+            problems.push(format!("{who}: max_retries must be at most {MAX_RETRIES} (each retry is another call to the provider)"));
+        }
+        if self.circuit_failures == 0 {
+            problems.push(format!("{who}: circuit_failures must be at least 1"));
+        }
         for (key, url) in self.base_url.iter().map(|u| ("base_url", u)).chain(self.endpoints.iter().map(|u| ("endpoints", u))) {
             if !(url.starts_with("http://") || url.starts_with("https://")) || url.parse::<http::Uri>().is_err() {
                 problems.push(format!("{who}: {key} {url:?} is not an http:// or https:// URL"));
@@ -236,5 +246,13 @@ models = [{ name = "gpt-4o", input_per_mtok = 2.5, output_per_mtok = 10.0, cache
         assert!(toml::from_str::<ProviderConfig>("name=\"x\"\nkind=\"bedrock\"\n").is_err());
         let err = toml::from_str::<ProviderConfig>("name=\"x\"\nkind=\"openai\"\nbase_urll=\"y\"\n").unwrap_err();
         assert!(err.to_string().contains("base_urll"));
+    }
+
+    #[test]
+    fn retries_and_the_circuit_threshold_are_bounded() {
+        let with = |extra: &str| toml::from_str::<ProviderConfig>(&format!("name=\"x\"\nkind=\"openai\"\nbase_url=\"http://h/v1\"\nmodels=[{{name=\"m\"}}]\n{extra}")).unwrap().problems();
+        assert!(with("max_retries = 10").is_empty());
+        assert!(with("max_retries = 4000000000")[0].contains("max_retries must be at most 10"));
+        assert!(with("circuit_failures = 0")[0].contains("circuit_failures must be at least 1"));
     }
 }
