@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::EngineError;
+
 /// The `[local]` section of `config/gateway.toml`: the embedded engine.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +148,10 @@ impl EngineConfig {
                 "local.model {} does not exist (run `make model` to fetch the default model)",
                 self.model.display()
             ));
+        } else if let Err(EngineError::Template { reason }) = crate::chat_template_of(&self.model) {
+            // Read from the file's header, without loading the weights: the engine would fail to
+            // start on it.
+            problems.push(format!("local.model: {reason}; it must be a GGUF chat model"));
         }
         problems
     }

@@ -11,6 +11,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::watch;
 use tracing::{error, info, info_span};
 
 use crate::scheduler::Scheduler;
@@ -27,6 +28,19 @@ pub struct EngineHandle {
     thread: Arc<EngineThread>,
     stats: Arc<EngineStats>,
     config: Arc<EngineConfig>,
+    startup: watch::Receiver<Startup>,
+}
+
+/// How the engine's start went: the model loads in the background.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    /// The model is loading.
+    Loading,
+    /// The model is loaded and the engine serves.
+    Serving,
+    /// The engine could not start (the model could not be loaded, has no usable chat template,
+    /// or its context could not be made): every request is refused with this reason.
+    Failed(String),
 }
 
 /// The engine thread, joined when the last handle drops it (unless `shutdown` already did).
@@ -114,11 +128,27 @@ impl EngineHandle {
         let config = Arc::new(config);
         let thread_stats = Arc::clone(&stats);
         let thread_config = Arc::clone(&config);
+        let (started, startup) = watch::channel(Startup::Loading);
         let thread = std::thread::Builder::new()
             .name("local-engine".into())
-            .spawn(move || run(&thread_config, &receiver, &thread_stats))
+            .spawn(move || run(&thread_config, &receiver, &thread_stats, &started))
             .map_err(|e| EngineError::Unavailable { reason: format!("cannot spawn the engine thread: {e}") })?;
-        Ok(Self { jobs, thread: Arc::new(EngineThread(Mutex::new(Some(thread)))), stats, config })
+        Ok(Self { jobs, thread: Arc::new(EngineThread(Mutex::new(Some(thread)))), stats, config, startup })
+    }
+
+    /// How the start went so far.
+    pub fn startup(&self) -> Startup {
+        self.startup.borrow().clone()
+    }
+
+    /// Waits until the engine serves (`Ok`) or has failed to start (`Err`, with the reason).
+    pub async fn started(&self) -> Result<(), String> {
+        let mut startup = self.startup.clone();
+        match startup.wait_for(|s| *s != Startup::Loading).await.map(|s| s.clone()) {
+            Ok(Startup::Failed(reason)) => Err(reason),
+            Ok(_) => Ok(()),
+            Err(_) => Err("the engine thread stopped before the model loaded".to_owned()),
+        }
     }
 
     /// Queues a generation. Events arrive on the returned stream; dropping it cancels the job.
@@ -199,7 +229,7 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
         .map_err(|reason| EngineError::Unavailable { reason: reason.clone() })
 }
 
-fn run(config: &EngineConfig, jobs: &Receiver<Message>, stats: &EngineStats) {
+fn run(config: &EngineConfig, jobs: &Receiver<Message>, stats: &EngineStats, started: &watch::Sender<Startup>) {
     let _span = info_span!("local_engine", model = %config.model.display()).entered();
     let loaded = backend().and_then(|backend| {
         let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
@@ -209,21 +239,26 @@ fn run(config: &EngineConfig, jobs: &Receiver<Message>, stats: &EngineStats) {
     });
     let (backend, model) = match loaded {
         Ok(pair) => pair,
-        Err(err) => return refuse_all(jobs, stats, &err),
+        Err(err) => return refuse_all(jobs, stats, &err, started),
     };
     let mut scheduler = match Scheduler::new(config, backend, &model, stats) {
         Ok(s) => s,
-        Err(err) => return refuse_all(jobs, stats, &err),
+        Err(err) => return refuse_all(jobs, stats, &err, started),
     };
     stats.loaded.store(true, Relaxed);
+    started.send_replace(Startup::Serving);
     info!(name = %config.name, context = config.context, parallel = config.parallel, "local engine ready");
     scheduler.serve(jobs);
     stats.loaded.store(false, Relaxed);
     info!("local engine stopped");
 }
 
-fn refuse_all(jobs: &Receiver<Message>, stats: &EngineStats, err: &EngineError) {
+fn refuse_all(jobs: &Receiver<Message>, stats: &EngineStats, err: &EngineError, started: &watch::Sender<Startup>) {
     error!(error = %err, "local engine could not start");
+    started.send_replace(Startup::Failed(err.to_string()));
+    // The server's fault, whatever the cause (a model without a chat template, say): not the
+    // request's.
+    let err = &EngineError::Unavailable { reason: format!("the local engine could not start: {err}") };
     while let Ok(Message::Generate(job)) = jobs.recv() {
         job.refuse(stats, err);
     }

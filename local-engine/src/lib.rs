@@ -25,7 +25,7 @@ pub mod grammar;
 
 pub use config::EngineConfig;
 pub use embeddings::{Embedder, EmbeddingConfig};
-pub use engine::EngineHandle;
+pub use engine::{EngineHandle, Startup};
 pub use error::EngineError;
 pub use load::{Load, Prediction, Timings};
 pub use stats::{EngineStats, EngineStatsSnapshot};

@@ -148,8 +148,8 @@ impl<'m> Scheduler<'m> {
             .map_err(|e| EngineError::Unavailable { reason: format!("cannot create a context: {e}") })?;
         let source = model
             .chat_template(None)
-            .map_err(|e| EngineError::Template { reason: format!("the model has no chat template: {e}") })?;
-        let source = source.to_str().map_err(|e| EngineError::Template { reason: e.to_string() })?;
+            .map_err(|e| EngineError::Unavailable { reason: format!("the model has no chat template (is it a chat model?): {e}") })?;
+        let source = source.to_str().map_err(|e| EngineError::Unavailable { reason: format!("the model's chat template is not UTF-8: {e}") })?;
         let vocab = model.vocab();
         let piece = |t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
         let template = ChatTemplate::new(source, &piece(vocab.bos()), &piece(vocab.eos()))?;
