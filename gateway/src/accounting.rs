@@ -4,7 +4,7 @@
 //! stream cut mid-way) loses its record.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -68,6 +68,9 @@ pub struct Ledger {
     /// `[metrics].baseline_model`: savings are measured against it.
     baseline: Option<String>,
     requests: AtomicU64,
+    /// Set when the drain deadline cuts the requests still running: theirs is a 503, not a
+    /// client that went away.
+    cutting: AtomicBool,
     /// The last [`RECENT`] records, newest last (for the dashboard).
     recent: Mutex<VecDeque<UsageRecord>>,
     /// Per-minute rollups of the last day (for `/admin/stats`).
@@ -100,6 +103,12 @@ impl Ledger {
             let provider = target.split_once('/').map_or(target, |(p, _)| p);
             metrics.upstream_errors.with_label_values(&[provider, kind]).inc();
         }
+    }
+
+    /// The requests still running are about to be cut by the stop's deadline: those that never
+    /// answered are recorded as 503 rather than 499 (client closed request).
+    pub fn cut_remaining(&self) {
+        self.cutting.store(true, Relaxed);
     }
 
     /// Writes the queued audit lines and closes the file (at shutdown).
@@ -331,7 +340,13 @@ impl Drop for PendingRecord {
         if r.status == 0 {
             // No status was ever set: the handler was dropped before it answered, which is the
             // client going away (or, while unwinding, a bug).
-            r.status = if std::thread::panicking() { 500 } else { CLIENT_CLOSED_REQUEST };
+            r.status = if std::thread::panicking() {
+                500
+            } else if self.ledger.cutting.load(Relaxed) {
+                503
+            } else {
+                CLIENT_CLOSED_REQUEST
+            };
         }
         // A failure names the last target tried, so that a failing provider's errors count
         // against it (dashboard error rates, `switchyard_requests_total{target}`).

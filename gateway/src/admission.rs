@@ -134,6 +134,16 @@ impl Limiter {
         self.tenants.get(tenant).and_then(|t| t.budget)
     }
 
+    /// What the tenant's budget would do with a request reserving `reserve_nusd`, judged on the
+    /// spend as last seen (nothing is reserved): `None` when it fits or there is no budget, else
+    /// the budget's `on_exceed`. For `/v1/route`, which explains without admitting.
+    pub fn would_exceed(&self, tenant: &str, reserve_nusd: u64) -> Option<crate::budgets::OnExceed> {
+        let budget = self.budget(tenant)?;
+        let now = Periods::at(unix_ms());
+        let spend = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(tenant).map(|(at, spend)| current(*at, *spend, now));
+        crate::store::over_budget(budget.limits(), spend.unwrap_or_default(), reserve_nusd).then_some(budget.on_exceed)
+    }
+
     /// Share of the tenant's tightest budget spent or reserved, as last seen (0 without a budget).
     pub fn used_share(&self, tenant: &str) -> f64 {
         let Some(budget) = self.budget(tenant) else { return 0.0 };

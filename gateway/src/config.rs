@@ -236,9 +236,7 @@ fn store_problems(raw: &RawConfig) -> Vec<String> {
         problems.extend(shadow.problems(&is_remote));
     }
     problems.extend(raw.responses.problems());
-    if let Some(audit) = raw.audit.as_ref().filter(|a| a.path.is_dir()) {
-        problems.push(format!("audit.path {:?} is a directory; name the file to write", audit.path.display().to_string()));
-    }
+    problems.extend(raw.audit.as_ref().and_then(|a| audit_path_problem(&a.path)));
     if let Some(embeddings) = &raw.local_embeddings {
         problems.extend(embeddings.problems());
         if raw.local.as_ref().is_some_and(|l| l.name == embeddings.name) {
@@ -246,6 +244,25 @@ fn store_problems(raw: &RawConfig) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Why the audit log could not be written at `path`, found without creating anything: `serve`
+/// would stop at start-up for the same reason.
+fn audit_path_problem(path: &Path) -> Option<String> {
+    let shown = path.display().to_string();
+    if path.is_dir() {
+        return Some(format!("audit.path {shown:?} is a directory; name the file to write"));
+    }
+    if path.exists() {
+        return std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .err()
+            .map(|e| format!("audit.path {shown:?} cannot be opened for appending: {e}"));
+    }
+    // The nearest existing folder above it must be a folder: `serve` creates the ones missing.
+    let above = path.ancestors().skip(1).find(|a| !a.as_os_str().is_empty() && a.exists())?;
+    (!above.is_dir()).then(|| format!("audit.path {shown:?} is under {:?}, which is not a directory", above.display().to_string()))
 }
 
 /// What `check` and `serve` warn about: rules relying on the privacy guard, tenants never shadowed.
@@ -263,7 +280,14 @@ fn warnings(policy: &Policy, policy_name: &str, file: &str, raw: &RawConfig, top
             )
         })
     });
-    guard.chain(shadow).chain(embeddings).collect()
+    // Tenant names are matched exactly: a rule naming no configured tenant never applies.
+    let known = |name: &String| name == crate::tenants::DEFAULT_TENANT || raw.tenants.iter().any(|t| &t.name == name);
+    let unknown_tenants = policy.rules.iter().flat_map(|rule| {
+        rule.when.tenant.iter().filter(|name| !known(name)).map(move |name| {
+            format!("{policy_name}: rule {:?}: when.tenant names {name:?}, which is not a configured tenant (names match exactly): the rule never applies to it", rule.name)
+        })
+    });
+    guard.chain(shadow).chain(embeddings).chain(unknown_tenants).collect()
 }
 
 /// Tenants the shadow evaluation never samples because its remote or judge runs outside their
@@ -725,6 +749,35 @@ mod tests {
         let err = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap_err().to_string();
         assert!(err.contains("models \"gpt-4o\" is listed twice"), "{err}");
         assert!(err.contains("audit.path") && err.contains("is a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_rule_naming_an_unconfigured_tenant_is_warned_about() {
+        let dir = tempdir();
+        let p = write(&dir, "policy.toml", "[[rule]]\nname = \"acme\"\nwhen.tenant = [\"acme\", \"Globex\", \"default\"]\nroute = \"openai/gpt-4o\"\n\n[[rule]]\nname = \"all\"\nroute = \"openai/gpt-4o\"\n");
+        let text = format!(
+            "[policy]\nfile = \"{}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = [{{ name = \"gpt-4o\" }}]\n[[tenants]]\nname = \"acme\"\n[[tenants]]\nname = \"globex\"\n",
+            p.display()
+        );
+        let config = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap();
+        let about_tenants: Vec<&String> = config.warnings.iter().filter(|w| w.contains("when.tenant")).collect();
+        assert_eq!(about_tenants.len(), 1, "{:?}", config.warnings);
+        assert!(about_tenants[0].contains("rule \"acme\": when.tenant names \"Globex\""), "{about_tenants:?}");
+    }
+
+    #[test]
+    fn an_audit_path_under_a_file_is_an_error_and_a_missing_folder_is_not() {
+        let dir = tempdir();
+        let p = policy(&dir, "openai/gpt-4o");
+        let config = |audit: &str| {
+            format!("[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = [{{ name = \"gpt-4o\" }}]\n[audit]\npath = \"{audit}\"\n")
+        };
+        // The policy file stands in for a file where a folder is needed.
+        let err = GatewayConfig::load(&write(&dir, "g.toml", &config(&format!("{p}/logs/audit.jsonl"))), None).unwrap_err().to_string();
+        assert!(err.contains("audit.path") && err.contains("which is not a directory"), "{err}");
+        let missing_folder = dir.join("not-yet/logs/audit.jsonl");
+        assert!(GatewayConfig::load(&write(&dir, "g.toml", &config(&missing_folder.display().to_string())), None).is_ok());
+        assert!(!dir.join("not-yet").exists(), "check creates nothing");
     }
 
     #[test]

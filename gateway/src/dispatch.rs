@@ -72,10 +72,12 @@ pub fn plan_with(
     signals: &Signals<'_>,
 ) -> Result<Decision, ApiError> {
     let Signals { unavailable, budget, spillover } = *signals;
-    let choice = catalog.resolve(&req.model).ok_or_else(|| ApiError::ModelNotFound { model: req.model.clone() })?;
+    // A model no target serves (or several serve, by a bare name) may still be claimed by a rule's
+    // `when.requested_model`, as clients hard-coding `gpt-4o` need; unclaimed, it is a 404.
+    let choice = catalog.resolve(&req.model);
     let resolved = match &choice {
-        ModelChoice::Auto => None,
-        ModelChoice::Target(t) => Some(t.as_str()),
+        Some(ModelChoice::Target(t)) => Some(t.as_str()),
+        Some(ModelChoice::Auto) | None => None,
     };
     let seen = privacy::inspect(req);
     let mut tags = caller_tags(headers);
@@ -97,11 +99,16 @@ pub fn plan_with(
         budget_used: budget.used,
         budget_exhausted: budget.exhausted,
         local_overload: spillover.and_then(|s| s.check(prompt_tokens)),
+        stream: req.is_stream(),
     };
     let decision = {
         let _span = tracing::debug_span!("route.decide").entered();
         router.decide(&input)
     };
+    let claimed = || router.policy().rules.iter().any(|r| r.name == decision.rule && r.when.requested_model.is_some());
+    if choice.is_none() && !claimed() {
+        return Err(ApiError::ModelNotFound { model: req.model.clone() });
+    }
     Ok(decision)
 }
 

@@ -256,6 +256,16 @@ fn summary(config: &GatewayConfig) -> String {
     out
 }
 
+/// A JSON-lines input file's text, without the byte-order mark some editors write first (it
+/// would make the first line "not JSON").
+fn read_lines_file(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    })
+}
+
 fn calibrate_command(
     path: &Path,
     prompts: Option<&Path>,
@@ -269,7 +279,7 @@ fn calibrate_command(
     };
     if let (Some(file), Some(quality)) = (from_shadow, target_quality) {
         in_range(quality, "--target-quality")?;
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let text = read_lines_file(file)?;
         let (samples, bad) = calibrate::shadow_samples(&text);
         anyhow::ensure!(!samples.is_empty(), "{} holds no shadow comparison", file.display());
         if bad > 0 {
@@ -284,13 +294,17 @@ fn calibrate_command(
     in_range(share, "--remote-share")?;
     let config = load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let router = config.router();
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = read_lines_file(file)?;
     let mut scores = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let value: serde_json::Value =
+        let mut value: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", file.display(), n + 1))?;
         let (text, turns) = if value.get("messages").is_some() {
-            let req = chat_request::parse_chat_request(line.as_bytes()).map_err(|e| anyhow::anyhow!("{}:{}: {e}", file.display(), n + 1))?;
+            // A sample of conversations needs no `model`: they are routed as `auto`.
+            if let Some(fields) = value.as_object_mut() {
+                fields.entry("model").or_insert_with(|| "auto".into());
+            }
+            let req = chat_request::parse_chat_request(value.to_string().as_bytes()).map_err(|e| anyhow::anyhow!("{}:{}: {e}", file.display(), n + 1))?;
             (gateway::privacy::inspect(&req).text, req.messages.len())
         } else {
             let prompt = value["prompt"].as_str().with_context(|| format!("{}:{}: needs \"prompt\" or \"messages\"", file.display(), n + 1))?;
@@ -316,7 +330,7 @@ fn calibrate_command(
 }
 
 fn train_router_command(labels: &Path, out: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(labels).with_context(|| format!("reading {}", labels.display()))?;
+    let text = read_lines_file(labels)?;
     let mut examples = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = || format!("{}:{}", labels.display(), n + 1);

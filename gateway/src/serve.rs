@@ -10,6 +10,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tower::ServiceExt as _;
 use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::config::{GatewayConfig, ServerConfig};
@@ -75,17 +76,32 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         })
     };
     let stopping = Arc::new(Notify::new());
+    // A local engine that cannot start would leave the gateway never ready: it stops instead, with
+    // the reason, so that a supervisor sees the failure rather than a replica stuck "loading".
+    let engine_failure = Arc::new(std::sync::OnceLock::new());
     {
         let state = Arc::clone(&state);
         let stopping = Arc::clone(&stopping);
+        let engine_failure = Arc::clone(&engine_failure);
         tokio::spawn(async move {
-            stop_signal().await;
-            info!("stop signal received; draining in-flight requests");
+            let engine_failed = async {
+                match &state.local {
+                    Some(local) => local.engine().started().await.err(),
+                    None => None,
+                }
+            };
+            tokio::select! {
+                () = stop_signal() => info!("stop signal received; draining in-flight requests"),
+                Some(reason) = engine_failed => {
+                    tracing::error!(error = %reason, "the local engine could not start; stopping");
+                    let _ = engine_failure.set(reason);
+                }
+            }
             state.draining.store(true, Relaxed);
             stopping.notify_one();
         });
     }
-    let (graceful, listener) = accept_loop(listener, app, &state.config.server, &stopping).await;
+    let (graceful, listener, mut connections) = accept_loop(listener, app, &state.config.server, &stopping).await;
     // The port stays open while the drain runs: probes get /readyz 503 and new requests 503
     // `shutting_down`, rather than a refused connection.
     let late = tokio::spawn(answer_while_draining(listener, crate::app::draining(Arc::clone(&state)), state.config.server.header_timeout_ms));
@@ -97,8 +113,15 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_DEADLINE) => {
             warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; closing remaining connections");
+            // Requests cut now are the server's doing (503 in their records), not their clients'.
+            state.ledger.cut_remaining();
+            connections.abort_all();
         }
     }
+    // Every connection task ends here, so the requests cut at the deadline leave their records
+    // (audit line, metrics) and settle their reservations before the settlements are awaited and
+    // the audit log is closed below.
+    while connections.join_next().await.is_some() {}
     late.abort();
     // The requests' settlements (spend, released reservations) reach the store before the
     // process goes: a restart must not lose spend.
@@ -114,11 +137,13 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         // Before the process exits, so llama.cpp is never torn down under a running decode.
         local.engine().shutdown();
     }
-    // Requests still in flight at the deadline leave their records as they are dropped; then
-    // the audit writer gets what is queued onto the disk.
+    // The audit writer gets what is queued onto the disk.
     state.ledger.close();
     info!("stopped");
-    Ok(())
+    match engine_failure.get() {
+        Some(reason) => Err(anyhow::anyhow!("the local engine could not start: {reason}")),
+        None => Ok(()),
+    }
 }
 
 /// Serves `app` (the draining answers) on connections accepted after the stop signal, one
@@ -136,20 +161,25 @@ async fn answer_while_draining(listener: tokio::net::TcpListener, app: axum::Rou
 
 /// Accepts connections until `stopping` is notified, at most `max_connections` at once (more
 /// wait in the listen backlog), each served by hyper's HTTP/1 with the header timeout. Returns
-/// the watcher of the connections still open, for the drain, and the listener.
+/// the watcher of the connections still open, for the drain, the listener, and the connections'
+/// tasks (to cut those the drain deadline leaves, and to wait for them to end).
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     server: &ServerConfig,
     stopping: &Notify,
-) -> (GracefulShutdown, tokio::net::TcpListener) {
+) -> (GracefulShutdown, tokio::net::TcpListener, JoinSet<()>) {
     let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
     let permits = Arc::new(Semaphore::new(server.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(server.header_timeout_ms));
     let stop = stopping.notified();
     tokio::pin!(stop);
     loop {
+        // Ended connections leave the set (it would otherwise keep one entry per connection ever
+        // served).
+        while connections.try_join_next().is_some() {}
         let accepted = tokio::select! {
             () = &mut stop => break,
             permit = Arc::clone(&permits).acquire_owned() => match permit {
@@ -180,13 +210,13 @@ async fn accept_loop(
             req
         }));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
-        tokio::spawn(async move {
+        connections.spawn(async move {
             // Errors here are the client's (reset, header timeout, malformed request).
             let _ = connection.await;
             drop(permit);
         });
     }
-    (graceful, listener)
+    (graceful, listener, connections)
 }
 
 async fn stop_signal() {

@@ -104,12 +104,8 @@ impl AppState {
         for p in &config.providers {
             let api_key = match &p.api_key_env {
                 // The variable's name may be logged; its value never is.
-                Some(var) => {
-                    let key = std::env::var(var).with_context(|| format!("provider {:?}: environment variable {var} (api_key_env) is not set", p.name))?;
-                    // An empty key would go out as `Bearer ` and read as the provider's fault.
-                    anyhow::ensure!(!key.trim().is_empty(), "provider {:?}: environment variable {var} (api_key_env) is empty", p.name);
-                    Some(key)
-                }
+                // An empty key would go out as `Bearer ` and read as the provider's fault.
+                Some(var) => Some(secret_from_env(var, &format!("provider {:?}: environment variable {var} (api_key_env)", p.name))?),
                 None => None,
             };
             let provider: Arc<dyn Provider> = match p.kind {
@@ -141,12 +137,8 @@ impl AppState {
         let baseline = config.metrics.as_ref().and_then(|m| m.baseline_model.clone());
         let admin_key = match &config.server.admin_key_env {
             // The variable's name may be logged; its value never is.
-            Some(var) => {
-                let key = std::env::var(var).with_context(|| format!("server.admin_key_env: environment variable {var} is not set"))?;
-                // An empty key would open the admin pages to an empty password.
-                anyhow::ensure!(!key.trim().is_empty(), "server.admin_key_env: environment variable {var} is empty");
-                Some(key)
-            }
+            // An empty key would open the admin pages to an empty password.
+            Some(var) => Some(secret_from_env(var, &format!("server.admin_key_env: environment variable {var}"))?),
             None => None,
         };
         let tenants = Tenants::new(&config.tenants);
@@ -272,4 +264,16 @@ fn pricer(config: &GatewayConfig) -> Pricer {
         }
         prices.get(target).map_or(0.0, |price| price.cost_of(usage))
     })
+}
+
+/// A key from the environment variable `var` (`what` names it in errors; the value never
+/// appears). Surrounding whitespace is dropped: the newline a secrets file or `echo` leaves would
+/// otherwise make the key one no header can carry (sent without credentials) or one no client can
+/// present. Unset, empty, or holding characters a header cannot carry is an error.
+fn secret_from_env(var: &str, what: &str) -> anyhow::Result<String> {
+    let value = std::env::var(var).with_context(|| format!("{what} is not set"))?;
+    let key = value.trim();
+    anyhow::ensure!(!key.is_empty(), "{what} is empty");
+    anyhow::ensure!(axum::http::HeaderValue::from_str(key).is_ok(), "{what} holds characters an HTTP header cannot carry");
+    Ok(key.to_owned())
 }

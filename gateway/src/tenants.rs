@@ -88,6 +88,10 @@ impl TenantConfig {
                 ));
             }
         }
+        // An empty region matches no region: likely a typo, and it would print as `[]`.
+        if self.residency.iter().any(|r| r.trim().is_empty()) {
+            problems.push(format!("tenant {:?}: residency lists an empty region (name regions or region prefixes, such as \"eu\")", self.name));
+        }
         if let Some(budget) = &self.budget {
             problems.extend(budget.problems().into_iter().map(|p| format!("tenant {:?}: {p}", self.name)));
         }
@@ -107,7 +111,7 @@ impl TenantConfig {
 
     /// The router's view of this tenant.
     pub fn profile(&self) -> TenantProfile {
-        let mut tags: Vec<String> = self.tags.iter().map(|t| t.trim().to_ascii_lowercase()).collect();
+        let mut tags: Vec<String> = self.tags.iter().map(|t| t.trim().to_lowercase()).collect();
         tags.sort();
         tags.dedup();
         TenantProfile { name: self.name.clone(), residency: self.residency.clone(), tags }
@@ -189,6 +193,13 @@ mod tests {
             .iter()
             .any(|p| p.contains("must not be empty")));
         assert!(tenant("a\nb", vec![]).problems().iter().any(|p| p.contains("control characters")));
+    }
+
+    #[test]
+    fn an_empty_residency_region_is_a_problem() {
+        let mut t = tenant("acme", vec![]);
+        t.residency = vec!["eu".into(), " ".into()];
+        assert!(t.problems()[0].contains("residency lists an empty region"), "{:?}", t.problems());
     }
 
     #[test]

@@ -21,9 +21,9 @@ assert len(PROMPT) == 40
 PAID = '[[rule]]\nname = "paid"\nroute = "fake/metered"\n'
 
 
-def budget_gateway(tmp_path, fake_provider, budget, policy=PAID):
+def budget_gateway(tmp_path, fake_provider, budget, policy=PAID, extra=""):
     tenants = f'[[tenants]]\nname = "default"\nbudget = {budget}\n'
-    return Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider) + tenants), policy=policy)
+    return Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider) + tenants + extra), policy=policy)
 
 
 def ask(gw, **kw):
@@ -62,6 +62,10 @@ def test_reject_answers_429_budget_exceeded_until_the_day_ends(tmp_path, fake_pr
         assert body["code"] == "budget_exceeded" and body["type"] == "insufficient_quota", body
         retry_after = int(refused.value.response.headers["retry-after"])
         assert abs(retry_after - seconds_to_utc_midnight()) < 5, "the daily budget comes back at 00:00 UTC"
+        # `/v1/route` says so too, without reserving anything.
+        route = httpx.post(f"{gw.v1}/route", json={"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": PROMPT}]}).json()
+        assert route["budget_exceeded"] is True and route["target"] == "fake/metered", route
+        assert any("budget_exceeded" in r for r in route["reasons"]), route["reasons"]
         b = budget_of(gw)
         assert b["spent_today_usd"] == pytest.approx(2 * COST, abs=1e-12) and b["reserved_usd"] == 0
         assert b["used_share"] == pytest.approx(2 * COST / 0.12)
@@ -84,6 +88,8 @@ def test_local_on_exceed_reroutes_to_the_local_engine(tmp_path, fake_provider):
         assert first.headers["x-switchyard-target"] == "fake/metered"
         assert "x-switchyard-rerouted" not in first.headers
         settled(gw, COST)
+        route = httpx.post(f"{gw.v1}/route", json={"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": PROMPT}]}).json()
+        assert (route["budget_exceeded"], route["target"], route["rerouted"]) == (True, "local/local-small", True), route
         second = ask(gw)
         assert second.http_response.status_code == 200
         assert second.headers["x-switchyard-target"] == "local/local-small"
@@ -126,6 +132,26 @@ def test_budget_used_over_keeps_traffic_local_as_money_runs_low(tmp_path, fake_p
         route = httpx.post(f"{gw.v1}/route", json={"model": "auto", "messages": [{"role": "user", "content": PROMPT}]}).json()
         assert route["rule"] == "thrifty"
         assert any("budget used > 50%" in r for r in route["reasons"]), route["reasons"]
+    finally:
+        gw.stop()
+
+
+def test_a_cached_answer_is_not_replayed_once_the_budget_routes_elsewhere(tmp_path, fake_provider):
+    """A hit is served only from a target the request's current decision may use: once the
+    thrifty rule takes over, the paid route's cached answer is not replayed under its name."""
+    policy = '[[rule]]\nname = "thrifty"\nwhen.budget_used_over = 0.5\nroute = "fake/echo"\n\n' + PAID
+    gw = budget_gateway(tmp_path, fake_provider, '{ daily_usd = 0.15 }', policy=policy, extra='[cache]\nttl_s = 300\n')
+    try:
+        seen = []
+        for seed, spent_after in ((0, COST), (0, COST), (1, 2 * COST), (0, None), (0, None)):
+            raw = ask(gw, temperature=0, seed=seed)
+            seen.append((raw.headers["x-switchyard-rule"], raw.headers["x-switchyard-target"], raw.headers["x-switchyard-cache"]))
+            if spent_after is not None:
+                settled(gw, spent_after)
+        # A miss then a hit at 0 % and 33 % used; at 67 % the thrifty rule takes over, and seed 0's
+        # cached answer from the paid route is not replayed: asked again, then kept for the next.
+        assert seen == [("paid", "fake/metered", "miss"), ("paid", "fake/metered", "hit"), ("paid", "fake/metered", "miss"),
+                        ("thrifty", "fake/echo", "miss"), ("thrifty", "fake/echo", "hit")], seen
     finally:
         gw.stop()
 

@@ -4,7 +4,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import parse_chunks, sse_events
+from conftest import Gateway, fake_provider_section, gateway_config, new_virtual_key, parse_chunks, sse_events
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -124,3 +124,25 @@ def test_a_model_can_be_retrieved_by_its_id(gateway, schemas, client):
         assert client.models.retrieve(model_id).id == model_id
     missing = httpx.get(f"{gateway.v1}/models/fake/nope")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    # Every spelling a request's `model` may use finds its model.
+    for spelling, listed in [("local", "local-small"), ("local/local-small", "local-small"), ("echo", "fake/echo")]:
+        r = httpx.get(f"{gateway.v1}/models/{spelling}")
+        assert r.status_code == 200 and r.json()["id"] == listed, (spelling, r.text)
+
+
+def test_models_list_only_what_the_tenant_may_use(tmp_path, fake_provider):
+    key, key_hash = new_virtual_key()
+    tenants = f'[[tenants]]\nname = "us-team"\nkeys = ["{key_hash}"]\nresidency = ["us"]\n'
+    providers = fake_provider_section(fake_provider, name="eufake", region="eu-west") + fake_provider_section(fake_provider, name="usfake", region="us-east")
+    gw = Gateway(tmp_path, gateway_config(providers + tenants), policy='[[rule]]\nname = "all"\nroute = "usfake/echo"\n')
+    try:
+        headers = {"authorization": f"Bearer {key}"}
+        ids = [m["id"] for m in httpx.get(f"{gw.v1}/models", headers=headers).json()["data"]]
+        # The local engine runs in eu-west, like eufake: outside the tenant's residency.
+        assert "usfake/echo" in ids and ids[-1] == "auto", ids
+        assert not any(i.startswith("eufake/") or i == "local-small" for i in ids), ids
+        for hidden in ["eufake/echo", "local", "local-small"]:
+            r = httpx.get(f"{gw.v1}/models/{hidden}", headers=headers)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", (hidden, r.text)
+    finally:
+        gw.stop()

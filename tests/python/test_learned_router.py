@@ -86,11 +86,15 @@ def test_bad_labels_and_bad_models_are_refused(tmp_path):
     assert check.returncode == 1 and "classifier.model" in check.stderr, check.stderr
 
 
+CODE_REVIEW = [{"role": "user", "content": "Analyze this code:\n```python\ndef f(): pass\n```"}]
+
+
 def test_calibrate_picks_the_threshold_for_a_remote_share(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     lines = [{"prompt": "Hi"}] * 6 + [{"prompt": "Prove step by step that the algorithm is optimal and derive its complexity."}] * 2 \
-        + [{"model": "auto", "messages": [{"role": "user", "content": "Analyze this code:\n```python\ndef f(): pass\n```"}]}] * 2
-    prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+        + [{"model": "auto", "messages": CODE_REVIEW}, {"messages": CODE_REVIEW}]  # `model` may be left out
+    # Written with the byte-order mark some editors put first.
+    prompts.write_text("\ufeff" + "\n".join(json.dumps(line) for line in lines) + "\n", encoding="utf-8")
     out = subprocess.run([str(BIN), "calibrate", "--config", "config/gateway.toml", "--prompts", str(prompts),
                           "--remote-share", "0.2"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

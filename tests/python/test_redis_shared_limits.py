@@ -3,9 +3,11 @@ per test, stopped by pid): exact spend under a race, cluster-wide rate limits, a
 away and coming back under both `on_outage` settings."""
 
 import asyncio
+import json
 import math
 import re
 import signal
+import threading
 import time
 import uuid
 
@@ -221,5 +223,38 @@ def test_a_stopping_replica_settles_its_last_requests_in_redis(tmp_path, fake_pr
         day_keys = private_redis.cli("--scan", "--pattern", "switchyard:{default}:spend:day:*").split()
         assert len(day_keys) == 1, day_keys
         assert int(private_redis.cli("GET", day_keys[0])) == round(float(record["cost_usd"]) * 1e9) > 0
+    finally:
+        gw.stop()
+
+
+def test_a_request_the_drain_deadline_cuts_is_recorded_and_settled(tmp_path, fake_provider, private_redis):
+    # An answer that starts 45 s late outlives the 30 s drain: the stop cuts it, and its record
+    # (a 503: the server's doing) reaches the audit log and its reservation leaves Redis before
+    # the process exits, rather than lapsing with its lease minutes later.
+    audit = tmp_path / "audit.jsonl"
+    config = remote_only_config(fake_provider, '[[tenants]]\nname = "default"\nbudget = { daily_usd = 1.0 }\n'
+                                f'\n[redis]\nurl = "{private_redis.url}"\n\n[audit]\npath = "{audit}"\n').replace("timeout_ms = 20000", "timeout_ms = 90000")
+    gw = Gateway(tmp_path, config, policy='[[rule]]\nname = "slow"\nroute = "fake/echo"\n')
+    try:
+        httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"slow_ms": 45000}]}).raise_for_status()
+        outcome = {}
+
+        def ask():
+            try:
+                outcome["response"] = httpx.post(f"{gw.v1}/chat/completions", timeout=90, json={
+                    "model": "auto", "max_tokens": 100, "messages": [{"role": "user", "content": "late"}]})
+            except httpx.HTTPError as e:
+                outcome["error"] = e
+
+        client = threading.Thread(target=ask)
+        client.start()
+        wait_for(lambda: int(private_redis.cli("GET", "switchyard:{default}:reserved") or 0) > 0, what="the reservation")
+        gw.process.proc.send_signal(signal.SIGTERM)
+        assert gw.process.proc.wait(timeout=90) == 0
+        client.join(timeout=30)
+        assert "error" in outcome, outcome
+        records = [json.loads(line) for line in audit.read_text().splitlines()]
+        assert [r["status"] for r in records] == [503], records
+        assert int(private_redis.cli("GET", "switchyard:{default}:reserved") or 0) == 0
     finally:
         gw.stop()

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import (Gateway, accounting_record, fake_provider_section, fake_requests, gateway_config, new_virtual_key,
-                      remote_only_config)
+from conftest import (Gateway, accounting_record, fake_provider_section, fake_requests, free_port, gateway_config,
+                      new_virtual_key, remote_only_config)
 
 EVENT_SCHEMAS = {
     "response.created": "ResponseCreatedEvent",
@@ -358,6 +358,37 @@ def test_hosted_tools_pass_through_and_are_refused_where_nothing_speaks_the_api(
     assert responses_sent(fake_provider)[-1]["tools"] == tools
     plain = httpx.post(f"{gateway.v1}/responses", json={"model": "auto", "input": "x", "tools": tools}, timeout=30)
     assert plain.status_code == 400 and plain.json()["error"]["param"] == "tools[0].type"
+
+
+def test_a_passed_through_request_whose_target_fails_goes_to_its_fallbacks(tmp_path, fake_provider):
+    """A target that speaks the Responses API and fails before answering hands the request to the
+    rule's fallbacks, as chat does: through the API to one that speaks it, else through the chat
+    translation; streamed or not, accounted and stored under the target that answered."""
+    dead = fake_provider_section(f"http://127.0.0.1:{free_port()}", name="dead", extra_keys="responses_api = true\nmax_retries = 0\n")
+    speaks = fake_provider_section(fake_provider, name="oai", extra_keys="responses_api = true\n")
+    plain = fake_provider_section(fake_provider, name="plain")
+    policy = ('[[rule]]\nname = "to-oai"\nwhen.requested_model = "dead/shred"\nroute = "dead/shred"\nfallback = ["oai/echo"]\n\n'
+              '[[rule]]\nname = "default"\nroute = "dead/echo"\nfallback = ["plain/echo"]\n')
+    gw = Gateway(tmp_path, f'[server]\nregion = "eu-west"\n\n{dead}\n{speaks}\n{plain}\n[policy]\nfile = "{{policy}}"\n', policy=policy)
+    try:
+        client = client_for(gw)
+        chats, passed = len(fake_requests(fake_provider)), len(responses_sent(fake_provider))
+        raw = client.responses.with_raw_response.create(model="auto", input="via chat")
+        assert (raw.headers["x-switchyard-rule"], raw.headers["x-switchyard-target"]) == ("default", "plain/echo")
+        answer = raw.parse()
+        assert answer.output_text == "echo: via chat" and client.responses.retrieve(answer.id).output_text == "echo: via chat"
+        assert accounting_record(gw, raw.headers["x-request-id"])["target"] == "plain/echo"
+        events = raw_events(gw, {"model": "auto", "input": "streamed via chat"})
+        assert "".join(d["delta"] for n, d in events if n == "response.output_text.delta") == "echo: streamed via chat"
+        # Both answered through the chat translation: nothing reached a Responses endpoint.
+        assert len(responses_sent(fake_provider)) == passed and len(fake_requests(fake_provider)) == chats + 2
+        raw = client.responses.with_raw_response.create(model="dead/shred", input="via the API")
+        assert raw.headers["x-switchyard-target"] == "oai/echo" and raw.parse().output_text == "echo: via the API"
+        events = raw_events(gw, {"model": "dead/shred", "input": "streamed via the API"})
+        assert events[-1][0] == "response.completed" and events[-1][1]["response"]["output"][0]["content"][0]["text"] == "echo: streamed via the API"
+        assert [b["model"] for b in responses_sent(fake_provider)[passed:]] == ["echo", "echo"]
+    finally:
+        gw.stop()
 
 
 def test_over_budget_passthrough_goes_to_the_local_engine(tmp_path, fake_provider):

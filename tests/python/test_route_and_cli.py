@@ -88,6 +88,30 @@ def test_check_warns_about_secrets_this_environment_lacks_and_serve_refuses_an_e
     assert "SY_TEST_UNSET_KEY (api_key_env) is empty" in serve.stderr and "socket address" not in serve.stderr, serve.stderr
 
 
+def test_secrets_are_read_without_the_newline_a_secrets_file_leaves(tmp_path, fake_provider):
+    # `SY_KEY=$(cat key.txt)` keeps no newline, but env files and mounted secrets often do: the
+    # provider key must still go out, and the admin key still be one a client can present.
+    config = remote_only_config(fake_provider).replace(
+        'name = "fake"\n', 'name = "fake"\napi_key_env = "SY_NL_KEY"\n', 1).replace(
+        '[server]\nregion = "eu-west"', '[server]\nregion = "eu-west"\nadmin_key_env = "SY_NL_ADMIN"')
+    gw = Gateway(tmp_path, config, policy='[[rule]]\nname = "all"\nroute = "fake/echo"\n',
+                 env={"SY_NL_KEY": "sk-newline-key\n", "SY_NL_ADMIN": " admin-newline-key\r\n"})
+    try:
+        r = httpx.post(f"{gw.v1}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "nl key"}]}, timeout=30)
+        assert r.status_code == 200, r.text
+        sent = [x for x in httpx.get(f"{fake_provider}/control/requests").json() if "nl key" in str(x["body"].get("messages"))]
+        assert sent[-1]["authorization"] == "Bearer sk-newline-key"
+        assert httpx.get(f"{gw.base}/admin/stats", headers={"authorization": "Bearer admin-newline-key"}).status_code == 200
+    finally:
+        gw.stop()
+    # A key no header can carry, even trimmed, stops the start with the variable's name only.
+    config_path = tmp_path / "gateway.toml"
+    serve = subprocess.run([str(BIN), "serve", "--config", str(config_path)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "SY_NL_KEY": "sk-in\nside", "SY_NL_ADMIN": "a", "SWITCHYARD_LISTEN": "127.0.0.1:0"})
+    assert serve.returncode != 0
+    assert "SY_NL_KEY (api_key_env) holds characters an HTTP header cannot carry" in serve.stderr and "sk-in" not in serve.stderr, serve.stderr
+
+
 def test_the_gateway_outlives_the_pipe_its_logs_go_to(tmp_path, fake_provider):
     # A log shipper that goes away (here: a reader that closes the pipe after one line) must not
     # take the gateway down: log lines that cannot be written are dropped.

@@ -221,8 +221,10 @@ pub async fn serve_chat(
         return Err(ApiError::PolicyViolation { reason: format!("rule {:?}: {reason}", decision.rule) });
     }
     let cache_key = state.cache.as_ref().and_then(|_| cache_key(&tenant.name, &caller_tags(headers), &req));
+    // A hit serves only from a target this decision may use: once the policy routes the request
+    // elsewhere (a budget rule, say), another target's answer is not replayed under its rule.
     let cached = match (&state.cache, &cache_key) {
-        (Some(cache), Some(key)) => cache.get(key).await,
+        (Some(cache), Some(key)) => cache.get(key).await.filter(|hit| candidates(&decision).any(|t| t == hit.target)),
         _ => None,
     };
     // A hit spends nothing; otherwise the worst case over every target that may serve is held.
@@ -284,6 +286,18 @@ pub async fn serve_chat(
     }
 }
 
+/// The answer from `decision`'s targets to a request admitted elsewhere: a Responses request
+/// whose targets that speak the API failed before answering, served by the rest (neither cached
+/// nor shadowed: these are fallbacks).
+pub async fn serve_admitted(state: &AppState, ctx: &RequestCtx, req: ChatRequest, decision: &Decision, exchange: &mut Exchange) -> Result<Served, ApiError> {
+    let record = &mut exchange.record;
+    if req.is_stream() {
+        stream_answer(state, req, decision, ctx, record, None, None).await
+    } else {
+        complete_answer(state, req, decision, ctx, record, None, None).await
+    }
+}
+
 /// A request sampled for shadow evaluation, if it may be: `[shadow]` is on, the request carries
 /// no privacy tag, its tenant did not opt out, it asks for one plain answer (no tools) and the
 /// local engine is among its targets. The answer is filled in once the local engine gave it.
@@ -334,14 +348,14 @@ fn offer_shadow(shadowing: Option<Shadowing>, target: &str, answer: Option<&Chat
 }
 
 /// True for the embedded engine's target.
-fn is_local(state: &AppState, target: &str) -> bool {
+pub(crate) fn is_local(state: &AppState, target: &str) -> bool {
     state.catalog.local_target().as_deref() == Some(target)
 }
 
 /// The most the request can cost on any remote target that may serve it: its prompt (estimated)
 /// and `max_tokens` (or the budget's `default_max_tokens`) for each choice, at list prices.
 /// Local answers are never reserved (their cost, if priced, is added when they settle).
-fn worst_case_nusd(state: &AppState, req: &ChatRequest, decision: &Decision, prompt_tokens: u64, tenant: &str) -> u64 {
+pub(crate) fn worst_case_nusd(state: &AppState, req: &ChatRequest, decision: &Decision, prompt_tokens: u64, tenant: &str) -> u64 {
     let Some(budget) = state.limiter.budget(tenant) else { return 0 };
     let per_choice = u64::from(req.max_output_tokens().unwrap_or(budget.default_max_tokens));
     let usage = Usage::new(prompt_tokens, per_choice * u64::from(req.n.unwrap_or(1).max(1)));
@@ -384,7 +398,7 @@ fn cached_answer(req: &ChatRequest, decision: &Decision, hit: &Cached, record: &
 }
 
 /// Targets to try, in order: the decision's, then its fallbacks.
-fn candidates(decision: &Decision) -> impl Iterator<Item = &str> {
+pub(crate) fn candidates(decision: &Decision) -> impl Iterator<Item = &str> {
     std::iter::once(decision.target.as_str()).chain(decision.fallbacks.iter().map(String::as_str))
 }
 

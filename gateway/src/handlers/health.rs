@@ -15,15 +15,24 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// 200 once the model is loaded and the router is ready; 503 before and while draining.
+/// 200 once the model is loaded and the router is ready; 503 before (`loading`), when the model
+/// could not be loaded (`failed`, with the `error`) and while draining.
 /// The body carries the engine's live counters (queue, active sequences, KV cells).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     let engine = state.local.as_ref().map(|l| l.engine().stats());
+    let failure = state.local.as_ref().and_then(|l| match l.engine().startup() {
+        local_engine::Startup::Failed(reason) => Some(reason),
+        _ => None,
+    });
     let draining = state.draining.load(Relaxed);
     let ready = state.is_ready();
-    let status = if ready { "ready" } else if draining { "draining" } else { "loading" };
+    let status = if ready { "ready" } else if draining { "draining" } else if failure.is_some() { "failed" } else { "loading" };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(json!({"status": status, "engine": engine})))
+    let mut body = json!({"status": status, "engine": engine});
+    if let Some(reason) = failure {
+        body["error"] = Value::String(reason);
+    }
+    (code, Json(body))
 }
 
 /// Prometheus text exposition (INTERFACE.md §5); gauges are read from the engine and the

@@ -4,34 +4,57 @@ use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
+use router::TenantProfile;
 use serde_json::{json, Value};
 
+use crate::catalog::ModelChoice;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The local model, every `provider/model`, the local embedding model, and `auto`.
-pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"object": "list", "data": models(&state)}))
+/// The local model, every `provider/model`, the local embedding model, and `auto`: those the
+/// caller's tenant may use (a model running outside its residency is not listed).
+pub async fn list_models(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": models(&state, &tenant)}))
 }
 
-/// One of them (ids hold a `/`: `provider/model`); 404 `model_not_found` otherwise.
-pub async fn retrieve_model(State(state): State<Arc<AppState>>, path: Result<Path<String>, PathRejection>) -> Result<Json<Value>, ApiError> {
+/// One of them, by its id (ids hold a `/`: `provider/model`) or any other spelling a request's
+/// `model` may use (`local`, `local/<name>`, a bare name one provider serves); 404
+/// `model_not_found` otherwise.
+pub async fn retrieve_model(
+    State(state): State<Arc<AppState>>,
+    Extension(tenant): Extension<Arc<TenantProfile>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
     // axum's own rejection would be plain text.
     let Path(id) = path.map_err(|_| ApiError::invalid("The model id in the path is not valid UTF-8.", "model"))?;
-    models(&state).into_iter().find(|m| m["id"] == id.as_str()).map(Json).ok_or(ApiError::ModelNotFound { model: id })
+    let listed = match state.catalog.resolve(&id) {
+        Some(ModelChoice::Target(target)) if state.catalog.local_target().as_deref() == Some(target.as_str()) => {
+            state.config.local.as_ref().map_or(target, |l| l.name.clone())
+        }
+        Some(ModelChoice::Target(target)) => target,
+        Some(ModelChoice::Auto) | None => id.clone(),
+    };
+    models(&state, &tenant).into_iter().find(|m| m["id"] == listed.as_str()).map(Json).ok_or(ApiError::ModelNotFound { model: id })
 }
 
-fn models(state: &AppState) -> Vec<Value> {
+fn models(state: &AppState, tenant: &TenantProfile) -> Vec<Value> {
     let created = state.started_unix;
+    let local_region = state.config.server.region.as_str();
+    let topology = state.router.topology();
+    let allowed = |id: &str, owned_by: &str| {
+        let region = if owned_by == "switchyard-local" { Some(local_region) } else { topology.get(id).and_then(|t| t.region.as_deref()) };
+        id == crate::catalog::AUTO || router::region_allowed(&tenant.residency, region)
+    };
     let mut data: Vec<Value> = state
         .catalog
         .model_ids()
         .into_iter()
+        .filter(|(id, owned_by)| allowed(id, owned_by))
         .map(|(id, owned_by)| json!({"id": id, "object": "model", "created": created, "owned_by": owned_by}))
         .collect();
     // The embedding model goes before `auto`, which stays last.
-    if let Some(e) = &state.embeddings {
+    if let Some(e) = state.embeddings.as_ref().filter(|_| router::region_allowed(&tenant.residency, Some(local_region))) {
         let at = data.len().saturating_sub(1);
         data.insert(at, json!({"id": e.config.name, "object": "model", "created": created, "owned_by": "switchyard"}));
     }

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{self, Stream, StreamExt};
 use providers::wire::{ChatMessage, Usage};
-use providers::ChunkStream;
+use providers::{ChunkStream, ProviderError};
 use router::{Decision, TenantProfile};
 use serde_json::{json, Value};
 
@@ -22,8 +22,8 @@ use crate::chat_request::validate_chat_request;
 use crate::error::ApiError;
 use crate::accounting::{estimate_tokens, PendingRecord};
 use crate::budgets::usd_to_nanos;
-use crate::dispatch::{caller_tags, count_upstream_error, plan, provider_for, TAGS_HEADER};
-use crate::handlers::chat::{serve_chat, set_route_headers, Exchange, ServedBody};
+use crate::dispatch::{caller_tags, count_upstream_error, plan, provider_for, worth_falling_back, TAGS_HEADER};
+use crate::handlers::chat::{candidates, is_local, serve_admitted, serve_chat, set_route_headers, Exchange, ServedBody};
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
 use crate::privacy;
@@ -67,6 +67,8 @@ pub async fn create(
         let chat = if hosted { responses::to_chat(&responses::function_tools_only(&req), &history, &input)? } else { responses::to_chat(&req, &history, &input)? };
         validate_chat_request(&chat)?;
         let mut turn = Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), tags: tags.clone(), history, input };
+        // The targets left when a passed-through request's own ones failed before answering.
+        let mut fallback = None;
         // Providers that speak the Responses API get the request as it is (tools, reasoning and
         // models only that API serves), unless it must be redacted on the way.
         if state.any_speaks_responses() {
@@ -74,11 +76,14 @@ pub async fn create(
             let body: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: None })?;
             // The body goes out whole: PII anywhere in it (metadata, tool descriptions…) that the
             // chat view did not see keeps the request on the chat path, which drops those fields.
-            if let Some(target) = passthrough_target(&state, &decision).filter(|_| !privacy::any_pii(&body)) {
-                match passthrough(&state, &ctx, &tenant, &mut exchange, &req, body, turn, &decision, &target).await? {
-                    Ok(response) => return Ok(response),
-                    // Over budget with `on_exceed = "local"`: the chat path re-routes it.
-                    Err(back) => turn = back,
+            if passthrough_eligible(&state, &decision) && !privacy::any_pii(&body) {
+                match passthrough(&state, &ctx, &tenant, &mut exchange, &req, body, turn, &decision).await? {
+                    Passed::Answered(response) => return Ok(response),
+                    Passed::OverBudget(back) => turn = back,
+                    Passed::FallBack(back, rest) => {
+                        turn = back;
+                        fallback = Some(rest);
+                    }
                 }
             }
         }
@@ -88,7 +93,10 @@ pub async fn create(
         let created_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut envelope = Envelope::new(&req, format!("resp_{}", uuid::Uuid::new_v4().simple()), created_at);
         let keep = req.wants_store().then_some(turn);
-        let served = serve_chat(&state, &ctx, &tenant, &headers, chat, &mut exchange).await?;
+        let served = match &fallback {
+            Some(rest) => serve_admitted(&state, &ctx, chat, rest, &mut exchange).await?,
+            None => serve_chat(&state, &ctx, &tenant, &headers, chat, &mut exchange).await?,
+        };
         let mut http = match served.body {
             ServedBody::Complete(answer) => {
                 let response = responses::from_chat(&mut envelope, &answer);
@@ -107,23 +115,33 @@ pub async fn create(
     exchange.finish(result.map_err(|e| e.with_params_renamed(responses::responses_param)))
 }
 
-/// The target to pass a Responses request through to, if its decision allows: a provider that
-/// speaks the API, no cascade, and nothing to redact.
-fn passthrough_target(state: &AppState, decision: &Decision) -> Option<String> {
-    let target = decision.target.as_str();
-    let eligible = decision.violation.is_none()
+/// True when the decision lets a Responses request be passed through to its target as it is: a
+/// provider that speaks the API, no cascade, and nothing to redact.
+fn passthrough_eligible(state: &AppState, decision: &Decision) -> bool {
+    decision.violation.is_none()
         && decision.cascade.is_none()
         && (!decision.redact || decision.privacy.pii.is_empty())
-        && state.speaks_responses(target);
-    eligible.then(|| target.to_owned())
+        && state.speaks_responses(&decision.target)
+}
+
+/// What became of a passed-through request.
+enum Passed {
+    /// The answer, as a provider wrote it.
+    Answered(Response),
+    /// Over budget with `on_exceed = "local"`: nothing was taken, and the chat path re-routes it.
+    OverBudget(Keep),
+    /// The targets that speak the API failed before answering; the rest of the decision's
+    /// targets serve it through the chat path (the request is already admitted).
+    FallBack(Keep, Decision),
 }
 
 /// Output-token bound reserved for a passed-through request without `max_output_tokens`.
 const PASSTHROUGH_DEFAULT_MAX_OUTPUT: u64 = 4096;
 
-/// Sends the client's Responses request to `target`'s own Responses endpoint: the stored
-/// conversation goes along as input items (the provider stores nothing, `store: false`), the
-/// answer and events come back as the provider wrote them, and the turn is stored here.
+/// Sends the client's Responses request to the decision's target's own Responses endpoint, and
+/// on a failure another target could fix, to each fallback that speaks the API in turn: the
+/// stored conversation goes along as input items (the provider stores nothing, `store: false`),
+/// the answer and events come back as the provider wrote them, and the turn is stored here.
 #[allow(clippy::too_many_arguments)]
 async fn passthrough(
     state: &Arc<AppState>,
@@ -134,9 +152,7 @@ async fn passthrough(
     mut body: Value,
     turn: Keep,
     decision: &Decision,
-    target: &str,
-) -> Result<Result<Response, Keep>, ApiError> {
-    let (provider, model) = provider_for(state, target)?;
+) -> Result<Passed, ApiError> {
     let prompt_chars: usize = turn.history.iter().chain(&turn.input).filter_map(|m| m.content.as_ref()?.text()).map(|t| t.chars().count()).sum::<usize>()
         + req.instructions.as_ref().map_or(0, |i| i.chars().count());
     let prompt_tokens = estimate_tokens(prompt_chars);
@@ -144,12 +160,13 @@ async fn passthrough(
         record.decided(decision, prompt_chars);
     }
     let max_output = req.max_output_tokens.map_or(PASSTHROUGH_DEFAULT_MAX_OUTPUT, u64::from);
-    let reserve = usd_to_nanos((state.pricer)(target, &Usage::new(prompt_tokens, max_output)));
+    // The worst case over every target that may serve, as on the chat path.
+    let usage = Usage::new(prompt_tokens, max_output);
+    let reserve = candidates(decision).filter(|t| !is_local(state, t)).map(|t| usd_to_nanos((state.pricer)(t, &usage))).max().unwrap_or(0);
     if !exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true, true).await? {
-        return Ok(Err(turn));
+        return Ok(Passed::OverBudget(turn));
     }
     if let Value::Object(fields) = &mut body {
-        fields.insert("model".into(), Value::String(model));
         fields.remove("previous_response_id");
         fields.insert("store".into(), Value::Bool(false));
         if !turn.history.is_empty() {
@@ -162,26 +179,71 @@ async fn passthrough(
             fields.insert("input".into(), Value::Array(items));
         }
     }
+    let echo = (req.previous_response_id.clone(), req.wants_store());
+    let mut last_error = None;
+    for (tried, target) in candidates(decision).enumerate() {
+        if !state.speaks_responses(target) {
+            // Hosted tools only the API carries: the chat path cannot serve them.
+            if responses::has_hosted_tools(req) {
+                break;
+            }
+            let mut rest = decision.clone();
+            rest.target = target.to_owned();
+            rest.fallbacks = decision.fallbacks[tried..].to_vec();
+            return Ok(Passed::FallBack(turn, rest));
+        }
+        let (provider, model) = provider_for(state, target)?;
+        if let Value::Object(fields) = &mut body {
+            fields.insert("model".into(), Value::String(model));
+        }
+        if let Some(record) = exchange.record() {
+            record.attempting(target);
+        }
+        // The last target gets the body itself; the others a copy.
+        let sent = if tried == decision.fallbacks.len() { std::mem::take(&mut body) } else { body.clone() };
+        let answer = if req.is_stream() { provider.responses_stream(sent).await.map(Ok) } else { provider.responses(sent).await.map(Err) };
+        match answer {
+            Ok(answer) => return Ok(Passed::Answered(passed_answer(exchange, decision, target, answer, turn, &echo).await)),
+            Err(err) => {
+                count_upstream_error(state, target, &err);
+                if !worth_falling_back(&err) {
+                    return Err(err.into());
+                }
+                tracing::warn!(target, error = %err, "target failed before answering; trying the next fallback");
+                last_error = Some(err);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ProviderError::Unavailable { message: "no target to serve the request".into() }).into())
+}
+
+/// The client's answer from `target`: its events (`Ok`) or its whole response (`Err`), accounted,
+/// and the turn stored when the client asked for that.
+async fn passed_answer(
+    exchange: &mut Exchange,
+    decision: &Decision,
+    target: &str,
+    answer: Result<providers::ResponseEvents, Value>,
+    turn: Keep,
+    echo: &(Option<String>, bool),
+) -> Response {
     let mut headers = HeaderMap::new();
     set_route_headers(&mut headers, decision, target);
-    let keep = req.wants_store().then_some(turn);
-    let echo = (req.previous_response_id.clone(), req.wants_store());
-    if let Some(record) = exchange.record() {
-        record.attempting(target);
-    }
-    if req.is_stream() {
-        let events = provider.responses_stream(body).await.inspect_err(|err| count_upstream_error(state, target, err))?;
-        let mut record = exchange.take_record();
-        if let Some(r) = record.as_mut() {
-            r.served_by(target, false);
-            r.status(200);
+    let keep = echo.1.then_some(turn);
+    let mut response = match answer {
+        Ok(events) => {
+            let mut record = exchange.take_record();
+            if let Some(r) = record.as_mut() {
+                r.served_by(target, false);
+                r.status(200);
+            }
+            let mut http = Sse::new(passthrough_events(events, record, keep, echo.clone())).into_response();
+            http.headers_mut().extend(headers);
+            return http;
         }
-        let mut http = Sse::new(passthrough_events(events, record, keep, echo)).into_response();
-        http.headers_mut().extend(headers);
-        return Ok(Ok(http));
-    }
-    let mut response = provider.responses(body).await.inspect_err(|err| count_upstream_error(state, target, err))?;
-    patch_echo(&mut response, &echo);
+        Err(response) => response,
+    };
+    patch_echo(&mut response, echo);
     let mut cost = 0.0;
     if let Some(record) = exchange.record() {
         record.served_by(target, false);
@@ -197,7 +259,7 @@ async fn passthrough(
     if let Ok(value) = axum::http::HeaderValue::from_str(&cost.to_string()) {
         http.headers_mut().insert("x-switchyard-cost-usd", value);
     }
-    Ok(Ok(http))
+    http
 }
 
 /// The client's own `previous_response_id` and `store`, written back over what the provider saw.

@@ -9,10 +9,14 @@ use axum::{Extension, Json};
 use router::{Decision, TenantProfile};
 use serde_json::{json, Value};
 
+use crate::accounting::estimate_tokens;
+use crate::budgets::OnExceed;
 use crate::chat_request::parse_chat_request;
 use crate::dispatch::plan;
 use crate::error::ApiError;
+use crate::handlers::chat::worst_case_nusd;
 use crate::handlers::read_body;
+use crate::privacy;
 use crate::state::AppState;
 
 /// Same body as chat completions; answers where it would go and why.
@@ -24,7 +28,26 @@ pub async fn route(
 ) -> Result<Json<Value>, ApiError> {
     let bytes = read_body(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
     let req = parse_chat_request(&bytes)?;
-    Ok(Json(decision_json(&plan(&state, &req, &headers, &tenant, false)?)))
+    let decision = plan(&state, &req, &headers, &tenant, false)?;
+    // What the budget would do with it, on the spend as last seen: chat admits (and may re-route
+    // or refuse) only after the decision.
+    let reserve = worst_case_nusd(&state, &req, &decision, estimate_tokens(privacy::text_chars(&req)), &tenant.name);
+    Ok(Json(match state.limiter.would_exceed(&tenant.name, reserve) {
+        None => decision_json(&decision),
+        Some(OnExceed::Local) => {
+            let mut kept = decision_json(&plan(&state, &req, &headers, &tenant, true)?);
+            kept["budget_exceeded"] = Value::Bool(true);
+            kept
+        }
+        Some(OnExceed::Reject) => {
+            let mut refused = decision_json(&decision);
+            refused["budget_exceeded"] = Value::Bool(true);
+            if let Some(reasons) = refused["reasons"].as_array_mut() {
+                reasons.push(Value::String("the tenant's budget cannot hold the request's worst case: refused (429 budget_exceeded, on_exceed = \"reject\")".into()));
+            }
+            refused
+        }
+    }))
 }
 
 /// The `/v1/route` body (INTERFACE.md §3), plus `rerouted`, `features` and, when the request
