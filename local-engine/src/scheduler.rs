@@ -23,6 +23,7 @@ use crate::json_closer::JsonCloser;
 use crate::prefix_cache::{Plan, SlotTable, Source};
 use crate::sampling::SequenceSampler;
 use crate::seq_state::{self, StateBuffer};
+use crate::special::{self, SpecialTexts};
 use crate::text::TextAssembler;
 use crate::{ChatTemplate, Confidence, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, JsonClosing, TokenLogprob};
 
@@ -91,6 +92,8 @@ pub(crate) struct Scheduler<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     template: ChatTemplate,
+    /// The spellings of the model's special tokens, kept as text inside conversations.
+    special: SpecialTexts,
     stats: &'m EngineStats,
     batch: LlamaBatch<'static>,
     active: Vec<Sequence>,
@@ -154,6 +157,7 @@ impl<'m> Scheduler<'m> {
         let piece = |t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
         let template = ChatTemplate::new(source, &piece(vocab.bos()), &piece(vocab.eos()))?;
         Ok(Self {
+            special: SpecialTexts::of(model),
             model,
             ctx,
             template,
@@ -260,14 +264,24 @@ impl<'m> Scheduler<'m> {
 
     /// Renders and tokenizes the prompt and checks it against the context.
     fn prepare(&self, request: &GenerationRequest) -> Result<(Vec<LlamaToken>, u32), EngineError> {
-        let text = match &request.raw_prompt {
-            Some(raw) => raw.clone(),
-            None => self.template.render(&request.messages, request.tools.as_ref())?,
+        // A raw prompt (legacy completions) is the caller's to shape, special tokens included; a
+        // conversation's text never becomes one (see `special`).
+        let shielded = match &request.raw_prompt {
+            Some(_) => None,
+            None => self.special.shield(&request.messages, request.tools.as_ref()),
+        };
+        let text = match (&request.raw_prompt, &shielded) {
+            (Some(raw), _) => raw.clone(),
+            (None, Some(shielded)) => self.template.render(&shielded.messages, shielded.tools.as_ref())?,
+            (None, None) => self.template.render(&request.messages, request.tools.as_ref())?,
         };
         let vocab = self.model.vocab();
         let bos_text = vocab.token_to_piece(vocab.bos(), true, None);
         let add_bos = vocab.should_add_bos() && !text.as_bytes().starts_with(&bos_text);
-        let prompt = vocab.tokenize(text.as_bytes(), add_bos, true);
+        let prompt = match &shielded {
+            Some(shielded) => special::tokenize_shielded(self.model, &text, &shielded.originals, add_bos),
+            None => vocab.tokenize(text.as_bytes(), add_bos, true),
+        };
         let context = self.seq_cells;
         let prompt_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
         let too_long = |max_tokens: u32| EngineError::ContextLengthExceeded {
@@ -634,8 +648,10 @@ impl<'m> Scheduler<'m> {
             // Free the slot first: whoever sees `Finished` sees the engine's stats settled.
             self.release(&seq, true);
             self.stats.finished_total.fetch_add(1, Relaxed);
+            // Text held back as the possible start of a stop string is the answer's when the
+            // generation ended otherwise (end of turn, length); after a stop string nothing is held.
             let tail = seq.assembler.finish();
-            if reason == FinishReason::Length && !tail.is_empty() {
+            if !tail.is_empty() {
                 let _ = seq.events.send(GenerationEvent::Text(tail));
             }
             #[allow(clippy::cast_possible_truncation)]

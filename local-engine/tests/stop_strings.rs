@@ -1,0 +1,27 @@
+//! Stop strings on the real model: text held back because it could begin a stop string is the
+//! answer's when the model ends its turn without producing one.
+
+mod common;
+
+use common::{engine, generate, greedy, user};
+use local_engine::{FinishReason, SamplingParams};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmatched_stop_string_loses_no_text_when_the_turn_ends() {
+    let engine = engine(2048);
+    let plain = generate(&engine, user("Count from 1 to 10, separated by commas."), greedy(48)).await.unwrap();
+    assert_eq!(plain.reason, FinishReason::Stop, "the model ends its turn: {:?}", plain.text);
+    // Each stop begins with the answer's tail (or is the whole answer and more), so that tail is
+    // held back until the end of the turn shows it is not a stop string.
+    let tail_start = plain.text.char_indices().rev().nth(1).map_or(0, |(i, _)| i);
+    for stop in [format!("{}\u{1}", plain.text), format!("{}\u{1}", &plain.text[tail_start..])] {
+        let sampling = SamplingParams { stop: vec![stop.clone()], ..greedy(48) };
+        let held = generate(&engine, user("Count from 1 to 10, separated by commas."), sampling).await.unwrap();
+        assert_eq!((held.text.as_str(), held.reason), (plain.text.as_str(), FinishReason::Stop), "stop {stop:?}");
+    }
+    // A stop string that does occur still cuts the answer before it.
+    let at = plain.text.len() / 2;
+    let at = (at..plain.text.len()).find(|i| plain.text.is_char_boundary(*i)).unwrap();
+    let cut = generate(&engine, user("Count from 1 to 10, separated by commas."), SamplingParams { stop: vec![plain.text[at..].to_owned()], ..greedy(48) }).await.unwrap();
+    assert!(plain.text.starts_with(&cut.text) && cut.text.len() <= at, "{:?} vs {:?}", cut.text, plain.text);
+}
