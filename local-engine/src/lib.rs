@@ -16,6 +16,7 @@ mod prefix_cache;
 mod sampling;
 mod scheduler;
 mod seq_state;
+mod special;
 mod stats;
 mod template;
 mod text;
