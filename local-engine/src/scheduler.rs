@@ -378,7 +378,7 @@ impl<'m> Scheduler<'m> {
             generated: Vec::new(),
             pending: None,
             sampler,
-            assembler: TextAssembler::new(&job.request.sampling.stop),
+            assembler: TextAssembler::new(&job.request.sampling.stop).sparing_calls(job.request.sampling.stops_spare_calls),
             completion_tokens: 0,
             max_tokens,
             logits_at: None,

@@ -56,6 +56,9 @@ pub struct TextAssembler {
     stops: Vec<String>,
     held: String,
     decoder: Utf8Decoder,
+    /// Until the answer's first two characters show whether it is a tool call (`{"`): then
+    /// the stops are dropped.
+    call_undecided: bool,
 }
 
 /// What [`TextAssembler::push`] found.
@@ -74,13 +77,31 @@ impl TextAssembler {
             stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
             held: String::new(),
             decoder: Utf8Decoder::default(),
+            call_undecided: false,
         }
+    }
+
+    /// Stops apply to a text answer only: an answer that opens `{"` is a tool call, never cut.
+    #[must_use]
+    pub fn sparing_calls(mut self, spare: bool) -> Self {
+        self.call_undecided = spare && !self.stops.is_empty();
+        self
     }
 
     /// Adds a token's bytes.
     pub fn push(&mut self, bytes: &[u8]) -> Assembled {
         let piece = self.decoder.push(bytes);
         self.held.push_str(&piece);
+        if self.call_undecided {
+            let mut opening = self.held.chars();
+            match (opening.next(), opening.next()) {
+                // Held until known (a stop could match the opening itself).
+                (None, _) | (Some('{'), None) => return Assembled { text: String::new(), stopped: false },
+                (Some('{'), Some('"')) => self.stops.clear(),
+                _ => {}
+            }
+            self.call_undecided = false;
+        }
         if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
             let text = self.held[..at].to_owned();
             self.held.clear();
@@ -175,5 +196,24 @@ mod tests {
         let mut b = TextAssembler::new(&["stop".to_owned()]);
         assert_eq!(b.push(b"sto").text, "");
         assert_eq!(b.finish(), "sto");
+    }
+
+    #[test]
+    fn a_tool_call_is_never_cut_by_a_stop_string_but_a_text_answer_is() {
+        let stops = ["Paris".to_owned(), "{".to_owned()];
+        let mut call = TextAssembler::new(&stops).sparing_calls(true);
+        let mut out = String::new();
+        for piece in ["{", "\"name\":\"w\",\"arguments\":{\"city\":\"", "Paris\"}}"] {
+            let a = call.push(piece.as_bytes());
+            assert!(!a.stopped, "{piece}");
+            out.push_str(&a.text);
+        }
+        out.push_str(&call.finish());
+        assert_eq!(out, "{\"name\":\"w\",\"arguments\":{\"city\":\"Paris\"}}");
+        let mut text = TextAssembler::new(&stops).sparing_calls(true);
+        assert_eq!(text.push(b"In Paris"), Assembled { text: "In ".into(), stopped: true });
+        // A JSON answer beside tools opens `{` and whitespace: its stops apply.
+        let mut json = TextAssembler::new(&["Paris".to_owned()]).sparing_calls(true);
+        assert_eq!(json.push(b"{ \"city\": \"Paris"), Assembled { text: "{ \"city\": \"".into(), stopped: true });
     }
 }

@@ -13,6 +13,9 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Generation stops before any of these strings; they are not returned.
     pub stop: Vec<String>,
+    /// The answer may be a tool call, which the grammar opens `{"` (a text answer never does):
+    /// a call is never cut by a stop string, which applies to text answers only.
+    pub stops_spare_calls: bool,
     /// Most completion tokens; `None` means up to the context.
     pub max_tokens: Option<u32>,
     /// Report the generated tokens' log-probabilities (summarised in `Finished::confidence`).
@@ -60,6 +63,7 @@ impl Default for SamplingParams {
             top_p: 1.0,
             seed: None,
             stop: Vec::new(),
+            stops_spare_calls: false,
             max_tokens: None,
             logprobs: false,
             top_logprobs: None,

@@ -99,6 +99,7 @@ fn generation_request(req: &ChatRequest) -> Result<(GenerationRequest, Option<To
         #[allow(clippy::cast_sign_loss)]
         seed: req.seed.map(|s| s as u64),
         stop: req.stop.as_ref().map(crate::wire::Stop::to_vec).unwrap_or_default(),
+        stops_spare_calls: structure.tools.is_some(),
         max_tokens: req.max_output_tokens(),
         logprobs: false,
         top_logprobs: wants_logprobs(req).then(|| {
@@ -133,6 +134,41 @@ fn number(req: &ChatRequest, field: &str) -> f32 {
     value
 }
 
+/// A tool's `parameters` as the grammar takes them. None (or `{}`) is a function without
+/// arguments, as the API reads it: its call's arguments are `{}`, not any JSON the model makes up.
+/// A schema without a `type` is an object's; one of another type is refused, as the API does.
+fn tool_parameters(name: &str, parameters: Option<&Value>) -> Result<Value, ProviderError> {
+    let refused = |what: String| ProviderError::InvalidRequest {
+        message: format!("Invalid schema for function '{name}': {what}; a function's parameters are a JSON Schema of \"type\": \"object\"."),
+        param: Some("tools".to_owned()),
+    };
+    match parameters {
+        None | Some(Value::Null) => Ok(serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false})),
+        Some(Value::Object(schema)) if schema.is_empty() => Ok(serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false})),
+        Some(Value::Object(schema)) => match schema.get("type") {
+            None => {
+                let mut schema = schema.clone();
+                schema.insert("type".into(), Value::String("object".into()));
+                Ok(Value::Object(schema))
+            }
+            Some(Value::String(kind)) if kind == "object" => Ok(Value::Object(schema.clone())),
+            Some(kind) => Err(refused(format!("its parameters have type {kind}"))),
+        },
+        Some(other) => Err(refused(format!("its parameters are {}, not a schema", json_kind(other)))),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// What the answer must look like: a JSON instance of a schema, or a call of one of the tools.
 #[derive(Debug, Default)]
 struct Structure {
@@ -147,10 +183,13 @@ impl Structure {
     fn of(req: &ChatRequest) -> Result<Self, ProviderError> {
         let invalid = |message: String, param: &str| ProviderError::InvalidRequest { message, param: Some(param.to_owned()) };
         if let Some((tools, allow_text)) = callable_tools(req)? {
-            let signatures: Vec<(String, Value)> = tools
+            let signatures = tools
                 .iter()
-                .map(|t| (t.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(), t.get("parameters").cloned().unwrap_or_else(|| serde_json::json!({"type": "object"}))))
-                .collect();
+                .map(|t| {
+                    let name = t.get("name").and_then(Value::as_str).unwrap_or_default();
+                    Ok((name.to_owned(), tool_parameters(name, t.get("parameters"))?))
+                })
+                .collect::<Result<Vec<(String, Value)>, ProviderError>>()?;
             // With `tool_choice: auto` the answer that is not a call follows `response_format`.
             let format = if allow_text { Self::of_format(req)? } else { Self::default() };
             let text = match (allow_text, &format.json) {
@@ -575,6 +614,19 @@ mod tests {
             }
         }
         (content, name, arguments)
+    }
+
+    #[test]
+    fn a_tool_without_parameters_takes_none_and_a_non_object_schema_is_refused() {
+        let none = serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false});
+        assert_eq!(super::tool_parameters("now", None).unwrap(), none);
+        assert_eq!(super::tool_parameters("now", Some(&serde_json::json!({}))).unwrap(), none);
+        let untyped = serde_json::json!({"properties": {"city": {"type": "string"}}});
+        assert_eq!(super::tool_parameters("f", Some(&untyped)).unwrap()["type"], "object");
+        for bad in [serde_json::json!({"type": "string"}), serde_json::json!([1])] {
+            let err = super::tool_parameters("f", Some(&bad)).unwrap_err().to_string();
+            assert!(err.contains("Invalid schema for function 'f'"), "{err}");
+        }
     }
 
     #[test]

@@ -145,6 +145,37 @@ def test_required_tool_choice_gives_a_well_formed_call(local):
     jsonschema.validate(json.loads(call.function.arguments), WEATHER[0]["function"]["parameters"])
 
 
+@pytest.mark.parametrize("parameters", [None, {}])
+def test_a_tool_without_parameters_is_called_with_none(local, parameters):
+    # As the API reads it: no `parameters` (or `{}`) is a function without arguments, so its call's
+    # arguments are `{}`, not whatever JSON the model makes up.
+    function = {"name": "now", "description": "The current time"} | ({} if parameters is None else {"parameters": parameters})
+    client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+    r = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "What time is it?"}],
+                                       tools=[{"type": "function", "function": function}], tool_choice="required", max_tokens=32)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls[0].function.arguments == "{}", choice
+
+
+@pytest.mark.parametrize("stop", ["Paris", '"'])
+def test_a_stop_string_never_cuts_a_tool_call(local, stop):
+    # Stop strings end a text answer; a call's arguments are the grammar's, whole or cut by max_tokens.
+    client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+    r = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                       tools=WEATHER, tool_choice="required", stop=stop, max_tokens=100)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    jsonschema.validate(json.loads(choice.message.tool_calls[0].function.arguments), WEATHER[0]["function"]["parameters"])
+
+
+def test_a_tool_whose_parameters_are_not_an_objects_schema_is_refused(local):
+    r = httpx.post(f"{local.v1}/chat/completions", json={
+        "model": "auto", "messages": [{"role": "user", "content": "x"}], "tool_choice": "required",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
+    assert "Invalid schema for function 'f'" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_forced_call_cut_before_its_name_leaks_no_wrapper_text(local, stream):
     body = {"model": "auto", "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": WEATHER,
