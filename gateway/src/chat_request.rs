@@ -79,6 +79,9 @@ pub fn validate_chat_request(req: &ChatRequest) -> Result<(), ApiError> {
         if m.role == "tool" {
             answers_a_call(&req.messages[..i], m, i)?;
         }
+        if m.role == "assistant" {
+            calls_are_answered(m, &req.messages[i + 1..], i)?;
+        }
     }
     if let Some(t) = req.temperature {
         if !(0.0..=2.0).contains(&t) {
@@ -120,6 +123,7 @@ pub fn validate_chat_request(req: &ChatRequest) -> Result<(), ApiError> {
     }
     validate_logit_bias(req.extra.get("logit_bias"))?;
     validate_extra_types(req)?;
+    validate_metadata(req.extra.get("metadata"))?;
     match req.extra.get("top_logprobs") {
         None | Some(serde_json::Value::Null) => {}
         Some(v) if v.as_u64().is_none_or(|n| n > 20) => {
@@ -150,6 +154,47 @@ fn answers_a_call(earlier: &[providers::wire::ChatMessage], tool: &providers::wi
             format!("messages[{i}].tool_call_id"),
         ))
     }
+}
+
+/// An assistant message's `tool_calls` are each answered by the `tool` messages right after it,
+/// as the API requires (a model shown a call without its result would make one up).
+fn calls_are_answered(assistant: &providers::wire::ChatMessage, after: &[providers::wire::ChatMessage], i: usize) -> Result<(), ApiError> {
+    let Some(calls) = assistant.extra.get("tool_calls").and_then(serde_json::Value::as_array) else { return Ok(()) };
+    let answered: Vec<&str> = after
+        .iter()
+        .take_while(|m| m.role == "tool")
+        .filter_map(|m| m.extra.get("tool_call_id").and_then(serde_json::Value::as_str))
+        .collect();
+    let unanswered: Vec<&str> = calls.iter().filter_map(|c| c.get("id").and_then(serde_json::Value::as_str)).filter(|id| !answered.contains(id)).collect();
+    if unanswered.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        format!(
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}",
+            unanswered.join(", ")
+        ),
+        format!("messages[{i}].tool_calls"),
+    ))
+}
+
+/// `metadata`: at most 16 pairs of strings, keys up to 64 characters, values up to 512, as the
+/// API takes it.
+fn validate_metadata(metadata: Option<&serde_json::Value>) -> Result<(), ApiError> {
+    let Some(serde_json::Value::Object(pairs)) = metadata else { return Ok(()) };
+    if pairs.len() > 16 {
+        return Err(ApiError::invalid(format!("Invalid 'metadata': {} pairs. Expected at most 16.", pairs.len()), "metadata"));
+    }
+    for (key, value) in pairs {
+        let fits = key.chars().count() <= 64 && value.as_str().is_some_and(|v| v.chars().count() <= 512);
+        if !fits {
+            return Err(ApiError::invalid(
+                format!("Invalid 'metadata.{key}': metadata values are strings of at most 512 characters, keys at most 64."),
+                format!("metadata.{key}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fields kept as passed-through extras whose type the API checks: a wrong one is a 400 naming

@@ -341,6 +341,33 @@ pub fn input_items(messages: &[ChatMessage]) -> Vec<Value> {
     items
 }
 
+/// Each function result moved right after the message that made its call, as chat requires:
+/// Responses input may give it later (after a new user message, say).
+fn results_after_their_calls(messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    fn call_ids(m: &ChatMessage) -> Vec<String> {
+        let calls = m.extra.get("tool_calls").and_then(Value::as_array).into_iter().flatten();
+        calls.filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_owned)).collect()
+    }
+    fn result_of(m: &ChatMessage) -> Option<&str> {
+        (m.role == "tool").then(|| m.extra.get("tool_call_id").and_then(Value::as_str)).flatten()
+    }
+    let called: Vec<String> = messages.iter().filter(|m| m.role == "assistant").flat_map(call_ids).collect();
+    let (mut results, rest): (Vec<ChatMessage>, Vec<ChatMessage>) =
+        messages.into_iter().partition(|m| result_of(m).is_some_and(|id| called.iter().any(|c| c == id)));
+    let mut out = Vec::with_capacity(results.len() + rest.len());
+    for m in rest {
+        let ids = if m.role == "assistant" { call_ids(&m) } else { Vec::new() };
+        out.push(m);
+        for id in ids {
+            if let Some(at) = results.iter().position(|r| result_of(r) == Some(id.as_str())) {
+                out.push(results.remove(at));
+            }
+        }
+    }
+    out.append(&mut results);
+    out
+}
+
 /// The chat request for `req`, continuing `history` (an earlier turn's conversation).
 pub fn to_chat(req: &ResponsesRequest, history: &[ChatMessage], input: &[ChatMessage]) -> Result<ChatRequest, ApiError> {
     let mut messages = Vec::with_capacity(history.len() + input.len() + 1);
@@ -349,6 +376,7 @@ pub fn to_chat(req: &ResponsesRequest, history: &[ChatMessage], input: &[ChatMes
     }
     messages.extend_from_slice(history);
     messages.extend_from_slice(input);
+    let messages = results_after_their_calls(messages);
     if messages.is_empty() {
         return Err(ApiError::invalid("'input' must contain at least one item.", "input"));
     }

@@ -130,12 +130,34 @@ F = {"type": "function", "function": {"name": "f", "parameters": {"type": "objec
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_x", "content": "42"}]},
      "messages[1].tool_call_id"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]}, "messages[1].tool_call_id"),
+    # A call never answered (last, or one of two answered) is refused as the API refuses it.
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}, "messages[1].tool_calls"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "1"}, {"role": "user", "content": "and?"}]}, "messages[1].tool_calls"),
+    ({"metadata": {"k": 1}}, "metadata.k"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
     ({"logprobs": 1, "top_logprobs": 3}, "logprobs"),
     ({"parallel_tool_calls": "x"}, "parallel_tool_calls"),
     ({"user": 5}, "user"),
 ])
 def test_sampling_and_tool_fields_out_of_range_are_400_naming_the_field(gw, extra, param):
     err = error_of(post(gw, {"model": "auto", "messages": [msg()], "max_tokens": 2, **extra}), 400)
+    assert err["param"] == param, err
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"functions": [{"name": "f", "parameters": {"type": "object"}}]}, "functions"),
+    ({"function_call": "auto"}, "function_call"),
+    ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ({"modalities": ["audio"]}, "modalities"),
+    ({"web_search_options": {}}, "web_search_options"),
+])
+def test_fields_the_local_engine_cannot_honour_are_refused_by_name(gw, extra, param):
+    # Answered as if they were not there, a functions-API client would get text and no call.
+    err = error_of(post(gw, {"model": "local-small", "messages": [msg()], "max_tokens": 2, **extra}), 400)
     assert err["param"] == param, err
 
 

@@ -52,8 +52,8 @@ def test_streams_go_straight_to_the_route(keeping):
 
 
 def test_unsure_local_answers_escalate(tmp_path, fake_provider):
-    # No mean log-probability reaches 1: every local answer is escalated.
-    gw = cascade_gateway(tmp_path, fake_provider, 1.0)
+    # A mean log-probability reaches 0 only if every token was certain: the local answer escalates.
+    gw = cascade_gateway(tmp_path, fake_provider, 0.0)
     try:
         before = len(fake_requests(fake_provider))
         r = ask(gw, "What is 2 + 2? cascade-escalated")
