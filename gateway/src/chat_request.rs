@@ -40,13 +40,35 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
                     param: None,
                 };
             }
-            ApiError::InvalidRequest { message: format!("Invalid type for '{path}': {inner}"), param: Some(path) }
+            ApiError::InvalidRequest { message: format!("Invalid type for '{path}': {}", in_api_terms(&inner)), param: Some(path) }
         })?;
     deserializer.end().map_err(|e| ApiError::InvalidRequest {
         message: format!("We could not parse the JSON body of your request: {e}"),
         param: None,
     })?;
     Ok(req)
+}
+
+/// serde's message for a value of the wrong type, in the API's words: no Rust type names, no
+/// position (the field is named).
+fn in_api_terms(serde_message: &str) -> String {
+    let message = serde_message.split(" at line ").next().unwrap_or(serde_message);
+    if message.contains("untagged enum MessageContent") {
+        return "expected a string or an array of content parts".to_owned();
+    }
+    let (got, expected) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|m| m.split_once(", expected "))
+        .unwrap_or(("", message));
+    let expected = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a non-negative integer",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer",
+        "f32" | "f64" => "a number",
+        "a boolean" => "a boolean",
+        other => return if got.is_empty() { other.to_owned() } else { format!("expected {other}, but got {got}") },
+    };
+    if got.is_empty() { format!("expected {expected}") } else { format!("expected {expected}, but got {got}") }
 }
 
 /// Checks what the API promises to check on a chat request (also one translated from another API).
@@ -354,6 +376,19 @@ mod tests {
         assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#).as_deref(), Some("max_tokens"));
         assert_eq!(param_of(r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#).as_deref(), Some("model"));
         assert_eq!(param_of(r#"{"model":"auto","messages":[{"content":"x"}]}"#).as_deref(), Some("messages[0].role"));
+    }
+
+    #[test]
+    fn type_errors_speak_of_json_types_not_rust_ones() {
+        let message = |body: &str| match parse_chat_request(body.as_bytes()) {
+            Err(ApiError::InvalidRequest { message, .. }) => message,
+            other => panic!("{other:?}"),
+        };
+        let content = message(r#"{"model":"auto","messages":[{"role":"user","content":5}]}"#);
+        assert_eq!(content, "Invalid type for 'messages[0].content': expected a string or an array of content parts");
+        let max = message(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#);
+        assert_eq!(max, "Invalid type for 'max_tokens': expected a non-negative integer, but got integer `-1`");
+        assert!(!message(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"seed":"s"}"#).contains("i64"));
     }
 
     #[test]
