@@ -102,12 +102,12 @@ pub fn tokenize_shielded(model: &LlamaModel, rendered: &str, originals: &[String
         let placeholder = after.find(CLOSE).and_then(|close| Some((after[..close].parse::<usize>().ok()?, close)));
         let Some((index, close)) = placeholder.filter(|(i, _)| *i < originals.len()) else {
             // Not one of ours (a template that wrote the character itself): plain text.
-            tokens.extend(vocab.tokenize(rest[..open + OPEN.len_utf8()].as_bytes(), add_bos && first, true));
+            tokens.extend(vocab.tokenize(&rest.as_bytes()[..open + OPEN.len_utf8()], add_bos && first, true));
             first = false;
             rest = after;
             continue;
         };
-        tokens.extend(vocab.tokenize(rest[..open].as_bytes(), add_bos && first, true));
+        tokens.extend(vocab.tokenize(&rest.as_bytes()[..open], add_bos && first, true));
         tokens.extend(vocab.tokenize(originals[index].as_bytes(), false, false));
         first = false;
         rest = &after[close + CLOSE.len_utf8()..];

@@ -132,7 +132,7 @@ enum Passed {
     OverBudget(Keep),
     /// The targets that speak the API failed before answering; the rest of the decision's
     /// targets serve it through the chat path (the request is already admitted).
-    FallBack(Keep, Decision),
+    FallBack(Keep, Box<Decision>),
 }
 
 /// Output-token bound reserved for a passed-through request without `max_output_tokens`.
@@ -187,8 +187,8 @@ async fn passthrough(
             if responses::has_hosted_tools(req) {
                 break;
             }
-            let mut rest = decision.clone();
-            rest.target = target.to_owned();
+            let mut rest = Box::new(decision.clone());
+            target.clone_into(&mut rest.target);
             rest.fallbacks = decision.fallbacks[tried..].to_vec();
             return Ok(Passed::FallBack(turn, rest));
         }
