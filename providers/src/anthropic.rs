@@ -117,19 +117,8 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ProviderError> {
         }
     }
     // Fields that would change the answer and that the Messages API has no way to carry.
-    for (field, why) in [
-        ("functions", "the deprecated functions API is not supported by Anthropic models; send tools"),
-        ("function_call", "the deprecated functions API is not supported by Anthropic models; send tool_choice"),
-        ("audio", "audio output is not supported by Anthropic models"),
-        ("web_search_options", "web_search_options is not supported by Anthropic models"),
-    ] {
-        if req.extra.get(field).is_some_and(|v| !v.is_null()) {
-            return Err(invalid(why, field));
-        }
-    }
-    let modalities = req.extra.get("modalities").and_then(Value::as_array);
-    if modalities.is_some_and(|m| m.iter().any(|x| x.as_str() != Some("text"))) {
-        return Err(invalid("Anthropic models answer in text only", "modalities"));
+    if let Some((field, why)) = req.openai_only_field("Anthropic models") {
+        return Err(invalid(&why, field));
     }
     Ok(())
 }

@@ -46,20 +46,9 @@ fn generation_request(req: &ChatRequest) -> Result<(GenerationRequest, Option<To
     if req.n.unwrap_or(1) != 1 {
         return Err(invalid("the local engine returns one choice per request; n must be 1", "n"));
     }
-    // Fields that would change the answer and that the engine cannot honour: refused by name
-    // rather than answered as if they were not there.
-    for (field, why) in [
-        ("functions", "the deprecated functions API is not supported by the local model; send tools"),
-        ("function_call", "the deprecated functions API is not supported by the local model; send tool_choice"),
-        ("audio", "audio output is not supported by the local model"),
-        ("web_search_options", "web search is not supported by the local model"),
-    ] {
-        if req.extra.get(field).is_some_and(|v| !v.is_null()) {
-            return Err(invalid(why, field));
-        }
-    }
-    if req.extra.get("modalities").and_then(Value::as_array).is_some_and(|m| m.iter().any(|x| x.as_str() != Some("text"))) {
-        return Err(invalid("the local model answers in text only", "modalities"));
+    // Fields that would change the answer and that the engine cannot honour.
+    if let Some((field, why)) = req.openai_only_field("the local model") {
+        return Err(invalid(&why, field));
     }
     let structure = Structure::of(req)?;
     let mut messages = Vec::with_capacity(req.messages.len() + 1);

@@ -58,6 +58,28 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The first field set that asks for what only `OpenAI`'s own models give — the deprecated
+    /// functions API, audio, web search — with what to say of it (`who`: "Anthropic models",
+    /// "the local model"): a translation that cannot carry it refuses it by name rather than
+    /// answering as if it were not there.
+    pub fn openai_only_field(&self, who: &str) -> Option<(&'static str, String)> {
+        let set = |field: &str| self.extra.get(field).is_some_and(|v| !v.is_null());
+        let why = if set("functions") {
+            ("functions", format!("the deprecated functions API is not supported by {who}; send tools"))
+        } else if set("function_call") {
+            ("function_call", format!("the deprecated functions API is not supported by {who}; send tool_choice"))
+        } else if set("audio") {
+            ("audio", format!("audio output is not supported by {who}"))
+        } else if set("web_search_options") {
+            ("web_search_options", format!("web_search_options is not supported by {who}"))
+        } else if self.extra.get("modalities").and_then(Value::as_array).is_some_and(|m| m.iter().any(|x| x.as_str() != Some("text"))) {
+            ("modalities", format!("{who} answer in text only"))
+        } else {
+            return None;
+        };
+        Some(why)
+    }
+
     /// The completion-token cap, preferring `max_completion_tokens`.
     pub fn max_output_tokens(&self) -> Option<u32> {
         self.max_completion_tokens.or(self.max_tokens)
