@@ -107,14 +107,14 @@ impl ProviderError {
         })
     }
 
-    /// The same error with every occurrence of `secret` in its text replaced by `[redacted]`:
-    /// a provider may echo the key it was sent in an error message, which then must reach
-    /// neither the client nor the log.
+    /// The same error with every run of the key in its text replaced by `[redacted]`: a
+    /// provider may echo the key it was sent (or most of it) in an error message, which then must
+    /// reach neither the client nor the log.
     #[must_use]
-    pub fn without_secret(self, secret: &str) -> Self {
+    pub(crate) fn without_secret(self, secret: &crate::secret::Secret) -> Self {
         self.map_text(&|text: &mut String| {
-            if text.contains(secret) {
-                *text = text.replace(secret, "[redacted]");
+            if let Some(clean) = secret.scrub(text) {
+                *text = clean;
             }
         })
     }

@@ -11,6 +11,7 @@ mod openai_compatible;
 mod pool;
 mod provider;
 mod retry;
+mod secret;
 mod transport;
 pub mod wire;
 

@@ -20,6 +20,7 @@ use crate::circuit::counts_against_provider;
 use crate::pool::{Lease, Pool};
 use crate::provider::{ChunkStream, Provider};
 use crate::retry::{retryable_status, RetryPolicy};
+use crate::secret::Secret;
 use crate::transport::{Destination, HttpClient, UpstreamResponse};
 use crate::wire::{ChatChunk, ChatRequest, ChatResponse, ErrorBody, ErrorDetail, StreamOptions};
 use crate::{ProviderConfig, ProviderError, ProviderKind};
@@ -49,7 +50,7 @@ pub struct OpenAiCompatible {
     retry: RetryPolicy,
     /// The API key, to take out of the provider's error messages should it echo it (only keys
     /// long enough that replacing them cannot mangle ordinary text).
-    secret: Option<Arc<str>>,
+    secret: Option<Arc<Secret>>,
 }
 
 impl std::fmt::Debug for OpenAiCompatible {
@@ -108,7 +109,7 @@ impl OpenAiCompatible {
             .filter_map(|b| Some((b.to_owned(), Destination::parse(&format!("{b}/chat/completions"))?)))
             .collect();
         let headers = request_headers(config.kind, api_key);
-        let secret = api_key.map(str::trim).filter(|k| k.len() >= MIN_SCRUBBED_KEY).map(Arc::from);
+        let secret = api_key.map(str::trim).filter(|k| k.len() >= MIN_SCRUBBED_KEY).and_then(Secret::new).map(Arc::new);
         Self { name: config.name.clone(), dialect, chat_urls, headers, client, timeout_ms: config.timeout_ms, retry: config.retry_policy(), secret }
     }
 
@@ -278,7 +279,7 @@ impl OpenAiCompatible {
     }
 
     /// `err` without the API key in its text.
-    fn scrubbed(secret: Option<&Arc<str>>, err: ProviderError) -> ProviderError {
+    fn scrubbed(secret: Option<&Arc<Secret>>, err: ProviderError) -> ProviderError {
         let err = err.printable();
         match secret {
             Some(secret) => err.without_secret(secret),
@@ -365,11 +366,11 @@ const MAX_OPENING_EVENTS: usize = 8;
 /// Keys shorter than this are not scrubbed from error texts (they would match ordinary words).
 const MIN_SCRUBBED_KEY: usize = 8;
 
-/// `value` with `secret` replaced in every string in it.
-fn without_secret_in_json(value: serde_json::Value, secret: &str) -> serde_json::Value {
+/// `value` with every run of the key replaced in every string in it.
+fn without_secret_in_json(value: serde_json::Value, secret: &Secret) -> serde_json::Value {
     use serde_json::Value;
     match value {
-        Value::String(s) if s.contains(secret) => Value::String(s.replace(secret, "[redacted]")),
+        Value::String(s) => Value::String(secret.scrub(&s).unwrap_or(s)),
         Value::Array(items) => Value::Array(items.into_iter().map(|v| without_secret_in_json(v, secret)).collect()),
         Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, without_secret_in_json(v, secret))).collect()),
         other => other,
@@ -377,9 +378,9 @@ fn without_secret_in_json(value: serde_json::Value, secret: &str) -> serde_json:
 }
 
 /// A passed-through answer (`value`, parsed from `raw`) without the key: it may carry an error
-/// that echoes it (a failed response). Walked only when `raw` holds the key.
-fn without_echoed_secret(value: serde_json::Value, raw: &[u8], secret: Option<&str>) -> serde_json::Value {
-    match secret.filter(|secret| std::str::from_utf8(raw).is_ok_and(|text| text.contains(*secret))) {
+/// that echoes it (a failed response). Walked only when `raw` holds a run of the key.
+fn without_echoed_secret(value: serde_json::Value, raw: &[u8], secret: Option<&Secret>) -> serde_json::Value {
+    match secret.filter(|secret| std::str::from_utf8(raw).is_ok_and(|text| secret.appears_in(text))) {
         Some(secret) => without_secret_in_json(value, secret),
         None => value,
     }
@@ -877,9 +878,10 @@ mod tests {
     fn a_passed_through_answer_loses_an_echoed_key() {
         let raw = br#"{"id":"resp_f","status":"failed","error":{"code":"server_error","message":"failed sk-secretKEY123"}}"#;
         let value: serde_json::Value = serde_json::from_slice(raw).unwrap();
-        let clean = without_echoed_secret(value.clone(), raw, Some("sk-secretKEY123"));
+        let key = |k: &str| crate::secret::Secret::new(k).unwrap();
+        let clean = without_echoed_secret(value.clone(), raw, Some(&key("sk-secretKEY123")));
         assert_eq!(clean["error"]["message"], "failed [redacted]");
-        assert_eq!(without_echoed_secret(value.clone(), raw, Some("another-key-99")), value);
+        assert_eq!(without_echoed_secret(value.clone(), raw, Some(&key("another-key-99"))), value);
     }
 
     #[test]
