@@ -178,6 +178,8 @@ pub struct PendingRecord {
     /// Estimates for when no usage is reported.
     prompt_chars: usize,
     completion_chars: usize,
+    /// No savings are counted against the baseline model (see `without_baseline`).
+    no_baseline: bool,
     /// Told of the finished record (the budget settles here).
     on_finish: Option<OnFinish>,
 }
@@ -214,8 +216,15 @@ impl PendingRecord {
             complexity: None,
             prompt_chars: 0,
             completion_chars: 0,
+            no_baseline: false,
             on_finish: None,
         }
+    }
+
+    /// The request has no counterpart on the chat baseline model (an embedding): it saves
+    /// nothing against it.
+    pub fn without_baseline(&mut self) {
+        self.no_baseline = true;
     }
 
     /// Runs `f` with the finished record, after its cost is known.
@@ -299,9 +308,37 @@ impl PendingRecord {
         self.failed_mid_stream = Some(kind);
     }
 
-    /// The cost as it stands (for `x-switchyard-cost-usd`).
+    /// A whole answer without usage (a provider that reports none): its text's length, for the
+    /// estimate.
+    pub fn answer_chars(&mut self, chars: usize) {
+        self.completion_chars = chars;
+    }
+
+    /// The cost as it stands (for `x-switchyard-cost-usd`): the same figure the record gets.
     pub fn cost_usd(&self) -> f64 {
-        self.usage.as_ref().map_or(0.0, |u| (self.pricer)(&self.record.target, u))
+        self.billed_usage().0.map_or(0.0, |u| (self.pricer)(&self.record.target, &u))
+    }
+
+    /// The usage the request is billed for, and whether any of it is estimated.
+    fn billed_usage(&self) -> (Option<Usage>, bool) {
+        let r = &self.record;
+        match (&self.usage, !r.target.is_empty()) {
+            // A stream that broke off may have reported only its prompt: what it streamed counts.
+            (Some(u), _) if self.failed_mid_stream.is_some() => {
+                let streamed = estimate_tokens(self.completion_chars);
+                let mut billed = u.clone();
+                billed.completion_tokens = u.completion_tokens.max(streamed);
+                billed.total_tokens = billed.prompt_tokens + billed.completion_tokens;
+                (Some(billed), streamed > u.completion_tokens)
+            }
+            (Some(u), _) => (Some(u.clone()), false),
+            // Something was generated (or billed) but the provider said nothing, or the client
+            // left while a target worked on its prompt: estimate.
+            (None, true) if self.completion_chars > 0 || r.status == 200 || r.status == CLIENT_CLOSED_REQUEST => {
+                (Some(Usage::new(estimate_tokens(self.prompt_chars), estimate_tokens(self.completion_chars))), true)
+            }
+            (None, _) => (None, false),
+        }
     }
 }
 
@@ -354,26 +391,9 @@ impl Drop for PendingRecord {
             r.tier = tier_of(&target);
             r.target = target;
         }
-        let answered = !r.target.is_empty();
-        let usage = match (&self.usage, answered) {
-            // A stream that broke off may have reported only its prompt: what it streamed counts.
-            (Some(u), _) if self.failed_mid_stream.is_some() => {
-                let streamed = estimate_tokens(self.completion_chars);
-                r.cost_estimated |= streamed > u.completion_tokens;
-                let mut u = u.clone();
-                u.completion_tokens = u.completion_tokens.max(streamed);
-                u.total_tokens = u.prompt_tokens + u.completion_tokens;
-                Some(u)
-            }
-            (Some(u), _) => Some(u.clone()),
-            // Something was generated (or billed) but the provider said nothing, or the client
-            // left while a target worked on its prompt: estimate.
-            (None, true) if self.completion_chars > 0 || r.status == 200 || r.status == CLIENT_CLOSED_REQUEST => {
-                r.cost_estimated = true;
-                Some(Usage::new(estimate_tokens(self.prompt_chars), estimate_tokens(self.completion_chars)))
-            }
-            (None, _) => None,
-        };
+        let (usage, estimated) = self.billed_usage();
+        let r = &mut self.record;
+        r.cost_estimated |= estimated;
         let mut savings = 0.0;
         if let Some(u) = usage {
             let hit = r.cache == "hit";
@@ -384,7 +404,7 @@ impl Drop for PendingRecord {
                 r.cost_usd = (self.pricer)(&r.target, &u);
             }
             // A request the client left saved nothing: no answer was delivered.
-            if let Some(baseline) = self.ledger.baseline().filter(|_| r.status != CLIENT_CLOSED_REQUEST) {
+            if let Some(baseline) = self.ledger.baseline().filter(|_| r.status != CLIENT_CLOSED_REQUEST && !self.no_baseline) {
                 savings = (self.pricer)(baseline, &u) - r.cost_usd;
             }
         }

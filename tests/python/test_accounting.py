@@ -24,6 +24,20 @@ def test_cached_prompt_tokens_are_priced_at_the_cached_price(gateway):
     assert rec["status"] == "200" and rec["target"] == "fake/cached" and rec["tier"] == "remote"
 
 
+def test_an_answer_without_usage_is_billed_on_estimates_its_header_agrees(gateway):
+    # A self-hosted server may report no usage: prompt and answer are estimated (4 characters a
+    # token), the record says so, and the cost header shows the same figure.
+    r = httpx.post(f"{gateway.v1}/chat/completions", timeout=30,
+                   json={"model": "fake/bare", "messages": [{"role": "user", "content": "one two three four"}]})
+    assert r.status_code == 200 and "usage" not in r.json()
+    answer = r.json()["choices"][0]["message"]["content"]
+    rec = accounting_record(gateway, r.headers["x-request-id"])
+    completion = -(-len(answer) // 4)
+    assert rec["cost_estimated"] == "true" and int(rec["completion_tokens"]) == completion, (rec, answer)
+    assert int(rec["prompt_tokens"]) == -(-len("one two three four") // 4)
+    assert float(r.headers["x-switchyard-cost-usd"]) == float(rec["cost_usd"]) > 0
+
+
 def test_stream_is_accounted_from_upstream_usage_the_client_did_not_ask_for(gateway):
     with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
                       json={"model": "fake/echo", "stream": True, "messages": [{"role": "user", "content": "a"}]}) as r:

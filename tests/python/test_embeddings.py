@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import accounting_record, fake_requests
+from conftest import Gateway, accounting_record, fake_provider_section, fake_requests, gateway_config
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_provider_embeddings_pass_through(gateway, client, fake_provider, schema
     ({}, "Contact jane.doe@example.com about the invoice"),
     ({"x-switchyard-tags": "confidential"}, "quarterly plan"),
 ])
-def test_privacy_tagged_input_never_reaches_a_remote_model(gateway, fake_provider, headers, text):
+def test_privacy_tagged_input_never_reaches_an_untrusted_remote_model(gateway, fake_provider, headers, text):
     before = len(fake_requests(fake_provider))
     r = httpx.post(f"{gateway.v1}/embeddings", json={"model": "fake/embed", "input": [text]}, headers=headers, timeout=30)
     assert r.status_code == 403 and r.json()["error"]["code"] == "policy_violation"
@@ -105,8 +105,23 @@ def test_privacy_tagged_input_never_reaches_a_remote_model(gateway, fake_provide
 def test_token_id_input_cannot_be_scanned_so_it_stays_home(gateway, fake_provider):
     before = len(fake_requests(fake_provider))
     r = httpx.post(f"{gateway.v1}/embeddings", json={"model": "fake/embed", "input": [[1, 2, 3]]}, timeout=30)
-    assert r.status_code == 403
+    assert r.status_code == 403 and "token-id input cannot be scanned" in r.json()["error"]["message"], r.text
     assert len(fake_requests(fake_provider)) == before
+
+
+def test_a_trusted_provider_embeds_tagged_and_token_id_input(tmp_path, fake_provider):
+    # As in chat, privacy-tagged input may go to a trusted provider (inside the residency); token
+    # ids, which cannot be scanned, count as tagged (LangChain sends them by default).
+    gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider, name="safe", trusted=True), embeddings=True))
+    try:
+        before = len(fake_requests(fake_provider))
+        for extra, headers in [({"input": ["Contact jane.doe@example.com"]}, {}), ({"input": ["plan"]}, {"x-switchyard-tags": "confidential"}),
+                               ({"input": [[1, 2, 3]]}, {})]:
+            r = httpx.post(f"{gw.v1}/embeddings", json={"model": "safe/embed", **extra}, headers=headers, timeout=30)
+            assert r.status_code == 200 and len(r.json()["data"]) == 1, r.text
+        assert len(fake_requests(fake_provider)) == before + 3
+    finally:
+        gw.stop()
 
 
 @pytest.mark.parametrize("body,status,param", [

@@ -117,3 +117,17 @@ def test_promtool_accepts_the_exposition(observed):
     _, _, _, text = observed
     r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_embeddings_save_nothing_against_the_chat_baseline(tmp_path, fake_provider):
+    # The baseline is a chat model: pricing an embedding's tokens there would inflate the savings.
+    extra = fake_provider_section(fake_provider) + '[metrics]\nbaseline_model = "fake/echo"\n'
+    gw = Gateway(tmp_path, gateway_config(extra, embeddings=True), '[[rule]]\nname = "default"\nroute = "local"\n')
+    try:
+        r = httpx.post(f"{gw.v1}/embeddings", json={"model": "auto", "input": ["a few words to embed"]}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] > 0
+        s = metric_samples(httpx.get(f"{gw.base}/metrics").text)
+        assert sample(s, "switchyard_requests_total", rule="embeddings", status="200") == 1
+        assert (sample(s, "switchyard_savings_usd_total", tenant="default") or 0.0) == 0.0
+    finally:
+        gw.stop()

@@ -490,6 +490,10 @@ async fn complete_answer(
     if let Some(r) = record.as_mut() {
         r.served_by(target, redaction.is_some());
         r.usage(response.usage.as_ref());
+        if response.usage.is_none() {
+            // A provider that reports no usage is billed on estimates, its answer's text included.
+            r.answer_chars(response.choices.iter().filter_map(|c| c.message.content.as_deref()).map(|t| t.chars().count()).sum());
+        }
         r.status(200);
         cost = r.cost_usd();
     }

@@ -193,6 +193,8 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
     let prompt_tokens = estimate_tokens(chars);
     if let Some(record) = exchange.record() {
         record.routed("embeddings", inspection.pii.keys().cloned().collect(), chars);
+        // The baseline is a chat model: an embedding is no saving against it.
+        record.without_baseline();
     }
     let is_local = local.is_some_and(|l| req.model == "auto" || req.model == l.config.name || req.model == l.config.target());
     if is_local {
@@ -217,7 +219,7 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
             .map_err(|e| ApiError::Provider(ProviderError::Unavailable { message: format!("the embedding thread failed: {e}") }))?
             .map_err(|e| ApiError::Provider(local_error(&e)))?;
         let usage = Usage::new(tokens, 0);
-        let cost = finish_record(exchange, &target, &usage);
+        let cost = finish_record(exchange, &target, Some(&usage));
         let data: Vec<Value> = vectors.iter().enumerate().map(|(index, v)| json!({"object": "embedding", "index": index, "embedding": encode(v, format)})).collect();
         let body = json!({"object": "list", "data": data, "model": local.config.name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
         return Ok(with_headers(Json(body).into_response(), &target, cost, "local"));
@@ -229,13 +231,18 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
         }
         _ => return Err(ApiError::ModelNotFound { model: req.model.clone() }),
     };
-    if !tags.is_empty() {
-        return Err(ApiError::PolicyViolation {
-            reason: format!("privacy-tagged input ({}) is never sent to a remote embedding model ({target}); use the local embedding model", tags.join(", ")),
-        });
-    }
-    // The same residency rule as chat: never to a region outside the tenant's.
-    if let Some(reason) = router::violation(state.router.topology(), &target, &tenant.residency, false, router::Redacts::No) {
+    // The same guard as chat: never to a region outside the tenant's residency, and privacy-tagged
+    // input only to a trusted provider (an embedding cannot be redacted: the vector is the text's).
+    let tagged = !tags.is_empty();
+    if let Some(why) = router::violation(state.router.topology(), &target, &tenant.residency, tagged, router::Redacts::No) {
+        let unscannable = inspection.pii.keys().all(|k| k == router::PiiKind::Unscannable.as_str()) && !inspection.pii.is_empty() && tags == ["pii"];
+        let reason = if unscannable {
+            format!("token-id input cannot be scanned for PII, so it is embedded locally or by a trusted provider only ({why}); send the text instead")
+        } else if tagged && router::violation(state.router.topology(), &target, &tenant.residency, false, router::Redacts::No).is_none() {
+            format!("privacy-tagged input ({}) is embedded locally or by a trusted provider only: {why}", tags.join(", "))
+        } else {
+            why
+        };
         return Err(ApiError::PolicyViolation { reason });
     }
     let (provider, upstream_model) = provider_for(state, &target)?;
@@ -255,14 +262,15 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
         record.attempting(&target);
     }
     let mut answer = provider.embeddings(Value::Object(body)).await.inspect_err(|err| count_upstream_error(state, &target, err))?;
-    let tokens = answer.pointer("/usage/prompt_tokens").and_then(Value::as_u64).unwrap_or(prompt_tokens);
+    // Without the provider's count, the record estimates it (and says so).
+    let usage = answer.pointer("/usage/prompt_tokens").and_then(Value::as_u64).map(|tokens| Usage::new(tokens, 0));
     let Some(fields) = answer.as_object_mut() else {
         state.ledger.upstream_failed(&target, "upstream");
         return Err(ProviderError::Upstream { provider: target, status: None, message: "the embeddings answer is not a JSON object".into() }.into());
     };
     // The client named the model; it gets its name back, as for chat.
     fields.insert("model".into(), Value::String(req.model));
-    let cost = finish_record(exchange, &target, &Usage::new(tokens, 0));
+    let cost = finish_record(exchange, &target, usage.as_ref());
     Ok(with_headers(Json(answer).into_response(), &target, cost, "remote"))
 }
 
@@ -274,10 +282,10 @@ fn local_error(err: &local_engine::EngineError) -> ProviderError {
 }
 
 /// Writes target, usage and status into the record; returns the cost.
-fn finish_record(exchange: &mut Exchange, target: &str, usage: &Usage) -> f64 {
+fn finish_record(exchange: &mut Exchange, target: &str, usage: Option<&Usage>) -> f64 {
     let Some(record) = exchange.record() else { return 0.0 };
     record.served_by(target, false);
-    record.usage(Some(usage));
+    record.usage(usage);
     record.status(200);
     record.cost_usd()
 }

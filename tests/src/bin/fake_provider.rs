@@ -3,6 +3,7 @@
 //! - `echo`: answers `echo: <last message>` (streamed word by word when asked), with usage.
 //! - `shred`: like `echo`, but streamed three characters a chunk (placeholders arrive split).
 //! - `cached`: like `echo`, reporting 8 of its 11 prompt tokens as served from the prompt cache.
+//! - `bare`: like `echo`, without `usage` (as some self-hosted servers answer), when not streamed.
 //! - `metered`: answers exactly `max_tokens` words ("tok tok …") and reports usage the way the
 //!   gateway estimates it: prompt tokens = characters of the messages' text / 4, rounded up;
 //!   completion tokens = `max_tokens` (so a test knows every request's cost in advance).
@@ -237,11 +238,15 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         if model == "cached" {
             usage["prompt_tokens_details"] = json!({"cached_tokens": 8});
         }
-        return Json(json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+        let mut answer = json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer, "refusal": null}, "finish_reason": "stop", "logprobs": null}],
             "usage": usage,
-            "system_fingerprint": "fp_fake"}))
-        .into_response();
+            "system_fingerprint": "fp_fake"});
+        // A self-hosted server that reports no usage.
+        if model == "bare" {
+            answer.as_object_mut().map(|a| a.remove("usage"));
+        }
+        return Json(answer).into_response();
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
