@@ -238,15 +238,7 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         if model == "cached" {
             usage["prompt_tokens_details"] = json!({"cached_tokens": 8});
         }
-        let mut answer = json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer, "refusal": null}, "finish_reason": "stop", "logprobs": null}],
-            "usage": usage,
-            "system_fingerprint": "fp_fake"});
-        // A self-hosted server that reports no usage.
-        if model == "bare" {
-            answer.as_object_mut().map(|a| a.remove("usage"));
-        }
-        return Json(answer).into_response();
+        return whole_answer(&model, &answer, usage);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
@@ -360,6 +352,17 @@ async fn embeddings(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body
         .collect();
     let tokens: usize = inputs.iter().map(|t| t.len().div_ceil(4)).sum();
     Json(json!({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})).into_response()
+}
+
+/// A non-streamed chat answer; `bare` leaves `usage` out, as some self-hosted servers do.
+fn whole_answer(model: &str, text: &str, usage: Value) -> Response {
+    let mut answer = json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": "stop", "logprobs": null}],
+        "usage": usage, "system_fingerprint": "fp_fake"});
+    if model == "bare" {
+        answer.as_object_mut().map(|a| a.remove("usage"));
+    }
+    Json(answer).into_response()
 }
 
 /// `POST /v1/responses`: answers `echo: <text of the last input item>` as a `response` object
