@@ -238,7 +238,7 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         if model == "cached" {
             usage["prompt_tokens_details"] = json!({"cached_tokens": 8});
         }
-        return whole_answer(&model, &answer, usage);
+        return whole_answer(&model, &answer, &usage);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
@@ -355,7 +355,7 @@ async fn embeddings(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body
 }
 
 /// A non-streamed chat answer; `bare` leaves `usage` out, as some self-hosted servers do.
-fn whole_answer(model: &str, text: &str, usage: Value) -> Response {
+fn whole_answer(model: &str, text: &str, usage: &Value) -> Response {
     let mut answer = json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": "stop", "logprobs": null}],
         "usage": usage, "system_fingerprint": "fp_fake"});
