@@ -82,6 +82,10 @@ pub enum ApiError {
         /// Seconds until the budget period ends (or in-flight requests settle).
         retry_after_s: u64,
     },
+    /// A stored response could not be deleted from the shared store (Redis unreachable): saying
+    /// it was deleted while it stays readable would be false.
+    #[error("The response could not be deleted right now (the shared store is unreachable); it is unchanged. Retry shortly.")]
+    ResponseStoreUnavailable,
     /// The gateway received SIGTERM/SIGINT and finishes what it has; new requests go elsewhere.
     #[error("This gateway is shutting down and takes no new requests; retry on another replica.")]
     ShuttingDown,
@@ -184,6 +188,7 @@ impl ApiError {
                 Some(1),
             ),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, detail("service_unavailable", Some("shutting_down"), None), Some(1)),
+            Self::ResponseStoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, detail("service_unavailable", Some("store_unavailable"), None), Some(1)),
             Self::InvalidApiKey { .. } | Self::AdminKeyRequired => {
                 (StatusCode::UNAUTHORIZED, detail("invalid_request_error", Some("invalid_api_key"), None), None)
             }

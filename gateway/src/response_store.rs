@@ -206,9 +206,11 @@ impl ResponseStore {
     }
 
     /// Forgets the response `id` of `tenant`; true if it was there.
-    pub async fn delete(&self, tenant: &str, id: &str) -> bool {
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<bool, Unreachable> {
         let key = (tenant.to_owned(), id.to_owned());
-        let mut found = self.local.remove(&key).is_some();
+        // Redis first: if it cannot be reached, nothing changes here either, and the caller hears
+        // so (a copy left there would come back, on this replica and every other).
+        let mut found = false;
         if let Some(store) = &self.shared {
             let del = async {
                 let mut conn = store.connection().await.ok()?;
@@ -216,13 +218,18 @@ impl ResponseStore {
                 del.arg(redis_key(tenant, id));
                 del.query_async::<u64>(&mut conn).await.ok()
             };
-            if let Ok(Some(n)) = tokio::time::timeout(store.timeout(), del).await {
-                found |= n > 0;
+            match tokio::time::timeout(store.timeout(), del).await {
+                Ok(Some(n)) => found = n > 0,
+                _ => return Err(Unreachable),
             }
         }
-        found
+        Ok(self.local.remove(&key).is_some() || found)
     }
 }
+
+/// The shared store could not be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreachable;
 
 #[cfg(test)]
 mod tests {
@@ -244,8 +251,8 @@ mod tests {
         store.put("resp_x", stored("a", 10)).await;
         assert!(store.get("a", "resp_x").await.is_some());
         assert!(store.get("b", "resp_x").await.is_none());
-        assert!(!store.delete("b", "resp_x").await);
-        assert!(store.delete("a", "resp_x").await);
+        assert_eq!(store.delete("b", "resp_x").await, Ok(false));
+        assert_eq!(store.delete("a", "resp_x").await, Ok(true));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,6 +264,9 @@ mod tests {
         // Nothing listens on the port: Redis cannot take it.
         store.put("resp_1", stored("a", 10)).await;
         assert!(store.get("a", "resp_1").await.is_some(), "kept in this replica");
+        // A delete Redis cannot take fails, and changes nothing.
+        assert_eq!(store.delete("a", "resp_1").await, Err(Unreachable));
+        assert!(store.get("a", "resp_1").await.is_some(), "a failed delete leaves the response");
         let back = PrivateRedis::start_on(port);
         assert_eq!(back.port(), port);
         // Back, and empty: the copy is not taken for one another replica deleted, and Redis
@@ -278,7 +288,7 @@ mod tests {
         // From then on another replica's delete is seen here.
         let other = ResponseStore::new(&ResponsesConfig::default(), Some(Arc::clone(&redis)));
         assert!(other.get("a", "resp_1").await.is_some(), "another replica reads it from Redis");
-        assert!(other.delete("a", "resp_1").await);
+        assert_eq!(other.delete("a", "resp_1").await, Ok(true));
         assert!(store.get("a", "resp_1").await.is_none(), "deleted on the other replica");
     }
 

@@ -44,10 +44,10 @@ pub struct ResponsesRequest {
     pub max_output_tokens: Option<u32>,
     /// Sampling temperature.
     #[serde(default)]
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     /// Nucleus sampling.
     #[serde(default)]
-    pub top_p: Option<f32>,
+    pub top_p: Option<f64>,
     /// Up to 16 string pairs, returned as sent.
     #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
@@ -64,6 +64,18 @@ pub struct ResponsesRequest {
     /// With [`LOGPROBS_INCLUDE`], this many of the most likely tokens at each position (0 to 20).
     #[serde(default)]
     pub top_logprobs: Option<Value>,
+    /// `disabled` (the default) or `auto`; either way nothing is dropped from the conversation (an
+    /// overflow is `context_length_exceeded`), and the value is echoed as sent.
+    #[serde(default)]
+    pub truncation: Option<String>,
+    /// Features the gateway cannot carry out, refused by name rather than ignored: a server-side
+    /// conversation, a stored prompt template, background mode.
+    #[serde(default)]
+    conversation: Option<Value>,
+    #[serde(default)]
+    prompt: Option<Value>,
+    #[serde(default)]
+    background: Option<bool>,
 }
 
 /// The `include` value that asks for the output text's log-probabilities.
@@ -153,6 +165,18 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
             ));
         }
     }
+    if req.conversation.as_ref().is_some_and(|c| !c.is_null()) {
+        return Err(ApiError::invalid("Conversations are not supported by this gateway; continue a conversation with 'previous_response_id'.", "conversation"));
+    }
+    if req.prompt.as_ref().is_some_and(|p| !p.is_null()) {
+        return Err(ApiError::invalid("Stored prompt templates are not supported by this gateway; send 'instructions' and 'input'.", "prompt"));
+    }
+    if req.background == Some(true) {
+        return Err(ApiError::invalid("Background responses are not supported by this gateway; stream the response instead.", "background"));
+    }
+    if let Some(truncation) = req.truncation.as_deref().filter(|t| !matches!(*t, "auto" | "disabled")) {
+        return Err(ApiError::invalid(format!("Invalid value for 'truncation': {truncation:?}. Supported values are: auto, disabled."), "truncation"));
+    }
     if let Some(metadata) = &req.metadata {
         // The API's limits: 16 pairs, keys up to 64 characters, string values up to 512.
         if metadata.len() > 16 {
@@ -226,6 +250,17 @@ fn push_item(messages: &mut Vec<ChatMessage>, item: &Value, i: usize) -> Result<
             let call_id = item.get("call_id").and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("Missing required parameter: '{}'.", param(".call_id")), param(".call_id")))?;
             let output = match item.get("output") {
                 Some(Value::String(s)) => s.clone(),
+                // A list of content parts: their text (a tool returning images cannot be carried).
+                Some(Value::Array(parts)) => {
+                    let mut text = String::new();
+                    for (j, part) in parts.iter().enumerate() {
+                        match part.get("type").and_then(Value::as_str) {
+                            Some("input_text" | "output_text" | "text") => text.push_str(part.get("text").and_then(Value::as_str).unwrap_or_default()),
+                            _ => return Err(ApiError::invalid(format!("Invalid '{}': only text parts are supported in a function call's output.", param(&format!(".output[{j}]"))), param(&format!(".output[{j}].type")))),
+                        }
+                    }
+                    text
+                }
                 Some(other) => other.to_string(),
                 None => return Err(ApiError::invalid(format!("Missing required parameter: '{}'.", param(".output")), param(".output"))),
             };
@@ -255,7 +290,13 @@ fn chat_part(part: &Value, param: &str) -> Result<Value, ApiError> {
             }
             Ok(json!({"type": "image_url", "image_url": image}))
         }
-        other => Err(ApiError::invalid(format!("Invalid value for '{param}.type': {other:?} content parts are not supported."), format!("{param}.type"))),
+        // An earlier answer's refusal, kept in a conversation the client carries itself.
+        Some("refusal") => {
+            let refusal = part.get("refusal").and_then(Value::as_str).ok_or_else(|| ApiError::invalid(format!("Missing required parameter: '{param}.refusal'."), format!("{param}.refusal")))?;
+            Ok(json!({"type": "refusal", "refusal": refusal}))
+        }
+        Some(other) => Err(ApiError::invalid(format!("Invalid value for '{param}.type': {other:?} content parts are not supported."), format!("{param}.type"))),
+        None => Err(ApiError::invalid(format!("Missing required parameter: '{param}.type'."), format!("{param}.type"))),
     }
 }
 
@@ -264,6 +305,7 @@ fn chat_part(part: &Value, param: &str) -> Result<Value, ApiError> {
 /// unknown `call_id` is a 400 naming it.
 pub fn check_call_outputs(history: &[ChatMessage], input: &[ChatMessage]) -> Result<(), ApiError> {
     let mut calls: Vec<&str> = Vec::new();
+    let mut answered: Vec<&str> = Vec::new();
     for m in history.iter().chain(input) {
         if let Some(Value::Array(made)) = m.extra.get("tool_calls") {
             calls.extend(made.iter().filter_map(|c| c.get("id").and_then(Value::as_str)));
@@ -273,6 +315,11 @@ pub fn check_call_outputs(history: &[ChatMessage], input: &[ChatMessage]) -> Res
             if !calls.contains(&call_id) {
                 return Err(ApiError::invalid(format!("No tool call found for function call output with call_id {call_id:?}."), "input"));
             }
+            // A second output for one call would reach the provider as a result of nothing.
+            if answered.contains(&call_id) {
+                return Err(ApiError::invalid(format!("The function call with call_id {call_id:?} already has an output."), "input"));
+            }
+            answered.push(call_id);
         }
     }
     Ok(())
@@ -457,8 +504,10 @@ fn chat_format(format: &Value) -> Result<Option<Value>, ApiError> {
                     schema.insert(key.into(), v.clone());
                 }
             }
-            if !schema.contains_key("schema") {
-                return Err(ApiError::invalid("Missing required parameter: 'text.format.schema'.", "text.format.schema"));
+            for required in ["name", "schema"] {
+                if !schema.contains_key(required) {
+                    return Err(ApiError::invalid(format!("Missing required parameter: 'text.format.{required}'."), format!("text.format.{required}")));
+                }
             }
             Ok(Some(json!({"type": "json_schema", "json_schema": schema})))
         }
@@ -502,7 +551,7 @@ impl Envelope {
             tool
         });
         echo.insert("tools".into(), Value::Array(tools.collect()));
-        echo.insert("truncation".into(), json!("disabled"));
+        echo.insert("truncation".into(), json!(req.truncation.as_deref().unwrap_or("disabled")));
         if let Some(user) = &req.user {
             echo.insert("user".into(), Value::String(user.clone()));
         }
@@ -557,8 +606,16 @@ pub fn output_items(envelope: &Envelope, answer: &ChatResponse) -> (Vec<Value>, 
     // An answer cut short leaves its items `incomplete`, as the API marks them.
     let status = if incomplete.is_some() { "incomplete" } else { "completed" };
     let mut items = Vec::new();
+    let mut content = Vec::new();
     if let Some(text) = choice.message.content.as_deref().filter(|t| !t.is_empty()) {
-        items.push(message_item(&envelope.id, text, logprob_entries(choice.logprobs.as_ref()), status));
+        content.push(text_part(text, logprob_entries(choice.logprobs.as_ref())));
+    }
+    // A refusal (structured outputs' safety answer) is the message's refusal part, as the API gives it.
+    if let Some(refusal) = choice.message.refusal.as_deref().filter(|r| !r.is_empty()) {
+        content.push(refusal_part(refusal));
+    }
+    if !content.is_empty() {
+        items.push(message_with(&envelope.id, &content, status));
     }
     if let Some(Value::Array(calls)) = choice.message.extra.get("tool_calls") {
         for (i, call) in calls.iter().enumerate() {
@@ -574,7 +631,15 @@ pub fn output_items(envelope: &Envelope, answer: &ChatResponse) -> (Vec<Value>, 
 
 fn message_item(response_id: &str, text: &str, logprobs: Vec<Value>, status: &str) -> Value {
     let content = if status == "in_progress" { Vec::new() } else { vec![text_part(text, logprobs)] };
+    message_with(response_id, &content, status)
+}
+
+fn message_with(response_id: &str, content: &[Value], status: &str) -> Value {
     json!({"id": message_id(response_id), "type": "message", "status": status, "role": "assistant", "content": content})
+}
+
+fn refusal_part(refusal: &str) -> Value {
+    json!({"type": "refusal", "refusal": refusal})
 }
 
 fn text_part(text: &str, logprobs: Vec<Value>) -> Value {
@@ -614,12 +679,14 @@ pub fn conversation_after(history: &[ChatMessage], input: &[ChatMessage], respon
     conversation.extend_from_slice(history);
     conversation.extend_from_slice(input);
     let mut text = String::new();
+    let mut refusal = String::new();
     let mut calls = Vec::new();
     for item in response.get("output").and_then(Value::as_array).into_iter().flatten() {
         match item.get("type").and_then(Value::as_str) {
             Some("message") => {
                 for part in item.get("content").and_then(Value::as_array).into_iter().flatten() {
                     text.push_str(part.get("text").and_then(Value::as_str).unwrap_or_default());
+                    refusal.push_str(part.get("refusal").and_then(Value::as_str).unwrap_or_default());
                 }
             }
             Some("function_call") => calls.push(json!({
@@ -634,7 +701,10 @@ pub fn conversation_after(history: &[ChatMessage], input: &[ChatMessage], respon
     if !calls.is_empty() {
         answer.extra.insert("tool_calls".into(), Value::Array(calls));
     }
-    if answer.content.is_some() || answer.extra.contains_key("tool_calls") {
+    if !refusal.is_empty() {
+        answer.extra.insert("refusal".into(), Value::String(refusal));
+    }
+    if answer.content.is_some() || !answer.extra.is_empty() {
         conversation.push(answer);
     }
     conversation
@@ -642,19 +712,45 @@ pub fn conversation_after(history: &[ChatMessage], input: &[ChatMessage], respon
 
 /// Turns chat chunks into Responses stream events, in the API's order: `response.created`,
 /// `response.in_progress`, then per output item `output_item.added` (+ `content_part.added`),
-/// its deltas, its `.done` events, and finally `response.completed` (or `.incomplete`).
+/// its deltas, its `.done` events — one item at a time: an item is finished before the next is
+/// added — and finally `response.completed` (or `.incomplete`).
 #[derive(Debug)]
 pub struct EventWriter {
     envelope: Envelope,
     sequence: u64,
     /// Output items so far; the last may still be open.
     output: Vec<Value>,
-    /// Index in `output` of the open text message, its text and its tokens' log-probabilities.
-    text: Option<(usize, String, Vec<Value>)>,
+    /// The assistant message, once opened: its place and content.
+    message: Option<MessageState>,
     /// Chat tool-call index → index in `output` of its function call.
     calls: Vec<(u64, usize)>,
+    /// Index in `output` of the item still open.
+    open: Option<usize>,
     finish_reason: Option<String>,
     usage: Option<Usage>,
+}
+
+/// The streamed assistant message: its text and its tokens' log-probabilities, a refusal, and the
+/// order their content parts were opened in.
+#[derive(Debug, Default)]
+struct MessageState {
+    at: usize,
+    text: String,
+    logprobs: Vec<Value>,
+    refusal: String,
+    /// Content parts in order: `false` the text, `true` the refusal.
+    parts: Vec<bool>,
+}
+
+impl MessageState {
+    fn part_index(&self, refusal: bool) -> Option<usize> {
+        self.parts.iter().position(|&p| p == refusal)
+    }
+
+    /// The finished content parts, in the order they were opened.
+    fn content(&self) -> Vec<Value> {
+        self.parts.iter().map(|&refusal| if refusal { refusal_part(&self.refusal) } else { text_part(&self.text, self.logprobs.clone()) }).collect()
+    }
 }
 
 /// One stream event: its `type` and its whole body.
@@ -663,7 +759,7 @@ pub type Event = (&'static str, Value);
 impl EventWriter {
     /// A writer for a response described by `envelope`.
     pub fn new(envelope: Envelope) -> Self {
-        Self { envelope, sequence: 0, output: Vec::new(), text: None, calls: Vec::new(), finish_reason: None, usage: None }
+        Self { envelope, sequence: 0, output: Vec::new(), message: None, calls: Vec::new(), open: None, finish_reason: None, usage: None }
     }
 
     fn event(&mut self, kind: &'static str, mut body: Value) -> Event {
@@ -695,14 +791,10 @@ impl EventWriter {
         }
         for choice in chunk.choices.iter().filter(|c| c.index == 0) {
             if let Some(delta) = choice.delta.content.as_deref().filter(|d| !d.is_empty()) {
-                let output_index = self.open_text(&mut events);
-                let logprobs = logprob_entries(choice.logprobs.as_ref());
-                if let Some((_, text, all)) = &mut self.text {
-                    text.push_str(delta);
-                    all.extend(logprobs.iter().cloned());
-                }
-                let item_id = message_id(&self.envelope.id);
-                events.push(self.event("response.output_text.delta", json!({"item_id": item_id, "output_index": output_index, "content_index": 0, "delta": delta, "logprobs": logprobs})));
+                self.message_delta(false, delta, &logprob_entries(choice.logprobs.as_ref()), &mut events);
+            }
+            if let Some(delta) = choice.delta.extra.get("refusal").and_then(Value::as_str).filter(|d| !d.is_empty()) {
+                self.message_delta(true, delta, &[], &mut events);
             }
             if let Some(Value::Array(calls)) = choice.delta.extra.get("tool_calls") {
                 for call in calls {
@@ -716,19 +808,41 @@ impl EventWriter {
         events
     }
 
-    /// Opens the text message if it is not open; returns its output index.
-    fn open_text(&mut self, events: &mut Vec<Event>) -> usize {
-        if let Some((index, ..)) = &self.text {
-            return *index;
-        }
-        let index = self.output.len();
-        let item = message_item(&self.envelope.id, "", Vec::new(), "in_progress");
-        self.output.push(item.clone());
-        self.text = Some((index, String::new(), Vec::new()));
-        events.push(self.event("response.output_item.added", json!({"output_index": index, "item": item})));
+    /// A piece of the message's text (or of its refusal): opens the message, and the part, if
+    /// they are not open.
+    fn message_delta(&mut self, refusal: bool, delta: &str, logprobs: &[Value], events: &mut Vec<Event>) {
+        let at = if let Some(message) = &self.message {
+            message.at
+        } else {
+            self.close_open(events, "completed");
+            let at = self.output.len();
+            let item = message_item(&self.envelope.id, "", Vec::new(), "in_progress");
+            self.output.push(item.clone());
+            self.message = Some(MessageState { at, ..MessageState::default() });
+            self.open = Some(at);
+            events.push(self.event("response.output_item.added", json!({"output_index": at, "item": item})));
+            at
+        };
         let item_id = message_id(&self.envelope.id);
-        events.push(self.event("response.content_part.added", json!({"item_id": item_id, "output_index": index, "content_index": 0, "part": text_part("", Vec::new())})));
-        index
+        let Some(message) = self.message.as_mut() else { return };
+        let content_index = if let Some(index) = message.part_index(refusal) {
+            index
+        } else {
+            message.parts.push(refusal);
+            let index = message.parts.len() - 1;
+            let part = if refusal { refusal_part("") } else { text_part("", Vec::new()) };
+            events.push(self.event("response.content_part.added", json!({"item_id": item_id, "output_index": at, "content_index": index, "part": part})));
+            index
+        };
+        let Some(message) = self.message.as_mut() else { return };
+        if refusal {
+            message.refusal.push_str(delta);
+            events.push(self.event("response.refusal.delta", json!({"item_id": item_id, "output_index": at, "content_index": content_index, "delta": delta})));
+        } else {
+            message.text.push_str(delta);
+            message.logprobs.extend(logprobs.iter().cloned());
+            events.push(self.event("response.output_text.delta", json!({"item_id": item_id, "output_index": at, "content_index": content_index, "delta": delta, "logprobs": logprobs})));
+        }
     }
 
     fn call_delta(&mut self, call: &Value, events: &mut Vec<Event>) {
@@ -737,12 +851,14 @@ impl EventWriter {
         let output_index = if let Some(&(_, at)) = self.calls.iter().find(|(i, _)| *i == chat_index) {
             at
         } else {
+            self.close_open(events, "completed");
             let at = self.output.len();
             let call_id = call.get("id").and_then(Value::as_str).map_or_else(|| format!("call_{chat_index}"), str::to_owned);
             let name = function.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or_default();
             let item = function_item(&self.envelope.id, self.calls.len(), &call_id, name, "", "in_progress");
             self.output.push(item.clone());
             self.calls.push((chat_index, at));
+            self.open = Some(at);
             events.push(self.event("response.output_item.added", json!({"output_index": at, "item": item})));
             at
         };
@@ -754,33 +870,42 @@ impl EventWriter {
         events.push(self.event("response.function_call_arguments.delta", json!({"item_id": item_id, "output_index": output_index, "delta": delta})));
     }
 
-    /// Closes every open item and answers the final `response` object with the closing events
+    /// Finishes the open item, if any, with its `.done` events.
+    fn close_open(&mut self, events: &mut Vec<Event>, item_status: &str) {
+        let Some(at) = self.open.take() else { return };
+        let item_id = self.output[at]["id"].clone();
+        if self.output[at]["type"] == "message" {
+            let Some(message) = self.message.as_ref() else { return };
+            let content = message.content();
+            for (index, &refusal) in message.parts.clone().iter().enumerate() {
+                let part = content[index].clone();
+                let done = if refusal {
+                    let refusal = part["refusal"].clone();
+                    self.event("response.refusal.done", json!({"item_id": item_id, "output_index": at, "content_index": index, "refusal": refusal}))
+                } else {
+                    let (text, logprobs) = (part["text"].clone(), part["logprobs"].clone());
+                    self.event("response.output_text.done", json!({"item_id": item_id, "output_index": at, "content_index": index, "text": text, "logprobs": logprobs}))
+                };
+                events.push(done);
+                events.push(self.event("response.content_part.done", json!({"item_id": item_id, "output_index": at, "content_index": index, "part": part})));
+            }
+            self.output[at] = message_with(&self.envelope.id, &content, item_status);
+        } else {
+            let arguments = self.output[at]["arguments"].clone();
+            let name = self.output[at]["name"].clone();
+            events.push(self.event("response.function_call_arguments.done", json!({"item_id": item_id, "output_index": at, "name": name, "arguments": arguments})));
+            self.output[at]["status"] = json!(item_status);
+        }
+        let item = self.output[at].clone();
+        events.push(self.event("response.output_item.done", json!({"output_index": at, "item": item})));
+    }
+
+    /// Closes the open item and answers the final `response` object with the closing events
     /// (the last of which is `response.completed` or `response.incomplete`).
     pub fn finish(&mut self) -> (Vec<Event>, Value) {
         let mut events = Vec::new();
         let incomplete = incomplete_reason(self.finish_reason.as_deref());
-        let item_status = if incomplete.is_some() { "incomplete" } else { "completed" };
-        let mut open: Vec<usize> = self.calls.iter().map(|(_, at)| *at).collect();
-        if let Some((at, ..)) = &self.text {
-            open.push(*at);
-        }
-        open.sort_unstable();
-        for at in open {
-            let item_id = self.output[at]["id"].clone();
-            if self.output[at]["type"] == "message" {
-                let (text, logprobs) = self.text.as_ref().map(|(_, t, l)| (t.clone(), l.clone())).unwrap_or_default();
-                events.push(self.event("response.output_text.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "text": text, "logprobs": logprobs.clone()})));
-                events.push(self.event("response.content_part.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "part": text_part(&text, logprobs.clone())})));
-                self.output[at] = message_item(&self.envelope.id, &text, logprobs, item_status);
-            } else {
-                let arguments = self.output[at]["arguments"].clone();
-                let name = self.output[at]["name"].clone();
-                events.push(self.event("response.function_call_arguments.done", json!({"item_id": item_id, "output_index": at, "name": name, "arguments": arguments})));
-                self.output[at]["status"] = json!(item_status);
-            }
-            let item = self.output[at].clone();
-            events.push(self.event("response.output_item.done", json!({"output_index": at, "item": item})));
-        }
+        self.close_open(&mut events, if incomplete.is_some() { "incomplete" } else { "completed" });
         let status = if incomplete.is_some() { "incomplete" } else { "completed" };
         let response = self.envelope.response(status, &self.output, self.usage.as_ref(), incomplete);
         let kind = if incomplete.is_some() { "response.incomplete" } else { "response.completed" };
@@ -842,6 +967,10 @@ mod tests {
         let err = check_call_outputs(&[], &input_messages(&answer).unwrap()).unwrap_err();
         assert_eq!(err.body().error.param.as_deref(), Some("input"));
         assert!(err.body().error.message.contains("\"c1\""));
+        // Answered in an earlier turn, or twice in this one: refused.
+        let history = input_messages(&req).unwrap();
+        let again = check_call_outputs(&history, &input_messages(&answer).unwrap()).unwrap_err();
+        assert!(again.body().error.message.contains("already has an output"), "{again:?}");
     }
 
     #[test]
@@ -878,11 +1007,12 @@ mod tests {
         let (end, response) = writer.finish();
         events.extend(end);
         let kinds: Vec<_> = events.iter().map(|(k, _)| *k).collect();
+        // One item at a time: the message is done before the call is added.
         assert_eq!(kinds, [
             "response.created", "response.in_progress",
             "response.output_item.added", "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
-            "response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.delta",
             "response.output_text.done", "response.content_part.done", "response.output_item.done",
+            "response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.delta",
             "response.function_call_arguments.done", "response.output_item.done", "response.completed",
         ]);
         for (i, (_, body)) in events.iter().enumerate() {
@@ -892,6 +1022,25 @@ mod tests {
         assert_eq!(response["output"][1]["arguments"], "{\"a\":1}");
         assert_eq!(response["output"][1]["call_id"], "call_a");
         assert_eq!(response["status"], "completed");
+    }
+
+    #[test]
+    fn a_streamed_refusal_is_the_messages_refusal_part() {
+        let req = request(json!({"model": "auto", "input": "x"}));
+        let mut writer = EventWriter::new(Envelope::new(&req, "resp_1".into(), 5));
+        let mut events = writer.start();
+        events.extend(writer.chunk(&chunk(json!({"role": "assistant", "refusal": "I can"}), None)));
+        events.extend(writer.chunk(&chunk(json!({"refusal": "not."}), Some("stop"))));
+        let (end, response) = writer.finish();
+        events.extend(end);
+        let kinds: Vec<_> = events.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [
+            "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+            "response.refusal.delta", "response.refusal.delta", "response.refusal.done", "response.content_part.done",
+            "response.output_item.done", "response.completed",
+        ]);
+        assert_eq!(events[6].1["refusal"], "I cannot.");
+        assert_eq!(response["output"][0]["content"], json!([{"type": "refusal", "refusal": "I cannot."}]));
     }
 
     #[test]

@@ -98,8 +98,10 @@ fn generation_request(req: &ChatRequest) -> Result<(GenerationRequest, Option<To
         (true, Some(_)) => JsonClosing::UnlessACall,
     };
     let sampling = SamplingParams {
-        temperature: req.temperature.unwrap_or(1.0),
-        top_p: req.top_p.unwrap_or(1.0),
+        #[allow(clippy::cast_possible_truncation)]
+        temperature: req.temperature.unwrap_or(1.0) as f32,
+        #[allow(clippy::cast_possible_truncation)]
+        top_p: req.top_p.unwrap_or(1.0) as f32,
         #[allow(clippy::cast_sign_loss)]
         seed: req.seed.map(|s| s as u64),
         stop: req.stop.as_ref().map(crate::wire::Stop::to_vec).unwrap_or_default(),

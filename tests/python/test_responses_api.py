@@ -199,12 +199,59 @@ def test_streamed_function_call_arguments_arrive_as_deltas(gateway, schemas):
     ({"model": "local-small", "input": "hello " * 1100, "max_output_tokens": 5}, 400, "input"),
     ({"model": "auto", "input": [{"type": "function_call_output", "call_id": "call_nope", "output": "x"}]}, 400, "input"),
     ({"model": "auto", "input": [{"role": "user", "content": [{"type": "input_text"}]}]}, 400, "input[0].content[0].text"),
+    ({"model": "auto", "input": "x", "text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}, 400, "text.format.name"),
+    # What the gateway cannot carry out is refused by name, not ignored.
+    ({"model": "auto", "input": "x", "conversation": "conv_1"}, 400, "conversation"),
+    ({"model": "auto", "input": "x", "prompt": {"id": "pmpt_1"}}, 400, "prompt"),
+    ({"model": "auto", "input": "x", "background": True}, 400, "background"),
+    ({"model": "auto", "input": "x", "truncation": "sometimes"}, 400, "truncation"),
+    ({"model": "auto", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, 400, "input[0].content[0].type"),
+    ({"model": "auto", "input": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                                 {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_image", "image_url": "x"}]}]},
+     400, "input[1].output[0].type"),
 ])
 def test_bad_requests_get_openai_errors(gateway, body, status, param):
     r = httpx.post(f"{gateway.v1}/responses", json=body, timeout=30)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["message"] and error["param"] == param
+
+
+def test_refusals_output_parts_and_truncation_round_trip(gateway, fake_provider, schemas):
+    # A chat provider's refusal is the message's refusal part, whole and streamed, and the client
+    # may carry it back in a conversation; text parts of a function output reach the provider as
+    # text; `truncation` is echoed as sent.
+    refusal = {"id": "chatcmpl-r", "object": "chat.completion", "created": 1, "model": "echo",
+               "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                            "message": {"role": "assistant", "content": None, "refusal": "I cannot help with that."}}],
+               "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"status": 200, "body": refusal}]}).raise_for_status()
+    r = httpx.post(f"{gateway.v1}/responses", json={"model": "fake/echo", "input": "x", "truncation": "auto"}, timeout=30).json()
+    schemas.validate("Response", r)
+    assert r["output"][0]["content"] == [{"type": "refusal", "refusal": "I cannot help with that."}] and r["truncation"] == "auto"
+    carried = httpx.post(f"{gateway.v1}/responses", timeout=30, json={"model": "fake/echo", "input": [
+        {"role": "user", "content": "a"}, {"type": "message", "role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+        {"role": "user", "content": "c"},
+        {"type": "function_call", "call_id": "c9", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c9", "output": [{"type": "input_text", "text": "arr out"}]}]})
+    assert carried.status_code == 200, carried.text
+    sent = fake_requests(fake_provider)[-1]["messages"]
+    assert sent[-1] == {"role": "tool", "tool_call_id": "c9", "content": "arr out"}, sent
+
+
+def test_streamed_items_are_finished_one_at_a_time(tmp_path, fake_provider):
+    # Text then a tool call (as Anthropic answers): the message is done before the call is added.
+    section = (f'[[providers]]\nname = "anth"\nkind = "anthropic"\nbase_url = "{fake_provider}"\napi_key_env = "SY_ANTH_KEY"\n'
+               'models = [{ name = "tool" }]\n')
+    gw = Gateway(tmp_path, f'[server]\nregion = "eu-west"\n\n{section}\n[policy]\nfile = "{{policy}}"\n',
+                 policy='[[rule]]\nname = "all"\nroute = "anth/tool"\n', env={"SY_ANTH_KEY": "sk-ant-test"})
+    try:
+        events = raw_events(gw, {"model": "auto", "input": "weather?", "tools": WEATHER})
+        items = [(n, d.get("output_index")) for n, d in events if n.startswith("response.output_item.")]
+        opened = [i for n, i in items if n.endswith(".added")]
+        assert len(opened) == 2 and items == [(kind, i) for i in opened for kind in ("response.output_item.added", "response.output_item.done")], items
+    finally:
+        gw.stop()
 
 
 def test_a_tenant_never_reads_or_continues_another_tenants_response(tmp_path, fake_provider):

@@ -31,9 +31,9 @@ struct CompletionRequest {
     #[serde(default)]
     max_tokens: Option<u32>,
     #[serde(default)]
-    temperature: Option<f32>,
+    temperature: Option<f64>,
     #[serde(default)]
-    top_p: Option<f32>,
+    top_p: Option<f64>,
     #[serde(default)]
     n: Option<u32>,
     #[serde(default)]

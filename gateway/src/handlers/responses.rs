@@ -407,10 +407,10 @@ pub async fn input_items(
 /// Forgets the stored response `id`.
 pub async fn delete(State(state): State<Arc<AppState>>, Extension(tenant): Extension<Arc<TenantProfile>>, path: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
     let id = response_id(path)?;
-    if state.responses.delete(&tenant.name, &id).await {
-        Ok(Json(json!({"id": id, "object": "response", "deleted": true})).into_response())
-    } else {
-        Err(ApiError::ResponseNotFound { id })
+    match state.responses.delete(&tenant.name, &id).await {
+        Ok(true) => Ok(Json(json!({"id": id, "object": "response", "deleted": true})).into_response()),
+        Ok(false) => Err(ApiError::ResponseNotFound { id }),
+        Err(crate::response_store::Unreachable) => Err(ApiError::ResponseStoreUnavailable),
     }
 }
 
