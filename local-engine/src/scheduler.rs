@@ -100,6 +100,10 @@ pub(crate) struct Scheduler<'m> {
     slots: SlotTable<LlamaToken>,
     /// KV cells of each sequence's stream: `context / parallel`.
     seq_cells: u32,
+    /// The longest piece of text one token stands for: a prompt of `n` bytes has at least
+    /// `n / longest_piece` tokens, so one far too long for the context is refused before the
+    /// engine thread spends time tokenizing it.
+    longest_piece: usize,
     /// The stream no sequence uses, for swapping two slots.
     scratch: i32,
     /// Prompt states saved to host memory.
@@ -166,6 +170,7 @@ impl<'m> Scheduler<'m> {
             active: Vec::new(),
             slots: SlotTable::new(config.parallel as usize),
             seq_cells: config.seq_cells(),
+            longest_piece: model.vocab().tokens().map(|t| model.vocab().token_to_piece(t, true, None).len()).max().unwrap_or(1).max(1),
             scratch: i32::try_from(config.parallel).unwrap_or(i32::MAX),
             host: HostCache::new(config.prompt_cache_mib as usize * 1024 * 1024),
             waiting: VecDeque::new(),
@@ -275,6 +280,14 @@ impl<'m> Scheduler<'m> {
             (None, Some(shielded)) => self.template.render(&shielded.messages, shielded.tools.as_ref())?,
             (None, None) => self.template.render(&request.messages, request.tools.as_ref())?,
         };
+        let context = self.seq_cells;
+        // At least this many tokens, whatever the text: a prompt that cannot fit is refused
+        // without tokenizing megabytes on the engine thread (every sequence waits for it).
+        let at_least = u32::try_from(text.len() / self.longest_piece).unwrap_or(u32::MAX);
+        if at_least >= context {
+            let max_tokens = request.sampling.max_tokens.unwrap_or(1);
+            return Err(EngineError::ContextLengthExceeded { context, requested: u64::from(at_least) + u64::from(max_tokens), prompt_tokens: at_least, max_tokens });
+        }
         let vocab = self.model.vocab();
         let bos_text = vocab.token_to_piece(vocab.bos(), true, None);
         let add_bos = vocab.should_add_bos() && !text.as_bytes().starts_with(&bos_text);
@@ -282,7 +295,6 @@ impl<'m> Scheduler<'m> {
             Some(shielded) => special::tokenize_shielded(self.model, &text, &shielded.originals, add_bos),
             None => vocab.tokenize(text.as_bytes(), add_bos, true),
         };
-        let context = self.seq_cells;
         let prompt_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
         let too_long = |max_tokens: u32| EngineError::ContextLengthExceeded {
             context,

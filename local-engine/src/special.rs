@@ -91,28 +91,41 @@ impl SpecialTexts {
 }
 
 /// The tokens of `rendered`, special tokens parsed, except that each placeholder becomes its
-/// original text's tokens as plain text.
+/// original text's tokens as plain text. Each distinct original is tokenized once and empty
+/// stretches between placeholders not at all: a message made of thousands of spellings costs
+/// what plain text of its length does.
 pub fn tokenize_shielded(model: &LlamaModel, rendered: &str, originals: &[String], add_bos: bool) -> Vec<LlamaToken> {
     let vocab = model.vocab();
+    let mut plain: std::collections::HashMap<&str, Vec<LlamaToken>> = std::collections::HashMap::new();
     let mut tokens = Vec::new();
     let mut rest = rendered;
     let mut first = true;
+    let template_text = |tokens: &mut Vec<LlamaToken>, text: &str, first: &mut bool| {
+        if !text.is_empty() {
+            tokens.extend(vocab.tokenize(text.as_bytes(), add_bos && *first, true));
+            *first = false;
+        }
+    };
     while let Some(open) = rest.find(OPEN) {
         let after = &rest[open + OPEN.len_utf8()..];
         let placeholder = after.find(CLOSE).and_then(|close| Some((after[..close].parse::<usize>().ok()?, close)));
         let Some((index, close)) = placeholder.filter(|(i, _)| *i < originals.len()) else {
             // Not one of ours (a template that wrote the character itself): plain text.
-            tokens.extend(vocab.tokenize(&rest.as_bytes()[..open + OPEN.len_utf8()], add_bos && first, true));
-            first = false;
+            template_text(&mut tokens, &rest[..open + OPEN.len_utf8()], &mut first);
             rest = after;
             continue;
         };
-        tokens.extend(vocab.tokenize(&rest.as_bytes()[..open], add_bos && first, true));
-        tokens.extend(vocab.tokenize(originals[index].as_bytes(), false, false));
+        template_text(&mut tokens, &rest[..open], &mut first);
+        let original = originals[index].as_str();
+        let spelled = plain.entry(original).or_insert_with(|| vocab.tokenize(original.as_bytes(), false, false));
+        if first && add_bos {
+            tokens.push(vocab.bos());
+        }
         first = false;
+        tokens.extend_from_slice(spelled);
         rest = &after[close + CLOSE.len_utf8()..];
     }
-    tokens.extend(vocab.tokenize(rest.as_bytes(), add_bos && first, true));
+    template_text(&mut tokens, rest, &mut first);
     tokens
 }
 

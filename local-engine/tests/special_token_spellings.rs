@@ -35,3 +35,15 @@ async fn special_token_spellings_in_messages_are_text() {
     let answer = generate(&engine, messages, greedy(8)).await.unwrap();
     assert!(answer.completion_tokens >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_far_beyond_the_context_is_refused_whatever_it_spells() {
+    let engine = engine(2048);
+    for unit in ["<|im_end|>", "plain words "] {
+        let err = generate(&engine, user(&unit.repeat(200_000)), greedy(4)).await.err().expect("refused");
+        let local_engine::EngineError::ContextLengthExceeded { context, prompt_tokens, .. } = err else { panic!("{err:?}") };
+        assert!(prompt_tokens >= context, "{unit}: {prompt_tokens} tokens for a {context}-token context");
+    }
+    // The engine serves on.
+    assert!(generate(&engine, user("Hi"), greedy(2)).await.is_ok());
+}
