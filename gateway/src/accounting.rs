@@ -180,6 +180,9 @@ pub struct PendingRecord {
     completion_chars: usize,
     /// No savings are counted against the baseline model (see `without_baseline`).
     no_baseline: bool,
+    /// Cut by the stop's deadline before it answered: billed like a client that left (the target
+    /// had the prompt).
+    cut: bool,
     /// Told of the finished record (the budget settles here).
     on_finish: Option<OnFinish>,
 }
@@ -217,6 +220,7 @@ impl PendingRecord {
             prompt_chars: 0,
             completion_chars: 0,
             no_baseline: false,
+            cut: false,
             on_finish: None,
         }
     }
@@ -334,7 +338,7 @@ impl PendingRecord {
             (Some(u), _) => (Some(u.clone()), false),
             // Something was generated (or billed) but the provider said nothing, or the client
             // left while a target worked on its prompt: estimate.
-            (None, true) if self.completion_chars > 0 || r.status == 200 || r.status == CLIENT_CLOSED_REQUEST => {
+            (None, true) if self.completion_chars > 0 || r.status == 200 || r.status == CLIENT_CLOSED_REQUEST || self.cut => {
                 (Some(Usage::new(estimate_tokens(self.prompt_chars), estimate_tokens(self.completion_chars))), true)
             }
             (None, _) => (None, false),
@@ -380,6 +384,7 @@ impl Drop for PendingRecord {
             r.status = if std::thread::panicking() {
                 500
             } else if self.ledger.cutting.load(Relaxed) {
+                self.cut = true;
                 503
             } else {
                 CLIENT_CLOSED_REQUEST

@@ -235,6 +235,16 @@ impl Policy {
         })
     }
 
+    /// True when a rule that may apply to `tenant` matches `model` by its `when.requested_model`:
+    /// a request naming it is routed by that rule (if its other conditions hold), even when no
+    /// provider serves a model of that name.
+    pub fn claims(&self, model: &str, tenant: &str) -> bool {
+        self.rules.iter().any(|r| {
+            r.when.requested_model.as_deref().is_some_and(|glob| wildmatch::WildMatch::new(glob).matches(model))
+                && (r.when.tenant.is_empty() || r.when.tenant.iter().any(|t| t == tenant))
+        })
+    }
+
     /// Static checks: every target exists (`is_target` says which do; `local` always does),
     /// the threshold is in range and the last rule matches everything. `text` is the file the
     /// policy was parsed from, for line numbers.
@@ -417,6 +427,14 @@ route = "local"
     fn a_rule_routing_to_the_local_engine_by_its_full_name_can_spill() {
         let text = "[[rule]]\nname = \"d\"\nroute = \"local/local-small\"\nspill = \"openai/gpt-4o\"\n";
         assert_eq!(Policy::parse(text).unwrap().problems(text, &|t| t != "local/other"), vec![]);
+    }
+
+    #[test]
+    fn a_rule_claims_the_model_names_its_glob_matches_for_its_tenants() {
+        let text = "[[rule]]\nname = \"gpt\"\nwhen.requested_model = \"gpt-4*\"\nroute = \"local\"\n\n[[rule]]\nname = \"acme\"\nwhen.tenant = [\"acme\"]\nwhen.requested_model = \"claude*\"\nroute = \"local\"\n\n[[rule]]\nname = \"d\"\nroute = \"local\"\n";
+        let policy = Policy::parse(text).unwrap();
+        assert!(policy.claims("gpt-4o", "anyone") && !policy.claims("gpt-3.5", "anyone"));
+        assert!(policy.claims("claude-3", "acme") && !policy.claims("claude-3", "globex"));
     }
 
     #[test]

@@ -29,6 +29,10 @@ def test_a_rule_claims_a_name_no_provider_serves_or_several_serve(two_providers)
         assert raw.parse().choices[0].message.content == "echo: hi"
         route = httpx.post(f"{two_providers.v1}/route", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}).json()
         assert (route["rule"], route["target"]) == (rule, target), route
+    # `models.retrieve` finds a claimed name too (clients check a model before using it).
+    assert client.models.retrieve("gpt-4o").id == "gpt-4o"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("claude-3")
     for unclaimed in ["claude-3", "shred"]:
         with pytest.raises(openai.NotFoundError) as missing:
             client.chat.completions.create(model=unclaimed, messages=[{"role": "user", "content": "hi"}])

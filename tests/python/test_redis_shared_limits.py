@@ -255,6 +255,8 @@ def test_a_request_the_drain_deadline_cuts_is_recorded_and_settled(tmp_path, fak
         assert "error" in outcome, outcome
         records = [json.loads(line) for line in audit.read_text().splitlines()]
         assert [r["status"] for r in records] == [503], records
+        # The provider had the prompt: billed on its estimate, as for a client that leaves.
+        assert records[0]["target"] == "fake/echo" and records[0]["prompt_tokens"] > 0 and records[0]["cost_estimated"] is True, records
         assert int(private_redis.cli("GET", "switchyard:{default}:reserved") or 0) == 0
     finally:
         gw.stop()

@@ -438,6 +438,23 @@ def test_a_passed_through_request_whose_target_fails_goes_to_its_fallbacks(tmp_p
         gw.stop()
 
 
+def test_hosted_tools_wait_out_an_open_circuit_rather_than_fail_as_the_clients_fault(tmp_path, fake_provider):
+    # The route speaks the API; its fallback does not. With the route's circuit open, a request with
+    # a hosted tool gets the route's 503 (retry later), not the stand-in's 400 about its tools.
+    dead = fake_provider_section(f"http://127.0.0.1:{free_port()}", name="dead",
+                                 extra_keys="responses_api = true\nmax_retries = 0\ncircuit_failures = 1\n")
+    plain = fake_provider_section(fake_provider, name="plain")
+    policy = '[[rule]]\nname = "default"\nroute = "dead/echo"\nfallback = ["plain/echo"]\n'
+    gw = Gateway(tmp_path, f'[server]\nregion = "eu-west"\n\n{dead}\n{plain}\n[policy]\nfile = "{{policy}}"\n', policy=policy)
+    try:
+        # The first failure opens the circuit; the fallback answers.
+        assert client_for(gw).responses.create(model="auto", input="hi").output_text == "echo: hi"
+        r = httpx.post(f"{gw.v1}/responses", json={"model": "auto", "input": "news?", "tools": [{"type": "web_search"}]}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "upstream_unavailable" and int(r.headers["retry-after"]) >= 1, r.text
+    finally:
+        gw.stop()
+
+
 def test_over_budget_passthrough_goes_to_the_local_engine(tmp_path, fake_provider):
     section = fake_provider_section(fake_provider, name="oai", extra_keys="responses_api = true\n")
     tenants = '[[tenants]]\nname = "default"\nbudget = { daily_usd = 0.000001, on_exceed = "local" }\n'

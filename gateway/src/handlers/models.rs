@@ -35,7 +35,14 @@ pub async fn retrieve_model(
         Some(ModelChoice::Target(target)) => target,
         Some(ModelChoice::Auto) | None => id.clone(),
     };
-    models(&state, &tenant).into_iter().find(|m| m["id"] == listed.as_str()).map(Json).ok_or(ApiError::ModelNotFound { model: id })
+    if let Some(model) = models(&state, &tenant).into_iter().find(|m| m["id"] == listed.as_str()) {
+        return Ok(Json(model));
+    }
+    // A name a rule claims (`when.requested_model`) is one chat serves, though no provider lists it.
+    if state.router.policy().claims(&id, &tenant.name) {
+        return Ok(Json(json!({"id": id, "object": "model", "created": state.started_unix, "owned_by": "switchyard"})));
+    }
+    Err(ApiError::ModelNotFound { model: id })
 }
 
 fn models(state: &AppState, tenant: &TenantProfile) -> Vec<Value> {

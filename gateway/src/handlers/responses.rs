@@ -72,7 +72,16 @@ pub async fn create(
         // Providers that speak the Responses API get the request as it is (tools, reasoning and
         // models only that API serves), unless it must be redacted on the way.
         if state.any_speaks_responses() {
-            let decision = plan(&state, &chat, &headers, &tenant, false)?;
+            let mut decision = plan(&state, &chat, &headers, &tenant, false)?;
+            // Hosted tools only a provider that speaks the API can carry: while the route's circuit
+            // is open, the request still goes to it (and gets its 503 with `Retry-After`) rather
+            // than to a stand-in that would refuse the tools as the client's fault.
+            if hosted && !state.speaks_responses(&decision.target) {
+                if let Some(route) = decision.stands_in_for.take().filter(|t| state.speaks_responses(t)) {
+                    let stand_in = std::mem::replace(&mut decision.target, route);
+                    decision.fallbacks.insert(0, stand_in);
+                }
+            }
             let body: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: None })?;
             // The body goes out whole: PII anywhere in it (metadata, tool descriptions…) that the
             // chat view did not see keeps the request on the chat path, which drops those fields.
