@@ -74,6 +74,10 @@ def test_streamed_provider_completion(client):
     ({"model": "auto", "prompt": ""}, "prompt"),
     ({"model": "auto", "prompt": [1, 2, 3]}, "prompt"),
     ({"model": "auto", "prompt": ["a", "b"]}, "prompt"),
+    ({"model": "auto", "prompt": []}, "prompt"),
+    # Chat fields are named, not dropped.
+    ({"model": "auto", "prompt": "x", "messages": [{"role": "user", "content": "y"}]}, "messages"),
+    ({"model": "auto", "prompt": "x", "max_completion_tokens": 5}, "max_completion_tokens"),
     ({"model": "auto", "prompt": "x", "echo": True}, "echo"),
     ({"model": "auto", "prompt": "x", "suffix": "y"}, "suffix"),
     ({"model": "auto", "prompt": "x", "logprobs": 2}, "logprobs"),

@@ -79,8 +79,15 @@ fn to_chat(req: CompletionRequest) -> Result<ChatRequest, ApiError> {
     if req.best_of.is_some_and(|b| b > 1) {
         return Err(unsupported("best_of"));
     }
+    // Chat fields sent here by mistake would be dropped without a word.
+    for chat_only in ["messages", "max_completion_tokens", "tools", "tool_choice", "response_format"] {
+        if req.extra.get(chat_only).is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::invalid(format!("'{chat_only}' is a chat completions field; send it to /v1/chat/completions."), chat_only));
+        }
+    }
     let prompt = match req.prompt {
         Value::String(s) => s,
+        Value::Array(items) if items.is_empty() => return Err(ApiError::invalid("'prompt' must not be empty.", "prompt")),
         Value::Array(items) if items.len() == 1 && items[0].is_string() => items[0].as_str().unwrap_or_default().to_owned(),
         Value::Array(items) if items.iter().all(Value::is_string) => {
             return Err(ApiError::invalid("Send one prompt per request (a list of several prompts is not supported).", "prompt"))
