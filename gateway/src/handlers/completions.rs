@@ -59,6 +59,16 @@ struct CompletionRequest {
 /// The API's default `max_tokens` for legacy completions.
 const DEFAULT_MAX_TOKENS: u32 = 16;
 
+/// Chat fields sent here by mistake would be dropped without a word: they are refused by name.
+fn refuse_chat_fields(req: &CompletionRequest) -> Result<(), ApiError> {
+    for chat_only in ["messages", "max_completion_tokens", "tools", "tool_choice", "response_format"] {
+        if req.extra.get(chat_only).is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::invalid(format!("'{chat_only}' is a chat completions field; send it to /v1/chat/completions."), chat_only));
+        }
+    }
+    Ok(())
+}
+
 /// The chat request that carries a legacy completion.
 fn to_chat(req: CompletionRequest) -> Result<ChatRequest, ApiError> {
     let unsupported = |param: &str| ApiError::invalid(format!("'{param}' is not supported by this gateway's completions endpoint."), param);
@@ -78,12 +88,6 @@ fn to_chat(req: CompletionRequest) -> Result<ChatRequest, ApiError> {
     }
     if req.best_of.is_some_and(|b| b > 1) {
         return Err(unsupported("best_of"));
-    }
-    // Chat fields sent here by mistake would be dropped without a word.
-    for chat_only in ["messages", "max_completion_tokens", "tools", "tool_choice", "response_format"] {
-        if req.extra.get(chat_only).is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::invalid(format!("'{chat_only}' is a chat completions field; send it to /v1/chat/completions."), chat_only));
-        }
     }
     let prompt = match req.prompt {
         Value::String(s) => s,
@@ -130,8 +134,12 @@ pub async fn completions(
     let mut exchange = Exchange::new(&state, &ctx, &tenant);
     let result = async {
         let bytes = read_body(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
-        let chat = to_chat(parse_body(&bytes)?)?;
-        let served = serve_chat(&state, &ctx, &tenant, &headers, chat, &mut exchange).await?;
+        let req: CompletionRequest = parse_body(&bytes)?;
+        refuse_chat_fields(&req)?;
+        // Checks made on the chat request name the field the client sent.
+        let renamed = |e: ApiError| e.with_params_renamed(|param: &str| (param == "messages" || param.starts_with("messages[")).then(|| "prompt".to_owned()));
+        let chat = to_chat(req).map_err(renamed)?;
+        let served = serve_chat(&state, &ctx, &tenant, &headers, chat, &mut exchange).await.map_err(renamed)?;
         let mut http = match served.body {
             ServedBody::Complete(answer) => Json(text_completion(&answer)).into_response(),
             ServedBody::Stream { chunks, include_usage } => Sse::new(sse_events_with(chunks, include_usage, completion_chunk)).into_response(),
@@ -140,9 +148,7 @@ pub async fn completions(
         Ok(http)
     }
     .await;
-    // Checks made on the chat request name the field the client sent.
-    let prompt = |param: &str| (param == "messages" || param.starts_with("messages[")).then(|| "prompt".to_owned());
-    exchange.finish(result.map_err(|e: ApiError| e.with_params_renamed(prompt)))
+    exchange.finish(result)
 }
 
 /// A `text_completion`'s `usage`: the three counts.
