@@ -104,6 +104,8 @@ pub fn responses_param(chat: &str) -> Option<String> {
         p if p == "messages" || p.starts_with("messages[") => "input".to_owned(),
         "tool_choice.function.name" | "tool_choice.function" => "tool_choice.name".to_owned(),
         "response_format" => "text.format".to_owned(),
+        // Log-probabilities are asked for through `include` here.
+        "logprobs" => "include".to_owned(),
         p if p.starts_with("response_format.json_schema.") => format!("text.format.{}", &p["response_format.json_schema.".len()..]),
         p if p.starts_with("response_format.") => format!("text.format.{}", &p["response_format.".len()..]),
         p if p.starts_with("tools[") && p.contains("].function") => p.replacen("].function", "]", 1),
@@ -173,6 +175,15 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
     }
     if req.background == Some(true) {
         return Err(ApiError::invalid("Background responses are not supported by this gateway; stream the response instead.", "background"));
+    }
+    // The chat check would describe chat's shape, which this endpoint does not take.
+    if let Some(Value::String(choice)) = &req.tool_choice {
+        if !matches!(choice.as_str(), "none" | "auto" | "required") {
+            return Err(ApiError::invalid(
+                format!("Invalid value for 'tool_choice': {choice:?}. Supported values are: \"none\", \"auto\", \"required\", or {{\"type\": \"function\", \"name\": …}}."),
+                "tool_choice",
+            ));
+        }
     }
     if let Some(truncation) = req.truncation.as_deref().filter(|t| !matches!(*t, "auto" | "disabled")) {
         return Err(ApiError::invalid(format!("Invalid value for 'truncation': {truncation:?}. Supported values are: auto, disabled."), "truncation"));
@@ -1089,6 +1100,7 @@ mod tests {
             ("tool_choice.function.name", Some("tool_choice.name")),
             ("response_format.json_schema.schema", Some("text.format.schema")),
             ("response_format.type", Some("text.format.type")),
+            ("logprobs", Some("include")),
             ("temperature", None),
             ("tools[0].type", None),
         ] {

@@ -205,6 +205,7 @@ def test_streamed_function_call_arguments_arrive_as_deltas(gateway, schemas):
     ({"model": "auto", "input": "x", "prompt": {"id": "pmpt_1"}}, 400, "prompt"),
     ({"model": "auto", "input": "x", "background": True}, 400, "background"),
     ({"model": "auto", "input": "x", "truncation": "sometimes"}, 400, "truncation"),
+    ({"model": "auto", "input": "x", "tool_choice": "bogus"}, 400, "tool_choice"),
     ({"model": "auto", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, 400, "input[0].content[0].type"),
     ({"model": "auto", "input": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
                                  {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_image", "image_url": "x"}]}]},
