@@ -23,7 +23,7 @@ use crate::json_closer::JsonCloser;
 use crate::prefix_cache::{Plan, SlotTable, Source};
 use crate::sampling::SequenceSampler;
 use crate::seq_state::{self, StateBuffer};
-use crate::special::{self, SpecialTexts};
+use crate::special::SpecialTexts;
 use crate::text::TextAssembler;
 use crate::{ChatTemplate, Confidence, EngineConfig, EngineError, EngineStats, FinishReason, GenerationEvent, GenerationRequest, JsonClosing, TokenLogprob};
 
@@ -271,37 +271,32 @@ impl<'m> Scheduler<'m> {
     fn prepare(&self, request: &GenerationRequest) -> Result<(Vec<LlamaToken>, u32), EngineError> {
         // A raw prompt (legacy completions) is the caller's to shape, special tokens included; a
         // conversation's text never becomes one (see `special`).
-        let shielded = match &request.raw_prompt {
-            Some(_) => None,
-            None => self.special.shield(&request.messages, request.tools.as_ref()),
-        };
-        let text = match (&request.raw_prompt, &shielded) {
-            (Some(raw), _) => raw.clone(),
-            (None, Some(shielded)) => self.template.render(&shielded.messages, shielded.tools.as_ref())?,
-            (None, None) => self.template.render(&request.messages, request.tools.as_ref())?,
+        let (text, shielded) = match &request.raw_prompt {
+            Some(raw) => (raw.clone(), false),
+            None => match self.special.shield(&request.messages, request.tools.as_ref()) {
+                Some(shielded) => (self.template.render(&shielded.messages, shielded.tools.as_ref())?, true),
+                None => (self.template.render(&request.messages, request.tools.as_ref())?, false),
+            },
         };
         let context = self.seq_cells;
-        // At least this many tokens, whatever the text: a prompt that cannot fit is refused
-        // without tokenizing megabytes on the engine thread (every sequence waits for it).
-        let at_least = u32::try_from(text.len() / self.longest_piece).unwrap_or(u32::MAX);
-        if at_least >= context {
-            let max_tokens = request.sampling.max_tokens.unwrap_or(1);
-            return Err(EngineError::ContextLengthExceeded { context, requested: u64::from(at_least) + u64::from(max_tokens), prompt_tokens: at_least, max_tokens });
-        }
-        let vocab = self.model.vocab();
-        let bos_text = vocab.token_to_piece(vocab.bos(), true, None);
-        let add_bos = vocab.should_add_bos() && !text.as_bytes().starts_with(&bos_text);
-        let prompt = match &shielded {
-            Some(shielded) => special::tokenize_shielded(self.model, &text, &shielded.originals, add_bos),
-            None => vocab.tokenize(text.as_bytes(), add_bos, true),
-        };
-        let prompt_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
-        let too_long = |max_tokens: u32| EngineError::ContextLengthExceeded {
+        let too_long = |prompt_tokens: u32, max_tokens: u32| EngineError::ContextLengthExceeded {
             context,
             requested: u64::from(prompt_tokens) + u64::from(max_tokens),
             prompt_tokens,
             max_tokens,
         };
+        // At least this many tokens, whatever the text: a prompt that cannot fit is refused
+        // without tokenizing megabytes on the engine thread (every sequence waits for it).
+        let at_least = u32::try_from(text.len() / self.longest_piece).unwrap_or(u32::MAX);
+        if at_least >= context {
+            return Err(too_long(at_least, request.sampling.max_tokens.unwrap_or(1)));
+        }
+        let vocab = self.model.vocab();
+        let bos_text = vocab.token_to_piece(vocab.bos(), true, None);
+        let add_bos = vocab.should_add_bos() && !text.as_bytes().starts_with(&bos_text);
+        let prompt = if shielded { self.special.tokenize(self.model, &text, add_bos) } else { vocab.tokenize(text.as_bytes(), add_bos, true) };
+        let prompt_tokens = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+        let too_long = |max_tokens: u32| too_long(prompt_tokens, max_tokens);
         let max_tokens = match request.sampling.max_tokens {
             Some(max) if u64::from(prompt_tokens) + u64::from(max) > u64::from(context) => {
                 return Err(too_long(max))
