@@ -148,9 +148,8 @@ fn tool_parameters(name: &str, parameters: Option<&Value>) -> Result<Value, Prov
         message: format!("Invalid schema for function '{name}': {what}; a function's parameters are a JSON Schema of \"type\": \"object\"."),
         param: Some("tools".to_owned()),
     };
-    match parameters {
-        None | Some(Value::Null) => Ok(serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false})),
-        Some(Value::Object(schema)) if schema.is_empty() => Ok(serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false})),
+    match parameters.filter(|p| !p.is_null() && p.as_object().is_none_or(|schema| !schema.is_empty())) {
+        None => Ok(serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false})),
         Some(Value::Object(schema)) => match schema.get("type") {
             None => {
                 let mut schema = schema.clone();

@@ -358,8 +358,13 @@ pub(crate) fn is_local(state: &AppState, target: &str) -> bool {
 pub(crate) fn worst_case_nusd(state: &AppState, req: &ChatRequest, decision: &Decision, prompt_tokens: u64, tenant: &str) -> u64 {
     let Some(budget) = state.limiter.budget(tenant) else { return 0 };
     let per_choice = u64::from(req.max_output_tokens().unwrap_or(budget.default_max_tokens));
-    let usage = Usage::new(prompt_tokens, per_choice * u64::from(req.n.unwrap_or(1).max(1)));
-    candidates(decision).filter(|t| !is_local(state, t)).map(|t| usd_to_nanos((state.pricer)(t, &usage))).max().unwrap_or(0)
+    most_on_a_remote_target(state, decision, &Usage::new(prompt_tokens, per_choice * u64::from(req.n.unwrap_or(1).max(1))))
+}
+
+/// What `usage` costs on the dearest remote target among the decision's (local answers are never
+/// reserved).
+pub(crate) fn most_on_a_remote_target(state: &AppState, decision: &Decision, usage: &Usage) -> u64 {
+    candidates(decision).filter(|t| !is_local(state, t)).map(|t| usd_to_nanos((state.pricer)(t, usage))).max().unwrap_or(0)
 }
 
 /// An answer from the response cache, streamed if the client asked for a stream.

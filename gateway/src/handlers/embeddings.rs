@@ -233,15 +233,16 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
     };
     // The same guard as chat: never to a region outside the tenant's residency, and privacy-tagged
     // input only to a trusted provider (an embedding cannot be redacted: the vector is the text's).
-    let tagged = !tags.is_empty();
-    if let Some(why) = router::violation(state.router.topology(), &target, &tenant.residency, tagged, router::Redacts::No) {
-        let unscannable = inspection.pii.keys().all(|k| k == router::PiiKind::Unscannable.as_str()) && !inspection.pii.is_empty() && tags == ["pii"];
+    let topology = state.router.topology();
+    if let Some(reason) = router::violation(topology, &target, &tenant.residency, false, router::Redacts::No) {
+        return Err(ApiError::PolicyViolation { reason });
+    }
+    if let Some(why) = (!tags.is_empty()).then(|| router::violation(topology, &target, &tenant.residency, true, router::Redacts::No)).flatten() {
+        let unscannable = tags == ["pii"] && !inspection.pii.is_empty() && inspection.pii.keys().all(|k| k == router::PiiKind::Unscannable.as_str());
         let reason = if unscannable {
             format!("token-id input cannot be scanned for PII, so it is embedded locally or by a trusted provider only ({why}); send the text instead")
-        } else if tagged && router::violation(state.router.topology(), &target, &tenant.residency, false, router::Redacts::No).is_none() {
-            format!("privacy-tagged input ({}) is embedded locally or by a trusted provider only: {why}", tags.join(", "))
         } else {
-            why
+            format!("privacy-tagged input ({}) is embedded locally or by a trusted provider only: {why}", tags.join(", "))
         };
         return Err(ApiError::PolicyViolation { reason });
     }

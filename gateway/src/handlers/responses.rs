@@ -21,9 +21,8 @@ use serde_json::{json, Value};
 use crate::chat_request::validate_chat_request;
 use crate::error::ApiError;
 use crate::accounting::{estimate_tokens, PendingRecord};
-use crate::budgets::usd_to_nanos;
 use crate::dispatch::{caller_tags, count_upstream_error, plan, provider_for, worth_falling_back, TAGS_HEADER};
-use crate::handlers::chat::{candidates, is_local, serve_admitted, serve_chat, set_route_headers, Exchange, ServedBody};
+use crate::handlers::chat::{candidates, most_on_a_remote_target, serve_admitted, serve_chat, set_route_headers, Exchange, ServedBody};
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
 use crate::privacy;
@@ -170,8 +169,7 @@ async fn passthrough(
     }
     let max_output = req.max_output_tokens.map_or(PASSTHROUGH_DEFAULT_MAX_OUTPUT, u64::from);
     // The worst case over every target that may serve, as on the chat path.
-    let usage = Usage::new(prompt_tokens, max_output);
-    let reserve = candidates(decision).filter(|t| !is_local(state, t)).map(|t| usd_to_nanos((state.pricer)(t, &usage))).max().unwrap_or(0);
+    let reserve = most_on_a_remote_target(state, decision, &Usage::new(prompt_tokens, max_output));
     if !exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true, true).await? {
         return Ok(Passed::OverBudget(turn));
     }
@@ -210,7 +208,7 @@ async fn passthrough(
         }
         // The last target gets the body itself; the others a copy.
         let sent = if tried == decision.fallbacks.len() { std::mem::take(&mut body) } else { body.clone() };
-        let answer = if req.is_stream() { provider.responses_stream(sent).await.map(Ok) } else { provider.responses(sent).await.map(Err) };
+        let answer = if req.is_stream() { provider.responses_stream(sent).await.map(Answer::Events) } else { provider.responses(sent).await.map(Answer::Whole) };
         match answer {
             Ok(answer) => return Ok(Passed::Answered(passed_answer(exchange, decision, target, answer, turn, &echo).await)),
             Err(err) => {
@@ -226,13 +224,19 @@ async fn passthrough(
     Err(last_error.unwrap_or_else(|| ProviderError::Unavailable { message: "no target to serve the request".into() }).into())
 }
 
-/// The client's answer from `target`: its events (`Ok`) or its whole response (`Err`), accounted,
-/// and the turn stored when the client asked for that.
+/// A passed-through provider's answer, streamed or whole.
+enum Answer {
+    Events(providers::ResponseEvents),
+    Whole(Value),
+}
+
+/// The client's answer from `target`, accounted, and the turn stored when the client asked for
+/// that.
 async fn passed_answer(
     exchange: &mut Exchange,
     decision: &Decision,
     target: &str,
-    answer: Result<providers::ResponseEvents, Value>,
+    answer: Answer,
     turn: Keep,
     echo: &(Option<String>, bool),
 ) -> Response {
@@ -240,7 +244,7 @@ async fn passed_answer(
     set_route_headers(&mut headers, decision, target);
     let keep = echo.1.then_some(turn);
     let mut response = match answer {
-        Ok(events) => {
+        Answer::Events(events) => {
             let mut record = exchange.take_record();
             if let Some(r) = record.as_mut() {
                 r.served_by(target, false);
@@ -250,7 +254,7 @@ async fn passed_answer(
             http.headers_mut().extend(headers);
             return http;
         }
-        Err(response) => response,
+        Answer::Whole(response) => response,
     };
     patch_echo(&mut response, echo);
     let mut cost = 0.0;
