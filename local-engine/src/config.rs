@@ -152,6 +152,8 @@ impl EngineConfig {
             // Read from the file's header, without loading the weights: the engine would fail to
             // start on it.
             problems.push(format!("local.model: {reason}; it must be a GGUF chat model"));
+        } else if let Some(reason) = crate::gguf_truncation(&self.model) {
+            problems.push(format!("local.model: {reason}"));
         }
         problems
     }

@@ -1,5 +1,6 @@
 //! A model that cannot be loaded fails the engine's start, visibly: `started` gives the reason,
-//! `startup` says `Failed`, and requests are refused as the server's fault (`Unavailable`).
+//! `startup` says `Failed`, and requests are refused as the server's fault (`Unavailable`); the
+//! configuration check (`switchyard check`) already refuses a model file cut short.
 
 mod common;
 
@@ -19,6 +20,9 @@ async fn a_model_that_cannot_load_fails_the_start_with_its_reason() {
     let mut config = EngineConfig::with_model(&truncated);
     config.context = 512;
     config.threads = 2;
+    // `check` says so before any start: the header describes more tensor data than the file has.
+    let problems = config.problems().join("\n");
+    assert!(problems.contains("is cut short: 8388608 bytes where its tensors need"), "{problems}");
     let engine = EngineHandle::start(config).unwrap();
     let reason = engine.started().await.unwrap_err();
     assert!(reason.contains("cannot load"), "{reason}");
@@ -36,6 +40,8 @@ async fn a_model_that_cannot_load_fails_the_start_with_its_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_loads_starts_serving() {
+    let whole = EngineConfig::with_model(model());
+    assert_eq!(whole.problems(), Vec::<String>::new(), "the whole file passes the check");
     let engine = common::engine(512);
     engine.started().await.unwrap();
     assert_eq!(engine.startup(), Startup::Serving);

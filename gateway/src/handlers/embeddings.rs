@@ -81,6 +81,8 @@ impl LocalEmbeddingsConfig {
         }
         if !self.model.is_file() {
             problems.push(format!("local_embeddings.model {} does not exist (run `make model` to make the default one)", self.model.display()));
+        } else if let Some(reason) = local_engine::gguf_truncation(&self.model) {
+            problems.push(format!("local_embeddings.model: {reason}"));
         }
         problems
     }
