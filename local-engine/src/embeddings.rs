@@ -3,12 +3,15 @@
 //!
 //! A llama.cpp context borrows its model and is not `Sync`, so, as for generation, one OS thread
 //! owns the model and the context; [`Embedder`] is a `Send + Sync` handle that sends it work over a
-//! channel and waits for the answer. Calls are served one at a time (several inputs of one call
-//! share a batch); [`Embedder::embed`] blocks, so async callers run it in `spawn_blocking`.
+//! channel and waits for the answer. Several inputs of one call share a batch; calls in progress
+//! take turns a batch each, so a query's single input waits for at most one batch of a large
+//! ingestion call queued before it, not for the whole call. [`Embedder::embed`] blocks, so async
+//! callers run it in `spawn_blocking`.
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::VecDeque;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -53,7 +56,8 @@ impl EmbeddingConfig {
     }
 }
 
-type EmbedResult = Result<(Vec<Vec<f32>>, u64), EngineError>;
+/// Embeddings, one per input, and the inputs' token total.
+pub type EmbedResult = Result<(Vec<Vec<f32>>, u64), EngineError>;
 
 /// Work for the embedding thread.
 enum Job {
@@ -134,9 +138,15 @@ impl Embedder {
         if inputs.is_empty() {
             return Ok((Vec::new(), 0));
         }
+        self.submit(inputs, abandoned)?.recv().map_err(|_| stopped())?
+    }
+
+    /// Queues a call without waiting: its answer arrives on the returned receiver (as
+    /// [`Self::embed_unless_abandoned`]'s would). Calls take turns a batch each.
+    pub fn submit(&self, inputs: &[String], abandoned: Arc<AtomicBool>) -> Result<Receiver<EmbedResult>, EngineError> {
         let (reply, answer) = sync_channel(1);
         self.send(Job::Embed { inputs: inputs.to_vec(), abandoned, reply })?;
-        answer.recv().map_err(|_| stopped())?
+        Ok(answer)
     }
 
     fn send(&self, job: Job) -> Result<(), EngineError> {
@@ -198,16 +208,33 @@ fn run(config: &EmbeddingConfig, jobs: &Receiver<Job>, ready: &SyncSender<Result
     if ready.send(Ok((worker.dimensions, worker.max_input_tokens))).is_err() {
         return;
     }
-    while let Ok(job) = jobs.recv() {
-        match job {
-            Job::Embed { inputs, abandoned, reply } => {
-                let _ = reply.send(worker.embed(&inputs, &abandoned));
+    let mut calls = VecDeque::new();
+    loop {
+        if calls.is_empty() {
+            let Ok(job) = jobs.recv() else { return };
+            worker.take(job, &mut calls);
+        }
+        // What arrived during the last batch joins the turns.
+        while let Ok(job) = jobs.try_recv() {
+            worker.take(job, &mut calls);
+        }
+        let Some(mut call) = calls.pop_front() else { continue };
+        match worker.next_batch(&mut call) {
+            Some(result) => {
+                let _ = call.reply.send(result);
             }
-            Job::CountTokens { text, reply } => {
-                let _ = reply.send(Ok(worker.tokenize(&text).len()));
-            }
+            None => calls.push_back(call),
         }
     }
+}
+
+/// An embedding call in progress: its inputs' tokens and the embeddings of those done so far.
+struct Call {
+    tokenized: Vec<Vec<LlamaToken>>,
+    embeddings: Vec<Vec<f32>>,
+    total: u64,
+    abandoned: Arc<AtomicBool>,
+    reply: SyncSender<EmbedResult>,
 }
 
 /// The model, its context and a reusable batch, owned by the embedding thread.
@@ -275,34 +302,49 @@ impl<'m> Worker<'m> {
         self.model.vocab().tokenize(text.as_bytes(), true, false)
     }
 
-    fn embed(&mut self, inputs: &[String], abandoned: &AtomicBool) -> EmbedResult {
-        let tokenized: Vec<Vec<LlamaToken>> = inputs.iter().map(|text| self.tokenize(text)).collect();
-        for tokens in &tokenized {
-            if tokens.len() > self.max_input_tokens {
-                return Err(EngineError::InputTooLong { tokens: tokens.len() as u64, max: self.max_input_tokens as u64 });
+    /// Answers a token count at once; tokenizes a call's inputs and queues it for its batches
+    /// (or answers its error: an input too long fails the whole call before any batch).
+    fn take(&self, job: Job, calls: &mut VecDeque<Call>) {
+        match job {
+            Job::CountTokens { text, reply } => {
+                let _ = reply.send(Ok(self.tokenize(&text).len()));
+            }
+            Job::Embed { inputs, reply, .. } if inputs.is_empty() => {
+                let _ = reply.send(Ok((Vec::new(), 0)));
+            }
+            Job::Embed { inputs, abandoned, reply } => {
+                let tokenized: Vec<Vec<LlamaToken>> = inputs.iter().map(|text| self.tokenize(text)).collect();
+                if let Some(tokens) = tokenized.iter().map(Vec::len).find(|&n| n > self.max_input_tokens) {
+                    let _ = reply.send(Err(EngineError::InputTooLong { tokens: tokens as u64, max: self.max_input_tokens as u64 }));
+                    return;
+                }
+                let total = tokenized.iter().map(|t| t.len() as u64).sum();
+                let embeddings = Vec::with_capacity(inputs.len());
+                calls.push_back(Call { tokenized, embeddings, total, abandoned, reply });
             }
         }
-        let total: u64 = tokenized.iter().map(|t| t.len() as u64).sum();
-        let mut embeddings = Vec::with_capacity(inputs.len());
-        let mut start = 0;
-        while start < tokenized.len() {
-            if abandoned.load(Ordering::Relaxed) {
-                return Err(EngineError::Unavailable { reason: "the embedding request was abandoned by its client".into() });
-            }
-            // Greedily pack the following inputs into one batch.
-            let mut end = start;
-            let mut tokens = 0;
-            while end < tokenized.len()
-                && end - start < self.batch_sequences
-                && tokens + tokenized[end].len() <= self.batch_tokens
-            {
-                tokens += tokenized[end].len();
-                end += 1;
-            }
-            self.encode(&tokenized[start..end], &mut embeddings)?;
-            start = end;
+    }
+
+    /// Encodes the call's next batch (its following inputs, greedily packed); its answer once
+    /// every input is done, it failed, or its client went away.
+    fn next_batch(&mut self, call: &mut Call) -> Option<EmbedResult> {
+        if call.abandoned.load(Ordering::Relaxed) {
+            return Some(Err(EngineError::Unavailable { reason: "the embedding request was abandoned by its client".into() }));
         }
-        Ok((embeddings, total))
+        let start = call.embeddings.len();
+        let mut end = start;
+        let mut tokens = 0;
+        while end < call.tokenized.len() && end - start < self.batch_sequences && tokens + call.tokenized[end].len() <= self.batch_tokens {
+            tokens += call.tokenized[end].len();
+            end += 1;
+        }
+        if let Err(err) = self.encode(&call.tokenized[start..end], &mut call.embeddings) {
+            return Some(Err(err));
+        }
+        if end < call.tokenized.len() {
+            return None;
+        }
+        Some(Ok((std::mem::take(&mut call.embeddings), call.total)))
     }
 
     /// Runs one batch (sequence `i` is `inputs[i]`) and appends the normalised pooled embeddings.

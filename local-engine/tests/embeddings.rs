@@ -240,6 +240,18 @@ fn latency_report() {
         e.embed(std::slice::from_ref(sentence)).unwrap();
     }
     eprintln!("16 calls of 1: {:.2} ms in all", start.elapsed().as_secs_f64() * 1e3);
+    // A query behind an ingestion call of 512 chunks of ~100 tokens.
+    let chunks: Vec<String> = (0..512).map(|i| format!("{i} ") + &"text ".repeat(97)).collect();
+    let start = Instant::now();
+    let ingestion = e.submit(&chunks, Arc::new(AtomicBool::new(false))).unwrap();
+    e.embed(&sentences[..1]).unwrap();
+    let query = start.elapsed();
+    ingestion.recv().unwrap().unwrap();
+    eprintln!(
+        "1 query behind 512 chunks of ~100 tokens: query {:.1} ms, the chunks {:.1} ms",
+        query.as_secs_f64() * 1e3,
+        start.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 #[test]
@@ -254,4 +266,23 @@ fn an_abandoned_request_stops_before_its_next_batch() {
     // A request still wanted is answered, and the thread serves the next one as usual.
     let (vectors, _) = e.embed_unless_abandoned(&inputs, Arc::new(AtomicBool::new(false))).unwrap();
     assert_eq!(vectors.len(), 8);
+}
+
+/// Calls take turns a batch each: a query's single input queued behind a large ingestion call is
+/// answered while that call still has batches to go, not after all of them.
+#[test]
+fn a_small_call_is_not_held_behind_a_large_one() {
+    let Some(e) = embedder() else { return };
+    // 40 inputs of ~300 tokens: one per 512-token batch, 40 batches.
+    let large: Vec<String> = (0..40).map(|i| format!("{i} ") + &"word ".repeat(297)).collect();
+    let large_answer = e.submit(&large, Arc::new(AtomicBool::new(false))).unwrap();
+    let small_answer = e.submit(&["what is the refund policy?".to_owned()], Arc::new(AtomicBool::new(false))).unwrap();
+    let (small, _) = small_answer.recv().unwrap().unwrap();
+    assert_eq!(small.len(), 1);
+    assert!(large_answer.try_recv().is_err(), "the small call was answered only after the large one");
+    let (vectors, _) = large_answer.recv().unwrap().unwrap();
+    assert_eq!(vectors.len(), 40);
+    // Taking turns changes nothing in either answer.
+    assert!(max_abs_diff(&small[0], &embed_one(e, "what is the refund policy?")) < 1e-4);
+    assert!(max_abs_diff(&vectors[39], &embed_one(e, &large[39])) < 1e-4);
 }
