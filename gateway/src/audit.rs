@@ -1,9 +1,11 @@
 //! The audit log (INTERFACE.md §6): one JSON line per finished request, written by its own
-//! thread behind a bounded channel so requests never wait on the disk; when the channel is full
-//! the line is dropped and counted. Files rotate by size (`audit.jsonl` → `audit.jsonl.1` → …).
+//! thread behind a bounded channel so requests never wait on the disk; when the channel is full,
+//! or the disk refuses a write, the line is dropped and counted. Files rotate by size
+//! (`audit.jsonl` → `audit.jsonl.1` → …); a file moved or deleted from outside (logrotate) is
+//! followed by a fresh one at the path.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Mutex;
@@ -56,7 +58,8 @@ impl AuditLog {
         let file = open(&config.path)?;
         let (sender, receiver) = sync_channel(QUEUE);
         let config = config.clone();
-        let writer = std::thread::Builder::new().name("audit-log".into()).spawn(move || write_lines(&config, file, &receiver))?;
+        let lost = dropped.clone();
+        let writer = std::thread::Builder::new().name("audit-log".into()).spawn(move || write_lines(&config, file, &receiver, lost))?;
         Ok(Self { sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(writer)), dropped })
     }
 
@@ -111,15 +114,17 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn write_lines(config: &AuditConfig, file: File, lines: &Receiver<String>) {
-    let mut size = file.metadata().map_or(0, |m| m.len());
-    let mut out = BufWriter::new(file);
+/// Bytes gathered before a write even while the queue still holds lines.
+const BATCH_BYTES: usize = 64 * 1024;
+
+fn write_lines(config: &AuditConfig, file: File, lines: &Receiver<String>, dropped: IntCounter) {
+    let mut writer = Writer::new(config, file, dropped);
     loop {
-        // Flush whenever the queue runs dry, so lines reach the disk promptly.
+        // Write whenever the queue runs dry, so lines reach the disk promptly.
         let line = match lines.try_recv() {
             Ok(line) => line,
             Err(TryRecvError::Empty) => {
-                let _ = out.flush();
+                writer.flush();
                 match lines.recv() {
                     Ok(line) => line,
                     Err(_) => break,
@@ -127,29 +132,126 @@ fn write_lines(config: &AuditConfig, file: File, lines: &Receiver<String>) {
             }
             Err(TryRecvError::Disconnected) => break,
         };
-        let len = line.len() as u64 + 1;
-        if size > 0 && size + len > config.max_bytes {
-            let _ = out.flush();
-            match rotate(config) {
-                Ok(file) => {
-                    out = BufWriter::new(file);
-                    size = 0;
-                }
-                Err(err) => tracing::error!(error = %err, "audit log rotation failed; writing on"),
-            }
-        }
-        if writeln!(out, "{line}").is_ok() {
-            size += len;
-        } else {
-            tracing::error!("audit log write failed");
-        }
+        writer.add(&line);
     }
-    let _ = out.flush();
+    writer.flush();
 }
 
-/// Shifts `path.(k)` to `path.(k+1)` (the oldest beyond `keep` is removed), `path` to `path.1`,
-/// and opens a fresh `path`.
-fn rotate(config: &AuditConfig) -> std::io::Result<File> {
+/// The audit file as the writer thread holds it, with the lines gathered for its next write.
+struct Writer<'c> {
+    config: &'c AuditConfig,
+    file: File,
+    /// Bytes in `file`.
+    size: u64,
+    batch: Vec<u8>,
+    batch_lines: u64,
+    dropped: IntCounter,
+    /// The last write failed (logged once until one succeeds again).
+    failing: bool,
+}
+
+impl<'c> Writer<'c> {
+    fn new(config: &'c AuditConfig, file: File, dropped: IntCounter) -> Self {
+        let size = file.metadata().map_or(0, |m| m.len());
+        Self { config, file, size, batch: Vec::new(), batch_lines: 0, dropped, failing: false }
+    }
+
+    fn add(&mut self, line: &str) {
+        let len = line.len() as u64 + 1;
+        let pending = self.size + self.batch.len() as u64;
+        if pending > 0 && pending + len > self.config.max_bytes {
+            self.flush();
+            self.rotate();
+        }
+        self.batch.extend_from_slice(line.as_bytes());
+        self.batch.push(b'\n');
+        self.batch_lines += 1;
+        if self.batch.len() >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Writes the gathered lines to the file at `path` (reopened first if it was moved or
+    /// deleted); lines that cannot be written are counted as dropped.
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        self.follow_path();
+        match self.file.write_all(&self.batch) {
+            Ok(()) => {
+                self.size += self.batch.len() as u64;
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!("audit log writes again");
+                }
+            }
+            Err(err) => {
+                self.dropped.inc_by(self.batch_lines);
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::error!(error = %err, lines = self.batch_lines, "audit log write failed; lines are lost until it succeeds, counted in switchyard_audit_dropped_total");
+                }
+            }
+        }
+        self.batch.clear();
+        self.batch_lines = 0;
+    }
+
+    /// After the file was moved or deleted under the gateway (logrotate without
+    /// `copytruncate`, an operator archiving it), lines go to a new file at `path`, not on into
+    /// the moved one.
+    fn follow_path(&mut self) {
+        if self.holds_path() {
+            return;
+        }
+        match open(&self.config.path) {
+            Ok(file) => {
+                self.size = file.metadata().map_or(0, |m| m.len());
+                self.file = file;
+            }
+            Err(err) => tracing::error!(error = %err, "audit log file was moved and cannot be created again; writing on to the moved file"),
+        }
+    }
+
+    /// Whether `path` is still the file being written.
+    fn holds_path(&self) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            match (std::fs::metadata(&self.config.path), self.file.metadata()) {
+                (Ok(at_path), Ok(held)) => at_path.dev() == held.dev() && at_path.ino() == held.ino(),
+                _ => false,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            self.config.path.exists()
+        }
+    }
+
+    /// Shifts `path.(k)` to `path.(k+1)` (the oldest beyond `keep` is removed), `path` to
+    /// `path.1`, and opens a fresh `path` — only while `path` is the file being written:
+    /// otherwise somebody else moved it, and a fresh file is all it takes. A rotation that fails
+    /// is tried again only after another `max_bytes`, so a failure repeated line after line
+    /// cannot shift (and delete) the rotated files each time.
+    fn rotate(&mut self) {
+        if !self.holds_path() {
+            self.follow_path();
+            return;
+        }
+        match rotate_files(self.config) {
+            Ok(file) => {
+                self.file = file;
+                self.size = 0;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "audit log rotation failed; writing on, to try again after another max_bytes");
+                self.size = 0;
+            }
+        }
+    }
+}
+
+fn rotate_files(config: &AuditConfig) -> std::io::Result<File> {
     let keep = config.keep.max(1);
     let _ = std::fs::remove_file(rotated(&config.path, keep));
     for n in (1..keep).rev() {
@@ -243,5 +345,72 @@ mod tests {
         assert_eq!(ids.len(), 200, "no line lost across rotations");
         assert_eq!(dropped.get(), 0);
         assert!(std::fs::read_dir(&dir).unwrap().count() > 2, "it did rotate");
+    }
+
+    fn line(i: u64) -> String {
+        format!("{{\"request_id\":\"req-{i:04}\",\"pad\":\"{}\"}}", "x".repeat(60))
+    }
+
+    fn ids_in(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn writer_in(dir: &Path, max_bytes: u64, keep: u32) -> (AuditConfig, IntCounter) {
+        std::fs::create_dir_all(dir).unwrap();
+        (AuditConfig { path: dir.join("audit.jsonl"), max_bytes, keep }, IntCounter::new("d", "d").unwrap())
+    }
+
+    #[test]
+    fn a_file_moved_away_is_followed_by_a_fresh_one_and_the_rotated_ones_stay() {
+        let dir = std::env::temp_dir().join(format!("switchyard-audit-{}", uuid::Uuid::new_v4()));
+        let (config, dropped) = writer_in(&dir, 1000, 3);
+        let mut writer = Writer::new(&config, open(&config.path).unwrap(), dropped.clone());
+        for i in 0..40 {
+            writer.add(&line(i));
+        }
+        writer.flush();
+        let rotated_before: Vec<Vec<String>> = (1..=3).map(|n| ids_in(&rotated(&config.path, n))).collect();
+        assert!(rotated_before.iter().all(|ids| !ids.is_empty()), "three rotated files to keep");
+        let archived = dir.join("archived.jsonl");
+        std::fs::rename(&config.path, &archived).unwrap();
+        let archived_ids = ids_in(&archived);
+        for i in 40..50 {
+            writer.add(&line(i));
+            writer.flush();
+        }
+        assert_eq!(ids_in(&config.path), (40..50).map(|i| format!("req-{i:04}")).collect::<Vec<_>>(), "a fresh file holds the new lines");
+        assert_eq!(ids_in(&archived), archived_ids, "nothing more goes into the moved file");
+        let rotated_after: Vec<Vec<String>> = (1..=3).map(|n| ids_in(&rotated(&config.path, n))).collect();
+        assert_eq!(rotated_after, rotated_before, "no rotated file was shifted or deleted");
+        // Deleted rather than moved: the same.
+        std::fs::remove_file(&config.path).unwrap();
+        writer.add(&line(50));
+        writer.flush();
+        assert_eq!(ids_in(&config.path), vec!["req-0050".to_owned()]);
+        assert_eq!(dropped.get(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn lines_the_disk_refuses_are_counted_as_dropped() {
+        let dir = std::env::temp_dir().join(format!("switchyard-audit-{}", uuid::Uuid::new_v4()));
+        let (config, dropped) = writer_in(&dir, 1 << 20, 3);
+        // /dev/full answers every write with ENOSPC, as a full disk does.
+        std::os::unix::fs::symlink("/dev/full", &config.path).unwrap();
+        let mut writer = Writer::new(&config, open(&config.path).unwrap(), dropped.clone());
+        for i in 0..30 {
+            writer.add(&line(i));
+            if i % 7 == 0 {
+                writer.flush();
+            }
+        }
+        writer.flush();
+        assert_eq!(dropped.get(), 30);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
