@@ -131,7 +131,7 @@ impl Ledger {
         self.requests.fetch_add(1, Relaxed);
         tracing::info!(
             target: "switchyard::accounting",
-            request_id = %r.request_id, tenant = %r.tenant, rule = %r.rule, target = %r.target, tier = r.tier,
+            request_id = %r.request_id, tenant = r.tenant.as_str(), rule = r.rule.as_str(), target = r.target.as_str(), tier = r.tier,
             status = r.status, prompt_tokens = r.prompt_tokens, completion_tokens = r.completion_tokens,
             cost_usd = r.cost_usd, cost_estimated = r.cost_estimated, latency_ms = r.latency_ms,
             ttft_ms = r.ttft_ms, cache = r.cache, redacted = r.redacted, pii_kinds = ?r.pii_kinds,
@@ -172,7 +172,8 @@ pub struct PendingRecord {
     /// A failure after the answer started (its kind), counted with the upstream errors.
     failed_mid_stream: Option<&'static str>,
     /// The target working on the request while no answer has started (for a client that leaves).
-    attempting: Option<String>,
+    /// The target being asked, and whether it was sent a redacted copy.
+    attempting: Option<(String, bool)>,
     /// The request's complexity, once the router scored it (for an error's headers).
     complexity: Option<f64>,
     /// Estimates for when no usage is reported.
@@ -257,13 +258,14 @@ impl PendingRecord {
     /// The rule the request matched, its complexity and the last target asked, as far as they
     /// are known: an error answer names them too.
     pub fn route_so_far(&self) -> (Option<&str>, Option<f64>, Option<&str>) {
-        (Some(self.record.rule.as_str()).filter(|r| !r.is_empty()), self.complexity, self.attempting.as_deref())
+        (Some(self.record.rule.as_str()).filter(|r| !r.is_empty()), self.complexity, self.attempting.as_ref().map(|(t, _)| t.as_str()))
     }
 
-    /// `target` is being asked for the answer: if the client leaves before one starts, the record
-    /// names it (status 499) with the prompt's estimated cost, since the target saw the prompt.
-    pub fn attempting(&mut self, target: &str) {
-        self.attempting = Some(target.to_owned());
+    /// `target` is being asked for the answer (sent a redacted copy if `redacted`): if the client
+    /// leaves before one starts, or the target fails, the record names it (status 499, with the
+    /// prompt's estimated cost, since the target saw the prompt), and says what it was sent.
+    pub fn attempting(&mut self, target: &str, redacted: bool) {
+        self.attempting = Some((target.to_owned(), redacted));
     }
 
     /// The target that answered.
@@ -392,9 +394,10 @@ impl Drop for PendingRecord {
         }
         // A failure names the last target tried, so that a failing provider's errors count
         // against it (dashboard error rates, `switchyard_requests_total{target}`).
-        if let (Some(target), true) = (self.attempting.take(), r.target.is_empty() && r.status >= 400) {
+        if let (Some((target, redacted)), true) = (self.attempting.take(), r.target.is_empty() && r.status >= 400) {
             r.tier = tier_of(&target);
             r.target = target;
+            r.redacted = redacted;
         }
         let (usage, estimated) = self.billed_usage();
         let r = &mut self.record;
@@ -450,7 +453,7 @@ mod tests {
         let ledger = Arc::new(Ledger::default());
         let mut p = pending(&ledger);
         p.routed("default", vec![], 40);
-        p.attempting("fake/echo");
+        p.attempting("fake/echo", false);
         drop(p);
         let r = &ledger.recent()[0];
         assert_eq!((r.status, r.target.as_str(), r.tier), (CLIENT_CLOSED_REQUEST, "fake/echo", "remote"));
@@ -473,7 +476,7 @@ mod tests {
         for leaves in [true, false] {
             let mut p = PendingRecord::new(Arc::clone(&ledger), Arc::clone(&pricer), "req-1", "acme", Instant::now());
             p.routed("default", vec![], 400);
-            p.attempting("local/small");
+            p.attempting("local/small", false);
             if !leaves {
                 p.served_by("local/small", false);
                 p.status(200);
@@ -490,12 +493,13 @@ mod tests {
         let ledger = Arc::new(Ledger::default());
         let mut p = pending(&ledger);
         p.routed("default", vec![], 40);
-        p.attempting("fake/fail");
-        p.attempting("fake/backup");
+        p.attempting("fake/fail", false);
+        p.attempting("fake/backup", true);
         p.status(502);
         drop(p);
         let r = &ledger.recent()[0];
         assert_eq!((r.status, r.target.as_str(), r.tier, r.cost_usd, r.cost_estimated), (502, "fake/backup", "remote", 0.0, false));
+        assert!(r.redacted, "the failed target was sent a redacted copy, and the record says so");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::state::AppState;
 ///    key as Bearer, Basic password or session cookie, else 401 (`/dashboard`'s carries
 ///    `WWW-Authenticate: Basic` and the login form). `/metrics`, `/healthz`, `/readyz` and
 ///    `/dashboard/login` need no key.
-/// 4. on `/dashboard`, `/dashboard/login` and `/admin/*`, around 3 — `Cache-Control: no-store`
+/// 4. on `/dashboard*` and `/admin/*` (unknown paths there too), around 3 — `Cache-Control: no-store`
 ///    and `X-Frame-Options: DENY` on every answer: admin figures are never cached on the way,
 ///    and the dashboard is never framed by another site.
 ///
@@ -49,6 +49,12 @@ pub fn build(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/dashboard", get(admin::dashboard).fallback(not_allowed))
         .route("/admin/stats", get(admin::stats).fallback(not_allowed))
+        // Unknown admin paths: 404 behind the key (no listing of what exists) and the headers.
+        .route("/admin", axum::routing::any(fallback::unknown_url))
+        .route("/admin/", axum::routing::any(fallback::unknown_url))
+        .route("/admin/{*rest}", axum::routing::any(fallback::unknown_url))
+        .route("/dashboard/", axum::routing::any(fallback::unknown_url))
+        .route("/dashboard/{*rest}", axum::routing::any(fallback::unknown_url))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), admin_auth))
         .route("/dashboard/login", post(admin::login).fallback(not_allowed))
         .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
@@ -66,11 +72,13 @@ pub fn build(state: Arc<AppState>) -> Router {
 
 /// What connections accepted after a stop signal get while the drain runs: `/healthz` and
 /// `/readyz` (503, `draining`) as usual, so probes see the drain rather than a refused
-/// connection, and 503 `shutting_down` with `Retry-After: 1` for everything else.
+/// connection, `/metrics`, so that what the draining requests cost reaches Prometheus, and 503
+/// `shutting_down` with `Retry-After: 1` for everything else.
 pub fn draining(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(|| async { crate::error::ApiError::ShuttingDown })
         .with_state(state)
         .layer(axum::middleware::from_fn(request_ctx))

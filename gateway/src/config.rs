@@ -429,30 +429,54 @@ fn resolve_key<'a>(table: &'a dyn toml_edit::TableLike, path: &str) -> Option<(O
     Some((node, at?))
 }
 
+/// A key read from the environment variable `var` (nothing but the variable's name ever appears
+/// in a message). Surrounding whitespace is dropped: the newline a secrets file or `echo` leaves
+/// would otherwise make the key one no header can carry (sent without credentials) or one no
+/// client can present. Otherwise, why it cannot be used: unset, empty, or holding characters a
+/// header cannot carry.
+pub fn secret_from_env(var: &str) -> Result<String, &'static str> {
+    let value = std::env::var(var).map_err(|_| "is not set")?;
+    let key = value.trim();
+    if key.is_empty() {
+        return Err("is empty");
+    }
+    if axum::http::HeaderValue::from_str(key).is_err() {
+        return Err("holds characters an HTTP header cannot carry");
+    }
+    Ok(key.to_owned())
+}
+
 fn read(path: &Path) -> Result<String, ConfigErrors> {
     std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors { problems: vec![format!("{}: cannot read: {e}", path.display())] })
 }
 
 impl GatewayConfig {
-    /// The secrets this configuration names that `serve` would not find in this environment
-    /// (unset, or empty where an empty value would be a hole): `check` warns about them, as it
-    /// may run where the secrets are not.
+    /// The secrets this configuration names that `serve` could not use in this environment
+    /// (unset, empty where an empty value would be a hole, or not a value a header or a Redis URL
+    /// can be): `check` warns about them, as it may run where the secrets are not.
     pub fn missing_secrets(&self) -> Vec<String> {
-        let unset = |var: &str| std::env::var_os(var).is_none();
-        let unset_or_empty = |var: &str| std::env::var(var).map_or(true, |k| k.trim().is_empty());
+        let refused = "`serve` would refuse to start";
         let mut out: Vec<String> = self
             .providers
             .iter()
             .filter_map(|p| Some((p, p.api_key_env.as_deref()?)))
-            .filter(|(_, var)| unset_or_empty(var))
-            .map(|(p, var)| format!("provider {:?}: environment variable {var} (api_key_env) is not set or empty here; `serve` refuses to start without it", p.name))
+            .filter_map(|(p, var)| secret_from_env(var).err().map(|why| (p, var, why)))
+            .map(|(p, var, why)| format!("provider {:?}: environment variable {var} (api_key_env) {why} here; {refused}", p.name))
             .collect();
-        if let Some(var) = self.redis.as_ref().and_then(|r| r.url_env.as_ref()).filter(|var| unset(var)) {
-            out.push(format!("redis.url_env: environment variable {var} is not set here; `serve` refuses to start without it"));
+        if let Some(var) = self.redis.as_ref().and_then(|r| r.url_env.as_ref()) {
+            match std::env::var(var) {
+                Err(_) => out.push(format!("redis.url_env: environment variable {var} is not set here; {refused}")),
+                Ok(url) if redis::Client::open(url.as_str()).is_err() => {
+                    out.push(format!("redis.url_env: environment variable {var} is not a redis:// URL here; {refused}"));
+                }
+                Ok(_) => {}
+            }
         }
-        if let Some(var) = self.server.admin_key_env.as_ref().filter(|var| unset_or_empty(var)) {
-            out.push(format!("server.admin_key_env: environment variable {var} is not set or empty here; `serve` refuses to start without it"));
+        if let Some(var) = self.server.admin_key_env.as_ref() {
+            if let Err(why) = secret_from_env(var) {
+                out.push(format!("server.admin_key_env: environment variable {var} {why} here; {refused}"));
+            }
         }
         out
     }

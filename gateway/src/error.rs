@@ -298,7 +298,9 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(status = status.as_u16(), error = %self, "request failed");
         } else {
-            tracing::debug!(status = status.as_u16(), error = %self, "request refused");
+            // Not the message: a refusal may quote the request's own values (an invalid field, a
+            // provider's 4xx about the prompt), and request values are never logged.
+            tracing::debug!(status = status.as_u16(), kind = %error.kind, code = ?error.code, param = ?error.param, "request refused");
         }
         let mut response = (status, axum::Json(ErrorBody { error })).into_response();
         if let Some(secs) = retry_after {

@@ -92,7 +92,7 @@ impl Metrics {
             tokens: counter("switchyard_tokens_total", "Tokens billed, by target and kind (prompt, completion).", &["target", "kind"])?,
             cost: float_counter("switchyard_cost_usd_total", "What requests cost, USD.", &["target", "tenant"])?,
             savings: float_counter("switchyard_savings_usd_total", "What requests would have cost on [metrics].baseline_model minus what they cost, USD (never below 0 per request).", &["tenant"])?,
-            upstream_errors: counter("switchyard_upstream_errors_total", "Failed upstream attempts, by provider and kind.", &["provider", "kind"])?,
+            upstream_errors: counter("switchyard_upstream_errors_total", "Requests a provider failed (once per request and target, after its retries), by provider and kind.", &["provider", "kind"])?,
             circuit_open: {
                 let g = IntGaugeVec::new(Opts::new("switchyard_circuit_open", "1 while the provider's circuit is open."), &["provider"])?;
                 registry.register(Box::new(g.clone()))?;

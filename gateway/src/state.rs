@@ -266,14 +266,7 @@ fn pricer(config: &GatewayConfig) -> Pricer {
     })
 }
 
-/// A key from the environment variable `var` (`what` names it in errors; the value never
-/// appears). Surrounding whitespace is dropped: the newline a secrets file or `echo` leaves would
-/// otherwise make the key one no header can carry (sent without credentials) or one no client can
-/// present. Unset, empty, or holding characters a header cannot carry is an error.
+/// [`crate::config::secret_from_env`], its refusal naming `what`.
 fn secret_from_env(var: &str, what: &str) -> anyhow::Result<String> {
-    let value = std::env::var(var).with_context(|| format!("{what} is not set"))?;
-    let key = value.trim();
-    anyhow::ensure!(!key.is_empty(), "{what} is empty");
-    anyhow::ensure!(axum::http::HeaderValue::from_str(key).is_ok(), "{what} holds characters an HTTP header cannot carry");
-    Ok(key.to_owned())
+    crate::config::secret_from_env(var).map_err(|why| anyhow::anyhow!("{what} {why}"))
 }

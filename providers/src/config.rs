@@ -195,6 +195,9 @@ impl ProviderConfig {
         for (key, url) in self.base_url.iter().map(|u| ("base_url", u)).chain(self.endpoints.iter().map(|u| ("endpoints", u))) {
             if !(url.starts_with("http://") || url.starts_with("https://")) || url.parse::<http::Uri>().is_err() {
                 problems.push(format!("{who}: {key} {url:?} is not an http:// or https:// URL"));
+            } else if url.contains(['?', '#']) {
+                // The API's path is appended to it; not echoed, as a query may carry a key.
+                problems.push(format!("{who}: {key} must have no query or fragment (each API path is appended to it; a key goes in api_key_env)"));
             }
         }
         for (i, m) in self.models.iter().enumerate() {
@@ -254,5 +257,17 @@ models = [{ name = "gpt-4o", input_per_mtok = 2.5, output_per_mtok = 10.0, cache
         assert!(with("max_retries = 10").is_empty());
         assert!(with("max_retries = 4000000000")[0].contains("max_retries must be at most 10"));
         assert!(with("circuit_failures = 0")[0].contains("circuit_failures must be at least 1"));
+    }
+
+    #[test]
+    fn a_base_url_with_a_query_is_refused_without_echoing_it() {
+        let problems = |url: &str| {
+            toml::from_str::<ProviderConfig>(&format!("name=\"x\"\nkind=\"openai\"\nbase_url=\"{url}\"\nmodels=[{{name=\"m\"}}]\n")).unwrap().problems()
+        };
+        let refused = problems("https://h.example/v1?key=QUERYSECRET");
+        assert!(refused[0].contains("base_url must have no query or fragment"), "{refused:?}");
+        assert!(!refused[0].contains("QUERYSECRET"), "{refused:?}");
+        assert!(problems("https://h.example/v1#frag")[0].contains("no query or fragment"));
+        assert!(problems("https://h.example/v1").is_empty());
     }
 }

@@ -50,11 +50,18 @@ impl Destination {
 pub struct SendError {
     /// The client's timeout fired.
     pub timed_out: bool,
-    /// The error with its causes (`…: invalid peer certificate: UnknownIssuer`).
+    /// The error with its causes (`…: invalid peer certificate: UnknownIssuer`), without the
+    /// request's URL: it reaches clients, and a provider's URL is the operator's business (some
+    /// carry a key in their query).
     pub message: String,
 }
 
 impl SendError {
+    fn of_reqwest(err: reqwest::Error) -> Self {
+        let timed_out = err.is_timeout();
+        Self::of(&err.without_url(), timed_out)
+    }
+
     fn of(err: &(dyn std::error::Error + 'static), timed_out: bool) -> Self {
         let mut message = err.to_string();
         let mut source = err.source();
@@ -98,7 +105,7 @@ impl UpstreamResponse {
     pub async fn bytes(self) -> Result<Bytes, String> {
         match self {
             Self::Plain(r) => r.into_body().collect().await.map(http_body_util::Collected::to_bytes).map_err(|e| SendError::of(&e, false).message),
-            Self::Tls(r) => r.bytes().await.map_err(|e| SendError::of(&e, e.is_timeout()).message),
+            Self::Tls(r) => r.bytes().await.map_err(|e| SendError::of_reqwest(e).message),
         }
     }
 
@@ -106,7 +113,7 @@ impl UpstreamResponse {
     pub fn bytes_stream(self) -> BoxStream<'static, Result<Bytes, String>> {
         match self {
             Self::Plain(r) => r.into_body().into_data_stream().map(|piece| piece.map_err(|e| SendError::of(&e, false).message)).boxed(),
-            Self::Tls(r) => r.bytes_stream().map(|piece| piece.map_err(|e| SendError::of(&e, false).message)).boxed(),
+            Self::Tls(r) => r.bytes_stream().map(|piece| piece.map_err(|e| SendError::of(&e.without_url(), false).message)).boxed(),
         }
     }
 }
@@ -145,7 +152,7 @@ impl HttpClient {
                 for (name, value) in headers {
                     builder = builder.header(name.clone(), value.clone());
                 }
-                builder.send().await.map(UpstreamResponse::Tls).map_err(|e| SendError::of(&e, e.is_timeout()))
+                builder.send().await.map(UpstreamResponse::Tls).map_err(SendError::of_reqwest)
             }
         }
     }

@@ -55,8 +55,13 @@ def test_admin_answers_are_never_cached_or_framed(admin):
     for r in (httpx.get(f"{admin.base}/admin/stats", headers={"authorization": f"Bearer {KEY}"}),
               httpx.get(f"{admin.base}/dashboard", headers={"authorization": f"Basic {basic}"}),
               httpx.get(f"{admin.base}/admin/stats"),
-              httpx.post(f"{admin.base}/dashboard/login", json={"key": "nope"})):
+              httpx.post(f"{admin.base}/dashboard/login", json={"key": "nope"}),
+              httpx.get(f"{admin.base}/admin/nothing", headers={"authorization": f"Bearer {KEY}"}),
+              httpx.get(f"{admin.base}/dashboard/", headers={"authorization": f"Bearer {KEY}"})):
         assert r.headers["cache-control"] == "no-store" and r.headers["x-frame-options"] == "DENY", (r.status_code, r.headers)
+    # Unknown admin paths are 404 only behind the key: what exists there is not listed to anyone.
+    assert httpx.get(f"{admin.base}/admin/nothing", headers={"authorization": f"Bearer {KEY}"}).status_code == 404
+    assert httpx.get(f"{admin.base}/admin/nothing").status_code == 401
     assert "cache-control" not in httpx.get(f"{admin.base}/healthz").headers
 
 

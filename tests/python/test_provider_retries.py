@@ -316,3 +316,21 @@ def test_a_provider_echoing_its_key_in_errors_never_shows_it(tmp_path, fake_prov
         assert not any(secret in line for line in gw.process.lines)
     finally:
         gw.stop()
+
+
+def test_an_unreachable_provider_is_named_without_its_url(tmp_path, fake_provider):
+    # https:// to the fake's plain-HTTP port: the TLS handshake fails. The client learns which
+    # provider failed and how, not where the provider lives.
+    tls_to_plain = fake_provider.replace("http://", "https://")
+    config = remote_only_config(fake_provider).replace(f'base_url = "{fake_provider}/v1"', f'base_url = "{tls_to_plain}/v1"')
+    assert tls_to_plain in config
+    gw = Gateway(tmp_path, config, policy='[[rule]]\nname = "all"\nroute = "fake/echo"\n')
+    try:
+        r = ask(gw)
+        assert r.status_code == 502, r.text
+        message = r.json()["error"]["message"]
+        assert "fake" in message and "error sending request" in message, message
+        host = fake_provider.removeprefix("http://")
+        assert host not in r.text and "/chat/completions" not in r.text, r.text
+    finally:
+        gw.stop()

@@ -74,8 +74,15 @@ def test_check_warns_about_secrets_this_environment_lacks_and_serve_refuses_an_e
     r = run("check", "--config", str(cfg))
     # `check` may run where the secrets are not: warnings, not errors.
     assert r.returncode == 0, r.stderr
-    assert "SY_TEST_UNSET_KEY (api_key_env) is not set or empty here" in r.stderr, r.stderr
-    assert "SY_TEST_ADMIN is not set or empty here" in r.stderr, r.stderr
+    assert "SY_TEST_UNSET_KEY (api_key_env) is not set here" in r.stderr, r.stderr
+    assert "SY_TEST_ADMIN is not set here" in r.stderr, r.stderr
+    # Set, but to what `serve` would refuse: warned about too, never echoed.
+    r = subprocess.run([str(BIN), "check", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "SY_TEST_ADMIN": "adm\x7fZQXV", "SY_TEST_UNSET_KEY": "  "})
+    assert r.returncode == 0, r.stderr
+    assert "SY_TEST_ADMIN holds characters an HTTP header cannot carry here" in r.stderr, r.stderr
+    assert "SY_TEST_UNSET_KEY (api_key_env) is empty here" in r.stderr, r.stderr
+    assert "ZQXV" not in r.stderr + r.stdout
     # An empty admin key would be an empty password: serve refuses to start.
     serve = subprocess.run([str(BIN), "serve", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=60,
                            env={**os.environ, "SY_TEST_ADMIN": "", "SY_TEST_UNSET_KEY": "k", "SWITCHYARD_LISTEN": "127.0.0.1:0"})

@@ -1,5 +1,6 @@
 //! SIGTERM lets an in-flight stream finish, then the process exits 0; while it drains, probes
-//! get `/readyz` 503 and new requests 503 `shutting_down` (not a refused connection).
+//! get `/readyz` 503 and new requests 503 `shutting_down` (not a refused connection), and
+//! `/metrics` is still scraped.
 
 use std::time::Duration;
 
@@ -41,6 +42,11 @@ async fn sigterm_during_a_stream_finishes_that_stream_then_exits_zero() {
     assert_eq!(refused.headers()["retry-after"], "1");
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["error"]["code"], "shutting_down", "{error}");
+    // Prometheus still scrapes: what finishes during the drain must reach it.
+    let metrics = fresh().get(format!("{}/metrics", gw.base)).send().await.expect("answered");
+    assert_eq!(metrics.status(), 200);
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "switchyard_engine_active_sequences 1"), "{metrics}");
 
     let mut finish_reason = None;
     let mut done = false;

@@ -430,9 +430,10 @@ where
     Fut: Future<Output = Result<T, ProviderError>>,
 {
     let mut last_error = None;
-    for target in candidates(decision) {
+    let mut targets = candidates(decision).peekable();
+    while let Some(target) = targets.next() {
         if let Some(r) = record.as_deref_mut() {
-            r.attempting(target);
+            r.attempting(target, needs_redaction(state, decision, target));
         }
         let attempt = async {
             let (provider, model) = provider_for(state, target)?;
@@ -445,7 +446,11 @@ where
             Ok((value, redaction)) => return Ok((target, value, redaction)),
             Err(err) if worth_falling_back(&err) => {
                 count_upstream_error(state, target, &err);
-                warn!(target, error = %err, "target failed before answering; trying the next fallback");
+                if targets.peek().is_some() {
+                    warn!(target, error = %err, "target failed before answering; trying the next fallback");
+                } else {
+                    warn!(target, error = %err, "target failed before answering; no fallback left");
+                }
                 last_error = Some(err);
             }
             Err(err) => {
@@ -472,7 +477,7 @@ async fn complete_answer(
     // Cascade: the local answer is kept when the model was sure enough of it.
     let local_try = if decision.cascade.is_some() {
         if let (Some(r), Some(local)) = (record.as_mut(), state.catalog.local_target()) {
-            r.attempting(&local);
+            r.attempting(&local, false);
         }
         cascade_local(state, &req).await
     } else {

@@ -209,7 +209,7 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
         inside_residency(state, tenant, &target)?;
         exchange.admit(state, ctx, tenant, prompt_tokens, 0, false, false).await?;
         if let Some(record) = exchange.record() {
-            record.attempting(&target);
+            record.attempting(&target, false);
         }
         let embedder = Arc::clone(&local.embedder);
         // Set when this handler is dropped (the client went away): the embedding thread then
@@ -262,7 +262,7 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
     let reserve = usd_to_nanos((state.pricer)(&target, &Usage::new(prompt_tokens, 0)));
     exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true, false).await?;
     if let Some(record) = exchange.record() {
-        record.attempting(&target);
+        record.attempting(&target, false);
     }
     let mut answer = provider.embeddings(Value::Object(body)).await.inspect_err(|err| count_upstream_error(state, &target, err))?;
     // Without the provider's count, the record estimates it (and says so).

@@ -204,7 +204,7 @@ async fn passthrough(
             fields.insert("model".into(), Value::String(model));
         }
         if let Some(record) = exchange.record() {
-            record.attempting(target);
+            record.attempting(target, false);
         }
         // The last target gets the body itself; the others a copy.
         let sent = if tried == decision.fallbacks.len() { std::mem::take(&mut body) } else { body.clone() };

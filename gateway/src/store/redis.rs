@@ -175,7 +175,7 @@ impl RedisStore {
         let manager = tokio::time::timeout(self.timeout * 2, ConnectionManager::new_with_config(self.client.clone(), config))
             .await
             .map_err(|_| StoreError::unreachable("connecting to Redis timed out"))
-            .and_then(|connected| connected.map_err(|e| StoreError::unreachable(format!("connecting to Redis: {}", e.kind_str()))))
+            .and_then(|connected| connected.map_err(|e| StoreError::unreachable(format!("connecting to Redis: {}", connect_failure(&e)))))
             // Logged here, once per attempt: callers in between only see "unreachable", and a
             // refused password must not read as a network problem.
             .inspect_err(|err| tracing::warn!(error = %err, "could not connect to Redis"))?;
@@ -305,5 +305,19 @@ impl Store for RedisStore {
             return Err(StoreError::unanswered(format!("unexpected reply from the renewal script: {v:?}")));
         };
         Ok(usize::try_from(renewed).unwrap_or(0))
+    }
+}
+
+/// What went wrong connecting, in words an operator can act on (a refused connection, a timeout,
+/// a refused password…), never the URL (it may hold the password).
+fn connect_failure(err: &redis::RedisError) -> String {
+    if err.is_connection_refusal() {
+        "connection refused".to_owned()
+    } else if err.is_timeout() {
+        "timed out".to_owned()
+    } else if err.is_connection_dropped() {
+        "connection dropped".to_owned()
+    } else {
+        err.kind_str()
     }
 }
