@@ -73,6 +73,25 @@ pub enum Admitted {
     },
 }
 
+/// Closes the lease of an admission whose answer never came back because its request was
+/// dropped (the client left) during the store's round trip: what it reserved, if the store did
+/// carry it out, is given back at once rather than held until the lease lapses.
+struct LeaseGuard<'a> {
+    limiter: &'a Limiter,
+    tenant: &'a str,
+    lease: &'a str,
+    now_ms: u64,
+    armed: bool,
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.limiter.close_lease(self.tenant, self.lease, self.now_ms);
+        }
+    }
+}
+
 /// Rate limits and budgets of every tenant, in the configured store.
 pub struct Limiter {
     tenants: HashMap<String, TenantLimits>,
@@ -220,7 +239,12 @@ impl Limiter {
             lease,
             lease_ttl_ms: self.lease_ttl_ms,
         };
-        let (outcome, held) = match self.primary.admit(&admission).await {
+        // A client that leaves while Redis runs the admission drops this future at the await: the
+        // reservation may be made there all the same, with no ticket here to settle or renew it.
+        let mut unanswered = LeaseGuard { limiter: self, tenant, lease, now_ms, armed: admission.reserve_nusd > 0 };
+        let answer = self.primary.admit(&admission).await;
+        unanswered.armed = false;
+        let (outcome, held) = match answer {
             Ok(outcome) => (outcome, Held::Primary),
             Err(err) => {
                 if err.may_have_run && admission.reserve_nusd > 0 {
@@ -503,6 +527,10 @@ mod tests {
 
     /// What the store holds reserved, read as at `at_ms`.
     async fn reserved_at(limiter: &Limiter, at_ms: u64) -> u64 {
+        reserved_in(limiter.primary.as_ref(), limiter, at_ms).await
+    }
+
+    async fn reserved_in(store: &dyn Store, limiter: &Limiter, at_ms: u64) -> u64 {
         let read = Admission {
             tenant: "acme",
             now_ms: at_ms,
@@ -513,7 +541,7 @@ mod tests {
             lease: "",
             lease_ttl_ms: 0,
         };
-        limiter.primary.admit(&read).await.unwrap().spend.reserved_nusd
+        store.admit(&read).await.unwrap().spend.reserved_nusd
     }
 
     #[tokio::test]
@@ -535,6 +563,49 @@ mod tests {
         assert_eq!(limiter.finish_settlements(Duration::from_secs(10)).await, 0);
         let (_, _, spend) = limiter.budgets().remove(0);
         assert_eq!((spend.daily_nusd, spend.reserved_nusd), (500_000, 0));
+    }
+
+    /// A store that carries admissions out and then loses their answers (a client leaving during
+    /// the round trip looks the same from here).
+    use crate::store::{Outcome, StoreError};
+
+    #[derive(Debug, Default)]
+    struct AnswerLost {
+        inner: MemoryStore,
+        admitted: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for AnswerLost {
+        async fn admit(&self, admission: &Admission<'_>) -> Result<Outcome, StoreError> {
+            self.inner.admit(admission).await?;
+            self.admitted.notify_one();
+            std::future::pending().await
+        }
+        async fn settle(&self, settlement: &Settlement<'_>) -> Result<Spend, StoreError> {
+            self.inner.settle(settlement).await
+        }
+        async fn renew(&self, tenant: &str, leases: &[&str], now_ms: u64, lease_ttl_ms: u64) -> Result<usize, StoreError> {
+            self.inner.renew(tenant, leases, now_ms, lease_ttl_ms).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_during_its_admission_gives_its_reservation_back() {
+        let store = Arc::new(AnswerLost::default());
+        let mut limiter = limiter();
+        limiter.primary = Arc::clone(&store) as Arc<dyn Store>;
+        let limiter = Arc::new(limiter);
+        let admitting = {
+            let limiter = Arc::clone(&limiter);
+            tokio::spawn(async move { limiter.admit("acme", 10, 1_000_000, true, "gone", &mut (None, None)).await.map(|_| ()) })
+        };
+        store.admitted.notified().await;
+        assert_eq!(reserved_in(&store.inner, &limiter, unix_ms()).await, 1_000_000, "the store made the reservation");
+        admitting.abort();
+        assert!(admitting.await.unwrap_err().is_cancelled());
+        assert_eq!(limiter.finish_settlements(Duration::from_secs(10)).await, 0);
+        assert_eq!(reserved_in(&store.inner, &limiter, unix_ms()).await, 0, "the lease was closed, not left to lapse");
     }
 
     #[test]
