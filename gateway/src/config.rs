@@ -40,6 +40,10 @@ pub struct ServerConfig {
     /// A request's body must arrive within this (408 `request_timeout` otherwise).
     #[serde(default = "default_body_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// A connection whose client takes no bytes of an answer for this long is closed (the
+    /// request ends as cut by its client).
+    #[serde(default = "default_send_timeout_ms")]
+    pub send_timeout_ms: u64,
     /// Connections served at once; more wait in the listen backlog until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -68,6 +72,9 @@ const fn default_header_timeout_ms() -> u64 {
 const fn default_body_timeout_ms() -> u64 {
     30_000
 }
+const fn default_send_timeout_ms() -> u64 {
+    30_000
+}
 const fn default_max_connections() -> usize {
     8192
 }
@@ -87,6 +94,7 @@ impl ServerConfig {
             ("max_in_flight_per_tenant", self.max_in_flight_per_tenant as u64),
             ("header_timeout_ms", self.header_timeout_ms),
             ("body_timeout_ms", self.body_timeout_ms),
+            ("send_timeout_ms", self.send_timeout_ms),
         ];
         let mut problems: Vec<String> = positive.iter().filter(|(_, v)| *v == 0).map(|(key, _)| format!("server.{key} must be positive")).collect();
         if self.worker_threads > MAX_WORKER_THREADS {
@@ -105,6 +113,7 @@ impl Default for ServerConfig {
             admin_key_env: None,
             header_timeout_ms: default_header_timeout_ms(),
             body_timeout_ms: default_body_timeout_ms(),
+            send_timeout_ms: default_send_timeout_ms(),
             max_connections: default_max_connections(),
             max_in_flight_per_tenant: default_max_in_flight_per_tenant(),
             worker_threads: 0,

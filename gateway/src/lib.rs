@@ -28,6 +28,7 @@ pub mod responses;
 pub mod serve;
 pub mod shadow;
 pub mod spill;
+pub mod stalled_writes;
 pub mod state;
 pub mod stats;
 pub mod store;

@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::stalled_writes::StalledWrites;
 use crate::config::{GatewayConfig, ServerConfig};
 use crate::state::AppState;
 
@@ -209,6 +210,7 @@ async fn accept_loop(
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             req
         }));
+        let tcp = StalledWrites::new(tcp, Duration::from_millis(server.send_timeout_ms));
         let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
         connections.spawn(async move {
             // Errors here are the client's (reset, header timeout, malformed request).

@@ -1,0 +1,44 @@
+"""A client that stops reading a stream (a hung process, a stalled proxy) is cut after
+`send_timeout_ms`: its request ends as cut by its client (one record, with the tokens it was
+sent), the provider's stream is dropped, and its in-flight slot is free for the tenant's next
+request — while the stalled socket is still open."""
+
+import json
+import socket
+
+import httpx
+
+from conftest import Gateway, accounting_record, remote_only_config
+
+
+def test_a_client_that_stops_reading_is_cut_and_its_slot_freed(tmp_path, fake_provider):
+    config = remote_only_config(fake_provider).replace(
+        '[server]\nregion = "eu-west"', '[server]\nregion = "eu-west"\nsend_timeout_ms = 500\nmax_in_flight_per_tenant = 1')
+    gw = Gateway(tmp_path, config, policy='[[rule]]\nname = "all"\nroute = "fake/metered"\n')
+    host, port = gw.base.removeprefix("http://").split(":")
+    stalled = socket.socket()
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.settimeout(30)
+        stalled.connect((host, int(port)))
+        body = json.dumps({"model": "fake/metered", "stream": True, "max_tokens": 100000,
+                           "messages": [{"role": "user", "content": "go on"}]}).encode()
+        stalled.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += stalled.recv(1024)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        request_id = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"x-request-id:"))
+        # From here on the client reads nothing, and keeps the socket open.
+        record = accounting_record(gw, request_id, timeout=60)
+        assert record["status"] == "200", record
+        assert 0 < int(record["completion_tokens"]) < 100000, record
+        # The tenant's only in-flight slot is free again.
+        r = httpx.post(f"{gw.v1}/chat/completions", timeout=30,
+                       json={"model": "fake/metered", "max_tokens": 3, "messages": [{"role": "user", "content": "next"}]})
+        assert r.status_code == 200, r.text
+    finally:
+        stalled.close()
+        gw.stop()
