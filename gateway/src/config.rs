@@ -246,6 +246,9 @@ fn store_problems(raw: &RawConfig) -> Vec<String> {
     }
     problems.extend(raw.responses.problems());
     problems.extend(raw.audit.as_ref().and_then(|a| audit_path_problem(&a.path)));
+    if raw.audit.as_ref().is_some_and(|a| a.keep == 0) {
+        problems.push("audit.keep must be at least 1 (rotated files kept)".to_owned());
+    }
     if let Some(embeddings) = &raw.local_embeddings {
         problems.extend(embeddings.problems());
         if raw.local.as_ref().is_some_and(|l| l.name == embeddings.name) {
@@ -296,7 +299,8 @@ fn warnings(policy: &Policy, policy_name: &str, file: &str, raw: &RawConfig, top
             format!("{policy_name}: rule {:?}: when.tenant names {name:?}, which is not a configured tenant (names match exactly): the rule never applies to it", rule.name)
         })
     });
-    guard.chain(shadow).chain(embeddings).chain(unknown_tenants).collect()
+    let engine = raw.local.iter().flat_map(local_engine::EngineConfig::warnings).map(|w| format!("{file}: {w}"));
+    guard.chain(shadow).chain(embeddings).chain(unknown_tenants).chain(engine).collect()
 }
 
 /// Tenants the shadow evaluation never samples because its remote or judge runs outside their
@@ -881,7 +885,8 @@ mod tests {
     fn local_embeddings_outside_a_tenants_residency_are_a_warning() {
         let dir = tempdir();
         let p = policy(&dir, "openai/gpt-4o");
-        let model = write(&dir, "e.gguf", "");
+        // The real embedding model (`make model`): the check reads its header.
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2.f16.gguf");
         let text = format!(
             "[server]\nregion = \"eu-west\"\n[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nregion = \"us-east\"\nmodels = [{{ name = \"gpt-4o\" }}]\n[local_embeddings]\nmodel = {:?}\n[[tenants]]\nname = \"us-team\"\nresidency = [\"us\"]\n",
             model.display().to_string()

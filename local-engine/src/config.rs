@@ -157,6 +157,18 @@ impl EngineConfig {
         }
         problems
     }
+
+    /// Settings that are valid but will not do what they say in this build.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.gpu_layers > 0 && !cfg!(feature = "cuda") {
+            vec![format!(
+                "local.gpu_layers = {} has no effect: this binary was built without the `cuda` feature, so every layer runs on the CPU",
+                self.gpu_layers
+            )]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +182,15 @@ mod tests {
         assert_eq!(cfg.context, 8192);
         assert_eq!(cfg.parallel, 8);
         assert_eq!(cfg.queue, 256);
+    }
+
+    #[test]
+    fn gpu_layers_without_the_cuda_build_are_a_warning() {
+        let mut cfg = EngineConfig::with_model("m.gguf");
+        assert!(cfg.warnings().is_empty());
+        cfg.gpu_layers = 5;
+        let warnings = cfg.warnings();
+        assert_eq!(warnings.len(), usize::from(!cfg!(feature = "cuda")), "{warnings:?}");
     }
 
     #[test]

@@ -85,6 +85,9 @@ impl std::fmt::Debug for Embedder {
 impl Embedder {
     /// Loads the model and creates its context on a dedicated thread; returns once it is ready.
     pub fn load(config: &EmbeddingConfig) -> Result<Self, EngineError> {
+        if let Some(reason) = not_an_embedding_model(&config.model_path) {
+            return Err(unavailable(reason));
+        }
         let (jobs, receiver) = channel();
         let (ready, ready_rx) = sync_channel(1);
         let config = config.clone();
@@ -171,6 +174,25 @@ fn stopped() -> EngineError {
 
 fn unavailable(reason: String) -> EngineError {
     EngineError::Unavailable { reason }
+}
+
+/// Why the GGUF file at `path` is not an embedding model this embedder can run, if it is not:
+/// a decoder (a chat model) has no pooling type, and running it as an encoder crashes llama.cpp.
+pub fn not_an_embedding_model(path: &std::path::Path) -> Option<String> {
+    let Some(gguf) = llama_cpp_2::gguf::GgufContext::from_file(path) else {
+        return Some(format!("{} is not a readable GGUF file", path.display()));
+    };
+    let key = gguf.find_key("general.architecture");
+    let architecture = if key < 0 { None } else { gguf.val_str(key) };
+    let Some(architecture) = architecture else {
+        return Some(format!("{} names no general.architecture", path.display()));
+    };
+    (gguf.find_key(&format!("{architecture}.pooling_type")) < 0).then(|| {
+        format!(
+            "{} is not an embedding model ({architecture} with no {architecture}.pooling_type; a BERT-style sentence-embedding GGUF such as all-MiniLM-L6-v2 is)",
+            path.display()
+        )
+    })
 }
 
 /// The embedding thread: loads, reports readiness (dimensions, context), then serves jobs until

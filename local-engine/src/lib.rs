@@ -26,7 +26,7 @@ mod types;
 pub mod grammar;
 
 pub use config::EngineConfig;
-pub use embeddings::{Embedder, EmbeddingConfig};
+pub use embeddings::{not_an_embedding_model, Embedder, EmbeddingConfig};
 pub use engine::{EngineHandle, Startup};
 pub use error::EngineError;
 pub use gguf_file::truncation as gguf_truncation;

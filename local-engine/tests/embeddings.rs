@@ -218,6 +218,23 @@ fn missing_model_is_an_error() {
     assert!(matches!(Embedder::load(&config), Err(EngineError::Unavailable { .. })));
 }
 
+/// A chat model given as the embedding model is refused at load (llama.cpp would crash the
+/// process encoding with it), and by the configuration check that calls the same test.
+#[test]
+fn a_chat_model_is_refused_as_an_embedding_model() {
+    if embedder().is_none() {
+        return;
+    }
+    let chat = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let reason = local_engine::not_an_embedding_model(&chat).expect("refused");
+    assert!(reason.contains("is not an embedding model (llama with no llama.pooling_type"), "{reason}");
+    match Embedder::load(&EmbeddingConfig::with_model(&chat)) {
+        Err(EngineError::Unavailable { reason }) => assert!(reason.contains("is not an embedding model"), "{reason}"),
+        other => panic!("a chat model loaded as an embedding model: {other:?}"),
+    }
+    assert_eq!(local_engine::not_an_embedding_model(&model_path()), None);
+}
+
 /// Latency of one call (release build): `cargo test --release -p local-engine --test embeddings -- --ignored --nocapture`.
 #[test]
 #[ignore = "timing report, not a check"]

@@ -73,6 +73,9 @@ impl LocalEmbeddingsConfig {
         if self.name.is_empty() || self.name.contains('/') {
             problems.push(format!("local_embeddings.name {:?} must be non-empty and contain no '/'", self.name));
         }
+        if self.max_batch_tokens == 0 {
+            problems.push("local_embeddings.max_batch_tokens must be at least 1".into());
+        }
         if self.max_inputs == 0 {
             problems.push("local_embeddings.max_inputs must be at least 1".into());
         }
@@ -81,7 +84,7 @@ impl LocalEmbeddingsConfig {
         }
         if !self.model.is_file() {
             problems.push(format!("local_embeddings.model {} does not exist (run `make model` to make the default one)", self.model.display()));
-        } else if let Some(reason) = local_engine::gguf_truncation(&self.model) {
+        } else if let Some(reason) = local_engine::not_an_embedding_model(&self.model).or_else(|| local_engine::gguf_truncation(&self.model)) {
             problems.push(format!("local_embeddings.model: {reason}"));
         }
         problems

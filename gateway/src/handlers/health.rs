@@ -26,7 +26,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     });
     let draining = state.draining.load(Relaxed);
     let ready = state.is_ready();
-    let status = if ready { "ready" } else if draining { "draining" } else if failure.is_some() { "failed" } else { "loading" };
+    // A failed start drains too (serve then exits 1): the failure is what probes must see.
+    let status = if ready { "ready" } else if failure.is_some() { "failed" } else if draining { "draining" } else { "loading" };
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let mut body = json!({"status": status, "engine": engine});
     if let Some(reason) = failure {
