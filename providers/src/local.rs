@@ -229,7 +229,7 @@ impl Structure {
     /// The splitter of the answer, when it may be a tool call.
     fn splitter(&self) -> Option<ToolCallSplitter> {
         // `json` is set beside tools only when the answer may be text (`tool_choice: auto`).
-        self.tools.as_ref().map(|_| ToolCallSplitter { json_answers: self.json.is_some(), ..ToolCallSplitter::default() })
+        self.tools.as_ref().map(|(_, allow_text)| ToolCallSplitter { json_answers: self.json.is_some(), must_call: !allow_text, ..ToolCallSplitter::default() })
     }
 
     /// Any JSON object will do (`json_object`, or a schema that constrains nothing).
@@ -296,12 +296,17 @@ struct ToolCallSplitter {
     /// The answer that is not a call is JSON (`response_format` beside `tool_choice: auto`): the
     /// grammar opens a call `{"` and such an answer's object `{` and whitespace.
     json_answers: bool,
+    /// The answer is a call (`tool_choice` `required` or a named function): known before the
+    /// first chunk, which then has no `content` (as the API's tool-call answers have none).
+    must_call: bool,
     /// `None` until the opening decides (`{`, or `{"` beside JSON answers: a call); then whether
     /// this is a call.
     calling: Option<bool>,
     buffer: String,
     /// The call has been announced (id and name sent).
     announced: bool,
+    /// The arguments sent so far.
+    arguments: String,
 }
 
 const CALL_NAME_PREFIX: &str = "{\"name\":";
@@ -347,14 +352,17 @@ impl ToolCallSplitter {
         let keep = self.buffer.char_indices().last().map_or(0, |(i, _)| i);
         if keep > 0 {
             let piece: String = self.buffer.drain(..keep).collect();
+            self.arguments.push_str(&piece);
             out.push(tool_delta(serde_json::json!([{"index": 0, "function": {"arguments": piece}}])));
         }
         out
     }
 
-    /// True when the answer was a complete call.
+    /// True when the answer was a complete call: whole arguments, and the held-back `}` closes
+    /// the wrapper. An answer cut (by `max_tokens`) just after the arguments' own `}` holds that
+    /// brace back too, and is not a call: its arguments lack it.
     fn called(&self) -> bool {
-        self.announced && self.buffer == "}"
+        self.announced && self.buffer == "}" && serde_json::from_str::<serde::de::IgnoredAny>(&self.arguments).is_ok()
     }
 
     /// What is still held back when the answer ends without a complete call (cut by
@@ -492,7 +500,8 @@ impl ChunkFactory {
 type ConfidenceSlot = Arc<Mutex<Option<Confidence>>>;
 
 fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Option<ConfidenceSlot>, mut splitter: Option<ToolCallSplitter>) -> ChunkStream {
-    let first = factory.chunk(Delta { role: Some("assistant".into()), content: Some(String::new()), ..Delta::default() }, None);
+    let content = if splitter.as_ref().is_some_and(|s| s.must_call) { None } else { Some(String::new()) };
+    let first = factory.chunk(Delta { role: Some("assistant".into()), content, ..Delta::default() }, None);
     let mut logprobs = LogprobAligner::default();
     let rest = events.flat_map(move |event| {
         let out: Vec<Result<ChatChunk, ProviderError>> = match event {
@@ -647,6 +656,12 @@ mod tests {
         let (content, name, arguments) = split(&mut s, &["{\"name\":\"get_w", "eather\",\"arguments\":{\"city\"", ":\"Oslo\"}}"]);
         assert_eq!((content.as_str(), name.as_str(), arguments.as_str()), ("", "get_weather", "{\"city\":\"Oslo\"}"));
         assert!(s.called());
+        // Cut just after the arguments' own `}`: not a call (finish `length`), and the brace is
+        // the arguments', sent with them.
+        let mut s = splitter_for(None);
+        let (_, name, arguments) = split(&mut s, &["{\"name\":\"get_weather\",\"arguments\":{\"city\"", ":\"Paris\"", "}"]);
+        assert!(!s.called());
+        assert_eq!((name.as_str(), arguments.as_str()), ("get_weather", "{\"city\":\"Paris\"}"));
         // A call cut before its name was complete shows nothing (the wrapper is the engine's).
         let mut s = splitter_for(json());
         assert_eq!(split(&mut s, &["{\"name\":\"get"]), (String::new(), String::new(), String::new()));

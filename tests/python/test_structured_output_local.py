@@ -208,6 +208,34 @@ def test_streamed_tool_call_arguments_come_in_openai_deltas(local, schemas):
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]] == ["tool_calls"]
 
 
+def test_a_call_reported_complete_always_has_whole_arguments(local):
+    # Whatever max_tokens cuts, `finish_reason: tool_calls` means arguments that parse; a cut
+    # just after the arguments' own `}` (the wrapper's still to come) is `length`.
+    client = openai.OpenAI(base_url=local.v1, api_key="unused", max_retries=0)
+    # Arguments ending in a string, so that their `}` and the wrapper's are separate tokens.
+    city_only = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    args = dict(model="auto", messages=[{"role": "user", "content": "What's the weather in Paris?"}], tools=city_only,
+                tool_choice="required", temperature=0)
+    whole = client.chat.completions.create(max_tokens=100, **args)
+    assert whole.choices[0].finish_reason == "tool_calls"
+    needed = whole.usage.completion_tokens
+    for max_tokens in range(needed - 4, needed + 1):
+        choice = client.chat.completions.create(max_tokens=max_tokens, **args).choices[0]
+        if choice.finish_reason == "tool_calls":
+            assert json.loads(choice.message.tool_calls[0].function.arguments), (max_tokens, choice)
+        else:
+            assert choice.finish_reason == "length", (max_tokens, choice)
+    assert choice.finish_reason == "tool_calls"
+    # Streamed, cut one token short: `length`, and the arguments sent are the model's whole object
+    # (the brace held back is theirs); a forced call opens without any `content`.
+    with httpx.stream("POST", f"{local.v1}/chat/completions", json={**args, "max_tokens": needed - 1, "stream": True}, timeout=120) as r:
+        chunks = parse_chunks(sse_events(r))
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}, chunks[0]
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finish == ["length"], finish
+
+
 PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer"}},
           "required": ["name", "age"], "additionalProperties": False}
 
