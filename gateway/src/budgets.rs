@@ -103,6 +103,16 @@ impl Spend {
     }
 }
 
+/// `usd` rounded to whole nano-USD (the unit budgets count in), without the float noise of
+/// multiplying prices by token counts.
+pub fn whole_nano_usd(usd: f64) -> f64 {
+    if usd.is_finite() {
+        (usd * NANOS_PER_USD).round() / NANOS_PER_USD
+    } else {
+        usd
+    }
+}
+
 /// Dollars to nano-dollars, to the nearest (a reservation and its settlement of the same usage
 /// round alike, so they cancel exactly).
 pub fn usd_to_nanos(usd: f64) -> u64 {
@@ -183,6 +193,15 @@ fn days_from_civil(year: u64, month: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn costs_are_whole_nano_dollars_without_float_noise() {
+        // 11 prompt tokens at $0.1/M and 3 completion tokens at $0.2/M.
+        let noisy = (11.0 * 0.1 + 3.0 * 0.2) / 1e6;
+        assert_eq!(noisy.to_string(), "0.0000017000000000000002");
+        assert_eq!(whole_nano_usd(noisy).to_string(), "0.0000017");
+        assert_eq!(usd_to_nanos(whole_nano_usd(noisy)), usd_to_nanos(noisy));
+    }
 
     #[test]
     fn periods_follow_the_utc_calendar() {

@@ -372,7 +372,10 @@ pub fn has_hosted_tools(req: &ResponsesRequest) -> bool {
 pub fn function_tools_only(req: &ResponsesRequest) -> ResponsesRequest {
     let mut view = req.clone();
     view.tools = view.tools.map(|tools| tools.into_iter().filter(|t| t.get("type").and_then(Value::as_str) == Some("function")).collect());
-    if view.tool_choice.as_ref().and_then(|c| c.get("type")).and_then(Value::as_str).is_some_and(|t| t != "function") {
+    let no_functions = view.tools.as_ref().is_none_or(Vec::is_empty);
+    // A choice among hosted tools (`{"type": "web_search"}`), or any choice when only hosted tools
+    // were given (`"auto"`, `"required"`), is the provider's to apply, not this view's.
+    if no_functions || view.tool_choice.as_ref().and_then(|c| c.get("type")).and_then(Value::as_str).is_some_and(|t| t != "function") {
         view.tool_choice = None;
     }
     view

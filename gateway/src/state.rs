@@ -249,7 +249,7 @@ fn pricer(config: &GatewayConfig) -> Pricer {
         .iter()
         .flat_map(|p| p.models.iter().map(move |m| (format!("{}/{}", p.name, m.name), m.clone())))
         .collect();
-    Arc::new(move |target: &str, usage: &providers::wire::Usage| {
+    let price = move |target: &str, usage: &providers::wire::Usage| {
         if let Some((local_target, per_mtok)) = &local {
             if target == local_target {
                 #[allow(clippy::cast_precision_loss)]
@@ -263,7 +263,9 @@ fn pricer(config: &GatewayConfig) -> Pricer {
             }
         }
         prices.get(target).map_or(0.0, |price| price.cost_of(usage))
-    })
+    };
+    // In whole nano-USD, as budgets count: 1.7e-6, not 1.7000000000000002e-6, in headers and records.
+    Arc::new(move |target: &str, usage: &providers::wire::Usage| crate::budgets::whole_nano_usd(price(target, usage)))
 }
 
 /// [`crate::config::secret_from_env`], its refusal naming `what`.

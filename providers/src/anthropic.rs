@@ -101,7 +101,7 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ProviderError> {
     if req.n.unwrap_or(1) > 1 {
         return Err(invalid("n > 1 is not supported by Anthropic models", "n"));
     }
-    if req.extra.get("logprobs").and_then(Value::as_bool) == Some(true) || req.extra.contains_key("top_logprobs") {
+    if req.extra.get("logprobs").and_then(Value::as_bool) == Some(true) || req.extra.get("top_logprobs").is_some_and(|v| !v.is_null()) {
         return Err(invalid("logprobs are not supported by Anthropic models", "logprobs"));
     }
     // Anthropic refuses them itself; named here, the client learns which field to change.
@@ -589,6 +589,13 @@ mod tests {
                 other => panic!("{field}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn optional_fields_sent_as_null_are_absent() {
+        // Clients that serialise every optional field send nulls; the API reads them as absent.
+        let v = json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": null, "top_logprobs": null, "logit_bias": null});
+        assert!(request_body(&req(v), None).is_ok());
     }
 
     #[test]

@@ -406,6 +406,11 @@ def test_hosted_tools_pass_through_and_are_refused_where_nothing_speaks_the_api(
     assert responses_sent(fake_provider)[-1]["tools"] == tools
     plain = httpx.post(f"{gateway.v1}/responses", json={"model": "auto", "input": "x", "tools": tools}, timeout=30)
     assert plain.status_code == 400 and plain.json()["error"]["param"] == "tools[0].type"
+    # Only hosted tools, with a tool_choice: the choice is the provider's to apply, passed on as sent.
+    for choice in ("auto", "required"):
+        r = client_for(passthrough_gateway).responses.create(model="auto", input="news?", tools=[{"type": "web_search"}], tool_choice=choice)
+        assert r.output_text == "echo: news?"
+        assert responses_sent(fake_provider)[-1]["tool_choice"] == choice
 
 
 def test_a_passed_through_request_whose_target_fails_goes_to_its_fallbacks(tmp_path, fake_provider):
