@@ -28,6 +28,10 @@ pub enum ApiError {
         /// The timeout.
         after_ms: u64,
     },
+    /// The client closed the connection before its request body was complete: nobody reads the
+    /// answer, and the record says 499 (client closed request), not a client error.
+    #[error("The connection closed before the request body was complete.")]
+    BodyAbandoned,
     /// The tenant already has `[server].max_in_flight_per_tenant` requests running.
     #[error("Too many requests in flight for this key (at most {limit} at once); retry when one finishes.")]
     TooManyInFlight {
@@ -158,6 +162,11 @@ impl ApiError {
             Self::BodyTimeout { .. } => {
                 (StatusCode::REQUEST_TIMEOUT, detail("invalid_request_error", Some("request_timeout"), None), None)
             }
+            Self::BodyAbandoned => (
+                StatusCode::from_u16(crate::accounting::CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST),
+                detail("invalid_request_error", Some("client_closed_request"), None),
+                None,
+            ),
             Self::TooManyInFlight { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 detail("rate_limit_error", Some("rate_limit_exceeded"), None),

@@ -99,6 +99,17 @@ def test_a_client_leaving_before_the_answer_is_a_499_against_its_target(gateway,
     wait_for(lambda: engine()["active"] == 0 and engine()["kv_cells_used"] == 0, what="the engine idle again")
 
 
+def test_a_client_leaving_mid_upload_is_a_499_not_a_client_error(gateway):
+    # 26 of the 66 bytes the head announces, then the connection closes.
+    before = len(accounting_records(gateway))
+    host, port = gateway.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 66\r\n\r\n{\"model\": \"fake/echo\", \"me")
+    rec = wait_for(lambda: new_records(gateway, before), what="the record of the abandoned upload")[0]
+    assert rec["status"] == "499", rec
+
+
 def test_failed_and_refused_requests_are_recorded_with_their_status(gateway):
     bad = httpx.post(f"{gateway.v1}/chat/completions", json={"model": "auto", "messages": []})
     assert bad.status_code == 400

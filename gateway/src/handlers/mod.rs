@@ -28,8 +28,21 @@ pub async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -
         let inner = e.into_inner();
         if inner.is::<http_body_util::LengthLimitError>() {
             ApiError::TooLarge { limit }
+        } else if abandoned(&*inner) {
+            ApiError::BodyAbandoned
         } else {
             ApiError::InvalidRequest { message: format!("could not read the request body: {inner}"), param: None }
         }
+    })
+}
+
+/// The body's read failed because the client closed or reset the connection (hyper's error,
+/// somewhere in the chain of wrappers), rather than sending something malformed.
+fn abandoned(err: &(dyn std::error::Error + 'static)) -> bool {
+    let gone = |io: &std::io::Error| {
+        matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::BrokenPipe)
+    };
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_incomplete_message() || h.is_closed()) || e.downcast_ref::<std::io::Error>().is_some_and(gone)
     })
 }
