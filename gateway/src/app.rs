@@ -10,6 +10,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::handlers::{admin, chat, completions, embeddings, fallback, health, models, responses, route};
 use crate::middleware::admin_auth::admin_auth;
 use crate::middleware::auth::authenticate;
+use crate::middleware::content_encoding::refuse_encoded_bodies;
 use crate::middleware::request_ctx::request_ctx;
 use crate::state::AppState;
 
@@ -22,6 +23,9 @@ use crate::state::AppState;
 /// 2. `authenticate` (on `/v1/*` routes only) — reads `Authorization: Bearer <virtual key>`,
 ///    inserts the tenant (`Arc<router::TenantProfile>`) and records `tenant` on the span, or
 ///    answers 401 `invalid_api_key`. Open mode (no tenant has keys): tenant `default`.
+/// 2a. `refuse_encoded_bodies` (on `/v1/*`, after 2) — a compressed body (`Content-Encoding`
+///    other than `identity`) is answered 415 `unsupported_content_encoding`, not misread as
+///    malformed JSON.
 /// 3. `admin_auth` (on `/dashboard` and `/admin/*` only; beside 2, not after it) — the admin
 ///    key as Bearer, Basic password or session cookie, else 401 (`/dashboard`'s carries
 ///    `WWW-Authenticate: Basic` and the login form). `/metrics`, `/healthz`, `/readyz` and
@@ -45,6 +49,7 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/v1/responses", post(responses::create).fallback(not_allowed))
         .route("/v1/responses/{id}", get(responses::get).delete(responses::delete).fallback(not_allowed))
         .route("/v1/responses/{id}/input_items", get(responses::input_items).fallback(not_allowed))
+        .route_layer(axum::middleware::from_fn(refuse_encoded_bodies))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authenticate));
     let admin = Router::new()
         .route("/dashboard", get(admin::dashboard).fallback(not_allowed))

@@ -28,6 +28,12 @@ pub enum ApiError {
         /// The timeout.
         after_ms: u64,
     },
+    /// The body is compressed (`Content-Encoding`), which the gateway does not decode.
+    #[error("Request bodies must not be compressed: Content-Encoding {encoding:?} is not supported; send the JSON as it is.")]
+    UnsupportedEncoding {
+        /// The encoding sent.
+        encoding: String,
+    },
     /// The client closed the connection before its request body was complete: nobody reads the
     /// answer, and the record says 499 (client closed request), not a client error.
     #[error("The connection closed before the request body was complete.")]
@@ -161,6 +167,9 @@ impl ApiError {
             }
             Self::BodyTimeout { .. } => {
                 (StatusCode::REQUEST_TIMEOUT, detail("invalid_request_error", Some("request_timeout"), None), None)
+            }
+            Self::UnsupportedEncoding { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, detail("invalid_request_error", Some("unsupported_content_encoding"), None), None)
             }
             Self::BodyAbandoned => (
                 StatusCode::from_u16(crate::accounting::CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST),

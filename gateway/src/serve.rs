@@ -164,6 +164,9 @@ async fn answer_while_draining(listener: tokio::net::TcpListener, app: axum::Rou
 /// wait in the listen backlog), each served by hyper's HTTP/1 with the header timeout. Returns
 /// the watcher of the connections still open, for the drain, the listener, and the connections'
 /// tasks (to cut those the drain deadline leaves, and to wait for them to end).
+/// The largest request head (request line and headers) read.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: axum::Router,
@@ -175,6 +178,9 @@ async fn accept_loop(
     let permits = Arc::new(Semaphore::new(server.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(server.header_timeout_ms));
+    // A request head over 64 KiB is refused (431) rather than buffered: hyper's default (~400 KB)
+    // let every connection still sending its head hold that much, up to `max_connections` of them.
+    http.max_buf_size(MAX_HEAD_BYTES);
     let stop = stopping.notified();
     tokio::pin!(stop);
     loop {

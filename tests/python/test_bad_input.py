@@ -3,6 +3,7 @@ panic, never a hang — and leaves nothing behind: no engine slot, no in-flight 
 reservation. One gateway (real model, fake upstream, a tenant with a budget, short server
 timeouts) takes all of it; the last test checks that it is still whole."""
 
+import gzip
 import json
 import socket
 import threading
@@ -171,6 +172,23 @@ def test_wrong_content_type_is_still_parsed_or_refused_cleanly(gw):
     error_of(r, 400)
 
 
+def test_a_compressed_body_is_refused_by_name_not_read_as_bad_json(gw):
+    body = gzip.compress(json.dumps({"model": "local-small", "messages": [msg()], "max_tokens": 2}).encode())
+    r = httpx.post(f"{gw.v1}/chat/completions", content=body, timeout=30,
+                   headers={"content-type": "application/json", "content-encoding": "gzip"})
+    err = error_of(r, 415)
+    assert err["code"] == "unsupported_content_encoding" and "gzip" in err["message"], err
+    # `identity` is no encoding at all.
+    r = httpx.post(f"{gw.v1}/chat/completions", json={"model": "local-small", "messages": [msg()], "max_tokens": 2}, timeout=30,
+                   headers={"content-encoding": "identity"})
+    assert r.status_code == 200, r.text
+
+
+def test_an_unknown_path_is_quoted_short(gw):
+    err = error_of(httpx.get(f"{gw.base}/v1/{'x' * 20000}", timeout=30), 404)
+    assert err["code"] == "unknown_url" and len(err["message"]) < 400, len(err["message"])
+
+
 def test_a_one_megabyte_header_closes_or_refuses(gw):
     try:
         r = httpx.post(f"{gw.v1}/chat/completions", json={"model": "auto", "messages": [msg()]},
@@ -179,6 +197,11 @@ def test_a_one_megabyte_header_closes_or_refuses(gw):
     except httpx.HTTPError:
         pass  # the server closed the connection: also fine
     assert httpx.get(f"{gw.base}/healthz").status_code == 200
+    # Heads are bounded near 64 KiB of buffer (what a connection still sending one may hold; the
+    # default was ~400 KB): 300 KB is refused, a few KB of cookies is not.
+    r = httpx.get(f"{gw.base}/healthz", headers={"x-padding": "a" * 300_000}, timeout=10)
+    assert r.status_code == 431, r.status_code
+    assert httpx.get(f"{gw.base}/healthz", headers={"cookie": "c" * 8000}, timeout=10).status_code == 200
 
 
 def raw_connection(gw):

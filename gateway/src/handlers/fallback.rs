@@ -6,7 +6,17 @@ use crate::error::ApiError;
 
 /// 404 for any path no route serves.
 pub async fn unknown_url(method: Method, uri: Uri) -> ApiError {
-    ApiError::UnknownUrl { method: method.to_string(), path: uri.path().to_owned() }
+    ApiError::UnknownUrl { method: method.to_string(), path: shown_path(uri.path()) }
+}
+
+/// The path as an error quotes it: at most 256 characters (a path can be as long as a head may
+/// be, and the error would echo all of it).
+fn shown_path(path: &str) -> String {
+    const MAX: usize = 256;
+    match path.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &path[..cut]),
+        None => path.to_owned(),
+    }
 }
 
 /// 405 for a known path with another method.
