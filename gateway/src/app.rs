@@ -23,14 +23,14 @@ use crate::state::AppState;
 /// 2. `authenticate` (on `/v1/*` routes only) — reads `Authorization: Bearer <virtual key>`,
 ///    inserts the tenant (`Arc<router::TenantProfile>`) and records `tenant` on the span, or
 ///    answers 401 `invalid_api_key`. Open mode (no tenant has keys): tenant `default`.
-/// 2a. `refuse_encoded_bodies` (on `/v1/*`, after 2) — a compressed body (`Content-Encoding`
-///    other than `identity`) is answered 415 `unsupported_content_encoding`, not misread as
-///    malformed JSON.
-/// 3. `admin_auth` (on `/dashboard` and `/admin/*` only; beside 2, not after it) — the admin
+/// 3. `refuse_encoded_bodies` (on `/v1/*` routes, after 2) — a compressed body
+///    (`Content-Encoding` other than `identity`) is answered 415 `unsupported_content_encoding`,
+///    not misread as malformed JSON.
+/// 4. `admin_auth` (on `/dashboard` and `/admin/*` only; beside 2, not after it) — the admin
 ///    key as Bearer, Basic password or session cookie, else 401 (`/dashboard`'s carries
 ///    `WWW-Authenticate: Basic` and the login form). `/metrics`, `/healthz`, `/readyz` and
 ///    `/dashboard/login` need no key.
-/// 4. on `/dashboard*` and `/admin/*` (unknown paths there too), around 3 — `Cache-Control: no-store`
+/// 5. on `/dashboard*` and `/admin/*` (unknown paths there too), around 4 — `Cache-Control: no-store`
 ///    and `X-Frame-Options: DENY` on every answer: admin figures are never cached on the way,
 ///    and the dashboard is never framed by another site.
 ///
