@@ -34,6 +34,7 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     for warning in &config.warnings {
         warn!("{warning}");
     }
+    crate::open_files::raise_for(config.server.max_connections);
     let state = AppState::build(config)?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     // Tests and scripts read this line to learn the port when listening on port 0.
