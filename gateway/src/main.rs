@@ -299,17 +299,17 @@ fn calibrate_command(
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let mut value: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", file.display(), n + 1))?;
-        let (text, turns) = if value.get("messages").is_some() {
-            // A sample of conversations needs no `model`: they are routed as `auto`.
-            if let Some(fields) = value.as_object_mut() {
-                fields.entry("model").or_insert_with(|| "auto".into());
-            }
-            let req = chat_request::parse_chat_request(value.to_string().as_bytes()).map_err(|e| anyhow::anyhow!("{}:{}: {e}", file.display(), n + 1))?;
-            (gateway::privacy::inspect(&req).text, req.messages.len())
-        } else {
+        if value.get("messages").is_none() {
+            // A bare prompt is one user message, read exactly as the live router reads it.
             let prompt = value["prompt"].as_str().with_context(|| format!("{}:{}: needs \"prompt\" or \"messages\"", file.display(), n + 1))?;
-            (prompt.to_owned(), 1)
-        };
+            value = serde_json::json!({"messages": [{"role": "user", "content": prompt}]});
+        }
+        // A sample of conversations needs no `model`: they are routed as `auto`.
+        if let Some(fields) = value.as_object_mut() {
+            fields.entry("model").or_insert_with(|| "auto".into());
+        }
+        let req = chat_request::parse_chat_request(value.to_string().as_bytes()).map_err(|e| anyhow::anyhow!("{}:{}: {e}", file.display(), n + 1))?;
+        let (text, turns) = (gateway::privacy::inspect(&req).text, req.messages.len());
         let input = router::RouteInput {
             requested_model: "auto",
             tenant: tenants::DEFAULT_TENANT,

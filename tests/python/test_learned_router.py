@@ -89,6 +89,27 @@ def test_bad_labels_and_bad_models_are_refused(tmp_path):
 CODE_REVIEW = [{"role": "user", "content": "Analyze this code:\n```python\ndef f(): pass\n```"}]
 
 
+def test_calibrates_split_is_the_live_routers_split_for_bare_prompts(tmp_path):
+    # Two prompts scoring 0.0002 apart: a bare `{"prompt"}` line must be scored exactly as the same
+    # text sent as a chat message is, or the printed threshold gives another split live.
+    texts = ["Implement a red-black tree in Rust with proofs of invariants",
+             "Write a python function to sort a list and analyze complexity."]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    out = subprocess.run([str(BIN), "calibrate", "--config", "config/gateway.toml", "--prompts", str(prompts),
+                          "--remote-share", "0.5"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    threshold = float(out.stdout.splitlines()[0].split("=")[1])
+    reported = int(out.stdout.split("remote: ")[1].split(" of ")[0])
+    live = []
+    for t in texts:
+        body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": t}]})
+        r = subprocess.run([str(BIN), "explain", "--config", "config/gateway.toml", "-"], input=body,
+                           capture_output=True, text=True, timeout=60)
+        live.append(json.loads(r.stdout)["complexity"])
+    assert sum(score >= threshold for score in live) == reported, (out.stdout, live)
+
+
 def test_calibrate_picks_the_threshold_for_a_remote_share(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     lines = [{"prompt": "Hi"}] * 6 + [{"prompt": "Prove step by step that the algorithm is optimal and derive its complexity."}] * 2 \
