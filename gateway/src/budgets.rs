@@ -103,11 +103,13 @@ impl Spend {
     }
 }
 
-/// `usd` rounded to whole nano-USD (the unit budgets count in), without the float noise of
-/// multiplying prices by token counts.
-pub fn whole_nano_usd(usd: f64) -> f64 {
-    if usd.is_finite() {
-        (usd * NANOS_PER_USD).round() / NANOS_PER_USD
+/// `usd` without the float noise of multiplying prices by token counts (1.7e-6, not
+/// 1.7000000000000002e-6): rounded to a pico-dollar, far below any price's precision (a price
+/// per million tokens with six decimals costs 1e-12 a token), so no real digit is lost.
+pub fn without_float_noise(usd: f64) -> f64 {
+    const PICOS_PER_USD: f64 = 1e12;
+    if usd.is_finite() && usd.abs() < 1e3 {
+        (usd * PICOS_PER_USD).round() / PICOS_PER_USD
     } else {
         usd
     }
@@ -195,12 +197,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn costs_are_whole_nano_dollars_without_float_noise() {
+    fn costs_lose_their_float_noise_but_no_digit() {
         // 11 prompt tokens at $0.1/M and 3 completion tokens at $0.2/M.
         let noisy = (11.0 * 0.1 + 3.0 * 0.2) / 1e6;
         assert_eq!(noisy.to_string(), "0.0000017000000000000002");
-        assert_eq!(whole_nano_usd(noisy).to_string(), "0.0000017");
-        assert_eq!(usd_to_nanos(whole_nano_usd(noisy)), usd_to_nanos(noisy));
+        assert_eq!(without_float_noise(noisy).to_string(), "0.0000017");
+        assert_eq!(usd_to_nanos(without_float_noise(noisy)), usd_to_nanos(noisy));
+        // One token at $0.0375/M is 37.5 nano-dollars: kept as it is.
+        assert_eq!(without_float_noise(0.0375 / 1e6).to_string(), "0.0000000375");
     }
 
     #[test]

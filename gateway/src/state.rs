@@ -264,8 +264,8 @@ fn pricer(config: &GatewayConfig) -> Pricer {
         }
         prices.get(target).map_or(0.0, |price| price.cost_of(usage))
     };
-    // In whole nano-USD, as budgets count: 1.7e-6, not 1.7000000000000002e-6, in headers and records.
-    Arc::new(move |target: &str, usage: &providers::wire::Usage| crate::budgets::whole_nano_usd(price(target, usage)))
+    // 1.7e-6, not 1.7000000000000002e-6, in headers, records and metrics.
+    Arc::new(move |target: &str, usage: &providers::wire::Usage| crate::budgets::without_float_noise(price(target, usage)))
 }
 
 /// [`crate::config::secret_from_env`], its refusal naming `what`.
