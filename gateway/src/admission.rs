@@ -296,6 +296,27 @@ impl Limiter {
         }
     }
 
+    /// The tenant's rate-limit standing, taking nothing: for an answer refused before its
+    /// admission (policy, in-flight limit) that still carries the rate-limit headers. Nothing
+    /// when the tenant has no rate limit or the store cannot be read.
+    pub async fn standing(&self, tenant: &str) -> Standing {
+        let Some(rate) = self.tenants.get(tenant).and_then(|t| t.rate) else { return (None, None) };
+        let admission = Admission {
+            tenant,
+            now_ms: unix_ms(),
+            rpm: rate.rpm.map(|l| RateCheck { limit: u64::from(l), cost: 0 }),
+            tpm: rate.tpm.map(|l| RateCheck { limit: u64::from(l), cost: 0 }),
+            budget: None,
+            reserve_nusd: 0,
+            lease: "",
+            lease_ttl_ms: self.lease_ttl_ms,
+        };
+        match self.primary.admit(&admission).await {
+            Ok(outcome) => (rate.rpm.zip(outcome.rpm_remaining), rate.tpm.zip(outcome.tpm_remaining)),
+            Err(_) => (None, None),
+        }
+    }
+
     /// Closes `lease` in the primary store in the background (retried like a settlement that
     /// costs nothing): an admission under it that Redis carries out later takes nothing.
     fn close_lease(&self, tenant: &str, lease: &str, now_ms: u64) {

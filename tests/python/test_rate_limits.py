@@ -61,3 +61,26 @@ def test_tenants_without_limits_get_no_headers_and_are_not_limited(limited):
     for _ in range(4):
         r = ask(limited, limited.keys["free"])
         assert r.status_code == 200 and "x-ratelimit-limit-requests" not in r.headers
+
+
+def test_a_refusal_before_admission_carries_the_headers_and_takes_nothing(tmp_path, fake_provider):
+    # The in-flight limit refuses before the rate limits are asked: the 429 still tells the
+    # tenant where it stands, and takes no request from the allowance.
+    key, key_hash = new_key("one-at-a-time")
+    extra = fake_provider_section(fake_provider) + f'[[tenants]]\nname = "one-at-a-time"\nkeys = ["{key_hash}"]\nrate_limit = {{ rpm = 5 }}\n'
+    config = gateway_config(extra).replace('[server]\nregion = "eu-west"', '[server]\nregion = "eu-west"\nmax_in_flight_per_tenant = 1')
+    gw = Gateway(tmp_path, config, '[[rule]]\nname = "default"\nroute = "local"\n')
+    try:
+        body = {"model": "fake/gated", "stream": True, "messages": [{"role": "user", "content": "hold"}]}
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", json=body, timeout=30,
+                          headers={"authorization": f"Bearer {key}"}) as held:
+            lines = held.iter_lines()  # kept: a dropped generator would close the stream
+            next(lines)
+            refused = ask(gw, key)
+            assert refused.status_code == 429 and "in flight" in refused.json()["error"]["message"], refused.text
+            assert refused.headers["x-ratelimit-limit-requests"] == "5"
+            assert refused.headers["x-ratelimit-remaining-requests"] == "4", "only the held stream took one"
+            httpx.post(f"{fake_provider}/control/release")
+        assert ask(gw, key).headers["x-ratelimit-remaining-requests"] == "3"
+    finally:
+        gw.stop()

@@ -126,7 +126,9 @@ impl Exchange {
         remote_bound: bool,
         local_retry: bool,
     ) -> Result<bool, ApiError> {
-        let slot = state.in_flight.enter(&tenant.name).ok_or(ApiError::TooManyInFlight { limit: state.in_flight.limit() })?;
+        let Some(slot) = state.in_flight.enter(&tenant.name) else {
+            return Err(self.refused_before_admission(state, tenant, ApiError::TooManyInFlight { limit: state.in_flight.limit() }).await);
+        };
         let ticket = match self.limit(state, ctx, tenant, prompt_tokens, reserve_nusd, remote_bound).await? {
             Admitted::Yes(ticket) => ticket,
             Admitted::OverBudgetTryLocal { .. } if local_retry => return Ok(false),
@@ -134,6 +136,13 @@ impl Exchange {
         };
         self.settle_when_finished(state, ticket, slot);
         Ok(true)
+    }
+
+    /// `err`, for a request refused before its admission, with the tenant's standing read (taking
+    /// nothing) for the answer's rate-limit headers, as every answer to a limited tenant has them.
+    pub async fn refused_before_admission(&mut self, state: &AppState, tenant: &TenantProfile, err: ApiError) -> ApiError {
+        (self.rate.requests, self.rate.tokens) = state.limiter.standing(&tenant.name).await;
+        err
     }
 
     /// The limiter's one step for this request; the tenant's standing goes into the answer's
@@ -218,7 +227,8 @@ pub async fn serve_chat(
     let track = |d: &Decision| state.spillover.as_ref().filter(|_| is_local(state, &d.target)).map(Spillover::track_local);
     let mut local_ticket = track(&decision);
     if let Some(reason) = &decision.violation {
-        return Err(ApiError::PolicyViolation { reason: format!("rule {:?}: {reason}", decision.rule) });
+        let refusal = ApiError::PolicyViolation { reason: format!("rule {:?}: {reason}", decision.rule) };
+        return Err(exchange.refused_before_admission(state, tenant, refusal).await);
     }
     let cache_key = state.cache.as_ref().and_then(|_| cache_key(&tenant.name, &caller_tags(headers), &req));
     // A hit serves only from a target this decision may use: once the policy routes the request
@@ -230,7 +240,9 @@ pub async fn serve_chat(
     // A hit spends nothing; otherwise the worst case over every target that may serve is held.
     let reserve = if cached.is_some() { 0 } else { worst_case_nusd(state, &req, &decision, prompt_tokens, &tenant.name) };
     let remote_bound = cached.is_none() && candidates(&decision).any(|t| !is_local(state, t));
-    let slot = state.in_flight.enter(&tenant.name).ok_or(ApiError::TooManyInFlight { limit: state.in_flight.limit() })?;
+    let Some(slot) = state.in_flight.enter(&tenant.name) else {
+        return Err(exchange.refused_before_admission(state, tenant, ApiError::TooManyInFlight { limit: state.in_flight.limit() }).await);
+    };
     let admitted = exchange.limit(state, ctx, tenant, prompt_tokens, reserve, remote_bound).await;
     // A spilled request the budget cannot cover stays local rather than being refused.
     let admitted = match admitted {
