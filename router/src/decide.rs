@@ -205,8 +205,9 @@ impl Router {
         let privacy = PrivacySummary::of(input);
         let is_auto = input.requested_model == "auto";
         let matched = policy.rules.iter().find(|r| rule_matches(r, input, is_auto, hard, &privacy.tags));
+        // Four decimals, as the complexity header has: at two, 0.5477 read "0.55 < threshold 0.55".
         let mut reasons = vec![format!(
-            "complexity {:.2} {} threshold {:.2}",
+            "complexity {:.4} {} threshold {}",
             complexity.score,
             if hard { ">=" } else { "<" },
             policy.classifier.complexity_threshold
@@ -739,6 +740,9 @@ fallback = ["local"]
         assert!(all.contains("matched rule \"redacting-escalation\" (when complexity hard)"), "{all}");
         assert!(all.contains("PII found: email×1"), "{all}");
         assert!(all.contains("reasoning markers"), "{all}");
+        // The score as the header gives it, the threshold as configured: never "0.55 < 0.55".
+        let first = &d.reasons[0];
+        assert_eq!(*first, format!("complexity {:.4} >= threshold {}", d.complexity, escalate_all().policy.classifier.complexity_threshold), "{first}");
     }
 
     #[test]
