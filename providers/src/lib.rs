@@ -23,4 +23,4 @@ pub use openai_compatible::{decode_stream, OpenAiCompatible};
 pub use pool::{Lease, Pool};
 pub use provider::{collect_stream, ChunkStream, Provider, ResponseEvents};
 pub use retry::{retryable_status, RetryPolicy};
-pub use transport::{Destination, HttpClient, SendError, UpstreamResponse};
+pub use transport::{Destination, HttpClient, SendError, UpstreamResponse, CLIENT_REQUEST_ID};

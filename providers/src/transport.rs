@@ -45,6 +45,15 @@ impl Destination {
     }
 }
 
+tokio::task_local! {
+    /// The gateway's id of the request being served (set around its handler), sent to providers
+    /// as `X-Client-Request-Id` — `OpenAI`'s header for a caller's own id — so that a slow or
+    /// failed call can be found in the provider's logs and support tickets.
+    pub static CLIENT_REQUEST_ID: HeaderValue;
+}
+
+static CLIENT_REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-client-request-id");
+
 /// A request that got no answer: refused, reset, TLS failure, or reqwest's own timeout.
 #[derive(Debug)]
 pub struct SendError {
@@ -135,13 +144,14 @@ impl HttpClient {
 
     /// POSTs `body` with `headers` to `to`; the answer once its head has arrived.
     pub async fn post(&self, to: &Destination, headers: &[(HeaderName, HeaderValue)], body: Bytes) -> Result<UpstreamResponse, SendError> {
+        let request_id = CLIENT_REQUEST_ID.try_with(Clone::clone).ok().map(|id| (CLIENT_REQUEST_ID_HEADER.clone(), id));
+        let headers = headers.iter().chain(request_id.as_ref());
         match to {
             Destination::Plain(uri) => {
                 let mut request = Request::new(Full::new(body));
                 *request.method_mut() = Method::POST;
                 uri.clone_into(request.uri_mut());
                 let map = request.headers_mut();
-                map.reserve(headers.len());
                 for (name, value) in headers {
                     map.append(name.clone(), value.clone());
                 }

@@ -38,9 +38,15 @@ pub async fn request_ctx(mut req: Request, next: Next) -> Response {
     );
     let ctx = RequestCtx { span: span.clone(), started: Instant::now(), request_id: request_id.clone() };
     req.extensions_mut().insert(ctx.clone());
-    let mut response = next.run(req).instrument(span.clone()).await;
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+    let id = HeaderValue::from_str(&request_id).ok();
+    let handled = next.run(req).instrument(span.clone());
+    // Provider calls made while handling it carry the id too (`X-Client-Request-Id`).
+    let mut response = match &id {
+        Some(id) => providers::CLIENT_REQUEST_ID.scope(id.clone(), handled).await,
+        None => handled.await,
+    };
+    if let Some(id) = id {
+        response.headers_mut().insert(REQUEST_ID, id);
     }
     span.in_scope(|| {
         info!(status = response.status().as_u16(), elapsed_us = ctx.started.elapsed().as_micros(), "answered");

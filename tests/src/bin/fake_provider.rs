@@ -194,6 +194,7 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
     if !fake.forget.load(Relaxed) {
         fake.requests.lock().expect("lock").push(json!({
             "path": path, "body": body, "authorization": header(headers, "authorization"), "api_key": header(headers, "api-key"),
+            "client_request_id": header(headers, "x-client-request-id"),
         }));
     }
     if let Some((param, message)) = openai_problem(body) {
@@ -525,7 +526,7 @@ fn anthropic_sse(event: &str, data: &Value) -> Bytes {
 async fn messages(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     fake.requests.lock().expect("lock").push(json!({
         "path": "/v1/messages", "body": body, "authorization": header(&headers, "authorization"),
-        "api_key": header(&headers, "x-api-key"),
+        "api_key": header(&headers, "x-api-key"), "client_request_id": header(&headers, "x-client-request-id"),
     }));
     let fault = fake.faults.lock().expect("lock").pop_front();
     if let Some(kind) = fault.as_ref().and_then(|f| f["error_event"].as_str()) {
