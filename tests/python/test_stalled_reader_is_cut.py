@@ -5,10 +5,11 @@ request — while the stalled socket is still open."""
 
 import json
 import socket
+import time
 
 import httpx
 
-from conftest import Gateway, accounting_record, remote_only_config
+from conftest import Gateway, accounting_record, accounting_records, remote_only_config
 
 
 def test_a_client_that_stops_reading_is_cut_and_its_slot_freed(tmp_path, fake_provider):
@@ -41,4 +42,37 @@ def test_a_client_that_stops_reading_is_cut_and_its_slot_freed(tmp_path, fake_pr
         assert r.status_code == 200, r.text
     finally:
         stalled.close()
+        gw.stop()
+
+
+def test_a_slow_but_steady_reader_is_not_cut(tmp_path, fake_provider):
+    # Reading 64 KB every 100 ms, far slower than the stream is produced: the gateway's writes
+    # wait on the client all along, yet each wait ends well within send_timeout_ms (a socket
+    # send buffer autotuned to megabytes woke the writer only after ~1.3 MB had drained).
+    config = remote_only_config(fake_provider).replace('[server]\nregion = "eu-west"', '[server]\nregion = "eu-west"\nsend_timeout_ms = 1000')
+    gw = Gateway(tmp_path, config, policy='[[rule]]\nname = "all"\nroute = "fake/metered"\n')
+    host, port = gw.base.removeprefix("http://").split(":")
+    reader = socket.socket()
+    try:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        reader.settimeout(30)
+        reader.connect((host, int(port)))
+        body = json.dumps({"model": "fake/metered", "stream": True, "max_tokens": 400000,
+                           "messages": [{"role": "user", "content": "go on"}]}).encode()
+        reader.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += reader.recv(65536)
+        request_id = next(line.split(b":", 1)[1].strip().decode() for line in received.split(b"\r\n")
+                          if line.lower().startswith(b"x-request-id:"))
+        total = len(received)
+        while total < 3_000_000:
+            piece = reader.recv(65536)
+            assert piece, f"the gateway cut a client that was reading (after {total} bytes)"
+            total += len(piece)
+            time.sleep(0.1)
+        assert not any(r.get("request_id") == request_id for r in accounting_records(gw)), "the stream ended early"
+    finally:
+        reader.close()
         gw.stop()
