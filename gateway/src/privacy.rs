@@ -245,6 +245,17 @@ fn tool_call_arguments(extra: &serde_json::Map<String, Value>) -> impl Iterator<
         .filter_map(|call| call.pointer("/function/arguments").and_then(Value::as_str))
 }
 
+/// `text` with the PII the scanner finds replaced by typed placeholders (`<EMAIL_1>`), for logging
+/// text that came from outside: a provider's error message may quote the prompt, and values are
+/// never logged.
+pub fn masked(text: &str) -> String {
+    let spans = router::scan_pii(text);
+    if spans.is_empty() {
+        return text.to_owned();
+    }
+    Redaction::new().redact(text, &spans)
+}
+
 /// Replaces the PII in every scannable string of `req` with placeholders.
 pub fn redact(req: &mut ChatRequest) -> Redaction {
     let scanner = router::pii_scanner();

@@ -88,6 +88,20 @@ impl ProviderError {
             if body.error.code.as_deref() == Some("insufficient_quota") || body.error.kind == "insufficient_quota")
     }
 
+    /// What failed, without any text the upstream sent (its message may quote the prompt): for
+    /// logs written where the gateway cannot mask PII, such as each retry.
+    pub fn outline(&self) -> String {
+        match self {
+            Self::Upstream { provider, status: Some(status), .. } => format!("{provider} failed with status {status}"),
+            Self::Upstream { provider, status: None, .. } => format!("{provider} failed without an answer"),
+            Self::RateLimited { .. } | Self::Rejected { .. } | Self::Timeout { .. } | Self::CircuitOpen { .. } => self.to_string(),
+            Self::InvalidRequest { .. } => "invalid request".to_owned(),
+            Self::ContextLengthExceeded { .. } => "context length exceeded".to_owned(),
+            Self::Overloaded { .. } => "overloaded".to_owned(),
+            Self::Unavailable { .. } => "unavailable".to_owned(),
+        }
+    }
+
     /// The same error with control characters in its text written as escapes (`\n`, `\u{1b}`):
     /// a provider's text must not forge log lines or drive a terminal when the error is logged.
     #[must_use]

@@ -215,7 +215,7 @@ impl OpenAiCompatible {
                         .then(|| self.retry.delay(retry, failure.retry_after))
                         .flatten();
                     let Some(wait) = wait else { return Err(failure.error) };
-                    warn!(provider = %self.name, retry = retry + 1, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), error = %failure.error, "retrying upstream");
+                    warn!(provider = %self.name, retry = retry + 1, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), error = %failure.error.outline(), "retrying upstream");
                     tokio::time::sleep(wait).await;
                     retry += 1;
                 }

@@ -334,3 +334,17 @@ def test_an_unreachable_provider_is_named_without_its_url(tmp_path, fake_provide
         assert host not in r.text and "/chat/completions" not in r.text, r.text
     finally:
         gw.stop()
+
+
+def test_a_provider_quoting_the_prompt_in_its_error_leaves_no_pii_in_the_log(tmp_path, fake_provider):
+    # A 5xx whose message quotes the prompt's email: the client's 502 may say it (its own text),
+    # the log says `<EMAIL_1>` — at each retry, at the fallback and at the failure.
+    gw = Gateway(tmp_path, remote_only_config(fake_provider), policy='[[rule]]\nname = "all"\nroute = "fake/echo"\n')
+    try:
+        script(fake_provider, *[{"status": 503, "message": "cannot serve jane.doe@example.com right now"}] * 3)
+        assert ask(gw).status_code == 502
+        logged = [line for line in gw.process.lines if "cannot serve" in line or "retrying upstream" in line]
+        assert any("<EMAIL_1>" in line for line in logged), gw.process.lines[-10:]
+        assert not any("jane.doe@example.com" in line for line in gw.process.lines)
+    finally:
+        gw.stop()

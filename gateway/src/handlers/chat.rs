@@ -458,10 +458,11 @@ where
             Ok((value, redaction)) => return Ok((target, value, redaction)),
             Err(err) if worth_falling_back(&err) => {
                 count_upstream_error(state, target, &err);
+                let error = crate::privacy::masked(&err.to_string());
                 if targets.peek().is_some() {
-                    warn!(target, error = %err, "target failed before answering; trying the next fallback");
+                    warn!(target, %error, "target failed before answering; trying the next fallback");
                 } else {
-                    warn!(target, error = %err, "target failed before answering; no fallback left");
+                    warn!(target, %error, "target failed before answering; no fallback left");
                 }
                 last_error = Some(err);
             }
@@ -697,7 +698,7 @@ pub fn sse_events_with(
                     return Some((Ok(Event::default().data(data)), Some((chunks, usage))));
                 }
                 Some(Err(err)) => {
-                    warn!(error = %err, "stream failed after its first chunk");
+                    warn!(error = %crate::privacy::masked(&err.to_string()), "stream failed after its first chunk");
                     let body = ApiError::from(err).body();
                     let data = serde_json::to_string(&body).unwrap_or_default();
                     // Emit the error now; the empty stream left behind ends with `[DONE]`.
