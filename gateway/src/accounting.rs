@@ -413,7 +413,7 @@ impl Drop for PendingRecord {
             }
             // A request the client left saved nothing: no answer was delivered.
             if let Some(baseline) = self.ledger.baseline().filter(|_| r.status != CLIENT_CLOSED_REQUEST && !self.no_baseline) {
-                savings = (self.pricer)(baseline, &u) - r.cost_usd;
+                savings = crate::budgets::without_float_noise((self.pricer)(baseline, &u) - r.cost_usd);
             }
         }
         if let Some(kind) = self.failed_mid_stream {

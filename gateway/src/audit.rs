@@ -148,12 +148,14 @@ struct Writer<'c> {
     dropped: IntCounter,
     /// The last write failed (logged once until one succeeds again).
     failing: bool,
+    /// The path could not be opened again after a move (logged once until it can).
+    unfollowed: bool,
 }
 
 impl<'c> Writer<'c> {
     fn new(config: &'c AuditConfig, file: File, dropped: IntCounter) -> Self {
         let size = file.metadata().map_or(0, |m| m.len());
-        Self { config, file, size, batch: Vec::new(), batch_lines: 0, dropped, failing: false }
+        Self { config, file, size, batch: Vec::new(), batch_lines: 0, dropped, failing: false, unfollowed: false }
     }
 
     fn add(&mut self, line: &str) {
@@ -186,6 +188,9 @@ impl<'c> Writer<'c> {
                 }
             }
             Err(err) => {
+                // A write the disk cut short would leave half a line, and glue the next line
+                // to it: what was written of the batch is taken back.
+                let _ = self.file.set_len(self.size);
                 self.dropped.inc_by(self.batch_lines);
                 if !std::mem::replace(&mut self.failing, true) {
                     tracing::error!(error = %err, lines = self.batch_lines, "audit log write failed; lines are lost until it succeeds, counted in switchyard_audit_dropped_total");
@@ -208,8 +213,15 @@ impl<'c> Writer<'c> {
                 self.size = file.metadata().map_or(0, |m| m.len());
                 self.file = file;
             }
-            Err(err) => tracing::error!(error = %err, "audit log file was moved and cannot be created again; writing on to the moved file"),
+            Err(err) => {
+                // Once per outage, not at every write.
+                if !std::mem::replace(&mut self.unfollowed, true) {
+                    tracing::error!(error = %err, "audit log file was moved and cannot be created again; writing on to the moved file");
+                }
+                return;
+            }
         }
+        self.unfollowed = false;
     }
 
     /// Whether `path` is still the file being written.

@@ -187,6 +187,9 @@ def test_a_compressed_body_is_refused_by_name_not_read_as_bad_json(gw):
 def test_an_unknown_path_is_quoted_short(gw):
     err = error_of(httpx.get(f"{gw.base}/v1/{'x' * 20000}", timeout=30), 404)
     assert err["code"] == "unknown_url" and len(err["message"]) < 400, len(err["message"])
+    for path in ("/v1/nowhere", "/v1/chat/completions"):  # 404 and 405: the method is quoted short too
+        r = httpx.request("X" * 20000, f"{gw.base}{path}", timeout=30)
+        assert r.status_code in (404, 405) and len(r.json()["error"]["message"]) < 700, (r.status_code, len(r.text))
 
 
 def test_a_one_megabyte_header_closes_or_refuses(gw):

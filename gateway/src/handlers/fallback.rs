@@ -6,11 +6,11 @@ use crate::error::ApiError;
 
 /// 404 for any path no route serves.
 pub async fn unknown_url(method: Method, uri: Uri) -> ApiError {
-    ApiError::UnknownUrl { method: method.to_string(), path: shown_path(uri.path()) }
+    ApiError::UnknownUrl { method: shown_path(method.as_str()), path: shown_path(uri.path()) }
 }
 
-/// The path as an error quotes it: at most 256 characters (a path can be as long as a head may
-/// be, and the error would echo all of it).
+/// A path (or method) as an error quotes it: at most 256 characters (either can be as long as a
+/// head may be, and the error would echo all of it).
 fn shown_path(path: &str) -> String {
     const MAX: usize = 256;
     match path.char_indices().nth(MAX) {
@@ -21,5 +21,5 @@ fn shown_path(path: &str) -> String {
 
 /// 405 for a known path with another method.
 pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_owned() }
+    ApiError::MethodNotAllowed { method: shown_path(method.as_str()), path: shown_path(uri.path()) }
 }
