@@ -13,8 +13,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::stalled_writes::StalledWrites;
 use crate::config::{GatewayConfig, ServerConfig};
+use crate::stalled_writes::StalledWrites;
 use crate::state::AppState;
 
 /// How long in-flight requests may take to finish after a stop signal.
@@ -161,16 +161,17 @@ async fn answer_while_draining(listener: tokio::net::TcpListener, app: axum::Rou
     }
 }
 
-/// Accepts connections until `stopping` is notified, at most `max_connections` at once (more
-/// wait in the listen backlog), each served by hyper's HTTP/1 with the header timeout. Returns
-/// the watcher of the connections still open, for the drain, the listener, and the connections'
-/// tasks (to cut those the drain deadline leaves, and to wait for them to end).
 /// Each connection's socket send buffer (the kernel doubles it for its bookkeeping).
 const SEND_BUFFER_BYTES: usize = 256 * 1024;
 
 /// The largest request head (request line and headers) read.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// Accepts connections until `stopping` is notified, at most `max_connections` at once (more
+/// wait in the listen backlog), each served by hyper's HTTP/1 with the header timeout, ~64 KiB
+/// heads, a 256 KB send buffer and the send timeout. Returns the watcher of the connections
+/// still open, for the drain, the listener, and the connections' tasks (to cut those the drain
+/// deadline leaves, and to wait for them to end).
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: axum::Router,
