@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::limits::RateLimitConfig;
 use crate::metrics::Metrics;
 use crate::store::redis::OnOutage;
-use crate::store::{Admission, MemoryStore, RateCheck, Refusal, RedisConfig, RedisStore, Settlement, Store};
+use crate::store::{Admission, MemoryStore, Outcome, RateCheck, Refusal, RedisConfig, RedisStore, Settlement, Store};
 use crate::tenants::TenantConfig;
 
 /// A tenant's limits.
@@ -90,6 +90,16 @@ impl Drop for LeaseGuard<'_> {
             self.limiter.close_lease(self.tenant, self.lease, self.now_ms);
         }
     }
+}
+
+/// The check of one per-minute limit, if the tenant has it, taking `cost` of it.
+fn rate_check(limit: Option<u32>, cost: u64) -> Option<RateCheck> {
+    limit.map(|l| RateCheck { limit: u64::from(l), cost })
+}
+
+/// `(limit, remaining)` for each rate limit the tenant has, as the store answered.
+fn standing_of(rate: RateLimitConfig, outcome: &Outcome) -> Standing {
+    (rate.rpm.zip(outcome.rpm_remaining), rate.tpm.zip(outcome.tpm_remaining))
 }
 
 /// Rate limits and budgets of every tenant, in the configured store.
@@ -232,8 +242,8 @@ impl Limiter {
         let admission = Admission {
             tenant,
             now_ms,
-            rpm: rate.rpm.map(|l| RateCheck { limit: u64::from(l), cost: 1 }),
-            tpm: rate.tpm.map(|l| RateCheck { limit: u64::from(l), cost: prompt_tokens }),
+            rpm: rate_check(rate.rpm, 1),
+            tpm: rate_check(rate.tpm, prompt_tokens),
             budget: limits.budget.map(|b| b.limits()),
             reserve_nusd: if limits.budget.is_some() { reserve_nusd } else { 0 },
             lease,
@@ -272,9 +282,7 @@ impl Limiter {
             }
         };
         self.saw(tenant, now_ms, outcome.spend);
-        let requests = rate.rpm.zip(outcome.rpm_remaining);
-        let tokens = rate.tpm.zip(outcome.tpm_remaining);
-        *standing = (requests, tokens);
+        *standing = standing_of(rate, &outcome);
         let retry_after_s = outcome.retry_after_ms.div_ceil(1000).max(1);
         match outcome.refused {
             None => {
@@ -304,15 +312,15 @@ impl Limiter {
         let admission = Admission {
             tenant,
             now_ms: unix_ms(),
-            rpm: rate.rpm.map(|l| RateCheck { limit: u64::from(l), cost: 0 }),
-            tpm: rate.tpm.map(|l| RateCheck { limit: u64::from(l), cost: 0 }),
+            rpm: rate_check(rate.rpm, 0),
+            tpm: rate_check(rate.tpm, 0),
             budget: None,
             reserve_nusd: 0,
             lease: "",
             lease_ttl_ms: self.lease_ttl_ms,
         };
         match self.primary.admit(&admission).await {
-            Ok(outcome) => (rate.rpm.zip(outcome.rpm_remaining), rate.tpm.zip(outcome.tpm_remaining)),
+            Ok(outcome) => standing_of(rate, &outcome),
             Err(_) => (None, None),
         }
     }
@@ -533,6 +541,7 @@ impl OwnedSettlement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
 
     fn limiter() -> Limiter {
         let tenant: TenantConfig = toml::from_str("name = \"acme\"\nbudget = { daily_usd = 1.0 }\n").unwrap();
@@ -588,8 +597,6 @@ mod tests {
 
     /// A store that carries admissions out and then loses their answers (a client leaving during
     /// the round trip looks the same from here).
-    use crate::store::{Outcome, StoreError};
-
     #[derive(Debug, Default)]
     struct AnswerLost {
         inner: MemoryStore,
