@@ -315,7 +315,7 @@ impl IntoResponse for ApiError {
         let (status, error, retry_after) = self.parts();
         if status.is_server_error() {
             // A provider's message may quote the prompt: logged with its PII masked.
-            tracing::error!(status = status.as_u16(), error = %crate::privacy::masked(&self.to_string()), "request failed");
+            tracing::error!(status = status.as_u16(), error = %crate::privacy::masked(&self), "request failed");
         } else {
             // Not the message: a refusal may quote the request's own values (an invalid field, a
             // provider's 4xx about the prompt), and request values are never logged.

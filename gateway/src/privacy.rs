@@ -245,15 +245,16 @@ fn tool_call_arguments(extra: &serde_json::Map<String, Value>) -> impl Iterator<
         .filter_map(|call| call.pointer("/function/arguments").and_then(Value::as_str))
 }
 
-/// `text` with the PII the scanner finds replaced by typed placeholders (`<EMAIL_1>`), for logging
+/// `text`, written out, with the PII the scanner finds replaced by typed placeholders (`<EMAIL_1>`), for logging
 /// text that came from outside: a provider's error message may quote the prompt, and values are
 /// never logged.
-pub fn masked(text: &str) -> String {
-    let spans = router::scan_pii(text);
+pub fn masked(text: &dyn std::fmt::Display) -> String {
+    let text = text.to_string();
+    let spans = router::scan_pii(&text);
     if spans.is_empty() {
-        return text.to_owned();
+        return text;
     }
-    Redaction::new().redact(text, &spans)
+    Redaction::new().redact(&text, &spans)
 }
 
 /// Replaces the PII in every scannable string of `req` with placeholders.

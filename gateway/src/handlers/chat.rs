@@ -26,6 +26,7 @@ use crate::chat_request::parse_chat_request;
 use crate::dispatch::{caller_tags, count_upstream_error, error_kind, plan, provider_for, worth_falling_back};
 use crate::error::ApiError;
 use crate::handlers::read_body;
+use crate::in_flight::InFlightGuard;
 use crate::middleware::request_ctx::RequestCtx;
 use crate::privacy::{self, StreamRestorer};
 use crate::shadow::{Candidate, Shadow};
@@ -126,9 +127,7 @@ impl Exchange {
         remote_bound: bool,
         local_retry: bool,
     ) -> Result<bool, ApiError> {
-        let Some(slot) = state.in_flight.enter(&tenant.name) else {
-            return Err(self.refused_before_admission(state, tenant, ApiError::TooManyInFlight { limit: state.in_flight.limit() }).await);
-        };
+        let slot = self.in_flight_slot(state, tenant).await?;
         let ticket = match self.limit(state, ctx, tenant, prompt_tokens, reserve_nusd, remote_bound).await? {
             Admitted::Yes(ticket) => ticket,
             Admitted::OverBudgetTryLocal { .. } if local_retry => return Ok(false),
@@ -138,9 +137,18 @@ impl Exchange {
         Ok(true)
     }
 
+    /// One of the tenant's in-flight slots, held until the request ends; else 429, with the
+    /// rate-limit headers.
+    async fn in_flight_slot(&mut self, state: &AppState, tenant: &TenantProfile) -> Result<InFlightGuard, ApiError> {
+        match state.in_flight.enter(&tenant.name) {
+            Some(slot) => Ok(slot),
+            None => Err(self.refused_before_admission(state, tenant, ApiError::TooManyInFlight { limit: state.in_flight.limit() }).await),
+        }
+    }
+
     /// `err`, for a request refused before its admission, with the tenant's standing read (taking
     /// nothing) for the answer's rate-limit headers, as every answer to a limited tenant has them.
-    pub async fn refused_before_admission(&mut self, state: &AppState, tenant: &TenantProfile, err: ApiError) -> ApiError {
+    async fn refused_before_admission(&mut self, state: &AppState, tenant: &TenantProfile, err: ApiError) -> ApiError {
         (self.rate.requests, self.rate.tokens) = state.limiter.standing(&tenant.name).await;
         err
     }
@@ -240,9 +248,7 @@ pub async fn serve_chat(
     // A hit spends nothing; otherwise the worst case over every target that may serve is held.
     let reserve = if cached.is_some() { 0 } else { worst_case_nusd(state, &req, &decision, prompt_tokens, &tenant.name) };
     let remote_bound = cached.is_none() && candidates(&decision).any(|t| !is_local(state, t));
-    let Some(slot) = state.in_flight.enter(&tenant.name) else {
-        return Err(exchange.refused_before_admission(state, tenant, ApiError::TooManyInFlight { limit: state.in_flight.limit() }).await);
-    };
+    let slot = exchange.in_flight_slot(state, tenant).await?;
     let admitted = exchange.limit(state, ctx, tenant, prompt_tokens, reserve, remote_bound).await;
     // A spilled request the budget cannot cover stays local rather than being refused.
     let admitted = match admitted {
@@ -458,7 +464,7 @@ where
             Ok((value, redaction)) => return Ok((target, value, redaction)),
             Err(err) if worth_falling_back(&err) => {
                 count_upstream_error(state, target, &err);
-                let error = crate::privacy::masked(&err.to_string());
+                let error = privacy::masked(&err);
                 if targets.peek().is_some() {
                     warn!(target, %error, "target failed before answering; trying the next fallback");
                 } else {
@@ -698,7 +704,7 @@ pub fn sse_events_with(
                     return Some((Ok(Event::default().data(data)), Some((chunks, usage))));
                 }
                 Some(Err(err)) => {
-                    warn!(error = %crate::privacy::masked(&err.to_string()), "stream failed after its first chunk");
+                    warn!(error = %privacy::masked(&err), "stream failed after its first chunk");
                     let body = ApiError::from(err).body();
                     let data = serde_json::to_string(&body).unwrap_or_default();
                     // Emit the error now; the empty stream left behind ends with `[DONE]`.

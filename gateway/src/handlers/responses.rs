@@ -216,7 +216,7 @@ async fn passthrough(
                 if !worth_falling_back(&err) {
                     return Err(err.into());
                 }
-                tracing::warn!(target, error = %crate::privacy::masked(&err.to_string()), "target failed before answering; trying the next fallback");
+                tracing::warn!(target, error = %crate::privacy::masked(&err), "target failed before answering; trying the next fallback");
                 last_error = Some(err);
             }
         }
@@ -343,7 +343,7 @@ fn passthrough_events(
                 Event::default().event(kind).data(data.to_string())
             }
             Some(Err(err)) => {
-                tracing::warn!(error = %crate::privacy::masked(&err.to_string()), "passed-through response stream failed");
+                tracing::warn!(error = %crate::privacy::masked(&err), "passed-through response stream failed");
                 if let Some(r) = p.record.as_mut() {
                     r.upstream_failed("upstream");
                 }
@@ -484,7 +484,7 @@ fn events(writer: EventWriter, id: String, chunks: ChunkStream, keep: Option<Kee
                     }
                 }
                 Some(Err(err)) => {
-                    tracing::warn!(error = %crate::privacy::masked(&err.to_string()), "response stream failed after it started");
+                    tracing::warn!(error = %crate::privacy::masked(&err), "response stream failed after it started");
                     let body = ApiError::from(err).body();
                     let event = p.writer.error(body.error.code.as_deref().unwrap_or("upstream_error"), &body.error.message);
                     p.done = true;
