@@ -122,7 +122,7 @@ impl UpstreamResponse {
     pub fn bytes_stream(self) -> BoxStream<'static, Result<Bytes, String>> {
         match self {
             Self::Plain(r) => r.into_body().into_data_stream().map(|piece| piece.map_err(|e| SendError::of(&e, false).message)).boxed(),
-            Self::Tls(r) => r.bytes_stream().map(|piece| piece.map_err(|e| SendError::of(&e.without_url(), false).message)).boxed(),
+            Self::Tls(r) => r.bytes_stream().map(|piece| piece.map_err(|e| SendError::of_reqwest(e).message)).boxed(),
         }
     }
 }
