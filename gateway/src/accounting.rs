@@ -322,11 +322,16 @@ impl PendingRecord {
 
     /// The cost as it stands (for `x-switchyard-cost-usd`): the same figure the record gets.
     pub fn cost_usd(&self) -> f64 {
-        self.billed_usage().0.map_or(0.0, |u| (self.pricer)(&self.record.target, &u))
+        self.billed().0.map_or(0.0, |u| (self.pricer)(&self.record.target, &u))
+    }
+
+    /// The usage as it stands (for a stream's usage chunk): the same figures the record gets.
+    pub fn billed_usage(&self) -> Option<Usage> {
+        self.billed().0
     }
 
     /// The usage the request is billed for, and whether any of it is estimated.
-    fn billed_usage(&self) -> (Option<Usage>, bool) {
+    fn billed(&self) -> (Option<Usage>, bool) {
         let r = &self.record;
         match (&self.usage, !r.target.is_empty()) {
             // A stream that broke off may have reported only its prompt: what it streamed counts.
@@ -399,7 +404,7 @@ impl Drop for PendingRecord {
             r.target = target;
             r.redacted = redacted;
         }
-        let (usage, estimated) = self.billed_usage();
+        let (usage, estimated) = self.billed();
         let r = &mut self.record;
         r.cost_estimated |= estimated;
         let mut savings = 0.0;

@@ -24,6 +24,10 @@ pub struct CacheConfig {
     /// Answers kept in this process at most (least recently used go first).
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
+    /// Memory those answers may take, in MiB (their JSON size; each counts as at least
+    /// `max_mib / max_entries`, so that `max_entries` bounds their number too).
+    #[serde(default = "default_max_mib")]
+    pub max_mib: u64,
     /// Also keep answers in Redis (`[redis]`), shared by every replica.
     #[serde(default)]
     pub shared: bool,
@@ -35,6 +39,9 @@ const fn default_ttl_s() -> u64 {
 const fn default_max_entries() -> u64 {
     10_000
 }
+const fn default_max_mib() -> u64 {
+    256
+}
 
 impl CacheConfig {
     /// What is wrong with it.
@@ -45,6 +52,9 @@ impl CacheConfig {
         }
         if self.max_entries == 0 {
             problems.push("cache.max_entries must be positive (leave [cache] out to turn the cache off)".to_owned());
+        }
+        if self.max_mib == 0 || self.max_mib > u64::from(u32::MAX) / 1024 {
+            problems.push(format!("cache.max_mib must be between 1 and {} (leave [cache] out to turn the cache off)", u64::from(u32::MAX) / 1024));
         }
         if self.shared && !has_redis {
             problems.push("cache.shared = true needs a [redis] section".to_owned());
@@ -71,6 +81,8 @@ pub type CacheKey = [u8; 32];
 struct Entry {
     cached: Arc<Cached>,
     until: Instant,
+    /// Its weight against `max_mib`, in KiB.
+    kib: u32,
 }
 
 /// The response cache.
@@ -78,6 +90,8 @@ pub struct ResponseCache {
     local: moka::sync::Cache<CacheKey, Entry>,
     shared: Option<Arc<RedisStore>>,
     ttl: Duration,
+    /// The least an entry weighs, in KiB (`max_mib / max_entries`).
+    least_kib: u64,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -121,11 +135,19 @@ impl ResponseCache {
     /// A cache per `config`; `shared` is the Redis store when `config.shared`.
     pub fn new(config: &CacheConfig, shared: Option<Arc<RedisStore>>) -> Self {
         let ttl = Duration::from_secs(config.ttl_s);
+        let capacity_kib = config.max_mib.saturating_mul(1024);
         Self {
-            local: moka::sync::Cache::builder().max_capacity(config.max_entries).time_to_live(ttl).build(),
+            local: moka::sync::Cache::builder().max_capacity(capacity_kib).weigher(|_, entry: &Entry| entry.kib).time_to_live(ttl).build(),
             shared: shared.filter(|_| config.shared),
             ttl,
+            least_kib: capacity_kib.div_ceil(config.max_entries.max(1)).max(1),
         }
+    }
+
+    /// `cached` as kept until `until`, weighed.
+    fn entry(&self, cached: Arc<Cached>, until: Instant) -> Entry {
+        let kib = u64::try_from(json_len(cached.as_ref()).div_ceil(1024)).unwrap_or(u64::MAX).max(self.least_kib);
+        Entry { cached, until, kib: u32::try_from(kib).unwrap_or(u32::MAX) }
     }
 
     /// The cached answer for `key`: this process first, then Redis (a Redis failure is a miss).
@@ -146,7 +168,7 @@ impl ResponseCache {
         let (bytes, left_ms) = tokio::time::timeout(store.timeout(), read).await.ok()?.ok()?;
         let left = Duration::from_millis(u64::try_from(left_ms).ok().filter(|&ms| ms > 0)?).min(self.ttl);
         let cached: Arc<Cached> = Arc::new(serde_json::from_slice(&bytes?).ok()?);
-        self.local.insert(*key, Entry { cached: Arc::clone(&cached), until: sent + left });
+        self.local.insert(*key, self.entry(Arc::clone(&cached), sent + left));
         Some(cached)
     }
 
@@ -172,8 +194,25 @@ impl ResponseCache {
                 });
             }
         }
-        self.local.insert(key, Entry { cached, until: Instant::now() + self.ttl });
+        self.local.insert(key, self.entry(cached, Instant::now() + self.ttl));
     }
+}
+
+/// The length of `value` written as JSON, without keeping the text.
+fn json_len(value: &impl Serialize) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 /// Rebuilds a whole answer from its streamed chunks; `None` when something in them cannot be
@@ -274,6 +313,31 @@ mod tests {
 
     fn request(json: serde_json::Value) -> ChatRequest {
         serde_json::from_value(json).unwrap()
+    }
+
+    fn answer(text: &str) -> ChatResponse {
+        serde_json::from_value(serde_json::json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_max_mib_of_answers_and_max_entries_of_them() {
+        let config: CacheConfig = toml::from_str("max_mib = 1\nmax_entries = 100").unwrap();
+        let cache = ResponseCache::new(&config, None);
+        // Five answers of 400 KB: only two fit in 1 MiB.
+        for i in 0..5u8 {
+            cache.put([i; 32], answer(&"x".repeat(400 * 1024)), "fake/echo");
+        }
+        cache.local.run_pending_tasks();
+        assert!(cache.local.weighted_size() <= 1024 && cache.local.entry_count() <= 2, "{} KiB in {} entries", cache.local.weighted_size(), cache.local.entry_count());
+        // Small answers are bounded by count: each weighs at least 1 MiB / 100.
+        for i in 0..200u8 {
+            cache.put([i; 32], answer("short"), "fake/echo");
+        }
+        cache.local.run_pending_tasks();
+        assert!(cache.local.entry_count() <= 100, "{}", cache.local.entry_count());
+        assert!(cache.local.entry_count() >= 50, "small answers still fill it: {}", cache.local.entry_count());
     }
 
     #[test]

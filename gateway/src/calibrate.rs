@@ -71,27 +71,37 @@ pub fn for_remote_share(scores: &[f64], share: f64) -> Split {
     Split { threshold: best, remote: sorted.at_or_above(best), total, quality: None }
 }
 
-/// A warning when `split` misses the asked remote `share` by more than 5 points because many
-/// prompts share one score (a threshold sends all of them or none): names that score and how
-/// many hold it. `None` when the split is close enough or no score is shared.
-pub fn tie_warning(split: &Split, scores: &[f64], share: f64) -> Option<String> {
+/// A warning when `split` misses the asked remote `share` by more than 5 points, saying why:
+/// prompts scoring 1.0 (every threshold sends them remote), many prompts sharing one score (a
+/// threshold sends all of them or none), or too few prompts for a finer split. `None` when the
+/// split is close enough.
+pub fn split_warning(split: &Split, scores: &[f64], share: f64) -> Option<String> {
     if (split.remote_share() - share).abs() <= 0.05 {
         return None;
     }
+    #[allow(clippy::cast_precision_loss)]
+    let percent = |n: usize| n as f64 * 100.0 / split.total.max(1) as f64;
+    let nearest = format!("so the nearest split to {:.1} % remote is {:.1} %", share * 100.0, split.remote_share() * 100.0);
     let sorted = Sorted::new(scores.iter().map(|s| s.clamp(0.0, 1.0)));
+    let at_top = sorted.at_or_above(1.0);
+    if at_top > 0 && split.remote_share() > share && split.remote == at_top {
+        return Some(format!(
+            "warning: {at_top} of {} prompts ({:.1} %) score 1.0, the highest, and every threshold sends them remote, {nearest}",
+            split.total,
+            percent(at_top)
+        ));
+    }
     let (score, count) = sorted.0.chunk_by(|a, b| a.total_cmp(b).is_eq()).map(|run| (run[0], run.len())).max_by_key(|run| run.1)?;
-    (count > 1).then(|| {
-        #[allow(clippy::cast_precision_loss)]
-        let held = count as f64 / split.total.max(1) as f64;
+    Some(if count > 1 {
         format!(
             "warning: {count} of {} prompts ({:.1} %) score {score:.4}, and a threshold sends all of them remote or none, \
-             so the nearest split to {:.1} % remote is {:.1} %; the scorer cannot tell these prompts apart (a learned \
+             {nearest}; the scorer cannot tell these prompts apart (a learned \
              scorer trained on your own labels, `switchyard train-router`, may)",
             split.total,
-            held * 100.0,
-            share * 100.0,
-            split.remote_share() * 100.0
+            percent(count)
         )
+    } else {
+        format!("warning: with {} prompts each one is {:.1} % of the sample, {nearest}; a larger sample gives a finer split", split.total, percent(1))
     })
 }
 
@@ -210,14 +220,25 @@ mod tests {
         scores.push(0.6);
         let split = for_remote_share(&scores, 0.5);
         assert_eq!(split.remote, 1, "{split:?}");
-        let warning = tie_warning(&split, &scores, 0.5).expect("a warning");
+        let warning = split_warning(&split, &scores, 0.5).expect("a warning");
         assert!(warning.contains("9 of 10 prompts (90.0 %) score 0.0200") && warning.contains("10.0 %"), "{warning}");
-        // Close enough, or nothing tied: no warning.
-        assert!(tie_warning(&split, &scores, 0.1).is_none());
+        // Close enough: no warning.
+        assert!(split_warning(&split, &scores, 0.1).is_none());
         let distinct: Vec<f64> = (0..10).map(|i| f64::from(i) / 10.0).collect();
-        assert!(tie_warning(&for_remote_share(&distinct, 0.33), &distinct, 0.33).is_none());
+        assert!(split_warning(&for_remote_share(&distinct, 0.33), &distinct, 0.33).is_none());
+        // Nothing tied: too few prompts for the share asked.
         let spread = [0.1, 0.2, 0.3, 0.9];
-        assert!(tie_warning(&for_remote_share(&spread, 0.9), &spread, 0.9).is_none(), "no tie to blame");
+        let warning = split_warning(&for_remote_share(&spread, 0.9), &spread, 0.9).expect("a warning");
+        assert!(warning.contains("with 4 prompts each one is 25.0 %"), "{warning}");
+    }
+
+    #[test]
+    fn prompts_scoring_the_highest_score_are_always_remote_and_said_to_be() {
+        let scores = [1.0, 0.01];
+        let split = for_remote_share(&scores, 0.0);
+        assert_eq!((split.remote, split.threshold), (1, 1.0));
+        let warning = split_warning(&split, &scores, 0.0).expect("a warning");
+        assert!(warning.contains("1 of 2 prompts (50.0 %) score 1.0, the highest") && warning.contains("nearest split to 0.0 % remote is 50.0 %"), "{warning}");
     }
 
     #[test]

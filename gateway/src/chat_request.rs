@@ -242,36 +242,69 @@ fn validate_extra_types(req: &ChatRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `tool_choice`: `none`, `auto`, `required`, or `{"type": "function", "function": {"name"}}`
-/// naming one of the tools; anything but `none` needs tools.
+/// `tool_choice`: `none`, `auto`, `required`, a named function or custom tool
+/// (`{"type": "function", "function": {"name"}}`, `{"type": "custom", "custom": {"name"}}`), or
+/// `{"type": "allowed_tools", "allowed_tools": {"mode": "auto" | "required", "tools": […]}}`,
+/// every name among the tools; anything but `none` needs tools.
 fn validate_tool_choice(req: &ChatRequest) -> Result<(), ApiError> {
     let Some(choice) = req.tool_choice.as_ref().filter(|c| !c.is_null()) else { return Ok(()) };
-    let names: Vec<&str> = req.tools.as_ref().and_then(serde_json::Value::as_array).map_or_else(Vec::new, |tools| {
-        tools.iter().filter_map(|t| t.pointer("/function/name").and_then(serde_json::Value::as_str)).collect()
+    let defined: Vec<(&str, &str)> = req.tools.as_ref().and_then(serde_json::Value::as_array).map_or_else(Vec::new, |tools| {
+        tools.iter().filter_map(|t| Some((t["type"].as_str()?, t.get(t["type"].as_str()?)?.get("name")?.as_str()?))).collect()
     });
-    let chosen = match choice {
+    let mut chosen: Vec<((&str, &str), String)> = Vec::new();
+    match choice {
         serde_json::Value::String(s) if s == "none" => return Ok(()),
-        serde_json::Value::String(s) if s == "auto" || s == "required" => None,
-        serde_json::Value::Object(o) if o.get("type").and_then(serde_json::Value::as_str) == Some("function") => {
-            let name = choice.pointer("/function/name").and_then(serde_json::Value::as_str).ok_or_else(|| {
-                ApiError::invalid("Missing required parameter: 'tool_choice.function.name'.", "tool_choice.function.name")
+        serde_json::Value::String(s) if s == "auto" || s == "required" => {}
+        serde_json::Value::Object(o) if matches!(o.get("type").and_then(serde_json::Value::as_str), Some("function" | "custom")) => {
+            chosen.push(named_tool(choice, "tool_choice")?);
+        }
+        serde_json::Value::Object(o) if o.get("type").and_then(serde_json::Value::as_str) == Some("allowed_tools") => {
+            let mode = choice.pointer("/allowed_tools/mode").and_then(serde_json::Value::as_str);
+            if !matches!(mode, Some("auto" | "required")) {
+                return Err(ApiError::invalid(
+                    "Invalid value for 'tool_choice.allowed_tools.mode': supported values are \"auto\" and \"required\".",
+                    "tool_choice.allowed_tools.mode",
+                ));
+            }
+            let listed = choice.pointer("/allowed_tools/tools").and_then(serde_json::Value::as_array).ok_or_else(|| {
+                ApiError::invalid("Missing required parameter: 'tool_choice.allowed_tools.tools'.", "tool_choice.allowed_tools.tools")
             })?;
-            Some(name)
+            for (i, tool) in listed.iter().enumerate() {
+                chosen.push(named_tool(tool, &format!("tool_choice.allowed_tools.tools[{i}]"))?);
+            }
+            if listed.is_empty() && mode == Some("required") {
+                return Err(ApiError::invalid(
+                    "Invalid value for 'tool_choice.allowed_tools.tools': mode \"required\" needs at least one tool.",
+                    "tool_choice.allowed_tools.tools",
+                ));
+            }
         }
         other => {
             return Err(ApiError::invalid(
-                format!("Invalid value for 'tool_choice': {other}. Supported values are: \"none\", \"auto\", \"required\", or {{\"type\": \"function\", \"function\": {{\"name\": …}}}}."),
+                format!("Invalid value for 'tool_choice': {other}. Supported values are: \"none\", \"auto\", \"required\", {{\"type\": \"function\", \"function\": {{\"name\": …}}}}, {{\"type\": \"custom\", \"custom\": {{\"name\": …}}}} or {{\"type\": \"allowed_tools\", …}}."),
                 "tool_choice",
             ))
         }
-    };
-    if names.is_empty() {
+    }
+    if defined.is_empty() {
         return Err(ApiError::invalid("Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.", "tool_choice"));
     }
-    if let Some(name) = chosen.filter(|n| !names.contains(n)) {
-        return Err(ApiError::invalid(format!("Invalid value for 'tool_choice': no function named {name:?} in 'tools'."), "tool_choice.function.name"));
+    if let Some(((kind, name), param)) = chosen.into_iter().find(|(tool, _)| !defined.contains(tool)) {
+        return Err(ApiError::invalid(format!("Invalid value for '{param}': no {kind} tool named {name:?} in 'tools'."), param));
     }
     Ok(())
+}
+
+/// A tool named in a tool choice (`{"type": "function" | "custom", <type>: {"name"}}`): its type
+/// and name, and the parameter that names it (for an error).
+fn named_tool<'a>(tool: &'a serde_json::Value, at: &str) -> Result<((&'a str, &'a str), String), ApiError> {
+    let kind = tool.get("type").and_then(serde_json::Value::as_str).filter(|k| matches!(*k, "function" | "custom")).ok_or_else(|| {
+        ApiError::invalid(format!("Invalid value for '{at}.type': supported values are \"function\" and \"custom\"."), format!("{at}.type"))
+    })?;
+    let name = tool.get(kind).and_then(|t| t.get("name")).and_then(serde_json::Value::as_str).ok_or_else(|| {
+        ApiError::invalid(format!("Missing required parameter: '{at}.{kind}.name'."), format!("{at}.{kind}.name"))
+    })?;
+    Ok(((kind, name), format!("{at}.{kind}.name")))
 }
 
 /// `response_format`: `{"type": "text" | "json_object"}` or `{"type": "json_schema", "json_schema": {…}}`.
@@ -303,28 +336,31 @@ fn validate_logit_bias(bias: Option<&serde_json::Value>) -> Result<(), ApiError>
     Ok(())
 }
 
-/// `tools`: function tools, each with a name of 1–64 of `[A-Za-z0-9_-]` and, if given, a JSON
-/// Schema object as `parameters` (as the API checks them).
+/// `tools`: function and custom tools, each with a name of 1–64 of `[A-Za-z0-9_-]`; a function's
+/// `parameters`, if given, a JSON Schema object; a custom tool's `format`, if given, free text or a
+/// Lark or regex grammar (as the API checks them).
 fn validate_tools(tools: &serde_json::Value) -> Result<(), ApiError> {
     let list = tools.as_array().ok_or_else(|| ApiError::invalid("'tools' must be an array of tools.", "tools"))?;
     for (i, tool) in list.iter().enumerate() {
         let at = |field: &str| format!("tools[{i}]{field}");
-        if tool["type"] != "function" {
-            return Err(ApiError::invalid(format!("Invalid value for '{}': only \"function\" tools are supported.", at(".type")), at(".type")));
-        }
-        let function = tool.get("function").filter(|f| f.is_object()).ok_or_else(|| {
-            ApiError::invalid(format!("Missing required parameter: '{}'.", at(".function")), at(".function"))
+        let Some(kind @ ("function" | "custom")) = tool["type"].as_str() else {
+            return Err(ApiError::invalid(format!("Invalid value for '{}': supported values are \"function\" and \"custom\".", at(".type")), at(".type")));
+        };
+        let definition = tool.get(kind).filter(|f| f.is_object()).ok_or_else(|| {
+            ApiError::invalid(format!("Missing required parameter: '{}'.", at(&format!(".{kind}"))), at(&format!(".{kind}")))
         })?;
-        let name_ok = function["name"].as_str().is_some_and(|n| {
+        let name_ok = definition["name"].as_str().is_some_and(|n| {
             (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         });
         if !name_ok {
             return Err(ApiError::invalid(
-                format!("Invalid '{}': a string of 1 to 64 letters, digits, underscores or dashes is required.", at(".function.name")),
-                at(".function.name"),
+                format!("Invalid '{}': a string of 1 to 64 letters, digits, underscores or dashes is required.", at(&format!(".{kind}.name"))),
+                at(&format!(".{kind}.name")),
             ));
         }
-        if let Some(parameters) = function.get("parameters") {
+        if kind == "custom" {
+            validate_custom_format(definition.get("format"), &at(".custom.format"))?;
+        } else if let Some(parameters) = definition.get("parameters") {
             let type_ok = parameters.get("type").is_none_or(|t| {
                 t.is_string() || t.as_array().is_some_and(|a| a.iter().all(serde_json::Value::is_string))
             });
@@ -337,6 +373,28 @@ fn validate_tools(tools: &serde_json::Value) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// A custom tool's `format`: absent, `{"type": "text"}`, or `{"type": "grammar", "grammar":
+/// {"definition": "…", "syntax": "lark" | "regex"}}`.
+fn validate_custom_format(format: Option<&serde_json::Value>, at: &str) -> Result<(), ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(()) };
+    match format.get("type").and_then(serde_json::Value::as_str) {
+        Some("text") => Ok(()),
+        Some("grammar") => {
+            if !format.pointer("/grammar/definition").is_some_and(serde_json::Value::is_string) {
+                return Err(ApiError::invalid(format!("Missing required parameter: '{at}.grammar.definition'."), format!("{at}.grammar.definition")));
+            }
+            match format.pointer("/grammar/syntax").and_then(serde_json::Value::as_str) {
+                Some("lark" | "regex") => Ok(()),
+                _ => Err(ApiError::invalid(
+                    format!("Invalid value for '{at}.grammar.syntax': supported values are \"lark\" and \"regex\"."),
+                    format!("{at}.grammar.syntax"),
+                )),
+            }
+        }
+        _ => Err(ApiError::invalid(format!("Invalid value for '{at}.type': supported values are \"text\" and \"grammar\"."), format!("{at}.type"))),
+    }
 }
 
 #[cfg(test)]
@@ -401,5 +459,47 @@ mod tests {
         assert_eq!(param_of(&with(r#"[{"type":"function","function":{"name":"f","parameters":{"type":5}}}]"#)).as_deref(), Some("tools[0].function.parameters"));
         let ok = with(r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{}}}}]"#);
         assert!(parse_chat_request(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn custom_tools_are_checked_as_the_api_checks_them() {
+        let with = |tools: &str| format!(r#"{{"model":"auto","messages":[{{"role":"user","content":"x"}}],"tools":{tools}}}"#);
+        assert_eq!(param_of(&with(r#"[{"type":"custom"}]"#)).as_deref(), Some("tools[0].custom"));
+        assert_eq!(param_of(&with(r#"[{"type":"custom","custom":{"name":""}}]"#)).as_deref(), Some("tools[0].custom.name"));
+        assert_eq!(param_of(&with(r#"[{"type":"custom","custom":{"name":"f","format":{"type":"json"}}}]"#)).as_deref(), Some("tools[0].custom.format.type"));
+        let grammar = |syntax: &str| with(&format!(r#"[{{"type":"custom","custom":{{"name":"f","format":{{"type":"grammar","grammar":{{"definition":"start: x","syntax":"{syntax}"}}}}}}}}]"#));
+        assert_eq!(param_of(&grammar("ebnf")).as_deref(), Some("tools[0].custom.format.grammar.syntax"));
+        for ok in [with(r#"[{"type":"custom","custom":{"name":"apply_patch","description":"d"}}]"#), with(r#"[{"type":"custom","custom":{"name":"f","format":{"type":"text"}}}]"#), grammar("lark"), grammar("regex")] {
+            assert!(parse_chat_request(ok.as_bytes()).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn tool_choice_names_a_defined_tool_of_its_kind_or_allows_some() {
+        let tools = r#"[{"type":"function","function":{"name":"f"}},{"type":"custom","custom":{"name":"c"}}]"#;
+        let with = |choice: &str| format!(r#"{{"model":"auto","messages":[{{"role":"user","content":"x"}}],"tools":{tools},"tool_choice":{choice}}}"#);
+        for ok in [
+            r#""required""#,
+            r#"{"type":"function","function":{"name":"f"}}"#,
+            r#"{"type":"custom","custom":{"name":"c"}}"#,
+            r#"{"type":"allowed_tools","allowed_tools":{"mode":"required","tools":[{"type":"custom","custom":{"name":"c"}},{"type":"function","function":{"name":"f"}}]}}"#,
+            r#"{"type":"allowed_tools","allowed_tools":{"mode":"auto","tools":[]}}"#,
+        ] {
+            assert!(parse_chat_request(with(ok).as_bytes()).is_ok(), "{ok}");
+        }
+        let refused = [
+            (r#"{"type":"custom","custom":{"name":"f"}}"#, "tool_choice.custom.name"),
+            (r#"{"type":"function","function":{"name":"c"}}"#, "tool_choice.function.name"),
+            (r#"{"type":"function"}"#, "tool_choice.function.name"),
+            (r#"{"type":"allowed_tools","allowed_tools":{"mode":"any","tools":[]}}"#, "tool_choice.allowed_tools.mode"),
+            (r#"{"type":"allowed_tools","allowed_tools":{"mode":"auto"}}"#, "tool_choice.allowed_tools.tools"),
+            (r#"{"type":"allowed_tools","allowed_tools":{"mode":"required","tools":[]}}"#, "tool_choice.allowed_tools.tools"),
+            (r#"{"type":"allowed_tools","allowed_tools":{"mode":"auto","tools":[{"type":"function","function":{"name":"g"}}]}}"#, "tool_choice.allowed_tools.tools[0].function.name"),
+            (r#"{"type":"allowed_tools","allowed_tools":{"mode":"auto","tools":[{"type":"web_search"}]}}"#, "tool_choice.allowed_tools.tools[0].type"),
+            (r#"{"type":"mcp"}"#, "tool_choice"),
+        ];
+        for (choice, param) in refused {
+            assert_eq!(param_of(&with(choice)).as_deref(), Some(param), "{choice}");
+        }
     }
 }

@@ -300,7 +300,40 @@ fn warnings(policy: &Policy, policy_name: &str, file: &str, raw: &RawConfig, top
         })
     });
     let engine = raw.local.iter().flat_map(local_engine::EngineConfig::warnings).map(|w| format!("{file}: {w}"));
-    guard.chain(shadow).chain(embeddings).chain(unknown_tenants).chain(engine).collect()
+    // Hosted APIs refuse a request without a key; a self-hosted server may take one without.
+    let hosted = |kind: &ProviderKind| match kind {
+        ProviderKind::Openai => Some("openai"),
+        ProviderKind::Azure => Some("azure"),
+        ProviderKind::Anthropic => Some("anthropic"),
+        ProviderKind::OpenaiCompatible => None,
+    };
+    let keyless = raw.providers.iter().filter(|p| p.api_key_env.is_none()).filter_map(move |p| {
+        hosted(&p.kind).map(|kind| format!("{file}: provider {:?} (kind {kind}) has no api_key_env: it is called without a key, which the hosted API refuses", p.name))
+    });
+    guard.chain(shadow).chain(embeddings).chain(unknown_tenants).chain(engine).chain(keyless).chain(open_mode_warning(raw, file)).chain(unreachable_rules(policy, policy_name)).collect()
+}
+
+/// Tenants configured but none with a key: every request is served without one, as tenant
+/// `default`, and the others' limits, budgets and residency never apply (removing the last key
+/// is not a way to lock the gateway).
+fn open_mode_warning(raw: &RawConfig, file: &str) -> Option<String> {
+    let named: Vec<&str> = raw.tenants.iter().map(|t| t.name.as_str()).filter(|n| *n != crate::tenants::DEFAULT_TENANT).collect();
+    (!named.is_empty() && raw.tenants.iter().all(|t| t.keys.is_empty())).then(|| {
+        format!(
+            "{file}: no tenant has keys, so requests need no key and are all served as tenant \"default\": the rate limits, budgets, residency and tags of {} never apply (give a tenant a key to require keys)",
+            named.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+/// Rules after one with no condition never match (only those naming a model are still reached
+/// by requests that name one).
+fn unreachable_rules<'a>(policy: &'a Policy, policy_name: &'a str) -> impl Iterator<Item = String> + 'a {
+    let catch_all = policy.rules.iter().position(|r| r.when.matches_everything());
+    policy.rules.iter().skip(catch_all.map_or(usize::MAX, |i| i + 1)).filter(|r| r.when.requested_model.is_none()).map(move |rule| {
+        let before = catch_all.map_or("", |i| policy.rules[i].name.as_str());
+        format!("{policy_name}: rule {:?} is never reached: rule {before:?} before it has no condition and takes every request", rule.name)
+    })
 }
 
 /// Tenants the shadow evaluation never samples because its remote or judge runs outside their
@@ -874,7 +907,7 @@ mod tests {
         let dir = tempdir();
         let p = policy(&dir, "openai/gpt-4o");
         let text = format!(
-            "[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = [{{ name = \"gpt-4o\" }}]\n"
+            "[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"PATH\"\nmodels = [{{ name = \"gpt-4o\" }}]\n"
         );
         let ok = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap();
         assert_eq!(ok.warnings.len(), 1, "{:?}", ok.warnings);

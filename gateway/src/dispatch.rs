@@ -79,7 +79,7 @@ pub fn plan_with(
         Some(ModelChoice::Target(t)) => Some(t.as_str()),
         Some(ModelChoice::Auto) | None => None,
     };
-    let seen = privacy::inspect(req);
+    let seen = privacy::without_holding_others(privacy::scanned_bytes(req), || privacy::inspect(req));
     let mut tags = caller_tags(headers);
     tags.extend(tenant.tags.iter().cloned());
     // About four characters a token: good enough for routing; usage reports exact counts.

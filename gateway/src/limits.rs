@@ -26,17 +26,23 @@ pub struct Verdict {
     pub retry_after_ms: u64,
 }
 
-/// GCRA on one key's theoretical arrival time `tat` (µs, so that limits of many tokens a minute
-/// keep their precision); returns the verdict and the new `tat`. The whole `limit` may be used at
-/// once (burst = limit); it refills evenly over `period_ms`.
+/// GCRA on one key's theoretical arrival time `tat` (µs); returns the verdict and the new `tat`.
+/// The whole `limit` may be used at once (burst = limit); it refills evenly over `period_ms`.
+/// `cost` units advance `tat` by `cost × period / limit` µs, rounded down once per check (not a
+/// per-unit interval rounded down, which made 40M tokens a minute 1 µs a token: a 60M limit);
+/// what rounding leaves is under a microsecond a check.
 pub fn gcra(tat: Option<u64>, limit: u64, period_ms: u64, cost: u64, now_ms: u64, force: bool) -> (Verdict, u64) {
     let now = now_ms.saturating_mul(1000);
     let period = period_ms.saturating_mul(1000);
-    let interval = (period / limit.max(1)).max(1);
+    let limit = limit.max(1);
+    let span = |units: u64| u64::try_from(u128::from(units) * u128::from(period) / u128::from(limit)).unwrap_or(u64::MAX);
     let tat = tat.unwrap_or(now).max(now);
-    let new_tat = tat.saturating_add(cost.saturating_mul(interval));
+    let new_tat = tat.saturating_add(span(cost));
     let allow_at = new_tat.saturating_sub(period);
-    let remaining_after = |t: u64| period.saturating_sub(t.saturating_sub(now)) / interval;
+    let remaining_after = |t: u64| {
+        let left = u128::from(period.saturating_sub(t.saturating_sub(now)));
+        u64::try_from(left * u128::from(limit) / u128::from(period.max(1))).unwrap_or(u64::MAX)
+    };
     if now < allow_at && !force {
         let verdict = Verdict { allowed: false, remaining: remaining_after(tat), retry_after_ms: (allow_at - now).div_ceil(1000) };
         return (verdict, tat);
@@ -83,6 +89,18 @@ mod tests {
         assert!(v.allowed && v.remaining == 0);
         let (refused, _) = gcra(Some(tat), 200_000, MINUTE_MS, 1, 0, false);
         assert_eq!((refused.allowed, refused.retry_after_ms), (false, 1), "300 µs, rounded up to a millisecond");
+    }
+
+    #[test]
+    fn limits_that_do_not_divide_the_minute_are_kept_exactly() {
+        // 40M a minute is 1.5 µs a token and 7M is 8.57 µs: neither may grow by rounding.
+        for (limit, first) in [(40_000_000, 1_000), (7_000_000, 1_000), (7, 1)] {
+            let (opening, tat) = gcra(None, limit, MINUTE_MS, first, 0, false);
+            assert_eq!(opening.remaining, limit - first, "{limit}");
+            let (rest, tat) = gcra(Some(tat), limit, MINUTE_MS, limit - first, 0, false);
+            assert!(rest.allowed && rest.remaining == 0, "{limit}: {rest:?}");
+            assert!(!gcra(Some(tat), limit, MINUTE_MS, 1, 0, false).0.allowed, "{limit}: one more than the limit");
+        }
     }
 
     #[test]

@@ -66,13 +66,13 @@ enum Command {
         #[arg(long, requires = "remote_share", conflicts_with = "from_shadow")]
         prompts: Option<PathBuf>,
         /// Fraction of the prompts to send to the remote tier, 0..=1.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_shadow")]
         remote_share: Option<f64>,
         /// The shadow store (`[shadow] store`).
         #[arg(long, requires = "target_quality")]
         from_shadow: Option<PathBuf>,
         /// Share of answers that must be as good as the remote model's, 0..=1.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "prompts")]
         target_quality: Option<f64>,
     },
     /// Train a learned complexity scorer on your own labels and write its model file
@@ -323,7 +323,7 @@ fn calibrate_command(
     anyhow::ensure!(!scores.is_empty(), "{} holds no prompt", file.display());
     let split = calibrate::for_remote_share(&scores, share);
     to_stdout(&calibrate::report(&split, &scores))?;
-    if let Some(warning) = calibrate::tie_warning(&split, &scores, share) {
+    if let Some(warning) = calibrate::split_warning(&split, &scores, share) {
         to_stderr(&warning);
     }
     Ok(())
@@ -375,6 +375,7 @@ fn train_router_command(labels: &Path, out: &Path) -> anyhow::Result<()> {
 fn keys_new_command(tenant: &str) -> anyhow::Result<()> {
     // The configuration refuses an empty tenant name: a key for one could never be used.
     anyhow::ensure!(!tenant.trim().is_empty(), "--tenant must name a tenant");
+    anyhow::ensure!(!tenant.chars().any(char::is_control), "--tenant {tenant:?} holds control characters, which a tenant name may not (the configuration refuses it)");
     let key = tenants::new_key();
     to_stdout(&format!(
         "key (shown once; give it to {tenant}): {key}\nadd to [[tenants]] name = {tenant:?}:  keys = [\"{}\"]\n",

@@ -28,8 +28,9 @@ pub fn inspect(req: &ChatRequest) -> Inspection {
     for message in &req.messages {
         visit_message(message, &mut |piece| match piece {
             Piece::Text(text) => {
-                count_pii(scanner, text, &mut out.pii);
-                out.text.push_str(text);
+                let text = unescaped_json(text).map_or(std::borrow::Cow::Borrowed(text), std::borrow::Cow::Owned);
+                count_pii(scanner, &text, &mut out.pii);
+                out.text.push_str(&text);
                 out.text.push('\n');
             }
             Piece::Opaque => *out.pii.entry(PiiKind::Unscannable.as_str().to_owned()).or_insert(0) += 1,
@@ -37,6 +38,38 @@ pub fn inspect(req: &ChatRequest) -> Inspection {
     }
     for_each_other_string(req, &mut |text| count_pii(scanner, text, &mut out.pii));
     out
+}
+
+/// About how many bytes [`inspect`] and [`redact`] scan in `req`: the lengths of its strings.
+pub fn scanned_bytes(req: &ChatRequest) -> usize {
+    let mut total = 0;
+    for message in &req.messages {
+        visit_message(message, &mut |piece| {
+            if let Piece::Text(text) = piece {
+                total += text.len();
+            }
+        });
+    }
+    for_each_other_string(req, &mut |text| total += text.len());
+    total
+}
+
+/// From this many scanned bytes on, a scan tells the runtime it blocks (the scanner's worst
+/// case, text dense with near-matches, is about 20 ms per 64 KiB).
+const HEAVY_SCAN_BYTES: usize = 64 * 1024;
+
+/// Runs `scan`, a scan of `bytes` bytes, without holding up other requests: a large one runs with
+/// the multi-threaded runtime told it blocks, so the requests waiting on this worker thread move
+/// to another (two 4 MB requests of digits used to stall every tenant for seconds). Small scans,
+/// and any on a single-threaded runtime (one core: nowhere to move to), run as they are.
+pub fn without_holding_others<T>(bytes: usize, scan: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi_threaded = Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if bytes >= HEAVY_SCAN_BYTES && multi_threaded {
+        tokio::task::block_in_place(scan)
+    } else {
+        scan()
+    }
 }
 
 /// Keys whose string values are identifiers or enumerations the API defines, never free text:
@@ -161,6 +194,18 @@ fn redact_map(fields: &mut serde_json::Map<String, Value>, f: &mut dyn FnMut(&mu
 }
 
 /// Counts the PII kinds found in `text` into `pii`.
+/// `text` with its JSON `\u` escapes written out, when it is JSON that has some: a tool result
+/// from Python's `json.dumps` escapes every non-ASCII character (the no-break spaces of an IBAN,
+/// an accented email), which the provider's model reads decoded. The scanner then reads what the
+/// model reads; a redacted request sends this form (the same JSON, its placeholders in place).
+fn unescaped_json(text: &str) -> Option<String> {
+    if !text.contains("\\u") || !text.trim_start().starts_with(['{', '[', '"']) {
+        return None;
+    }
+    let value: Value = serde_json::from_str(text).ok()?;
+    serde_json::to_string(&value).ok()
+}
+
 fn count_pii(scanner: &router::PiiScanner, text: &str, pii: &mut BTreeMap<String, u32>) {
     for span in scanner.scan(text) {
         *pii.entry(span.kind.as_str().to_owned()).or_insert(0) += 1;
@@ -262,6 +307,13 @@ pub fn redact(req: &mut ChatRequest) -> Redaction {
     let scanner = router::pii_scanner();
     let mut redaction = Redaction::new();
     // Placeholder-shaped text anywhere in the request is never handed out as a placeholder.
+    // Message texts that are escaped JSON are sent with their escapes written out, so that what
+    // they hide is scanned (and replaced) as the model would read it.
+    for_each_message_text_mut(req, &mut |text: &mut String| {
+        if let Some(unescaped) = unescaped_json(text) {
+            *text = unescaped;
+        }
+    });
     for_each_text_mut(req, &mut |text: &mut String| redaction.avoid(text));
     for_each_text_mut(req, &mut |text: &mut String| {
         let spans = scanner.scan(text);
@@ -276,6 +328,12 @@ pub fn redact(req: &mut ChatRequest) -> Redaction {
 /// arguments, and the other strings a provider sees.
 fn for_each_text_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut String)) {
     for_each_other_string_mut(req, f);
+    for_each_message_text_mut(req, f);
+}
+
+/// The message texts of `req`: text content, text parts and tool-call arguments (what
+/// [`inspect`] reads as the conversation).
+fn for_each_message_text_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut String)) {
     for message in &mut req.messages {
         match &mut message.content {
             Some(MessageContent::Text(text)) => f(text),
@@ -309,12 +367,28 @@ pub fn restore_response(response: &mut ChatResponse, redaction: &Redaction) {
         }
         if let Some(Value::Array(calls)) = choice.message.extra.get_mut("tool_calls") {
             for call in calls {
-                if let Some(Value::String(arguments)) = call.pointer_mut("/function/arguments") {
-                    *arguments = redaction.restore(arguments);
+                for (_, input) in call_inputs(call) {
+                    *input = redaction.restore(input);
                 }
             }
         }
     }
+}
+
+/// A tool call's (or call delta's) model-written input strings, each with whether it is a custom
+/// tool's.
+fn call_inputs(call: &mut Value) -> impl Iterator<Item = (bool, &mut String)> {
+    call.as_object_mut().into_iter().flat_map(|fields| fields.iter_mut()).filter_map(|(key, value)| {
+        let (custom, field) = match key.as_str() {
+            "function" => (false, "arguments"),
+            "custom" => (true, "input"),
+            _ => return None,
+        };
+        match value.get_mut(field) {
+            Some(Value::String(input)) => Some((custom, input)),
+            _ => None,
+        }
+    })
 }
 
 /// Restores placeholders in a stream, one [`Restorer`] per choice; text that may be a split
@@ -323,15 +397,19 @@ pub fn restore_response(response: &mut ChatResponse, redaction: &Redaction) {
 pub struct StreamRestorer {
     redaction: Redaction,
     choices: HashMap<u32, Restorer>,
+    /// A tool call's input as it streams, by choice and call index (and whether it is a custom
+    /// tool's `input` rather than a function's `arguments`).
+    calls: HashMap<(u32, u64), (Restorer, bool)>,
 }
 
 impl StreamRestorer {
     /// A restorer for `redaction`'s placeholders.
     pub fn new(redaction: Redaction) -> Self {
-        Self { redaction, choices: HashMap::new() }
+        Self { redaction, choices: HashMap::new(), calls: HashMap::new() }
     }
 
-    /// Restores `chunk` in place.
+    /// Restores `chunk` in place: its text, and its tool calls' arguments (a placeholder split
+    /// between two pieces waits for the next one; what is held is flushed with `finish_reason`).
     pub fn restore(&mut self, chunk: &mut ChatChunk) {
         for choice in &mut chunk.choices {
             let restorer = self.choices.entry(choice.index).or_default();
@@ -345,7 +423,52 @@ impl StreamRestorer {
             if choice.delta.content.is_some() || text.as_deref().is_some_and(|t| !t.is_empty()) {
                 choice.delta.content = text;
             }
+            if let Some(Value::Array(calls)) = choice.delta.extra.get_mut("tool_calls") {
+                for call in calls.iter_mut() {
+                    let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    for (custom, input) in call_inputs(call) {
+                        let (restorer, _) = self.calls.entry((choice.index, index)).or_insert_with(|| (Restorer::default(), custom));
+                        *input = restorer.push(&self.redaction, input);
+                    }
+                }
+            }
+            if choice.finish_reason.is_some() {
+                let held = self.held_call_inputs(choice.index);
+                if !held.is_empty() {
+                    let calls = choice.delta.extra.entry("tool_calls").or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(calls) = calls {
+                        calls.extend(held);
+                    }
+                }
+            }
         }
+    }
+
+    /// The call input held back for `choice` (text that looked like the start of a
+    /// placeholder), as tool-call deltas, once the choice has finished.
+    fn held_call_inputs(&mut self, choice: u32) -> Vec<Value> {
+        let mut ended: Vec<(u64, Restorer, bool)> = Vec::new();
+        self.calls.retain(|&(c, index), (restorer, custom)| {
+            if c != choice {
+                return true;
+            }
+            ended.push((index, std::mem::take(restorer), *custom));
+            false
+        });
+        ended.sort_by_key(|(index, ..)| *index);
+        ended
+            .into_iter()
+            .filter_map(|(index, mut restorer, custom)| {
+                let rest = restorer.finish();
+                (!rest.is_empty()).then(|| {
+                    if custom {
+                        serde_json::json!({"index": index, "custom": {"input": rest}})
+                    } else {
+                        serde_json::json!({"index": index, "function": {"arguments": rest}})
+                    }
+                })
+            })
+            .collect()
     }
 }
 
@@ -355,6 +478,31 @@ mod tests {
 
     fn request(json: serde_json::Value) -> ChatRequest {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn pii_hidden_behind_json_escapes_is_found_and_redacted() {
+        // `json.dumps` (ensure_ascii) writes an IBAN's no-break spaces and an accented email as
+        // `\u` escapes; the provider's model reads them decoded.
+        let tool_result = serde_json::to_string(&serde_json::json!({"iban": "FR76\u{a0}3000\u{a0}6000\u{a0}0112\u{a0}3456\u{a0}7890\u{a0}189"})).unwrap().replace('\u{a0}', "\\u00a0");
+        assert!(tool_result.contains("\\u00a0"), "{tool_result}");
+        let arguments = r#"{"to": "jane.doe\u0040example.com"}"#;
+        let mut req = request(serde_json::json!({"model": "auto", "messages": [
+            {"role": "user", "content": "Summarise customer 42"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "mail", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": tool_result},
+        ]}));
+        let seen = inspect(&req);
+        assert_eq!((seen.pii.get("iban"), seen.pii.get("email")), (Some(&1), Some(&1)), "{:?}", seen.pii);
+        let redaction = redact(&mut req);
+        assert_eq!(redaction.len(), 2);
+        let sent = serde_json::to_string(&req).unwrap();
+        assert!(!sent.contains("3456") && !sent.contains("example.com") && !sent.contains("0040"), "{sent}");
+        // Plain JSON without escapes is sent as written.
+        let plain = r#"{"id":  "42"}"#;
+        let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "tool", "tool_call_id": "c1", "content": plain}]}));
+        redact(&mut req);
+        assert_eq!(req.messages[0].content.as_ref().and_then(MessageContent::text).as_deref(), Some(plain));
     }
 
     #[test]

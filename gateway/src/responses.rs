@@ -103,6 +103,7 @@ pub fn responses_param(chat: &str) -> Option<String> {
         // Instructions and earlier turns come first in the chat messages: the index would mislead.
         p if p == "messages" || p.starts_with("messages[") => "input".to_owned(),
         "tool_choice.function.name" | "tool_choice.function" => "tool_choice.name".to_owned(),
+        p if p.starts_with("tool_choice.allowed_tools.") => p.replacen("tool_choice.allowed_tools.", "tool_choice.", 1).replacen("].function", "]", 1),
         "response_format" => "text.format".to_owned(),
         // Log-probabilities are asked for through `include` here.
         "logprobs" => "include".to_owned(),
@@ -445,6 +446,20 @@ pub fn to_chat(req: &ResponsesRequest, history: &[ChatMessage], input: &[ChatMes
     let tool_choice = req.tool_choice.as_ref().map(|choice| match choice {
         Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
             json!({"type": "function", "function": {"name": o.get("name").cloned().unwrap_or(Value::Null)}})
+        }
+        // `{"type": "allowed_tools", "mode", "tools": [{"type": "function", "name"}]}` → chat's shape.
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("allowed_tools") => {
+            let tools: Vec<Value> = o.get("tools").and_then(Value::as_array).into_iter().flatten().map(|tool| match tool.get("type").and_then(Value::as_str) {
+                Some("function") => json!({"type": "function", "function": {"name": tool.get("name").cloned().unwrap_or(Value::Null)}}),
+                _ => tool.clone(),
+            }).collect();
+            let mut allowed = Map::new();
+            for (key, value) in [("mode", o.get("mode").cloned()), ("tools", o.get("tools").map(|_| Value::Array(tools)))] {
+                if let Some(value) = value {
+                    allowed.insert(key.into(), value);
+                }
+            }
+            json!({"type": "allowed_tools", "allowed_tools": allowed})
         }
         other => other.clone(),
     });
@@ -952,6 +967,14 @@ mod tests {
     }
 
     #[test]
+    fn allowed_tools_become_chats_allowed_tools() {
+        let req = request(json!({"model": "auto", "input": "hi", "tools": [{"type": "function", "name": "a"}, {"type": "function", "name": "b"}],
+            "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "b"}]}}));
+        let chat = to_chat(&req, &[], &input_messages(&req).unwrap()).unwrap();
+        assert_eq!(chat.tool_choice, Some(json!({"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "b"}}]}})));
+    }
+
+    #[test]
     fn function_calls_and_outputs_become_tool_calls_and_tool_messages() {
         let req = request(json!({"model": "auto", "input": [
             {"role": "user", "content": [{"type": "input_text", "text": "weather?"}]},
@@ -1101,6 +1124,8 @@ mod tests {
             ("messages[3].content", Some("input")),
             ("tools[1].function.parameters", Some("tools[1].parameters")),
             ("tool_choice.function.name", Some("tool_choice.name")),
+            ("tool_choice.allowed_tools.tools[2].function.name", Some("tool_choice.tools[2].name")),
+            ("tool_choice.allowed_tools.mode", Some("tool_choice.mode")),
             ("response_format.json_schema.schema", Some("text.format.schema")),
             ("response_format.type", Some("text.format.type")),
             ("logprobs", Some("include")),

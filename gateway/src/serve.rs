@@ -35,8 +35,9 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         warn!("{warning}");
     }
     crate::open_files::raise_for(config.server.max_connections);
-    let state = AppState::build(config)?;
+    // Bound first: a port in use stops the start before any model is loaded.
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let state = AppState::build(config)?;
     // Tests and scripts read this line to learn the port when listening on port 0.
     info!(addr = %listener.local_addr()?, "listening");
     let app = crate::app::build(Arc::clone(&state));
@@ -133,6 +134,7 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     }
     renewer.abort();
     refresher.abort();
+    publish_last_figures(&state).await;
     #[cfg(unix)]
     hangups.abort();
     if let Some(local) = &state.local {
@@ -145,6 +147,18 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     match engine_failure.get() {
         Some(reason) => Err(anyhow::anyhow!("the local engine could not start: {reason}")),
         None => Ok(()),
+    }
+}
+
+/// The last seconds' figures (the drain's requests among them) reach the cluster view before
+/// the process goes: the refresher publishes every few seconds, and a restarted replica has a
+/// new id, so nothing would publish these again.
+async fn publish_last_figures(state: &AppState) {
+    let Some(cluster) = &state.cluster else { return };
+    match tokio::time::timeout(SETTLE_DEADLINE, cluster.publish(&state.ledger.rollups, crate::accounting::unix_ms())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(error = %err, "could not publish this replica's last figures; the cluster view misses its last seconds"),
+        Err(_) => warn!(deadline_s = SETTLE_DEADLINE.as_secs(), "publishing this replica's last figures timed out; the cluster view misses its last seconds"),
     }
 }
 

@@ -89,10 +89,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Starts the engine (its model loads in the background) and builds the providers.
+    /// Reads the secrets, builds the providers and starts the engine (its model loads in the
+    /// background): a missing secret stops the start before any model is loaded.
     pub fn build(config: GatewayConfig) -> anyhow::Result<Arc<Self>> {
-        let local = match &config.local {
-            Some(engine) => Some(LocalProvider::new(EngineHandle::start(engine.clone()).context("starting the local engine")?)),
+        let admin_key = match &config.server.admin_key_env {
+            // The variable's name may be logged; its value never is.
+            // An empty key would open the admin pages to an empty password.
+            Some(var) => Some(secret_from_env(var, &format!("server.admin_key_env: environment variable {var}"))?),
             None => None,
         };
         // Keep-alive connection pools per host: TLS via rustls with the system's roots for
@@ -117,6 +120,10 @@ impl AppState {
             let provider = Arc::new(Guarded::new(&p.name, provider, p.breaker_config()));
             remotes.insert(p.name.clone(), Remote { provider, targets });
         }
+        let local = match &config.local {
+            Some(engine) => Some(LocalProvider::new(EngineHandle::start(engine.clone()).context("starting the local engine")?)),
+            None => None,
+        };
         let catalog = Catalog::new(config.local.as_ref().map(|l| l.name.as_str()), &config.providers);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let router = config.router();
@@ -135,12 +142,6 @@ impl AppState {
             None => None,
         };
         let baseline = config.metrics.as_ref().and_then(|m| m.baseline_model.clone());
-        let admin_key = match &config.server.admin_key_env {
-            // The variable's name may be logged; its value never is.
-            // An empty key would open the admin pages to an empty password.
-            Some(var) => Some(secret_from_env(var, &format!("server.admin_key_env: environment variable {var}"))?),
-            None => None,
-        };
         let tenants = Tenants::new(&config.tenants);
         let redis = match &config.redis {
             Some(redis) => Some(Arc::new(RedisStore::new(redis).context("configuring Redis")?)),

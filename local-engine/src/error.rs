@@ -13,6 +13,15 @@ pub enum EngineError {
         /// Completion tokens asked for.
         max_tokens: u32,
     },
+    /// The prompt's text is too long to fit in the context whatever its tokens (found before
+    /// tokenizing it, so its exact count is not known).
+    #[error("This model's maximum context length is {context} tokens. However, the messages are at least {at_least} tokens long (counted without tokenizing them, as they cannot fit). Please reduce the length of the messages.")]
+    PromptCannotFit {
+        /// Context (KV cells) one sequence may use.
+        context: u32,
+        /// Fewest tokens the prompt's text can make.
+        at_least: u32,
+    },
     /// The waiting queue is full.
     #[error("the local engine is overloaded: {queue} requests are already waiting")]
     Overloaded {

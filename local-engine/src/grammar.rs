@@ -17,7 +17,7 @@
 //! values in a way the grammar cannot guarantee (`pattern`, `allOf`, `not`, `if`, `format` other
 //! than plain strings, `multipleOf`, …) is refused with [`GrammarError`], never silently ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
@@ -62,11 +62,21 @@ struct Builder<'a> {
     refs: BTreeMap<String, String>,
     /// `$ref`s being expanded (a cycle is refused).
     visiting: Vec<String>,
+    /// The next suffix to try per rule name taken (`name-2`, `name-3`…): many properties whose
+    /// names read alike as rule names (`αβγ`, `δεζ` are both `---`) cost one try each, not one
+    /// per rule made before them.
+    next_suffix: HashMap<String, usize>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(root: &'a Value, bounds: Bounds) -> Self {
+        Self { root, bounds, rules: BTreeMap::new(), refs: BTreeMap::new(), visiting: Vec::new(), next_suffix: HashMap::new() }
+    }
 }
 
 /// The grammar (root rule `root`) of instances of `schema`.
 pub fn schema_grammar(schema: &Value, bounds: Bounds) -> Result<String, GrammarError> {
-    let mut b = Builder { root: schema, bounds, rules: BTreeMap::new(), refs: BTreeMap::new(), visiting: Vec::new() };
+    let mut b = Builder::new(schema, bounds);
     let body = b.visit(schema, "#", "root")?;
     b.rules.insert("root".into(), body);
     Ok(b.finish())
@@ -74,7 +84,7 @@ pub fn schema_grammar(schema: &Value, bounds: Bounds) -> Result<String, GrammarE
 
 /// The grammar of any JSON object (`response_format: json_object`), bounded by `bounds`.
 pub fn json_object_grammar(bounds: Bounds) -> String {
-    let mut b = Builder { root: &Value::Null, bounds, rules: BTreeMap::new(), refs: BTreeMap::new(), visiting: Vec::new() };
+    let mut b = Builder::new(&Value::Null, bounds);
     let body = b.free_object(0);
     b.rules.insert("root".into(), body);
     b.finish()
@@ -103,7 +113,7 @@ pub enum TextAnswer<'a> {
 /// (`tool_choice: auto`): free text never starts with `{` or whitespace, a JSON answer's object
 /// opens with `{` and whitespace, where a call opens `{"`.
 pub fn tool_call_grammar(tools: &[(String, Value)], text: TextAnswer<'_>, bounds: Bounds) -> Result<String, GrammarError> {
-    let mut b = Builder { root: &Value::Null, bounds, rules: BTreeMap::new(), refs: BTreeMap::new(), visiting: Vec::new() };
+    let mut b = Builder::new(&Value::Null, bounds);
     let mut calls = Vec::new();
     for (i, (name, parameters)) in tools.iter().enumerate() {
         b.root = parameters;
@@ -452,7 +462,16 @@ impl Builder<'_> {
     /// body is built cannot take it.
     fn fresh(&mut self, name: String) -> String {
         let name = if self.rules.contains_key(&name) {
-            (2..=self.rules.len() + 2).map(|i| format!("{name}-{i}")).find(|n| !self.rules.contains_key(n)).unwrap_or(name)
+            let next = self.next_suffix.entry(name.clone()).or_insert(2);
+            // One of the next `rules.len() + 1` suffixes is free.
+            let free = (*next..=*next + self.rules.len()).map(|i| (i, format!("{name}-{i}"))).find(|(_, n)| !self.rules.contains_key(n));
+            match free {
+                Some((i, free)) => {
+                    *next = i + 1;
+                    free
+                }
+                None => name,
+            }
         } else {
             name
         };

@@ -289,7 +289,7 @@ impl<'m> Scheduler<'m> {
         // without tokenizing megabytes on the engine thread (every sequence waits for it).
         let at_least = u32::try_from(text.len() / self.longest_piece).unwrap_or(u32::MAX);
         if at_least >= context {
-            return Err(too_long(at_least, request.sampling.max_tokens.unwrap_or(1)));
+            return Err(EngineError::PromptCannotFit { context, at_least });
         }
         let vocab = self.model.vocab();
         let bos_text = vocab.token_to_piece(vocab.bos(), true, None);

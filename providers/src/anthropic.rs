@@ -22,6 +22,7 @@ fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
 /// The Messages API body for `req`. Fields with no Anthropic equivalent that would change the
 /// answer are refused (400 naming the field); harmless ones are dropped.
 pub fn request_body(req: &ChatRequest, default_max_tokens: Option<u32>) -> Result<Value, ProviderError> {
+    let req = &*req.with_allowed_tools_applied();
     refuse_unsupported(req)?;
     let mut system = Vec::new();
     let mut messages: Vec<(String, Vec<Value>)> = Vec::new();
@@ -103,6 +104,9 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), ProviderError> {
     }
     if req.extra.get("logprobs").and_then(Value::as_bool) == Some(true) || req.extra.get("top_logprobs").is_some_and(|v| !v.is_null()) {
         return Err(invalid("logprobs are not supported by Anthropic models", "logprobs"));
+    }
+    if let Some(param) = req.custom_tool_param() {
+        return Err(invalid("custom tools are not supported by Anthropic models; send function tools", &param));
     }
     // Anthropic refuses them itself; named here, the client learns which field to change.
     if req.stop.as_ref().is_some_and(|stop| stop.to_vec().iter().any(|s| s.trim().is_empty())) {
@@ -508,6 +512,24 @@ mod tests {
         for foreign in ["seed", "presence_penalty", "n", "user", "parallel_tool_calls", "stop", "stream_options"] {
             assert!(body.get(foreign).is_none(), "{foreign} must not be sent");
         }
+    }
+
+    #[test]
+    fn allowed_tools_narrow_the_tools_and_custom_tools_are_refused_by_name() {
+        let tools = json!([{"type": "function", "function": {"name": "a"}}, {"type": "function", "function": {"name": "b"}}, {"type": "custom", "custom": {"name": "c"}}]);
+        let allowed = json!({"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "b"}}]}});
+        let body = request_body(&req(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": allowed})), None).unwrap();
+        assert_eq!(body["tools"].as_array().map(|t| t.iter().map(|t| t["name"].clone()).collect::<Vec<_>>()), Some(vec![json!("b")]));
+        assert_eq!(body["tool_choice"], json!({"type": "any"}));
+        let refused = |body: Value| match request_body(&req(body), None) {
+            Err(ProviderError::InvalidRequest { param, .. }) => param,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(refused(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools})).as_deref(), Some("tools[2].type"));
+        let history = json!([{"role": "user", "content": "x"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "1", "type": "custom", "custom": {"name": "c", "input": "ls"}}]},
+            {"role": "tool", "tool_call_id": "1", "content": "ok"}]);
+        assert_eq!(refused(json!({"model": "m", "messages": history})).as_deref(), Some("messages[1].tool_calls[0].type"));
     }
 
     #[test]

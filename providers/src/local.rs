@@ -50,6 +50,10 @@ fn generation_request(req: &ChatRequest) -> Result<(GenerationRequest, Option<To
     if let Some((field, why)) = req.openai_only_field("the local model") {
         return Err(invalid(&why, field));
     }
+    let req = &*req.with_allowed_tools_applied();
+    if let Some(param) = req.custom_tool_param() {
+        return Err(invalid("custom tools are not supported by the local model; send function tools", &param));
+    }
     let structure = Structure::of(req)?;
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     for (i, m) in req.messages.iter().enumerate() {
@@ -438,7 +442,7 @@ fn tool_delta(calls: Value) -> Delta {
 
 fn engine_error(err: &EngineError) -> ProviderError {
     match err {
-        EngineError::ContextLengthExceeded { .. } => ProviderError::ContextLengthExceeded { message: err.to_string() },
+        EngineError::ContextLengthExceeded { .. } | EngineError::PromptCannotFit { .. } => ProviderError::ContextLengthExceeded { message: err.to_string() },
         EngineError::Overloaded { .. } => ProviderError::Overloaded { message: err.to_string(), retry_after_s: 1 },
         EngineError::Grammar { .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some("response_format".into()) },
         EngineError::InvalidParameter { param, .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some((*param).into()) },

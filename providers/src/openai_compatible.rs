@@ -227,7 +227,7 @@ impl OpenAiCompatible {
     /// the client can still be retried.
     async fn open_stream(&self, model: &str, body: &bytes::Bytes, endpoint: Endpoint) -> Result<(Vec<eventsource_stream::Event>, Events), Failure> {
         let response = self.send_once(model, body, endpoint).await?;
-        let mut events: Events = response.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
+        let mut events: Events = without_bom(response.bytes_stream()).eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
         // Anthropic's opening events (`message_start`, `ping`, a block's start) carry no answer:
         // they are read with the first that does, so an error that follows them (an overloaded
         // API) still comes before the first byte reaches the client, and can be retried.
@@ -787,12 +787,41 @@ fn openai_chunk(data: &str, completion: bool) -> Result<ChatChunk, String> {
     serde_json::from_value::<ChatChunk>(value).map_err(|e| format!("unreadable chunk: {e}"))
 }
 
+/// A body without its leading UTF-8 byte-order mark, which SSE allows (servers writing UTF-8
+/// the .NET way send one) and the event parser cannot take: it cuts a character boundary inside
+/// the mark and panics.
+fn without_bom<E>(body: impl futures::Stream<Item = Result<bytes::Bytes, E>>) -> impl futures::Stream<Item = Result<bytes::Bytes, E>> {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    // The body's first bytes, held until there are enough to tell whether they are the mark.
+    let mut opening: Option<Vec<u8>> = Some(Vec::new());
+    body.filter_map(move |piece| {
+        let out = match piece {
+            Ok(piece) => match &mut opening {
+                Some(first_bytes) => {
+                    first_bytes.extend_from_slice(&piece);
+                    if first_bytes.len() < BOM.len() && BOM.starts_with(first_bytes) {
+                        None
+                    } else {
+                        let start = if first_bytes.starts_with(BOM) { BOM.len() } else { 0 };
+                        let whole = bytes::Bytes::from(std::mem::take(first_bytes));
+                        opening = None;
+                        Some(Ok(whole.slice(start..)))
+                    }
+                }
+                None => Some(Ok(piece)),
+            },
+            Err(err) => Some(Err(err)),
+        };
+        futures::future::ready(out)
+    })
+}
+
 /// Runs the upstream stream decoder (SSE framing, then the dialect's chunk translation) over a
 /// body that arrives in `pieces`, all at once. The same code path as a live stream, without a
 /// socket: for fuzzing and tests.
 pub fn decode_stream(pieces: Vec<Vec<u8>>, anthropic: bool) -> Vec<Result<ChatChunk, ProviderError>> {
     let bytes = stream::iter(pieces.into_iter().map(|p| Ok::<_, std::io::Error>(bytes::Bytes::from(p))));
-    let events: Events = bytes.eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
+    let events: Events = without_bom(bytes).eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
     let chunks = if anthropic { anthropic_chunks(events, "fuzz".into()) } else { openai_chunks(events, "fuzz".into(), false) };
     // Every piece is ready at once and nothing here waits on a timer: one poll finishes it.
     futures::FutureExt::now_or_never(chunks.collect::<Vec<_>>()).unwrap_or_default()
@@ -843,6 +872,12 @@ mod tests {
         }
         let broken = decode_stream(vec![b"data: {not json}\n\n".to_vec()], false);
         assert!(matches!(broken.as_slice(), [Err(ProviderError::Upstream { .. })]));
+        // A leading byte-order mark (SSE allows one) is dropped, however the body is split.
+        let marked = [b"\xEF\xBB\xBF".as_slice(), body].concat();
+        for split in 0..8 {
+            let pieces = vec![marked[..split].to_vec(), marked[split..].to_vec()];
+            assert_eq!(format!("{:?}", decode_stream(pieces, false)), format!("{whole:?}"), "mark split at {split}");
+        }
     }
 
     #[test]

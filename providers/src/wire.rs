@@ -80,6 +80,53 @@ impl ChatRequest {
         Some(why)
     }
 
+    /// For a model that knows only a tool list and a mode: `tool_choice: {"type":
+    /// "allowed_tools", …}` becomes the tools it allows and its mode (`auto` or `required`);
+    /// allowing none in `auto` mode is no tools at all. Other requests are left as they are.
+    pub fn apply_allowed_tools(&mut self) {
+        let Some(allowed) = self.tool_choice.as_ref().filter(|c| c.get("type").and_then(Value::as_str) == Some("allowed_tools")) else { return };
+        let named = |tool: &Value| -> Option<(String, String)> {
+            let kind = tool.get("type")?.as_str()?;
+            Some((kind.to_owned(), tool.get(kind)?.get("name")?.as_str()?.to_owned()))
+        };
+        let listed: Vec<(String, String)> = allowed.pointer("/allowed_tools/tools").and_then(Value::as_array).into_iter().flatten().filter_map(named).collect();
+        let mode = allowed.pointer("/allowed_tools/mode").cloned().unwrap_or_else(|| Value::String("auto".into()));
+        if let Some(Value::Array(tools)) = &mut self.tools {
+            tools.retain(|tool| named(tool).is_some_and(|n| listed.contains(&n)));
+        }
+        if self.tools.as_ref().and_then(Value::as_array).is_none_or(Vec::is_empty) {
+            self.tools = None;
+            self.tool_choice = None;
+        } else {
+            self.tool_choice = Some(mode);
+        }
+    }
+
+    /// The request as a model that knows only a tool list and a mode sees it
+    /// ([`Self::apply_allowed_tools`]); borrowed when there is nothing to apply.
+    pub fn with_allowed_tools_applied(&self) -> std::borrow::Cow<'_, Self> {
+        if self.tool_choice.as_ref().and_then(|c| c.get("type")).and_then(Value::as_str) == Some("allowed_tools") {
+            let mut narrowed = self.clone();
+            narrowed.apply_allowed_tools();
+            std::borrow::Cow::Owned(narrowed)
+        } else {
+            std::borrow::Cow::Borrowed(self)
+        }
+    }
+
+    /// Where the request uses a custom (free-form input) tool, a definition or an earlier call,
+    /// as the parameter a model with function tools only names in its refusal.
+    pub fn custom_tool_param(&self) -> Option<String> {
+        let custom = |t: &Value| t.get("type").and_then(Value::as_str) == Some("custom");
+        if let Some(i) = self.tools.as_ref().and_then(Value::as_array).and_then(|tools| tools.iter().position(custom)) {
+            return Some(format!("tools[{i}].type"));
+        }
+        self.messages.iter().enumerate().find_map(|(i, m)| {
+            let j = m.extra.get("tool_calls").and_then(Value::as_array)?.iter().position(custom)?;
+            Some(format!("messages[{i}].tool_calls[{j}].type"))
+        })
+    }
+
     /// The completion-token cap, preferring `max_completion_tokens`.
     pub fn max_output_tokens(&self) -> Option<u32> {
         self.max_completion_tokens.or(self.max_tokens)
@@ -516,5 +563,25 @@ mod tests {
         let bare: Choice = serde_json::from_str(r#"{"index":0,"message":{"role":"assistant"}}"#).unwrap();
         assert_eq!((bare.finish_reason, bare.logprobs, bare.message.content), (None, None, None));
         assert!(serde_json::from_str::<ChatChunk>("[1]").is_err());
+    }
+
+    #[test]
+    fn allowed_tools_become_the_tools_they_allow_and_their_mode() {
+        let request = |choice: Value| -> ChatRequest {
+            serde_json::from_value(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": choice, "tools": [
+                {"type": "function", "function": {"name": "a"}}, {"type": "function", "function": {"name": "b"}}, {"type": "custom", "custom": {"name": "a"}}]}))
+            .unwrap()
+        };
+        let mut req = request(serde_json::json!({"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "a"}}]}}));
+        req.apply_allowed_tools();
+        assert_eq!(req.tools, Some(serde_json::json!([{"type": "function", "function": {"name": "a"}}])));
+        assert_eq!(req.tool_choice, Some(serde_json::json!("required")));
+        let mut none = request(serde_json::json!({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}));
+        none.apply_allowed_tools();
+        assert_eq!((none.tools, none.tool_choice), (None, None));
+        let mut named = request(serde_json::json!({"type": "function", "function": {"name": "b"}}));
+        let before = named.clone();
+        named.apply_allowed_tools();
+        assert_eq!(named, before);
     }
 }

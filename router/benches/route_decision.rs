@@ -144,6 +144,27 @@ fn percentiles() {
         black_box(learned_score(&scorer, black_box(&long)));
     });
     println!();
+    // Redact and restore a hostile request: thousands of placeholder-shaped words the author typed
+    // and hundreds of values (each costs in proportion to the text, not its square).
+    println!("| redact + restore | calls | p50 ms | max ms |\n|---|---|---|---|");
+    for (words, values) in [(1000, 100), (4000, 200), (8000, 400)] {
+        let typed: Vec<String> = (1..=words).map(|i| format!("<EMAIL_{i}>")).collect();
+        let emails: Vec<String> = (0..values).map(|i| format!("u{i}@example.com")).collect();
+        let text = format!("{} {}", typed.join(" "), emails.join(" "));
+        let spans = scan_pii(&text);
+        let mut times: Vec<f64> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                let mut redaction = router::Redaction::new();
+                let redacted = redaction.redact(&text, &spans);
+                black_box(redaction.restore(&redacted));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        println!("| {words} typed placeholders, {values} values ({} KB) | 5 | {:.2} | {:.2} |", text.len() / 1024, times[2], times[4]);
+    }
+    println!();
 }
 
 criterion_group!(benches, bench);

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use wildmatch::WildMatch;
 
-use crate::complexity::{BaselineScorer, ComplexityScorer};
+use crate::complexity::{BaselineScorer, ComplexityScore, ComplexityScorer};
 use crate::guard::{violation, Topology};
 use crate::signals::{features, Features};
 use crate::{Hardness, OnViolation, Policy, Rule};
@@ -170,6 +170,13 @@ pub struct Router {
     scorer: Box<dyn ComplexityScorer>,
 }
 
+/// A score is a sum of float terms: to a billionth (far finer than any threshold) it is shown
+/// without their noise (0.0002, not 0.00019999999999999998), and compared as shown.
+fn without_float_noise(mut complexity: ComplexityScore) -> ComplexityScore {
+    complexity.score = (complexity.score * 1e9).round() / 1e9;
+    complexity
+}
+
 impl Router {
     /// A router with the baseline complexity scorer.
     pub fn new(policy: Policy, topology: Topology) -> Self {
@@ -200,7 +207,7 @@ impl Router {
     pub fn decide(&self, input: &RouteInput<'_>) -> Decision {
         let policy = &self.policy;
         let features = features(input.text, input.turns, input.has_tools);
-        let complexity = self.scorer.score(input.text, &features, input.prompt_tokens);
+        let complexity = without_float_noise(self.scorer.score(input.text, &features, input.prompt_tokens));
         let hard = complexity.score >= policy.classifier.complexity_threshold;
         let privacy = PrivacySummary::of(input);
         let is_auto = input.requested_model == "auto";
@@ -521,6 +528,15 @@ route = "local"
     }
 
     const HARD_TEXT: &str = "Prove step by step that the algorithm's complexity is optimal; derive x^2 = y = z.";
+
+    #[test]
+    fn complexity_is_shown_without_float_noise() {
+        let router = policy();
+        for text in ["Hi", HARD_TEXT, "Summarise this: the quick brown fox jumps over the lazy dog, twice.", &"why? ".repeat(300)] {
+            let shown = decide(&router, &input("auto", text)).complexity.to_string();
+            assert!(shown.len() <= 11, "{shown} for {text:?}");
+        }
+    }
 
     #[test]
     fn easy_auto_request_falls_through_to_default_local() {

@@ -197,7 +197,7 @@ impl Policy {
                     }
                     }
                 }
-                auto_taken |= rule.when.matches_all_of(&tenant.name);
+                auto_taken |= rule.when.matches_all_of(&tenant.name, &tenant.tags);
             }
         }
         problems
@@ -302,6 +302,18 @@ mod tests {
         let problems = Policy::parse(&text).unwrap().residency_problems(&text, &topology(), &us);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].message.contains("\"default\".route"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_privacy_rule_naming_a_tenants_own_tag_takes_all_its_requests() {
+        // The README's walkthrough: acme-eu's requests all carry `confidential`, so the first rule
+        // takes every one of them and the remote rule after it never sees them.
+        let eu = |tags: Vec<String>| vec![TenantProfile { name: "acme".into(), residency: vec!["eu".into()], tags }];
+        let text = "[[rule]]\nname = \"private\"\nwhen.privacy = [\"pii\", \"Confidential\"]\nroute = \"local\"\n\n[[rule]]\nname = \"hard\"\nroute = \"openai/gpt-4o\"\n";
+        let policy = Policy::parse(text).unwrap();
+        assert!(policy.residency_problems(text, &topology(), &eu(vec!["confidential".into()])).is_empty());
+        let problems = policy.residency_problems(text, &topology(), &eu(vec!["internal".into()]));
+        assert!(problems.len() == 1 && problems[0].message.contains("\"hard\".route"), "{problems:?}");
     }
 
     #[test]

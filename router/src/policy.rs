@@ -111,19 +111,22 @@ fn tag_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Str
 impl When {
     /// True when the rule has no condition at all.
     pub fn matches_everything(&self) -> bool {
-        self.tenant.is_empty() && self.only_tenant_condition()
+        self.tenant.is_empty() && self.privacy.is_empty() && self.only_tenant_and_privacy_conditions()
     }
 
-    /// True when the rule matches every request of `tenant`: no condition but, maybe, a tenant
-    /// list naming it. Later rules then never see that tenant's requests.
-    pub fn matches_all_of(&self, tenant: &str) -> bool {
-        (self.tenant.is_empty() || self.tenant.iter().any(|t| t == tenant)) && self.only_tenant_condition()
+    /// True when the rule matches every request of `tenant`, whose own privacy tags are
+    /// `tenant_tags`: no condition but, maybe, a tenant list naming it and a privacy condition
+    /// naming one of its tags. Later rules then never see that tenant's requests.
+    pub fn matches_all_of(&self, tenant: &str, tenant_tags: &[String]) -> bool {
+        let tenant_holds = self.tenant.is_empty() || self.tenant.iter().any(|t| t == tenant);
+        // The tenant's own tags are on every one of its requests.
+        let privacy_holds = self.privacy.is_empty() || self.privacy.iter().any(|p| tenant_tags.iter().any(|t| t.eq_ignore_ascii_case(p)));
+        tenant_holds && privacy_holds && self.only_tenant_and_privacy_conditions()
     }
 
-    /// No condition other than `tenant`.
-    fn only_tenant_condition(&self) -> bool {
-        self.privacy.is_empty()
-            && self.complexity.is_none()
+    /// No condition other than `tenant` and `privacy`.
+    fn only_tenant_and_privacy_conditions(&self) -> bool {
+        self.complexity.is_none()
             && self.requested_model.is_none()
             && self.min_prompt_tokens.is_none()
             && self.budget_used_over.is_none()

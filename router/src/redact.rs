@@ -2,17 +2,28 @@
 //! and placeholders in the answer become the original values again — also in streams, where a
 //! placeholder may arrive split across chunks.
 
+use std::collections::{HashMap, HashSet};
+
 use crate::pii::PiiSpan;
 
 /// The placeholders given out for one request and the values they stand for. The same value
 /// always gets the same placeholder, so the upstream model can still tell two people apart.
+/// Every lookup is hashed: a request with thousands of values or placeholder-shaped words, or an
+/// answer full of `<`, costs time in proportion to its length.
 #[derive(Debug, Clone, Default)]
 pub struct Redaction {
     /// (placeholder, value), in order of first appearance.
     entries: Vec<(String, String)>,
+    /// Index into `entries` by value, and by placeholder.
+    by_value: HashMap<String, usize>,
+    by_placeholder: HashMap<String, usize>,
+    /// The last number given out per placeholder prefix (`<EMAIL_`).
+    last_number: HashMap<String, usize>,
+    /// The longest placeholder given out: text longer than it cannot become one.
+    longest: usize,
     /// Placeholder-shaped text the request already contains (`<EMAIL_1>` typed by its author):
     /// never handed out, so restoring never turns the author's text into someone's data.
-    taken: Vec<String>,
+    taken: HashSet<String>,
 }
 
 impl Redaction {
@@ -31,8 +42,8 @@ impl Redaction {
             let token_len = placeholder_len(rest);
             if let Some(len) = token_len {
                 let token = &rest[..len];
-                if !self.taken.iter().any(|t| t == token) {
-                    self.taken.push(token.to_owned());
+                if !self.taken.contains(token) {
+                    self.taken.insert(token.to_owned());
                 }
             }
             rest = &rest[token_len.unwrap_or(1)..];
@@ -55,16 +66,21 @@ impl Redaction {
     }
 
     fn placeholder_for(&mut self, kind: &str, value: &str) -> &str {
-        let index = if let Some(i) = self.entries.iter().position(|(_, v)| v == value) { i } else {
+        let index = if let Some(&i) = self.by_value.get(value) { i } else {
             let prefix = format!("<{}_", kind.to_ascii_uppercase());
-            let mut n = self.entries.iter().filter(|(p, _)| p.starts_with(&prefix)).count() + 1;
+            let mut n = self.last_number.get(&prefix).copied().unwrap_or(0) + 1;
             let mut placeholder = format!("{prefix}{n}>");
-            while self.taken.contains(&placeholder) || self.entries.iter().any(|(p, _)| *p == placeholder) {
+            while self.taken.contains(&placeholder) || self.by_placeholder.contains_key(&placeholder) {
                 n += 1;
                 placeholder = format!("{prefix}{n}>");
             }
+            self.last_number.insert(prefix, n);
+            let i = self.entries.len();
+            self.longest = self.longest.max(placeholder.len());
+            self.by_placeholder.insert(placeholder.clone(), i);
+            self.by_value.insert(value.to_owned(), i);
             self.entries.push((placeholder, value.to_owned()));
-            self.entries.len() - 1
+            i
         };
         &self.entries[index].0
     }
@@ -89,13 +105,26 @@ impl Redaction {
 
     /// The value behind the placeholder that `text` starts with, and the placeholder's length.
     fn value_at(&self, text: &str) -> Option<(&str, usize)> {
-        self.entries.iter().find(|(p, _)| text.starts_with(p.as_str())).map(|(p, v)| (v.as_str(), p.len()))
+        let len = placeholder_len(text)?;
+        let &i = self.by_placeholder.get(&text[..len])?;
+        Some((self.entries[i].1.as_str(), len))
     }
 
-    /// True when `text` (starting with `<`) could still grow into a placeholder.
+    /// True when `text` (starting with `<`) could still grow into a placeholder: shorter than
+    /// the longest, shaped like the start of one, and the start of one given out.
     fn could_become_placeholder(&self, text: &str) -> bool {
-        self.entries.iter().any(|(p, _)| p.len() > text.len() && p.starts_with(text))
+        text.len() < self.longest
+            && placeholder_start(text)
+            && self.entries.iter().any(|(p, _)| p.len() > text.len() && p.starts_with(text))
     }
+}
+
+/// True when `text` could be the start of a `<KIND_N>` token: `<`, then uppercase letters and
+/// underscores, then digits, and no more.
+fn placeholder_start(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix('<') else { return false };
+    let name = rest.bytes().take_while(|b| b.is_ascii_uppercase() || *b == b'_').count();
+    rest.bytes().skip(name).all(|b| b.is_ascii_digit())
 }
 
 /// Length of the `<KIND_N>` token `text` starts with (KIND: uppercase letters and underscores;

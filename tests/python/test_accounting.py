@@ -50,6 +50,39 @@ def test_stream_is_accounted_from_upstream_usage_the_client_did_not_ask_for(gate
     assert rec["ttft_ms"] != "None"
 
 
+def test_a_stream_without_provider_usage_still_shows_the_billed_usage(gateway):
+    # A self-hosted server may send no usage chunk even when asked: a client that asked for usage
+    # still gets one, with the figures its record is billed for (estimated, and marked so).
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
+                      json={"model": "fake/bare", "stream": True, "stream_options": {"include_usage": True},
+                            "messages": [{"role": "user", "content": "one two three four"}]}) as r:
+        request_id = r.headers["x-request-id"]
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == [] and all("usage" not in c for c in chunks[:-1]), chunks
+    rec = accounting_record(gateway, request_id)
+    assert rec["cost_estimated"] == "true"
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (int(rec["prompt_tokens"]), int(rec["completion_tokens"]))
+    answer = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
+    assert usage["completion_tokens"] == -(-len(answer) // 4) and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_a_stream_cut_by_the_provider_shows_its_billed_usage_before_the_error(gateway, fake_provider):
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"cut": True}]}).raise_for_status()
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
+                      json={"model": "fake/metered", "max_tokens": 5, "stream": True, "stream_options": {"include_usage": True},
+                            "messages": [{"role": "user", "content": "hello there"}]}) as r:
+        request_id = r.headers["x-request-id"]
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and "error" in json.loads(events[-2]), events
+    usage = json.loads(events[-3])["usage"]
+    rec = accounting_record(gateway, request_id)
+    assert rec["cost_estimated"] == "true"
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (int(rec["prompt_tokens"]), int(rec["completion_tokens"])), (usage, rec)
+
+
 def test_client_leaving_mid_stream_leaves_an_estimated_record(gateway, fake_provider):
     with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
                       json={"model": "fake/gated", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:

@@ -226,3 +226,20 @@ def test_a_stream_cut_before_message_stop_ends_with_an_error(claude, fake_provid
     assert upstream_errors(claude) == errors + 1
     # The prompt's tokens come from message_start (20 + 5 cached), not from an estimate.
     assert record["prompt_tokens"] == "25", record
+
+
+def test_a_cut_stream_shows_the_usage_it_is_billed_for(claude, fake_provider):
+    # Cut before message_stop, Anthropic has reported only message_start's placeholder (one output
+    # token): the usage chunk before the error shows what the record bills (the streamed text's
+    # estimate), not the placeholder.
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"cut": True}]}).raise_for_status()
+    with httpx.stream("POST", f"{claude.v1}/chat/completions", timeout=30,
+                      json={"model": "anthropic/echo", "stream": True, "stream_options": {"include_usage": True},
+                            "messages": [{"role": "user", "content": "one two three four five six"}]}) as r:
+        request_id = r.headers["x-request-id"]
+        events = list(sse_events(r))
+    assert events[-1] == "[DONE]" and "error" in json.loads(events[-2]), events[-3:]
+    usage = json.loads(events[-3])["usage"]
+    record = accounting_record(claude, request_id)
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (int(record["prompt_tokens"]), int(record["completion_tokens"])), (usage, record)
+    assert usage["completion_tokens"] > 1 and record["cost_estimated"] == "true"

@@ -30,7 +30,10 @@ def test_compose_file_wires_gateway_redis_prometheus_and_grafana():
     assert "redis-data:/data" in services["redis"]["volumes"] and "redis-data" in compose["volumes"]
     gw = services["switchyard"]
     assert gw["build"] == "." and (ROOT / "Dockerfile").exists()
-    assert "./models:/app/models:ro" in gw["volumes"] and "8080:8080" in gw["ports"]
+    assert "./models:/app/models:ro" in gw["volumes"]
+    # config/docker.toml has no keys: every service is published on the host's loopback only.
+    assert gw["ports"] == ["127.0.0.1:8080:8080"], gw["ports"]
+    assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", [])), services
     assert any("prometheus.yml" in v for v in services["prometheus"]["volumes"])
     assert any("provisioning" in v for v in services["grafana"]["volumes"])
     dockerfile = (ROOT / "Dockerfile").read_text()

@@ -86,6 +86,11 @@ def test_long_prompt_alone_beyond_context_is_refused(gateway):
     r = post(gateway, {"model": "auto", "messages": [{"role": "user", "content": words}]})
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "context_length_exceeded"
+    # Far too long to tokenize: refused on a count that is only a lower bound, and said to be one.
+    r = post(gateway, {"model": "auto", "messages": [{"role": "user", "content": "x" * 1_000_000}]})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "context_length_exceeded", err
+    assert "are at least" in err["message"] and "you requested" not in err["message"], err["message"]
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,12 @@ route = "fake/shred"
 redact = true
 
 [[rule]]
+name = "tools-redacted"
+when.requested_model = "fake/tool-echo"
+route = "fake/tool-echo"
+redact = true
+
+[[rule]]
 name = "escalate-redacted"
 when.privacy = ["pii"]
 route = "fake/echo"
@@ -109,6 +115,38 @@ def test_stream_restores_placeholders_split_across_chunks(redacting, fake_provid
     # The fake streams 3 characters a chunk, so `<EMAIL_1>` (9 characters) arrived split.
     assert "<EMAIL_1>" in sent[0]["messages"][-1]["content"]
     assert len(pieces) > 10
+
+
+TOOLS = {
+    "function": [{"type": "function", "function": {"name": "send", "parameters": {"type": "object", "properties": {"text": {"type": "string"}}}}}],
+    "custom": [{"type": "custom", "custom": {"name": "send"}}],
+}
+
+
+def call_input(call):
+    return call["function"]["arguments"] if call["type"] == "function" else call["custom"]["input"]
+
+
+@pytest.mark.parametrize("kind", ["function", "custom"])
+def test_tool_call_input_is_restored_whole_and_streamed(redacting, fake_provider, kind):
+    # The provider writes the placeholders into a tool call's input (a function's arguments, a
+    # custom tool's input); the client's tool must get the real values, streamed (the placeholders
+    # arrive split, three characters a piece) or not.
+    before = len(fake_requests(fake_provider))
+    body = {"model": "fake/tool-echo", "messages": [{"role": "user", "content": SECRET_TEXT}], "tools": TOOLS[kind]}
+    r = httpx.post(f"{redacting.v1}/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200 and r.headers["x-switchyard-rule"] == "tools-redacted", r.text
+    whole = call_input(r.json()["choices"][0]["message"]["tool_calls"][0])
+    with httpx.stream("POST", f"{redacting.v1}/chat/completions", timeout=30, json={**body, "stream": True}) as r:
+        chunks = parse_chunks(sse_events(r))
+    streamed = "".join(call_input({"type": kind, **call}) if kind in call else ""
+                       for c in chunks if c["choices"] for call in c["choices"][0]["delta"].get("tool_calls") or [])
+    expected = json.dumps({"text": SECRET_TEXT}) if kind == "function" else SECRET_TEXT
+    assert json.loads(whole) == json.loads(expected) if kind == "function" else whole == expected, whole
+    assert streamed == whole, (streamed, whole)
+    sent = sent_since(fake_provider, before)
+    assert len(sent) == 2
+    assert_no_values(sent)
 
 
 # A tag with bytes beyond ASCII must not hide the others.
@@ -225,9 +263,10 @@ def chat(gw, key, model="auto", content="Hi", headers=None):
                       json={"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": content}]})
 
 
-def test_keys_new_refuses_an_empty_tenant():
-    out = subprocess.run([str(BIN), "keys", "new", "--tenant", " "], cwd=ROOT, capture_output=True, text=True, timeout=30)
-    assert out.returncode != 0 and "--tenant must name a tenant" in out.stderr
+@pytest.mark.parametrize("tenant, says", [(" ", "--tenant must name a tenant"), ("team\nb", "holds control characters")])
+def test_keys_new_refuses_a_tenant_name_the_configuration_would_refuse(tenant, says):
+    out = subprocess.run([str(BIN), "keys", "new", "--tenant", tenant], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and says in out.stderr, out.stderr
     assert "sy-" not in out.stdout, "no key is printed"
 
 

@@ -196,6 +196,24 @@ def test_admin_stats_are_cluster_wide_with_redis(tmp_path, fake_provider, privat
             gw.stop()
 
 
+def test_a_stopping_replica_publishes_its_last_figures_to_the_cluster_view(tmp_path, fake_provider, private_redis):
+    # Requests answered in a replica's last seconds (its refresher publishes every 5 s) still
+    # reach the cluster view: the replica publishes once more as it stops.
+    gws = replicas(tmp_path, fake_provider, private_redis, "", n=2, policy='[[rule]]\nname = "echo"\nroute = "fake/echo"\n')
+    try:
+        stopping, staying = gws
+        for i in range(4):
+            assert httpx.post(f"{stopping.v1}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": f"hi {i}"}]}).status_code == 200
+        stopping.process.proc.send_signal(signal.SIGTERM)
+        assert stopping.process.proc.wait(timeout=60) == 0
+        stats = wait_for(lambda: (lambda s: s if s["hour"]["total"]["requests"] >= 4 else None)(httpx.get(f"{staying.base}/admin/stats").json()),
+                         timeout=15, what="the stopped replica's requests in the cluster view")
+        assert stats["hour"]["total"]["requests"] == 4, stats["hour"]["total"]
+    finally:
+        for gw in gws:
+            gw.stop()
+
+
 def test_a_stopping_replica_settles_its_last_requests_in_redis(tmp_path, fake_provider, private_redis):
     # The URL (which may carry a password) comes from the environment, not the file.
     config = remote_only_config(fake_provider, '[[tenants]]\nname = "default"\nbudget = { daily_usd = 1.0 }\n'

@@ -444,6 +444,24 @@ def test_a_passed_through_request_whose_target_fails_goes_to_its_fallbacks(tmp_p
         gw.stop()
 
 
+def test_allowed_tools_pass_through_as_sent_and_narrow_the_local_engines_tools(passthrough_gateway, fake_provider, gateway):
+    tools = [*WEATHER, {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    choice = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "get_time"}]}
+    r = client_for(passthrough_gateway).responses.create(model="auto", input="time?", tools=[{"type": "web_search"}, *tools], tool_choice=choice)
+    assert r.output_text == "echo: time?"
+    assert responses_sent(fake_provider)[-1]["tool_choice"] == choice
+    # Translated to chat for the local engine: only the allowed tool is called.
+    r = httpx.post(f"{gateway.v1}/responses", timeout=120, json={"model": "local-small", "input": "What is the weather in Paris?",
+                                                                   "tools": tools, "tool_choice": choice, "max_output_tokens": 40, "temperature": 0})
+    assert r.status_code == 200, r.text
+    calls = [item for item in r.json()["output"] if item["type"] == "function_call"]
+    assert calls and {c["name"] for c in calls} == {"get_time"}, r.json()["output"]
+    # A choice naming a tool that is not there is the client's error, named as it sent it.
+    bad = {**choice, "tools": [{"type": "function", "name": "get_date"}]}
+    r = httpx.post(f"{gateway.v1}/responses", timeout=30, json={"model": "local-small", "input": "x", "tools": tools, "tool_choice": bad})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice.tools[0].name", r.text
+
+
 def test_hosted_tools_wait_out_an_open_circuit_rather_than_fail_as_the_clients_fault(tmp_path, fake_provider):
     # The route speaks the API; its fallback does not. With the route's circuit open, a request with
     # a hosted tool gets the route's 503 (retry later), not the stand-in's 400 about its tools.

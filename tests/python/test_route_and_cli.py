@@ -95,6 +95,29 @@ def test_check_warns_about_secrets_this_environment_lacks_and_serve_refuses_an_e
     assert "SY_TEST_UNSET_KEY (api_key_env) is empty" in serve.stderr and "socket address" not in serve.stderr, serve.stderr
 
 
+def test_check_warns_about_an_open_gateway_unreachable_rules_and_keyless_hosted_providers(tmp_path, fake_provider):
+    # Removing the last key leaves the gateway open: every request is tenant `default`, and the
+    # tenants' limits, budgets and residency stop applying. `check` says so.
+    policy = tmp_path / "p.toml"
+    policy.write_text('[[rule]]\nname = "everything"\nroute = "local"\n\n[[rule]]\nname = "hard"\nwhen.complexity = "hard"\nroute = "openai/echo"\n\n'
+                      '[[rule]]\nname = "named"\nwhen.requested_model = "openai/*"\nroute = "openai/echo"\n\n[[rule]]\nname = "default"\nroute = "local"\n')
+    cfg = tmp_path / "g.toml"
+    tenants = '[[tenants]]\nname = "growth"\nkeys = []\nrate_limit = { rpm = 5 }\n\n[[tenants]]\nname = "health"\nresidency = ["eu"]\n'
+    cfg.write_text(gateway_config(fake_provider_section(fake_provider, name="openai", kind="openai", region="eu-west") + tenants).replace("{policy}", str(policy)))
+    r = run("check", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert 'no tenant has keys, so requests need no key and are all served as tenant "default"' in r.stderr, r.stderr
+    assert '"growth", "health" never apply' in r.stderr, r.stderr
+    assert 'rule "hard" is never reached: rule "everything" before it has no condition' in r.stderr, r.stderr
+    assert 'rule "default" is never reached' in r.stderr and 'rule "named" is never reached' not in r.stderr, r.stderr
+    assert 'provider "openai" (kind openai) has no api_key_env' in r.stderr, r.stderr
+    # With a key anywhere, keys are required: no such warning.
+    key = run("keys", "new", "--tenant", "growth").stdout.split('keys = ["')[1].split('"')[0]
+    cfg.write_text(cfg.read_text().replace("keys = []", f'keys = ["{key}"]'))
+    r = run("check", "--config", str(cfg))
+    assert r.returncode == 0 and "no tenant has keys" not in r.stderr, r.stderr
+
+
 def test_secrets_are_read_without_the_newline_a_secrets_file_leaves(tmp_path, fake_provider):
     # `SY_KEY=$(cat key.txt)` keeps no newline, but env files and mounted secrets often do: the
     # provider key must still go out, and the admin key still be one a client can present.

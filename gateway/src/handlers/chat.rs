@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{self, StreamExt};
 use local_engine::Confidence;
-use providers::wire::{ChatRequest, ChatResponse, Usage};
+use providers::wire::{ChatChunk, ChatRequest, ChatResponse, Usage};
 use providers::{ChunkStream, Provider, ProviderError};
 use router::{Decision, Redaction, TenantProfile};
 use tracing::{warn, Instrument};
@@ -457,7 +457,8 @@ where
             let (provider, model) = provider_for(state, target)?;
             let mut upstream = req.clone();
             upstream.model = model;
-            let redaction = needs_redaction(state, decision, target).then(|| privacy::redact(&mut upstream));
+            let redaction = needs_redaction(state, decision, target)
+                .then(|| privacy::without_holding_others(privacy::scanned_bytes(&upstream), || privacy::redact(&mut upstream)));
             call(provider, upstream, target).await.map(|value| (value, redaction))
         };
         match attempt.instrument(tracing::info_span!("provider.call", target)).await {
@@ -600,16 +601,10 @@ async fn stream_answer(
         r.served_by(target, redaction.is_some());
         r.status(200);
     }
-    let chunks = chunks
-        .map(move |chunk| {
-            match (&chunk, stream_record.as_mut()) {
-                (Ok(chunk), Some(r)) => r.chunk(chunk),
-                (Err(err), Some(r)) => r.upstream_failed(error_kind(err)),
-                (_, None) => {}
-            }
-            chunk
-        })
-        .boxed();
+    let chunks = match stream_record {
+        Some(record) => noted_with_billed_usage(chunks, record),
+        None => chunks,
+    };
     let chunks = match redaction {
         Some(redaction) => {
             let mut restorer = StreamRestorer::new(redaction);
@@ -641,6 +636,48 @@ async fn stream_answer(
     let mut headers = HeaderMap::with_capacity(16);
     set_route_headers(&mut headers, decision, target);
     Ok(Served { headers, body: ServedBody::Stream { chunks, include_usage } })
+}
+
+/// The record notes each chunk as it passes, and the usage a stream shows is the usage its
+/// request is billed for: one usage-only chunk after the answer, or before a failure that cuts it,
+/// whatever the provider reported of it (an estimate, marked so in the record, where the provider
+/// reported none or was cut short). The record is written as the stream ends.
+fn noted_with_billed_usage(chunks: ChunkStream, record: PendingRecord) -> ChunkStream {
+    // (chunks, the record, the shape of the usage chunk: the provider's own, else the answer's).
+    stream::unfold(Some((chunks, record, None::<ChatChunk>)), |state| async move {
+        let (mut chunks, mut record, mut shape) = state?;
+        loop {
+            match chunks.next().await {
+                Some(Ok(mut chunk)) => {
+                    record.chunk(&chunk);
+                    if chunk.is_usage_only() {
+                        shape = Some(chunk);
+                        continue;
+                    }
+                    if shape.is_none() {
+                        shape = Some(ChatChunk { choices: Vec::new(), usage: None, extra: serde_json::Map::new(), ..chunk.clone() });
+                    }
+                    chunk.usage = None;
+                    return Some((vec![Ok(chunk)], Some((chunks, record, shape))));
+                }
+                Some(Err(err)) => {
+                    record.upstream_failed(error_kind(&err));
+                    let usage = billed_usage_chunk(&record, shape).map(Ok);
+                    return Some((usage.into_iter().chain([Err(err)]).collect(), None));
+                }
+                None => return billed_usage_chunk(&record, shape).map(|usage| (vec![Ok(usage)], None)),
+            }
+        }
+    })
+    .flat_map(stream::iter)
+    .boxed()
+}
+
+/// `shape` carrying the usage `record` bills, if it bills any.
+fn billed_usage_chunk(record: &PendingRecord, shape: Option<ChatChunk>) -> Option<ChatChunk> {
+    let mut chunk = shape?;
+    chunk.usage = Some(record.billed_usage()?);
+    Some(chunk)
 }
 
 /// Passes the chunks on and, if the stream ends without a failure, calls `done` with the whole

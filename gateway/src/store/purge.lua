@@ -21,15 +21,17 @@ end
 -- units even past the limit.
 local function gcra(key, limit, cost, period_ms, now_ms, force)
   local now, period = now_ms * 1000, period_ms * 1000
-  local interval = math.max(math.floor(period / limit), 1)
+  limit = math.max(limit, 1)
   local tat = tonumber(redis.call('GET', key) or now)
   if tat < now then tat = now end
-  local new_tat = tat + cost * interval
+  -- cost × period / limit, rounded down once (a per-unit interval rounded down raised 40M to 60M).
+  local new_tat = tat + math.floor(cost * period / limit)
   local allow_at = new_tat - period
+  local function remaining(t) return math.floor(math.max(period - (t - now), 0) * limit / period) end
   if now < allow_at and not force then
-    return false, math.floor(math.max(period - (tat - now), 0) / interval), math.ceil((allow_at - now) / 1000), nil
+    return false, remaining(tat), math.ceil((allow_at - now) / 1000), nil
   end
-  return true, math.floor(math.max(period - (new_tat - now), 0) / interval), 0, new_tat
+  return true, remaining(new_tat), 0, new_tat
 end
 
 local function num(key)

@@ -113,6 +113,13 @@ async fn rate_limits_refill_and_refuse_with_retry_after(store: &dyn Store) {
     store.settle(&Settlement { tpm: Some(RateCheck { limit: 100, cost: 500 }), ..settlement("tokens", None, 0, NOON) }).await.unwrap();
     let o = store.admit(&Admission { tpm: small, ..admission("tokens", "", NOON + 1_000) }).await.unwrap();
     assert_eq!(o.refused, Some(Refusal::Tokens));
+    // A limit that does not divide the minute's microseconds is kept exactly (40M was 60M).
+    let big = |cost| Some(RateCheck { limit: 40_000_000, cost });
+    let o = store.admit(&Admission { tpm: big(1_000), ..admission("big", "", NOON) }).await.unwrap();
+    assert_eq!((o.refused, o.tpm_remaining), (None, Some(39_999_000)));
+    let o = store.admit(&Admission { tpm: big(39_999_000), ..admission("big", "", NOON) }).await.unwrap();
+    assert_eq!((o.refused, o.tpm_remaining), (None, Some(0)));
+    assert_eq!(store.admit(&Admission { tpm: big(1), ..admission("big", "", NOON) }).await.unwrap().refused, Some(Refusal::Tokens));
 }
 
 async fn reservations_hold_money_until_settled(store: &dyn Store) {

@@ -3,7 +3,7 @@
 //! - `echo`: answers `echo: <last message>` (streamed word by word when asked), with usage.
 //! - `shred`: like `echo`, but streamed three characters a chunk (placeholders arrive split).
 //! - `cached`: like `echo`, reporting 8 of its 11 prompt tokens as served from the prompt cache.
-//! - `bare`: like `echo`, without `usage` (as some self-hosted servers answer), when not streamed.
+//! - `bare`: like `echo`, without `usage` (as some self-hosted servers answer), streamed or not.
 //! - `metered`: answers exactly `max_tokens` words ("tok tok …") and reports usage the way the
 //!   gateway estimates it: prompt tokens = characters of the messages' text / 4, rounded up;
 //!   completion tokens = `max_tokens` (so a test knows every request's cost in advance).
@@ -12,6 +12,8 @@
 //!   with a pure position bias).
 //! - `tool`: with tools defined and the last message not a tool result, calls the first tool
 //!   with `{"city": "Paris"}` (`finish_reason: tool_calls`; streamed, the arguments in pieces).
+//!   `tool-echo`: calls it with the last message's text (`{"text": …}`; a `custom` tool gets the
+//!   text as its input), streamed three characters a piece (placeholders arrive split).
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
 //! - `fail`: 500 with an `OpenAI` error body. `ratelimit`: 429 with `retry-after: 7`.
 //! - `reject`: 400 with an `OpenAI` error body. `drop`: one chunk, then (after
@@ -229,8 +231,8 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
         "reject" => return error(StatusCode::BAD_REQUEST, "the fake upstream rejects this", "invalid_request_error", "bad_thing"),
         _ => {}
     }
-    if let Some(name) = tool_to_call(&model, body) {
-        return tool_call(&model, name, stream, include_usage);
+    if let Some(tool) = tool_to_call(&model, body) {
+        return tool_call(&model, tool, last, stream, include_usage);
     }
     if !stream {
         let words = u64::try_from(answer.split_whitespace().count()).unwrap_or(0);
@@ -274,7 +276,7 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
             }
         }
         let _ = tx.send(Ok(sse(&chunk(&model, &json!({}), Some("stop"))))).await;
-        if include_usage {
+        if include_usage && model != "bare" {
             let (prompt, completion) = metered.unwrap_or((11, 3));
             let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
                                "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}});
@@ -319,9 +321,9 @@ async fn completions(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(bod
 }
 
 /// The tool the `tool` model calls: the first one, unless the last message is a tool result.
-fn tool_to_call<'b>(model: &str, body: &'b Value) -> Option<&'b str> {
+fn tool_to_call<'b>(model: &str, body: &'b Value) -> Option<&'b Value> {
     let last_role = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["role"].as_str()).unwrap_or_default();
-    body["tools"][0]["function"]["name"].as_str().filter(|_| model == "tool" && last_role != "tool")
+    body["tools"].get(0).filter(|_| (model == "tool" || model == "tool-echo") && last_role != "tool")
 }
 
 /// `POST /v1/embeddings`: an 8-dimensional vector per input string, derived from its bytes (the
@@ -410,23 +412,40 @@ async fn responses(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body)
 }
 
 /// The `tool` model's answer when tools are defined: a call of the first tool with
-/// `{"city": "Paris"}` (streamed: the arguments in two pieces).
-fn tool_call(model: &str, name: &str, stream: bool, include_usage: bool) -> Response {
+/// `{"city": "Paris"}` (streamed: the arguments in two pieces); `tool-echo`'s calls it with the
+/// last message's text (`{"text": …}`, or as a custom tool's input), streamed three characters
+/// a piece.
+fn tool_call(model: &str, tool: &Value, last: &str, stream: bool, include_usage: bool) -> Response {
     let usage = json!({"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16});
+    let custom = tool["type"] == "custom";
+    let kind = if custom { "custom" } else { "function" };
+    let name = tool[kind]["name"].clone();
+    let input = match (model, custom) {
+        ("tool-echo", false) => json!({"text": last}).to_string(),
+        ("tool-echo", true) => last.to_owned(),
+        _ => "{\"city\": \"Paris\"}".to_owned(),
+    };
+    let field = if custom { "input" } else { "arguments" };
     if !stream {
-        let call = json!({"id": "call_fake1", "type": "function", "function": {"name": name, "arguments": "{\"city\": \"Paris\"}"}});
+        let call = json!({"id": "call_fake1", "type": kind, kind: {"name": name, field: input}});
         return Json(json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [call]}, "finish_reason": "tool_calls", "logprobs": null}],
             "usage": usage}))
         .into_response();
     }
+    let pieces: Vec<String> = if model == "tool-echo" {
+        input.chars().collect::<Vec<_>>().chunks(3).map(|c| c.iter().collect()).collect()
+    } else {
+        vec!["{\"city\"".to_owned(), ": \"Paris\"}".to_owned()]
+    };
     let mut events = vec![
         sse(&chunk(model, &json!({"role": "assistant", "content": null}), None)),
-        sse(&chunk(model, &json!({"tool_calls": [{"index": 0, "id": "call_fake1", "type": "function", "function": {"name": name, "arguments": ""}}]}), None)),
-        sse(&chunk(model, &json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\""}}]}), None)),
-        sse(&chunk(model, &json!({"tool_calls": [{"index": 0, "function": {"arguments": ": \"Paris\"}"}}]}), None)),
-        sse(&chunk(model, &json!({}), Some("tool_calls"))),
+        sse(&chunk(model, &json!({"tool_calls": [{"index": 0, "id": "call_fake1", "type": kind, kind: {"name": name, field: ""}}]}), None)),
     ];
+    for piece in pieces {
+        events.push(sse(&chunk(model, &json!({"tool_calls": [{"index": 0, kind: {field: piece}}]}), None)));
+    }
+    events.push(sse(&chunk(model, &json!({}), Some("tool_calls"))));
     if include_usage {
         events.push(sse(&json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage})));
     }
