@@ -118,6 +118,23 @@ def test_check_warns_about_an_open_gateway_unreachable_rules_and_keyless_hosted_
     assert r.returncode == 0 and "no tenant has keys" not in r.stderr, r.stderr
 
 
+def test_the_readme_walkthrough_passes_check_with_the_worked_policy(tmp_path):
+    # The README's own snippets, put together as its reader would (the tenant's `keys` filled in,
+    # the worked policy): acme-eu's `confidential` tag sends all its requests to the first rule,
+    # so the remote rule after it (a provider with no region) is no residency problem.
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    server = next(b for b in blocks if "[server]" in b and "[[providers]]" in b)
+    tenants = next(b for b in blocks if "[[tenants]]" in b)
+    key = run("keys", "new", "--tenant", "acme-eu").stdout.split('keys = ["')[1].split('"')[0]
+    config = server.replace("policies/default.toml", str(ROOT / "policies/hybrid.toml")).replace(
+        'model = "models/', f'model = "{ROOT}/models/') + tenants.replace('"sha256:…"', f'"{key}"')
+    cfg = tmp_path / "walkthrough.toml"
+    cfg.write_text(config)
+    r = run("check", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+
+
 def test_secrets_are_read_without_the_newline_a_secrets_file_leaves(tmp_path, fake_provider):
     # `SY_KEY=$(cat key.txt)` keeps no newline, but env files and mounted secrets often do: the
     # provider key must still go out, and the admin key still be one a client can present.
