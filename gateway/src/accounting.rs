@@ -294,7 +294,7 @@ impl PendingRecord {
             self.record.ttft_ms = Some(millis(self.started));
         }
         for choice in &chunk.choices {
-            self.completion_chars += choice.delta.content.as_ref().map_or(0, |c| c.chars().count());
+            self.completion_chars += choice.delta.content.as_ref().map_or(0, |c| c.chars().count()) + written_chars(&choice.delta.extra);
         }
         if let Some(usage) = &chunk.usage {
             self.usage = Some(usage.clone());
@@ -351,6 +351,20 @@ impl PendingRecord {
             (None, _) => (None, false),
         }
     }
+}
+
+/// The characters a model wrote outside a message's (or delta's) `content`: a refusal, and its
+/// tool calls' names and inputs (function arguments, custom tool input) — output too, when
+/// usage has to be estimated.
+pub fn written_chars(extra: &serde_json::Map<String, serde_json::Value>) -> usize {
+    let text = |v: Option<&serde_json::Value>| v.and_then(serde_json::Value::as_str).map_or(0, |t| t.chars().count());
+    let calls = extra.get("tool_calls").and_then(serde_json::Value::as_array).into_iter().flatten();
+    let called: usize = calls
+        .map(|call| {
+            ["function", "custom"].iter().filter_map(|kind| call.get(*kind)).map(|f| text(f.get("name")) + text(f.get("arguments")) + text(f.get("input"))).sum::<usize>()
+        })
+        .sum();
+    called + text(extra.get("refusal"))
 }
 
 /// `local` for `local/<name>` targets, else `remote`.

@@ -92,6 +92,8 @@ pub struct ResponseCache {
     ttl: Duration,
     /// The least an entry weighs, in KiB (`max_mib / max_entries`).
     least_kib: u64,
+    /// `max_mib`, in KiB: an answer weighing more is not kept.
+    capacity_kib: u64,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -141,7 +143,18 @@ impl ResponseCache {
             shared: shared.filter(|_| config.shared),
             ttl,
             least_kib: capacity_kib.div_ceil(config.max_entries.max(1)).max(1),
+            capacity_kib,
         }
+    }
+
+    /// Keeps `entry` in this process, unless it alone weighs more than the whole cache; the
+    /// bounds hold at once, not at the cache's next housekeeping.
+    fn keep(&self, key: CacheKey, entry: Entry) {
+        if u64::from(entry.kib) > self.capacity_kib {
+            return;
+        }
+        self.local.insert(key, entry);
+        self.local.run_pending_tasks();
     }
 
     /// `cached` as kept until `until`, weighed.
@@ -168,7 +181,7 @@ impl ResponseCache {
         let (bytes, left_ms) = tokio::time::timeout(store.timeout(), read).await.ok()?.ok()?;
         let left = Duration::from_millis(u64::try_from(left_ms).ok().filter(|&ms| ms > 0)?).min(self.ttl);
         let cached: Arc<Cached> = Arc::new(serde_json::from_slice(&bytes?).ok()?);
-        self.local.insert(*key, self.entry(Arc::clone(&cached), sent + left));
+        self.keep(*key, self.entry(Arc::clone(&cached), sent + left));
         Some(cached)
     }
 
@@ -194,7 +207,7 @@ impl ResponseCache {
                 });
             }
         }
-        self.local.insert(key, self.entry(cached, Instant::now() + self.ttl));
+        self.keep(key, self.entry(cached, Instant::now() + self.ttl));
     }
 }
 
@@ -328,8 +341,8 @@ mod tests {
         // Five answers of 400 KB: only two fit in 1 MiB.
         for i in 0..5u8 {
             cache.put([i; 32], answer(&"x".repeat(400 * 1024)), "fake/echo");
+            assert!(cache.local.weighted_size() <= 1024, "at once, not at the next housekeeping");
         }
-        cache.local.run_pending_tasks();
         assert!(cache.local.weighted_size() <= 1024 && cache.local.entry_count() <= 2, "{} KiB in {} entries", cache.local.weighted_size(), cache.local.entry_count());
         // Small answers are bounded by count: each weighs at least 1 MiB / 100.
         for i in 0..200u8 {
@@ -338,6 +351,9 @@ mod tests {
         cache.local.run_pending_tasks();
         assert!(cache.local.entry_count() <= 100, "{}", cache.local.entry_count());
         assert!(cache.local.entry_count() >= 50, "small answers still fill it: {}", cache.local.entry_count());
+        // An answer larger than the whole cache is not kept.
+        cache.put([255; 32], answer(&"x".repeat(1536 * 1024)), "fake/echo");
+        assert!(cache.local.get(&[255; 32]).is_none());
     }
 
     #[test]

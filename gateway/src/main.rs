@@ -375,7 +375,11 @@ fn train_router_command(labels: &Path, out: &Path) -> anyhow::Result<()> {
 fn keys_new_command(tenant: &str) -> anyhow::Result<()> {
     // The configuration refuses an empty tenant name: a key for one could never be used.
     anyhow::ensure!(!tenant.trim().is_empty(), "--tenant must name a tenant");
-    anyhow::ensure!(!tenant.chars().any(char::is_control), "--tenant {tenant:?} holds control characters, which a tenant name may not (the configuration refuses it)");
+    anyhow::ensure!(
+        !tenant.chars().any(tenants::hidden_or_control),
+        "--tenant {:?} holds control, format or bidirectional characters, which a tenant name may not (the configuration refuses it)",
+        tenant.escape_default().to_string()
+    );
     let key = tenants::new_key();
     to_stdout(&format!(
         "key (shown once; give it to {tenant}): {key}\nadd to [[tenants]] name = {tenant:?}:  keys = [\"{}\"]\n",

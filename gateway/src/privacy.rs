@@ -28,7 +28,7 @@ pub fn inspect(req: &ChatRequest) -> Inspection {
     for message in &req.messages {
         visit_message(message, &mut |piece| match piece {
             Piece::Text(text) => {
-                let text = unescaped_json(text).map_or(std::borrow::Cow::Borrowed(text), std::borrow::Cow::Owned);
+                let text = unescaped(text).map_or(std::borrow::Cow::Borrowed(text), std::borrow::Cow::Owned);
                 count_pii(scanner, &text, &mut out.pii);
                 out.text.push_str(&text);
                 out.text.push('\n');
@@ -194,16 +194,47 @@ fn redact_map(fields: &mut serde_json::Map<String, Value>, f: &mut dyn FnMut(&mu
 }
 
 /// Counts the PII kinds found in `text` into `pii`.
-/// `text` with its JSON `\u` escapes written out, when it is JSON that has some: a tool result
-/// from Python's `json.dumps` escapes every non-ASCII character (the no-break spaces of an IBAN,
-/// an accented email), which the provider's model reads decoded. The scanner then reads what the
-/// model reads; a redacted request sends this form (the same JSON, its placeholders in place).
-fn unescaped_json(text: &str) -> Option<String> {
-    if !text.contains("\\u") || !text.trim_start().starts_with(['{', '[', '"']) {
+/// `text` with its `\uXXXX` escapes written out (surrogate pairs joined), when it has some: a tool
+/// result from Python's `json.dumps` escapes every non-ASCII character (the no-break spaces of an
+/// IBAN, an accented email), and a model reads them decoded. Escapes JSON needs (`"`, `\`, control
+/// characters, a lone surrogate) stay as they are and nothing else changes, so JSON stays the same
+/// JSON byte for byte around them, parsable or not.
+fn unescaped(text: &str) -> Option<String> {
+    if !text.contains("\\u") {
         return None;
     }
-    let value: Value = serde_json::from_str(text).ok()?;
-    serde_json::to_string(&value).ok()
+    let hex4 = |at: usize| text.get(at..at + 4).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit())).and_then(|h| u32::from_str_radix(h, 16).ok());
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let (mut i, mut copied) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        let Some(code) = (bytes.get(i + 1) == Some(&b'u')).then(|| hex4(i + 2)).flatten() else {
+            // Another escape (`\\`, `\"`, `\n`…): both characters stay.
+            i += 2;
+            continue;
+        };
+        let (decoded, len) = match code {
+            0xD800..=0xDBFF => match (text.get(i + 6..i + 8) == Some("\\u")).then(|| hex4(i + 8)).flatten() {
+                Some(low @ 0xDC00..=0xDFFF) => (char::from_u32(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)), 12),
+                _ => (None, 6),
+            },
+            _ => (char::from_u32(code), 6),
+        };
+        if let Some(c) = decoded.filter(|c| !matches!(c, '"' | '\\') && !c.is_control()) {
+            out.push_str(&text[copied..i]);
+            out.push(c);
+            copied = i + len;
+        }
+        i += len;
+    }
+    (copied > 0).then(|| {
+        out.push_str(&text[copied..]);
+        out
+    })
 }
 
 fn count_pii(scanner: &router::PiiScanner, text: &str, pii: &mut BTreeMap<String, u32>) {
@@ -307,10 +338,10 @@ pub fn redact(req: &mut ChatRequest) -> Redaction {
     let scanner = router::pii_scanner();
     let mut redaction = Redaction::new();
     // Placeholder-shaped text anywhere in the request is never handed out as a placeholder.
-    // Message texts that are escaped JSON are sent with their escapes written out, so that what
-    // they hide is scanned (and replaced) as the model would read it.
+    // A message text whose `\u` escapes hide PII is sent with them written out, so that what they
+    // hide is replaced as the model would read it (texts with none are sent as written).
     for_each_message_text_mut(req, &mut |text: &mut String| {
-        if let Some(unescaped) = unescaped_json(text) {
+        if let Some(unescaped) = unescaped(text).filter(|u| !scanner.scan(u).is_empty()) {
             *text = unescaped;
         }
     });
@@ -498,11 +529,24 @@ mod tests {
         assert_eq!(redaction.len(), 2);
         let sent = serde_json::to_string(&req).unwrap();
         assert!(!sent.contains("3456") && !sent.contains("example.com") && !sent.contains("0040"), "{sent}");
-        // Plain JSON without escapes is sent as written.
-        let plain = r#"{"id":  "42"}"#;
-        let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "tool", "tool_call_id": "c1", "content": plain}]}));
+        // Text without PII behind its escapes is sent as written, byte for byte.
+        let plain = r#"{"id":  123456789012345678901234, "note": "caf\u00e9", "dup": 1, "dup": 2}"#;
+        let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": "mail bob@example.com"}, {"role": "tool", "tool_call_id": "c1", "content": plain}]}));
         redact(&mut req);
-        assert_eq!(req.messages[0].content.as_ref().and_then(MessageContent::text).as_deref(), Some(plain));
+        assert_eq!(req.messages[1].content.as_ref().and_then(MessageContent::text).as_deref(), Some(plain));
+        // JSON cut short, a lone surrogate beside, plain text: found all the same; only the escapes
+        // change, numbers and the rest stay as written.
+        for text in [r#"["jane.doe\u0040example.com", "#, r#"{"to":"jane.doe\u0040example.com","e":"\ud83d","n":1.50}"#, "write to jane.doe\\u0040example.com"] {
+            let text = text.to_owned();
+            let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": text}]}));
+            assert_eq!(inspect(&req).pii.get("email"), Some(&1), "{text}");
+            redact(&mut req);
+            let sent = req.messages[0].content.as_ref().and_then(MessageContent::text).unwrap();
+            assert!(!sent.contains("example.com") && sent.contains("<EMAIL_1>"), "{sent}");
+            assert_eq!(sent.contains("\\ud83d"), text.contains("\\ud83d"), "a lone surrogate stays escaped: {sent}");
+            assert_eq!(sent.contains("1.50"), text.contains("1.50"), "{sent}");
+        }
+        assert_eq!(unescaped(r"a\u0022b\\u0040c\u00e9\ud83d\ude00").as_deref(), Some(r"a\u0022b\\u0040cé😀"), "quotes and escaped backslashes stay");
     }
 
     #[test]

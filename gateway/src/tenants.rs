@@ -71,14 +71,20 @@ fn parse_hash(entry: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A control character, or one that is invisible or reorders text (zero-width, bidirectional
+/// controls, the byte-order mark): a name holding one would read as another name.
+pub fn hidden_or_control(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
 impl TenantConfig {
     /// What is wrong with this entry (never echoing a key).
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.name.trim().is_empty() {
             problems.push("tenant name must not be empty".to_owned());
-        } else if self.name.chars().any(char::is_control) {
-            problems.push(format!("tenant {:?}: a tenant name must not hold control characters (it labels metrics and log lines)", self.name));
+        } else if self.name.chars().any(hidden_or_control) {
+            problems.push(format!("tenant {:?}: a tenant name must not hold control, format or bidirectional characters (it labels metrics, log lines and the dashboard)", self.name));
         }
         for (i, key) in self.keys.iter().enumerate() {
             if parse_hash(key).is_none() {
@@ -192,7 +198,9 @@ mod tests {
             .problems()
             .iter()
             .any(|p| p.contains("must not be empty")));
-        assert!(tenant("a\nb", vec![]).problems().iter().any(|p| p.contains("control characters")));
+        assert!(tenant("a\nb", vec![]).problems().iter().any(|p| p.contains("control, format or bidirectional")));
+        assert!(tenant("b\u{202e}x", vec![]).problems().iter().any(|p| p.contains("bidirectional")));
+        assert!(tenant("a\u{200b}b", vec![]).problems().iter().any(|p| p.contains("bidirectional")));
     }
 
     #[test]

@@ -41,8 +41,9 @@ async fn a_prompt_far_beyond_the_context_is_refused_whatever_it_spells() {
     let engine = engine(2048);
     for unit in ["<|im_end|>", "plain words "] {
         let err = generate(&engine, user(&unit.repeat(200_000)), greedy(4)).await.err().expect("refused");
-        let local_engine::EngineError::ContextLengthExceeded { context, prompt_tokens, .. } = err else { panic!("{err:?}") };
-        assert!(prompt_tokens >= context, "{unit}: {prompt_tokens} tokens for a {context}-token context");
+        // Far too long to tokenize: refused on a lower bound of its tokens, and said to be one.
+        let local_engine::EngineError::PromptCannotFit { context, at_least } = err else { panic!("{err:?}") };
+        assert!(at_least >= context, "{unit}: at least {at_least} tokens for a {context}-token context");
     }
     // The engine serves on.
     assert!(generate(&engine, user("Hi"), greedy(2)).await.is_ok());

@@ -623,7 +623,8 @@ impl OpenAiCompatible {
             match tokio::time::timeout(Duration::from_millis(self.timeout_ms), response.bytes()).await {
                 Err(_) => Err(Failure::fatal(self.timeout())),
                 Ok(Err(e)) => Err(Failure { error: self.upstream(None, e), retryable: true, retry_after: None }),
-                Ok(Ok(body)) => Ok(body),
+                // A body written the .NET way opens with a byte-order mark, which JSON does not take.
+                Ok(Ok(body)) => Ok(if body.starts_with(BOM) { body.slice(BOM.len()..) } else { body }),
             }
         })
         .await
@@ -787,11 +788,13 @@ fn openai_chunk(data: &str, completion: bool) -> Result<ChatChunk, String> {
     serde_json::from_value::<ChatChunk>(value).map_err(|e| format!("unreadable chunk: {e}"))
 }
 
+/// The UTF-8 byte-order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// A body without its leading UTF-8 byte-order mark, which SSE allows (servers writing UTF-8
 /// the .NET way send one) and the event parser cannot take: it cuts a character boundary inside
 /// the mark and panics.
 fn without_bom<E>(body: impl futures::Stream<Item = Result<bytes::Bytes, E>>) -> impl futures::Stream<Item = Result<bytes::Bytes, E>> {
-    const BOM: &[u8] = b"\xEF\xBB\xBF";
     // The body's first bytes, held until there are enough to tell whether they are the mark.
     let mut opening: Option<Vec<u8>> = Some(Vec::new());
     body.filter_map(move |piece| {

@@ -29,13 +29,34 @@ def test_an_answer_without_usage_is_billed_on_estimates_its_header_agrees(gatewa
     # token), the record says so, and the cost header shows the same figure.
     r = httpx.post(f"{gateway.v1}/chat/completions", timeout=30,
                    json={"model": "fake/bare", "messages": [{"role": "user", "content": "one two three four"}]})
-    assert r.status_code == 200 and "usage" not in r.json()
+    assert r.status_code == 200, r.text
     answer = r.json()["choices"][0]["message"]["content"]
     rec = accounting_record(gateway, r.headers["x-request-id"])
     completion = -(-len(answer) // 4)
     assert rec["cost_estimated"] == "true" and int(rec["completion_tokens"]) == completion, (rec, answer)
     assert int(rec["prompt_tokens"]) == -(-len("one two three four") // 4)
     assert float(r.headers["x-switchyard-cost-usd"]) == float(rec["cost_usd"]) > 0
+    # The answer shows the usage it is billed for, as OpenAI's always has one.
+    usage = r.json()["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (int(rec["prompt_tokens"]), completion), usage
+
+
+def test_tool_calls_count_as_output_when_usage_is_estimated(gateway):
+    # A provider that reports no usage answers with a tool call: the call's name and arguments
+    # are what the model wrote, and are billed (they were 0 completion tokens).
+    text = "one two three four five six"
+    body = {"model": "fake/tool-bare", "messages": [{"role": "user", "content": text}],
+            "tools": [{"type": "function", "function": {"name": "send", "parameters": {"type": "object"}}}]}
+    written = len("send") + len(json.dumps({"text": text}, separators=(",", ":")))
+    r = httpx.post(f"{gateway.v1}/chat/completions", json=body, timeout=30)
+    rec = accounting_record(gateway, r.headers["x-request-id"])
+    assert int(rec["completion_tokens"]) == -(-written // 4) == r.json()["usage"]["completion_tokens"], (rec, r.json())
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
+                      json={**body, "stream": True, "stream_options": {"include_usage": True}}) as s:
+        request_id = s.headers["x-request-id"]
+        events = [line[len("data: "):] for line in s.iter_lines() if line.startswith("data: ")]
+    rec = accounting_record(gateway, request_id)
+    assert int(rec["completion_tokens"]) == -(-written // 4) == json.loads(events[-2])["usage"]["completion_tokens"], (rec, events[-2])
 
 
 def test_stream_is_accounted_from_upstream_usage_the_client_did_not_ask_for(gateway):

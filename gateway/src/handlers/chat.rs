@@ -520,11 +520,16 @@ async fn complete_answer(
     if let Some(r) = record.as_mut() {
         r.served_by(target, redaction.is_some());
         r.usage(response.usage.as_ref());
-        if response.usage.is_none() {
-            // A provider that reports no usage is billed on estimates, its answer's text included.
-            r.answer_chars(response.choices.iter().filter_map(|c| c.message.content.as_deref()).map(|t| t.chars().count()).sum());
-        }
         r.status(200);
+        if response.usage.is_none() {
+            // A provider that reports no usage is billed on estimates, its answer's text and tool
+            // calls included; the answer shows what it is billed for, as a stream's usage chunk does.
+            let written = |m: &providers::wire::ResponseMessage| {
+                m.content.as_deref().map_or(0, |t| t.chars().count()) + crate::accounting::written_chars(&m.extra) + m.refusal.as_deref().map_or(0, |t| t.chars().count())
+            };
+            r.answer_chars(response.choices.iter().map(|c| written(&c.message)).sum());
+            response.usage = r.billed_usage();
+        }
         cost = r.cost_usd();
     }
     if let Some(redaction) = &redaction {

@@ -13,7 +13,8 @@
 //! - `tool`: with tools defined and the last message not a tool result, calls the first tool
 //!   with `{"city": "Paris"}` (`finish_reason: tool_calls`; streamed, the arguments in pieces).
 //!   `tool-echo`: calls it with the last message's text (`{"text": …}`; a `custom` tool gets the
-//!   text as its input), streamed three characters a piece (placeholders arrive split).
+//!   text as its input), streamed three characters a piece (placeholders arrive split);
+//!   `tool-bare` does the same without reporting usage.
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
 //! - `fail`: 500 with an `OpenAI` error body. `ratelimit`: 429 with `retry-after: 7`.
 //! - `reject`: 400 with an `OpenAI` error body. `drop`: one chunk, then (after
@@ -323,7 +324,7 @@ async fn completions(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(bod
 /// The tool the `tool` model calls: the first one, unless the last message is a tool result.
 fn tool_to_call<'b>(model: &str, body: &'b Value) -> Option<&'b Value> {
     let last_role = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["role"].as_str()).unwrap_or_default();
-    body["tools"].get(0).filter(|_| (model == "tool" || model == "tool-echo") && last_role != "tool")
+    body["tools"].get(0).filter(|_| matches!(model, "tool" | "tool-echo" | "tool-bare") && last_role != "tool")
 }
 
 /// `POST /v1/embeddings`: an 8-dimensional vector per input string, derived from its bytes (the
@@ -420,20 +421,26 @@ fn tool_call(model: &str, tool: &Value, last: &str, stream: bool, include_usage:
     let custom = tool["type"] == "custom";
     let kind = if custom { "custom" } else { "function" };
     let name = tool[kind]["name"].clone();
-    let input = match (model, custom) {
-        ("tool-echo", false) => json!({"text": last}).to_string(),
-        ("tool-echo", true) => last.to_owned(),
-        _ => "{\"city\": \"Paris\"}".to_owned(),
+    let echo = model != "tool";
+    let input = match (echo, custom) {
+        (true, false) => json!({"text": last}).to_string(),
+        (true, true) => last.to_owned(),
+        (false, _) => "{\"city\": \"Paris\"}".to_owned(),
     };
+    // `tool-bare` reports no usage, as some self-hosted servers do.
+    let usage = if model == "tool-bare" { Value::Null } else { usage };
     let field = if custom { "input" } else { "arguments" };
     if !stream {
         let call = json!({"id": "call_fake1", "type": kind, kind: {"name": name, field: input}});
-        return Json(json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+        let mut answer = json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [call]}, "finish_reason": "tool_calls", "logprobs": null}],
-            "usage": usage}))
-        .into_response();
+            "usage": usage});
+        if usage.is_null() {
+            answer.as_object_mut().map(|a| a.remove("usage"));
+        }
+        return Json(answer).into_response();
     }
-    let pieces: Vec<String> = if model == "tool-echo" {
+    let pieces: Vec<String> = if echo {
         input.chars().collect::<Vec<_>>().chunks(3).map(|c| c.iter().collect()).collect()
     } else {
         vec!["{\"city\"".to_owned(), ": \"Paris\"}".to_owned()]
@@ -446,7 +453,7 @@ fn tool_call(model: &str, tool: &Value, last: &str, stream: bool, include_usage:
         events.push(sse(&chunk(model, &json!({"tool_calls": [{"index": 0, kind: {field: piece}}]}), None)));
     }
     events.push(sse(&chunk(model, &json!({}), Some("tool_calls"))));
-    if include_usage {
+    if include_usage && !usage.is_null() {
         events.push(sse(&json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage})));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
