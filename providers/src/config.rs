@@ -192,6 +192,9 @@ impl ProviderConfig {
         if self.circuit_failures == 0 {
             problems.push(format!("{who}: circuit_failures must be at least 1"));
         }
+        if self.api_key_env.as_deref().is_some_and(|var| var.trim().is_empty() || var.contains(['=', '\0'])) {
+            problems.push(format!("{who}: api_key_env must name an environment variable (leave it out for a provider that takes no key)"));
+        }
         for (key, url) in self.base_url.iter().map(|u| ("base_url", u)).chain(self.endpoints.iter().map(|u| ("endpoints", u))) {
             if !(url.starts_with("http://") || url.starts_with("https://")) || url.parse::<http::Uri>().is_err() {
                 problems.push(format!("{who}: {key} {url:?} is not an http:// or https:// URL"));
@@ -257,6 +260,15 @@ models = [{ name = "gpt-4o", input_per_mtok = 2.5, output_per_mtok = 10.0, cache
         assert!(with("max_retries = 10").is_empty());
         assert!(with("max_retries = 4000000000")[0].contains("max_retries must be at most 10"));
         assert!(with("circuit_failures = 0")[0].contains("circuit_failures must be at least 1"));
+    }
+
+    #[test]
+    fn an_empty_key_variable_name_is_refused() {
+        let with = |var: &str| toml::from_str::<ProviderConfig>(&format!("name=\"x\"\nkind=\"openai\"\nbase_url=\"http://h/v1\"\napi_key_env=\"{var}\"\nmodels=[{{name=\"m\"}}]\n")).unwrap().problems();
+        for bad in ["", " ", "A=B"] {
+            assert!(with(bad).iter().any(|p| p.contains("api_key_env must name an environment variable")), "{bad:?}");
+        }
+        assert!(with("OPENAI_API_KEY").is_empty());
     }
 
     #[test]
