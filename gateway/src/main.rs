@@ -376,9 +376,9 @@ fn keys_new_command(tenant: &str) -> anyhow::Result<()> {
     // The configuration refuses an empty tenant name: a key for one could never be used.
     anyhow::ensure!(!tenant.trim().is_empty(), "--tenant must name a tenant");
     anyhow::ensure!(
-        !tenant.chars().any(tenants::hidden_or_control),
-        "--tenant {:?} holds control, format or bidirectional characters, which a tenant name may not (the configuration refuses it)",
-        tenant.escape_default().to_string()
+        !tenant.chars().any(tenants::hidden_or_control) && tenant.trim() == tenant,
+        "--tenant \"{}\" holds control, format, bidirectional or other invisible characters (or spaces around it), which a tenant name may not (the configuration refuses it)",
+        tenant.escape_default()
     );
     let key = tenants::new_key();
     to_stdout(&format!(

@@ -339,10 +339,15 @@ pub fn redact(req: &mut ChatRequest) -> Redaction {
     let mut redaction = Redaction::new();
     // Placeholder-shaped text anywhere in the request is never handed out as a placeholder.
     // A message text whose `\u` escapes hide PII is sent with them written out, so that what they
-    // hide is replaced as the model would read it (texts with none are sent as written).
+    // hide is replaced as the model would read it (other texts are sent as written, escapes and all).
     for_each_message_text_mut(req, &mut |text: &mut String| {
-        if let Some(unescaped) = unescaped(text).filter(|u| !scanner.scan(u).is_empty()) {
-            *text = unescaped;
+        if let Some(written_out) = unescaped(text) {
+            // Placeholders written as escapes (`\u003cEMAIL_1\u003e`, as Go writes `<`) are read
+            // as placeholders by the model: never handed out either.
+            redaction.avoid(&written_out);
+            if scanner.scan(&written_out).len() > scanner.scan(text).len() {
+                *text = written_out;
+            }
         }
     });
     for_each_text_mut(req, &mut |text: &mut String| redaction.avoid(text));
@@ -547,6 +552,16 @@ mod tests {
             assert_eq!(sent.contains("1.50"), text.contains("1.50"), "{sent}");
         }
         assert_eq!(unescaped(r"a\u0022b\\u0040c\u00e9\ud83d\ude00").as_deref(), Some(r"a\u0022b\\u0040cé😀"), "quotes and escaped backslashes stay");
+        // Escapes that hide no PII stay as written, beside PII that is plain.
+        let asked = r"Why does s.replace('\u00a0', ' ') not strip it? Reply to bob@example.com";
+        let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": asked}]}));
+        redact(&mut req);
+        assert_eq!(req.messages[0].content.as_ref().and_then(MessageContent::text).as_deref(), Some(r"Why does s.replace('\u00a0', ' ') not strip it? Reply to <EMAIL_1>"));
+        // A placeholder written as escapes is never handed out.
+        let mut req = request(serde_json::json!({"model": "auto", "messages": [
+            {"role": "user", "content": "my mail is bob@example.com"}, {"role": "tool", "tool_call_id": "c1", "content": r#"{"template":"Dear \u003cEMAIL_1\u003e"}"#}]}));
+        redact(&mut req);
+        assert_eq!(req.messages[0].content.as_ref().and_then(MessageContent::text).as_deref(), Some("my mail is <EMAIL_2>"));
     }
 
     #[test]

@@ -608,7 +608,7 @@ impl Envelope {
 }
 
 /// Chat usage in the Responses shape.
-fn response_usage(usage: &Usage) -> Value {
+pub fn response_usage(usage: &Usage) -> Value {
     json!({
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens(), "cache_write_tokens": 0},

@@ -71,10 +71,13 @@ fn parse_hash(entry: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// A control character, or one that is invisible or reorders text (zero-width, bidirectional
-/// controls, the byte-order mark): a name holding one would read as another name.
+/// A character a tenant name may not hold: anything but letters and digits (of any script), ASCII
+/// punctuation and the ASCII space — so no control, format, bidirectional, zero-width or other
+/// whitespace character, which would make a name read as another — and the fillers and marks
+/// that count as letters but show nothing.
 pub fn hidden_or_control(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    let visible = c.is_alphanumeric() || c.is_ascii_punctuation() || c == ' ';
+    !visible || matches!(c, '\u{34f}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}' | '\u{3164}' | '\u{ffa0}')
 }
 
 impl TenantConfig {
@@ -83,7 +86,7 @@ impl TenantConfig {
         let mut problems = Vec::new();
         if self.name.trim().is_empty() {
             problems.push("tenant name must not be empty".to_owned());
-        } else if self.name.chars().any(hidden_or_control) {
+        } else if self.name.chars().any(hidden_or_control) || self.name.trim() != self.name {
             problems.push(format!("tenant {:?}: a tenant name must not hold control, format or bidirectional characters (it labels metrics, log lines and the dashboard)", self.name));
         }
         for (i, key) in self.keys.iter().enumerate() {
@@ -200,7 +203,12 @@ mod tests {
             .any(|p| p.contains("must not be empty")));
         assert!(tenant("a\nb", vec![]).problems().iter().any(|p| p.contains("control, format or bidirectional")));
         assert!(tenant("b\u{202e}x", vec![]).problems().iter().any(|p| p.contains("bidirectional")));
-        assert!(tenant("a\u{200b}b", vec![]).problems().iter().any(|p| p.contains("bidirectional")));
+        for spoof in ["a\u{200b}b", "acme\u{61c}", "acme\u{e0041}", "ac\u{180e}me", "acme\u{fe0f}", "acme\u{3164}", "acme\u{a0}", "acme ", " acme", "ac\u{2028}me"] {
+            assert!(tenant(spoof, vec![]).problems().iter().any(|p| p.contains("bidirectional")), "{spoof:?}");
+        }
+        for fine in ["acme-eu", "équipe données", "チーム_1", "team.a/b"] {
+            assert!(tenant(fine, vec![]).problems().is_empty(), "{fine:?}");
+        }
     }
 
     #[test]

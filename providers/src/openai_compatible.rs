@@ -294,6 +294,7 @@ impl OpenAiCompatible {
 
     fn status_error_of(&self, status: StatusCode, retry_after_s: Option<u64>, body: &[u8]) -> ProviderError {
         let provider = self.name.clone();
+        let body = body.strip_prefix(BOM).unwrap_or(body);
         let parsed: Option<ErrorBody> = match self.dialect {
             Dialect::Anthropic { .. } => anthropic::error_body(body),
             Dialect::OpenAi { .. } | Dialect::Azure { .. } => error_body_of(body),

@@ -81,6 +81,15 @@ def test_prompt_plus_max_tokens_beyond_context_names_both_numbers(gateway, schem
     assert str(prompt_tokens + 5000) in err["message"], err["message"]
 
 
+def test_a_provider_error_body_opening_with_a_byte_order_mark_keeps_its_message_and_code(gateway, fake_provider):
+    body = '\ufeff{"error": {"message": "context too long: custom upstream message", "type": "invalid_request_error", "param": null, "code": "context_length_exceeded"}}'
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"status": 400, "body": body}]}).raise_for_status()
+    r = post(gateway, {"model": "fake/echo", "messages": HI})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "context_length_exceeded", err
+    assert err["message"].startswith("context too long: custom upstream message"), err
+
+
 def test_long_prompt_alone_beyond_context_is_refused(gateway):
     words = " ".join(["banana"] * 5000)
     r = post(gateway, {"model": "auto", "messages": [{"role": "user", "content": words}]})

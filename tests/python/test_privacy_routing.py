@@ -263,8 +263,9 @@ def chat(gw, key, model="auto", content="Hi", headers=None):
                       json={"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": content}]})
 
 
-@pytest.mark.parametrize("tenant, says", [(" ", "--tenant must name a tenant"), ("team\nb", "holds control, format or bidirectional characters"),
-                                         ("b\u202ex", "holds control, format or bidirectional characters")])
+@pytest.mark.parametrize("tenant, says", [(" ", "--tenant must name a tenant"), ("team\nb", "holds control, format, bidirectional"),
+                                         ("b\u202ex", "holds control, format, bidirectional"), ("acme\u3164", "holds control, format, bidirectional"),
+                                         ("acme ", "(or spaces around it)")])
 def test_keys_new_refuses_a_tenant_name_the_configuration_would_refuse(tenant, says):
     out = subprocess.run([str(BIN), "keys", "new", "--tenant", tenant], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and says in out.stderr, out.stderr

@@ -399,6 +399,15 @@ def test_a_continued_conversation_keeps_its_privacy_tags(tmp_path, fake_provider
         gw.stop()
 
 
+def test_a_passed_through_answer_without_usage_is_billed_on_estimates_and_shows_them(passthrough_gateway):
+    r = httpx.post(f"{passthrough_gateway.v1}/responses", json={"model": "oai/bare", "input": "one two three four"}, timeout=30)
+    assert r.status_code == 200, r.text
+    rec = accounting_record(passthrough_gateway, r.headers["x-request-id"])
+    written = -(-len("echo: one two three four") // 4)
+    assert rec["cost_estimated"] == "true" and int(rec["completion_tokens"]) == written, rec
+    assert r.json()["usage"]["output_tokens"] == written and r.json()["usage"]["input_tokens"] == int(rec["prompt_tokens"])
+
+
 def test_hosted_tools_pass_through_and_are_refused_where_nothing_speaks_the_api(passthrough_gateway, fake_provider, gateway):
     tools = [{"type": "web_search_preview"}, *WEATHER]
     r = client_for(passthrough_gateway).responses.create(model="auto", input="news today?", tools=tools)

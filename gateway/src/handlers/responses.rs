@@ -260,8 +260,16 @@ async fn passed_answer(
     let mut cost = 0.0;
     if let Some(record) = exchange.record() {
         record.served_by(target, false);
-        record.usage(usage_of_response(&response).as_ref());
+        let usage = usage_of_response(&response);
+        record.usage(usage.as_ref());
         record.status(200);
+        if usage.is_none() {
+            // A provider that reports no usage is billed on estimates, and the answer shows them.
+            record.answer_chars(written_chars(&response));
+            if let (Some(billed), Some(fields)) = (record.billed_usage(), response.as_object_mut()) {
+                fields.insert("usage".into(), responses::response_usage(&billed));
+            }
+        }
         cost = record.cost_usd();
     }
     if let (Some(keep), Some(id)) = (keep, response.get("id").and_then(Value::as_str).map(str::to_owned)) {
@@ -281,6 +289,20 @@ fn patch_echo(response: &mut Value, (previous, store): &(Option<String>, bool)) 
         fields.insert("previous_response_id".into(), previous.clone().map_or(Value::Null, Value::String));
         fields.insert("store".into(), Value::Bool(*store));
     }
+}
+
+/// The characters the model wrote in a `response` object: output text, refusals, function calls'
+/// names and arguments (for an estimate when the provider reports no usage).
+fn written_chars(response: &Value) -> usize {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |t| t.chars().count());
+    let items = response.get("output").and_then(Value::as_array).into_iter().flatten();
+    items
+        .map(|item| {
+            let call = if item.get("type").and_then(Value::as_str) == Some("function_call") { text(item.get("name")) + text(item.get("arguments")) } else { 0 };
+            let parts = item.get("content").and_then(Value::as_array).into_iter().flatten();
+            call + parts.map(|p| text(p.get("text")) + text(p.get("refusal"))).sum::<usize>()
+        })
+        .sum()
 }
 
 /// Chat usage from a `response` object's `usage` (the inverse of `responses::response_usage`).

@@ -46,7 +46,8 @@
 //! the last user text, or with tools defined and the model `tool`, calls the first tool with
 //! `{"city": "Paris"}`; streams use Anthropic's events, tool input in `input_json_delta` pieces.
 //!
-//! `POST /v1/responses` answers `echo: <last input>` as a Responses-API response or events.
+//! `POST /v1/responses` answers `echo: <last input>` as a Responses-API response or events
+//! (`bare`: with `usage: null`).
 //!
 //! `POST /v1/embeddings` answers 8-dimensional vectors derived from each input's bytes.
 //!
@@ -394,7 +395,12 @@ async fn responses(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body)
         "output": if status == "completed" { json!([{"id": "msg_fake", "type": "message", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}]) } else { json!([]) },
         "usage": {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0}, "output_tokens": 4, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 13}});
     if !body["stream"].as_bool().unwrap_or(false) {
-        return Json(response("completed", &text)).into_response();
+        let mut whole = response("completed", &text);
+        // `bare` reports no usage, as some servers do.
+        if model == "bare" {
+            whole["usage"] = Value::Null;
+        }
+        return Json(whole).into_response();
     }
     let event = |kind: &str, mut data: Value, seq: usize| {
         data["type"] = json!(kind);
