@@ -111,8 +111,9 @@ fn part_fields(part: &Value) -> impl Iterator<Item = (&String, &Value)> {
     let text = text_field(part);
     part.as_object().into_iter().flatten().filter(move |(k, _)| !PART_HANDLED.contains(&k.as_str()) && Some(k.as_str()) != text)
 }
-/// Keys of a tool call: identifiers, and `arguments`, scanned as message text.
-const CALL_HANDLED: &[&str] = &["type", "id", "name", "arguments"];
+/// Keys of a tool call: identifiers, and a function's `arguments` or a custom tool's `input`,
+/// scanned as message text.
+const CALL_HANDLED: &[&str] = &["type", "id", "name", "arguments", "input"];
 
 /// The strings of `req` outside message text and tool-call arguments that a provider sees.
 fn for_each_other_string(req: &ChatRequest, visit: &mut impl FnMut(&str)) {
@@ -286,6 +287,11 @@ pub fn text_chars(req: &ChatRequest) -> usize {
             }
         });
     }
+    // Tool definitions and a response schema are prompt too: a model reads (and a provider
+    // bills) them as input.
+    for definitions in [&req.tools, &req.response_format].into_iter().flatten() {
+        chars += serde_json::to_string(definitions).map_or(0, |json| json.chars().count());
+    }
     chars
 }
 
@@ -318,7 +324,7 @@ fn tool_call_arguments(extra: &serde_json::Map<String, Value>) -> impl Iterator<
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|call| call.pointer("/function/arguments").and_then(Value::as_str))
+        .filter_map(|call| call.pointer("/function/arguments").or_else(|| call.pointer("/custom/input")).and_then(Value::as_str))
 }
 
 /// `text`, written out, with the PII the scanner finds replaced by typed placeholders (`<EMAIL_1>`), for logging
@@ -384,8 +390,8 @@ fn for_each_message_text_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut Strin
         }
         if let Some(Value::Array(calls)) = message.extra.get_mut("tool_calls") {
             for call in calls {
-                if let Some(Value::String(arguments)) = call.pointer_mut("/function/arguments") {
-                    f(arguments);
+                for (_, input) in call_inputs(call) {
+                    f(input);
                 }
             }
         }

@@ -51,6 +51,9 @@ def test_tool_calls_count_as_output_when_usage_is_estimated(gateway):
     r = httpx.post(f"{gateway.v1}/chat/completions", json=body, timeout=30)
     rec = accounting_record(gateway, r.headers["x-request-id"])
     assert int(rec["completion_tokens"]) == -(-written // 4) == r.json()["usage"]["completion_tokens"], (rec, r.json())
+    # The tool definitions were prompt too (a provider bills them).
+    read = len(text) + len(json.dumps(body["tools"], separators=(",", ":")))
+    assert int(rec["prompt_tokens"]) == -(-read // 4) == r.json()["usage"]["prompt_tokens"], (rec, read)
     with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
                       json={**body, "stream": True, "stream_options": {"include_usage": True}}) as s:
         request_id = s.headers["x-request-id"]
