@@ -199,12 +199,16 @@ fn redact_map(fields: &mut serde_json::Map<String, Value>, f: &mut dyn FnMut(&mu
 /// result from Python's `json.dumps` escapes every non-ASCII character (the no-break spaces of an
 /// IBAN, an accented email), and a model reads them decoded. Escapes JSON needs (`"`, `\`, control
 /// characters, a lone surrogate) stay as they are and nothing else changes, so JSON stays the same
-/// JSON byte for byte around them, parsable or not.
+/// JSON byte for byte around them, parsable or not. JSON inside a JSON string (a tool result
+/// holding a serialised body) has its escapes escaped once more (`\\\\u00a0`): written out too.
 fn unescaped(text: &str) -> Option<String> {
     if !text.contains("\\u") {
         return None;
     }
     let hex4 = |at: usize| text.get(at..at + 4).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit())).and_then(|h| u32::from_str_radix(h, 16).ok());
+    // `\uXXXX` at `at`, or `\\uXXXX` (JSON inside a JSON string, its escape escaped once more):
+    // the code and the escape's length.
+    let escape_at = |at: usize, prefix: &str| text.get(at..).filter(|t| t.starts_with(prefix)).and_then(|_| hex4(at + prefix.len())).map(|code| (code, prefix.len() + 4));
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let (mut i, mut copied) = (0, 0);
@@ -213,17 +217,17 @@ fn unescaped(text: &str) -> Option<String> {
             i += 1;
             continue;
         }
-        let Some(code) = (bytes.get(i + 1) == Some(&b'u')).then(|| hex4(i + 2)).flatten() else {
+        let Some((prefix, (code, len))) = ["\\u", "\\\\u"].into_iter().find_map(|prefix| escape_at(i, prefix).map(|found| (prefix, found))) else {
             // Another escape (`\\`, `\"`, `\n`…): both characters stay.
             i += 2;
             continue;
         };
         let (decoded, len) = match code {
-            0xD800..=0xDBFF => match (text.get(i + 6..i + 8) == Some("\\u")).then(|| hex4(i + 8)).flatten() {
-                Some(low @ 0xDC00..=0xDFFF) => (char::from_u32(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)), 12),
-                _ => (None, 6),
+            0xD800..=0xDBFF => match escape_at(i + len, prefix) {
+                Some((low @ 0xDC00..=0xDFFF, _)) => (char::from_u32(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)), 2 * len),
+                _ => (None, len),
             },
-            _ => (char::from_u32(code), 6),
+            _ => (char::from_u32(code), len),
         };
         if let Some(c) = decoded.filter(|c| !matches!(c, '"' | '\\') && !c.is_control()) {
             out.push_str(&text[copied..i]);
@@ -557,7 +561,18 @@ mod tests {
             assert_eq!(sent.contains("\\ud83d"), text.contains("\\ud83d"), "a lone surrogate stays escaped: {sent}");
             assert_eq!(sent.contains("1.50"), text.contains("1.50"), "{sent}");
         }
-        assert_eq!(unescaped(r"a\u0022b\\u0040c\u00e9\ud83d\ude00").as_deref(), Some(r"a\u0022b\\u0040cé😀"), "quotes and escaped backslashes stay");
+        assert_eq!(unescaped(r"a\u0022b\\u0022c\u00e9\ud83d\ude00").as_deref(), Some(r"a\u0022b\\u0022cé😀"), "escaped quotes stay");
+        assert_eq!(unescaped(r"x\\u00e9\\ud83d\\ude00\\\u0041").as_deref(), Some(r"xé😀\\A"), "escapes escaped once more are written out");
+        // JSON inside a JSON string, as a tool result holding a serialised body: `json.dumps`
+        // twice writes the IBAN's no-break spaces as `\\u00a0`.
+        let inner = serde_json::to_string(&serde_json::json!({"iban": "DE89\u{a0}3704\u{a0}0044\u{a0}0532\u{a0}0130\u{a0}00"})).unwrap().replace('\u{a0}', "\\u00a0");
+        let outer = serde_json::to_string(&serde_json::json!({"body": inner})).unwrap();
+        assert!(outer.contains(r"\\u00a0"), "{outer}");
+        let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "tool", "tool_call_id": "c1", "content": outer}]}));
+        assert_eq!(inspect(&req).pii.get("iban"), Some(&1));
+        redact(&mut req);
+        let sent = req.messages[0].content.as_ref().and_then(MessageContent::text).unwrap();
+        assert!(!sent.contains("0532") && serde_json::from_str::<serde_json::Value>(&sent).is_ok(), "{sent}");
         // Escapes that hide no PII stay as written, beside PII that is plain.
         let asked = r"Why does s.replace('\u00a0', ' ') not strip it? Reply to bob@example.com";
         let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": asked}]}));
