@@ -36,7 +36,7 @@ pub fn inspect(req: &ChatRequest) -> Inspection {
             Piece::Opaque => *out.pii.entry(PiiKind::Unscannable.as_str().to_owned()).or_insert(0) += 1,
         });
     }
-    for_each_other_string(req, &mut |text| count_pii(scanner, text, &mut out.pii));
+    for_each_other_string(req, &mut |text| count_pii(scanner, &unescaped(text).map_or(std::borrow::Cow::Borrowed(text), std::borrow::Cow::Owned), &mut out.pii));
     out
 }
 
@@ -350,7 +350,7 @@ pub fn redact(req: &mut ChatRequest) -> Redaction {
     // Placeholder-shaped text anywhere in the request is never handed out as a placeholder.
     // A message text whose `\u` escapes hide PII is sent with them written out, so that what they
     // hide is replaced as the model would read it (other texts are sent as written, escapes and all).
-    for_each_message_text_mut(req, &mut |text: &mut String| {
+    for_each_text_mut(req, &mut |text: &mut String| {
         if let Some(written_out) = unescaped(text) {
             // Placeholders written as escapes (`\u003cEMAIL_1\u003e`, as Go writes `<`) are read
             // as placeholders by the model: never handed out either.
@@ -573,6 +573,14 @@ mod tests {
         redact(&mut req);
         let sent = req.messages[0].content.as_ref().and_then(MessageContent::text).unwrap();
         assert!(!sent.contains("0532") && serde_json::from_str::<serde_json::Value>(&sent).is_ok(), "{sent}");
+        // Outside message text too: `user`, metadata values, tool descriptions.
+        let escaped = r"jane.doe\u0040example.com";
+        let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}], "user": escaped, "metadata": {"owner": escaped},
+            "tools": [{"type": "function", "function": {"name": "notify", "description": format!("Notify {escaped}")}}]}));
+        assert_eq!(inspect(&req).pii.get("email"), Some(&3));
+        redact(&mut req);
+        let sent = serde_json::to_string(&req).unwrap();
+        assert!(!sent.contains("example.com") && !sent.contains("0040"), "{sent}");
         // Escapes that hide no PII stay as written, beside PII that is plain.
         let asked = r"Why does s.replace('\u00a0', ' ') not strip it? Reply to bob@example.com";
         let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": asked}]}));
