@@ -367,6 +367,12 @@ pub fn written_chars(extra: &serde_json::Map<String, serde_json::Value>) -> usiz
     called + text(extra.get("refusal"))
 }
 
+/// The characters a model wrote in a whole answer's message: its text, refusal and tool calls.
+pub fn message_chars(message: &providers::wire::ResponseMessage) -> usize {
+    let text = |t: Option<&str>| t.map_or(0, |t| t.chars().count());
+    text(message.content.as_deref()) + text(message.refusal.as_deref()) + written_chars(&message.extra)
+}
+
 /// `local` for `local/<name>` targets, else `remote`.
 pub fn tier_of(target: &str) -> &'static str {
     if target.starts_with("local/") {

@@ -376,7 +376,7 @@ fn keys_new_command(tenant: &str) -> anyhow::Result<()> {
     // The configuration refuses an empty tenant name: a key for one could never be used.
     anyhow::ensure!(!tenant.trim().is_empty(), "--tenant must name a tenant");
     anyhow::ensure!(
-        !tenant.chars().any(tenants::hidden_or_control) && tenant.trim() == tenant,
+        !tenants::unreadable_name(tenant),
         "--tenant \"{}\" holds control, format, bidirectional or other invisible characters (or spaces around it), which a tenant name may not (the configuration refuses it)",
         tenant.escape_default()
     );

@@ -28,7 +28,7 @@ pub fn inspect(req: &ChatRequest) -> Inspection {
     for message in &req.messages {
         visit_message(message, &mut |piece| match piece {
             Piece::Text(text) => {
-                let text = unescaped(text).map_or(std::borrow::Cow::Borrowed(text), std::borrow::Cow::Owned);
+                let text = as_read(text);
                 count_pii(scanner, &text, &mut out.pii);
                 out.text.push_str(&text);
                 out.text.push('\n');
@@ -36,7 +36,7 @@ pub fn inspect(req: &ChatRequest) -> Inspection {
             Piece::Opaque => *out.pii.entry(PiiKind::Unscannable.as_str().to_owned()).or_insert(0) += 1,
         });
     }
-    for_each_other_string(req, &mut |text| count_pii(scanner, &unescaped(text).map_or(std::borrow::Cow::Borrowed(text), std::borrow::Cow::Owned), &mut out.pii));
+    for_each_other_string(req, &mut |text| count_pii(scanner, &as_read(text), &mut out.pii));
     out
 }
 
@@ -240,6 +240,11 @@ fn unescaped(text: &str) -> Option<String> {
         out.push_str(&text[copied..]);
         out
     })
+}
+
+/// `text` as a model reads it: with its escapes written out ([`unescaped`]), else as it is.
+fn as_read(text: &str) -> std::borrow::Cow<'_, str> {
+    unescaped(text).map_or(std::borrow::Cow::Borrowed(text), std::borrow::Cow::Owned)
 }
 
 fn count_pii(scanner: &router::PiiScanner, text: &str, pii: &mut BTreeMap<String, u32>) {

@@ -71,11 +71,17 @@ fn parse_hash(entry: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// True when `name` holds a character a tenant name may not ([`hidden_or_control`]) or spaces
+/// around it: one rule for the configuration and `keys new`.
+pub fn unreadable_name(name: &str) -> bool {
+    name.chars().any(hidden_or_control) || name.trim() != name
+}
+
 /// A character a tenant name may not hold: anything but letters and digits (of any script), ASCII
 /// punctuation and the ASCII space — so no control, format, bidirectional, zero-width or other
 /// whitespace character, which would make a name read as another — and the fillers and marks
 /// that count as letters but show nothing.
-pub fn hidden_or_control(c: char) -> bool {
+fn hidden_or_control(c: char) -> bool {
     let visible = c.is_alphanumeric() || c.is_ascii_punctuation() || c == ' ';
     !visible || matches!(c, '\u{34f}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}' | '\u{3164}' | '\u{ffa0}')
 }
@@ -86,7 +92,7 @@ impl TenantConfig {
         let mut problems = Vec::new();
         if self.name.trim().is_empty() {
             problems.push("tenant name must not be empty".to_owned());
-        } else if self.name.chars().any(hidden_or_control) || self.name.trim() != self.name {
+        } else if unreadable_name(&self.name) {
             problems.push(format!("tenant {:?}: a tenant name must not hold control, format or bidirectional characters (it labels metrics, log lines and the dashboard)", self.name));
         }
         for (i, key) in self.keys.iter().enumerate() {

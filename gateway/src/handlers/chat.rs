@@ -524,10 +524,7 @@ async fn complete_answer(
         if response.usage.is_none() {
             // A provider that reports no usage is billed on estimates, its answer's text and tool
             // calls included; the answer shows what it is billed for, as a stream's usage chunk does.
-            let written = |m: &providers::wire::ResponseMessage| {
-                m.content.as_deref().map_or(0, |t| t.chars().count()) + crate::accounting::written_chars(&m.extra) + m.refusal.as_deref().map_or(0, |t| t.chars().count())
-            };
-            r.answer_chars(response.choices.iter().map(|c| written(&c.message)).sum());
+            r.answer_chars(response.choices.iter().map(|c| crate::accounting::message_chars(&c.message)).sum());
             response.usage = r.billed_usage();
         }
         cost = r.cost_usd();
