@@ -364,8 +364,8 @@ pub fn redact(req: &mut ChatRequest) -> Redaction {
                 *text = written_out;
             }
         }
+        redaction.avoid(text);
     });
-    for_each_text_mut(req, &mut |text: &mut String| redaction.avoid(text));
     for_each_text_mut(req, &mut |text: &mut String| {
         let spans = scanner.scan(text);
         if !spans.is_empty() {
