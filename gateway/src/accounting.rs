@@ -184,6 +184,9 @@ pub struct PendingRecord {
     /// Cut by the stop's deadline before it answered: billed like a client that left (the target
     /// had the prompt).
     cut: bool,
+    /// A streamed answer: `Some(false)` while it streams, `Some(true)` once it ended (a stream
+    /// dropped before then was left by its client, whatever usage it had reported so far).
+    stream_done: Option<bool>,
     /// Told of the finished record (the budget settles here).
     on_finish: Option<OnFinish>,
 }
@@ -222,6 +225,7 @@ impl PendingRecord {
             completion_chars: 0,
             no_baseline: false,
             cut: false,
+            stream_done: None,
             on_finish: None,
         }
     }
@@ -309,6 +313,16 @@ impl PendingRecord {
         self.completion_chars += text.chars().count();
     }
 
+    /// The answer streams from here on.
+    pub fn streaming(&mut self) {
+        self.stream_done = Some(false);
+    }
+
+    /// The stream ended (its last chunk passed, or its failure).
+    pub fn stream_ended(&mut self) {
+        self.stream_done = Some(true);
+    }
+
     /// The upstream failed after the stream had started.
     pub fn upstream_failed(&mut self, kind: &'static str) {
         self.failed_mid_stream = Some(kind);
@@ -334,8 +348,9 @@ impl PendingRecord {
     fn billed(&self) -> (Option<Usage>, bool) {
         let r = &self.record;
         match (&self.usage, !r.target.is_empty()) {
-            // A stream that broke off may have reported only its prompt: what it streamed counts.
-            (Some(u), _) if self.failed_mid_stream.is_some() => {
+            // A stream that broke off, or that its client left, may have reported only its
+            // prompt (Anthropic's does at its start): what it streamed counts.
+            (Some(u), _) if self.failed_mid_stream.is_some() || self.stream_done == Some(false) => {
                 let streamed = estimate_tokens(self.completion_chars);
                 let mut billed = u.clone();
                 billed.completion_tokens = u.completion_tokens.max(streamed);

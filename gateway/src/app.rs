@@ -20,17 +20,21 @@ use crate::state::AppState;
 /// 1. `request_ctx` — creates the request id and the `request` span (fields `request_id`,
 ///    `tenant`, `rule`, `target`, `tier`), inserts the `RequestCtx` extension, sets
 ///    `x-request-id` on every answer and logs one line when the head of the answer is ready.
-/// 2. `authenticate` (on `/v1/*` routes only) — reads `Authorization: Bearer <virtual key>`,
+/// 2. `cors` (on `/v1/*` routes, around 3 and 4, only with `server.cors_allowed_origins`) —
+///    answers a browser's preflight (`OPTIONS` with `Access-Control-Request-Method`) from an
+///    allowed origin before authentication, as browsers send it without the key, and marks every
+///    answer to such an origin readable by its page, the gateway's own headers included.
+/// 3. `authenticate` (on `/v1/*` routes only) — reads `Authorization: Bearer <virtual key>`,
 ///    inserts the tenant (`Arc<router::TenantProfile>`) and records `tenant` on the span, or
 ///    answers 401 `invalid_api_key`. Open mode (no tenant has keys): tenant `default`.
-/// 3. `refuse_encoded_bodies` (on `/v1/*` routes, after 2) — a compressed body
+/// 4. `refuse_encoded_bodies` (on `/v1/*` routes, after 3) — a compressed body
 ///    (`Content-Encoding` other than `identity`) is answered 415 `unsupported_content_encoding`,
 ///    not misread as malformed JSON.
-/// 4. `admin_auth` (on `/dashboard` and `/admin/*` only; beside 2, not after it) — the admin
+/// 5. `admin_auth` (on `/dashboard` and `/admin/*` only; beside 3, not after it) — the admin
 ///    key as Bearer, Basic password or session cookie, else 401 (`/dashboard`'s carries
 ///    `WWW-Authenticate: Basic` and the login form). `/metrics`, `/healthz`, `/readyz` and
 ///    `/dashboard/login` need no key.
-/// 5. on `/dashboard*` and `/admin/*` (unknown paths there too), around 4 — `Cache-Control: no-store`
+/// 6. on `/dashboard*` and `/admin/*` (unknown paths there too), around 5 — `Cache-Control: no-store`
 ///    and `X-Frame-Options: DENY` on every answer: admin figures are never cached on the way,
 ///    and the dashboard is never framed by another site.
 ///
@@ -51,6 +55,10 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/v1/responses/{id}/input_items", get(responses::input_items).fallback(not_allowed))
         .route_layer(axum::middleware::from_fn(refuse_encoded_bodies))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authenticate));
+    let api = match cors(&state.config.server.cors_allowed_origins) {
+        Some(cors) => api.layer(cors),
+        None => api,
+    };
     let admin = Router::new()
         .route("/dashboard", get(admin::dashboard).fallback(not_allowed))
         .route("/admin/stats", get(admin::stats).fallback(not_allowed))
@@ -73,6 +81,52 @@ pub fn build(state: Arc<AppState>) -> Router {
         .fallback(fallback::unknown_url)
         .with_state(state)
         .layer(axum::middleware::from_fn(request_ctx))
+}
+
+/// The answer headers a browser page may read besides the CORS-safelisted ones.
+const EXPOSED_HEADERS: [&str; 18] = [
+    "x-request-id",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-switchyard-cache",
+    "x-switchyard-cascade",
+    "x-switchyard-complexity",
+    "x-switchyard-cost-usd",
+    "x-switchyard-local-confidence",
+    "x-switchyard-local-min-logprob",
+    "x-switchyard-rerouted",
+    "x-switchyard-rule",
+    "x-switchyard-spilled",
+    "x-switchyard-tags",
+    "x-switchyard-target",
+    "x-switchyard-tier",
+];
+
+/// CORS for `/v1/*` from `origins` (`"*"`: any), or none when the list is empty. Requests carry
+/// the key in `Authorization`, never a cookie, so credentials are not allowed; the headers a page
+/// may send are those its preflight asks for (the `OpenAI` SDKs send their own `x-stainless-*`).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        // Checked by `ServerConfig::problems`: every entry is a valid header value.
+        AllowOrigin::list(origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST, axum::http::Method::DELETE])
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers(EXPOSED_HEADERS.map(header::HeaderName::from_static))
+            .max_age(std::time::Duration::from_mins(10)),
+    )
 }
 
 /// What connections accepted after a stop signal get while the drain runs: `/healthz` and

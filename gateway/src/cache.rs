@@ -186,28 +186,33 @@ impl ResponseCache {
     }
 
     /// Keeps a whole answer (only complete ones without tool calls, log-probabilities or other
-    /// extras: a streamed replay could not carry them).
-    pub fn put(&self, key: CacheKey, response: ChatResponse, target: &str) {
+    /// extras: a streamed replay could not carry them), here and, when shared, in Redis; an answer
+    /// weighing more than the whole cache is kept in neither. Answers the Redis write, spawned.
+    pub fn put(&self, key: CacheKey, response: ChatResponse, target: &str) -> Option<tokio::task::JoinHandle<()>> {
         let reusable = response.choices.iter().all(|c| {
             c.message.extra.is_empty() && c.message.refusal.is_none() && c.logprobs.as_ref().is_none_or(serde_json::Value::is_null) && c.finish_reason.as_deref().is_some_and(|f| f == "stop" || f == "length")
         });
         if !reusable || response.choices.is_empty() {
-            return;
+            return None;
         }
         let cached = Arc::new(Cached { response, target: target.to_owned() });
-        if let Some(store) = self.shared.clone() {
-            if let (Ok(bytes), Ok(runtime)) = (serde_json::to_vec(cached.as_ref()), tokio::runtime::Handle::try_current()) {
-                let ttl = self.ttl.as_secs();
-                runtime.spawn(async move {
-                    let Ok(mut conn) = store.connection().await else { return };
-                    let mut set = redis::cmd("SET");
-                    set.arg(redis_key(&key)).arg(bytes).arg("EX").arg(ttl);
-                    let set = set.query_async::<()>(&mut conn);
-                    let _ = tokio::time::timeout(store.timeout(), set).await;
-                });
-            }
+        let entry = self.entry(Arc::clone(&cached), Instant::now() + self.ttl);
+        if u64::from(entry.kib) > self.capacity_kib {
+            return None;
         }
-        self.keep(key, self.entry(cached, Instant::now() + self.ttl));
+        let write = self.shared.clone().and_then(|store| {
+            let (bytes, runtime) = (serde_json::to_vec(cached.as_ref()).ok()?, tokio::runtime::Handle::try_current().ok()?);
+            let ttl = self.ttl.as_secs();
+            Some(runtime.spawn(async move {
+                let Ok(mut conn) = store.connection().await else { return };
+                let mut set = redis::cmd("SET");
+                set.arg(redis_key(&key)).arg(bytes).arg("EX").arg(ttl);
+                let set = set.query_async::<()>(&mut conn);
+                let _ = tokio::time::timeout(store.timeout(), set).await;
+            }))
+        });
+        self.keep(key, entry);
+        write
     }
 }
 
@@ -461,6 +466,26 @@ mod tests {
         }
         assert!(gone, "Redis expires the answer after ttl_s");
         assert!(b.get(&key).await.is_none(), "a copy read from Redis lives no longer than the original");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_larger_than_the_cache_is_not_written_to_redis_either() {
+        use crate::store::tests::{redis_store, PrivateRedis};
+        let redis = PrivateRedis::start();
+        let store = Arc::new(redis_store(&redis));
+        let config: CacheConfig = toml::from_str("max_mib = 1\nshared = true").unwrap();
+        let cache = ResponseCache::new(&config, Some(Arc::clone(&store)));
+        let mut conn = store.connection().await.unwrap();
+        let (big, small) = ([1; 32], [2; 32]);
+        if let Some(write) = cache.put(big, answer(&"x".repeat(1536 * 1024)), "fake/echo") {
+            write.await.unwrap();
+        }
+        let exists: bool = redis::cmd("EXISTS").arg(redis_key(&big)).query_async(&mut conn).await.unwrap();
+        assert!(!exists, "a 1.5 MiB answer went to Redis past max_mib = 1");
+        // A small one still goes: the check above could fail.
+        cache.put(small, answer("short"), "fake/echo").expect("a shared cache writes to Redis").await.unwrap();
+        let exists: bool = redis::cmd("EXISTS").arg(redis_key(&small)).query_async(&mut conn).await.unwrap();
+        assert!(exists);
     }
 
     #[test]

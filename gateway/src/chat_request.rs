@@ -98,6 +98,16 @@ pub fn validate_chat_request(req: &ChatRequest) -> Result<(), ApiError> {
                 format!("messages[{i}].content"),
             ));
         }
+        if let Some(providers::wire::MessageContent::Parts(parts)) = &m.content {
+            // A text part without its text: OpenAI refuses it; passed on, a provider would get
+            // an empty text block (which Anthropic refuses) or the model nothing.
+            if let Some(j) = parts.iter().position(|p| p.get("type").and_then(serde_json::Value::as_str) == Some("text") && !p.get("text").is_some_and(serde_json::Value::is_string)) {
+                return Err(ApiError::invalid(
+                    format!("Missing required parameter: 'messages[{i}].content[{j}].text'."),
+                    format!("messages[{i}].content[{j}].text"),
+                ));
+            }
+        }
         if m.role == "tool" {
             answers_a_call(&req.messages[..i], m, i)?;
         }
@@ -430,6 +440,8 @@ mod tests {
         assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"temperature":3}"#).as_deref(), Some("temperature"));
         assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"wizard","content":"x"}]}"#).as_deref(), Some("messages[0].role"));
         assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user"}]}"#).as_deref(), Some("messages[0].content"));
+        assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text"}]}]}"#).as_deref(), Some("messages[0].content[1].text"));
+        assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":[{"type":"text","text":null}]}]}"#).as_deref(), Some("messages[0].content[0].text"));
         assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#).as_deref(), Some("max_tokens"));
         assert_eq!(param_of(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#).as_deref(), Some("max_tokens"));
         assert_eq!(param_of(r#"{"model":7,"messages":[{"role":"user","content":"x"}]}"#).as_deref(), Some("model"));

@@ -55,6 +55,10 @@ pub struct ServerConfig {
     /// core than the multi-threaded scheduler with one worker).
     #[serde(default)]
     pub worker_threads: usize,
+    /// Web origins (`https://app.example.com`) whose pages may call `/v1/*` from a browser
+    /// (CORS), or `["*"]` for any; empty (the default): no CORS headers, browsers refuse.
+    #[serde(default)]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -100,6 +104,7 @@ impl ServerConfig {
         if self.worker_threads > MAX_WORKER_THREADS {
             problems.push(format!("server.worker_threads must be at most {MAX_WORKER_THREADS} (0: one per core)"));
         }
+        problems.extend(self.cors_allowed_origins.iter().filter_map(|origin| cors_origin_problem(origin, self.cors_allowed_origins.len())));
         problems
     }
 }
@@ -117,8 +122,25 @@ impl Default for ServerConfig {
             max_connections: default_max_connections(),
             max_in_flight_per_tenant: default_max_in_flight_per_tenant(),
             worker_threads: 0,
+            cors_allowed_origins: Vec::new(),
         }
     }
+}
+
+/// What is wrong with `origin` as an entry of `cors_allowed_origins` (of `count` entries): a
+/// browser sends `scheme://host[:port]`, nothing more, and compares it byte for byte.
+fn cors_origin_problem(origin: &str, count: usize) -> Option<String> {
+    if origin == "*" {
+        return (count > 1).then(|| "server.cors_allowed_origins: \"*\" allows every origin; list it alone".to_owned());
+    }
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return Some(format!("server.cors_allowed_origins: {origin:?} is not an origin (scheme://host[:port], as a browser sends it)"));
+    };
+    let readable = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if !matches!(scheme, "http" | "https") || host.is_empty() || !host.chars().all(readable) || host.ends_with(':') {
+        return Some(format!("server.cors_allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path or trailing slash, as a browser sends it)"));
+    }
+    (origin != origin.to_ascii_lowercase()).then(|| format!("server.cors_allowed_origins: {origin:?}: browsers send origins in lower case"))
 }
 
 /// `[policy]`.
@@ -310,7 +332,15 @@ fn warnings(policy: &Policy, policy_name: &str, file: &str, raw: &RawConfig, top
     let keyless = raw.providers.iter().filter(|p| p.api_key_env.is_none()).filter_map(move |p| {
         hosted(&p.kind).map(|kind| format!("{file}: provider {:?} (kind {kind}) has no api_key_env: it is called without a key, which the hosted API refuses", p.name))
     });
-    guard.chain(shadow).chain(embeddings).chain(unknown_tenants).chain(engine).chain(keyless).chain(open_mode_warning(raw, file)).chain(unreachable_rules(policy, policy_name)).collect()
+    guard.chain(shadow).chain(embeddings).chain(unknown_tenants).chain(engine).chain(keyless).chain(open_mode_warning(raw, file)).chain(open_admin_warning(raw, file)).chain(unreachable_rules(policy, policy_name)).collect()
+}
+
+/// Keys guard the API but no admin key guards the dashboard: any caller that can reach the
+/// gateway reads every tenant's traffic, spend and recent request ids there.
+fn open_admin_warning(raw: &RawConfig, file: &str) -> Option<String> {
+    (raw.server.admin_key_env.is_none() && raw.tenants.iter().any(|t| !t.keys.is_empty())).then(|| {
+        format!("{file}: tenants need keys but server.admin_key_env is not set: /dashboard and /admin/stats are open to anyone who can reach the gateway, with every tenant's figures (set admin_key_env to guard them)")
+    })
 }
 
 /// Tenants configured but none with a key: every request is served without one, as tenant

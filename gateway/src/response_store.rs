@@ -112,7 +112,11 @@ impl ResponseStore {
         // weighs max(its KiB, capacity / max_entries).
         let capacity_kib = config.max_mib.saturating_mul(1024);
         let per_entry_floor = u32::try_from((capacity_kib / config.max_entries.max(1)).max(1)).unwrap_or(u32::MAX);
+        // LRU, not moka's default TinyLFU admission: that refuses a new entry in favour of often
+        // read ones, so a response just stored (the one its client is about to continue) could
+        // be gone at once while another tenant's hot entries stayed.
         let local = moka::sync::Cache::builder()
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .max_capacity(capacity_kib)
             .weigher(move |_, kept: &Kept| (kept.size / 1024).max(per_entry_floor))
             .time_to_live(ttl)
@@ -253,6 +257,27 @@ mod tests {
         assert!(store.get("b", "resp_x").await.is_none());
         assert_eq!(store.delete("b", "resp_x").await, Ok(false));
         assert_eq!(store.delete("a", "resp_x").await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_response_just_stored_is_kept_over_older_ones_read_often() {
+        let store = ResponseStore::new(&ResponsesConfig { ttl_s: 60, max_entries: 1000, max_mib: 1 }, None);
+        // Tenant b fills most of the memory and keeps reading its responses.
+        for i in 0..3 {
+            store.put(&format!("resp_b{i}"), stored("b", 300 * 1024)).await;
+        }
+        for _ in 0..5 {
+            for i in 0..3 {
+                assert!(store.get("b", &format!("resp_b{i}")).await.is_some());
+            }
+        }
+        // Tenant a's conversations, each continued right after it is stored.
+        for i in 0..20 {
+            let id = format!("resp_a{i}");
+            store.put(&id, stored("a", 40 * 1024)).await;
+            store.local.run_pending_tasks();
+            assert!(store.get("a", &id).await.is_some(), "response {i} was dropped as it was stored");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,7 @@ const SETTLE_DEADLINE: Duration = Duration::from_secs(10);
 const BUDGET_REFRESH: Duration = Duration::from_secs(5);
 
 /// Serves until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish (at most
-/// [`DRAIN_DEADLINE`]) and returns.
+/// [`DRAIN_DEADLINE`], or until a second SIGTERM/SIGINT) and returns.
 pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     let listen = config.listen;
     for warning in &config.warnings {
@@ -79,31 +79,12 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         })
     };
     let stopping = Arc::new(Notify::new());
+    // A second stop signal during the drain: stop now, as at the drain's deadline.
+    let hurry = Arc::new(Notify::new());
     // A local engine that cannot start would leave the gateway never ready: it stops instead, with
     // the reason, so that a supervisor sees the failure rather than a replica stuck "loading".
     let engine_failure = Arc::new(std::sync::OnceLock::new());
-    {
-        let state = Arc::clone(&state);
-        let stopping = Arc::clone(&stopping);
-        let engine_failure = Arc::clone(&engine_failure);
-        tokio::spawn(async move {
-            let engine_failed = async {
-                match &state.local {
-                    Some(local) => local.engine().started().await.err(),
-                    None => None,
-                }
-            };
-            tokio::select! {
-                () = stop_signal() => info!("stop signal received; draining in-flight requests"),
-                Some(reason) = engine_failed => {
-                    tracing::error!(error = %reason, "the local engine could not start; stopping");
-                    let _ = engine_failure.set(reason);
-                }
-            }
-            state.draining.store(true, Relaxed);
-            stopping.notify_one();
-        });
-    }
+    tokio::spawn(watch_for_stop(Arc::clone(&state), Arc::clone(&stopping), Arc::clone(&hurry), Arc::clone(&engine_failure)));
     let (graceful, listener, mut connections) = accept_loop(listener, app, &state.config.server, &stopping).await;
     // The port stays open while the drain runs: probes get /readyz 503 and new requests 503
     // `shutting_down`, rather than a refused connection.
@@ -117,6 +98,11 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         () = tokio::time::sleep(DRAIN_DEADLINE) => {
             warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; closing remaining connections");
             // Requests cut now are the server's doing (503 in their records), not their clients'.
+            state.ledger.cut_remaining();
+            connections.abort_all();
+        }
+        () = hurry.notified() => {
+            warn!("second stop signal during the drain; closing remaining connections now");
             state.ledger.cut_remaining();
             connections.abort_all();
         }
@@ -148,6 +134,28 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         Some(reason) => Err(anyhow::anyhow!("the local engine could not start: {reason}")),
         None => Ok(()),
     }
+}
+
+/// Starts the drain (`stopping`) at a stop signal or when the local engine fails to start (its
+/// reason in `engine_failure`), and cuts it short (`hurry`) at a second stop signal.
+async fn watch_for_stop(state: Arc<AppState>, stopping: Arc<Notify>, hurry: Arc<Notify>, engine_failure: Arc<std::sync::OnceLock<String>>) {
+    let engine_failed = async {
+        match &state.local {
+            Some(local) => local.engine().started().await.err(),
+            None => None,
+        }
+    };
+    tokio::select! {
+        () = stop_signal() => info!("stop signal received; draining in-flight requests"),
+        Some(reason) = engine_failed => {
+            tracing::error!(error = %reason, "the local engine could not start; stopping");
+            let _ = engine_failure.set(reason);
+        }
+    }
+    state.draining.store(true, Relaxed);
+    stopping.notify_one();
+    stop_signal().await;
+    hurry.notify_one();
 }
 
 /// The last seconds' figures (the drain's requests among them) reach the cluster view before

@@ -61,6 +61,14 @@ pub fn request_body(req: &ChatRequest, default_max_tokens: Option<u32>) -> Resul
     if last_asks && messages.last().is_some_and(|(role, _)| role == "assistant") {
         messages.push(("user".to_owned(), vec![json!({"type": "text", "text": OPENING_USER_TURN})]));
     }
+    // A prefill (the conversation ends with the assistant) may not end in whitespace: Anthropic
+    // refuses it, and the model would write the space itself anyway.
+    if let Some((_, blocks)) = messages.last_mut().filter(|(role, _)| role == "assistant") {
+        if let Some(Value::String(text)) = blocks.last_mut().and_then(|b| b.get_mut("text")) {
+            // Not empty after it: whitespace-only text blocks were left out.
+            text.truncate(text.trim_end().len());
+        }
+    }
     let mut body = Map::new();
     body.insert("model".into(), Value::String(req.model.clone()));
     body.insert(
@@ -79,15 +87,27 @@ pub fn request_body(req: &ChatRequest, default_max_tokens: Option<u32>) -> Resul
         // OpenAI allows 0–2, Anthropic 0–1.
         body.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
     }
-    if let Some(p) = req.top_p {
+    // Current Claude models refuse both at once, and many OpenAI clients send both: the
+    // temperature is kept.
+    if let Some(p) = req.top_p.filter(|_| req.temperature.is_none()) {
         body.insert("top_p".into(), json!(p));
     }
-    if let Some(tools) = &req.tools {
-        body.insert("tools".into(), tools_of(tools)?);
-    }
-    let parallel = req.extra.get("parallel_tool_calls").and_then(Value::as_bool);
-    if let Some(choice) = tool_choice_of(req.tool_choice.as_ref(), parallel)? {
-        body.insert("tool_choice".into(), choice);
+    let tools = match &req.tools {
+        Some(tools) => tools_of(tools)?,
+        None => Value::Array(Vec::new()),
+    };
+    if tools.as_array().is_some_and(|t| !t.is_empty()) {
+        body.insert("tools".into(), tools);
+        let parallel = req.extra.get("parallel_tool_calls").and_then(Value::as_bool);
+        if let Some(choice) = tool_choice_of(req.tool_choice.as_ref(), parallel)? {
+            body.insert("tool_choice".into(), choice);
+        }
+    } else if let Some(used) = tools_used_in(&body["messages"]) {
+        // Anthropic refuses a conversation holding tool calls and results unless it defines
+        // tools; OpenAI's does not need them (a follow-up asked without tools). The tools called
+        // are named, and not to be called again.
+        body.insert("tools".into(), used);
+        body.insert("tool_choice".into(), json!({"type": "none"}));
     }
     if let Some(user) = req.extra.get("user").and_then(Value::as_str) {
         body.insert("metadata".into(), json!({"user_id": user}));
@@ -173,7 +193,8 @@ fn content_blocks(m: &ChatMessage, i: usize) -> Result<Vec<Value>, ProviderError
 fn image_block(url: &str) -> Option<Value> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest.split_once(',')?;
-        let media_type = meta.strip_suffix(";base64")?;
+        // `image/png;name=a.png;base64`: the media type alone (Anthropic takes no parameters).
+        let media_type = meta.strip_suffix(";base64")?.split(';').next()?.trim();
         return Some(json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}));
     }
     (url.starts_with("https://") || url.starts_with("http://")).then(|| json!({"type": "image", "source": {"type": "url", "url": url}}))
@@ -231,6 +252,18 @@ fn tools_of(tools: &Value) -> Result<Value, ProviderError> {
         .map(Value::Array)
 }
 
+/// Tool definitions for the tools `messages` (Anthropic's) call, with any input, if they call any.
+fn tools_used_in(messages: &Value) -> Option<Value> {
+    let mut names: Vec<&str> = Vec::new();
+    let blocks = messages.as_array()?.iter().filter_map(|m| m["content"].as_array()).flatten();
+    for name in blocks.filter(|b| b["type"] == "tool_use").filter_map(|b| b["name"].as_str()) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    (!names.is_empty()).then(|| Value::Array(names.into_iter().map(|name| json!({"name": name, "input_schema": {"type": "object"}})).collect()))
+}
+
 fn tool_choice_of(choice: Option<&Value>, parallel: Option<bool>) -> Result<Option<Value>, ProviderError> {
     let mut out = match choice {
         None => return Ok(parallel.filter(|p| !p).map(|_| json!({"type": "auto", "disable_parallel_tool_use": true}))),
@@ -254,7 +287,7 @@ fn tool_choice_of(choice: Option<&Value>, parallel: Option<bool>) -> Result<Opti
 /// `OpenAI`'s `finish_reason` for an Anthropic `stop_reason`.
 pub fn finish_reason(stop_reason: &str) -> &'static str {
     match stop_reason {
-        "max_tokens" => "length",
+        "max_tokens" | "model_context_window_exceeded" => "length",
         "tool_use" => "tool_calls",
         "refusal" => "content_filter",
         // end_turn, stop_sequence, pause_turn and anything new.
@@ -365,7 +398,10 @@ impl StreamTranslator {
                 self.usage = m.get("usage").cloned();
                 let mut delta = Self::delta(Some(String::new()), None);
                 delta.role = Some("assistant".into());
-                vec![self.chunk(delta, None)]
+                // The prompt's tokens, known from here on: a client that leaves mid-way is
+                // billed for them, not for an estimate (the gateway shows a client one usage
+                // chunk, the last).
+                vec![self.chunk(delta, None)].into_iter().chain(self.usage_so_far()).collect()
             }
             "content_block_start" => {
                 let block = data.get("content_block").cloned().unwrap_or(Value::Null);
@@ -459,18 +495,25 @@ pub fn retry_status(kind: &str) -> Option<u16> {
     }
 }
 
-/// `OpenAI`'s error body from an Anthropic error body (`{"type":"error","error":{"type","message"}}`).
+/// `OpenAI`'s error body from an Anthropic error body (`{"type":"error","error":{"type","message"}}`),
+/// in `OpenAI`'s words: the types and codes a client of the gateway handles whatever the provider
+/// (a prompt too long for the model is `context_length_exceeded`, as `OpenAI` says it).
 pub fn error_body(body: &[u8]) -> Option<crate::wire::ErrorBody> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let e = v.get("error")?;
-    Some(crate::wire::ErrorBody {
-        error: crate::wire::ErrorDetail {
-            message: e.get("message").and_then(Value::as_str).unwrap_or("error").to_owned(),
-            kind: e.get("type").and_then(Value::as_str).unwrap_or("api_error").to_owned(),
-            param: None,
-            code: None,
-        },
-    })
+    let message = e.get("message").and_then(Value::as_str).unwrap_or("error").to_owned();
+    let (kind, code) = match e.get("type").and_then(Value::as_str).unwrap_or("api_error") {
+        "invalid_request_error" if message.starts_with("prompt is too long") => ("invalid_request_error", Some("context_length_exceeded")),
+        "invalid_request_error" => ("invalid_request_error", None),
+        "rate_limit_error" => ("rate_limit_error", Some("rate_limit_exceeded")),
+        "not_found_error" => ("invalid_request_error", Some("model_not_found")),
+        "request_too_large" => ("invalid_request_error", Some("request_too_large")),
+        "authentication_error" => ("authentication_error", None),
+        "permission_error" => ("permission_error", None),
+        "overloaded_error" => ("server_error", Some("overloaded")),
+        _ => ("server_error", None),
+    };
+    Some(crate::wire::ErrorBody { error: crate::wire::ErrorDetail { message, kind: kind.to_owned(), param: None, code: code.map(str::to_owned) } })
 }
 
 #[cfg(test)]
@@ -663,6 +706,25 @@ mod tests {
     }
 
     #[test]
+    fn errors_and_stop_reasons_read_in_openai_terms() {
+        let error = |kind: &str, message: &str| {
+            let body = json!({"type": "error", "error": {"type": kind, "message": message}}).to_string();
+            let e = error_body(body.as_bytes()).unwrap().error;
+            (e.kind, e.code)
+        };
+        let pair = |kind: &str, code: Option<&str>| (kind.to_owned(), code.map(str::to_owned));
+        assert_eq!(error("invalid_request_error", "prompt is too long: 215000 tokens > 200000 maximum"), pair("invalid_request_error", Some("context_length_exceeded")));
+        assert_eq!(error("invalid_request_error", "messages: text content blocks must be non-empty"), pair("invalid_request_error", None));
+        assert_eq!(error("rate_limit_error", "slow down"), pair("rate_limit_error", Some("rate_limit_exceeded")));
+        assert_eq!(error("not_found_error", "model: x"), pair("invalid_request_error", Some("model_not_found")));
+        assert_eq!(error("overloaded_error", "busy"), pair("server_error", Some("overloaded")));
+        assert_eq!(error("something_new", "?"), pair("server_error", None));
+        // A window filled mid-answer is an answer cut short, as `max_tokens` is.
+        assert_eq!(finish_reason("model_context_window_exceeded"), "length");
+        assert_eq!(finish_reason("pause_turn"), "stop");
+    }
+
+    #[test]
     fn stream_events_become_chunks_with_tool_arguments_and_usage() {
         let mut t = StreamTranslator::default();
         let events = [
@@ -679,6 +741,8 @@ mod tests {
         ];
         let chunks: Vec<ChatChunk> = events.iter().flat_map(|(e, d)| t.event(e, d).unwrap()).collect();
         assert_eq!(chunks[0].choices[0].delta.role.as_deref(), Some("assistant"));
+        // The prompt's tokens as soon as they are known, for a client that leaves mid-way.
+        assert!(chunks[1].is_usage_only() && chunks[1].usage.as_ref().is_some_and(|u| u.prompt_tokens == 9), "{:?}", chunks[1]);
         let text: String = chunks.iter().filter_map(|c| c.choices.first()?.delta.content.clone()).collect();
         assert_eq!(text, "Hi");
         let args: String = chunks

@@ -300,6 +300,17 @@ impl OpenAiCompatible {
             Dialect::OpenAi { .. } | Dialect::Azure { .. } => error_body_of(body),
         };
         if status == StatusCode::TOO_MANY_REQUESTS {
+            // Azure's 429 says only `"code": "429"`: the client gets OpenAI's type and code.
+            let parsed = parsed.map(|mut body| {
+                let detail = &mut body.error;
+                if detail.code.as_deref().is_none_or(|c| c.bytes().all(|b| b.is_ascii_digit())) {
+                    detail.code = Some("rate_limit_exceeded".into());
+                }
+                if detail.kind == "invalid_request_error" {
+                    "rate_limit_error".clone_into(&mut detail.kind);
+                }
+                body
+            });
             return ProviderError::RateLimited { provider, retry_after_s, body: parsed.map(Box::new) };
         }
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
@@ -323,6 +334,13 @@ impl OpenAiCompatible {
         let message = parsed.map_or_else(|| format!("status {}", status.as_u16()), |b| b.error.message);
         ProviderError::Upstream { provider, status: Some(status.as_u16()), message }
     }
+}
+
+/// Whether an Azure `api-version` (`2024-10-21`, `2024-09-01-preview`) takes `stream_options`
+/// (from 2024-09-01 on; a version not written as a date is assumed recent).
+fn azure_takes_stream_options(api_version: &str) -> bool {
+    let date = api_version.get(..10).filter(|d| d.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() }));
+    date.is_none_or(|d| d >= "2024-09-01")
 }
 
 /// The error a server speaking `OpenAI`'s API sent, whatever its shape: `OpenAI`'s
@@ -536,9 +554,16 @@ impl Provider for OpenAiCompatible {
         req.stream = Some(true);
         // Always ask for usage so the cost is exact; the gateway passes the usage chunk on only
         // to clients that asked for it.
-        let mut options = req.stream_options.take().unwrap_or(StreamOptions { include_usage: None, extra: serde_json::Map::new() });
-        options.include_usage = Some(true);
-        req.stream_options = Some(options);
+        // Azure API versions before 2024-09-01 refuse `stream_options` (even the client's own):
+        // usage is estimated there.
+        let refused = matches!(&self.dialect, Dialect::Azure { api_version, .. } if !azure_takes_stream_options(api_version));
+        if refused {
+            req.stream_options = None;
+        } else {
+            let mut options = req.stream_options.take().unwrap_or(StreamOptions { include_usage: None, extra: serde_json::Map::new() });
+            options.include_usage = Some(true);
+            req.stream_options = Some(options);
+        }
         let request_body = self.body(&req)?;
         let (first, rest) = self.with_retries(|| self.open_stream(&req.model, &request_body, Endpoint::of(&req))).await?;
         let provider = self.name.clone();
@@ -885,6 +910,13 @@ mod tests {
     }
 
     #[test]
+    fn azure_versions_before_2024_09_01_get_no_stream_options() {
+        for (version, takes) in [("2024-10-21", true), ("2024-09-01-preview", true), ("2025-04-01-preview", true), ("2024-06-01", false), ("2024-02-15-preview", false), ("latest", true)] {
+            assert_eq!(azure_takes_stream_options(version), takes, "{version}");
+        }
+    }
+
+    #[test]
     fn a_stream_that_ends_before_its_answer_does_is_an_error() {
         let chunk = |finish: &str| format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"x\"}},\"finish_reason\":{finish}}}]}}\n\n");
         let cut = decode_stream(vec![chunk("null").into_bytes()], false);
@@ -905,10 +937,12 @@ mod tests {
         let anthropic = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\"}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
         let cut = decode_stream(vec![anthropic.to_vec()], true);
         assert!(matches!(cut.as_slice(), [Ok(_), Ok(_), Err(ProviderError::Upstream { message, .. })] if message.contains("message_stop")), "{cut:?}");
-        // With the prompt's usage in `message_start`, a usage chunk comes before the error.
         let counted = String::from_utf8(anthropic.to_vec()).unwrap().replace("\"model\":\"c\"}", "\"model\":\"c\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}");
         let cut = decode_stream(vec![counted.into_bytes()], true);
-        assert!(matches!(cut.as_slice(), [Ok(_), Ok(_), Ok(usage), Err(_)] if usage.is_usage_only() && usage.usage.as_ref().is_some_and(|u| u.prompt_tokens == 20)), "{cut:?}");
+        // With the prompt's usage in `message_start`, a usage chunk follows it, and another comes
+        // before the error.
+        let prompt_of = |chunk: &ChatChunk| chunk.is_usage_only().then(|| chunk.usage.as_ref().map(|u| u.prompt_tokens)).flatten();
+        assert!(matches!(cut.as_slice(), [Ok(_), Ok(start), Ok(_), Ok(usage), Err(_)] if prompt_of(start) == Some(20) && prompt_of(usage) == Some(20)), "{cut:?}");
         let whole = [anthropic.as_slice(), b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"].concat();
         assert!(decode_stream(vec![whole], true).iter().all(Result::is_ok));
     }

@@ -31,6 +31,8 @@ def test_compose_file_wires_gateway_redis_prometheus_and_grafana():
     gw = services["switchyard"]
     assert gw["build"] == "." and (ROOT / "Dockerfile").exists()
     assert "./models:/app/models:ro" in gw["volumes"]
+    # The drain (30 s) and the budget settlements after it (10 s) finish before Docker's SIGKILL.
+    assert gw["stop_grace_period"] == "45s"
     # config/docker.toml has no keys: every service is published on the host's loopback only.
     assert gw["ports"] == ["127.0.0.1:8080:8080"], gw["ports"]
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", [])), services

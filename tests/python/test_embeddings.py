@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import Gateway, accounting_record, fake_provider_section, fake_requests, gateway_config
+from conftest import Gateway, accounting_record, fake_provider_section, fake_requests, gateway_config, new_virtual_key
 
 
 @pytest.fixture
@@ -120,6 +120,23 @@ def test_a_trusted_provider_embeds_tagged_and_token_id_input(tmp_path, fake_prov
             r = httpx.post(f"{gw.v1}/embeddings", json={"model": "safe/embed", **extra}, headers=headers, timeout=30)
             assert r.status_code == 200 and len(r.json()["data"]) == 1, r.text
         assert len(fake_requests(fake_provider)) == before + 3
+    finally:
+        gw.stop()
+
+
+def test_token_ids_count_against_the_tenants_token_limit(tmp_path, fake_provider):
+    # Each id is a token: 150 of them are over a 100-tokens-a-minute limit, 60 are within it.
+    key, key_hash = new_virtual_key()
+    tenant = f'[[tenants]]\nname = "ids"\nkeys = ["{key_hash}"]\nrate_limit = {{ tpm = 100 }}\n'
+    config = f'[server]\nregion = "eu-west"\n\n{fake_provider_section(fake_provider, trusted=True)}\n{tenant}\n[policy]\nfile = "{{policy}}"\n'
+    gw = Gateway(tmp_path, config, '[[rule]]\nname = "all"\nroute = "fake/echo"\n')
+    try:
+        headers = {"authorization": f"Bearer {key}"}
+        over = httpx.post(f"{gw.v1}/embeddings", json={"model": "fake/embed", "input": [[7] * 90, [8] * 60]}, headers=headers, timeout=30)
+        assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limit_exceeded", over.text
+        within = httpx.post(f"{gw.v1}/embeddings", json={"model": "fake/embed", "input": [7] * 60}, headers=headers, timeout=30)
+        assert within.status_code == 200, within.text
+        assert within.headers["x-ratelimit-remaining-tokens"] == "40"
     finally:
         gw.stop()
 

@@ -175,6 +175,35 @@ def test_azure_uses_deployment_url_api_version_and_api_key_header(azure, fake_pr
     assert not any("az-secret-value" in line for line in azure.process.lines)
 
 
+def test_an_azure_429_reaches_the_client_in_openai_terms(azure, fake_provider):
+    # Azure's 429 body has no type and a numeric code; three of them outlast the two retries.
+    throttled = {"status": 429, "retry_after": "0", "body": {"error": {"code": "429", "message": "Requests to the ChatCompletions_Create Operation have exceeded call rate limit."}}}
+    script(fake_provider, throttled, throttled, throttled)
+    r = httpx.post(f"{azure.v1}/chat/completions", timeout=30, json={"model": "azure/gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 429, r.text
+    error = r.json()["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded") and "call rate limit" in error["message"], error
+
+
+def test_azure_api_versions_before_2024_09_01_are_not_sent_stream_options(tmp_path, fake_provider):
+    section = fake_provider_section(fake_provider, key_env="AZURE_TEST_KEY", name="azure", kind="azure", base_path="",
+                                    extra_keys='api_version = "2024-06-01"\n').replace('{ name = "echo",', '{ name = "gpt-4o", deployment = "echo",')
+    gw = Gateway(tmp_path, f'[server]\nregion = "eu-west"\n\n{section}\n[policy]\nfile = "{{policy}}"\n',
+                 '[[rule]]\nname = "all"\nroute = "azure/gpt-4o"\n', env={"AZURE_TEST_KEY": "az-secret-value"})
+    try:
+        before = len(fake_requests(fake_provider))
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", timeout=30, json={
+                "model": "azure/gpt-4o", "stream": True, "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": "a b"}]}) as r:
+            chunks = parse_chunks(sse_events(r))
+        sent = fake_requests(fake_provider)[before]
+        assert "stream_options" not in sent, "that version refuses the field"
+        # The usage the client asked for is still there, estimated.
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0, chunks[-1]
+    finally:
+        gw.stop()
+
+
 @pytest.fixture(scope="module")
 def breaker(tmp_path_factory, fake_provider):
     section = fake_provider_section(fake_provider, name="flaky", extra_keys="max_retries = 0\ncircuit_failures = 2\ncircuit_open_ms = 600000\n")

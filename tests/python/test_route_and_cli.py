@@ -34,8 +34,9 @@ def test_route_rejects_bad_bodies_like_chat(gateway):
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
 
 
-def run(*args, stdin=None):
-    return subprocess.run([str(BIN), *args], cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=60)
+def run(*args, stdin=None, env=None):
+    return subprocess.run([str(BIN), *args], cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env} if env else None)
 
 
 def test_check_accepts_the_default_config_and_prints_a_summary():
@@ -116,6 +117,11 @@ def test_check_warns_about_an_open_gateway_unreachable_rules_and_keyless_hosted_
     cfg.write_text(cfg.read_text().replace("keys = []", f'keys = ["{key}"]'))
     r = run("check", "--config", str(cfg))
     assert r.returncode == 0 and "no tenant has keys" not in r.stderr, r.stderr
+    # Keys guard the API, but nothing guards the dashboard's view of every tenant.
+    assert "server.admin_key_env is not set: /dashboard and /admin/stats are open" in r.stderr, r.stderr
+    cfg.write_text(cfg.read_text().replace('[server]\n', '[server]\nadmin_key_env = "SY_TEST_ADMIN_KEY"\n', 1))
+    r = run("check", "--config", str(cfg), env={"SY_TEST_ADMIN_KEY": "an-admin-key-of-some-length"})
+    assert r.returncode == 0 and "admin_key_env is not set" not in r.stderr, r.stderr
 
 
 def test_the_readme_walkthrough_passes_check_with_the_worked_policy(tmp_path):
@@ -205,6 +211,27 @@ def test_sighup_is_logged_and_does_not_stop_the_gateway(tmp_path, fake_provider)
         r = httpx.post(f"{gw.v1}/chat/completions", json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 200
     finally:
+        gw.stop()
+
+
+def test_a_second_stop_signal_cuts_the_drain_short(tmp_path, fake_provider):
+    # A stream the fake holds for 30 s keeps the drain going; a second signal ends it now.
+    gw = Gateway(tmp_path, remote_only_config(fake_provider), policy='[[rule]]\nname = "echo"\nroute = "fake/echo"\n')
+    try:
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", timeout=60,
+                          json={"model": "fake/gated", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()  # held: a dropped iterator closes the connection
+            next(lines)
+            gw.process.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: any("draining in-flight requests" in line for line in gw.process.lines), what="the drain to start")
+            assert gw.process.proc.poll() is None, "the held stream keeps the drain going"
+            gw.process.proc.send_signal(signal.SIGINT)
+            # Well before the fake lets the stream go (30 s) or the drain's deadline (30 s).
+            assert gw.process.proc.wait(timeout=20) == 0
+        wait_for(lambda: any("second stop signal" in line for line in gw.process.lines), what="the second signal's log line")
+    finally:
+        httpx.post(f"{fake_provider}/control/release")
         gw.stop()
 
 

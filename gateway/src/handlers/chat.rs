@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{self, StreamExt};
@@ -79,7 +79,7 @@ pub fn render_chat(served: Served) -> Response {
     let Served { headers, body } = served;
     let mut http = match body {
         ServedBody::Complete(response) => Json(*response).into_response(),
-        ServedBody::Stream { chunks, include_usage } => Sse::new(sse_events(chunks, include_usage)).into_response(),
+        ServedBody::Stream { chunks, include_usage } => crate::handlers::event_stream(sse_events(chunks, include_usage)),
     };
     // The body's one or two headers join the route headers, not the other way round.
     let mut headers = headers;
@@ -536,7 +536,7 @@ async fn complete_answer(
     // kept local answer is the route's own.
     let planned = target == decision.target || matches!(cascade, Some(("kept", _)));
     if let Some((cache, key)) = keep.filter(|_| planned) {
-        cache.put(key, response.clone(), target);
+        let _ = cache.put(key, response.clone(), target);
     }
     if is_local(state, target) {
         offer_shadow(shadow, target, Some(&response));
@@ -624,7 +624,9 @@ async fn stream_answer(
     let chunks = match keep.filter(|_| target == decision.target) {
         Some((cache, key)) => {
             let target = target.to_owned();
-            when_complete(chunks, move |response| cache.put(key, response, &target))
+            when_complete(chunks, move |response| {
+                let _ = cache.put(key, response, &target);
+            })
         }
         None => chunks,
     };
@@ -644,7 +646,8 @@ async fn stream_answer(
 /// request is billed for: one usage-only chunk after the answer, or before a failure that cuts it,
 /// whatever the provider reported of it (an estimate, marked so in the record, where the provider
 /// reported none or was cut short). The record is written as the stream ends.
-fn noted_with_billed_usage(chunks: ChunkStream, record: PendingRecord) -> ChunkStream {
+fn noted_with_billed_usage(chunks: ChunkStream, mut record: PendingRecord) -> ChunkStream {
+    record.streaming();
     // (chunks, the record, the shape of the usage chunk: the provider's own, else the answer's).
     stream::unfold(Some((chunks, record, None::<ChatChunk>)), |state| async move {
         let (mut chunks, mut record, mut shape) = state?;
@@ -664,10 +667,14 @@ fn noted_with_billed_usage(chunks: ChunkStream, record: PendingRecord) -> ChunkS
                 }
                 Some(Err(err)) => {
                     record.upstream_failed(error_kind(&err));
+                    record.stream_ended();
                     let usage = billed_usage_chunk(&record, shape).map(Ok);
                     return Some((usage.into_iter().chain([Err(err)]).collect(), None));
                 }
-                None => return billed_usage_chunk(&record, shape).map(|usage| (vec![Ok(usage)], None)),
+                None => {
+                    record.stream_ended();
+                    return billed_usage_chunk(&record, shape).map(|usage| (vec![Ok(usage)], None));
+                }
             }
         }
     })
@@ -817,6 +824,7 @@ fn insert_route(headers: &mut HeaderMap, rule: Option<&str>, complexity: Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::sse::Sse;
 
     /// The `data:` payloads a client receives for `chunks`.
     async fn sent(chunks: Vec<serde_json::Value>, include_usage: bool) -> Vec<String> {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use providers::wire::{ChatChunk, ChatMessage, ChatRequest, ChatResponse, MessageContent, Stop, StreamOptions, Usage};
@@ -142,7 +141,7 @@ pub async fn completions(
         let served = serve_chat(&state, &ctx, &tenant, &headers, chat, &mut exchange).await.map_err(renamed)?;
         let mut http = match served.body {
             ServedBody::Complete(answer) => Json(text_completion(&answer)).into_response(),
-            ServedBody::Stream { chunks, include_usage } => Sse::new(sse_events_with(chunks, include_usage, completion_chunk)).into_response(),
+            ServedBody::Stream { chunks, include_usage } => crate::handlers::event_stream(sse_events_with(chunks, include_usage, completion_chunk)),
         };
         http.headers_mut().extend(served.headers);
         Ok(http)

@@ -138,7 +138,13 @@ fn texts(input: &Value, max_inputs: usize) -> Result<Option<Vec<String>>, ApiErr
         Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => {
             items.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect()
         }
-        Value::Array(items) if !items.is_empty() && items.iter().all(|v| v.is_number() || v.is_array()) => return Ok(None),
+        Value::Array(items) if !items.is_empty() && items.iter().all(|v| v.is_number() || v.is_array()) => {
+            let lists = items.iter().filter(|v| v.is_array()).count();
+            if lists > max_inputs {
+                return Err(ApiError::invalid(format!("'input' has {lists} items; at most {max_inputs} are allowed."), "input"));
+            }
+            return Ok(None);
+        }
         _ => return Err(ApiError::invalid("'input' must be a string or a non-empty array of strings.", "input")),
     };
     if list.len() > max_inputs {
@@ -148,6 +154,17 @@ fn texts(input: &Value, max_inputs: usize) -> Result<Option<Vec<String>>, ApiErr
         return Err(ApiError::invalid(format!("'input[{i}]' must not be empty."), "input"));
     }
     Ok(Some(list))
+}
+
+/// The input's length in characters, for the estimates: its texts', or for token ids (`[1, 2]`,
+/// `[[1, 2], [3]]`: tokens already) four characters each, the length a token is estimated at,
+/// so that rate limits and the budget's reservation count them.
+fn input_chars(texts: Option<&[String]>, input: &Value) -> usize {
+    if let Some(texts) = texts {
+        return texts.iter().map(|t| t.chars().count()).sum();
+    }
+    let items = input.as_array().map_or(&[][..], Vec::as_slice);
+    items.iter().map(|item| item.as_array().map_or(1, Vec::len)).sum::<usize>().saturating_mul(4)
 }
 
 /// Residency binds the local model too: it runs where the gateway runs.
@@ -194,7 +211,7 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
     tags.extend(inspection.pii.keys().map(|_| "pii".to_owned()));
     tags.sort();
     tags.dedup();
-    let chars = texts.iter().flatten().map(|t| t.chars().count()).sum();
+    let chars = input_chars(texts.as_deref(), &req.input);
     let prompt_tokens = estimate_tokens(chars);
     if let Some(record) = exchange.record() {
         record.routed("embeddings", inspection.pii.keys().cloned().collect(), chars);

@@ -17,6 +17,23 @@ use crate::error::ApiError;
 /// Reads the whole body, refusing more than `limit` bytes with 413 and a body that takes longer
 /// than `timeout` to arrive with 408. A declared `Content-Length` over `limit` is refused at once,
 /// before any of the body is waited for.
+/// How long a streamed answer may stay silent before a comment line (`: keep-alive`, which
+/// clients skip) is written: a provider that sends nothing for a while (a reasoning model
+/// thinking) would otherwise leave the connection idle long enough for proxies and load
+/// balancers to close it (nginx's `proxy_read_timeout` and AWS ALB's idle timeout are 60 s), and
+/// a client whose host vanished without closing its connection is noticed at a write.
+pub const STREAM_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `events` as an SSE answer, with the keep-alive comments.
+pub fn event_stream<S, E>(events: S) -> axum::response::Response
+where
+    S: futures::Stream<Item = Result<axum::response::sse::Event, E>> + Send + 'static,
+    E: Into<axum::BoxError>,
+{
+    use axum::response::IntoResponse as _;
+    axum::response::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::new().interval(STREAM_KEEP_ALIVE).text("keep-alive")).into_response()
+}
+
 pub async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<bytes::Bytes, ApiError> {
     if usize::try_from(axum::body::HttpBody::size_hint(&body).lower()).map_or(true, |declared| declared > limit) {
         return Err(ApiError::TooLarge { limit });

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::stream::{self, Stream, StreamExt};
@@ -113,7 +113,7 @@ pub async fn create(
                 }
                 Json(response).into_response()
             }
-            ServedBody::Stream { chunks, .. } => Sse::new(events(EventWriter::new(envelope.clone()), envelope.id, chunks, keep)).into_response(),
+            ServedBody::Stream { chunks, .. } => crate::handlers::event_stream(events(EventWriter::new(envelope.clone()), envelope.id, chunks, keep)),
         };
         http.headers_mut().extend(served.headers);
         Ok(http)
@@ -250,7 +250,7 @@ async fn passed_answer(
                 r.served_by(target, false);
                 r.status(200);
             }
-            let mut http = Sse::new(passthrough_events(events, record, keep, echo.clone())).into_response();
+            let mut http = crate::handlers::event_stream(passthrough_events(events, record, keep, echo.clone()));
             http.headers_mut().extend(headers);
             return http;
         }

@@ -154,19 +154,32 @@ impl RedisStore {
         self.timeout
     }
 
-    /// A connection: the live one, or a new one (at most one attempt per [`CONNECT_EVERY`]).
+    /// A connection: the live one, or a new one (one attempt at a time, and none for
+    /// [`CONNECT_EVERY`] after one failed). A caller waits for another's attempt at most the
+    /// store's timeout: behind a Redis that accepts connections but does not answer (a long
+    /// command, a paused process), callers queued one attempt after another took seconds each.
     pub async fn connection(&self) -> Result<ConnectionManager, StoreError> {
         if let Some(manager) = self.manager.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
             return Ok(manager.clone());
         }
-        let mut last = self.last_connect.lock().await;
+        let Ok(mut last) = tokio::time::timeout(self.timeout, self.last_connect.lock()).await else {
+            return Err(StoreError::unreachable("Redis is unreachable (a connection attempt is under way)"));
+        };
         if let Some(manager) = self.manager.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
             return Ok(manager.clone());
         }
+        // Counted from the end of the last attempt: one that took CONNECT_EVERY or longer would
+        // otherwise let every caller queued behind it make its own.
         if last.is_some_and(|t| t.elapsed() < CONNECT_EVERY) {
             return Err(StoreError::unreachable("Redis is unreachable (next connection attempt shortly)"));
         }
+        let attempt = self.connect().await;
         *last = Some(Instant::now());
+        attempt
+    }
+
+    /// One connection attempt, within twice the store's timeout.
+    async fn connect(&self) -> Result<ConnectionManager, StoreError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))

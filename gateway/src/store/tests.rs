@@ -311,6 +311,38 @@ async fn a_stalled_redis_counts_each_settlement_once_and_keeps_no_reservation() 
     assert_eq!((spend.daily_nusd, spend.reserved_nusd), (500_000, 0), "spent once, nothing left reserved");
 }
 
+/// A Redis that accepts connections but answers nothing (stalled: a long command, a failover, a
+/// network dropping its packets; here a listener that never replies): each caller is refused
+/// within a few of the store's timeouts. They used to queue for one connection attempt after
+/// another, each as long as two timeouts: a 6 s stall held requests 5.7 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_behind_a_stalled_redis_are_refused_within_a_few_timeouts() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Holds every connection open and reads nothing.
+    std::thread::spawn(move || listener.incoming().map_while(Result::ok).collect::<Vec<_>>());
+    // A 300 ms timeout, as 250 ms (the default) and longer make a connection attempt (two
+    // timeouts) last past the 500 ms between attempts.
+    let config = redis_config(port, 300);
+    let store = Arc::new(RedisStore::new(&config).unwrap());
+    let tenant: crate::tenants::TenantConfig = toml::from_str("name = \"acme\"\nbudget = { daily_usd = 1.0 }\n").unwrap();
+    let limiter = Arc::new(crate::admission::Limiter::new(&[tenant], Some((store, &config)), Arc::new(crate::metrics::Metrics::new().unwrap())));
+    let callers = (0..20).map(|i| {
+        let limiter = Arc::clone(&limiter);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let outcome = limiter.admit("acme", 10, 1_000, true, &format!("caller-{i}"), &mut (None, None)).await;
+            (outcome.is_err(), started.elapsed())
+        })
+    });
+    for outcome in futures::future::join_all(callers).await {
+        let (refused, waited) = outcome.unwrap();
+        // One attempt (600 ms) or a wait for another's (300 ms), then the refusal; ten timeouts
+        // leave room for a loaded machine, not for a queue of attempts (20 × 600 ms).
+        assert!(refused && waited < std::time::Duration::from_secs(3), "refused {refused} after {waited:?}");
+    }
+}
+
 /// An admission that never reached Redis (nothing listens) cannot run later: its lease is not
 /// closed, so a long outage does not fill the settlement queue with closings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,8 @@
 //! replaces the error body: JSON as given, a string as plain text). On
 //! `/v1/messages` a fault is an Anthropic error answer, or with `cut` a stream that ends before
 //! `message_stop`, or with `error_event: "<type>"` a stream whose first event is that error
-//! (with `after_start: true`, after `message_start` and a `ping`).
+//! (with `after_start: true`, after `message_start` and a `ping`); a `status` fault there may
+//! carry the Anthropic error's `type` and `message`.
 //!
 //! Requests are checked like the real API does (model, non-empty messages with known roles,
 //! `stream_options` only with `stream: true`): a violation is a 400 naming the field.
@@ -45,6 +46,8 @@
 //! fields; every `tool_result` answering a `tool_use` of the previous assistant turn). It echoes
 //! the last user text, or with tools defined and the model `tool`, calls the first tool with
 //! `{"city": "Paris"}`; streams use Anthropic's events, tool input in `input_json_delta` pieces.
+//! Its `gated` streams a 5,000-token prompt's `message_start` and "first", then holds the rest
+//! until `POST /control/release`.
 //!
 //! `POST /v1/responses` answers `echo: <last input>` as a Responses-API response or events
 //! (`bare`: with `usage: null`).
@@ -534,9 +537,19 @@ fn anthropic_problem(headers: &HeaderMap, body: &Value) -> Option<(StatusCode, S
                         return Some((StatusCode::BAD_REQUEST, format!("messages.{i}: tool_result without a matching tool_use")));
                     }
                 }
+                Some("text") if b["text"].as_str().is_none_or(|t| t.trim().is_empty()) => {
+                    return Some((StatusCode::BAD_REQUEST, format!("messages.{i}: text content blocks must contain non-whitespace text")));
+                }
                 Some("text" | "image") => {}
                 other => return Some((StatusCode::BAD_REQUEST, format!("messages.{i}: unexpected block {other:?}"))),
             }
+            if matches!(b["type"].as_str(), Some("tool_use" | "tool_result")) && !body["tools"].is_array() {
+                return Some((StatusCode::BAD_REQUEST, "Requests which include `tool_use` or `tool_result` blocks must define tools.".into()));
+            }
+        }
+        let last_text = blocks.last().and_then(|b| b["text"].as_str());
+        if i + 1 == messages.len() && expected == "assistant" && last_text.is_some_and(|t| t != t.trim_end()) {
+            return Some((StatusCode::BAD_REQUEST, "messages: final assistant content cannot end with trailing whitespace".into()));
         }
         if expected == "user" {
             open_tool_uses.clear();
@@ -546,6 +559,15 @@ fn anthropic_problem(headers: &HeaderMap, body: &Value) -> Option<(StatusCode, S
     if let Some(tools) = body["tools"].as_array() {
         if tools.iter().any(|t| !t["name"].is_string() || !t["input_schema"].is_object()) {
             return Some((StatusCode::BAD_REQUEST, "tools need name and input_schema".into()));
+        }
+    }
+    // As current Claude models answer (Opus 4.1 and later, Sonnet 4.5 and later).
+    if object.contains_key("temperature") && object.contains_key("top_p") {
+        return Some((StatusCode::BAD_REQUEST, "`temperature` and `top_p` cannot both be specified for this model. Please use only one.".into()));
+    }
+    for image in messages.iter().filter_map(|m| m["content"].as_array()).flatten().filter(|b| b["type"] == "image") {
+        if let Some(media_type) = image["source"]["media_type"].as_str().filter(|t| !["image/jpeg", "image/png", "image/gif", "image/webp"].contains(t)) {
+            return Some((StatusCode::BAD_REQUEST, format!("image source media_type {media_type:?} is not one of image/jpeg, image/png, image/gif, image/webp")));
         }
     }
     None
@@ -574,8 +596,8 @@ async fn messages(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body):
     if let Some(fault) = fault.filter(|_| !cut) {
         let status = fault["status"].as_u64().and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
         let status = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let kind = if status.as_u16() == 529 { "overloaded_error" } else { "api_error" };
-        return anthropic_error(status, kind, "scripted fault");
+        let kind = fault["type"].as_str().unwrap_or(if status.as_u16() == 529 { "overloaded_error" } else { "api_error" });
+        return anthropic_error(status, kind, fault["message"].as_str().unwrap_or("scripted fault"));
     }
     if let Some((status, message)) = anthropic_problem(&headers, &body) {
         let kind = if status == StatusCode::UNAUTHORIZED { "authentication_error" } else { "invalid_request_error" };
@@ -601,6 +623,9 @@ async fn messages(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body):
     if !stream {
         return Json(json!({"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": content,
                            "stop_reason": stop, "stop_sequence": null, "usage": usage})).into_response();
+    }
+    if model == "gated" {
+        return gated_message(fake);
     }
     let mut events = vec![
         anthropic_sse("message_start", &json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": 20, "output_tokens": 1, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 0}}})),
@@ -628,6 +653,31 @@ async fn messages(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body):
         events.push(anthropic_sse("message_stop", &json!({"type": "message_stop"})));
     }
     let body = Body::from_stream(futures::stream::iter(events.into_iter().map(Ok::<_, std::io::Error>)));
+    Response::builder().header("content-type", "text/event-stream").body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The Anthropic `gated` stream: `message_start` (a prompt of 5,000 tokens, as only the provider
+/// can know it) and the text "first", then the rest once `POST /control/release` comes.
+fn gated_message(fake: Arc<Fake>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::spawn(async move {
+        let start = json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant", "model": "gated", "content": [], "stop_reason": null, "usage": {"input_tokens": 5000, "output_tokens": 1}}});
+        let delta = |text: &str| anthropic_sse("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}));
+        for event in [anthropic_sse("message_start", &start), anthropic_sse("content_block_start", &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})), delta("first")] {
+            let _ = tx.send(Ok(event)).await;
+        }
+        // Bounded so a broken test cannot hang the fake forever.
+        let _ = tokio::time::timeout(Duration::from_secs(30), fake.release.notified()).await;
+        for event in [
+            delta(" second"),
+            anthropic_sse("content_block_stop", &json!({"type": "content_block_stop", "index": 0})),
+            anthropic_sse("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 2}})),
+            anthropic_sse("message_stop", &json!({"type": "message_stop"})),
+        ] {
+            let _ = tx.send(Ok(event)).await;
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Response::builder().header("content-type", "text/event-stream").body(body).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
