@@ -17,6 +17,10 @@ pub fn parse_chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
 /// parsed once without path tracking (which costs about a third of the parse); only a body that
 /// fails is parsed again, with it, to name the field.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde reads a struct from an array too, field by position: the API takes objects only.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::InvalidRequest { message: "The request body must be a JSON object, not an array.".into(), param: None });
+    }
     if let Ok(req) = serde_json::from_slice(body) {
         return Ok(req);
     }

@@ -68,6 +68,16 @@ pub struct ResponsesRequest {
     /// overflow is `context_length_exceeded`), and the value is echoed as sent.
     #[serde(default)]
     pub truncation: Option<String>,
+    /// `{"effort": …}`: a chat provider gets it as `reasoning_effort`.
+    #[serde(default)]
+    pub reasoning: Option<Value>,
+    /// Passed to a chat provider as the chat API's fields of the same names.
+    #[serde(default)]
+    pub service_tier: Option<Value>,
+    #[serde(default)]
+    pub safety_identifier: Option<Value>,
+    #[serde(default)]
+    pub prompt_cache_key: Option<Value>,
     /// Features the gateway cannot carry out, refused by name rather than ignored: a server-side
     /// conversation, a stored prompt template, background mode.
     #[serde(default)]
@@ -471,6 +481,15 @@ pub fn to_chat(req: &ResponsesRequest, history: &[ChatMessage], input: &[ChatMes
     if let Some(user) = &req.user {
         extra.insert("user".into(), Value::String(user.clone()));
     }
+    // The chat API's names for what the Responses API nests or names alike: a reasoning model
+    // behind a chat endpoint keeps its effort (and with it its cost).
+    let same_named = [("service_tier", &req.service_tier), ("safety_identifier", &req.safety_identifier), ("prompt_cache_key", &req.prompt_cache_key)];
+    let effort = req.reasoning.as_ref().and_then(|r| r.get("effort"));
+    for (key, value) in same_named.into_iter().chain([("reasoning_effort", &effort.cloned())]) {
+        if let Some(value) = value.as_ref().filter(|v| !v.is_null()) {
+            extra.insert(key.into(), value.clone());
+        }
+    }
     if req.include.iter().flatten().any(|i| i == LOGPROBS_INCLUDE) {
         extra.insert("logprobs".into(), Value::Bool(true));
         if let Some(top) = &req.top_logprobs {
@@ -584,7 +603,8 @@ impl Envelope {
         if let Some(user) = &req.user {
             echo.insert("user".into(), Value::String(user.clone()));
         }
-        echo.insert("reasoning".into(), json!({"effort": null, "summary": null}));
+        let effort = req.reasoning.as_ref().and_then(|r| r.get("effort")).cloned().unwrap_or(Value::Null);
+        echo.insert("reasoning".into(), json!({"effort": effort, "summary": null}));
         Self { id, created_at, model: req.model.clone(), echo }
     }
 

@@ -642,7 +642,9 @@ impl<'m> Scheduler<'m> {
                     let mut text = seq.assembler.push(closing.as_bytes()).text;
                     text.push_str(&seq.assembler.finish());
                     let _ = seq.events.send(GenerationEvent::Text(text));
-                    finished.push((i, FinishReason::Stop));
+                    // Closed so that it parses, but cut all the same: clients that look for
+                    // `length` to retry with a larger budget must see it.
+                    finished.push((i, FinishReason::Length));
                 } else {
                     finished.push((i, FinishReason::Length));
                 }

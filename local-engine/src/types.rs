@@ -38,7 +38,7 @@ pub struct SamplingParams {
     pub grammar: Option<String>,
     /// Whether a free-form JSON answer (`response_format: json_object`) is closed inside
     /// `max_tokens`: when only enough is left to close it, its open strings, values and
-    /// containers are closed and it ends with `Stop`, so a long answer is still parseable.
+    /// containers are closed and it ends with `Length`: a long answer still parses, and still reads as cut.
     pub close_json: JsonClosing,
 }
 

@@ -163,6 +163,15 @@ def test_function_tools_round_trip(gateway, fake_provider, schemas):
     assert sent[-1] == {"role": "tool", "content": "sunny, 21 C", "tool_call_id": call.call_id}
 
 
+def test_reasoning_effort_and_chat_named_fields_reach_a_chat_provider(gateway, fake_provider, schemas):
+    raw = client_for(gateway).responses.with_raw_response.create(
+        model="fake/echo", input="hi", reasoning={"effort": "low"}, service_tier="flex", safety_identifier="user-7", prompt_cache_key="k1")
+    schemas.validate("Response", raw.http_response.json())
+    assert raw.parse().reasoning.effort == "low", "echoed as sent"
+    sent = fake_requests(fake_provider)[-1]
+    assert (sent["reasoning_effort"], sent["service_tier"], sent["safety_identifier"], sent["prompt_cache_key"]) == ("low", "flex", "user-7", "k1"), sent
+
+
 def test_streamed_function_call_arguments_arrive_as_deltas(gateway, schemas):
     events = raw_events(gateway, {"model": "fake/tool", "input": "Weather?", "tools": WEATHER})
     for name, data in events:

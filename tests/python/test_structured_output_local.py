@@ -96,13 +96,15 @@ def test_json_object_is_a_parseable_object(local):
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_json_object_is_closed_inside_a_small_token_budget(local, seed):
-    # 40 tokens are far too few for what the prompt asks: the answer is closed, not cut.
+    # 40 tokens are far too few for what the prompt asks: the answer is closed so that it parses,
+    # and reads as cut (`length`), as it was.
     r = httpx.post(f"{local.v1}/chat/completions", json={
         "model": "auto", "messages": [{"role": "user", "content": "Describe a cat in great detail as JSON, with many nested fields and lists."}],
         "response_format": {"type": "json_object"}, "max_tokens": 40, "temperature": 1.0, "seed": seed}, timeout=120)
     body = r.json()
     choice = body["choices"][0]
-    assert choice["finish_reason"] == "stop", body
+    # `stop` only for an object the model closed itself before the budget ran out.
+    assert choice["finish_reason"] == "length" or body["usage"]["completion_tokens"] < 40, body
     assert isinstance(json.loads(choice["message"]["content"]), dict), body
     assert body["usage"]["completion_tokens"] <= 40
 
@@ -115,7 +117,7 @@ def test_streamed_json_object_is_closed_inside_the_budget(local):
         chunks = parse_chunks(sse_events(r))
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
-    assert finish == ["stop"]
+    assert finish == ["length"]
     assert isinstance(json.loads(text), dict), text
     assert chunks[-1]["usage"]["completion_tokens"] <= 24
 
@@ -329,7 +331,7 @@ def test_a_json_object_answer_beside_tools_is_closed_inside_the_budget(local, st
                 content, called, finish = choice.message.content or "", bool(choice.message.tool_calls), choice.finish_reason
             if content:
                 answers += 1
-                assert finish == "stop" and not called, (prompt, max_tokens, finish, content)
+                assert finish in ("stop", "length") and not called, (prompt, max_tokens, finish, content)
                 assert isinstance(json.loads(content), dict), (prompt, max_tokens, content)
     assert answers >= 1, "every answer was a call: the closing went untested"
 
