@@ -124,7 +124,10 @@ pub fn provider_for(state: &AppState, target: &str) -> Result<(Arc<dyn Provider>
     Ok((Arc::clone(&remote.provider) as Arc<dyn Provider>, model.to_owned()))
 }
 
-/// True for failures where trying the next fallback target can help.
+/// True for failures where trying the next fallback target can help: the target failed, or it
+/// cannot take this request (a field its API has no way to carry, a prompt longer than the local
+/// engine's context) and another may. Not an upstream's own 4xx (`Rejected`): that is the
+/// request's doing, and would be again elsewhere.
 pub fn worth_falling_back(err: &ProviderError) -> bool {
     match err {
         ProviderError::Upstream { .. }
@@ -132,10 +135,10 @@ pub fn worth_falling_back(err: &ProviderError) -> bool {
         | ProviderError::RateLimited { .. }
         | ProviderError::Unavailable { .. }
         | ProviderError::CircuitOpen { .. }
-        | ProviderError::Overloaded { .. } => true,
-        ProviderError::InvalidRequest { .. }
-        | ProviderError::ContextLengthExceeded { .. }
-        | ProviderError::Rejected { .. } => false,
+        | ProviderError::Overloaded { .. }
+        | ProviderError::InvalidRequest { .. }
+        | ProviderError::ContextLengthExceeded { .. } => true,
+        ProviderError::Rejected { .. } => false,
     }
 }
 
