@@ -125,17 +125,24 @@ fn load(path: &Path) -> Result<GatewayConfig, config::ConfigErrors> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_filter = || tracing_subscriber::EnvFilter::new("info,llama-cpp-2=warn");
+    // Unset is the default; set but unreadable is said once logging works, not passed over.
+    let (filter, unreadable) = match tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG") {
+        Ok(filter) => (filter, None),
+        Err(err) if std::env::var("SWITCHYARD_LOG").is_ok_and(|v| !v.trim().is_empty()) => (default_filter(), Some(err.to_string())),
+        Err(_) => (default_filter(), None),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,llama-cpp-2=warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A log line that cannot be written (the pipe to a log shipper closed) is dropped: the
         // default reports it with `eprintln!`, which panics on that same closed pipe.
         .log_internal_errors(false)
         .init();
+    if let Some(error) = unreadable {
+        tracing::warn!(%error, "SWITCHYARD_LOG is not a log filter (e.g. \"info\", \"warn,gateway=debug\"); logging at info");
+    }
     let result = match cli.command {
         Command::Serve { config } => serve_command(&config),
         Command::Check { config } => return check_command(&config),

@@ -148,6 +148,7 @@ def test_token_ids_count_against_the_tenants_token_limit(tmp_path, fake_provider
     ({"model": "local-embed", "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
     ({"model": "local-embed", "input": " ".join(["word"] * 2000)}, 400, "input"),
     ({"model": "nope", "input": "x"}, 404, "model"),
+    ({"model": "local-embed", "input": "x", "user": {"id": 5}}, 400, "user"),
 ])
 def test_bad_embedding_requests_get_openai_errors(gateway, body, status, param):
     r = httpx.post(f"{gateway.v1}/embeddings", json=body, timeout=30)

@@ -235,6 +235,12 @@ def test_a_second_stop_signal_cuts_the_drain_short(tmp_path, fake_provider):
         gw.stop()
 
 
+def test_an_unreadable_log_filter_is_said_not_passed_over(tmp_path):
+    r = run("check", "--config", "config/gateway.toml", env={"SWITCHYARD_LOG": "gateway=loud"})
+    assert r.returncode == 0, r.stderr
+    assert "SWITCHYARD_LOG is not a log filter" in r.stderr, r.stderr
+
+
 def test_explain_prints_the_decision_for_a_request_on_stdin():
     body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "Hi"}]})
     r = run("explain", "--config", "config/gateway.toml", "-", stdin=body)

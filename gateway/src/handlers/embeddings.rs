@@ -176,6 +176,21 @@ fn inside_residency(state: &AppState, tenant: &TenantProfile, target: &str) -> R
     Err(ApiError::PolicyViolation { reason: format!("target {target:?} runs in region {region} outside the tenant's residency [{}]", tenant.residency.join(", ")) })
 }
 
+/// What the API checks of a request's own fields; the encoding format asked for.
+fn checked_fields(req: &EmbeddingsRequest) -> Result<&str, ApiError> {
+    if req.model.is_empty() {
+        return Err(ApiError::invalid("'model' must be a non-empty string.", "model"));
+    }
+    if req.extra.get("user").is_some_and(|u| !u.is_string() && !u.is_null()) {
+        return Err(ApiError::invalid("Invalid type for 'user': expected a string.", "user"));
+    }
+    let format = req.encoding_format.as_deref().unwrap_or("float");
+    if format != "float" && format != "base64" {
+        return Err(ApiError::invalid(format!("Invalid value for 'encoding_format': {format:?}. Supported values are: float, base64."), "encoding_format"));
+    }
+    Ok(format)
+}
+
 /// Answers an embeddings request.
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
@@ -192,13 +207,7 @@ pub async fn embeddings(
 async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, headers: &HeaderMap, body: Body, exchange: &mut Exchange) -> Result<Response, ApiError> {
     let bytes = read_body(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
     let req: EmbeddingsRequest = parse_body(&bytes)?;
-    if req.model.is_empty() {
-        return Err(ApiError::invalid("'model' must be a non-empty string.", "model"));
-    }
-    let format = req.encoding_format.as_deref().unwrap_or("float");
-    if format != "float" && format != "base64" {
-        return Err(ApiError::invalid(format!("Invalid value for 'encoding_format': {format:?}. Supported values are: float, base64."), "encoding_format"));
-    }
+    let format = checked_fields(&req)?;
     let local = state.embeddings.as_ref();
     let max_inputs = local.map_or(default_max_inputs(), |l| l.config.max_inputs);
     let texts = texts(&req.input, max_inputs)?;
