@@ -98,6 +98,12 @@ impl AppState {
             Some(var) => Some(secret_from_env(var, &format!("server.admin_key_env: environment variable {var}"))?),
             None => None,
         };
+        // Before the engine loads its model (minutes for a large one): an unset `url_env` stops
+        // the start at once.
+        let redis = match &config.redis {
+            Some(redis) => Some(Arc::new(RedisStore::new(redis).context("configuring Redis")?)),
+            None => None,
+        };
         // Keep-alive connection pools per host: TLS via rustls with the system's roots for
         // https upstreams, a bare hyper pool for plain http ones (providers::HttpClient).
         // Providers are called at their configured URLs only: no redirect is followed (it would
@@ -143,10 +149,6 @@ impl AppState {
         };
         let baseline = config.metrics.as_ref().and_then(|m| m.baseline_model.clone());
         let tenants = Tenants::new(&config.tenants);
-        let redis = match &config.redis {
-            Some(redis) => Some(Arc::new(RedisStore::new(redis).context("configuring Redis")?)),
-            None => None,
-        };
         let limiter = Arc::new(Limiter::new(&config.tenants, redis.clone().zip(config.redis.as_ref()), Arc::clone(&metrics)));
         let cache = config.cache.as_ref().map(|c| Arc::new(ResponseCache::new(c, redis.clone())));
         let cluster = redis.clone().map(Cluster::new);

@@ -235,6 +235,19 @@ def test_a_second_stop_signal_cuts_the_drain_short(tmp_path, fake_provider):
         gw.stop()
 
 
+def test_an_unset_redis_url_env_stops_serve_before_the_model_loads(tmp_path):
+    cfg = tmp_path / "g.toml"
+    policy = tmp_path / "p.toml"
+    policy.write_text('[[rule]]\nname = "home"\nroute = "local"\n')
+    cfg.write_text(gateway_config('[[tenants]]\nname = "default"\nbudget = { daily_usd = 1.0 }\n\n[redis]\nurl_env = "SY_TEST_REDIS_UNSET"\n')
+                   .replace("{policy}", str(policy)))
+    serve = subprocess.run([str(BIN), "serve", "--config", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "SWITCHYARD_LISTEN": "127.0.0.1:0"})
+    assert serve.returncode != 0
+    assert "SY_TEST_REDIS_UNSET is not set" in serve.stderr, serve.stderr
+    assert "local engine ready" not in serve.stderr, "the model was loaded first: " + serve.stderr
+
+
 def test_an_unreadable_log_filter_is_said_not_passed_over(tmp_path):
     r = run("check", "--config", "config/gateway.toml", env={"SWITCHYARD_LOG": "gateway=loud"})
     assert r.returncode == 0, r.stderr
