@@ -147,19 +147,20 @@ impl ResponseCache {
         }
     }
 
-    /// Keeps `entry` in this process, unless it alone weighs more than the whole cache; the
-    /// bounds hold at once, not at the cache's next housekeeping.
-    fn keep(&self, key: CacheKey, entry: Entry) {
+    /// Keeps `entry` in this process, unless it alone weighs more than the whole cache (then
+    /// false); the bounds hold at once, not at the cache's next housekeeping.
+    fn keep(&self, key: CacheKey, entry: Entry) -> bool {
         if u64::from(entry.kib) > self.capacity_kib {
-            return;
+            return false;
         }
         self.local.insert(key, entry);
         self.local.run_pending_tasks();
+        true
     }
 
-    /// `cached` as kept until `until`, weighed.
-    fn entry(&self, cached: Arc<Cached>, until: Instant) -> Entry {
-        let kib = u64::try_from(json_len(cached.as_ref()).div_ceil(1024)).unwrap_or(u64::MAX).max(self.least_kib);
+    /// `cached` as kept until `until`, weighed by its length as JSON, `len`.
+    fn entry(&self, cached: Arc<Cached>, until: Instant, len: usize) -> Entry {
+        let kib = u64::try_from(len.div_ceil(1024)).unwrap_or(u64::MAX).max(self.least_kib);
         Entry { cached, until, kib: u32::try_from(kib).unwrap_or(u32::MAX) }
     }
 
@@ -180,8 +181,9 @@ impl ResponseCache {
         let read = read.query_async::<(Option<Vec<u8>>, i64)>(&mut conn);
         let (bytes, left_ms) = tokio::time::timeout(store.timeout(), read).await.ok()?.ok()?;
         let left = Duration::from_millis(u64::try_from(left_ms).ok().filter(|&ms| ms > 0)?).min(self.ttl);
-        let cached: Arc<Cached> = Arc::new(serde_json::from_slice(&bytes?).ok()?);
-        self.keep(*key, self.entry(Arc::clone(&cached), sent + left));
+        let bytes = bytes?;
+        let cached: Arc<Cached> = Arc::new(serde_json::from_slice(&bytes).ok()?);
+        self.keep(*key, self.entry(Arc::clone(&cached), sent + left, bytes.len()));
         Some(cached)
     }
 
@@ -196,23 +198,21 @@ impl ResponseCache {
             return None;
         }
         let cached = Arc::new(Cached { response, target: target.to_owned() });
-        let entry = self.entry(Arc::clone(&cached), Instant::now() + self.ttl);
-        if u64::from(entry.kib) > self.capacity_kib {
+        // Written out once when shared: its length weighs it, and Redis gets it.
+        let bytes = self.shared.as_ref().and_then(|_| serde_json::to_vec(cached.as_ref()).ok());
+        let len = bytes.as_ref().map_or_else(|| json_len(cached.as_ref()), Vec::len);
+        if !self.keep(key, self.entry(cached, Instant::now() + self.ttl, len)) {
             return None;
         }
-        let write = self.shared.clone().and_then(|store| {
-            let (bytes, runtime) = (serde_json::to_vec(cached.as_ref()).ok()?, tokio::runtime::Handle::try_current().ok()?);
-            let ttl = self.ttl.as_secs();
-            Some(runtime.spawn(async move {
-                let Ok(mut conn) = store.connection().await else { return };
-                let mut set = redis::cmd("SET");
-                set.arg(redis_key(&key)).arg(bytes).arg("EX").arg(ttl);
-                let set = set.query_async::<()>(&mut conn);
-                let _ = tokio::time::timeout(store.timeout(), set).await;
-            }))
-        });
-        self.keep(key, entry);
-        write
+        let (store, bytes, runtime) = (self.shared.clone()?, bytes?, tokio::runtime::Handle::try_current().ok()?);
+        let ttl = self.ttl.as_secs();
+        Some(runtime.spawn(async move {
+            let Ok(mut conn) = store.connection().await else { return };
+            let mut set = redis::cmd("SET");
+            set.arg(redis_key(&key)).arg(bytes).arg("EX").arg(ttl);
+            let set = set.query_async::<()>(&mut conn);
+            let _ = tokio::time::timeout(store.timeout(), set).await;
+        }))
     }
 }
 

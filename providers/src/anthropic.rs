@@ -92,11 +92,8 @@ pub fn request_body(req: &ChatRequest, default_max_tokens: Option<u32>) -> Resul
     if let Some(p) = req.top_p.filter(|_| req.temperature.is_none()) {
         body.insert("top_p".into(), json!(p));
     }
-    let tools = match &req.tools {
-        Some(tools) => tools_of(tools)?,
-        None => Value::Array(Vec::new()),
-    };
-    if tools.as_array().is_some_and(|t| !t.is_empty()) {
+    let tools = req.tools.as_ref().map(tools_of).transpose()?.filter(|tools| tools.as_array().is_some_and(|t| !t.is_empty()));
+    if let Some(tools) = tools {
         body.insert("tools".into(), tools);
         let parallel = req.extra.get("parallel_tool_calls").and_then(Value::as_bool);
         if let Some(choice) = tool_choice_of(req.tool_choice.as_ref(), parallel)? {
