@@ -246,12 +246,17 @@ impl Router {
             (EXPLICIT_RULE.to_owned(), target, Vec::new(), false, policy.on_violation)
         };
         // Redaction cannot cover content that was not scanned (images, files): fail closed.
-        let redaction = crate::Redacts::of(redact, input.pii.contains_key(crate::PiiKind::Unscannable.as_str()));
+        let unscannable = input.pii.contains_key(crate::PiiKind::Unscannable.as_str());
+        let redaction = crate::Redacts::of(redact, unscannable);
         let redacts = redaction == crate::Redacts::Yes;
         let privacy_tagged = !privacy.tags.is_empty();
         let check = |t: &str| violation(&self.topology, t, input.residency, privacy_tagged, redaction);
         let mut allowed_fallbacks = Vec::new();
         for fallback in fallbacks {
+            if unscannable && self.topology.local_target() == Some(fallback.as_str()) {
+                reasons.push(format!("fallback dropped: {fallback:?} reads text only, not this request's media"));
+                continue;
+            }
             match check(&fallback) {
                 None => allowed_fallbacks.push(fallback),
                 Some(why) => reasons.push(format!("fallback dropped: {why}")),
@@ -281,13 +286,20 @@ impl Router {
                     decision.violation = Some(why);
                 }
                 OnViolation::Reroute => {
-                    let local = self.topology.local_target().filter(|l| check(l).is_none()).map(str::to_owned);
+                    // The embedded engine reads text only: a request with an image, a file or
+                    // audio (the unscannable parts) cannot be served there instead.
+                    let local = self.topology.local_target().filter(|l| !unscannable && check(l).is_none()).map(str::to_owned);
                     let next = if decision.fallbacks.is_empty() { local } else { Some(decision.fallbacks.remove(0)) };
                     if let Some(next) = next {
                         decision.reasons.push(format!("rerouted to {next:?}: {why}"));
                         decision.target = next;
                         decision.rerouted = true;
                     } else {
+                        let why = if unscannable && self.topology.local_target().is_some() {
+                            format!("{why}; the local engine cannot take it instead (it reads text only)")
+                        } else {
+                            why
+                        };
                         decision.reasons.push(format!("rejected, no allowed target left: {why}"));
                         decision.violation = Some(why);
                     }
@@ -298,7 +310,7 @@ impl Router {
             skip_unavailable(&mut decision, input.unavailable);
         }
         if decision.violation.is_none() && input.budget_exhausted {
-            self.keep_local(&mut decision, &check);
+            self.keep_local(&mut decision, unscannable, &check);
         }
         if let (Some(spill), Some(overload), None) = (spill, &input.local_overload, &decision.violation) {
             self.spill(&mut decision, spill, overload, input, privacy_tagged && !redacts, &check);
@@ -315,13 +327,17 @@ impl Router {
     /// Budget exhausted: only the local engine may serve. Remote fallbacks are dropped; a remote
     /// target is replaced by the local engine when the guard allows it (else it stays, and the
     /// gateway refuses the request with `budget_exceeded`).
-    fn keep_local(&self, decision: &mut Decision, check: &dyn Fn(&str) -> Option<String>) {
+    fn keep_local(&self, decision: &mut Decision, unscannable: bool, check: &dyn Fn(&str) -> Option<String>) {
         let Some(local) = self.topology.local_target() else {
             decision.reasons.push("budget exhausted; no local engine to serve instead".to_owned());
             return;
         };
         decision.fallbacks.retain(|t| t == local);
         if decision.target == local {
+            return;
+        }
+        if unscannable {
+            decision.reasons.push("budget exhausted; the local engine reads text only, not this request's media".to_owned());
             return;
         }
         match check(local) {
@@ -345,6 +361,10 @@ impl Router {
         }
         if input.stream {
             decision.reasons.push("cascade skipped: a streamed request goes straight to the route".to_owned());
+            return;
+        }
+        if input.pii.contains_key(crate::PiiKind::Unscannable.as_str()) {
+            decision.reasons.push("cascade skipped: the local engine reads text only, not this request's media".to_owned());
             return;
         }
         let threshold = self.policy.classifier.cascade_min_logprob;
@@ -593,6 +613,16 @@ fallback = ["anthropic/claude-sonnet", "local"]
     }
 
     #[test]
+    fn exhausted_budget_does_not_send_media_to_the_text_only_engine() {
+        let router = Router::new(Policy::parse(BUDGET_POLICY).unwrap(), topology());
+        let mut i = RouteInput { budget_exhausted: true, ..input("auto", "Hi") };
+        i.pii.insert("unscannable".into(), 1);
+        let d = decide(&router, &i);
+        assert_eq!((d.tier, d.rerouted), (Tier::Remote, false), "the gateway refuses it with budget_exceeded: {d:?}");
+        assert!(d.fallbacks.is_empty(), "{d:?}");
+    }
+
+    #[test]
     fn exhausted_budget_does_not_override_residency() {
         // The local engine runs in eu-west; a tenant held to us-* may not use it, so the
         // remote target stays (the gateway then refuses with budget_exceeded).
@@ -709,6 +739,32 @@ fallback = ["local"]
         let d = escalate_all().decide(&i);
         assert_eq!(d.target, "anthropic/claude-sonnet", "trusted fallback first: {d:?}");
         assert!(d.rerouted);
+    }
+
+    #[test]
+    fn media_the_guard_keeps_from_its_route_is_refused_rather_than_sent_to_the_text_only_engine() {
+        let mut i = input("auto", "Hi");
+        i.tags = vec!["confidential".into()];
+        i.pii.insert("unscannable".into(), 1);
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.rule, "default");
+        assert!(!d.rerouted, "{d:?}");
+        let why = d.violation.as_deref().unwrap_or_default();
+        assert!(why.contains("not trusted") && why.contains("reads text only"), "{d:?}");
+        // Text alone still goes to the local fallback.
+        i.pii.clear();
+        let d = escalate_all().decide(&i);
+        assert_eq!((d.target.as_str(), d.rerouted, d.violation.as_deref()), ("local/local-small", true, None));
+    }
+
+    #[test]
+    fn media_keeps_its_remote_fallbacks_but_not_the_local_one() {
+        let mut i = input("auto", HARD_TEXT);
+        i.pii.insert("unscannable".into(), 1);
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.target, "anthropic/claude-sonnet", "{d:?}");
+        assert!(d.fallbacks.is_empty(), "{d:?}");
+        assert!(d.reasons.iter().any(|r| r.contains("reads text only")), "{:?}", d.reasons);
     }
 
     #[test]

@@ -55,3 +55,12 @@ fn no_cascade_for_a_stream() {
     assert_eq!((d.target.as_str(), d.cascade), ("openai/gpt-4o", None));
     assert!(d.reasons.iter().any(|r| r.contains("cascade skipped: a streamed request")), "{:?}", d.reasons);
 }
+
+#[test]
+fn no_cascade_for_media_the_local_engine_cannot_read() {
+    let mut i = input(&[]);
+    i.pii.insert("unscannable".to_owned(), 1);
+    let d = router("eu-west").decide(&i);
+    assert_eq!((d.target.as_str(), d.cascade), ("openai/gpt-4o", None));
+    assert!(d.reasons.iter().any(|r| r.contains("cascade skipped") && r.contains("text only")), "{:?}", d.reasons);
+}

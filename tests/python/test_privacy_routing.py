@@ -211,13 +211,19 @@ def test_pii_written_with_other_spaces_digits_and_dashes_is_found_and_redacted(r
 
 def test_image_content_is_unscannable_and_does_not_leave_unredacted(redacting, fake_provider):
     before = len(fake_requests(fake_provider))
-    r = httpx.post(f"{redacting.v1}/route", json={"model": "fake/echo", "messages": [{"role": "user", "content": [
+    body = {"model": "fake/echo", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "what is in this picture?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-    ]}]})
-    d = r.json()
+    ]}]}
+    d = httpx.post(f"{redacting.v1}/route", json=body).json()
     assert d["privacy"]["pii"] == {"unscannable": 1}
-    assert d["target"] == "local/local-small" and d["rerouted"] is True
+    # The text-only local engine cannot take it instead: refused, naming the privacy rule
+    # (it used to be rerouted there and answered "the local model accepts text content only").
+    assert "not trusted" in d["violation"] and "reads text only" in d["violation"], d
+    r = httpx.post(f"{redacting.v1}/chat/completions", json=body)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"]["code"] == "policy_violation"
+    assert "could not be scanned" in r.json()["error"]["message"]
     assert sent_since(fake_provider, before) == []
 
 
