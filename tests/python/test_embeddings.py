@@ -156,6 +156,15 @@ def test_bad_embedding_requests_get_openai_errors(gateway, body, status, param):
     assert r.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize("model", ["local-small", "local/local-small"])
+def test_the_local_chat_model_is_named_as_not_an_embedding_model(gateway, model):
+    # It used to be 404 "does not exist", though /v1/models lists it.
+    r = httpx.post(f"{gateway.v1}/embeddings", json={"model": model, "input": "x"}, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "model" and "not an embedding model" in error["message"], error
+
+
 def test_models_list_the_embedding_model(client):
     assert "local-embed" in {m.id for m in client.models.list().data}
 

@@ -260,7 +260,13 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
         Some(ModelChoice::Auto) => {
             return Err(ApiError::invalid("model \"auto\" needs a [local_embeddings] model; name a provider's embedding model instead.", "model"))
         }
-        _ => return Err(ApiError::ModelNotFound { model: req.model.clone() }),
+        Some(ModelChoice::Target(target)) => {
+            return Err(ApiError::invalid(
+                format!("The model {:?} is the local chat model ({target}), not an embedding model; name the [local_embeddings] model or a provider's embedding model.", req.model),
+                "model",
+            ))
+        }
+        None => return Err(ApiError::ModelNotFound { model: req.model.clone() }),
     };
     // The same guard as chat: never to a region outside the tenant's residency, and privacy-tagged
     // input only to a trusted provider (an embedding cannot be redacted: the vector is the text's).
