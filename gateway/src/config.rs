@@ -527,6 +527,15 @@ fn read(path: &Path) -> Result<String, ConfigErrors> {
         .map_err(|e| ConfigErrors { problems: vec![format!("{}: cannot read: {e}", path.display())] })
 }
 
+/// `server.listen`: an IP address and port, or `localhost:<port>` (the IPv4 loopback, without a
+/// name lookup: `check` and `serve` do no DNS).
+fn parse_listen(text: &str) -> Result<SocketAddr, std::net::AddrParseError> {
+    match text.strip_prefix("localhost:") {
+        Some(port) if port.parse::<u16>().is_ok() => format!("127.0.0.1:{port}").parse(),
+        _ => text.parse(),
+    }
+}
+
 impl GatewayConfig {
     /// The secrets this configuration names that `serve` could not use in this environment
     /// (unset, empty where an empty value would be a hole, or not a value a header or a Redis URL
@@ -577,9 +586,9 @@ impl GatewayConfig {
         })?;
         let mut problems = Vec::new();
         let listen_text = listen_override.unwrap_or(&raw.server.listen).to_owned();
-        let listen = listen_text.parse::<SocketAddr>().map_err(|e| {
+        let listen = parse_listen(&listen_text).map_err(|e| {
             let source = if listen_override.is_some() { "SWITCHYARD_LISTEN".to_owned() } else { format!("{file}: server.listen") };
-            format!("{source}: {listen_text:?} is not a socket address: {e}")
+            format!("{source}: {listen_text:?} is not a socket address ({e}): give an IP address and a port, e.g. 0.0.0.0:8080, [::]:8080 or localhost:8080")
         });
         if let Err(p) = &listen {
             problems.push(p.clone());
@@ -766,6 +775,8 @@ mod tests {
         let cfg = write(&dir, "g.toml", &text);
         let ok = GatewayConfig::load(&cfg, Some("127.0.0.1:4321")).unwrap();
         assert_eq!(ok.listen.port(), 4321);
+        let ok = GatewayConfig::load(&cfg, Some("localhost:4322")).unwrap();
+        assert_eq!(ok.listen.to_string(), "127.0.0.1:4322");
         let err = GatewayConfig::load(&cfg, Some("nonsense")).unwrap_err().to_string();
         assert!(err.contains("SWITCHYARD_LISTEN"), "{err}");
     }
@@ -900,7 +911,7 @@ mod tests {
         }
         let listen = format!("[policy]\nfile = \"{p}\"\n[server]\nlisten = \"nowhere\"\n");
         let err = GatewayConfig::load(&write(&dir, "g.toml", &listen), None).unwrap_err().to_string();
-        assert!(err.contains("g.toml:4: server.listen: \"nowhere\" is not a socket address"), "{err}");
+        assert!(err.contains("g.toml:4: server.listen: \"nowhere\" is not a socket address") && err.contains("0.0.0.0:8080"), "{err}");
         // Given by SWITCHYARD_LISTEN instead, it is not the file's line.
         let listen = format!("[policy]\nfile = \"{p}\"\n");
         let err = GatewayConfig::load(&write(&dir, "g.toml", &listen), Some("nowhere")).unwrap_err().to_string();
