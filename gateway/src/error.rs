@@ -157,6 +157,7 @@ impl ApiError {
             kind: kind.to_owned(),
             param,
             code: code.map(str::to_owned),
+            innererror: None,
         };
         match self {
             Self::InvalidRequest { param, .. } => {
@@ -272,11 +273,12 @@ fn provider_parts(err: &ProviderError) -> (StatusCode, ErrorDetail, Option<u64>)
         kind: kind.to_owned(),
         param,
         code: Some(code.to_owned()),
+        innererror: None,
     };
     match err {
         ProviderError::InvalidRequest { message, param } => (
             StatusCode::BAD_REQUEST,
-            ErrorDetail { message: message.clone(), kind: "invalid_request_error".into(), param: param.clone(), code: None },
+            ErrorDetail { message: message.clone(), kind: "invalid_request_error".into(), param: param.clone(), code: None, innererror: None },
             None,
         ),
         ProviderError::ContextLengthExceeded { .. } => (

@@ -510,7 +510,7 @@ pub fn error_body(body: &[u8]) -> Option<crate::wire::ErrorBody> {
         "overloaded_error" => ("server_error", Some("overloaded")),
         _ => ("server_error", None),
     };
-    Some(crate::wire::ErrorBody { error: crate::wire::ErrorDetail { message, kind: kind.to_owned(), param: None, code: code.map(str::to_owned) } })
+    Some(crate::wire::ErrorBody { error: crate::wire::ErrorDetail { message, kind: kind.to_owned(), param: None, code: code.map(str::to_owned), innererror: None } })
 }
 
 #[cfg(test)]

@@ -149,10 +149,31 @@ impl ProviderError {
                 scrub(&mut body.error.kind);
                 body.error.param.iter_mut().for_each(scrub);
                 body.error.code.iter_mut().for_each(scrub);
+                body.error.innererror.iter_mut().for_each(|value| each_string(value, edit));
             }
             Self::RateLimited { body: None, .. } | Self::Timeout { .. } | Self::CircuitOpen { .. } => {}
         }
         self
+    }
+}
+
+/// `edit` applied to every string in `value`, keys included.
+fn each_string(value: &mut serde_json::Value, edit: &dyn Fn(&mut String)) {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => edit(text),
+        Value::Array(items) => items.iter_mut().for_each(|item| each_string(item, edit)),
+        Value::Object(map) => {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(mut key, mut item)| {
+                    edit(&mut key);
+                    each_string(&mut item, edit);
+                    (key, item)
+                })
+                .collect();
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
 
@@ -167,5 +188,18 @@ mod tests {
         assert_eq!(message, "m1\\n2026-01-01 INFO forged\\u{1b}[31m");
         let plain = ProviderError::Upstream { provider: "p".into(), status: None, message: "fine".into() };
         assert_eq!(plain.clone().printable(), plain);
+    }
+
+    #[test]
+    fn a_key_echoed_inside_innererror_is_taken_out() {
+        let key = "az-secret-value-0123456789";
+        let inner = serde_json::json!({"code": "x", "detail": [format!("key {key}")], key: {"n": 1}});
+        let body = crate::wire::ErrorBody {
+            error: crate::wire::ErrorDetail { message: "m".into(), kind: "k".into(), param: None, code: None, innererror: Some(inner) },
+        };
+        let err = ProviderError::Rejected { provider: "p".into(), status: 400, body: Box::new(body) };
+        let ProviderError::Rejected { body, .. } = err.without_secret(&crate::secret::Secret::new(key).unwrap()) else { panic!() };
+        let text = body.error.innererror.unwrap().to_string();
+        assert!(!text.contains("az-secret") && text.contains("\"code\":\"x\""), "{text}");
     }
 }

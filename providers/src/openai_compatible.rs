@@ -270,7 +270,7 @@ impl OpenAiCompatible {
         let status = anthropic::retry_status(kind);
         let error = if kind == "rate_limit_error" {
             // What an HTTP 429 from Anthropic gives, should it persist.
-            let body = ErrorBody { error: ErrorDetail { message: message.to_owned(), kind: kind.to_owned(), param: None, code: None } };
+            let body = ErrorBody { error: ErrorDetail { message: message.to_owned(), kind: kind.to_owned(), param: None, code: None, innererror: None } };
             ProviderError::RateLimited { provider: self.name.clone(), retry_after_s: None, body: Some(Box::new(body)) }
         } else {
             self.upstream(status, format!("{kind}: {message}"))
@@ -327,6 +327,7 @@ impl OpenAiCompatible {
                     kind: "invalid_request_error".into(),
                     param: None,
                     code: None,
+                    innererror: None,
                 },
             });
             return ProviderError::Rejected { provider, status: status.as_u16(), body: Box::new(body) };
@@ -365,6 +366,7 @@ fn error_detail_of(value: &serde_json::Value) -> Option<ErrorDetail> {
         kind: inner.get("type").and_then(Value::as_str).unwrap_or("invalid_request_error").to_owned(),
         param: text(inner.get("param")),
         code: text(inner.get("code")),
+        innererror: inner.get("innererror").filter(|v| v.is_object()).cloned(),
     })
 }
 
@@ -375,7 +377,7 @@ fn error_body_of(body: &[u8]) -> Option<ErrorBody> {
     }
     let text = std::str::from_utf8(body).ok()?.trim();
     let plain = !text.is_empty() && text.len() <= 1000 && !text.starts_with('<');
-    plain.then(|| ErrorBody { error: ErrorDetail { message: text.to_owned(), kind: "invalid_request_error".into(), param: None, code: None } })
+    plain.then(|| ErrorBody { error: ErrorDetail { message: text.to_owned(), kind: "invalid_request_error".into(), param: None, code: None, innererror: None } })
 }
 
 /// Opening events read ahead of an Anthropic stream's answer at most (a server that sends only

@@ -404,6 +404,10 @@ pub struct ErrorDetail {
     pub param: Option<String>,
     /// Machine-readable code.
     pub code: Option<String>,
+    /// Azure's detail on a content-filter refusal (`{"code": "ResponsibleAIPolicyViolation",
+    /// "content_filter_result": {…}}`: which category, how severe), passed on as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub innererror: Option<serde_json::Value>,
 }
 
 /// `Deserialize` for a struct whose unknown fields go to its `extra` map, in one pass. serde's

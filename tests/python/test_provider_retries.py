@@ -185,6 +185,25 @@ def test_an_azure_429_reaches_the_client_in_openai_terms(azure, fake_provider):
     assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded") and "call rate limit" in error["message"], error
 
 
+def test_an_azure_content_filter_refusal_keeps_its_innererror(azure, fake_provider):
+    # Azure's refusal names the category and severity only in `innererror`; clients read it there.
+    inner = {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {
+        "hate": {"filtered": False, "severity": "safe"}, "violence": {"filtered": True, "severity": "medium"}}}
+    refused = {"status": 400, "body": {"error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+        "type": None, "param": "prompt", "code": "content_filter", "status": 400, "innererror": inner}}}
+    script(fake_provider, refused)
+    r = httpx.post(f"{azure.v1}/chat/completions", timeout=30, json={"model": "azure/gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["param"]) == ("content_filter", "prompt") and "content management policy" in error["message"], error
+    assert error["innererror"] == inner, error
+    # Errors without one carry no innererror key at all.
+    script(fake_provider, {"status": 400, "body": {"error": {"message": "bad", "type": "invalid_request_error", "param": None, "code": None}}})
+    r = httpx.post(f"{azure.v1}/chat/completions", timeout=30, json={"model": "azure/gpt-4o", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and "innererror" not in r.json()["error"], r.text
+
+
 def test_azure_api_versions_before_2024_09_01_are_not_sent_stream_options(tmp_path, fake_provider):
     section = fake_provider_section(fake_provider, key_env="AZURE_TEST_KEY", name="azure", kind="azure", base_path="",
                                     extra_keys='api_version = "2024-06-01"\n').replace('{ name = "echo",', '{ name = "gpt-4o", deployment = "echo",')
