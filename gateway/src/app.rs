@@ -11,6 +11,7 @@ use crate::handlers::{admin, chat, completions, embeddings, fallback, health, mo
 use crate::middleware::admin_auth::admin_auth;
 use crate::middleware::auth::authenticate;
 use crate::middleware::content_encoding::refuse_encoded_bodies;
+use crate::middleware::cut_at_shutdown::cut_at_shutdown;
 use crate::middleware::request_ctx::request_ctx;
 use crate::state::AppState;
 
@@ -20,21 +21,25 @@ use crate::state::AppState;
 /// 1. `request_ctx` — creates the request id and the `request` span (fields `request_id`,
 ///    `tenant`, `rule`, `target`, `tier`), inserts the `RequestCtx` extension, sets
 ///    `x-request-id` on every answer and logs one line when the head of the answer is ready.
-/// 2. `cors` (on `/v1/*` routes, around 3 and 4, only with `server.cors_allowed_origins`) —
+/// 2. `cors` (on `/v1/*` routes, around 3 to 5, only with `server.cors_allowed_origins`) —
 ///    answers a browser's preflight (`OPTIONS` with `Access-Control-Request-Method`) from an
 ///    allowed origin before authentication, as browsers send it without the key, and marks every
 ///    answer to such an origin readable by its page, the gateway's own headers included.
-/// 3. `authenticate` (on `/v1/*` routes only) — reads `Authorization: Bearer <virtual key>`,
+/// 3. `cut_at_shutdown` (on `/v1/*` routes, inside 2) — races the request with the drain's cut
+///    (its deadline, or a second stop signal): a request not yet answered then gets 503
+///    `shutting_down` with `Retry-After: 1`, and a stream under way a last error event in its
+///    API's shape, instead of a broken connection.
+/// 4. `authenticate` (on `/v1/*` routes only) — reads `Authorization: Bearer <virtual key>`,
 ///    inserts the tenant (`Arc<router::TenantProfile>`) and records `tenant` on the span, or
 ///    answers 401 `invalid_api_key`. Open mode (no tenant has keys): tenant `default`.
-/// 4. `refuse_encoded_bodies` (on `/v1/*` routes, after 3) — a compressed body
+/// 5. `refuse_encoded_bodies` (on `/v1/*` routes, after 4) — a compressed body
 ///    (`Content-Encoding` other than `identity`) is answered 415 `unsupported_content_encoding`,
 ///    not misread as malformed JSON.
-/// 5. `admin_auth` (on `/dashboard` and `/admin/*` only; beside 3, not after it) — the admin
+/// 6. `admin_auth` (on `/dashboard` and `/admin/*` only; beside 3 and 4, not after them) — the admin
 ///    key as Bearer, Basic password or session cookie, else 401 (`/dashboard`'s carries
 ///    `WWW-Authenticate: Basic` and the login form). `/metrics`, `/healthz`, `/readyz` and
 ///    `/dashboard/login` need no key.
-/// 6. on `/dashboard*` and `/admin/*` (unknown paths there too), around 5 — `Cache-Control: no-store`
+/// 7. on `/dashboard*` and `/admin/*` (unknown paths there too), around 6 — `Cache-Control: no-store`
 ///    and `X-Frame-Options: DENY` on every answer: admin figures are never cached on the way,
 ///    and the dashboard is never framed by another site.
 ///
@@ -54,7 +59,8 @@ pub fn build(state: Arc<AppState>) -> Router {
         .route("/v1/responses/{id}", get(responses::get).delete(responses::delete).fallback(not_allowed))
         .route("/v1/responses/{id}/input_items", get(responses::input_items).fallback(not_allowed))
         .route_layer(axum::middleware::from_fn(refuse_encoded_bodies))
-        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authenticate));
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authenticate))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), cut_at_shutdown));
     let api = match cors(&state.config.server.cors_allowed_origins) {
         Some(cors) => api.layer(cors),
         None => api,

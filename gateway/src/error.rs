@@ -99,6 +99,9 @@ pub enum ApiError {
     /// The gateway received SIGTERM/SIGINT and finishes what it has; new requests go elsewhere.
     #[error("This gateway is shutting down and takes no new requests; retry on another replica.")]
     ShuttingDown,
+    /// The drain's deadline (or a second stop signal) came before this request's answer.
+    #[error("This gateway stopped before the answer was finished (its shutdown deadline passed); retry on another replica.")]
+    ShutdownCut,
     /// Redis (`[redis]`) is unreachable and `on_outage = "fail_closed"`.
     #[error("Limits and budgets cannot be checked right now (the shared store is unreachable); requests that could reach a paid provider are refused until it returns.")]
     StoreUnavailable,
@@ -206,7 +209,9 @@ impl ApiError {
                 detail("service_unavailable", Some("limits_store_unavailable"), None),
                 Some(1),
             ),
-            Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, detail("service_unavailable", Some("shutting_down"), None), Some(1)),
+            Self::ShuttingDown | Self::ShutdownCut => {
+                (StatusCode::SERVICE_UNAVAILABLE, detail("service_unavailable", Some("shutting_down"), None), Some(1))
+            }
             Self::ResponseStoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, detail("service_unavailable", Some("store_unavailable"), None), Some(1)),
             Self::InvalidApiKey { .. } | Self::AdminKeyRequired => {
                 (StatusCode::UNAUTHORIZED, detail("invalid_request_error", Some("invalid_api_key"), None), None)

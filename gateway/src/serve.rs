@@ -21,6 +21,9 @@ use crate::state::AppState;
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// How long connections accepted just before a stop signal have to send their request.
 const ACCEPTED_GRACE: Duration = Duration::from_millis(200);
+/// How long the requests cut at the drain's end have to write their last answer.
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
 /// How long the finished requests' settlements may take to reach the store after the drain.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(10);
 /// How often the budget gauges and the routing signal are read back from the store, and this
@@ -93,17 +96,26 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     // idle, and the graceful close would drop it unanswered: give such requests a moment to arrive
     // (they are answered as draining) before the close.
     tokio::time::sleep(ACCEPTED_GRACE).await;
-    tokio::select! {
-        () = graceful.shutdown() => {}
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    let cut = tokio::select! {
+        () = &mut drained => false,
         () = tokio::time::sleep(DRAIN_DEADLINE) => {
             warn!(deadline_s = DRAIN_DEADLINE.as_secs(), "drain deadline passed; closing remaining connections");
-            // Requests cut now are the server's doing (503 in their records), not their clients'.
-            state.ledger.cut_remaining();
-            connections.abort_all();
+            true
         }
         () = hurry.notified() => {
             warn!("second stop signal during the drain; closing remaining connections now");
-            state.ledger.cut_remaining();
+            true
+        }
+    };
+    if cut {
+        // Requests cut now are the server's doing (503 in their records), not their clients'.
+        state.ledger.cut_remaining();
+        // Each gets its last word (a 503, or a stream's error event); the connections that have
+        // not written it within the grace (a client not reading) are closed as they are.
+        state.cut.send_replace(true);
+        if tokio::time::timeout(CUT_GRACE, &mut drained).await.is_err() {
             connections.abort_all();
         }
     }

@@ -86,6 +86,9 @@ pub struct AppState {
     pub started_unix: u64,
     /// Set on SIGTERM/SIGINT: `/readyz` answers 503.
     pub draining: AtomicBool,
+    /// Set to `true` when the drain's deadline (or a second stop signal) cuts the requests still
+    /// running: each gets its last answer (`middleware::cut_at_shutdown`).
+    pub cut: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -192,6 +195,7 @@ impl AppState {
             remotes,
             started_unix,
             draining: AtomicBool::new(false),
+            cut: tokio::sync::watch::Sender::new(false),
         }))
     }
 

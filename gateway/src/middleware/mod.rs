@@ -3,6 +3,7 @@
 pub mod admin_auth;
 pub mod auth;
 pub mod content_encoding;
+pub mod cut_at_shutdown;
 pub mod request_ctx;
 
 /// The credentials of an `Authorization` value in `scheme` (`Bearer`, `Basic`): scheme names

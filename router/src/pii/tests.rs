@@ -154,3 +154,11 @@ fn long_runs_of_numbers_are_scanned_in_linear_time_and_keep_their_findings() {
     }
 }
 
+
+#[test]
+fn a_url_encoded_email_is_found_as_written() {
+    let text = "unsubscribe: https://news.test/u?email=jane.doe%40example.com&list=7";
+    assert_eq!(kinds(text), vec![(PiiKind::Email, "jane.doe%40example.com")]);
+    let tabbed = "card\t4111\t1111\t1111\t1111 on file";
+    assert_eq!(kinds(tabbed), vec![(PiiKind::CreditCard, "4111\t1111\t1111\t1111")]);
+}
