@@ -216,9 +216,12 @@ impl AppState {
         self.config.providers.iter().any(providers::ProviderConfig::speaks_responses)
     }
 
-    /// Targets whose provider's circuit is open: the router skips them.
+    /// Targets whose circuit (per provider and model) is open: the router skips them.
     pub fn open_circuits(&self) -> Vec<String> {
-        self.remotes.values().filter(|r| r.provider.is_open()).flat_map(|r| r.targets.iter().cloned()).collect()
+        self.remotes
+            .iter()
+            .flat_map(|(name, r)| r.provider.open_models().into_iter().map(move |model| format!("{name}/{model}")))
+            .collect()
     }
 
     /// True once the model is loaded (or no engine is configured) and not draining.

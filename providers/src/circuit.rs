@@ -1,8 +1,11 @@
-//! A circuit breaker per provider: after `failures` consecutive failures, or when at least half of
-//! the last [`WINDOW`] calls failed, the circuit opens and calls fail fast for `open_for`; then
-//! one probe is let through (half-open): success closes the circuit, failure opens it again. The
-//! state machine takes the time as an argument, so it is tested without sleeping.
+//! A circuit breaker per provider and model: after `failures` consecutive failures, or when at
+//! least half of the last [`WINDOW`] calls failed, the circuit opens and calls fail fast for
+//! `open_for`; then one probe is let through (half-open): success closes the circuit, failure
+//! opens it again, and a probe abandoned by its caller lets the next call probe. One failing
+//! model does not close the provider's others. The state machine takes the time as an argument,
+//! so it is tested without sleeping.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,9 @@ use crate::ProviderError;
 const WINDOW: usize = 20;
 /// The error-rate rule needs at least this many calls in the window.
 const MIN_CALLS_FOR_RATE: usize = 10;
+/// Breakers kept per provider at most (its configured models are far fewer); calls for models
+/// beyond share one.
+const MAX_BREAKERS: usize = 256;
 
 /// Breaker settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +65,14 @@ impl Breaker {
                 true
             }
             State::Open { .. } | State::HalfOpen => false,
+        }
+    }
+
+    /// The probe let through at some point before `now` will not report (its caller went away):
+    /// the next call may probe instead. Without this the circuit stayed half-open for good.
+    pub fn abandon_probe(&mut self, now: Instant) {
+        if self.state == State::HalfOpen {
+            self.state = State::Open { until: now };
         }
     }
 
@@ -117,84 +131,129 @@ pub fn counts_against_provider(err: &ProviderError) -> bool {
     }
 }
 
-/// A provider behind a breaker: calls fail fast while the circuit is open.
+/// A provider behind breakers, one per model: calls fail fast while their model's circuit is open.
 pub struct Guarded {
     name: String,
     inner: Arc<dyn Provider>,
-    breaker: Mutex<Breaker>,
+    config: BreakerConfig,
+    breakers: Mutex<HashMap<String, Breaker>>,
+}
+
+/// A call let through: settled with its outcome, or, dropped unsettled (its caller went away),
+/// the probe it was is given up.
+struct Call<'a> {
+    guarded: &'a Guarded,
+    model: String,
+    probe: bool,
+}
+
+impl Call<'_> {
+    fn settle<T>(mut self, result: &Result<T, ProviderError>) {
+        let failed = result.as_ref().err().is_some_and(counts_against_provider);
+        self.guarded.with_breaker(&self.model, |b| b.record(failed, Instant::now()));
+        self.probe = false;
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            self.guarded.with_breaker(&self.model, |b| b.abandon_probe(Instant::now()));
+        }
+    }
 }
 
 impl Guarded {
     /// Wraps `inner` (called `name` in errors).
     pub fn new(name: &str, inner: Arc<dyn Provider>, config: BreakerConfig) -> Self {
-        Self { name: name.to_owned(), inner, breaker: Mutex::new(Breaker::new(config)) }
+        Self { name: name.to_owned(), inner, config, breakers: Mutex::new(HashMap::new()) }
     }
 
-    /// True while the circuit is open (or a half-open probe is out).
+    /// True while the circuit of any of its models is open (or a half-open probe is out).
     pub fn is_open(&self) -> bool {
-        self.breaker.lock().is_ok_and(|b| b.is_open(Instant::now()))
-    }
-
-    fn admit(&self) -> Result<(), ProviderError> {
         let now = Instant::now();
-        let refused = match self.breaker.lock() {
-            Ok(mut b) => (!b.allow(now)).then(|| b.retry_after_s(now)),
-            Err(_) => Some(1),
-        };
-        match refused {
-            None => Ok(()),
-            Some(retry_after_s) => Err(ProviderError::CircuitOpen { provider: self.name.clone(), retry_after_s }),
-        }
+        self.breakers.lock().is_ok_and(|b| b.values().any(|b| b.is_open(now)))
     }
 
-    fn settle<T>(&self, result: &Result<T, ProviderError>) {
-        let failed = result.as_ref().err().is_some_and(counts_against_provider);
-        if let Ok(mut b) = self.breaker.lock() {
-            b.record(failed, Instant::now());
+    /// The models whose circuit is open now.
+    pub fn open_models(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.breakers.lock().map(|b| b.iter().filter(|(_, b)| b.is_open(now)).map(|(m, _)| m.clone()).collect()).unwrap_or_default()
+    }
+
+    fn with_breaker<T>(&self, model: &str, f: impl FnOnce(&mut Breaker) -> T) -> Option<T> {
+        let mut breakers = self.breakers.lock().ok()?;
+        let key = if breakers.contains_key(model) || breakers.len() < MAX_BREAKERS { model } else { "" };
+        if !breakers.contains_key(key) {
+            breakers.insert(key.to_owned(), Breaker::new(self.config));
+        }
+        breakers.get_mut(key).map(f)
+    }
+
+    fn admit(&self, model: &str) -> Result<Call<'_>, ProviderError> {
+        let now = Instant::now();
+        let admitted = self.with_breaker(model, |b| {
+            // Let through while not closed: the half-open probe.
+            let probe = b.state != State::Closed;
+            if b.allow(now) {
+                Ok(probe)
+            } else {
+                Err(b.retry_after_s(now))
+            }
+        });
+        match admitted {
+            Some(Ok(probe)) => Ok(Call { guarded: self, model: model.to_owned(), probe }),
+            Some(Err(retry_after_s)) => Err(ProviderError::CircuitOpen { provider: format!("{}/{model}", self.name), retry_after_s }),
+            None => Err(ProviderError::CircuitOpen { provider: format!("{}/{model}", self.name), retry_after_s: 1 }),
         }
     }
 }
 
+/// The model a passed-through body names.
+fn model_of(body: &serde_json::Value) -> &str {
+    body.get("model").and_then(serde_json::Value::as_str).unwrap_or_default()
+}
+
 impl std::fmt::Debug for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guarded").field("name", &self.name).field("open", &self.is_open()).finish_non_exhaustive()
+        f.debug_struct("Guarded").field("name", &self.name).field("open", &self.open_models()).finish_non_exhaustive()
     }
 }
 
 #[async_trait]
 impl Provider for Guarded {
     async fn complete(&self, req: ChatRequest) -> Result<ChatResponse, ProviderError> {
-        self.admit()?;
+        let call = self.admit(&req.model)?;
         let result = self.inner.complete(req).await;
-        self.settle(&result);
+        call.settle(&result);
         result
     }
 
     async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, ProviderError> {
-        self.admit()?;
+        let call = self.admit(&req.model)?;
         let result = self.inner.stream(req).await;
-        self.settle(&result);
+        call.settle(&result);
         result
     }
 
     async fn embeddings(&self, body: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
-        self.admit()?;
+        let call = self.admit(model_of(&body))?;
         let result = self.inner.embeddings(body).await;
-        self.settle(&result);
+        call.settle(&result);
         result
     }
 
     async fn responses(&self, body: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
-        self.admit()?;
+        let call = self.admit(model_of(&body))?;
         let result = self.inner.responses(body).await;
-        self.settle(&result);
+        call.settle(&result);
         result
     }
 
     async fn responses_stream(&self, body: serde_json::Value) -> Result<crate::provider::ResponseEvents, ProviderError> {
-        self.admit()?;
+        let call = self.admit(model_of(&body))?;
         let result = self.inner.responses_stream(body).await;
-        self.settle(&result);
+        call.settle(&result);
         result
     }
 }
@@ -239,6 +298,23 @@ mod tests {
         assert!(b.allow(again));
         b.record(false, again);
         assert!(!b.is_open(again) && b.allow(again), "a good probe closes");
+    }
+
+    #[test]
+    fn an_abandoned_probe_lets_the_next_call_probe() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(CONFIG);
+        for _ in 0..3 {
+            b.record(true, t0);
+        }
+        let later = t0 + Duration::from_secs(30);
+        assert!(b.allow(later), "the probe");
+        b.abandon_probe(later);
+        assert!(b.allow(later), "its caller left: the next call probes (it stayed half-open for good)");
+        b.record(false, later);
+        assert!(!b.is_open(later));
+        b.abandon_probe(later);
+        assert!(!b.is_open(later), "only a probe is given up");
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use config::{ModelPrice, ProviderConfig, ProviderKind};
 pub use error::ProviderError;
 pub use local::LocalProvider;
 pub use openai_compatible::{decode_stream, OpenAiCompatible};
-pub use pool::{Lease, Pool};
+pub use pool::{HeldLease, Lease, Pool};
 pub use provider::{collect_stream, ChunkStream, Provider, ResponseEvents};
 pub use retry::{retryable_status, RetryPolicy};
 pub use transport::{Destination, HttpClient, SendError, UpstreamResponse, CLIENT_REQUEST_ID};

@@ -17,7 +17,7 @@ use tracing::warn;
 
 use crate::anthropic;
 use crate::circuit::counts_against_provider;
-use crate::pool::{Lease, Pool};
+use crate::pool::{HeldLease, Lease, Pool};
 use crate::provider::{ChunkStream, Provider};
 use crate::retry::{retryable_status, RetryPolicy};
 use crate::secret::Secret;
@@ -164,15 +164,16 @@ impl OpenAiCompatible {
             Dialect::OpenAi { pool } => Some(pool),
             Dialect::Azure { .. } | Dialect::Anthropic { .. } => None,
         };
-        let lease = pool.map(|p| p.acquire(Instant::now()));
-        let result = self.send_to(model, body, lease.as_ref(), endpoint).await;
-        if let (Some(pool), Some(lease)) = (pool, &lease) {
+        // Given back if this attempt is dropped (the client went away) before it reports.
+        let held = pool.map(|p| p.hold(Instant::now()));
+        let result = self.send_to(model, body, held.as_ref().map(HeldLease::lease), endpoint).await;
+        if let Some(held) = held {
             // Client errors are the request's fault, not the endpoint's.
             let healthy = match &result {
                 Ok(_) => true,
                 Err(f) => !counts_against_provider(&f.error),
             };
-            pool.finish(lease, healthy, Instant::now());
+            held.finish(healthy, Instant::now());
         }
         result
     }

@@ -145,6 +145,28 @@ impl Pool {
         }
     }
 
+    /// [`Pool::acquire`], held: the lease gives its endpoint back if it is dropped unreported
+    /// (the request's caller went away mid-attempt), so that abandoned requests do not count as
+    /// outstanding for good and skew the balancing.
+    pub fn hold(&self, now: Instant) -> HeldLease<'_> {
+        HeldLease {
+            pool: self,
+            lease: self.acquire(now),
+            reported: false,
+        }
+    }
+
+    /// Gives `lease`'s endpoint back without a health report.
+    fn release(&self, lease: &Lease) {
+        let mut endpoints = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(e) = endpoints.get_mut(lease.index) {
+            e.outstanding = e.outstanding.saturating_sub(1);
+        }
+    }
+
     /// Number of endpoints.
     pub fn len(&self) -> usize {
         self.endpoints.lock().map_or(0, |e| e.len())
@@ -153,6 +175,35 @@ impl Pool {
     /// True when the pool has no endpoint.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A [`Lease`] that is reported with [`HeldLease::finish`] or, dropped, given back.
+#[derive(Debug)]
+pub struct HeldLease<'a> {
+    pool: &'a Pool,
+    lease: Lease,
+    reported: bool,
+}
+
+impl HeldLease<'_> {
+    /// The lease (its endpoint's base URL).
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Reports the outcome, as [`Pool::finish`].
+    pub fn finish(mut self, ok: bool, now: Instant) {
+        self.pool.finish(&self.lease, ok, now);
+        self.reported = true;
+    }
+}
+
+impl Drop for HeldLease<'_> {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.pool.release(&self.lease);
+        }
     }
 }
 
@@ -177,6 +228,18 @@ mod tests {
             let n = leases.iter().filter(|l| l.index == i).count();
             assert!((7..=13).contains(&n), "endpoint {i} got {n} of 30");
         }
+    }
+
+    #[test]
+    fn an_abandoned_attempt_gives_its_endpoint_back() {
+        let p = pool(2);
+        let t = Instant::now();
+        for _ in 0..100 {
+            drop(p.hold(t));
+        }
+        p.hold(t).finish(true, t);
+        let outstanding: Vec<u32> = p.endpoints.lock().unwrap().iter().map(|e| e.outstanding).collect();
+        assert_eq!(outstanding, [0, 0], "each dropped attempt counted as outstanding for good");
     }
 
     #[test]

@@ -618,8 +618,11 @@ fallback = ["anthropic/claude-sonnet", "local"]
         let mut i = RouteInput { budget_exhausted: true, ..input("auto", "Hi") };
         i.pii.insert("unscannable".into(), 1);
         let d = decide(&router, &i);
-        assert_eq!((d.tier, d.rerouted), (Tier::Remote, false), "the gateway refuses it with budget_exceeded: {d:?}");
+        // (The guard moved it from the untrusted route to the trusted one; the budget keeps it
+        // off the local engine, so the gateway refuses it with budget_exceeded.)
+        assert_eq!((d.tier, d.target.as_str()), (Tier::Remote, "anthropic/claude-sonnet"), "{d:?}");
         assert!(d.fallbacks.is_empty(), "{d:?}");
+        assert!(d.reasons.iter().any(|r| r.contains("budget exhausted; the local engine reads text only")), "{:?}", d.reasons);
     }
 
     #[test]

@@ -163,10 +163,11 @@ proptest! {
             }
             if case.budget_exhausted {
                 // An exhausted budget never falls back to a paid target; the target itself stays
-                // remote only when the guard forbids the local engine.
+                // remote only when the guard forbids the local engine, or the request has media
+                // the text-only engine cannot read (the gateway then refuses it for the budget).
                 prop_assert!(d.fallbacks.iter().all(|t| t == "local/small"), "{d:?}");
                 if d.target != "local/small" {
-                    prop_assert!(d.reasons.iter().any(|r| r.contains("local engine not allowed")), "{d:?}");
+                    prop_assert!(d.reasons.iter().any(|r| r.contains("local engine not allowed") || (unscannable && r.contains("reads text only"))), "{d:?}");
                 }
             }
         } else {

@@ -50,18 +50,19 @@ fn ended_by_the_cut(body: Body, cut: watch::Receiver<bool>, responses_api: bool)
     let watched = Watched { body: body.into_data_stream(), cut, responses_api, last_sequence: None };
     futures::stream::unfold(Some(watched), |state| async move {
         let mut w = state?;
-        tokio::select! {
+        let next = tokio::select! {
             biased;
-            frame = w.body.next() => {
-                let frame = frame?;
-                if w.responses_api {
-                    if let Ok(bytes) = &frame {
-                        w.last_sequence = sequence_number(bytes).or(w.last_sequence);
-                    }
+            frame = w.body.next() => Some(frame?),
+            Ok(_) = w.cut.wait_for(|cut| *cut) => None,
+        };
+        match next {
+            Some(frame) => {
+                if let (true, Ok(bytes)) = (w.responses_api, &frame) {
+                    w.last_sequence = sequence_number(bytes).or(w.last_sequence);
                 }
                 Some((frame, Some(w)))
             }
-            Ok(_) = w.cut.wait_for(|cut| *cut) => {
+            None => {
                 let last = cut_event(w.responses_api, w.last_sequence);
                 drop(w);
                 Some((Ok(last), None))
@@ -99,6 +100,8 @@ fn cut_event(responses_api: bool, last_sequence: Option<u64>) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    use futures::StreamExt as _;
+
     use super::*;
 
     #[test]
