@@ -20,8 +20,8 @@ def script(fake_provider, *faults):
     httpx.post(f"{fake_provider}/control/faults", json={"faults": list(faults)}).raise_for_status()
 
 
-def route_reasons(gw, model):
-    return httpx.post(f"{gw.v1}/route", json={"model": model, "messages": [{"role": "user", "content": "ping"}]}).json()["reasons"]
+def circuit_open(gw):
+    return 'switchyard_circuit_open{provider="fake"} 1' in httpx.get(f"{gw.base}/metrics").text
 
 
 def test_one_failing_model_does_not_close_the_providers_others(tmp_path, fake_provider):
@@ -34,19 +34,18 @@ def test_one_failing_model_does_not_close_the_providers_others(tmp_path, fake_pr
         assert "fake/echo" in closed.json()["error"]["message"]
         other = ask(gw, "fake/shred")
         assert other.status_code == 200, f"another model of the same provider still answers: {other.text}"
-        metrics = httpx.get(f"{gw.base}/metrics").text
-        assert 'switchyard_circuit_open{provider="fake"} 1' in metrics
+        assert circuit_open(gw)
     finally:
         gw.stop()
 
 
 def test_a_probe_whose_client_leaves_lets_the_next_call_probe(tmp_path, fake_provider):
-    gw = brittle(tmp_path, fake_provider, 300)
+    gw = brittle(tmp_path, fake_provider, 1500)
     try:
         script(fake_provider, {"status": 500})
         assert ask(gw, "fake/echo").status_code == 502
-        assert any("circuit open" in r for r in route_reasons(gw, "fake/echo"))
-        wait_for(lambda: not any("circuit open" in r for r in route_reasons(gw, "fake/echo")), what="the circuit's open time to pass")
+        assert circuit_open(gw)
+        wait_for(lambda: not circuit_open(gw), what="the circuit's open time to pass")
         # The probe: the fake holds it 20 s, its client gives up after 1 s.
         before = len(fake_requests(fake_provider))
         script(fake_provider, {"slow_ms": 20000})
