@@ -223,7 +223,7 @@ def test_image_content_is_unscannable_and_does_not_leave_unredacted(redacting, f
     r = httpx.post(f"{redacting.v1}/chat/completions", json=body)
     assert r.status_code == 403, r.text
     assert r.json()["error"]["code"] == "policy_violation"
-    assert "could not be scanned" in r.json()["error"]["message"]
+    assert "not trusted" in r.json()["error"]["message"] and "reads text only" in r.json()["error"]["message"]
     assert sent_since(fake_provider, before) == []
 
 
