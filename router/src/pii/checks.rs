@@ -208,8 +208,15 @@ pub fn es_nie(s: &str) -> bool {
 }
 
 /// An IPv4 address in dotted quad form.
-pub fn ipv4(s: &str) -> bool {
-    s.parse::<std::net::Ipv4Addr>().is_ok()
+pub fn ipv4(s: &str, before: &str) -> bool {
+    // 0.0.0.0 and 255.255.255.255 name no host; `Version 1.2.3.4` is a version.
+    s.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| !ip.is_unspecified() && !ip.is_broadcast()) && !after_version_word(before)
+}
+
+/// True when the last word before a number (past spaces, `:`, `=`) names a version.
+fn after_version_word(before: &str) -> bool {
+    let word = before.trim_end_matches(|c: char| !c.is_alphanumeric()).rsplit(|c: char| !c.is_alphabetic()).next().unwrap_or_default();
+    ["version", "release", "build", "firmware", "versión", "versione"].iter().any(|w| word.eq_ignore_ascii_case(w))
 }
 
 /// An IPv6 address; at least three groups so that `12:30` and `::` are not taken for addresses.
@@ -306,8 +313,8 @@ mod tests {
 
     #[test]
     fn ip_and_isbn() {
-        assert!(ipv4("192.168.1.20"));
-        assert!(!ipv4("300.1.1.1"));
+        assert!(ipv4("192.168.1.20", "host "));
+        assert!(!ipv4("300.1.1.1", "host "));
         assert!(ipv6("2001:db8::1"));
         assert!(!ipv6("12:30"));
         assert!(!ipv6("::"));

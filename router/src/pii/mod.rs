@@ -152,7 +152,7 @@ static PATTERNS: &[Pattern] = &[
     pat(PiiKind::UsSsn, r"(?-u:\b)[0-9]{3}-[0-9]{2}-[0-9]{4}", |s, _| checks::us_ssn(s), Shape::Exact, true),
     pat(PiiKind::EsDni, r"(?-u:\b)[0-9]{8}-?[A-Z]", |s, _| checks::es_dni(s), Shape::Exact, true),
     pat(PiiKind::IpAddress, r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}", |s, _| checks::ipv6(s), Shape::Exact, false),
-    address(r"(?-u:\b)[0-9]{1,3}(?:\.[0-9]{1,3}){3}", |s, _| checks::ipv4(s)),
+    address(r"(?-u:\b)[0-9]{1,3}(?:\.[0-9]{1,3}){3}", checks::ipv4),
     pat(PiiKind::Phone, phone::REGEX, phone::is_phone, Shape::DigitGroups, true),
 ];
 
@@ -221,11 +221,10 @@ impl PiiScanner {
     /// After `failed` matched at `start` but did not pass, the first lower-priority pattern that
     /// matches there and passes. A start glued to a word fails every pattern: no search then.
     fn retry(&self, text: &str, failed: PatternID, start: usize) -> Option<PiiSpan> {
-        if glued_left(text, start, false, false) {
+        if glued_left(text, start, false, false, false) {
             return None;
         }
-        let glued_number = glued_left(text, start, true, false);
-        (failed.as_usize() + 1..PATTERNS.len()).filter(|&pid| !(glued_number && PATTERNS[pid].numeric && !PATTERNS[pid].address)).find_map(|pid| {
+        (failed.as_usize() + 1..PATTERNS.len()).filter(|&pid| PATTERNS[pid].address || !glued_left(text, start, PATTERNS[pid].numeric, false, stands_alone(PATTERNS[pid].kind))).find_map(|pid| {
             let m = self.each[pid].search(&Input::new(text).range(start..).anchored(Anchored::Yes))?;
             Self::accept(text, PatternID::new(pid).ok()?, start, m.end())
         })
@@ -234,7 +233,8 @@ impl PiiScanner {
     /// The finding for pattern `pid` matched at `start..end`, if it passes its check.
     fn accept(text: &str, pid: PatternID, start: usize, end: usize) -> Option<PiiSpan> {
         let p = &PATTERNS[pid.as_usize()];
-        if glued_left(text, start, p.numeric, p.address) {
+        let strong = stands_alone(p.kind);
+        if glued_left(text, start, p.numeric, p.address, strong) {
             return None;
         }
         let mut from = start.saturating_sub(CONTEXT_BYTES);
@@ -242,7 +242,7 @@ impl PiiScanner {
             from += 1;
         }
         let before = &text[from..start];
-        let fits = |end: usize| !glued_right(text, end, p.numeric, p.address) && (p.check)(&text[start..end], before);
+        let fits = |end: usize| !glued_right(text, end, p.numeric, p.address, strong) && (p.check)(&text[start..end], before);
         let end = match p.shape {
             Shape::Exact => fits(end).then_some(end)?,
             Shape::DigitGroups => {
@@ -291,7 +291,7 @@ fn is_word_char(c: char) -> bool {
 
 /// True when the candidate at `start` continues a word (or, for numbers, an identifier such as
 /// `ORD-2024…`, `v1.2…`, `#4839…`).
-fn glued_left(text: &str, start: usize, numeric: bool, address: bool) -> bool {
+fn glued_left(text: &str, start: usize, numeric: bool, address: bool, strong: bool) -> bool {
     let mut before = text[..start].chars().rev();
     match before.next() {
         Some(c) if is_word_char(c) => true,
@@ -299,9 +299,20 @@ fn glued_left(text: &str, start: usize, numeric: bool, address: bool) -> bool {
         Some('#') if numeric => true,
         // `9400 9070 8372 …`: the third or later group of a digit sequence printed in short groups.
         Some(' ') if numeric => continues_digit_groups(text, start),
-        Some('-' | '.' | '/' | ':' | ',') if numeric => before.next().is_some_and(is_word_char),
+        // A CSV field or a `key:value` (`Bob,123-45-6789`, `card:4111…`) starts a value; after a
+        // digit, a decimal comma or a time (`3,14159…`, `10:20`) continues a number — unless the
+        // kind's own check (check digits, a fixed shape) tells a value from such a number.
+        Some(',' | ':') if numeric => !strong && before.next().is_some_and(|c| c.is_ascii_digit()),
+        Some('-' | '.' | '/') if numeric => before.next().is_some_and(is_word_char),
         _ => false,
     }
+}
+
+/// Kinds whose check tells a value from a number that merely continues another (Luhn and issuer
+/// prefixes, check letters and keys, the SSN's fixed shape): found after a `,` or `:` even
+/// behind a digit (`1,4111…` in a CSV row), and before a `:`.
+fn stands_alone(kind: PiiKind) -> bool {
+    matches!(kind, PiiKind::CreditCard | PiiKind::UsSsn | PiiKind::EsDni | PiiKind::FrNir)
 }
 
 /// True when `text[at..]` starts with a group of 1–4 digits that ends the text or is followed by
@@ -329,13 +340,15 @@ fn continues_digit_groups(text: &str, start: usize) -> bool {
 }
 
 /// True when the text after `end` continues the candidate (a letter or digit, or a `-`/`.`/`/`
-/// followed by one: a longer number, a date, a version).
-fn glued_right(text: &str, end: usize, numeric: bool, address: bool) -> bool {
+/// followed by one: a longer number, a date, a version; a `:` and a digit: a time). A `,` ends
+/// it: the next field of a CSV row or a list.
+fn glued_right(text: &str, end: usize, numeric: bool, address: bool, strong: bool) -> bool {
     let mut after = text[end..].chars();
     match after.next() {
         Some(c) if is_word_char(c) => true,
         Some(':' | '/') if address => false,
-        Some('-' | '.' | '/' | ',' | ':') if numeric => after.next().is_some_and(|c| c.is_ascii_alphanumeric()),
+        Some(':') if numeric => !strong && after.next().is_some_and(|c| c.is_ascii_digit()),
+        Some('-' | '.' | '/') if numeric => after.next().is_some_and(|c| c.is_ascii_alphanumeric()),
         Some('@') => true,
         _ => false,
     }

@@ -58,10 +58,20 @@ fn shaped_like_phone(number: &str, digits: &str, groups: &[&str]) -> bool {
             || (n == 9 && matches!(d[0], b'6'..=b'9'))
             || (n == 10 && d[0] >= b'2' && d[3] >= b'2');
     }
+    // Lists of equal short numbers (`2019 2020 2021`, `98 87 76 65 54`, `8080 8081 8082`): a
+    // phone printed in groups of two or four digits starts with its trunk 0 (`01 23 45 67 89`,
+    // `0171 2345 6789`).
+    if groups.len() >= 3 && matches!(groups[0].len(), 2 | 4) && groups.iter().all(|g| g.len() == groups[0].len()) && !digits.starts_with('0') {
+        return false;
+    }
     // Dotted versions (`119.0.1478.146`) have 1-digit or long groups; dotted phone numbers
     // (`202.555.0143`, `06.12.34.56.78`) have groups of 2–4.
     let dotted = number.contains('.') && !number.contains([' ', '-', '/']);
     if dotted && groups.iter().any(|g| !(2..=4).contains(&g.len())) {
+        return false;
+    }
+    // Four dotted groups of at most three digits are an IPv4 address's shape (`255.255.255.255`).
+    if dotted && groups.len() == 4 && groups.iter().all(|g| g.len() <= 3) {
         return false;
     }
     groups.len() <= 6
@@ -150,7 +160,7 @@ mod tests {
 
     #[test]
     fn rejects_dates_isbns_and_short_numbers() {
-        for not_phone in ["15.03.2024", "2024-03-15", "03/15/2024", "978-3-16-148410-0", "0-306-40615-2", "1234", "4839201", "123456789", "119.0.1478.146", "3.14 3.14 3.14", "1.5 2.25 10.0 7.75"] {
+        for not_phone in ["2019 2020 2021", "1024 2048 4096", "8080 8081 8082", "98 87 76 65 54 43", "30 12 45 67 89", "15.03.2024", "2024-03-15", "03/15/2024", "978-3-16-148410-0", "0-306-40615-2", "1234", "4839201", "123456789", "119.0.1478.146", "3.14 3.14 3.14", "1.5 2.25 10.0 7.75"] {
             assert!(!is_phone(not_phone, "see "), "{not_phone}");
         }
     }

@@ -162,3 +162,51 @@ fn a_url_encoded_email_is_found_as_written() {
     let tabbed = "card\t4111\t1111\t1111\t1111 on file";
     assert_eq!(kinds(tabbed), vec![(PiiKind::CreditCard, "4111\t1111\t1111\t1111")]);
 }
+
+#[test]
+fn values_in_csv_rows_and_key_value_pairs_are_found() {
+    let csv = "id,name,ssn,card\n1,Bob,123-45-6789,4111111111111111\n2,Ann,078-05-1120,5500005555555559";
+    let found: Vec<PiiKind> = scan(csv).into_iter().map(|s| s.kind).collect();
+    assert_eq!(found, [PiiKind::UsSsn, PiiKind::CreditCard, PiiKind::UsSsn, PiiKind::CreditCard], "{csv}");
+    for (text, kind, value) in [
+        ("card:4111111111111111", PiiKind::CreditCard, "4111111111111111"),
+        ("[INFO] card_number:4111111111111111 ok", PiiKind::CreditCard, "4111111111111111"),
+        ("SSN:123-45-6789", PiiKind::UsSsn, "123-45-6789"),
+        ("x,123-45-6789", PiiKind::UsSsn, "123-45-6789"),
+        ("DNI:12345678Z", PiiKind::EsDni, "12345678Z"),
+        ("4111111111111111,12/27,123", PiiKind::CreditCard, "4111111111111111"),
+        ("Phone:(415) 555-0198", PiiKind::Phone, "(415) 555-0198"),
+        ("x,(415) 555-0198,Bob", PiiKind::Phone, "(415) 555-0198"),
+        ("phone:+14155550132", PiiKind::Phone, "+14155550132"),
+        ("x,10.1.2.3", PiiKind::IpAddress, "10.1.2.3"),
+    ] {
+        assert_eq!(kinds(text), vec![(kind, value)], "{text}");
+    }
+}
+
+#[test]
+fn a_decimal_comma_or_a_time_still_continues_a_number() {
+    for text in ["pi is 3,14159265358979", "at 10:20:4155550132", "ratio 1:4155550132"] {
+        assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Phone), "{text}: {:?}", kinds(text));
+    }
+}
+
+#[test]
+fn lists_of_numbers_and_versions_are_not_pii() {
+    for text in [
+        "Compare revenue for 2019 2020 2021 2022 please",
+        "sizes 1024 2048 4096",
+        "ports 8080 8081 8082 8083 are open",
+        "ids 1001 1002 1003 1004",
+        "scores: 98 87 76 65 54 43",
+        "product code 30 12 45 67 89",
+        "Version 1.2.3.4 is out",
+        "firmware: 10.4.2.1",
+        "allow 0.0.0.0/0 and 255.255.255.255",
+    ] {
+        assert_eq!(kinds(text), vec![], "{text}");
+    }
+    // Still found: French and UK numbers in such groups, and addresses after other words.
+    assert_eq!(kinds("appelez le 01 23 45 67 89"), vec![(PiiKind::Phone, "01 23 45 67 89")]);
+    assert_eq!(kinds("host 10.4.2.1 down"), vec![(PiiKind::IpAddress, "10.4.2.1")]);
+}
