@@ -368,9 +368,10 @@ impl PendingRecord {
     }
 }
 
-/// The characters a model wrote outside a message's (or delta's) `content`: a refusal, and its
-/// tool calls' names and inputs (function arguments, custom tool input) — output too, when
-/// usage has to be estimated.
+/// The characters a model wrote outside a message's (or delta's) `content`: a refusal, its
+/// reasoning (`reasoning_content`, or `reasoning` as vLLM, llama-server and `OpenRouter` send it),
+/// and its tool calls' names and inputs (function arguments, custom tool input) — output too,
+/// when usage has to be estimated.
 pub fn written_chars(extra: &serde_json::Map<String, serde_json::Value>) -> usize {
     let text = |v: Option<&serde_json::Value>| v.and_then(serde_json::Value::as_str).map_or(0, |t| t.chars().count());
     let calls = extra.get("tool_calls").and_then(serde_json::Value::as_array).into_iter().flatten();
@@ -379,7 +380,7 @@ pub fn written_chars(extra: &serde_json::Map<String, serde_json::Value>) -> usiz
             ["function", "custom"].iter().filter_map(|kind| call.get(*kind)).map(|f| text(f.get("name")) + text(f.get("arguments")) + text(f.get("input"))).sum::<usize>()
         })
         .sum();
-    called + text(extra.get("refusal"))
+    called + text(extra.get("refusal")) + text(extra.get("reasoning_content")) + text(extra.get("reasoning"))
 }
 
 /// The characters a model wrote in a whole answer's message: its text, refusal and tool calls.

@@ -291,15 +291,16 @@ fn patch_echo(response: &mut Value, (previous, store): &(Option<String>, bool)) 
     }
 }
 
-/// The characters the model wrote in a `response` object: output text, refusals, function calls'
-/// names and arguments (for an estimate when the provider reports no usage).
+/// The characters the model wrote in a `response` object: output text, refusals, reasoning
+/// (its summary and content texts), function calls' names and arguments (for an estimate when
+/// the provider reports no usage).
 fn written_chars(response: &Value) -> usize {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map_or(0, |t| t.chars().count());
     let items = response.get("output").and_then(Value::as_array).into_iter().flatten();
     items
         .map(|item| {
             let call = if item.get("type").and_then(Value::as_str) == Some("function_call") { text(item.get("name")) + text(item.get("arguments")) } else { 0 };
-            let parts = item.get("content").and_then(Value::as_array).into_iter().flatten();
+            let parts = ["content", "summary"].into_iter().filter_map(|field| item.get(field).and_then(Value::as_array)).flatten();
             call + parts.map(|p| text(p.get("text")) + text(p.get("refusal"))).sum::<usize>()
         })
         .sum()

@@ -16,6 +16,8 @@
 //!   text as its input), streamed three characters a piece (placeholders arrive split);
 //!   `tool-bare` does the same without reporting usage.
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
+//! - `reasoner`: thinks first (400 characters of `reasoning_content`, in four chunks when streamed),
+//!   then answers `done`; it reports no usage.
 //! - `fail`: 500 with an `OpenAI` error body. `ratelimit`: 429 with `retry-after: 7`.
 //! - `reject`: 400 with an `OpenAI` error body. `drop`: one chunk, then (after
 //!   `POST /control/release`) the connection breaks.
@@ -266,6 +268,12 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
                 let _ = tx.send(Err(std::io::Error::other("connection dropped by the fake"))).await;
                 return;
             }
+            "reasoner" => {
+                for _ in 0..4 {
+                    let _ = tx.send(Ok(sse(&chunk(&model, &json!({"reasoning_content": REASONING}), None)))).await;
+                }
+                let _ = tx.send(Ok(sse(&chunk(&model, &json!({"content": "done"}), None)))).await;
+            }
             "shred" => {
                 let chars: Vec<char> = answer.chars().collect();
                 for piece in chars.chunks(3) {
@@ -281,7 +289,7 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
             }
         }
         let _ = tx.send(Ok(sse(&chunk(&model, &json!({}), Some("stop"))))).await;
-        if include_usage && model != "bare" {
+        if include_usage && model != "bare" && model != "reasoner" {
             let (prompt, completion) = metered.unwrap_or((11, 3));
             let usage = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
                                "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}});
@@ -363,12 +371,19 @@ async fn embeddings(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body
 }
 
 /// A non-streamed chat answer; `bare` leaves `usage` out, as some self-hosted servers do.
+/// What `reasoner` thinks, 100 characters a chunk (as vLLM sends `reasoning_content`).
+const REASONING: &str = "Let me think about this step by step, weighing each option before I answer the question that I got!!";
+
 fn whole_answer(model: &str, text: &str, usage: &Value) -> Response {
     let mut answer = json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": "stop", "logprobs": null}],
         "usage": usage, "system_fingerprint": "fp_fake"});
-    if model == "bare" {
+    if model == "bare" || model == "reasoner" {
         answer.as_object_mut().map(|a| a.remove("usage"));
+    }
+    if model == "reasoner" {
+        answer["choices"][0]["message"]["reasoning_content"] = json!(REASONING.repeat(4));
+        answer["choices"][0]["message"]["content"] = json!("done");
     }
     Json(answer).into_response()
 }
