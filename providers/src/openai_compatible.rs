@@ -371,6 +371,15 @@ fn error_detail_of(value: &serde_json::Value) -> Option<ErrorDetail> {
     })
 }
 
+/// The message of a 200 answer that is only an error — LM Studio, TGI and llama-server answer
+/// some failures so (`{"error": "Model unloaded"}`, `{"object": "error", …}`) — or `None` for an
+/// answer (a failed Responses object carries an `error` beside its own fields).
+fn error_answer(value: &serde_json::Value) -> Option<String> {
+    let is_error_object = value.get("object").and_then(serde_json::Value::as_str) == Some("error");
+    let only_error = value.get("error").is_some_and(|e| !e.is_null()) && ["choices", "data", "output", "object", "id"].iter().all(|k| value.get(*k).is_none());
+    (is_error_object || only_error).then(|| error_detail_of(value)).flatten().map(|detail| detail.message)
+}
+
 /// [`error_detail_of`] a response body, or its text when it is short plain text.
 fn error_body_of(body: &[u8]) -> Option<ErrorBody> {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
@@ -548,9 +557,18 @@ impl Provider for OpenAiCompatible {
         }
         if req.raw_prompt {
             let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| self.upstream(None, format!("unreadable text_completion: {e}")))?;
+            if let Some(message) = error_answer(&value) {
+                return Err(Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), message)));
+            }
             return serde_json::from_value(chat_of_completion(value, false)).map_err(|e| self.upstream(None, format!("unreadable text_completion: {e}")));
         }
-        serde_json::from_slice(&body).map_err(|e| self.upstream(None, format!("unreadable chat.completion: {e}")))
+        serde_json::from_slice(&body).map_err(|e| {
+            // Not an answer: perhaps an error sent with 200, whose message says what went wrong.
+            match serde_json::from_slice(&body).ok().as_ref().and_then(error_answer) {
+                Some(message) => Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), message)),
+                None => self.upstream(None, format!("unreadable chat.completion: {e}")),
+            }
+        })
     }
 
     async fn stream(&self, mut req: ChatRequest) -> Result<ChunkStream, ProviderError> {
@@ -664,6 +682,9 @@ impl OpenAiCompatible {
         let (model, request_body) = self.json_request(&body, endpoint)?;
         let answer = self.answer_body(&model, &request_body, endpoint).await?;
         let value = serde_json::from_slice(&answer).map_err(|e| self.upstream(None, format!("unreadable {} answer: {e}", endpoint.path())))?;
+        if let Some(message) = error_answer(&value) {
+            return Err(Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), message)));
+        }
         Ok(without_echoed_secret(value, &answer, self.secret.as_deref()))
     }
 }

@@ -24,7 +24,7 @@
 //!
 //! `POST /control/faults` queues faults (`[{"status": 500}, {"status": 429, "retry_after": "0"},
 //! {"drop": true}, {"slow_ms": 1500}, {"malformed": true}]`; a `status` fault may carry the
-//! error's `message`): each following chat request takes
+//! error's `message`): each following chat, embeddings or `/v1/responses` request takes
 //! the next one instead of its answer (`drop`: headers sent, then the connection breaks before the
 //! first event; `slow_ms`: the answer starts that late; `malformed`: a stream whose second event is
 //! not JSON, and no `[DONE]`; `cut`: a stream of two chunks that then ends cleanly, with no
@@ -343,6 +343,10 @@ fn tool_to_call<'b>(model: &str, body: &'b Value) -> Option<&'b Value> {
 /// same text always gets the same vector), as floats or base64 as asked.
 async fn embeddings(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     fake.requests.lock().expect("lock").push(json!({"path": "/v1/embeddings", "body": body, "authorization": header(&headers, "authorization"), "api_key": header(&headers, "api-key")}));
+    let queued = fake.faults.lock().expect("lock").pop_front();
+    if let Some(response) = scripted(queued, &body).await {
+        return response;
+    }
     let inputs: Vec<String> = match &body["input"] {
         Value::String(s) => vec![s.clone()],
         Value::Array(items) => items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect(),
@@ -393,6 +397,10 @@ fn whole_answer(model: &str, text: &str, usage: &Value) -> Response {
 /// Refuses `previous_response_id` (the gateway keeps conversations) and `store: true`.
 async fn responses(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     fake.requests.lock().expect("lock").push(json!({"path": "/v1/responses", "body": body, "authorization": header(&headers, "authorization"), "api_key": header(&headers, "api-key")}));
+    let queued = fake.faults.lock().expect("lock").pop_front();
+    if let Some(response) = scripted(queued, &body).await {
+        return response;
+    }
     if body.get("previous_response_id").is_some() || body["store"] != json!(false) {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "expected store: false and no previous_response_id", "type": "invalid_request_error", "param": null, "code": null}}))).into_response();
     }
