@@ -418,8 +418,9 @@ pub fn restore_response(response: &mut ChatResponse, redaction: &Redaction) {
         }
         if let Some(Value::Array(calls)) = choice.message.extra.get_mut("tool_calls") {
             for call in calls {
-                for (_, input) in call_inputs(call) {
-                    *input = redaction.restore(input);
+                // A function's arguments are JSON text: values go back escaped for it.
+                for (custom, input) in call_inputs(call) {
+                    *input = if custom { redaction.restore(input) } else { redaction.restore_json(input) };
                 }
             }
         }
@@ -479,7 +480,7 @@ impl StreamRestorer {
                     let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
                     for (custom, input) in call_inputs(call) {
                         let (restorer, _) = self.calls.entry((choice.index, index)).or_insert_with(|| (Restorer::default(), custom));
-                        *input = restorer.push(&self.redaction, input);
+                        *input = if custom { restorer.push(&self.redaction, input) } else { restorer.push_json(&self.redaction, input) };
                     }
                 }
             }

@@ -103,6 +103,16 @@ impl Redaction {
         out
     }
 
+    /// [`Redaction::restore`] for JSON text (a tool call's `arguments`): each value goes back
+    /// escaped as inside a JSON string, so that one written with a tab or a quote leaves the
+    /// JSON valid.
+    pub fn restore_json(&self, text: &str) -> String {
+        let mut restorer = Restorer::default();
+        let mut out = restorer.push_json(self, text);
+        out.push_str(&restorer.finish());
+        out
+    }
+
     /// The value behind the placeholder that `text` starts with, and the placeholder's length.
     fn value_at(&self, text: &str) -> Option<(&str, usize)> {
         let len = placeholder_len(text)?;
@@ -138,6 +148,21 @@ fn placeholder_len(text: &str) -> Option<usize> {
     shaped.then_some(len)
 }
 
+/// `value` as the inside of a JSON string: quotes, backslashes and control characters escaped.
+fn push_json_escaped(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+}
+
 /// Restores placeholders in a stream of text pieces. Text that may be the start of a placeholder
 /// is held back until the next piece shows whether it is one.
 /// One restorer per text stream (per choice); the redaction is passed to each call.
@@ -149,6 +174,15 @@ pub struct Restorer {
 impl Restorer {
     /// Takes the next piece; returns the text that is now certain.
     pub fn push(&mut self, redaction: &Redaction, piece: &str) -> String {
+        self.push_with(redaction, piece, false)
+    }
+
+    /// [`Restorer::push`] for JSON text: values go back escaped as inside a JSON string.
+    pub fn push_json(&mut self, redaction: &Redaction, piece: &str) -> String {
+        self.push_with(redaction, piece, true)
+    }
+
+    fn push_with(&mut self, redaction: &Redaction, piece: &str, json: bool) -> String {
         if redaction.is_empty() {
             return piece.to_owned();
         }
@@ -160,7 +194,11 @@ impl Restorer {
             out.push_str(&rest[..lt]);
             let tail = &rest[lt..];
             if let Some((value, len)) = redaction.value_at(tail) {
-                out.push_str(value);
+                if json {
+                    push_json_escaped(&mut out, value);
+                } else {
+                    out.push_str(value);
+                }
                 rest = &tail[len..];
             } else if redaction.could_become_placeholder(tail) {
                 tail.clone_into(&mut self.pending);
@@ -193,6 +231,20 @@ mod tests {
         assert_eq!(redacted, "Mail <EMAIL_1> or <EMAIL_2>; again <EMAIL_1>. Call <PHONE_1>.");
         assert_eq!(r.len(), 3);
         assert_eq!(r.restore(&redacted), text);
+    }
+
+    #[test]
+    fn values_restored_into_json_are_escaped() {
+        let text = "card 4111\t1111\t1111\t1111";
+        let mut r = Redaction::new();
+        let redacted = r.redact(text, &scan(text));
+        assert_eq!(redacted, "card <CREDIT_CARD_1>");
+        let arguments = format!("{{\"text\":\"{redacted}\"}}");
+        let restored = r.restore_json(&arguments);
+        assert_eq!(restored, "{\"text\":\"card 4111\\t1111\\t1111\\t1111\"}");
+        let mut out = String::new();
+        push_json_escaped(&mut out, "a\"b\\c\u{1}");
+        assert_eq!(out, "a\\\"b\\\\c\\u0001");
     }
 
     #[test]

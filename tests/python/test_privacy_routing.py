@@ -127,13 +127,16 @@ def call_input(call):
     return call["function"]["arguments"] if call["type"] == "function" else call["custom"]["input"]
 
 
+# A value written with tabs goes back into a function's JSON arguments escaped (a raw tab made
+# them invalid JSON).
+@pytest.mark.parametrize("text", [SECRET_TEXT, "card 4111\t1111\t1111\t1111 please"])
 @pytest.mark.parametrize("kind", ["function", "custom"])
-def test_tool_call_input_is_restored_whole_and_streamed(redacting, fake_provider, kind):
+def test_tool_call_input_is_restored_whole_and_streamed(redacting, fake_provider, kind, text):
     # The provider writes the placeholders into a tool call's input (a function's arguments, a
     # custom tool's input); the client's tool must get the real values, streamed (the placeholders
     # arrive split, three characters a piece) or not.
     before = len(fake_requests(fake_provider))
-    body = {"model": "fake/tool-echo", "messages": [{"role": "user", "content": SECRET_TEXT}], "tools": TOOLS[kind]}
+    body = {"model": "fake/tool-echo", "messages": [{"role": "user", "content": text}], "tools": TOOLS[kind]}
     r = httpx.post(f"{redacting.v1}/chat/completions", json=body, timeout=30)
     assert r.status_code == 200 and r.headers["x-switchyard-rule"] == "tools-redacted", r.text
     whole = call_input(r.json()["choices"][0]["message"]["tool_calls"][0])
@@ -141,12 +144,15 @@ def test_tool_call_input_is_restored_whole_and_streamed(redacting, fake_provider
         chunks = parse_chunks(sse_events(r))
     streamed = "".join(call_input({"type": kind, **call}) if kind in call else ""
                        for c in chunks if c["choices"] for call in c["choices"][0]["delta"].get("tool_calls") or [])
-    expected = json.dumps({"text": SECRET_TEXT}) if kind == "function" else SECRET_TEXT
-    assert json.loads(whole) == json.loads(expected) if kind == "function" else whole == expected, whole
+    if kind == "function":
+        assert json.loads(whole) == {"text": text}, whole
+    else:
+        assert whole == text, whole
     assert streamed == whole, (streamed, whole)
     sent = sent_since(fake_provider, before)
     assert len(sent) == 2
     assert_no_values(sent)
+    assert "1111" not in json.dumps(sent)
 
 
 # A tag with bytes beyond ASCII must not hide the others.
