@@ -322,7 +322,7 @@ impl OpenAiCompatible {
             return ProviderError::Upstream { provider, status: Some(status.as_u16()), message };
         }
         if status.is_client_error() {
-            let body = parsed.unwrap_or_else(|| ErrorBody {
+            let mut body = parsed.unwrap_or_else(|| ErrorBody {
                 error: ErrorDetail {
                     message: format!("{provider} rejected the request with status {}", status.as_u16()),
                     kind: "invalid_request_error".into(),
@@ -331,6 +331,11 @@ impl OpenAiCompatible {
                     innererror: None,
                 },
             });
+            in_openai_terms(&mut body.error);
+            // Every server words it its own way; clients that trim a conversation look for the code.
+            if says_context_overflows(&body.error) {
+                return ProviderError::ContextLengthExceeded { message: body.error.message };
+            }
             return ProviderError::Rejected { provider, status: status.as_u16(), body: Box::new(body) };
         }
         let message = parsed.map_or_else(|| format!("status {}", status.as_u16()), |b| b.error.message);
@@ -369,6 +374,31 @@ fn error_detail_of(value: &serde_json::Value) -> Option<ErrorDetail> {
         code: text(inner.get("code")),
         innererror: inner.get("innererror").filter(|v| v.is_object()).cloned(),
     })
+}
+
+/// A self-hosted server's error in `OpenAI`'s terms: a class name for a type (vLLM's
+/// `BadRequestError`) is `invalid_request_error`, and a code that only repeats the status
+/// (llama-server's and vLLM's `400`) is none.
+fn in_openai_terms(detail: &mut ErrorDetail) {
+    if detail.kind.starts_with(|c: char| c.is_ascii_uppercase()) && !detail.kind.contains(['_', ' ']) {
+        "invalid_request_error".clone_into(&mut detail.kind);
+    }
+    if detail.code.as_deref().is_some_and(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit())) {
+        detail.code = None;
+    }
+}
+
+/// True when a refusal says the prompt does not fit the model's context, in any server's words:
+/// `OpenAI`'s code, vLLM's "maximum context length", llama-server's `exceed_context_size_error`,
+/// TGI's "`inputs` tokens + `max_new_tokens` must be <= …".
+fn says_context_overflows(detail: &ErrorDetail) -> bool {
+    if detail.code.as_deref() == Some("context_length_exceeded") || detail.kind == "exceed_context_size_error" {
+        return true;
+    }
+    let message = detail.message.to_ascii_lowercase();
+    ["maximum context length", "context length exceeded", "exceeds the available context size", "context window", "max_new_tokens` must be <="]
+        .iter()
+        .any(|phrase| message.contains(phrase))
 }
 
 /// The message of a 200 answer that is only an error — LM Studio, TGI and llama-server answer

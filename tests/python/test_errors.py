@@ -90,6 +90,34 @@ def test_a_provider_error_body_opening_with_a_byte_order_mark_keeps_its_message_
     assert err["message"].startswith("context too long: custom upstream message"), err
 
 
+@pytest.mark.parametrize("status,body", [
+    # vLLM
+    (400, {"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens (4000 in the messages, 1000 in the completion).",
+           "type": "BadRequestError", "param": None, "code": 400}),
+    # llama-server
+    (400, {"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
+                     "type": "exceed_context_size_error", "n_prompt_tokens": 5000, "n_ctx": 4096}}),
+    # TGI
+    (422, {"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 500 `max_new_tokens`",
+           "error_type": "validation"}),
+])
+def test_a_self_hosted_servers_context_overflow_is_context_length_exceeded(gateway, fake_provider, status, body):
+    # Clients that trim a conversation look for the code; each server words it its own way.
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"status": status, "body": body}]}).raise_for_status()
+    r = post(gateway, {"model": "fake/echo", "messages": HI})
+    err = r.json()["error"]
+    assert r.status_code == 400 and (err["type"], err["code"]) == ("invalid_request_error", "context_length_exceeded"), err
+
+
+def test_a_vllm_error_type_and_numeric_code_are_put_in_openai_terms(gateway, fake_provider):
+    body = {"object": "error", "message": "temperature must be non-negative", "type": "BadRequestError", "param": None, "code": 400}
+    httpx.post(f"{fake_provider}/control/faults", json={"faults": [{"status": 400, "body": body}]}).raise_for_status()
+    r = post(gateway, {"model": "fake/echo", "messages": HI})
+    err = r.json()["error"]
+    assert r.status_code == 400 and (err["type"], err["code"]) == ("invalid_request_error", None), err
+    assert err["message"] == "temperature must be non-negative"
+
+
 def test_long_prompt_alone_beyond_context_is_refused(gateway):
     words = " ".join(["banana"] * 5000)
     r = post(gateway, {"model": "auto", "messages": [{"role": "user", "content": words}]})
