@@ -477,11 +477,11 @@ macro_rules! deserialize_keeping_extra {
                                 }
                             }
                         }
-                        Ok($name {
+                        Ok(Completed::completed($name {
                             $($req: $req.ok_or_else(|| de::Error::missing_field(stringify!($req)))?,)*
                             $($def: $def.unwrap_or_default(),)*
                             extra,
-                        })
+                        }))
                     }
                 }
                 deserializer.deserialize_map(StructVisitor)
@@ -490,17 +490,55 @@ macro_rules! deserialize_keeping_extra {
     };
 }
 
-deserialize_keeping_extra!(Usage { required: [prompt_tokens, completion_tokens, total_tokens], defaulted: [] });
-deserialize_keeping_extra!(ChatResponse { required: [id, object, created, model, choices], defaulted: [usage, system_fingerprint] });
-deserialize_keeping_extra!(Choice { required: [index, message], defaulted: [finish_reason, logprobs] });
+/// What a type fills in after it is read, from the fields it got.
+trait Completed: Sized {
+    fn completed(self) -> Self {
+        self
+    }
+}
+
+impl Completed for Usage {
+    /// A server that leaves `total_tokens` out (or sends 0 beside other counts) has it summed.
+    fn completed(mut self) -> Self {
+        if self.total_tokens == 0 {
+            self.total_tokens = self.prompt_tokens + self.completion_tokens;
+        }
+        self
+    }
+}
+impl Completed for ChatResponse {}
+impl Completed for Choice {}
+impl Completed for ResponseMessage {}
+impl Completed for ChatChunk {}
+impl Completed for ChunkChoice {}
+impl Completed for Delta {}
+
+// Lenient where self-hosted servers leave fields out that carry nothing the gateway needs
+// (`created`, a single choice's `index`, `total_tokens`): an answer is not failed for them.
+deserialize_keeping_extra!(Usage { required: [prompt_tokens, completion_tokens], defaulted: [total_tokens] });
+deserialize_keeping_extra!(ChatResponse { required: [id, object, model, choices], defaulted: [created, usage, system_fingerprint] });
+deserialize_keeping_extra!(Choice { required: [message], defaulted: [index, finish_reason, logprobs] });
 deserialize_keeping_extra!(ResponseMessage { required: [role], defaulted: [content, refusal] });
-deserialize_keeping_extra!(ChatChunk { required: [id, object, created, model, choices], defaulted: [usage, system_fingerprint] });
-deserialize_keeping_extra!(ChunkChoice { required: [index, delta], defaulted: [finish_reason, logprobs] });
+deserialize_keeping_extra!(ChatChunk { required: [id, object, model, choices], defaulted: [created, usage, system_fingerprint] });
+deserialize_keeping_extra!(ChunkChoice { required: [delta], defaulted: [index, finish_reason, logprobs] });
 deserialize_keeping_extra!(Delta { required: [], defaulted: [role, content] });
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_without_created_index_or_total_tokens_are_read() {
+        let answer: ChatResponse = serde_json::from_str(
+            r#"{"id":"x","object":"chat.completion","model":"m","choices":[{"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+        )
+        .unwrap();
+        assert_eq!((answer.created, answer.choices[0].index), (0, 0));
+        assert_eq!(answer.usage.map(|u| u.total_tokens), Some(7));
+        let chunk: ChatChunk =
+            serde_json::from_str(r#"{"id":"x","object":"chat.completion.chunk","model":"m","choices":[{"delta":{"content":"h"}}]}"#).unwrap();
+        assert_eq!((chunk.created, chunk.choices[0].index), (0, 0));
+    }
 
     #[test]
     fn unknown_request_fields_survive_a_round_trip() {
