@@ -17,6 +17,9 @@ const MAX_EJECTION: Duration = Duration::from_mins(5);
 const EWMA_ALPHA: f64 = 0.3;
 /// Latency assumed for an endpoint not yet measured: low, so new endpoints get traffic.
 const INITIAL_LATENCY_MS: f64 = 1.0;
+/// An endpoint that just failed is passed over this long while another is healthy: a request's
+/// retry goes elsewhere (an unmeasured dead endpoint would otherwise take every attempt of it).
+const COOL_DOWN: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Endpoint {
@@ -26,6 +29,7 @@ struct Endpoint {
     consecutive_failures: u32,
     ejections_in_a_row: u32,
     ejected_until: Option<Instant>,
+    last_failure: Option<Instant>,
 }
 
 /// The endpoints of one provider.
@@ -55,6 +59,7 @@ impl Pool {
                 consecutive_failures: 0,
                 ejections_in_a_row: 0,
                 ejected_until: None,
+                last_failure: None,
             })
             .collect();
         Self {
@@ -78,9 +83,17 @@ impl Pool {
                 && e.outstanding == 0
                 && e.ejected_until.is_some_and(|t| now >= t)
         });
-        let healthy: Vec<usize> = (0..endpoints.len())
+        let mut healthy: Vec<usize> = (0..endpoints.len())
             .filter(|&i| endpoints[i].ejected_until.is_none_or(|t| now >= t))
             .collect();
+        let cooling = |i: &usize| {
+            endpoints[*i]
+                .last_failure
+                .is_some_and(|t| now.saturating_duration_since(t) < COOL_DOWN)
+        };
+        if healthy.iter().any(|i| !cooling(i)) {
+            healthy.retain(|i| !cooling(i));
+        }
         let index = match (probe, healthy.len()) {
             (Some(i), _) => i,
             (None, n) => match n {
@@ -131,9 +144,11 @@ impl Pool {
             e.consecutive_failures = 0;
             e.ejections_in_a_row = 0;
             e.ejected_until = None;
+            e.last_failure = None;
             return;
         }
         e.consecutive_failures += 1;
+        e.last_failure = Some(now);
         // A failed probe of an ejected endpoint ejects it again at once, for longer.
         let probing = e.ejections_in_a_row > 0;
         if e.consecutive_failures >= EJECT_AFTER || probing {
@@ -227,6 +242,28 @@ mod tests {
         for i in 0..3 {
             let n = leases.iter().filter(|l| l.index == i).count();
             assert!((7..=13).contains(&n), "endpoint {i} got {n} of 30");
+        }
+    }
+
+    #[test]
+    fn a_retry_goes_to_another_endpoint_than_the_one_that_just_failed() {
+        let p = pool(2);
+        let t0 = Instant::now();
+        // Endpoint 1 is measured (300 ms); endpoint 0 never answered, so it looks fastest.
+        let measured = Lease { index: 1, base: String::new(), started: t0 };
+        p.endpoints.lock().unwrap()[1].outstanding += 1;
+        p.finish(&measured, true, t0 + Duration::from_millis(300));
+        for round in 0..20 {
+            let now = t0 + Duration::from_secs(10 * round);
+            let first = p.acquire(now);
+            if first.index == 0 {
+                p.finish(&first, false, now);
+                let retry = p.acquire(now + Duration::from_millis(5));
+                assert_eq!(retry.index, 1, "the retry went back to the endpoint that just failed");
+                p.finish(&retry, true, now + Duration::from_millis(300));
+            } else {
+                p.finish(&first, true, now + Duration::from_millis(300));
+            }
         }
     }
 
