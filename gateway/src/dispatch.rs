@@ -23,7 +23,7 @@ pub fn caller_tags(headers: &HeaderMap) -> Vec<String> {
     let mut tags: Vec<String> = headers
         .get_all(TAGS_HEADER)
         .iter()
-        .flat_map(|v| String::from_utf8_lossy(v.as_bytes()).split(',').map(|t| t.trim().to_lowercase()).collect::<Vec<_>>())
+        .flat_map(|v| String::from_utf8_lossy(v.as_bytes()).split(',').map(|t| t.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}').to_lowercase()).collect::<Vec<_>>())
         .filter(|t| !t.is_empty())
         .collect();
     tags.sort();

@@ -484,7 +484,7 @@ fn rule_matches(rule: &Rule, input: &RouteInput<'_>, is_auto: bool, hard: bool, 
         }
     };
     model_ok
-        && (w.privacy.is_empty() || w.privacy.iter().any(|p| tags.contains(p)))
+        && w.privacy_holds(tags)
         && w.complexity.is_none_or(|c| (c == Hardness::Hard) == hard)
         && (w.tenant.is_empty() || w.tenant.iter().any(|t| t == input.tenant))
         && w.min_prompt_tokens.is_none_or(|n| input.prompt_tokens >= n)

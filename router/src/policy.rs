@@ -71,12 +71,15 @@ impl Default for Classifier {
     }
 }
 
+/// `when.privacy = ["*"]`: any privacy tag.
+pub const ANY_TAG: &str = "*";
+
 /// A rule's conditions; all present conditions must hold.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct When {
     /// Any of these privacy tags present (lowercased, as the caller's and the tenant's tags are:
-    /// tags match whatever their case).
+    /// tags match whatever their case); `"*"` is any privacy tag at all.
     #[serde(default, deserialize_with = "tag_list")]
     pub privacy: Vec<String>,
     /// Easy or hard.
@@ -103,12 +106,25 @@ fn non_empty_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<V
     Ok(list)
 }
 
-/// A non-empty list of privacy tags, trimmed and lowercased.
+/// A non-empty list of privacy tags, trimmed and lowercased. A blank tag, or one holding a comma
+/// (the header splits tags at commas), could never match: refused.
 fn tag_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    Ok(non_empty_list(deserializer)?.iter().map(|tag| tag.trim().to_lowercase()).collect())
+    let tags: Vec<String> = non_empty_list(deserializer)?.iter().map(|tag| tag.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}').to_lowercase()).collect();
+    if let Some(bad) = tags.iter().find(|t| t.is_empty() || t.contains(',')) {
+        return Err(serde::de::Error::custom(format!(
+            "privacy tag {bad:?} can never match: tags are single words (the x-switchyard-tags header splits at commas); list each tag on its own"
+        )));
+    }
+    Ok(tags)
 }
 
 impl When {
+    /// True when the privacy condition holds for a request tagged `tags` (lowercased): absent, a
+    /// tag it names, or `"*"` and any tag.
+    pub fn privacy_holds(&self, tags: &[String]) -> bool {
+        self.privacy.is_empty() || self.privacy.iter().any(|p| if p == ANY_TAG { !tags.is_empty() } else { tags.iter().any(|t| t.eq_ignore_ascii_case(p)) })
+    }
+
     /// True when the rule has no condition at all.
     pub fn matches_everything(&self) -> bool {
         self.tenant.is_empty() && self.privacy.is_empty() && self.only_tenant_and_privacy_conditions()
@@ -120,7 +136,7 @@ impl When {
     pub fn matches_all_of(&self, tenant: &str, tenant_tags: &[String]) -> bool {
         let tenant_holds = self.tenant.is_empty() || self.tenant.iter().any(|t| t == tenant);
         // The tenant's own tags are on every one of its requests.
-        let privacy_holds = self.privacy.is_empty() || self.privacy.iter().any(|p| tenant_tags.iter().any(|t| t.eq_ignore_ascii_case(p)));
+        let privacy_holds = self.privacy_holds(tenant_tags);
         tenant_holds && privacy_holds && self.only_tenant_and_privacy_conditions()
     }
 
@@ -438,6 +454,19 @@ route = "local"
         let policy = Policy::parse(text).unwrap();
         assert!(policy.claims("gpt-4o", "anyone") && !policy.claims("gpt-3.5", "anyone"));
         assert!(policy.claims("claude-3", "acme") && !policy.claims("claude-3", "globex"));
+    }
+
+    #[test]
+    fn a_star_matches_any_privacy_tag_and_blank_or_comma_tags_are_refused() {
+        let text = "[[rule]]\nname = \"x\"\nwhen.privacy = [\"*\"]\nroute = \"local\"\n";
+        let when = &Policy::parse(text).unwrap().rules[0].when;
+        assert!(when.privacy_holds(&["restricted".to_owned()]) && when.privacy_holds(&["pii".to_owned()]));
+        assert!(!when.privacy_holds(&[]));
+        for bad in ["\"pii,confidential\"", "\" \""] {
+            let text = format!("[[rule]]\nname = \"x\"\nwhen.privacy = [{bad}]\nroute = \"local\"\n");
+            let err = Policy::parse(&text).unwrap_err().to_string();
+            assert!(err.contains("can never match"), "{err}");
+        }
     }
 
     #[test]

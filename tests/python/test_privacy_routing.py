@@ -370,3 +370,18 @@ def test_a_refusal_part_is_text_not_unscannable_content(redacting, fake_provider
     assert r.headers["x-switchyard-target"] == "fake/echo"
     sent = sent_since(fake_provider, before)
     assert sent[0]["messages"][1]["content"] == [{"type": "refusal", "refusal": "I cannot"}]
+
+
+def test_the_default_policy_keeps_every_tagged_request_home(tmp_path, fake_provider):
+    # Its comment promises that anything privacy-tagged stays local; it listed four tags only.
+    policy = (ROOT / "policies" / "default.toml").read_text()
+    gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider)), policy)
+    try:
+        for tags in ["restricted", "PHI", "confidential"]:
+            d = httpx.post(f"{gw.v1}/route", headers={"x-switchyard-tags": tags},
+                           json={"model": "auto", "messages": [{"role": "user", "content": "Prove that sqrt(2) is irrational, step by step."}]}).json()
+            assert (d["rule"], d["target"]) == ("private-stays-home", "local/local-small"), (tags, d)
+        untagged = httpx.post(f"{gw.v1}/route", json={"model": "auto", "messages": [{"role": "user", "content": "Hi"}]}).json()
+        assert untagged["rule"] == "default", untagged
+    finally:
+        gw.stop()
