@@ -247,7 +247,8 @@ impl Router {
         };
         // Redaction cannot cover content that was not scanned (images, files): fail closed.
         let unscannable = input.pii.contains_key(crate::PiiKind::Unscannable.as_str());
-        let redaction = crate::Redacts::of(redact, unscannable);
+        // Redaction lifts the `pii` tag only: a tag from the caller or the tenant marks the whole text.
+        let redaction = crate::Redacts::of(redact, unscannable, privacy.tags.iter().any(|t| t != "pii"));
         let redacts = redaction == crate::Redacts::Yes;
         let privacy_tagged = !privacy.tags.is_empty();
         let check = |t: &str| violation(&self.topology, t, input.residency, privacy_tagged, redaction);
@@ -722,6 +723,17 @@ fallback = ["local"]
         i.pii.insert("email".into(), 1);
         let d = escalate_all().decide(&i);
         assert_eq!((d.target.as_str(), d.redact, d.rerouted), ("openai/gpt-4o", true, false), "{d:?}");
+    }
+
+    #[test]
+    fn redaction_does_not_lift_a_callers_or_tenants_tag() {
+        let mut i = input("auto", HARD_TEXT);
+        i.tags = vec!["secret".into()];
+        i.pii.insert("email".into(), 1);
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.rule, "redacting-escalation");
+        assert_eq!(d.target, "anthropic/claude-sonnet", "the trusted fallback, not the untrusted route: {d:?}");
+        assert!(d.reasons.iter().any(|r| r.contains("PII only")), "{:?}", d.reasons);
     }
 
     #[test]

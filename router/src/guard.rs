@@ -118,15 +118,20 @@ pub enum Redacts {
     /// The rule redacts, but part of the request (an image, a file, audio) could not be scanned,
     /// so redaction cannot cover it.
     Unscannable,
+    /// The rule redacts, but the request carries a tag other than `pii` (the caller's, the
+    /// tenant's): the whole text is sensitive, and replacing the PII in it changes nothing.
+    OtherTags,
 }
 
 impl Redacts {
-    /// What a rule's `redact` achieves for a request of which part was `unscannable`.
-    pub const fn of(redact: bool, unscannable: bool) -> Self {
-        match (redact, unscannable) {
-            (false, _) => Self::No,
-            (true, false) => Self::Yes,
-            (true, true) => Self::Unscannable,
+    /// What a rule's `redact` achieves for a request of which part was `unscannable`, and which
+    /// carries tags other than `pii` (`other_tags`).
+    pub const fn of(redact: bool, unscannable: bool, other_tags: bool) -> Self {
+        match (redact, unscannable, other_tags) {
+            (false, _, _) => Self::No,
+            (true, true, _) => Self::Unscannable,
+            (true, false, true) => Self::OtherTags,
+            (true, false, false) => Self::Yes,
         }
     }
 }
@@ -159,6 +164,11 @@ pub fn violation(
             Redacts::Unscannable => {
                 return Some(format!(
                     "target {target:?} is not trusted with privacy-tagged data, and the rule's redaction cannot cover content that could not be scanned (images, files, audio)"
+                ))
+            }
+            Redacts::OtherTags => {
+                return Some(format!(
+                    "target {target:?} is not trusted with privacy-tagged data, and the rule's redaction covers PII only, not a request tagged by its caller or tenant"
                 ))
             }
         }
@@ -272,6 +282,7 @@ mod tests {
         assert!(violation(&t, "openai/gpt-4o", &[], true, Redacts::No).unwrap().contains("the rule does not redact"));
         assert!(violation(&t, "openai/gpt-4o", &[], true, Redacts::Yes).is_none(), "redaction lifts trust");
         assert!(violation(&t, "openai/gpt-4o", &[], true, Redacts::Unscannable).unwrap().contains("could not be scanned"), "unless it cannot cover everything");
+        assert!(violation(&t, "openai/gpt-4o", &[], true, Redacts::OtherTags).unwrap().contains("PII only"), "or the request is tagged beyond PII");
         assert!(violation(&t, "openai/gpt-4o", &eu, true, Redacts::Yes).is_some(), "but not residency");
         assert!(violation(&t, "azure/gpt-4o", &eu, true, Redacts::No).is_none());
         assert!(violation(&t, "mystery/m", &eu, false, Redacts::No).unwrap().contains("unknown"));

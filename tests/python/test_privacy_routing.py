@@ -385,3 +385,14 @@ def test_the_default_policy_keeps_every_tagged_request_home(tmp_path, fake_provi
         assert untagged["rule"] == "default", untagged
     finally:
         gw.stop()
+
+
+def test_redaction_does_not_lift_a_callers_tag(redacting, fake_provider):
+    # The rule redacts PII; the caller's `secret` tag marks the whole text, which redaction cannot
+    # make safe for an untrusted provider: it stays home (it went out as written).
+    before = len(fake_requests(fake_provider))
+    r = httpx.post(f"{redacting.v1}/chat/completions", timeout=60, headers={"x-switchyard-tags": "secret"},
+                   json={"model": "auto", "max_tokens": 2, "messages": [{"role": "user", "content": f"Project Falcon: acquire Acme. Mail {EMAIL}"}]})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-switchyard-rule"] == "escalate-redacted" and r.headers["x-switchyard-tier"] == "local", dict(r.headers)
+    assert sent_since(fake_provider, before) == [], "nothing reached the untrusted provider"
