@@ -44,13 +44,33 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
                     param: None,
                 };
             }
-            ApiError::InvalidRequest { message: format!("Invalid type for '{path}': {}", in_api_terms(&inner)), param: Some(path) }
+            let message = out_of_range(&path, &inner).unwrap_or_else(|| format!("Invalid type for '{path}': {}", in_api_terms(&inner)));
+            ApiError::InvalidRequest { message, param: Some(path) }
         })?;
     deserializer.end().map_err(|e| ApiError::InvalidRequest {
         message: format!("We could not parse the JSON body of your request: {e}"),
         param: None,
     })?;
     Ok(req)
+}
+
+/// An integer of the right type out of its field's range (`max_tokens: -1`, `n: 10^12`), in
+/// the API's words; `None` for other errors.
+fn out_of_range(path: &str, serde_message: &str) -> Option<String> {
+    let message = serde_message.split(" at line ").next().unwrap_or(serde_message);
+    let (got, expected) = message.strip_prefix("invalid value: integer `")?.split_once("`, expected ")?;
+    let max = match expected {
+        "u8" => u64::from(u8::MAX),
+        "u16" => u64::from(u16::MAX),
+        "u32" => u64::from(u32::MAX),
+        "u64" | "usize" => u64::MAX,
+        _ => return None,
+    };
+    Some(if got.starts_with('-') {
+        format!("Invalid '{path}': integer below minimum value. Expected a value >= 0, but got {got} instead.")
+    } else {
+        format!("Invalid '{path}': integer above maximum value. Expected a value <= {max}, but got {got} instead.")
+    })
 }
 
 /// serde's message for a value of the wrong type, in the API's words: no Rust type names, no
@@ -461,7 +481,11 @@ mod tests {
         let content = message(r#"{"model":"auto","messages":[{"role":"user","content":5}]}"#);
         assert_eq!(content, "Invalid type for 'messages[0].content': expected a string or an array of content parts");
         let max = message(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#);
-        assert_eq!(max, "Invalid type for 'max_tokens': expected a non-negative integer, but got integer `-1`");
+        assert_eq!(max, "Invalid 'max_tokens': integer below minimum value. Expected a value >= 0, but got -1 instead.");
+        let n = message(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"n":1000000000000}"#);
+        assert_eq!(n, "Invalid 'n': integer above maximum value. Expected a value <= 4294967295, but got 1000000000000 instead.");
+        let typed = message(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"max_tokens":"many"}"#);
+        assert!(typed.starts_with("Invalid type for 'max_tokens': expected a non-negative integer"), "{typed}");
         assert!(!message(r#"{"model":"auto","messages":[{"role":"user","content":"x"}],"seed":"s"}"#).contains("i64"));
     }
 

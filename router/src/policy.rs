@@ -71,6 +71,10 @@ impl Default for Classifier {
     }
 }
 
+/// Rule names the gateway gives requests no rule decided: an explicit model no rule names, an
+/// embeddings request, a request refused before routing (in metrics).
+pub const RESERVED_RULE_NAMES: [&str; 3] = ["explicit", "embeddings", "none"];
+
 /// `when.privacy = ["*"]`: any privacy tag.
 pub const ANY_TAG: &str = "*";
 
@@ -294,6 +298,11 @@ impl Policy {
             if rule.name.trim().is_empty() || rule.name.chars().any(char::is_control) {
                 problems.push(PolicyProblem { line, message: format!("rule {:?}: a rule name must be non-empty, without control characters (it is sent as x-switchyard-rule)", rule.name) });
             }
+            // The gateway labels requests no rule decided with these: a rule of that name could not
+            // be told apart from them in metrics, the audit log and x-switchyard-rule.
+            if RESERVED_RULE_NAMES.contains(&rule.name.as_str()) {
+                problems.push(PolicyProblem { line, message: format!("rule {:?}: the name is reserved (the gateway labels requests with {}): choose another", rule.name, RESERVED_RULE_NAMES.join(", ")) });
+            }
             if rule.strategy == Some(Strategy::Cascade) && is_local(rule.route.get_ref()) {
                 problems.push(PolicyProblem { line, message: format!("rule {:?}: strategy = \"cascade\" answers locally first, then escalates to the route: the route must be remote", rule.name) });
             }
@@ -454,6 +463,15 @@ route = "local"
         let policy = Policy::parse(text).unwrap();
         assert!(policy.claims("gpt-4o", "anyone") && !policy.claims("gpt-3.5", "anyone"));
         assert!(policy.claims("claude-3", "acme") && !policy.claims("claude-3", "globex"));
+    }
+
+    #[test]
+    fn names_the_gateway_gives_are_reserved() {
+        for name in RESERVED_RULE_NAMES {
+            let text = format!("[[rule]]\nname = \"{name}\"\nroute = \"local\"\n");
+            let problems = Policy::parse(&text).unwrap().problems(&text, &|_| true);
+            assert!(problems.iter().any(|p| p.message.contains("reserved")), "{name}: {problems:?}");
+        }
     }
 
     #[test]
