@@ -372,6 +372,15 @@ pub fn redact(req: &mut ChatRequest) -> Redaction {
             *text = redaction.redact(text, &spans);
         }
     });
+    // A message's `name` must match `^[a-zA-Z0-9_-]{1,64}$` at OpenAI: a redacted one goes as
+    // `EMAIL_1` (names are not written back into answers, so nothing needs restoring).
+    for message in &mut req.messages {
+        if let Some(Value::String(name)) = message.extra.get_mut("name") {
+            if name.contains('<') {
+                *name = name.replace(['<', '>'], "");
+            }
+        }
+    }
     redaction
 }
 
@@ -698,6 +707,13 @@ mod tests {
         .unwrap();
         restore_response(&mut response, &redaction);
         assert_eq!(response.choices[0].message.content.as_deref(), Some("Sent to a@b.io."));
+    }
+
+    #[test]
+    fn a_redacted_message_name_keeps_the_shape_openai_accepts() {
+        let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "user", "name": "jane.doe@example.com", "content": "hi"}]}));
+        redact(&mut req);
+        assert_eq!(req.messages[0].extra["name"], "EMAIL_1");
     }
 
     #[test]
