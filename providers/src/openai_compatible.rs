@@ -455,10 +455,22 @@ fn with_idle_timeout(events: Events, idle: Duration) -> Events {
         match tokio::time::timeout(idle, events.next()).await {
             Ok(Some(event)) => Some((event, Some(events))),
             Ok(None) => None,
-            Err(_) => Some((Err(format!("no event for {} ms", idle.as_millis())), None)),
+            Err(_) => Some((Err(format!("{IDLE}{}", idle.as_millis())), None)),
         }
     })
     .boxed()
+}
+
+/// How [`with_idle_timeout`]'s error starts (the milliseconds follow).
+const IDLE: &str = "no event for ms: ";
+
+/// The error for a stream that broke with `e`: a stall past the provider's timeout is a
+/// `Timeout` (504 `upstream_timeout`, counted as `timeout`), anything else `Upstream`.
+fn broken_stream(provider: &str, e: &str) -> ProviderError {
+    match e.strip_prefix(IDLE).and_then(|ms| ms.parse().ok()) {
+        Some(timeout_ms) => ProviderError::Timeout { provider: provider.to_owned(), timeout_ms },
+        None => ProviderError::Upstream { provider: provider.to_owned(), status: None, message: format!("stream broken: {e}") },
+    }
 }
 
 /// `OpenAI` chunks from an Anthropic event stream; it ends after `message_stop` or an `error`. An
@@ -479,7 +491,7 @@ fn anthropic_chunks(events: Events, provider: String) -> ChunkStream {
             loop {
                 let event = match events.next().await {
                     None => return broken(&translator, upstream("the stream ended before message_stop".into())),
-                    Some(Err(e)) => return broken(&translator, upstream(format!("stream broken: {e}"))),
+                    Some(Err(e)) => return broken(&translator, broken_stream(&provider, &e)),
                     Some(Ok(event)) => event,
                 };
                 if event.data.trim().is_empty() {
@@ -655,7 +667,7 @@ impl Provider for OpenAiCompatible {
                         None if ended => return None,
                         // Cut before `response.completed` (or another end): it must not read as whole.
                         None => return Some((Err(upstream("the stream ended before the response did".into())), None)),
-                        Some(Err(e)) => return Some((Err(upstream(format!("stream broken: {e}"))), None)),
+                        Some(Err(e)) => return Some((Err(Self::scrubbed(secret.as_ref(), broken_stream(&provider, &e))), None)),
                         Some(Ok(e)) if e.data.trim() == "[DONE]" => return None,
                         Some(Ok(e)) if e.data.trim().is_empty() => continue,
                         Some(Ok(e)) => e,
@@ -805,7 +817,7 @@ fn openai_chunks(events: Events, provider: String, completion: bool) -> ChunkStr
                 let event = match events.next().await {
                     None if choices.all_finished() => return None,
                     None => return Some((Err(upstream("the stream ended before the answer did (a choice without finish_reason, no [DONE])".into())), None)),
-                    Some(Err(e)) => return Some((Err(upstream(format!("stream broken: {e}"))), None)),
+                    Some(Err(e)) => return Some((Err(broken_stream(&provider, &e)), None)),
                     Some(Ok(event)) => event,
                 };
                 let data = event.data.trim();

@@ -5,6 +5,7 @@ for upstream; Azure's URL scheme and `api-key` header."""
 
 import concurrent.futures
 import email.utils
+import json
 import time
 
 import httpx
@@ -12,7 +13,8 @@ import openai
 import pytest
 
 from conftest import (FAKE_BIN, Gateway, Process, fake_provider_section, fake_requests, gateway_config, parse_chunks,
-                      remote_only_config, sse_events)
+                      remote_only_config, sse_events, wait_for)
+from test_metrics_and_audit import metric_samples, sample
 
 
 def script(fake_provider, *faults):
@@ -300,7 +302,13 @@ def test_pool_spreads_load_and_ejects_a_dead_endpoint(tmp_path, fake_provider, s
         assert statuses == [200] * 48
         got_a, got_b = attempts_since(fake_provider, before_a), attempts_since(second_fake, before_b)
         assert got_a + got_b == 48 and got_a > 0 and got_b > 0, (got_a, got_b)
-        assert any("endpoint ejected" in line and "127.0.0.1:9" in line for line in gw.process.lines)
+
+        # A failed endpoint is passed over for a second, then tried again: with traffic going on,
+        # its third failure in a row ejects it — and no request fails meanwhile.
+        def ejected():
+            assert ask(gw, model="pool/echo").status_code == 200
+            return any("endpoint ejected" in line and "127.0.0.1:9" in line for line in gw.process.lines)
+        wait_for(ejected, timeout=20, what="the dead endpoint's ejection")
     finally:
         gw.stop()
 
@@ -340,7 +348,11 @@ def test_stalled_stream_ends_with_a_timeout_error_event(impatient, fake_provider
     httpx.post(f"{fake_provider}/control/release")
     assert events[-1] == "[DONE]"
     assert any('"first"' in e for e in events), "events before the stall arrive"
-    assert '"error"' in events[-2] and "no event for 300 ms" in events[-2]
+    error = json.loads(events[-2])["error"]
+    # A stall is a timeout, as a slow first byte is (it read as a generic upstream error).
+    assert error["code"] == "upstream_timeout" and "300 ms" in error["message"], error
+    samples = metric_samples(httpx.get(f"{impatient.base}/metrics").text)
+    assert sample(samples, "switchyard_upstream_errors_total", provider="slowpoke", kind="timeout"), "counted as a timeout"
 
 
 def test_a_provider_echoing_its_key_in_errors_never_shows_it(tmp_path, fake_provider):
