@@ -281,31 +281,7 @@ impl Router {
             violation: None,
         };
         if let Some(why) = check(&decision.target) {
-            match on_violation {
-                OnViolation::Reject => {
-                    decision.reasons.push(format!("rejected: {why}"));
-                    decision.violation = Some(why);
-                }
-                OnViolation::Reroute => {
-                    // The embedded engine reads text only: a request with an image, a file or
-                    // audio (the unscannable parts) cannot be served there instead.
-                    let local = self.topology.local_target().filter(|l| !unscannable && check(l).is_none()).map(str::to_owned);
-                    let next = if decision.fallbacks.is_empty() { local } else { Some(decision.fallbacks.remove(0)) };
-                    if let Some(next) = next {
-                        decision.reasons.push(format!("rerouted to {next:?}: {why}"));
-                        decision.target = next;
-                        decision.rerouted = true;
-                    } else {
-                        let why = if unscannable && self.topology.local_target().is_some() {
-                            format!("{why}; the local engine cannot take it instead (it reads text only)")
-                        } else {
-                            why
-                        };
-                        decision.reasons.push(format!("rejected, no allowed target left: {why}"));
-                        decision.violation = Some(why);
-                    }
-                }
-            }
+            self.on_violation(&mut decision, on_violation, why, unscannable, &check);
         }
         if decision.violation.is_none() && !input.unavailable.is_empty() {
             skip_unavailable(&mut decision, input.unavailable);
@@ -325,6 +301,32 @@ impl Router {
 }
 
 impl Router {
+    /// The guard forbids the decision's target (`why`): refuse, or move it to the first allowed
+    /// fallback, else the local engine — which reads text only, so a request with an image, a
+    /// file or audio (`unscannable` parts) cannot be served there instead.
+    fn on_violation(&self, decision: &mut Decision, on_violation: OnViolation, why: String, unscannable: bool, check: &dyn Fn(&str) -> Option<String>) {
+        if on_violation == OnViolation::Reject {
+            decision.reasons.push(format!("rejected: {why}"));
+            decision.violation = Some(why);
+            return;
+        }
+        let local = self.topology.local_target().filter(|l| !unscannable && check(l).is_none()).map(str::to_owned);
+        let next = if decision.fallbacks.is_empty() { local } else { Some(decision.fallbacks.remove(0)) };
+        if let Some(next) = next {
+            decision.reasons.push(format!("rerouted to {next:?}: {why}"));
+            decision.target = next;
+            decision.rerouted = true;
+        } else {
+            let why = if unscannable && self.topology.local_target().is_some() {
+                format!("{why}; the local engine cannot take it instead (it reads text only)")
+            } else {
+                why
+            };
+            decision.reasons.push(format!("rejected, no allowed target left: {why}"));
+            decision.violation = Some(why);
+        }
+    }
+
     /// Budget exhausted: only the local engine may serve. Remote fallbacks are dropped; a remote
     /// target is replaced by the local engine when the guard allows it (else it stays, and the
     /// gateway refuses the request with `budget_exceeded`).

@@ -150,6 +150,7 @@ fn placeholder_len(text: &str) -> Option<usize> {
 
 /// `value` as the inside of a JSON string: quotes, backslashes and control characters escaped.
 fn push_json_escaped(out: &mut String, value: &str) {
+    use std::fmt::Write as _;
     for c in value.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -157,7 +158,9 @@ fn push_json_escaped(out: &mut String, value: &str) {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
             c => out.push(c),
         }
     }

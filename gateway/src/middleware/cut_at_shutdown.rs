@@ -55,18 +55,15 @@ fn ended_by_the_cut(body: Body, cut: watch::Receiver<bool>, responses_api: bool)
             frame = w.body.next() => Some(frame?),
             Ok(_) = w.cut.wait_for(|cut| *cut) => None,
         };
-        match next {
-            Some(frame) => {
-                if let (true, Ok(bytes)) = (w.responses_api, &frame) {
-                    w.last_sequence = sequence_number(bytes).or(w.last_sequence);
-                }
-                Some((frame, Some(w)))
+        if let Some(frame) = next {
+            if let (true, Ok(bytes)) = (w.responses_api, &frame) {
+                w.last_sequence = sequence_number(bytes).or(w.last_sequence);
             }
-            None => {
-                let last = cut_event(w.responses_api, w.last_sequence);
-                drop(w);
-                Some((Ok(last), None))
-            }
+            Some((frame, Some(w)))
+        } else {
+            let last = cut_event(w.responses_api, w.last_sequence);
+            drop(w);
+            Some((Ok(last), None))
         }
     })
 }

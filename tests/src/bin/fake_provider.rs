@@ -268,12 +268,9 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
                 let _ = tx.send(Err(std::io::Error::other("connection dropped by the fake"))).await;
                 return;
             }
-            "reasoner" => {
-                for _ in 0..4 {
-                    let _ = tx.send(Ok(sse(&chunk(&model, &json!({"reasoning_content": REASONING}), None)))).await;
-                }
-                let _ = tx.send(Ok(sse(&chunk(&model, &json!({"content": "done"}), None)))).await;
-            }
+            "reasoner" => for delta in std::iter::repeat_n(json!({"reasoning_content": REASONING}), 4).chain([json!({"content": "done"})]) {
+                let _ = tx.send(Ok(sse(&chunk(&model, &delta, None)))).await;
+            },
             "shred" => {
                 let chars: Vec<char> = answer.chars().collect();
                 for piece in chars.chunks(3) {
