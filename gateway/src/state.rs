@@ -26,10 +26,8 @@ use crate::tenants::Tenants;
 
 /// A remote provider.
 pub struct Remote {
-    /// Answers requests (behind its circuit breaker).
+    /// Answers requests (behind its circuit breakers, one per model).
     pub provider: Arc<Guarded>,
-    /// Its `provider/model` targets.
-    pub targets: Vec<String>,
 }
 
 /// How long a dashboard login lasts (the cookie's `Max-Age` too).
@@ -125,9 +123,8 @@ impl AppState {
                     Arc::new(OpenAiCompatible::new(p, api_key.as_deref(), client.clone()))
                 }
             };
-            let targets = p.models.iter().map(|m| format!("{}/{}", p.name, m.name)).collect();
             let provider = Arc::new(Guarded::new(&p.name, provider, p.breaker_config()));
-            remotes.insert(p.name.clone(), Remote { provider, targets });
+            remotes.insert(p.name.clone(), Remote { provider });
         }
         let local = match &config.local {
             Some(engine) => Some(LocalProvider::new(EngineHandle::start(engine.clone()).context("starting the local engine")?)),

@@ -498,14 +498,19 @@ impl ChunkFactory {
     }
 }
 
-/// Turns engine events after `Started` into chunks: the role chunk first, text deltas, the
-/// finishing chunk, then the usage chunk (the gateway drops it unless the client asked for it).
 /// Where the finishing event's confidence is left, for [`LocalProvider::complete_with_confidence`].
 type ConfidenceSlot = Arc<Mutex<Option<Confidence>>>;
 
-fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Option<ConfidenceSlot>, mut splitter: Option<ToolCallSplitter>) -> ChunkStream {
+/// Turns engine events into chunks: the role chunk first, a usage-only chunk with the prompt's
+/// tokens (the engine has taken the prompt), text deltas, the finishing chunk, then the usage
+/// chunk (the gateway drops usage chunks unless the client asked, and then passes on the last).
+fn chunks(events: GenerationStream, factory: ChunkFactory, prompt_tokens: u32, confidence_slot: Option<ConfidenceSlot>, mut splitter: Option<ToolCallSplitter>) -> ChunkStream {
     let content = if splitter.as_ref().is_some_and(|s| s.must_call) { None } else { Some(String::new()) };
     let first = factory.chunk(Delta { role: Some("assistant".into()), content, ..Delta::default() }, None);
+    // The prompt's exact size, known once the engine took it: a client that leaves mid-answer is
+    // billed it rather than an estimate from its characters (the chat template's tokens are not
+    // in them). The gateway passes on only the last usage, and only to clients that asked.
+    let prompt_usage = factory.usage(prompt_tokens, 0);
     let mut logprobs = LogprobAligner::default();
     let rest = events.flat_map(move |event| {
         let out: Vec<Result<ChatChunk, ProviderError>> = match event {
@@ -549,7 +554,7 @@ fn chunks(events: GenerationStream, factory: ChunkFactory, confidence_slot: Opti
         };
         futures::stream::iter(out)
     });
-    futures::stream::once(async move { Ok(first) }).chain(rest).boxed()
+    futures::stream::iter([Ok(first), Ok(prompt_usage)]).chain(rest).boxed()
 }
 
 impl LocalProvider {
@@ -570,20 +575,20 @@ impl LocalProvider {
     async fn start(&self, generation: GenerationRequest, confidence: Option<ConfidenceSlot>, splitter: Option<ToolCallSplitter>) -> Result<ChunkStream, ProviderError> {
         let mut events = self.engine.submit(generation).map_err(|e| engine_error(&e))?;
         // Wait for the engine to accept the prompt, so that its errors get a real status.
-        match events.recv().await {
-            Some(GenerationEvent::Started { .. }) => {}
+        let prompt_tokens = match events.recv().await {
+            Some(GenerationEvent::Started { prompt_tokens }) => prompt_tokens,
             Some(GenerationEvent::Failed(err)) => return Err(engine_error(&err)),
             Some(other) => {
                 return Err(ProviderError::Unavailable { message: format!("unexpected first engine event {other:?}") })
             }
             None => return Err(ProviderError::Unavailable { message: "the local engine dropped the request".into() }),
-        }
+        };
         let factory = ChunkFactory {
             id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
             created: now_unix(),
             model: self.engine.config().name.clone(),
         };
-        Ok(chunks(events, factory, confidence, splitter))
+        Ok(chunks(events, factory, prompt_tokens, confidence, splitter))
     }
 }
 

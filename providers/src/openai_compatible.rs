@@ -228,7 +228,19 @@ impl OpenAiCompatible {
     /// the client can still be retried.
     async fn open_stream(&self, model: &str, body: &bytes::Bytes, endpoint: Endpoint) -> Result<(Vec<eventsource_stream::Event>, Events), Failure> {
         let response = self.send_once(model, body, endpoint).await?;
-        let mut events: Events = without_bom(response.bytes_stream()).eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
+        // The body's first bytes, kept until the first event: a server that answers the stream
+        // with an error body and no events at all (LM Studio, TGI) said why in them.
+        let head = Arc::new(std::sync::Mutex::new(Some(Vec::new())));
+        let kept = Arc::clone(&head);
+        let bytes = response.bytes_stream().inspect(move |piece| {
+            if let (Ok(piece), Ok(mut kept)) = (piece, kept.lock()) {
+                if let Some(kept) = kept.as_mut() {
+                    let room = ERROR_BODY_KEPT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&piece[..piece.len().min(room)]);
+                }
+            }
+        });
+        let mut events: Events = without_bom(bytes).eventsource().map(|e| e.map_err(|e| e.to_string())).boxed();
         // Anthropic's opening events (`message_start`, `ping`, a block's start) carry no answer:
         // they are read with the first that does, so an error that follows them (an overloaded
         // API) still comes before the first byte reaches the client, and can be retried.
@@ -237,8 +249,19 @@ impl OpenAiCompatible {
             let next = tokio::time::timeout(Duration::from_millis(self.timeout_ms), events.next()).await;
             match next {
                 Err(_) => return Err(Failure::fatal(self.timeout())),
-                Ok(None) => return Ok((opening, events)),
+                Ok(None) => {
+                    let head = head.lock().ok().and_then(|mut head| head.take()).filter(|_| opening.is_empty());
+                    let said: Option<serde_json::Value> = head.and_then(|head| serde_json::from_slice(head.strip_prefix(BOM).unwrap_or(&head)).ok());
+                    if let Some(message) = said.as_ref().and_then(error_answer) {
+                        return Err(Failure::fatal(Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), message))));
+                    }
+                    return Ok((opening, events));
+                }
                 Ok(Some(Ok(event))) => {
+                    // Events came: the body's head is not kept any longer.
+                    if let Ok(mut head) = head.lock() {
+                        head.take();
+                    }
                     if let Some(failure) = self.failed_at_once(&event) {
                         return Err(failure);
                     }
@@ -396,7 +419,17 @@ fn says_context_overflows(detail: &ErrorDetail) -> bool {
         return true;
     }
     let message = detail.message.to_ascii_lowercase();
-    ["maximum context length", "context length exceeded", "exceeds the available context size", "context window", "max_new_tokens` must be <="]
+    [
+        "maximum context length",
+        "context length exceeded",
+        "exceeds the available context size",
+        "context window",
+        "max_new_tokens` must be <=",
+        "must have less than",
+        "longer than the maximum model length",
+        "longer than the model's context length",
+        "context length of only",
+    ]
         .iter()
         .any(|phrase| message.contains(phrase))
 }
@@ -419,6 +452,9 @@ fn error_body_of(body: &[u8]) -> Option<ErrorBody> {
     let plain = !text.is_empty() && text.len() <= 1000 && !text.starts_with('<');
     plain.then(|| ErrorBody { error: ErrorDetail { message: text.to_owned(), kind: "invalid_request_error".into(), param: None, code: None, innererror: None } })
 }
+
+/// The bytes of a stream's body kept to read an error body that came instead of events.
+const ERROR_BODY_KEPT: usize = 64 * 1024;
 
 /// Opening events read ahead of an Anthropic stream's answer at most (a server that sends only
 /// pings is then passed on as it goes).

@@ -247,8 +247,9 @@ impl Router {
         };
         // Redaction cannot cover content that was not scanned (images, files): fail closed.
         let unscannable = input.pii.contains_key(crate::PiiKind::Unscannable.as_str());
-        // Redaction lifts the `pii` tag only: a tag from the caller or the tenant marks the whole text.
-        let redaction = crate::Redacts::of(redact, unscannable, privacy.tags.iter().any(|t| t != "pii"));
+        // Redaction lifts the scanner's `pii` tag only: a tag from the caller or the tenant (even
+        // `pii`: "all of this is personal data") marks the whole text.
+        let redaction = crate::Redacts::of(redact, unscannable, !input.tags.is_empty());
         let redacts = redaction == crate::Redacts::Yes;
         let privacy_tagged = !privacy.tags.is_empty();
         let check = |t: &str| violation(&self.topology, t, input.residency, privacy_tagged, redaction);
@@ -736,6 +737,18 @@ fallback = ["local"]
         assert_eq!(d.rule, "redacting-escalation");
         assert_eq!(d.target, "anthropic/claude-sonnet", "the trusted fallback, not the untrusted route: {d:?}");
         assert!(d.reasons.iter().any(|r| r.contains("PII only")), "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn redaction_does_not_lift_a_pii_tag_the_caller_gave() {
+        let mut i = input("auto", HARD_TEXT);
+        i.tags = vec!["pii".into()];
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.target, "anthropic/claude-sonnet", "{d:?}");
+        i.tags.clear();
+        i.pii.insert("email".into(), 1);
+        let d = escalate_all().decide(&i);
+        assert_eq!(d.target, "openai/gpt-4o", "the scanner's own pii is redacted: {d:?}");
     }
 
     #[test]

@@ -65,3 +65,26 @@ def test_a_failed_responses_object_is_still_passed_on(gateway, fake_provider):
     script(fake_provider, {"status": 200, "body": failed})
     r = httpx.post(f"{gateway.v1}/responses", timeout=30, json={"model": "fake/echo", "input": "hi"})
     assert r.status_code == 200 and r.json()["status"] == "failed", r.text
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/chat/completions", {"model": "fake/echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+    ("/responses", {"model": "fake/echo", "stream": True, "input": "hi"}),
+])
+def test_a_stream_answered_with_an_error_body_is_a_502_with_its_message(gateway, fake_provider, path, body):
+    # No events at all, only the error: the client gets the server's words, and no bill.
+    script(fake_provider, {"status": 200, "body": {"error": "Model unloaded due to inactivity"}})
+    r = httpx.post(f"{gateway.v1}{path}", timeout=30, json=body)
+    assert r.status_code == 502, r.text
+    assert "Model unloaded due to inactivity" in r.json()["error"]["message"], r.text
+    record = accounting_record(gateway, r.headers["x-request-id"])
+    assert record["status"] == "502" and float(record["cost_usd"]) == 0.0, record
+
+
+def test_a_stream_answered_with_an_error_body_falls_back(gateway, fake_provider):
+    script(fake_provider, {"status": 200, "body": {"error": "Model unloaded due to inactivity"}})
+    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=30,
+                      json={"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
+        assert r.status_code == 200
+        assert r.headers["x-switchyard-target"] == "fake/shred"
+        r.read()

@@ -100,6 +100,12 @@ def test_a_provider_error_body_opening_with_a_byte_order_mark_keeps_its_message_
     # TGI
     (422, {"error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 500 `max_new_tokens`",
            "error_type": "validation"}),
+    (422, {"error": "Input validation error: `inputs` must have less than 4096 tokens. Given: 5000", "error_type": "validation"}),
+    # vLLM's engine, SGLang, LM Studio
+    (400, {"object": "error", "message": "The decoder prompt (length 5000) is longer than the maximum model length of 4096.", "type": "BadRequestError", "code": 400}),
+    (400, {"object": "error", "message": "Requested token count exceeds the model's maximum context length", "type": "BadRequestError", "code": 400}),
+    (400, {"error": {"message": "The input (5000 tokens) is longer than the model's context length (4096 tokens).", "type": "invalid_request_error"}}),
+    (400, {"error": "Trying to keep the first 5000 tokens when context the overflows. However, the model is loaded with context length of only 4096 tokens."}),
 ])
 def test_a_self_hosted_servers_context_overflow_is_context_length_exceeded(gateway, fake_provider, status, body):
     # Clients that trim a conversation look for the code; each server words it its own way.

@@ -221,10 +221,10 @@ impl PiiScanner {
     /// After `failed` matched at `start` but did not pass, the first lower-priority pattern that
     /// matches there and passes. A start glued to a word fails every pattern: no search then.
     fn retry(&self, text: &str, failed: PatternID, start: usize) -> Option<PiiSpan> {
-        if glued_left(text, start, false, false, false) {
+        if glued_left(text, start, None, false, false, false) {
             return None;
         }
-        (failed.as_usize() + 1..PATTERNS.len()).filter(|&pid| PATTERNS[pid].address || !glued_left(text, start, PATTERNS[pid].numeric, false, stands_alone(PATTERNS[pid].kind))).find_map(|pid| {
+        (failed.as_usize() + 1..PATTERNS.len()).filter(|&pid| PATTERNS[pid].address || !glued_left(text, start, None, PATTERNS[pid].numeric, false, stands_alone(PATTERNS[pid].kind))).find_map(|pid| {
             let m = self.each[pid].search(&Input::new(text).range(start..).anchored(Anchored::Yes))?;
             Self::accept(text, PatternID::new(pid).ok()?, start, m.end())
         })
@@ -234,7 +234,7 @@ impl PiiScanner {
     fn accept(text: &str, pid: PatternID, start: usize, end: usize) -> Option<PiiSpan> {
         let p = &PATTERNS[pid.as_usize()];
         let strong = stands_alone(p.kind);
-        if glued_left(text, start, p.numeric, p.address, strong) {
+        if glued_left(text, start, Some(&text[start..end]), p.numeric, p.address, strong) {
             return None;
         }
         let mut from = start.saturating_sub(CONTEXT_BYTES);
@@ -242,7 +242,7 @@ impl PiiScanner {
             from += 1;
         }
         let before = &text[from..start];
-        let fits = |end: usize| !glued_right(text, end, p.numeric, p.address, strong) && (p.check)(&text[start..end], before);
+        let fits = |end: usize| !glued_right(text, end, &text[start..end], p.numeric, p.address, strong) && (p.check)(&text[start..end], before);
         let end = match p.shape {
             Shape::Exact => fits(end).then_some(end)?,
             Shape::DigitGroups => {
@@ -289,9 +289,9 @@ fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
 
-/// True when the candidate at `start` continues a word (or, for numbers, an identifier such as
-/// `ORD-2024…`, `v1.2…`, `#4839…`).
-fn glued_left(text: &str, start: usize, numeric: bool, address: bool, strong: bool) -> bool {
+/// True when the candidate at `start` (`candidate`, when known) continues a word (or, for
+/// numbers, an identifier such as `ORD-2024…`, `v1.2…`, `#4839…`, or a decimal's digits).
+fn glued_left(text: &str, start: usize, candidate: Option<&str>, numeric: bool, address: bool, strong: bool) -> bool {
     let mut before = text[..start].chars().rev();
     match before.next() {
         Some(c) if is_word_char(c) => true,
@@ -300,9 +300,12 @@ fn glued_left(text: &str, start: usize, numeric: bool, address: bool, strong: bo
         // `9400 9070 8372 …`: the third or later group of a digit sequence printed in short groups.
         Some(' ') if numeric => continues_digit_groups(text, start),
         // A CSV field or a `key:value` (`Bob,123-45-6789`, `card:4111…`) starts a value; after a
-        // digit, a decimal comma or a time (`3,14159…`, `10:20`) continues a number — unless the
-        // kind's own check (check digits, a fixed shape) tells a value from such a number.
-        Some(',' | ':') if numeric => !strong && before.next().is_some_and(|c| c.is_ascii_digit()),
+        // digit, plain digits are a decimal's or a time's (`3,14159…`, `10:20`) — unless the kind's
+        // own check (check digits, a fixed shape) tells a value from such a number. A value with
+        // its own shape (`+1 415…`, `(415) 555…`, `203.0.113.7`) is no decimal's tail.
+        Some(',' | ':') if numeric => {
+            !strong && before.next().is_some_and(|c| c.is_ascii_digit()) && candidate.is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
+        }
         Some('-' | '.' | '/') if numeric => before.next().is_some_and(is_word_char),
         _ => false,
     }
@@ -339,15 +342,19 @@ fn continues_digit_groups(text: &str, start: usize) -> bool {
     (1..=4).contains(&group) && i >= 2 && b[i - 1] == b' ' && b[i - 2].is_ascii_digit()
 }
 
-/// True when the text after `end` continues the candidate (a letter or digit, or a `-`/`.`/`/`
-/// followed by one: a longer number, a date, a version; a `:` and a digit: a time). A `,` ends
-/// it: the next field of a CSV row or a list.
-fn glued_right(text: &str, end: usize, numeric: bool, address: bool, strong: bool) -> bool {
+/// True when the text after `end` continues `candidate` (a letter or digit, or a `-`/`.`/`/`
+/// followed by one: a longer number, a date, a version; a `:` and a digit: a time; a `,` and a
+/// digit after a plain number: its decimals, `4155552671,5` or `421.884.663,74`). Otherwise a
+/// `,` ends it: the next field of a CSV row or a list.
+fn glued_right(text: &str, end: usize, candidate: &str, numeric: bool, address: bool, strong: bool) -> bool {
     let mut after = text[end..].chars();
     match after.next() {
         Some(c) if is_word_char(c) => true,
         Some(':' | '/') if address => false,
         Some(':') if numeric => !strong && after.next().is_some_and(|c| c.is_ascii_digit()),
+        Some(',') if numeric => {
+            !strong && after.next().is_some_and(|c| c.is_ascii_digit()) && candidate.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        }
         Some('-' | '.' | '/') if numeric => after.next().is_some_and(|c| c.is_ascii_alphanumeric()),
         Some('@') => true,
         _ => false,

@@ -210,3 +210,19 @@ fn lists_of_numbers_and_versions_are_not_pii() {
     assert_eq!(kinds("appelez le 01 23 45 67 89"), vec![(PiiKind::Phone, "01 23 45 67 89")]);
     assert_eq!(kinds("host 10.4.2.1 down"), vec![(PiiKind::IpAddress, "10.4.2.1")]);
 }
+
+#[test]
+fn values_after_a_numeric_csv_field_are_found_and_decimals_are_not_phones() {
+    for (text, kind, value) in [
+        ("17,42,+14155552671", PiiKind::Phone, "+14155552671"),
+        ("17,42,(415) 555-2671", PiiKind::Phone, "(415) 555-2671"),
+        ("17,42,415-555-2671", PiiKind::Phone, "415-555-2671"),
+        ("ts,status,ip\n1700000000,200,203.0.113.7", PiiKind::IpAddress, "203.0.113.7"),
+        ("17,42,10.1.2.3", PiiKind::IpAddress, "10.1.2.3"),
+    ] {
+        assert_eq!(kinds(text), vec![(kind, value)], "{text}");
+    }
+    for text in ["ID 4155552671,5 wins", "Summe: 421.884.663,74 EUR", "Betrag: 300.461.500,00 €"] {
+        assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Phone), "{text}: {:?}", kinds(text));
+    }
+}
