@@ -150,20 +150,8 @@ fn placeholder_len(text: &str) -> Option<usize> {
 
 /// `value` as the inside of a JSON string: quotes, backslashes and control characters escaped.
 fn push_json_escaped(out: &mut String, value: &str) {
-    use std::fmt::Write as _;
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
+    let quoted = serde_json::Value::String(value.to_owned()).to_string();
+    out.push_str(&quoted[1..quoted.len() - 1]);
 }
 
 /// Restores placeholders in a stream of text pieces. Text that may be the start of a placeholder
