@@ -763,6 +763,12 @@ impl OpenAiCompatible {
         if let Some(message) = error_answer(&value) {
             return Err(Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), message)));
         }
+        // An embeddings answer is its vectors: without them (`{"detail": "Not Found"}` from a
+        // server with no such route) it is no answer, whatever the status said.
+        if endpoint == Endpoint::Embeddings && !value.get("data").is_some_and(serde_json::Value::is_array) {
+            let said = error_detail_of(&value).map_or_else(|| "an embeddings answer without data".to_owned(), |detail| detail.message);
+            return Err(Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), said)));
+        }
         Ok(without_echoed_secret(value, &answer, self.secret.as_deref()))
     }
 }

@@ -119,6 +119,11 @@ fn tag_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Str
             "privacy tag {bad:?} can never match: tags are single words (the x-switchyard-tags header splits at commas); list each tag on its own"
         )));
     }
+    if let Some(bad) = tags.iter().find(|t| t.contains('*') && t.as_str() != ANY_TAG) {
+        return Err(serde::de::Error::custom(format!(
+            "privacy tag {bad:?}: tags are matched whole, not as patterns; \"*\" alone means any tag"
+        )));
+    }
     Ok(tags)
 }
 
@@ -485,6 +490,8 @@ route = "local"
             let err = Policy::parse(&text).unwrap_err().to_string();
             assert!(err.contains("can never match"), "{err}");
         }
+        let text = "[[rule]]\nname = \"x\"\nwhen.privacy = [\"p*\"]\nroute = \"local\"\n";
+        assert!(Policy::parse(text).unwrap_err().to_string().contains("not as patterns"));
     }
 
     #[test]

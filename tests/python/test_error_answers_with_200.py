@@ -88,3 +88,10 @@ def test_a_stream_answered_with_an_error_body_falls_back(gateway, fake_provider)
         assert r.status_code == 200
         assert r.headers["x-switchyard-target"] == "fake/shred"
         r.read()
+
+
+def test_an_embeddings_answer_without_vectors_is_not_an_answer(gateway, fake_provider):
+    # A server without the route answers 200 `{"detail": "Not Found"}` (FastAPI's shape).
+    script(fake_provider, {"status": 200, "body": {"detail": "Not Found"}})
+    r = httpx.post(f"{gateway.v1}/embeddings", timeout=30, json={"model": "fake/embed", "input": "hi"})
+    assert r.status_code == 502 and "Not Found" in r.json()["error"]["message"], r.text
