@@ -629,11 +629,13 @@ impl Envelope {
 
 /// Chat usage in the Responses shape.
 pub fn response_usage(usage: &Usage) -> Value {
+    // A reasoning model's chat usage says how many of its output tokens were thinking.
+    let reasoning = usage.extra.get("completion_tokens_details").and_then(|d| d.get("reasoning_tokens")).and_then(Value::as_u64).unwrap_or(0);
     json!({
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens(), "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": usage.total_tokens,
     })
 }
@@ -975,6 +977,14 @@ mod tests {
     #[allow(clippy::needless_pass_by_value)]
     fn request(body: Value) -> ResponsesRequest {
         parse_request(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn reasoning_tokens_a_chat_provider_reports_are_the_responses_reasoning_tokens() {
+        let mut usage = Usage::new(10, 40);
+        usage.extra.insert("completion_tokens_details".into(), json!({"reasoning_tokens": 32}));
+        assert_eq!(response_usage(&usage)["output_tokens_details"]["reasoning_tokens"], 32);
+        assert_eq!(response_usage(&Usage::new(1, 2))["output_tokens_details"]["reasoning_tokens"], 0);
     }
 
     #[test]
