@@ -699,7 +699,8 @@ fn topology_of(server: &ServerConfig, local: Option<&EngineConfig>, providers: &
         let frontier = matches!(p.kind, ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Anthropic);
         for m in &p.models {
             let target = format!("{}/{}", p.name, m.name);
-            topology = if frontier {
+            // An embedding model answers no chat: `frontier` (a chat route) never expands to it.
+            topology = if frontier && !m.is_embedding() {
                 topology.with_frontier(&target, p.region.as_deref(), p.trusted)
             } else {
                 topology.with_remote(&target, p.region.as_deref(), p.trusted)
@@ -763,6 +764,17 @@ mod tests {
         let cfg = write(&dir, "g.toml", "[server]\n\nmax_body_bytes = \"big\"\n");
         let err = GatewayConfig::load(&cfg, None).unwrap_err().to_string();
         assert!(err.contains("g.toml:3:"), "{err}");
+    }
+
+    #[test]
+    fn frontier_never_expands_to_an_embedding_model() {
+        let dir = tempdir();
+        let p = policy(&dir, "frontier");
+        let text = format!(
+            "[policy]\nfile = \"{p}\"\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = [{{ name = \"text-embedding-3-small\" }}, {{ name = \"gpt-4o\" }}, {{ name = \"vectors\", embeddings = true }}]\n"
+        );
+        let config = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap();
+        assert_eq!(config.topology().expand("frontier"), ["openai/gpt-4o"]);
     }
 
     #[test]

@@ -32,9 +32,19 @@ pub struct ModelPrice {
     pub deployment: Option<String>,
     /// Default `max_tokens` for APIs that require one.
     pub max_output_tokens: Option<u32>,
+    /// An embedding model (also assumed of a name with `embed` in it): listed for
+    /// `/v1/embeddings`, never one of the `frontier` chat models.
+    #[serde(default)]
+    pub embeddings: bool,
 }
 
 impl ModelPrice {
+    /// True for an embedding model: marked so, or named so (`text-embedding-3-small`,
+    /// `embed-english-v3.0`).
+    pub fn is_embedding(&self) -> bool {
+        self.embeddings || self.name.to_ascii_lowercase().contains("embed")
+    }
+
     /// Cost in USD of a request with these token counts (no cached prompt tokens).
     #[allow(clippy::cast_precision_loss)]
     pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
