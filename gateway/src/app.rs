@@ -89,27 +89,31 @@ pub fn build(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn(request_ctx))
 }
 
-/// The answer headers a browser page may read besides the CORS-safelisted ones.
-const EXPOSED_HEADERS: [&str; 18] = [
-    "x-request-id",
-    "retry-after",
-    "x-ratelimit-limit-requests",
-    "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-requests",
-    "x-ratelimit-remaining-tokens",
-    "x-switchyard-cache",
-    "x-switchyard-cascade",
-    "x-switchyard-complexity",
-    "x-switchyard-cost-usd",
-    "x-switchyard-local-confidence",
-    "x-switchyard-local-min-logprob",
-    "x-switchyard-rerouted",
-    "x-switchyard-rule",
-    "x-switchyard-spilled",
-    "x-switchyard-tags",
-    "x-switchyard-target",
-    "x-switchyard-tier",
-];
+/// The answer headers a browser page may read besides the CORS-safelisted ones: the names the
+/// handlers set them by.
+fn exposed_headers() -> [header::HeaderName; 18] {
+    use crate::handlers::chat::header as set;
+    [
+        crate::middleware::request_ctx::REQUEST_ID,
+        header::RETRY_AFTER,
+        set::RATELIMIT_LIMIT_REQUESTS,
+        set::RATELIMIT_LIMIT_TOKENS,
+        set::RATELIMIT_REMAINING_REQUESTS,
+        set::RATELIMIT_REMAINING_TOKENS,
+        set::CACHE,
+        set::CASCADE,
+        set::COMPLEXITY,
+        set::COST_USD,
+        set::LOCAL_CONFIDENCE,
+        set::LOCAL_MIN_LOGPROB,
+        set::REROUTED,
+        set::RULE,
+        set::SPILLED,
+        header::HeaderName::from_static(crate::dispatch::TAGS_HEADER),
+        set::TARGET,
+        set::TIER,
+    ]
+}
 
 /// CORS for `/v1/*` from `origins` (`"*"`: any), or none when the list is empty. Requests carry
 /// the key in `Authorization`, never a cookie, so credentials are not allowed; the headers a page
@@ -130,7 +134,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             .allow_origin(allowed)
             .allow_methods([axum::http::Method::GET, axum::http::Method::POST, axum::http::Method::DELETE])
             .allow_headers(AllowHeaders::mirror_request())
-            .expose_headers(EXPOSED_HEADERS.map(header::HeaderName::from_static))
+            .expose_headers(exposed_headers())
             .max_age(std::time::Duration::from_mins(10)),
     )
 }

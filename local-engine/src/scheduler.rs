@@ -642,12 +642,10 @@ impl<'m> Scheduler<'m> {
                     let mut text = seq.assembler.push(closing.as_bytes()).text;
                     text.push_str(&seq.assembler.finish());
                     let _ = seq.events.send(GenerationEvent::Text(text));
-                    // Closed so that it parses, but cut all the same: clients that look for
-                    // `length` to retry with a larger budget must see it.
-                    finished.push((i, FinishReason::Length));
-                } else {
-                    finished.push((i, FinishReason::Length));
                 }
+                // Closed so that it parses, or not closable in what is left: cut either way, and
+                // clients that look for `length` to retry with a larger budget must see it.
+                finished.push((i, FinishReason::Length));
             } else {
                 seq.pending = Some(token);
             }

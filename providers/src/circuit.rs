@@ -201,10 +201,10 @@ impl Guarded {
                 Err(b.retry_after_s(now))
             }
         });
-        match admitted {
-            Some(Ok(probe)) => Ok(Call { guarded: self, model: model.to_owned(), probe }),
-            Some(Err(retry_after_s)) => Err(ProviderError::CircuitOpen { provider: format!("{}/{model}", self.name), retry_after_s }),
-            None => Err(ProviderError::CircuitOpen { provider: format!("{}/{model}", self.name), retry_after_s: 1 }),
+        // A poisoned lock refuses, with the shortest wait.
+        match admitted.unwrap_or(Err(1)) {
+            Ok(probe) => Ok(Call { guarded: self, model: model.to_owned(), probe }),
+            Err(retry_after_s) => Err(ProviderError::CircuitOpen { provider: format!("{}/{model}", self.name), retry_after_s }),
         }
     }
 }

@@ -158,7 +158,7 @@ impl ProviderError {
 }
 
 /// `edit` applied to every string in `value`, keys included.
-fn each_string(value: &mut serde_json::Value, edit: &dyn Fn(&mut String)) {
+pub(crate) fn each_string(value: &mut serde_json::Value, edit: &dyn Fn(&mut String)) {
     use serde_json::Value;
     match value {
         Value::String(text) => edit(text),

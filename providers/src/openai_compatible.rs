@@ -121,6 +121,11 @@ impl OpenAiCompatible {
         ProviderError::Upstream { provider: self.name.clone(), status, message }
     }
 
+    /// The failure of an answer with status 200 that held only an error saying `message`.
+    fn error_answered(&self, message: String) -> ProviderError {
+        Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), message))
+    }
+
     /// The body to send for `req` in this provider's dialect, serialised once for every attempt.
     fn body(&self, req: &ChatRequest) -> Result<bytes::Bytes, ProviderError> {
         let encoded = match &self.dialect {
@@ -253,7 +258,7 @@ impl OpenAiCompatible {
                     let head = head.lock().ok().and_then(|mut head| head.take()).filter(|_| opening.is_empty());
                     let said: Option<serde_json::Value> = head.and_then(|head| serde_json::from_slice(head.strip_prefix(BOM).unwrap_or(&head)).ok());
                     if let Some(message) = said.as_ref().and_then(error_answer) {
-                        return Err(Failure::fatal(Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), message))));
+                        return Err(Failure::fatal(self.error_answered(message)));
                     }
                     return Ok((opening, events));
                 }
@@ -463,15 +468,14 @@ const MAX_OPENING_EVENTS: usize = 8;
 /// Keys shorter than this are not scrubbed from error texts (they would match ordinary words).
 const MIN_SCRUBBED_KEY: usize = 8;
 
-/// `value` with every run of the key replaced in every string in it.
-fn without_secret_in_json(value: serde_json::Value, secret: &Secret) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => Value::String(secret.scrub(&s).unwrap_or(s)),
-        Value::Array(items) => Value::Array(items.into_iter().map(|v| without_secret_in_json(v, secret)).collect()),
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, without_secret_in_json(v, secret))).collect()),
-        other => other,
-    }
+/// `value` with every run of the key replaced in every string in it (object keys too).
+fn without_secret_in_json(mut value: serde_json::Value, secret: &Secret) -> serde_json::Value {
+    crate::error::each_string(&mut value, &|text: &mut String| {
+        if let Some(clean) = secret.scrub(text) {
+            *text = clean;
+        }
+    });
+    value
 }
 
 /// A passed-through answer (`value`, parsed from `raw`) without the key: it may carry an error
@@ -636,14 +640,14 @@ impl Provider for OpenAiCompatible {
         if req.raw_prompt {
             let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| self.upstream(None, format!("unreadable text_completion: {e}")))?;
             if let Some(message) = error_answer(&value) {
-                return Err(Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), message)));
+                return Err(self.error_answered(message));
             }
             return serde_json::from_value(chat_of_completion(value, false)).map_err(|e| self.upstream(None, format!("unreadable text_completion: {e}")));
         }
         serde_json::from_slice(&body).map_err(|e| {
             // Not an answer: perhaps an error sent with 200, whose message says what went wrong.
             match serde_json::from_slice(&body).ok().as_ref().and_then(error_answer) {
-                Some(message) => Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), message)),
+                Some(message) => self.error_answered(message),
                 None => self.upstream(None, format!("unreadable chat.completion: {e}")),
             }
         })
@@ -761,13 +765,13 @@ impl OpenAiCompatible {
         let answer = self.answer_body(&model, &request_body, endpoint).await?;
         let value = serde_json::from_slice(&answer).map_err(|e| self.upstream(None, format!("unreadable {} answer: {e}", endpoint.path())))?;
         if let Some(message) = error_answer(&value) {
-            return Err(Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), message)));
+            return Err(self.error_answered(message));
         }
         // An embeddings answer is its vectors: without them (`{"detail": "Not Found"}` from a
         // server with no such route) it is no answer, whatever the status said.
         if endpoint == Endpoint::Embeddings && !value.get("data").is_some_and(serde_json::Value::is_array) {
             let said = error_detail_of(&value).map_or_else(|| "an embeddings answer without data".to_owned(), |detail| detail.message);
-            return Err(Self::scrubbed(self.secret.as_ref(), self.upstream(Some(200), said)));
+            return Err(self.error_answered(said));
         }
         Ok(without_echoed_secret(value, &answer, self.secret.as_deref()))
     }

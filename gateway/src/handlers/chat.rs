@@ -773,7 +773,7 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 /// The names of the headers this module writes, validated at compile time rather than on every
 /// answer.
-mod header {
+pub(crate) mod header {
     use axum::http::HeaderName;
     pub const RATELIMIT_LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
     pub const RATELIMIT_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");

@@ -14,9 +14,6 @@ use axum::body::Body;
 
 use crate::error::ApiError;
 
-/// Reads the whole body, refusing more than `limit` bytes with 413 and a body that takes longer
-/// than `timeout` to arrive with 408. A declared `Content-Length` over `limit` is refused at once,
-/// before any of the body is waited for.
 /// How long a streamed answer may stay silent before a comment line (`: keep-alive`, which
 /// clients skip) is written: a provider that sends nothing for a while (a reasoning model
 /// thinking) would otherwise leave the connection idle long enough for proxies and load
@@ -34,6 +31,9 @@ where
     axum::response::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::new().interval(STREAM_KEEP_ALIVE).text("keep-alive")).into_response()
 }
 
+/// Reads the whole body, refusing more than `limit` bytes with 413 and a body that takes longer
+/// than `timeout` to arrive with 408. A declared `Content-Length` over `limit` is refused at once,
+/// before any of the body is waited for.
 pub async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<bytes::Bytes, ApiError> {
     if usize::try_from(axum::body::HttpBody::size_hint(&body).lower()).map_or(true, |declared| declared > limit) {
         return Err(ApiError::TooLarge { limit });
