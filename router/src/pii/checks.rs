@@ -248,6 +248,36 @@ pub fn isbn(s: &str) -> bool {
     }
 }
 
+/// A value written after a secret's name (`password: …`), or a bearer token: a password-like
+/// string, not code or a placeholder. Code and templates are left (`get_password()`,
+/// `os.environ["…"]`, `${DB_PASSWORD}`, `<your-token>`, `********`), and so are plain words
+/// (`secret: unlocking`, `self.password`): the value must mix letters and digits, or have three
+/// of lower case, upper case, digits and symbols.
+pub fn named_secret(value: &str, _: &str) -> bool {
+    if value.contains(['(', ')', '[', ']', '{', '}', '<', '>']) || value.starts_with(['$', '%', '*', '&', '@', '#', '/', '~']) || all_one_character(value) {
+        return false;
+    }
+    let lower = value.bytes().any(|b| b.is_ascii_lowercase());
+    let upper = value.bytes().any(|b| b.is_ascii_uppercase());
+    let digit = value.bytes().any(|b| b.is_ascii_digit());
+    let other = value.bytes().any(|b| !b.is_ascii_alphanumeric());
+    ((lower || upper) && digit) || [lower, upper, digit, other].iter().filter(|&&c| c).count() >= 3
+}
+
+/// The `user:password` of a URL: a password that is not a placeholder (`user:password@`,
+/// `user:pass@`, `${PASSWORD}`, `<password>`, `****`).
+pub fn url_password(user_info: &str, _: &str) -> bool {
+    let Some((_, password)) = user_info.split_once(':') else { return false };
+    let placeholder = ["password", "pass", "passwd", "pwd", "secret", "pw"].iter().any(|p| password.eq_ignore_ascii_case(p));
+    !placeholder && !password.starts_with(['$', '<', '{', '*', '%', '[']) && !all_one_character(password)
+}
+
+/// `xxxxxx`, `******`: a mask, not a value.
+fn all_one_character(value: &str) -> bool {
+    let mut chars = value.chars();
+    chars.next().is_none_or(|first| chars.all(|c| c == first))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,3 +353,4 @@ mod tests {
         assert!(!isbn("978-3-16-148410-1"));
     }
 }
+

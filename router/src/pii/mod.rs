@@ -38,7 +38,8 @@ pub enum PiiKind {
     EsNie,
     /// IPv4 or IPv6 address.
     IpAddress,
-    /// API keys, access keys, private-key headers, JWTs.
+    /// API keys, access keys, private-key headers, JWTs; a password or token written after its
+    /// name (`password: …`, `DB_PASSWORD=…`, `Authorization: Bearer …`) or in a URL (`user:pass@`).
     Secret,
     /// Content that could not be scanned (images, files, audio): treated as PII (fail closed).
     Unscannable,
@@ -94,6 +95,12 @@ enum Shape {
     DigitGroups,
     /// An IBAN: exactly the registered length for its country, spaces not counted.
     Iban,
+    /// A value written after its name and a `:`/`=` or a space (`password: …`, `"token": "…"`,
+    /// `Bearer …`): the value alone, from the regex's last character over [`secret_char`]s,
+    /// `min` to `max` of them (a longer run is cut at `max`).
+    Labelled { min: usize, max: usize },
+    /// A URL's `://user:password@`: the user and password alone.
+    UserInfo,
 }
 
 /// A candidate's check: its text, and the text just before it (up to [`CONTEXT_BYTES`]).
@@ -140,7 +147,15 @@ static PATTERNS: &[Pattern] = &[
     pat(PiiKind::Secret, r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}", any, Shape::Exact, false),
     pat(PiiKind::Secret, r"sk-[A-Za-z0-9_-]{20,}", any, Shape::Exact, false),
     pat(PiiKind::Secret, r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}", any, Shape::Exact, false),
-    pat(PiiKind::Secret, r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})", any, Shape::Exact, false),
+    pat(PiiKind::Secret, r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|[rs]k_live_[0-9A-Za-z]{20,})", any, Shape::Exact, false),
+    // Named secrets (`password: …`, `DB_PASSWORD=…`, `"api_key": "…"`, `aws_secret_access_key = …`,
+    // `Bearer …`) and a URL's `user:password@`: each regex starts at the name (or `://`) with no
+    // run of word characters before it, and the named ones end at the value's first character,
+    // the shape finding the rest. A leading `[A-Za-z]*`, a counted repetition or a Unicode class
+    // in the shared automaton made every scan four times slower.
+    pat(PiiKind::Secret, concat!(r"(?i-u:pass(?:word|wd|phrase)|pwd|secret(?:[_-]?key)?|token|api[_-]?key|access[_-]?key|private[_-]?key)", r#"["']?[ \t]*[:=][ \t]*["']?[!#-%(-+\--:<-_a-~]"#), checks::named_secret, Shape::Labelled { min: 6, max: 128 }, false),
+    pat(PiiKind::Secret, r"(?i-u:bearer)[ \t]+[!#-%(-+\--:<-_a-~]", checks::named_secret, Shape::Labelled { min: 16, max: 512 }, false),
+    pat(PiiKind::Secret, r"://[A-Za-z0-9._~%!$&'()*+,;=-]+:[A-Za-z0-9._~%!$&'()*+,;=:-]+@", checks::url_password, Shape::UserInfo, false),
     // An apostrophe may sit inside a local part (`mary.o'connor@…`), not at its start.
     pat(PiiKind::Email, r"[\p{L}\p{N}._%+-][\p{L}\p{N}._%+'-]{0,63}@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.[A-Za-z]{2,}", any, Shape::Exact, false),
     pat(PiiKind::Iban, r"[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,32}", |s, _| checks::iban(s), Shape::Iban, false),
@@ -173,7 +188,7 @@ impl PiiScanner {
         // cache keeps the multi-pattern automaton from being rebuilt mid-scan.
         let build = |patterns: &[&str]| {
             Regex::builder()
-                .configure(Regex::config().which_captures(WhichCaptures::Implicit).hybrid_cache_capacity(8 << 20))
+                .configure(Regex::config().which_captures(WhichCaptures::Implicit).hybrid_cache_capacity(16 << 20))
                 .build_many(patterns)
                 .expect("PII patterns compile")
         };
@@ -234,7 +249,9 @@ impl PiiScanner {
     fn accept(text: &str, pid: PatternID, start: usize, end: usize) -> Option<PiiSpan> {
         let p = &PATTERNS[pid.as_usize()];
         let strong = stands_alone(p.kind);
-        if glued_left(text, start, Some(&text[start..end]), p.numeric, p.address, strong) {
+        // A secret's name may be glued to a word (`DB_PASSWORD`, `https://`): only its value is a finding.
+        let named = matches!(p.shape, Shape::Labelled { .. } | Shape::UserInfo);
+        if !named && glued_left(text, start, Some(&text[start..end]), p.numeric, p.address, strong) {
             return None;
         }
         let mut from = start.saturating_sub(CONTEXT_BYTES);
@@ -244,6 +261,17 @@ impl PiiScanner {
         let before = &text[from..start];
         let fits = |end: usize| !glued_right(text, end, &text[start..end], p.numeric, p.address, strong) && (p.check)(&text[start..end], before);
         let end = match p.shape {
+            // The regex delimits the value; only it is the secret (the name stays readable).
+            Shape::Labelled { min, max } => {
+                let from = end - 1;
+                let to = from + text.as_bytes()[from..].iter().take(max).take_while(|&&b| secret_char(b)).count();
+                return (to - from >= min && (p.check)(&text[from..to], before)).then_some(PiiSpan { kind: p.kind, start: from, end: to });
+            }
+            Shape::UserInfo => {
+                let from = start + "://".len();
+                let to = end - 1;
+                return (from < to && (p.check)(&text[from..to], before)).then_some(PiiSpan { kind: p.kind, start: from, end: to });
+            }
             Shape::Exact => fits(end).then_some(end)?,
             Shape::DigitGroups => {
                 // Longest first: the regex is greedy and may have run into a following number.
@@ -359,6 +387,12 @@ fn glued_right(text: &str, end: usize, candidate: &str, numeric: bool, address: 
         Some('@') => true,
         _ => false,
     }
+}
+
+/// A character of a named secret's value: printable ASCII but for quotes, `` ` ``, `,`, `;` and
+/// `&` (which end a value in JSON, code, a CSV row or a query string).
+fn secret_char(b: u8) -> bool {
+    b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'`' | b',' | b';' | b'&')
 }
 
 /// More digits than a card (19) or an international phone number with its extension can have.

@@ -226,3 +226,48 @@ fn values_after_a_numeric_csv_field_are_found_and_decimals_are_not_phones() {
         assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Phone), "{text}: {:?}", kinds(text));
     }
 }
+
+#[test]
+fn a_secret_written_after_its_name_is_found_without_the_name() {
+    let cases = [
+        ("password: hunter2", "hunter2"),
+        ("DB_PASSWORD=s3cr3tPass", "s3cr3tPass"),
+        (r#"{"api_key": "a1b2c3d4e5f6"}"#, "a1b2c3d4e5f6"),
+        ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+        ("export GITLAB_TOKEN='glpat-Xy12abCD34efGH56'", "glpat-Xy12abCD34efGH56"),
+        ("callback https://app.example/cb?token=9f8e7d6c5b4a&x=1", "9f8e7d6c5b4a"),
+        ("Authorization: Bearer ya29.a0AfH6SMBx3kq7Zp0QvL2", "ya29.a0AfH6SMBx3kq7Zp0QvL2"),
+        ("client_secret: P@ss-Word!", "P@ss-Word!"),
+        ("stripe sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+    ];
+    for (text, value) in cases {
+        assert_eq!(kinds(text), vec![(PiiKind::Secret, value)], "{text}");
+    }
+}
+
+#[test]
+fn a_url_password_is_found_with_its_user_and_the_host_is_kept() {
+    let text = "DATABASE_URL=postgres://app:Zq9!x2@db.internal:5432/prod";
+    assert_eq!(kinds(text), vec![(PiiKind::Secret, "app:Zq9!x2")]);
+    assert_eq!(kinds("amqp://guest:guest@localhost:5672/"), vec![(PiiKind::Secret, "guest:guest")]);
+}
+
+#[test]
+fn code_placeholders_and_words_after_a_secret_name_are_not_secrets() {
+    for text in [
+        "password = get_password()",
+        r#"token = os.environ["API_TOKEN"]"#,
+        "password: ${DB_PASSWORD}",
+        "api_key: <your-api-key>",
+        "password: ********",
+        "secret: unlocking potential",
+        "password = self.password",
+        "max_tokens=256 and token_count: 1500",
+        "pwd: /home/alice",
+        "postgres://user:password@localhost/db",
+        "https://user:${PASS}@example.org/",
+        "http://localhost:8080/path?page=2",
+    ] {
+        assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Secret), "{text}: {:?}", kinds(text));
+    }
+}
