@@ -613,7 +613,11 @@ impl GatewayConfig {
         problems.extend(store_problems(&raw).into_iter().map(|p| format!("{file}: {p}")));
         let topology = topology_of(&raw.server, raw.local.as_ref(), &raw.providers);
         if let Some(baseline) = raw.metrics.as_ref().and_then(|m| m.baseline_model.as_ref()) {
-            if !target_exists(&raw.providers, raw.local.as_ref(), baseline) {
+            if baseline == "local" || baseline.starts_with("local/") {
+                // Savings are what a paid model would have cost minus what was paid: against the
+                // local engine they are always 0.
+                problems.push(format!("{file}: metrics.baseline_model: {baseline:?} is the local engine; name the paid model savings are measured against (e.g. \"openai/gpt-4o\")"));
+            } else if !target_exists(&raw.providers, raw.local.as_ref(), baseline) {
                 problems.push(format!("{file}: metrics.baseline_model: target {baseline:?} is not configured"));
             }
         }
@@ -791,6 +795,17 @@ mod tests {
         assert_eq!(ok.listen.to_string(), "127.0.0.1:4322");
         let err = GatewayConfig::load(&cfg, Some("nonsense")).unwrap_err().to_string();
         assert!(err.contains("SWITCHYARD_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn the_local_engine_is_no_savings_baseline() {
+        let dir = tempdir();
+        let p = policy(&dir, "local");
+        for baseline in ["local", "local/local-small"] {
+            let text = format!("[policy]\nfile = \"{p}\"\n[local]\nmodel = \"m.gguf\"\n[metrics]\nbaseline_model = \"{baseline}\"\n");
+            let err = GatewayConfig::load(&write(&dir, "g.toml", &text), None).unwrap_err().to_string();
+            assert!(err.contains("metrics.baseline_model") && err.contains("is the local engine"), "{err}");
+        }
     }
 
     #[test]

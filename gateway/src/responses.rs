@@ -513,6 +513,7 @@ pub fn to_chat(req: &ResponsesRequest, history: &[ChatMessage], input: &[ChatMes
         tool_choice,
         response_format,
         raw_prompt: false,
+        output_cap: None,
         extra,
     })
 }
@@ -657,6 +658,11 @@ pub fn output_items(envelope: &Envelope, answer: &ChatResponse) -> (Vec<Value>, 
     // An answer cut short leaves its items `incomplete`, as the API marks them.
     let status = if incomplete.is_some() { "incomplete" } else { "completed" };
     let mut items = Vec::new();
+    // A reasoning model's thinking (vLLM, llama-server, SGLang: `reasoning_content` or
+    // `reasoning`) is its reasoning item, before the answer, as the API gives it.
+    if let Some(thinking) = reasoning_of(&choice.message.extra) {
+        items.push(reasoning_item(&envelope.id, 0, thinking, status));
+    }
     let mut content = Vec::new();
     if let Some(text) = choice.message.content.as_deref().filter(|t| !t.is_empty()) {
         content.push(text_part(text, logprob_entries(choice.logprobs.as_ref())));
@@ -678,6 +684,26 @@ pub fn output_items(envelope: &Envelope, answer: &ChatResponse) -> (Vec<Value>, 
         }
     }
     (items, incomplete)
+}
+
+/// The thinking a chat message or delta carries: `reasoning_content` (`DeepSeek`, vLLM before
+/// 0.10, `SGLang`) or `reasoning` (vLLM, llama-server, `OpenRouter`).
+fn reasoning_of(extra: &Map<String, Value>) -> Option<&str> {
+    ["reasoning_content", "reasoning"].iter().find_map(|k| extra.get(*k).and_then(Value::as_str).filter(|t| !t.is_empty()))
+}
+
+/// A `reasoning` output item with its text as one `reasoning_text` part (none while in progress).
+fn reasoning_item(response_id: &str, index: usize, text: &str, status: &str) -> Value {
+    let content = if status == "in_progress" { Vec::new() } else { vec![reasoning_part(text)] };
+    json!({"id": reasoning_id(response_id, index), "type": "reasoning", "status": status, "summary": [], "content": content})
+}
+
+fn reasoning_part(text: &str) -> Value {
+    json!({"type": "reasoning_text", "text": text})
+}
+
+fn reasoning_id(response_id: &str, index: usize) -> String {
+    format!("rs_{}_{index}", suffix(response_id))
 }
 
 fn message_item(response_id: &str, text: &str, logprobs: Vec<Value>, status: &str) -> Value {
@@ -775,6 +801,10 @@ pub struct EventWriter {
     message: Option<MessageState>,
     /// Chat tool-call index → index in `output` of its function call.
     calls: Vec<(u64, usize)>,
+    /// The reasoning item being streamed: its place in `output` and its text so far.
+    reasoning: Option<(usize, String)>,
+    /// Reasoning items opened so far (their ids are numbered).
+    reasoning_items: usize,
     /// Index in `output` of the item still open.
     open: Option<usize>,
     finish_reason: Option<String>,
@@ -810,7 +840,7 @@ pub type Event = (&'static str, Value);
 impl EventWriter {
     /// A writer for a response described by `envelope`.
     pub fn new(envelope: Envelope) -> Self {
-        Self { envelope, sequence: 0, output: Vec::new(), message: None, calls: Vec::new(), open: None, finish_reason: None, usage: None }
+        Self { envelope, sequence: 0, output: Vec::new(), message: None, calls: Vec::new(), reasoning: None, reasoning_items: 0, open: None, finish_reason: None, usage: None }
     }
 
     fn event(&mut self, kind: &'static str, mut body: Value) -> Event {
@@ -841,6 +871,9 @@ impl EventWriter {
             self.usage.clone_from(&chunk.usage);
         }
         for choice in chunk.choices.iter().filter(|c| c.index == 0) {
+            if let Some(delta) = reasoning_of(&choice.delta.extra) {
+                self.reasoning_delta(delta, &mut events);
+            }
             if let Some(delta) = choice.delta.content.as_deref().filter(|d| !d.is_empty()) {
                 self.message_delta(false, delta, &logprob_entries(choice.logprobs.as_ref()), &mut events);
             }
@@ -857,6 +890,32 @@ impl EventWriter {
             }
         }
         events
+    }
+
+    /// A piece of the model's thinking: opens a reasoning item and its `reasoning_text` part
+    /// unless one is open (thinking after the answer began is an item of its own).
+    fn reasoning_delta(&mut self, delta: &str, events: &mut Vec<Event>) {
+        let open = self.reasoning.as_ref().map(|(at, _)| *at).filter(|at| self.open == Some(*at));
+        let at = if let Some(at) = open {
+            at
+        } else {
+            self.close_open(events, "completed");
+            let at = self.output.len();
+            let item = reasoning_item(&self.envelope.id, self.reasoning_items, "", "in_progress");
+            self.reasoning_items += 1;
+            self.output.push(item.clone());
+            self.reasoning = Some((at, String::new()));
+            self.open = Some(at);
+            let item_id = item["id"].clone();
+            events.push(self.event("response.output_item.added", json!({"output_index": at, "item": item})));
+            events.push(self.event("response.content_part.added", json!({"item_id": item_id, "output_index": at, "content_index": 0, "part": reasoning_part("")})));
+            at
+        };
+        if let Some((_, text)) = self.reasoning.as_mut() {
+            text.push_str(delta);
+        }
+        let item_id = self.output[at]["id"].clone();
+        events.push(self.event("response.reasoning_text.delta", json!({"item_id": item_id, "output_index": at, "content_index": 0, "delta": delta})));
     }
 
     /// A piece of the message's text (or of its refusal): opens the message, and the part, if
@@ -941,6 +1000,12 @@ impl EventWriter {
                 events.push(self.event("response.content_part.done", json!({"item_id": item_id, "output_index": at, "content_index": index, "part": part})));
             }
             self.output[at] = message_with(&self.envelope.id, &content, item_status);
+        } else if self.output[at]["type"] == "reasoning" {
+            let text = self.reasoning.as_ref().map(|(_, text)| text.clone()).unwrap_or_default();
+            events.push(self.event("response.reasoning_text.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "text": text})));
+            events.push(self.event("response.content_part.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "part": reasoning_part(&text)})));
+            self.output[at]["status"] = json!(item_status);
+            self.output[at]["content"] = json!([reasoning_part(&text)]);
         } else {
             let arguments = self.output[at]["arguments"].clone();
             let name = self.output[at]["name"].clone();
@@ -1168,6 +1233,46 @@ mod tests {
         let body = err.body();
         assert_eq!(body.error.param.as_deref(), Some("max_output_tokens"));
         assert_eq!(body.error.message, "Invalid 'max_output_tokens': 0. Expected a value of at least 1.");
+    }
+
+    #[test]
+    fn a_chat_providers_thinking_is_a_reasoning_item_before_the_answer() {
+        let req = request(json!({"model": "auto", "input": "x"}));
+        for key in ["reasoning_content", "reasoning"] {
+            let answer: ChatResponse = serde_json::from_value(json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "4", key: "2 and 2 make 4"}}]})).unwrap();
+            let response = from_chat(&mut Envelope::new(&req, "resp_1".into(), 5), &answer);
+            let output = response["output"].as_array().unwrap();
+            assert_eq!(output.len(), 2, "{response}");
+            assert_eq!(output[0], json!({"id": "rs_1_0", "type": "reasoning", "status": "completed", "summary": [],
+                "content": [{"type": "reasoning_text", "text": "2 and 2 make 4"}]}));
+            assert_eq!(output[1]["content"][0]["text"], "4");
+        }
+    }
+
+    #[test]
+    fn streamed_thinking_is_a_reasoning_item_finished_before_the_message() {
+        let req = request(json!({"model": "auto", "input": "x"}));
+        let mut writer = EventWriter::new(Envelope::new(&req, "resp_1".into(), 5));
+        let mut events = writer.start();
+        events.extend(writer.chunk(&chunk(json!({"role": "assistant", "reasoning_content": "2 and 2"}), None)));
+        events.extend(writer.chunk(&chunk(json!({"reasoning": " make 4"}), None)));
+        events.extend(writer.chunk(&chunk(json!({"content": "4"}), Some("stop"))));
+        let (end, response) = writer.finish();
+        events.extend(end);
+        let kinds: Vec<_> = events.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [
+            "response.created", "response.in_progress",
+            "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta", "response.reasoning_text.delta",
+            "response.reasoning_text.done", "response.content_part.done", "response.output_item.done",
+            "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+            "response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed",
+        ]);
+        assert_eq!(events[6].1["text"], "2 and 2 make 4");
+        assert_eq!(events[8].1["item"]["content"], json!([{"type": "reasoning_text", "text": "2 and 2 make 4"}]));
+        assert_eq!(response["output"][0]["type"], "reasoning");
+        assert_eq!(response["output"][0]["status"], "completed");
+        assert_eq!(response["output"][1]["content"][0]["text"], "4");
     }
 
     #[test]

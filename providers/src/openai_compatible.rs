@@ -4,6 +4,7 @@
 //! unbuffered: each upstream SSE event becomes a chunk as it arrives.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,12 @@ pub struct OpenAiCompatible {
     /// The API key, to take out of the provider's error messages should it echo it (only keys
     /// long enough that replacing them cannot mangle ordinary text).
     secret: Option<Arc<Secret>>,
+    /// The server refused a stream's `stream_options` once (a strict server: TGI, a `FastAPI` app
+    /// forbidding extra fields): later streams go without it, their usage estimated.
+    refuses_stream_options: AtomicBool,
+    /// A request's `output_cap` goes out as `max_completion_tokens` (`OpenAI`, Azure from
+    /// 2024-09-01: its reasoning models refuse `max_tokens`), else as `max_tokens`.
+    caps_completion_tokens: bool,
 }
 
 impl std::fmt::Debug for OpenAiCompatible {
@@ -110,7 +117,22 @@ impl OpenAiCompatible {
             .collect();
         let headers = request_headers(config.kind, api_key);
         let secret = api_key.map(str::trim).filter(|k| k.len() >= MIN_SCRUBBED_KEY).and_then(Secret::new).map(Arc::new);
-        Self { name: config.name.clone(), dialect, chat_urls, headers, client, timeout_ms: config.timeout_ms, retry: config.retry_policy(), secret }
+        Self {
+            name: config.name.clone(),
+            dialect,
+            chat_urls,
+            headers,
+            client,
+            timeout_ms: config.timeout_ms,
+            retry: config.retry_policy(),
+            secret,
+            refuses_stream_options: AtomicBool::new(false),
+            caps_completion_tokens: match config.kind {
+                ProviderKind::Openai => true,
+                ProviderKind::Azure => azure_from_2024_09(config.api_version.as_deref().unwrap_or_default()),
+                _ => false,
+            },
+        }
     }
 
     fn timeout(&self) -> ProviderError {
@@ -128,6 +150,14 @@ impl OpenAiCompatible {
 
     /// The body to send for `req` in this provider's dialect, serialised once for every attempt.
     fn body(&self, req: &ChatRequest) -> Result<bytes::Bytes, ProviderError> {
+        let capped;
+        let req = match req.output_cap.filter(|_| req.max_output_tokens().is_none()) {
+            Some(cap) => {
+                capped = self.with_output_limit(req, cap);
+                &capped
+            }
+            None => req,
+        };
         let encoded = match &self.dialect {
             Dialect::Anthropic { .. } if req.raw_prompt => {
                 return Err(ProviderError::InvalidRequest { message: format!("provider {:?} (Anthropic) has no legacy completions endpoint; use chat completions", self.name), param: Some("model".into()) });
@@ -141,6 +171,17 @@ impl OpenAiCompatible {
         encoded
             .map(bytes::Bytes::from)
             .map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })
+    }
+
+    /// `req` with `cap` as its output-token limit, in the field this provider reads.
+    fn with_output_limit(&self, req: &ChatRequest, cap: u32) -> ChatRequest {
+        let mut capped = req.clone();
+        if self.caps_completion_tokens {
+            capped.max_completion_tokens = Some(cap);
+        } else {
+            capped.max_tokens = Some(cap);
+        }
+        capped
     }
 
     /// Where a request for `model` to `endpoint` goes (`lease`: the pooled endpoint chosen).
@@ -371,9 +412,17 @@ impl OpenAiCompatible {
     }
 }
 
-/// Whether an Azure `api-version` (`2024-10-21`, `2024-09-01-preview`) takes `stream_options`
-/// (from 2024-09-01 on; a version not written as a date is assumed recent).
-fn azure_takes_stream_options(api_version: &str) -> bool {
+/// Whether `err` is a server's refusal of the `stream_options` field (400 or `FastAPI`'s 422,
+/// naming it as the parameter or in its message).
+fn names_stream_options(err: &ProviderError) -> bool {
+    matches!(err, ProviderError::Rejected { status: 400 | 422, body, .. }
+        if body.error.param.as_deref() == Some("stream_options") || body.error.message.contains("stream_options"))
+}
+
+/// Whether an Azure `api-version` (`2024-10-21`, `2024-09-01-preview`) is from 2024-09-01 on,
+/// when `stream_options` and `max_completion_tokens` came (a version not written as a date is
+/// assumed recent).
+fn azure_from_2024_09(api_version: &str) -> bool {
     let date = api_version.get(..10).filter(|d| d.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() }));
     date.is_none_or(|d| d >= "2024-09-01")
 }
@@ -658,8 +707,9 @@ impl Provider for OpenAiCompatible {
         // Always ask for usage so the cost is exact; the gateway passes the usage chunk on only
         // to clients that asked for it.
         // Azure API versions before 2024-09-01 refuse `stream_options` (even the client's own):
-        // usage is estimated there.
-        let refused = matches!(&self.dialect, Dialect::Azure { api_version, .. } if !azure_takes_stream_options(api_version));
+        // usage is estimated there, as for a server that refused it once.
+        let refused = matches!(&self.dialect, Dialect::Azure { api_version, .. } if !azure_from_2024_09(api_version))
+            || self.refuses_stream_options.load(Ordering::Relaxed);
         if refused {
             req.stream_options = None;
         } else {
@@ -668,7 +718,18 @@ impl Provider for OpenAiCompatible {
             req.stream_options = Some(options);
         }
         let request_body = self.body(&req)?;
-        let (first, rest) = self.with_retries(|| self.open_stream(&req.model, &request_body, Endpoint::of(&req))).await?;
+        let opened = self.with_retries(|| self.open_stream(&req.model, &request_body, Endpoint::of(&req))).await;
+        let (first, rest) = match opened {
+            Err(e) if req.stream_options.is_some() && names_stream_options(&e) => {
+                if !self.refuses_stream_options.swap(true, Ordering::Relaxed) {
+                    warn!(provider = %self.name, "the server refuses stream_options: its streams' usage is estimated from now on");
+                }
+                req.stream_options = None;
+                let request_body = self.body(&req)?;
+                self.with_retries(|| self.open_stream(&req.model, &request_body, Endpoint::of(&req))).await?
+            }
+            opened => opened?,
+        };
         let provider = self.name.clone();
         let events = stream::iter(first.into_iter().map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms)));
         let chunks = if let Dialect::Anthropic { .. } = self.dialect {
@@ -1022,9 +1083,9 @@ mod tests {
     }
 
     #[test]
-    fn azure_versions_before_2024_09_01_get_no_stream_options() {
+    fn azure_versions_before_2024_09_01_get_no_stream_options_nor_max_completion_tokens() {
         for (version, takes) in [("2024-10-21", true), ("2024-09-01-preview", true), ("2025-04-01-preview", true), ("2024-06-01", false), ("2024-02-15-preview", false), ("latest", true)] {
-            assert_eq!(azure_takes_stream_options(version), takes, "{version}");
+            assert_eq!(azure_from_2024_09(version), takes, "{version}");
         }
     }
 

@@ -52,6 +52,11 @@ pub struct ChatRequest {
     /// from or written to the wire.
     #[serde(skip)]
     pub raw_prompt: bool,
+    /// The output-token limit a provider is sent when the request sets none (a budgeted
+    /// tenant's `default_max_tokens`: what its reservation counted on). Never read from or
+    /// written to the wire; the local engine, never reserved for, ignores it.
+    #[serde(skip)]
+    pub output_cap: Option<u32>,
     /// Every other field, preserved.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

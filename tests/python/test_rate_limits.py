@@ -14,14 +14,16 @@ def limited(tmp_path_factory, fake_provider):
     rpm_key, rpm_hash = new_key("two-per-minute")
     tpm_key, tpm_hash = new_key("fifty-tokens")
     free_key, free_hash = new_key("unlimited")
+    early_key, early_hash = new_key("refused-early")
     extra = (
         fake_provider_section(fake_provider)
         + f'[[tenants]]\nname = "two-per-minute"\nkeys = ["{rpm_hash}"]\nrate_limit = {{ rpm = 2 }}\n'
         + f'[[tenants]]\nname = "fifty-tokens"\nkeys = ["{tpm_hash}"]\nrate_limit = {{ tpm = 50 }}\n'
         + f'[[tenants]]\nname = "unlimited"\nkeys = ["{free_hash}"]\n'
+        + f'[[tenants]]\nname = "refused-early"\nkeys = ["{early_hash}"]\nrate_limit = {{ rpm = 7, tpm = 1000 }}\n'
     )
     gw = Gateway(tmp_path_factory.mktemp("limits"), gateway_config(extra), '[[rule]]\nname = "default"\nroute = "local"\n')
-    gw.keys = {"rpm": rpm_key, "tpm": tpm_key, "free": free_key}
+    gw.keys = {"rpm": rpm_key, "tpm": tpm_key, "free": free_key, "early": early_key}
     yield gw
     gw.stop()
 
@@ -61,6 +63,34 @@ def test_tenants_without_limits_get_no_headers_and_are_not_limited(limited):
     for _ in range(4):
         r = ask(limited, limited.keys["free"])
         assert r.status_code == 200 and "x-ratelimit-limit-requests" not in r.headers
+
+
+UNKNOWN_MODEL = {
+    "chat/completions": {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]},
+    "completions": {"model": "no-such-model", "prompt": "x"},
+    "responses": {"model": "no-such-model", "input": "x"},
+    "embeddings": {"model": "no-such-model", "input": "x"},
+}
+
+
+@pytest.mark.parametrize("path", UNKNOWN_MODEL)
+def test_answers_refused_before_admission_carry_the_headers_and_take_nothing(limited, path):
+    # An unreadable body, an unknown model, a body over `max_body_bytes`: refused before the
+    # limits are asked, on every endpoint, yet "every answer to a tenant with limits" has them.
+    key = {"authorization": f"Bearer {limited.keys['early']}"}
+    refusals = [
+        (400, {"content": b"{not json", "headers": {**key, "content-type": "application/json"}}),
+        (404, {"json": UNKNOWN_MODEL[path], "headers": key}),
+        (413, {"content": b"x" * (4 * 1024 * 1024 + 1), "headers": {**key, "content-type": "application/json"}}),
+    ]
+    for status, request in refusals:
+        r = httpx.post(f"{limited.v1}/{path}", timeout=30, **request)
+        assert r.status_code == status, r.text
+        assert r.json()["error"]["message"]
+        assert r.headers["x-ratelimit-limit-requests"] == "7", (status, dict(r.headers))
+        assert r.headers["x-ratelimit-remaining-requests"] == "7", "a refusal takes nothing"
+        assert r.headers["x-ratelimit-limit-tokens"] == "1000"
+        assert r.headers["x-ratelimit-remaining-tokens"] == "1000"
 
 
 def test_a_refusal_before_admission_carries_the_headers_and_takes_nothing(tmp_path, fake_provider):

@@ -19,7 +19,7 @@ use router::{Decision, Redaction, TenantProfile};
 use tracing::{warn, Instrument};
 
 use crate::accounting::{estimate_tokens, PendingRecord};
-use crate::admission::{Admitted, Ticket};
+use crate::admission::{Admitted, Limiter, Ticket};
 use crate::budgets::usd_to_nanos;
 use crate::cache::{cache_key, replay_chunks, CacheKey, Cached, ResponseCache, StreamCollector};
 use crate::chat_request::parse_chat_request;
@@ -49,7 +49,7 @@ pub async fn chat_completions(
         serve_chat(&state, &ctx, &tenant, &headers, req, &mut exchange).await.map(render_chat)
     }
     .await;
-    exchange.finish(result)
+    exchange.finish(result).await
 }
 
 /// What the chat pipeline produced, before it is written in one API's shape (chat completions,
@@ -93,13 +93,16 @@ pub fn render_chat(served: Served) -> Response {
 pub struct Exchange {
     record: Option<PendingRecord>,
     rate: RateHeaders,
+    /// Whose standing an answer refused before admission reads.
+    tenant: String,
+    limiter: Arc<Limiter>,
 }
 
 impl Exchange {
     /// Opens the record for a request of `tenant`.
     pub fn new(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile) -> Self {
         let record = PendingRecord::new(Arc::clone(&state.ledger), Arc::clone(&state.pricer), &ctx.request_id, &tenant.name, ctx.started);
-        Self { record: Some(record), rate: RateHeaders::default() }
+        Self { record: Some(record), rate: RateHeaders::default(), tenant: tenant.name.clone(), limiter: Arc::clone(&state.limiter) }
     }
 
     /// The record of this request, until a stream takes it.
@@ -127,7 +130,7 @@ impl Exchange {
         remote_bound: bool,
         local_retry: bool,
     ) -> Result<bool, ApiError> {
-        let slot = self.in_flight_slot(state, tenant).await?;
+        let slot = in_flight_slot(state, tenant)?;
         let ticket = match self.limit(state, ctx, tenant, prompt_tokens, reserve_nusd, remote_bound).await? {
             Admitted::Yes(ticket) => ticket,
             Admitted::OverBudgetTryLocal { .. } if local_retry => return Ok(false),
@@ -135,22 +138,6 @@ impl Exchange {
         };
         self.settle_when_finished(state, ticket, slot);
         Ok(true)
-    }
-
-    /// One of the tenant's in-flight slots, held until the request ends; else 429, with the
-    /// rate-limit headers.
-    async fn in_flight_slot(&mut self, state: &AppState, tenant: &TenantProfile) -> Result<InFlightGuard, ApiError> {
-        match state.in_flight.enter(&tenant.name) {
-            Some(slot) => Ok(slot),
-            None => Err(self.refused_before_admission(state, tenant, ApiError::TooManyInFlight { limit: state.in_flight.limit() }).await),
-        }
-    }
-
-    /// `err`, for a request refused before its admission, with the tenant's standing read (taking
-    /// nothing) for the answer's rate-limit headers, as every answer to a limited tenant has them.
-    async fn refused_before_admission(&mut self, state: &AppState, tenant: &TenantProfile, err: ApiError) -> ApiError {
-        (self.rate.requests, self.rate.tokens) = state.limiter.standing(&tenant.name).await;
-        err
     }
 
     /// The limiter's one step for this request; the tenant's standing goes into the answer's
@@ -174,11 +161,16 @@ impl Exchange {
         }
     }
 
-    /// The response for `result`, with the error status recorded and the rate headers added.
-    pub fn finish(mut self, result: Result<Response, ApiError>) -> Response {
+    /// The response for `result`, with the error status recorded and the rate headers added: an
+    /// answer refused before admission (unreadable body, unknown model, too large) reads the
+    /// tenant's standing, taking nothing, as every answer to a limited tenant has them.
+    pub async fn finish(mut self, result: Result<Response, ApiError>) -> Response {
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
+                if self.rate.is_empty() {
+                    (self.rate.requests, self.rate.tokens) = self.limiter.standing(&self.tenant).await;
+                }
                 let mut response = err.into_response();
                 if let Some(record) = &mut self.record {
                     record.status(response.status().as_u16());
@@ -194,6 +186,12 @@ impl Exchange {
     }
 }
 
+/// One of the tenant's in-flight slots, held until the request ends; else 429 (the answer's
+/// rate-limit headers are read by [`Exchange::finish`]).
+fn in_flight_slot(state: &AppState, tenant: &TenantProfile) -> Result<InFlightGuard, ApiError> {
+    state.in_flight.enter(&tenant.name).ok_or_else(|| ApiError::TooManyInFlight { limit: state.in_flight.limit() })
+}
+
 /// A tenant's rate-limit standing after admission: `(limit, remaining)` per limit it has.
 #[derive(Debug, Default)]
 struct RateHeaders {
@@ -202,6 +200,10 @@ struct RateHeaders {
 }
 
 impl RateHeaders {
+    fn is_empty(&self) -> bool {
+        self.requests.is_none() && self.tokens.is_none()
+    }
+
     fn write(&self, headers: &mut HeaderMap) {
         if let Some((limit, remaining)) = self.requests {
             headers.insert(header::RATELIMIT_LIMIT_REQUESTS, HeaderValue::from(limit));
@@ -221,7 +223,7 @@ pub async fn serve_chat(
     ctx: &RequestCtx,
     tenant: &TenantProfile,
     headers: &HeaderMap,
-    req: ChatRequest,
+    mut req: ChatRequest,
     exchange: &mut Exchange,
 ) -> Result<Served, ApiError> {
     let prompt_chars = privacy::text_chars(&req);
@@ -236,7 +238,7 @@ pub async fn serve_chat(
     let mut local_ticket = track(&decision);
     if let Some(reason) = &decision.violation {
         let refusal = ApiError::PolicyViolation { reason: format!("rule {:?}: {reason}", decision.rule) };
-        return Err(exchange.refused_before_admission(state, tenant, refusal).await);
+        return Err(refusal);
     }
     let cache_key = state.cache.as_ref().and_then(|_| cache_key(&tenant.name, &caller_tags(headers), &req));
     // A hit serves only from a target this decision may use: once the policy routes the request
@@ -248,7 +250,7 @@ pub async fn serve_chat(
     // A hit spends nothing; otherwise the worst case over every target that may serve is held.
     let reserve = if cached.is_some() { 0 } else { worst_case_nusd(state, &req, &decision, prompt_tokens, &tenant.name) };
     let remote_bound = cached.is_none() && candidates(&decision).any(|t| !is_local(state, t));
-    let slot = exchange.in_flight_slot(state, tenant).await?;
+    let slot = in_flight_slot(state, tenant)?;
     let admitted = exchange.limit(state, ctx, tenant, prompt_tokens, reserve, remote_bound).await;
     // A spilled request the budget cannot cover stays local rather than being refused.
     let admitted = match admitted {
@@ -275,6 +277,11 @@ pub async fn serve_chat(
             }
         }
     };
+    // Without a limit of its own, a budgeted request is sent with the one its reservation counted
+    // on, so that the reservation is its worst case (the budget a cap, not an estimate).
+    if reserve > 0 {
+        req.output_cap = output_cap(state, &req, &tenant.name);
+    }
     if let Some(reason) = decision.spilled {
         state.metrics.spills.with_label_values(&[&decision.rule, reason.as_str()]).inc();
     }
@@ -377,6 +384,12 @@ pub(crate) fn worst_case_nusd(state: &AppState, req: &ChatRequest, decision: &De
     let Some(budget) = state.limiter.budget(tenant) else { return 0 };
     let per_choice = u64::from(req.max_output_tokens().unwrap_or(budget.default_max_tokens));
     most_on_a_remote_target(state, decision, &Usage::new(prompt_tokens, per_choice * u64::from(req.n.unwrap_or(1).max(1))))
+}
+
+/// The output limit a provider is sent for `req` of `tenant`: the budget's `default_max_tokens`
+/// when the tenant has a budget and the request sets no limit.
+pub(crate) fn output_cap(state: &AppState, req: &ChatRequest, tenant: &str) -> Option<u32> {
+    req.max_output_tokens().is_none().then(|| state.limiter.budget(tenant).map(|b| b.default_max_tokens)).flatten()
 }
 
 /// What `usage` costs on the dearest remote target among the decision's (local answers are never

@@ -116,6 +116,7 @@ fn to_chat(req: CompletionRequest) -> Result<ChatRequest, ApiError> {
         tool_choice: None,
         response_format: None,
         raw_prompt: true,
+        output_cap: None,
         extra: req.extra,
     };
     validate_chat_request(&chat)?;
@@ -147,7 +148,7 @@ pub async fn completions(
         Ok(http)
     }
     .await;
-    exchange.finish(result)
+    exchange.finish(result).await
 }
 
 /// A `text_completion`'s `usage`: the three counts.

@@ -22,7 +22,7 @@ use crate::chat_request::validate_chat_request;
 use crate::error::ApiError;
 use crate::accounting::{estimate_tokens, PendingRecord};
 use crate::dispatch::{caller_tags, count_upstream_error, plan, provider_for, worth_falling_back, TAGS_HEADER};
-use crate::handlers::chat::{candidates, most_on_a_remote_target, serve_admitted, serve_chat, set_route_headers, Exchange, ServedBody};
+use crate::handlers::chat::{candidates, most_on_a_remote_target, output_cap, serve_admitted, serve_chat, set_route_headers, Exchange, ServedBody};
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
 use crate::privacy;
@@ -63,7 +63,7 @@ pub async fn create(
         // Hosted tools (web search, file search…) only a provider that speaks the API can serve:
         // routed on the request without them, refused unless it is passed through.
         let hosted = responses::has_hosted_tools(&req) && state.any_speaks_responses();
-        let chat = if hosted { responses::to_chat(&responses::function_tools_only(&req), &history, &input)? } else { responses::to_chat(&req, &history, &input)? };
+        let mut chat = if hosted { responses::to_chat(&responses::function_tools_only(&req), &history, &input)? } else { responses::to_chat(&req, &history, &input)? };
         validate_chat_request(&chat)?;
         let mut turn = Keep { state: Arc::clone(&state), tenant: tenant.name.clone(), tags: tags.clone(), history, input };
         // The targets left when a passed-through request's own ones failed before answering.
@@ -102,7 +102,11 @@ pub async fn create(
         let mut envelope = Envelope::new(&req, format!("resp_{}", uuid::Uuid::new_v4().simple()), created_at);
         let keep = req.wants_store().then_some(turn);
         let served = match &fallback {
-            Some(rest) => serve_admitted(&state, &ctx, chat, rest, &mut exchange).await?,
+            Some(rest) => {
+                // Admitted by the passthrough, whose reservation counted on the budget's limit.
+                chat.output_cap = output_cap(&state, &chat, &tenant.name);
+                serve_admitted(&state, &ctx, chat, rest, &mut exchange).await?
+            }
             None => serve_chat(&state, &ctx, &tenant, &headers, chat, &mut exchange).await?,
         };
         let mut http = match served.body {
@@ -120,7 +124,7 @@ pub async fn create(
     }
     .await;
     // Checks made on the chat translation name the Responses fields the client sent.
-    exchange.finish(result.map_err(|e| e.with_params_renamed(responses::responses_param)))
+    exchange.finish(result.map_err(|e| e.with_params_renamed(responses::responses_param))).await
 }
 
 /// True when the decision lets a Responses request be passed through to its target as it is: a
@@ -167,7 +171,10 @@ async fn passthrough(
     if let Some(record) = exchange.record() {
         record.decided(decision, prompt_chars);
     }
-    let max_output = req.max_output_tokens.map_or(PASSTHROUGH_DEFAULT_MAX_OUTPUT, u64::from);
+    // A budgeted tenant's request without a limit is sent with the budget's `default_max_tokens`,
+    // which its reservation counts on (as on the chat path).
+    let budget_cap = req.max_output_tokens.is_none().then(|| state.limiter.budget(&tenant.name).map(|b| b.default_max_tokens)).flatten();
+    let max_output = req.max_output_tokens.or(budget_cap).map_or(PASSTHROUGH_DEFAULT_MAX_OUTPUT, u64::from);
     // The worst case over every target that may serve, as on the chat path.
     let reserve = most_on_a_remote_target(state, decision, &Usage::new(prompt_tokens, max_output));
     if !exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true, true).await? {
@@ -176,6 +183,9 @@ async fn passthrough(
     if let Value::Object(fields) = &mut body {
         fields.remove("previous_response_id");
         fields.insert("store".into(), Value::Bool(false));
+        if let Some(cap) = budget_cap {
+            fields.insert("max_output_tokens".into(), cap.into());
+        }
         if !turn.history.is_empty() {
             let mut items = responses::input_items(&turn.history);
             match fields.remove("input") {

@@ -16,6 +16,8 @@
 //!   text as its input), streamed three characters a piece (placeholders arrive split);
 //!   `tool-bare` does the same without reporting usage.
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
+//! - `strict`: like `echo`, but refuses `stream_options` as a `FastAPI` server forbidding extra
+//!   fields does (422 with pydantic's `{"detail": [{"type": "extra_forbidden", …}]}`).
 //! - `reasoner`: thinks first (400 characters of `reasoning_content`, in four chunks when streamed),
 //!   then answers `done`; it reports no usage.
 //! - `fail`: 500 with an `OpenAI` error body. `ratelimit`: 429 with `retry-after: 7`.
@@ -198,6 +200,19 @@ fn openai_problem(body: &Value) -> Option<(String, String)> {
     None
 }
 
+/// The answer refusing `body` as the real API would (400), or as `strict` refuses
+/// `stream_options` (`FastAPI`'s 422), if either does.
+fn refusal(body: &Value) -> Option<Response> {
+    if let Some((param, message)) = openai_problem(body) {
+        return Some((StatusCode::BAD_REQUEST, Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))).into_response());
+    }
+    if body["model"] == "strict" && body.get("stream_options").is_some() {
+        let detail = json!([{"type": "extra_forbidden", "loc": ["body", "stream_options"], "msg": "Extra inputs are not permitted", "input": body["stream_options"]}]);
+        return Some((StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"detail": detail}))).into_response());
+    }
+    None
+}
+
 async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value) -> Response {
     let fake = Arc::clone(fake);
     if !fake.forget.load(Relaxed) {
@@ -206,8 +221,8 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
             "client_request_id": header(headers, "x-client-request-id"),
         }));
     }
-    if let Some((param, message)) = openai_problem(body) {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))).into_response();
+    if let Some(refusal) = refusal(body) {
+        return refusal;
     }
     let queued = fake.faults.lock().expect("lock").pop_front();
     let fault = match queued.map_or_else(|| chaos_fault(&fake, body), |f| Ok(Some(f))) {
