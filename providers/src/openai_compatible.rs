@@ -429,10 +429,14 @@ fn azure_from_2024_09(api_version: &str) -> bool {
 
 /// The error a server speaking `OpenAI`'s API sent, whatever its shape: `OpenAI`'s
 /// `{"error":{"message","type","param","code"}}` (llama-server sends `code` as a number), vLLM's
-/// `{"object":"error","message",…}`, `{"error":"text"}`, or a framework's `{"detail":…}`; a short
+/// `{"object":"error","message",…}`, `{"error":"text"}`, or a framework's `{"detail":…}`, alone or
+/// as the first of a list (Google's Gemini API wraps its error in one: `[{"error": {…}}]`); a short
 /// plain-text body is its own message. `None` for a chunk or an HTML page.
 fn error_detail_of(value: &serde_json::Value) -> Option<ErrorDetail> {
     use serde_json::Value;
+    if let Value::Array(items) = value {
+        return items.first().filter(|first| first.is_object()).and_then(error_detail_of);
+    }
     let text = |v: Option<&Value>| match v? {
         Value::String(s) => Some(s.clone()),
         Value::Null => None,
@@ -1138,6 +1142,10 @@ mod tests {
         assert_eq!(message(br#"{"object":"error","message":"m3","type":"BadRequestError","param":null,"code":400}"#).as_deref(), Some("m3"));
         assert_eq!(message(br#"{"error":"m4"}"#).as_deref(), Some("m4"));
         assert_eq!(message(br#"{"detail":"m5"}"#).as_deref(), Some("m5"));
+        let gemini = br#"[{"error":{"code":400,"message":"m7","status":"INVALID_ARGUMENT"}}]"#;
+        assert_eq!(message(gemini).as_deref(), Some("m7"));
+        assert_eq!(error_body_of(gemini).unwrap().error.kind, "invalid_request_error");
+        assert_eq!(message(b"[1, 2]"), None);
         assert_eq!(message(b"  m6 \n").as_deref(), Some("m6"));
         assert_eq!(message(b"<html>502</html>"), None);
         assert_eq!(message(b""), None);

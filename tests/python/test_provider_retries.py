@@ -93,6 +93,9 @@ def test_a_spent_quota_is_not_retried_and_its_error_is_passed_on(gateway, fake_p
      "maximum context length is 2048"),
     ({"detail": [{"loc": ["body", "messages"], "msg": "field required"}]}, "field required"),
     ("model is not loaded yet", "model is not loaded yet"),
+    # Google's Gemini API (its OpenAI-compatible endpoint too) wraps the error in a list.
+    ([{"error": {"code": 400, "message": "Invalid JSON payload received. Unknown name \"foo\"", "status": "INVALID_ARGUMENT"}}],
+     "Unknown name"),
 ])
 def test_self_hosted_servers_error_shapes_reach_the_client(gateway, fake_provider, body, says):
     script(fake_provider, {"status": 400, "body": body})
