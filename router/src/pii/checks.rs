@@ -248,28 +248,88 @@ pub fn isbn(s: &str) -> bool {
     }
 }
 
-/// A value written after a secret's name (`password: …`), or a bearer token: a password-like
-/// string, not code or a placeholder. Code and templates are left (`get_password()`,
-/// `os.environ["…"]`, `${DB_PASSWORD}`, `<your-token>`, `********`), and so are plain words
-/// (`secret: unlocking`, `self.password`): the value must mix letters and digits, or have three
-/// of lower case, upper case, digits and symbols.
-pub fn named_secret(value: &str, _: &str) -> bool {
-    if value.contains(['(', ')', '[', ']', '{', '}', '<', '>']) || value.starts_with(['$', '%', '*', '&', '@', '#', '/', '~']) || all_one_character(value) {
+/// A value written after a secret's name (`name` is the text from the name to the value:
+/// `password: `, `Authorization: Bearer `): a password-like string, not code, a reference, a
+/// measure or a placeholder. Left: code and templates (`get_password()`, `os.environ["…"]`,
+/// `${DB_PASSWORD}`, `<your-token>`, `********`), references (`process.env.GITHUB_TOKEN`,
+/// `opts.Password`, `tok_ids2`, `:token`, `C:\…`, `env:…`, `arn:…`), measures and dates
+/// (`12.5ms`, `2024-05-01T…`), and plain words. After a password's name the value must mix
+/// letters and digits, have three of lower case, upper case, digits and symbols, or be a
+/// passphrase of 12 characters or more; after another name (token, secret, key, bearer) it must
+/// have 8 characters or more and mix letters and digits or have three of those classes.
+pub fn named_secret(value: &str, name: &str) -> bool {
+    let code = value.contains(['(', ')', '[', ']', '{', '}', '<', '>']) || value.contains(":\\") || value.starts_with(['$', '%', '*', '&', '@', '#', '/', '~', ':', '.']);
+    let reference = ["arn:", "env:", "file:", "ssm:", "vault:"].iter().any(|p| value.starts_with(p)) || dotted_path(value) || (value.contains('_') && identifier(value));
+    if code || reference || measure(value) || all_one_character(value) {
         return false;
     }
     let lower = value.bytes().any(|b| b.is_ascii_lowercase());
     let upper = value.bytes().any(|b| b.is_ascii_uppercase());
     let digit = value.bytes().any(|b| b.is_ascii_digit());
     let other = value.bytes().any(|b| !b.is_ascii_alphanumeric());
-    ((lower || upper) && digit) || [lower, upper, digit, other].iter().filter(|&&c| c).count() >= 3
+    let mixed = ((lower || upper) && digit) || [lower, upper, digit, other].iter().filter(|&&c| c).count() >= 3;
+    let password = name.to_ascii_lowercase().contains("pass") || name.to_ascii_lowercase().starts_with("pwd");
+    if password {
+        mixed || value.len() >= 12
+    } else {
+        mixed && value.len() >= 8
+    }
 }
 
-/// The `user:password` of a URL: a password that is not a placeholder (`user:password@`,
-/// `user:pass@`, `${PASSWORD}`, `<password>`, `****`).
+/// `Config.SECRET_V2`, `process.env.GITHUB_TOKEN`: identifiers joined by dots.
+fn dotted_path(value: &str) -> bool {
+    value.contains('.') && value.split('.').all(identifier)
+}
+
+/// A name in code: letters, `_` or `$`, then digits only at its end (`tok_ids2`, `SECRET_V2`).
+/// A token mixes its digits in (`a0AfH6SMBx3kq7`).
+fn identifier(part: &str) -> bool {
+    let name = part.trim_end_matches(|c: char| c.is_ascii_digit());
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'$')
+}
+
+/// `12.5ms`, `180ms.`, `2024-05-01T12:00:00Z`: a number with a unit, or a date.
+fn measure(value: &str) -> bool {
+    let value = value.trim_end_matches(['.', ',', ':']);
+    let number = value.trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == '%');
+    let unit = value.len() - number.len();
+    let is_number = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit() || b == b'.') && number.bytes().filter(|&b| b == b'.').count() <= 1;
+    let date = value.len() >= 10 && value.as_bytes()[..10].iter().enumerate().all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() });
+    (is_number && unit <= 3) || date
+}
+
+/// The `user:password` of a URL (the password may hold `@`): not a placeholder
+/// (`user:password@`, `user:pass@`, `your_redis_password`, `${PASSWORD}`, `<password>`, `****`)
+/// nor a development default whose password is its user name (`postgres:postgres`,
+/// `guest:guest`).
 pub fn url_password(user_info: &str, _: &str) -> bool {
-    let Some((_, password)) = user_info.split_once(':') else { return false };
-    let placeholder = ["password", "pass", "passwd", "pwd", "secret", "pw"].iter().any(|p| password.eq_ignore_ascii_case(p));
-    !placeholder && !password.starts_with(['$', '<', '{', '*', '%', '[']) && !all_one_character(password)
+    let Some((user, password)) = user_info.split_once(':') else { return false };
+    let lower = password.to_ascii_lowercase();
+    let placeholder = ["password", "pass", "passwd", "pwd", "secret", "pw"].contains(&lower.as_str()) || lower.starts_with("your") || lower.contains("password");
+    !placeholder && !password.eq_ignore_ascii_case(user) && !password.starts_with(['$', '<', '{', '*', '%', '[']) && !all_one_character(password)
+}
+
+/// A token with a fixed prefix (`hf_`, `glpat-`, `npm_`, `sk_test_`, `rk_test_`) of 20 characters
+/// or more whose body mixes two of lower case, upper case and digits (`sk_test_xxxx…` is a
+/// placeholder); or a Telegram bot token, `<8–10 digits>:AA…` (30–46 characters after the colon).
+pub fn prefixed_token(token: &str, _: &str) -> bool {
+    if let Some((bot, secret)) = token.split_once(':') {
+        return (8..=10).contains(&bot.len()) && bot.bytes().all(|b| b.is_ascii_digit()) && (30..=46).contains(&secret.len());
+    }
+    let body = token.trim_start_matches(|c: char| c.is_ascii_lowercase()).trim_start_matches(['_', '-']);
+    let body = body.strip_prefix("test_").unwrap_or(body);
+    let classes = [u8::is_ascii_lowercase, u8::is_ascii_uppercase, u8::is_ascii_digit].iter().filter(|class| body.bytes().any(|b| class(&b))).count();
+    token.len() >= 20 && classes >= 2 && !all_one_character(body)
+}
+
+/// An email address, unless it is a URL's `user:password@host` (a placeholder password the URL
+/// check refused: `https://user:pass@example.com`) or a git remote (`git@github.com:…`).
+pub fn email(address: &str, before: &str) -> bool {
+    let in_url = before.rfind("://").is_some_and(|i| {
+        let info = &before[i + 3..];
+        info.contains(':') && !info.contains(|c: char| c.is_whitespace() || c == '/')
+    });
+    !in_url && !address.starts_with("git@")
 }
 
 /// `xxxxxx`, `******`: a mask, not a value.

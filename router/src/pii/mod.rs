@@ -148,16 +148,21 @@ static PATTERNS: &[Pattern] = &[
     pat(PiiKind::Secret, r"sk-[A-Za-z0-9_-]{20,}", any, Shape::Exact, false),
     pat(PiiKind::Secret, r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}", any, Shape::Exact, false),
     pat(PiiKind::Secret, r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|[rs]k_live_[0-9A-Za-z]{20,})", any, Shape::Exact, false),
-    // Named secrets (`password: …`, `DB_PASSWORD=…`, `"api_key": "…"`, `aws_secret_access_key = …`,
-    // `Bearer …`) and a URL's `user:password@`: each regex starts at the name (or `://`) with no
-    // run of word characters before it, and the named ones end at the value's first character,
-    // the shape finding the rest. A leading `[A-Za-z]*`, a counted repetition or a Unicode class
-    // in the shared automaton made every scan four times slower.
-    pat(PiiKind::Secret, concat!(r"(?i-u:pass(?:word|wd|phrase)|pwd|secret(?:[_-]?key)?|token|api[_-]?key|access[_-]?key|private[_-]?key)", r#"["']?[ \t]*[:=][ \t]*["']?[!#-%(-+\--:<-_a-~]"#), checks::named_secret, Shape::Labelled { min: 6, max: 128 }, false),
+    // Tokens with a fixed prefix (Hugging Face, GitLab, npm, Stripe test keys, Telegram bots) and
+    // webhook URLs that carry their own secret.
+    pat(PiiKind::Secret, r"(?:hf_|glpat-|npm_|[rs]k_test_)[A-Za-z0-9_-]+|[0-9]+:AA[A-Za-z0-9_-]+", checks::prefixed_token, Shape::Exact, false),
+    pat(PiiKind::Secret, r"hooks\.slack\.com/services/[A-Za-z0-9/]+|discord(?:app)?\.com/api/webhooks/[0-9]+/[A-Za-z0-9_-]+", any, Shape::Exact, false),
+    // Named secrets (`password: …`, `DB_PASS=…`, `"api_key": "…"`, `aws_secret_access_key = …`,
+    // `Authorization: Basic …`, `Bearer …`) and a URL's `user:password@`: each regex starts at
+    // the name (or `://`) with no run of word characters before it, and the named ones end at the
+    // value's first character, the shape finding the rest. A leading `[A-Za-z]*`, a counted
+    // repetition or a Unicode class in the shared automaton made every scan four times slower.
+    pat(PiiKind::Secret, concat!(r"(?i-u:pass(?:word|wd|phrase)?|pwd|secret(?:[_-]?key(?:[_-]?base)?)?|token|api[_-]?key|access[_-]?key|private[_-]?key|app[_-]?key|encryption[_-]?key|account[_-]?key)", r#"["']?[ \t]*[:=][ \t]*["']?[!#-%(-+\--:<-_a-~]"#), checks::named_secret, Shape::Labelled { min: 6, max: 128 }, false),
+    pat(PiiKind::Secret, r#"(?i-u:authorization)["']?[ \t]*[:=][ \t]*["']?(?i-u:basic|token|bearer)[ \t]+[!#-%(-+\--:<-_a-~]"#, checks::named_secret, Shape::Labelled { min: 8, max: 512 }, false),
     pat(PiiKind::Secret, r"(?i-u:bearer)[ \t]+[!#-%(-+\--:<-_a-~]", checks::named_secret, Shape::Labelled { min: 16, max: 512 }, false),
-    pat(PiiKind::Secret, r"://[A-Za-z0-9._~%!$&'()*+,;=-]+:[A-Za-z0-9._~%!$&'()*+,;=:-]+@", checks::url_password, Shape::UserInfo, false),
+    pat(PiiKind::Secret, r"://[A-Za-z0-9._~%!$&'()*+,;=-]*:[A-Za-z0-9._~%!$&'()*+,;=:@-]+@", checks::url_password, Shape::UserInfo, false),
     // An apostrophe may sit inside a local part (`mary.o'connor@…`), not at its start.
-    pat(PiiKind::Email, r"[\p{L}\p{N}._%+-][\p{L}\p{N}._%+'-]{0,63}@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.[A-Za-z]{2,}", any, Shape::Exact, false),
+    pat(PiiKind::Email, r"[\p{L}\p{N}._%+-][\p{L}\p{N}._%+'-]{0,63}@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.[A-Za-z]{2,}", checks::email, Shape::Exact, false),
     pat(PiiKind::Iban, r"[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,32}", |s, _| checks::iban(s), Shape::Iban, false),
     pat(PiiKind::ItCodiceFiscale, r"[A-Z]{6}[0-9LMNPQRSTUV]{2}[A-EHLMPR-T][0-9LMNPQRSTUV]{2}[A-Z][0-9LMNPQRSTUV]{3}[A-Z]", |s, _| checks::it_codice_fiscale(s), Shape::Exact, false),
     pat(PiiKind::UkNino, r"[A-Z]{2} ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]", |s, _| checks::uk_nino(s), Shape::Exact, false),
@@ -263,9 +268,14 @@ impl PiiScanner {
         let end = match p.shape {
             // The regex delimits the value; only it is the secret (the name stays readable).
             Shape::Labelled { min, max } => {
+                // Checked on its first `max` characters (the name before it, for its check); once
+                // it passes, the whole run is the finding: a longer token must not leak its tail.
                 let from = end - 1;
-                let to = from + text.as_bytes()[from..].iter().take(max).take_while(|&&b| secret_char(b)).count();
-                return (to - from >= min && (p.check)(&text[from..to], before)).then_some(PiiSpan { kind: p.kind, start: from, end: to });
+                let run = |limit: usize| from + text.as_bytes()[from..].iter().take(limit).take_while(|&&b| secret_char(b)).count();
+                let head = run(max);
+                let named = &text[start..from];
+                let found = head - from >= min && (p.check)(&text[from..head], named);
+                return found.then(|| PiiSpan { kind: p.kind, start: from, end: if head - from < max { head } else { run(usize::MAX) } });
             }
             Shape::UserInfo => {
                 let from = start + "://".len();

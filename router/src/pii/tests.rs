@@ -249,7 +249,69 @@ fn a_secret_written_after_its_name_is_found_without_the_name() {
 fn a_url_password_is_found_with_its_user_and_the_host_is_kept() {
     let text = "DATABASE_URL=postgres://app:Zq9!x2@db.internal:5432/prod";
     assert_eq!(kinds(text), vec![(PiiKind::Secret, "app:Zq9!x2")]);
-    assert_eq!(kinds("amqp://guest:guest@localhost:5672/"), vec![(PiiKind::Secret, "guest:guest")]);
+    // A password holding `@`, and an empty user (Redis).
+    assert_eq!(kinds("postgres://app:p@ssw0rd@db.prod/x"), vec![(PiiKind::Secret, "app:p@ssw0rd")]);
+    assert_eq!(kinds("redis://:Xk9mQ2vLp7@cache.prod:6379"), vec![(PiiKind::Secret, ":Xk9mQ2vLp7")]);
+}
+
+#[test]
+fn a_long_named_token_is_found_whole() {
+    // Checked on its first characters, redacted to its end: a JWT or a session token longer
+    // than the check's window must not leak its tail.
+    let jwt = format!("eyJhbGciOiJSUzI1NiJ9.eyJ{}.sig{}", "a1B2".repeat(300), "Z9".repeat(50));
+    for text in [format!("Authorization: Bearer {jwt}"), format!("id_token: {jwt}"), format!("aws_session_token = IQoJ{}", "b3Kx".repeat(150))] {
+        let value = text.rsplit(' ').next().unwrap();
+        assert_eq!(kinds(&text), vec![(PiiKind::Secret, value)], "{}", &text[..40]);
+    }
+}
+
+#[test]
+fn more_secret_shapes_are_found() {
+    let cases = [
+        ("DB_PASS=Xk9mQ2vLp7", "Xk9mQ2vLp7"),
+        (r#"{"pass": "correcthorsebatterystaple"}"#, "correcthorsebatterystaple"),
+        ("Authorization: Basic YWRtaW46c2VjcmV0MTIz", "YWRtaW46c2VjcmV0MTIz"),
+        ("Authorization: Token 9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b", "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"),
+        ("SECRET_KEY_BASE=9f86d081884c7d659a2feaa0c55ad015", "9f86d081884c7d659a2feaa0c55ad015"),
+        ("login with hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"),
+        ("token glpat-Xy12abCD34efGH56ijKL", "glpat-Xy12abCD34efGH56ijKL"),
+        (r#"bot = Bot("6123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw")"#, "6123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"),
+        ("post to https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX now", "hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"),
+    ];
+    for (text, value) in cases {
+        assert_eq!(kinds(text), vec![(PiiKind::Secret, value)], "{text}");
+    }
+}
+
+#[test]
+fn references_measures_and_defaults_after_a_secret_name_are_not_secrets() {
+    for text in [
+        "const token = process.env.GITHUB_TOKEN;",
+        "password = opts.Password",
+        "val secret = BuildConfig.API_SECRET",
+        "token = tok_ids2",
+        "WHERE token = :token2",
+        "PWD=C:\\Users\\Bob\\repo",
+        "secret: arn:aws:secretsmanager:eu-west-1:123456789012:secret:db",
+        "per token: 12.5ms",
+        "refreshed token: 2024-05-01T12:00:00Z",
+        "secret: sha256",
+        "Password: Required",
+        "amqp://guest:guest@localhost:5672/",
+        "postgres://postgres:postgres@localhost/db",
+        "redis://default:your_redis_password@cache.example.com:6379",
+        "sk_test_xxxxxxxxxxxxxxxxxxxxxxxx",
+    ] {
+        assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Secret), "{text}: {:?}", kinds(text));
+    }
+}
+
+#[test]
+fn a_url_password_or_a_git_remote_is_not_an_email() {
+    for text in ["mongodb+srv://user:pass@cluster0.x.mongodb.net/db", "[docs](https://user:password@db.example.com)", "git clone git@github.com:acme/w.git"] {
+        assert_eq!(kinds(text), vec![], "{text}");
+    }
+    assert_eq!(kinds("see https://x.io/?email=jane@example.com"), vec![(PiiKind::Email, "jane@example.com")]);
 }
 
 #[test]
