@@ -209,8 +209,20 @@ pub fn es_nie(s: &str) -> bool {
 
 /// An IPv4 address in dotted quad form.
 pub fn ipv4(s: &str, before: &str) -> bool {
-    // 0.0.0.0 and 255.255.255.255 name no host; `Version 1.2.3.4` is a version.
-    s.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| !ip.is_unspecified() && !ip.is_broadcast()) && !after_version_word(before)
+    // 0.0.0.0 and 255.255.255.255 name no host, nor does a loopback address (127.0.0.1) anyone;
+    // one ending in `.0.0` is a network (`192.168.0.0/16`) or, far more often, a four-part
+    // version (`AssemblyVersion("1.0.0.0")`, `8.0.0.0`), as is one after `Version` or a pin's `==`.
+    let host = |ip: std::net::Ipv4Addr| !ip.is_unspecified() && !ip.is_broadcast() && !ip.is_loopback() && ip.octets()[2..] != [0, 0];
+    s.parse::<std::net::Ipv4Addr>().is_ok_and(host) && !after_version_word(before) && !before.ends_with("==")
+}
+
+/// An API key after its fixed prefix (`sk-…`, `AKIA…`): an `sk-` one with a digit
+/// (`sk-video-tools-extension-pack` is a package name; AWS key ids may have none), and no run of
+/// eight equal characters (`sk-xxxxxxxx…`,
+/// `AKIAXXXXXXXXXXXXXXXX` are placeholders).
+pub fn keyed(key: &str, _: &str) -> bool {
+    let masked = key.as_bytes().windows(8).any(|w| w.iter().all(|&b| b == w[0]));
+    (!key.starts_with("sk-") || key.bytes().any(|b| b.is_ascii_digit())) && !masked
 }
 
 /// True when the last word before a number (past spaces, `:`, `=`) names a version.

@@ -145,8 +145,8 @@ const fn any(_: &str, _: &str) -> bool {
 static PATTERNS: &[Pattern] = &[
     pat(PiiKind::Secret, r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY( BLOCK)?-----", any, Shape::Exact, false),
     pat(PiiKind::Secret, r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{8,}", any, Shape::Exact, false),
-    pat(PiiKind::Secret, r"sk-[A-Za-z0-9_-]{20,}", any, Shape::Exact, false),
-    pat(PiiKind::Secret, r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}", any, Shape::Exact, false),
+    pat(PiiKind::Secret, r"sk-[A-Za-z0-9_-]{20,}", checks::keyed, Shape::Exact, false),
+    pat(PiiKind::Secret, r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}", checks::keyed, Shape::Exact, false),
     pat(PiiKind::Secret, r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|[rs]k_live_[0-9A-Za-z]{20,})", any, Shape::Exact, false),
     // Tokens with a fixed prefix (Hugging Face, GitLab, npm, Stripe test keys, Telegram bots) and
     // webhook URLs that carry their own secret.

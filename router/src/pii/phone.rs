@@ -50,6 +50,10 @@ fn shaped_like_phone(number: &str, digits: &str, groups: &[&str]) -> bool {
         return true;
     }
     if groups.len() == 1 {
+        // The 32-bit limits (`INT_MAX is 2147483647`, `4294967295`) come up in code, not calls.
+        if ["2147483647", "2147483648", "4294967295", "4294967296"].contains(&digits) {
+            return false;
+        }
         // A bare run of digits: a national number with its trunk 0, an Italian mobile (3…), a
         // Spanish number (6…–9…, nine digits) or a North American one (NXX NXX XXXX).
         let d = digits.as_bytes();
@@ -70,8 +74,10 @@ fn shaped_like_phone(number: &str, digits: &str, groups: &[&str]) -> bool {
     if dotted && groups.iter().any(|g| !(2..=4).contains(&g.len())) {
         return false;
     }
-    // Four dotted groups of at most three digits are an IPv4 address's shape (`255.255.255.255`).
-    if dotted && groups.len() == 4 && groups.iter().all(|g| g.len() <= 3) {
+    // Four dotted groups of at most three digits are an IPv4 address's shape (`255.255.255.255`),
+    // also with a network's prefix length (`192.168.0.0/16`).
+    let quad = |ip: &str| ip.split('.').count() == 4 && ip.split('.').all(|g| (1..=3).contains(&g.len()) && g.bytes().all(|b| b.is_ascii_digit()));
+    if (dotted && groups.len() == 4 && groups.iter().all(|g| g.len() <= 3)) || number.split_once('/').is_some_and(|(ip, _)| quad(ip)) {
         return false;
     }
     groups.len() <= 6
@@ -160,7 +166,7 @@ mod tests {
 
     #[test]
     fn rejects_dates_isbns_and_short_numbers() {
-        for not_phone in ["2019 2020 2021", "1024 2048 4096", "8080 8081 8082", "98 87 76 65 54 43", "30 12 45 67 89", "15.03.2024", "2024-03-15", "03/15/2024", "978-3-16-148410-0", "0-306-40615-2", "1234", "4839201", "123456789", "119.0.1478.146", "3.14 3.14 3.14", "1.5 2.25 10.0 7.75"] {
+        for not_phone in ["2019 2020 2021", "1024 2048 4096", "8080 8081 8082", "98 87 76 65 54 43", "30 12 45 67 89", "15.03.2024", "2024-03-15", "03/15/2024", "978-3-16-148410-0", "0-306-40615-2", "1234", "4839201", "123456789", "119.0.1478.146", "3.14 3.14 3.14", "1.5 2.25 10.0 7.75", "2147483647", "4294967295", "192.168.0.0/16"] {
             assert!(!is_phone(not_phone, "see "), "{not_phone}");
         }
     }

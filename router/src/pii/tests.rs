@@ -301,6 +301,9 @@ fn references_measures_and_defaults_after_a_secret_name_are_not_secrets() {
         "postgres://postgres:postgres@localhost/db",
         "redis://default:your_redis_password@cache.example.com:6379",
         "sk_test_xxxxxxxxxxxxxxxxxxxxxxxx",
+        "OPENAI_API_KEY=sk-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "aws AKIAXXXXXXXXXXXXXXXX",
+        "pip install sk-video-tools-extension-pack",
     ] {
         assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Secret), "{text}: {:?}", kinds(text));
     }
@@ -332,4 +335,12 @@ fn code_placeholders_and_words_after_a_secret_name_are_not_secrets() {
     ] {
         assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Secret), "{text}: {:?}", kinds(text));
     }
+}
+
+#[test]
+fn loopback_networks_and_four_part_versions_are_not_addresses() {
+    for text in ["http://127.0.0.1:8000/docs", "allow 192.168.0.0/16", r#"AssemblyVersion("1.0.0.0")"#, "runtime 8.0.0.0", "pkg==1.2.3.4"] {
+        assert_eq!(kinds(text), vec![], "{text}");
+    }
+    assert_eq!(kinds("from 10.0.0.12 at noon"), vec![(PiiKind::IpAddress, "10.0.0.12")]);
 }
