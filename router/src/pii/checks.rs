@@ -266,8 +266,8 @@ pub fn isbn(s: &str) -> bool {
 /// `${DB_PASSWORD}`, `<your-token>`, `********`), references (`process.env.GITHUB_TOKEN`,
 /// `opts.Password`, `tok_ids2`, `:token`, `C:\…`, `env:…`, `arn:…`), measures and dates
 /// (`12.5ms`, `2024-05-01T…`), and plain words. After a password's name the value must mix
-/// letters and digits, have three of lower case, upper case, digits and symbols, or be a
-/// passphrase of 12 characters or more; after another name (token, secret, key, bearer) it must
+/// letters and digits, have three of lower case, upper case, digits and symbols, or (after a
+/// `:` or `=`) be a passphrase of 12 characters or more; after another name (token, secret, key, bearer) it must
 /// have 8 characters or more and mix letters and digits or have three of those classes.
 pub fn named_secret(value: &str, name: &str) -> bool {
     let code = value.contains(['(', ')', '[', ']', '{', '}', '<', '>']) || value.contains(":\\") || value.starts_with(['$', '%', '*', '&', '@', '#', '/', '~', ':', '.']);
@@ -281,8 +281,10 @@ pub fn named_secret(value: &str, name: &str) -> bool {
     let other = value.bytes().any(|b| !b.is_ascii_alphanumeric());
     let mixed = ((lower || upper) && digit) || [lower, upper, digit, other].iter().filter(|&&c| c).count() >= 3;
     let password = name.to_ascii_lowercase().contains("pass") || name.to_ascii_lowercase().starts_with("pwd");
+    // `password authentication failed`: after a name and a space only a mixed value is one.
+    let spaced = !name.contains([':', '=']);
     if password {
-        mixed || value.len() >= 12
+        mixed || (value.len() >= 12 && !spaced)
     } else {
         mixed && value.len() >= 8
     }

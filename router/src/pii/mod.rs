@@ -158,6 +158,7 @@ static PATTERNS: &[Pattern] = &[
     // value's first character, the shape finding the rest. A leading `[A-Za-z]*`, a counted
     // repetition or a Unicode class in the shared automaton made every scan four times slower.
     pat(PiiKind::Secret, concat!(r"(?i-u:pass(?:word|wd|phrase)?|pwd|secret(?:[_-]?key(?:[_-]?base)?)?|token|api[_-]?key|access[_-]?key|private[_-]?key|app[_-]?key|encryption[_-]?key|account[_-]?key)", r#"["']?[ \t]*[:=][ \t]*["']?[!#-%(-+\--:<-_a-~]"#), checks::named_secret, Shape::Labelled { min: 6, max: 128 }, false),
+    pat(PiiKind::Secret, r"(?i-u:password|passwd)[ \t]+[!#-%(-+\--:<-_a-~]", checks::named_secret, Shape::Labelled { min: 6, max: 128 }, false),
     pat(PiiKind::Secret, r#"(?i-u:authorization)["']?[ \t]*[:=][ \t]*["']?(?i-u:basic|token|bearer)[ \t]+[!#-%(-+\--:<-_a-~]"#, checks::named_secret, Shape::Labelled { min: 8, max: 512 }, false),
     pat(PiiKind::Secret, r"(?i-u:bearer)[ \t]+[!#-%(-+\--:<-_a-~]", checks::named_secret, Shape::Labelled { min: 16, max: 512 }, false),
     pat(PiiKind::Secret, r"://[A-Za-z0-9._~%!$&'()*+,;=-]*:[A-Za-z0-9._~%!$&'()*+,;=:@-]+@", checks::url_password, Shape::UserInfo, false),

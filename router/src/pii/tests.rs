@@ -269,6 +269,8 @@ fn a_long_named_token_is_found_whole() {
 fn more_secret_shapes_are_found() {
     let cases = [
         ("DB_PASS=Xk9mQ2vLp7", "Xk9mQ2vLp7"),
+        ("machine db.prod login app password Xk9mQ2vLp7", "Xk9mQ2vLp7"),
+        ("mysqldump --password S3cr3t!x prod", "S3cr3t!x"),
         (r#"{"pass": "correcthorsebatterystaple"}"#, "correcthorsebatterystaple"),
         ("Authorization: Basic YWRtaW46c2VjcmV0MTIz", "YWRtaW46c2VjcmV0MTIz"),
         ("Authorization: Token 9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b", "9944b09199c62bcf9418ad846dd0e4bbdfc6ee4b"),
@@ -297,6 +299,8 @@ fn references_measures_and_defaults_after_a_secret_name_are_not_secrets() {
         "refreshed token: 2024-05-01T12:00:00Z",
         "secret: sha256",
         "Password: Required",
+        "FATAL: password authentication failed for user",
+        "the password field is required",
         "amqp://guest:guest@localhost:5672/",
         "postgres://postgres:postgres@localhost/db",
         "redis://default:your_redis_password@cache.example.com:6379",
