@@ -386,10 +386,16 @@ pub(crate) fn worst_case_nusd(state: &AppState, req: &ChatRequest, decision: &De
     most_on_a_remote_target(state, decision, &Usage::new(prompt_tokens, per_choice * u64::from(req.n.unwrap_or(1).max(1))))
 }
 
-/// The output limit a provider is sent for `req` of `tenant`: the budget's `default_max_tokens`
-/// when the tenant has a budget and the request sets no limit.
+/// The output limit a provider is sent for `req` of `tenant`: see [`budget_output_limit`].
 pub(crate) fn output_cap(state: &AppState, req: &ChatRequest, tenant: &str) -> Option<u32> {
-    req.max_output_tokens().is_none().then(|| state.limiter.budget(tenant).map(|b| b.default_max_tokens)).flatten()
+    budget_output_limit(state, tenant, req.max_output_tokens())
+}
+
+/// The output limit to send with a request of `tenant` that asked for `asked`: the budget's
+/// `default_max_tokens` when the tenant has a budget and the request sets no limit (its
+/// reservation counted on it), else none (the request goes as it came).
+pub(crate) fn budget_output_limit(state: &AppState, tenant: &str, asked: Option<u32>) -> Option<u32> {
+    asked.is_none().then(|| state.limiter.budget(tenant).map(|b| b.default_max_tokens)).flatten()
 }
 
 /// What `usage` costs on the dearest remote target among the decision's (local answers are never

@@ -22,7 +22,7 @@ use crate::chat_request::validate_chat_request;
 use crate::error::ApiError;
 use crate::accounting::{estimate_tokens, PendingRecord};
 use crate::dispatch::{caller_tags, count_upstream_error, plan, provider_for, worth_falling_back, TAGS_HEADER};
-use crate::handlers::chat::{candidates, most_on_a_remote_target, output_cap, serve_admitted, serve_chat, set_route_headers, Exchange, ServedBody};
+use crate::handlers::chat::{budget_output_limit, candidates, most_on_a_remote_target, output_cap, serve_admitted, serve_chat, set_route_headers, Exchange, ServedBody};
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
 use crate::privacy;
@@ -173,7 +173,7 @@ async fn passthrough(
     }
     // A budgeted tenant's request without a limit is sent with the budget's `default_max_tokens`,
     // which its reservation counts on (as on the chat path).
-    let budget_cap = req.max_output_tokens.is_none().then(|| state.limiter.budget(&tenant.name).map(|b| b.default_max_tokens)).flatten();
+    let budget_cap = budget_output_limit(state, &tenant.name, req.max_output_tokens);
     let max_output = req.max_output_tokens.or(budget_cap).map_or(PASSTHROUGH_DEFAULT_MAX_OUTPUT, u64::from);
     // The worst case over every target that may serve, as on the chat path.
     let reserve = most_on_a_remote_target(state, decision, &Usage::new(prompt_tokens, max_output));
