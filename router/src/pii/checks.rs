@@ -327,7 +327,7 @@ pub fn url_password(user_info: &str, _: &str) -> bool {
 /// or more whose body mixes two of lower case, upper case and digits (`sk_test_xxxx…` is a
 /// placeholder); or a Telegram bot token, `<8–10 digits>:AA…` (30–46 characters after the colon).
 pub fn prefixed_token(token: &str, _: &str) -> bool {
-    if let Some((bot, secret)) = token.split_once(':') {
+    if let Some((bot, secret)) = token.strip_prefix("bot").unwrap_or(token).split_once(':') {
         return (8..=10).contains(&bot.len()) && bot.bytes().all(|b| b.is_ascii_digit()) && (30..=46).contains(&secret.len());
     }
     let body = token.trim_start_matches(|c: char| c.is_ascii_lowercase()).trim_start_matches(['_', '-']);

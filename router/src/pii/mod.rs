@@ -148,9 +148,10 @@ static PATTERNS: &[Pattern] = &[
     pat(PiiKind::Secret, r"sk-[A-Za-z0-9_-]{20,}", checks::keyed, Shape::Exact, false),
     pat(PiiKind::Secret, r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16}", checks::keyed, Shape::Exact, false),
     pat(PiiKind::Secret, r"(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35}|[rs]k_live_[0-9A-Za-z]{20,})", any, Shape::Exact, false),
-    // Tokens with a fixed prefix (Hugging Face, GitLab, npm, Stripe test keys, Telegram bots) and
-    // webhook URLs that carry their own secret.
-    pat(PiiKind::Secret, r"(?:hf_|glpat-|npm_|[rs]k_test_)[A-Za-z0-9_-]+|[0-9]+:AA[A-Za-z0-9_-]+", checks::prefixed_token, Shape::Exact, false),
+    // Tokens with a fixed prefix (Hugging Face, GitLab, npm, Stripe test keys, Telegram bots, also
+    // as the API's URLs write them: `/bot123…:AA…/sendMessage`) and webhook URLs that carry their
+    // own secret.
+    pat(PiiKind::Secret, r"(?:hf_|glpat-|npm_|[rs]k_test_)[A-Za-z0-9_-]+|(?:bot)?[0-9]+:AA[A-Za-z0-9_-]+", checks::prefixed_token, Shape::Exact, false),
     pat(PiiKind::Secret, r"hooks\.slack\.com/services/[A-Za-z0-9/]+|discord(?:app)?\.com/api/webhooks/[0-9]+/[A-Za-z0-9_-]+", any, Shape::Exact, false),
     // Named secrets (`password: …`, `DB_PASS=…`, `"api_key": "…"`, `aws_secret_access_key = …`,
     // `Authorization: Basic …`, `Bearer …`) and a URL's `user:password@`: each regex starts at

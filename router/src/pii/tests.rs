@@ -278,6 +278,7 @@ fn more_secret_shapes_are_found() {
         ("login with hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"),
         ("token glpat-Xy12abCD34efGH56ijKL", "glpat-Xy12abCD34efGH56ijKL"),
         (r#"bot = Bot("6123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw")"#, "6123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"),
+        ("GET https://api.telegram.org/bot6123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage", "bot6123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"),
         ("post to https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX now", "hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"),
     ];
     for (text, value) in cases {
