@@ -267,8 +267,9 @@ pub fn isbn(s: &str) -> bool {
 /// `opts.Password`, `tok_ids2`, `:token`, `C:\…`, `env:…`, `arn:…`), measures and dates
 /// (`12.5ms`, `2024-05-01T…`), and plain words. After a password's name the value must mix
 /// letters and digits, have three of lower case, upper case, digits and symbols, or (after a
-/// `:` or `=`) be a passphrase of 12 characters or more; after another name (token, secret, key, bearer) it must
-/// have 8 characters or more and mix letters and digits or have three of those classes.
+/// `:` or `=`) be a passphrase of 12 characters or more; after another name (token, secret,
+/// key, bearer) it must have 8 characters or more, mix letters and digits or have three of those
+/// classes, and not be a short lower-case name (`gpt-4o-mini`).
 pub fn named_secret(value: &str, name: &str) -> bool {
     let code = value.contains(['(', ')', '[', ']', '{', '}', '<', '>']) || value.contains(":\\") || value.starts_with(['$', '%', '*', '&', '@', '#', '/', '~', ':', '.']);
     let reference = ["arn:", "env:", "file:", "ssm:", "vault:"].iter().any(|p| value.starts_with(p)) || dotted_path(value) || (value.contains('_') && identifier(value));
@@ -286,8 +287,16 @@ pub fn named_secret(value: &str, name: &str) -> bool {
     if password {
         mixed || (value.len() >= 12 && !spaced)
     } else {
-        mixed && value.len() >= 8
+        mixed && value.len() >= 8 && !short_slug(value)
     }
+}
+
+/// `gpt-4o-mini`, `cl100k_base`, `my-app-secret-v2`: lower-case words of at most six characters
+/// joined by `-`, `_` or `.` — a model's, an encoding's or a resource's name after `token:` or
+/// `secret:`, where a token is one long random run.
+fn short_slug(value: &str) -> bool {
+    let parts: Vec<&str> = value.split(['-', '_', '.']).collect();
+    parts.len() >= 2 && parts.iter().all(|p| (1..=6).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
 }
 
 /// `Config.SECRET_V2`, `process.env.GITHUB_TOKEN`: identifiers joined by dots.
