@@ -801,10 +801,8 @@ pub struct EventWriter {
     message: Option<MessageState>,
     /// Chat tool-call index → index in `output` of its function call.
     calls: Vec<(u64, usize)>,
-    /// The reasoning item being streamed: its place in `output` and its text so far.
+    /// The reasoning item still open: its place in `output` and its text so far.
     reasoning: Option<(usize, String)>,
-    /// Reasoning items opened so far (their ids are numbered).
-    reasoning_items: usize,
     /// Index in `output` of the item still open.
     open: Option<usize>,
     finish_reason: Option<String>,
@@ -840,7 +838,7 @@ pub type Event = (&'static str, Value);
 impl EventWriter {
     /// A writer for a response described by `envelope`.
     pub fn new(envelope: Envelope) -> Self {
-        Self { envelope, sequence: 0, output: Vec::new(), message: None, calls: Vec::new(), reasoning: None, reasoning_items: 0, open: None, finish_reason: None, usage: None }
+        Self { envelope, sequence: 0, output: Vec::new(), message: None, calls: Vec::new(), reasoning: None, open: None, finish_reason: None, usage: None }
     }
 
     fn event(&mut self, kind: &'static str, mut body: Value) -> Event {
@@ -895,14 +893,13 @@ impl EventWriter {
     /// A piece of the model's thinking: opens a reasoning item and its `reasoning_text` part
     /// unless one is open (thinking after the answer began is an item of its own).
     fn reasoning_delta(&mut self, delta: &str, events: &mut Vec<Event>) {
-        let open = self.reasoning.as_ref().map(|(at, _)| *at).filter(|at| self.open == Some(*at));
-        let at = if let Some(at) = open {
-            at
+        let at = if let Some((at, _)) = &self.reasoning {
+            *at
         } else {
             self.close_open(events, "completed");
             let at = self.output.len();
-            let item = reasoning_item(&self.envelope.id, self.reasoning_items, "", "in_progress");
-            self.reasoning_items += 1;
+            let earlier = self.output.iter().filter(|item| item["type"] == "reasoning").count();
+            let item = reasoning_item(&self.envelope.id, earlier, "", "in_progress");
             self.output.push(item.clone());
             self.reasoning = Some((at, String::new()));
             self.open = Some(at);
@@ -1001,7 +998,7 @@ impl EventWriter {
             }
             self.output[at] = message_with(&self.envelope.id, &content, item_status);
         } else if self.output[at]["type"] == "reasoning" {
-            let text = self.reasoning.as_ref().map(|(_, text)| text.clone()).unwrap_or_default();
+            let text = self.reasoning.take().map(|(_, text)| text).unwrap_or_default();
             events.push(self.event("response.reasoning_text.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "text": text})));
             events.push(self.event("response.content_part.done", json!({"item_id": item_id, "output_index": at, "content_index": 0, "part": reasoning_part(&text)})));
             self.output[at]["status"] = json!(item_status);

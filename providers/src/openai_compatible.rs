@@ -52,8 +52,9 @@ pub struct OpenAiCompatible {
     /// The API key, to take out of the provider's error messages should it echo it (only keys
     /// long enough that replacing them cannot mangle ordinary text).
     secret: Option<Arc<Secret>>,
-    /// The server refused a stream's `stream_options` once (a strict server: TGI, a `FastAPI` app
-    /// forbidding extra fields): later streams go without it, their usage estimated.
+    /// Streams go without `stream_options`, their usage estimated: an Azure API version before
+    /// 2024-09-01 refuses it (even the client's own), and so did this server once (a strict
+    /// one: TGI, a `FastAPI` app forbidding extra fields).
     refuses_stream_options: AtomicBool,
     /// A request's `output_cap` goes out as `max_completion_tokens` (`OpenAI`, Azure from
     /// 2024-09-01: its reasoning models refuse `max_tokens`), else as `max_tokens`.
@@ -116,6 +117,7 @@ impl OpenAiCompatible {
             .filter_map(|b| Some((b.to_owned(), Destination::parse(&format!("{b}/chat/completions"))?)))
             .collect();
         let headers = request_headers(config.kind, api_key);
+        let azure_from_2024_09 = azure_from_2024_09(config.api_version.as_deref().unwrap_or_default());
         let secret = api_key.map(str::trim).filter(|k| k.len() >= MIN_SCRUBBED_KEY).and_then(Secret::new).map(Arc::new);
         Self {
             name: config.name.clone(),
@@ -126,12 +128,8 @@ impl OpenAiCompatible {
             timeout_ms: config.timeout_ms,
             retry: config.retry_policy(),
             secret,
-            refuses_stream_options: AtomicBool::new(false),
-            caps_completion_tokens: match config.kind {
-                ProviderKind::Openai => true,
-                ProviderKind::Azure => azure_from_2024_09(config.api_version.as_deref().unwrap_or_default()),
-                _ => false,
-            },
+            refuses_stream_options: AtomicBool::new(config.kind == ProviderKind::Azure && !azure_from_2024_09),
+            caps_completion_tokens: config.kind == ProviderKind::Openai || (config.kind == ProviderKind::Azure && azure_from_2024_09),
         }
     }
 
@@ -708,13 +706,9 @@ impl Provider for OpenAiCompatible {
 
     async fn stream(&self, mut req: ChatRequest) -> Result<ChunkStream, ProviderError> {
         req.stream = Some(true);
-        // Always ask for usage so the cost is exact; the gateway passes the usage chunk on only
-        // to clients that asked for it.
-        // Azure API versions before 2024-09-01 refuse `stream_options` (even the client's own):
-        // usage is estimated there, as for a server that refused it once.
-        let refused = matches!(&self.dialect, Dialect::Azure { api_version, .. } if !azure_from_2024_09(api_version))
-            || self.refuses_stream_options.load(Ordering::Relaxed);
-        if refused {
+        // Always ask for usage so the cost is exact (unless the server refuses it); the gateway
+        // passes the usage chunk on only to clients that asked for it.
+        if self.refuses_stream_options.load(Ordering::Relaxed) {
             req.stream_options = None;
         } else {
             let mut options = req.stream_options.take().unwrap_or(StreamOptions { include_usage: None, extra: serde_json::Map::new() });

@@ -19,7 +19,7 @@ use router::{Decision, Redaction, TenantProfile};
 use tracing::{warn, Instrument};
 
 use crate::accounting::{estimate_tokens, PendingRecord};
-use crate::admission::{Admitted, Limiter, Ticket};
+use crate::admission::{Admitted, Ticket};
 use crate::budgets::usd_to_nanos;
 use crate::cache::{cache_key, replay_chunks, CacheKey, Cached, ResponseCache, StreamCollector};
 use crate::chat_request::parse_chat_request;
@@ -49,7 +49,7 @@ pub async fn chat_completions(
         serve_chat(&state, &ctx, &tenant, &headers, req, &mut exchange).await.map(render_chat)
     }
     .await;
-    exchange.finish(result).await
+    exchange.finish(&state, &tenant, result).await
 }
 
 /// What the chat pipeline produced, before it is written in one API's shape (chat completions,
@@ -93,16 +93,13 @@ pub fn render_chat(served: Served) -> Response {
 pub struct Exchange {
     record: Option<PendingRecord>,
     rate: RateHeaders,
-    /// Whose standing an answer refused before admission reads.
-    tenant: String,
-    limiter: Arc<Limiter>,
 }
 
 impl Exchange {
     /// Opens the record for a request of `tenant`.
     pub fn new(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile) -> Self {
         let record = PendingRecord::new(Arc::clone(&state.ledger), Arc::clone(&state.pricer), &ctx.request_id, &tenant.name, ctx.started);
-        Self { record: Some(record), rate: RateHeaders::default(), tenant: tenant.name.clone(), limiter: Arc::clone(&state.limiter) }
+        Self { record: Some(record), rate: RateHeaders::default() }
     }
 
     /// The record of this request, until a stream takes it.
@@ -163,13 +160,13 @@ impl Exchange {
 
     /// The response for `result`, with the error status recorded and the rate headers added: an
     /// answer refused before admission (unreadable body, unknown model, too large) reads the
-    /// tenant's standing, taking nothing, as every answer to a limited tenant has them.
-    pub async fn finish(mut self, result: Result<Response, ApiError>) -> Response {
+    /// standing of `tenant`, taking nothing, as every answer to a limited tenant has them.
+    pub async fn finish(mut self, state: &AppState, tenant: &TenantProfile, result: Result<Response, ApiError>) -> Response {
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
                 if self.rate.is_empty() {
-                    (self.rate.requests, self.rate.tokens) = self.limiter.standing(&self.tenant).await;
+                    (self.rate.requests, self.rate.tokens) = state.limiter.standing(&tenant.name).await;
                 }
                 let mut response = err.into_response();
                 if let Some(record) = &mut self.record {
@@ -280,7 +277,7 @@ pub async fn serve_chat(
     // Without a limit of its own, a budgeted request is sent with the one its reservation counted
     // on, so that the reservation is its worst case (the budget a cap, not an estimate).
     if reserve > 0 {
-        req.output_cap = output_cap(state, &req, &tenant.name);
+        req.output_cap = budget_output_limit(state, &tenant.name, req.max_output_tokens());
     }
     if let Some(reason) = decision.spilled {
         state.metrics.spills.with_label_values(&[&decision.rule, reason.as_str()]).inc();
@@ -384,11 +381,6 @@ pub(crate) fn worst_case_nusd(state: &AppState, req: &ChatRequest, decision: &De
     let Some(budget) = state.limiter.budget(tenant) else { return 0 };
     let per_choice = u64::from(req.max_output_tokens().unwrap_or(budget.default_max_tokens));
     most_on_a_remote_target(state, decision, &Usage::new(prompt_tokens, per_choice * u64::from(req.n.unwrap_or(1).max(1))))
-}
-
-/// The output limit a provider is sent for `req` of `tenant`: see [`budget_output_limit`].
-pub(crate) fn output_cap(state: &AppState, req: &ChatRequest, tenant: &str) -> Option<u32> {
-    budget_output_limit(state, tenant, req.max_output_tokens())
 }
 
 /// The output limit to send with a request of `tenant` that asked for `asked`: the budget's

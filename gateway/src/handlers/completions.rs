@@ -148,7 +148,7 @@ pub async fn completions(
         Ok(http)
     }
     .await;
-    exchange.finish(result).await
+    exchange.finish(&state, &tenant, result).await
 }
 
 /// A `text_completion`'s `usage`: the three counts.

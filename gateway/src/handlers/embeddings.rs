@@ -201,7 +201,7 @@ pub async fn embeddings(
 ) -> Response {
     let mut exchange = Exchange::new(&state, &ctx, &tenant);
     let result = answer(&state, &ctx, &tenant, &headers, body, &mut exchange).await;
-    exchange.finish(result).await
+    exchange.finish(&state, &tenant, result).await
 }
 
 async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, headers: &HeaderMap, body: Body, exchange: &mut Exchange) -> Result<Response, ApiError> {

@@ -22,7 +22,7 @@ use crate::chat_request::validate_chat_request;
 use crate::error::ApiError;
 use crate::accounting::{estimate_tokens, PendingRecord};
 use crate::dispatch::{caller_tags, count_upstream_error, plan, provider_for, worth_falling_back, TAGS_HEADER};
-use crate::handlers::chat::{budget_output_limit, candidates, most_on_a_remote_target, output_cap, serve_admitted, serve_chat, set_route_headers, Exchange, ServedBody};
+use crate::handlers::chat::{budget_output_limit, candidates, most_on_a_remote_target, serve_admitted, serve_chat, set_route_headers, Exchange, ServedBody};
 use crate::handlers::read_body;
 use crate::middleware::request_ctx::RequestCtx;
 use crate::privacy;
@@ -104,7 +104,7 @@ pub async fn create(
         let served = match &fallback {
             Some(rest) => {
                 // Admitted by the passthrough, whose reservation counted on the budget's limit.
-                chat.output_cap = output_cap(&state, &chat, &tenant.name);
+                chat.output_cap = budget_output_limit(&state, &tenant.name, chat.max_output_tokens());
                 serve_admitted(&state, &ctx, chat, rest, &mut exchange).await?
             }
             None => serve_chat(&state, &ctx, &tenant, &headers, chat, &mut exchange).await?,
@@ -124,7 +124,7 @@ pub async fn create(
     }
     .await;
     // Checks made on the chat translation name the Responses fields the client sent.
-    exchange.finish(result.map_err(|e| e.with_params_renamed(responses::responses_param))).await
+    exchange.finish(&state, &tenant, result.map_err(|e| e.with_params_renamed(responses::responses_param))).await
 }
 
 /// True when the decision lets a Responses request be passed through to its target as it is: a

@@ -218,8 +218,7 @@ pub fn ipv4(s: &str, before: &str) -> bool {
 
 /// An API key after its fixed prefix (`sk-…`, `AKIA…`): an `sk-` one with a digit
 /// (`sk-video-tools-extension-pack` is a package name; AWS key ids may have none), and no run of
-/// eight equal characters (`sk-xxxxxxxx…`,
-/// `AKIAXXXXXXXXXXXXXXXX` are placeholders).
+/// eight equal characters (`sk-xxxxxxxx…`, `AKIAXXXXXXXXXXXXXXXX` are placeholders).
 pub fn keyed(key: &str, _: &str) -> bool {
     let masked = key.as_bytes().windows(8).any(|w| w.iter().all(|&b| b == w[0]));
     (!key.starts_with("sk-") || key.bytes().any(|b| b.is_ascii_digit())) && !masked
@@ -276,12 +275,10 @@ pub fn named_secret(value: &str, name: &str) -> bool {
     if code || reference || measure(value) || all_one_character(value) {
         return false;
     }
-    let lower = value.bytes().any(|b| b.is_ascii_lowercase());
-    let upper = value.bytes().any(|b| b.is_ascii_uppercase());
-    let digit = value.bytes().any(|b| b.is_ascii_digit());
-    let other = value.bytes().any(|b| !b.is_ascii_alphanumeric());
+    let [lower, upper, digit, other] = classes(value);
     let mixed = ((lower || upper) && digit) || [lower, upper, digit, other].iter().filter(|&&c| c).count() >= 3;
-    let password = name.to_ascii_lowercase().contains("pass") || name.to_ascii_lowercase().starts_with("pwd");
+    let name = name.to_ascii_lowercase();
+    let password = name.contains("pass") || name.starts_with("pwd");
     // `password authentication failed`: after a name and a space only a mixed value is one.
     let spaced = !name.contains([':', '=']);
     if password {
@@ -341,8 +338,14 @@ pub fn prefixed_token(token: &str, _: &str) -> bool {
     }
     let body = token.trim_start_matches(|c: char| c.is_ascii_lowercase()).trim_start_matches(['_', '-']);
     let body = body.strip_prefix("test_").unwrap_or(body);
-    let classes = [u8::is_ascii_lowercase, u8::is_ascii_uppercase, u8::is_ascii_digit].iter().filter(|class| body.bytes().any(|b| class(&b))).count();
-    token.len() >= 20 && classes >= 2 && !all_one_character(body)
+    let letters_and_digits = classes(body)[..3].iter().filter(|&&c| c).count();
+    token.len() >= 20 && letters_and_digits >= 2 && !all_one_character(body)
+}
+
+/// Which of lower case, upper case, digits and other characters `value` holds.
+fn classes(value: &str) -> [bool; 4] {
+    let has = |class: fn(&u8) -> bool| value.bytes().any(|b| class(&b));
+    [has(u8::is_ascii_lowercase), has(u8::is_ascii_uppercase), has(u8::is_ascii_digit), has(|b| !b.is_ascii_alphanumeric())]
 }
 
 /// An email address, unless it is a URL's `user:password@host` (a placeholder password the URL

@@ -96,8 +96,8 @@ enum Shape {
     /// An IBAN: exactly the registered length for its country, spaces not counted.
     Iban,
     /// A value written after its name and a `:`/`=` or a space (`password: …`, `"token": "…"`,
-    /// `Bearer …`): the value alone, from the regex's last character over [`secret_char`]s,
-    /// `min` to `max` of them (a longer run is cut at `max`).
+    /// `Bearer …`): the value alone, from the regex's last character over [`secret_char`]s:
+    /// checked on its first `max` (at least `min`), found to its end.
     Labelled { min: usize, max: usize },
     /// A URL's `://user:password@`: the user and password alone.
     UserInfo,
@@ -275,8 +275,8 @@ impl PiiScanner {
                 let from = end - 1;
                 let run = |limit: usize| from + text.as_bytes()[from..].iter().take(limit).take_while(|&&b| secret_char(b)).count();
                 let head = run(max);
-                let named = &text[start..from];
-                let found = head - from >= min && (p.check)(&text[from..head], named);
+                let name = &text[start..from];
+                let found = head - from >= min && (p.check)(&text[from..head], name);
                 return found.then(|| PiiSpan { kind: p.kind, start: from, end: if head - from < max { head } else { run(usize::MAX) } });
             }
             Shape::UserInfo => {
