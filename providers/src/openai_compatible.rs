@@ -56,8 +56,9 @@ pub struct OpenAiCompatible {
     /// 2024-09-01 refuses it (even the client's own), and so did this server once (a strict
     /// one: TGI, a `FastAPI` app forbidding extra fields).
     refuses_stream_options: AtomicBool,
-    /// A request's `output_cap` goes out as `max_completion_tokens` (`OpenAI`, Azure from
-    /// 2024-09-01: its reasoning models refuse `max_tokens`), else as `max_tokens`.
+    /// A request's output limit (its own or its `output_cap`) goes out as
+    /// `max_completion_tokens` (`OpenAI`, Azure from 2024-09-01: their reasoning models refuse
+    /// `max_tokens`), else as `max_tokens`.
     caps_completion_tokens: bool,
 }
 
@@ -148,11 +149,11 @@ impl OpenAiCompatible {
 
     /// The body to send for `req` in this provider's dialect, serialised once for every attempt.
     fn body(&self, req: &ChatRequest) -> Result<bytes::Bytes, ProviderError> {
-        let capped;
-        let req = match req.output_cap.filter(|_| req.max_output_tokens().is_none()) {
-            Some(cap) => {
-                capped = self.with_output_limit(req, cap);
-                &capped
+        let limited;
+        let req = match self.with_output_limit(req) {
+            Some(moved) => {
+                limited = moved;
+                &limited
             }
             None => req,
         };
@@ -171,15 +172,21 @@ impl OpenAiCompatible {
             .map_err(|e| ProviderError::InvalidRequest { message: format!("request cannot be encoded: {e}"), param: None })
     }
 
-    /// `req` with `cap` as its output-token limit, in the field this provider reads.
-    fn with_output_limit(&self, req: &ChatRequest, cap: u32) -> ChatRequest {
-        let mut capped = req.clone();
-        if self.caps_completion_tokens {
-            capped.max_completion_tokens = Some(cap);
-        } else {
-            capped.max_tokens = Some(cap);
+    /// `req` with its output-token limit (its own, else the budget's `output_cap`) in the one
+    /// field this provider reads, or `None` where it is there already (or there is none): a
+    /// client's `max_tokens` routed to `OpenAI`'s reasoning models would be refused, its
+    /// `max_completion_tokens` ignored by self-hosted servers that predate the field.
+    fn with_output_limit(&self, req: &ChatRequest) -> Option<ChatRequest> {
+        let limit = req.max_output_tokens().or(req.output_cap)?;
+        let (read, ignored) = if self.caps_completion_tokens { (req.max_completion_tokens, req.max_tokens) } else { (req.max_tokens, req.max_completion_tokens) };
+        if read == Some(limit) && ignored.is_none() {
+            return None;
         }
-        capped
+        let mut moved = req.clone();
+        let (read, ignored) = if self.caps_completion_tokens { (&mut moved.max_completion_tokens, &mut moved.max_tokens) } else { (&mut moved.max_tokens, &mut moved.max_completion_tokens) };
+        *read = Some(limit);
+        *ignored = None;
+        Some(moved)
     }
 
     /// Where a request for `model` to `endpoint` goes (`lease`: the pooled endpoint chosen).

@@ -126,7 +126,7 @@ def fake_provider_section(base, key_env=None, name="fake", kind="openai-compatib
     where += f"retry_base_ms = 5\nretry_max_wait_ms = 2000\n{extra_keys}"
     models = ", ".join(
         f'{{ name = "{m}", input_per_mtok = 1.0, output_per_mtok = 2.0 }}'
-        for m in ["echo", "shred", "gated", "fail", "ratelimit", "reject", "drop", "judge", "judge-first", "tool", "tool-echo", "tool-bare", "embed", "bare", "reasoner", "strict"]
+        for m in ["echo", "shred", "gated", "fail", "ratelimit", "reject", "drop", "judge", "judge-first", "tool", "tool-echo", "tool-bare", "embed", "bare", "reasoner", "strict", "o-series", "metered-legacy"]
     ) + ', { name = "cached", input_per_mtok = 1.0, output_per_mtok = 2.0, cached_input_per_mtok = 0.5 }' \
       + ', { name = "metered", input_per_mtok = 1000.0, output_per_mtok = 2000.0 }'
     return (

@@ -2,8 +2,8 @@
 reserved `default_max_tokens` of output, but went to the provider without a limit, so the model
 could write past the reservation and the day's spend past the budget (16 tokens against 10
 reserved here: 0.051 spent of 0.05). It is now sent with `default_max_tokens` as its limit, in the
-field each provider reads; a request with a limit of its own, or a tenant without a budget, is
-sent as it came.
+field each provider reads; a request with a limit of its own keeps it, a tenant without a budget
+sends none.
 
 The fake's `metered` model answers exactly the limit it is sent (16 tokens without one) and
 reports the prompt as the gateway estimates it, at 1000 $/Mtok in and 2000 $/Mtok out."""
@@ -82,7 +82,7 @@ def test_a_passed_through_responses_request_is_sent_max_output_tokens(gateway, f
 def test_a_limit_of_its_own_or_no_budget_is_sent_as_it_came(gateway, fake_provider):
     ask(gateway, "budgeted-openai", model="oai/metered", max_tokens=3)
     sent = last_sent(fake_provider, "/v1/chat/completions")
-    assert sent["max_tokens"] == 3 and "max_completion_tokens" not in sent
+    assert sent["max_completion_tokens"] == 3 and "max_tokens" not in sent, "in the field OpenAI reads"
     ask(gateway, "free")
     sent = last_sent(fake_provider, "/v1/chat/completions")
     assert "max_tokens" not in sent and "max_completion_tokens" not in sent

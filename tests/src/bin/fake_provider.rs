@@ -18,21 +18,25 @@
 //! - `gated`: streams one chunk, then holds the rest until `POST /control/release`.
 //! - `strict`: like `echo`, but refuses `stream_options` as a `FastAPI` server forbidding extra
 //!   fields does (422 with pydantic's `{"detail": [{"type": "extra_forbidden", …}]}`).
+//! - `metered-legacy`: like `metered`, reading only `max_tokens` (as self-hosted servers that
+//!   predate `max_completion_tokens` do: they ignore it).
+//! - `o-series`: like `echo`, but refuses `max_tokens` as `OpenAI`'s reasoning models do (400
+//!   `unsupported_parameter`: they take `max_completion_tokens` only).
 //! - `reasoner`: thinks first (400 characters of `reasoning_content`, in four chunks when streamed),
 //!   then answers `done`; it reports no usage.
 //! - `fail`: 500 with an `OpenAI` error body. `ratelimit`: 429 with `retry-after: 7`.
 //! - `reject`: 400 with an `OpenAI` error body. `drop`: one chunk, then (after
 //!   `POST /control/release`) the connection breaks.
 //!
-//! `POST /control/faults` queues faults (`[{"status": 500}, {"status": 429, "retry_after": "0"},
-//! {"drop": true}, {"slow_ms": 1500}, {"malformed": true}]`; a `status` fault may carry the
+//! `POST /control/faults` queues faults (`{"faults": [{"status": 500}, {"status": 429, "retry_after": "0"},
+//! {"drop": true}, {"slow_ms": 1500}, {"malformed": true}]}`; a `status` fault may carry the
 //! error's `message`): each following chat, embeddings or `/v1/responses` request takes
 //! the next one instead of its answer (`drop`: headers sent, then the connection breaks before the
 //! first event; `slow_ms`: the answer starts that late; `malformed`: a stream whose second event is
 //! not JSON, and no `[DONE]`; `cut`: a stream of two chunks that then ends cleanly, with no
 //! `finish_reason` and no `[DONE]`; `retry_after` and `retry_after_ms` set those headers; `body`
 //! replaces the error body: JSON as given, a string as plain text). On
-//! `/v1/messages` a fault is an Anthropic error answer, or with `cut` a stream that ends before
+//! `/v1/messages` a fault is an Anthropic error answer (`slow_ms`: the answer starts that late), or with `cut` a stream that ends before
 //! `message_stop`, or with `error_event: "<type>"` a stream whose first event is that error
 //! (with `after_start: true`, after `message_start` and a `ping`); a `status` fault there may
 //! carry the Anthropic error's `type` and `message`.
@@ -200,11 +204,15 @@ fn openai_problem(body: &Value) -> Option<(String, String)> {
     None
 }
 
-/// The answer refusing `body` as the real API would (400), or as `strict` refuses
-/// `stream_options` (`FastAPI`'s 422), if either does.
+/// The answer refusing `body` as the real API would (400; `o-series`: `max_tokens`), or as
+/// `strict` refuses `stream_options` (`FastAPI`'s 422), if either does.
 fn refusal(body: &Value) -> Option<Response> {
     if let Some((param, message)) = openai_problem(body) {
         return Some((StatusCode::BAD_REQUEST, Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}}))).into_response());
+    }
+    if body["model"] == "o-series" && body.get("max_tokens").is_some() {
+        let message = "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.";
+        return Some((StatusCode::BAD_REQUEST, Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}}))).into_response());
     }
     if body["model"] == "strict" && body.get("stream_options").is_some() {
         let detail = json!([{"type": "extra_forbidden", "loc": ["body", "stream_options"], "msg": "Extra inputs are not permitted", "input": body["stream_options"]}]);
@@ -523,11 +531,13 @@ fn judge_verdict(prompt: &str) -> String {
 
 /// `(prompt, completion)` tokens of a `metered` request (see the module docs).
 fn metered_usage(model: &str, body: &Value) -> Option<(u64, u64)> {
-    if model != "metered" {
-        return None;
-    }
+    let read = match model {
+        "metered" => body["max_completion_tokens"].as_u64().or_else(|| body["max_tokens"].as_u64()),
+        "metered-legacy" => body["max_tokens"].as_u64(),
+        _ => return None,
+    };
     let chars: usize = body["messages"].as_array()?.iter().filter_map(|m| m["content"].as_str()).map(|t| t.chars().count()).sum();
-    let max_tokens = body["max_completion_tokens"].as_u64().or_else(|| body["max_tokens"].as_u64()).unwrap_or(16);
+    let max_tokens = read.unwrap_or(16);
     Some((u64::try_from(chars.div_ceil(4)).unwrap_or(0), max_tokens))
 }
 
