@@ -126,6 +126,14 @@ pub enum ApiError {
         /// As sent.
         id: String,
     },
+    /// An `item_reference` naming no item of a response this tenant stored.
+    #[error("Item with id '{id}' not found.")]
+    ItemNotFound {
+        /// As sent.
+        id: String,
+        /// Where it was referenced (`input[2]`).
+        param: String,
+    },
     /// No such route.
     #[error("Invalid URL ({method} {path})")]
     UnknownUrl {
@@ -222,6 +230,7 @@ impl ApiError {
             Self::ResponseNotFound { .. } => {
                 (StatusCode::NOT_FOUND, detail("invalid_request_error", Some("response_not_found"), None), None)
             }
+            Self::ItemNotFound { param, .. } => (StatusCode::NOT_FOUND, detail("invalid_request_error", Some("item_not_found"), Some(param.clone())), None),
             Self::UnknownUrl { .. } => {
                 (StatusCode::NOT_FOUND, detail("invalid_request_error", Some("unknown_url"), None), None)
             }

@@ -77,6 +77,9 @@ struct Kept {
 /// The stored responses.
 pub struct ResponseStore {
     local: moka::sync::Cache<(String, String), Kept>,
+    /// `(tenant, item id)` → the id of the stored response that holds the item (an output item,
+    /// or one of its listed input items): what an `item_reference` names.
+    items: moka::sync::Cache<(String, String), Arc<str>>,
     shared: Option<Arc<RedisStore>>,
     ttl: Duration,
 }
@@ -104,6 +107,21 @@ fn redis_key(tenant: &str, id: &str) -> String {
     key
 }
 
+/// `switchyard:response-item:<tenant, hex>:<item id>`: the response holding that item.
+fn redis_item_key(tenant: &str, item: &str) -> String {
+    redis_key(tenant, item).replacen("switchyard:response:", "switchyard:response-item:", 1)
+}
+
+/// The items `stored` holds, with their ids: its output items and its listed input items.
+fn item_ids_and_items(stored: &StoredResponse) -> impl Iterator<Item = (&str, &serde_json::Value)> {
+    let output = stored.response.get("output").and_then(serde_json::Value::as_array).into_iter().flatten();
+    output.chain(&stored.input_items).filter_map(|item| Some((item.get("id")?.as_str()?, item)))
+}
+
+fn item_ids(stored: &StoredResponse) -> impl Iterator<Item = &str> {
+    item_ids_and_items(stored).map(|(id, _)| id)
+}
+
 impl ResponseStore {
     /// A store per `config`, shared through `redis` when given.
     pub fn new(config: &ResponsesConfig, redis: Option<Arc<RedisStore>>) -> Self {
@@ -121,7 +139,8 @@ impl ResponseStore {
             .weigher(move |_, kept: &Kept| (kept.size / 1024).max(per_entry_floor))
             .time_to_live(ttl)
             .build();
-        Self { local, shared: redis, ttl }
+        let items = moka::sync::Cache::builder().max_capacity(config.max_entries.saturating_mul(16)).time_to_live(ttl).build();
+        Self { local, items, shared: redis, ttl }
     }
 
     /// Keeps `stored` under `id`. With Redis it is written before this returns, so that the next
@@ -135,26 +154,55 @@ impl ResponseStore {
         let mut in_redis = false;
         if let Some(store) = &self.shared {
             match encoded {
-                Ok(bytes) => match self.write(store, &stored.tenant, id, bytes, self.ttl).await {
+                Ok(bytes) => match self.write(store, &stored, id, bytes, self.ttl).await {
                     Ok(()) => in_redis = true,
                     Err(error) => warn!(%error, "responses: could not store the response in Redis; kept in this replica until Redis takes it"),
                 },
                 Err(error) => warn!(%error, "responses: could not serialise the response"),
             }
         }
+        let response_id: Arc<str> = Arc::from(id);
+        for item in item_ids(&stored) {
+            self.items.insert((stored.tenant.clone(), item.to_owned()), Arc::clone(&response_id));
+        }
         let kept = Kept { stored: Arc::clone(&stored), size, in_redis: Arc::new(AtomicBool::new(in_redis)), until };
         self.local.insert((stored.tenant.clone(), id.to_owned()), kept);
     }
 
-    /// `SET` with a lifetime, within the store's timeout.
-    async fn write(&self, store: &RedisStore, tenant: &str, id: &str, bytes: Vec<u8>, ttl: Duration) -> Result<(), String> {
+    /// `SET` with a lifetime, within the store's timeout: the response, and for each of its
+    /// items, the response's id under the item's.
+    async fn write(&self, store: &RedisStore, stored: &StoredResponse, id: &str, bytes: Vec<u8>, ttl: Duration) -> Result<(), String> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(redis_key(&stored.tenant, id)).arg(bytes).arg("PX").arg(ttl_ms).ignore();
+        for item in item_ids(stored) {
+            pipe.cmd("SET").arg(redis_item_key(&stored.tenant, item)).arg(id).arg("PX").arg(ttl_ms).ignore();
+        }
         let write = async {
             let mut conn = store.connection().await.map_err(|e| e.to_string())?;
-            let mut set = redis::cmd("SET");
-            set.arg(redis_key(tenant, id)).arg(bytes).arg("PX").arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-            set.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
+            pipe.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
         };
         tokio::time::timeout(store.timeout(), write).await.map_err(|_| "timed out".to_owned())?
+    }
+
+    /// The item `item_id` of a response `tenant` stored (an output item, or one of its listed
+    /// input items), with that response's privacy tags: what an `item_reference` stands for.
+    pub async fn item(&self, tenant: &str, item_id: &str) -> Option<(serde_json::Value, Vec<String>)> {
+        let response_id = if let Some(id) = self.items.get(&(tenant.to_owned(), item_id.to_owned())) {
+            id.to_string()
+        } else {
+            let store = self.shared.as_ref()?;
+            let read = async {
+                let mut conn = store.connection().await.ok()?;
+                let mut get = redis::cmd("GET");
+                get.arg(redis_item_key(tenant, item_id));
+                get.query_async::<Option<String>>(&mut conn).await.ok()?
+            };
+            tokio::time::timeout(store.timeout(), read).await.ok()??
+        };
+        let stored = self.get(tenant, &response_id).await?;
+        let item = item_ids_and_items(&stored).find(|(id, _)| *id == item_id)?.1.clone();
+        Some((item, stored.tags.clone()))
     }
 
     /// The response `id` of `tenant`: this process's copy, while Redis (when configured) still
@@ -168,7 +216,7 @@ impl ResponseStore {
             if !kept.in_redis.load(Ordering::Acquire) {
                 let left = kept.until.saturating_duration_since(Instant::now());
                 if let Ok(bytes) = serde_json::to_vec(kept.stored.as_ref()) {
-                    if !left.is_zero() && self.write(store, tenant, id, bytes, left).await.is_ok() {
+                    if !left.is_zero() && self.write(store, &kept.stored, id, bytes, left).await.is_ok() {
                         kept.in_redis.store(true, Ordering::Release);
                     }
                 }

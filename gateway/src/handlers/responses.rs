@@ -41,7 +41,8 @@ pub async fn create(
     let mut exchange = Exchange::new(&state, &ctx, &tenant);
     let result = async {
         let bytes = read_body(body, state.config.server.max_body_bytes, state.body_timeout()).await?;
-        let req = responses::parse_request(&bytes)?;
+        let mut req = responses::parse_request(&bytes)?;
+        let referenced_tags = resolve_item_references(&state, &tenant.name, &mut req).await?;
         let (history, earlier_tags) = match &req.previous_response_id {
             Some(id) => {
                 let stored = state.responses.get(&tenant.name, id).await.ok_or_else(|| ApiError::ResponseNotFound { id: id.clone() })?;
@@ -52,6 +53,7 @@ pub async fn create(
         // A conversation keeps the privacy tags any of its turns was sent with.
         let mut tags = caller_tags(&headers);
         tags.extend(earlier_tags);
+        tags.extend(referenced_tags.iter().flatten().cloned());
         tags.sort();
         tags.dedup();
         // `from_bytes`: a tag beyond ASCII must not fail the whole value (and drop every tag).
@@ -81,7 +83,10 @@ pub async fn create(
                     decision.fallbacks.insert(0, stand_in);
                 }
             }
-            let body: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: None })?;
+            let mut body: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidRequest { message: e.to_string(), param: None })?;
+            if referenced_tags.is_some() {
+                body["input"] = req.input.clone().unwrap_or(Value::Null);
+            }
             // The body goes out whole: PII anywhere in it (metadata, tool descriptions…) that the
             // chat view did not see keeps the request on the chat path, which drops those fields.
             if passthrough_eligible(&state, &decision) && !privacy::any_pii(&body) {
@@ -125,6 +130,28 @@ pub async fn create(
     .await;
     // Checks made on the chat translation name the Responses fields the client sent.
     exchange.finish(&state, &tenant, result.map_err(|e| e.with_params_renamed(responses::responses_param))).await
+}
+
+/// Replaces each `item_reference` in the input by the item it names — an output item (or a
+/// listed input item) of a response this tenant stored, as clients that keep `store` on send
+/// earlier turns —, and returns the privacy tags of the responses they came from (`None` when
+/// the input references nothing). A reference to no such item is a 404 naming it.
+async fn resolve_item_references(state: &AppState, tenant: &str, req: &mut responses::ResponsesRequest) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(Value::Array(items)) = req.input.as_mut() else { return Ok(None) };
+    let mut tags: Option<Vec<String>> = None;
+    for (i, item) in items.iter_mut().enumerate() {
+        if item.get("type").and_then(Value::as_str) != Some("item_reference") {
+            continue;
+        }
+        let param = format!("input[{i}]");
+        let Some(id) = item.get("id").and_then(Value::as_str).map(str::to_owned) else {
+            return Err(ApiError::invalid(format!("Missing required parameter: '{param}.id'."), format!("{param}.id")));
+        };
+        let (found, its_tags) = state.responses.item(tenant, &id).await.ok_or(ApiError::ItemNotFound { id, param })?;
+        *item = found;
+        tags.get_or_insert_with(Vec::new).extend(its_tags);
+    }
+    Ok(tags)
 }
 
 /// True when the decision lets a Responses request be passed through to its target as it is: a
