@@ -638,7 +638,11 @@ async fn messages(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body):
         return Response::builder().header("content-type", "text/event-stream").body(Body::from(events.concat())).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
     let cut = fault.as_ref().is_some_and(|f| f["cut"].as_bool() == Some(true));
-    if let Some(fault) = fault.filter(|_| !cut) {
+    let slow = fault.as_ref().and_then(|f| f["slow_ms"].as_u64());
+    if let Some(ms) = slow {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(fault) = fault.filter(|_| !cut && slow.is_none()) {
         let status = fault["status"].as_u64().and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
         let status = status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let kind = fault["type"].as_str().unwrap_or(if status.as_u16() == 529 { "overloaded_error" } else { "api_error" });
