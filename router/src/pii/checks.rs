@@ -270,9 +270,13 @@ pub fn isbn(s: &str) -> bool {
 /// key, bearer) it must have 8 characters or more, mix letters and digits or have three of those
 /// classes, and not be a short lower-case name (`gpt-4o-mini`).
 pub fn named_secret(value: &str, name: &str) -> bool {
-    let code = value.contains(['(', ')', '[', ']', '{', '}', '<', '>']) || value.contains(":\\") || value.starts_with(['$', '%', '*', '&', '@', '#', '/', '~', ':', '.']);
+    // `$DB_PASS`, `${…}`, `$(…)` are references; `$ecr3t!` is a password that starts with `$`.
+    let variable = value.strip_prefix('$').is_some_and(|v| v.is_empty() || v.starts_with(['{', '(']) || identifier(v));
+    let code = value.contains(['(', ')', '[', ']', '{', '}', '<', '>']) || value.contains(":\\") || variable || value.starts_with(['%', '*', '&', '@', '#', '/', '~', ':', '.']);
     let reference = ["arn:", "env:", "file:", "ssm:", "vault:"].iter().any(|p| value.starts_with(p)) || dotted_path(value) || (value.contains('_') && identifier(value));
-    if code || reference || measure(value) || all_one_character(value) {
+    // `ask_password("Password: ")`: a prompt's label.
+    let label = value.strip_suffix(':').is_some_and(|v| v.bytes().all(|b| b.is_ascii_alphabetic()));
+    if code || reference || label || measure(value) || all_one_character(value) {
         return false;
     }
     let [lower, upper, digit, other] = classes(value);
@@ -323,7 +327,32 @@ fn measure(value: &str) -> bool {
 /// nor a development default whose password is its user name (`postgres:postgres`,
 /// `guest:guest`).
 pub fn url_password(user_info: &str, _: &str) -> bool {
-    let Some((user, password)) = user_info.split_once(':') else { return false };
+    user_info.split_once(':').is_some_and(|(user, password)| not_placeholder(user, password))
+}
+
+/// A password given beside its user (`name` ends with the user: `-u admin:`,
+/// `auth=("admin", "`): one that would be a password after `password:`, and not a placeholder
+/// nor its user's name (`curl -u admin:admin`).
+pub fn user_password(value: &str, name: &str) -> bool {
+    let user = name.trim_end_matches([':', '"', '\'', ' ', '\t', ',']).rsplit([' ', '\t', '"', '\'', '=', '(']).next().unwrap_or_default();
+    not_placeholder(user, value) && named_secret(value, "password:")
+}
+
+/// A value glued to `-p` (`mysql -pXk9mQ2vL`): mixed like a password after `password `, so that
+/// flags (`-pthread`, `-pedantic`) and ports (`-p8080:80`, `-p2222`) are not taken for one.
+pub fn glued_password(value: &str, _: &str) -> bool {
+    named_secret(value, "password ")
+}
+
+/// A `SendGrid` API key: `SG.`, 22 characters, `.`, 43 characters.
+pub fn sendgrid_key(key: &str, _: &str) -> bool {
+    let mut parts = key.split('.').map(str::len);
+    matches!((parts.next(), parts.next(), parts.next(), parts.next()), (Some(2), Some(22), Some(43), None))
+}
+
+/// `password` is a real one for `user`: not a placeholder (`password`, `your_…`, `${PASS}`) nor
+/// a development default whose password is its user name.
+fn not_placeholder(user: &str, password: &str) -> bool {
     let lower = password.to_ascii_lowercase();
     let placeholder = ["password", "pass", "passwd", "pwd", "secret", "pw"].contains(&lower.as_str()) || lower.starts_with("your") || lower.contains("password");
     !placeholder && !password.eq_ignore_ascii_case(user) && !password.starts_with(['$', '<', '{', '*', '%', '[']) && !all_one_character(password)

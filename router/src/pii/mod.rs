@@ -154,15 +154,22 @@ static PATTERNS: &[Pattern] = &[
     pat(PiiKind::Secret, r"(?:hf_|glpat-|npm_|[rs]k_test_)[A-Za-z0-9_-]+|(?:bot)?[0-9]+:AA[A-Za-z0-9_-]+", checks::prefixed_token, Shape::Exact, false),
     pat(PiiKind::Secret, r"hooks\.slack\.com/services/[A-Za-z0-9/]+|discord(?:app)?\.com/api/webhooks/[0-9]+/[A-Za-z0-9_-]+", any, Shape::Exact, false),
     // Named secrets (`password: …`, `DB_PASS=…`, `"api_key": "…"`, `aws_secret_access_key = …`,
-    // `Authorization: Basic …`, `Bearer …`) and a URL's `user:password@`: each regex starts at
+    // `setPassword("…")`, `Authorization: Basic …`, `Bearer …`) and a URL's `user:password@`: each regex starts at
     // the name (or `://`) with no run of word characters before it, and the named ones end at the
     // value's first character, the shape finding the rest. A leading `[A-Za-z]*`, a counted
     // repetition or a Unicode class in the shared automaton made every scan four times slower.
-    pat(PiiKind::Secret, concat!(r"(?i-u:pass(?:word|wd|phrase)?|pwd|secret(?:[_-]?key(?:[_-]?base)?)?|token|api[_-]?key|access[_-]?key|private[_-]?key|app[_-]?key|encryption[_-]?key|account[_-]?key)", r#"["']?[ \t]*[:=][ \t]*["']?[!#-%(-+\--:<-_a-~]"#), checks::named_secret, Shape::Labelled { min: 6, max: 128 }, false),
+    pat(PiiKind::Secret, concat!(r"(?i-u:pass(?:word|wd|phrase)?|pwd|secret(?:[_-]?key(?:[_-]?base)?)?|token|api[_-]?key|access[_-]?key|private[_-]?key|app[_-]?key|encryption[_-]?key|account[_-]?key)", r#"["']?[ \t]*[:=(][ \t]*["']?[!#-%(-+\--:<-_a-~]"#), checks::named_secret, Shape::Labelled { min: 6, max: 128 }, false),
     pat(PiiKind::Secret, r"(?i-u:password|passwd)[ \t]+[!#-%(-+\--:<-_a-~]", checks::named_secret, Shape::Labelled { min: 6, max: 128 }, false),
     pat(PiiKind::Secret, r#"(?i-u:authorization)["']?[ \t]*[:=][ \t]*["']?(?i-u:basic|token|bearer)[ \t]+[!#-%(-+\--:<-_a-~]"#, checks::named_secret, Shape::Labelled { min: 8, max: 512 }, false),
     pat(PiiKind::Secret, r"(?i-u:bearer)[ \t]+[!#-%(-+\--:<-_a-~]", checks::named_secret, Shape::Labelled { min: 16, max: 512 }, false),
     pat(PiiKind::Secret, r"://[A-Za-z0-9._~%!$&'()*+,;=-]*:[A-Za-z0-9._~%!$&'()*+,;=:@-]+@", checks::url_password, Shape::UserInfo, false),
+    // A password beside its user on a command line or in code (`curl -u user:pass`,
+    // `--user=user:pass`, `auth=("user", "pass")`, `HTTPBasicAuth('user', 'pass')`) or glued to
+    // `-p` (`mysql -pSECRET`).
+    pat(PiiKind::Secret, r#"[ \t](?:-u|--user)(?:[ \t]+|=)["']?[!#-&(-9;-~]*:[!#-%(-+\--:<-_a-~]"#, checks::user_password, Shape::Labelled { min: 6, max: 128 }, false),
+    pat(PiiKind::Secret, r#"(?i-u:auth)[ \t]*=?[ \t]*\([ \t]*["'][ !#-&(-~]*["'][ \t]*,[ \t]*["'][!#-%(-+\--:<-_a-~]"#, checks::user_password, Shape::Labelled { min: 6, max: 128 }, false),
+    pat(PiiKind::Secret, r"[ \t]-p[!#-%(-+\--:<-_a-~]", checks::glued_password, Shape::Labelled { min: 6, max: 128 }, false),
+    pat(PiiKind::Secret, r"SG\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", checks::sendgrid_key, Shape::Exact, false),
     // An apostrophe may sit inside a local part (`mary.o'connor@…`), not at its start.
     pat(PiiKind::Email, r"[\p{L}\p{N}._%+-][\p{L}\p{N}._%+'-]{0,63}@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.[A-Za-z]{2,}", checks::email, Shape::Exact, false),
     pat(PiiKind::Iban, r"[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,32}", |s, _| checks::iban(s), Shape::Iban, false),

@@ -352,3 +352,47 @@ fn loopback_networks_and_four_part_versions_are_not_addresses() {
     }
     assert_eq!(kinds("from 10.0.0.12 at noon"), vec![(PiiKind::IpAddress, "10.0.0.12")]);
 }
+
+#[test]
+fn credentials_on_a_command_line_or_in_code_are_found() {
+    let sendgrid = format!("SG.{}.{}", "aB3dE5gH7jK9mN1pQ3sT5v", "xY2".repeat(14) + "z");
+    let cases = [
+        ("curl -u admin:Xk9mQ2vLp7 https://api.internal/v1", "Xk9mQ2vLp7"),
+        ("curl --user 'deploy:S3cr3t!x' https://ci", "S3cr3t!x"),
+        ("curl --user=svc-ci:Tr0ub4dor#3 -X POST", "Tr0ub4dor#3"),
+        ("mysql -h db -u root -pXk9mQ2vLp7 prod", "Xk9mQ2vLp7"),
+        (r#"requests.get(url, auth=("admin", "Xk9mQ2vLp7"))"#, "Xk9mQ2vLp7"),
+        ("HTTPBasicAuth('admin', 'S3cr3t!x')", "S3cr3t!x"),
+        (r#"user.setPassword("Hunter2!x");"#, "Hunter2!x"),
+        ("password: $ecr3tPa55!", "$ecr3tPa55!"),
+        (&format!("SENDGRID_KEY is {sendgrid} here"), &sendgrid),
+    ];
+    for (text, value) in cases {
+        assert_eq!(kinds(text), vec![(PiiKind::Secret, value)], "{text}");
+    }
+}
+
+#[test]
+fn options_ports_users_and_code_are_not_command_line_credentials() {
+    for text in [
+        "docker run -u 1000:1000 -p 8080:80 img",
+        "docker run -p8080:80 -p127.0.0.1:9090:90 img",
+        "ssh -p2222 deploy@host",
+        "gcc -pthread -pedantic -O2 main.c",
+        "git push -u origin main && git branch -u origin/main",
+        "tar -pczf backup.tgz dir && mkdir -p /tmp/x",
+        "pytest -pno:cacheprovider tests",
+        "curl -u admin:admin http://localhost:9200",
+        "curl -u user:password https://example.com",
+        "curl -u $USER:$TOKEN https://api",
+        r#"auth=("user", "pass")"#,
+        "auth=(username, password)",
+        "count = len(token(text))",
+        "pw = getPassword(user)",
+        r#"password = ask_password("Password: ")"#,
+        "password: $DB_PASSWORD",
+        "SG.example.key",
+    ] {
+        assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Secret), "{text}: {:?}", kinds(text));
+    }
+}
