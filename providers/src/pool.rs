@@ -134,6 +134,9 @@ impl Pool {
             .endpoints
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A lone endpoint has nothing to be ejected in favour of (the provider's circuit breaker
+        // guards it): only its latency and outstanding count are kept.
+        let alone = endpoints.len() == 1;
         let Some(e) = endpoints.get_mut(lease.index) else {
             return;
         };
@@ -145,6 +148,9 @@ impl Pool {
             e.ejections_in_a_row = 0;
             e.ejected_until = None;
             e.last_failure = None;
+            return;
+        }
+        if alone {
             return;
         }
         e.consecutive_failures += 1;
@@ -331,6 +337,18 @@ mod tests {
             lease.index == 0
         });
         assert!(probed, "after its ejection the endpoint is tried again");
+    }
+
+    #[test]
+    fn a_lone_endpoint_is_never_ejected() {
+        let p = pool(1);
+        let t0 = Instant::now();
+        for _ in 0..EJECT_AFTER * 3 {
+            let lease = p.acquire(t0);
+            p.finish(&lease, false, t0);
+        }
+        let endpoints = p.endpoints.lock().unwrap();
+        assert!(endpoints[0].ejected_until.is_none() && endpoints[0].ejections_in_a_row == 0 && endpoints[0].outstanding == 0);
     }
 
     #[test]
