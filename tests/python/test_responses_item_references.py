@@ -85,6 +85,18 @@ def test_a_passed_through_request_gets_the_items_not_the_references(gateway, fak
     assert sent["input"][1]["id"] == first.output[0].id and sent["input"][1]["content"][0]["text"] == first.output_text
 
 
+def test_a_referenced_reasoning_item_is_left_out(gateway, fake_provider):
+    # A provider passed the request (with store off) could not look the reasoning item up.
+    client = client_for(gateway, gateway.key_a)
+    first = client.responses.create(model="fake/reasoner", input="think first")
+    assert [item.type for item in first.output] == ["reasoning", "message"]
+    second = client.responses.create(model="oai/echo", input=[user("think first"), *[reference(item.id) for item in first.output], user("next")])
+    assert second.output_text == "echo: next"
+    sent = [r["body"] for r in httpx.get(f"{fake_provider}/control/requests").json() if r["path"] == "/v1/responses"][-1]
+    assert [item.get("type", "message") for item in sent["input"]] == ["message", "message", "message"]
+    assert sent["input"][1]["content"][0]["text"] == "done"
+
+
 @pytest.mark.parametrize("who", ["another tenant", "nobody"])
 def test_an_item_of_another_tenant_or_none_is_not_found(gateway, who):
     first = client_for(gateway, gateway.key_a).responses.create(model="fake/echo", input="private to a")

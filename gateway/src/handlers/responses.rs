@@ -135,12 +135,19 @@ pub async fn create(
 /// Replaces each `item_reference` in the input by the item it names — an output item (or a
 /// listed input item) of a response this tenant stored, as clients that keep `store` on send
 /// earlier turns —, and returns the privacy tags of the responses they came from (`None` when
-/// the input references nothing). A reference to no such item is a 404 naming it.
+/// the input references nothing). A reference to no such item is a 404 naming it. A referenced
+/// `reasoning` item is left out: a chat translation skips it anyway, and a provider passed it
+/// (with `store: false`, without its encrypted content) could not look it up.
 async fn resolve_item_references(state: &AppState, tenant: &str, req: &mut responses::ResponsesRequest) -> Result<Option<Vec<String>>, ApiError> {
     let Some(Value::Array(items)) = req.input.as_mut() else { return Ok(None) };
-    let mut tags: Option<Vec<String>> = None;
-    for (i, item) in items.iter_mut().enumerate() {
+    if !items.iter().any(|item| item.get("type").and_then(Value::as_str) == Some("item_reference")) {
+        return Ok(None);
+    }
+    let mut tags = Vec::new();
+    let mut resolved = Vec::with_capacity(items.len());
+    for (i, item) in std::mem::take(items).into_iter().enumerate() {
         if item.get("type").and_then(Value::as_str) != Some("item_reference") {
+            resolved.push(item);
             continue;
         }
         let param = format!("input[{i}]");
@@ -148,10 +155,13 @@ async fn resolve_item_references(state: &AppState, tenant: &str, req: &mut respo
             return Err(ApiError::invalid(format!("Missing required parameter: '{param}.id'."), format!("{param}.id")));
         };
         let (found, its_tags) = state.responses.item(tenant, &id).await.ok_or(ApiError::ItemNotFound { id, param })?;
-        *item = found;
-        tags.get_or_insert_with(Vec::new).extend(its_tags);
+        tags.extend(its_tags);
+        if found.get("type").and_then(Value::as_str) != Some("reasoning") {
+            resolved.push(found);
+        }
     }
-    Ok(tags)
+    *items = resolved;
+    Ok(Some(tags))
 }
 
 /// True when the decision lets a Responses request be passed through to its target as it is: a
