@@ -190,7 +190,7 @@ def test_streamed_function_call_arguments_arrive_as_deltas(gateway, schemas):
     ({"model": "auto"}, 400, "input"),
     ({"model": "auto", "input": 5}, 400, "input"),
     ({"model": "auto", "input": "x", "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
-    ({"model": "auto", "input": [{"type": "item_reference", "id": "x"}]}, 400, "input[0].type"),
+    ({"model": "auto", "input": [{"type": "item_reference", "id": "x"}]}, 404, "input[0]"),
     ({"model": "auto", "input": [{"role": "robot", "content": "x"}]}, 400, "input[0].role"),
     ({"model": "auto", "input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}}, 400, "text.format.schema"),
     ({"model": "no-such-model", "input": "x"}, 404, "model"),
