@@ -387,7 +387,8 @@ def test_pii_outside_the_conversation_keeps_the_request_off_the_passthrough(pass
     assert "jane.doe@example.com" not in str(fake_requests(fake_provider)[-1])
 
 
-def test_a_continued_conversation_keeps_its_privacy_tags(tmp_path, fake_provider):
+@pytest.mark.parametrize("how", ["previous_response_id", "item_reference"])
+def test_a_continued_conversation_keeps_its_privacy_tags(tmp_path, fake_provider, how):
     policy = ('[[rule]]\nname = "private"\nwhen.privacy = ["confidential"]\nroute = "local"\n\n'
               '[[rule]]\nname = "default"\nroute = "fake/echo"\n')
     gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider)), policy=policy)
@@ -397,8 +398,11 @@ def test_a_continued_conversation_keeps_its_privacy_tags(tmp_path, fake_provider
                                                           extra_headers={"x-switchyard-tags": "confidential"})
         assert first.headers["x-switchyard-tier"] == "local"
         before = len(fake_requests(fake_provider))
-        second = client.responses.with_raw_response.create(model="auto", input="And Q4?", max_output_tokens=8,
-                                                           previous_response_id=first.parse().id)
+        # Continued by id, or (as the Vercel AI SDK does) by referencing the first answer's item.
+        continued = ({"previous_response_id": first.parse().id, "input": "And Q4?"} if how == "previous_response_id" else
+                     {"input": [{"role": "user", "content": "Our Q3 plan in one word?"},
+                                {"type": "item_reference", "id": first.parse().output[0].id}, {"role": "user", "content": "And Q4?"}]})
+        second = client.responses.with_raw_response.create(model="auto", max_output_tokens=8, **continued)
         assert second.headers["x-switchyard-tier"] == "local" and second.headers["x-switchyard-rule"] == "private"
         assert len(fake_requests(fake_provider)) == before
         # A new conversation without the tag goes to the default route.

@@ -5,7 +5,8 @@ stored. They used to be a 400, so such an app failed on its second turn on every
 
 A reference resolves on any replica sharing Redis, never to another tenant's items (404
 `item_not_found`, as for an id that was never issued), and carries the privacy tags of the
-response it came from, as a `previous_response_id` continuation does."""
+response it came from, as a `previous_response_id` continuation does (that test is beside the
+`previous_response_id` one, in test_responses_api.py)."""
 
 import secrets
 
@@ -13,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import Gateway, fake_provider_section, fake_requests, gateway_config, new_virtual_key, remote_only_config
+from conftest import Gateway, fake_provider_section, fake_requests, new_virtual_key, remote_only_config
 
 
 def client_for(gw, key="unused"):
@@ -126,21 +127,3 @@ def test_a_reference_resolves_on_another_replica_sharing_redis(tmp_path, fake_pr
     finally:
         a.stop()
         b.stop()
-
-
-def test_a_referenced_turn_keeps_its_privacy_tags(tmp_path, fake_provider):
-    policy = ('[[rule]]\nname = "private"\nwhen.privacy = ["confidential"]\nroute = "local"\n\n'
-              '[[rule]]\nname = "default"\nroute = "fake/echo"\n')
-    gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider)), policy=policy)
-    try:
-        client = client_for(gw)
-        first = client.responses.with_raw_response.create(model="auto", input="Our Q3 plan in one word?", max_output_tokens=8,
-                                                          extra_headers={"x-switchyard-tags": "confidential"})
-        assert first.headers["x-switchyard-tier"] == "local"
-        before = len(fake_requests(fake_provider))
-        second = client.responses.with_raw_response.create(model="auto", max_output_tokens=8, input=[
-            user("Our Q3 plan in one word?"), reference(first.parse().output[0].id), user("And Q4?")])
-        assert second.headers["x-switchyard-tier"] == "local" and second.headers["x-switchyard-rule"] == "private"
-        assert len(fake_requests(fake_provider)) == before
-    finally:
-        gw.stop()
