@@ -300,6 +300,13 @@ def test_a_conversation_continues_on_another_replica_sharing_redis(tmp_path, fak
         sent = [r for r in fake_requests(fake_provider) if any(f"one {word}" in str(m.get("content")) for m in r.get("messages", []))][-1]
         assert [m["content"] for m in sent["messages"]] == [f"one {word}", f"echo: one {word}", "two"]
         assert client_for(a).responses.retrieve(second.id).output_text == "echo: two"
+        # An item of A's answer, referenced on B (as the Vercel AI SDK sends earlier turns).
+        referenced = client_for(b).responses.create(model="auto", input=[
+            {"role": "user", "content": f"one {word}"}, {"type": "item_reference", "id": events[-1][1]["response"]["output"][0]["id"]},
+            {"role": "user", "content": "three"}])
+        assert referenced.output_text == "echo: three"
+        sent = [r for r in fake_requests(fake_provider) if any(f"one {word}" in str(m.get("content")) for m in r.get("messages", []))][-1]
+        assert sent["messages"][1]["role"] == "assistant" and f"echo: one {word}" in str(sent["messages"][1]["content"])
         assert private_redis.cli("--scan", "--pattern", f"switchyard:response:{b'default'.hex()}:{first_id}") != ""
         # Deleted on A after B has read it: gone on B too, not served from B's own copy.
         assert client_for(b).responses.retrieve(first_id).id == first_id

@@ -3,7 +3,8 @@ provider (the Responses API with `store` on) sends every conversation's second t
 tool loop's next step — stand for the items they name, output items of responses this tenant
 stored. They used to be a 400, so such an app failed on its second turn on every target.
 
-A reference resolves on any replica sharing Redis, never to another tenant's items (404
+A reference resolves on any replica sharing Redis (tested beside the replica test of
+`previous_response_id`, in test_responses_api.py), never to another tenant's items (404
 `item_not_found`, as for an id that was never issued), and carries the privacy tags of the
 response it came from, as a `previous_response_id` continuation does (that test is beside the
 `previous_response_id` one, in test_responses_api.py)."""
@@ -109,21 +110,3 @@ def test_an_item_of_another_tenant_or_none_is_not_found(gateway, who):
     r = httpx.post(f"{gateway.v1}/responses", headers={"authorization": f"Bearer {gateway.key_b}"}, timeout=30,
                    json={"model": "fake/echo", "input": [{"type": "item_reference"}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input[0].id", r.text
-
-
-def test_a_reference_resolves_on_another_replica_sharing_redis(tmp_path, fake_provider, private_redis):
-    extra = f'[redis]\nurl = "{private_redis.url}"\n'
-    policy = '[[rule]]\nname = "all"\nroute = "fake/echo"\n'
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a = Gateway(tmp_path / "a", remote_only_config(fake_provider, extra), policy=policy)
-    b = Gateway(tmp_path / "b", remote_only_config(fake_provider, extra), policy=policy)
-    try:
-        word = secrets.token_hex(4)
-        first = client_for(a).responses.create(model="auto", input=f"one {word}")
-        second = client_for(b).responses.create(model="auto", input=[user(f"one {word}"), reference(first.output[0].id), user("two")])
-        assert second.output_text == "echo: two"
-        assert last_chat_messages(fake_provider, f"one {word}") == [("user", f"one {word}"), ("assistant", f"echo: one {word}"), ("user", "two")]
-    finally:
-        a.stop()
-        b.stop()
