@@ -15,7 +15,7 @@ use local_engine::grammar::{self, Bounds, TextAnswer};
 use serde_json::{Map, Value};
 
 use crate::provider::{collect_stream, ChunkStream, Provider};
-use crate::wire::{ChatChunk, ChatRequest, ChatResponse, ChunkChoice, Delta, Usage};
+use crate::wire::{ChatChunk, ChatRequest, ChatResponse, ChunkChoice, Delta, MessageContent, Usage};
 use crate::ProviderError;
 
 /// Serves chat requests from the embedded engine.
@@ -33,6 +33,23 @@ impl LocalProvider {
     /// The engine behind it.
     pub fn engine(&self) -> &EngineHandle {
         &self.engine
+    }
+}
+
+/// The refusal of a message with a part the local model cannot read (an image, audio, a file),
+/// naming the part and what to do about it.
+fn media_refused(content: &MessageContent, i: usize) -> ProviderError {
+    let parts = match content {
+        MessageContent::Parts(parts) => parts.as_slice(),
+        MessageContent::Text(_) => &[],
+    };
+    let j = parts.iter().position(|p| crate::wire::part_text(p).is_none()).unwrap_or(0);
+    let kind = parts.get(j).and_then(|p| p.get("type")).and_then(Value::as_str).unwrap_or("non-text");
+    ProviderError::InvalidRequest {
+        message: format!(
+            "the local model reads text only, and this message has a {kind:?} part: send media to a provider that reads it (a rule that routes it there, or the rule's `fallback`, tried when the local engine cannot take a request)"
+        ),
+        param: Some(format!("messages[{i}].content[{j}]")),
     }
 }
 
@@ -59,12 +76,7 @@ fn generation_request(req: &ChatRequest) -> Result<(GenerationRequest, Option<To
     for (i, m) in req.messages.iter().enumerate() {
         let mut content = match &m.content {
             None => String::new(),
-            Some(c) => c.text().ok_or_else(|| {
-                invalid(
-                    "the local model accepts text content only",
-                    &format!("messages[{i}].content"),
-                )
-            })?,
+            Some(c) => c.text().ok_or_else(|| media_refused(c, i))?,
         };
         // The chat templates know `system`; `developer` is OpenAI's newer name for it.
         let mut role = if m.role == "developer" { "system".to_owned() } else { m.role.clone() };
