@@ -55,6 +55,8 @@ def test_stream_chunks_match_the_spec_and_end_with_usage_then_done(gateway, sche
     assert len({c["id"] for c in chunks}) == 1
     usage = chunks[-1]
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] >= 1
+    # As the API documents it: every other chunk carries `usage: null`.
+    assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
     finishing = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
     assert len(finishing) == 1
 

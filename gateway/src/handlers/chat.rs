@@ -728,16 +728,19 @@ fn when_complete(chunks: ChunkStream, done: impl FnOnce(ChatResponse) + Send + '
 }
 
 /// Chunks as SSE events, then `[DONE]`. The usage-only chunk is passed on only if the client
-/// asked for it; a failure mid-stream becomes an `error` object followed by `[DONE]`.
+/// asked for it (every other chunk then has `"usage": null`, as the API documents); a failure
+/// mid-stream becomes an `error` object followed by `[DONE]`.
 fn sse_events(chunks: ChunkStream, include_usage: bool) -> impl futures::Stream<Item = Result<Event, Infallible>> {
-    sse_events_with(chunks, include_usage, |chunk| serde_json::to_string(chunk).ok())
+    sse_events_with(chunks, include_usage, true, |chunk| serde_json::to_string(chunk).ok())
 }
 
 /// Like the chat SSE stream, with each chunk written by `write` (`None` skips the chunk): the
-/// same usage rule, error event and `[DONE]` for other APIs' chunk shapes.
+/// same usage rule, error event and `[DONE]` for other APIs' chunk shapes (`null_usage`: the
+/// other chunks say `"usage": null` when usage was asked for).
 pub fn sse_events_with(
     chunks: ChunkStream,
     include_usage: bool,
+    null_usage: bool,
     write: fn(&providers::wire::ChatChunk) -> Option<String>,
 ) -> impl futures::Stream<Item = Result<Event, Infallible>> {
     // (chunks, usage a provider sent on a content chunk, held for one usage chunk at the end).
@@ -757,7 +760,12 @@ pub fn sse_events_with(
                     } else if chunk.is_usage_only() {
                         usage = None;
                     }
-                    let Some(data) = write(&chunk) else { continue };
+                    let Some(mut data) = write(&chunk) else { continue };
+                    // The API's other chunks carry `"usage": null` when usage was asked for.
+                    if null_usage && include_usage && chunk.usage.is_none() && data.ends_with('}') {
+                        data.pop();
+                        data.push_str(r#","usage":null}"#);
+                    }
                     return Some((Ok(Event::default().data(data)), Some((chunks, usage))));
                 }
                 Some(Err(err)) => {
@@ -861,6 +869,8 @@ mod tests {
         assert_eq!(asked.len(), 4, "{asked:?}");
         let usage: serde_json::Value = serde_json::from_str(&asked[2]).unwrap();
         assert_eq!((usage["choices"].as_array().map(Vec::len), usage["usage"]["total_tokens"].as_u64()), (Some(0), Some(5)));
-        assert!(!asked[1].contains("usage") && asked[3] == "[DONE]", "{asked:?}");
+        // Moved off the content chunk, which says `"usage": null` as the API's do.
+        let content: serde_json::Value = serde_json::from_str(&asked[1]).unwrap();
+        assert!(content["usage"].is_null() && content.get("usage").is_some() && asked[3] == "[DONE]", "{asked:?}");
     }
 }

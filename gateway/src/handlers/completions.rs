@@ -142,7 +142,7 @@ pub async fn completions(
         let served = serve_chat(&state, &ctx, &tenant, &headers, chat, &mut exchange).await.map_err(renamed)?;
         let mut http = match served.body {
             ServedBody::Complete(answer) => Json(text_completion(&answer)).into_response(),
-            ServedBody::Stream { chunks, include_usage } => crate::handlers::event_stream(sse_events_with(chunks, include_usage, completion_chunk)),
+            ServedBody::Stream { chunks, include_usage } => crate::handlers::event_stream(sse_events_with(chunks, include_usage, false, completion_chunk)),
         };
         http.headers_mut().extend(served.headers);
         Ok(http)
