@@ -323,8 +323,8 @@ fn chat_part(part: &Value, param: &str) -> Result<Value, ApiError> {
 }
 
 /// Checks that every `function_call_output` of this turn's `input` answers a function call made
-/// earlier in the conversation (`history`) or in this input, as the API does: an output for an
-/// unknown `call_id` is a 400 naming it.
+/// earlier in the conversation (`history`) or in this input, once, and that every such call has
+/// its output, as the API does: a 400 naming the call otherwise.
 pub fn check_call_outputs(history: &[ChatMessage], input: &[ChatMessage]) -> Result<(), ApiError> {
     let mut calls: Vec<&str> = Vec::new();
     let mut answered: Vec<&str> = Vec::new();
@@ -344,7 +344,11 @@ pub fn check_call_outputs(history: &[ChatMessage], input: &[ChatMessage]) -> Res
             answered.push(call_id);
         }
     }
-    Ok(())
+    // Said in the Responses API's terms (the chat translation would refuse it in chat's).
+    match calls.iter().find(|c| !answered.contains(c)) {
+        Some(call) => Err(ApiError::invalid(format!("No tool output found for function call {call}."), "input")),
+        None => Ok(()),
+    }
 }
 
 /// This turn's input messages as listed items, each with an id derived from `response_id`:

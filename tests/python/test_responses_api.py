@@ -227,6 +227,14 @@ def test_bad_requests_get_openai_errors(gateway, body, status, param):
     assert error["message"] and error["param"] == param
 
 
+def test_a_function_call_without_its_output_is_refused_in_the_responses_apis_terms(gateway):
+    r = httpx.post(f"{gateway.v1}/responses", timeout=30, json={"model": "auto", "input": [
+        {"role": "user", "content": "weather?"}, {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+        {"role": "user", "content": "again"}]})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"] == "No tool output found for function call call_1." and r.json()["error"]["param"] == "input"
+
+
 def test_refusals_output_parts_and_truncation_round_trip(gateway, fake_provider, schemas):
     # A chat provider's refusal is the message's refusal part, whole and streamed, and the client
     # may carry it back in a conversation; text parts of a function output reach the provider as
