@@ -608,8 +608,8 @@ impl Envelope {
         if let Some(user) = &req.user {
             echo.insert("user".into(), Value::String(user.clone()));
         }
-        let effort = req.reasoning.as_ref().and_then(|r| r.get("effort")).cloned().unwrap_or(Value::Null);
-        echo.insert("reasoning".into(), json!({"effort": effort, "summary": null}));
+        let asked = |field: &str| req.reasoning.as_ref().and_then(|r| r.get(field)).cloned().unwrap_or(Value::Null);
+        echo.insert("reasoning".into(), json!({"effort": asked("effort"), "summary": asked("summary")}));
         Self { id, created_at, model: req.model.clone(), echo }
     }
 

@@ -165,9 +165,9 @@ def test_function_tools_round_trip(gateway, fake_provider, schemas):
 
 def test_reasoning_effort_and_chat_named_fields_reach_a_chat_provider(gateway, fake_provider, schemas):
     raw = client_for(gateway).responses.with_raw_response.create(
-        model="fake/echo", input="hi", reasoning={"effort": "low"}, service_tier="flex", safety_identifier="user-7", prompt_cache_key="k1")
+        model="fake/echo", input="hi", reasoning={"effort": "low", "summary": "auto"}, service_tier="flex", safety_identifier="user-7", prompt_cache_key="k1")
     schemas.validate("Response", raw.http_response.json())
-    assert raw.parse().reasoning.effort == "low", "echoed as sent"
+    assert (raw.parse().reasoning.effort, raw.parse().reasoning.summary) == ("low", "auto"), "echoed as sent"
     sent = fake_requests(fake_provider)[-1]
     assert (sent["reasoning_effort"], sent["service_tier"], sent["safety_identifier"], sent["prompt_cache_key"]) == ("low", "flex", "user-7", "k1"), sent
 
