@@ -97,19 +97,24 @@ impl std::fmt::Debug for ResponseStore {
 /// `switchyard:response:<tenant, hex>:<id>`: the tenant hex-encoded, so that no tenant name and
 /// id can spell another tenant's key.
 fn redis_key(tenant: &str, id: &str) -> String {
+    tenant_key("switchyard:response:", tenant, id)
+}
+
+/// `switchyard:response-item:<tenant, hex>:<item id>`: the response holding that item.
+fn redis_item_key(tenant: &str, item: &str) -> String {
+    tenant_key("switchyard:response-item:", tenant, item)
+}
+
+/// `<prefix><tenant, hex>:<id>`.
+fn tenant_key(prefix: &str, tenant: &str, id: &str) -> String {
     use std::fmt::Write as _;
-    let mut key = String::from("switchyard:response:");
+    let mut key = String::from(prefix);
     for b in tenant.bytes() {
         let _ = write!(key, "{b:02x}");
     }
     key.push(':');
     key.push_str(id);
     key
-}
-
-/// `switchyard:response-item:<tenant, hex>:<item id>`: the response holding that item.
-fn redis_item_key(tenant: &str, item: &str) -> String {
-    redis_key(tenant, item).replacen("switchyard:response:", "switchyard:response-item:", 1)
 }
 
 /// The items `stored` holds, with their ids: its output items and its listed input items.

@@ -178,14 +178,13 @@ impl OpenAiCompatible {
     /// `max_completion_tokens` ignored by self-hosted servers that predate the field.
     fn with_output_limit(&self, req: &ChatRequest) -> Option<ChatRequest> {
         let limit = req.max_output_tokens().or(req.output_cap)?;
-        let (read, ignored) = if self.caps_completion_tokens { (req.max_completion_tokens, req.max_tokens) } else { (req.max_tokens, req.max_completion_tokens) };
-        if read == Some(limit) && ignored.is_none() {
+        // (`max_completion_tokens`, `max_tokens`) as this provider should get them.
+        let fields = if self.caps_completion_tokens { (Some(limit), None) } else { (None, Some(limit)) };
+        if (req.max_completion_tokens, req.max_tokens) == fields {
             return None;
         }
         let mut moved = req.clone();
-        let (read, ignored) = if self.caps_completion_tokens { (&mut moved.max_completion_tokens, &mut moved.max_tokens) } else { (&mut moved.max_tokens, &mut moved.max_completion_tokens) };
-        *read = Some(limit);
-        *ignored = None;
+        (moved.max_completion_tokens, moved.max_tokens) = fields;
         Some(moved)
     }
 

@@ -139,14 +139,15 @@ pub async fn create(
 /// `reasoning` item is left out: a chat translation skips it anyway, and a provider passed it
 /// (with `store: false`, without its encrypted content) could not look it up.
 async fn resolve_item_references(state: &AppState, tenant: &str, req: &mut responses::ResponsesRequest) -> Result<Option<Vec<String>>, ApiError> {
+    let is_a = |kind: &str, item: &Value| item.get("type").and_then(Value::as_str) == Some(kind);
     let Some(Value::Array(items)) = req.input.as_mut() else { return Ok(None) };
-    if !items.iter().any(|item| item.get("type").and_then(Value::as_str) == Some("item_reference")) {
+    if !items.iter().any(|item| is_a("item_reference", item)) {
         return Ok(None);
     }
     let mut tags = Vec::new();
     let mut resolved = Vec::with_capacity(items.len());
     for (i, item) in std::mem::take(items).into_iter().enumerate() {
-        if item.get("type").and_then(Value::as_str) != Some("item_reference") {
+        if !is_a("item_reference", &item) {
             resolved.push(item);
             continue;
         }
@@ -156,7 +157,7 @@ async fn resolve_item_references(state: &AppState, tenant: &str, req: &mut respo
         };
         let (found, its_tags) = state.responses.item(tenant, &id).await.ok_or(ApiError::ItemNotFound { id, param })?;
         tags.extend(its_tags);
-        if found.get("type").and_then(Value::as_str) != Some("reasoning") {
+        if !is_a("reasoning", &found) {
             resolved.push(found);
         }
     }

@@ -4,6 +4,20 @@ fn kinds(text: &str) -> Vec<(PiiKind, &str)> {
     scan(text).into_iter().map(|s| (s.kind, &text[s.start..s.end])).collect()
 }
 
+/// Each text's one finding is a secret, the value given.
+fn each_is_one_secret(cases: &[(&str, &str)]) {
+    for (text, value) in cases {
+        assert_eq!(kinds(text), vec![(PiiKind::Secret, *value)], "{text}");
+    }
+}
+
+/// No text holds a secret (other kinds may be found).
+fn no_secret_in(texts: &[&str]) {
+    for text in texts {
+        assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Secret), "{text}: {:?}", kinds(text));
+    }
+}
+
 #[test]
 fn finds_each_kind_in_running_text() {
     let cases = [
@@ -240,9 +254,7 @@ fn a_secret_written_after_its_name_is_found_without_the_name() {
         ("client_secret: P@ss-Word!", "P@ss-Word!"),
         ("stripe sk_live_4eC39HqLyjWDarjtT1zdp7dc", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
     ];
-    for (text, value) in cases {
-        assert_eq!(kinds(text), vec![(PiiKind::Secret, value)], "{text}");
-    }
+    each_is_one_secret(&cases);
 }
 
 #[test]
@@ -281,14 +293,12 @@ fn more_secret_shapes_are_found() {
         ("GET https://api.telegram.org/bot6123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage", "bot6123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"),
         ("post to https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX now", "hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"),
     ];
-    for (text, value) in cases {
-        assert_eq!(kinds(text), vec![(PiiKind::Secret, value)], "{text}");
-    }
+    each_is_one_secret(&cases);
 }
 
 #[test]
 fn references_measures_and_defaults_after_a_secret_name_are_not_secrets() {
-    for text in [
+    no_secret_in(&[
         "const token = process.env.GITHUB_TOKEN;",
         "password = opts.Password",
         "val secret = BuildConfig.API_SECRET",
@@ -312,9 +322,7 @@ fn references_measures_and_defaults_after_a_secret_name_are_not_secrets() {
         "OPENAI_API_KEY=sk-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
         "aws AKIAXXXXXXXXXXXXXXXX",
         "pip install sk-video-tools-extension-pack",
-    ] {
-        assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Secret), "{text}: {:?}", kinds(text));
-    }
+    ]);
 }
 
 #[test]
@@ -327,7 +335,7 @@ fn a_url_password_or_a_git_remote_is_not_an_email() {
 
 #[test]
 fn code_placeholders_and_words_after_a_secret_name_are_not_secrets() {
-    for text in [
+    no_secret_in(&[
         "password = get_password()",
         r#"token = os.environ["API_TOKEN"]"#,
         "password: ${DB_PASSWORD}",
@@ -340,9 +348,7 @@ fn code_placeholders_and_words_after_a_secret_name_are_not_secrets() {
         "postgres://user:password@localhost/db",
         "https://user:${PASS}@example.org/",
         "http://localhost:8080/path?page=2",
-    ] {
-        assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Secret), "{text}: {:?}", kinds(text));
-    }
+    ]);
 }
 
 #[test]
@@ -367,14 +373,12 @@ fn credentials_on_a_command_line_or_in_code_are_found() {
         ("password: $ecr3tPa55!", "$ecr3tPa55!"),
         (&format!("SENDGRID_KEY is {sendgrid} here"), &sendgrid),
     ];
-    for (text, value) in cases {
-        assert_eq!(kinds(text), vec![(PiiKind::Secret, value)], "{text}");
-    }
+    each_is_one_secret(&cases);
 }
 
 #[test]
 fn options_ports_users_and_code_are_not_command_line_credentials() {
-    for text in [
+    no_secret_in(&[
         "docker run -u 1000:1000 -p 8080:80 img",
         "docker run -p8080:80 -p127.0.0.1:9090:90 img",
         "ssh -p2222 deploy@host",
@@ -392,7 +396,5 @@ fn options_ports_users_and_code_are_not_command_line_credentials() {
         r#"password = ask_password("Password: ")"#,
         "password: $DB_PASSWORD",
         "SG.example.key",
-    ] {
-        assert!(kinds(text).iter().all(|(k, _)| *k != PiiKind::Secret), "{text}: {:?}", kinds(text));
-    }
+    ]);
 }
