@@ -97,6 +97,11 @@ fn rate_check(limit: Option<u32>, cost: u64) -> Option<RateCheck> {
     limit.map(|l| RateCheck { limit: u64::from(l), cost })
 }
 
+/// Each tenant's limits, by name.
+fn limits_of(tenants: &[TenantConfig]) -> HashMap<String, TenantLimits> {
+    tenants.iter().map(|t| (t.name.clone(), TenantLimits { rate: t.rate_limit, budget: t.budget })).collect()
+}
+
 /// `(limit, remaining)` for each rate limit the tenant has, as the store answered.
 fn standing_of(rate: RateLimitConfig, outcome: &Outcome) -> Standing {
     (rate.rpm.zip(outcome.rpm_remaining), rate.tpm.zip(outcome.tpm_remaining))
@@ -104,7 +109,8 @@ fn standing_of(rate: RateLimitConfig, outcome: &Outcome) -> Standing {
 
 /// Rate limits and budgets of every tenant, in the configured store.
 pub struct Limiter {
-    tenants: HashMap<String, TenantLimits>,
+    /// Each tenant's limits; a configuration reload replaces them ([`Limiter::set_tenants`]).
+    tenants: std::sync::RwLock<HashMap<String, TenantLimits>>,
     primary: Arc<dyn Store>,
     /// `fail_open`: where admissions go while Redis is unreachable.
     fallback: Option<MemoryStore>,
@@ -135,7 +141,7 @@ const RETRY_FOR: Duration = Duration::from_hours(1);
 impl Limiter {
     /// Limits for `tenants`, in Redis when `redis` is set, else in this process.
     pub fn new(tenants: &[TenantConfig], redis: Option<(Arc<RedisStore>, &RedisConfig)>, metrics: Arc<Metrics>) -> Self {
-        let tenants = tenants.iter().map(|t| (t.name.clone(), TenantLimits { rate: t.rate_limit, budget: t.budget })).collect();
+        let tenants = std::sync::RwLock::new(limits_of(tenants));
         let (primary, fallback, lease_ttl_ms): (Arc<dyn Store>, _, _) = match redis {
             Some((store, config)) => (
                 store as Arc<dyn Store>,
@@ -158,9 +164,31 @@ impl Limiter {
         }
     }
 
+    /// Replaces every tenant's limits (a configuration reload). What running requests reserved
+    /// is settled as usual; a tenant that lost its budget stops being shown and gauged, and a
+    /// changed budget's gauges are set again from the next spend seen.
+    pub fn set_tenants(&self, tenants: &[TenantConfig]) {
+        let limits = limits_of(tenants);
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.retain(|tenant, _| limits.get(tenant).is_some_and(|l| l.budget.is_some()));
+        for (tenant, old) in self.tenants.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            // Gone or changed (a period dropped): the next spend seen sets what is left.
+            if old.budget.is_some() && limits.get(tenant).is_none_or(|l| l.budget != old.budget) {
+                for period in ["daily", "monthly"] {
+                    let _ = self.metrics.budget_remaining.remove_label_values(&[tenant, period]);
+                }
+            }
+        }
+        *self.tenants.write().unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+    }
+
+    fn limits(&self, tenant: &str) -> TenantLimits {
+        self.tenants.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(tenant).copied().unwrap_or_default()
+    }
+
     /// The tenant's budget, if it has one.
     pub fn budget(&self, tenant: &str) -> Option<BudgetConfig> {
-        self.tenants.get(tenant).and_then(|t| t.budget)
+        self.limits(tenant).budget
     }
 
     /// What the tenant's budget would do with a request reserving `reserve_nusd`, judged on the
@@ -187,6 +215,8 @@ impl Limiter {
         let seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out: Vec<_> = self
             .tenants
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .filter_map(|(name, t)| {
                 let spend = seen.get(name).map(|(at, spend)| current(*at, *spend, now)).unwrap_or_default();
@@ -224,7 +254,7 @@ impl Limiter {
         lease: &str,
         standing: &mut Standing,
     ) -> Result<Admitted, ApiError> {
-        let limits = self.tenants.get(tenant).copied().unwrap_or_default();
+        let limits = self.limits(tenant);
         let ticket = |held, lease: Option<String>| {
             let alive = lease.as_ref().map(|lease| {
                 let alive = Arc::new(());
@@ -308,7 +338,7 @@ impl Limiter {
     /// admission (policy, in-flight limit) that still carries the rate-limit headers. Nothing
     /// when the tenant has no rate limit or the store cannot be read.
     pub async fn standing(&self, tenant: &str) -> Standing {
-        let Some(rate) = self.tenants.get(tenant).and_then(|t| t.rate) else { return (None, None) };
+        let Some(rate) = self.limits(tenant).rate else { return (None, None) };
         let admission = Admission {
             tenant,
             now_ms: unix_ms(),
@@ -342,7 +372,7 @@ impl Limiter {
         if let Some(lease) = &ticket.lease {
             self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(lease);
         }
-        let limits = self.tenants.get(&ticket.tenant).copied().unwrap_or_default();
+        let limits = self.limits(&ticket.tenant);
         let cost_nusd = if limits.budget.is_some() { usd_to_nanos(record.cost_usd) } else { 0 };
         let tpm = limits.rate.and_then(|r| r.tpm).filter(|_| record.completion_tokens > 0);
         if ticket.lease.is_none() && cost_nusd == 0 && tpm.is_none() {
@@ -446,8 +476,15 @@ impl Limiter {
     /// routing signal when this replica has not seen the tenant's traffic lately).
     pub async fn refresh(&self) {
         let now_ms = unix_ms();
-        for (tenant, limits) in &self.tenants {
-            let Some(budget) = limits.budget else { continue };
+        // A copy: the store is awaited, and a reload may replace the limits meanwhile.
+        let budgets: Vec<(String, BudgetConfig)> = self
+            .tenants
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(|(tenant, limits)| Some((tenant.clone(), limits.budget?)))
+            .collect();
+        for (tenant, budget) in &budgets {
             let read = Admission {
                 tenant,
                 now_ms,
@@ -593,6 +630,27 @@ mod tests {
         assert_eq!(limiter.finish_settlements(Duration::from_secs(10)).await, 0);
         let (_, _, spend) = limiter.budgets().remove(0);
         assert_eq!((spend.daily_nusd, spend.reserved_nusd), (500_000, 0));
+    }
+
+    #[tokio::test]
+    async fn a_reload_replaces_the_limits_and_what_ran_before_still_settles() {
+        let limiter = Arc::new(limiter());
+        let old_budget = limiter.budget("acme").map(|b| b.limits());
+        let running = admitted(&limiter, "running").await;
+        assert!(limiter.metrics.render().contains("switchyard_budget_remaining_usd{"));
+        // The reload takes the budget away and sets one request a minute.
+        let reloaded: TenantConfig = toml::from_str("name = \"acme\"\nrate_limit = { rpm = 1 }\n").unwrap();
+        limiter.set_tenants(&[reloaded]);
+        assert!(limiter.budget("acme").is_none() && limiter.budgets().is_empty());
+        assert!(!limiter.metrics.render().contains("switchyard_budget_remaining_usd{"), "a budget that is gone is not gauged");
+        let mut standing = (None, None);
+        assert!(limiter.admit("acme", 10, 0, true, "first", &mut standing).await.is_ok());
+        assert!(limiter.admit("acme", 10, 0, true, "second", &mut standing).await.is_err(), "the new rate limit applies");
+        // The request admitted under the old budget gives its reservation back when it ends.
+        limiter.settle(&running, &UsageRecord { ts: unix_ms(), tenant: "acme".into(), cost_usd: 0.0005, ..UsageRecord::default() });
+        assert_eq!(limiter.finish_settlements(Duration::from_secs(10)).await, 0);
+        let read = Admission { tenant: "acme", now_ms: unix_ms(), rpm: None, tpm: None, budget: old_budget, reserve_nusd: 0, lease: "", lease_ttl_ms: 0 };
+        assert_eq!(limiter.primary.admit(&read).await.unwrap().spend.reserved_nusd, 0);
     }
 
     /// A store that carries admissions out and then loses their answers (a client leaving during

@@ -68,6 +68,7 @@ pub fn build(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/dashboard", get(admin::dashboard).fallback(not_allowed))
         .route("/admin/stats", get(admin::stats).fallback(not_allowed))
+        .route("/admin/reload", post(admin::reload).fallback(not_allowed))
         // Unknown admin paths: 404 behind the key (no listing of what exists) and the headers.
         .route("/admin", axum::routing::any(fallback::unknown_url))
         .route("/admin/", axum::routing::any(fallback::unknown_url))

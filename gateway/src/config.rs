@@ -678,6 +678,32 @@ impl GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// [`GatewayConfig::load`] with `SWITCHYARD_LISTEN` (set but empty, as a compose or
+    /// Kubernetes env block may leave it, means unset).
+    pub fn load_with_env(path: &Path) -> Result<Self, ConfigErrors> {
+        let listen = std::env::var("SWITCHYARD_LISTEN").ok().filter(|v| !v.trim().is_empty());
+        Self::load(path, listen.as_deref())
+    }
+
+    /// The sections `new` changes that a running gateway cannot take without a restart: all but
+    /// `[[tenants]]` and the policy (file, rules, classifier), which [`crate::state::AppState::reload`]
+    /// replaces. Compared as parsed, so comments and layout do not count.
+    pub fn restart_only_changes(&self, new: &Self) -> Vec<&'static str> {
+        let sections = [
+            ("[server]", self.server != new.server || self.listen != new.listen),
+            ("[local]", self.local != new.local),
+            ("[[providers]]", self.providers != new.providers),
+            ("[metrics]", self.metrics != new.metrics),
+            ("[audit]", self.audit != new.audit),
+            ("[redis]", self.redis != new.redis),
+            ("[cache]", self.cache != new.cache),
+            ("[shadow]", self.shadow != new.shadow),
+            ("[responses]", self.responses != new.responses),
+            ("[local_embeddings]", self.local_embeddings != new.local_embeddings),
+        ];
+        sections.into_iter().filter(|(_, changed)| *changed).map(|(name, _)| name).collect()
+    }
+
     /// The router for this configuration.
     pub fn router(&self) -> router::Router {
         let router = router::Router::new(self.policy.clone(), self.topology());

@@ -38,8 +38,9 @@ pub fn caller_tags(headers: &HeaderMap) -> Vec<String> {
 pub fn plan(state: &AppState, req: &ChatRequest, headers: &HeaderMap, tenant: &TenantProfile, budget_exhausted: bool) -> Result<Decision, ApiError> {
     let budget = BudgetSignal { used: state.limiter.used_share(&tenant.name), exhausted: budget_exhausted };
     let unavailable = state.open_circuits();
-    let signals = Signals { unavailable: &unavailable, budget, spillover: state.spillover.as_ref() };
-    plan_with(&state.router, &state.catalog, req, headers, tenant, &signals)
+    let live = state.live.load();
+    let signals = Signals { unavailable: &unavailable, budget, spillover: state.spillover(&live) };
+    plan_with(&live.router, &state.catalog, req, headers, tenant, &signals)
 }
 
 /// The tenant's budget as the router sees it.

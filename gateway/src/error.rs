@@ -134,6 +134,12 @@ pub enum ApiError {
         /// Where it was referenced (`input[2]`).
         param: String,
     },
+    /// `POST /admin/reload` left the running configuration as it was.
+    #[error("The configuration was not reloaded; the gateway still serves the one loaded before: {}", .problems.join("; "))]
+    ReloadRefused {
+        /// Each problem, naming file, line and key where known.
+        problems: Vec<String>,
+    },
     /// No such route.
     #[error("Invalid URL ({method} {path})")]
     UnknownUrl {
@@ -231,6 +237,9 @@ impl ApiError {
                 (StatusCode::NOT_FOUND, detail("invalid_request_error", Some("response_not_found"), None), None)
             }
             Self::ItemNotFound { param, .. } => (StatusCode::NOT_FOUND, detail("invalid_request_error", Some("item_not_found"), Some(param.clone())), None),
+            Self::ReloadRefused { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, detail("invalid_request_error", Some("reload_refused"), None), None)
+            }
             Self::UnknownUrl { .. } => {
                 (StatusCode::NOT_FOUND, detail("invalid_request_error", Some("unknown_url"), None), None)
             }

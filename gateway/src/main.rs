@@ -118,9 +118,7 @@ fn to_stderr(line: &str) {
 }
 
 fn load(path: &Path) -> Result<GatewayConfig, config::ConfigErrors> {
-    // Set but empty (a compose or Kubernetes env block) means unset.
-    let listen = std::env::var("SWITCHYARD_LISTEN").ok().filter(|v| !v.trim().is_empty());
-    GatewayConfig::load(path, listen.as_deref())
+    GatewayConfig::load_with_env(path)
 }
 
 fn main() -> ExitCode {
@@ -166,7 +164,7 @@ fn serve_command(path: &Path) -> anyhow::Result<()> {
     let config = load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let (runtime, threads) = runtime(config.server.worker_threads).context("starting the runtime")?;
     tracing::info!(worker_threads = threads, single_threaded = threads == 1, "async runtime");
-    runtime.block_on(serve::serve(config))
+    runtime.block_on(serve::serve(config, Some(path.to_owned())))
 }
 
 /// The async runtime: `worker_threads` threads (0: one per core this process may run on), and

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub shadow_cost: prometheus::Counter,
     /// Requests refused for a missing or wrong key, by surface (`api`: virtual keys; `admin`).
     pub auth_failures: IntCounterVec,
+    /// Configuration reloads by result (`applied`, `refused`).
+    pub config_reloads: IntCounterVec,
+    /// 1 unless the last reload was refused (the running configuration is not the file's).
+    pub config_last_reload_successful: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -154,8 +158,14 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 c
             },
+            config_reloads: counter("switchyard_config_reloads_total", "Configuration reloads (SIGHUP or POST /admin/reload) by result (applied, refused).", &["result"])?,
+            config_last_reload_successful: gauge(
+                "switchyard_config_last_reload_successful",
+                "1 unless the last configuration reload was refused (then the gateway runs a configuration the file no longer holds).",
+            )?,
             registry,
         };
+        metrics.config_last_reload_successful.set(1);
         Ok(metrics)
     }
 

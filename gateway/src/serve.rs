@@ -32,7 +32,7 @@ const BUDGET_REFRESH: Duration = Duration::from_secs(5);
 
 /// Serves until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish (at most
 /// [`DRAIN_DEADLINE`], or until a second SIGTERM/SIGINT) and returns.
-pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
+pub async fn serve(config: GatewayConfig, config_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let listen = config.listen;
     for warning in &config.warnings {
         warn!("{warning}");
@@ -40,7 +40,7 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     crate::open_files::raise_for(config.server.max_connections);
     // Bound first: a port in use stops the start before any model is loaded.
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    let state = AppState::build(config)?;
+    let state = AppState::build(config, config_file)?;
     // Tests and scripts read this line to learn the port when listening on port 0.
     info!(addr = %listener.local_addr()?, "listening");
     let app = crate::app::build(Arc::clone(&state));
@@ -61,15 +61,22 @@ pub async fn serve(config: GatewayConfig) -> anyhow::Result<()> {
             }
         })
     };
-    // SIGHUP, the usual "reload" signal, would otherwise end the process without a drain.
+    // SIGHUP reloads the tenants and the policy (also without it, it must not end the process,
+    // as its default action would, without a drain).
     #[cfg(unix)]
-    let hangups = tokio::spawn(async {
-        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            while hup.recv().await.is_some() {
-                warn!("SIGHUP ignored: the configuration is not reloaded; restart the process to apply changes (SIGTERM drains first)");
+    let hangups = {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                while hup.recv().await.is_some() {
+                    info!("SIGHUP: reloading the configuration");
+                    let state = Arc::clone(&state);
+                    // Reads files: off the runtime's threads.
+                    let _ = tokio::task::spawn_blocking(move || state.reload_from_file()).await;
+                }
             }
-        }
-    });
+        })
+    };
     // A request that outlives a lease keeps its reservation while this replica runs it.
     let renewer = {
         let limiter = Arc::clone(&state.limiter);

@@ -1,10 +1,11 @@
 //! `AppState`: everything the handlers share, built once at start-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use local_engine::EngineHandle;
 use providers::{Guarded, LocalProvider, OpenAiCompatible, Provider, ProviderKind};
 
@@ -24,6 +25,51 @@ use crate::store::RedisStore;
 use crate::metrics::Metrics;
 use crate::tenants::Tenants;
 
+/// The part of the configuration a reload replaces: `[[tenants]]` and the policy file (with the
+/// `[classifier]` model it names). Everything else needs a restart.
+pub struct Live {
+    /// Policy, targets and complexity scorer.
+    pub router: router::Router,
+    /// Virtual keys → tenants.
+    pub tenants: Tenants,
+    /// Tenants with `shadow = false`.
+    pub shadow_excluded: HashSet<String>,
+    /// A rule of the policy can spill (`spill = …`).
+    pub spills: bool,
+}
+
+impl Live {
+    fn new(config: &GatewayConfig) -> Self {
+        let router = config.router();
+        let spills = router.policy().rules.iter().any(|r| r.spill.is_some());
+        Self {
+            router,
+            tenants: Tenants::new(&config.tenants),
+            shadow_excluded: config.tenants.iter().filter(|t| !t.shadow).map(|t| t.name.clone()).collect(),
+            spills,
+        }
+    }
+}
+
+/// What [`AppState::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The new tenants and policy serve every request from now on.
+    Applied {
+        /// Tenants configured now.
+        tenants: usize,
+        /// Rules in the policy now.
+        rules: usize,
+        /// What `check` would warn about in the new configuration.
+        warnings: Vec<String>,
+    },
+    /// Nothing changed: the file has problems, or changes a part only a restart applies.
+    Refused {
+        /// Each problem, naming file, line and key where known.
+        problems: Vec<String>,
+    },
+}
+
 /// A remote provider.
 pub struct Remote {
     /// Answers requests (behind its circuit breakers, one per model).
@@ -41,10 +87,13 @@ pub struct AppState {
     pub config: GatewayConfig,
     /// Model names and targets.
     pub catalog: Catalog,
-    /// Policy, targets and complexity scorer.
-    pub router: router::Router,
-    /// Virtual keys → tenants.
-    pub tenants: Tenants,
+    /// The tenants and the policy, which a reload replaces ([`AppState::reload`]): read it once
+    /// per request (`state.live.load()`), so one request sees one configuration.
+    pub live: ArcSwap<Live>,
+    /// Where the configuration was read from, for reloads (`None`: it cannot be reloaded).
+    pub config_file: Option<std::path::PathBuf>,
+    /// Held while a reload runs: two at once could apply the older file last.
+    reloading: std::sync::Mutex<()>,
     /// Where every request's accounting record goes.
     pub ledger: Arc<Ledger>,
     /// Prices usage on a target.
@@ -68,16 +117,15 @@ pub struct AppState {
     pub admin_throttle: crate::admin_throttle::AdminThrottle,
     /// The embedded engine, if configured.
     pub local: Option<LocalProvider>,
-    /// Watches the engine against `[local]`'s latency targets, when set and a rule can spill.
-    pub spillover: Option<Spillover>,
+    /// Watches the engine against `[local]`'s latency targets, when they are set; consulted only
+    /// while the live policy has a rule that can spill ([`AppState::spillover`]).
+    spillover: Option<Spillover>,
     /// Shadow evaluation of local answers, with `[shadow]`.
     pub shadow: Option<Arc<Shadow>>,
     /// Stored Responses-API responses (`[responses]`; in Redis too with `[redis]`).
     pub responses: ResponseStore,
     /// The in-process embedding model (`[local_embeddings]`).
     pub embeddings: Option<LocalEmbeddings>,
-    /// Tenants with `shadow = false`.
-    pub shadow_excluded: std::collections::HashSet<String>,
     /// Remote providers by name.
     pub remotes: HashMap<String, Remote>,
     /// Unix seconds at start-up (the `created` of `/v1/models`).
@@ -91,8 +139,9 @@ pub struct AppState {
 
 impl AppState {
     /// Reads the secrets, builds the providers and starts the engine (its model loads in the
-    /// background): a missing secret stops the start before any model is loaded.
-    pub fn build(config: GatewayConfig) -> anyhow::Result<Arc<Self>> {
+    /// background): a missing secret stops the start before any model is loaded. `config_file`:
+    /// where `config` was read from, which [`AppState::reload`] reads again.
+    pub fn build(config: GatewayConfig, config_file: Option<std::path::PathBuf>) -> anyhow::Result<Arc<Self>> {
         let admin_key = match &config.server.admin_key_env {
             // The variable's name may be logged; its value never is.
             // An empty key would open the admin pages to an empty password.
@@ -132,10 +181,12 @@ impl AppState {
         };
         let catalog = Catalog::new(config.local.as_ref().map(|l| l.name.as_str()), &config.providers);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let router = config.router();
-        let spillover = local.as_ref().zip(config.local.as_ref().and_then(Targets::from_config)).and_then(|(local, targets)| {
-            router.policy().rules.iter().any(|r| r.spill.is_some()).then(|| Spillover::new(local.engine().clone(), targets))
-        });
+        let live = Live::new(&config);
+        // Built whenever `[local]` sets a latency target, so that a reloaded policy may spill.
+        let spillover = local
+            .as_ref()
+            .zip(config.local.as_ref().and_then(Targets::from_config))
+            .map(|(local, targets)| Spillover::new(local.engine().clone(), targets));
         // Compile the PII patterns now rather than on the first request.
         let _ = router::pii_scanner();
         let pricer = pricer(&config);
@@ -148,7 +199,6 @@ impl AppState {
             None => None,
         };
         let baseline = config.metrics.as_ref().and_then(|m| m.baseline_model.clone());
-        let tenants = Tenants::new(&config.tenants);
         let limiter = Arc::new(Limiter::new(&config.tenants, redis.clone().zip(config.redis.as_ref()), Arc::clone(&metrics)));
         let cache = config.cache.as_ref().map(|c| Arc::new(ResponseCache::new(c, redis.clone())));
         let cluster = redis.clone().map(Cluster::new);
@@ -166,13 +216,13 @@ impl AppState {
             Some(shadow) => Some(Arc::new(build_shadow(shadow, &remotes, &pricer, &metrics)?)),
             None => None,
         };
-        let shadow_excluded = config.tenants.iter().filter(|t| !t.shadow).map(|t| t.name.clone()).collect();
         let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), audit, baseline));
         Ok(Arc::new(Self {
             config,
             catalog,
-            router,
-            tenants,
+            live: ArcSwap::from_pointee(live),
+            config_file,
+            reloading: std::sync::Mutex::new(()),
             ledger,
             metrics,
             admin_key,
@@ -186,7 +236,6 @@ impl AppState {
             local,
             spillover,
             shadow,
-            shadow_excluded,
             responses,
             embeddings,
             remotes,
@@ -194,6 +243,70 @@ impl AppState {
             draining: AtomicBool::new(false),
             cut: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// The spillover watch, when `[local]` sets a latency target and `live`'s policy can spill.
+    pub fn spillover<'a>(&'a self, live: &Live) -> Option<&'a Spillover> {
+        self.spillover.as_ref().filter(|_| live.spills)
+    }
+
+    /// Applies `loaded` (the configuration file read again, or why it could not be) if it
+    /// changes nothing but `[[tenants]]` and the policy: from the next request on, keys, tenants'
+    /// residency, tags, rate limits and budgets, rules and the complexity scorer are the new
+    /// ones. Requests already running finish as they started. Otherwise nothing changes.
+    pub fn reload(&self, loaded: Result<GatewayConfig, crate::config::ConfigErrors>) -> Reloaded {
+        let config = match loaded {
+            Ok(config) => config,
+            Err(errors) => return Reloaded::Refused { problems: errors.problems },
+        };
+        let restart_only = self.config.restart_only_changes(&config);
+        if !restart_only.is_empty() {
+            return Reloaded::Refused {
+                problems: restart_only
+                    .into_iter()
+                    .map(|section| format!("{section} changed: only [[tenants]] and the policy are reloaded; restart to apply it (SIGTERM drains first)"))
+                    .collect(),
+            };
+        }
+        let live = Live::new(&config);
+        if live.tenants.is_open() && !self.live.load().tenants.is_open() {
+            return Reloaded::Refused {
+                problems: vec![
+                    "no tenant has a key left: every request would be served without one, with no tenant's limits; keep a key, or restart to run without keys".to_owned(),
+                ],
+            };
+        }
+        let applied = Reloaded::Applied { tenants: config.tenants.len(), rules: live.router.policy().rules.len(), warnings: config.warnings };
+        // Limits first: a request authenticated under a new key finds its tenant's limits.
+        self.limiter.set_tenants(&config.tenants);
+        self.live.store(Arc::new(live));
+        applied
+    }
+
+    /// Reads the configuration file again and [reloads](AppState::reload) it, one reload at a
+    /// time; logs and counts the result. Blocking (it reads files): call it off the runtime.
+    pub fn reload_from_file(&self) -> Reloaded {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reloaded = match &self.config_file {
+            Some(path) => self.reload(GatewayConfig::load_with_env(path)),
+            None => Reloaded::Refused { problems: vec!["this gateway was not started from a configuration file".to_owned()] },
+        };
+        match &reloaded {
+            Reloaded::Applied { tenants, rules, warnings } => {
+                for warning in warnings {
+                    tracing::warn!("{warning}");
+                }
+                tracing::info!(tenants, rules, "configuration reloaded: tenants and policy applied");
+                self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+                self.metrics.config_last_reload_successful.set(1);
+            }
+            Reloaded::Refused { problems } => {
+                tracing::error!(problems = %problems.join("; "), "configuration not reloaded; still serving the one loaded before");
+                self.metrics.config_reloads.with_label_values(&["refused"]).inc();
+                self.metrics.config_last_reload_successful.set(0);
+            }
+        }
+        reloaded
     }
 
     /// `[server].body_timeout_ms`.

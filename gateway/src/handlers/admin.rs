@@ -15,7 +15,7 @@ use crate::budgets::nanos_to_usd;
 use crate::error::ApiError;
 use crate::handlers::read_body;
 use crate::middleware::admin_auth::{check_key, peer, SESSION_COOKIE};
-use crate::state::AppState;
+use crate::state::{AppState, Reloaded};
 
 /// The dashboard page: no external assets, it draws `/admin/stats`.
 pub const DASHBOARD_PAGE: &str = include_str!("dashboard.html");
@@ -45,6 +45,21 @@ pub async fn login(State(state): State<Arc<AppState>>, req: Request) -> Result<R
         response.headers_mut().insert(SET_COOKIE, value);
     }
     Ok(response)
+}
+
+/// `POST /admin/reload`: reads the configuration file again and applies its `[[tenants]]` and
+/// policy, as SIGHUP does: 200 `{"reloaded": true, "tenants", "rules", "warnings"}`, or 422
+/// `reload_refused` naming each problem (the running configuration stays).
+pub async fn reload(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let reloading = Arc::clone(&state);
+    // Reads files: off the runtime's threads.
+    let reloaded = tokio::task::spawn_blocking(move || reloading.reload_from_file())
+        .await
+        .map_err(|_| ApiError::ReloadRefused { problems: vec!["the reload stopped before it finished".to_owned()] })?;
+    match reloaded {
+        Reloaded::Applied { tenants, rules, warnings } => Ok(Json(json!({"reloaded": true, "tenants": tenants, "rules": rules, "warnings": warnings}))),
+        Reloaded::Refused { problems } => Err(ApiError::ReloadRefused { problems }),
+    }
 }
 
 /// `GET /admin/stats`: the last hour and day per tenant and target, requests per minute, the
@@ -90,7 +105,7 @@ pub async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
         "requests_per_minute": rollups.per_minute(now_minute, 60),
         "engine": engine,
         "circuits": circuits,
-        "spilling": state.spillover.as_ref().map(crate::spill::Spillover::spilling),
+        "spilling": state.spillover(&state.live.load()).map(crate::spill::Spillover::spilling),
         "shadow": state.shadow.as_ref().map(|s| s.stats()),
         "budgets": state.limiter.budgets().iter().map(|(tenant, budget, spend)| (tenant.clone(), json!({
             "daily_usd": budget.daily_usd, "monthly_usd": budget.monthly_usd,

@@ -231,7 +231,8 @@ pub async fn serve_chat(
         r.decided(&decision, prompt_chars);
     }
     // Counted from the decision on, so that a burst's later requests see the earlier ones.
-    let track = |d: &Decision| state.spillover.as_ref().filter(|_| is_local(state, &d.target)).map(Spillover::track_local);
+    let live = state.live.load_full();
+    let track = |d: &Decision| state.spillover(&live).filter(|_| is_local(state, &d.target)).map(Spillover::track_local);
     let mut local_ticket = track(&decision);
     if let Some(reason) = &decision.violation {
         let refusal = ApiError::PolicyViolation { reason: format!("rule {:?}: {reason}", decision.rule) };
@@ -327,12 +328,13 @@ fn shadow_candidate(state: &AppState, req: &ChatRequest, decision: &Decision, te
     let shadow = state.shadow.as_ref()?;
     // The comparison sends the prompt to the shadow's remote and judge: never outside the
     // tenant's residency.
-    let topology = state.router.topology();
+    let live = state.live.load();
+    let topology = live.router.topology();
     let inside = |target: &str| router::region_allowed(&tenant.residency, topology.get(target).and_then(|t| t.region.as_deref()));
     let eligible = decision.privacy.tags.is_empty()
         && inside(shadow.config().remote_target())
         && inside(&shadow.config().judge)
-        && !state.shadow_excluded.contains(&tenant.name)
+        && !live.shadow_excluded.contains(&tenant.name)
         && req.n.unwrap_or(1) <= 1
         && req.tools.is_none()
         && !req.raw_prompt

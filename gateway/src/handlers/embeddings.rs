@@ -270,7 +270,8 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
     };
     // The same guard as chat: never to a region outside the tenant's residency, and privacy-tagged
     // input only to a trusted provider (an embedding cannot be redacted: the vector is the text's).
-    let topology = state.router.topology();
+    let live = state.live.load();
+    let topology = live.router.topology();
     if let Some(reason) = router::violation(topology, &target, &tenant.residency, false, router::Redacts::No) {
         return Err(ApiError::PolicyViolation { reason });
     }

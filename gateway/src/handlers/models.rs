@@ -39,7 +39,7 @@ pub async fn retrieve_model(
         return Ok(Json(model));
     }
     // A name a rule claims (`when.requested_model`) is one chat serves, though no provider lists it.
-    if state.router.policy().claims(&id, &tenant.name) {
+    if state.live.load().router.policy().claims(&id, &tenant.name) {
         return Ok(Json(json!({"id": id, "object": "model", "created": state.started_unix, "owned_by": "switchyard"})));
     }
     Err(ApiError::ModelNotFound { model: id })
@@ -48,7 +48,8 @@ pub async fn retrieve_model(
 fn models(state: &AppState, tenant: &TenantProfile) -> Vec<Value> {
     let created = state.started_unix;
     let local_region = state.config.server.region.as_str();
-    let topology = state.router.topology();
+    let live = state.live.load();
+    let topology = live.router.topology();
     let allowed = |id: &str, owned_by: &str| {
         let region = if owned_by == "switchyard-local" { Some(local_region) } else { topology.get(id).and_then(|t| t.region.as_deref()) };
         id == crate::catalog::AUTO || router::region_allowed(&tenant.residency, region)

@@ -18,7 +18,7 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| super::credentials(v, "Bearer"));
-    match state.tenants.authenticate(bearer) {
+    match state.live.load().tenants.authenticate(bearer) {
         Ok(tenant) => {
             if let Some(ctx) = req.extensions().get::<RequestCtx>() {
                 ctx.span.record("tenant", tenant.name.as_str());
