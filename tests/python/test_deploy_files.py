@@ -1,7 +1,8 @@
 """The deployment files: docker-compose.yml has the four services wired as documented (checked
 with `docker compose config` too where the compose plugin exists), the Prometheus scrape config
-passes `promtool check config`, the Grafana dashboard parses and queries only INTERFACE.md §5
-metrics, and config/docker.toml passes `switchyard check`."""
+passes `promtool check config` and its alert rules their `promtool test rules` unit tests, the
+Grafana dashboard parses and queries only INTERFACE.md §5 metrics, and config/docker.toml passes
+`switchyard check`."""
 
 import json
 import re
@@ -51,6 +52,23 @@ def test_prometheus_scrape_config_is_valid_and_targets_the_gateway():
     assert config["scrape_configs"][0]["static_configs"][0]["targets"] == ["switchyard:8080"]
     r = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_alert_rules_pass_their_unit_tests_and_use_documented_metrics():
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in compose["services"]["prometheus"]["volumes"]
+    # Each alert fires, and clears, on the series its unit test feeds it.
+    r = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=ROOT / "deploy/prometheus",
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"][0]["rules"]
+    tested = yaml.safe_load((ROOT / "deploy/prometheus/alerts_test.yml").read_text())["tests"][0]["alert_rule_test"]
+    assert {rule["alert"] for rule in rules} == {t["alertname"] for t in tested}, "every alert has a unit test"
+    documented = set(re.findall(r"switchyard_[a-z_]+", (ROOT / "docs/configuration.md").read_text()))
+    used = {m for rule in rules for m in re.findall(r"switchyard_[a-z_]+", rule["expr"])}
+    assert used and used <= documented, used - documented
 
 
 def test_grafana_dashboard_queries_only_interface_metrics():
