@@ -65,6 +65,13 @@ def observed(tmp_path_factory, fake_provider):
     gw.stop()
 
 
+def test_a_stream_broken_mid_way_is_logged_with_its_request_id(observed):
+    gw, sent, _, _ = observed
+    request_id = sent[-1].headers["x-request-id"]
+    logged = [line for line in gw.process.lines if "stream failed after its first chunk" in line]
+    assert logged and all(f"request_id={request_id}" in line for line in logged), logged
+
+
 def test_every_metric_family_the_traffic_produces_is_exported(observed):
     _, _, _, text = observed
     for name in ["switchyard_requests_total", "switchyard_request_duration_seconds", "switchyard_time_to_first_token_seconds",

@@ -745,42 +745,48 @@ pub fn sse_events_with(
     null_usage: bool,
     write: fn(&providers::wire::ChatChunk) -> Option<String>,
 ) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    // The body is polled after the handler returned, outside the request's span: its log lines
+    // name the request through this one.
+    let span = tracing::Span::current();
     // (chunks, usage a provider sent on a content chunk, held for one usage chunk at the end).
-    stream::unfold(Some((chunks, None::<providers::wire::ChatChunk>)), move |state| async move {
-        let (mut chunks, mut usage) = state?;
-        loop {
-            match chunks.next().await {
-                Some(Ok(chunk)) if chunk.is_usage_only() && !include_usage => {}
-                Some(Ok(mut chunk)) => {
-                    // Usage goes out only to clients that asked, and then in its own last chunk,
-                    // as the API sends it, whichever chunk the provider put it on.
-                    if chunk.usage.is_some() && !chunk.choices.is_empty() {
-                        let mut last = chunk.clone();
-                        last.choices.clear();
-                        chunk.usage = None;
-                        usage = include_usage.then_some(last);
-                    } else if chunk.is_usage_only() {
-                        usage = None;
+    stream::unfold(Some((chunks, None::<providers::wire::ChatChunk>)), move |state| {
+        let span = span.clone();
+        async move {
+            let (mut chunks, mut usage) = state?;
+            loop {
+                match chunks.next().await {
+                    Some(Ok(chunk)) if chunk.is_usage_only() && !include_usage => {}
+                    Some(Ok(mut chunk)) => {
+                        // Usage goes out only to clients that asked, and then in its own last chunk,
+                        // as the API sends it, whichever chunk the provider put it on.
+                        if chunk.usage.is_some() && !chunk.choices.is_empty() {
+                            let mut last = chunk.clone();
+                            last.choices.clear();
+                            chunk.usage = None;
+                            usage = include_usage.then_some(last);
+                        } else if chunk.is_usage_only() {
+                            usage = None;
+                        }
+                        let Some(mut data) = write(&chunk) else { continue };
+                        // The API's other chunks carry `"usage": null` when usage was asked for.
+                        if null_usage && include_usage && chunk.usage.is_none() && data.ends_with('}') {
+                            data.pop();
+                            data.push_str(r#","usage":null}"#);
+                        }
+                        return Some((Ok(Event::default().data(data)), Some((chunks, usage))));
                     }
-                    let Some(mut data) = write(&chunk) else { continue };
-                    // The API's other chunks carry `"usage": null` when usage was asked for.
-                    if null_usage && include_usage && chunk.usage.is_none() && data.ends_with('}') {
-                        data.pop();
-                        data.push_str(r#","usage":null}"#);
+                    Some(Err(err)) => {
+                        warn!(parent: &span, error = %privacy::masked(&err), "stream failed after its first chunk");
+                        let body = ApiError::from(err).body();
+                        let data = serde_json::to_string(&body).unwrap_or_default();
+                        // Emit the error now; the empty stream left behind ends with `[DONE]`.
+                        return Some((Ok(Event::default().data(data)), Some((stream::empty().boxed(), None))));
                     }
-                    return Some((Ok(Event::default().data(data)), Some((chunks, usage))));
+                    None => match usage.take().and_then(|last| write(&last)) {
+                        Some(data) => return Some((Ok(Event::default().data(data)), Some((stream::empty().boxed(), None)))),
+                        None => return Some((Ok(Event::default().data("[DONE]")), None)),
+                    },
                 }
-                Some(Err(err)) => {
-                    warn!(error = %privacy::masked(&err), "stream failed after its first chunk");
-                    let body = ApiError::from(err).body();
-                    let data = serde_json::to_string(&body).unwrap_or_default();
-                    // Emit the error now; the empty stream left behind ends with `[DONE]`.
-                    return Some((Ok(Event::default().data(data)), Some((stream::empty().boxed(), None))));
-                }
-                None => match usage.take().and_then(|last| write(&last)) {
-                    Some(data) => return Some((Ok(Event::default().data(data)), Some((stream::empty().boxed(), None)))),
-                    None => return Some((Ok(Event::default().data("[DONE]")), None)),
-                },
             }
         }
     })

@@ -381,8 +381,11 @@ fn passthrough_events(
         done: bool,
         /// The provider's last `sequence_number`: an error event of ours takes the next.
         sequence: u64,
+        /// The request's: the body is polled after the handler returned, outside it.
+        span: tracing::Span,
     }
-    stream::unfold(Pump { events, record, keep, echo, done: false, sequence: 0 }, |mut p| async move {
+    let span = tracing::Span::current();
+    stream::unfold(Pump { events, record, keep, echo, done: false, sequence: 0, span }, |mut p| async move {
         if p.done {
             return None;
         }
@@ -414,7 +417,7 @@ fn passthrough_events(
                 Event::default().event(kind).data(data.to_string())
             }
             Some(Err(err)) => {
-                tracing::warn!(error = %crate::privacy::masked(&err), "passed-through response stream failed");
+                tracing::warn!(parent: &p.span, error = %crate::privacy::masked(&err), "passed-through response stream failed");
                 if let Some(r) = p.record.as_mut() {
                     r.upstream_failed("upstream");
                 }
@@ -528,8 +531,10 @@ fn events(writer: EventWriter, id: String, chunks: ChunkStream, keep: Option<Kee
         keep: Option<Keep>,
         started: bool,
         done: bool,
+        /// The request's: the body is polled after the handler returned, outside it.
+        span: tracing::Span,
     }
-    let pump = Pump { writer, id, chunks, keep, started: false, done: false };
+    let pump = Pump { writer, id, chunks, keep, started: false, done: false, span: tracing::Span::current() };
     stream::unfold(pump, |mut p| async move {
         if p.done {
             return None;
@@ -555,7 +560,7 @@ fn events(writer: EventWriter, id: String, chunks: ChunkStream, keep: Option<Kee
                     }
                 }
                 Some(Err(err)) => {
-                    tracing::warn!(error = %crate::privacy::masked(&err), "response stream failed after it started");
+                    tracing::warn!(parent: &p.span, error = %crate::privacy::masked(&err), "response stream failed after it started");
                     let body = ApiError::from(err).body();
                     let event = p.writer.error(body.error.code.as_deref().unwrap_or("upstream_error"), &body.error.message);
                     p.done = true;
