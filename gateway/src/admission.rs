@@ -40,6 +40,9 @@ enum Held {
 #[derive(Debug, Clone)]
 pub struct Ticket {
     tenant: String,
+    /// The tenant's limits when the request was admitted: a reload that takes a budget away
+    /// meanwhile must not drop the request's cost from the spend.
+    limits: TenantLimits,
     lease: Option<String>,
     held: Held,
     /// Keeps the lease renewed while any copy of the ticket lives (see [`Limiter::renew_leases`]).
@@ -262,7 +265,7 @@ impl Limiter {
                 self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(lease.clone(), live);
                 alive
             });
-            Ticket { tenant: tenant.to_owned(), lease, held, _alive: alive }
+            Ticket { tenant: tenant.to_owned(), limits, lease, held, _alive: alive }
         };
         if limits.rate.is_none() && limits.budget.is_none() {
             return Ok(Admitted::Yes(ticket(Held::Nowhere, None)));
@@ -372,9 +375,11 @@ impl Limiter {
         if let Some(lease) = &ticket.lease {
             self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(lease);
         }
+        // Counted under the limits the request was admitted with, or those a reload gave since.
         let limits = self.limits(&ticket.tenant);
-        let cost_nusd = if limits.budget.is_some() { usd_to_nanos(record.cost_usd) } else { 0 };
-        let tpm = limits.rate.and_then(|r| r.tpm).filter(|_| record.completion_tokens > 0);
+        let budgeted = limits.budget.is_some() || ticket.limits.budget.is_some();
+        let cost_nusd = if budgeted { usd_to_nanos(record.cost_usd) } else { 0 };
+        let tpm = limits.rate.or(ticket.limits.rate).and_then(|r| r.tpm).filter(|_| record.completion_tokens > 0);
         if ticket.lease.is_none() && cost_nusd == 0 && tpm.is_none() {
             return;
         }
@@ -646,11 +651,13 @@ mod tests {
         let mut standing = (None, None);
         assert!(limiter.admit("acme", 10, 0, true, "first", &mut standing).await.is_ok());
         assert!(limiter.admit("acme", 10, 0, true, "second", &mut standing).await.is_err(), "the new rate limit applies");
-        // The request admitted under the old budget gives its reservation back when it ends.
+        // The request admitted under the old budget gives its reservation back when it ends, and
+        // its cost still counts (a budget put back later finds it).
         limiter.settle(&running, &UsageRecord { ts: unix_ms(), tenant: "acme".into(), cost_usd: 0.0005, ..UsageRecord::default() });
         assert_eq!(limiter.finish_settlements(Duration::from_secs(10)).await, 0);
         let read = Admission { tenant: "acme", now_ms: unix_ms(), rpm: None, tpm: None, budget: old_budget, reserve_nusd: 0, lease: "", lease_ttl_ms: 0 };
-        assert_eq!(limiter.primary.admit(&read).await.unwrap().spend.reserved_nusd, 0);
+        let spend = limiter.primary.admit(&read).await.unwrap().spend;
+        assert_eq!((spend.reserved_nusd, spend.daily_nusd), (0, 500_000));
     }
 
     /// A store that carries admissions out and then loses their answers (a client leaving during

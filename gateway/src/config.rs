@@ -256,6 +256,24 @@ fn shared_key_problems(tenants: &[TenantConfig], i: usize) -> Vec<String> {
     problems
 }
 
+/// A tenant's `models` entry that names no configured target: a typo would otherwise leave the
+/// tenant without the model it was meant to have (or with none but `auto`'s fallbacks).
+fn tenant_model_problems(raw: &RawConfig, topology: &Topology) -> Vec<String> {
+    let embeddings = raw.local_embeddings.as_ref().map(LocalEmbeddingsConfig::target);
+    let mut problems = Vec::new();
+    for (i, tenant) in raw.tenants.iter().enumerate() {
+        for (j, pattern) in tenant.models.iter().enumerate() {
+            let mut targets = topology.target_names().chain(embeddings.as_deref());
+            if !targets.any(|target| router::model_pattern_matches(pattern, target)) {
+                problems.push(format!(
+                    "tenants[{i}]: models[{j}] = {pattern:?} matches no configured target (name a provider/model as [[providers]] lists it, a glob such as \"openai/*\", or \"local\" for the in-process models)"
+                ));
+            }
+        }
+    }
+    problems
+}
+
 fn store_problems(raw: &RawConfig) -> Vec<String> {
     let mut problems = raw.redis.as_ref().map(RedisConfig::problems).unwrap_or_default();
     if let Some(cache) = &raw.cache {
@@ -612,6 +630,7 @@ impl GatewayConfig {
         }
         problems.extend(store_problems(&raw).into_iter().map(|p| format!("{file}: {p}")));
         let topology = topology_of(&raw.server, raw.local.as_ref(), &raw.providers);
+        problems.extend(tenant_model_problems(&raw, &topology).into_iter().map(|p| format!("{file}: {p}")));
         if let Some(baseline) = raw.metrics.as_ref().and_then(|m| m.baseline_model.as_ref()) {
             if baseline == "local" || baseline.starts_with("local/") {
                 // Savings are what a paid model would have cost minus what was paid: against the
@@ -690,7 +709,8 @@ impl GatewayConfig {
     /// replaces. Compared as parsed, so comments and layout do not count.
     pub fn restart_only_changes(&self, new: &Self) -> Vec<&'static str> {
         let sections = [
-            ("[server]", self.server != new.server || self.listen != new.listen),
+            // `listen` as the address it names: `localhost:8080` is `127.0.0.1:8080`.
+            ("[server]", self.listen != new.listen || ServerConfig { listen: self.server.listen.clone(), ..new.server.clone() } != self.server),
             ("[local]", self.local != new.local),
             ("[[providers]]", self.providers != new.providers),
             ("[metrics]", self.metrics != new.metrics),

@@ -90,6 +90,7 @@ pub fn plan_with(
         resolved_model: resolved,
         tenant: &tenant.name,
         residency: &tenant.residency,
+        models: &tenant.models,
         tags,
         pii: seen.pii,
         text: &seen.text,

@@ -31,6 +31,10 @@ pub struct TenantConfig {
     /// Privacy tags added to every request of this tenant.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The targets this tenant's requests may be served by: `provider/model`, `*` globs of them,
+    /// `local` (every in-process model); empty: any.
+    #[serde(default)]
+    pub models: Vec<String>,
     /// Requests and tokens per minute.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
@@ -129,7 +133,7 @@ impl TenantConfig {
         let mut tags: Vec<String> = self.tags.iter().map(|t| t.trim().to_lowercase()).collect();
         tags.sort();
         tags.dedup();
-        TenantProfile { name: self.name.clone(), residency: self.residency.clone(), tags }
+        TenantProfile { name: self.name.clone(), residency: self.residency.clone(), tags, models: self.models.clone() }
     }
 }
 
@@ -197,7 +201,16 @@ mod tests {
     use super::*;
 
     fn tenant(name: &str, keys: Vec<String>) -> TenantConfig {
-        TenantConfig { name: name.into(), keys, residency: vec!["eu".into()], tags: vec!["Confidential".into()], rate_limit: None, shadow: true, budget: None }
+        TenantConfig {
+            name: name.into(),
+            keys,
+            residency: vec!["eu".into()],
+            tags: vec!["Confidential".into()],
+            models: vec![],
+            rate_limit: None,
+            shadow: true,
+            budget: None,
+        }
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn classify_and_decide(router: &Router, text: &str) -> router::Decision {
         resolved_model: None,
         tenant: "default",
         residency: &residency,
+        models: &[],
         tags: Vec::new(),
         pii,
         text,

@@ -18,6 +18,8 @@ pub struct RouteInput<'a> {
     pub tenant: &'a str,
     /// The tenant's allowed regions (empty: anywhere).
     pub residency: &'a [String],
+    /// The targets the tenant may use ([`crate::model_allowed`]; empty: any).
+    pub models: &'a [String],
     /// Privacy tags: the caller's `x-switchyard-tags` and the tenant's `tags`.
     pub tags: Vec<String>,
     /// PII kinds found and their counts (never the values); `unscannable` for content that
@@ -252,7 +254,12 @@ impl Router {
         let redaction = crate::Redacts::of(redact, unscannable, !input.tags.is_empty());
         let redacts = redaction == crate::Redacts::Yes;
         let privacy_tagged = !privacy.tags.is_empty();
-        let check = |t: &str| violation(&self.topology, t, input.residency, privacy_tagged, redaction);
+        let check = |t: &str| {
+            violation(&self.topology, t, input.residency, privacy_tagged, redaction).or_else(|| {
+                (!crate::model_allowed(input.models, t))
+                    .then(|| format!("target {t:?} is not among the models tenant {:?} may use [{}]", input.tenant, input.models.join(", ")))
+            })
+        };
         let mut allowed_fallbacks = Vec::new();
         for fallback in fallbacks {
             if unscannable && self.topology.local_target() == Some(fallback.as_str()) {
@@ -749,6 +756,28 @@ fallback = ["local"]
         i.pii.insert("email".into(), 1);
         let d = escalate_all().decide(&i);
         assert_eq!(d.target, "openai/gpt-4o", "the scanner's own pii is redacted: {d:?}");
+    }
+
+    #[test]
+    fn a_tenants_models_bound_every_target_it_is_served_by() {
+        let models = vec!["local".to_owned(), "anthropic/*".to_owned()];
+        let limited = |model, text| RouteInput { models: &models, tenant: "interns", ..input(model, text) };
+        // The rule's route is not among them: its allowed fallback serves instead.
+        let d = escalate_all().decide(&limited("auto", HARD_TEXT));
+        assert_eq!((d.target.as_str(), d.rerouted), ("anthropic/claude-sonnet", true), "{d:?}");
+        assert!(d.reasons.iter().any(|r| r.contains("not among the models tenant \"interns\" may use [local, anthropic/*]")), "{:?}", d.reasons);
+        assert!(d.fallbacks.iter().all(|t| t == "local/local-small"), "{d:?}");
+        // An explicit model outside them follows on_violation (reroute: the local engine).
+        let d = policy().decide(&limited("openai/gpt-4o-mini", "Hi"));
+        assert_eq!((d.target.as_str(), d.rerouted), ("local/local-small", true), "{d:?}");
+        // A glob and `local` let their targets through unchanged; no list allows everything.
+        assert!(!policy().decide(&limited("anthropic/claude-sonnet", "Hi")).rerouted);
+        assert!(!policy().decide(&limited("local", "Hi")).rerouted);
+        assert!(!escalate_all().decide(&input("auto", HARD_TEXT)).rerouted);
+        // Nothing allowed left: refused.
+        let only_mini = vec!["openai/gpt-4o-mini".to_owned()];
+        let d = policy().decide(&RouteInput { models: &only_mini, ..input("anthropic/claude-sonnet", "Hi") });
+        assert!(d.violation.as_deref().is_some_and(|v| v.contains("not among the models")), "{d:?}");
     }
 
     #[test]

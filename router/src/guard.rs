@@ -59,6 +59,11 @@ impl Topology {
         self.with_remote(target, region, trusted)
     }
 
+    /// Every target's full name, in no particular order.
+    pub fn target_names(&self) -> impl Iterator<Item = &str> {
+        self.targets.keys().map(String::as_str)
+    }
+
     /// The local engine's full target name.
     pub fn local_target(&self) -> Option<&str> {
         self.local_target.as_deref()
@@ -93,6 +98,23 @@ pub struct TenantProfile {
     pub residency: Vec<String>,
     /// Privacy tags added to each of its requests.
     pub tags: Vec<String>,
+    /// The targets its requests may be served by (see [`model_allowed`]); empty means any.
+    pub models: Vec<String>,
+}
+
+/// True when `target` (a full name, `provider/model` or `local/<name>`) is among `models`, a
+/// tenant's allowed models: `provider/model` names, `*` globs of them (`anthropic/*`), and
+/// `local` for every in-process model. An empty list allows every target.
+pub fn model_allowed(models: &[String], target: &str) -> bool {
+    models.is_empty() || models.iter().any(|pattern| model_pattern_matches(pattern, target))
+}
+
+/// True when one entry of a tenant's `models` names `target`.
+pub fn model_pattern_matches(pattern: &str, target: &str) -> bool {
+    if pattern == LOCAL_ALIAS {
+        return target == LOCAL_ALIAS || target.starts_with("local/");
+    }
+    wildmatch::WildMatch::new(pattern).matches(target)
 }
 
 /// True when `region` is inside `residency`: equal to an entry, or an entry followed by `-`
@@ -293,8 +315,8 @@ mod tests {
         let text = "[[rule]]\nname = \"acme-only\"\nwhen.tenant = [\"acme\"]\nroute = \"openai/gpt-4o\"\n\n[[rule]]\nname = \"default\"\nroute = \"local\"\nfallback = [\"azure/gpt-4o\"]\n";
         let policy = Policy::parse(text).unwrap();
         let tenants = vec![
-            TenantProfile { name: "acme".into(), residency: vec!["eu".into()], tags: vec![] },
-            TenantProfile { name: "globex".into(), residency: vec!["eu".into()], tags: vec![] },
+            TenantProfile { name: "acme".into(), residency: vec!["eu".into()], ..TenantProfile::default() },
+            TenantProfile { name: "globex".into(), residency: vec!["eu".into()], ..TenantProfile::default() },
         ];
         let problems = policy.residency_problems(text, &topology(), &tenants);
         assert_eq!(problems.len(), 1, "{problems:?}");
@@ -305,7 +327,7 @@ mod tests {
 
     #[test]
     fn rules_after_one_that_takes_all_of_a_tenants_requests_do_not_apply_to_it() {
-        let us = vec![TenantProfile { name: "acme".into(), residency: vec!["us".into()], tags: vec![] }];
+        let us = vec![TenantProfile { name: "acme".into(), residency: vec!["us".into()], ..TenantProfile::default() }];
         let text = "[[rule]]\nname = \"acme\"\nwhen.tenant = [\"acme\"]\nroute = \"openai/gpt-4o\"\n\n[[rule]]\nname = \"default\"\nroute = \"local\"\n";
         assert!(Policy::parse(text).unwrap().residency_problems(text, &topology(), &us).is_empty());
         // With another condition the first rule leaves some of acme's requests to the next.
@@ -319,7 +341,7 @@ mod tests {
     fn a_privacy_rule_naming_a_tenants_own_tag_takes_all_its_requests() {
         // The README's walkthrough: acme-eu's requests all carry `confidential`, so the first rule
         // takes every one of them and the remote rule after it never sees them.
-        let eu = |tags: Vec<String>| vec![TenantProfile { name: "acme".into(), residency: vec!["eu".into()], tags }];
+        let eu = |tags: Vec<String>| vec![TenantProfile { name: "acme".into(), residency: vec!["eu".into()], tags, ..TenantProfile::default() }];
         let text = "[[rule]]\nname = \"private\"\nwhen.privacy = [\"pii\", \"Confidential\"]\nroute = \"local\"\n\n[[rule]]\nname = \"hard\"\nroute = \"openai/gpt-4o\"\n";
         let policy = Policy::parse(text).unwrap();
         assert!(policy.residency_problems(text, &topology(), &eu(vec!["confidential".into()])).is_empty());
@@ -329,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_rule_matching_a_requested_model_still_applies_after_a_tenants_catch_all() {
-        let eu = vec![TenantProfile { name: "acme".into(), residency: vec!["eu".into()], tags: vec![] }];
+        let eu = vec![TenantProfile { name: "acme".into(), residency: vec!["eu".into()], ..TenantProfile::default() }];
         // The first rule takes acme's `auto` requests; one naming gpt-4o still reaches the second.
         let text = "[[rule]]\nname = \"acme\"\nwhen.tenant = [\"acme\"]\nroute = \"azure/gpt-4o\"\n\n[[rule]]\nname = \"named\"\nwhen.requested_model = \"*gpt-4o\"\nroute = \"openai/gpt-4o\"\n\n[[rule]]\nname = \"default\"\nroute = \"openai/gpt-4o\"\n";
         let problems = Policy::parse(text).unwrap().residency_problems(text, &topology(), &eu);

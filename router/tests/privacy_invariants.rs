@@ -1,5 +1,6 @@
 //! Property test over random configurations, policies and requests: whatever the rules say, no
-//! decision targets a region outside the tenant's residency, and no privacy-tagged request reaches
+//! decision targets a region outside the tenant's residency or a model outside its `models`, and
+//! no privacy-tagged request reaches
 //! an untrusted provider unless it is redacted (and redaction never covers unscannable content,
 //! nor a tag the caller or the tenant gave).
 
@@ -7,11 +8,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use proptest::prelude::*;
-use router::{region_allowed, LocalOverload, Policy, RouteInput, Router, SpillReason, Topology};
+use router::{model_allowed, region_allowed, LocalOverload, Policy, RouteInput, Router, SpillReason, Topology};
 
 const REGIONS: &[&str] = &["eu-west", "eu-central", "us-east", "us-west", "ap-south"];
 const RESIDENCIES: &[&[&str]] = &[&[], &["eu"], &["us"], &["eu", "us"], &["eu-west"], &["ap"]];
 const PII_KINDS: &[&str] = &["email", "phone", "iban", "unscannable"];
+const MODEL_LISTS: &[&[&str]] = &[&[], &[], &["local"], &["p0/m"], &["p1/*", "local"], &["p*"]];
 
 #[derive(Debug, Clone)]
 struct Remote {
@@ -26,6 +28,7 @@ struct Case {
     remotes: Vec<Remote>,
     policy: String,
     residency: Vec<String>,
+    models: Vec<String>,
     tags: Vec<String>,
     pii: BTreeMap<String, u32>,
     model: Option<usize>,
@@ -83,14 +86,14 @@ fn case() -> impl Strategy<Value = Case> {
             Just(remotes),
             prop::collection::vec(rule, 0..5),
             (0..8_usize, any::<bool>(), any::<bool>()),
-            prop::sample::select(RESIDENCIES),
+            (prop::sample::select(RESIDENCIES), prop::sample::select(MODEL_LISTS)),
             prop::collection::vec(prop::sample::select(&["confidential", "pii", "internal"][..]), 0..2),
             prop::collection::btree_map(prop::sample::select(PII_KINDS).prop_map(str::to_owned), 1..3_u32, 0..3),
             prop::option::of(0..8_usize),
             prop::sample::select(&["Hi", "Prove step by step that the algorithm's complexity is optimal; x^2 = y = z."][..]),
             (any::<bool>(), any::<bool>()),
         )
-            .prop_map(move |(local_region, remotes, rules, last, residency, tags, pii, model, text, (budget_exhausted, overloaded))| {
+            .prop_map(move |(local_region, remotes, rules, last, (residency, models), tags, pii, model, text, (budget_exhausted, overloaded))| {
                 let mut policy = String::from(if last.1 { "on_violation = \"reject\"\n" } else { "on_violation = \"reroute\"\n" });
                 for (i, parts) in rules.into_iter().enumerate() {
                     policy.push_str(&rule_toml(i, &targets, parts));
@@ -101,6 +104,7 @@ fn case() -> impl Strategy<Value = Case> {
                     remotes,
                     policy,
                     residency: residency.iter().map(|r| (*r).to_owned()).collect(),
+                    models: models.iter().map(|m| (*m).to_owned()).collect(),
                     tags: tags.iter().map(|t| (*t).to_owned()).collect(),
                     pii,
                     model,
@@ -131,6 +135,7 @@ proptest! {
             resolved_model: (requested != "auto").then_some(requested.as_str()),
             tenant: "acme",
             residency: &case.residency,
+            models: &case.models,
             tags: case.tags.clone(),
             pii: case.pii.clone(),
             text: case.text,
@@ -151,6 +156,7 @@ proptest! {
                 let info = topology.get(target).expect("decisions name configured targets");
                 prop_assert!(region_allowed(&case.residency, info.region.as_deref()),
                     "{target} ({:?}) outside {:?}\n{}\n{d:?}", info.region, case.residency, case.policy);
+                prop_assert!(model_allowed(&case.models, target), "{target} not among {:?}\n{}\n{d:?}", case.models, case.policy);
                 if tagged && !info.trusted {
                     // Redaction lifts PII only: a tag from the caller or tenant never leaves untrusted.
                     prop_assert!(d.redact && !unscannable && case.tags.is_empty(),

@@ -167,8 +167,39 @@ fn input_chars(texts: Option<&[String]>, input: &Value) -> usize {
     items.iter().map(|item| item.as_array().map_or(1, Vec::len)).sum::<usize>().saturating_mul(4)
 }
 
+/// The same guard as chat's for a provider's embedding model: never to a region outside the
+/// tenant's residency or a model outside its `models`, and privacy-tagged input only to a trusted
+/// provider (an embedding cannot be redacted: the vector is the text's).
+fn provider_guard(state: &AppState, tenant: &TenantProfile, target: &str, tags: &[String], inspection: &crate::privacy::Inspection) -> Result<(), ApiError> {
+    let live = state.live.load();
+    let topology = live.router.topology();
+    if let Some(reason) = router::violation(topology, target, &tenant.residency, false, router::Redacts::No) {
+        return Err(ApiError::PolicyViolation { reason });
+    }
+    among_models(tenant, target)?;
+    if let Some(why) = (!tags.is_empty()).then(|| router::violation(topology, target, &tenant.residency, true, router::Redacts::No)).flatten() {
+        let unscannable = tags == ["pii"] && !inspection.pii.is_empty() && inspection.pii.keys().all(|k| k == router::PiiKind::Unscannable.as_str());
+        let reason = if unscannable {
+            format!("token-id input cannot be scanned for PII, so it is embedded locally or by a trusted provider only ({why}); send the text instead")
+        } else {
+            format!("privacy-tagged input ({}) is embedded locally or by a trusted provider only: {why}", tags.join(", "))
+        };
+        return Err(ApiError::PolicyViolation { reason });
+    }
+    Ok(())
+}
+
+/// The tenant's `models` bound embedding models as they bound chat's: one outside them is 403.
+fn among_models(tenant: &TenantProfile, target: &str) -> Result<(), ApiError> {
+    if router::model_allowed(&tenant.models, target) {
+        return Ok(());
+    }
+    Err(ApiError::PolicyViolation { reason: format!("target {target:?} is not among the models tenant {:?} may use [{}]", tenant.name, tenant.models.join(", ")) })
+}
+
 /// Residency binds the local model too: it runs where the gateway runs.
 fn inside_residency(state: &AppState, tenant: &TenantProfile, target: &str) -> Result<(), ApiError> {
+    among_models(tenant, target)?;
     let region = state.config.server.region.as_str();
     if router::region_allowed(&tenant.residency, Some(region)) {
         return Ok(());
@@ -268,22 +299,7 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
         }
         None => return Err(ApiError::ModelNotFound { model: req.model.clone() }),
     };
-    // The same guard as chat: never to a region outside the tenant's residency, and privacy-tagged
-    // input only to a trusted provider (an embedding cannot be redacted: the vector is the text's).
-    let live = state.live.load();
-    let topology = live.router.topology();
-    if let Some(reason) = router::violation(topology, &target, &tenant.residency, false, router::Redacts::No) {
-        return Err(ApiError::PolicyViolation { reason });
-    }
-    if let Some(why) = (!tags.is_empty()).then(|| router::violation(topology, &target, &tenant.residency, true, router::Redacts::No)).flatten() {
-        let unscannable = tags == ["pii"] && !inspection.pii.is_empty() && inspection.pii.keys().all(|k| k == router::PiiKind::Unscannable.as_str());
-        let reason = if unscannable {
-            format!("token-id input cannot be scanned for PII, so it is embedded locally or by a trusted provider only ({why}); send the text instead")
-        } else {
-            format!("privacy-tagged input ({}) is embedded locally or by a trusted provider only: {why}", tags.join(", "))
-        };
-        return Err(ApiError::PolicyViolation { reason });
-    }
+    provider_guard(state, tenant, &target, &tags, &inspection)?;
     let (provider, upstream_model) = provider_for(state, &target)?;
     let mut body = Map::new();
     body.insert("model".into(), Value::String(upstream_model));

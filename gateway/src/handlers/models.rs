@@ -50,9 +50,12 @@ fn models(state: &AppState, tenant: &TenantProfile) -> Vec<Value> {
     let local_region = state.config.server.region.as_str();
     let live = state.live.load();
     let topology = live.router.topology();
+    // Listed: what the tenant may use — inside its residency and among its `models`.
     let allowed = |id: &str, owned_by: &str| {
-        let region = if owned_by == "switchyard-local" { Some(local_region) } else { topology.get(id).and_then(|t| t.region.as_deref()) };
-        id == crate::catalog::AUTO || router::region_allowed(&tenant.residency, region)
+        let local = owned_by == "switchyard-local";
+        let region = if local { Some(local_region) } else { topology.get(id).and_then(|t| t.region.as_deref()) };
+        let target = if local { format!("local/{id}") } else { id.to_owned() };
+        id == crate::catalog::AUTO || (router::region_allowed(&tenant.residency, region) && router::model_allowed(&tenant.models, &target))
     };
     let mut data: Vec<Value> = state
         .catalog
@@ -62,7 +65,10 @@ fn models(state: &AppState, tenant: &TenantProfile) -> Vec<Value> {
         .map(|(id, owned_by)| json!({"id": id, "object": "model", "created": created, "owned_by": owned_by}))
         .collect();
     // The embedding model goes before `auto`, which stays last.
-    if let Some(e) = state.embeddings.as_ref().filter(|_| router::region_allowed(&tenant.residency, Some(local_region))) {
+    let embeddings_allowed = |e: &&crate::handlers::embeddings::LocalEmbeddings| {
+        router::region_allowed(&tenant.residency, Some(local_region)) && router::model_allowed(&tenant.models, &e.config.target())
+    };
+    if let Some(e) = state.embeddings.as_ref().filter(embeddings_allowed) {
         let at = data.len().saturating_sub(1);
         data.insert(at, json!({"id": e.config.name, "object": "model", "created": created, "owned_by": "switchyard"}));
     }

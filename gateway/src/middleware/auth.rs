@@ -18,7 +18,8 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| super::credentials(v, "Bearer"));
-    match state.live.load().tenants.authenticate(bearer) {
+    let authenticated = state.live.load().tenants.authenticate(bearer);
+    match authenticated {
         Ok(tenant) => {
             if let Some(ctx) = req.extensions().get::<RequestCtx>() {
                 ctx.span.record("tenant", tenant.name.as_str());
@@ -29,7 +30,7 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         Err(failure) => {
             // Key guessing never reaches the accounting: counted here, so it can be seen.
             state.metrics.auth_failures.with_label_values(&["api"]).inc();
-            ApiError::InvalidApiKey { failure }.into_response()
+            super::refused_before_the_body(req.into_body(), ApiError::InvalidApiKey { failure }.into_response()).await
         }
     }
 }

@@ -12,7 +12,9 @@ use crate::error::ApiError;
 pub async fn refuse_encoded_bodies(req: Request, next: Next) -> Response {
     let encoding = req.headers().get(CONTENT_ENCODING).map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase());
     match encoding {
-        Some(encoding) if !encoding.is_empty() && encoding != "identity" => ApiError::UnsupportedEncoding { encoding }.into_response(),
+        Some(encoding) if !encoding.is_empty() && encoding != "identity" => {
+            super::refused_before_the_body(req.into_body(), ApiError::UnsupportedEncoding { encoding }.into_response()).await
+        }
         _ => next.run(req).await,
     }
 }
