@@ -106,11 +106,22 @@ fn learned_score(scorer: &router::learned::LearnedScorer, text: &str) -> f64 {
     scorer.score(text, &features, 512).score
 }
 
+/// The decision alone on a short prompt, for a tenant with `models` (the guard's extra check on
+/// every target it considers) and without.
+fn decide_for(router: &Router, models: &[String]) -> router::Decision {
+    let input = RouteInput { requested_model: "auto", tenant: "interns", models, text: "Hi there", turns: 1, prompt_tokens: 2, ..RouteInput::default() };
+    router.decide(&input)
+}
+
 fn bench(c: &mut Criterion) {
     let scorer = learned();
+    let router = router();
+    let none: Vec<String> = Vec::new();
+    let three: Vec<String> = ["local", "anthropic/*", "openai/gpt-4o-mini"].map(str::to_owned).to_vec();
+    c.bench_function("decide/tenant without models", |b| b.iter(|| decide_for(&router, black_box(&none))));
+    c.bench_function("decide/tenant with three models", |b| b.iter(|| decide_for(&router, black_box(&three))));
     let long = typical_prompt(2048);
     c.bench_function("learned_scorer/512 tokens", |b| b.iter(|| learned_score(&scorer, black_box(&long))));
-    let router = router();
     for (name, text) in prompts() {
         c.bench_function(&format!("classify_and_decide/{name}"), |b| b.iter(|| classify_and_decide(&router, black_box(&text))));
         c.bench_function(&format!("pii_scan/{name}"), |b| b.iter(|| scan_pii(black_box(&text))));
