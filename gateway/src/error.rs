@@ -346,6 +346,11 @@ impl IntoResponse for ApiError {
             // provider's 4xx about the prompt), and request values are never logged.
             tracing::debug!(status = status.as_u16(), kind = %error.kind, code = ?error.code, param = ?error.param, "request refused");
         }
+        if let Self::PolicyViolation { reason } = &self {
+            // Made of configured names (rule, target, tenant, regions, models) and privacy tags,
+            // never request text: why a 403 happened, for the operator (escaped as Debug).
+            tracing::info!(reason = ?reason, "request refused by the privacy, residency or models guard");
+        }
         let mut response = (status, axum::Json(ErrorBody { error })).into_response();
         if let Some(secs) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -246,11 +246,12 @@ fn summary(config: &GatewayConfig) -> String {
     for t in &config.tenants {
         let _ = writeln!(
             out,
-            "tenant   {:<24} keys {}  residency [{}]  tags [{}]",
+            "tenant   {:<24} keys {}  residency [{}]  tags [{}]{}",
             t.name,
             t.keys.len(),
             t.residency.join(", "),
-            t.tags.join(", ")
+            t.tags.join(", "),
+            if t.models.is_empty() { String::new() } else { format!("  models [{}]", t.models.join(", ")) }
         );
     }
     for rule in &config.policy.rules {

@@ -70,9 +70,13 @@ pub async fn serve(config: GatewayConfig, config_file: Option<std::path::PathBuf
             if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 while hup.recv().await.is_some() {
                     info!("SIGHUP: reloading the configuration");
-                    let state = Arc::clone(&state);
+                    let reloading = Arc::clone(&state);
                     // Reads files: off the runtime's threads.
-                    let _ = tokio::task::spawn_blocking(move || state.reload_from_file()).await;
+                    let reloaded = tokio::task::spawn_blocking(move || reloading.reload_from_file()).await;
+                    if matches!(reloaded, Ok(crate::state::Reloaded::Applied { .. })) {
+                        // The budget gauges of budgets the reload added or changed, at once.
+                        state.limiter.refresh().await;
+                    }
                 }
             }
         })

@@ -11,6 +11,11 @@ from conftest import BIN, Gateway, fake_provider_section, gateway_config, new_vi
 
 POLICY = """
 [[rule]]
+name = "house"
+when.requested_model = "house-model"
+route = "fake/metered"
+
+[[rule]]
 name = "hard"
 when.complexity = "hard"
 route = "fake/metered"
@@ -29,11 +34,14 @@ HARD = "Prove step by step that the algorithm's complexity is optimal; derive x^
 def limited(tmp_path_factory, fake_provider):
     interns_key, interns_entry = new_virtual_key()
     staff_key, staff_entry = new_virtual_key()
+    embedders_key, embedders_entry = new_virtual_key()
     tenants = (
         f'[[tenants]]\nname = "interns"\nkeys = ["{interns_entry}"]\nmodels = ["local", "fake/ech*"]\n\n'
-        f'[[tenants]]\nname = "staff"\nkeys = ["{staff_entry}"]\n'
+        f'[[tenants]]\nname = "staff"\nkeys = ["{staff_entry}"]\n\n'
+        f'[[tenants]]\nname = "embedders"\nkeys = ["{embedders_entry}"]\nmodels = ["fake/embed"]\n'
     )
     gw = Gateway(tmp_path_factory.mktemp("tenant-models"), gateway_config(fake_provider_section(fake_provider) + tenants), POLICY)
+    gw.embedders = {"Authorization": f"Bearer {embedders_key}"}
     yield gw, {"Authorization": f"Bearer {interns_key}"}, {"Authorization": f"Bearer {staff_key}"}
     gw.stop()
 
@@ -82,6 +90,24 @@ def test_models_and_embeddings_follow_the_list(limited):
     assert httpx.post(f"{gw.v1}/embeddings", headers=staff, json={"model": "fake/embed", "input": "hello"}).status_code == 200
 
 
+def test_names_a_tenant_cannot_reach_are_not_offered(limited):
+    gw, interns, staff = limited
+    # `house-model` is claimed by a rule routing to fake/metered: the interns reach it through
+    # the local engine (rerouted), the embedders not at all.
+    assert httpx.get(f"{gw.v1}/models/house-model", headers=staff).status_code == 200
+    assert httpx.get(f"{gw.v1}/models/house-model", headers=interns).status_code == 200
+    assert httpx.get(f"{gw.v1}/models/house-model", headers=gw.embedders).status_code == 404
+    # Nothing chat could serve them: no `auto` either; what they may use is listed.
+    listed = {m["id"] for m in httpx.get(f"{gw.v1}/models", headers=gw.embedders).json()["data"]}
+    assert listed == {"fake/embed"}, listed
+    r = chat(gw, gw.embedders, "auto", "Say hi")
+    assert r.status_code == 403, r.text
+    # The refusal's reason is logged for the operator, with the request's id.
+    request_id = r.headers["x-request-id"]
+    assert any("request refused by the privacy, residency or models guard" in line and request_id in line
+               and "not among the models" in line for line in gw.process.lines), gw.process.lines[-5:]
+
+
 def test_a_reject_policy_refuses_with_403(tmp_path, fake_provider):
     key, entry = new_virtual_key()
     config = gateway_config(fake_provider_section(fake_provider) + f'[[tenants]]\nname = "interns"\nkeys = ["{entry}"]\nmodels = ["local"]\n')
@@ -105,3 +131,7 @@ def test_an_entry_naming_no_configured_target_is_a_configuration_error(tmp_path,
     assert 'tenants[0]: models[1] = "fake/gpt-5" matches no configured target' in r.stdout + r.stderr
     assert 'models[2] = "openai/*" matches no configured target' in r.stdout + r.stderr
     assert "models[0]" not in r.stdout + r.stderr
+    # `check` shows each tenant's list.
+    config.write_text(config.read_text().replace(', "fake/gpt-5", "openai/*"', ""))
+    r = subprocess.run([str(BIN), "check", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "models [local]" in r.stdout, r.stdout + r.stderr

@@ -57,7 +57,11 @@ pub async fn reload(State(state): State<Arc<AppState>>) -> Result<Json<Value>, A
         .await
         .map_err(|_| ApiError::ReloadRefused { problems: vec!["the reload stopped before it finished".to_owned()] })?;
     match reloaded {
-        Reloaded::Applied { tenants, rules, warnings } => Ok(Json(json!({"reloaded": true, "tenants": tenants, "rules": rules, "warnings": warnings}))),
+        Reloaded::Applied { tenants, rules, warnings } => {
+            // The budget gauges of budgets the reload added or changed, at once.
+            state.limiter.refresh().await;
+            Ok(Json(json!({"reloaded": true, "tenants": tenants, "rules": rules, "warnings": warnings})))
+        }
         Reloaded::Refused { problems } => Err(ApiError::ReloadRefused { problems }),
     }
 }

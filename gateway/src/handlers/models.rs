@@ -38,11 +38,27 @@ pub async fn retrieve_model(
     if let Some(model) = models(&state, &tenant).into_iter().find(|m| m["id"] == listed.as_str()) {
         return Ok(Json(model));
     }
-    // A name a rule claims (`when.requested_model`) is one chat serves, though no provider lists it.
-    if state.live.load().router.policy().claims(&id, &tenant.name) {
+    // A name a rule claims (`when.requested_model`) is one chat serves, though no provider lists
+    // it — if it would reach a target this tenant may use.
+    if state.live.load().router.policy().claims(&id, &tenant.name) && routable(&state, &tenant, &id) {
         return Ok(Json(json!({"id": id, "object": "model", "created": state.started_unix, "owned_by": "switchyard"})));
     }
     Err(ApiError::ModelNotFound { model: id })
+}
+
+/// True when an everyday request (no PII, easy) naming `model` — `auto`, or a name a rule
+/// claims — from this tenant would be routed to a target it may use: judged by the router as chat
+/// is, with the tenant's residency, tags and `models`.
+fn routable(state: &AppState, tenant: &TenantProfile, model: &str) -> bool {
+    let input = router::RouteInput {
+        requested_model: model,
+        tenant: &tenant.name,
+        residency: &tenant.residency,
+        models: &tenant.models,
+        tags: tenant.tags.clone(),
+        ..router::RouteInput::default()
+    };
+    state.live.load().router.decide(&input).violation.is_none()
 }
 
 fn models(state: &AppState, tenant: &TenantProfile) -> Vec<Value> {
@@ -55,7 +71,10 @@ fn models(state: &AppState, tenant: &TenantProfile) -> Vec<Value> {
         let local = owned_by == "switchyard-local";
         let region = if local { Some(local_region) } else { topology.get(id).and_then(|t| t.region.as_deref()) };
         let target = if local { format!("local/{id}") } else { id.to_owned() };
-        id == crate::catalog::AUTO || (router::region_allowed(&tenant.residency, region) && router::model_allowed(&tenant.models, &target))
+        if id == crate::catalog::AUTO {
+            return routable(state, tenant, id);
+        }
+        router::region_allowed(&tenant.residency, region) && router::model_allowed(&tenant.models, &target)
     };
     let mut data: Vec<Value> = state
         .catalog
