@@ -17,6 +17,14 @@ def tenant(name, key_entry, extra=""):
     return f'[[tenants]]\nname = "{name}"\nkeys = ["{key_entry}"]\n{extra}\n'
 
 
+def started(tmp_path, fake_provider):
+    """A gateway whose one tenant, acme, has an old key; and a new key, not configured yet."""
+    old_key, old_entry = new_virtual_key()
+    new_key, new_entry = new_virtual_key()
+    gw = Gateway(tmp_path, remote_only_config(fake_provider, tenant("acme", old_entry)), policy=ECHO)
+    return gw, old_key, new_key, new_entry
+
+
 def rewrite(gw, tmp_path, fake, tenants, policy=None, server=""):
     """Writes the gateway's configuration file (and policy) anew, as an operator would."""
     if policy is not None:
@@ -35,9 +43,7 @@ def metric(gw, line_start):
 
 
 def test_post_reload_revokes_a_key_and_admits_a_new_tenant(tmp_path, fake_provider):
-    old_key, old_entry = new_virtual_key()
-    new_key, new_entry = new_virtual_key()
-    gw = Gateway(tmp_path, remote_only_config(fake_provider, tenant("acme", old_entry)), policy=ECHO)
+    gw, old_key, new_key, new_entry = started(tmp_path, fake_provider)
     try:
         assert models_status(gw, old_key) == 200
         assert models_status(gw, new_key) == 401
@@ -62,9 +68,7 @@ def test_post_reload_revokes_a_key_and_admits_a_new_tenant(tmp_path, fake_provid
 
 
 def test_sighup_reloads_the_configuration(tmp_path, fake_provider):
-    old_key, old_entry = new_virtual_key()
-    new_key, new_entry = new_virtual_key()
-    gw = Gateway(tmp_path, remote_only_config(fake_provider, tenant("acme", old_entry)), policy=ECHO)
+    gw, old_key, new_key, new_entry = started(tmp_path, fake_provider)
     try:
         rewrite(gw, tmp_path, fake_provider, tenant("acme", new_entry))
         os.kill(gw.process.proc.pid, signal.SIGHUP)
@@ -77,9 +81,7 @@ def test_sighup_reloads_the_configuration(tmp_path, fake_provider):
 
 
 def test_a_file_with_problems_changes_nothing_until_it_is_fixed(tmp_path, fake_provider):
-    old_key, old_entry = new_virtual_key()
-    new_key, new_entry = new_virtual_key()
-    gw = Gateway(tmp_path, remote_only_config(fake_provider, tenant("acme", old_entry)), policy=ECHO)
+    gw, old_key, new_key, new_entry = started(tmp_path, fake_provider)
     try:
         # A plain key where its hash belongs, beside a valid new tenant: nothing of it applies.
         rewrite(gw, tmp_path, fake_provider, tenant("acme", "sy-plain-key-pasted") + tenant("beta", new_entry))
@@ -107,9 +109,7 @@ def test_a_file_with_problems_changes_nothing_until_it_is_fixed(tmp_path, fake_p
 
 
 def test_a_change_only_a_restart_applies_is_refused_whole(tmp_path, fake_provider):
-    old_key, old_entry = new_virtual_key()
-    new_key, new_entry = new_virtual_key()
-    gw = Gateway(tmp_path, remote_only_config(fake_provider, tenant("acme", old_entry)), policy=ECHO)
+    gw, old_key, new_key, new_entry = started(tmp_path, fake_provider)
     try:
         rewrite(gw, tmp_path, fake_provider, tenant("acme", new_entry), server="max_body_bytes = 1000\n")
         r = httpx.post(f"{gw.base}/admin/reload", timeout=30)
