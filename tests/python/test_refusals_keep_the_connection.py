@@ -72,11 +72,15 @@ def test_wrong_key_refusals_keep_the_connection(keyed):
         assert read_response(sock)[0] == 200
 
 
-def test_a_body_not_read_is_refused_with_connection_close(keyed):
-    # A large body that has not arrived (a client waiting for `100-continue`, or a slow one) is
-    # not waited for beyond a moment: the 401 says the connection closes after it.
+@pytest.mark.parametrize("case", ["over 64 KiB", "expects 100-continue", "never sent"])
+def test_a_body_not_read_is_refused_with_connection_close(keyed, case):
+    # A body too large to drain, one the client holds back until told to continue (it need not
+    # send it at all: the answer comes without a `100 Continue`), or one that does not come
+    # within a moment: the 401 says the connection closes after it.
+    length, extra = {"over 64 KiB": (512 * 1024, ""), "expects 100-continue": (100, "Expect: 100-continue\r\n"),
+                     "never sent": (100, "")}[case]
     with connect(keyed) as sock:
-        sock.sendall(head(keyed, "/v1/chat/completions", 512 * 1024))
+        sock.sendall(head(keyed, "/v1/chat/completions", length, extra))
         status, headers, _ = read_response(sock)
         assert status == 401 and headers.get("connection") == "close", (status, headers)
         assert read_response(sock) is None, "closed after the answer"

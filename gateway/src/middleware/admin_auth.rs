@@ -97,5 +97,5 @@ pub async fn admin_auth(State(state): State<Arc<AppState>>, req: Request, next: 
         response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"switchyard\""));
         return response;
     }
-    super::refused_before_the_body(req.into_body(), err.into_response()).await
+    super::refused_before_the_body(req, err.into_response()).await
 }

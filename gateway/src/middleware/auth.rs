@@ -30,7 +30,7 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
         Err(failure) => {
             // Key guessing never reaches the accounting: counted here, so it can be seen.
             state.metrics.auth_failures.with_label_values(&["api"]).inc();
-            super::refused_before_the_body(req.into_body(), ApiError::InvalidApiKey { failure }.into_response()).await
+            super::refused_before_the_body(req, ApiError::InvalidApiKey { failure }.into_response()).await
         }
     }
 }

@@ -13,7 +13,7 @@ pub async fn refuse_encoded_bodies(req: Request, next: Next) -> Response {
     let encoding = req.headers().get(CONTENT_ENCODING).map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_ascii_lowercase());
     match encoding {
         Some(encoding) if !encoding.is_empty() && encoding != "identity" => {
-            super::refused_before_the_body(req.into_body(), ApiError::UnsupportedEncoding { encoding }.into_response()).await
+            super::refused_before_the_body(req, ApiError::UnsupportedEncoding { encoding }.into_response()).await
         }
         _ => next.run(req).await,
     }

@@ -10,15 +10,26 @@ pub mod request_ctx;
 const DRAIN_MAX_BYTES: usize = 64 * 1024;
 const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// `response` for a request refused before its body was read (a wrong key, an encoded body).
-/// A small body is read and dropped first, so the keep-alive connection carries the client's
-/// next request; a larger or slower one gets `Connection: close` on the answer. Otherwise hyper
-/// closes the connection after the answer without saying so, and a client that sent its next
-/// request on it meanwhile sees "Server disconnected without sending a response".
-pub async fn refused_before_the_body(body: axum::body::Body, mut response: axum::response::Response) -> axum::response::Response {
+/// `response` for `req`, refused before its body was read (a wrong key, an encoded body). A
+/// small body is read and dropped first, so the keep-alive connection carries the client's next
+/// request; a larger or slower one, or one the client holds back for `Expect: 100-continue` (it
+/// need not be sent at all), gets `Connection: close` on the answer. Otherwise hyper closes the
+/// connection after the answer without saying so, and a client that sent its next request on it
+/// meanwhile sees "Server disconnected without sending a response".
+pub async fn refused_before_the_body(req: axum::extract::Request, mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, EXPECT};
     use http_body_util::BodyExt as _;
-    let drained = tokio::time::timeout(DRAIN_FOR, http_body_util::Limited::new(body, DRAIN_MAX_BYTES).collect()).await;
-    if !matches!(drained, Ok(Ok(_))) {
+    let headers = req.headers();
+    let held_back = headers.get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let too_large = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|length| length > DRAIN_MAX_BYTES);
+    let drained = !held_back
+        && !too_large
+        && matches!(tokio::time::timeout(DRAIN_FOR, http_body_util::Limited::new(req.into_body(), DRAIN_MAX_BYTES).collect()).await, Ok(Ok(_)));
+    if !drained {
         response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
     }
     response
