@@ -256,6 +256,17 @@ fn shared_key_problems(tenants: &[TenantConfig], i: usize) -> Vec<String> {
     problems
 }
 
+/// `providers` with every model's prices zeroed, to compare what a reload cannot change.
+fn without_prices(providers: &[ProviderConfig]) -> Vec<ProviderConfig> {
+    let mut out = providers.to_vec();
+    for model in out.iter_mut().flat_map(|p| p.models.iter_mut()) {
+        model.input_per_mtok = 0.0;
+        model.output_per_mtok = 0.0;
+        model.cached_input_per_mtok = None;
+    }
+    out
+}
+
 /// A tenant's `models` entry that names no configured target: a typo would otherwise leave the
 /// tenant without the model it was meant to have (or with none but `auto`'s fallbacks).
 fn tenant_model_problems(raw: &RawConfig, topology: &Topology) -> Vec<String> {
@@ -705,14 +716,15 @@ impl GatewayConfig {
     }
 
     /// The sections `new` changes that a running gateway cannot take without a restart: all but
-    /// `[[tenants]]` and the policy (file, rules, classifier), which [`crate::state::AppState::reload`]
-    /// replaces. Compared as parsed, so comments and layout do not count.
+    /// `[[tenants]]`, the policy (file, rules, classifier) and the models' prices in
+    /// `[[providers]]`, which [`crate::state::AppState::reload`] replaces. Compared as parsed, so comments and layout do not count.
     pub fn restart_only_changes(&self, new: &Self) -> Vec<&'static str> {
         let sections = [
             // `listen` as the address it names: `localhost:8080` is `127.0.0.1:8080`.
             ("[server]", self.listen != new.listen || ServerConfig { listen: self.server.listen.clone(), ..new.server.clone() } != self.server),
             ("[local]", self.local != new.local),
-            ("[[providers]]", self.providers != new.providers),
+            // Prices apart: a reload takes them.
+            ("[[providers]]", without_prices(&self.providers) != without_prices(&new.providers)),
             ("[metrics]", self.metrics != new.metrics),
             ("[audit]", self.audit != new.audit),
             ("[redis]", self.redis != new.redis),

@@ -26,7 +26,8 @@ use crate::metrics::Metrics;
 use crate::tenants::Tenants;
 
 /// The part of the configuration a reload replaces: `[[tenants]]` and the policy file (with the
-/// `[classifier]` model it names). Everything else needs a restart.
+/// `[classifier]` model it names). The models' prices are reloaded too, beside it
+/// (`AppState::prices`); everything else needs a restart.
 pub struct Live {
     /// Policy, targets and complexity scorer.
     pub router: router::Router,
@@ -98,6 +99,8 @@ pub struct AppState {
     pub ledger: Arc<Ledger>,
     /// Prices usage on a target.
     pub pricer: Pricer,
+    /// The remote models' prices the pricer reads (a reload replaces them).
+    prices: Prices,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// The admin key (`[server].admin_key_env`), if the admin pages are guarded.
@@ -189,7 +192,8 @@ impl AppState {
             .map(|(local, targets)| Spillover::new(local.engine().clone(), targets));
         // Compile the PII patterns now rather than on the first request.
         let _ = router::pii_scanner();
-        let pricer = pricer(&config);
+        let model_prices: Prices = Arc::new(ArcSwap::from_pointee(prices_of(&config)));
+        let pricer = pricer(&config, Arc::clone(&model_prices));
         let metrics = Arc::new(Metrics::new().context("registering metrics")?);
         let audit = match &config.audit {
             Some(audit) => Some(
@@ -233,6 +237,7 @@ impl AppState {
             admin_sessions: moka::sync::Cache::builder().max_capacity(ADMIN_SESSIONS_MAX).time_to_live(ADMIN_SESSION_TTL).build(),
             admin_throttle: crate::admin_throttle::AdminThrottle::default(),
             pricer,
+            prices: model_prices,
             local,
             spillover,
             shadow,
@@ -251,9 +256,10 @@ impl AppState {
     }
 
     /// Applies `loaded` (the configuration file read again, or why it could not be) if it
-    /// changes nothing but `[[tenants]]` and the policy: from the next request on, keys, tenants'
-    /// residency, tags, rate limits and budgets, rules and the complexity scorer are the new
-    /// ones. Requests already running finish as they started. Otherwise nothing changes.
+    /// changes nothing but `[[tenants]]`, the policy and the providers' model prices: from the next
+    /// request on, keys, tenants' residency, tags, models, rate limits and budgets, rules and the
+    /// complexity scorer are the new ones, and usage is priced at the new prices (a request
+    /// running across the reload is billed at the prices when it ends). Requests already running finish as they started. Otherwise nothing changes.
     pub fn reload(&self, loaded: Result<GatewayConfig, crate::config::ConfigErrors>) -> Reloaded {
         let config = match loaded {
             Ok(config) => config,
@@ -264,7 +270,7 @@ impl AppState {
             return Reloaded::Refused {
                 problems: restart_only
                     .into_iter()
-                    .map(|section| format!("{section} changed: only [[tenants]] and the policy are reloaded; restart to apply it (SIGTERM drains first)"))
+                    .map(|section| format!("{section} changed: only [[tenants]], the policy and the models' prices are reloaded; restart to apply it (SIGTERM drains first)"))
                     .collect(),
             };
         }
@@ -276,9 +282,11 @@ impl AppState {
                 ],
             };
         }
+        let prices = prices_of(&config);
         let applied = Reloaded::Applied { tenants: config.tenants.len(), rules: live.router.policy().rules.len(), warnings: config.warnings };
         // Limits first: a request authenticated under a new key finds its tenant's limits.
         self.limiter.set_tenants(&config.tenants);
+        self.prices.store(Arc::new(prices));
         self.live.store(Arc::new(live));
         applied
     }
@@ -296,7 +304,7 @@ impl AppState {
                 for warning in warnings {
                     tracing::warn!("{warning}");
                 }
-                tracing::info!(tenants, rules, "configuration reloaded: tenants and policy applied");
+                tracing::info!(tenants, rules, "configuration reloaded: tenants, policy and prices applied");
                 self.metrics.config_reloads.with_label_values(&["applied"]).inc();
                 self.metrics.config_last_reload_successful.set(1);
             }
@@ -359,16 +367,19 @@ fn build_shadow(config: &ShadowConfig, remotes: &HashMap<String, Remote>, pricer
     ))
 }
 
+/// Each remote `provider/model`'s prices; a reload may replace them.
+type Prices = Arc<ArcSwap<HashMap<String, providers::ModelPrice>>>;
+
+fn prices_of(config: &GatewayConfig) -> HashMap<String, providers::ModelPrice> {
+    config.providers.iter().flat_map(|p| p.models.iter().map(move |m| (format!("{}/{}", p.name, m.name), m.clone()))).collect()
+}
+
 /// Prices usage per target: the local engine at `[local].cost_per_mtok` for all tokens, remote
-/// models from their model entry (cached prompt tokens at the cached price); unpriced: 0.
-fn pricer(config: &GatewayConfig) -> Pricer {
+/// models from their model entry in `prices` (cached prompt tokens at the cached price), as they
+/// stand when the usage is priced; unpriced: 0.
+fn pricer(config: &GatewayConfig, prices: Prices) -> Pricer {
     let local = config.local.as_ref().map(|l| (format!("local/{}", l.name), l.cost_per_mtok));
     let embeddings = config.local_embeddings.as_ref().map(|e| (e.target(), e.cost_per_mtok));
-    let prices: HashMap<String, providers::ModelPrice> = config
-        .providers
-        .iter()
-        .flat_map(|p| p.models.iter().map(move |m| (format!("{}/{}", p.name, m.name), m.clone())))
-        .collect();
     let price = move |target: &str, usage: &providers::wire::Usage| {
         if let Some((local_target, per_mtok)) = &local {
             if target == local_target {
@@ -382,7 +393,7 @@ fn pricer(config: &GatewayConfig) -> Pricer {
                 return usage.total_tokens as f64 * per_mtok / 1e6;
             }
         }
-        prices.get(target).map_or(0.0, |price| price.cost_of(usage))
+        prices.load().get(target).map_or(0.0, |price| price.cost_of(usage))
     };
     // 1.7e-6, not 1.7000000000000002e-6, in headers, records and metrics.
     Arc::new(move |target: &str, usage: &providers::wire::Usage| crate::budgets::without_float_noise(price(target, usage)))

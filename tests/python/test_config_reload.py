@@ -166,3 +166,29 @@ def test_reload_is_behind_the_admin_key(tmp_path, fake_provider):
         assert r.status_code == 200, r.text
     finally:
         gw.stop()
+
+
+def test_a_price_change_reloads_and_bills_the_next_request_at_it(tmp_path, fake_provider):
+    gw, old_key, _, _ = started(tmp_path, fake_provider)
+    auth = {"Authorization": f"Bearer {old_key}"}
+    body = {"model": "fake/metered", "messages": [{"role": "user", "content": "price me"}]}
+    try:
+        before = httpx.post(f"{gw.v1}/chat/completions", headers=auth, json=body, timeout=30)
+        assert before.status_code == 200, before.text
+        # Every price of the metered model doubled; nothing else changed.
+        config = gw.config_path.read_text()
+        doubled = config.replace("input_per_mtok = 1000.0, output_per_mtok = 2000.0", "input_per_mtok = 2000.0, output_per_mtok = 4000.0")
+        assert doubled != config
+        gw.config_path.write_text(doubled)
+        r = httpx.post(f"{gw.base}/admin/reload", timeout=30)
+        assert r.status_code == 200, r.text
+        after = httpx.post(f"{gw.v1}/chat/completions", headers=auth, json=body, timeout=30)
+        # The fake's metered model reports the same usage for the same request.
+        assert after.json()["usage"] == before.json()["usage"]
+        assert float(after.headers["x-switchyard-cost-usd"]) == 2 * float(before.headers["x-switchyard-cost-usd"]) > 0
+        # Anything else about a provider still needs a restart.
+        gw.config_path.write_text(doubled.replace("timeout_ms = 20000", "timeout_ms = 30000"))
+        r = httpx.post(f"{gw.base}/admin/reload", timeout=30)
+        assert r.status_code == 422 and "[[providers]] changed" in r.json()["error"]["message"], r.text
+    finally:
+        gw.stop()
