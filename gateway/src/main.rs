@@ -14,7 +14,7 @@ use anyhow::Context as _;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
-use gateway::config::{self, GatewayConfig};
+use gateway::config::GatewayConfig;
 use gateway::{calibrate, catalog, chat_request, dispatch, handlers, serve, tenants};
 
 /// Switchyard: one OpenAI-compatible endpoint that serves easy and private requests on a local
@@ -117,10 +117,6 @@ fn to_stderr(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-fn load(path: &Path) -> Result<GatewayConfig, config::ConfigErrors> {
-    GatewayConfig::load_with_env(path)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = || tracing_subscriber::EnvFilter::new("info,llama-cpp-2=warn");
@@ -161,7 +157,7 @@ fn main() -> ExitCode {
 }
 
 fn serve_command(path: &Path) -> anyhow::Result<()> {
-    let config = load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let config = GatewayConfig::load_with_env(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let (runtime, threads) = runtime(config.server.worker_threads).context("starting the runtime")?;
     tracing::info!(worker_threads = threads, single_threaded = threads == 1, "async runtime");
     runtime.block_on(serve::serve(config, Some(path.to_owned())))
@@ -183,7 +179,7 @@ fn runtime(worker_threads: usize) -> std::io::Result<(tokio::runtime::Runtime, u
 }
 
 fn check_command(path: &Path) -> ExitCode {
-    match load(path) {
+    match GatewayConfig::load_with_env(path) {
         Ok(config) => {
             if to_stdout(&summary(&config)).is_err() {
                 return ExitCode::FAILURE;
@@ -298,7 +294,7 @@ fn calibrate_command(
         anyhow::bail!("give --prompts F.jsonl --remote-share X, or --from-shadow F --target-quality Q");
     };
     in_range(share, "--remote-share")?;
-    let config = load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let config = GatewayConfig::load_with_env(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let router = config.router();
     let text = read_lines_file(file)?;
     let mut scores = Vec::new();
@@ -394,7 +390,7 @@ fn keys_new_command(tenant: &str) -> anyhow::Result<()> {
 }
 
 fn explain_command(path: &Path, file: &str, tenant: Option<&str>, tags: Option<&str>) -> anyhow::Result<()> {
-    let config = load(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let config = GatewayConfig::load_with_env(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
     let mut body = Vec::new();
     if file == "-" {
         std::io::stdin().read_to_end(&mut body).context("reading stdin")?;

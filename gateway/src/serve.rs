@@ -61,7 +61,7 @@ pub async fn serve(config: GatewayConfig, config_file: Option<std::path::PathBuf
             }
         })
     };
-    // SIGHUP reloads the tenants and the policy (also without it, it must not end the process,
+    // SIGHUP reloads the tenants, the policy and the prices (also without it, it must not end the process,
     // as its default action would, without a drain).
     #[cfg(unix)]
     let hangups = {
@@ -70,13 +70,7 @@ pub async fn serve(config: GatewayConfig, config_file: Option<std::path::PathBuf
             if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
                 while hup.recv().await.is_some() {
                     info!("SIGHUP: reloading the configuration");
-                    let reloading = Arc::clone(&state);
-                    // Reads files: off the runtime's threads.
-                    let reloaded = tokio::task::spawn_blocking(move || reloading.reload_from_file()).await;
-                    if matches!(reloaded, Ok(crate::state::Reloaded::Applied { .. })) {
-                        // The budget gauges of budgets the reload added or changed, at once.
-                        state.limiter.refresh().await;
-                    }
+                    state.reload_config().await;
                 }
             }
         })

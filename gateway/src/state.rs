@@ -259,7 +259,8 @@ impl AppState {
     /// changes nothing but `[[tenants]]`, the policy and the providers' model prices: from the next
     /// request on, keys, tenants' residency, tags, models, rate limits and budgets, rules and the
     /// complexity scorer are the new ones, and usage is priced at the new prices (a request
-    /// running across the reload is billed at the prices when it ends). Requests already running finish as they started. Otherwise nothing changes.
+    /// running across the reload is billed at the prices when it ends; otherwise requests already
+    /// running finish under the configuration they started with). Otherwise nothing changes.
     pub fn reload(&self, loaded: Result<GatewayConfig, crate::config::ConfigErrors>) -> Reloaded {
         let config = match loaded {
             Ok(config) => config,
@@ -291,9 +292,23 @@ impl AppState {
         applied
     }
 
+    /// What SIGHUP and `POST /admin/reload` do: [`AppState::reload_from_file`] off the runtime's
+    /// threads (it reads files), then, if it applied, the budget gauges of budgets it added or
+    /// changed are read at once.
+    pub async fn reload_config(self: &Arc<Self>) -> Reloaded {
+        let reloading = Arc::clone(self);
+        let reloaded = tokio::task::spawn_blocking(move || reloading.reload_from_file())
+            .await
+            .unwrap_or_else(|_| Reloaded::Refused { problems: vec!["the reload stopped before it finished".to_owned()] });
+        if matches!(reloaded, Reloaded::Applied { .. }) {
+            self.limiter.refresh().await;
+        }
+        reloaded
+    }
+
     /// Reads the configuration file again and [reloads](AppState::reload) it, one reload at a
     /// time; logs and counts the result. Blocking (it reads files): call it off the runtime.
-    pub fn reload_from_file(&self) -> Reloaded {
+    fn reload_from_file(&self) -> Reloaded {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let reloaded = match &self.config_file {
             Some(path) => self.reload(GatewayConfig::load_with_env(path)),

@@ -255,10 +255,8 @@ impl Router {
         let redacts = redaction == crate::Redacts::Yes;
         let privacy_tagged = !privacy.tags.is_empty();
         let check = |t: &str| {
-            violation(&self.topology, t, input.residency, privacy_tagged, redaction).or_else(|| {
-                (!crate::model_allowed(input.models, t))
-                    .then(|| format!("target {t:?} is not among the models tenant {:?} may use [{}]", input.tenant, input.models.join(", ")))
-            })
+            violation(&self.topology, t, input.residency, privacy_tagged, redaction)
+                .or_else(|| crate::model_violation(input.models, input.tenant, t))
         };
         let mut allowed_fallbacks = Vec::new();
         for fallback in fallbacks {

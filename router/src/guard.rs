@@ -109,6 +109,11 @@ pub fn model_allowed(models: &[String], target: &str) -> bool {
     models.is_empty() || models.iter().any(|pattern| model_pattern_matches(pattern, target))
 }
 
+/// Why `tenant` may not use `target` under its `models` ([`model_allowed`]), or `None` when it may.
+pub fn model_violation(models: &[String], tenant: &str, target: &str) -> Option<String> {
+    (!model_allowed(models, target)).then(|| format!("target {target:?} is not among the models tenant {tenant:?} may use [{}]", models.join(", ")))
+}
+
 /// True when one entry of a tenant's `models` names `target`.
 pub fn model_pattern_matches(pattern: &str, target: &str) -> bool {
     if pattern == LOCAL_ALIAS {

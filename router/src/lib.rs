@@ -15,7 +15,7 @@ mod signals;
 
 pub use complexity::{BaselineScorer, ComplexityScore, ComplexityScorer};
 pub use decide::{Decision, LocalOverload, PrivacySummary, RouteInput, Router, SpillReason, Tier, EXPLICIT_RULE};
-pub use guard::{model_allowed, model_pattern_matches, region_allowed, violation, Redacts, TargetInfo, TenantProfile, Topology};
+pub use guard::{model_allowed, model_pattern_matches, model_violation, region_allowed, violation, Redacts, TargetInfo, TenantProfile, Topology};
 pub use pii::{pii_counts, scan as scan_pii, scanner as pii_scanner, PiiKind, PiiScanner, PiiSpan};
 pub use redact::{Redaction, Restorer};
 pub use signals::{features, Features};

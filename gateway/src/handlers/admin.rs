@@ -47,21 +47,12 @@ pub async fn login(State(state): State<Arc<AppState>>, req: Request) -> Result<R
     Ok(response)
 }
 
-/// `POST /admin/reload`: reads the configuration file again and applies its `[[tenants]]` and
-/// policy, as SIGHUP does: 200 `{"reloaded": true, "tenants", "rules", "warnings"}`, or 422
-/// `reload_refused` naming each problem (the running configuration stays).
+/// `POST /admin/reload`: reads the configuration file again and applies its `[[tenants]]`,
+/// policy and models' prices, as SIGHUP does: 200 `{"reloaded": true, "tenants", "rules",
+/// "warnings"}`, or 422 `reload_refused` naming each problem (the running configuration stays).
 pub async fn reload(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let reloading = Arc::clone(&state);
-    // Reads files: off the runtime's threads.
-    let reloaded = tokio::task::spawn_blocking(move || reloading.reload_from_file())
-        .await
-        .map_err(|_| ApiError::ReloadRefused { problems: vec!["the reload stopped before it finished".to_owned()] })?;
-    match reloaded {
-        Reloaded::Applied { tenants, rules, warnings } => {
-            // The budget gauges of budgets the reload added or changed, at once.
-            state.limiter.refresh().await;
-            Ok(Json(json!({"reloaded": true, "tenants": tenants, "rules": rules, "warnings": warnings})))
-        }
+    match state.reload_config().await {
+        Reloaded::Applied { tenants, rules, warnings } => Ok(Json(json!({"reloaded": true, "tenants": tenants, "rules": rules, "warnings": warnings}))),
         Reloaded::Refused { problems } => Err(ApiError::ReloadRefused { problems }),
     }
 }

@@ -191,10 +191,7 @@ fn provider_guard(state: &AppState, tenant: &TenantProfile, target: &str, tags: 
 
 /// The tenant's `models` bound embedding models as they bound chat's: one outside them is 403.
 fn among_models(tenant: &TenantProfile, target: &str) -> Result<(), ApiError> {
-    if router::model_allowed(&tenant.models, target) {
-        return Ok(());
-    }
-    Err(ApiError::PolicyViolation { reason: format!("target {target:?} is not among the models tenant {:?} may use [{}]", tenant.name, tenant.models.join(", ")) })
+    router::model_violation(&tenant.models, &tenant.name, target).map_or(Ok(()), |reason| Err(ApiError::PolicyViolation { reason }))
 }
 
 /// Residency binds the local model too: it runs where the gateway runs.
