@@ -56,6 +56,18 @@ class Process:
         self.proc.wait(timeout=10)
 
 
+def read_head(sock):
+    """What a server sends on a raw socket until the end of its response head (or until it
+    closes): the head, and whatever of the body came with it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def wait_ready(base, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from conftest import Gateway, accounting_record, admin_stats, fake_provider_section, gateway_config, wait_for
+from conftest import Gateway, accounting_record, admin_stats, fake_provider_section, gateway_config, read_head, wait_for
 
 POLICY = ('[[rule]]\nname = "paid"\nwhen.requested_model = "fake/*"\nroute = "fake/metered"\n\n'
           '[[rule]]\nname = "home"\nroute = "local"\n')
@@ -231,17 +231,6 @@ def test_slowloris_headers_are_cut_off_and_the_server_stays_responsive(gw):
         assert time.monotonic() - started < 5
         assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:100]
         c.close()
-
-
-def read_head(c):
-    """What the server sends until the end of its response head (or until it closes)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = c.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def test_a_trickled_body_gets_408(gw):

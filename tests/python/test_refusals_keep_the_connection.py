@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from conftest import Gateway, new_virtual_key, remote_only_config
+from conftest import Gateway, new_virtual_key, read_head, remote_only_config
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +21,9 @@ def keyed(tmp_path_factory, fake_provider):
 
 def read_response(sock):
     """One HTTP/1.1 response: (status, headers, body); None when the server closed the connection."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return None
-        data += chunk
+    data = read_head(sock)
+    if b"\r\n\r\n" not in data:
+        return None
     head, body = data.split(b"\r\n\r\n", 1)
     lines = head.decode().split("\r\n")
     headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
