@@ -518,6 +518,7 @@ pub fn to_chat(req: &ResponsesRequest, history: &[ChatMessage], input: &[ChatMes
         response_format,
         raw_prompt: false,
         output_cap: None,
+        tenant: None,
         extra,
     })
 }

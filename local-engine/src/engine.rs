@@ -14,6 +14,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::watch;
 use tracing::{error, info, info_span};
 
+use crate::fair_share::{may_take_a_place, ForTenant};
 use crate::scheduler::Scheduler;
 use crate::{EngineConfig, EngineError, EngineStats, Load, EngineStatsSnapshot, GenerationEvent, GenerationRequest, GenerationStream};
 
@@ -91,10 +92,20 @@ impl Job {
     /// its client left first.
     pub(crate) fn refuse(self, stats: &EngineStats, err: &EngineError) {
         if self.take() {
-            stats.queued.fetch_sub(1, Relaxed);
-            stats.queued_prompt_tokens.fetch_sub(self.estimate, Relaxed);
-            let _ = self.events.send(GenerationEvent::Failed(err.clone()));
+            self.refuse_taken(stats, err);
         }
+    }
+
+    /// [`Job::refuse`] for a job already taken.
+    pub(crate) fn refuse_taken(self, stats: &EngineStats, err: &EngineError) {
+        stats.leave_queue(self.request.tenant.as_ref(), self.estimate);
+        let _ = self.events.send(GenerationEvent::Failed(err.clone()));
+    }
+}
+
+impl ForTenant for Job {
+    fn tenant(&self) -> Option<&Arc<str>> {
+        self.request.tenant.as_ref()
     }
 }
 
@@ -104,14 +115,14 @@ pub(crate) struct QueuePlace {
     place: Arc<AtomicU8>,
     stats: Arc<EngineStats>,
     estimate: u64,
+    tenant: Option<Arc<str>>,
 }
 
 impl QueuePlace {
     /// Leaves the queue if the engine has not taken the job yet.
     pub(crate) fn leave(&self) {
         if self.place.compare_exchange(WAITING, LEFT, Relaxed, Relaxed).is_ok() {
-            self.stats.queued.fetch_sub(1, Relaxed);
-            self.stats.queued_prompt_tokens.fetch_sub(self.estimate, Relaxed);
+            self.stats.leave_queue(self.tenant.as_ref(), self.estimate);
         }
     }
 }
@@ -155,16 +166,15 @@ impl EngineHandle {
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
         let (events, stream) = unbounded_channel();
         let estimate = estimate_prompt_tokens(&request);
-        let waiting = self.stats.queued.fetch_add(1, Relaxed) + 1;
-        self.stats.queued_prompt_tokens.fetch_add(estimate, Relaxed);
-        let undo = || {
-            self.stats.queued.fetch_sub(1, Relaxed);
-            self.stats.queued_prompt_tokens.fetch_sub(estimate, Relaxed);
-        };
+        let tenant = request.tenant.clone();
+        let (waiting, own) = self.stats.join_queue(tenant.as_ref(), estimate);
+        let undo = || self.stats.leave_queue(tenant.as_ref(), estimate);
         // `queue` bounds the requests waiting for a slot: those a free slot will take at the next
-        // step are not waiting for one (they only wait for the step in progress to end).
+        // step are not waiting for one (they only wait for the step in progress to end). A full
+        // queue still takes a request whose tenant holds fewer places than another: the engine
+        // then refuses that tenant's newest (see `fair_share`).
         let free = u64::from(self.config.parallel).saturating_sub(self.stats.active.load(Relaxed));
-        if waiting > (self.config.queue as u64).saturating_add(free) {
+        if waiting > (self.config.queue as u64).saturating_add(free) && !may_take_a_place(own, &self.stats.waiting_by_tenant(), tenant.as_ref()) {
             undo();
             return Err(EngineError::Overloaded { queue: self.config.queue });
         }
@@ -173,7 +183,7 @@ impl EngineHandle {
             undo();
             return Err(EngineError::Unavailable { reason: "the engine thread has stopped".into() });
         }
-        Ok(GenerationStream::new(stream, QueuePlace { place, stats: Arc::clone(&self.stats), estimate }))
+        Ok(GenerationStream::new(stream, QueuePlace { place, stats: Arc::clone(&self.stats), estimate, tenant }))
     }
 
     /// The engine's live counters.

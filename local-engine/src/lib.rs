@@ -9,6 +9,7 @@ mod config;
 mod embeddings;
 mod engine;
 mod error;
+mod fair_share;
 mod gguf_file;
 mod host_cache;
 mod json_closer;

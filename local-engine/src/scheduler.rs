@@ -2,10 +2,11 @@
 //! and chunks of the prompts being prefilled. Requests join at the next step and leave as soon as
 //! they finish; each sequence has its own KV sequence id, sampler, stop strings and limits.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
@@ -18,6 +19,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, warn};
 
 use crate::engine::{Job, Message};
+use crate::fair_share::FairQueue;
 use crate::host_cache::{EntryId, HostCache};
 use crate::json_closer::JsonCloser;
 use crate::prefix_cache::{Plan, SlotTable, Source};
@@ -49,6 +51,8 @@ const MIN_HOST_SAVE: usize = 32;
 /// One sequence being prefilled or decoded.
 struct Sequence {
     seq_id: i32,
+    /// Whose request it is (see `fair_share`).
+    tenant: Option<Arc<str>>,
     events: UnboundedSender<GenerationEvent>,
     prompt: Vec<LlamaToken>,
     /// Prompt tokens already in the KV cache.
@@ -108,8 +112,9 @@ pub(crate) struct Scheduler<'m> {
     scratch: i32,
     /// Prompt states saved to host memory.
     host: HostCache<LlamaToken, StateBuffer>,
-    /// Jobs waiting for a slot, in arrival order (the FIFO `[local].queue` bounds).
-    waiting: VecDeque<Job>,
+    /// Jobs waiting for a slot, shared fairly among tenants; `[local].queue` bounds them.
+    waiting: FairQueue<Job>,
+    queue: usize,
     /// Slots whose KV buffer has a stream copy still queued (llama.cpp carries copies out at the
     /// start of the next decode): their buffers must not be read or written directly until then.
     copy_pending: Vec<i32>,
@@ -173,7 +178,8 @@ impl<'m> Scheduler<'m> {
             longest_piece: model.vocab().tokens().map(|t| model.vocab().token_to_piece(t, true, None).len()).max().unwrap_or(1).max(1),
             scratch: i32::try_from(config.parallel).unwrap_or(i32::MAX),
             host: HostCache::new(config.prompt_cache_mib as usize * 1024 * 1024),
-            waiting: VecDeque::new(),
+            waiting: FairQueue::default(),
+            queue: config.queue,
             copy_pending: Vec::new(),
         })
     }
@@ -200,21 +206,24 @@ impl<'m> Scheduler<'m> {
     fn admit(&mut self, jobs: &Receiver<Message>) -> bool {
         loop {
             match jobs.try_recv() {
-                Ok(Message::Generate(job)) => self.waiting.push_back(*job),
+                Ok(Message::Generate(job)) => self.waiting.push(*job),
                 Ok(Message::Stop) => return false,
                 Err(TryRecvError::Disconnected) if self.waiting.is_empty() && self.active.is_empty() => return false,
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let before = self.waiting.len();
-        self.waiting.retain(|job| !job.left());
-        self.stats.cancelled_total.fetch_add((before - self.waiting.len()) as u64, Relaxed);
+        let left = self.waiting.retain(|job| !job.left());
+        self.stats.cancelled_total.fetch_add(left as u64, Relaxed);
         while self.slots.has_free() {
-            let job = match self.waiting.pop_front() {
+            let job = match self.waiting.next(&self.running_by_tenant()) {
                 Some(job) => job,
                 None if !self.active.is_empty() => return true,
+                // Idle: wait for work, and admit it like any other (its tenant's turn is counted).
                 None => match jobs.recv() {
-                    Ok(Message::Generate(job)) => *job,
+                    Ok(Message::Generate(job)) => {
+                        self.waiting.push(*job);
+                        continue;
+                    }
                     Ok(Message::Stop) | Err(_) => return false,
                 },
             };
@@ -223,14 +232,31 @@ impl<'m> Scheduler<'m> {
                 self.stats.cancelled_total.fetch_add(1, Relaxed);
                 continue;
             }
-            let estimate = job.estimate;
+            let (estimate, tenant) = (job.estimate, job.request.tenant.clone());
             self.start_job(job);
             // Counted as waiting until it runs (or is answered): `submit` adds waiting and
             // running jobs, and a job between the two must not leave room for one more.
-            self.stats.queued.fetch_sub(1, Relaxed);
-            self.stats.queued_prompt_tokens.fetch_sub(estimate, Relaxed);
+            self.stats.leave_queue(tenant.as_ref(), estimate);
+        }
+        // A full queue took a request of a tenant holding fewer places than another: the one
+        // holding most gives up its newest.
+        for job in self.waiting.over(self.queue) {
+            if job.take() {
+                // Counted before it is answered: whoever reads the answer sees the count.
+                self.stats.displaced_total.fetch_add(1, Relaxed);
+                job.refuse_taken(self.stats, &EngineError::Overloaded { queue: self.queue });
+            }
         }
         true
+    }
+
+    /// How many sequences each tenant runs.
+    fn running_by_tenant(&self) -> HashMap<Option<Arc<str>>, usize> {
+        let mut running = HashMap::new();
+        for seq in &self.active {
+            *running.entry(seq.tenant.clone()).or_default() += 1;
+        }
+        running
     }
 
     /// Starts `job` in a free slot, or answers it (cancelled, or its prompt cannot run).
@@ -262,7 +288,7 @@ impl<'m> Scheduler<'m> {
             Message::Generate(job) => Some(*job),
             Message::Stop => None,
         });
-        for job in std::mem::take(&mut self.waiting).into_iter().chain(sent) {
+        for job in self.waiting.take_all().into_iter().chain(sent) {
             job.refuse(self.stats, &err);
         }
     }
@@ -379,6 +405,7 @@ impl<'m> Scheduler<'m> {
         self.stats.active.fetch_add(1, Relaxed);
         self.active.push(Sequence {
             seq_id,
+            tenant: job.request.tenant.clone(),
             events: job.events,
             prompt,
             prefilled: reused,

@@ -1,5 +1,6 @@
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::load::Timings;
 
@@ -27,6 +28,10 @@ pub struct EngineStats {
     pub(crate) active_backlog_tokens: AtomicU64,
     /// Estimated prompt tokens of the requests waiting for a slot.
     pub(crate) queued_prompt_tokens: AtomicU64,
+    /// Requests waiting for a slot, by tenant (those without one under `None`); a tenant
+    /// leaves the map when it has none waiting.
+    pub(crate) waiting_by_tenant: Mutex<HashMap<Option<Arc<str>>, u64>>,
+    pub(crate) displaced_total: AtomicU64,
     /// Step costs measured by the engine thread (one short lock per step and per prediction).
     pub(crate) timings: Mutex<Timings>,
 }
@@ -54,6 +59,9 @@ pub struct EngineStatsSnapshot {
     pub host_cache_bytes: u64,
     /// Generations stopped because their receiver went away.
     pub cancelled_total: u64,
+    /// Waiting requests refused (`Overloaded`) to give their place in a full queue to a
+    /// request of a tenant holding fewer places.
+    pub displaced_total: u64,
     /// Generations that ended normally (stop or length).
     pub finished_total: u64,
     /// Prompt tokens prefilled.
@@ -72,6 +80,34 @@ impl EngineStats {
         self.timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A request joins the queue: returns how many wait now, and how many of its tenant's.
+    pub(crate) fn join_queue(&self, tenant: Option<&Arc<str>>, estimate: u64) -> (u64, u64) {
+        let waiting = self.queued.fetch_add(1, Relaxed) + 1;
+        self.queued_prompt_tokens.fetch_add(estimate, Relaxed);
+        let mut by_tenant = self.waiting_by_tenant();
+        let own = by_tenant.entry(tenant.cloned()).or_default();
+        *own += 1;
+        (waiting, *own)
+    }
+
+    /// A request leaves the queue: taken by the engine, left by its client, or refused.
+    pub(crate) fn leave_queue(&self, tenant: Option<&Arc<str>>, estimate: u64) {
+        self.queued.fetch_sub(1, Relaxed);
+        self.queued_prompt_tokens.fetch_sub(estimate, Relaxed);
+        let mut by_tenant = self.waiting_by_tenant();
+        let key = tenant.cloned();
+        if let Some(own) = by_tenant.get_mut(&key) {
+            *own = own.saturating_sub(1);
+            if *own == 0 {
+                by_tenant.remove(&key);
+            }
+        }
+    }
+
+    pub(crate) fn waiting_by_tenant(&self) -> std::sync::MutexGuard<'_, HashMap<Option<Arc<str>>, u64>> {
+        self.waiting_by_tenant.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> EngineStatsSnapshot {
         EngineStatsSnapshot {
@@ -85,6 +121,7 @@ impl EngineStats {
             host_cache_hits_total: self.host_cache_hits_total.load(Relaxed),
             host_cache_bytes: self.host_cache_bytes.load(Relaxed),
             cancelled_total: self.cancelled_total.load(Relaxed),
+            displaced_total: self.displaced_total.load(Relaxed),
             finished_total: self.finished_total.load(Relaxed),
             prompt_tokens_total: self.prompt_tokens_total.load(Relaxed),
             completion_tokens_total: self.completion_tokens_total.load(Relaxed),

@@ -88,6 +88,9 @@ pub struct GenerationRequest {
     /// Continue this text as it is (a legacy completion): `messages` and the chat template are
     /// not used.
     pub raw_prompt: Option<String>,
+    /// Whose request this is: slots and queue places are shared fairly among tenants (see
+    /// `fair_share`); requests without one are one group.
+    pub tenant: Option<std::sync::Arc<str>>,
 }
 
 /// Why a sequence stopped.

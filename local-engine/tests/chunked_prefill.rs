@@ -13,7 +13,7 @@ async fn a_running_stream_keeps_emitting_while_a_3000_token_prompt_prefills() {
     let engine = engine_with(8192, 2, 8);
     let greedy = |max_tokens| SamplingParams { temperature: 0.0, max_tokens: Some(max_tokens), ..SamplingParams::default() };
     let mut running = engine
-        .submit(GenerationRequest { messages: user("Count from 1 to 500, separated by commas."), tools: None, sampling: greedy(600), raw_prompt: None })
+        .submit(GenerationRequest { messages: user("Count from 1 to 500, separated by commas."), tools: None, sampling: greedy(600), raw_prompt: None, tenant: None })
         .unwrap();
     // Wait until it is generating.
     loop {
@@ -25,7 +25,7 @@ async fn a_running_stream_keeps_emitting_while_a_3000_token_prompt_prefills() {
     }
     let long_text = "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(200);
     let mut long = engine
-        .submit(GenerationRequest { messages: user(&format!("{long_text}\nHow many foxes?")), tools: None, sampling: greedy(4), raw_prompt: None })
+        .submit(GenerationRequest { messages: user(&format!("{long_text}\nHow many foxes?")), tools: None, sampling: greedy(4), raw_prompt: None, tenant: None })
         .unwrap();
     let prompt_tokens = match tokio::time::timeout(Duration::from_mins(1), long.recv()).await.unwrap().unwrap() {
         GenerationEvent::Started { prompt_tokens } => prompt_tokens,

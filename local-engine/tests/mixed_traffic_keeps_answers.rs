@@ -45,7 +45,7 @@ fn prompts() -> Vec<Vec<TemplateMessage>> {
 
 /// Runs `prompt` and drops it after its first piece of text: the client went away.
 async fn cancel_after_first_text(engine: &EngineHandle, messages: Vec<TemplateMessage>) {
-    let mut events = engine.submit(GenerationRequest { messages, tools: None, sampling: greedy(24), raw_prompt: None }).expect("queued");
+    let mut events = engine.submit(GenerationRequest { messages, tools: None, sampling: greedy(24), raw_prompt: None, tenant: None }).expect("queued");
     loop {
         match tokio::time::timeout(Duration::from_mins(2), events.recv()).await.expect("engine answers") {
             Some(GenerationEvent::Text(_) | GenerationEvent::Finished { .. } | GenerationEvent::Failed(_)) | None => return,

@@ -13,6 +13,7 @@ async fn excess_requests_get_overloaded_and_accepted_ones_finish() {
         tools: None,
         sampling: SamplingParams { temperature: 0.0, max_tokens: Some(8), ..SamplingParams::default() },
         raw_prompt: None,
+        tenant: None,
     };
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -49,6 +50,7 @@ async fn shutdown_fails_running_and_queued_generations_and_refuses_new_ones() {
         tools: None,
         sampling: SamplingParams { temperature: 0.0, max_tokens: Some(1000), ..SamplingParams::default() },
         raw_prompt: None,
+        tenant: None,
     };
     let mut running = engine.submit(long()).unwrap();
     assert!(matches!(running.recv().await, Some(GenerationEvent::Started { .. })));
@@ -76,6 +78,7 @@ async fn requests_for_free_slots_are_not_counted_against_the_queue() {
         tools: None,
         sampling: SamplingParams { temperature: 0.0, max_tokens: Some(200), ..SamplingParams::default() },
         raw_prompt: None,
+        tenant: None,
     };
     let mut accepted = Vec::new();
     let mut refused = 0;
@@ -102,6 +105,7 @@ async fn a_request_left_while_queued_gives_its_place_back_at_once() {
         tools: None,
         sampling: SamplingParams { temperature: 0.0, max_tokens: Some(max_tokens), ..SamplingParams::default() },
         raw_prompt: None,
+        tenant: None,
     };
     let mut running = engine.submit(request(1000)).unwrap();
     // Generating: it holds the one slot.

@@ -29,7 +29,7 @@ async fn a_model_that_cannot_load_fails_the_start_with_its_reason() {
     assert_eq!(engine.startup(), Startup::Failed(reason));
     assert!(!engine.stats().loaded);
     let mut events = engine
-        .submit(GenerationRequest { messages: user("Hi"), tools: None, sampling: SamplingParams::default(), raw_prompt: None })
+        .submit(GenerationRequest { messages: user("Hi"), tools: None, sampling: SamplingParams::default(), raw_prompt: None, tenant: None })
         .unwrap();
     match events.recv().await {
         Some(GenerationEvent::Failed(EngineError::Unavailable { reason })) => assert!(reason.contains("could not start"), "{reason}"),

@@ -141,7 +141,7 @@ fn generation_request(req: &ChatRequest) -> Result<(GenerationRequest, Option<To
     };
     // Tools are described in the system message (above), in the one format the grammar allows.
     let raw_prompt = if req.raw_prompt { Some(req.prompt_text().ok_or_else(|| invalid("the prompt must be text", "prompt"))?) } else { None };
-    Ok((GenerationRequest { messages, tools: None, sampling, raw_prompt }, splitter))
+    Ok((GenerationRequest { messages, tools: None, sampling, raw_prompt, tenant: req.tenant.clone() }, splitter))
 }
 
 /// The client asked for each token's log-probability (`logprobs: true`).

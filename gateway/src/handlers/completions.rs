@@ -117,6 +117,7 @@ fn to_chat(req: CompletionRequest) -> Result<ChatRequest, ApiError> {
         response_format: None,
         raw_prompt: true,
         output_cap: None,
+        tenant: None,
         extra: req.extra,
     };
     validate_chat_request(&chat)?;

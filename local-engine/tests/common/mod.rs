@@ -49,7 +49,7 @@ pub struct Outcome {
 }
 
 pub async fn generate(engine: &EngineHandle, messages: Vec<TemplateMessage>, sampling: SamplingParams) -> Result<Outcome, EngineError> {
-    let mut events = engine.submit(GenerationRequest { messages, tools: None, sampling, raw_prompt: None })?;
+    let mut events = engine.submit(GenerationRequest { messages, tools: None, sampling, raw_prompt: None, tenant: None })?;
     let mut pieces = Vec::new();
     let mut tokens = Vec::new();
     loop {

@@ -45,6 +45,7 @@ async fn engine_sample(engine: &EngineHandle, prompt: &str, max_tokens: u32) -> 
         tools: None,
         sampling: SamplingParams { temperature: 0.0, max_tokens: Some(max_tokens), ..SamplingParams::default() },
         raw_prompt: None,
+        tenant: None,
     };
     let start = Instant::now();
     let mut events = engine.submit(request).expect("engine accepts");

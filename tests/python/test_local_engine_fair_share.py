@@ -1,0 +1,77 @@
+"""Tenants share the local engine fairly. One tenant's backlog cannot shut another out: a full
+queue gives a place to a tenant holding fewer places than another, whose newest request gets 429
+`engine_overloaded` (as it would have, had it come last), and a freed slot goes to the tenant
+running fewest, not to the oldest request."""
+
+import threading
+import time
+
+import httpx
+
+from conftest import Gateway, accounting_records, gateway_config, new_virtual_key
+
+LONG = {"model": "auto", "stream": True, "temperature": 0, "max_tokens": 1500,
+        "messages": [{"role": "user", "content": "Count from 1 to 1000."}]}
+SHORT = {"model": "auto", "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}]}
+
+
+def queued(gw):
+    return httpx.get(f"{gw.base}/readyz").json()["engine"]["queued"]
+
+
+def wait_queued(gw, n, answered):
+    deadline = time.monotonic() + 60
+    while queued(gw) < n:
+        assert time.monotonic() < deadline and not answered, f"never {n} queued: {answered}"
+        time.sleep(0.01)  # poll interval; the condition ends the wait
+
+
+def test_a_tenant_is_not_shut_out_by_another_tenants_backlog(tmp_path, schemas):
+    batch_key, batch_entry = new_virtual_key()
+    chat_key, chat_entry = new_virtual_key()
+    tenants = f'[[tenants]]\nname = "batch"\nkeys = ["{batch_entry}"]\n\n[[tenants]]\nname = "chat"\nkeys = ["{chat_entry}"]\n'
+    gw = Gateway(tmp_path, gateway_config(tenants, parallel=1).replace("queue = 16", "queue = 2"))
+    batch = {"Authorization": f"Bearer {batch_key}"}
+    chat = {"Authorization": f"Bearer {chat_key}"}
+    answers = {}
+
+    def send(name, headers):
+        r = httpx.post(f"{gw.v1}/chat/completions", headers=headers, json=SHORT, timeout=120)
+        answers[name] = r
+
+    threads = {}
+    try:
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", headers=batch, json=LONG, timeout=120) as running:
+            # The only slot is busy (keep the iterator: closing it cancels the request).
+            lines = running.iter_lines()
+            next(lines)
+            for n, name in enumerate(["batch-1", "batch-2"], start=1):
+                threads[name] = threading.Thread(target=send, args=(name, batch))
+                threads[name].start()
+                wait_queued(gw, n, answers)
+            r = httpx.post(f"{gw.v1}/chat/completions", headers=batch, json=SHORT, timeout=30)
+            assert r.status_code == 429 and r.json()["error"]["code"] == "engine_overloaded", "batch holds every place"
+            # "chat" holds none: it takes batch's newest place, which is refused as if it came last.
+            threads["chat"] = threading.Thread(target=send, args=("chat", chat))
+            threads["chat"].start()
+            threads["batch-2"].join(timeout=60)
+            displaced = answers["batch-2"]
+            assert displaced.status_code == 429, displaced.text
+            schemas.validate("ErrorResponse", displaced.json())
+            assert displaced.json()["error"]["code"] == "engine_overloaded" and displaced.headers["retry-after"]
+            assert "chat" not in answers, f"chat should wait for the slot: {answers['chat'].text}"
+            assert queued(gw) == 2
+            engine = httpx.get(f"{gw.base}/readyz").json()["engine"]
+            assert engine["displaced_total"] == 1, engine
+        # The stream is closed: its slot goes to "chat", which runs none, before batch's older request.
+        for name in ("chat", "batch-1"):
+            threads[name].join(timeout=120)
+            assert answers[name].status_code == 200, answers[name].text
+        ids = {answers[name].headers["x-request-id"]: name for name in ("chat", "batch-1")}
+        deadline = time.monotonic() + 10
+        while len(order := [ids[r["request_id"]] for r in accounting_records(gw) if r.get("request_id") in ids]) < 2:
+            assert time.monotonic() < deadline, order
+            time.sleep(0.01)  # poll interval; the records are written as the answers end
+        assert order == ["chat", "batch-1"], "one slot: the order the two were served in"
+    finally:
+        gw.stop()
