@@ -14,7 +14,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::watch;
 use tracing::{error, info, info_span};
 
-use crate::fair_share::{may_take_a_place, ForTenant};
+use crate::fair_share::{ForTenant, Place};
 use crate::scheduler::Scheduler;
 use crate::{EngineConfig, EngineError, EngineStats, Load, EngineStatsSnapshot, GenerationEvent, GenerationRequest, GenerationStream};
 
@@ -72,9 +72,11 @@ pub(crate) struct Job {
     pub(crate) place: Arc<AtomicU8>,
 }
 
-const WAITING: u8 = 0;
+pub(crate) const WAITING: u8 = 0;
 const TAKEN: u8 = 1;
 const LEFT: u8 = 2;
+/// Refused to give its place to a request of a tenant holding less (see `fair_share`).
+pub(crate) const DISPLACED: u8 = 3;
 
 impl Job {
     /// The engine takes the job out of the queue, unless its client left it first: true when
@@ -88,6 +90,11 @@ impl Job {
         self.place.load(Relaxed) == LEFT
     }
 
+    /// It gave its place to another tenant's request, and was answered then.
+    pub(crate) fn displaced(&self) -> bool {
+        self.place.load(Relaxed) == DISPLACED
+    }
+
     /// Answers a job that will not run with `err` and takes it off the queue's counters, unless
     /// its client left first.
     pub(crate) fn refuse(self, stats: &EngineStats, err: &EngineError) {
@@ -98,7 +105,7 @@ impl Job {
 
     /// [`Job::refuse`] for a job already taken.
     pub(crate) fn refuse_taken(self, stats: &EngineStats, err: &EngineError) {
-        stats.leave_queue(self.request.tenant.as_ref(), self.estimate);
+        stats.leave_queue(self.request.tenant.as_ref(), self.estimate, &self.place);
         let _ = self.events.send(GenerationEvent::Failed(err.clone()));
     }
 }
@@ -122,7 +129,7 @@ impl QueuePlace {
     /// Leaves the queue if the engine has not taken the job yet.
     pub(crate) fn leave(&self) {
         if self.place.compare_exchange(WAITING, LEFT, Relaxed, Relaxed).is_ok() {
-            self.stats.leave_queue(self.tenant.as_ref(), self.estimate);
+            self.stats.leave_queue(self.tenant.as_ref(), self.estimate, &self.place);
         }
     }
 }
@@ -167,20 +174,35 @@ impl EngineHandle {
         let (events, stream) = unbounded_channel();
         let estimate = estimate_prompt_tokens(&request);
         let tenant = request.tenant.clone();
-        let (waiting, own) = self.stats.join_queue(tenant.as_ref(), estimate);
-        let undo = || self.stats.leave_queue(tenant.as_ref(), estimate);
-        // `queue` bounds the requests waiting for a slot: those a free slot will take at the next
-        // step are not waiting for one (they only wait for the step in progress to end). A full
-        // queue still takes a request whose tenant holds fewer places than another: the engine
-        // then refuses that tenant's newest (see `fair_share`).
-        let free = u64::from(self.config.parallel).saturating_sub(self.stats.active.load(Relaxed));
-        if waiting > (self.config.queue as u64).saturating_add(free) && !may_take_a_place(own, &self.stats.waiting_by_tenant(), tenant.as_ref()) {
-            undo();
-            return Err(EngineError::Overloaded { queue: self.config.queue });
-        }
         let place = Arc::new(AtomicU8::new(WAITING));
+        {
+            // One lock for the bound and the tenants' places: concurrent submits see each
+            // other's displacements, so the queue never holds more than `queue`.
+            let mut places = self.stats.places();
+            let waiting = self.stats.queued.load(Relaxed) + 1;
+            // `queue` bounds the requests waiting for a slot: those a free slot will take at the
+            // next step are not waiting for one (they only wait for the step in progress to end).
+            let free = u64::from(self.config.parallel).saturating_sub(self.stats.active.load(Relaxed));
+            if waiting > (self.config.queue as u64).saturating_add(free) {
+                // Full: a tenant holding less than another takes that one's newest place.
+                let Some(taken) = places.displace_for(tenant.as_ref()) else {
+                    return Err(EngineError::Overloaded { queue: self.config.queue });
+                };
+                self.stats.queued.fetch_sub(1, Relaxed);
+                self.stats.queued_prompt_tokens.fetch_sub(taken.estimate, Relaxed);
+                // Counted before it is answered: whoever reads the answer sees the count.
+                self.stats.displaced_total.fetch_add(1, Relaxed);
+                let _ = taken.events.send(GenerationEvent::Failed(EngineError::Overloaded { queue: self.config.queue }));
+            }
+            self.stats.queued.fetch_add(1, Relaxed);
+            self.stats.queued_prompt_tokens.fetch_add(estimate, Relaxed);
+            places.join(tenant.as_ref(), Place { state: Arc::clone(&place), events: events.clone(), estimate });
+        }
         if self.jobs.send(Message::Generate(Box::new(Job { request, events, estimate, place: Arc::clone(&place) }))).is_err() {
-            undo();
+            // The engine thread has stopped (so it will never take the job).
+            if place.compare_exchange(WAITING, LEFT, Relaxed, Relaxed).is_ok() {
+                self.stats.leave_queue(tenant.as_ref(), estimate, &place);
+            }
             return Err(EngineError::Unavailable { reason: "the engine thread has stopped".into() });
         }
         Ok(GenerationStream::new(stream, QueuePlace { place, stats: Arc::clone(&self.stats), estimate, tenant }))

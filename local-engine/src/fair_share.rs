@@ -1,18 +1,29 @@
 //! The requests waiting for a sequence slot, shared fairly among the tenants they are for.
 //!
 //! One tenant's burst must not hold everyone else's requests back (a batch job queueing 200
-//! requests in front of an interactive team's one), nor take every place in the queue. So:
-//! - a free slot goes to the waiting request whose tenant has the fewest sequences running, then
-//!   to the tenant admitted least recently, then to the earliest arrival: one tenant alone is
-//!   served first come, first served; several share the slots evenly whatever their backlogs;
-//! - when the queue is full, a request of a tenant holding fewer waiting places than another
-//!   takes the place of that tenant's newest request, which is refused as it would have been had
-//!   it come last (`engine_overloaded`). Places are split evenly among the tenants that want them.
+//! requests in front of an interactive team's one), nor take every place in the queue. A
+//! tenant's share is what it holds of the engine: its running sequences plus its waiting requests.
+//! - A free slot goes to the waiting request whose tenant runs the fewest sequences, then to the
+//!   tenant admitted least recently, then to the earliest arrival: one tenant alone is served
+//!   first come, first served; several share the slots evenly whatever their backlogs.
+//! - When the queue is full, a request of a tenant that would still hold less than another
+//!   tenant with waiting requests takes the place of that tenant's newest request, which is
+//!   refused at once as it would have been had it come last (`engine_overloaded`). Decided when
+//!   the request is submitted ([`Places`]), so the queue never holds more than its bound, and a
+//!   place never changes hands back and forth: the tenant that gave it now holds no more than the
+//!   one that took it.
 //!
 //! Requests without a tenant (the engine used directly) form one group.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::engine::{DISPLACED, WAITING};
+use crate::GenerationEvent;
 
 /// Whose request a waiting item is.
 pub(crate) trait ForTenant {
@@ -45,11 +56,9 @@ impl<T: ForTenant> FairQueue<T> {
         self.waiting.is_empty()
     }
 
-    /// Keeps only the items `keep` accepts (in order); returns how many went.
-    pub(crate) fn retain(&mut self, keep: impl FnMut(&T) -> bool) -> usize {
-        let before = self.waiting.len();
+    /// Keeps only the items `keep` accepts (in order).
+    pub(crate) fn retain(&mut self, keep: impl FnMut(&T) -> bool) {
         self.waiting.retain(keep);
-        before - self.waiting.len()
     }
 
     /// Takes the item that gets the next free slot, given how many sequences each tenant runs.
@@ -71,32 +80,111 @@ impl<T: ForTenant> FairQueue<T> {
         Some(item)
     }
 
-    /// Takes the items beyond `places`, each the newest request of the tenant holding the most
-    /// waiting places (of two holding as many, the one whose newest request came last).
-    pub(crate) fn over(&mut self, places: usize) -> Vec<T> {
-        let mut shed = Vec::new();
-        while self.waiting.len() > places {
-            let mut held: HashMap<Option<&Arc<str>>, usize> = HashMap::new();
-            for item in &self.waiting {
-                *held.entry(item.tenant()).or_default() += 1;
-            }
-            let most = held.values().copied().max().unwrap_or(0);
-            let Some(index) = self.waiting.iter().rposition(|item| held.get(&item.tenant()) == Some(&most)) else { break };
-            shed.extend(self.waiting.remove(index));
-        }
-        shed
-    }
-
     /// Every waiting item, in arrival order.
     pub(crate) fn take_all(&mut self) -> VecDeque<T> {
         std::mem::take(&mut self.waiting)
     }
 }
 
-/// Whether a tenant holding `own` waiting places (this request's included) may take the place of
-/// another's newest request when the queue is full: only from a tenant that would still hold more.
-pub(crate) fn may_take_a_place(own: u64, held: &HashMap<Option<Arc<str>>, u64>, tenant: Option<&Arc<str>>) -> bool {
-    held.iter().any(|(other, &count)| other.as_ref() != tenant && count > own)
+/// A waiting request as the submitting side sees it: enough to refuse it from there.
+#[derive(Debug)]
+pub(crate) struct Place {
+    /// The job's state (`WAITING`, taken, left, displaced), shared with the job and its stream.
+    pub(crate) state: Arc<AtomicU8>,
+    pub(crate) events: UnboundedSender<GenerationEvent>,
+    /// Its prompt tokens' estimate (counted in the queue's backlog while it waits).
+    pub(crate) estimate: u64,
+}
+
+#[derive(Debug, Default)]
+struct Holding {
+    running: u64,
+    /// Its waiting requests, oldest first, each with its arrival number.
+    waiting: Vec<(u64, Place)>,
+}
+
+impl Holding {
+    fn held(&self) -> u64 {
+        self.running + self.waiting.len() as u64
+    }
+}
+
+/// What each tenant holds of the engine (running sequences, waiting places), kept by the
+/// submitting side and the engine thread together under one lock.
+#[derive(Debug, Default)]
+pub(crate) struct Places {
+    by_tenant: HashMap<Option<Arc<str>>, Holding>,
+    arrivals: u64,
+}
+
+impl Places {
+    /// A request of `tenant` waits for a slot.
+    pub(crate) fn join(&mut self, tenant: Option<&Arc<str>>, place: Place) {
+        self.arrivals += 1;
+        self.by_tenant.entry(tenant.cloned()).or_default().waiting.push((self.arrivals, place));
+    }
+
+    /// The waiting request with this `state` no longer waits (taken, left, or refused).
+    pub(crate) fn leave(&mut self, tenant: Option<&Arc<str>>, state: &Arc<AtomicU8>) {
+        let key = tenant.cloned();
+        if let Some(holding) = self.by_tenant.get_mut(&key) {
+            holding.waiting.retain(|(_, place)| !Arc::ptr_eq(&place.state, state));
+            self.forget_if_idle(key);
+        }
+    }
+
+    /// A sequence of `tenant` started running.
+    pub(crate) fn started(&mut self, tenant: Option<&Arc<str>>) {
+        self.by_tenant.entry(tenant.cloned()).or_default().running += 1;
+    }
+
+    /// A sequence of `tenant` ended.
+    pub(crate) fn ended(&mut self, tenant: Option<&Arc<str>>) {
+        let key = tenant.cloned();
+        if let Some(holding) = self.by_tenant.get_mut(&key) {
+            holding.running = holding.running.saturating_sub(1);
+            self.forget_if_idle(key);
+        }
+    }
+
+    fn forget_if_idle(&mut self, key: Option<Arc<str>>) {
+        if let Entry::Occupied(holding) = self.by_tenant.entry(key) {
+            if holding.get().running == 0 && holding.get().waiting.is_empty() {
+                holding.remove();
+            }
+        }
+    }
+
+    /// The queue is full and a request of `tenant` arrives: the place it may take, if any — the
+    /// newest waiting request of the tenant holding most, provided that tenant holds more than
+    /// `tenant` will with this request (of two holding as many, the one whose newest came last).
+    /// The place is marked displaced and no longer counted; the caller answers it.
+    pub(crate) fn displace_for(&mut self, tenant: Option<&Arc<str>>) -> Option<Place> {
+        let key = tenant.cloned();
+        let own = self.by_tenant.get(&key).map_or(0, Holding::held) + 1;
+        loop {
+            let victim = self
+                .by_tenant
+                .iter()
+                .filter(|(other, holding)| **other != key && holding.held() > own)
+                .filter_map(|(other, holding)| Some(((holding.held(), holding.waiting.last()?.0), other.clone())))
+                .max_by_key(|(rank, _)| *rank)
+                .map(|(_, other)| other)?;
+            let holding = self.by_tenant.get_mut(&victim)?;
+            let (_, place) = holding.waiting.pop()?;
+            self.forget_if_idle(victim);
+            // Taken by the engine or left by its client meanwhile: not waiting any more.
+            if place.state.compare_exchange(WAITING, DISPLACED, Relaxed, Relaxed).is_ok() {
+                return Some(place);
+            }
+        }
+    }
+
+    /// Waiting requests by tenant.
+    #[cfg(test)]
+    fn waiting(&self, tenant: &str) -> usize {
+        self.by_tenant.get(&Some(Arc::from(tenant))).map_or(0, |h| h.waiting.len())
+    }
 }
 
 #[cfg(test)]
@@ -168,38 +256,78 @@ mod tests {
         assert_eq!(queue.next(&running(&[("a", 1), ("b", 3)])).map(|r| r.1), Some(2));
     }
 
-    #[test]
-    fn a_full_queue_sheds_the_newest_request_of_the_tenant_holding_most() {
-        let mut queue = FairQueue::default();
-        for n in 0..4 {
-            queue.push(req("a", n));
-        }
-        queue.push(req("b", 10));
-        let shed = queue.over(4);
-        assert_eq!(shed, [req("a", 3)]);
-        queue.push(req("b", 11));
-        assert_eq!(queue.over(4), [req("a", 2)]);
-        // Two each: a tenant's own newest request is shed when it would hold more.
-        queue.push(req("a", 4));
-        assert_eq!(queue.over(4), [req("a", 4)]);
-        assert!(queue.over(4).is_empty());
-        // Of two holding as many, the one whose newest request came last gives its place.
-        assert_eq!(queue.over(3), [req("b", 11)]);
-        assert_eq!(queue.take_all(), [req("a", 0), req("a", 1), req("b", 10)]);
+    fn t(name: &str) -> Arc<str> {
+        Arc::from(name)
+    }
+
+    /// Joins a waiting request of `name`; returns its state and the receiver of its events.
+    fn wait(places: &mut Places, name: &str) -> (Arc<AtomicU8>, tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>) {
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let state = Arc::new(AtomicU8::new(WAITING));
+        places.join(Some(&t(name)), Place { state: Arc::clone(&state), events, estimate: 1 });
+        (state, receiver)
     }
 
     #[test]
-    fn a_place_is_taken_only_from_a_tenant_that_would_still_hold_more() {
-        let held: HashMap<Option<Arc<str>>, u64> = [(Some(Arc::from("a")), 3), (Some(Arc::from("b")), 1)].into_iter().collect();
-        let b = Some(Arc::from("b"));
-        let a = Some(Arc::from("a"));
-        // b's new request makes 2 against a's 3: taken from a.
-        assert!(may_take_a_place(2, &held, b.as_ref()));
-        // 3 against 3: a and b would just swap a place back and forth.
-        assert!(!may_take_a_place(3, &held, b.as_ref()));
-        // a's own request never takes a place from a lighter tenant.
-        assert!(!may_take_a_place(4, &held, a.as_ref()));
-        assert!(may_take_a_place(1, &held, None));
+    fn a_tenant_holding_nothing_takes_the_place_of_one_running_and_waiting() {
+        // One slot and one place, both the flooding tenant's: another tenant still gets in.
+        let mut places = Places::default();
+        places.started(Some(&t("flood")));
+        let (flood_waiting, _) = wait(&mut places, "flood");
+        let taken = places.displace_for(Some(&t("chat"))).expect("chat holds nothing, flood two");
+        assert!(Arc::ptr_eq(&taken.state, &flood_waiting));
+        assert_eq!(flood_waiting.load(Relaxed), DISPLACED);
+        let _chat = wait(&mut places, "chat");
+        // Now each holds one: neither takes the other's place back, nor does a third tenant.
+        assert!(places.displace_for(Some(&t("flood"))).is_none());
+        assert!(places.displace_for(Some(&t("third"))).is_none());
+        assert_eq!((places.waiting("flood"), places.waiting("chat")), (0, 1));
+    }
+
+    #[test]
+    fn the_newest_request_of_the_tenant_holding_most_gives_its_place() {
+        let mut places = Places::default();
+        let a: Vec<_> = (0..3).map(|_| wait(&mut places, "a")).collect();
+        let b: Vec<_> = (0..3).map(|_| wait(&mut places, "b")).collect();
+        places.started(Some(&t("b")));
+        // b holds 4, a 3: b's newest goes.
+        assert!(Arc::ptr_eq(&places.displace_for(None).unwrap().state, &b[2].0));
+        let _none = wait(&mut places, "");
+        // 3 each: of two holding as many, the one whose newest came last (b's second came after a's third).
+        assert!(Arc::ptr_eq(&places.displace_for(Some(&t("c"))).unwrap().state, &b[1].0));
+        let _c = wait(&mut places, "c");
+        assert!(Arc::ptr_eq(&places.displace_for(Some(&t("d"))).unwrap().state, &a[2].0));
+        // a 2, b 2 (one running), c 1, None 1: d's second would hold 2, no more than any.
+        let _d = wait(&mut places, "d");
+        assert!(places.displace_for(Some(&t("d"))).is_none());
+    }
+
+    #[test]
+    fn a_request_taken_or_left_meanwhile_is_not_displaced() {
+        let mut places = Places::default();
+        let first = wait(&mut places, "a");
+        let second = wait(&mut places, "a");
+        // The engine took the newest and started it (its leave() not yet called): the older one
+        // goes instead.
+        second.0.store(1, Relaxed);
+        places.started(Some(&t("a")));
+        assert!(Arc::ptr_eq(&places.displace_for(Some(&t("b"))).unwrap().state, &first.0));
+        assert!(places.displace_for(Some(&t("b"))).is_none(), "a waits no more");
+    }
+
+    #[test]
+    fn tenants_holding_nothing_are_forgotten() {
+        let mut places = Places::default();
+        let (state, _) = wait(&mut places, "a");
+        places.started(Some(&t("a")));
+        places.leave(Some(&t("a")), &state);
+        assert_eq!(places.by_tenant.len(), 1, "still running one");
+        places.ended(Some(&t("a")));
+        assert!(places.by_tenant.is_empty());
+        // Unknown tenants and states change nothing.
+        places.ended(Some(&t("b")));
+        places.leave(None, &state);
+        assert!(places.by_tenant.is_empty());
     }
 
     #[test]

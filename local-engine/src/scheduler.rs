@@ -114,7 +114,6 @@ pub(crate) struct Scheduler<'m> {
     host: HostCache<LlamaToken, StateBuffer>,
     /// Jobs waiting for a slot, shared fairly among tenants; `[local].queue` bounds them.
     waiting: FairQueue<Job>,
-    queue: usize,
     /// Slots whose KV buffer has a stream copy still queued (llama.cpp carries copies out at the
     /// start of the next decode): their buffers must not be read or written directly until then.
     copy_pending: Vec<i32>,
@@ -179,7 +178,6 @@ impl<'m> Scheduler<'m> {
             scratch: i32::try_from(config.parallel).unwrap_or(i32::MAX),
             host: HostCache::new(config.prompt_cache_mib as usize * 1024 * 1024),
             waiting: FairQueue::default(),
-            queue: config.queue,
             copy_pending: Vec::new(),
         })
     }
@@ -212,8 +210,13 @@ impl<'m> Scheduler<'m> {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let left = self.waiting.retain(|job| !job.left());
-        self.stats.cancelled_total.fetch_add(left as u64, Relaxed);
+        let mut left = 0;
+        // Those displaced were answered already.
+        self.waiting.retain(|job| {
+            left += u64::from(job.left());
+            !job.left() && !job.displaced()
+        });
+        self.stats.cancelled_total.fetch_add(left, Relaxed);
         while self.slots.has_free() {
             let job = match self.waiting.next(&self.running_by_tenant()) {
                 Some(job) => job,
@@ -228,24 +231,15 @@ impl<'m> Scheduler<'m> {
                 },
             };
             if !job.take() {
-                // Its client left before it got a slot.
-                self.stats.cancelled_total.fetch_add(1, Relaxed);
+                // Its client left, or it was displaced, before it got a slot.
+                self.stats.cancelled_total.fetch_add(u64::from(job.left()), Relaxed);
                 continue;
             }
-            let (estimate, tenant) = (job.estimate, job.request.tenant.clone());
+            let (estimate, tenant, place) = (job.estimate, job.request.tenant.clone(), Arc::clone(&job.place));
             self.start_job(job);
             // Counted as waiting until it runs (or is answered): `submit` adds waiting and
             // running jobs, and a job between the two must not leave room for one more.
-            self.stats.leave_queue(tenant.as_ref(), estimate);
-        }
-        // A full queue took a request of a tenant holding fewer places than another: the one
-        // holding most gives up its newest.
-        for job in self.waiting.over(self.queue) {
-            if job.take() {
-                // Counted before it is answered: whoever reads the answer sees the count.
-                self.stats.displaced_total.fetch_add(1, Relaxed);
-                job.refuse_taken(self.stats, &EngineError::Overloaded { queue: self.queue });
-            }
+            self.stats.leave_queue(tenant.as_ref(), estimate, &place);
         }
         true
     }
@@ -403,6 +397,7 @@ impl<'m> Scheduler<'m> {
         debug!(seq_id, prompt_tokens, reused, max_tokens, "sequence admitted");
         let _ = job.events.send(GenerationEvent::Started { prompt_tokens });
         self.stats.active.fetch_add(1, Relaxed);
+        self.stats.places().started(job.request.tenant.as_ref());
         self.active.push(Sequence {
             seq_id,
             tenant: job.request.tenant.clone(),
@@ -542,6 +537,7 @@ impl<'m> Scheduler<'m> {
             }
         }
         self.stats.active.fetch_sub(1, Relaxed);
+        self.stats.places().ended(seq.tenant.as_ref());
         self.publish_kv_usage();
     }
 

@@ -1,7 +1,7 @@
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use crate::fair_share::Places;
 use crate::load::Timings;
 
 /// Live counters shared between the engine thread and its handles.
@@ -28,9 +28,8 @@ pub struct EngineStats {
     pub(crate) active_backlog_tokens: AtomicU64,
     /// Estimated prompt tokens of the requests waiting for a slot.
     pub(crate) queued_prompt_tokens: AtomicU64,
-    /// Requests waiting for a slot, by tenant (those without one under `None`); a tenant
-    /// leaves the map when it has none waiting.
-    pub(crate) waiting_by_tenant: Mutex<HashMap<Option<Arc<str>>, u64>>,
+    /// Each tenant's running sequences and waiting requests (see `fair_share`).
+    pub(crate) places: Mutex<Places>,
     pub(crate) displaced_total: AtomicU64,
     /// Step costs measured by the engine thread (one short lock per step and per prediction).
     pub(crate) timings: Mutex<Timings>,
@@ -80,32 +79,16 @@ impl EngineStats {
         self.timings.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A request joins the queue: returns how many wait now, and how many of its tenant's.
-    pub(crate) fn join_queue(&self, tenant: Option<&Arc<str>>, estimate: u64) -> (u64, u64) {
-        let waiting = self.queued.fetch_add(1, Relaxed) + 1;
-        self.queued_prompt_tokens.fetch_add(estimate, Relaxed);
-        let mut by_tenant = self.waiting_by_tenant();
-        let own = by_tenant.entry(tenant.cloned()).or_default();
-        *own += 1;
-        (waiting, *own)
-    }
-
-    /// A request leaves the queue: taken by the engine, left by its client, or refused.
-    pub(crate) fn leave_queue(&self, tenant: Option<&Arc<str>>, estimate: u64) {
+    /// A waiting request leaves the queue: taken by the engine, left by its client, or refused.
+    pub(crate) fn leave_queue(&self, tenant: Option<&Arc<str>>, estimate: u64, state: &Arc<AtomicU8>) {
         self.queued.fetch_sub(1, Relaxed);
         self.queued_prompt_tokens.fetch_sub(estimate, Relaxed);
-        let mut by_tenant = self.waiting_by_tenant();
-        let key = tenant.cloned();
-        if let Some(own) = by_tenant.get_mut(&key) {
-            *own = own.saturating_sub(1);
-            if *own == 0 {
-                by_tenant.remove(&key);
-            }
-        }
+        self.places().leave(tenant, state);
     }
 
-    pub(crate) fn waiting_by_tenant(&self) -> std::sync::MutexGuard<'_, HashMap<Option<Arc<str>>, u64>> {
-        self.waiting_by_tenant.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// What each tenant holds of the engine.
+    pub(crate) fn places(&self) -> std::sync::MutexGuard<'_, Places> {
+        self.places.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reads every counter.

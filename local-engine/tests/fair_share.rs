@@ -1,5 +1,5 @@
 //! Tenants share the engine fairly: a slot goes to the tenant running fewest, and a full queue
-//! gives a place to a tenant holding fewer places than another.
+//! gives a place to a tenant holding less of the engine (running and waiting) than another.
 
 mod common;
 
@@ -54,19 +54,19 @@ async fn a_late_tenant_is_served_before_another_tenants_backlog() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_gives_a_place_to_a_tenant_holding_fewer() {
+async fn a_full_queue_gives_a_place_to_a_tenant_holding_less() {
     let engine = engine_with(2048, 1, 4);
     engine.started().await.unwrap();
     let mut running = engine.submit(request("batch", 1000)).unwrap();
     generating(&mut running).await;
     let mut backlog: Vec<_> = (0..4).map(|_| engine.submit(request("batch", 4)).unwrap()).collect();
     assert!(matches!(engine.submit(request("batch", 4)), Err(EngineError::Overloaded { queue: 4 })), "batch holds every place");
-    let mut chat = vec![engine.submit(request("chat", 4)).expect("chat holds none: it takes batch's newest place")];
+    let mut chat = vec![engine.submit(request("chat", 4)).expect("chat holds nothing: it takes batch's newest place")];
     // Refused as it would have been had it come last.
     assert!(matches!(backlog[3].recv().await, Some(GenerationEvent::Failed(EngineError::Overloaded { queue: 4 }))));
     chat.push(engine.submit(request("chat", 4)).expect("one place against three: another"));
     assert!(matches!(backlog[2].recv().await, Some(GenerationEvent::Failed(EngineError::Overloaded { queue: 4 }))));
-    assert!(matches!(engine.submit(request("chat", 4)), Err(EngineError::Overloaded { .. })), "two places each: a third for chat would not be fairer");
+    assert!(matches!(engine.submit(request("chat", 4)), Err(EngineError::Overloaded { .. })), "batch runs one and waits two: a third for chat would not be fairer");
     assert!(matches!(engine.submit(request("batch", 4)), Err(EngineError::Overloaded { .. })));
     let stats = engine.stats();
     assert_eq!((stats.queued, stats.displaced_total), (4, 2), "{stats:?}");

@@ -75,3 +75,39 @@ def test_a_tenant_is_not_shut_out_by_another_tenants_backlog(tmp_path, schemas):
         assert order == ["chat", "batch-1"], "one slot: the order the two were served in"
     finally:
         gw.stop()
+
+
+def test_one_place_is_not_kept_by_the_tenant_running_the_one_slot(tmp_path):
+    # The tenant running the only slot and waiting in the only place holds more than a tenant
+    # holding nothing: the newcomer gets the place (it used to be 429 for everyone else).
+    flood_key, flood_entry = new_virtual_key()
+    chat_key, chat_entry = new_virtual_key()
+    tenants = f'[[tenants]]\nname = "flood"\nkeys = ["{flood_entry}"]\n\n[[tenants]]\nname = "chat"\nkeys = ["{chat_entry}"]\n'
+    gw = Gateway(tmp_path, gateway_config(tenants, parallel=1).replace("queue = 16", "queue = 1"))
+    flood = {"Authorization": f"Bearer {flood_key}"}
+    chat = {"Authorization": f"Bearer {chat_key}"}
+    answers = {}
+
+    def send(name, headers):
+        answers[name] = httpx.post(f"{gw.v1}/chat/completions", headers=headers, json=SHORT, timeout=120)
+
+    try:
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", headers=flood, json=LONG, timeout=120) as running:
+            lines = running.iter_lines()
+            next(lines)
+            waiting = threading.Thread(target=send, args=("flood", flood))
+            waiting.start()
+            wait_queued(gw, 1, answers)
+            taker = threading.Thread(target=send, args=("chat", chat))
+            taker.start()
+            waiting.join(timeout=60)
+            assert answers["flood"].status_code == 429, answers["flood"].text
+            assert answers["flood"].json()["error"]["code"] == "engine_overloaded"
+            # Each now holds one: flood cannot take the place back.
+            r = httpx.post(f"{gw.v1}/chat/completions", headers=flood, json=SHORT, timeout=30)
+            assert r.status_code == 429 and r.json()["error"]["code"] == "engine_overloaded", r.text
+            assert "chat" not in answers and queued(gw) == 1
+        taker.join(timeout=120)
+        assert answers["chat"].status_code == 200, answers["chat"].text
+    finally:
+        gw.stop()
