@@ -33,6 +33,10 @@ pub struct Metrics {
     pub active_sequences: IntGauge,
     /// KV cells held by running sequences.
     pub kv_cells_used: IntGauge,
+    /// Each tenant's requests waiting for an engine slot.
+    pub tenant_queue_depth: IntGaugeVec,
+    /// Each tenant's sequences the engine is running.
+    pub tenant_active_sequences: IntGaugeVec,
     /// Budget left per tenant and period.
     pub budget_remaining: prometheus::GaugeVec,
     /// Steps the limits store (Redis) could not take, by what was done instead.
@@ -65,6 +69,12 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// `collector`, registered in `registry`.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: C) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -89,6 +99,11 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
         let metrics = Self {
             requests: counter("switchyard_requests_total", "Requests finished (chat, completions, Responses, embeddings), by rule, target, tier and HTTP status.", &["rule", "target", "tier", "status"])?,
             duration: histogram("switchyard_request_duration_seconds", "From arrival to the end of the answer.", DURATION_BUCKETS)?,
@@ -97,19 +112,13 @@ impl Metrics {
             cost: float_counter("switchyard_cost_usd_total", "What requests cost, USD.", &["target", "tenant"])?,
             savings: float_counter("switchyard_savings_usd_total", "What requests would have cost on [metrics].baseline_model minus what they cost, USD (never below 0 per request).", &["tenant"])?,
             upstream_errors: counter("switchyard_upstream_errors_total", "Requests a provider failed (once per request and target, after its retries), by provider and kind.", &["provider", "kind"])?,
-            circuit_open: {
-                let g = IntGaugeVec::new(Opts::new("switchyard_circuit_open", "1 while the provider's circuit is open."), &["provider"])?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
+            circuit_open: gauge_vec("switchyard_circuit_open", "1 while the provider's circuit is open.", &["provider"])?,
             queue_depth: gauge("switchyard_engine_queue_depth", "Requests waiting for a local engine slot.")?,
             active_sequences: gauge("switchyard_engine_active_sequences", "Sequences the local engine is prefilling or decoding.")?,
             kv_cells_used: gauge("switchyard_engine_kv_cells_used", "KV cells held by running sequences.")?,
-            budget_remaining: {
-                let g = prometheus::GaugeVec::new(Opts::new("switchyard_budget_remaining_usd", "Budget left, USD, by tenant and period."), &["tenant", "period"])?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
+            tenant_queue_depth: gauge_vec("switchyard_engine_tenant_queue_depth", "A tenant's requests waiting for a local engine slot.", &["tenant"])?,
+            tenant_active_sequences: gauge_vec("switchyard_engine_tenant_active_sequences", "A tenant's sequences the local engine is prefilling or decoding.", &["tenant"])?,
+            budget_remaining: registered(&registry, prometheus::GaugeVec::new(Opts::new("switchyard_budget_remaining_usd", "Budget left, USD, by tenant and period."), &["tenant", "period"])?)?,
             auth_failures: counter(
                 "switchyard_auth_failures_total",
                 "Requests refused with 401 for a missing or unknown key, by surface (api: virtual keys on /v1; admin: the admin key).",
@@ -120,16 +129,8 @@ impl Metrics {
                 "Limit and budget steps Redis could not take, by what happened instead (fail_open: this replica's own store; fail_closed: refused; settle_retry: settlement queued until Redis returns).",
                 &["action"],
             )?,
-            cache_hits: {
-                let c = IntCounter::new("switchyard_cache_hits_total", "Answers served from the response cache.")?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
-            audit_dropped: {
-                let c = IntCounter::new("switchyard_audit_dropped_total", "Audit lines dropped because the writer fell behind.")?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
+            cache_hits: registered(&registry, IntCounter::new("switchyard_cache_hits_total", "Answers served from the response cache.")?)?,
+            audit_dropped: registered(&registry, IntCounter::new("switchyard_audit_dropped_total", "Audit lines dropped because the writer fell behind.")?)?,
             spills: counter(
                 "switchyard_spill_total",
                 "Requests sent to their rule's spill target because the local engine would miss a latency target, by rule and reason (ttft, decode_rate, queue).",
@@ -153,11 +154,7 @@ impl Metrics {
                 "Sampled shadow comparisons that did not run, by reason (budget, concurrency, failed).",
                 &["reason"],
             )?,
-            shadow_cost: {
-                let c = prometheus::Counter::new("switchyard_shadow_cost_usd_total", "What shadow calls (remote answers and judgements) cost, USD.")?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
+            shadow_cost: registered(&registry, prometheus::Counter::new("switchyard_shadow_cost_usd_total", "What shadow calls (remote answers and judgements) cost, USD.")?)?,
             config_reloads: counter("switchyard_config_reloads_total", "Configuration reloads (SIGHUP or POST /admin/reload) by result (applied, refused).", &["result"])?,
             config_last_reload_successful: gauge(
                 "switchyard_config_last_reload_successful",

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::watch;
 use tracing::{error, info, info_span};
 
-use crate::fair_share::{ForTenant, Place};
+use crate::fair_share::{ForTenant, Place, TenantShare};
 use crate::scheduler::Scheduler;
 use crate::{EngineConfig, EngineError, EngineStats, Load, EngineStatsSnapshot, GenerationEvent, GenerationRequest, GenerationStream};
 
@@ -211,6 +211,11 @@ impl EngineHandle {
     /// The engine's live counters.
     pub fn stats(&self) -> EngineStatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// What each tenant holds of the engine now (running sequences, waiting requests), by name.
+    pub fn tenants(&self) -> Vec<TenantShare> {
+        self.stats.places().holdings()
     }
 
     /// Stops the engine and waits for its thread: running and queued generations fail with

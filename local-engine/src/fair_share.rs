@@ -86,6 +86,17 @@ impl<T: ForTenant> FairQueue<T> {
     }
 }
 
+/// What one tenant holds of the engine now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantShare {
+    /// The tenant (`None`: requests submitted without one).
+    pub tenant: Option<Arc<str>>,
+    /// Its sequences running.
+    pub running: u64,
+    /// Its requests waiting for a slot.
+    pub waiting: u64,
+}
+
 /// A waiting request as the submitting side sees it: enough to refuse it from there.
 #[derive(Debug)]
 pub(crate) struct Place {
@@ -180,6 +191,18 @@ impl Places {
         }
     }
 
+    /// Each tenant holding anything: its name (`None`: requests without one), running
+    /// sequences and waiting requests, by name.
+    pub(crate) fn holdings(&self) -> Vec<TenantShare> {
+        let mut shares: Vec<TenantShare> = self
+            .by_tenant
+            .iter()
+            .map(|(tenant, h)| TenantShare { tenant: tenant.clone(), running: h.running, waiting: h.waiting.len() as u64 })
+            .collect();
+        shares.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        shares
+    }
+
     /// Waiting requests by tenant.
     #[cfg(test)]
     fn waiting(&self, tenant: &str) -> usize {
@@ -260,11 +283,12 @@ mod tests {
         Arc::from(name)
     }
 
-    /// Joins a waiting request of `name`; returns its state and the receiver of its events.
+    /// Joins a waiting request of `name` (none if empty); returns its state and the receiver of its events.
     fn wait(places: &mut Places, name: &str) -> (Arc<AtomicU8>, tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>) {
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
         let state = Arc::new(AtomicU8::new(WAITING));
-        places.join(Some(&t(name)), Place { state: Arc::clone(&state), events, estimate: 1 });
+        let tenant = (!name.is_empty()).then(|| t(name));
+        places.join(tenant.as_ref(), Place { state: Arc::clone(&state), events, estimate: 1 });
         (state, receiver)
     }
 
@@ -313,6 +337,18 @@ mod tests {
         places.started(Some(&t("a")));
         assert!(Arc::ptr_eq(&places.displace_for(Some(&t("b"))).unwrap().state, &first.0));
         assert!(places.displace_for(Some(&t("b"))).is_none(), "a waits no more");
+    }
+
+    #[test]
+    fn holdings_list_each_tenant_by_name() {
+        let mut places = Places::default();
+        let _b = wait(&mut places, "b");
+        places.started(Some(&t("a")));
+        let _a = wait(&mut places, "a");
+        let _none = wait(&mut places, "");
+        let holdings = places.holdings();
+        let named: Vec<(Option<&str>, u64, u64)> = holdings.iter().map(|s| (s.tenant.as_deref(), s.running, s.waiting)).collect();
+        assert_eq!(named, [(None, 0, 1), (Some("a"), 1, 1), (Some("b"), 0, 1)]);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub use config::EngineConfig;
 pub use embeddings::{not_an_embedding_model, Embedder, EmbeddingConfig};
 pub use engine::{EngineHandle, Startup};
 pub use error::EngineError;
+pub use fair_share::TenantShare;
 pub use gguf_file::truncation as gguf_truncation;
 pub use load::{Load, Prediction, Timings};
 pub use stats::{EngineStats, EngineStatsSnapshot};

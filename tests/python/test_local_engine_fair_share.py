@@ -30,7 +30,9 @@ def test_a_tenant_is_not_shut_out_by_another_tenants_backlog(tmp_path, schemas):
     batch_key, batch_entry = new_virtual_key()
     chat_key, chat_entry = new_virtual_key()
     tenants = f'[[tenants]]\nname = "batch"\nkeys = ["{batch_entry}"]\n\n[[tenants]]\nname = "chat"\nkeys = ["{chat_entry}"]\n'
-    gw = Gateway(tmp_path, gateway_config(tenants, parallel=1).replace("queue = 16", "queue = 2"))
+    config = gateway_config(tenants, parallel=1).replace("queue = 16", "queue = 2").replace(
+        '[server]\nregion = "eu-west"', '[server]\nregion = "eu-west"\nadmin_key_env = "FAIR_ADMIN_KEY"')
+    gw = Gateway(tmp_path, config, env={"FAIR_ADMIN_KEY": "adm-fair-share"})
     batch = {"Authorization": f"Bearer {batch_key}"}
     chat = {"Authorization": f"Bearer {chat_key}"}
     answers = {}
@@ -63,6 +65,14 @@ def test_a_tenant_is_not_shut_out_by_another_tenants_backlog(tmp_path, schemas):
             assert queued(gw) == 2
             engine = httpx.get(f"{gw.base}/readyz").json()["engine"]
             assert engine["displaced_total"] == 1, engine
+            # Who holds the engine, for operators: batch runs the slot and waits in one place, chat in the other.
+            stats = httpx.get(f"{gw.base}/admin/stats", headers={"Authorization": "Bearer adm-fair-share"}).json()["engine"]
+            assert stats["tenants"] == {"batch": {"running": 1, "waiting": 1}, "chat": {"running": 0, "waiting": 1}}, stats
+            assert stats["displaced_total"] == 1
+            metrics = httpx.get(f"{gw.base}/metrics").text
+            for line in ['switchyard_engine_tenant_queue_depth{tenant="batch"} 1', 'switchyard_engine_tenant_queue_depth{tenant="chat"} 1',
+                         'switchyard_engine_tenant_active_sequences{tenant="batch"} 1', 'switchyard_engine_tenant_active_sequences{tenant="chat"} 0']:
+                assert line in metrics.splitlines(), line
         # The stream is closed: its slot goes to "chat", which runs none, before batch's older request.
         for name in ("chat", "batch-1"):
             threads[name].join(timeout=120)
@@ -73,6 +83,8 @@ def test_a_tenant_is_not_shut_out_by_another_tenants_backlog(tmp_path, schemas):
             assert time.monotonic() < deadline, order
             time.sleep(0.01)  # poll interval; the records are written as the answers end
         assert order == ["chat", "batch-1"], "one slot: the order the two were served in"
+        # Idle tenants leave the figures.
+        assert "switchyard_engine_tenant_queue_depth{" not in httpx.get(f"{gw.base}/metrics").text
     finally:
         gw.stop()
 

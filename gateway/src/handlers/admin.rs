@@ -86,6 +86,11 @@ pub async fn stats(State(state): State<Arc<AppState>>) -> Json<Value> {
             "queued": s.queued, "active": s.active, "kv_cells_used": s.kv_cells_used,
             "prefill_tokens_per_s": per_s(s.prompt_tokens_total, s.prefill_us_total),
             "decode_tokens_per_s": per_s(s.completion_tokens_total, s.decode_us_total),
+            "displaced_total": s.displaced_total,
+            "tenants": l.engine().tenants().iter().map(|share| (
+                share.tenant.as_deref().unwrap_or("none").to_owned(),
+                json!({"running": share.running, "waiting": share.waiting}),
+            )).collect::<serde_json::Map<String, Value>>(),
         })
     });
     let circuits: serde_json::Map<String, Value> =

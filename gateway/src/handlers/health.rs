@@ -45,6 +45,14 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl axum::response:
         metrics.queue_depth.set(i64::try_from(engine.queued).unwrap_or(i64::MAX));
         metrics.active_sequences.set(i64::try_from(engine.active).unwrap_or(i64::MAX));
         metrics.kv_cells_used.set(i64::try_from(engine.kv_cells_used).unwrap_or(i64::MAX));
+        // Only tenants holding something now: one that went idle leaves the exposition.
+        metrics.tenant_queue_depth.reset();
+        metrics.tenant_active_sequences.reset();
+        for share in local.engine().tenants() {
+            let tenant = share.tenant.as_deref().unwrap_or("none");
+            metrics.tenant_queue_depth.with_label_values(&[tenant]).set(i64::try_from(share.waiting).unwrap_or(i64::MAX));
+            metrics.tenant_active_sequences.with_label_values(&[tenant]).set(i64::try_from(share.running).unwrap_or(i64::MAX));
+        }
     }
     for (name, remote) in &state.remotes {
         metrics.circuit_open.with_label_values(&[name.as_str()]).set(i64::from(remote.provider.is_open()));
