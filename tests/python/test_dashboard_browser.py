@@ -48,6 +48,7 @@ def test_rendered_dom_shows_targets_and_figures(rendered):
     assert "local/local-small" in dom and "fake/echo" in dom, dom[:2000]
     assert "updated " in dom, "the page fetched /admin/stats and drew it"
     assert "<rect" in dom, "the requests-per-minute chart has bars"
+    assert "<td>queue places given to lighter tenants</td><td>0</td>" in dom, "the engine panel"
     # The shadow panel: one comparison in the lowest complexity bucket, judged for the remote answer.
     assert "Shadow evaluation" in dom
     assert "<td>0.0-0.2</td><td>1</td><td>0.0%</td>" in dom, dom[dom.find("Shadow evaluation"):][:1500]
