@@ -192,7 +192,7 @@ impl EngineHandle {
                 self.stats.queued_prompt_tokens.fetch_sub(taken.estimate, Relaxed);
                 // Counted before it is answered: whoever reads the answer sees the count.
                 self.stats.displaced_total.fetch_add(1, Relaxed);
-                let _ = taken.events.send(GenerationEvent::Failed(EngineError::Overloaded { queue: self.config.queue }));
+                let _ = taken.events.send(GenerationEvent::Failed(EngineError::Displaced { queue: self.config.queue }));
             }
             self.stats.queued.fetch_add(1, Relaxed);
             self.stats.queued_prompt_tokens.fetch_add(estimate, Relaxed);

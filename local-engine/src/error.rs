@@ -28,6 +28,13 @@ pub enum EngineError {
         /// Configured queue bound.
         queue: usize,
     },
+    /// The queue was full and this waiting request gave its place to a request of a tenant
+    /// holding less of the engine (see `fair_share`).
+    #[error("the local engine is overloaded: this request gave its place among the {queue} waiting to a request of a tenant holding less of the engine")]
+    Displaced {
+        /// Configured queue bound.
+        queue: usize,
+    },
     /// The engine thread has stopped or never loaded its model.
     #[error("the local engine is unavailable: {reason}")]
     Unavailable {

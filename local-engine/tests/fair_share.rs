@@ -63,9 +63,9 @@ async fn a_full_queue_gives_a_place_to_a_tenant_holding_less() {
     assert!(matches!(engine.submit(request("batch", 4)), Err(EngineError::Overloaded { queue: 4 })), "batch holds every place");
     let mut chat = vec![engine.submit(request("chat", 4)).expect("chat holds nothing: it takes batch's newest place")];
     // Refused as it would have been had it come last.
-    assert!(matches!(backlog[3].recv().await, Some(GenerationEvent::Failed(EngineError::Overloaded { queue: 4 }))));
+    assert!(matches!(backlog[3].recv().await, Some(GenerationEvent::Failed(EngineError::Displaced { queue: 4 }))));
     chat.push(engine.submit(request("chat", 4)).expect("one place against three: another"));
-    assert!(matches!(backlog[2].recv().await, Some(GenerationEvent::Failed(EngineError::Overloaded { queue: 4 }))));
+    assert!(matches!(backlog[2].recv().await, Some(GenerationEvent::Failed(EngineError::Displaced { queue: 4 }))));
     assert!(matches!(engine.submit(request("chat", 4)), Err(EngineError::Overloaded { .. })), "batch runs one and waits two: a third for chat would not be fairer");
     assert!(matches!(engine.submit(request("batch", 4)), Err(EngineError::Overloaded { .. })));
     let stats = engine.stats();

@@ -455,7 +455,7 @@ fn tool_delta(calls: Value) -> Delta {
 fn engine_error(err: &EngineError) -> ProviderError {
     match err {
         EngineError::ContextLengthExceeded { .. } | EngineError::PromptCannotFit { .. } => ProviderError::ContextLengthExceeded { message: err.to_string() },
-        EngineError::Overloaded { .. } => ProviderError::Overloaded { message: err.to_string(), retry_after_s: 1 },
+        EngineError::Overloaded { .. } | EngineError::Displaced { .. } => ProviderError::Overloaded { message: err.to_string(), retry_after_s: 1 },
         EngineError::Grammar { .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some("response_format".into()) },
         EngineError::InvalidParameter { param, .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some((*param).into()) },
         EngineError::InputTooLong { .. } => ProviderError::InvalidRequest { message: err.to_string(), param: Some("input".into()) },

@@ -61,6 +61,7 @@ def test_a_tenant_is_not_shut_out_by_another_tenants_backlog(tmp_path, schemas):
             assert displaced.status_code == 429, displaced.text
             schemas.validate("ErrorResponse", displaced.json())
             assert displaced.json()["error"]["code"] == "engine_overloaded" and displaced.headers["retry-after"]
+            assert "gave its place" in displaced.json()["error"]["message"], "told apart from a full queue's refusal"
             assert "chat" not in answers, f"chat should wait for the slot: {answers['chat'].text}"
             assert queued(gw) == 2
             engine = httpx.get(f"{gw.base}/readyz").json()["engine"]
