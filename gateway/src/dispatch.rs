@@ -100,7 +100,7 @@ pub fn plan_with(
         unavailable,
         budget_used: budget.used,
         budget_exhausted: budget.exhausted,
-        local_overload: spillover.and_then(|s| s.check(prompt_tokens)),
+        local_overload: spillover.and_then(|s| s.check(prompt_tokens, &tenant.name)),
         stream: req.is_stream(),
     };
     let decision = {

@@ -3,8 +3,9 @@
 //! `slo_decode_tok_s`) would be missed, the router sends requests that may leave to their rule's
 //! `spill` target. A hysteresis band keeps the decision from flapping around the target.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use local_engine::{EngineConfig, EngineHandle, Load, Prediction};
 use router::{LocalOverload, SpillReason};
@@ -39,11 +40,17 @@ impl Targets {
     }
 }
 
-/// Decides, per request, whether the local engine is overloaded.
+/// Decides, per request, whether the local engine is overloaded for it. The engine shares its
+/// slots fairly among tenants, so each request's wait is predicted from the requests ahead of
+/// it in that order (a tenant behind another's backlog is not), and each tenant has its own
+/// hysteresis.
 pub struct Spillover {
     engine: EngineHandle,
     targets: Targets,
-    spilling: AtomicBool,
+    /// Tenants whose requests count the engine as overloaded now.
+    spilling: Mutex<HashSet<String>>,
+    /// The engine-wide view (`/admin/stats`), judged on its whole queue.
+    overloaded: AtomicBool,
     /// Requests routed to the local engine and not finished, submitted to it or not yet: a
     /// burst's requests are all decided before the first reaches the engine's queue, so the
     /// engine's own counters alone would let the whole burst in.
@@ -69,7 +76,7 @@ impl std::fmt::Debug for Spillover {
 impl Spillover {
     /// Watches `engine` against `targets`.
     pub fn new(engine: EngineHandle, targets: Targets) -> Self {
-        Self { engine, targets, spilling: AtomicBool::new(false), local_in_flight: Arc::new(AtomicU64::new(0)) }
+        Self { engine, targets, spilling: Mutex::default(), overloaded: AtomicBool::new(false), local_in_flight: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Counts a request the router sent to the local engine, until the ticket is dropped.
@@ -78,26 +85,43 @@ impl Spillover {
         LocalTicket(Arc::clone(&self.local_in_flight))
     }
 
-    /// True while the engine counts as overloaded (requests that may leave are spilled), judged
-    /// on its load now: the state the last request left would go stale once the load is gone.
+    /// True while the engine as a whole counts as overloaded (a request behind its whole queue
+    /// would spill), judged on its load now: a state left by the last request would go stale
+    /// once the load is gone.
     pub fn spilling(&self) -> bool {
-        let _ = self.check(0);
-        self.spilling.load(Relaxed)
+        let was = self.overloaded.load(Relaxed);
+        let (_, now) = judge(&self.load(), 0, self.targets, was);
+        self.overloaded.store(now, Relaxed);
+        now
     }
 
-    /// The overload a request of `prompt_tokens` would meet on the local engine now, if any.
-    pub fn check(&self, prompt_tokens: u32) -> Option<LocalOverload> {
-        let mut load = self.engine.load();
-        // Routed here but not in the engine's queue or slots yet: ahead of this request all the same.
-        let routed = self.local_in_flight.load(Relaxed);
-        load.pending = routed.saturating_sub(load.active + load.queued);
-        let was = self.spilling.load(Relaxed);
+    /// The overload a request of `tenant` with `prompt_tokens` would meet on the local engine
+    /// now, if any.
+    pub fn check(&self, prompt_tokens: u32, tenant: &str) -> Option<LocalOverload> {
+        let mut load = self.load();
+        // Only the waiting requests the engine would serve before this one.
+        load.queued = load.queued.min(self.engine.waiting_ahead_of(Some(&Arc::from(tenant))));
+        let mut spilling = self.spilling.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let was = spilling.contains(tenant);
         let (overload, now) = judge(&load, prompt_tokens, self.targets, was);
         if now != was {
-            self.spilling.store(now, Relaxed);
-            tracing::info!(spilling = now, queued = load.queued, active = load.active, "local engine spillover state changed");
+            if now {
+                spilling.insert(tenant.to_owned());
+            } else {
+                spilling.remove(tenant);
+            }
+            tracing::info!(tenant, spilling = now, queued_ahead = load.queued, active = load.active, "local engine spillover state changed");
         }
         overload
+    }
+
+    /// The engine's load, with the requests routed to it that have not reached it yet.
+    fn load(&self) -> Load {
+        let mut load = self.engine.load();
+        // Routed here but not in the engine's queue or slots yet: ahead of a new request all the same.
+        let routed = self.local_in_flight.load(Relaxed);
+        load.pending = routed.saturating_sub(load.active + load.queued);
+        load
     }
 }
 

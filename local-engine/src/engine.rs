@@ -213,6 +213,12 @@ impl EngineHandle {
         self.stats.snapshot()
     }
 
+    /// How many waiting requests a new request of `tenant` would wait behind, in the order the
+    /// engine gives slots (see `fair_share`): at most [`EngineStatsSnapshot::queued`].
+    pub fn waiting_ahead_of(&self, tenant: Option<&Arc<str>>) -> u64 {
+        self.stats.places().ahead_of(tenant)
+    }
+
     /// What each tenant holds of the engine now (running sequences, waiting requests), by name.
     pub fn tenants(&self) -> Vec<TenantShare> {
         self.stats.places().holdings()

@@ -191,6 +191,23 @@ impl Places {
         }
     }
 
+    /// How many waiting requests a new request of `tenant` waits behind in the order slots are
+    /// given: its tenant's own, and of each other tenant those that bring it up to as many
+    /// running as `tenant` will have once this request runs (a slot goes to the tenant running
+    /// fewest; of tenants running as many, counted as ahead).
+    pub(crate) fn ahead_of(&self, tenant: Option<&Arc<str>>) -> u64 {
+        let key = tenant.cloned();
+        let (own_running, own_waiting) = self.by_tenant.get(&key).map_or((0, 0), |h| (h.running, h.waiting.len() as u64));
+        let level = own_running + own_waiting + 1;
+        let others: u64 = self
+            .by_tenant
+            .iter()
+            .filter(|(other, _)| **other != key)
+            .map(|(_, h)| (h.waiting.len() as u64).min(level.saturating_sub(h.running)))
+            .sum();
+        own_waiting + others
+    }
+
     /// Each tenant holding anything: its name (`None`: requests without one), running
     /// sequences and waiting requests, by name.
     pub(crate) fn holdings(&self) -> Vec<TenantShare> {
@@ -349,6 +366,22 @@ mod tests {
         let holdings = places.holdings();
         let named: Vec<(Option<&str>, u64, u64)> = holdings.iter().map(|s| (s.tenant.as_deref(), s.running, s.waiting)).collect();
         assert_eq!(named, [(None, 0, 1), (Some("a"), 1, 1), (Some("b"), 0, 1)]);
+    }
+
+    #[test]
+    fn requests_ahead_follow_the_order_slots_are_given_in() {
+        let mut places = Places::default();
+        let _flood: Vec<_> = (0..6).map(|_| wait(&mut places, "flood")).collect();
+        places.started(Some(&t("flood")));
+        assert_eq!(places.ahead_of(Some(&t("chat"))), 0, "flood runs one already: chat's first goes first");
+        let _chat = wait(&mut places, "chat");
+        assert_eq!(places.ahead_of(Some(&t("chat"))), 1 + 1, "its own, and one of flood's to bring flood to two running");
+        assert_eq!(places.ahead_of(Some(&t("flood"))), 6 + 1, "the flood's own six, and chat's one");
+        assert_eq!(places.ahead_of(None), 1, "chat's one (running none, as many as it), none of the flood's");
+        // One tenant alone: first come, first served.
+        let mut alone = Places::default();
+        let _a: Vec<_> = (0..3).map(|_| wait(&mut alone, "a")).collect();
+        assert_eq!(alone.ahead_of(Some(&t("a"))), 3);
     }
 
     #[test]

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from conftest import Gateway, accounting_records, gateway_config, new_virtual_key
+from conftest import Gateway, accounting_records, fake_provider_section, gateway_config, new_virtual_key
 
 LONG = {"model": "auto", "stream": True, "temperature": 0, "max_tokens": 1500,
         "messages": [{"role": "user", "content": "Count from 1 to 1000."}]}
@@ -122,5 +122,47 @@ def test_one_place_is_not_kept_by_the_tenant_running_the_one_slot(tmp_path):
             assert "chat" not in answers and queued(gw) == 1
         taker.join(timeout=120)
         assert answers["chat"].status_code == 200, answers["chat"].text
+    finally:
+        gw.stop()
+
+
+SPILL_POLICY = '[[rule]]\nname = "default"\nroute = "local"\nspill = "fake/echo"\n'
+
+
+def test_a_tenant_behind_another_tenants_backlog_is_not_spilled(tmp_path, fake_provider):
+    # Spill while more than one request waits ahead: the backlog's own third request spills, but
+    # another tenant waits behind only one of the backlog's (the slots go to it first) and stays local.
+    heavy_key, heavy_entry = new_virtual_key()
+    light_key, light_entry = new_virtual_key()
+    tenants = f'[[tenants]]\nname = "heavy"\nkeys = ["{heavy_entry}"]\n\n[[tenants]]\nname = "light"\nkeys = ["{light_entry}"]\n'
+    extra = "spill_queue_depth = 1\n\n" + fake_provider_section(fake_provider) + tenants
+    gw = Gateway(tmp_path, gateway_config(extra, parallel=1), SPILL_POLICY)
+    heavy = {"Authorization": f"Bearer {heavy_key}"}
+    light = {"Authorization": f"Bearer {light_key}"}
+    answers = {}
+
+    def send(name, headers):
+        answers[name] = httpx.post(f"{gw.v1}/chat/completions", headers=headers, json=SHORT, timeout=120)
+
+    threads = {}
+    try:
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", headers=heavy, json=LONG, timeout=120) as running:
+            lines = running.iter_lines()
+            next(lines)
+            for n, name in enumerate(["heavy-1", "heavy-2"], start=1):
+                threads[name] = threading.Thread(target=send, args=(name, heavy))
+                threads[name].start()
+                wait_queued(gw, n, answers)
+            r = httpx.post(f"{gw.v1}/chat/completions", headers=heavy, json=SHORT, timeout=30)
+            assert r.status_code == 200 and r.headers.get("x-switchyard-spilled") == "1", (r.status_code, dict(r.headers))
+            assert r.headers["x-switchyard-target"] == "fake/echo"
+            threads["light"] = threading.Thread(target=send, args=("light", light))
+            threads["light"].start()
+            wait_queued(gw, 3, answers)
+        for name in ("light", "heavy-1", "heavy-2"):
+            threads[name].join(timeout=120)
+            r = answers[name]
+            assert r.status_code == 200, r.text
+            assert r.headers["x-switchyard-tier"] == "local" and "x-switchyard-spilled" not in r.headers, (name, dict(r.headers))
     finally:
         gw.stop()
