@@ -20,7 +20,7 @@ DIST_BIN := $(abspath $(TARGET_DIR))/dist/switchyard
 GGML_CPU_FLAGS := $(shell bash scripts/ggml-cpu-flags.sh)
 $(foreach flag,$(GGML_CPU_FLAGS),$(eval export $(flag)))
 
-.PHONY: run test build dist ggml-flags model embedding-model bench-structured system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
+.PHONY: run test build dist ggml-flags model embedding-model bench-structured bench-fair-share system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -140,6 +140,10 @@ test: model build python-deps node-deps redis promtool chromium
 ## Decode rate with grammar-constrained structured output vs plain text (local model).
 bench-structured: model build python-deps
 	$(PYTHON) bench/structured_output.py
+
+## One tenant's backlog against another's interactive requests on the local engine (TTFT of each).
+bench-fair-share: model build python-deps
+	$(PYTHON) bench/fair_share.py
 
 ## Single-stream prefill/decode tok/s: the engine alone next to through the gateway.
 bench: model build
