@@ -79,31 +79,12 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let histogram = |name: &str, help: &str, buckets: &[f64]| -> Result<HistogramVec, prometheus::Error> {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &["target"])?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
-        let float_counter = |name: &str, help: &str, labels: &[&str]| -> Result<CounterVec, prometheus::Error> {
-            let c = CounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
-            let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
+        let counter = |name: &str, help: &str, labels: &[&str]| registered(&registry, IntCounterVec::new(Opts::new(name, help), labels)?);
+        let histogram =
+            |name: &str, help: &str, buckets: &[f64]| registered(&registry, HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), &["target"])?);
+        let float_counter = |name: &str, help: &str, labels: &[&str]| registered(&registry, CounterVec::new(Opts::new(name, help), labels)?);
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help)?);
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| registered(&registry, IntGaugeVec::new(Opts::new(name, help), labels)?);
         let metrics = Self {
             requests: counter("switchyard_requests_total", "Requests finished (chat, completions, Responses, embeddings), by rule, target, tier and HTTP status.", &["rule", "target", "tier", "status"])?,
             duration: histogram("switchyard_request_duration_seconds", "From arrival to the end of the answer.", DURATION_BUCKETS)?,

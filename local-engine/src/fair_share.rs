@@ -10,8 +10,8 @@
 //!   tenant with waiting requests takes the place of that tenant's newest request, which is
 //!   refused at once as it would have been had it come last (`engine_overloaded`). Decided when
 //!   the request is submitted ([`Places`]), so the queue never holds more than its bound, and a
-//!   place never changes hands back and forth: the tenant that gave it now holds no more than the
-//!   one that took it.
+//!   place never changes hands back and forth: the tenant that gave it still holds at least as
+//!   much as the one that took it.
 //!
 //! Requests without a tenant (the engine used directly) form one group.
 

@@ -58,8 +58,8 @@ pub struct EngineStatsSnapshot {
     pub host_cache_bytes: u64,
     /// Generations stopped because their receiver went away.
     pub cancelled_total: u64,
-    /// Waiting requests refused (`Overloaded`) to give their place in a full queue to a
-    /// request of a tenant holding fewer places.
+    /// Waiting requests refused (`Displaced`) to give their place in a full queue to a
+    /// request of a tenant holding less of the engine.
     pub displaced_total: u64,
     /// Generations that ended normally (stop or length).
     pub finished_total: u64,
