@@ -7,15 +7,22 @@ use std::sync::Arc;
 
 use common::{engine_with, greedy, user};
 use futures::FutureExt;
-use local_engine::{EngineError, GenerationEvent, GenerationRequest, GenerationStream};
+use local_engine::{EngineError, EngineHandle, GenerationEvent, GenerationRequest, GenerationStream};
 
 fn request(tenant: &str, max_tokens: u32) -> GenerationRequest {
     GenerationRequest { messages: user("Count from 1 to 500."), tools: None, sampling: greedy(max_tokens), raw_prompt: None, tenant: Some(Arc::from(tenant)) }
 }
 
-/// Waits until `stream` has generated text: it holds its slot.
-async fn generating(stream: &mut GenerationStream) {
-    while !matches!(stream.recv().await, Some(GenerationEvent::Text(_))) {}
+/// An engine of one slot and `queue` places, its slot held by a long request of tenant "batch"
+/// (generating) and four more of batch's waiting.
+async fn busy_with_batch(queue: usize) -> (EngineHandle, GenerationStream, Vec<GenerationStream>) {
+    let engine = engine_with(2048, 1, queue);
+    // Idle when the first request comes: it is admitted from a wait for work.
+    engine.started().await.unwrap();
+    let mut running = engine.submit(request("batch", 1000)).unwrap();
+    while !matches!(running.recv().await, Some(GenerationEvent::Text(_))) {}
+    let backlog = (0..4).map(|_| engine.submit(request("batch", 4)).unwrap()).collect();
+    (engine, running, backlog)
 }
 
 /// Reads `stream` to its end; true if it finished normally.
@@ -30,12 +37,7 @@ async fn finishes(stream: &mut GenerationStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_tenant_is_served_before_another_tenants_backlog() {
-    let engine = engine_with(2048, 1, 8);
-    // Idle when the first request comes: it is admitted from a wait for work.
-    engine.started().await.unwrap();
-    let mut running = engine.submit(request("batch", 1000)).unwrap();
-    generating(&mut running).await;
-    let mut backlog: Vec<_> = (0..4).map(|_| engine.submit(request("batch", 4)).unwrap()).collect();
+    let (engine, running, mut backlog) = busy_with_batch(8).await;
     let mut late = engine.submit(request("chat", 4)).unwrap();
     drop(running);
     // One slot: whatever starts next runs alone to its end. So once the backlog's first has
@@ -55,11 +57,7 @@ async fn a_late_tenant_is_served_before_another_tenants_backlog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_gives_a_place_to_a_tenant_holding_less() {
-    let engine = engine_with(2048, 1, 4);
-    engine.started().await.unwrap();
-    let mut running = engine.submit(request("batch", 1000)).unwrap();
-    generating(&mut running).await;
-    let mut backlog: Vec<_> = (0..4).map(|_| engine.submit(request("batch", 4)).unwrap()).collect();
+    let (engine, running, mut backlog) = busy_with_batch(4).await;
     assert!(matches!(engine.submit(request("batch", 4)), Err(EngineError::Overloaded { queue: 4 })), "batch holds every place");
     let mut chat = vec![engine.submit(request("chat", 4)).expect("chat holds nothing: it takes batch's newest place")];
     // Refused as it would have been had it come last.

@@ -1,8 +1,10 @@
 """Tenants share the local engine fairly. One tenant's backlog cannot shut another out: a full
-queue gives a place to a tenant holding fewer places than another, whose newest request gets 429
-`engine_overloaded` (as it would have, had it come last), and a freed slot goes to the tenant
-running fewest, not to the oldest request."""
+queue gives a place to a tenant holding less of the engine (running and waiting) than another,
+whose newest waiting request gets 429 `engine_overloaded` (as it would have, had it come last); a
+freed slot goes to the tenant running fewest, not to the oldest request; and spillover predicts a
+request's wait from its place in that order."""
 
+import contextlib
 import threading
 import time
 
@@ -13,6 +15,15 @@ from conftest import Gateway, accounting_records, fake_provider_section, gateway
 LONG = {"model": "auto", "stream": True, "temperature": 0, "max_tokens": 1500,
         "messages": [{"role": "user", "content": "Count from 1 to 1000."}]}
 SHORT = {"model": "auto", "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}]}
+
+
+def two_tenants(first, second):
+    """`[[tenants]]` for two tenants with a key each, and their Authorization headers."""
+    first_key, first_entry = new_virtual_key()
+    second_key, second_entry = new_virtual_key()
+    toml = (f'[[tenants]]\nname = "{first}"\nkeys = ["{first_entry}"]\n\n'
+            f'[[tenants]]\nname = "{second}"\nkeys = ["{second_entry}"]\n')
+    return toml, {"Authorization": f"Bearer {first_key}"}, {"Authorization": f"Bearer {second_key}"}
 
 
 def queued(gw):
@@ -26,36 +37,48 @@ def wait_queued(gw, n, answered):
         time.sleep(0.01)  # poll interval; the condition ends the wait
 
 
+def send(gw, answers, name, headers):
+    """Sends SHORT as `name` on a thread (returned, started); its answer lands in answers[name]."""
+    def post():
+        answers[name] = httpx.post(f"{gw.v1}/chat/completions", headers=headers, json=SHORT, timeout=120)
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread
+
+
+def queue_up(gw, answers, names, headers):
+    """Sends `names` one after another, each once the one before waits in the engine's queue."""
+    threads = {}
+    for n, name in enumerate(names, start=1):
+        threads[name] = send(gw, answers, name, headers)
+        wait_queued(gw, n, answers)
+    return threads
+
+
+@contextlib.contextmanager
+def holding_the_slot(gw, headers):
+    """A long stream of this tenant holds the engine's one slot until the block ends (closing it
+    cancels the request)."""
+    with httpx.stream("POST", f"{gw.v1}/chat/completions", headers=headers, json=LONG, timeout=120) as running:
+        # Keep the iterator: a discarded one is collected at once, closing the connection.
+        lines = running.iter_lines()
+        next(lines)
+        yield
+
+
 def test_a_tenant_is_not_shut_out_by_another_tenants_backlog(tmp_path, schemas):
-    batch_key, batch_entry = new_virtual_key()
-    chat_key, chat_entry = new_virtual_key()
-    tenants = f'[[tenants]]\nname = "batch"\nkeys = ["{batch_entry}"]\n\n[[tenants]]\nname = "chat"\nkeys = ["{chat_entry}"]\n'
+    tenants, batch, chat = two_tenants("batch", "chat")
     config = gateway_config(tenants, parallel=1).replace("queue = 16", "queue = 2").replace(
         '[server]\nregion = "eu-west"', '[server]\nregion = "eu-west"\nadmin_key_env = "FAIR_ADMIN_KEY"')
     gw = Gateway(tmp_path, config, env={"FAIR_ADMIN_KEY": "adm-fair-share"})
-    batch = {"Authorization": f"Bearer {batch_key}"}
-    chat = {"Authorization": f"Bearer {chat_key}"}
     answers = {}
-
-    def send(name, headers):
-        r = httpx.post(f"{gw.v1}/chat/completions", headers=headers, json=SHORT, timeout=120)
-        answers[name] = r
-
-    threads = {}
     try:
-        with httpx.stream("POST", f"{gw.v1}/chat/completions", headers=batch, json=LONG, timeout=120) as running:
-            # The only slot is busy (keep the iterator: closing it cancels the request).
-            lines = running.iter_lines()
-            next(lines)
-            for n, name in enumerate(["batch-1", "batch-2"], start=1):
-                threads[name] = threading.Thread(target=send, args=(name, batch))
-                threads[name].start()
-                wait_queued(gw, n, answers)
+        with holding_the_slot(gw, batch):
+            threads = queue_up(gw, answers, ["batch-1", "batch-2"], batch)
             r = httpx.post(f"{gw.v1}/chat/completions", headers=batch, json=SHORT, timeout=30)
             assert r.status_code == 429 and r.json()["error"]["code"] == "engine_overloaded", "batch holds every place"
             # "chat" holds none: it takes batch's newest place, which is refused as if it came last.
-            threads["chat"] = threading.Thread(target=send, args=("chat", chat))
-            threads["chat"].start()
+            threads["chat"] = send(gw, answers, "chat", chat)
             threads["batch-2"].join(timeout=60)
             displaced = answers["batch-2"]
             assert displaced.status_code == 429, displaced.text
@@ -93,26 +116,13 @@ def test_a_tenant_is_not_shut_out_by_another_tenants_backlog(tmp_path, schemas):
 def test_one_place_is_not_kept_by_the_tenant_running_the_one_slot(tmp_path):
     # The tenant running the only slot and waiting in the only place holds more than a tenant
     # holding nothing: the newcomer gets the place (it used to be 429 for everyone else).
-    flood_key, flood_entry = new_virtual_key()
-    chat_key, chat_entry = new_virtual_key()
-    tenants = f'[[tenants]]\nname = "flood"\nkeys = ["{flood_entry}"]\n\n[[tenants]]\nname = "chat"\nkeys = ["{chat_entry}"]\n'
+    tenants, flood, chat = two_tenants("flood", "chat")
     gw = Gateway(tmp_path, gateway_config(tenants, parallel=1).replace("queue = 16", "queue = 1"))
-    flood = {"Authorization": f"Bearer {flood_key}"}
-    chat = {"Authorization": f"Bearer {chat_key}"}
     answers = {}
-
-    def send(name, headers):
-        answers[name] = httpx.post(f"{gw.v1}/chat/completions", headers=headers, json=SHORT, timeout=120)
-
     try:
-        with httpx.stream("POST", f"{gw.v1}/chat/completions", headers=flood, json=LONG, timeout=120) as running:
-            lines = running.iter_lines()
-            next(lines)
-            waiting = threading.Thread(target=send, args=("flood", flood))
-            waiting.start()
-            wait_queued(gw, 1, answers)
-            taker = threading.Thread(target=send, args=("chat", chat))
-            taker.start()
+        with holding_the_slot(gw, flood):
+            waiting = queue_up(gw, answers, ["flood"], flood)["flood"]
+            taker = send(gw, answers, "chat", chat)
             waiting.join(timeout=60)
             assert answers["flood"].status_code == 429, answers["flood"].text
             assert answers["flood"].json()["error"]["code"] == "engine_overloaded"
@@ -132,32 +142,17 @@ SPILL_POLICY = '[[rule]]\nname = "default"\nroute = "local"\nspill = "fake/echo"
 def test_a_tenant_behind_another_tenants_backlog_is_not_spilled(tmp_path, fake_provider):
     # Spill while more than one request waits ahead: the backlog's own third request spills, but
     # another tenant waits behind only one of the backlog's (the slots go to it first) and stays local.
-    heavy_key, heavy_entry = new_virtual_key()
-    light_key, light_entry = new_virtual_key()
-    tenants = f'[[tenants]]\nname = "heavy"\nkeys = ["{heavy_entry}"]\n\n[[tenants]]\nname = "light"\nkeys = ["{light_entry}"]\n'
+    tenants, heavy, light = two_tenants("heavy", "light")
     extra = "spill_queue_depth = 1\n\n" + fake_provider_section(fake_provider) + tenants
     gw = Gateway(tmp_path, gateway_config(extra, parallel=1), SPILL_POLICY)
-    heavy = {"Authorization": f"Bearer {heavy_key}"}
-    light = {"Authorization": f"Bearer {light_key}"}
     answers = {}
-
-    def send(name, headers):
-        answers[name] = httpx.post(f"{gw.v1}/chat/completions", headers=headers, json=SHORT, timeout=120)
-
-    threads = {}
     try:
-        with httpx.stream("POST", f"{gw.v1}/chat/completions", headers=heavy, json=LONG, timeout=120) as running:
-            lines = running.iter_lines()
-            next(lines)
-            for n, name in enumerate(["heavy-1", "heavy-2"], start=1):
-                threads[name] = threading.Thread(target=send, args=(name, heavy))
-                threads[name].start()
-                wait_queued(gw, n, answers)
+        with holding_the_slot(gw, heavy):
+            threads = queue_up(gw, answers, ["heavy-1", "heavy-2"], heavy)
             r = httpx.post(f"{gw.v1}/chat/completions", headers=heavy, json=SHORT, timeout=30)
             assert r.status_code == 200 and r.headers.get("x-switchyard-spilled") == "1", (r.status_code, dict(r.headers))
             assert r.headers["x-switchyard-target"] == "fake/echo"
-            threads["light"] = threading.Thread(target=send, args=("light", light))
-            threads["light"].start()
+            threads["light"] = send(gw, answers, "light", light)
             wait_queued(gw, 3, answers)
         for name in ("light", "heavy-1", "heavy-2"):
             threads[name].join(timeout=120)
