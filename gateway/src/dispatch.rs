@@ -39,7 +39,8 @@ pub fn plan(state: &AppState, req: &ChatRequest, headers: &HeaderMap, tenant: &T
     let budget = BudgetSignal { used: state.limiter.used_share(&tenant.name), exhausted: budget_exhausted };
     let unavailable = state.open_circuits();
     let live = state.live.load();
-    let signals = Signals { unavailable: &unavailable, budget, spillover: state.spillover(&live) };
+    let local_weight = live.engine_tenant(&tenant.name).weight;
+    let signals = Signals { unavailable: &unavailable, budget, spillover: state.spillover(&live), local_weight };
     plan_with(&live.router, &state.catalog, req, headers, tenant, &signals)
 }
 
@@ -61,6 +62,8 @@ pub struct Signals<'a> {
     pub budget: BudgetSignal,
     /// The local engine's latency targets, when spillover is on.
     pub spillover: Option<&'a Spillover>,
+    /// The tenant's `local_weight` (its share of the local engine; 0 reads as 1).
+    pub local_weight: u32,
 }
 
 /// [`plan`] without a running gateway (for `switchyard explain`).
@@ -72,7 +75,7 @@ pub fn plan_with(
     tenant: &TenantProfile,
     signals: &Signals<'_>,
 ) -> Result<Decision, ApiError> {
-    let Signals { unavailable, budget, spillover } = *signals;
+    let Signals { unavailable, budget, spillover, local_weight } = *signals;
     // A model no target serves (or several serve, by a bare name) may still be claimed by a rule's
     // `when.requested_model`, as clients hard-coding `gpt-4o` need; unclaimed, it is a 404.
     let choice = catalog.resolve(&req.model);
@@ -100,7 +103,9 @@ pub fn plan_with(
         unavailable,
         budget_used: budget.used,
         budget_exhausted: budget.exhausted,
-        local_overload: spillover.and_then(|s| s.check(prompt_tokens, &tenant.name)),
+        local_overload: spillover.and_then(|s| {
+            s.check(prompt_tokens, &local_engine::Tenant { name: std::sync::Arc::from(tenant.name.as_str()), weight: local_weight.max(1) })
+        }),
         stream: req.is_stream(),
     };
     let decision = {

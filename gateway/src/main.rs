@@ -242,12 +242,13 @@ fn summary(config: &GatewayConfig) -> String {
     for t in &config.tenants {
         let _ = writeln!(
             out,
-            "tenant   {:<24} keys {}  residency [{}]  tags [{}]{}",
+            "tenant   {:<24} keys {}  residency [{}]  tags [{}]{}{}",
             t.name,
             t.keys.len(),
             t.residency.join(", "),
             t.tags.join(", "),
-            if t.models.is_empty() { String::new() } else { format!("  models [{}]", t.models.join(", ")) }
+            if t.models.is_empty() { String::new() } else { format!("  models [{}]", t.models.join(", ")) },
+            if t.local_weight == 1 { String::new() } else { format!("  local_weight {}", t.local_weight) }
         );
     }
     for rule in &config.policy.rules {

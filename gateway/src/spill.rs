@@ -97,10 +97,11 @@ impl Spillover {
 
     /// The overload a request of `tenant` with `prompt_tokens` would meet on the local engine
     /// now, if any.
-    pub fn check(&self, prompt_tokens: u32, tenant: &str) -> Option<LocalOverload> {
+    pub fn check(&self, prompt_tokens: u32, tenant: &local_engine::Tenant) -> Option<LocalOverload> {
         let mut load = self.load();
         // Only the waiting requests the engine would serve before this one.
-        load.queued = load.queued.min(self.engine.waiting_ahead_of(Some(&Arc::from(tenant))));
+        load.queued = load.queued.min(self.engine.waiting_ahead_of(Some(tenant)));
+        let tenant: &str = &tenant.name;
         let mut spilling = self.spilling.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let was = spilling.contains(tenant);
         let (overload, now) = judge(&load, prompt_tokens, self.targets, was);

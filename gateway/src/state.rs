@@ -37,6 +37,8 @@ pub struct Live {
     pub shadow_excluded: HashSet<String>,
     /// A rule of the policy can spill (`spill = …`).
     pub spills: bool,
+    /// Tenants' `local_weight`s other than 1.
+    local_weights: HashMap<String, u32>,
 }
 
 impl Live {
@@ -48,7 +50,13 @@ impl Live {
             tenants: Tenants::new(&config.tenants),
             shadow_excluded: config.tenants.iter().filter(|t| !t.shadow).map(|t| t.name.clone()).collect(),
             spills,
+            local_weights: config.tenants.iter().filter(|t| t.local_weight != 1).map(|t| (t.name.clone(), t.local_weight)).collect(),
         }
+    }
+
+    /// `tenant` as the local engine sees it: its name and `local_weight`.
+    pub fn engine_tenant(&self, tenant: &str) -> local_engine::Tenant {
+        local_engine::Tenant { name: Arc::from(tenant), weight: self.local_weights.get(tenant).copied().unwrap_or(1) }
     }
 }
 

@@ -44,7 +44,17 @@ pub struct TenantConfig {
     /// `false`: this tenant's requests are never sampled for shadow evaluation (`[shadow]`).
     #[serde(default = "default_shadow")]
     pub shadow: bool,
+    /// Its share of the local engine's slots and queue places relative to other tenants'.
+    #[serde(default = "default_local_weight")]
+    pub local_weight: u32,
 }
+
+const fn default_local_weight() -> u32 {
+    1
+}
+
+/// Most `local_weight`: shares are ratios, and a larger one would only starve the others.
+pub const MAX_LOCAL_WEIGHT: u32 = 100;
 
 const fn default_shadow() -> bool {
     true
@@ -98,6 +108,9 @@ impl TenantConfig {
             problems.push("tenant name must not be empty".to_owned());
         } else if unreadable_name(&self.name) {
             problems.push(format!("tenant {:?}: a tenant name must not hold control, format or bidirectional characters (it labels metrics, log lines and the dashboard)", self.name));
+        }
+        if !(1..=MAX_LOCAL_WEIGHT).contains(&self.local_weight) {
+            problems.push(format!("tenant {:?}: local_weight = {} must be between 1 and {MAX_LOCAL_WEIGHT}", self.name, self.local_weight));
         }
         for (i, key) in self.keys.iter().enumerate() {
             if parse_hash(key).is_none() {
@@ -210,6 +223,15 @@ mod tests {
             rate_limit: None,
             shadow: true,
             budget: None,
+            local_weight: 1,
+        }
+    }
+
+    #[test]
+    fn local_weights_are_between_1_and_the_most() {
+        for (weight, fine) in [(0, false), (1, true), (MAX_LOCAL_WEIGHT, true), (MAX_LOCAL_WEIGHT + 1, false)] {
+            let entry = TenantConfig { local_weight: weight, ..tenant("acme", vec![]) };
+            assert_eq!(entry.problems().is_empty(), fine, "{weight}: {:?}", entry.problems());
         }
     }
 

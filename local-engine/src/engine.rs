@@ -16,7 +16,7 @@ use tracing::{error, info, info_span};
 
 use crate::fair_share::{ForTenant, Place, TenantShare};
 use crate::scheduler::Scheduler;
-use crate::{EngineConfig, EngineError, EngineStats, Load, EngineStatsSnapshot, GenerationEvent, GenerationRequest, GenerationStream};
+use crate::{EngineConfig, EngineError, EngineStats, Load, EngineStatsSnapshot, GenerationEvent, GenerationRequest, GenerationStream, Tenant};
 
 /// A cheap, cloneable handle to the engine thread. When the last handle goes, the thread is
 /// waited for (it ends within a step once no handle can send and its streams are gone), so a
@@ -105,14 +105,18 @@ impl Job {
 
     /// [`Job::refuse`] for a job already taken.
     pub(crate) fn refuse_taken(self, stats: &EngineStats, err: &EngineError) {
-        stats.leave_queue(self.request.tenant.as_ref(), self.estimate, &self.place);
+        stats.leave_queue(self.tenant(), self.estimate, &self.place);
         let _ = self.events.send(GenerationEvent::Failed(err.clone()));
     }
 }
 
 impl ForTenant for Job {
     fn tenant(&self) -> Option<&Arc<str>> {
-        self.request.tenant.as_ref()
+        self.request.tenant.as_ref().map(|t| &t.name)
+    }
+
+    fn weight(&self) -> u32 {
+        self.request.tenant.as_ref().map_or(1, |t| t.weight)
     }
 }
 
@@ -173,7 +177,8 @@ impl EngineHandle {
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream, EngineError> {
         let (events, stream) = unbounded_channel();
         let estimate = estimate_prompt_tokens(&request);
-        let tenant = request.tenant.clone();
+        let tenant = request.tenant.as_ref().map(|t| Arc::clone(&t.name));
+        let weight = request.tenant.as_ref().map_or(1, |t| t.weight);
         let place = Arc::new(AtomicU8::new(WAITING));
         {
             // One lock for the bound and the tenants' places: concurrent submits see each
@@ -185,7 +190,7 @@ impl EngineHandle {
             let free = u64::from(self.config.parallel).saturating_sub(self.stats.active.load(Relaxed));
             if waiting > (self.config.queue as u64).saturating_add(free) {
                 // Full: a tenant holding less than another takes that one's newest place.
-                let Some(taken) = places.displace_for(tenant.as_ref()) else {
+                let Some(taken) = places.displace_for(tenant.as_ref(), weight) else {
                     return Err(EngineError::Overloaded { queue: self.config.queue });
                 };
                 self.stats.queued.fetch_sub(1, Relaxed);
@@ -196,7 +201,7 @@ impl EngineHandle {
             }
             self.stats.queued.fetch_add(1, Relaxed);
             self.stats.queued_prompt_tokens.fetch_add(estimate, Relaxed);
-            places.join(tenant.as_ref(), Place { state: Arc::clone(&place), events: events.clone(), estimate });
+            places.join(tenant.as_ref(), weight, Place { state: Arc::clone(&place), events: events.clone(), estimate });
         }
         if self.jobs.send(Message::Generate(Box::new(Job { request, events, estimate, place: Arc::clone(&place) }))).is_err() {
             // The engine thread has stopped (so it will never take the job).
@@ -215,8 +220,8 @@ impl EngineHandle {
 
     /// How many waiting requests a new request of `tenant` would wait behind, in the order the
     /// engine gives slots (see `fair_share`): at most [`EngineStatsSnapshot::queued`].
-    pub fn waiting_ahead_of(&self, tenant: Option<&Arc<str>>) -> u64 {
-        self.stats.places().ahead_of(tenant)
+    pub fn waiting_ahead_of(&self, tenant: Option<&Tenant>) -> u64 {
+        self.stats.places().ahead_of(tenant.map(|t| &t.name), tenant.map_or(1, |t| t.weight))
     }
 
     /// What each tenant holds of the engine now (running sequences, waiting requests), by name.

@@ -2,10 +2,14 @@
 //!
 //! One tenant's burst must not hold everyone else's requests back (a batch job queueing 200
 //! requests in front of an interactive team's one), nor take every place in the queue. A
-//! tenant's share is what it holds of the engine: its running sequences plus its waiting requests.
-//! - A free slot goes to the waiting request whose tenant runs the fewest sequences, then to the
-//!   tenant admitted least recently, then to the earliest arrival: one tenant alone is served
-//!   first come, first served; several share the slots evenly whatever their backlogs.
+//! tenant's share is what it holds of the engine — its running sequences plus its waiting
+//! requests — divided by its weight (1 unless configured).
+//! - A free slot goes to the waiting request whose tenant runs the fewest sequences for its
+//!   weight, then to the tenant whose turn it is (start-time fair queueing: each admission moves a
+//!   tenant's virtual time on by 1 / weight, and a tenant coming back starts at the queue's, so
+//!   idling banks no credit), then to the earliest arrival: one tenant alone is served first
+//!   come, first served; several share the slots in proportion to their weights whatever their
+//!   backlogs.
 //! - When the queue is full, a request of a tenant that would still hold less than another
 //!   tenant with waiting requests takes the place of that tenant's newest request, which is
 //!   refused at once as it would have been had it come last (`engine_overloaded`). Decided when
@@ -28,23 +32,30 @@ use crate::GenerationEvent;
 /// Whose request a waiting item is.
 pub(crate) trait ForTenant {
     fn tenant(&self) -> Option<&Arc<str>>;
+    /// Its tenant's weight (at least 1).
+    fn weight(&self) -> u32 {
+        1
+    }
 }
 
 /// Waiting requests, in arrival order, with the fairness rules above.
 pub(crate) struct FairQueue<T> {
     waiting: VecDeque<T>,
-    /// When each tenant was last given a slot (a count of admissions).
-    last_admitted: HashMap<Option<Arc<str>>, u64>,
-    admissions: u64,
+    /// Each tenant's virtual finish time: where its next turn starts (unless the queue's
+    /// virtual time is past it).
+    finish: HashMap<Option<Arc<str>>, f64>,
+    /// The virtual start time of the last admission.
+    now: f64,
 }
 
 impl<T> Default for FairQueue<T> {
     fn default() -> Self {
-        Self { waiting: VecDeque::new(), last_admitted: HashMap::new(), admissions: 0 }
+        Self { waiting: VecDeque::new(), finish: HashMap::new(), now: 0.0 }
     }
 }
 
-/// Forgotten admission times: a tenant not seen for this many admissions counts as never admitted.
+/// Beyond this many remembered tenants, only those waiting are kept: the others start their
+/// next turn at the queue's virtual time (a credit of at most one turn).
 const REMEMBERED_TENANTS: usize = 1024;
 
 impl<T: ForTenant> FairQueue<T> {
@@ -63,20 +74,25 @@ impl<T: ForTenant> FairQueue<T> {
 
     /// Takes the item that gets the next free slot, given how many sequences each tenant runs.
     pub(crate) fn next(&mut self, running: &HashMap<Option<Arc<str>>, usize>) -> Option<T> {
+        let start = |item: &T| self.finish.get(&item.tenant().cloned()).copied().unwrap_or(0.0).max(self.now);
+        #[allow(clippy::cast_precision_loss)]
         let rank = |item: &T| {
-            let tenant = item.tenant().cloned();
-            let last = self.last_admitted.get(&tenant).copied().unwrap_or(0);
-            (running.get(&tenant).copied().unwrap_or(0), last)
+            let weight = f64::from(item.weight().max(1));
+            (running.get(&item.tenant().cloned()).copied().unwrap_or(0) as f64 / weight, start(item))
         };
-        // The first of the best (`min_by_key` keeps the first of equal keys): arrival order breaks ties.
-        let (index, _) = self.waiting.iter().enumerate().min_by_key(|(_, item)| rank(item))?;
+        // The first of the best (`min_by` keeps the first of equal keys): arrival order breaks ties.
+        let (index, _) = self.waiting.iter().enumerate().min_by(|(_, a), (_, b)| {
+            let (a, b) = (rank(a), rank(b));
+            a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1))
+        })?;
         let item = self.waiting.remove(index)?;
-        self.admissions += 1;
-        if self.last_admitted.len() >= REMEMBERED_TENANTS {
-            let oldest = self.admissions.saturating_sub(REMEMBERED_TENANTS as u64);
-            self.last_admitted.retain(|_, at| *at > oldest);
+        let begins = start(&item);
+        self.now = begins;
+        if self.finish.len() >= REMEMBERED_TENANTS {
+            let waiting: std::collections::HashSet<Option<&Arc<str>>> = self.waiting.iter().map(ForTenant::tenant).collect();
+            self.finish.retain(|tenant, _| waiting.contains(&tenant.as_ref()));
         }
-        self.last_admitted.insert(item.tenant().cloned(), self.admissions);
+        self.finish.insert(item.tenant().cloned(), begins + 1.0 / f64::from(item.weight().max(1)));
         Some(item)
     }
 
@@ -112,11 +128,17 @@ struct Holding {
     running: u64,
     /// Its waiting requests, oldest first, each with its arrival number.
     waiting: Vec<(u64, Place)>,
+    /// Its weight, as its latest request gave it.
+    weight: u32,
 }
 
 impl Holding {
     fn held(&self) -> u64 {
         self.running + self.waiting.len() as u64
+    }
+
+    fn weight(&self) -> u64 {
+        u64::from(self.weight.max(1))
     }
 }
 
@@ -129,10 +151,12 @@ pub(crate) struct Places {
 }
 
 impl Places {
-    /// A request of `tenant` waits for a slot.
-    pub(crate) fn join(&mut self, tenant: Option<&Arc<str>>, place: Place) {
+    /// A request of `tenant` (of `weight`) waits for a slot.
+    pub(crate) fn join(&mut self, tenant: Option<&Arc<str>>, weight: u32, place: Place) {
         self.arrivals += 1;
-        self.by_tenant.entry(tenant.cloned()).or_default().waiting.push((self.arrivals, place));
+        let holding = self.by_tenant.entry(tenant.cloned()).or_default();
+        holding.weight = weight;
+        holding.waiting.push((self.arrivals, place));
     }
 
     /// The waiting request with this `state` no longer waits (taken, left, or refused).
@@ -144,9 +168,11 @@ impl Places {
         }
     }
 
-    /// A sequence of `tenant` started running.
-    pub(crate) fn started(&mut self, tenant: Option<&Arc<str>>) {
-        self.by_tenant.entry(tenant.cloned()).or_default().running += 1;
+    /// A sequence of `tenant` (of `weight`) started running.
+    pub(crate) fn started(&mut self, tenant: Option<&Arc<str>>, weight: u32) {
+        let holding = self.by_tenant.entry(tenant.cloned()).or_default();
+        holding.weight = weight;
+        holding.running += 1;
     }
 
     /// A sequence of `tenant` ended.
@@ -166,21 +192,24 @@ impl Places {
         }
     }
 
-    /// The queue is full and a request of `tenant` arrives: the place it may take, if any — the
-    /// newest waiting request of the tenant holding most, provided that tenant holds more than
-    /// `tenant` will with this request (of two holding as many, the one whose newest came last).
-    /// The place is marked displaced and no longer counted; the caller answers it.
-    pub(crate) fn displace_for(&mut self, tenant: Option<&Arc<str>>) -> Option<Place> {
+    /// The queue is full and a request of `tenant` (of `weight`) arrives: the place it may take,
+    /// if any — the newest waiting request of the tenant holding most for its weight, provided
+    /// that tenant holds more for its weight than `tenant` will with this request (of two holding
+    /// as much, the one whose newest came last). The place is marked displaced and no longer
+    /// counted; the caller answers it.
+    pub(crate) fn displace_for(&mut self, tenant: Option<&Arc<str>>, weight: u32) -> Option<Place> {
         let key = tenant.cloned();
         let own = self.by_tenant.get(&key).map_or(0, Holding::held) + 1;
+        let own_weight = u64::from(weight.max(1));
         loop {
+            // held / weight compared as held × the other's weight, in integers.
             let victim = self
                 .by_tenant
                 .iter()
-                .filter(|(other, holding)| **other != key && holding.held() > own)
-                .filter_map(|(other, holding)| Some(((holding.held(), holding.waiting.last()?.0), other.clone())))
-                .max_by_key(|(rank, _)| *rank)
-                .map(|(_, other)| other)?;
+                .filter(|(other, holding)| **other != key && holding.held() * own_weight > own * holding.weight())
+                .filter_map(|(other, holding)| Some((holding.held(), holding.weight(), holding.waiting.last()?.0, other.clone())))
+                .max_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)).then(a.2.cmp(&b.2)))
+                .map(|(.., other)| other)?;
             let holding = self.by_tenant.get_mut(&victim)?;
             let (_, place) = holding.waiting.pop()?;
             self.forget_if_idle(victim);
@@ -191,19 +220,21 @@ impl Places {
         }
     }
 
-    /// How many waiting requests a new request of `tenant` waits behind in the order slots are
-    /// given: its tenant's own, and of each other tenant those that bring it up to as many
-    /// running as `tenant` will have once this request runs (a slot goes to the tenant running
-    /// fewest; of tenants running as many, counted as ahead).
-    pub(crate) fn ahead_of(&self, tenant: Option<&Arc<str>>) -> u64 {
+    /// How many waiting requests a new request of `tenant` (of `weight`) waits behind in the
+    /// order slots are given: its tenant's own, and of each other tenant those that bring it up
+    /// to as many running for its weight as `tenant` will have once this request runs (a slot
+    /// goes to the tenant running fewest for its weight; of tenants running as many, counted as
+    /// ahead).
+    pub(crate) fn ahead_of(&self, tenant: Option<&Arc<str>>, weight: u32) -> u64 {
         let key = tenant.cloned();
         let (own_running, own_waiting) = self.by_tenant.get(&key).map_or((0, 0), |h| (h.running, h.waiting.len() as u64));
         let level = own_running + own_waiting + 1;
+        let own_weight = u64::from(weight.max(1));
         let others: u64 = self
             .by_tenant
             .iter()
             .filter(|(other, _)| **other != key)
-            .map(|(_, h)| (h.waiting.len() as u64).min(level.saturating_sub(h.running)))
+            .map(|(_, h)| (h.waiting.len() as u64).min((level * h.weight()).div_ceil(own_weight).saturating_sub(h.running)))
             .sum();
         own_waiting + others
     }
@@ -305,7 +336,7 @@ mod tests {
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
         let state = Arc::new(AtomicU8::new(WAITING));
         let tenant = (!name.is_empty()).then(|| t(name));
-        places.join(tenant.as_ref(), Place { state: Arc::clone(&state), events, estimate: 1 });
+        places.join(tenant.as_ref(), 1, Place { state: Arc::clone(&state), events, estimate: 1 });
         (state, receiver)
     }
 
@@ -313,15 +344,15 @@ mod tests {
     fn a_tenant_holding_nothing_takes_the_place_of_one_running_and_waiting() {
         // One slot and one place, both the flooding tenant's: another tenant still gets in.
         let mut places = Places::default();
-        places.started(Some(&t("flood")));
+        places.started(Some(&t("flood")), 1);
         let (flood_waiting, _) = wait(&mut places, "flood");
-        let taken = places.displace_for(Some(&t("chat"))).expect("chat holds nothing, flood two");
+        let taken = places.displace_for(Some(&t("chat")), 1).expect("chat holds nothing, flood two");
         assert!(Arc::ptr_eq(&taken.state, &flood_waiting));
         assert_eq!(flood_waiting.load(Relaxed), DISPLACED);
         let _chat = wait(&mut places, "chat");
         // Now each holds one: neither takes the other's place back, nor does a third tenant.
-        assert!(places.displace_for(Some(&t("flood"))).is_none());
-        assert!(places.displace_for(Some(&t("third"))).is_none());
+        assert!(places.displace_for(Some(&t("flood")), 1).is_none());
+        assert!(places.displace_for(Some(&t("third")), 1).is_none());
         assert_eq!((places.waiting("flood"), places.waiting("chat")), (0, 1));
     }
 
@@ -330,17 +361,17 @@ mod tests {
         let mut places = Places::default();
         let a: Vec<_> = (0..3).map(|_| wait(&mut places, "a")).collect();
         let b: Vec<_> = (0..3).map(|_| wait(&mut places, "b")).collect();
-        places.started(Some(&t("b")));
+        places.started(Some(&t("b")), 1);
         // b holds 4, a 3: b's newest goes.
-        assert!(Arc::ptr_eq(&places.displace_for(None).unwrap().state, &b[2].0));
+        assert!(Arc::ptr_eq(&places.displace_for(None, 1).unwrap().state, &b[2].0));
         let _none = wait(&mut places, "");
         // 3 each: of two holding as many, the one whose newest came last (b's second came after a's third).
-        assert!(Arc::ptr_eq(&places.displace_for(Some(&t("c"))).unwrap().state, &b[1].0));
+        assert!(Arc::ptr_eq(&places.displace_for(Some(&t("c")), 1).unwrap().state, &b[1].0));
         let _c = wait(&mut places, "c");
-        assert!(Arc::ptr_eq(&places.displace_for(Some(&t("d"))).unwrap().state, &a[2].0));
+        assert!(Arc::ptr_eq(&places.displace_for(Some(&t("d")), 1).unwrap().state, &a[2].0));
         // a 2, b 2 (one running), c 1, None 1: d's second would hold 2, no more than any.
         let _d = wait(&mut places, "d");
-        assert!(places.displace_for(Some(&t("d"))).is_none());
+        assert!(places.displace_for(Some(&t("d")), 1).is_none());
     }
 
     #[test]
@@ -351,16 +382,16 @@ mod tests {
         // The engine took the newest and started it (its leave() not yet called): the older one
         // goes instead.
         second.0.store(1, Relaxed);
-        places.started(Some(&t("a")));
-        assert!(Arc::ptr_eq(&places.displace_for(Some(&t("b"))).unwrap().state, &first.0));
-        assert!(places.displace_for(Some(&t("b"))).is_none(), "a waits no more");
+        places.started(Some(&t("a")), 1);
+        assert!(Arc::ptr_eq(&places.displace_for(Some(&t("b")), 1).unwrap().state, &first.0));
+        assert!(places.displace_for(Some(&t("b")), 1).is_none(), "a waits no more");
     }
 
     #[test]
     fn holdings_list_each_tenant_by_name() {
         let mut places = Places::default();
         let _b = wait(&mut places, "b");
-        places.started(Some(&t("a")));
+        places.started(Some(&t("a")), 1);
         let _a = wait(&mut places, "a");
         let _none = wait(&mut places, "");
         let holdings = places.holdings();
@@ -372,23 +403,69 @@ mod tests {
     fn requests_ahead_follow_the_order_slots_are_given_in() {
         let mut places = Places::default();
         let _flood: Vec<_> = (0..6).map(|_| wait(&mut places, "flood")).collect();
-        places.started(Some(&t("flood")));
-        assert_eq!(places.ahead_of(Some(&t("chat"))), 0, "flood runs one already: chat's first goes first");
+        places.started(Some(&t("flood")), 1);
+        assert_eq!(places.ahead_of(Some(&t("chat")), 1), 0, "flood runs one already: chat's first goes first");
         let _chat = wait(&mut places, "chat");
-        assert_eq!(places.ahead_of(Some(&t("chat"))), 1 + 1, "its own, and one of flood's to bring flood to two running");
-        assert_eq!(places.ahead_of(Some(&t("flood"))), 6 + 1, "the flood's own six, and chat's one");
-        assert_eq!(places.ahead_of(None), 1, "chat's one (running none, as many as it), none of the flood's");
+        assert_eq!(places.ahead_of(Some(&t("chat")), 1), 1 + 1, "its own, and one of flood's to bring flood to two running");
+        assert_eq!(places.ahead_of(Some(&t("flood")), 1), 6 + 1, "the flood's own six, and chat's one");
+        assert_eq!(places.ahead_of(None, 1), 1, "chat's one (running none, as many as it), none of the flood's");
         // One tenant alone: first come, first served.
         let mut alone = Places::default();
         let _a: Vec<_> = (0..3).map(|_| wait(&mut alone, "a")).collect();
-        assert_eq!(alone.ahead_of(Some(&t("a"))), 3);
+        assert_eq!(alone.ahead_of(Some(&t("a")), 1), 3);
+    }
+
+    #[test]
+    fn slots_follow_the_weights() {
+        // Two tenants with deep backlogs and one slot (nothing running at each choice): a tenant
+        // of weight 2 gets two turns for the other's one.
+        struct Named(Option<Arc<str>>, u32);
+        impl ForTenant for Named {
+            fn tenant(&self) -> Option<&Arc<str>> {
+                self.0.as_ref()
+            }
+            fn weight(&self) -> u32 {
+                self.1
+            }
+        }
+        let mut queue = FairQueue::default();
+        for _ in 0..6 {
+            queue.push(Named(Some(t("heavy")), 2));
+            queue.push(Named(Some(t("light")), 1));
+        }
+        let order: String = std::iter::from_fn(|| queue.next(&running(&[]))).take(9).map(|n| if n.1 == 2 { 'H' } else { 'l' }).collect();
+        assert_eq!(order.matches('H').count(), 6, "{order}");
+    }
+
+    #[test]
+    fn places_and_the_requests_ahead_follow_the_weights() {
+        let mut places = Places::default();
+        let join = |places: &mut Places, name: &str, weight: u32| {
+            let (events, _) = tokio::sync::mpsc::unbounded_channel();
+            places.join(Some(&t(name)), weight, Place { state: Arc::new(AtomicU8::new(WAITING)), events, estimate: 1 });
+        };
+        for _ in 0..4 {
+            join(&mut places, "batch", 1);
+        }
+        // Weight 3: a third request would hold 3 for weight 3 = 1 against batch's 4 then 3: it
+        // takes places until it holds as much for its weight as batch.
+        for held in 1..=3 {
+            assert!(places.displace_for(Some(&t("chat")), 3).is_some(), "chat's request {held}");
+            join(&mut places, "chat", 3);
+        }
+        // batch 1, chat 3 of weight 3: equal for their weights.
+        assert!(places.displace_for(Some(&t("chat")), 3).is_none());
+        assert!(places.displace_for(Some(&t("batch")), 1).is_none());
+        // A new tenant of weight 1 waits behind batch's one and all of chat's three (weight 3
+        // gets three turns for one).
+        assert_eq!(places.ahead_of(Some(&t("new")), 1), 1 + 3);
     }
 
     #[test]
     fn tenants_holding_nothing_are_forgotten() {
         let mut places = Places::default();
         let (state, _) = wait(&mut places, "a");
-        places.started(Some(&t("a")));
+        places.started(Some(&t("a")), 1);
         places.leave(Some(&t("a")), &state);
         assert_eq!(places.by_tenant.len(), 1, "still running one");
         places.ended(Some(&t("a")));
@@ -400,12 +477,12 @@ mod tests {
     }
 
     #[test]
-    fn admission_times_are_forgotten_only_for_long_unseen_tenants() {
+    fn turns_are_remembered_for_a_bounded_number_of_tenants() {
         let mut queue = FairQueue::default();
         for n in 0..REMEMBERED_TENANTS + 10 {
             queue.push(req(&format!("t{n}"), 0));
             assert!(queue.next(&running(&[])).is_some());
         }
-        assert!(queue.last_admitted.len() <= REMEMBERED_TENANTS);
+        assert!(queue.finish.len() <= REMEMBERED_TENANTS);
     }
 }

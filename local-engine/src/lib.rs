@@ -36,4 +36,4 @@ pub use load::{Load, Prediction, Timings};
 pub use stats::{EngineStats, EngineStatsSnapshot};
 pub use template::{chat_template_of, ChatTemplate, TemplateMessage};
 pub use text::{TextAssembler, Utf8Decoder};
-pub use types::{Confidence, FinishReason, JsonClosing, GenerationEvent, GenerationRequest, GenerationStream, SamplingParams, TokenLogprob};
+pub use types::{Confidence, FinishReason, JsonClosing, GenerationEvent, GenerationRequest, GenerationStream, SamplingParams, Tenant, TokenLogprob};

@@ -19,7 +19,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, warn};
 
 use crate::engine::{Job, Message};
-use crate::fair_share::FairQueue;
+use crate::fair_share::{FairQueue, ForTenant};
 use crate::host_cache::{EntryId, HostCache};
 use crate::json_closer::JsonCloser;
 use crate::prefix_cache::{Plan, SlotTable, Source};
@@ -235,7 +235,7 @@ impl<'m> Scheduler<'m> {
                 self.stats.cancelled_total.fetch_add(u64::from(job.left()), Relaxed);
                 continue;
             }
-            let (estimate, tenant, place) = (job.estimate, job.request.tenant.clone(), Arc::clone(&job.place));
+            let (estimate, tenant, place) = (job.estimate, job.tenant().cloned(), Arc::clone(&job.place));
             self.start_job(job);
             // Counted as waiting until it runs (or is answered): `submit` adds waiting and
             // running jobs, and a job between the two must not leave room for one more.
@@ -397,10 +397,10 @@ impl<'m> Scheduler<'m> {
         debug!(seq_id, prompt_tokens, reused, max_tokens, "sequence admitted");
         let _ = job.events.send(GenerationEvent::Started { prompt_tokens });
         self.stats.active.fetch_add(1, Relaxed);
-        self.stats.places().started(job.request.tenant.as_ref());
+        self.stats.places().started(job.tenant(), job.weight());
         self.active.push(Sequence {
             seq_id,
-            tenant: job.request.tenant.clone(),
+            tenant: job.tenant().cloned(),
             events: job.events,
             prompt,
             prefilled: reused,

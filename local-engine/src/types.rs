@@ -90,7 +90,24 @@ pub struct GenerationRequest {
     pub raw_prompt: Option<String>,
     /// Whose request this is: slots and queue places are shared fairly among tenants (see
     /// `fair_share`); requests without one are one group.
-    pub tenant: Option<std::sync::Arc<str>>,
+    pub tenant: Option<Tenant>,
+}
+
+/// A tenant, for sharing the engine fairly among tenants (see `fair_share`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Its name.
+    pub name: std::sync::Arc<str>,
+    /// Its share relative to other tenants' (at least 1): a tenant of weight 2 gets twice the
+    /// slots and queue places of a tenant of weight 1 when both want more than they hold.
+    pub weight: u32,
+}
+
+impl Tenant {
+    /// A tenant of weight 1.
+    pub fn named(name: &str) -> Self {
+        Self { name: std::sync::Arc::from(name), weight: 1 }
+    }
 }
 
 /// Why a sequence stopped.

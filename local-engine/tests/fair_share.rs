@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{engine_with, greedy, user};
 use futures::FutureExt;
-use local_engine::{EngineError, EngineHandle, GenerationEvent, GenerationRequest, GenerationStream};
+use local_engine::{EngineError, EngineHandle, GenerationEvent, GenerationRequest, GenerationStream, Tenant};
 
 fn request(tenant: &str, max_tokens: u32) -> GenerationRequest {
-    GenerationRequest { messages: user("Count from 1 to 500."), tools: None, sampling: greedy(max_tokens), raw_prompt: None, tenant: Some(Arc::from(tenant)) }
+    GenerationRequest { messages: user("Count from 1 to 500."), tools: None, sampling: greedy(max_tokens), raw_prompt: None, tenant: Some(Tenant::named(tenant)) }
 }
 
 /// An engine of one slot and `queue` places, its slot held by a long request of tenant "batch"

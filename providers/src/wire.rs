@@ -57,10 +57,10 @@ pub struct ChatRequest {
     /// written to the wire; the local engine, never reserved for, ignores it.
     #[serde(skip)]
     pub output_cap: Option<u32>,
-    /// The tenant the request is served for: the local engine shares its slots and queue places
-    /// fairly among tenants. Never read from or written to the wire.
+    /// The tenant the request is served for, with its weight: the local engine shares its slots
+    /// and queue places fairly among tenants. Never read from or written to the wire.
     #[serde(skip)]
-    pub tenant: Option<std::sync::Arc<str>>,
+    pub tenant: Option<local_engine::Tenant>,
     /// Every other field, preserved.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

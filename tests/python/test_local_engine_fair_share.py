@@ -5,24 +5,25 @@ freed slot goes to the tenant running fewest, not to the oldest request; and spi
 request's wait from its place in that order."""
 
 import contextlib
+import subprocess
 import threading
 import time
 
 import httpx
 
-from conftest import Gateway, accounting_records, fake_provider_section, gateway_config, new_virtual_key
+from conftest import BIN, Gateway, accounting_records, fake_provider_section, gateway_config, new_virtual_key
 
 LONG = {"model": "auto", "stream": True, "temperature": 0, "max_tokens": 1500,
         "messages": [{"role": "user", "content": "Count from 1 to 1000."}]}
 SHORT = {"model": "auto", "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": "Say hello."}]}
 
 
-def two_tenants(first, second):
+def two_tenants(first, second, second_extra=""):
     """`[[tenants]]` for two tenants with a key each, and their Authorization headers."""
     first_key, first_entry = new_virtual_key()
     second_key, second_entry = new_virtual_key()
     toml = (f'[[tenants]]\nname = "{first}"\nkeys = ["{first_entry}"]\n\n'
-            f'[[tenants]]\nname = "{second}"\nkeys = ["{second_entry}"]\n')
+            f'[[tenants]]\nname = "{second}"\nkeys = ["{second_entry}"]\n{second_extra}')
     return toml, {"Authorization": f"Bearer {first_key}"}, {"Authorization": f"Bearer {second_key}"}
 
 
@@ -53,6 +54,17 @@ def queue_up(gw, answers, names, headers):
         threads[name] = send(gw, answers, name, headers)
         wait_queued(gw, n, answers)
     return threads
+
+
+def served_order(gw, answers, names):
+    """The order the named answers were served in, from the accounting log (one slot: each is
+    written when its answer ends, before the next starts)."""
+    ids = {answers[name].headers["x-request-id"]: name for name in names}
+    deadline = time.monotonic() + 10
+    while len(order := [ids[r["request_id"]] for r in accounting_records(gw) if r.get("request_id") in ids]) < len(names):
+        assert time.monotonic() < deadline, order
+        time.sleep(0.01)  # poll interval; the records are written as the answers end
+    return order
 
 
 @contextlib.contextmanager
@@ -101,12 +113,7 @@ def test_a_tenant_is_not_shut_out_by_another_tenants_backlog(tmp_path, schemas):
         for name in ("chat", "batch-1"):
             threads[name].join(timeout=120)
             assert answers[name].status_code == 200, answers[name].text
-        ids = {answers[name].headers["x-request-id"]: name for name in ("chat", "batch-1")}
-        deadline = time.monotonic() + 10
-        while len(order := [ids[r["request_id"]] for r in accounting_records(gw) if r.get("request_id") in ids]) < 2:
-            assert time.monotonic() < deadline, order
-            time.sleep(0.01)  # poll interval; the records are written as the answers end
-        assert order == ["chat", "batch-1"], "one slot: the order the two were served in"
+        assert served_order(gw, answers, ["chat", "batch-1"]) == ["chat", "batch-1"]
         # Idle tenants leave the figures.
         assert "switchyard_engine_tenant_queue_depth{" not in httpx.get(f"{gw.base}/metrics").text
     finally:
@@ -161,3 +168,31 @@ def test_a_tenant_behind_another_tenants_backlog_is_not_spilled(tmp_path, fake_p
             assert r.headers["x-switchyard-tier"] == "local" and "x-switchyard-spilled" not in r.headers, (name, dict(r.headers))
     finally:
         gw.stop()
+
+
+def test_a_tenants_local_weight_is_its_share_of_the_slots(tmp_path):
+    # One slot, both tenants' backlogs waiting: "vip" (local_weight = 2) gets two turns for
+    # "batch"'s one, and its first before batch's backlog (batch ran the slot last).
+    tenants, batch, vip = two_tenants("batch", "vip", "local_weight = 2\n")
+    gw = Gateway(tmp_path, gateway_config(tenants, parallel=1))
+    answers = {}
+    try:
+        with holding_the_slot(gw, batch):
+            names = ["batch-1", "batch-2", "batch-3"]
+            threads = queue_up(gw, answers, names, batch)
+            for n, name in enumerate(["vip-1", "vip-2", "vip-3"], start=len(names) + 1):
+                threads[name] = send(gw, answers, name, vip)
+                wait_queued(gw, n, answers)
+        for name, thread in threads.items():
+            thread.join(timeout=120)
+            assert answers[name].status_code == 200, answers[name].text
+        order = served_order(gw, answers, list(threads))
+        assert order == ["vip-1", "vip-2", "batch-1", "vip-3", "batch-2", "batch-3"], order
+    finally:
+        gw.stop()
+    # `check` shows it; a weight out of bounds is a configuration error.
+    r = subprocess.run([str(BIN), "check", "--config", str(gw.config_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "local_weight 2" in r.stdout, r.stdout + r.stderr
+    gw.config_path.write_text(gw.config_path.read_text().replace("local_weight = 2", "local_weight = 0"))
+    r = subprocess.run([str(BIN), "check", "--config", str(gw.config_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "local_weight = 0 must be between 1 and 100" in r.stdout + r.stderr, r.stdout + r.stderr

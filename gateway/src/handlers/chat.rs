@@ -225,7 +225,7 @@ pub async fn serve_chat(
 ) -> Result<Served, ApiError> {
     let prompt_chars = privacy::text_chars(&req);
     let prompt_tokens = estimate_tokens(prompt_chars);
-    req.tenant = Some(Arc::from(tenant.name.as_str()));
+    req.tenant = Some(state.live.load().engine_tenant(&tenant.name));
     let mut decision = plan(state, &req, headers, tenant, false)?;
     // Recorded now, so that a refusal below (policy, in-flight, limits, budget) counts under its rule.
     if let Some(r) = exchange.record.as_mut() {

@@ -110,7 +110,7 @@ pub async fn create(
             Some(rest) => {
                 // Admitted by the passthrough, whose reservation counted on the budget's limit.
                 chat.output_cap = budget_output_limit(&state, &tenant.name, chat.max_output_tokens());
-                chat.tenant = Some(Arc::from(tenant.name.as_str()));
+                chat.tenant = Some(state.live.load().engine_tenant(&tenant.name));
                 serve_admitted(&state, &ctx, chat, rest, &mut exchange).await?
             }
             None => serve_chat(&state, &ctx, &tenant, &headers, chat, &mut exchange).await?,
