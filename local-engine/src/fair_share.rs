@@ -4,18 +4,17 @@
 //! requests in front of an interactive team's one), nor take every place in the queue. A
 //! tenant's share is what it holds of the engine — its running sequences plus its waiting
 //! requests — divided by its weight (1 unless configured).
-//! - A free slot goes to the waiting request whose tenant runs the fewest sequences for its
-//!   weight, then to the tenant whose turn it is (start-time fair queueing: each admission moves a
-//!   tenant's virtual time on by 1 / weight, and a tenant coming back starts at the queue's, so
-//!   idling banks no credit), then to the earliest arrival: one tenant alone is served first
-//!   come, first served; several share the slots in proportion to their weights whatever their
-//!   backlogs.
+//! - A free slot goes to the tenant whose turn it is (start-time fair queueing: each admission
+//!   moves a tenant's virtual time on by 1 / weight, and a tenant coming back starts at the
+//!   queue's, so idling banks no credit), then to the one running fewest sequences for its
+//!   weight, then to the earliest arrival: one tenant alone is served first come, first served;
+//!   several are admitted in proportion to their weights whatever their backlogs.
 //! - When the queue is full, a request of a tenant that would still hold less than another
 //!   tenant with waiting requests takes the place of that tenant's newest request, which is
 //!   refused at once as it would have been had it come last (`engine_overloaded`). Decided when
 //!   the request is submitted ([`Places`]), so the queue never holds more than its bound, and a
-//!   place never changes hands back and forth: the tenant that gave it still holds at least as
-//!   much as the one that took it.
+//!   place never changes hands back and forth: the giving tenant, with one more request, would
+//!   hold more for its weight than the taker does.
 //!
 //! Requests without a tenant (the engine used directly) form one group.
 
@@ -75,10 +74,12 @@ impl<T: ForTenant> FairQueue<T> {
     /// Takes the item that gets the next free slot, given how many sequences each tenant runs.
     pub(crate) fn next(&mut self, running: &HashMap<Option<Arc<str>>, usize>) -> Option<T> {
         let start = |item: &T| self.finish.get(&item.tenant().cloned()).copied().unwrap_or(0.0).max(self.now);
+        // Whose turn it is first: ranking by slots held first would round the weights to whole
+        // slots (two slots, weights 1 and 2: each tenant would keep one).
         #[allow(clippy::cast_precision_loss)]
         let rank = |item: &T| {
             let weight = f64::from(item.weight().max(1));
-            (running.get(&item.tenant().cloned()).copied().unwrap_or(0) as f64 / weight, start(item))
+            (start(item), running.get(&item.tenant().cloned()).copied().unwrap_or(0) as f64 / weight)
         };
         // The first of the best (`min_by` keeps the first of equal keys): arrival order breaks ties.
         let (index, _) = self.waiting.iter().enumerate().min_by(|(_, a), (_, b)| {
@@ -317,14 +318,15 @@ mod tests {
     }
 
     #[test]
-    fn fewer_running_wins_over_turns() {
+    fn turns_come_first_and_running_breaks_their_ties() {
         let mut queue = FairQueue::default();
         queue.push(req("a", 0));
         queue.push(req("b", 1));
-        assert_eq!(queue.next(&running(&[("a", 0), ("b", 0)])).map(|r| r.1), Some(0));
-        // "b" was never admitted, but runs three already.
-        queue.push(req("a", 2));
-        assert_eq!(queue.next(&running(&[("a", 1), ("b", 3)])).map(|r| r.1), Some(2));
+        // Neither has had a turn: "b" runs fewer, so it goes first though "a" came first.
+        assert_eq!(queue.next(&running(&[("a", 2), ("b", 0)])).map(|r| r.1), Some(1));
+        // Now it is "a"'s turn, though "b" still runs fewer.
+        queue.push(req("b", 2));
+        assert_eq!(queue.next(&running(&[("a", 2), ("b", 1)])).map(|r| r.1), Some(0));
     }
 
     fn t(name: &str) -> Arc<str> {
@@ -434,6 +436,16 @@ mod tests {
             queue.push(Named(Some(t("light")), 1));
         }
         let order: String = std::iter::from_fn(|| queue.next(&running(&[]))).take(9).map(|n| if n.1 == 2 { 'H' } else { 'l' }).collect();
+        assert_eq!(order.matches('H').count(), 6, "{order}");
+        // Two slots, each tenant running one whenever a slot frees: still two turns for one
+        // (ranking by slots held first would give each tenant one slot for good).
+        let mut queue = FairQueue::default();
+        for _ in 0..6 {
+            queue.push(Named(Some(t("heavy")), 2));
+            queue.push(Named(Some(t("light")), 1));
+        }
+        let each_runs_one = running(&[("heavy", 1), ("light", 1)]);
+        let order: String = std::iter::from_fn(|| queue.next(&each_runs_one)).take(9).map(|n| if n.1 == 2 { 'H' } else { 'l' }).collect();
         assert_eq!(order.matches('H').count(), 6, "{order}");
     }
 
