@@ -39,7 +39,7 @@ pub fn plan(state: &AppState, req: &ChatRequest, headers: &HeaderMap, tenant: &T
     let budget = BudgetSignal { used: state.limiter.used_share(&tenant.name), exhausted: budget_exhausted };
     let unavailable = state.open_circuits();
     let live = state.live.load();
-    let local_weight = live.engine_tenant(&tenant.name).weight;
+    let local_weight = live.local_weight(&tenant.name);
     let signals = Signals { unavailable: &unavailable, budget, spillover: state.spillover(&live), local_weight };
     plan_with(&live.router, &state.catalog, req, headers, tenant, &signals)
 }
@@ -103,8 +103,10 @@ pub fn plan_with(
         unavailable,
         budget_used: budget.used,
         budget_exhausted: budget.exhausted,
-        local_overload: spillover.and_then(|s| {
-            s.check(prompt_tokens, &local_engine::Tenant { name: std::sync::Arc::from(tenant.name.as_str()), weight: local_weight.max(1) })
+        // The engine's view of the tenant, as the handler set it on the request (else built here).
+        local_overload: spillover.and_then(|s| match &req.tenant {
+            Some(engine_tenant) => s.check(prompt_tokens, engine_tenant),
+            None => s.check(prompt_tokens, &local_engine::Tenant { name: std::sync::Arc::from(tenant.name.as_str()), weight: local_weight.max(1) }),
         }),
         stream: req.is_stream(),
     };

@@ -54,9 +54,14 @@ impl Live {
         }
     }
 
+    /// `tenant`'s `local_weight`.
+    pub fn local_weight(&self, tenant: &str) -> u32 {
+        self.local_weights.get(tenant).copied().unwrap_or(1)
+    }
+
     /// `tenant` as the local engine sees it: its name and `local_weight`.
     pub fn engine_tenant(&self, tenant: &str) -> local_engine::Tenant {
-        local_engine::Tenant { name: Arc::from(tenant), weight: self.local_weights.get(tenant).copied().unwrap_or(1) }
+        local_engine::Tenant { name: Arc::from(tenant), weight: self.local_weight(tenant) }
     }
 }
 

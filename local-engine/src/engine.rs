@@ -90,9 +90,10 @@ impl Job {
         self.place.load(Relaxed) == LEFT
     }
 
-    /// It gave its place to another tenant's request, and was answered then.
-    pub(crate) fn displaced(&self) -> bool {
-        self.place.load(Relaxed) == DISPLACED
+    /// Still waiting: not taken, its client has not left, it did not give its place to another
+    /// tenant's request (and was not answered then).
+    pub(crate) fn waiting(&self) -> bool {
+        self.place.load(Relaxed) == WAITING
     }
 
     /// Answers a job that will not run with `err` and takes it off the queue's counters, unless

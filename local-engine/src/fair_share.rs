@@ -72,20 +72,18 @@ impl<T: ForTenant> FairQueue<T> {
     }
 
     /// Takes the item that gets the next free slot, given how many sequences each tenant runs.
-    pub(crate) fn next(&mut self, running: &HashMap<Option<Arc<str>>, usize>) -> Option<T> {
+    pub(crate) fn next(&mut self, running: impl Fn(Option<&Arc<str>>) -> u64) -> Option<T> {
         let start = |item: &T| self.finish.get(&item.tenant().cloned()).copied().unwrap_or(0.0).max(self.now);
         // Whose turn it is first: ranking by slots held first would round the weights to whole
         // slots (two slots, weights 1 and 2: each tenant would keep one).
         #[allow(clippy::cast_precision_loss)]
         let rank = |item: &T| {
             let weight = f64::from(item.weight().max(1));
-            (start(item), running.get(&item.tenant().cloned()).copied().unwrap_or(0) as f64 / weight)
+            (start(item), running(item.tenant()) as f64 / weight)
         };
-        // The first of the best (`min_by` keeps the first of equal keys): arrival order breaks ties.
-        let (index, _) = self.waiting.iter().enumerate().min_by(|(_, a), (_, b)| {
-            let (a, b) = (rank(a), rank(b));
-            a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1))
-        })?;
+        // Each ranked once; the first of the best (`min_by` keeps the first of equal keys):
+        // arrival order breaks ties.
+        let (index, _) = self.waiting.iter().map(rank).enumerate().min_by(|(_, a), (_, b)| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)))?;
         let item = self.waiting.remove(index)?;
         let begins = start(&item);
         self.now = begins;
@@ -167,6 +165,11 @@ impl Places {
             holding.waiting.retain(|(_, place)| !Arc::ptr_eq(&place.state, state));
             self.forget_if_idle(key);
         }
+    }
+
+    /// How many sequences `tenant` runs.
+    pub(crate) fn running(&self, tenant: Option<&Arc<str>>) -> u64 {
+        self.by_tenant.get(&tenant.cloned()).map_or(0, |h| h.running)
     }
 
     /// A sequence of `tenant` (of `weight`) started running.
@@ -276,8 +279,9 @@ mod tests {
         Req((!tenant.is_empty()).then(|| Arc::from(tenant)), n)
     }
 
-    fn running(counts: &[(&str, usize)]) -> HashMap<Option<Arc<str>>, usize> {
-        counts.iter().map(|&(t, n)| ((!t.is_empty()).then(|| Arc::from(t)), n)).collect()
+    fn running(counts: &[(&str, u64)]) -> impl Fn(Option<&Arc<str>>) -> u64 {
+        let counts: HashMap<Option<Arc<str>>, u64> = counts.iter().map(|&(t, n)| ((!t.is_empty()).then(|| Arc::from(t)), n)).collect();
+        move |tenant| counts.get(&tenant.cloned()).copied().unwrap_or(0)
     }
 
     #[test]
@@ -286,7 +290,7 @@ mod tests {
         for n in 0..5 {
             queue.push(req("a", n));
         }
-        let order: Vec<u32> = std::iter::from_fn(|| queue.next(&running(&[("a", 1)]))).map(|r| r.1).collect();
+        let order: Vec<u32> = std::iter::from_fn(|| queue.next(running(&[("a", 1)]))).map(|r| r.1).collect();
         assert_eq!(order, [0, 1, 2, 3, 4]);
     }
 
@@ -298,8 +302,8 @@ mod tests {
         }
         queue.push(req("chat", 100));
         // "batch" runs one sequence already: the slot goes to "chat" though it came last.
-        assert_eq!(queue.next(&running(&[("batch", 1)])), Some(req("chat", 100)));
-        assert_eq!(queue.next(&running(&[("batch", 1), ("chat", 1)])), Some(req("batch", 0)));
+        assert_eq!(queue.next(running(&[("batch", 1)])), Some(req("chat", 100)));
+        assert_eq!(queue.next(running(&[("batch", 1), ("chat", 1)])), Some(req("batch", 0)));
     }
 
     #[test]
@@ -313,7 +317,7 @@ mod tests {
         }
         queue.push(req("", 20));
         // Nothing running: turns go round the tenants, each in its own arrival order.
-        let order: Vec<u32> = std::iter::from_fn(|| queue.next(&running(&[]))).map(|r| r.1).collect();
+        let order: Vec<u32> = std::iter::from_fn(|| queue.next(running(&[]))).map(|r| r.1).collect();
         assert_eq!(order, [0, 10, 20, 1, 11, 2, 12]);
     }
 
@@ -323,10 +327,10 @@ mod tests {
         queue.push(req("a", 0));
         queue.push(req("b", 1));
         // Neither has had a turn: "b" runs fewer, so it goes first though "a" came first.
-        assert_eq!(queue.next(&running(&[("a", 2), ("b", 0)])).map(|r| r.1), Some(1));
+        assert_eq!(queue.next(running(&[("a", 2), ("b", 0)])).map(|r| r.1), Some(1));
         // Now it is "a"'s turn, though "b" still runs fewer.
         queue.push(req("b", 2));
-        assert_eq!(queue.next(&running(&[("a", 2), ("b", 1)])).map(|r| r.1), Some(0));
+        assert_eq!(queue.next(running(&[("a", 2), ("b", 1)])).map(|r| r.1), Some(0));
     }
 
     fn t(name: &str) -> Arc<str> {
@@ -435,7 +439,7 @@ mod tests {
             queue.push(Named(Some(t("heavy")), 2));
             queue.push(Named(Some(t("light")), 1));
         }
-        let order: String = std::iter::from_fn(|| queue.next(&running(&[]))).take(9).map(|n| if n.1 == 2 { 'H' } else { 'l' }).collect();
+        let order: String = std::iter::from_fn(|| queue.next(running(&[]))).take(9).map(|n| if n.1 == 2 { 'H' } else { 'l' }).collect();
         assert_eq!(order.matches('H').count(), 6, "{order}");
         // Two slots, each tenant running one whenever a slot frees: still two turns for one
         // (ranking by slots held first would give each tenant one slot for good).
@@ -493,7 +497,7 @@ mod tests {
         let mut queue = FairQueue::default();
         for n in 0..REMEMBERED_TENANTS + 10 {
             queue.push(req(&format!("t{n}"), 0));
-            assert!(queue.next(&running(&[])).is_some());
+            assert!(queue.next(running(&[])).is_some());
         }
         assert!(queue.finish.len() <= REMEMBERED_TENANTS);
     }

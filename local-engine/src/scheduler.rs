@@ -2,7 +2,6 @@
 //! and chunks of the prompts being prefilled. Requests join at the next step and leave as soon as
 //! they finish; each sequence has its own KV sequence id, sampler, stop strings and limits.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -214,11 +213,16 @@ impl<'m> Scheduler<'m> {
         // Those displaced were answered already.
         self.waiting.retain(|job| {
             left += u64::from(job.left());
-            !job.left() && !job.displaced()
+            job.waiting()
         });
         self.stats.cancelled_total.fetch_add(left, Relaxed);
         while self.slots.has_free() {
-            let job = match self.waiting.next(&self.running_by_tenant()) {
+            // One lock for the choice, released before an idle wait for work below.
+            let next = {
+                let places = self.stats.places();
+                self.waiting.next(|tenant| places.running(tenant))
+            };
+            let job = match next {
                 Some(job) => job,
                 None if !self.active.is_empty() => return true,
                 // Idle: wait for work, and admit it like any other (its tenant's turn is counted).
@@ -242,15 +246,6 @@ impl<'m> Scheduler<'m> {
             self.stats.leave_queue(tenant.as_ref(), estimate, &place);
         }
         true
-    }
-
-    /// How many sequences each tenant runs.
-    fn running_by_tenant(&self) -> HashMap<Option<Arc<str>>, usize> {
-        let mut running = HashMap::new();
-        for seq in &self.active {
-            *running.entry(seq.tenant.clone()).or_default() += 1;
-        }
-        running
     }
 
     /// Starts `job` in a free slot, or answers it (cancelled, or its prompt cannot run).
