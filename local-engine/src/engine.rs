@@ -296,7 +296,13 @@ fn run(config: &EngineConfig, jobs: &Receiver<Message>, stats: &EngineStats, sta
     };
     stats.loaded.store(true, Relaxed);
     started.send_replace(Startup::Serving);
-    info!(name = %config.name, context = config.context, parallel = config.parallel, "local engine ready");
+    info!(
+        name = %config.name,
+        context = config.context,
+        parallel = config.parallel,
+        batched_q4_1_kernel = crate::batched_q4_1_kernel(),
+        "local engine ready"
+    );
     scheduler.serve(jobs);
     stats.loaded.store(false, Relaxed);
     info!("local engine stopped");
