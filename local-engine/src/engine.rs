@@ -300,7 +300,7 @@ fn run(config: &EngineConfig, jobs: &Receiver<Message>, stats: &EngineStats, sta
         name = %config.name,
         context = config.context,
         parallel = config.parallel,
-        batched_q4_1_kernel = crate::batched_q4_1_kernel(),
+        batched_kernels = crate::batched_kernels(),
         "local engine ready"
     );
     scheduler.serve(jobs);

@@ -33,7 +33,7 @@ pub use engine::{EngineHandle, Startup};
 pub use error::EngineError;
 pub use fair_share::TenantShare;
 pub use gguf_file::truncation as gguf_truncation;
-pub use kernels::batched_q4_1_kernel;
+pub use kernels::batched_kernels;
 pub use load::{Load, Prediction, Timings};
 pub use stats::{EngineStats, EngineStatsSnapshot};
 pub use template::{chat_template_of, ChatTemplate, TemplateMessage};

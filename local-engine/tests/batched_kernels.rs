@@ -1,13 +1,13 @@
-//! Switchyard's batched Q4_1 kernel (`local-engine/ggml-patches/`) in the real engine, against
-//! ggml's own Q4_1 path: the model answers the same prompts, eight at once on four slots (so
+//! Switchyard's batched Q4_1 and Q8_0 kernels (`local-engine/ggml-patches/`) in the real engine,
+//! against ggml's own paths: the model answers the same prompts, eight at once on four slots (so
 //! prompt steps, decode steps of several sequences and of one all run through it), with the
-//! kernel on and with it off. The switch is read once per process, so each side runs in a child
-//! process of this test. (The kernel's arithmetic is checked exactly in `src/kernels.rs`.)
+//! kernels on and with them off. The switch is read once per process, so each side runs in a child
+//! process of this test. (The kernels' arithmetic is checked exactly in `src/kernels.rs`.)
 //!
-//! The two must not be bit-identical, which would mean the kernel never ran, and must choose the
+//! The two must not be bit-identical, which would mean the kernels never ran, and must choose the
 //! same first token for each prompt with nearly the same log-probability. Later tokens are not
 //! compared: ggml's own path rounds each block's activation sum to half precision (an error of
-//! ~4e-5 of the products' magnitudes, where the kernel's integer sums are exact), and a 135M
+//! ~4e-5 of the products' magnitudes, where the kernels' integer sums are exact), and a 135M
 //! model at 4 bits amplifies that much within a few tokens — measured, 2 of 8 answers stayed the
 //! same for 32 tokens, and log-probabilities moved by up to 0.2 before the answers parted.
 
@@ -16,7 +16,7 @@ mod common;
 use std::process::Command;
 
 use common::{engine_with, generate, greedy, user};
-use local_engine::{batched_q4_1_kernel, SamplingParams};
+use local_engine::{batched_kernels, SamplingParams};
 
 const PROMPTS: [&str; 8] = [
     "Name three colours of the rainbow.",
@@ -30,7 +30,7 @@ const PROMPTS: [&str; 8] = [
 ];
 const TOKENS: u32 = 32;
 /// Set in the child processes: where to write their answers.
-const CHILD_OUT: &str = "SWITCHYARD_Q4_1_KERNEL_TEST_OUT";
+const CHILD_OUT: &str = "SWITCHYARD_BATCHED_KERNELS_TEST_OUT";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Side {
@@ -46,9 +46,9 @@ async fn batched_kernel_agrees_with_ggml_own_path() {
     }
     let on = run_side("1");
     let off = run_side("0");
-    assert!(!off.kernel, "SWITCHYARD_Q4_1_REPACK=0 switches the kernel off");
+    assert!(!off.kernel, "SWITCHYARD_BATCHED_KERNELS=0 switches the kernels off");
     if !on.kernel {
-        eprintln!("skipped: this CPU takes ggml's own kernels for Q4_1 (AMX, or no AVX2)");
+        eprintln!("skipped: this CPU takes ggml's own kernels (AMX, or no AVX2)");
         return;
     }
 
@@ -67,18 +67,18 @@ async fn batched_kernel_agrees_with_ggml_own_path() {
         }
     }
     assert!(same_first >= 7, "only {same_first} of 8 prompts start their answers with the same token");
-    assert!(bit_identical < compared, "all {compared} log-probabilities are bit-identical: the kernel did not run");
+    assert!(bit_identical < compared, "all {compared} log-probabilities are bit-identical: the kernels did not run");
 }
 
 fn run_side(switch: &str) -> Side {
-    let out = std::env::temp_dir().join(format!("q4_1_kernel_{}_{switch}.json", std::process::id()));
+    let out = std::env::temp_dir().join(format!("batched_kernels_{}_{switch}.json", std::process::id()));
     let status = Command::new(std::env::current_exe().expect("test binary"))
         .args(["batched_kernel_agrees_with_ggml_own_path", "--exact", "--nocapture"])
         .env(CHILD_OUT, &out)
-        .env("SWITCHYARD_Q4_1_REPACK", switch)
+        .env("SWITCHYARD_BATCHED_KERNELS", switch)
         .status()
         .expect("child runs");
-    assert!(status.success(), "child with SWITCHYARD_Q4_1_REPACK={switch} failed");
+    assert!(status.success(), "child with SWITCHYARD_BATCHED_KERNELS={switch} failed");
     let side = serde_json::from_slice(&std::fs::read(&out).expect("child wrote its answers")).expect("answers");
     std::fs::remove_file(&out).ok();
     side
@@ -92,6 +92,6 @@ async fn answer_all(out: &str) {
         .into_iter()
         .map(|a| a.expect("answer").tokens.into_iter().map(|t| (t.bytes, t.logprob)).collect())
         .collect();
-    let side = Side { kernel: batched_q4_1_kernel(), answers };
+    let side = Side { kernel: batched_kernels(), answers };
     std::fs::write(out, serde_json::to_vec(&side).expect("json")).expect("write answers");
 }
