@@ -19,7 +19,7 @@ DIST_BIN := $(abspath $(TARGET_DIR))/dist/switchyard
 # where present; scripts/ggml-cpu-flags.sh). SWITCHYARD_PORTABLE=1 builds the AVX2 baseline.
 GGML_CPU_FLAGS := $(shell bash scripts/ggml-cpu-flags.sh)
 $(foreach flag,$(GGML_CPU_FLAGS),$(eval export $(flag)))
-# Our Q4_1 kernel is added to that llama.cpp through .cargo/config.toml (local-engine/ggml-patches);
+# Our batched Q4_1/Q8_0 kernels are added to that llama.cpp through .cargo/config.toml (local-engine/ggml-patches);
 # when those files change, ggml-flags has cargo rerun llama-cpp-sys-2's build (CMake then recompiles
 # only the patched file).
 GGML_PATCH_HASH := $(shell cat local-engine/ggml-patches/* | sha256sum | cut -c1-16)
