@@ -1,8 +1,8 @@
-//! The matrix kernels Switchyard adds to llama.cpp: Q4_1 weights (the default model's type) and
-//! Q8_0 weights (its tied output layer) repacked eight rows at a time and multiplied with AVX2
-//! against four sequences at once, on x86 CPUs without AMX (ggml's AMX kernels already batch). Their
-//! C++ lives in `local-engine/ggml-patches/`, compiled into llama.cpp's ggml-cpu by the CMake hook
-//! that `.cargo/config.toml` names.
+//! The matrix kernels Switchyard adds to llama.cpp: `Q4_1` weights (the default model's type)
+//! and `Q8_0` weights (its tied output layer) repacked eight rows at a time and multiplied with
+//! AVX2 against four sequences at once, on x86 CPUs without AMX (ggml's AMX kernels already
+//! batch). Their C++ lives in `local-engine/ggml-patches/`, compiled into llama.cpp's `ggml-cpu`
+//! by the `CMake` hook that `.cargo/config.toml` names.
 
 // Foreign calls into that C++.
 #![allow(unsafe_code)]
@@ -16,7 +16,7 @@ unsafe extern "C" {
     fn switchyard_batched_kernel_check(q8_0: i32, k: i32, rows: i32, cols: i32, seed: u32, max_error: *mut f64) -> i32;
 }
 
-/// Whether Q4_1 and Q8_0 weights are multiplied by Switchyard's batched kernels in this process:
+/// Whether `Q4_1` and `Q8_0` weights are multiplied by Switchyard's batched kernels in this process:
 /// built for and run on an AVX2 CPU without AMX, and not switched off with
 /// `SWITCHYARD_BATCHED_KERNELS=0`.
 #[must_use]

@@ -1,4 +1,4 @@
-//! Switchyard's batched Q4_1 and Q8_0 kernels (`local-engine/ggml-patches/`) in the real engine,
+//! Switchyard's batched `Q4_1` and `Q8_0` kernels (`local-engine/ggml-patches/`) in the real engine,
 //! against ggml's own paths: the model answers the same prompts, eight at once on four slots (so
 //! prompt steps, decode steps of several sequences and of one all run through it), with the
 //! kernels on and with them off. The switch is read once per process, so each side runs in a child
