@@ -19,10 +19,9 @@ DIST_BIN := $(abspath $(TARGET_DIR))/dist/switchyard
 # where present; scripts/ggml-cpu-flags.sh). SWITCHYARD_PORTABLE=1 builds the AVX2 baseline.
 GGML_CPU_FLAGS := $(shell bash scripts/ggml-cpu-flags.sh)
 $(foreach flag,$(GGML_CPU_FLAGS),$(eval export $(flag)))
-# Our batched Q4_1/Q8_0 kernels are added to that llama.cpp through .cargo/config.toml
-# (local-engine/ggml-patches); when those files change, ggml-flags has cargo rerun
-# llama-cpp-sys-2's build (CMake then recompiles only the patched file).
-GGML_PATCH_HASH := $(shell cat local-engine/ggml-patches/* | sha256sum | cut -c1-16)
+# Our batched Q4_1/Q8_0 kernels are added to that llama.cpp through .cargo/config.toml, from this
+# checkout's local-engine/ggml-patches: its place and its files' hash are part of the stamp below.
+GGML_PATCHES := $(abspath local-engine/ggml-patches) $(shell cat local-engine/ggml-patches/* | sha256sum | cut -c1-16)
 
 .PHONY: run test build dist ggml-flags model embedding-model bench-structured bench-fair-share system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
 
@@ -89,19 +88,17 @@ dist: system-deps ggml-flags
 	cargo build --profile dist --locked -p gateway --bin switchyard
 
 ## llama-cpp-sys-2's build script is rerun when a GGML_* variable it saw changes, not when one
-## appears (nor when the CMake hook of .cargo/config.toml does), so a target dir built with other
-## CPU flags, or before the hook, gets llama.cpp cleaned and rebuilt.
+## appears, and it configures CMake only once per build dir (so the CMake hook's directory, and
+## with it where the kernels' source is read from, stays that of the checkout that first built
+## it). So a target dir built with other CPU flags, before the hook, from another checkout or
+## with other kernel files gets llama.cpp cleaned and rebuilt.
 GGML_STAMP := $(TARGET_DIR)/ggml-cpu-flags
-GGML_PATCH_STAMP := $(TARGET_DIR)/ggml-patches
 ggml-flags:
-	@if [ -d $(TARGET_DIR) ] && [ "$$(cat $(GGML_STAMP) 2>/dev/null)" != "$(GGML_CPU_FLAGS) ggml-patches" ]; then \
-	  echo "llama.cpp CPU flags changed to '$(GGML_CPU_FLAGS) ggml-patches': rebuilding llama-cpp-sys-2"; \
+	@if [ -d $(TARGET_DIR) ] && [ "$$(cat $(GGML_STAMP) 2>/dev/null)" != "$(GGML_CPU_FLAGS) $(GGML_PATCHES)" ]; then \
+	  echo "llama.cpp CPU flags or kernels changed to '$(GGML_CPU_FLAGS) $(GGML_PATCHES)': rebuilding llama-cpp-sys-2"; \
 	  rm -rf $(TARGET_DIR)/*/.fingerprint/llama-cpp-sys-2-* $(TARGET_DIR)/*/build/llama-cpp-sys-2-*; \
 	fi
-	@if [ -d $(TARGET_DIR) ] && [ "$$(cat $(GGML_PATCH_STAMP) 2>/dev/null)" != "$(GGML_PATCH_HASH)" ]; then \
-	  rm -rf $(TARGET_DIR)/*/.fingerprint/llama-cpp-sys-2-*; \
-	fi
-	@mkdir -p $(TARGET_DIR) && echo "$(GGML_CPU_FLAGS) ggml-patches" > $(GGML_STAMP) && echo "$(GGML_PATCH_HASH)" > $(GGML_PATCH_STAMP)
+	@mkdir -p $(TARGET_DIR) && echo "$(GGML_CPU_FLAGS) $(GGML_PATCHES)" > $(GGML_STAMP)
 
 run: model dist
 	$(DIST_BIN) serve --config $(CONFIG)
