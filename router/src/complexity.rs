@@ -25,7 +25,8 @@ impl<T: ComplexityScorer> ComplexityScorer for std::sync::Arc<T> {
     }
 }
 
-/// The baseline: length, code, math, reasoning markers, turns and tools, each adding a fixed weight.
+/// The baseline: length, code, math, numbers, reasoning markers, turns and tools, each adding a
+/// fixed weight.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BaselineScorer;
 
@@ -47,6 +48,13 @@ impl ComplexityScorer for BaselineScorer {
         }
         if features.math {
             parts.push((0.15, "contains math".to_owned()));
+        }
+        // Numbers: a prompt stating quantities usually asks for a computation, and each stated
+        // quantity is often a step; past three, more numbers are more often data than steps.
+        if features.numbers > 0 {
+            let weight = f64::from(features.numbers.min(3)) * 0.05;
+            let noun = if features.numbers == 1 { "number" } else { "numbers" };
+            parts.push((weight, format!("states {} {noun}", features.numbers)));
         }
         let markers: Vec<&str> = features.reasoning_marker_words().collect();
         if !markers.is_empty() {
@@ -100,6 +108,19 @@ mod tests {
         assert!(longer.score > short.score, "{short:?} {longer:?}");
         // Below ~250 tokens length raises the score without being named.
         assert!(longer.reasons.is_empty(), "{longer:?}");
+    }
+
+    #[test]
+    fn stated_numbers_raise_the_score_up_to_three() {
+        let score = |t: &str| score_complexity(t, 1, 20, false);
+        let none = score("Tom has some apples and buys a few more. How many now?");
+        let two = score("Tom has 5 apples and buys 7 more. How many now?");
+        let three = score("Tom has 5 apples, buys 7 more and eats 2. How many now?");
+        let six = score("Tom has 5 apples, buys 7 more, eats 2, gives 1, finds 4 and sells 3. How many?");
+        assert!(none.score < two.score && two.score < three.score, "{none:?} {two:?} {three:?}");
+        assert!((six.score - three.score).abs() < 1e-9, "{three:?} {six:?}");
+        assert!(three.reasons.contains(&"states 3 numbers".to_owned()), "{three:?}");
+        assert!(none.reasons.is_empty(), "{none:?}");
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct Features {
     pub language: &'static str,
     /// Which [`REASONING_MARKERS`] occur (bit i for marker i).
     pub reasoning_markers: u32,
+    /// How many numbers the text states: runs of digits (`3.5` and `1,000` count once) that do
+    /// not continue a word (`H2O`, `x2`, `sha256` are not numbers).
+    pub numbers: u32,
 }
 
 impl Features {
@@ -87,8 +90,8 @@ pub fn features(text: &str, turns: usize, tools: bool) -> Features {
             code = true;
         }
     }
-    let math = math_symbols(text.as_bytes()) >= 2;
-    Features { code, math, turns, tools, language: language(text), reasoning_markers }
+    let (symbols, numbers) = math_symbols_and_numbers(bytes);
+    Features { code, math: symbols >= 2, turns, tools, language: language(text), reasoning_markers, numbers }
 }
 
 /// A byte that continues a word (ASCII letters and digits, `_`, and any byte of a non-ASCII
@@ -97,24 +100,39 @@ fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
 }
 
-/// Counts `=`, `^`, `∑`, `∫`, `√`, `≤`, `≥` on bytes (no UTF-8 decoding: this runs on every prompt).
-fn math_symbols(bytes: &[u8]) -> usize {
-    let mut count = 0;
+/// Counts `=`, `^`, `∑`, `∫`, `√`, `≤`, `≥`, and the numbers (see [`Features::numbers`]), in one
+/// pass on bytes (no UTF-8 decoding: this runs on every prompt).
+fn math_symbols_and_numbers(bytes: &[u8]) -> (usize, u32) {
+    let mut symbols = 0;
+    let mut numbers = 0_u32;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'=' | b'^' => count += 1,
+            b'=' | b'^' => symbols += 1,
             // U+2211 ∑, U+221A √, U+222B ∫ (E2 88 xx); U+2264 ≤, U+2265 ≥ (E2 89 xx).
             0xE2 => {
                 if let [0x88, 0x91 | 0x9A | 0xAB, ..] | [0x89, 0xA4 | 0xA5, ..] = &bytes[i + 1..] {
-                    count += 1;
+                    symbols += 1;
+                }
+            }
+            b'0'..=b'9' => {
+                let starts_number = i == 0 || !is_word_byte(bytes[i - 1]);
+                // The whole run: digits, and `.` or `,` between digits.
+                while i + 1 < bytes.len()
+                    && (bytes[i + 1].is_ascii_digit()
+                        || (matches!(bytes[i + 1], b'.' | b',') && bytes.get(i + 2).is_some_and(u8::is_ascii_digit)))
+                {
+                    i += 1;
+                }
+                if starts_number {
+                    numbers = numbers.saturating_add(1);
                 }
             }
             _ => {}
         }
         i += 1;
     }
-    count
+    (symbols, numbers)
 }
 
 fn language(text: &str) -> &'static str {
@@ -168,5 +186,15 @@ mod tests {
         assert!(features("x^2 = 4", 1, false).math);
         assert!(features("∫ f ≤ ∑ g", 1, false).math);
         assert!(!features("a = b", 1, false).math);
+    }
+
+    #[test]
+    fn counts_numbers_not_digits_inside_words() {
+        let numbers = |t: &str| features(t, 1, false).numbers;
+        assert_eq!(numbers("Hi"), 0);
+        assert_eq!(numbers("She buys 3 apples at $1.25 each and 1,000 pears."), 3);
+        assert_eq!(numbers("H2O, x2 and sha256 are names; 42 is a number."), 1);
+        assert_eq!(numbers("12"), 1);
+        assert_eq!(numbers("(-7)+8=1. Then 2."), 4);
     }
 }
