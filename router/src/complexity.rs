@@ -33,10 +33,10 @@ pub struct BaselineScorer;
 impl ComplexityScorer for BaselineScorer {
     fn score(&self, _text: &str, features: &Features, prompt_tokens: u32) -> ComplexityScore {
         let mut parts: Vec<(f64, String)> = Vec::new();
-        // Length: saturates around 1500 tokens. It always counts, so that among prompts with the
-        // same features the longer one ranks higher (a threshold or a calibration can then split
-        // them), but it is named as a reason only from ~250 tokens, where it starts to matter.
-        let length = (f64::from(prompt_tokens) / 1500.0).min(1.0) * 0.3;
+        // Length: it always counts, so that among prompts with the same features the longer one
+        // ranks higher (a threshold or a calibration can then split them), but it is named as a
+        // reason only from ~250 tokens, where it starts to matter.
+        let length = length_weight(prompt_tokens);
         let unnamed = if length >= 0.05 {
             parts.push((length, format!("long prompt (~{prompt_tokens} tokens)")));
             0.0
@@ -69,8 +69,33 @@ impl ComplexityScorer for BaselineScorer {
             parts.push((0.1, "tool use".to_owned()));
         }
         parts.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let score = parts.iter().fold(unnamed, |acc, p| acc + p.0).clamp(0.0, 1.0);
+        let score = below_one(parts.iter().fold(unnamed, |acc, p| acc + p.0));
         ComplexityScore { score, reasons: parts.into_iter().map(|p| p.1).collect() }
+    }
+}
+
+/// The length term: 0.0002 a token up to 1,000 tokens (0.2), then rising ever more slowly
+/// towards 0.3, with no kink at 1,000. It never saturates, so prompts that share a long prefix
+/// (few-shot examples, a system prompt) still rank by what differs: with a cap, every such prompt
+/// past it would score the same.
+fn length_weight(prompt_tokens: u32) -> f64 {
+    let tokens = f64::from(prompt_tokens);
+    if tokens <= 1000.0 {
+        tokens * 0.0002
+    } else {
+        let over = tokens - 1000.0;
+        0.2 + 0.1 * over / (over + 500.0)
+    }
+}
+
+/// The sum of the parts as a score below 1: unchanged up to 0.8, then compressed towards 1
+/// without a kink, so that prompts with many features keep their order instead of all reading 1.
+fn below_one(sum: f64) -> f64 {
+    if sum <= 0.8 {
+        sum.max(0.0)
+    } else {
+        let over = sum - 0.8;
+        0.8 + 0.2 * over / (over + 0.2)
     }
 }
 
@@ -121,6 +146,22 @@ mod tests {
         assert!((six.score - three.score).abs() < 1e-9, "{three:?} {six:?}");
         assert!(three.reasons.contains(&"states 3 numbers".to_owned()), "{three:?}");
         assert!(none.reasons.is_empty(), "{none:?}");
+    }
+
+    #[test]
+    fn long_prompts_and_many_features_keep_their_order() {
+        // A shared few-shot prefix past any cap: the longer question still ranks higher.
+        let shared = score_complexity("Question: how many? Answer: 4.", 1, 2600, false);
+        let longer = score_complexity("Question: how many? Answer: 4.", 1, 2640, false);
+        assert!(longer.score > shared.score && longer.score < 1.0, "{shared:?} {longer:?}");
+        // Every feature at once, short and long: both below 1, the longer higher.
+        let text = "Prove and derive the algorithm's complexity step by step: ```fn f() {}``` x^2 = 4, 5, 6";
+        let short = score_complexity(text, 9, 40, true);
+        let long = score_complexity(text, 9, 4000, true);
+        assert!(short.score > 0.9 && short.score < long.score && long.score < 1.0, "{short:?} {long:?}");
+        // No kink: the length term is continuous at 1,000 tokens.
+        assert!((length_weight(1001) - length_weight(1000) - 0.0002).abs() < 1e-6);
+        assert!((below_one(0.8 + 1e-9) - 0.8 - 1e-9).abs() < 1e-12);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! subjects: tested on subjects never trained on); MT Bench scored by a model trained on all of
 //! MMLU (it never saw MT Bench). One fixed recipe (`TrainOptions::default()`, label = the strong
 //! model right where the weak one is wrong) for every protocol. Baselines: random order (mean of
-//! 100 shuffles), prompt length alone, the transparent baseline scorer. Also measured, not
+//! 100 shuffles), prompt length alone, the transparent baseline scorer (also on MMLU questions
+//! that all follow one long few-shot prefix, as few-shot benchmarks' prompts do). Also measured, not
 //! shipped: the learned and baseline scores mixed, each first mapped to its percentile among the
 //! training prompts (`w` × baseline percentile + (1 − `w`) × learned percentile).
 //!
@@ -271,6 +272,13 @@ fn main() {
         row(name, "prompt length", &metrics(items, &length_scores(items)));
         row(name, "baseline scorer", &metrics(items, &baseline_scores(items)));
     }
+    // Few-shot prompts share a long prefix (RouteLLM's GSM8K prompts are 8-shot): the score must
+    // still rank them by what differs. The first 40 MMLU questions, each answered "A", precede
+    // every other one (about 3,000 tokens in all).
+    let prefix: String = mmlu[..40].iter().map(|i| format!("{} A\n\n", i.text)).collect();
+    let few_shot: Vec<Item> = mmlu[40..].iter().map(|i| Item { text: format!("{prefix}{}", i.text), ..i.clone() }).collect();
+    row("MMLU after a shared 40-question prefix", "prompt length", &metrics(&few_shot, &length_scores(&few_shot)));
+    row("MMLU after a shared 40-question prefix", "baseline scorer", &metrics(&few_shot, &baseline_scores(&few_shot)));
     // By question: a fixed shuffle into 5 folds.
     let mut state = 7;
     let by_question: Vec<usize> = mmlu.iter().map(|_| usize::try_from(xorshift(&mut state) % 5).unwrap_or(0)).collect();
