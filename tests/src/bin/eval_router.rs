@@ -275,7 +275,7 @@ fn main() {
     // Few-shot prompts share a long prefix (RouteLLM's GSM8K prompts are 8-shot): the score must
     // still rank them by what differs. The first 40 MMLU questions, each answered "A", precede
     // every other one (about 3,000 tokens in all).
-    let prefix: String = mmlu[..40].iter().map(|i| format!("{} A\n\n", i.text)).collect();
+    let prefix: String = mmlu[..40].iter().flat_map(|i| [i.text.as_str(), " A\n\n"]).collect();
     let few_shot: Vec<Item> = mmlu[40..].iter().map(|i| Item { text: format!("{prefix}{}", i.text), ..i.clone() }).collect();
     row("MMLU after a shared 40-question prefix", "prompt length", &metrics(&few_shot, &length_scores(&few_shot)));
     row("MMLU after a shared 40-question prefix", "baseline scorer", &metrics(&few_shot, &baseline_scores(&few_shot)));
