@@ -23,7 +23,7 @@ $(foreach flag,$(GGML_CPU_FLAGS),$(eval export $(flag)))
 # checkout's local-engine/ggml-patches: its place and its files' hash are part of the stamp below.
 GGML_PATCHES := $(abspath local-engine/ggml-patches) $(shell cat local-engine/ggml-patches/* | sha256sum | cut -c1-16)
 
-.PHONY: run test build dist ggml-flags model embedding-model bench-structured bench-fair-share system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router pii-eval fuzz fuzz-cmin soak clean
+.PHONY: run test build dist ggml-flags model embedding-model bench-structured bench-fair-share system-deps python-deps redis promtool chromium check bench bench-concurrency bench-remote bench-admission bench-spill eval-router eval-cascade router-model bench-proxy bench-router bench-kernels pii-eval fuzz fuzz-cmin soak clean
 
 ## System packages llama.cpp's build needs (cmake, clang, libclang-dev), installed if absent.
 system-deps:
@@ -191,6 +191,13 @@ bench-spill: model build
 bench-admission: build
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq; DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; }
 	$(abspath $(TARGET_DIR))/release/bench-admission $(BENCH_ARGS)
+
+## The engine's matrix kernels alone: ggml's AMX, Switchyard's batched kernels, ggml's plain dot products.
+bench-kernels: build
+	@out=$$(ls -td $(TARGET_DIR)/release/build/llama-cpp-sys-2-*/out | head -1); \
+	$(CXX) -O2 -std=c++17 -I$$out/include bench/kernels_vs_amx.cpp -o $(TARGET_DIR)/kernels-vs-amx \
+	  $$out/lib/libggml.a $$out/lib/libggml-cpu.a $$out/lib/libggml-base.a -fopenmp -lpthread -ldl && \
+	GGML_LOG_LEVEL=error $(TARGET_DIR)/kernels-vs-amx 2>/dev/null
 
 ## Router latency: classify + decide on typical and PII-dense prompts (criterion, plus a p50/p99 table).
 bench-router:
