@@ -41,7 +41,7 @@ pub struct Features {
     /// Which [`REASONING_MARKERS`] occur (bit i for marker i).
     pub reasoning_markers: u32,
     /// How many numbers the text states: runs of digits (`3.5` and `1,000` count once) that do
-    /// not continue a word (`H2O`, `x2`, `sha256` are not numbers).
+    /// not continue an ASCII word (`H2O`, `x2`, `sha256` are not numbers; `€5` is).
     pub numbers: u32,
 }
 
@@ -116,7 +116,9 @@ fn math_symbols_and_numbers(bytes: &[u8]) -> (usize, u32) {
                 }
             }
             b'0'..=b'9' => {
-                let starts_number = i == 0 || !is_word_byte(bytes[i - 1]);
+                // Not after an ASCII letter, digit or `_` (`H2O`, `x2`); after a non-ASCII
+                // character it is one (`€5`, `“3`).
+                let starts_number = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
                 // The whole run: digits, and `.` or `,` between digits.
                 while i + 1 < bytes.len()
                     && (bytes[i + 1].is_ascii_digit()
@@ -196,5 +198,6 @@ mod tests {
         assert_eq!(numbers("H2O, x2 and sha256 are names; 42 is a number."), 1);
         assert_eq!(numbers("12"), 1);
         assert_eq!(numbers("(-7)+8=1. Then 2."), 4);
+        assert_eq!(numbers("It costs €5, £10 or ¥300 – “3” offers."), 4);
     }
 }
