@@ -75,27 +75,27 @@ impl ComplexityScorer for BaselineScorer {
 }
 
 /// The length term: 0.0002 a token up to 1,000 tokens (0.2), then rising ever more slowly
-/// towards 0.3, with no kink at 1,000. It never saturates, so prompts that share a long prefix
-/// (few-shot examples, a system prompt) still rank by what differs: with a cap, every such prompt
-/// past it would score the same.
+/// towards 0.3. It never saturates, so prompts that share a long prefix (few-shot examples, a
+/// system prompt) still rank by what differs: with a cap, every such prompt past it would score
+/// the same.
 fn length_weight(prompt_tokens: u32) -> f64 {
-    let tokens = f64::from(prompt_tokens);
-    if tokens <= 1000.0 {
-        tokens * 0.0002
-    } else {
-        let over = tokens - 1000.0;
-        0.2 + 0.1 * over / (over + 500.0)
-    }
+    soft_knee(f64::from(prompt_tokens) * 0.0002, 0.2, 0.1)
 }
 
-/// The sum of the parts as a score below 1: unchanged up to 0.8, then compressed towards 1
-/// without a kink, so that prompts with many features keep their order instead of all reading 1.
+/// The sum of the parts as a score below 1: unchanged up to 0.8, then compressed towards 1, so
+/// that prompts with many features keep their order instead of all reading 1.
 fn below_one(sum: f64) -> f64 {
-    if sum <= 0.8 {
-        sum.max(0.0)
+    soft_knee(sum.max(0.0), 0.8, 0.2)
+}
+
+/// `x` up to `knee`; past it, ever more slowly towards `knee + headroom`, with slope 1 at the
+/// knee (no kink) and strictly increasing (no two inputs tie).
+fn soft_knee(x: f64, knee: f64, headroom: f64) -> f64 {
+    if x <= knee {
+        x
     } else {
-        let over = sum - 0.8;
-        0.8 + 0.2 * over / (over + 0.2)
+        let over = x - knee;
+        knee + headroom * over / (over + headroom)
     }
 }
 
