@@ -272,7 +272,7 @@ fn main() {
         row(name, "prompt length", &metrics(items, &length_scores(items)));
         row(name, "baseline scorer", &metrics(items, &baseline_scores(items)));
     }
-    // Few-shot prompts share a long prefix (RouteLLM's GSM8K prompts are 8-shot): the score must
+    // Few-shot prompts share a long prefix (RouteLLM's GSM8K answers were written 8-shot): the score must
     // still rank them by what differs. The first 40 MMLU questions, each answered "A", precede
     // every other one (about 3,000 tokens in all).
     let prefix: String = mmlu[..40].iter().flat_map(|i| [i.text.as_str(), " A\n\n"]).collect();
