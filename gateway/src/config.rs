@@ -422,7 +422,8 @@ fn load_scorer(policy: &Policy, policy_name: &str, problems: &mut Vec<String>) -
     let path = policy.classifier.model.as_ref()?;
     let loaded = std::fs::read_to_string(path)
         .map_err(|e| e.to_string())
-        .and_then(|text| router::learned::LearnedScorer::from_json(&text).map_err(|e| e.to_string()));
+        .and_then(|text| router::learned::LearnedScorer::from_json(&text).map_err(|e| e.to_string()))
+        .and_then(|model| model.with_baseline_weight(policy.classifier.baseline_weight).map_err(|e| e.to_string()));
     match loaded {
         Ok(model) => Some(std::sync::Arc::new(model)),
         Err(e) => {

@@ -368,7 +368,7 @@ fn train_router_command(labels: &Path, out: &Path) -> anyhow::Result<()> {
     }
     std::fs::write(out, model.to_json()).with_context(|| format!("writing {}", out.display()))?;
     to_stdout(&format!(
-        "trained on {trained_on}\nwrote {} ({} nonzero word weights)\nuse it: in the policy, [classifier] model = {:?}; then pick the threshold with `switchyard calibrate`\n",
+        "trained on {trained_on}\nwrote {} ({} nonzero word weights)\nuse it: in the policy, [classifier] model = {:?} (and baseline_weight = 0.25 to mix in the baseline scorer on traffic unlike these labels); then pick the threshold with `switchyard calibrate`\n",
         out.display(),
         model.sparse.len(),
         out.display().to_string()

@@ -122,6 +122,8 @@ fn bench(c: &mut Criterion) {
     c.bench_function("decide/tenant with three models", |b| b.iter(|| decide_for(&router, black_box(&three))));
     let long = typical_prompt(2048);
     c.bench_function("learned_scorer/512 tokens", |b| b.iter(|| learned_score(&scorer, black_box(&long))));
+    let mixed = scorer.clone().with_baseline_weight(0.5).expect("the shipped model records its quantiles");
+    c.bench_function("learned_scorer/512 tokens, baseline_weight 0.5", |b| b.iter(|| learned_score(&mixed, black_box(&long))));
     for (name, text) in prompts() {
         c.bench_function(&format!("classify_and_decide/{name}"), |b| b.iter(|| classify_and_decide(&router, black_box(&text))));
         c.bench_function(&format!("pii_scan/{name}"), |b| b.iter(|| scan_pii(black_box(&text))));
@@ -154,6 +156,10 @@ fn percentiles() {
     let long = typical_prompt(2048);
     percentile_row("learned scorer alone, 512 tokens (2 KB)", || {
         black_box(learned_score(&scorer, black_box(&long)));
+    });
+    let mixed = scorer.with_baseline_weight(0.5).expect("the shipped model records its quantiles");
+    percentile_row("learned scorer, baseline_weight 0.5, 512 tokens (2 KB)", || {
+        black_box(learned_score(&mixed, black_box(&long)));
     });
     println!();
     // Redact and restore a hostile request: thousands of placeholder-shaped words the author typed

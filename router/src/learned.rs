@@ -9,11 +9,18 @@
 //!
 //! Training ([`train`]) is plain gradient descent (`AdaGrad`, L2) over labelled prompts; pure, like
 //! the rest of this crate: `switchyard train-router` reads the files and writes the model.
+//!
+//! Words learned from one kind of traffic say little about another, while the baseline's
+//! hand-written signals (code, math, stated numbers, reasoning words) carry over. So a model file
+//! also records where its training prompts' scores fell, under both scorers ([`ScoreQuantiles`]),
+//! and [`LearnedScorer::with_baseline_weight`] mixes the two on that common scale: each score
+//! becomes its percentile among the training prompts', and the complexity is
+//! `w` × the baseline's percentile + (1 − `w`) × the learned one's.
 
 use serde::{Deserialize, Serialize};
 
-use crate::complexity::{ComplexityScore, ComplexityScorer};
-use crate::signals::Features;
+use crate::complexity::{BaselineScorer, ComplexityScore, ComplexityScorer};
+use crate::signals::{features, Features};
 
 /// The model file's `format`.
 pub const FORMAT: &str = "switchyard-hashed-logreg-v1";
@@ -39,8 +46,69 @@ pub struct LearnedScorer {
     pub sparse: Vec<(u32, f32)>,
     /// How the model was trained (shown by `switchyard check`).
     pub trained_on: String,
+    /// Where the training prompts' scores fell (files written before 2026-12-07 have none, and
+    /// cannot be mixed with the baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantiles: Option<ScoreQuantiles>,
     #[serde(skip)]
     weights: Vec<f32>,
+    /// The baseline's share of the complexity (0: the learned probability alone).
+    #[serde(skip)]
+    baseline_weight: f64,
+}
+
+/// Points in [`ScoreQuantiles`]: every percentile from 0 to 100.
+const QUANTILES: usize = 101;
+
+/// The training prompts' score quantiles (0 %, 1 %, … 100 %) under the learned model and under
+/// the baseline scorer: the common scale on which the two are mixed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScoreQuantiles {
+    /// The learned model's scores.
+    pub learned: Vec<f64>,
+    /// The baseline scorer's scores.
+    pub baseline: Vec<f64>,
+}
+
+impl ScoreQuantiles {
+    /// Every percentile of `scores` (nearest rank).
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    fn of(mut scores: Vec<f64>) -> Vec<f64> {
+        scores.sort_by(f64::total_cmp);
+        let last = scores.len().saturating_sub(1);
+        (0..QUANTILES).map(|k| scores.get(((k * last) as f64 / (QUANTILES - 1) as f64).round() as usize).copied().unwrap_or(0.0)).collect()
+    }
+
+    fn valid(points: &[f64]) -> bool {
+        points.len() == QUANTILES && points.iter().all(|v| v.is_finite()) && points.windows(2).all(|w| w[0] <= w[1])
+    }
+}
+
+/// Where `x` falls among `points` (sorted quantiles), in [0, 1]: interpolated between
+/// neighbouring quantiles, and the middle of a run of quantiles equal to `x`.
+#[allow(clippy::cast_precision_loss)]
+fn percentile(points: &[f64], x: f64) -> f64 {
+    let below = points.partition_point(|&v| v < x);
+    let through = points.partition_point(|&v| v <= x);
+    let last = points.len().saturating_sub(1).max(1) as f64;
+    let rank = if through > below {
+        (below + through - 1) as f64 / 2.0
+    } else if below == 0 {
+        0.0
+    } else if below == points.len() {
+        last
+    } else {
+        let (lo, hi) = (points[below - 1], points[below]);
+        (below - 1) as f64 + (x - lo) / (hi - lo)
+    };
+    rank / last
+}
+
+/// The baseline scorer's score for a training prompt, read as the live router reads a one-message
+/// request (about four characters a token).
+fn baseline_score(text: &str) -> f64 {
+    let tokens = u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX);
+    BaselineScorer.score(text, &features(text, 1, false), tokens).score
 }
 
 /// A model file that cannot be used.
@@ -52,6 +120,9 @@ pub enum ModelError {
     /// Another format or inconsistent sizes.
     #[error("unsupported router model: {0}")]
     Unsupported(String),
+    /// A baseline weight the model cannot serve.
+    #[error("cannot mix this router model with the baseline: {0}")]
+    Blend(String),
 }
 
 /// FNV-1a, fixed here so model files stay valid across builds and platforms.
@@ -140,7 +211,28 @@ impl LearnedScorer {
             *weights.get_mut(b as usize).ok_or_else(|| ModelError::Unsupported(format!("bucket {b} out of range")))? = w;
         }
         model.weights = weights;
+        if let Some(q) = &model.quantiles {
+            if !ScoreQuantiles::valid(&q.learned) || !ScoreQuantiles::valid(&q.baseline) {
+                return Err(ModelError::Unsupported(format!("quantiles must be {QUANTILES} ascending numbers for each scorer")));
+            }
+        }
         Ok(model)
+    }
+
+    /// The same model, its complexity mixed with the baseline scorer's: `weight` × the baseline's
+    /// percentile + (1 − `weight`) × the learned one's, percentiles among the training prompts'
+    /// scores. `weight` 0 (the default) is the learned probability alone.
+    pub fn with_baseline_weight(mut self, weight: f64) -> Result<Self, ModelError> {
+        if !(0.0..=1.0).contains(&weight) {
+            return Err(ModelError::Blend(format!("the baseline weight {weight} must be between 0 and 1")));
+        }
+        if weight > 0.0 && self.quantiles.is_none() {
+            return Err(ModelError::Blend(
+                "the file records no score quantiles (written before they were added): train it again with `switchyard train-router`".to_owned(),
+            ));
+        }
+        self.baseline_weight = weight;
+        Ok(self)
     }
 
     /// The model file's text.
@@ -183,11 +275,27 @@ impl LearnedScorer {
 }
 
 impl ComplexityScorer for LearnedScorer {
-    fn score(&self, text: &str, _features: &Features, _prompt_tokens: u32) -> ComplexityScore {
-        let features = featurize(text);
-        let score = f64::from(self.predict(&features));
-        let mut reasons = vec![format!("learned scorer: p(frontier answer clearly better) = {score:.3} ({})", self.trained_on)];
-        reasons.extend(self.reasons(text, &features));
+    fn score(&self, text: &str, features: &Features, prompt_tokens: u32) -> ComplexityScore {
+        let featurized = featurize(text);
+        let learned = f64::from(self.predict(&featurized));
+        let (w, Some(q)) = (self.baseline_weight, self.quantiles.as_ref().filter(|_| self.baseline_weight > 0.0)) else {
+            let mut reasons = vec![format!("learned scorer: p(frontier answer clearly better) = {learned:.3} ({})", self.trained_on)];
+            reasons.extend(self.reasons(text, &featurized));
+            return ComplexityScore { score: learned, reasons };
+        };
+        let baseline = BaselineScorer.score(text, features, prompt_tokens);
+        let (learned_pct, baseline_pct) = (percentile(&q.learned, learned), percentile(&q.baseline, baseline.score));
+        let score = (w * baseline_pct + (1.0 - w) * learned_pct).clamp(0.0, 1.0);
+        let mut reasons = vec![format!(
+            "learned scorer mixed with the baseline (baseline weight {w}): p(frontier answer clearly better) = {learned:.3}, \
+             percentile {:.0} of its training prompts ({}); baseline {:.3}, percentile {:.0}",
+            learned_pct * 100.0,
+            self.trained_on,
+            baseline.score,
+            baseline_pct * 100.0
+        )];
+        reasons.extend(self.reasons(text, &featurized));
+        reasons.extend(baseline.reasons);
         ComplexityScore { score, reasons }
     }
 }
@@ -286,7 +394,9 @@ pub fn train(examples: &[Example], options: TrainOptions, trained_on: &str) -> L
         dense: dense_w,
         sparse,
         trained_on: trained_on.to_owned(),
+        quantiles: None,
         weights: Vec::new(),
+        baseline_weight: 0.0,
     };
     // Rebuild the dense vector from the rounded sparse weights, so scores match a reloaded file.
     let mut dense_weights = vec![0.0; BUCKETS as usize];
@@ -294,6 +404,10 @@ pub fn train(examples: &[Example], options: TrainOptions, trained_on: &str) -> L
         dense_weights[b as usize] = w;
     }
     model.weights = dense_weights;
+    model.quantiles = Some(ScoreQuantiles {
+        learned: ScoreQuantiles::of(featurized.iter().map(|f| f64::from(model.predict(f))).collect()),
+        baseline: ScoreQuantiles::of(examples.iter().map(|e| baseline_score(&e.text)).collect()),
+    });
     model
 }
 
@@ -342,6 +456,63 @@ mod tests {
         let a = train(&examples(), TrainOptions::default(), "t");
         let b = train(&examples(), TrainOptions::default(), "t");
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn percentiles_interpolate_between_quantiles_and_split_ties() {
+        let points: Vec<f64> = (0..QUANTILES).map(|k| k as f64 / 100.0).collect();
+        assert!((percentile(&points, 0.255) - 0.255).abs() < 1e-9);
+        assert_eq!(percentile(&points, -1.0), 0.0);
+        assert_eq!(percentile(&points, 2.0), 1.0);
+        // Half the training prompts scored exactly 0.2: a score of 0.2 sits in the middle of them.
+        let tied: Vec<f64> = (0..QUANTILES).map(|k| if k <= 50 { 0.2 } else { 0.2 + k as f64 / 100.0 }).collect();
+        assert!((percentile(&tied, 0.2) - 0.25).abs() < 1e-9);
+        assert!(percentile(&tied, 0.1) == 0.0 && percentile(&tied, 0.75) > 0.5);
+    }
+
+    #[test]
+    fn training_records_where_its_prompts_scores_fell_under_both_scorers() {
+        let model = train(&examples(), TrainOptions::default(), "t");
+        let q = model.quantiles.as_ref().expect("quantiles");
+        assert!(ScoreQuantiles::valid(&q.learned) && ScoreQuantiles::valid(&q.baseline));
+        // Half the prompts are "prove" ones, which the model and the baseline both score higher.
+        assert!(q.learned[10] < 0.5 && q.learned[90] > 0.5, "{:?}", q.learned);
+        assert!(q.baseline[10] < q.baseline[90], "{:?}", q.baseline);
+        let loaded = LearnedScorer::from_json(&model.to_json()).unwrap();
+        assert_eq!(loaded.quantiles, model.quantiles);
+    }
+
+    #[test]
+    fn the_baseline_weight_mixes_the_two_percentiles() {
+        let model = train(&examples(), TrainOptions::default(), "t");
+        let text = "Prove the theorem about integrals, with 3 cases and 7 steps";
+        let f = features(text, 1, false);
+        let learned_only = model.clone().with_baseline_weight(0.0).unwrap().score(text, &f, 15);
+        assert_eq!(learned_only.score, f64::from(model.raw(text)));
+        let q = model.quantiles.clone().unwrap();
+        let baseline = BaselineScorer.score(text, &f, 15).score;
+        let (lp, bp) = (percentile(&q.learned, f64::from(model.raw(text))), percentile(&q.baseline, baseline));
+        for w in [0.25, 0.5, 1.0] {
+            let mixed = model.clone().with_baseline_weight(w).unwrap().score(text, &f, 15);
+            assert!((mixed.score - (w * bp + (1.0 - w) * lp)).abs() < 1e-12, "w {w}: {}", mixed.score);
+            assert!(mixed.reasons[0].contains("mixed with the baseline"), "{:?}", mixed.reasons);
+            // The baseline's own reasons come along.
+            assert!(mixed.reasons.iter().any(|r| r.contains("numbers")), "{:?}", mixed.reasons);
+        }
+    }
+
+    #[test]
+    fn a_baseline_weight_needs_quantiles_and_a_share() {
+        let mut model = train(&examples(), TrainOptions::default(), "t");
+        assert!(matches!(model.clone().with_baseline_weight(1.5), Err(ModelError::Blend(_))));
+        assert!(matches!(model.clone().with_baseline_weight(-0.1), Err(ModelError::Blend(_))));
+        model.quantiles = None;
+        let old = LearnedScorer::from_json(&model.to_json()).unwrap();
+        assert!(old.clone().with_baseline_weight(0.0).is_ok());
+        let err = old.with_baseline_weight(0.5).unwrap_err().to_string();
+        assert!(err.contains("train-router"), "{err}");
+        model.quantiles = Some(ScoreQuantiles { learned: vec![0.5; 3], baseline: vec![0.5; QUANTILES] });
+        assert!(matches!(LearnedScorer::from_json(&model.to_json()), Err(ModelError::Unsupported(_))));
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct Classifier {
     /// it. Unset: the transparent baseline scorer.
     #[serde(default)]
     pub model: Option<String>,
+    /// With `model`: the baseline scorer's share of the complexity, each score read as its
+    /// percentile among the model's training prompts (0, the default: the model alone).
+    #[serde(default)]
+    pub baseline_weight: f64,
     /// `strategy = "cascade"` keeps the local answer when the mean log-probability of its
     /// tokens is at least this (natural log; -0.5 ≈ the model gave its tokens 61 % on average).
     #[serde(default = "default_cascade_min_logprob")]
@@ -67,7 +71,12 @@ const fn default_threshold() -> f64 {
 
 impl Default for Classifier {
     fn default() -> Self {
-        Self { complexity_threshold: default_threshold(), model: None, cascade_min_logprob: default_cascade_min_logprob() }
+        Self {
+            complexity_threshold: default_threshold(),
+            model: None,
+            baseline_weight: 0.0,
+            cascade_min_logprob: default_cascade_min_logprob(),
+        }
     }
 }
 
@@ -283,6 +292,15 @@ impl Policy {
             problems.push(PolicyProblem {
                 line: None,
                 message: format!("classifier.complexity_threshold = {t} must be between 0 and 1"),
+            });
+        }
+        let w = self.classifier.baseline_weight;
+        if !(0.0..=1.0).contains(&w) {
+            problems.push(PolicyProblem { line: None, message: format!("classifier.baseline_weight = {w} must be between 0 and 1") });
+        } else if w > 0.0 && self.classifier.model.is_none() {
+            problems.push(PolicyProblem {
+                line: None,
+                message: format!("classifier.baseline_weight = {w} mixes a learned model with the baseline, but classifier.model names none"),
             });
         }
         // A log-probability is at most 0: a threshold above it would escalate every answer.
@@ -518,6 +536,23 @@ route = "local"
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].message.contains("matches no request") && problems[0].line == Some(4), "{problems:?}");
         assert!(problems[1].message.contains("used by an earlier rule") && problems[1].line == Some(7), "{problems:?}");
+    }
+
+    #[test]
+    fn a_baseline_weight_needs_a_model_and_a_share() {
+        let route = "\n[[rule]]\nname = \"d\"\nroute = \"local\"\n";
+        for (classifier, expected) in [
+            ("baseline_weight = 0.3", Some("names none")),
+            ("model = \"m.json\"\nbaseline_weight = 1.2", Some("between 0 and 1")),
+            ("model = \"m.json\"\nbaseline_weight = 0.3", None),
+        ] {
+            let text = format!("[classifier]\n{classifier}\n{route}");
+            let problems = Policy::parse(&text).unwrap().problems(&text, &|_| true);
+            match expected {
+                Some(words) => assert!(problems.len() == 1 && problems[0].message.contains(words), "{classifier}: {problems:?}"),
+                None => assert!(problems.is_empty(), "{classifier}: {problems:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 """The learned complexity scorer from the user's side: `switchyard train-router` on a labels file
 (either label form, shadow store lines included) writes a model; a policy's `[classifier] model`
-makes `/v1/route` score with it; a broken model file is a configuration error naming the key;
-`switchyard calibrate --prompts` picks the threshold for a remote share."""
+makes `/v1/route` score with it, alone or mixed with the baseline (`baseline_weight`); a broken
+model file is a configuration error naming the key; `switchyard calibrate --prompts` picks the
+threshold for a remote share."""
 
 import json
 import subprocess
@@ -57,6 +58,34 @@ def test_trained_model_routes_by_what_it_learned(tmp_path):
         assert any("learned scorer" in r for r in hard["reasons"]), hard["reasons"]
     finally:
         gw.stop()
+
+
+def test_baseline_weight_mixes_in_the_baselines_signals(tmp_path):
+    labels, model = tmp_path / "labels.jsonl", tmp_path / "router.json"
+    write_labels(labels)
+    assert train(labels, model).returncode == 0
+    policy = (f'[classifier]\nmodel = "{model}"\nbaseline_weight = 0.5\n\n'
+              '[[rule]]\nname = "d"\nroute = "local"\n')
+    gw = Gateway(tmp_path, gateway_config(), policy)
+    try:
+        # Neither prompt uses a word the model was trained on; only the baseline tells them apart.
+        code = route(gw, "```python\ndef area(r):\n    return 3.14159 * r ** 2\n```\nWhy does this fail for r = -2?")
+        chat = route(gw, "Good morning to everyone at the office")
+        assert code["complexity"] > chat["complexity"] + 0.1, (code, chat)
+        assert 0.0 <= chat["complexity"] <= code["complexity"] <= 1.0
+        assert any("mixed with the baseline (baseline weight 0.5)" in r for r in code["reasons"]), code["reasons"]
+        assert "contains code" in code["reasons"], code["reasons"]
+    finally:
+        gw.stop()
+    # A model file written before quantiles were recorded cannot be mixed: a configuration error.
+    old = json.loads(model.read_text())
+    del old["quantiles"]
+    model.write_text(json.dumps(old))
+    policy_file, config = tmp_path / "policy.toml", tmp_path / "gateway.toml"
+    policy_file.write_text(policy)
+    config.write_text(gateway_config().replace("{policy}", str(policy_file)))
+    check = subprocess.run([str(BIN), "check", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1 and "classifier.model" in check.stderr and "train-router" in check.stderr, check.stderr
 
 
 def test_shadow_store_lines_are_labels(tmp_path):

@@ -10,9 +10,10 @@
 //! MMLU (it never saw MT Bench). One fixed recipe (`TrainOptions::default()`, label = the strong
 //! model right where the weak one is wrong) for every protocol. Baselines: random order (mean of
 //! 100 shuffles), prompt length alone, the transparent baseline scorer (also on MMLU questions
-//! that all follow one long few-shot prefix, as few-shot benchmarks' prompts do). Also measured, not
-//! shipped: the learned and baseline scores mixed, each first mapped to its percentile among the
-//! training prompts (`w` × baseline percentile + (1 − `w`) × learned percentile).
+//! that all follow one long few-shot prefix, as few-shot benchmarks' prompts do). Also the learned
+//! scorer mixed with the baseline (`[classifier] baseline_weight = w`: each score first mapped to
+//! its percentile among the training prompts', then `w` × baseline percentile + (1 − `w`) ×
+//! learned percentile).
 //!
 //! `eval-router [--data DIR] [--write-model FILE]` — `--write-model` also trains the shipped
 //! model on all of MMLU and writes it (the command `make router-model` runs).
@@ -176,64 +177,53 @@ fn length_scores(items: &[Item]) -> Vec<f64> {
     items.iter().map(|i| i.text.chars().count() as f64).collect()
 }
 
-fn baseline_scores(items: &[Item]) -> Vec<f64> {
-    items
-        .iter()
-        .map(|i| {
-            let f = router::features(&i.text, 1, false);
-            BaselineScorer.score(&i.text, &f, u32::try_from(i.text.chars().count() / 4).unwrap_or(u32::MAX)).score
-        })
-        .collect()
+/// A one-message prompt's score, read as the live router reads it (about four characters a token).
+fn score(scorer: &dyn ComplexityScorer, text: &str) -> f64 {
+    let tokens = u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX);
+    scorer.score(text, &router::features(text, 1, false), tokens).score
 }
 
-/// Baseline weights of the mixed scores reported beside the learned scorer.
+fn baseline_scores(items: &[Item]) -> Vec<f64> {
+    items.iter().map(|i| score(&BaselineScorer, &i.text)).collect()
+}
+
+/// Baseline weights (`[classifier] baseline_weight`) reported beside the learned scorer.
 const MIX_WEIGHTS: [f64; 2] = [0.25, 0.5];
 
-/// Maps a score to its percentile among `reference` scores (ties count half), so that two
-/// scorers on different scales can be mixed.
-fn percentile_among(reference: &[f64]) -> impl Fn(f64) -> f64 {
-    let mut sorted = reference.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    move |x| (sorted.partition_point(|&v| v < x) + sorted.partition_point(|&v| v <= x)) as f64 / 2.0 / sorted.len().max(1) as f64
+/// `model`'s scores of `texts`: alone, then mixed with the baseline at each of `MIX_WEIGHTS`.
+fn learned_and_mixed(model: &LearnedScorer, texts: &[&str]) -> Vec<Vec<f64>> {
+    let mut out = vec![texts.iter().map(|t| f64::from(model.raw(t))).collect()];
+    for w in MIX_WEIGHTS {
+        let mixed = model.clone().with_baseline_weight(w).expect("a trained model records its quantiles");
+        out.push(texts.iter().map(|t| score(&mixed, t)).collect());
+    }
+    out
 }
 
-/// Each score mixed with the baseline's, for every weight in `MIX_WEIGHTS`, through percentiles
-/// among the training prompts' scores (`learned_train`, `baseline_train`).
-fn mixes(learned: &[f64], baseline: &[f64], learned_train: &[f64], baseline_train: &[f64]) -> Vec<Vec<f64>> {
-    let (pl, pb) = (percentile_among(learned_train), percentile_among(baseline_train));
-    MIX_WEIGHTS.iter().map(|w| learned.iter().zip(baseline).map(|(l, b)| w * pb(*b) + (1.0 - w) * pl(*l)).collect()).collect()
-}
-
-/// Held-out learned scores: `fold_of(i)` assigns each item to one of `folds`; each fold is
-/// scored by a model trained on the others. Also the held-out mixed scores (one list per weight
-/// in `MIX_WEIGHTS`), with percentiles among the training folds.
-fn cross_validated(items: &[Item], folds: usize, fold_of: &dyn Fn(usize) -> usize) -> (Vec<f64>, Vec<Vec<f64>>) {
-    let baseline = baseline_scores(items);
-    let mut scores = vec![0.0; items.len()];
-    let mut mixed = vec![vec![0.0; items.len()]; MIX_WEIGHTS.len()];
+/// Held-out scores: `fold_of(i)` assigns each item to one of `folds`; each fold is scored by a
+/// model trained on the others, alone and mixed with the baseline (one list per weight in
+/// `MIX_WEIGHTS`, percentiles among the training folds').
+fn cross_validated(items: &[Item], folds: usize, fold_of: &dyn Fn(usize) -> usize) -> Vec<Vec<f64>> {
+    let mut scores = vec![vec![0.0; items.len()]; MIX_WEIGHTS.len() + 1];
     for f in 0..folds {
         let (train_idx, test_idx): (Vec<usize>, Vec<usize>) = (0..items.len()).partition(|&i| fold_of(i) != f);
         let train_set: Vec<&Item> = train_idx.iter().map(|&i| &items[i]).collect();
         let model = train(&examples(&train_set), TrainOptions::default(), "cv");
-        let raw = |idx: &[usize]| -> Vec<f64> { idx.iter().map(|&i| f64::from(model.raw(&items[i].text))).collect() };
-        let base = |idx: &[usize]| -> Vec<f64> { idx.iter().map(|&i| baseline[i]).collect() };
-        let test_scores = raw(&test_idx);
-        let test_mixes = mixes(&test_scores, &base(&test_idx), &raw(&train_idx), &base(&train_idx));
-        for (k, &i) in test_idx.iter().enumerate() {
-            scores[i] = test_scores[k];
-            for (mix, test_mix) in mixed.iter_mut().zip(&test_mixes) {
-                mix[i] = test_mix[k];
+        let test_scores = learned_and_mixed(&model, &test_idx.iter().map(|&i| items[i].text.as_str()).collect::<Vec<_>>());
+        for (all, fold) in scores.iter_mut().zip(&test_scores) {
+            for (k, &i) in test_idx.iter().enumerate() {
+                all[i] = fold[k];
             }
         }
     }
-    (scores, mixed)
+    scores
 }
 
 /// The learned scorer's row and the mixed scores' rows of one protocol.
-fn learned_rows(protocol: &str, items: &[Item], scores: &[f64], mixed: &[Vec<f64>]) {
-    row(protocol, "learned", &metrics(items, scores));
-    for (w, mix) in MIX_WEIGHTS.iter().zip(mixed) {
-        row(protocol, &format!("learned + baseline, w = {w} (not shipped)"), &metrics(items, mix));
+fn learned_rows(protocol: &str, items: &[Item], scores: &[Vec<f64>]) {
+    row(protocol, "learned", &metrics(items, &scores[0]));
+    for (w, mix) in MIX_WEIGHTS.iter().zip(&scores[1..]) {
+        row(protocol, &format!("learned, baseline_weight = {w}"), &metrics(items, mix));
     }
 }
 
@@ -282,18 +272,13 @@ fn main() {
     // By question: a fixed shuffle into 5 folds.
     let mut state = 7;
     let by_question: Vec<usize> = mmlu.iter().map(|_| usize::try_from(xorshift(&mut state) % 5).unwrap_or(0)).collect();
-    let (scores, mixed) = cross_validated(&mmlu, 5, &|i| by_question[i]);
-    learned_rows("MMLU, 5-fold by question", &mmlu, &scores, &mixed);
+    learned_rows("MMLU, 5-fold by question", &mmlu, &cross_validated(&mmlu, 5, &|i| by_question[i]));
     // By subject: subjects dealt into 5 folds in name order.
     let fold_of_subject: BTreeMap<&str, usize> = subjects.iter().enumerate().map(|(k, s)| (s.as_str(), k % 5)).collect();
-    let (scores, mixed) = cross_validated(&mmlu, 5, &|i| fold_of_subject[mmlu[i].group.as_str()]);
-    learned_rows("MMLU, 5-fold by unseen subject", &mmlu, &scores, &mixed);
+    learned_rows("MMLU, 5-fold by unseen subject", &mmlu, &cross_validated(&mmlu, 5, &|i| fold_of_subject[mmlu[i].group.as_str()]));
     let all: Vec<&Item> = mmlu.iter().collect();
     let model = train(&examples(&all), TrainOptions::default(), "RouteLLM MMLU (GPT-4-1106 vs Mixtral-8x7B), contaminated prompts left out");
-    let mt_scores: Vec<f64> = mt.iter().map(|i| f64::from(model.raw(&i.text))).collect();
-    let mmlu_scores: Vec<f64> = mmlu.iter().map(|i| f64::from(model.raw(&i.text))).collect();
-    let mixed = mixes(&mt_scores, &baseline_scores(&mt), &mmlu_scores, &baseline_scores(&mmlu));
-    learned_rows("MT Bench (trained on MMLU only)", &mt, &mt_scores, &mixed);
+    learned_rows("MT Bench (trained on MMLU only)", &mt, &learned_and_mixed(&model, &mt.iter().map(|i| i.text.as_str()).collect::<Vec<_>>()));
     if let Some(out) = arg("--write-model") {
         std::fs::write(&out, model.to_json()).expect("writing the model");
         let reloaded = LearnedScorer::from_json(&std::fs::read_to_string(&out).expect("reading it back")).expect("valid model");
