@@ -77,13 +77,17 @@ def test_baseline_weight_mixes_in_the_baselines_signals(tmp_path):
         assert "contains code" in code["reasons"], code["reasons"]
     finally:
         gw.stop()
+    policy_file, config = tmp_path / "policy.toml", tmp_path / "gateway.toml"
+    policy_file.write_text(policy)
+    config.write_text(gateway_config().replace("{policy}", str(policy_file)))
+    check = subprocess.run([str(BIN), "check", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    assert f"scorer   learned {model} (trained on " in check.stdout, check.stdout
+    assert "mixed with the baseline at baseline_weight 0.5" in check.stdout, check.stdout
     # A model file written before quantiles were recorded cannot be mixed: a configuration error.
     old = json.loads(model.read_text())
     del old["quantiles"]
     model.write_text(json.dumps(old))
-    policy_file, config = tmp_path / "policy.toml", tmp_path / "gateway.toml"
-    policy_file.write_text(policy)
-    config.write_text(gateway_config().replace("{policy}", str(policy_file)))
     check = subprocess.run([str(BIN), "check", "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 1 and "classifier.model" in check.stderr and "train-router" in check.stderr, check.stderr
 

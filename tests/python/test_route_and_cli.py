@@ -43,6 +43,7 @@ def test_check_accepts_the_default_config_and_prints_a_summary():
     r = run("check", "--config", "config/gateway.toml")
     assert r.returncode == 0, r.stderr
     assert "local/local-small" in r.stdout and "rule" in r.stdout
+    assert "scorer   baseline (" in r.stdout, r.stdout
 
 
 def test_check_names_file_line_and_key_of_an_unknown_key(tmp_path):
