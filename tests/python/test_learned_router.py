@@ -34,6 +34,14 @@ def train(labels, out):
                           capture_output=True, text=True, timeout=120)
 
 
+def check(tmp_path, policy):
+    """`switchyard check` on a configuration whose policy is `policy`."""
+    policy_file, config = tmp_path / "policy.toml", tmp_path / "gateway.toml"
+    policy_file.write_text(policy)
+    config.write_text(gateway_config().replace("{policy}", str(policy_file)))
+    return subprocess.run([str(BIN), "check", "--config", str(config)], capture_output=True, text=True, timeout=60)
+
+
 def route(gw, text):
     r = httpx.post(f"{gw.v1}/route", json={"model": "auto", "messages": [{"role": "user", "content": text}]})
     assert r.status_code == 200, r.text
@@ -64,8 +72,11 @@ def test_baseline_weight_mixes_in_the_baselines_signals(tmp_path):
     labels, model = tmp_path / "labels.jsonl", tmp_path / "router.json"
     write_labels(labels)
     assert train(labels, model).returncode == 0
-    policy = (f'[classifier]\nmodel = "{model}"\nbaseline_weight = 0.5\n\n'
-              '[[rule]]\nname = "d"\nroute = "local"\n')
+    policy = f'[classifier]\nmodel = "{model}"\nbaseline_weight = 0.5\n[[rule]]\nname = "d"\nroute = "local"\n'
+    with_check = check(tmp_path, policy)
+    assert with_check.returncode == 0, with_check.stderr
+    assert f"scorer   learned {model} (trained on " in with_check.stdout, with_check.stdout
+    assert "mixed with the baseline at baseline_weight 0.5" in with_check.stdout, with_check.stdout
     gw = Gateway(tmp_path, gateway_config(), policy)
     try:
         # Neither prompt uses a word the model was trained on; only the baseline tells them apart.
@@ -77,19 +88,12 @@ def test_baseline_weight_mixes_in_the_baselines_signals(tmp_path):
         assert "contains code" in code["reasons"], code["reasons"]
     finally:
         gw.stop()
-    policy_file, config = tmp_path / "policy.toml", tmp_path / "gateway.toml"
-    policy_file.write_text(policy)
-    config.write_text(gateway_config().replace("{policy}", str(policy_file)))
-    check = subprocess.run([str(BIN), "check", "--config", str(config)], capture_output=True, text=True, timeout=60)
-    assert check.returncode == 0, check.stderr
-    assert f"scorer   learned {model} (trained on " in check.stdout, check.stdout
-    assert "mixed with the baseline at baseline_weight 0.5" in check.stdout, check.stdout
     # A model file written before quantiles were recorded cannot be mixed: a configuration error.
     old = json.loads(model.read_text())
     del old["quantiles"]
     model.write_text(json.dumps(old))
-    check = subprocess.run([str(BIN), "check", "--config", str(config)], capture_output=True, text=True, timeout=60)
-    assert check.returncode == 1 and "classifier.model" in check.stderr and "train-router" in check.stderr, check.stderr
+    refused = check(tmp_path, policy)
+    assert refused.returncode == 1 and "classifier.model" in refused.stderr and "train-router" in refused.stderr, refused.stderr
 
 
 def test_shadow_store_lines_are_labels(tmp_path):
@@ -111,12 +115,8 @@ def test_bad_labels_and_bad_models_are_refused(tmp_path):
 
     broken = tmp_path / "broken.json"
     broken.write_text('{"format": "something else"}')
-    policy = tmp_path / "policy.toml"
-    policy.write_text(f'[classifier]\nmodel = "{broken}"\n[[rule]]\nname = "d"\nroute = "local"\n')
-    config = tmp_path / "gateway.toml"
-    config.write_text(gateway_config().replace("{policy}", str(policy)))
-    check = subprocess.run([str(BIN), "check", "--config", str(config)], capture_output=True, text=True, timeout=60)
-    assert check.returncode == 1 and "classifier.model" in check.stderr, check.stderr
+    refused = check(tmp_path, f'[classifier]\nmodel = "{broken}"\n[[rule]]\nname = "d"\nroute = "local"\n')
+    assert refused.returncode == 1 and "classifier.model" in refused.stderr, refused.stderr
 
 
 CODE_REVIEW = [{"role": "user", "content": "Analyze this code:\n```python\ndef f(): pass\n```"}]
