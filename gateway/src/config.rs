@@ -422,12 +422,20 @@ fn load_scorer(policy: &Policy, policy_name: &str, problems: &mut Vec<String>) -
     let path = policy.classifier.model.as_ref()?;
     let loaded = std::fs::read_to_string(path)
         .map_err(|e| e.to_string())
-        .and_then(|text| router::learned::LearnedScorer::from_json(&text).map_err(|e| e.to_string()))
-        .and_then(|model| model.with_baseline_weight(policy.classifier.baseline_weight).map_err(|e| e.to_string()));
-    match loaded {
-        Ok(model) => Some(std::sync::Arc::new(model)),
+        .and_then(|text| router::learned::LearnedScorer::from_json(&text).map_err(|e| e.to_string()));
+    let model = match loaded {
+        Ok(model) => model,
         Err(e) => {
             problems.push(format!("{policy_name}: classifier.model {path:?}: {e} (`switchyard train-router` writes one)"));
+            return None;
+        }
+    };
+    // A weight out of [0, 1] is the policy's own problem, reported with its line.
+    let weight = policy.classifier.baseline_weight;
+    match model.with_baseline_weight(if (0.0..=1.0).contains(&weight) { weight } else { 0.0 }) {
+        Ok(model) => Some(std::sync::Arc::new(model)),
+        Err(e) => {
+            problems.push(format!("{policy_name}: classifier.model {path:?}: {e}"));
             None
         }
     }

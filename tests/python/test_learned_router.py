@@ -88,6 +88,10 @@ def test_baseline_weight_mixes_in_the_baselines_signals(tmp_path):
         assert "contains code" in code["reasons"], code["reasons"]
     finally:
         gw.stop()
+    # A weight out of range is one problem, on the policy's line, not a second one about the model.
+    out_of_range = check(tmp_path, policy.replace("baseline_weight = 0.5", "baseline_weight = 1.2"))
+    assert out_of_range.returncode == 1 and "policy.toml:3: classifier.baseline_weight = 1.2 must be between 0 and 1" in out_of_range.stderr
+    assert "1 error(s)" in out_of_range.stderr, out_of_range.stderr
     # A model file written before quantiles were recorded cannot be mixed: a configuration error.
     old = json.loads(model.read_text())
     del old["quantiles"]
