@@ -240,10 +240,9 @@ fn summary(config: &GatewayConfig) -> String {
         config.policy.classifier.complexity_threshold
     );
     let scorer = match (&config.scorer, &config.policy.classifier.model) {
-        (Some(model), Some(path)) if config.policy.classifier.baseline_weight > 0.0 => format!(
-            "learned {path} (trained on {}), mixed with the baseline at baseline_weight {}",
-            model.trained_on, config.policy.classifier.baseline_weight
-        ),
+        (Some(model), Some(path)) if model.baseline_weight() > 0.0 => {
+            format!("learned {path} (trained on {}), mixed with the baseline at baseline_weight {}", model.trained_on, model.baseline_weight())
+        }
         (Some(model), Some(path)) => format!("learned {path} (trained on {})", model.trained_on),
         _ => "baseline (length, code, math, numbers, reasoning words, turns, tools)".to_owned(),
     };

@@ -25,6 +25,14 @@ impl<T: ComplexityScorer> ComplexityScorer for std::sync::Arc<T> {
     }
 }
 
+/// `scorer`'s score of a bare prompt, read as the live router reads a one-message request: its
+/// signals with one turn and no tools, about four characters a token (rounded up). Training and
+/// evaluation score prompts this way.
+pub fn score_bare_prompt(scorer: &dyn ComplexityScorer, text: &str) -> ComplexityScore {
+    let tokens = u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX);
+    scorer.score(text, &crate::signals::features(text, 1, false), tokens)
+}
+
 /// The baseline: length, code, math, numbers, reasoning markers, turns and tools, each adding a
 /// fixed weight.
 #[derive(Debug, Clone, Copy, Default)]

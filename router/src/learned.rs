@@ -19,8 +19,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::complexity::{BaselineScorer, ComplexityScore, ComplexityScorer};
-use crate::signals::{features, Features};
+use crate::complexity::{score_bare_prompt, BaselineScorer, ComplexityScore, ComplexityScorer};
+use crate::signals::Features;
 
 /// The model file's `format`.
 pub const FORMAT: &str = "switchyard-hashed-logreg-v1";
@@ -104,12 +104,6 @@ fn percentile(points: &[f64], x: f64) -> f64 {
     rank / last
 }
 
-/// The baseline scorer's score for a training prompt, read as the live router reads a one-message
-/// request (about four characters a token).
-fn baseline_score(text: &str) -> f64 {
-    let tokens = u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX);
-    BaselineScorer.score(text, &features(text, 1, false), tokens).score
-}
 
 /// A model file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +229,11 @@ impl LearnedScorer {
         Ok(self)
     }
 
+    /// The baseline scorer's share of the complexity (0: the learned probability alone).
+    pub fn baseline_weight(&self) -> f64 {
+        self.baseline_weight
+    }
+
     /// The model file's text.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -278,11 +277,12 @@ impl ComplexityScorer for LearnedScorer {
     fn score(&self, text: &str, features: &Features, prompt_tokens: u32) -> ComplexityScore {
         let featurized = featurize(text);
         let learned = f64::from(self.predict(&featurized));
-        let (w, Some(q)) = (self.baseline_weight, self.quantiles.as_ref().filter(|_| self.baseline_weight > 0.0)) else {
+        let Some(q) = self.quantiles.as_ref().filter(|_| self.baseline_weight > 0.0) else {
             let mut reasons = vec![format!("learned scorer: p(frontier answer clearly better) = {learned:.3} ({})", self.trained_on)];
             reasons.extend(self.reasons(text, &featurized));
             return ComplexityScore { score: learned, reasons };
         };
+        let w = self.baseline_weight;
         let baseline = BaselineScorer.score(text, features, prompt_tokens);
         let (learned_pct, baseline_pct) = (percentile(&q.learned, learned), percentile(&q.baseline, baseline.score));
         let score = (w * baseline_pct + (1.0 - w) * learned_pct).clamp(0.0, 1.0);
@@ -406,7 +406,7 @@ pub fn train(examples: &[Example], options: TrainOptions, trained_on: &str) -> L
     model.weights = dense_weights;
     model.quantiles = Some(ScoreQuantiles {
         learned: ScoreQuantiles::of(featurized.iter().map(|f| f64::from(model.predict(f))).collect()),
-        baseline: ScoreQuantiles::of(examples.iter().map(|e| baseline_score(&e.text)).collect()),
+        baseline: ScoreQuantiles::of(examples.iter().map(|e| score_bare_prompt(&BaselineScorer, &e.text).score).collect()),
     });
     model
 }
@@ -415,6 +415,7 @@ pub fn train(examples: &[Example], options: TrainOptions, trained_on: &str) -> L
 #[allow(clippy::float_cmp, clippy::cast_precision_loss)]
 mod tests {
     use super::*;
+    use crate::signals::features;
 
     fn examples() -> Vec<Example> {
         let mut out = Vec::new();

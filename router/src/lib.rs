@@ -13,7 +13,7 @@ mod policy;
 mod redact;
 mod signals;
 
-pub use complexity::{BaselineScorer, ComplexityScore, ComplexityScorer};
+pub use complexity::{score_bare_prompt, BaselineScorer, ComplexityScore, ComplexityScorer};
 pub use decide::{Decision, LocalOverload, PrivacySummary, RouteInput, Router, SpillReason, Tier, EXPLICIT_RULE};
 pub use guard::{model_allowed, model_pattern_matches, model_violation, region_allowed, violation, Redacts, TargetInfo, TenantProfile, Topology};
 pub use pii::{pii_counts, scan as scan_pii, scanner as pii_scanner, PiiKind, PiiScanner, PiiSpan};

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use router::learned::{train, Example, LearnedScorer, TrainOptions};
-use router::{BaselineScorer, ComplexityScorer};
+use router::{score_bare_prompt, BaselineScorer};
 
 /// One routing decision's outcomes.
 #[derive(Debug, Clone)]
@@ -177,14 +177,8 @@ fn length_scores(items: &[Item]) -> Vec<f64> {
     items.iter().map(|i| i.text.chars().count() as f64).collect()
 }
 
-/// A one-message prompt's score, read as the live router reads it (about four characters a token).
-fn score(scorer: &dyn ComplexityScorer, text: &str) -> f64 {
-    let tokens = u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX);
-    scorer.score(text, &router::features(text, 1, false), tokens).score
-}
-
 fn baseline_scores(items: &[Item]) -> Vec<f64> {
-    items.iter().map(|i| score(&BaselineScorer, &i.text)).collect()
+    items.iter().map(|i| score_bare_prompt(&BaselineScorer, &i.text).score).collect()
 }
 
 /// Baseline weights (`[classifier] baseline_weight`) reported beside the learned scorer.
@@ -195,7 +189,7 @@ fn learned_and_mixed(model: &LearnedScorer, texts: &[&str]) -> Vec<Vec<f64>> {
     let mut out = vec![texts.iter().map(|t| f64::from(model.raw(t))).collect()];
     for w in MIX_WEIGHTS {
         let mixed = model.clone().with_baseline_weight(w).expect("a trained model records its quantiles");
-        out.push(texts.iter().map(|t| score(&mixed, t)).collect());
+        out.push(texts.iter().map(|t| score_bare_prompt(&mixed, t).score).collect());
     }
     out
 }
