@@ -122,17 +122,34 @@ pub fn for_quality(samples: &[(f64, bool)], target: f64) -> Split {
     Split { threshold: best, remote: all.at_or_above(best), total, quality: Some(quality(best)) }
 }
 
-/// The shadow store's lines as (complexity, local answer as good); unreadable lines are counted.
-pub fn shadow_samples(text: &str) -> (Vec<(f64, bool)>, usize) {
+/// The shadow store's lines as (complexity, local answer as good), each conversation scored by
+/// `score(text, turns)`: the threshold is for the scorer configured now, which need not be the
+/// one whose score the record kept (a model trained since, another `baseline_weight`).
+/// Unreadable lines are counted.
+pub fn shadow_samples(text: &str, score: impl Fn(&str, usize) -> f64) -> (Vec<(f64, bool)>, usize) {
     let mut samples = Vec::new();
     let mut bad = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         match serde_json::from_str::<ShadowRecord>(line) {
-            Ok(r) => samples.push((r.complexity, r.verdict != Vote::Remote)),
+            Ok(r) => samples.push((score(&r.prompt, r.turns), r.verdict != Vote::Remote)),
             Err(_) => bad += 1,
         }
     }
     (samples, bad)
+}
+
+/// The complexity `router` gives a conversation known by its text and number of messages, as the
+/// live router scores it (the shadow store keeps no more: its requests carry no tools).
+pub fn conversation_complexity(router: &router::Router, text: &str, turns: usize) -> f64 {
+    let input = router::RouteInput {
+        requested_model: crate::catalog::AUTO,
+        tenant: crate::tenants::DEFAULT_TENANT,
+        text,
+        turns,
+        prompt_tokens: u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX),
+        ..router::RouteInput::default()
+    };
+    router.decide(&input).complexity
 }
 
 /// The threshold as few decimals as keep the split it reports: pasted into the policy, it sends
@@ -258,8 +275,16 @@ mod tests {
     #[test]
     fn reads_shadow_lines_and_counts_bad_ones() {
         let line = r#"{"ts":1,"request_id":"r","tenant":"t","prompt":"p","complexity":0.3,"complexity_bucket":"0.2-0.4","local_target":"local/x","remote_target":"a/b","judge":"a/b","local_answer":"x","remote_answer":"y","votes":["tie","remote"],"verdict":"remote","weak_score":0.25,"strong_score":0.75,"cost_usd":0.0}"#;
-        let (samples, bad) = shadow_samples(&format!("{line}\nnot json\n\n"));
-        assert_eq!(samples, vec![(0.3, false)]);
+        let with_turns = line.replace(r#""prompt":"p","#, r#""prompt":"p","turns":6,"#).replace("remote\"", "tie\"");
+        // Scored again, not read back: the stored 0.3 came from whatever scorer served it.
+        let score = |text: &str, turns: usize| match (text, turns) {
+            ("p", 1) => 0.1,
+            ("p", 6) => 0.6,
+            _ => -1.0,
+        };
+        let (samples, bad) = shadow_samples(&format!("{line}\nnot json\n\n{with_turns}\n"), score);
+        // A record written before turns were kept counts as one message.
+        assert_eq!(samples, vec![(0.1, false), (0.6, true)]);
         assert_eq!(bad, 1);
     }
 }

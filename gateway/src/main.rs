@@ -288,10 +288,12 @@ fn calibrate_command(
         anyhow::ensure!((0.0..=1.0).contains(&x), "{flag} must be between 0 and 1, not {x}");
         Ok(())
     };
+    let config = || GatewayConfig::load_with_env(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"));
     if let (Some(file), Some(quality)) = (from_shadow, target_quality) {
         in_range(quality, "--target-quality")?;
+        let router = config()?.router();
         let text = read_lines_file(file)?;
-        let (samples, bad) = calibrate::shadow_samples(&text);
+        let (samples, bad) = calibrate::shadow_samples(&text, |prompt, turns| calibrate::conversation_complexity(&router, prompt, turns));
         anyhow::ensure!(!samples.is_empty(), "{} holds no shadow comparison", file.display());
         if bad > 0 {
             to_stderr(&format!("warning: skipped {bad} line(s) of {} that are not shadow records", file.display()));
@@ -303,8 +305,10 @@ fn calibrate_command(
         anyhow::bail!("give --prompts F.jsonl --remote-share X, or --from-shadow F --target-quality Q");
     };
     in_range(share, "--remote-share")?;
-    let config = GatewayConfig::load_with_env(path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let config = config()?;
     let router = config.router();
+    let catalog = catalog::Catalog::new(config.local.as_ref().map(|l| l.name.as_str()), &config.providers);
+    let tenant = router::TenantProfile { name: tenants::DEFAULT_TENANT.to_owned(), ..router::TenantProfile::default() };
     let text = read_lines_file(file)?;
     let mut scores = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -315,21 +319,16 @@ fn calibrate_command(
             let prompt = value["prompt"].as_str().with_context(|| format!("{}:{}: needs \"prompt\" or \"messages\"", file.display(), n + 1))?;
             value = serde_json::json!({"messages": [{"role": "user", "content": prompt}]});
         }
-        // A sample of conversations needs no `model`: they are routed as `auto`.
+        // A sample of conversations needs no `model`, and the model one names does not change its
+        // complexity: each is routed as `auto` (a name no target serves is then no error).
         if let Some(fields) = value.as_object_mut() {
-            fields.entry("model").or_insert_with(|| "auto".into());
+            fields.insert("model".to_owned(), catalog::AUTO.into());
         }
         let req = chat_request::parse_chat_request(value.to_string().as_bytes()).map_err(|e| anyhow::anyhow!("{}:{}: {e}", file.display(), n + 1))?;
-        let (text, turns) = (gateway::privacy::inspect(&req).text, req.messages.len());
-        let input = router::RouteInput {
-            requested_model: "auto",
-            tenant: tenants::DEFAULT_TENANT,
-            text: &text,
-            turns,
-            prompt_tokens: u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX),
-            ..router::RouteInput::default()
-        };
-        scores.push(router.decide(&input).complexity);
+        // Planned as the live router plans it (its tools, its turns, its text as classified).
+        let decision = dispatch::plan_with(&router, &catalog, &req, &axum::http::HeaderMap::new(), &tenant, &dispatch::Signals::default())
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", file.display(), n + 1))?;
+        scores.push(decision.complexity);
     }
     anyhow::ensure!(!scores.is_empty(), "{} holds no prompt", file.display());
     let split = calibrate::for_remote_share(&scores, share);

@@ -143,6 +143,10 @@ pub fn combine(local_first: Vote, local_second: Vote) -> (Vote, f64) {
     (verdict, score)
 }
 
+fn one_turn() -> usize {
+    1
+}
+
 /// One comparison, as stored (a line of the store; `switchyard train-router --labels` and
 /// `switchyard calibrate --from-shadow` read these lines).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,7 +159,12 @@ pub struct ShadowRecord {
     pub tenant: String,
     /// The conversation's text, as the router classified it.
     pub prompt: String,
-    /// The router's complexity score.
+    /// The conversation's messages (the router counts them; 1 in stores written before they
+    /// were recorded).
+    #[serde(default = "one_turn")]
+    pub turns: usize,
+    /// The router's complexity score when the request was served (`calibrate --from-shadow`
+    /// scores `prompt` again with the scorer configured now).
     pub complexity: f64,
     /// Its bucket.
     pub complexity_bucket: String,
@@ -455,6 +464,7 @@ impl Shadow {
             request_id: c.request_id,
             tenant: c.tenant,
             prompt: c.prompt,
+            turns: c.messages.len(),
             complexity: c.complexity,
             complexity_bucket: bucket(c.complexity).to_owned(),
             local_target: c.local_target,

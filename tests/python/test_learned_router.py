@@ -126,25 +126,38 @@ def test_bad_labels_and_bad_models_are_refused(tmp_path):
 CODE_REVIEW = [{"role": "user", "content": "Analyze this code:\n```python\ndef f(): pass\n```"}]
 
 
-def test_calibrates_split_is_the_live_routers_split_for_bare_prompts(tmp_path):
-    # Two prompts scoring 0.0002 apart: a bare `{"prompt"}` line must be scored exactly as the same
-    # text sent as a chat message is, or the printed threshold gives another split live.
-    texts = ["Implement a red-black tree in Rust with proofs of invariants",
-             "Write a python function to sort a list and analyze complexity."]
+def assert_calibrated_split_is_live(tmp_path, lines, share):
+    """`calibrate` on `lines` gives a threshold that splits the same requests, sent live (through
+    `explain`, the live router's planning), as it reports."""
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = subprocess.run([str(BIN), "calibrate", "--config", "config/gateway.toml", "--prompts", str(prompts),
-                          "--remote-share", "0.5"], capture_output=True, text=True, timeout=60)
+                          "--remote-share", str(share)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     threshold = float(out.stdout.splitlines()[0].split("=")[1])
     reported = int(out.stdout.split("remote: ")[1].split(" of ")[0])
     live = []
-    for t in texts:
-        body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": t}]})
-        r = subprocess.run([str(BIN), "explain", "--config", "config/gateway.toml", "-"], input=body,
+    for line in lines:
+        body = {"model": "auto", "messages": [{"role": "user", "content": line["prompt"]}]} if "prompt" in line else {"model": "auto", **line}
+        r = subprocess.run([str(BIN), "explain", "--config", "config/gateway.toml", "-"], input=json.dumps(body),
                            capture_output=True, text=True, timeout=60)
         live.append(json.loads(r.stdout)["complexity"])
     assert sum(score >= threshold for score in live) == reported, (out.stdout, live)
+
+
+def test_calibrates_split_is_the_live_routers_split_for_bare_prompts(tmp_path):
+    # Two prompts scoring 0.0002 apart: a bare `{"prompt"}` line must be scored exactly as the same
+    # text sent as a chat message is, or the printed threshold gives another split live.
+    assert_calibrated_split_is_live(tmp_path, [{"prompt": "Implement a red-black tree in Rust with proofs of invariants"},
+                                               {"prompt": "Write a python function to sort a list and analyze complexity."}], 0.5)
+
+
+def test_calibrate_scores_a_chat_body_with_its_tools(tmp_path):
+    # "Hi" offering a tool scores above a long plain prompt only if its tools count, as they do live.
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    lines = [{"messages": [{"role": "user", "content": "Hi"}], "tools": tools},
+             {"prompt": "Tell me a story about a cat and a dog. " * 25}]
+    assert_calibrated_split_is_live(tmp_path, lines, 0.5)
 
 
 def test_calibrate_picks_the_threshold_for_a_remote_share(tmp_path):

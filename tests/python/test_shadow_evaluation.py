@@ -77,6 +77,7 @@ def test_local_answers_are_compared_off_path_with_swapped_positions(judged, fake
     # The scripted judge prefers the echoed answer in both positions: a consistent verdict.
     assert rec["votes"] == ["remote", "remote"] and rec["verdict"] == "remote"
     assert rec["weak_score"] == 0.0 and rec["strong_score"] == 1.0
+    assert rec["turns"] == 1
     assert 0.0 <= rec["complexity"] <= 1.0 and rec["complexity_bucket"] in {"0.0-0.2", "0.2-0.4", "0.4-0.6", "0.6-0.8", "0.8-1.0"}
     assert rec["cost_usd"] > 0
     assert by_prompt[False]["local_answer"], "a streamed local answer is compared once it ends"
@@ -192,27 +193,40 @@ def test_budget_and_concurrency_caps_drop_and_count(tmp_path, fake_provider):
         gw.stop()
 
 
-def test_calibrate_from_shadow_proposes_a_threshold(tmp_path):
+def live_complexity(text):
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": text}]})
+    out = subprocess.run([str(BIN), "explain", "--config", "config/gateway.toml", "-"], input=body,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["complexity"]
+
+
+def test_calibrate_from_shadow_scores_the_conversations_with_the_configured_scorer(tmp_path):
+    # Longer prompts score higher under the default scorer; the 30 longest were worse locally.
+    # The stored scores run the other way (as a scorer since replaced might have given them):
+    # calibrating on them would send everything remote.
+    prompts = [f"Tell me about {'word ' * (4 * i + 1)}".strip() for i in range(100)]
     lines = []
-    for i in range(100):
-        complexity = i / 100
-        local_good = complexity < 0.7
+    for i, prompt in enumerate(prompts):
+        local_good = i < 70
         lines.append(json.dumps({
-            "ts": 1, "request_id": f"req-{i}", "tenant": "t", "prompt": "p", "complexity": complexity,
+            # Stored as the router read the conversation: each message's text and a newline.
+            "ts": 1, "request_id": f"req-{i}", "tenant": "t", "prompt": prompt + "\n", "complexity": 1 - i / 100,
             "complexity_bucket": "x", "local_target": "local/l", "remote_target": "a/b", "judge": "a/b",
             "local_answer": "l", "remote_answer": "r", "votes": ["tie", "tie"] if local_good else ["remote", "remote"],
             "verdict": "tie" if local_good else "remote", "weak_score": 0.5 if local_good else 0.0,
             "strong_score": 0.5 if local_good else 1.0, "cost_usd": 0.001}))
     store = tmp_path / "shadow.jsonl"
     store.write_text("\n".join(lines) + "\n")
-    out = subprocess.run([str(BIN), "calibrate", "--from-shadow", str(store), "--target-quality", "1.0"],
-                         capture_output=True, text=True, timeout=30)
+
+    def calibrate(quality):
+        return subprocess.run([str(BIN), "calibrate", "--config", "config/gateway.toml", "--from-shadow", str(store),
+                               "--target-quality", quality], capture_output=True, text=True, timeout=30)
+    out = calibrate("1.0")
     assert out.returncode == 0, out.stderr
-    assert re.search(r"^complexity_threshold = 0\.70*$", out.stdout, re.M), out.stdout
-    assert "remote: 30 of 100" in out.stdout
-    relaxed = subprocess.run([str(BIN), "calibrate", "--from-shadow", str(store), "--target-quality", "0.9"],
-                             capture_output=True, text=True, timeout=30)
-    assert "remote: 20 of 100" in relaxed.stdout, relaxed.stdout
-    bad = subprocess.run([str(BIN), "calibrate", "--from-shadow", str(store), "--target-quality", "1.5"],
-                         capture_output=True, text=True, timeout=30)
+    assert "remote: 30 of 100" in out.stdout, out.stdout
+    threshold = float(re.search(r"^complexity_threshold = ([0-9.]+)$", out.stdout, re.M).group(1))
+    assert live_complexity(prompts[69]) < threshold <= live_complexity(prompts[70]), out.stdout
+    assert "remote: 20 of 100" in calibrate("0.9").stdout
+    bad = calibrate("1.5")
     assert bad.returncode != 0 and "--target-quality" in bad.stderr
