@@ -66,3 +66,44 @@ def test_unsure_local_answers_escalate(tmp_path, fake_provider):
         assert len(sent) == 1 and "cascade-escalated" in str(sent[0])
     finally:
         gw.stop()
+
+
+def finished(gw):
+    """Sequences the local engine has finished generating."""
+    return httpx.get(f"{gw.base}/readyz").json()["engine"]["finished_total"]
+
+
+def test_an_escalation_that_falls_back_to_local_serves_the_answer_already_given(tmp_path, fake_provider):
+    # The route always fails; the chain falls back to the local engine, whose low-confidence answer
+    # is already in hand: it is served, not generated a second time.
+    policy = ("[classifier]\ncascade_min_logprob = 0.0\n\n"
+              '[[rule]]\nname = "cascade"\nroute = "fake/fail"\nfallback = ["local"]\nstrategy = "cascade"\n')
+    gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider)), policy)
+    try:
+        before = finished(gw)
+        r = ask(gw, "What is 2 + 2? cascade-fallback")
+        assert r.headers["x-switchyard-target"] == "local/local-small" and r.headers["x-switchyard-cascade"] == "escalated"
+        assert float(r.headers["x-switchyard-local-min-logprob"]) <= float(r.headers["x-switchyard-local-confidence"]) <= 0.0
+        assert not r.json()["choices"][0]["message"]["content"].startswith("echo:")
+        assert finished(gw) == before + 1
+    finally:
+        gw.stop()
+
+
+def test_a_kept_answer_is_served_from_the_response_cache(tmp_path, fake_provider):
+    policy = ("[classifier]\ncascade_min_logprob = -1000.0\n\n"
+              '[[rule]]\nname = "cascade"\nroute = "fake/echo"\nstrategy = "cascade"\n')
+    gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider) + "\n[cache]\nttl_s = 300\n"), policy)
+    try:
+        first = ask(gw, "What is 5 + 5? cascade-cached")
+        assert first.headers["x-switchyard-cascade"] == "kept" and first.headers["x-switchyard-cache"] == "miss"
+        generated = finished(gw)
+        again = ask(gw, "What is 5 + 5? cascade-cached")
+        assert again.headers["x-switchyard-cache"] == "hit", again.headers
+        assert again.json()["choices"][0]["message"]["content"] == first.json()["choices"][0]["message"]["content"]
+        assert finished(gw) == generated
+        # A stream skips the cascade: the route answers it, not the kept local answer.
+        streamed = ask(gw, "What is 5 + 5? cascade-cached", stream=True)
+        assert streamed.headers["x-switchyard-tier"] == "remote" and "echo:" in streamed.text
+    finally:
+        gw.stop()

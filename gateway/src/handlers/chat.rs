@@ -243,7 +243,11 @@ pub async fn serve_chat(
     // A hit serves only from a target this decision may use: once the policy routes the request
     // elsewhere (a budget rule, say), another target's answer is not replayed under its rule.
     let cached = match (&state.cache, &cache_key) {
-        (Some(cache), Some(key)) => cache.get(key).await.filter(|hit| candidates(&decision).any(|t| t == hit.target)),
+        (Some(cache), Some(key)) => cache.get(key).await.filter(|hit| {
+            // A cascade's kept local answer is the route's own (a stream skips the cascade).
+            let kept_by_cascade = decision.cascade.is_some() && is_local(state, &hit.target);
+            kept_by_cascade || candidates(&decision).any(|t| t == hit.target)
+        }),
         _ => None,
     };
     // A hit spends nothing; otherwise the worst case over every target that may serve is held.
@@ -523,9 +527,20 @@ async fn complete_answer(
             (Cow::Owned(target), response, None, Some(("kept", Some(confidence))))
         }
         tried => {
-            let (target, response, redaction) =
-                first_success(state, &req, decision, record.as_mut(), |provider, upstream, _| async move { provider.complete(upstream).await }).await?;
-            (Cow::Borrowed(target), response, redaction, tried.map(|t| ("escalated", Some(t.2))).or(decision.cascade.map(|_| ("escalated", None))))
+            // Where the chain falls back to the local engine, the answer it already gave serves
+            // (generating it again would double the engine's work just as the remote targets fail).
+            let confidence = tried.as_ref().map(|t| t.2);
+            let in_hand = std::sync::Mutex::new(tried.map(|t| t.1));
+            let in_hand = &in_hand;
+            let (target, response, redaction) = first_success(state, &req, decision, record.as_mut(), |provider, upstream, target| async move {
+                let answered = if is_local(state, target) { in_hand.lock().ok().and_then(|mut a| a.take()) } else { None };
+                match answered {
+                    Some(response) => Ok(response),
+                    None => provider.complete(upstream).await,
+                }
+            })
+            .await?;
+            (Cow::Borrowed(target), response, redaction, confidence.map(|c| ("escalated", Some(c))).or(decision.cascade.map(|_| ("escalated", None))))
         }
     };
     let target: &str = &target;
