@@ -139,15 +139,25 @@ pub struct Featurized {
 }
 
 /// The hash bucket of a single word (its unigram feature).
-fn word_bucket(word: &str) -> usize {
-    usize::try_from(fnv1a(word.as_bytes(), 1) % u64::from(BUCKETS)).unwrap_or(0)
+fn word_bucket(word: &str) -> u32 {
+    u32::try_from(fnv1a(word.as_bytes(), 1) % u64::from(BUCKETS)).unwrap_or(0)
+}
+
+/// The hash bucket of two neighbouring words (their bigram feature).
+fn pair_bucket(first: &str, second: &str) -> u32 {
+    u32::try_from(fnv1a(second.as_bytes(), fnv1a(first.as_bytes(), 2)) % u64::from(BUCKETS)).unwrap_or(0)
+}
+
+/// A prompt's words: lower-cased alphanumeric runs.
+fn words_of(lower: &str) -> Vec<&str> {
+    lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect()
 }
 
 /// The features of `text`: dense values, then hashed word unigrams and bigrams (each with value
 /// 1/sqrt(words), so long and short prompts weigh alike). Words are lower-cased alphanumeric runs.
 pub fn featurize(text: &str) -> Featurized {
     let lower = text.to_lowercase();
-    let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    let words = words_of(&lower);
     #[allow(clippy::cast_precision_loss)]
     let n = words.len().max(1) as f32;
     let chars = text.chars().count().max(1);
@@ -173,12 +183,10 @@ pub fn featurize(text: &str) -> Featurized {
     ];
     let value = 1.0 / n.sqrt();
     let mut sparse: Vec<(u32, f32)> = Vec::with_capacity(words.len() * 2);
-    let bucket = |h: u64| u32::try_from(h % u64::from(BUCKETS)).unwrap_or(0);
     for (i, w) in words.iter().enumerate() {
-        sparse.push((u32::try_from(word_bucket(w)).unwrap_or(0), value));
+        sparse.push((word_bucket(w), value));
         if let Some(next) = words.get(i + 1) {
-            let h = fnv1a(next.as_bytes(), fnv1a(w.as_bytes(), 2));
-            sparse.push((bucket(h), value));
+            sparse.push((pair_bucket(w, next), value));
         }
     }
     Featurized { dense, sparse }
@@ -255,19 +263,27 @@ impl LearnedScorer {
         sigmoid(z)
     }
 
-    /// Words and dense signals that raised the prediction most (for `/v1/route`'s reasons).
+    /// The words, pairs of words and dense signals that raised the prediction most, by what each
+    /// added to its log-odds (for `/v1/route`'s reasons).
     fn reasons(&self, text: &str, f: &Featurized) -> Vec<String> {
-        let mut parts: Vec<(f32, String)> = Vec::new();
-        for ((w, x), name) in self.dense.iter().zip(&f.dense).zip(DENSE_NAMES) {
-            parts.push((w * x, name.to_owned()));
-        }
         let lower = text.to_lowercase();
-        let mut seen = std::collections::HashSet::new();
-        for word in lower.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 2) {
-            if seen.insert(word) {
-                parts.push((self.weights[word_bucket(word)], format!("word {word:?}")));
+        let words = words_of(&lower);
+        // Each occurrence of a word or pair adds its weight × the value `featurize` gave it.
+        let value = f.sparse.first().map_or(0.0, |&(_, x)| x);
+        let mut added: std::collections::HashMap<(&str, Option<&str>), f32> = std::collections::HashMap::new();
+        for (i, w) in words.iter().enumerate() {
+            *added.entry((w, None)).or_default() += self.weights[word_bucket(w) as usize] * value;
+            if let Some(next) = words.get(i + 1) {
+                *added.entry((w, Some(next))).or_default() += self.weights[pair_bucket(w, next) as usize] * value;
             }
         }
+        let mut parts: Vec<(f32, String)> = self.dense.iter().zip(&f.dense).zip(DENSE_NAMES).map(|((w, x), name)| (w * x, name.to_owned())).collect();
+        let mut top: Vec<((&str, Option<&str>), f32)> = added.into_iter().collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        parts.extend(top.into_iter().take(3).map(|((w, next), x)| match next {
+            None => (x, format!("word {w:?}")),
+            Some(next) => (x, format!("words \"{w} {next}\"")),
+        }));
         parts.sort_by(|a, b| b.0.total_cmp(&a.0));
         parts.into_iter().take(3).filter(|p| p.0 > 0.05).map(|(w, name)| format!("learned: {name} (+{w:.2})")).collect()
     }
@@ -514,6 +530,30 @@ mod tests {
         assert!(err.contains("train-router"), "{err}");
         model.quantiles = Some(ScoreQuantiles { learned: vec![0.5; 3], baseline: vec![0.5; QUANTILES] });
         assert!(matches!(LearnedScorer::from_json(&model.to_json()), Err(ModelError::Unsupported(_))));
+    }
+
+    #[test]
+    fn a_weight_too_large_for_an_f32_is_refused() {
+        // Loaded as infinity it would make scores NaN, which no threshold reaches (everything
+        // would quietly stay local); the parser refuses it.
+        let model = train(&examples(), TrainOptions::default(), "t");
+        let mut value: serde_json::Value = serde_json::from_str(&model.to_json()).unwrap();
+        value["bias"] = serde_json::json!(1e39);
+        let loaded = LearnedScorer::from_json(&value.to_string());
+        assert!(matches!(loaded, Err(ModelError::Parse(_))), "{:?}", loaded.map(|m| m.bias));
+    }
+
+    #[test]
+    fn reasons_give_what_each_word_and_pair_added() {
+        let mut model = train(&examples(), TrainOptions::default(), "t");
+        model.bias = 0.0;
+        model.dense = vec![0.0; DENSE];
+        model.sparse = vec![(word_bucket("integral"), 2.0), (pair_bucket("hard", "integral"), 1.0)];
+        let model = LearnedScorer::from_json(&model.to_json()).unwrap();
+        // 25 words: each occurrence counts 1/5 of its weight.
+        let text = format!("hard integral {}", "the ".repeat(23));
+        let s = model.score(&text, &Features::default(), 30);
+        assert_eq!(s.reasons[1..], ["learned: word \"integral\" (+0.40)", "learned: words \"hard integral\" (+0.20)"], "{:?}", s.reasons);
     }
 
     #[test]
