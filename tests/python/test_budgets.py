@@ -118,6 +118,22 @@ def test_an_over_budget_request_the_local_engine_cannot_hold_is_budget_exceeded(
         gw.stop()
 
 
+def test_an_over_budget_tenant_that_may_not_use_the_local_engine_is_refused_and_route_says_so(tmp_path, fake_provider):
+    tenants = '[[tenants]]\nname = "default"\nmodels = ["fake/*"]\nbudget = { daily_usd = 0.06, on_exceed = "local" }\n'
+    gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider) + tenants), policy=PAID)
+    try:
+        assert ask(gw).headers["x-switchyard-target"] == "fake/metered"
+        settled(gw, COST)
+        with pytest.raises(openai.RateLimitError) as refused:
+            ask(gw)
+        assert refused.value.response.json()["error"]["code"] == "budget_exceeded"
+        route = httpx.post(f"{gw.v1}/route", json={"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": PROMPT}]}).json()
+        assert route["budget_exceeded"] is True and route["target"] != "local/local-small", route
+        assert any("refused (429 budget_exceeded, no local target can serve it)" in r for r in route["reasons"]), route["reasons"]
+    finally:
+        gw.stop()
+
+
 def test_budget_used_over_keeps_traffic_local_as_money_runs_low(tmp_path, fake_provider):
     policy = ('[[rule]]\nname = "thrifty"\nwhen.budget_used_over = 0.5\nroute = "local"\n\n' + PAID)
     gw = budget_gateway(tmp_path, fake_provider, '{ daily_usd = 0.15 }', policy=policy)

@@ -14,7 +14,7 @@ use crate::budgets::OnExceed;
 use crate::chat_request::parse_chat_request;
 use crate::dispatch::plan;
 use crate::error::ApiError;
-use crate::handlers::chat::worst_case_nusd;
+use crate::handlers::chat::{candidates, is_local, worst_case_nusd};
 use crate::handlers::read_body;
 use crate::privacy;
 use crate::state::AppState;
@@ -32,22 +32,29 @@ pub async fn route(
     // What the budget would do with it, on the spend as last seen: chat admits (and may re-route
     // or refuse) only after the decision.
     let reserve = worst_case_nusd(&state, &req, &decision, estimate_tokens(privacy::text_chars(&req)), &tenant.name);
-    Ok(Json(match state.limiter.would_exceed(&tenant.name, reserve) {
-        None => decision_json(&decision),
-        Some(OnExceed::Local) => {
-            let mut kept = decision_json(&plan(&state, &req, &headers, &tenant, true)?);
-            kept["budget_exceeded"] = Value::Bool(true);
-            kept
+    let refusal = |mut body: Value, why: &str| {
+        if let Some(reasons) = body["reasons"].as_array_mut() {
+            reasons.push(Value::String(format!("the tenant's budget cannot hold the request's worst case: refused (429 budget_exceeded, {why})")));
         }
-        Some(OnExceed::Reject) => {
-            let mut refused = decision_json(&decision);
-            refused["budget_exceeded"] = Value::Bool(true);
-            if let Some(reasons) = refused["reasons"].as_array_mut() {
-                reasons.push(Value::String("the tenant's budget cannot hold the request's worst case: refused (429 budget_exceeded, on_exceed = \"reject\")".into()));
+        body
+    };
+    let mut body = match state.limiter.would_exceed(&tenant.name, reserve) {
+        None => return Ok(Json(decision_json(&decision))),
+        // As chat does: `local`, or a spilled request (already bound for the local engine), is
+        // planned again for the local engine, and refused if a remote target is still among its
+        // candidates (the engine cannot take it: an image, a tenant without `local`…).
+        Some(on_exceed) if on_exceed == OnExceed::Local || decision.spilled.is_some() => {
+            let kept = plan(&state, &req, &headers, &tenant, true)?;
+            if candidates(&kept).any(|t| !is_local(&state, t)) {
+                refusal(decision_json(&kept), "no local target can serve it")
+            } else {
+                decision_json(&kept)
             }
-            refused
         }
-    }))
+        Some(_) => refusal(decision_json(&decision), "on_exceed = \"reject\""),
+    };
+    body["budget_exceeded"] = Value::Bool(true);
+    Ok(Json(body))
 }
 
 /// The `/v1/route` body (INTERFACE.md §3), plus `rerouted`, `features` and, when the request
