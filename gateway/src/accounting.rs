@@ -293,7 +293,7 @@ impl PendingRecord {
     /// opening role chunk a stream may send before its prompt is even read) sets the time to
     /// first token; text and usage are noted.
     pub fn chunk(&mut self, chunk: &ChatChunk) {
-        let output = |c: &providers::wire::ChunkChoice| c.delta.content.as_ref().is_some_and(|t| !t.is_empty()) || c.delta.extra.values().any(|v| !v.is_null());
+        let output = |c: &providers::wire::ChunkChoice| c.delta.content.as_ref().is_some_and(|t| !t.is_empty()) || c.delta.extra.values().any(providers::wire::says_something);
         if self.record.ttft_ms.is_none() && chunk.choices.iter().any(output) {
             self.record.ttft_ms = Some(millis(self.started));
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use providers::wire::{ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage};
+use providers::wire::{says_something, ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
 use sha2::{Digest, Sha256};
@@ -188,11 +188,11 @@ impl ResponseCache {
     }
 
     /// Keeps a whole answer (only complete ones without tool calls, log-probabilities or other
-    /// extras: a streamed replay could not carry them), here and, when shared, in Redis; an answer
+    /// extras that say something, such as annotations: a streamed replay could not carry them), here and, when shared, in Redis; an answer
     /// weighing more than the whole cache is kept in neither. Answers the Redis write, spawned.
     pub fn put(&self, key: CacheKey, response: ChatResponse, target: &str) -> Option<tokio::task::JoinHandle<()>> {
         let reusable = response.choices.iter().all(|c| {
-            c.message.extra.is_empty() && c.message.refusal.is_none() && c.logprobs.as_ref().is_none_or(serde_json::Value::is_null) && c.finish_reason.as_deref().is_some_and(|f| f == "stop" || f == "length")
+            !c.message.extra.values().any(says_something) && c.message.refusal.is_none() && c.logprobs.as_ref().is_none_or(serde_json::Value::is_null) && c.finish_reason.as_deref().is_some_and(|f| f == "stop" || f == "length")
         });
         if !reusable || response.choices.is_empty() {
             return None;
@@ -255,7 +255,7 @@ impl StreamCollector {
             self.first = Some(ChatChunk { choices: Vec::new(), usage: None, ..chunk.clone() });
         }
         for choice in &chunk.choices {
-            if !choice.delta.extra.is_empty() || choice.logprobs.is_some() || !choice.extra.is_empty() {
+            if choice.delta.extra.values().any(says_something) || choice.logprobs.is_some() || choice.extra.values().any(says_something) {
                 self.faithful = false;
             }
             let entry = self.choices.entry(choice.index).or_default();

@@ -394,6 +394,19 @@ pub struct Delta {
     pub extra: Map<String, Value>,
 }
 
+/// Whether an unknown field of a message, delta or choice says anything: providers send `null`,
+/// `[]`, `{}` or `""` for what they have nothing of (OpenAI's `"annotations": []` and a first
+/// delta's `"refusal": null`, vLLM's `"tool_calls": []`).
+pub fn says_something(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(fields) => !fields.is_empty(),
+        Value::String(text) => !text.is_empty(),
+        Value::Bool(_) | Value::Number(_) => true,
+    }
+}
+
 /// `{"error": {...}}`, the body of every error answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -275,7 +275,8 @@ async fn answer(fake: &Arc<Fake>, path: &str, headers: &HeaderMap, body: &Value)
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
-        let first = chunk(&model, &json!({"role": "assistant", "content": ""}), None);
+        // As OpenAI's first chunk is: `refusal` present, null.
+        let first = chunk(&model, &json!({"role": "assistant", "content": "", "refusal": null}), None);
         let _ = tx.send(Ok(sse(&first))).await;
         match model.as_str() {
             "gated" => {
@@ -400,7 +401,7 @@ const REASONING: &str = "Let me think about this step by step, weighing each opt
 
 fn whole_answer(model: &str, text: &str, usage: &Value) -> Response {
     let mut answer = json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null}, "finish_reason": "stop", "logprobs": null}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null, "annotations": []}, "finish_reason": "stop", "logprobs": null}],
         "usage": usage, "system_fingerprint": "fp_fake"});
     if model == "bare" || model == "reasoner" {
         answer.as_object_mut().map(|a| a.remove("usage"));
