@@ -452,8 +452,9 @@ impl Drop for PendingRecord {
                 r.completion_tokens = u.completion_tokens;
                 r.cost_usd = (self.pricer)(&r.target, &u);
             }
-            // A request the client left saved nothing: no answer was delivered.
-            if let Some(baseline) = self.ledger.baseline().filter(|_| r.status != CLIENT_CLOSED_REQUEST && !self.no_baseline) {
+            // A request the client left, or the stop's deadline cut, saved nothing: no answer was
+            // delivered.
+            if let Some(baseline) = self.ledger.baseline().filter(|_| r.status != CLIENT_CLOSED_REQUEST && !self.cut && !self.no_baseline) {
                 savings = crate::budgets::without_float_noise((self.pricer)(baseline, &u) - r.cost_usd);
             }
         }
@@ -508,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn a_client_that_left_saved_nothing() {
+    fn a_client_that_left_or_a_request_the_stop_cut_saved_nothing() {
         let metrics = Arc::new(crate::metrics::Metrics::new().unwrap());
         let ledger = Arc::new(Ledger::new(Arc::clone(&metrics), None, Some("fake/paid".into())));
         // Local answers are free; the baseline charges $1 per million tokens.
@@ -524,6 +525,14 @@ mod tests {
             }
             drop(p);
         }
+        // The stop's deadline cuts one that had not answered: a 503, billed the prompt the
+        // target saw, and no saving (nothing was delivered).
+        ledger.cut_remaining();
+        let mut cut = PendingRecord::new(Arc::clone(&ledger), Arc::clone(&pricer), "req-2", "acme", Instant::now());
+        cut.routed("default", vec![], 400);
+        cut.attempting("local/small", false);
+        drop(cut);
+        assert_eq!((ledger.recent()[2].status, ledger.recent()[2].prompt_tokens), (503, 100));
         let day = ledger.rollups.window(unix_ms() / 60_000, 60);
         // Only the answered request saved the baseline's price of its (estimated) 100 prompt tokens.
         assert!((day["total"]["savings_usd"].as_f64().unwrap() - 100e-6).abs() < 1e-12, "{day}");

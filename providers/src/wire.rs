@@ -395,7 +395,7 @@ pub struct Delta {
 }
 
 /// Whether an unknown field of a message, delta or choice says anything: providers send `null`,
-/// `[]`, `{}` or `""` for what they have nothing of (OpenAI's `"annotations": []` and a first
+/// `[]`, `{}` or `""` for what they have nothing of (`OpenAI`'s `"annotations": []` and a first
 /// delta's `"refusal": null`, vLLM's `"tool_calls": []`).
 pub fn says_something(value: &Value) -> bool {
     match value {

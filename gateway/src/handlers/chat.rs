@@ -165,15 +165,17 @@ impl Exchange {
         let mut response = match result {
             Ok(response) => response,
             Err(err) => {
-                if self.rate.is_empty() {
-                    (self.rate.requests, self.rate.tokens) = state.limiter.standing(&tenant.name).await;
-                }
                 let mut response = err.into_response();
+                // Recorded before the standing is read (a store round trip): a client leaving
+                // during it must not turn this answer's record into a 499.
                 if let Some(record) = &mut self.record {
                     record.status(response.status().as_u16());
                     // Which rule refused or failed the request, and the target that failed it.
                     let (rule, complexity, target) = record.route_so_far();
                     insert_route(response.headers_mut(), rule, complexity, target);
+                }
+                if self.rate.is_empty() {
+                    (self.rate.requests, self.rate.tokens) = state.limiter.standing(&tenant.name).await;
                 }
                 response
             }
