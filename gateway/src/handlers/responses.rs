@@ -216,7 +216,10 @@ async fn passthrough(
     let max_output = req.max_output_tokens.or(budget_cap).map_or(PASSTHROUGH_DEFAULT_MAX_OUTPUT, u64::from);
     // The worst case over every target that may serve, as on the chat path.
     let reserve = most_on_a_remote_target(state, decision, &Usage::new(prompt_tokens, max_output));
-    if !exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true, true).await? {
+    // Hosted tools cannot be served by the local engine: over budget, such a request is refused
+    // (429 budget_exceeded) rather than sent back to the chat path, which would refuse its tools.
+    let local_retry = !responses::has_hosted_tools(req);
+    if !exchange.admit(state, ctx, tenant, prompt_tokens, reserve, true, local_retry).await? {
         return Ok(Passed::OverBudget(turn));
     }
     if let Value::Object(fields) = &mut body {
