@@ -83,6 +83,15 @@ def test_provider_embeddings_pass_through(gateway, client, fake_provider, schema
     assert fake_requests(fake_provider)[-1]["encoding_format"] == "base64"
 
 
+def test_an_answer_without_usage_shows_the_estimate_it_is_billed_for(gateway, schemas):
+    r = httpx.post(f"{gateway.v1}/embeddings", json={"model": "fake/bare", "input": ["alpha beta gamma delta"]}, timeout=30)
+    assert r.status_code == 200, r.text
+    schemas.validate("CreateEmbeddingResponse", r.json())
+    record = accounting_record(gateway, r.headers["x-request-id"])
+    assert record["cost_estimated"] == "true" and int(record["prompt_tokens"]) > 0, record
+    assert r.json()["usage"] == {"prompt_tokens": int(record["prompt_tokens"]), "total_tokens": int(record["prompt_tokens"])}
+
+
 @pytest.mark.parametrize("headers,text", [
     ({}, "Contact jane.doe@example.com about the invoice"),
     ({"x-switchyard-tags": "confidential"}, "quarterly plan"),

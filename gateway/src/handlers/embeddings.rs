@@ -323,6 +323,10 @@ async fn answer(state: &AppState, ctx: &RequestCtx, tenant: &TenantProfile, head
     // The client named the model; it gets its name back, as for chat.
     fields.insert("model".into(), Value::String(req.model));
     let cost = finish_record(exchange, &target, usage.as_ref());
+    // The answer shows what it is billed for, the estimate included, as a chat answer does.
+    if let Some(billed) = exchange.record().filter(|_| usage.is_none()).and_then(|r| r.billed_usage()) {
+        fields.insert("usage".into(), json!({"prompt_tokens": billed.prompt_tokens, "total_tokens": billed.prompt_tokens}));
+    }
     Ok(with_headers(Json(answer).into_response(), &target, cost, "remote"))
 }
 

@@ -392,7 +392,12 @@ async fn embeddings(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body
         })
         .collect();
     let tokens: usize = inputs.iter().map(|t| t.len().div_ceil(4)).sum();
-    Json(json!({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})).into_response()
+    let mut answer = json!({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    // `bare` reports no usage, as some OpenAI-compatible servers do.
+    if body["model"] == "bare" {
+        answer.as_object_mut().map(|a| a.remove("usage"));
+    }
+    Json(answer).into_response()
 }
 
 /// A non-streamed chat answer; `bare` leaves `usage` out, as some self-hosted servers do.
