@@ -70,6 +70,10 @@ pub struct Cached {
     pub response: ChatResponse,
     /// The target that produced it.
     pub target: String,
+    /// A local answer a cascade kept (its confidence passed): only such a local answer is
+    /// replayed under a cascade rule, whose route is remote.
+    #[serde(default)]
+    pub cascade_kept: bool,
 }
 
 /// A cache key: SHA-256 of what identifies the answer.
@@ -188,16 +192,26 @@ impl ResponseCache {
     }
 
     /// Keeps a whole answer (only complete ones without tool calls, log-probabilities or other
-    /// extras that say something, such as annotations: a streamed replay could not carry them), here and, when shared, in Redis; an answer
-    /// weighing more than the whole cache is kept in neither. Answers the Redis write, spawned.
+    /// extras that say something, such as annotations: a streamed replay could not carry them),
+    /// here and, when shared, in Redis; an answer weighing more than the whole cache is kept in
+    /// neither. Answers the Redis write, spawned.
     pub fn put(&self, key: CacheKey, response: ChatResponse, target: &str) -> Option<tokio::task::JoinHandle<()>> {
+        self.put_as(key, response, target, false)
+    }
+
+    /// [`put`](Self::put) for a local answer a cascade kept.
+    pub fn put_cascade_kept(&self, key: CacheKey, response: ChatResponse, target: &str) -> Option<tokio::task::JoinHandle<()>> {
+        self.put_as(key, response, target, true)
+    }
+
+    fn put_as(&self, key: CacheKey, response: ChatResponse, target: &str, cascade_kept: bool) -> Option<tokio::task::JoinHandle<()>> {
         let reusable = response.choices.iter().all(|c| {
             !c.message.extra.values().any(says_something) && c.message.refusal.is_none() && c.logprobs.as_ref().is_none_or(serde_json::Value::is_null) && c.finish_reason.as_deref().is_some_and(|f| f == "stop" || f == "length")
         });
         if !reusable || response.choices.is_empty() {
             return None;
         }
-        let cached = Arc::new(Cached { response, target: target.to_owned() });
+        let cached = Arc::new(Cached { response, target: target.to_owned(), cascade_kept });
         // Written out once when shared: its length weighs it, and Redis gets it.
         let bytes = self.shared.as_ref().and_then(|_| serde_json::to_vec(cached.as_ref()).ok());
         let len = bytes.as_ref().map_or_else(|| json_len(cached.as_ref()), Vec::len);

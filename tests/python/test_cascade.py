@@ -107,3 +107,22 @@ def test_a_kept_answer_is_served_from_the_response_cache(tmp_path, fake_provider
         assert streamed.headers["x-switchyard-tier"] == "remote" and "echo:" in streamed.text
     finally:
         gw.stop()
+
+
+def test_a_local_answer_another_rule_cached_is_not_replayed_under_a_cascade(tmp_path, fake_provider):
+    # Cached while a plain rule sent everything local; after the policy becomes a cascade that
+    # escalates everything, the same request must not get that answer, which no confidence check passed.
+    gw = Gateway(tmp_path, gateway_config(fake_provider_section(fake_provider) + "\n[cache]\nttl_s = 300\n"),
+                 '[[rule]]\nname = "home"\nroute = "local"\n')
+    try:
+        first = ask(gw, "What is 7 + 7? cascade-other-rule")
+        assert first.headers["x-switchyard-tier"] == "local" and first.headers["x-switchyard-cache"] == "miss"
+        assert ask(gw, "What is 7 + 7? cascade-other-rule").headers["x-switchyard-cache"] == "hit"
+        (tmp_path / "policy.toml").write_text("[classifier]\ncascade_min_logprob = 0.0\n\n"
+                                              '[[rule]]\nname = "cascade"\nroute = "fake/echo"\nstrategy = "cascade"\n')
+        assert httpx.post(f"{gw.base}/admin/reload", timeout=30).status_code == 200
+        again = ask(gw, "What is 7 + 7? cascade-other-rule")
+        assert again.headers["x-switchyard-cascade"] == "escalated" and again.headers["x-switchyard-cache"] == "miss", again.headers
+        assert again.json()["choices"][0]["message"]["content"] == "echo: What is 7 + 7? cascade-other-rule"
+    finally:
+        gw.stop()

@@ -246,8 +246,9 @@ pub async fn serve_chat(
     // elsewhere (a budget rule, say), another target's answer is not replayed under its rule.
     let cached = match (&state.cache, &cache_key) {
         (Some(cache), Some(key)) => cache.get(key).await.filter(|hit| {
-            // A cascade's kept local answer is the route's own (a stream skips the cascade).
-            let kept_by_cascade = decision.cascade.is_some() && is_local(state, &hit.target);
+            // A cascade's kept local answer is the route's own (a stream skips the cascade); a
+            // local answer some other rule cached never passed the cascade's confidence check.
+            let kept_by_cascade = decision.cascade.is_some() && hit.cascade_kept && is_local(state, &hit.target);
             kept_by_cascade || candidates(&decision).any(|t| t == hit.target)
         }),
         _ => None,
@@ -565,9 +566,9 @@ async fn complete_answer(
     }
     // A fallback's answer is not kept (the route may be back by the next request); the cascade's
     // kept local answer is the route's own.
-    let planned = target == decision.target || matches!(cascade, Some(("kept", _)));
-    if let Some((cache, key)) = keep.filter(|_| planned) {
-        let _ = cache.put(key, response.clone(), target);
+    let kept = matches!(cascade, Some(("kept", _)));
+    if let Some((cache, key)) = keep.filter(|_| target == decision.target || kept) {
+        let _ = if kept { cache.put_cascade_kept(key, response.clone(), target) } else { cache.put(key, response.clone(), target) };
     }
     if is_local(state, target) {
         offer_shadow(shadow, target, Some(&response));
