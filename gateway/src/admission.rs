@@ -387,7 +387,11 @@ impl Limiter {
         let owned = OwnedSettlement {
             tenant: ticket.tenant.clone(),
             now_ms: record.ts,
-            lease: ticket.lease.clone(),
+            // Without a lease (nothing was reserved) the settlement gets an id of its own all the
+            // same, which the store remembers: one that timed out here but ran there, and its
+            // retry, count once. Not the request id itself: a lease closed under that id (an
+            // admission whose answer was lost) would swallow it.
+            lease: ticket.lease.clone().or_else(|| Some(&record.request_id).filter(|id| !id.is_empty()).map(|id| format!("{id}/settlement"))),
             cost_nusd,
             tpm: tpm.map(|limit| RateCheck { limit: u64::from(limit), cost: record.completion_tokens }),
             closed_for_ms: self.lease_ttl_ms,
@@ -699,6 +703,51 @@ mod tests {
         assert!(admitting.await.unwrap_err().is_cancelled());
         assert_eq!(limiter.finish_settlements(Duration::from_secs(10)).await, 0);
         assert_eq!(reserved_in(&store.inner, &limiter, unix_ms()).await, 0, "the lease was closed, not left to lapse");
+    }
+
+    /// A store that carries the first settlement out and then loses its answer (a Redis reply
+    /// that missed `timeout_ms`), so the limiter runs it again.
+    #[derive(Debug, Default)]
+    struct SettleAnswerLost {
+        inner: MemoryStore,
+        settled: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for SettleAnswerLost {
+        async fn admit(&self, admission: &Admission<'_>) -> Result<Outcome, StoreError> {
+            self.inner.admit(admission).await
+        }
+        async fn settle(&self, settlement: &Settlement<'_>) -> Result<Spend, StoreError> {
+            let spend = self.inner.settle(settlement).await?;
+            if self.settled.fetch_add(1, Relaxed) == 0 {
+                return Err(StoreError::unanswered("the reply missed its timeout"));
+            }
+            Ok(spend)
+        }
+        async fn renew(&self, tenant: &str, leases: &[&str], now_ms: u64, lease_ttl_ms: u64) -> Result<usize, StoreError> {
+            self.inner.renew(tenant, leases, now_ms, lease_ttl_ms).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_settlement_without_a_lease_that_ran_twice_counts_once() {
+        let store = Arc::new(SettleAnswerLost::default());
+        let mut limiter = limiter();
+        limiter.primary = Arc::clone(&store) as Arc<dyn Store>;
+        let limiter = Arc::new(limiter);
+        // Nothing reserved (a local answer priced by `cost_per_mtok`): no lease.
+        let ticket = match limiter.admit("acme", 10, 0, false, "req-local", &mut (None, None)).await.unwrap() {
+            Admitted::Yes(ticket) => ticket,
+            Admitted::OverBudgetTryLocal { .. } => panic!("over budget"),
+        };
+        assert!(ticket.lease.is_none());
+        let record = UsageRecord { ts: unix_ms(), request_id: "req-local".into(), tenant: "acme".into(), cost_usd: 0.0005, ..UsageRecord::default() };
+        limiter.settle(&ticket, &record);
+        assert_eq!(limiter.finish_settlements(Duration::from_secs(10)).await, 0);
+        assert_eq!(store.settled.load(Relaxed), 2, "the lost answer was retried");
+        let (_, _, spend) = limiter.budgets().remove(0);
+        assert_eq!(spend.daily_nusd, 500_000, "the retry did not add the cost again");
     }
 
     #[test]
