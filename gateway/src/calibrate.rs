@@ -146,7 +146,7 @@ pub fn conversation_complexity(router: &router::Router, text: &str, turns: usize
         tenant: crate::tenants::DEFAULT_TENANT,
         text,
         turns,
-        prompt_tokens: u32::try_from(text.chars().count().div_ceil(4)).unwrap_or(u32::MAX),
+        prompt_tokens: crate::dispatch::routing_tokens(text),
         ..router::RouteInput::default()
     };
     router.decide(&input).complexity

@@ -66,6 +66,12 @@ pub struct Signals<'a> {
     pub local_weight: u32,
 }
 
+/// The size in tokens the router reads a conversation's text at: the accounting estimate (about
+/// four characters a token, rounded up), good enough for routing; usage reports exact counts.
+pub fn routing_tokens(text: &str) -> u32 {
+    u32::try_from(crate::accounting::estimate_tokens(text.chars().count())).unwrap_or(u32::MAX)
+}
+
 /// [`plan`] without a running gateway (for `switchyard explain`).
 pub fn plan_with(
     router: &Router,
@@ -86,8 +92,7 @@ pub fn plan_with(
     let seen = privacy::without_holding_others(privacy::scanned_bytes(req), || privacy::inspect(req));
     let mut tags = caller_tags(headers);
     tags.extend(tenant.tags.iter().cloned());
-    // About four characters a token: good enough for routing; usage reports exact counts.
-    let prompt_tokens = u32::try_from(seen.text.chars().count().div_ceil(4)).unwrap_or(u32::MAX);
+    let prompt_tokens = routing_tokens(&seen.text);
     let input = RouteInput {
         requested_model: &req.model,
         resolved_model: resolved,
