@@ -376,6 +376,12 @@ impl Router {
             decision.reasons.push("cascade skipped: the local engine reads text only, not this request's media".to_owned());
             return;
         }
+        // An overloaded engine would make the request wait behind its queue for an answer it may
+        // then throw away: the route serves it at once, as spillover would.
+        if let Some(overload) = &input.local_overload {
+            decision.reasons.push(format!("cascade skipped: local engine overloaded ({})", overload.detail));
+            return;
+        }
         let threshold = self.policy.classifier.cascade_min_logprob;
         match self.topology.local_target().map(check) {
             Some(None) => {

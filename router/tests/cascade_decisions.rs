@@ -1,7 +1,7 @@
 //! `strategy = "cascade"`: the decision carries the keep threshold when the local engine may
 //! answer first, and says why not otherwise.
 
-use router::{Policy, RouteInput, Router, Tier, Topology};
+use router::{LocalOverload, Policy, RouteInput, Router, SpillReason, Tier, Topology};
 
 const POLICY: &str = r#"
 [classifier]
@@ -63,4 +63,12 @@ fn no_cascade_for_media_the_local_engine_cannot_read() {
     let d = router("eu-west").decide(&i);
     assert_eq!((d.target.as_str(), d.cascade), ("openai/gpt-4o", None));
     assert!(d.reasons.iter().any(|r| r.contains("cascade skipped") && r.contains("text only")), "{:?}", d.reasons);
+}
+
+#[test]
+fn no_cascade_while_the_local_engine_is_overloaded() {
+    let overload = LocalOverload { reason: SpillReason::Ttft, detail: "predicted TTFT 1200 ms > SLO 300 ms".into() };
+    let d = router("eu-west").decide(&RouteInput { local_overload: Some(overload), ..input(&[]) });
+    assert_eq!((d.target.as_str(), d.cascade, d.spilled), ("openai/gpt-4o", None, None));
+    assert!(d.reasons.iter().any(|r| r.contains("cascade skipped: local engine overloaded (predicted TTFT 1200 ms")), "{:?}", d.reasons);
 }

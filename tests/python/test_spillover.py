@@ -1,7 +1,8 @@
 """Load-aware spillover end to end: with the local engine saturated (predicted TTFT above
 `[local] slo_ttft_ms`), requests a `spill` rule serves locally go to the spill target with
 `x-switchyard-spilled: 1` and are counted in `switchyard_spill_total`; privacy-tagged requests
-never leave (a recording fake provider sees none of them) and wait in the engine's queue."""
+never leave (a recording fake provider sees none of them) and wait in the engine's queue; a
+cascade rule goes straight to its route instead of queueing for a local answer first."""
 
 import concurrent.futures
 import json
@@ -14,6 +15,12 @@ from test_metrics_and_audit import metric_samples, sample
 
 POLICY = """
 [[rule]]
+name = "cascade"
+when.requested_model = "gpt-4o"
+route = "fake/echo"
+strategy = "cascade"
+
+[[rule]]
 name = "easy-local"
 route = "local"
 spill = "fake/echo"
@@ -21,6 +28,7 @@ spill = "fake/echo"
 
 TAGGED_MARKER = "tagged-9d1e"
 PLAIN_MARKER = "plain-4b7c"
+CASCADE_MARKER = "cascade-7e2a"
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +40,9 @@ def spilling(tmp_path_factory, fake_provider):
     gw.stop()
 
 
-def chat(gw, text, tagged=False, stream=False, max_tokens=16):
+def chat(gw, text, tagged=False, stream=False, max_tokens=16, model="auto"):
     headers = {"x-switchyard-tags": "confidential"} if tagged else {}
-    body = {"model": "auto", "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
             "temperature": 0, "stream": stream}
     return httpx.post(f"{gw.v1}/chat/completions", json=body, headers=headers, timeout=300)
 
@@ -58,6 +66,8 @@ def test_idle_engine_serves_locally(spilling):
         assert "x-switchyard-spilled" not in r.headers
     route = httpx.post(f"{spilling.v1}/route", json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).json()
     assert route["tier"] == "local" and not any("spilled" in r for r in route["reasons"]), route
+    cascade = httpx.post(f"{spilling.v1}/route", json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).json()
+    assert any(r.startswith("cascade: the local engine answers first") for r in cascade["reasons"]), cascade
 
 
 def test_saturated_engine_spills_untagged_and_keeps_tagged(spilling, fake_provider):
@@ -81,6 +91,12 @@ def test_saturated_engine_spills_untagged_and_keeps_tagged(spilling, fake_provid
                                   json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}).json()
         assert tagged_route["tier"] == "local", tagged_route
         assert any("not spilled" in r and "privacy" in r for r in tagged_route["reasons"]), tagged_route
+        # A cascade would queue for a local answer it may then throw away: its route serves it.
+        cascade = httpx.post(f"{spilling.v1}/route", json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).json()
+        assert any(r.startswith("cascade skipped: local engine overloaded (predicted TTFT") for r in cascade["reasons"]), cascade
+        cascaded = chat(spilling, f"Say hi. {CASCADE_MARKER}", model="gpt-4o")
+        assert cascaded.status_code == 200 and cascaded.headers["x-switchyard-target"] == "fake/echo", cascaded.text
+        assert "x-switchyard-local-confidence" not in cascaded.headers, dict(cascaded.headers)
 
         # A burst of plain and tagged requests, streamed and not, while the queue stands.
         burst = [pool.submit(chat, spilling, f"Say hi {i}. {TAGGED_MARKER if i % 2 else PLAIN_MARKER}",
@@ -99,7 +115,7 @@ def test_saturated_engine_spills_untagged_and_keeps_tagged(spilling, fake_provid
             assert r.headers["x-switchyard-target"] == "fake/echo"
     assert all(r.status_code == 200 and r.headers["x-switchyard-tier"] == "local" for r in hog_answers)
 
-    sent = fake_requests(fake_provider)[sent_before:]
+    sent = [b for b in fake_requests(fake_provider)[sent_before:] if CASCADE_MARKER not in json.dumps(b)]
     texts = [json.dumps(b) for b in sent]
     assert len(sent) == 4, texts
     assert all(PLAIN_MARKER in t and TAGGED_MARKER not in t for t in texts), texts
@@ -111,3 +127,6 @@ def test_saturated_engine_spills_untagged_and_keeps_tagged(spilling, fake_provid
     assert httpx.get(f"{spilling.base}/admin/stats").json()["spilling"] is False
     r = chat(spilling, f"Say hello. {PLAIN_MARKER}")
     assert r.headers["x-switchyard-tier"] == "local", dict(r.headers)
+    # And the cascade asks the local engine first again.
+    r = chat(spilling, f"Say hi. {CASCADE_MARKER}", model="gpt-4o")
+    assert r.status_code == 200 and "x-switchyard-local-confidence" in r.headers, dict(r.headers)
