@@ -761,7 +761,7 @@ impl Provider for OpenAiCompatible {
         let secret = self.secret.clone();
         let events = stream::iter(first.into_iter().map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms))).boxed();
         // (events, a terminal event was seen); `None` once the stream has ended.
-        Ok(stream::unfold(Some((events, false)), move |state| {
+        let mut parsed = stream::unfold(Some((events, false)), move |state| {
             let provider = provider.clone();
             let secret = secret.clone();
             async move {
@@ -794,7 +794,19 @@ impl Provider for OpenAiCompatible {
                 }
             }
         })
-        .boxed())
+        .boxed();
+        // Peek, as a chat stream does: a stream that fails, ends or opens with an `error` event
+        // before it answers anything is a failure with a status of its own (and the rule's
+        // fallbacks), not a 200 whose only event is the error.
+        match parsed.next().await {
+            Some(Ok((kind, data))) if kind == "error" => {
+                let message = error_detail_of(&data).map_or_else(|| data.to_string(), |detail| detail.message);
+                Err(self.error_answered(message))
+            }
+            Some(Ok(first)) => Ok(stream::once(async move { Ok(first) }).chain(parsed).boxed()),
+            Some(Err(err)) => Err(err),
+            None => Err(self.upstream(None, "the stream ended before its first event".into())),
+        }
     }
 }
 

@@ -14,11 +14,15 @@ def script(fake_provider, *faults):
     httpx.post(f"{fake_provider}/control/faults", json={"faults": list(faults)}).raise_for_status()
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory, fake_provider):
+def start_gateway(path, fake_provider):
     section = fake_provider_section(fake_provider, extra_keys="max_retries = 0\ncircuit_failures = 100\nresponses_api = true\n")
     policy = '[[rule]]\nname = "falls-back"\nroute = "fake/echo"\nfallback = ["fake/shred"]\n'
-    gw = Gateway(tmp_path_factory.mktemp("err200"), f'[server]\nregion = "eu-west"\n\n{section}\n[policy]\nfile = "{{policy}}"\n', policy)
+    return Gateway(path, f'[server]\nregion = "eu-west"\n\n{section}\n[policy]\nfile = "{{policy}}"\n', policy)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, fake_provider):
+    gw = start_gateway(tmp_path_factory.mktemp("err200"), fake_provider)
     yield gw
     gw.stop()
 
@@ -88,6 +92,32 @@ def test_a_stream_answered_with_an_error_body_falls_back(gateway, fake_provider)
         assert r.status_code == 200
         assert r.headers["x-switchyard-target"] == "fake/shred"
         r.read()
+
+
+@pytest.fixture
+def fresh_gateway(tmp_path, fake_provider):
+    """Configured as the module's: that one has failed often enough to open fake/echo's circuit."""
+    gw = start_gateway(tmp_path, fake_provider)
+    yield gw
+    gw.stop()
+
+
+def test_a_passed_through_stream_opening_with_an_error_event_is_a_502_or_its_fallbacks_answer(fresh_gateway, fake_provider):
+    # OpenAI reports some failures as an `error` event in a stream it opened with 200: before any
+    # output, that is a failure with its own status, as on chat, not a 200 holding only the error.
+    gateway = fresh_gateway
+    script(fake_provider, {"error_event": "The server had an error while processing your request."})
+    r = httpx.post(f"{gateway.v1}/responses", timeout=30, json={"model": "fake/echo", "stream": True, "input": "hi"})
+    assert r.status_code == 502, r.text
+    assert "The server had an error" in r.json()["error"]["message"], r.text
+    record = accounting_record(gateway, r.headers["x-request-id"])
+    assert record["status"] == "502" and float(record["cost_usd"]) == 0.0, record
+    # Under a rule, the fallback answers it.
+    script(fake_provider, {"error_event": "The server had an error while processing your request."})
+    with httpx.stream("POST", f"{gateway.v1}/responses", timeout=30, json={"model": "auto", "stream": True, "input": "hi"}) as r:
+        body = r.read().decode()
+        assert r.status_code == 200 and r.headers["x-switchyard-target"] == "fake/shred", body
+    assert "event: response.completed" in body and "event: error" not in body, body
 
 
 def test_an_embeddings_answer_without_vectors_is_not_an_answer(gateway, fake_provider):

@@ -58,7 +58,8 @@
 //! until `POST /control/release`.
 //!
 //! `POST /v1/responses` answers `echo: <last input>` as a Responses-API response or events
-//! (`bare`: with `usage: null`).
+//! (`bare`: with `usage: null`); there a fault `error_event: "<message>"` is a stream whose first
+//! and only event is an `error` event saying it.
 //!
 //! `POST /v1/embeddings` answers 8-dimensional vectors derived from each input's bytes.
 //!
@@ -424,6 +425,12 @@ fn whole_answer(model: &str, text: &str, usage: &Value) -> Response {
 async fn responses(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
     fake.requests.lock().expect("lock").push(json!({"path": "/v1/responses", "body": body, "authorization": header(&headers, "authorization"), "api_key": header(&headers, "api-key")}));
     let queued = fake.faults.lock().expect("lock").pop_front();
+    if let Some(message) = queued.as_ref().and_then(|f| f["error_event"].as_str()) {
+        // OpenAI's shape for a failure it reports inside a stream it already opened with 200.
+        let data = json!({"type": "error", "code": "server_error", "message": message, "param": null, "sequence_number": 0});
+        let events = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(format!("event: error\ndata: {data}\n\n")))]);
+        return Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(events)).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
     if let Some(response) = scripted(queued, &body).await {
         return response;
     }
