@@ -1,7 +1,8 @@
 //! The in-process store: one replica's limits and budgets, behind one mutex (each step is a few
 //! map operations; the lock is never held across an await).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -28,6 +29,9 @@ struct TenantState {
     leases: HashMap<String, (u64, u64)>,
     /// Closed leases and until when they are remembered (see `Settlement::closed_for_ms`).
     closed: HashMap<String, u64>,
+    /// The same, soonest to be forgotten first: forgetting costs what is forgotten, not a scan of
+    /// every lease closed in the last `closed_for_ms` (hundreds of thousands at a high rate).
+    forget: BinaryHeap<Reverse<(u64, String)>>,
 }
 
 impl TenantState {
@@ -39,15 +43,36 @@ impl TenantState {
         }
     }
 
+    /// Adds spend to its periods. A settlement of a period already past here (a record dropped
+    /// just before midnight, settled after another from the new day) counts towards that period
+    /// alone, as Redis's key per period does: it does not empty the current one.
     fn add_spend(&mut self, periods: Periods, nusd: u64) {
-        if self.daily.0 != periods.day {
-            self.daily = (periods.day, 0);
+        for (slot, period) in [(&mut self.daily, periods.day), (&mut self.monthly, periods.month)] {
+            if period > slot.0 {
+                *slot = (period, 0);
+            }
+            if period == slot.0 {
+                slot.1 += nusd;
+            }
         }
-        if self.monthly.0 != periods.month {
-            self.monthly = (periods.month, 0);
+    }
+
+    fn close(&mut self, lease: &str, until: u64) {
+        self.closed.insert(lease.to_owned(), until);
+        self.forget.push(Reverse((until, lease.to_owned())));
+    }
+
+    fn forget_closed(&mut self, now_ms: u64) {
+        while let Some(Reverse((until, _))) = self.forget.peek() {
+            if *until > now_ms {
+                break;
+            }
+            if let Some(Reverse((until, lease))) = self.forget.pop() {
+                if self.closed.get(&lease) == Some(&until) {
+                    self.closed.remove(&lease);
+                }
+            }
         }
-        self.daily.1 += nusd;
-        self.monthly.1 += nusd;
     }
 }
 
@@ -65,7 +90,7 @@ impl MemoryStore {
         let periods = Periods::at(a.now_ms);
         self.with_tenant(a.tenant, |state| {
             state.leases.retain(|_, (_, expiry)| *expiry > a.now_ms);
-            state.closed.retain(|_, until| *until > a.now_ms);
+            state.forget_closed(a.now_ms);
             if a.reserve_nusd > 0 && state.closed.contains_key(a.lease) {
                 let spend = state.spend(periods);
                 return Outcome { refused: Some(Refusal::Closed), retry_after_ms: 0, rpm_remaining: None, tpm_remaining: None, spend };
@@ -131,12 +156,12 @@ impl MemoryStore {
     pub fn settle_now(&self, s: &Settlement<'_>) -> Spend {
         let periods = Periods::at(s.now_ms);
         self.with_tenant(s.tenant, |state| {
-            state.closed.retain(|_, until| *until > s.now_ms);
+            state.forget_closed(s.now_ms);
             if let Some(lease) = s.lease {
                 if state.closed.contains_key(lease) {
                     return state.spend(periods);
                 }
-                state.closed.insert(lease.to_owned(), s.now_ms + s.closed_for_ms);
+                state.close(lease, s.now_ms + s.closed_for_ms);
                 state.leases.remove(lease);
             }
             state.add_spend(periods, s.cost_nusd);
@@ -160,5 +185,36 @@ impl Store for MemoryStore {
 
     async fn renew(&self, tenant: &str, leases: &[&str], now_ms: u64, lease_ttl_ms: u64) -> Result<usize, StoreError> {
         Ok(self.renew_now(tenant, leases, now_ms, lease_ttl_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closed_leases_are_forgotten_when_their_time_is_up_and_not_before() {
+        let store = MemoryStore::default();
+        let settle = |lease: &str, now_ms: u64, closed_for_ms: u64| {
+            store.settle_now(&Settlement { tenant: "t", now_ms, lease: Some(lease), cost_nusd: 1, tpm: None, closed_for_ms });
+        };
+        settle("short", 0, 100);
+        settle("long", 0, 1_000);
+        settle("middle", 10, 500);
+        let remembered = || {
+            let tenants = store.tenants.lock().unwrap();
+            let mut leases: Vec<String> = tenants["t"].closed.keys().cloned().collect();
+            leases.sort();
+            (leases, tenants["t"].forget.len())
+        };
+        settle("x", 99, 10_000);
+        assert_eq!(remembered(), (vec!["long".into(), "middle".into(), "short".into(), "x".into()], 4));
+        settle("y", 510, 10_000);
+        assert_eq!(remembered(), (vec!["long".into(), "x".into(), "y".into()], 3));
+        // A repeat of a remembered settlement counts once; of a forgotten one, again.
+        settle("long", 999, 1_000);
+        settle("short", 999, 100);
+        let tenants = store.tenants.lock().unwrap();
+        assert_eq!(tenants["t"].daily.1, 6);
     }
 }

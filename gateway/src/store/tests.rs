@@ -203,6 +203,16 @@ async fn an_admission_run_after_its_lease_closed_takes_nothing(store: &dyn Store
     assert_eq!((o.refused, o.rpm_remaining, o.spend.reserved_nusd), (None, Some(1), 1_000));
 }
 
+async fn a_settlement_from_before_midnight_counts_towards_its_own_day(store: &dyn Store) {
+    // Two records dropped a moment either side of midnight; the later one's settlement lands
+    // first. The earlier one belongs to a day that is over: it must not empty the new one.
+    let midnight = Periods::at(NOON).day_end_ms;
+    store.settle(&settlement("rollover", None, 300, midnight + 1)).await.unwrap();
+    store.settle(&settlement("rollover", None, 200, midnight - 1)).await.unwrap();
+    let o = store.admit(&Admission { budget: Some(BUDGET), reserve_nusd: 1, ..admission("rollover", "next", midnight + 2) }).await.unwrap();
+    assert_eq!((o.spend.daily_nusd, o.spend.monthly_nusd), (300, 500), "today keeps its own; the month has both");
+}
+
 async fn tenants_are_independent(store: &dyn Store) {
     let a = Admission { budget: Some(BUDGET), reserve_nusd: 1_000, ..admission("t1", "x", NOON) };
     assert_eq!(store.admit(&a).await.unwrap().refused, None);
@@ -235,6 +245,7 @@ async fn suite(store: Arc<dyn Store>) {
     a_renewed_lease_keeps_its_money_reserved(store.as_ref()).await;
     a_settlement_run_twice_counts_once(store.as_ref()).await;
     an_admission_run_after_its_lease_closed_takes_nothing(store.as_ref()).await;
+    a_settlement_from_before_midnight_counts_towards_its_own_day(store.as_ref()).await;
     tenants_are_independent(store.as_ref()).await;
     concurrent_reservations_never_overcommit(store).await;
 }
