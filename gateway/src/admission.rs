@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::accounting::{unix_ms, UsageRecord};
 use crate::budgets::{usd_to_nanos, BudgetConfig, OnExceed, Periods, Spend};
-use crate::error::ApiError;
+use crate::error::{ApiError, BudgetWait};
 use crate::limits::RateLimitConfig;
 use crate::metrics::Metrics;
 use crate::store::redis::OnOutage;
@@ -71,8 +71,8 @@ pub enum Admitted {
     /// again to the local engine (nothing was taken). If it cannot go there either, the client
     /// is told to retry after this many seconds.
     OverBudgetTryLocal {
-        /// Until the budget period ends (or in-flight requests settle).
-        retry_after_s: u64,
+        /// Until the budget period ends (or in-flight requests settle), if ever.
+        wait: BudgetWait,
     },
 }
 
@@ -328,10 +328,13 @@ impl Limiter {
                 Err(ApiError::RequestOverTokenLimit { limit: rate.tpm.unwrap_or_default(), requested: prompt_tokens })
             }
             Some(Refusal::Tokens) => Err(ApiError::TenantRateLimited { what: "tokens", retry_after_s }),
-            Some(Refusal::Budget) => match limits.budget.map(|b| b.on_exceed) {
-                Some(OnExceed::Local) => Ok(Admitted::OverBudgetTryLocal { retry_after_s }),
-                _ => Err(ApiError::BudgetExceeded { retry_after_s }),
-            },
+            Some(Refusal::Budget) => {
+                let wait = admission.budget.map_or(BudgetWait::Seconds(retry_after_s), |b| BudgetWait::of(b, admission.reserve_nusd, retry_after_s));
+                match limits.budget.map(|b| b.on_exceed) {
+                    Some(OnExceed::Local) => Ok(Admitted::OverBudgetTryLocal { wait }),
+                    _ => Err(ApiError::BudgetExceeded { wait }),
+                }
+            }
             // Only an admission carried out after its lease was closed, whose answer nobody reads.
             Some(Refusal::Closed) => Err(ApiError::StoreUnavailable),
         }

@@ -5,6 +5,56 @@ use axum::response::{IntoResponse, Response};
 use providers::wire::{ErrorBody, ErrorDetail};
 use providers::ProviderError;
 
+/// How long a request its tenant's budget refused would have to wait to fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetWait {
+    /// Seconds until the budget period ends (or in-flight requests settle).
+    Seconds(u64),
+    /// Never: its worst case alone is more than the whole limit of a period (`daily`,
+    /// `monthly`). Telling the client to retry after midnight would only bring the same refusal.
+    Never {
+        /// The period whose limit it exceeds.
+        period: &'static str,
+        /// That limit.
+        limit_nusd: u64,
+        /// The request's worst-case cost.
+        worst_nusd: u64,
+    },
+}
+
+impl BudgetWait {
+    /// The wait for a refusal of `worst_nusd` under `limits`, where the store says `retry_after_s`.
+    pub fn of(limits: crate::budgets::BudgetLimits, worst_nusd: u64, retry_after_s: u64) -> Self {
+        let never = [("daily", limits.daily_nusd), ("monthly", limits.monthly_nusd)]
+            .into_iter()
+            .find_map(|(period, limit)| limit.filter(|l| worst_nusd > *l).map(|limit_nusd| Self::Never { period, limit_nusd, worst_nusd }));
+        never.unwrap_or(Self::Seconds(retry_after_s))
+    }
+
+    /// The `Retry-After` to send: none when no wait helps.
+    pub fn retry_after_s(self) -> Option<u64> {
+        match self {
+            Self::Seconds(s) => Some(s),
+            Self::Never { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for BudgetWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::budgets::nanos_to_usd;
+        match self {
+            Self::Seconds(s) => write!(f, "this request's worst-case cost does not fit in the tenant's remaining budget; retry after {s} s or lower max_tokens."),
+            Self::Never { period, limit_nusd, worst_nusd } => write!(
+                f,
+                "this request's worst-case cost (${} for its prompt and its max_tokens on every choice, at the dearest target that may serve it) is more than the tenant's whole {period} budget (${}), so no wait makes it fit; lower max_tokens (or n).",
+                nanos_to_usd(*worst_nusd),
+                nanos_to_usd(*limit_nusd)
+            ),
+        }
+    }
+}
+
 /// An error answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -87,10 +137,10 @@ pub enum ApiError {
     },
     /// The tenant's budget cannot cover the request (`on_exceed = "reject"`, or no local engine
     /// may serve it instead).
-    #[error("Budget exceeded: this request's worst-case cost does not fit in the tenant's remaining budget; retry after {retry_after_s} s or lower max_tokens.")]
+    #[error("Budget exceeded: {wait}")]
     BudgetExceeded {
-        /// Seconds until the budget period ends (or in-flight requests settle).
-        retry_after_s: u64,
+        /// How long until it could fit, if ever.
+        wait: BudgetWait,
     },
     /// A stored response could not be deleted from the shared store (Redis unreachable): saying
     /// it was deleted while it stays readable would be false.
@@ -213,10 +263,10 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, detail("invalid_request_error", Some("context_length_exceeded"), Some(param.clone())), None)
             }
             Self::RequestOverTokenLimit { .. } => (StatusCode::TOO_MANY_REQUESTS, detail("rate_limit_error", Some("rate_limit_exceeded"), None), None),
-            Self::BudgetExceeded { retry_after_s } => (
+            Self::BudgetExceeded { wait } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 detail("insufficient_quota", Some("budget_exceeded"), None),
-                Some(*retry_after_s),
+                wait.retry_after_s(),
             ),
             Self::StoreUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -102,6 +102,27 @@ def test_local_on_exceed_reroutes_to_the_local_engine(tmp_path, fake_provider):
         gw.stop()
 
 
+def test_a_request_dearer_than_the_whole_budget_is_told_no_wait_helps(tmp_path, fake_provider):
+    # Its worst case (max_tokens 60: 0.01 + 0.12 USD) is more than the whole day's 0.12: a
+    # Retry-After of hours would only bring the same refusal (and SDKs would wait for it).
+    gw = budget_gateway(tmp_path, fake_provider, '{ daily_usd = 0.12, on_exceed = "reject" }')
+    try:
+        with pytest.raises(openai.RateLimitError) as refused:
+            client = openai.OpenAI(base_url=gw.v1, api_key="unused", max_retries=0)
+            client.chat.completions.create(model="auto", messages=[{"role": "user", "content": PROMPT}], max_tokens=60)
+        response = refused.value.response
+        body = response.json()["error"]
+        assert (body["code"], body["type"]) == ("budget_exceeded", "insufficient_quota"), body
+        assert "retry-after" not in response.headers, dict(response.headers)
+        assert "($0.13 " in body["message"] and "whole daily budget ($0.12)" in body["message"], body
+        assert "no wait makes it fit" in body["message"] and "max_tokens" in body["message"], body
+        # One that fits the day is served, and nothing stays reserved.
+        assert ask(gw).http_response.status_code == 200
+        settled(gw, COST)
+    finally:
+        gw.stop()
+
+
 def test_an_over_budget_request_the_local_engine_cannot_hold_is_budget_exceeded(tmp_path, fake_provider):
     # 2000 completion tokens: over the budget's worst case ($4.01 > $0.06) and over the local
     # engine's 1024-cell slot, so on_exceed = "local" cannot serve it either.
@@ -112,7 +133,8 @@ def test_an_over_budget_request_the_local_engine_cannot_hold_is_budget_exceeded(
             client.chat.completions.create(model="auto", messages=[{"role": "user", "content": PROMPT}], max_tokens=2000)
         body = refused.value.response.json()["error"]
         assert body["code"] == "budget_exceeded", body
-        assert int(refused.value.response.headers["retry-after"]) >= 1
+        # More than the whole day's budget: no wait makes it fit.
+        assert "retry-after" not in refused.value.response.headers and "no wait makes it fit" in body["message"], body
         assert ask(gw).headers["x-switchyard-target"] == "fake/metered", "a request the budget holds still goes out"
     finally:
         gw.stop()

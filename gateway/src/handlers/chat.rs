@@ -131,7 +131,7 @@ impl Exchange {
         let ticket = match self.limit(state, ctx, tenant, prompt_tokens, reserve_nusd, remote_bound).await? {
             Admitted::Yes(ticket) => ticket,
             Admitted::OverBudgetTryLocal { .. } if local_retry => return Ok(false),
-            Admitted::OverBudgetTryLocal { retry_after_s } => return Err(ApiError::BudgetExceeded { retry_after_s }),
+            Admitted::OverBudgetTryLocal { wait } => return Err(ApiError::BudgetExceeded { wait }),
         };
         self.settle_when_finished(state, ticket, slot);
         Ok(true)
@@ -260,26 +260,26 @@ pub async fn serve_chat(
     let admitted = exchange.limit(state, ctx, tenant, prompt_tokens, reserve, remote_bound).await;
     // A spilled request the budget cannot cover stays local rather than being refused.
     let admitted = match admitted {
-        Err(ApiError::BudgetExceeded { retry_after_s }) if decision.spilled.is_some() => Ok(Admitted::OverBudgetTryLocal { retry_after_s }),
+        Err(ApiError::BudgetExceeded { wait }) if decision.spilled.is_some() => Ok(Admitted::OverBudgetTryLocal { wait }),
         other => other,
     };
     // Set when the budget sent the request to the local engine instead of its route.
     let mut over_budget = None;
     let ticket = match admitted? {
         Admitted::Yes(ticket) => ticket,
-        Admitted::OverBudgetTryLocal { retry_after_s } => {
-            over_budget = Some(retry_after_s);
+        Admitted::OverBudgetTryLocal { wait } => {
+            over_budget = Some(wait);
             decision = plan(state, &req, headers, tenant, true)?;
             if let Some(r) = exchange.record.as_mut() {
                 r.decided(&decision, prompt_chars);
             }
             local_ticket = track(&decision);
             if candidates(&decision).any(|t| !is_local(state, t)) {
-                return Err(ApiError::BudgetExceeded { retry_after_s });
+                return Err(ApiError::BudgetExceeded { wait });
             }
             match exchange.limit(state, ctx, tenant, prompt_tokens, 0, false).await? {
                 Admitted::Yes(ticket) => ticket,
-                Admitted::OverBudgetTryLocal { retry_after_s } => return Err(ApiError::BudgetExceeded { retry_after_s }),
+                Admitted::OverBudgetTryLocal { wait } => return Err(ApiError::BudgetExceeded { wait }),
             }
         }
     };
@@ -312,7 +312,7 @@ pub async fn serve_chat(
     match (answer, over_budget) {
         // The local engine was only the budget's stand-in and cannot hold this request: the
         // client's problem is the budget, not the local context.
-        (Err(ApiError::Provider(ProviderError::ContextLengthExceeded { .. })), Some(retry_after_s)) => Err(ApiError::BudgetExceeded { retry_after_s }),
+        (Err(ApiError::Provider(ProviderError::ContextLengthExceeded { .. })), Some(wait)) => Err(ApiError::BudgetExceeded { wait }),
         (answer, _) => answer,
     }
 }
