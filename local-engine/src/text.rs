@@ -102,7 +102,9 @@ impl TextAssembler {
             }
             self.call_undecided = false;
         }
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        // A stop longer than the held text cannot be in it; skipping it spares building a searcher
+        // as long as the stop for every token (a client may send stops of a megabyte).
+        if let Some(at) = self.stops.iter().filter(|s| s.len() <= self.held.len()).filter_map(|s| self.held.find(s.as_str())).min() {
             let text = self.held[..at].to_owned();
             self.held.clear();
             return Assembled { text, stopped: true };
