@@ -257,22 +257,25 @@ fn count_pii(scanner: &router::PiiScanner, text: &str, pii: &mut BTreeMap<String
 pub fn count_pii_in(fields: &serde_json::Map<String, Value>, pii: &mut BTreeMap<String, u32>) {
     let scanner = router::pii_scanner();
     for (key, value) in fields {
-        count_pii(scanner, key, pii);
-        walk_strings(value, None, &[], &mut |text| count_pii(scanner, text, pii));
+        count_pii(scanner, &as_read(key), pii);
+        walk_strings(value, None, &[], &mut |text| count_pii(scanner, &as_read(text), pii));
     }
 }
 
-/// True when any string anywhere in `value`, keys included, holds PII.
+/// True when any string anywhere in `value`, keys included, holds PII (read as a model reads it,
+/// escapes written out).
 pub fn any_pii(value: &Value) -> bool {
+    let holds = |text: &str| !router::pii_scanner().scan(&as_read(text)).is_empty();
     match value {
-        Value::String(s) => !router::pii_scanner().scan(s).is_empty(),
+        Value::String(s) => holds(s),
         Value::Array(items) => items.iter().any(any_pii),
-        Value::Object(fields) => fields.iter().any(|(k, v)| !router::pii_scanner().scan(k).is_empty() || any_pii(v)),
+        Value::Object(fields) => fields.iter().any(|(k, v)| holds(k) || any_pii(v)),
         _ => false,
     }
 }
 
-/// Scans plain texts (embedding inputs) like message text; `None` (token ids) is unscannable.
+/// Scans plain texts (embedding inputs) like message text, escapes written out (a JSON record
+/// indexed for retrieval spells a space in an IBAN `\u00a0`); `None` (token ids) is unscannable.
 pub fn inspect_texts(texts: Option<&[String]>) -> Inspection {
     let mut out = Inspection::default();
     let Some(texts) = texts else {
@@ -281,7 +284,7 @@ pub fn inspect_texts(texts: Option<&[String]>) -> Inspection {
     };
     let scanner = router::pii_scanner();
     for text in texts {
-        count_pii(scanner, text, &mut out.pii);
+        count_pii(scanner, &as_read(text), &mut out.pii);
     }
     out
 }

@@ -3,6 +3,7 @@
 passthrough to a provider, and privacy: tagged input never reaches the (recording) fake."""
 
 import base64
+import json
 import struct
 
 import httpx
@@ -95,6 +96,9 @@ def test_an_answer_without_usage_shows_the_estimate_it_is_billed_for(gateway, sc
 @pytest.mark.parametrize("headers,text", [
     ({}, "Contact jane.doe@example.com about the invoice"),
     ({"x-switchyard-tags": "confidential"}, "quarterly plan"),
+    # A JSON record indexed for retrieval, as `json.dumps` writes it: the IBAN's no-break spaces
+    # are `\u00a0` escapes, which the embedding model reads as spaces.
+    ({}, json.dumps({"customer": 42, "iban": "FR76\u00a03000\u00a06000\u00a00112\u00a03456\u00a07890\u00a0189"})),
 ])
 def test_privacy_tagged_input_never_reaches_an_untrusted_remote_model(gateway, fake_provider, headers, text):
     before = len(fake_requests(fake_provider))
