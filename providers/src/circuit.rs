@@ -149,9 +149,22 @@ struct Call<'a> {
 
 impl Call<'_> {
     fn settle<T>(mut self, result: &Result<T, ProviderError>) {
-        let failed = result.as_ref().err().is_some_and(counts_against_provider);
+        // A call that says nothing of the provider is not recorded; a probe so ended is given up
+        // (on drop), and the next call probes.
+        let Some(failed) = verdict(result) else { return };
         self.guarded.with_breaker(&self.model, |b| b.record(failed, Instant::now()));
         self.probe = false;
+    }
+}
+
+/// What a call's outcome says of the provider's health: failed, answered, or nothing — a request
+/// refused here before anything was sent (a field the API cannot carry, `n` > 1 to Anthropic)
+/// must not close an open circuit as if the provider had answered.
+fn verdict<T>(result: &Result<T, ProviderError>) -> Option<bool> {
+    match result {
+        Err(ProviderError::InvalidRequest { .. }) => None,
+        Err(err) => Some(counts_against_provider(err)),
+        Ok(_) => Some(false),
     }
 }
 
@@ -325,6 +338,43 @@ mod tests {
             b.record(i % 2 == 1, t0);
         }
         assert!(b.is_open(t0));
+    }
+
+    struct Scripted(Mutex<Vec<Result<serde_json::Value, ProviderError>>>);
+
+    #[async_trait]
+    impl Provider for Scripted {
+        async fn complete(&self, _: ChatRequest) -> Result<ChatResponse, ProviderError> {
+            Err(ProviderError::Unavailable { message: "not scripted".into() })
+        }
+        async fn stream(&self, _: ChatRequest) -> Result<ChunkStream, ProviderError> {
+            Err(ProviderError::Unavailable { message: "not scripted".into() })
+        }
+        async fn embeddings(&self, _: serde_json::Value) -> Result<serde_json::Value, ProviderError> {
+            self.0.lock().unwrap().remove(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_before_it_was_sent_does_not_close_an_open_circuit() {
+        let down = || Err(ProviderError::Upstream { provider: "p".into(), status: Some(503), message: "down".into() });
+        let refused = Err(ProviderError::InvalidRequest { message: "n > 1".into(), param: Some("n".into()) });
+        let script = Scripted(Mutex::new(vec![down(), down(), down(), refused, Ok(serde_json::json!({}))]));
+        // Open for no time: the call after it opens is the half-open probe.
+        let guarded = Guarded::new("p", Arc::new(script), BreakerConfig { failures: 3, open_for: Duration::ZERO });
+        let body = serde_json::json!({"model": "m"});
+        for _ in 0..3 {
+            assert!(guarded.embeddings(body.clone()).await.is_err());
+        }
+        let state = || guarded.with_breaker("m", |b| b.state).unwrap();
+        assert!(matches!(state(), State::Open { .. }));
+        // The probe is refused before it reaches the provider: the circuit stays open (it was
+        // closed, as if the provider had answered), and the next call probes.
+        assert!(matches!(guarded.embeddings(body.clone()).await, Err(ProviderError::InvalidRequest { .. })));
+        assert!(matches!(state(), State::Open { .. }), "{:?}", state());
+        assert!(guarded.embeddings(body).await.is_ok());
+        assert_eq!(state(), State::Closed, "an answered probe closes it");
+        assert_eq!(verdict::<()>(&Err(ProviderError::Upstream { provider: "p".into(), status: None, message: String::new() })), Some(true));
     }
 
     #[test]

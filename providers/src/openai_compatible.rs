@@ -244,7 +244,9 @@ impl OpenAiCompatible {
             return Ok(response);
         }
         let wait = retry_after(response.headers(), std::time::SystemTime::now());
-        let body = response.bytes().await.unwrap_or_default();
+        // The error's body is read within the same time, and only its start: a proxy that sends
+        // the status and then stalls (or streams without end) must not hold the request.
+        let body = error_body_start(response, Duration::from_millis(self.timeout_ms)).await;
         let error = self.status_error(status, wait.map(whole_seconds), &body);
         // A spent quota is not a passing limit: retrying it only delays the fallback.
         let retryable = retryable_status(status.as_u16()) && !error.is_spent_quota();
@@ -563,6 +565,24 @@ const IDLE: &str = "no event for ms: ";
 
 /// The error for a stream that broke with `e`: a stall past the provider's timeout is a
 /// `Timeout` (504 `upstream_timeout`, counted as `timeout`), anything else `Upstream`.
+/// How much of an error answer's body is read: error objects are a few hundred bytes.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// The first [`ERROR_BODY_LIMIT`] bytes of an error answer's body: what arrived `within` this
+/// time, before the body ended or broke.
+async fn error_body_start(response: UpstreamResponse, within: Duration) -> bytes::Bytes {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut chunks = response.bytes_stream();
+    let mut body = bytes::BytesMut::new();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, chunks.next()).await {
+        body.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_LIMIT - body.len())]);
+        if body.len() >= ERROR_BODY_LIMIT {
+            break;
+        }
+    }
+    body.freeze()
+}
+
 fn broken_stream(provider: &str, e: &str) -> ProviderError {
     match e.strip_prefix(IDLE).and_then(|ms| ms.parse().ok()) {
         Some(timeout_ms) => ProviderError::Timeout { provider: provider.to_owned(), timeout_ms },

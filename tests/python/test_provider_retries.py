@@ -343,6 +343,17 @@ def test_slow_first_byte_times_out_as_504_without_retry(impatient, fake_provider
     assert attempts_since(fake_provider, before) == 1
 
 
+def test_an_error_body_that_stalls_is_given_up_on_and_retried(impatient, fake_provider):
+    # A proxy sends 503 and the start of its body, then nothing: the body is read within
+    # `timeout_ms` like the rest of the answer, so the retry serves the request instead of the
+    # request hanging for as long as the connection stays open.
+    before = len(fake_requests(fake_provider))
+    script(fake_provider, {"status": 503, "stall_body": True})
+    r = ask(impatient, model="slowpoke/echo")
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "echo: ping", r.text
+    assert attempts_since(fake_provider, before) == 2
+
+
 def test_stalled_stream_ends_with_a_timeout_error_event(impatient, fake_provider):
     with httpx.stream("POST", f"{impatient.v1}/chat/completions", timeout=30,
                       json={"model": "slowpoke/gated", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:

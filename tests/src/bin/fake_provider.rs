@@ -32,7 +32,8 @@
 //! {"drop": true}, {"slow_ms": 1500}, {"malformed": true}]}`; a `status` fault may carry the
 //! error's `message`): each following chat, embeddings or `/v1/responses` request takes
 //! the next one instead of its answer (`drop`: headers sent, then the connection breaks before the
-//! first event; `slow_ms`: the answer starts that late; `malformed`: a stream whose second event is
+//! first event; `stall_body`: the `status` (default 503) and the start of an error body, then
+//! nothing while the connection stays open; `slow_ms`: the answer starts that late; `malformed`: a stream whose second event is
 //! not JSON, and no `[DONE]`; `cut`: a stream of two chunks that then ends cleanly, with no
 //! `finish_reason` and no `[DONE]`; `retry_after` and `retry_after_ms` set those headers; `body`
 //! replaces the error body: JSON as given, a string as plain text). On
@@ -160,6 +161,16 @@ async fn scripted(fault: Option<Value>, body: &Value) -> Option<Response> {
             .body(Body::from_stream(futures::stream::iter(events)))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
     } else if let Some(fault) = fault {
+        if fault["stall_body"].as_bool() == Some(true) {
+            // The status and the start of an error body, then nothing, the connection kept open.
+            let status = fault["status"].as_u64().and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok());
+            let start = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"{\"error\": {\"message\": \"overloaded"))]);
+            return Some(Response::builder()
+                .status(status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE))
+                .header("content-type", "application/json")
+                .body(Body::from_stream(futures::StreamExt::chain(start, futures::stream::pending())))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
+        }
         if fault["drop"].as_bool() == Some(true) {
             let broken = futures::stream::iter([Err::<Bytes, _>(std::io::Error::other("dropped by the fake before the first event"))]);
             return Some(Response::builder()
