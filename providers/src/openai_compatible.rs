@@ -234,8 +234,9 @@ impl OpenAiCompatible {
         };
         let response = match tokio::time::timeout(Duration::from_millis(self.timeout_ms), self.client.post(&to, &self.headers, body.clone())).await {
             Err(_) => return Err(Failure::fatal(self.timeout())),
-            Ok(Err(e)) if e.timed_out => return Err(Failure::fatal(self.timeout())),
-            // No answer at all (refused, reset, DNS, TLS): the request never reached the model.
+            Ok(Err(e)) if e.timed_out && !e.connect => return Err(Failure::fatal(self.timeout())),
+            // No answer at all (refused, reset, DNS, TLS, no connection within CONNECT_TIMEOUT):
+            // the request never reached the model.
             Ok(Err(e)) => return Err(Failure { error: self.upstream(None, e.message), retryable: true, retry_after: None }),
             Ok(Ok(response)) => response,
         };

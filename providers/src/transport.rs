@@ -59,6 +59,9 @@ static CLIENT_REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-client-
 pub struct SendError {
     /// The client's timeout fired.
     pub timed_out: bool,
+    /// No connection was made (refused, unreachable, [`CONNECT_TIMEOUT`] passed): the request
+    /// never reached the server, so another attempt (another endpoint) is safe.
+    pub connect: bool,
     /// The error with its causes (`…: invalid peer certificate: UnknownIssuer`), without the
     /// request's URL: it reaches clients, and a provider's URL is the operator's business (some
     /// carry a key in their query).
@@ -67,8 +70,12 @@ pub struct SendError {
 
 impl SendError {
     fn of_reqwest(err: reqwest::Error) -> Self {
-        let timed_out = err.is_timeout();
-        Self::of(&err.without_url(), timed_out)
+        let (timed_out, connect) = (err.is_timeout(), err.is_connect());
+        Self { connect, ..Self::of(&err.without_url(), timed_out) }
+    }
+
+    fn of_hyper(err: &hyper_util::client::legacy::Error) -> Self {
+        Self { connect: err.is_connect(), ..Self::of(err, false) }
     }
 
     fn of(err: &(dyn std::error::Error + 'static), timed_out: bool) -> Self {
@@ -79,7 +86,7 @@ impl SendError {
             message.push_str(&cause.to_string());
             source = cause.source();
         }
-        Self { timed_out, message }
+        Self { timed_out, connect: false, message }
     }
 }
 
@@ -127,10 +134,21 @@ impl UpstreamResponse {
     }
 }
 
+/// How long a new connection may take. A host that drops packets (a replica gone from behind its
+/// address) would otherwise hold each request for the provider's whole `timeout_ms` and then
+/// fail it as a timeout, where a connect error is retried (on another endpoint of a pool).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl HttpClient {
     /// Pools that keep idle connections for `idle`.
     pub fn new(idle: Duration) -> Result<Self, reqwest::Error> {
+        Self::with_connect_timeout(idle, CONNECT_TIMEOUT)
+    }
+
+    /// [`Self::new`] with another connect timeout.
+    pub fn with_connect_timeout(idle: Duration, connect_timeout: Duration) -> Result<Self, reqwest::Error> {
         let tls = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
             .pool_idle_timeout(idle)
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
@@ -138,6 +156,7 @@ impl HttpClient {
             .build()?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
         let plain = PlainClient::builder(TokioExecutor::new()).pool_idle_timeout(idle).pool_timer(TokioTimer::new()).build(connector);
         Ok(Self { tls, plain })
     }
@@ -155,7 +174,7 @@ impl HttpClient {
                 for (name, value) in headers {
                     map.append(name.clone(), value.clone());
                 }
-                self.plain.request(request).await.map(UpstreamResponse::Plain).map_err(|e| SendError::of(&e, false))
+                self.plain.request(request).await.map(UpstreamResponse::Plain).map_err(|e| SendError::of_hyper(&e))
             }
             Destination::Tls(url) => {
                 let mut builder = self.tls.post(url.clone()).body(body);

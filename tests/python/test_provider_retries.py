@@ -6,6 +6,7 @@ for upstream; Azure's URL scheme and `api-key` header."""
 import concurrent.futures
 import email.utils
 import json
+import socket
 import time
 
 import httpx
@@ -312,6 +313,33 @@ def test_pool_spreads_load_and_ejects_a_dead_endpoint(tmp_path, fake_provider, s
             assert ask(gw, model="pool/echo").status_code == 200
             return any("endpoint ejected" in line and "127.0.0.1:9" in line for line in gw.process.lines)
         wait_for(ejected, timeout=20, what="the dead endpoint's ejection")
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def black_hole():
+    """A port whose listener never accepts and whose queue is full: a connect to it hangs, as one
+    to a host that drops packets (a replica gone from behind its address) does."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname())
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    filler.close()
+    listener.close()
+
+
+def test_a_connect_that_hangs_is_a_connect_error_within_seconds_and_retried(tmp_path, fake_provider, black_hole):
+    hole = fake_provider_section(black_hole, name="hole", base_path="", extra_keys="max_retries = 1\n")
+    gw = Gateway(tmp_path, gateway_config(hole), '[[rule]]\nname = "default"\nroute = "local"\n')
+    try:
+        # timeout_ms is 20 s: each attempt's connect gives up after 5 s, and a connect error, unlike
+        # a timeout of the request, is retried (in a pool, on another endpoint). The client would
+        # give up at 25 s.
+        r = httpx.post(f"{gw.v1}/chat/completions", timeout=25, json={"model": "hole/echo", "messages": [{"role": "user", "content": "ping"}]})
+        assert r.status_code == 502 and r.json()["error"]["code"] != "upstream_timeout", r.text
+        assert any("retrying upstream" in line and "hole" in line for line in gw.process.lines), gw.process.lines[-5:]
     finally:
         gw.stop()
 
