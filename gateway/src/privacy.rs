@@ -419,14 +419,34 @@ fn for_each_message_text_mut(req: &mut ChatRequest, f: &mut dyn FnMut(&mut Strin
     }
 }
 
-/// Puts the original values back into an answer.
-pub fn restore_response(response: &mut ChatResponse, redaction: &Redaction) {
+/// True when `req` asks for its answer's text in JSON (`response_format` `json_object` or
+/// `json_schema`): a value put back into it goes in escaped, as inside a JSON string.
+pub fn answers_in_json(req: &ChatRequest) -> bool {
+    let kind = req.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str);
+    matches!(kind, Some("json_object" | "json_schema"))
+}
+
+/// The fields besides `content` where a model writes text that may repeat a placeholder: a
+/// refusal and its reasoning (as vLLM, llama-server and `DeepSeek` send it).
+const WRITTEN_FIELDS: [&str; 3] = ["refusal", "reasoning_content", "reasoning"];
+
+/// Puts the original values back into an answer (`json`: its text is JSON, see
+/// [`answers_in_json`]).
+pub fn restore_response(response: &mut ChatResponse, redaction: &Redaction, json: bool) {
     if redaction.is_empty() {
         return;
     }
     for choice in &mut response.choices {
         if let Some(content) = &mut choice.message.content {
-            *content = redaction.restore(content);
+            *content = if json { redaction.restore_json(content) } else { redaction.restore(content) };
+        }
+        if let Some(refusal) = &mut choice.message.refusal {
+            *refusal = redaction.restore(refusal);
+        }
+        for field in WRITTEN_FIELDS {
+            if let Some(Value::String(text)) = choice.message.extra.get_mut(field) {
+                *text = redaction.restore(text);
+            }
         }
         if let Some(Value::Array(calls)) = choice.message.extra.get_mut("tool_calls") {
             for call in calls {
@@ -460,16 +480,20 @@ fn call_inputs(call: &mut Value) -> impl Iterator<Item = (bool, &mut String)> {
 #[derive(Debug)]
 pub struct StreamRestorer {
     redaction: Redaction,
+    /// The answer's text is JSON (see [`answers_in_json`]).
+    json: bool,
     choices: HashMap<u32, Restorer>,
+    /// Each choice's refusal and reasoning text ([`WRITTEN_FIELDS`]) as it streams.
+    written: HashMap<(u32, &'static str), Restorer>,
     /// A tool call's input as it streams, by choice and call index (and whether it is a custom
     /// tool's `input` rather than a function's `arguments`).
     calls: HashMap<(u32, u64), (Restorer, bool)>,
 }
 
 impl StreamRestorer {
-    /// A restorer for `redaction`'s placeholders.
-    pub fn new(redaction: Redaction) -> Self {
-        Self { redaction, choices: HashMap::new(), calls: HashMap::new() }
+    /// A restorer for `redaction`'s placeholders (`json`: the answer's text is JSON).
+    pub fn new(redaction: Redaction, json: bool) -> Self {
+        Self { redaction, json, choices: HashMap::new(), written: HashMap::new(), calls: HashMap::new() }
     }
 
     /// Restores `chunk` in place: its text, and its tool calls' arguments (a placeholder split
@@ -477,7 +501,8 @@ impl StreamRestorer {
     pub fn restore(&mut self, chunk: &mut ChatChunk) {
         for choice in &mut chunk.choices {
             let restorer = self.choices.entry(choice.index).or_default();
-            let mut text = choice.delta.content.as_deref().map(|c| restorer.push(&self.redaction, c));
+            let json = self.json;
+            let mut text = choice.delta.content.as_deref().map(|c| if json { restorer.push_json(&self.redaction, c) } else { restorer.push(&self.redaction, c) });
             if choice.finish_reason.is_some() {
                 let rest = restorer.finish();
                 if !rest.is_empty() {
@@ -486,6 +511,21 @@ impl StreamRestorer {
             }
             if choice.delta.content.is_some() || text.as_deref().is_some_and(|t| !t.is_empty()) {
                 choice.delta.content = text;
+            }
+            for field in WRITTEN_FIELDS {
+                let piece = choice.delta.extra.get(field).and_then(Value::as_str);
+                if piece.is_none() && (choice.finish_reason.is_none() || !self.written.contains_key(&(choice.index, field))) {
+                    continue;
+                }
+                let restorer = self.written.entry((choice.index, field)).or_default();
+                let mut restored = piece.map(|p| restorer.push(&self.redaction, p)).unwrap_or_default();
+                if choice.finish_reason.is_some() {
+                    restored.push_str(&restorer.finish());
+                    self.written.remove(&(choice.index, field));
+                }
+                if piece.is_some() || !restored.is_empty() {
+                    choice.delta.extra.insert(field.to_owned(), Value::String(restored));
+                }
             }
             if let Some(Value::Array(calls)) = choice.delta.extra.get_mut("tool_calls") {
                 for call in calls.iter_mut() {
@@ -708,7 +748,7 @@ mod tests {
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Sent to <EMAIL_1>."}, "finish_reason": "stop"}]
         }))
         .unwrap();
-        restore_response(&mut response, &redaction);
+        restore_response(&mut response, &redaction, false);
         assert_eq!(response.choices[0].message.content.as_deref(), Some("Sent to a@b.io."));
     }
 
@@ -722,7 +762,7 @@ mod tests {
     #[test]
     fn stream_restorer_joins_placeholders_split_across_chunks() {
         let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": "a@b.io"}]}));
-        let mut restorer = StreamRestorer::new(redact(&mut req));
+        let mut restorer = StreamRestorer::new(redact(&mut req), false);
         let mut out = String::new();
         for (piece, finish) in [("Hi <EM", None), ("AIL", None), ("_1> and <", None), ("EMA", Some("stop"))] {
             let mut chunk: ChatChunk = serde_json::from_value(serde_json::json!({
@@ -734,5 +774,54 @@ mod tests {
             out.push_str(chunk.choices[0].delta.content.as_deref().unwrap_or(""));
         }
         assert_eq!(out, "Hi a@b.io and <EMA");
+    }
+
+    /// A redaction of a secret whose value JSON must escape (a backslash).
+    fn secret_redaction() -> Redaction {
+        let mut req = request(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": "password: Xk9\\Qm2!z and a@b.io"}]}));
+        let redaction = redact(&mut req);
+        let sent = serde_json::to_string(&req).unwrap();
+        assert!(sent.contains("<SECRET_1>") && !sent.contains("Xk9"), "{sent}");
+        redaction
+    }
+
+    #[test]
+    fn json_answers_get_values_back_escaped_and_refusals_and_reasoning_are_restored() {
+        let redaction = secret_redaction();
+        let answer = |message: Value| -> ChatResponse {
+            serde_json::from_value(serde_json::json!({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})).unwrap()
+        };
+        let mut json = answer(serde_json::json!({"role": "assistant", "content": "{\"password\": \"<SECRET_1>\"}"}));
+        restore_response(&mut json, &redaction, true);
+        let content = json.choices[0].message.content.clone().unwrap();
+        let parsed: Value = serde_json::from_str(&content).unwrap_or_else(|e| panic!("{content}: {e}"));
+        assert_eq!(parsed["password"], "Xk9\\Qm2!z");
+        let mut other = answer(serde_json::json!({"role": "assistant", "content": null, "refusal": "I won't mail <EMAIL_1>.", "reasoning_content": "They want <EMAIL_1> mailed."}));
+        restore_response(&mut other, &redaction, false);
+        assert_eq!(other.choices[0].message.refusal.as_deref(), Some("I won't mail a@b.io."));
+        assert_eq!(other.choices[0].message.extra["reasoning_content"], "They want a@b.io mailed.");
+    }
+
+    #[test]
+    fn streamed_json_answers_and_reasoning_are_restored_across_chunks() {
+        let mut restorer = StreamRestorer::new(secret_redaction(), true);
+        let (mut content, mut reasoning) = (String::new(), String::new());
+        let pieces = [("{\"password\": \"<SEC", "Mail <EM", None), ("RET_1>\"}", "AIL_1> now, or <EMA", None), ("", "", Some("stop"))];
+        for (text, thought, finish) in pieces {
+            let mut chunk: ChatChunk = serde_json::from_value(serde_json::json!({
+                "id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": text, "reasoning": thought, "refusal": null}, "finish_reason": finish}]
+            }))
+            .unwrap();
+            restorer.restore(&mut chunk);
+            let delta = &chunk.choices[0].delta;
+            content.push_str(delta.content.as_deref().unwrap_or(""));
+            reasoning.push_str(delta.extra.get("reasoning").and_then(Value::as_str).unwrap_or(""));
+            assert_eq!(delta.extra.get("refusal"), Some(&Value::Null), "a null stays null");
+        }
+        let parsed: Value = serde_json::from_str(&content).unwrap_or_else(|e| panic!("{content}: {e}"));
+        assert_eq!(parsed["password"], "Xk9\\Qm2!z");
+        assert_eq!(reasoning, "Mail a@b.io now, or <EMA", "held text comes out with the finish");
     }
 }

@@ -117,6 +117,28 @@ def test_stream_restores_placeholders_split_across_chunks(redacting, fake_provid
     assert len(pieces) > 10
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_json_answer_gets_values_back_escaped_for_json(redacting, fake_provider, stream):
+    # A value with a tab (the scanner reads a card number written with tabs) put back raw into a
+    # JSON answer made it invalid JSON; with `response_format` JSON, it goes back escaped.
+    record = '{"card": "4111\t1111\t1111\t1111"}'  # real tabs, as a form's field may hold them
+    body = {"model": "fake/shred" if stream else "auto", "stream": stream, "response_format": {"type": "json_object"},
+            "messages": [{"role": "user", "content": record}]}
+    before = len(fake_requests(fake_provider))
+    if stream:
+        with httpx.stream("POST", f"{redacting.v1}/chat/completions", timeout=30, json=body) as r:
+            assert r.status_code == 200
+            chunks = parse_chunks(sse_events(r))
+        answer = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    else:
+        r = httpx.post(f"{redacting.v1}/chat/completions", timeout=30, json=body)
+        assert r.status_code == 200, r.text
+        answer = r.json()["choices"][0]["message"]["content"]
+    assert "<CREDIT_CARD_1>" in json.dumps(sent_since(fake_provider, before)) and "4111" not in json.dumps(sent_since(fake_provider, before))
+    # The fake echoes the record after "echo: ".
+    assert json.loads(answer.removeprefix("echo: ")) == {"card": "4111\t1111\t1111\t1111"}, answer
+
+
 TOOLS = {
     "function": [{"type": "function", "function": {"name": "send", "parameters": {"type": "object", "properties": {"text": {"type": "string"}}}}}],
     "custom": [{"type": "custom", "custom": {"name": "send"}}],

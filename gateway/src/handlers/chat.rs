@@ -515,6 +515,7 @@ async fn complete_answer(
     keep: Keep,
     shadow: Option<Shadowing>,
 ) -> Result<Served, ApiError> {
+    let json_answer = privacy::answers_in_json(&req);
     // Cascade: the local answer is kept when the model was sure enough of it.
     let local_try = if decision.cascade.is_some() {
         if let (Some(r), Some(local)) = (record.as_mut(), state.catalog.local_target()) {
@@ -562,7 +563,7 @@ async fn complete_answer(
         cost = r.cost_usd();
     }
     if let Some(redaction) = &redaction {
-        privacy::restore_response(&mut response, redaction);
+        privacy::restore_response(&mut response, redaction, json_answer);
     }
     // A fallback's answer is not kept (the route may be back by the next request); the cascade's
     // kept local answer is the route's own.
@@ -613,6 +614,7 @@ async fn stream_answer(
     shadow: Option<Shadowing>,
 ) -> Result<Served, ApiError> {
     let include_usage = req.wants_stream_usage();
+    let json_answer = privacy::answers_in_json(&req);
     let (target, chunks, redaction) = first_success(state, &req, decision, record.as_mut(), |provider, upstream, target| async move {
         let mut chunks = provider.stream(upstream).await?;
         // Peek: a failure before the first chunk still gets a real status (and a fallback).
@@ -641,7 +643,7 @@ async fn stream_answer(
     };
     let chunks = match redaction {
         Some(redaction) => {
-            let mut restorer = StreamRestorer::new(redaction);
+            let mut restorer = StreamRestorer::new(redaction, json_answer);
             chunks
                 .map(move |chunk| {
                     chunk.map(|mut chunk| {
