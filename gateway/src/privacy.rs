@@ -518,13 +518,13 @@ impl StreamRestorer {
                     continue;
                 }
                 let restorer = self.written.entry((choice.index, field)).or_default();
-                let mut restored = piece.map(|p| restorer.push(&self.redaction, p)).unwrap_or_default();
+                let mut field_text = piece.map(|p| restorer.push(&self.redaction, p)).unwrap_or_default();
                 if choice.finish_reason.is_some() {
-                    restored.push_str(&restorer.finish());
+                    field_text.push_str(&restorer.finish());
                     self.written.remove(&(choice.index, field));
                 }
-                if piece.is_some() || !restored.is_empty() {
-                    choice.delta.extra.insert(field.to_owned(), Value::String(restored));
+                if piece.is_some() || !field_text.is_empty() {
+                    choice.delta.extra.insert(field.to_owned(), Value::String(field_text));
                 }
             }
             if let Some(Value::Array(calls)) = choice.delta.extra.get_mut("tool_calls") {
