@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::StreamExt as _;
 
 use crate::provider::{ChunkStream, Provider};
 use crate::wire::{ChatRequest, ChatResponse};
@@ -244,7 +245,16 @@ impl Provider for Guarded {
 
     async fn stream(&self, req: ChatRequest) -> Result<ChunkStream, ProviderError> {
         let call = self.admit(&req.model)?;
-        let result = self.inner.stream(req).await;
+        // Judged on its first chunk, not on its status: a server that answers 200 and then only
+        // an error (`data: {"error": …}`) is failing, and the caller peeks for it anyway.
+        let result = match self.inner.stream(req).await {
+            Ok(mut chunks) => match chunks.next().await {
+                Some(Err(err)) => Err(err),
+                Some(Ok(first)) => Ok(futures::stream::once(async move { Ok(first) }).chain(chunks).boxed()),
+                None => Ok(futures::stream::empty().boxed()),
+            },
+            Err(err) => Err(err),
+        };
         call.settle(&result);
         result
     }

@@ -1,6 +1,7 @@
 """Circuit breakers are per provider and model: one failing model does not close the provider's
 others; and a half-open probe whose client leaves does not hold the circuit half-open for good
-(it used to: every later call got 503 `upstream_unavailable` until a restart)."""
+(it used to: every later call got 503 `upstream_unavailable` until a restart); a stream answered
+200 whose first event is an error counts as a failure."""
 
 import httpx
 
@@ -58,5 +59,20 @@ def test_a_probe_whose_client_leaves_lets_the_next_call_probe(tmp_path, fake_pro
         # The next call probes and, answered, closes the circuit.
         answered = wait_for(lambda: ask(gw, "fake/echo").status_code == 200, what="a call to get through after the abandoned probe")
         assert answered
+    finally:
+        gw.stop()
+
+
+def test_a_stream_whose_first_event_is_an_error_counts_against_the_model(tmp_path, fake_provider):
+    # A server that opens every stream with 200 and then sends only an error is failing: its
+    # circuit opens as if it had answered 500 (it used to count as answered, and stay closed).
+    gw = brittle(tmp_path, fake_provider, 600000)
+    try:
+        script(fake_provider, {"error_event": "CUDA out of memory"})
+        r = httpx.post(f"{gw.v1}/chat/completions", timeout=30, json={"model": "fake/echo", "stream": True, "messages": [{"role": "user", "content": "ping"}]})
+        assert r.status_code == 502 and "CUDA out of memory" in r.json()["error"]["message"], r.text
+        assert circuit_open(gw)
+        closed = ask(gw, "fake/echo")
+        assert closed.status_code == 503 and closed.json()["error"]["code"] == "upstream_unavailable", closed.text
     finally:
         gw.stop()

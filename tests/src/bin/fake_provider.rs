@@ -32,7 +32,8 @@
 //! {"drop": true}, {"slow_ms": 1500}, {"malformed": true}]}`; a `status` fault may carry the
 //! error's `message`): each following chat, embeddings or `/v1/responses` request takes
 //! the next one instead of its answer (`drop`: headers sent, then the connection breaks before the
-//! first event; `stall_body`: the `status` (default 503) and the start of an error body, then
+//! first event; `error_event: "<message>"`: 200 and a stream whose only event is an error object
+//! saying it (on `/v1/responses`, an `error` event); `stall_body`: the `status` (default 503) and the start of an error body, then
 //! nothing while the connection stays open; `slow_ms`: the answer starts that late; `malformed`: a stream whose second event is
 //! not JSON, and no `[DONE]`; `cut`: a stream of two chunks that then ends cleanly, with no
 //! `finish_reason` and no `[DONE]`; `retry_after` and `retry_after_ms` set those headers; `body`
@@ -159,6 +160,15 @@ async fn scripted(fault: Option<Value>, body: &Value) -> Option<Response> {
         return Some(Response::builder()
             .header("content-type", "text/event-stream")
             .body(Body::from_stream(futures::stream::iter(events)))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
+    } else if let Some(message) = fault.as_ref().and_then(|f| f["error_event"].as_str()) {
+        // 200 and an event stream whose only event is an error object, as vLLM sends a failure
+        // it meets after opening the stream.
+        let data = json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}});
+        let events = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(format!("data: {data}\n\n")))]);
+        return Some(Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(events))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()));
     } else if let Some(fault) = fault {
         if fault["stall_body"].as_bool() == Some(true) {
