@@ -148,6 +148,49 @@ fn placeholder_len(text: &str) -> Option<usize> {
     shaped.then_some(len)
 }
 
+/// What a JSON text starting with a backslash holds.
+enum Escaped<'a> {
+    /// A placeholder written with `\u003c`/`\u003e`: its value and the written length.
+    Value(&'a str, usize),
+    /// The start of one, cut by the end of the piece.
+    MayBe,
+    /// Anything else.
+    Not,
+}
+
+/// Whether `tail` (starting with a backslash) is a placeholder written `\u003cKIND_N\u003e`
+/// (either case).
+fn escaped_placeholder<'a>(redaction: &'a Redaction, tail: &str) -> Escaped<'a> {
+    const OPEN: &str = "\\u003c";
+    const CLOSE: &str = "\\u003e";
+    // `text` starts with `expected`, or with as much of it as `text` holds (cut short).
+    let matches = |text: &str, expected: &str| {
+        let n = text.len().min(expected.len());
+        text.get(..n).is_some_and(|t| t.eq_ignore_ascii_case(&expected[..n]))
+    };
+    if !matches(tail, OPEN) {
+        return Escaped::Not;
+    }
+    let Some(inner) = tail.get(OPEN.len()..) else { return Escaped::MayBe };
+    let name = inner.bytes().take_while(|b| b.is_ascii_uppercase() || *b == b'_').count();
+    let digits = inner.bytes().skip(name).take_while(u8::is_ascii_digit).count();
+    let (written, after) = inner.split_at(name + digits);
+    if !matches(after, CLOSE) {
+        return Escaped::Not;
+    }
+    let canonical = format!("<{written}>");
+    if after.len() < CLOSE.len() {
+        // Cut inside the name or the closing escape: wait if a placeholder given out starts so.
+        let open = &canonical[..canonical.len() - 1];
+        let known = redaction.could_become_placeholder(open) || redaction.value_at(&canonical).is_some();
+        return if known { Escaped::MayBe } else { Escaped::Not };
+    }
+    match redaction.value_at(&canonical) {
+        Some((value, len)) if len == canonical.len() => Escaped::Value(value, OPEN.len() + written.len() + CLOSE.len()),
+        _ => Escaped::Not,
+    }
+}
+
 /// `value` as the inside of a JSON string: quotes, backslashes and control characters escaped.
 fn push_json_escaped(out: &mut String, value: &str) {
     let quoted = serde_json::Value::String(value.to_owned()).to_string();
@@ -181,10 +224,31 @@ impl Restorer {
         let text = std::mem::take(&mut self.pending);
         let mut out = String::with_capacity(text.len());
         let mut rest = text.as_str();
-        while let Some(lt) = rest.find('<') {
+        // In JSON, a placeholder may come back written `\u003cEMAIL_1\u003e`: Go's encoder (Ollama,
+        // LocalAI) escapes `<` and `>` that way.
+        let next = |rest: &str| if json { rest.find(['<', '\\']) } else { rest.find('<') };
+        while let Some(lt) = next(rest) {
             out.push_str(&rest[..lt]);
             let tail = &rest[lt..];
-            if let Some((value, len)) = redaction.value_at(tail) {
+            if tail.starts_with('\\') {
+                match escaped_placeholder(redaction, tail) {
+                    Escaped::Value(value, len) => {
+                        push_json_escaped(&mut out, value);
+                        rest = &tail[len..];
+                    }
+                    Escaped::MayBe => {
+                        tail.clone_into(&mut self.pending);
+                        return out;
+                    }
+                    Escaped::Not => {
+                        // The whole escape (an escaped backslash too), so its second character
+                        // starts nothing.
+                        let len = tail.chars().take(2).map(char::len_utf8).sum();
+                        out.push_str(&tail[..len]);
+                        rest = &tail[len..];
+                    }
+                }
+            } else if let Some((value, len)) = redaction.value_at(tail) {
                 if json {
                     push_json_escaped(&mut out, value);
                 } else {
@@ -236,6 +300,31 @@ mod tests {
         let mut out = String::new();
         push_json_escaped(&mut out, "a\"b\\c\u{1}");
         assert_eq!(out, "a\\\"b\\\\c\\u0001");
+    }
+
+    #[test]
+    fn placeholders_go_s_encoder_escapes_are_restored_in_json() {
+        let text = "mail a@b.io";
+        let mut r = Redaction::new();
+        assert_eq!(r.redact(text, &scan(text)), "mail <EMAIL_1>");
+        // Go's encoder (Ollama) writes `<` and `>` in a JSON string as `\u003c` and `\u003e`.
+        assert_eq!(r.restore_json(r#"{"to":"\u003cEMAIL_1\u003e"}"#), r#"{"to":"a@b.io"}"#);
+        assert_eq!(r.restore_json(r#"{"to":"\u003CEMAIL_1\u003E","n":"\n"}"#), r#"{"to":"a@b.io","n":"\n"}"#);
+        // An escaped backslash followed by the letters is not a placeholder; nor one never given out.
+        for kept in [r#"{"p":"\\u003cEMAIL_1\u003e"}"#, r#"{"to":"\u003cEMAIL_9\u003e"}"#, r#"{"x":"\u003cb\u003e"}"#, "ends with \\"] {
+            assert_eq!(r.restore_json(kept), kept);
+        }
+        // Outside JSON, escapes are text.
+        assert_eq!(r.restore(r"\u003cEMAIL_1\u003e"), r"\u003cEMAIL_1\u003e");
+        // Streamed, cut anywhere.
+        let whole = r#"{"to":"\u003cEMAIL_1\u003e","cc":"<EMAIL_1>"}"#;
+        for cut in 1..whole.len() {
+            let mut restorer = Restorer::default();
+            let mut out = restorer.push_json(&r, &whole[..cut]);
+            out.push_str(&restorer.push_json(&r, &whole[cut..]));
+            out.push_str(&restorer.finish());
+            assert_eq!(out, r#"{"to":"a@b.io","cc":"a@b.io"}"#, "cut at {cut}");
+        }
     }
 
     #[test]
