@@ -299,6 +299,13 @@ impl Limiter {
                     Some(fallback) => {
                         self.metrics.store_unavailable.with_label_values(&["fail_open"]).inc();
                         tracing::warn!(error = %err, "limits store unavailable; using this replica's own limits (on_outage = fail_open)");
+                        // Its own limits start from the tenant's spend as last seen in the shared
+                        // store, not from nothing: else every replica would admit a whole budget
+                        // again for the rest of the day.
+                        let seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(tenant).map(|(at, spend)| current(*at, *spend, Periods::at(now_ms)));
+                        if let Some(spend) = seen {
+                            fallback.spend_at_least(tenant, now_ms, spend);
+                        }
                         (fallback.admit_now(&admission), Held::Fallback)
                     }
                     None if !remote_bound => {
@@ -751,6 +758,47 @@ mod tests {
         assert_eq!(store.settled.load(Relaxed), 2, "the lost answer was retried");
         let (_, _, spend) = limiter.budgets().remove(0);
         assert_eq!(spend.daily_nusd, 500_000, "the retry did not add the cost again");
+    }
+
+    /// A store that answers until it is taken down (Redis going away).
+    #[derive(Debug, Default)]
+    struct GoesDown {
+        inner: MemoryStore,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for GoesDown {
+        async fn admit(&self, admission: &Admission<'_>) -> Result<Outcome, StoreError> {
+            if self.down.load(Relaxed) {
+                return Err(StoreError::unreachable("down"));
+            }
+            self.inner.admit(admission).await
+        }
+        async fn settle(&self, settlement: &Settlement<'_>) -> Result<Spend, StoreError> {
+            self.inner.settle(settlement).await
+        }
+        async fn renew(&self, tenant: &str, leases: &[&str], now_ms: u64, lease_ttl_ms: u64) -> Result<usize, StoreError> {
+            self.inner.renew(tenant, leases, now_ms, lease_ttl_ms).await
+        }
+    }
+
+    #[tokio::test]
+    async fn fail_open_starts_from_the_spend_last_seen_in_the_shared_store() {
+        let store = Arc::new(GoesDown::default());
+        let mut limiter = limiter();
+        limiter.primary = Arc::clone(&store) as Arc<dyn Store>;
+        limiter.fallback = Some(MemoryStore::default());
+        let limiter = Arc::new(limiter);
+        // 0.90 of the day's 1.00 USD spent while the shared store answered.
+        let spent = admitted(&limiter, "spent").await;
+        limiter.settle(&spent, &UsageRecord { ts: unix_ms(), tenant: "acme".into(), cost_usd: 0.9, ..UsageRecord::default() });
+        assert_eq!(limiter.finish_settlements(Duration::from_secs(10)).await, 0);
+        store.down.store(true, Relaxed);
+        // A 0.20 reservation does not fit what is left (it did: the fallback started at zero).
+        let refused = limiter.admit("acme", 10, 200_000_000, true, "too-much", &mut (None, None)).await;
+        assert!(matches!(refused, Err(ApiError::BudgetExceeded { .. })), "{refused:?}");
+        assert!(matches!(limiter.admit("acme", 10, 50_000_000, true, "fits", &mut (None, None)).await, Ok(Admitted::Yes(_))));
     }
 
     #[test]

@@ -85,6 +85,22 @@ impl MemoryStore {
         f(tenants.entry(tenant.to_owned()).or_default())
     }
 
+    /// Raises `tenant`'s spend in the periods of `now_ms` to at least `spend`'s settled figures
+    /// (what the shared store last said, for a replica falling back to its own limits).
+    pub fn spend_at_least(&self, tenant: &str, now_ms: u64, spend: Spend) {
+        let periods = Periods::at(now_ms);
+        self.with_tenant(tenant, |state| {
+            for (slot, period, seen) in [(&mut state.daily, periods.day, spend.daily_nusd), (&mut state.monthly, periods.month, spend.monthly_nusd)] {
+                if period > slot.0 {
+                    *slot = (period, 0);
+                }
+                if period == slot.0 {
+                    slot.1 = slot.1.max(seen);
+                }
+            }
+        });
+    }
+
     /// Admits synchronously (the trait's `admit` is this).
     pub fn admit_now(&self, a: &Admission<'_>) -> Outcome {
         let periods = Periods::at(a.now_ms);
