@@ -359,8 +359,8 @@ impl PendingRecord {
             }
             (Some(u), _) => (Some(u.clone()), false),
             // Something was generated (or billed) but the provider said nothing, or the client
-            // left while a target worked on its prompt: estimate.
-            (None, true) if self.completion_chars > 0 || r.status == 200 || r.status == CLIENT_CLOSED_REQUEST || self.cut => {
+            // left (or the provider's time ran out) while a target worked on its prompt: estimate.
+            (None, true) if self.completion_chars > 0 || matches!(r.status, 200 | CLIENT_CLOSED_REQUEST | UPSTREAM_TIMED_OUT) || self.cut => {
                 (Some(Usage::new(estimate_tokens(self.prompt_chars), estimate_tokens(self.completion_chars))), true)
             }
             (None, _) => (None, false),
@@ -400,6 +400,10 @@ pub fn tier_of(target: &str) -> &'static str {
 
 /// The status recorded for a request whose client went away before any answer was sent.
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The status of a request whose provider did not answer within its `timeout_ms`: like a client
+/// leaving, the provider had the prompt (and most likely billed it).
+const UPSTREAM_TIMED_OUT: u16 = 504;
 
 /// Unix time now, in milliseconds.
 pub fn unix_ms() -> u64 {

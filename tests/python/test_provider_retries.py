@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from conftest import (FAKE_BIN, Gateway, Process, fake_provider_section, fake_requests, gateway_config, parse_chunks,
-                      remote_only_config, sse_events, wait_for)
+from conftest import (FAKE_BIN, Gateway, Process, accounting_record, fake_provider_section, fake_requests, gateway_config,
+                      parse_chunks, remote_only_config, sse_events, wait_for)
 from test_metrics_and_audit import metric_samples, sample
 
 
@@ -369,6 +369,10 @@ def test_slow_first_byte_times_out_as_504_without_retry(impatient, fake_provider
     r = ask(impatient, model="slowpoke/echo")
     assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
     assert attempts_since(fake_provider, before) == 1
+    # The provider had the prompt: it is billed on its estimate, as when the client leaves.
+    record = accounting_record(impatient, r.headers["x-request-id"])
+    assert (record["status"], record["target"], record["cost_estimated"]) == ("504", "slowpoke/echo", "true"), record
+    assert int(record["prompt_tokens"]) > 0 and float(record["cost_usd"]) > 0, record
 
 
 def test_an_error_body_that_stalls_is_given_up_on_and_retried(impatient, fake_provider):
