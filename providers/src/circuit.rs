@@ -251,7 +251,7 @@ impl Provider for Guarded {
             Ok(mut chunks) => match chunks.next().await {
                 Some(Err(err)) => Err(err),
                 Some(Ok(first)) => Ok(futures::stream::once(async move { Ok(first) }).chain(chunks).boxed()),
-                None => Ok(futures::stream::empty().boxed()),
+                None => Err(ProviderError::Upstream { provider: self.name.clone(), status: Some(200), message: "the stream ended before its first chunk".into() }),
             },
             Err(err) => Err(err),
         };

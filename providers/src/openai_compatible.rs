@@ -315,7 +315,7 @@ impl OpenAiCompatible {
                     if let Ok(mut head) = head.lock() {
                         head.take();
                     }
-                    if let Some(failure) = self.failed_at_once(&event) {
+                    if let Some(failure) = self.failed_at_once(&event, endpoint) {
                         return Err(failure);
                     }
                     let preamble = matches!(self.dialect, Dialect::Anthropic { .. })
@@ -334,14 +334,22 @@ impl OpenAiCompatible {
         }
     }
 
-    /// An Anthropic stream whose `error` event comes before any answer failed before its first
-    /// byte reached the client: retried like the status it stands for when it is
-    /// `overloaded_error` (529), `api_error` (500) or `rate_limit_error` (429).
-    fn failed_at_once(&self, event: &eventsource_stream::Event) -> Option<Failure> {
-        let Dialect::Anthropic { .. } = self.dialect else { return None };
+    /// A stream whose `error` event comes before any answer failed before its first byte
+    /// reached the client: retried like the status it stands for. Anthropic's `overloaded_error`
+    /// (529), `api_error` (500) or `rate_limit_error` (429); a Responses stream's `error` event
+    /// by its `code`: `rate_limit_exceeded` (429), `server_error` (500), `context_length_exceeded`
+    /// (not retried), anything else the server's failure as it says it.
+    fn failed_at_once(&self, event: &eventsource_stream::Event, endpoint: Endpoint) -> Option<Failure> {
+        let anthropic = matches!(self.dialect, Dialect::Anthropic { .. });
+        if !anthropic && endpoint != Endpoint::Responses {
+            return None;
+        }
         let data: serde_json::Value = serde_json::from_str(&event.data).ok()?;
         if event.event != "error" && data.get("type").and_then(serde_json::Value::as_str) != Some("error") {
             return None;
+        }
+        if !anthropic {
+            return Some(self.responses_error_event(&data));
         }
         let (kind, message) = anthropic::error_event(&data);
         let status = anthropic::retry_status(kind);
@@ -353,6 +361,21 @@ impl OpenAiCompatible {
             self.upstream(status, format!("{kind}: {message}"))
         };
         Some(Failure { error: Self::scrubbed(self.secret.as_ref(), error), retryable: status.is_some(), retry_after: None })
+    }
+
+    /// The failure a Responses stream's opening `error` event stands for.
+    fn responses_error_event(&self, data: &serde_json::Value) -> Failure {
+        let detail = error_detail_of(data).unwrap_or_else(|| ErrorDetail { message: data.to_string(), kind: "server_error".into(), param: None, code: None, innererror: None });
+        let (error, status) = match detail.code.as_deref() {
+            Some("rate_limit_exceeded") => {
+                let body = ErrorBody { error: ErrorDetail { kind: "rate_limit_error".into(), ..detail } };
+                (ProviderError::RateLimited { provider: self.name.clone(), retry_after_s: None, body: Some(Box::new(body)) }, Some(429))
+            }
+            Some("context_length_exceeded") => (ProviderError::ContextLengthExceeded { message: detail.message }, None),
+            Some("server_error") => (self.upstream(Some(500), detail.message), Some(500)),
+            _ => (self.upstream(Some(200), detail.message), None),
+        };
+        Failure { error: Self::scrubbed(self.secret.as_ref(), error), retryable: status.is_some(), retry_after: None }
     }
 
     /// `err` without the API key in its text.
@@ -564,8 +587,6 @@ fn with_idle_timeout(events: Events, idle: Duration) -> Events {
 /// How [`with_idle_timeout`]'s error starts (the milliseconds follow).
 const IDLE: &str = "no event for ms: ";
 
-/// The error for a stream that broke with `e`: a stall past the provider's timeout is a
-/// `Timeout` (504 `upstream_timeout`, counted as `timeout`), anything else `Upstream`.
 /// How much of an error answer's body is read: error objects are a few hundred bytes.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
@@ -584,6 +605,8 @@ async fn error_body_start(response: UpstreamResponse, within: Duration) -> bytes
     body.freeze()
 }
 
+/// The error for a stream that broke with `e`: a stall past the provider's timeout is a
+/// `Timeout` (504 `upstream_timeout`, counted as `timeout`), anything else `Upstream`.
 fn broken_stream(provider: &str, e: &str) -> ProviderError {
     match e.strip_prefix(IDLE).and_then(|ms| ms.parse().ok()) {
         Some(timeout_ms) => ProviderError::Timeout { provider: provider.to_owned(), timeout_ms },
@@ -816,14 +839,10 @@ impl Provider for OpenAiCompatible {
             }
         })
         .boxed();
-        // Peek, as a chat stream does: a stream that fails, ends or opens with an `error` event
-        // before it answers anything is a failure with a status of its own (and the rule's
-        // fallbacks), not a 200 whose only event is the error.
+        // Peek, as a chat stream does: a stream that fails or ends before it answers anything is
+        // a failure with a status of its own (and the rule's fallbacks), not a 200 whose only
+        // event is an error. (An opening `error` event was already one: `failed_at_once`.)
         match parsed.next().await {
-            Some(Ok((kind, data))) if kind == "error" => {
-                let message = error_detail_of(&data).map_or_else(|| data.to_string(), |detail| detail.message);
-                Err(self.error_answered(message))
-            }
             Some(Ok(first)) => Ok(stream::once(async move { Ok(first) }).chain(parsed).boxed()),
             Some(Err(err)) => Err(err),
             None => Err(self.upstream(None, "the stream ended before its first event".into())),

@@ -118,6 +118,10 @@ def test_a_passed_through_stream_opening_with_an_error_event_is_a_502_or_its_fal
         body = r.read().decode()
         assert r.status_code == 200 and r.headers["x-switchyard-target"] == "fake/shred", body
     assert "event: response.completed" in body and "event: error" not in body, body
+    # Its `code` says what it stands for: a rate limit is a 429 the client can wait out.
+    script(fake_provider, {"error_event": "Rate limit reached for requests", "code": "rate_limit_exceeded"})
+    r = httpx.post(f"{gateway.v1}/responses", timeout=30, json={"model": "fake/echo", "stream": True, "input": "hi"})
+    assert r.status_code == 429 and "Rate limit reached" in r.json()["error"]["message"], r.text
 
 
 def test_an_embeddings_answer_without_vectors_is_not_an_answer(gateway, fake_provider):

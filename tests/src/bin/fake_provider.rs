@@ -61,7 +61,8 @@
 //!
 //! `POST /v1/responses` answers `echo: <last input>` as a Responses-API response or events
 //! (`bare`: with `usage: null`); there a fault `error_event: "<message>"` is a stream whose first
-//! and only event is an `error` event saying it.
+//! and only event is an `error` event saying it (its `code`: the fault's `code`, else
+//! `server_error`).
 //!
 //! `POST /v1/embeddings` answers 8-dimensional vectors derived from each input's bytes.
 //!
@@ -448,7 +449,8 @@ async fn responses(State(fake): State<Arc<Fake>>, headers: HeaderMap, Json(body)
     let queued = fake.faults.lock().expect("lock").pop_front();
     if let Some(message) = queued.as_ref().and_then(|f| f["error_event"].as_str()) {
         // OpenAI's shape for a failure it reports inside a stream it already opened with 200.
-        let data = json!({"type": "error", "code": "server_error", "message": message, "param": null, "sequence_number": 0});
+        let code = queued.as_ref().and_then(|f| f["code"].as_str()).unwrap_or("server_error");
+        let data = json!({"type": "error", "code": code, "message": message, "param": null, "sequence_number": 0});
         let events = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from(format!("event: error\ndata: {data}\n\n")))]);
         return Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(events)).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
