@@ -137,7 +137,8 @@ pub struct Guarded {
     name: String,
     inner: Arc<dyn Provider>,
     config: BreakerConfig,
-    breakers: Mutex<HashMap<String, Breaker>>,
+    /// Shared with the streams it let through, which report a failure after their start.
+    breakers: Arc<Mutex<HashMap<String, Breaker>>>,
 }
 
 /// A call let through: settled with its outcome, or, dropped unsettled (its caller went away),
@@ -180,7 +181,7 @@ impl Drop for Call<'_> {
 impl Guarded {
     /// Wraps `inner` (called `name` in errors).
     pub fn new(name: &str, inner: Arc<dyn Provider>, config: BreakerConfig) -> Self {
-        Self { name: name.to_owned(), inner, config, breakers: Mutex::new(HashMap::new()) }
+        Self { name: name.to_owned(), inner, config, breakers: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     /// True while the circuit of any of its models is open (or a half-open probe is out).
@@ -196,12 +197,7 @@ impl Guarded {
     }
 
     fn with_breaker<T>(&self, model: &str, f: impl FnOnce(&mut Breaker) -> T) -> Option<T> {
-        let mut breakers = self.breakers.lock().ok()?;
-        let key = if breakers.contains_key(model) || breakers.len() < MAX_BREAKERS { model } else { "" };
-        if !breakers.contains_key(key) {
-            breakers.insert(key.to_owned(), Breaker::new(self.config));
-        }
-        breakers.get_mut(key).map(f)
+        with_breaker_in(&self.breakers, self.config, model, f)
     }
 
     fn admit(&self, model: &str) -> Result<Call<'_>, ProviderError> {
@@ -221,6 +217,17 @@ impl Guarded {
             Err(retry_after_s) => Err(ProviderError::CircuitOpen { provider: format!("{}/{model}", self.name), retry_after_s }),
         }
     }
+}
+
+/// Runs `f` on `model`'s breaker in `breakers` (made with `config` if it is new; past
+/// `MAX_BREAKERS` models, one shared breaker stands for the rest).
+fn with_breaker_in<T>(breakers: &Mutex<HashMap<String, Breaker>>, config: BreakerConfig, model: &str, f: impl FnOnce(&mut Breaker) -> T) -> Option<T> {
+    let mut breakers = breakers.lock().ok()?;
+    let key = if breakers.contains_key(model) || breakers.len() < MAX_BREAKERS { model } else { "" };
+    if !breakers.contains_key(key) {
+        breakers.insert(key.to_owned(), Breaker::new(config));
+    }
+    breakers.get_mut(key).map(f)
 }
 
 /// The model a passed-through body names.
@@ -247,10 +254,22 @@ impl Provider for Guarded {
         let call = self.admit(&req.model)?;
         // Judged on its first chunk, not on its status: a server that answers 200 and then only
         // an error (`data: {"error": …}`) is failing, and the caller peeks for it anyway.
+        let model = req.model.clone();
         let result = match self.inner.stream(req).await {
             Ok(mut chunks) => match chunks.next().await {
                 Some(Err(err)) => Err(err),
-                Some(Ok(first)) => Ok(futures::stream::once(async move { Ok(first) }).chain(chunks).boxed()),
+                Some(Ok(first)) => {
+                    // A failure after the start (a stall past `timeout_ms`, a broken connection,
+                    // an error event) counts against the model too, once the stream has counted
+                    // as answered: a server that always breaks off mid-answer opens its circuit.
+                    let (breakers, config) = (Arc::clone(&self.breakers), self.config);
+                    let rest = chunks.inspect(move |chunk| {
+                        if chunk.as_ref().is_err_and(counts_against_provider) {
+                            with_breaker_in(&breakers, config, &model, |b| b.record(true, Instant::now()));
+                        }
+                    });
+                    Ok(futures::stream::once(async move { Ok(first) }).chain(rest).boxed())
+                }
                 None => Err(ProviderError::Upstream { provider: self.name.clone(), status: Some(200), message: "the stream ended before its first chunk".into() }),
             },
             Err(err) => Err(err),

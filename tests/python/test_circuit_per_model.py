@@ -1,7 +1,7 @@
 """Circuit breakers are per provider and model: one failing model does not close the provider's
 others; and a half-open probe whose client leaves does not hold the circuit half-open for good
 (it used to: every later call got 503 `upstream_unavailable` until a restart); a stream answered
-200 whose first event is an error counts as a failure."""
+200 whose first event is an error, or that breaks off after it started, counts as a failure."""
 
 import httpx
 
@@ -74,5 +74,22 @@ def test_a_stream_whose_first_event_is_an_error_counts_against_the_model(tmp_pat
         assert circuit_open(gw)
         closed = ask(gw, "fake/echo")
         assert closed.status_code == 503 and closed.json()["error"]["code"] == "upstream_unavailable", closed.text
+    finally:
+        gw.stop()
+
+
+def test_a_stream_that_breaks_off_after_its_start_counts_against_the_model(tmp_path, fake_provider):
+    # The fake's `malformed` stream sends one good chunk, then one that is not JSON: the client
+    # gets the start and an error event; the model's circuit counts the failure (it counted the
+    # stream as answered when it opened, and nothing after).
+    gw = brittle(tmp_path, fake_provider, 600000)
+    try:
+        script(fake_provider, {"malformed": True})
+        with httpx.stream("POST", f"{gw.v1}/chat/completions", timeout=30, json={"model": "fake/echo", "stream": True, "messages": [{"role": "user", "content": "ping"}]}) as r:
+            assert r.status_code == 200
+            body = r.read().decode()
+        assert '"fine"' in body and "upstream_error" in body, body
+        assert circuit_open(gw)
+        assert ask(gw, "fake/echo").status_code == 503
     finally:
         gw.stop()
