@@ -674,23 +674,41 @@ mod tests {
         assert_eq!((spend.reserved_nusd, spend.daily_nusd), (0, 500_000));
     }
 
-    /// A store that carries admissions out and then loses their answers (a client leaving during
-    /// the round trip looks the same from here).
+    /// The in-process store with one step faulted, as a test sets it.
     #[derive(Debug, Default)]
-    struct AnswerLost {
+    struct Faulty {
         inner: MemoryStore,
+        /// Admissions are carried out and their answers never come (a client leaving during
+        /// the round trip looks the same from here); `admitted` is told of each.
+        admit_answers_lost: bool,
         admitted: tokio::sync::Notify,
+        /// The first settlement is carried out and its answer lost (a Redis reply that missed
+        /// `timeout_ms`), so the limiter runs it again; `settled` counts the runs.
+        first_settle_answer_lost: bool,
+        settled: std::sync::atomic::AtomicUsize,
+        /// Admissions fail as to an unreachable store (Redis gone).
+        down: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait::async_trait]
-    impl Store for AnswerLost {
+    impl Store for Faulty {
         async fn admit(&self, admission: &Admission<'_>) -> Result<Outcome, StoreError> {
-            self.inner.admit(admission).await?;
-            self.admitted.notify_one();
-            std::future::pending().await
+            if self.down.load(Relaxed) {
+                return Err(StoreError::unreachable("down"));
+            }
+            let outcome = self.inner.admit(admission).await?;
+            if self.admit_answers_lost {
+                self.admitted.notify_one();
+                return std::future::pending().await;
+            }
+            Ok(outcome)
         }
         async fn settle(&self, settlement: &Settlement<'_>) -> Result<Spend, StoreError> {
-            self.inner.settle(settlement).await
+            let spend = self.inner.settle(settlement).await?;
+            if self.settled.fetch_add(1, Relaxed) == 0 && self.first_settle_answer_lost {
+                return Err(StoreError::unanswered("the reply missed its timeout"));
+            }
+            Ok(spend)
         }
         async fn renew(&self, tenant: &str, leases: &[&str], now_ms: u64, lease_ttl_ms: u64) -> Result<usize, StoreError> {
             self.inner.renew(tenant, leases, now_ms, lease_ttl_ms).await
@@ -699,7 +717,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_dropped_during_its_admission_gives_its_reservation_back() {
-        let store = Arc::new(AnswerLost::default());
+        let store = Arc::new(Faulty { admit_answers_lost: true, ..Faulty::default() });
         let mut limiter = limiter();
         limiter.primary = Arc::clone(&store) as Arc<dyn Store>;
         let limiter = Arc::new(limiter);
@@ -715,34 +733,9 @@ mod tests {
         assert_eq!(reserved_in(&store.inner, &limiter, unix_ms()).await, 0, "the lease was closed, not left to lapse");
     }
 
-    /// A store that carries the first settlement out and then loses its answer (a Redis reply
-    /// that missed `timeout_ms`), so the limiter runs it again.
-    #[derive(Debug, Default)]
-    struct SettleAnswerLost {
-        inner: MemoryStore,
-        settled: std::sync::atomic::AtomicUsize,
-    }
-
-    #[async_trait::async_trait]
-    impl Store for SettleAnswerLost {
-        async fn admit(&self, admission: &Admission<'_>) -> Result<Outcome, StoreError> {
-            self.inner.admit(admission).await
-        }
-        async fn settle(&self, settlement: &Settlement<'_>) -> Result<Spend, StoreError> {
-            let spend = self.inner.settle(settlement).await?;
-            if self.settled.fetch_add(1, Relaxed) == 0 {
-                return Err(StoreError::unanswered("the reply missed its timeout"));
-            }
-            Ok(spend)
-        }
-        async fn renew(&self, tenant: &str, leases: &[&str], now_ms: u64, lease_ttl_ms: u64) -> Result<usize, StoreError> {
-            self.inner.renew(tenant, leases, now_ms, lease_ttl_ms).await
-        }
-    }
-
     #[tokio::test]
     async fn a_settlement_without_a_lease_that_ran_twice_counts_once() {
-        let store = Arc::new(SettleAnswerLost::default());
+        let store = Arc::new(Faulty { first_settle_answer_lost: true, ..Faulty::default() });
         let mut limiter = limiter();
         limiter.primary = Arc::clone(&store) as Arc<dyn Store>;
         let limiter = Arc::new(limiter);
@@ -760,32 +753,9 @@ mod tests {
         assert_eq!(spend.daily_nusd, 500_000, "the retry did not add the cost again");
     }
 
-    /// A store that answers until it is taken down (Redis going away).
-    #[derive(Debug, Default)]
-    struct GoesDown {
-        inner: MemoryStore,
-        down: std::sync::atomic::AtomicBool,
-    }
-
-    #[async_trait::async_trait]
-    impl Store for GoesDown {
-        async fn admit(&self, admission: &Admission<'_>) -> Result<Outcome, StoreError> {
-            if self.down.load(Relaxed) {
-                return Err(StoreError::unreachable("down"));
-            }
-            self.inner.admit(admission).await
-        }
-        async fn settle(&self, settlement: &Settlement<'_>) -> Result<Spend, StoreError> {
-            self.inner.settle(settlement).await
-        }
-        async fn renew(&self, tenant: &str, leases: &[&str], now_ms: u64, lease_ttl_ms: u64) -> Result<usize, StoreError> {
-            self.inner.renew(tenant, leases, now_ms, lease_ttl_ms).await
-        }
-    }
-
     #[tokio::test]
     async fn fail_open_starts_from_the_spend_last_seen_in_the_shared_store() {
-        let store = Arc::new(GoesDown::default());
+        let store = Arc::new(Faulty::default());
         let mut limiter = limiter();
         limiter.primary = Arc::clone(&store) as Arc<dyn Store>;
         limiter.fallback = Some(MemoryStore::default());
