@@ -54,13 +54,21 @@ pub(crate) struct JsonCloser {
     /// Bytes still to check for a tool call's opening `{"` (2 at the start with
     /// [`JsonCloser::unless_a_call`], 1 after its `{`, 0: no check).
     call_check: u8,
+    /// The hex digits read so far of the `\u` escape being written.
+    escape_code: u16,
+    /// The string's last escape was a high surrogate (`\ud83d`) and its low half has not come
+    /// yet: a closing must pair it (strict parsers refuse a lone surrogate).
+    after_high_surrogate: bool,
 }
 
 impl Default for JsonCloser {
     fn default() -> Self {
-        Self { open: Vec::new(), expect: Expect::Document, broken: false, call_check: 0 }
+        Self { open: Vec::new(), expect: Expect::Document, broken: false, call_check: 0, escape_code: 0, after_high_surrogate: false }
     }
 }
+
+const HIGH_SURROGATES: std::ops::RangeInclusive<u16> = 0xD800..=0xDBFF;
+const LOW_SURROGATES: std::ops::RangeInclusive<u16> = 0xDC00..=0xDFFF;
 
 impl JsonCloser {
     /// Follows a document unless it opens as a tool call does, `{"` (`JsonClosing::UnlessACall`).
@@ -101,12 +109,12 @@ impl JsonCloser {
             Expect::KeyOrEnd | Expect::ValueOrEnd | Expect::AfterValue => {}
             Expect::Key => out.push_str("\"\":null"),
             Expect::InKey(escape) => {
-                close_string(escape, &mut out);
+                self.close_string(escape, &mut out);
                 out.push_str(":null");
             }
             Expect::Colon => out.push_str(":null"),
             Expect::Value => out.push_str("null"),
-            Expect::InString(escape) => close_string(escape, &mut out),
+            Expect::InString(escape) => self.close_string(escape, &mut out),
             Expect::InNumber(ends_in_digit) => {
                 if !ends_in_digit {
                     out.push('0');
@@ -124,12 +132,35 @@ impl JsonCloser {
         match self.expect {
             Expect::InKey(escape) | Expect::InString(escape) => {
                 let next = match (escape, c) {
-                    (Escape::None, '"') => None,
+                    // A backslash may start the low half of a surrogate pair; anything else ends
+                    // the wait for one.
                     (Escape::None, '\\') => Some(Escape::Backslash),
-                    (Escape::None, c) if c >= ' ' => Some(Escape::None),
-                    (Escape::Backslash, 'u') => Some(Escape::Unicode(0)),
-                    (Escape::Backslash, '"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't') => Some(Escape::None),
-                    (Escape::Unicode(n), c) if c.is_ascii_hexdigit() => Some(if n == 3 { Escape::None } else { Escape::Unicode(n + 1) }),
+                    (Escape::Backslash, 'u') => {
+                        self.escape_code = 0;
+                        Some(Escape::Unicode(0))
+                    }
+                    (Escape::Unicode(n), c) if c.is_ascii_hexdigit() => {
+                        self.escape_code = self.escape_code << 4 | c.to_digit(16).and_then(|d| u16::try_from(d).ok()).unwrap_or(0);
+                        if n < 3 {
+                            Some(Escape::Unicode(n + 1))
+                        } else {
+                            let paired = self.after_high_surrogate && LOW_SURROGATES.contains(&self.escape_code);
+                            self.after_high_surrogate = !paired && HIGH_SURROGATES.contains(&self.escape_code);
+                            Some(Escape::None)
+                        }
+                    }
+                    (Escape::None, '"') => {
+                        self.after_high_surrogate = false;
+                        None
+                    }
+                    (Escape::None, c) if c >= ' ' => {
+                        self.after_high_surrogate = false;
+                        Some(Escape::None)
+                    }
+                    (Escape::Backslash, '"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't') => {
+                        self.after_high_surrogate = false;
+                        Some(Escape::None)
+                    }
                     _ => return self.broken = true,
                 };
                 let in_key = matches!(self.expect, Expect::InKey(_));
@@ -214,14 +245,30 @@ impl JsonCloser {
     }
 }
 
-/// Ends a string that is inside `escape`.
-fn close_string(escape: Escape, out: &mut String) {
-    match escape {
-        Escape::None => {}
-        Escape::Backslash => out.push('n'),
-        Escape::Unicode(n) => (n..4).for_each(|_| out.push('0')),
+impl JsonCloser {
+    /// Ends a string that is inside `escape`, pairing a high surrogate left alone.
+    fn close_string(&self, escape: Escape, out: &mut String) {
+        const LOW_HALF: &str = "\\udc00";
+        match escape {
+            Escape::None if self.after_high_surrogate => out.push_str(LOW_HALF),
+            Escape::None => {}
+            Escape::Backslash if self.after_high_surrogate => out.push_str(&LOW_HALF[1..]),
+            Escape::Backslash => out.push('n'),
+            Escape::Unicode(n) => {
+                let missing = 4 * (4 - u32::from(n));
+                let written = u32::from(self.escape_code);
+                // The digits so far completed with zeros or, in a high surrogate's low slot, into
+                // the smallest low half they allow (none: the high half stays alone, as written).
+                let low_half = self.after_high_surrogate.then(|| (0xDC00..=0xDFFF).find(|c: &u32| c >> missing == written)).flatten();
+                let code = low_half.unwrap_or(written << missing);
+                out.push_str(&format!("{code:04x}")[usize::from(n)..]);
+                if u16::try_from(code).is_ok_and(|c| HIGH_SURROGATES.contains(&c)) {
+                    out.push_str(LOW_HALF);
+                }
+            }
+        }
+        out.push('"');
     }
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -233,6 +280,9 @@ mod tests {
         "{\n  \"a\": [1, [2, [true, false, null]], {}],\n  \"b\": \"x\\\"y\\\\z\\u00e9\\n\",\n  \"c\": {\"d\": []}\n}",
         r#"[{"k": "é ü 猫"}, 0, -0.5, 12e4, "\u12ab"]"#,
         r#""just a string""#,
+        // A character outside the BMP written as a surrogate pair, in a value and in a key: a cut
+        // between its halves must not leave a lone surrogate (strict parsers refuse one).
+        r#"{"e": "smile \ud83d\ude00 ok", "k\uD83D\uDE00": ["\ud800\udc00", "\u00e9"]}"#,
         "-12.75E-3",
         "{}",
     ];
@@ -293,6 +343,9 @@ mod tests {
         assert_eq!(closing(r#"{"a": 1,"#).as_deref(), Some(r#""":null}"#));
         assert_eq!(closing(r#"{"a"#).as_deref(), Some(r#"":null}"#));
         assert_eq!(closing(r#"{"a": "x\u0"#).as_deref(), Some(r#"000"}"#));
+        assert_eq!(closing(r#"{"a": "x\ud83d"#).as_deref(), Some(r#"\udc00"}"#));
+        assert_eq!(closing(r#"{"a": "x\ud8"#).as_deref(), Some(r#"00\udc00"}"#));
+        assert_eq!(closing(r#"{"a": "x\ud83d\ude"#).as_deref(), Some(r#"00"}"#));
         assert_eq!(closing(r#"{"a": 1.5}"#).as_deref(), Some(""));
         assert_eq!(closing("").as_deref(), Some("{}"));
     }
