@@ -255,23 +255,21 @@ impl Provider for Guarded {
         // Judged on its first chunk, not on its status: a server that answers 200 and then only
         // an error (`data: {"error": …}`) is failing, and the caller peeks for it anyway.
         let model = req.model.clone();
+        let ended = || ProviderError::Upstream { provider: self.name.clone(), status: Some(200), message: "the stream ended before its first chunk".into() };
         let result = match self.inner.stream(req).await {
-            Ok(mut chunks) => match chunks.next().await {
-                Some(Err(err)) => Err(err),
-                Some(Ok(first)) => {
-                    // A failure after the start (a stall past `timeout_ms`, a broken connection,
-                    // an error event) counts against the model too, once the stream has counted
-                    // as answered: a server that always breaks off mid-answer opens its circuit.
-                    let (breakers, config) = (Arc::clone(&self.breakers), self.config);
-                    let rest = chunks.inspect(move |chunk| {
+            Ok(chunks) => crate::provider::peek_first(chunks, ended).await.map(|chunks| {
+                // A failure after the start (a stall past `timeout_ms`, a broken connection, an
+                // error event) counts against the model too, once the stream has counted as
+                // answered: a server that always breaks off mid-answer opens its circuit.
+                let (breakers, config) = (Arc::clone(&self.breakers), self.config);
+                chunks
+                    .inspect(move |chunk| {
                         if chunk.as_ref().is_err_and(counts_against_provider) {
                             with_breaker_in(&breakers, config, &model, |b| b.record(true, Instant::now()));
                         }
-                    });
-                    Ok(futures::stream::once(async move { Ok(first) }).chain(rest).boxed())
-                }
-                None => Err(ProviderError::Upstream { provider: self.name.clone(), status: Some(200), message: "the stream ended before its first chunk".into() }),
-            },
+                    })
+                    .boxed()
+            }),
             Err(err) => Err(err),
         };
         call.settle(&result);

@@ -21,6 +21,6 @@ pub use error::ProviderError;
 pub use local::LocalProvider;
 pub use openai_compatible::{decode_stream, OpenAiCompatible};
 pub use pool::{HeldLease, Lease, Pool};
-pub use provider::{collect_stream, ChunkStream, Provider, ResponseEvents};
+pub use provider::{collect_stream, peek_first, ChunkStream, Provider, ResponseEvents};
 pub use retry::{retryable_status, RetryPolicy};
 pub use transport::{Destination, HttpClient, SendError, UpstreamResponse, CLIENT_REQUEST_ID};

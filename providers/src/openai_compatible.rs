@@ -541,7 +541,8 @@ fn error_body_of(body: &[u8]) -> Option<ErrorBody> {
     plain.then(|| ErrorBody { error: ErrorDetail { message: text.to_owned(), kind: "invalid_request_error".into(), param: None, code: None, innererror: None } })
 }
 
-/// The bytes of a stream's body kept to read an error body that came instead of events.
+/// How much of an error body is read: of an error answer's, and of a stream's body kept in case
+/// an error body came instead of events (error objects are a few hundred bytes).
 const ERROR_BODY_KEPT: usize = 64 * 1024;
 
 /// Opening events read ahead of an Anthropic stream's answer at most (a server that sends only
@@ -587,18 +588,15 @@ fn with_idle_timeout(events: Events, idle: Duration) -> Events {
 /// How [`with_idle_timeout`]'s error starts (the milliseconds follow).
 const IDLE: &str = "no event for ms: ";
 
-/// How much of an error answer's body is read: error objects are a few hundred bytes.
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
-
-/// The first [`ERROR_BODY_LIMIT`] bytes of an error answer's body: what arrived `within` this
+/// The first [`ERROR_BODY_KEPT`] bytes of an error answer's body: what arrived `within` this
 /// time, before the body ended or broke.
 async fn error_body_start(response: UpstreamResponse, within: Duration) -> bytes::Bytes {
     let deadline = tokio::time::Instant::now() + within;
     let mut chunks = response.bytes_stream();
     let mut body = bytes::BytesMut::new();
     while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, chunks.next()).await {
-        body.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_LIMIT - body.len())]);
-        if body.len() >= ERROR_BODY_LIMIT {
+        body.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_KEPT - body.len())]);
+        if body.len() >= ERROR_BODY_KEPT {
             break;
         }
     }
@@ -805,7 +803,7 @@ impl Provider for OpenAiCompatible {
         let secret = self.secret.clone();
         let events = stream::iter(first.into_iter().map(Ok)).chain(with_idle_timeout(rest, Duration::from_millis(self.timeout_ms))).boxed();
         // (events, a terminal event was seen); `None` once the stream has ended.
-        let mut parsed = stream::unfold(Some((events, false)), move |state| {
+        let parsed = stream::unfold(Some((events, false)), move |state| {
             let provider = provider.clone();
             let secret = secret.clone();
             async move {
@@ -842,11 +840,7 @@ impl Provider for OpenAiCompatible {
         // Peek, as a chat stream does: a stream that fails or ends before it answers anything is
         // a failure with a status of its own (and the rule's fallbacks), not a 200 whose only
         // event is an error. (An opening `error` event was already one: `failed_at_once`.)
-        match parsed.next().await {
-            Some(Ok(first)) => Ok(stream::once(async move { Ok(first) }).chain(parsed).boxed()),
-            Some(Err(err)) => Err(err),
-            None => Err(self.upstream(None, "the stream ended before its first event".into())),
-        }
+        crate::provider::peek_first(parsed, || self.upstream(None, "the stream ended before its first event".into())).await
     }
 }
 

@@ -38,6 +38,20 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// Waits for a stream's first item, so that a failure before it still gets a status of its own
+/// (and the fallbacks): the stream whole again (its first item put back), the error it opened
+/// with, or `ended()` when it ended before any item.
+pub async fn peek_first<T: Send + 'static>(
+    mut items: BoxStream<'static, Result<T, ProviderError>>,
+    ended: impl FnOnce() -> ProviderError,
+) -> Result<BoxStream<'static, Result<T, ProviderError>>, ProviderError> {
+    match items.next().await {
+        Some(Ok(first)) => Ok(futures::stream::once(async move { Ok(first) }).chain(items).boxed()),
+        Some(Err(err)) => Err(err),
+        None => Err(ended()),
+    }
+}
+
 /// Folds a chunk stream into one response (used by providers that only stream).
 pub async fn collect_stream(mut stream: ChunkStream) -> Result<ChatResponse, ProviderError> {
     let mut response: Option<ChatResponse> = None;

@@ -616,17 +616,9 @@ async fn stream_answer(
     let include_usage = req.wants_stream_usage();
     let json_answer = privacy::answers_in_json(&req);
     let (target, chunks, redaction) = first_success(state, &req, decision, record.as_mut(), |provider, upstream, target| async move {
-        let mut chunks = provider.stream(upstream).await?;
         // Peek: a failure before the first chunk still gets a real status (and a fallback).
-        match chunks.next().await {
-            Some(Ok(first)) => Ok(stream::once(async move { Ok(first) }).chain(chunks).boxed()),
-            Some(Err(err)) => Err(err),
-            None => Err(ProviderError::Upstream {
-                provider: target.to_owned(),
-                status: None,
-                message: "the stream ended before its first chunk".into(),
-            }),
-        }
+        let ended = || ProviderError::Upstream { provider: target.to_owned(), status: None, message: "the stream ended before its first chunk".into() };
+        providers::peek_first(provider.stream(upstream).await?, ended).await
     })
     .await?;
     ctx.span.record("target", target);
