@@ -715,12 +715,15 @@ mod tests {
         }
     }
 
+    /// The test limiter over `store`.
+    fn limiter_over(store: &Arc<Faulty>) -> Limiter {
+        Limiter { primary: Arc::clone(store) as Arc<dyn Store>, ..limiter() }
+    }
+
     #[tokio::test]
     async fn a_request_dropped_during_its_admission_gives_its_reservation_back() {
         let store = Arc::new(Faulty { admit_answers_lost: true, ..Faulty::default() });
-        let mut limiter = limiter();
-        limiter.primary = Arc::clone(&store) as Arc<dyn Store>;
-        let limiter = Arc::new(limiter);
+        let limiter = Arc::new(limiter_over(&store));
         let admitting = {
             let limiter = Arc::clone(&limiter);
             tokio::spawn(async move { limiter.admit("acme", 10, 1_000_000, true, "gone", &mut (None, None)).await.map(|_| ()) })
@@ -736,9 +739,7 @@ mod tests {
     #[tokio::test]
     async fn a_settlement_without_a_lease_that_ran_twice_counts_once() {
         let store = Arc::new(Faulty { first_settle_answer_lost: true, ..Faulty::default() });
-        let mut limiter = limiter();
-        limiter.primary = Arc::clone(&store) as Arc<dyn Store>;
-        let limiter = Arc::new(limiter);
+        let limiter = Arc::new(limiter_over(&store));
         // Nothing reserved (a local answer priced by `cost_per_mtok`): no lease.
         let ticket = match limiter.admit("acme", 10, 0, false, "req-local", &mut (None, None)).await.unwrap() {
             Admitted::Yes(ticket) => ticket,
@@ -756,10 +757,7 @@ mod tests {
     #[tokio::test]
     async fn fail_open_starts_from_the_spend_last_seen_in_the_shared_store() {
         let store = Arc::new(Faulty::default());
-        let mut limiter = limiter();
-        limiter.primary = Arc::clone(&store) as Arc<dyn Store>;
-        limiter.fallback = Some(MemoryStore::default());
-        let limiter = Arc::new(limiter);
+        let limiter = Arc::new(Limiter { fallback: Some(MemoryStore::default()), ..limiter_over(&store) });
         // 0.90 of the day's 1.00 USD spent while the shared store answered.
         let spent = admitted(&limiter, "spent").await;
         limiter.settle(&spent, &UsageRecord { ts: unix_ms(), tenant: "acme".into(), cost_usd: 0.9, ..UsageRecord::default() });
